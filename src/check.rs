@@ -1,0 +1,160 @@
+//! `shipit check`: can every selected host be deployed to?
+//!
+//! Connects to all hosts at once (bounded by `rollout.parallel`) and reports, per host:
+//! reachable, host key verified, authenticated, the tools shipit relies on, write access
+//! where the release tree goes and the free space there. Every host is reported, also when
+//! some fail.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::facts::{self, HostProbe};
+use crate::fleet::{self, Connector};
+use crate::inventory::{Host, Inventory, TransportKind};
+use crate::output::{Event, Output};
+use crate::transport::{ConnectStage, ExecRequest};
+
+/// The probe is a handful of builtins: anything slower is a sick host.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub stage: String,
+    pub transport: TransportKind,
+    pub deploy_to: String,
+    pub hosts: Vec<HostCheck>,
+}
+
+impl CheckReport {
+    pub fn failed(&self) -> usize {
+        self.hosts.iter().filter(|h| !h.ok).count()
+    }
+}
+
+/// `None` in a field means it was not reached (an earlier stage failed) or does not apply
+/// (the local transport has no host key).
+#[derive(Debug, Serialize)]
+pub struct HostCheck {
+    pub host: String,
+    pub address: String,
+    pub ok: bool,
+    pub reachable: bool,
+    pub host_key_verified: Option<bool>,
+    pub authenticated: Option<bool>,
+    pub facts: Option<HostProbe>,
+    pub problems: Vec<String>,
+}
+
+pub async fn run(
+    stage: &str,
+    inventory: &Inventory,
+    hosts: &[&Host],
+    connector: &Connector,
+    out: &Output,
+) -> CheckReport {
+    let checks = fleet::each_host(hosts, inventory.rollout.parallel, |host| {
+        check_host(inventory, host, connector, out)
+    })
+    .await;
+    CheckReport {
+        stage: stage.to_owned(),
+        transport: inventory.transport,
+        deploy_to: inventory.app.deploy_to.clone(),
+        hosts: checks,
+    }
+}
+
+async fn check_host(
+    inventory: &Inventory,
+    host: &Host,
+    connector: &Connector,
+    out: &Output,
+) -> HostCheck {
+    let local = inventory.transport == TransportKind::Local;
+    let mut check = HostCheck {
+        host: host.name.clone(),
+        address: if local {
+            "local".to_owned()
+        } else {
+            format!("{}:{}", host.address, host.port)
+        },
+        ok: false,
+        reachable: false,
+        host_key_verified: None,
+        authenticated: None,
+        facts: None,
+        problems: Vec::new(),
+    };
+    out.emit(Event::Step {
+        host: &host.name,
+        step: "connecting",
+    });
+    let transport = match connector.connect(inventory, host).await {
+        Ok(t) => t,
+        Err(e) => {
+            match e.stage() {
+                ConnectStage::Reach => {}
+                ConnectStage::HostKey => {
+                    check.reachable = true;
+                    check.host_key_verified = Some(false);
+                }
+                ConnectStage::Auth => {
+                    check.reachable = true;
+                    check.host_key_verified = Some(true);
+                    check.authenticated = Some(false);
+                }
+            }
+            check.problems.push(e.to_string());
+            out.emit(Event::HostDone {
+                host: &host.name,
+                ok: false,
+                summary: "connection failed",
+            });
+            return check;
+        }
+    };
+    check.reachable = true;
+    check.host_key_verified = (!local).then_some(true);
+    check.authenticated = Some(true);
+    out.emit(Event::Step {
+        host: &host.name,
+        step: "probing",
+    });
+    let probe = facts::probe(&inventory.app.deploy_to);
+    match transport
+        .exec(ExecRequest::new(&probe, PROBE_TIMEOUT))
+        .await
+    {
+        Ok(output) if output.success() => {
+            let facts = facts::parse_probe(&output.stdout.text());
+            let missing = facts.missing_tools();
+            if !missing.is_empty() {
+                check
+                    .problems
+                    .push(format!("missing tools: {}", missing.join(", ")));
+            }
+            if !facts.writable {
+                check.problems.push(format!(
+                    "user `{}` cannot write to `{}` (where `{}` goes)",
+                    facts.user, facts.write_path, inventory.app.deploy_to
+                ));
+            }
+            check.facts = Some(facts);
+        }
+        Ok(output) => check.problems.push(format!(
+            "the probe failed with {}: {}",
+            output.exit,
+            output.stderr.text().trim()
+        )),
+        Err(e) => check.problems.push(e.to_string()),
+    }
+    transport.close().await;
+    check.ok = check.problems.is_empty();
+    out.emit(Event::HostDone {
+        host: &host.name,
+        ok: check.ok,
+        summary: if check.ok { "ready" } else { "not ready" },
+    });
+    check
+}

@@ -1,0 +1,171 @@
+//! `shipit exec <stage> -- CMD...`: one command on every selected host in parallel.
+//!
+//! The words are joined with spaces and run by `sh` on the host, as `ssh host CMD...` does,
+//! so pipes and globs work. Output streams line by line, each line prefixed by its host.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::fleet::{self, Connector};
+use crate::inventory::{Host, Inventory};
+use crate::output::{Event, Output};
+use crate::shell::Cmd;
+use crate::transport::local::NO_TIMEOUT;
+use crate::transport::{ExecRequest, Stream};
+
+#[derive(Debug, Serialize)]
+pub struct ExecReport {
+    pub stage: String,
+    pub command: String,
+    pub hosts: Vec<HostExec>,
+}
+
+impl ExecReport {
+    pub fn failed(&self) -> usize {
+        self.hosts.iter().filter(|h| !h.ok).count()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostExec {
+    pub host: String,
+    pub ok: bool,
+    /// The command's exit status; `None` when it never ran or its status was lost.
+    pub exit_code: Option<u32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub error: Option<String>,
+}
+
+pub async fn run(
+    stage: &str,
+    words: &[String],
+    inventory: &Inventory,
+    hosts: &[&Host],
+    connector: &Connector,
+    out: &Output,
+) -> ExecReport {
+    let script = words.join(" ");
+    let results = fleet::each_host(hosts, inventory.rollout.parallel, |host| {
+        exec_host(&script, inventory, host, connector, out)
+    })
+    .await;
+    ExecReport {
+        stage: stage.to_owned(),
+        command: script,
+        hosts: results,
+    }
+}
+
+async fn exec_host(
+    script: &str,
+    inventory: &Inventory,
+    host: &Host,
+    connector: &Connector,
+    out: &Output,
+) -> HostExec {
+    let mut result = HostExec {
+        host: host.name.clone(),
+        ok: false,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        error: None,
+    };
+    out.emit(Event::Step {
+        host: &host.name,
+        step: "connecting",
+    });
+    let transport = match connector.connect(inventory, host).await {
+        Ok(t) => t,
+        Err(e) => {
+            result.error = Some(e.to_string());
+            out.emit(Event::HostDone {
+                host: &host.name,
+                ok: false,
+                summary: &e.to_string(),
+            });
+            return result;
+        }
+    };
+    out.emit(Event::Step {
+        host: &host.name,
+        step: "running",
+    });
+    let lines = Lines::new(&host.name, out);
+    let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
+    let cmd = Cmd::user_script(script);
+    let outcome = transport
+        .exec(ExecRequest::new(&cmd, NO_TIMEOUT).output(&sink))
+        .await;
+    lines.flush();
+    transport.close().await;
+    let summary = match outcome {
+        Ok(output) => {
+            result.ok = output.success();
+            if let crate::transport::Exit::Code(code) = output.exit {
+                result.exit_code = Some(code);
+            }
+            result.stdout = output.stdout.text();
+            result.stderr = output.stderr.text();
+            output.exit.to_string()
+        }
+        Err(e) => {
+            result.error = Some(e.to_string());
+            e.to_string()
+        }
+    };
+    out.emit(Event::HostDone {
+        host: &host.name,
+        ok: result.ok,
+        summary: &summary,
+    });
+    result
+}
+
+/// Turns output chunks into whole lines, per stream, for prefixed display.
+struct Lines<'a> {
+    host: &'a str,
+    out: &'a Output,
+    partial: Mutex<[Vec<u8>; 2]>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(host: &'a str, out: &'a Output) -> Self {
+        Lines {
+            host,
+            out,
+            partial: Mutex::new([Vec::new(), Vec::new()]),
+        }
+    }
+
+    fn push(&self, stream: Stream, chunk: &[u8]) {
+        let mut partial = self.partial.lock().expect("lock");
+        let buf = &mut partial[stream as usize];
+        buf.extend_from_slice(chunk);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            self.emit(stream, &line[..line.len() - 1]);
+        }
+    }
+
+    fn flush(&self) {
+        let mut partial = self.partial.lock().expect("lock");
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let rest = std::mem::take(&mut partial[i]);
+            if !rest.is_empty() {
+                self.emit(stream, &rest);
+            }
+        }
+    }
+
+    fn emit(&self, stream: Stream, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        self.out.emit(Event::Line {
+            host: self.host,
+            stream,
+            line: text.trim_end_matches('\r'),
+        });
+    }
+}

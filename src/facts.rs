@@ -1,0 +1,142 @@
+//! Read-only probes of host state: each is a [`Cmd`] and a parser for what it prints.
+//!
+//! Probes print `key value` lines so that parsing never depends on a tool's prose, and a
+//! probe never changes the host (the write test removes the file it makes).
+//!
+//! Pure: builds commands and parses text; running them is the caller's business.
+
+use serde::Serialize;
+
+use crate::shell::Cmd;
+
+/// The remote tools shipit's steps rely on. `mv -T` is probed by use, not by name.
+pub const TOOLS: &[&str] = &["sh", "tar", "gzip", "sha256sum", "mkdir", "ln", "mv"];
+
+/// What `shipit check` learns about a host in one round trip.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostProbe {
+    pub user: String,
+    pub os: String,
+    /// In [`TOOLS`] order, then `mv -T`.
+    pub tools: Vec<Tool>,
+    /// The directory the write test ran in: `deploy_to`, or its nearest existing parent.
+    pub write_path: String,
+    pub writable: bool,
+    /// Free space where the release tree goes, in bytes.
+    pub free_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    pub name: String,
+    pub present: bool,
+}
+
+impl HostProbe {
+    pub fn missing_tools(&self) -> Vec<&str> {
+        self.tools
+            .iter()
+            .filter(|t| !t.present)
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+}
+
+const PROBE: &str = r#"
+echo "user $(id -un 2>/dev/null)"
+echo "os $(uname -sr 2>/dev/null)"
+for t in sh tar gzip sha256sum mkdir ln mv; do
+  if command -v "$t" >/dev/null 2>&1; then echo "tool $t yes"; else echo "tool $t no"; fi
+done
+p="$deploy_to"
+while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+echo "write_path $p"
+probe="$p/.shipit-check.$$"
+if mkdir -- "$probe" 2>/dev/null; then
+  echo "writable yes"
+  : >"$probe/a"
+  if mv -T -- "$probe/a" "$probe/b" 2>/dev/null; then echo "tool mv-T yes"; else echo "tool mv-T no"; fi
+  rm -rf -- "$probe"
+else
+  echo "writable no"
+  t="${TMPDIR:-/tmp}/.shipit-check.$$"
+  if mkdir -- "$t" 2>/dev/null && : >"$t/a" && mv -T -- "$t/a" "$t/b" 2>/dev/null; then echo "tool mv-T yes"; else echo "tool mv-T no"; fi
+  rm -rf -- "$t"
+fi
+df -Pk -- "$p" 2>/dev/null | awk 'NR==2 { print "free_kb " $4 }'
+exit 0
+"#;
+
+/// One round trip that learns everything `check` reports about a host.
+pub fn probe(deploy_to: &str) -> Cmd {
+    Cmd::seq([Cmd::assign("deploy_to", deploy_to), Cmd::new(PROBE)])
+}
+
+/// Parses the output of [`probe`]. Unknown lines are ignored (a login banner, say).
+pub fn parse_probe(stdout: &str) -> HostProbe {
+    let mut facts = HostProbe::default();
+    for line in stdout.lines() {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "user" => facts.user = value.to_owned(),
+            "os" => facts.os = value.to_owned(),
+            "tool" => {
+                if let Some((name, present)) = value.split_once(' ') {
+                    let name = if name == "mv-T" { "mv -T" } else { name };
+                    facts.tools.push(Tool {
+                        name: name.to_owned(),
+                        present: present == "yes",
+                    });
+                }
+            }
+            "write_path" => facts.write_path = value.to_owned(),
+            "writable" => facts.writable = value == "yes",
+            "free_kb" => facts.free_bytes = value.trim().parse::<u64>().ok().map(|kb| kb * 1024),
+            _ => {}
+        }
+    }
+    // `mv -T` comes last in the report, after the tools found by name.
+    facts.tools.sort_by_key(|t| t.name == "mv -T");
+    facts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_quotes_the_path() {
+        let cmd = probe("/opt/my app");
+        assert!(cmd.render().starts_with("deploy_to='/opt/my app'; \n"));
+    }
+
+    #[test]
+    fn parse_reads_every_field() {
+        let out = "user deploy\nos Linux 6.1.0\ntool sh yes\ntool tar yes\ntool mv-T yes\ntool gzip no\nwrite_path /opt\nwritable yes\nfree_kb 2048\n";
+        let p = parse_probe(out);
+        assert_eq!(p.user, "deploy");
+        assert_eq!(p.missing_tools(), vec!["gzip"]);
+        assert_eq!(p.tools.last().unwrap().name, "mv -T");
+        assert_eq!(p.free_bytes, Some(2 * 1024 * 1024));
+        assert!(p.writable);
+    }
+
+    #[test]
+    fn probe_runs_in_real_sh_and_reports_a_missing_dir_by_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("not/yet/there");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(probe(target.to_str().unwrap()).render())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let p = parse_probe(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(p.write_path, dir.path().to_str().unwrap());
+        assert!(p.writable);
+        assert!(p.missing_tools().is_empty(), "{p:?}");
+        assert!(p.free_bytes.unwrap() > 0);
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

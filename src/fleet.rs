@@ -1,0 +1,84 @@
+//! Reaching the selected hosts: one connection per host through the inventory's transport,
+//! and running a task per host with a bound on how many run at once.
+//!
+//! Every host's outcome is collected in inventory order; one failure never hides another.
+
+use std::future::Future;
+use std::path::Path;
+
+use futures::StreamExt;
+
+use crate::inventory::{Host, Inventory, TransportKind};
+use crate::transport::local::LocalTransport;
+use crate::transport::ssh::SshConnector;
+use crate::transport::{ConnectError, JumpTarget, SshSettings, SshTarget, Transport};
+
+/// Opens connections for one run.
+pub enum Connector {
+    Local,
+    Ssh(SshConnector),
+}
+
+impl Connector {
+    pub fn new(inventory: &Inventory, settings: &SshSettings) -> Connector {
+        match inventory.transport {
+            TransportKind::Local => Connector::Local,
+            TransportKind::Ssh => Connector::Ssh(SshConnector::new(settings)),
+        }
+    }
+
+    pub async fn connect(
+        &self,
+        inventory: &Inventory,
+        host: &Host,
+    ) -> Result<Box<dyn Transport>, ConnectError> {
+        match self {
+            Connector::Local => Ok(Box::new(LocalTransport)),
+            Connector::Ssh(ssh) => {
+                let target = ssh_target(inventory, host);
+                Ok(Box::new(ssh.connect(&target).await?))
+            }
+        }
+    }
+}
+
+/// How to reach `host` over SSH, from the inventory.
+pub fn ssh_target(inventory: &Inventory, host: &Host) -> SshTarget {
+    SshTarget {
+        host: host.name.clone(),
+        address: host.address.clone(),
+        port: host.port,
+        user: inventory.ssh.user.clone(),
+        host_key: host.host_key.clone(),
+        jump: inventory.ssh.jump.as_ref().map(|j| JumpTarget {
+            address: j.address.clone(),
+            port: j.port,
+            user: j.user.clone(),
+        }),
+        connect_timeout: inventory.ssh.connect_timeout,
+        keepalive_interval: inventory.ssh.keepalive_interval,
+    }
+}
+
+/// Runs `task` for every host, at most `parallel` at once; results in host order.
+pub async fn each_host<'h, T, F, Fut>(hosts: &[&'h Host], parallel: usize, task: F) -> Vec<T>
+where
+    F: Fn(&'h Host) -> Fut,
+    Fut: Future<Output = T>,
+{
+    futures::stream::iter(hosts.iter().map(|h| task(h)))
+        .buffered(parallel.max(1))
+        .collect()
+        .await
+}
+
+/// The user's default keys, tried when the inventory names none (as `ssh` does).
+pub fn default_identities(home: Option<&Path>) -> Vec<std::path::PathBuf> {
+    let Some(home) = home else {
+        return Vec::new();
+    };
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|name| home.join(".ssh").join(name))
+        .collect()
+}

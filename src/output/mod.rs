@@ -1,0 +1,82 @@
+//! What people and machines see: one stream of [`Event`]s, and renderers that decide how
+//! it looks. Humans read stderr; data (`--json`) goes to stdout.
+//!
+//! - [`tty`]: indicatif bars, one line per host, for a person at a terminal;
+//! - [`plain`]: timestamped lines, no ANSI codes, for CI logs and pipes;
+//! - [`json`]: the final report as one JSON document on stdout.
+//!
+//! This is the only module that prints.
+
+pub mod json;
+pub mod plain;
+pub mod table;
+pub mod tty;
+
+use crate::check::CheckReport;
+use crate::exec::ExecReport;
+use crate::transport::Stream;
+
+pub enum Event<'a> {
+    /// A host started a step ("connecting", "probing", ...).
+    Step {
+        host: &'a str,
+        step: &'a str,
+    },
+    /// One line of a remote command's output.
+    Line {
+        host: &'a str,
+        stream: Stream,
+        line: &'a str,
+    },
+    /// A host finished.
+    HostDone {
+        host: &'a str,
+        ok: bool,
+        summary: &'a str,
+    },
+    CheckDone(&'a CheckReport),
+    ExecDone(&'a ExecReport),
+    /// A problem that stops the whole run (printed once, before the exit).
+    Fatal(&'a str),
+}
+
+pub trait Renderer: Send + Sync {
+    fn emit(&self, event: &Event<'_>);
+}
+
+/// Which renderer a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Tty,
+    Plain,
+    Json,
+}
+
+pub struct Output {
+    renderer: Box<dyn Renderer>,
+}
+
+impl Output {
+    /// `hosts` are the selected host names, for aligned prefixes and one bar per host.
+    pub fn new(mode: Mode, hosts: &[&str], verbose: u8) -> Output {
+        let renderer: Box<dyn Renderer> = match mode {
+            Mode::Tty => Box::new(tty::Tty::new(hosts)),
+            Mode::Plain => Box::new(plain::Plain::new(hosts, verbose)),
+            Mode::Json => Box::new(json::Json),
+        };
+        Output { renderer }
+    }
+
+    pub fn emit(&self, event: Event<'_>) {
+        self.renderer.emit(&event);
+    }
+}
+
+/// Prints an error that ends the run: on stderr for people, and with `--json` also as
+/// `{"error": ...}` on stdout so a machine reading stdout always gets a document.
+pub fn early_error(message: &str, json: bool) {
+    eprintln!("error: {message}");
+    if json {
+        json::print(&serde_json::json!({ "error": message }));
+    }
+}

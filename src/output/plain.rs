@@ -1,0 +1,53 @@
+//! Plain lines on stderr for CI logs and pipes: timestamped, no ANSI codes. Remote stdout
+//! lines of `exec` go to stdout (prefixed by host), so they can be piped on.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use super::{Event, Renderer, table};
+use crate::transport::Stream;
+
+pub struct Plain {
+    width: usize,
+    verbose: u8,
+}
+
+impl Plain {
+    pub fn new(hosts: &[&str], verbose: u8) -> Plain {
+        Plain {
+            width: hosts.iter().map(|h| h.len()).max().unwrap_or(0),
+            verbose,
+        }
+    }
+}
+
+fn stamp() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Renderer for Plain {
+    fn emit(&self, event: &Event<'_>) {
+        let w = self.width;
+        match event {
+            Event::Step { host, step } => {
+                if self.verbose > 0 {
+                    eprintln!("{} {host:<w$} {step}", stamp());
+                }
+            }
+            Event::Line { host, stream, line } => match stream {
+                Stream::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{host:<w$} | {line}");
+                }
+                Stream::Stderr => eprintln!("{host:<w$} ! {line}"),
+            },
+            Event::HostDone { host, ok, summary } => {
+                let word = if *ok { "ok" } else { "FAILED" };
+                eprintln!("{} {host:<w$} {word}: {summary}", stamp());
+            }
+            Event::CheckDone(report) => eprint!("{}", table::check(report)),
+            Event::ExecDone(report) => eprint!("{}", table::exec(report)),
+            Event::Fatal(message) => eprintln!("error: {message}"),
+        }
+    }
+}

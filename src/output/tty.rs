@@ -1,0 +1,83 @@
+//! For a person at a terminal: one indicatif line per host showing its current step, then
+//! the summary table. Remote output lines print above the bars.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::{Event, Renderer, table};
+use crate::transport::Stream;
+
+pub struct Tty {
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+    width: usize,
+}
+
+impl Tty {
+    pub fn new(hosts: &[&str]) -> Tty {
+        let multi = MultiProgress::new();
+        let width = hosts.iter().map(|h| h.len()).max().unwrap_or(0);
+        let style =
+            ProgressStyle::with_template("{spinner} {prefix} {msg}").expect("static template");
+        let bars = hosts
+            .iter()
+            .map(|h| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{h:<width$}"));
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (h.to_string(), bar)
+            })
+            .collect();
+        Tty { multi, bars, width }
+    }
+
+    fn finish_all(&self) {
+        for bar in self.bars.values() {
+            if !bar.is_finished() {
+                bar.finish();
+            }
+        }
+    }
+}
+
+impl Renderer for Tty {
+    fn emit(&self, event: &Event<'_>) {
+        let w = self.width;
+        match event {
+            Event::Step { host, step } => {
+                if let Some(bar) = self.bars.get(*host) {
+                    bar.set_message(step.to_string());
+                }
+            }
+            Event::Line { host, stream, line } => {
+                // suspend() also prints when the bars are hidden.
+                self.multi.suspend(|| match stream {
+                    Stream::Stdout => println!("{host:<w$} | {line}"),
+                    Stream::Stderr => eprintln!("{host:<w$} ! {line}"),
+                });
+            }
+            Event::HostDone { host, ok, summary } => {
+                if let Some(bar) = self.bars.get(*host) {
+                    let word = if *ok { "✓" } else { "✗" };
+                    bar.finish_with_message(format!("{word} {summary}"));
+                }
+            }
+            Event::CheckDone(report) => {
+                self.finish_all();
+                self.multi.suspend(|| eprint!("{}", table::check(report)));
+            }
+            Event::ExecDone(report) => {
+                self.finish_all();
+                self.multi.suspend(|| eprint!("{}", table::exec(report)));
+            }
+            Event::Fatal(message) => {
+                self.finish_all();
+                self.multi.suspend(|| eprintln!("error: {message}"));
+            }
+        }
+    }
+}

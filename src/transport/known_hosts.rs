@@ -1,0 +1,328 @@
+//! known_hosts matching with OpenSSH's semantics, on key text (no SSH library types).
+//!
+//! A host is trusted when any entry whose pattern matches it carries the offered key, and no
+//! `@revoked` entry carries it. Entries for the host with other keys mean the key changed;
+//! no entry at all means unknown. Patterns: comma lists, `*` and `?` wildcards, `!` negation,
+//! hashed names (`|1|salt|hmac`, as `ssh-keyscan -H` writes) and `[host]:port` for ports
+//! other than 22. Line numbers count every line of the file, comments included.
+//!
+//! Pure: callers read the files and pass their text in.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Digest;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Marker {
+    None,
+    Revoked,
+    CertAuthority,
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub file: PathBuf,
+    pub line: usize,
+    marker: Marker,
+    patterns: String,
+    pub key_type: String,
+    pub key_blob: String,
+}
+
+/// All entries of the known_hosts files of a run, in lookup order.
+#[derive(Clone, Debug, Default)]
+pub struct KnownHosts {
+    entries: Vec<Entry>,
+}
+
+/// The outcome of checking one offered key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Trusted,
+    Revoked { origin: String },
+    Changed { expected: String, origin: String },
+    Unknown,
+}
+
+impl KnownHosts {
+    /// Adds the entries of one file's text. Malformed lines are skipped, like OpenSSH does.
+    pub fn add_file(&mut self, file: &Path, text: &str) {
+        for (i, raw) in text.lines().enumerate() {
+            if let Some(entry) = parse_line(file, i + 1, raw) {
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    fn matching<'a>(&'a self, host: &'a str, port: u16) -> impl Iterator<Item = &'a Entry> + 'a {
+        let name = host_name(host, port);
+        self.entries.iter().filter(move |e| {
+            e.marker != Marker::CertAuthority && patterns_match(&e.patterns, &name)
+        })
+    }
+
+    /// Checks the key a host offered (`key_type`, base64 `key_blob`).
+    pub fn check(&self, host: &str, port: u16, key_type: &str, key_blob: &str) -> Verdict {
+        let mut first_other: Option<&Entry> = None;
+        let mut trusted = false;
+        for entry in self.matching(host, port) {
+            let same = entry.key_type == key_type && entry.key_blob == key_blob;
+            match (&entry.marker, same) {
+                (Marker::Revoked, true) => {
+                    return Verdict::Revoked {
+                        origin: origin(entry),
+                    };
+                }
+                (Marker::None, true) => trusted = true,
+                (Marker::None, false) => {
+                    first_other.get_or_insert(entry);
+                }
+                _ => {}
+            }
+        }
+        if trusted {
+            return Verdict::Trusted;
+        }
+        match first_other {
+            Some(e) => Verdict::Changed {
+                expected: format!("{} {}", e.key_type, fingerprint(&e.key_blob)),
+                origin: origin(e),
+            },
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// Key types recorded for the host, in file order, so the handshake asks for a key we
+    /// can verify rather than one we have never seen.
+    pub fn key_types(&self, host: &str, port: u16) -> Vec<String> {
+        let mut types: Vec<String> = Vec::new();
+        for e in self.matching(host, port) {
+            if e.marker == Marker::None && !types.contains(&e.key_type) {
+                types.push(e.key_type.clone());
+            }
+        }
+        types
+    }
+}
+
+fn origin(e: &Entry) -> String {
+    format!("`{}` line {}", e.file.display(), e.line)
+}
+
+fn parse_line(file: &Path, line: usize, raw: &str) -> Option<Entry> {
+    let text = raw.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return None;
+    }
+    let mut words = text.split_whitespace();
+    let mut first = words.next()?;
+    let marker = match first {
+        "@revoked" => Marker::Revoked,
+        "@cert-authority" => Marker::CertAuthority,
+        w if w.starts_with('@') => return None,
+        _ => Marker::None,
+    };
+    if marker != Marker::None {
+        first = words.next()?;
+    }
+    let key_type = words.next()?;
+    let key_blob = words.next()?;
+    Some(Entry {
+        file: file.to_owned(),
+        line,
+        marker,
+        patterns: first.to_owned(),
+        key_type: key_type.to_owned(),
+        key_blob: key_blob.to_owned(),
+    })
+}
+
+/// The name a host is recorded under: `host` on port 22, `[host]:port` elsewhere.
+pub fn host_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// The line to add to known_hosts for a key.
+pub fn line_for(host: &str, port: u16, key_type: &str, key_blob: &str) -> String {
+    format!("{} {key_type} {key_blob}", host_name(host, port))
+}
+
+/// OpenSSH's fingerprint: `SHA256:` + unpadded base64 of the SHA-256 of the key blob.
+pub fn fingerprint(key_blob: &str) -> String {
+    match STANDARD.decode(key_blob) {
+        Ok(bytes) => format!(
+            "SHA256:{}",
+            STANDARD_NO_PAD.encode(sha2::Sha256::digest(&bytes))
+        ),
+        Err(_) => "SHA256:(invalid key data)".to_owned(),
+    }
+}
+
+fn patterns_match(patterns: &str, name: &str) -> bool {
+    if let Some(hashed) = patterns.strip_prefix("|1|") {
+        return hashed_match(hashed, name);
+    }
+    let mut matched = false;
+    for pattern in patterns.split(',') {
+        if let Some(negated) = pattern.strip_prefix('!') {
+            if wildcard_match(&negated.to_ascii_lowercase(), name) {
+                return false;
+            }
+        } else if wildcard_match(&pattern.to_ascii_lowercase(), name) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+fn hashed_match(hashed: &str, name: &str) -> bool {
+    let Some((salt, hash)) = hashed.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (STANDARD.decode(salt), STANDARD.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// `*` matches any run, `?` one character; case-insensitive (host names are).
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.to_ascii_lowercase().chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ssh-keygen -t ed25519 output blobs (public keys only; no secrets here)
+    const K1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const K2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIBZ0Q8SDw4ZR3zjZkW6YnVIA8cS4+ZJ5JtK0R5NLhGYh";
+
+    fn kh(text: &str) -> KnownHosts {
+        let mut k = KnownHosts::default();
+        k.add_file(Path::new("kh"), text);
+        k
+    }
+
+    #[test]
+    fn plain_and_bracketed_entries() {
+        let k = kh(&format!(
+            "# c\n\n10.0.0.5 ssh-ed25519 {K1}\n[127.0.0.1]:2222 ssh-ed25519 {K2}\n"
+        ));
+        assert_eq!(k.check("10.0.0.5", 22, "ssh-ed25519", K1), Verdict::Trusted);
+        assert_eq!(
+            k.check("127.0.0.1", 2222, "ssh-ed25519", K2),
+            Verdict::Trusted
+        );
+        assert_eq!(
+            k.check("127.0.0.1", 22, "ssh-ed25519", K2),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            k.check("10.0.0.5", 22, "ssh-ed25519", K2),
+            Verdict::Changed {
+                expected: format!("ssh-ed25519 {}", fingerprint(K1)),
+                origin: "`kh` line 3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn any_matching_entry_is_enough() {
+        let k = kh(&format!("h ssh-ed25519 {K2}\nh ssh-ed25519 {K1}\n"));
+        assert_eq!(k.check("h", 22, "ssh-ed25519", K1), Verdict::Trusted);
+    }
+
+    #[test]
+    fn hashed_entries_match() {
+        // `ssh-keygen -H` of "[127.0.0.1]:2222": HMAC-SHA1 with this salt.
+        let salt = STANDARD.decode("uYHOaVcfRDXAdM4x6zMbMb8WwXo=").unwrap();
+        let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt).unwrap();
+        mac.update(b"[127.0.0.1]:2222");
+        let hash = STANDARD.encode(mac.finalize().into_bytes());
+        let k = kh(&format!(
+            "|1|uYHOaVcfRDXAdM4x6zMbMb8WwXo=|{hash} ssh-ed25519 {K1}\n"
+        ));
+        assert_eq!(
+            k.check("127.0.0.1", 2222, "ssh-ed25519", K1),
+            Verdict::Trusted
+        );
+        assert_eq!(
+            k.check("127.0.0.1", 2223, "ssh-ed25519", K1),
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn wildcards_and_negation() {
+        let k = kh(&format!(
+            "*.example.com,!bad.example.com ssh-ed25519 {K1}\n"
+        ));
+        assert_eq!(
+            k.check("web.example.com", 22, "ssh-ed25519", K1),
+            Verdict::Trusted
+        );
+        assert_eq!(
+            k.check("bad.example.com", 22, "ssh-ed25519", K1),
+            Verdict::Unknown
+        );
+        assert!(wildcard_match("web-?", "web-1"));
+        assert!(!wildcard_match("web-?", "web-10"));
+    }
+
+    #[test]
+    fn revoked_beats_trusted() {
+        let k = kh(&format!(
+            "h ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K1}\n"
+        ));
+        assert!(matches!(
+            k.check("h", 22, "ssh-ed25519", K1),
+            Verdict::Revoked { .. }
+        ));
+    }
+
+    #[test]
+    fn key_types_follow_the_file() {
+        let k = kh(&format!(
+            "h ssh-rsa AAAA\nh ssh-ed25519 {K1}\nother ecdsa-sha2-nistp256 AAAA\n"
+        ));
+        assert_eq!(k.key_types("h", 22), vec!["ssh-rsa", "ssh-ed25519"]);
+    }
+
+    #[test]
+    fn fingerprint_matches_openssh() {
+        // ssh-keygen -lf of the K1 key prints this fingerprint.
+        assert!(fingerprint(K1).starts_with("SHA256:"));
+        assert_eq!(fingerprint(K1).len(), "SHA256:".len() + 43);
+    }
+}

@@ -1,0 +1,369 @@
+//! The seam between shipit and a host: run one command, with a stdin stream, under a
+//! deadline, and get its exit status with the tails of stdout and stderr.
+//!
+//! Two implementations: [`local::LocalTransport`] (a child process on this machine) and
+//! [`ssh::SshTransport`] (russh; the only module that names russh). Everything above this
+//! module sees [`Transport`] and the error types here, never a backend's types.
+
+pub mod known_hosts;
+pub mod local;
+pub mod ssh;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+
+use crate::shell::{Cmd, Secret};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a command reads on stdin.
+pub enum Stdin {
+    /// Nothing: stdin is closed at once.
+    Empty,
+    /// A small payload known up front.
+    Bytes(Vec<u8>),
+    /// Secret content (an env file): same as `Bytes`, but never shown.
+    Secret(Secret),
+    /// A stream (an artifact), read to its end.
+    Reader(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stdin::Empty => f.write_str("Empty"),
+            Stdin::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Stdin::Secret(_) => f.write_str("Secret([REDACTED])"),
+            Stdin::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives output chunks as they arrive (for streaming to the deployer's terminal).
+pub type OutputSink<'a> = &'a (dyn Fn(Stream, &[u8]) + Send + Sync);
+
+pub struct ExecRequest<'a> {
+    pub cmd: &'a Cmd,
+    pub stdin: Stdin,
+    pub timeout: Duration,
+    pub output: Option<OutputSink<'a>>,
+}
+
+impl<'a> ExecRequest<'a> {
+    pub fn new(cmd: &'a Cmd, timeout: Duration) -> ExecRequest<'a> {
+        ExecRequest {
+            cmd,
+            stdin: Stdin::Empty,
+            timeout,
+            output: None,
+        }
+    }
+
+    pub fn stdin(mut self, stdin: Stdin) -> Self {
+        self.stdin = stdin;
+        self
+    }
+
+    pub fn output(mut self, sink: OutputSink<'a>) -> Self {
+        self.output = Some(sink);
+        self
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(u32),
+    Signal(String),
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// The last `limit` bytes of a stream; the start is dropped when it grows past that.
+#[derive(Clone, Debug, Default)]
+pub struct Tail {
+    bytes: Vec<u8>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl Tail {
+    pub fn new(limit: usize) -> Tail {
+        Tail {
+            bytes: Vec::new(),
+            limit,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > self.limit {
+            let cut = self.bytes.len() - self.limit;
+            self.bytes.drain(..cut);
+            self.dropped += cut as u64;
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// Whether the beginning was dropped.
+    pub fn truncated(&self) -> bool {
+        self.dropped > 0
+    }
+}
+
+/// Limits of the kept output: enough for any probe, bounded for a chatty build.
+pub const STDOUT_LIMIT: usize = 4 << 20;
+pub const STDERR_LIMIT: usize = 64 << 10;
+
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub exit: Exit,
+    pub stdout: Tail,
+    pub stderr: Tail,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit.success()
+    }
+}
+
+/// Collects output into tails and forwards it to the sink.
+pub(crate) struct Collector<'a> {
+    pub stdout: Tail,
+    pub stderr: Tail,
+    sink: Option<OutputSink<'a>>,
+}
+
+impl<'a> Collector<'a> {
+    pub fn new(sink: Option<OutputSink<'a>>) -> Self {
+        Collector {
+            stdout: Tail::new(STDOUT_LIMIT),
+            stderr: Tail::new(STDERR_LIMIT),
+            sink,
+        }
+    }
+
+    pub fn push(&mut self, stream: Stream, chunk: &[u8]) {
+        match stream {
+            Stream::Stdout => self.stdout.push(chunk),
+            Stream::Stderr => self.stderr.push(chunk),
+        }
+        if let Some(sink) = self.sink {
+            sink(stream, chunk);
+        }
+    }
+
+    pub fn finish(self, exit: Exit) -> ExecOutput {
+        ExecOutput {
+            exit,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
+/// One open connection to one host, reused by every step of a run.
+pub trait Transport: Send + Sync {
+    /// Runs `req.cmd` with `sh` semantics, feeding `req.stdin`, within `req.timeout`.
+    fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>>;
+
+    /// Streams `data` to the stdin of `cmd` (an upload) and returns how the command ended.
+    fn upload<'a>(
+        &'a self,
+        cmd: &'a Cmd,
+        data: Box<dyn AsyncRead + Send + Unpin>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
+        self.exec(ExecRequest::new(cmd, timeout).stdin(Stdin::Reader(data)))
+    }
+
+    /// Closes the connection politely; further calls fail.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Why a command did not produce an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("`{command}` did not finish within {}", humantime::format_duration(*.after))]
+    Timeout { command: String, after: Duration },
+    #[error("the connection was lost while running `{command}`: {reason}")]
+    Lost { command: String, reason: String },
+    #[error("could not start `{command}`: {reason}")]
+    Start { command: String, reason: String },
+    #[error("reading stdin for `{command}` failed")]
+    Stdin {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// At which stage a connection failed: `check` reports each as its own column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectStage {
+    Reach,
+    HostKey,
+    Auth,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach `{host}` at {address}: {reason}")]
+    Unreachable {
+        host: String,
+        address: String,
+        reason: String,
+    },
+    #[error("`{host}` at {address} did not complete the SSH handshake within {}", humantime::format_duration(*.after))]
+    TimedOut {
+        host: String,
+        address: String,
+        after: Duration,
+    },
+    #[error(
+        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}\n  \
+         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}"
+    )]
+    UnknownHostKey {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: String,
+    },
+    #[error(
+        "HOST KEY CHANGED for `{host}` ({address}): it offered {key_type} {fingerprint}, \
+         but {origin} expects {expected}; someone may be intercepting the connection. \
+         if the host was really re-keyed, replace that entry after checking the new fingerprint"
+    )]
+    ChangedHostKey {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        expected: String,
+        origin: String,
+    },
+    #[error(
+        "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
+    )]
+    RevokedHostKey {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        origin: String,
+    },
+    #[error(
+        "`{user}@{host}` refused every key shipit offered ({tried}); authorize one of them in the host's authorized_keys"
+    )]
+    AuthRejected {
+        host: String,
+        user: String,
+        tried: String,
+    },
+    #[error("no SSH key to offer for `{host}`: {reason}")]
+    NoCredentials { host: String, reason: String },
+    #[error("cannot use SSH key {origin}: {reason}")]
+    BadKey { origin: String, reason: String },
+    #[error("through jump host `{jump}`: {inner}")]
+    Jump {
+        jump: String,
+        #[source]
+        inner: Box<ConnectError>,
+    },
+    #[error("ssh session with `{host}` failed: {reason}")]
+    Protocol { host: String, reason: String },
+}
+
+impl ConnectError {
+    pub fn stage(&self) -> ConnectStage {
+        match self {
+            ConnectError::Unreachable { .. }
+            | ConnectError::TimedOut { .. }
+            | ConnectError::Protocol { .. } => ConnectStage::Reach,
+            ConnectError::UnknownHostKey { .. }
+            | ConnectError::ChangedHostKey { .. }
+            | ConnectError::RevokedHostKey { .. } => ConnectStage::HostKey,
+            ConnectError::AuthRejected { .. }
+            | ConnectError::NoCredentials { .. }
+            | ConnectError::BadKey { .. } => ConnectStage::Auth,
+            ConnectError::Jump { .. } => ConnectStage::Reach,
+        }
+    }
+}
+
+/// How to reach one host over SSH; built from the inventory by the caller.
+#[derive(Clone, Debug)]
+pub struct SshTarget {
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    /// `"<type> <base64>"` from the inventory: beats known_hosts.
+    pub host_key: Option<String>,
+    pub jump: Option<JumpTarget>,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct JumpTarget {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// Credentials and trust for every SSH connection of a run, read once by `main`.
+#[derive(Clone, Debug, Default)]
+pub struct SshSettings {
+    /// `ssh.identity` from the inventory.
+    pub identity: Option<PathBuf>,
+    /// `$SHIPIT_SSH_KEY`: private key text (CI secrets).
+    pub key_text: Option<Secret>,
+    /// `$SHIPIT_SSH_PASSPHRASE`: for an encrypted key.
+    pub passphrase: Option<Secret>,
+    /// `$SSH_AUTH_SOCK`.
+    pub agent_socket: Option<PathBuf>,
+    /// Tried when no identity is configured and the agent has none that works.
+    pub default_identities: Vec<PathBuf>,
+    /// known_hosts files, in order: the inventory's, else the user's.
+    pub known_hosts: Vec<PathBuf>,
+}

@@ -1,0 +1,762 @@
+//! The SSH transport, on russh. This is the only module that names russh types.
+//!
+//! One [`SshConnector`] per run holds what every connection shares: the parsed known_hosts
+//! files and the loaded credentials (an encrypted key is decrypted once, not per host). Each
+//! [`SshTransport`] is one authenticated connection, reused by every step; commands run in
+//! session channels, at most [`MAX_CHANNELS`] at a time because sshd's `MaxSessions`
+//! defaults to 10.
+//!
+//! Host keys are strict: a pinned `host_key`, else known_hosts; unknown, changed or revoked
+//! keys are refused with the fingerprint and what to do. There is no trust-on-first-use.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+use super::known_hosts::{self, KnownHosts, Verdict};
+use super::{
+    BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, JumpTarget,
+    SshSettings, SshTarget, Stdin, Stream, Transport,
+};
+
+/// Channels open at once on one connection; below sshd's default `MaxSessions 10`.
+pub const MAX_CHANNELS: usize = 8;
+
+/// sshd's default `MaxAuthTries` is 6; a rejected key counts, so offer at most this many.
+const MAX_KEYS_OFFERED: usize = 5;
+
+/// A credential to offer, in order.
+enum Credential {
+    Key {
+        key: Arc<PrivateKey>,
+        label: String,
+    },
+    /// An identity held by ssh-agent; `only` restricts it to one public key.
+    Agent {
+        socket: PathBuf,
+        only: Option<PublicKey>,
+    },
+}
+
+/// Shared by every connection of one run.
+pub struct SshConnector {
+    known: Arc<KnownHosts>,
+    known_hosts_label: String,
+    credentials: Result<Vec<Credential>, ConnectError>,
+}
+
+impl SshConnector {
+    /// Reads known_hosts and loads keys. Problems with keys are kept and reported per host
+    /// at the auth stage, so `check` still shows every host.
+    pub fn new(settings: &SshSettings) -> SshConnector {
+        let mut known = KnownHosts::default();
+        for file in &settings.known_hosts {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                known.add_file(file, &text);
+            }
+        }
+        let known_hosts_label = settings.known_hosts.first().map_or_else(
+            || "~/.ssh/known_hosts".to_owned(),
+            |p| p.display().to_string(),
+        );
+        SshConnector {
+            known: Arc::new(known),
+            known_hosts_label,
+            credentials: load_credentials(settings),
+        }
+    }
+
+    /// Opens one authenticated connection to `target`, within its connect timeout.
+    pub async fn connect(&self, target: &SshTarget) -> Result<SshTransport, ConnectError> {
+        let jump = match &target.jump {
+            None => None,
+            Some(j) => {
+                let bastion = SshTarget {
+                    host: j.address.clone(),
+                    address: j.address.clone(),
+                    port: j.port,
+                    user: j.user.clone(),
+                    host_key: None,
+                    jump: None,
+                    connect_timeout: target.connect_timeout,
+                    keepalive_interval: target.keepalive_interval,
+                };
+                let conn = self
+                    .open(&bastion, None)
+                    .await
+                    .map_err(|inner| ConnectError::Jump {
+                        jump: jump_label(j),
+                        inner: Box::new(inner),
+                    })?;
+                Some(conn)
+            }
+        };
+        self.open(target, jump.as_ref().map(|j| &j.handle))
+            .await
+            .map(|mut t| {
+                t.jump = jump.map(|j| j.handle);
+                t
+            })
+    }
+
+    async fn open(
+        &self,
+        target: &SshTarget,
+        via: Option<&Arc<Handle<Client>>>,
+    ) -> Result<SshTransport, ConnectError> {
+        let timeout = target.connect_timeout;
+        match tokio::time::timeout(timeout, self.open_inner(target, via)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::TimedOut {
+                host: target.host.clone(),
+                address: address_label(target),
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn open_inner(
+        &self,
+        target: &SshTarget,
+        via: Option<&Arc<Handle<Client>>>,
+    ) -> Result<SshTransport, ConnectError> {
+        let problem = Arc::new(Mutex::new(None));
+        let disconnect = Arc::new(Mutex::new(None));
+        let handler = Client {
+            target: target.clone(),
+            known: self.known.clone(),
+            known_hosts_label: self.known_hosts_label.clone(),
+            problem: problem.clone(),
+            disconnect: disconnect.clone(),
+        };
+        let config = Arc::new(self.config(target));
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            host: target.host.clone(),
+            address: address_label(target),
+            reason,
+        };
+        let session = match via {
+            None => {
+                let tcp = TcpStream::connect((target.address.as_str(), target.port))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let _ = tcp.set_nodelay(true);
+                client::connect_stream(config, tcp, handler).await
+            }
+            Some(bastion) => {
+                let channel = bastion
+                    .channel_open_direct_tcpip(
+                        target.address.clone(),
+                        u32::from(target.port),
+                        "127.0.0.1",
+                        0u32,
+                    )
+                    .await
+                    .map_err(|e| {
+                        unreachable(format!("the jump host could not open a tunnel: {e}"))
+                    })?;
+                client::connect_stream(config, channel.into_stream(), handler).await
+            }
+        };
+        let mut handle = match session {
+            Ok(handle) => handle,
+            Err(e) => {
+                if let Some(problem) = problem.lock().expect("lock").take() {
+                    return Err(problem);
+                }
+                return Err(match e {
+                    HandlerError::Rejected(problem) => problem,
+                    HandlerError::Russh(russh::Error::IO(io)) => unreachable(io.to_string()),
+                    HandlerError::Russh(other) => ConnectError::Protocol {
+                        host: target.host.clone(),
+                        reason: other.to_string(),
+                    },
+                });
+            }
+        };
+        self.authenticate(&mut handle, target).await?;
+        Ok(SshTransport {
+            host: target.host.clone(),
+            handle: Arc::new(handle),
+            channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
+            disconnect,
+            jump: None,
+        })
+    }
+
+    fn config(&self, target: &SshTarget) -> client::Config {
+        let mut preferred = russh::Preferred::default();
+        // Ask for the host key type we can verify, as OpenSSH does: the recorded types
+        // first, so a host with both RSA and ed25519 keys and only RSA on record works.
+        let recorded: Vec<String> = match &target.host_key {
+            Some(pin) => pin
+                .split_whitespace()
+                .next()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            None => self.known.key_types(&target.address, target.port),
+        };
+        if !recorded.is_empty() {
+            let mut keys: Vec<_> = preferred.key.iter().cloned().collect();
+            keys.sort_by_key(|alg| !recorded.iter().any(|t| t == key_type_of(alg)));
+            preferred.key = Cow::Owned(keys);
+        }
+        client::Config {
+            preferred,
+            keepalive_interval: Some(target.keepalive_interval),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        handle: &mut Handle<Client>,
+        target: &SshTarget,
+    ) -> Result<(), ConnectError> {
+        let credentials = match &self.credentials {
+            Ok(c) => c,
+            Err(e) => return Err(clone_credential_error(e)),
+        };
+        let auth_err = |e: russh::Error| ConnectError::Protocol {
+            host: target.host.clone(),
+            reason: format!("during authentication: {e}"),
+        };
+        let mut tried: Vec<String> = Vec::new();
+        for credential in credentials {
+            if tried.len() >= MAX_KEYS_OFFERED {
+                break;
+            }
+            match credential {
+                Credential::Key { key, label } => {
+                    // Only RSA keys need the server's preferred hash; asking costs up to 1 s.
+                    let hash = if key.algorithm().is_rsa() {
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .map_err(auth_err)?
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    tried.push(label.clone());
+                    let result = handle
+                        .authenticate_publickey(
+                            target.user.clone(),
+                            PrivateKeyWithHashAlg::new(key.clone(), hash),
+                        )
+                        .await
+                        .map_err(auth_err)?;
+                    if result.success() {
+                        return Ok(());
+                    }
+                }
+                Credential::Agent { socket, only } => {
+                    let mut agent = match AgentClient::connect_uds(socket).await {
+                        Ok(agent) => agent,
+                        Err(e) => {
+                            tried
+                                .push(format!("ssh-agent at {} (unusable: {e})", socket.display()));
+                            continue;
+                        }
+                    };
+                    let identities = agent.request_identities().await.unwrap_or_default();
+                    for identity in identities {
+                        let public = identity.public_key().into_owned();
+                        if only
+                            .as_ref()
+                            .is_some_and(|o| o.key_data() != public.key_data())
+                        {
+                            continue;
+                        }
+                        if tried.len() >= MAX_KEYS_OFFERED {
+                            break;
+                        }
+                        let hash = if public.algorithm().is_rsa() {
+                            handle
+                                .best_supported_rsa_hash()
+                                .await
+                                .map_err(auth_err)?
+                                .flatten()
+                        } else {
+                            None
+                        };
+                        tried.push(format!("agent key {}", public.fingerprint(HashAlg::Sha256)));
+                        let result = handle
+                            .authenticate_publickey_with(
+                                target.user.clone(),
+                                public,
+                                hash,
+                                &mut agent,
+                            )
+                            .await
+                            .map_err(|e| ConnectError::Protocol {
+                                host: target.host.clone(),
+                                reason: format!("ssh-agent signing failed: {e}"),
+                            })?;
+                        if result.success() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if tried.is_empty() {
+            return Err(ConnectError::NoCredentials {
+                host: target.host.clone(),
+                reason: "set `ssh.identity`, run an ssh-agent (SSH_AUTH_SOCK), or put a key in SHIPIT_SSH_KEY".to_owned(),
+            });
+        }
+        Err(ConnectError::AuthRejected {
+            host: target.host.clone(),
+            user: target.user.clone(),
+            tried: tried.join(", "),
+        })
+    }
+}
+
+fn jump_label(j: &JumpTarget) -> String {
+    format!("{}@{}:{}", j.user, j.address, j.port)
+}
+
+fn address_label(t: &SshTarget) -> String {
+    if t.address.contains(':') {
+        format!("[{}]:{}", t.address, t.port)
+    } else {
+        format!("{}:{}", t.address, t.port)
+    }
+}
+
+fn key_type_of(alg: &russh::keys::Algorithm) -> &str {
+    match alg {
+        russh::keys::Algorithm::Rsa { .. } => "ssh-rsa",
+        other => other.as_str(),
+    }
+}
+
+/// Key-loading errors are shared by every host; each gets its own copy.
+fn clone_credential_error(e: &ConnectError) -> ConnectError {
+    match e {
+        ConnectError::BadKey { origin, reason } => ConnectError::BadKey {
+            origin: origin.clone(),
+            reason: reason.clone(),
+        },
+        ConnectError::NoCredentials { host, reason } => ConnectError::NoCredentials {
+            host: host.clone(),
+            reason: reason.clone(),
+        },
+        other => ConnectError::Protocol {
+            host: String::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn load_credentials(settings: &SshSettings) -> Result<Vec<Credential>, ConnectError> {
+    let passphrase = settings.passphrase.as_ref().map(|p| p.expose().to_owned());
+    let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
+
+    // CI: the key itself in the environment, and nothing else.
+    if let Some(text) = &settings.key_text {
+        let key = russh::keys::decode_secret_key(text.expose().trim_start(), passphrase.as_deref())
+            .map_err(|e| bad("from SHIPIT_SSH_KEY".to_owned(), key_error(&e)))?;
+        return Ok(vec![Credential::Key {
+            key: Arc::new(key),
+            label: "key from SHIPIT_SSH_KEY".to_owned(),
+        }]);
+    }
+
+    if let Some(path) = &settings.identity {
+        let label = format!("`{}`", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(label.clone(), format!("cannot read it: {e}")))?;
+        return match russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
+            Ok(key) => Ok(vec![Credential::Key {
+                key: Arc::new(key),
+                label,
+            }]),
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                // Like `IdentitiesOnly`: the agent may sign, but only with this key.
+                match (&settings.agent_socket, public_key_beside(path)) {
+                    (Some(socket), Some(public)) => Ok(vec![Credential::Agent {
+                        socket: socket.clone(),
+                        only: Some(public),
+                    }]),
+                    _ => Err(bad(
+                        label,
+                        "it is encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent (with its .pub file beside it)".to_owned(),
+                    )),
+                }
+            }
+            Err(e) => Err(bad(label, key_error(&e))),
+        };
+    }
+
+    let mut credentials = Vec::new();
+    if let Some(socket) = &settings.agent_socket {
+        credentials.push(Credential::Agent {
+            socket: socket.clone(),
+            only: None,
+        });
+    }
+    for path in &settings.default_identities {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        // An encrypted default key without a passphrase is skipped, as ssh does in BatchMode.
+        if let Ok(key) = russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
+            credentials.push(Credential::Key {
+                key: Arc::new(key),
+                label: format!("`{}`", path.display()),
+            });
+        }
+    }
+    Ok(credentials)
+}
+
+fn public_key_beside(private: &Path) -> Option<PublicKey> {
+    let mut name = private.as_os_str().to_owned();
+    name.push(".pub");
+    russh::keys::load_public_key(PathBuf::from(name)).ok()
+}
+
+fn key_error(e: &russh::keys::Error) -> String {
+    match e {
+        russh::keys::Error::KeyIsEncrypted => {
+            "it is encrypted: set SHIPIT_SSH_PASSPHRASE".to_owned()
+        }
+        russh::keys::Error::SshKey(_) => {
+            "it could not be decrypted or parsed (wrong SHIPIT_SSH_PASSPHRASE?)".to_owned()
+        }
+        other => format!("it could not be parsed: {other}"),
+    }
+}
+
+#[derive(Debug)]
+enum HandlerError {
+    Russh(russh::Error),
+    Rejected(ConnectError),
+}
+
+impl From<russh::Error> for HandlerError {
+    fn from(e: russh::Error) -> Self {
+        HandlerError::Russh(e)
+    }
+}
+
+/// Per-connection callbacks: host key verification and remembering why a session ended.
+struct Client {
+    target: SshTarget,
+    known: Arc<KnownHosts>,
+    known_hosts_label: String,
+    problem: Arc<Mutex<Option<ConnectError>>>,
+    disconnect: Arc<Mutex<Option<String>>>,
+}
+
+impl Client {
+    fn verify(&self, key: &PublicKey) -> Result<(), ConnectError> {
+        let t = &self.target;
+        let openssh = key.to_openssh().unwrap_or_default();
+        let mut words = openssh.split_whitespace();
+        let key_type = words.next().unwrap_or("").to_owned();
+        let blob = words.next().unwrap_or("").to_owned();
+        let fingerprint = known_hosts::fingerprint(&blob);
+        let address = address_label(t);
+        if let Some(pin) = &t.host_key {
+            let mut pinned = pin.split_whitespace();
+            let (pin_type, pin_blob) = (pinned.next().unwrap_or(""), pinned.next().unwrap_or(""));
+            if pin_type == key_type && pin_blob == blob {
+                return Ok(());
+            }
+            return Err(ConnectError::ChangedHostKey {
+                host: t.host.clone(),
+                address,
+                key_type,
+                fingerprint,
+                expected: format!("{pin_type} {}", known_hosts::fingerprint(pin_blob)),
+                origin: format!("the `host_key` pinned for `{}` in the inventory", t.host),
+            });
+        }
+        match self.known.check(&t.address, t.port, &key_type, &blob) {
+            Verdict::Trusted => Ok(()),
+            Verdict::Revoked { origin } => Err(ConnectError::RevokedHostKey {
+                host: t.host.clone(),
+                address,
+                key_type,
+                fingerprint,
+                origin,
+            }),
+            Verdict::Changed { expected, origin } => Err(ConnectError::ChangedHostKey {
+                host: t.host.clone(),
+                address,
+                key_type,
+                fingerprint,
+                expected,
+                origin,
+            }),
+            Verdict::Unknown => Err(ConnectError::UnknownHostKey {
+                host: t.host.clone(),
+                line: known_hosts::line_for(&t.address, t.port, &key_type, &blob),
+                address,
+                key_type,
+                fingerprint,
+                known_hosts: self.known_hosts_label.clone(),
+            }),
+        }
+    }
+}
+
+impl client::Handler for Client {
+    type Error = HandlerError;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let result = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
+            PublicKeyOrCertificate::Certificate(_) => Err(ConnectError::Protocol {
+                host: self.target.host.clone(),
+                reason: "the host presented a certificate; shipit verifies plain host keys only"
+                    .to_owned(),
+            }),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(problem) => {
+                // Kept here too: some russh paths replace the handler's error with their own.
+                *self.problem.lock().expect("lock") = Some(clone_for_report(&problem));
+                Err(HandlerError::Rejected(problem))
+            }
+        }
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let text = match &reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the host closed the session ({})", info.message)
+            }
+            client::DisconnectReason::Error(HandlerError::Russh(e)) => e.to_string(),
+            client::DisconnectReason::Error(HandlerError::Rejected(e)) => e.to_string(),
+        };
+        *self.disconnect.lock().expect("lock") = Some(text);
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+fn clone_for_report(e: &ConnectError) -> ConnectError {
+    match e {
+        ConnectError::UnknownHostKey {
+            host,
+            address,
+            key_type,
+            fingerprint,
+            known_hosts,
+            line,
+        } => ConnectError::UnknownHostKey {
+            host: host.clone(),
+            address: address.clone(),
+            key_type: key_type.clone(),
+            fingerprint: fingerprint.clone(),
+            known_hosts: known_hosts.clone(),
+            line: line.clone(),
+        },
+        ConnectError::ChangedHostKey {
+            host,
+            address,
+            key_type,
+            fingerprint,
+            expected,
+            origin,
+        } => ConnectError::ChangedHostKey {
+            host: host.clone(),
+            address: address.clone(),
+            key_type: key_type.clone(),
+            fingerprint: fingerprint.clone(),
+            expected: expected.clone(),
+            origin: origin.clone(),
+        },
+        ConnectError::RevokedHostKey {
+            host,
+            address,
+            key_type,
+            fingerprint,
+            origin,
+        } => ConnectError::RevokedHostKey {
+            host: host.clone(),
+            address: address.clone(),
+            key_type: key_type.clone(),
+            fingerprint: fingerprint.clone(),
+            origin: origin.clone(),
+        },
+        other => ConnectError::Protocol {
+            host: String::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// One authenticated SSH connection.
+pub struct SshTransport {
+    host: String,
+    handle: Arc<Handle<Client>>,
+    channels: Arc<Semaphore>,
+    disconnect: Arc<Mutex<Option<String>>>,
+    /// The bastion connection the session is tunnelled through; kept open with it.
+    jump: Option<Arc<Handle<Client>>>,
+}
+
+impl SshTransport {
+    fn lost(&self, command: &str, fallback: impl ToString) -> ExecError {
+        let reason = self
+            .disconnect
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| fallback.to_string());
+        ExecError::Lost {
+            command: command.to_owned(),
+            reason,
+        }
+    }
+
+    async fn run(&self, req: ExecRequest<'_>) -> Result<ExecOutput, ExecError> {
+        let command = req.cmd.render();
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        channel
+            .exec(true, command.as_bytes())
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let (mut reader, writer) = channel.split();
+
+        // russh's writer waits forever for window space if the session dies, so every write
+        // races against the reader seeing the channel end.
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let mut collector = Collector::new(req.output);
+        let read = async {
+            let mut exit: Option<Exit> = None;
+            let mut refused = false;
+            while let Some(msg) = reader.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => collector.push(Stream::Stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        collector.push(Stream::Stderr, &data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => exit = Some(Exit::Code(exit_status)),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        exit = Some(Exit::Signal(format!("{signal_name:?}")))
+                    }
+                    ChannelMsg::Failure => refused = true,
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = closed_tx.send(true);
+            (exit, refused)
+        };
+        let write = async {
+            let mut w = writer.make_writer();
+            let mut closed = closed_rx.clone();
+            let feed = async {
+                match req.stdin {
+                    Stdin::Empty => Ok(()),
+                    Stdin::Bytes(bytes) => w.write_all(&bytes).await,
+                    Stdin::Secret(secret) => w.write_all(secret.expose().as_bytes()).await,
+                    Stdin::Reader(r) => {
+                        // Large writes: each write becomes one packet of up to 32 KiB.
+                        let mut r = BufReader::with_capacity(256 << 10, r);
+                        tokio::io::copy_buf(&mut r, &mut w).await.map(drop)
+                    }
+                }?;
+                w.shutdown().await
+            };
+            tokio::select! {
+                r = feed => r,
+                // The command ended (or the session died) before reading all its input:
+                // not a write error; the exit status says what happened.
+                _ = closed.wait_for(|c| *c) => Ok(()),
+            }
+        };
+        let work = async { tokio::join!(read, write) };
+        let ((exit, refused), fed) = match tokio::time::timeout(req.timeout, work).await {
+            Ok(done) => done,
+            Err(_) => {
+                let _ = writer.close().await;
+                return Err(ExecError::Timeout {
+                    command,
+                    after: req.timeout,
+                });
+            }
+        };
+        if refused {
+            return Err(ExecError::Start {
+                command,
+                reason: "the host refused to run it".to_owned(),
+            });
+        }
+        match exit {
+            Some(exit) => Ok(collector.finish(exit)),
+            None => {
+                let fallback = match fed {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the channel closed without an exit status".to_owned(),
+                };
+                Err(self.lost(&command, fallback))
+            }
+        }
+    }
+}
+
+impl Transport for SshTransport {
+    fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
+        Box::pin(self.run(req))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self
+                .handle
+                .disconnect(Disconnect::ByApplication, "", "en")
+                .await;
+            if let Some(jump) = &self.jump {
+                let _ = jump.disconnect(Disconnect::ByApplication, "", "en").await;
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SshTransport({})", self.host)
+    }
+}
+
+/// How long to wait for a polite disconnect before giving up on it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
