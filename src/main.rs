@@ -84,7 +84,7 @@ fn load_inventory(cli: &Cli, stage: &str, home: Option<&Path>) -> Result<Invento
     let text = std::fs::read_to_string(&path).map_err(|e| Error::ReadInventory {
         path: path.display().to_string(),
         reason: if e.kind() == std::io::ErrorKind::NotFound {
-            format!("no such file; create it (see examples/) or pass `-i PATH`")
+            "no such file; create it (see examples/) or pass `-i PATH`".to_owned()
         } else {
             e.to_string()
         },

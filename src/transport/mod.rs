@@ -2,7 +2,7 @@
 //! deadline, and get its exit status with the tails of stdout and stderr.
 //!
 //! Two implementations: [`local::LocalTransport`] (a child process on this machine) and
-//! [`ssh::SshTransport`] (russh; the only module that names russh). Everything above this
+//! [`ssh::SshTransport`] (the only module that names the SSH library). Everything above this
 //! module sees [`Transport`] and the error types here, never a backend's types.
 
 pub mod known_hosts;
@@ -241,8 +241,48 @@ pub enum ConnectStage {
     Auth,
 }
 
+/// A host key that shipit refuses to trust.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HostKeyError {
+    #[error(
+        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}\n  \
+         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}"
+    )]
+    Unknown {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: String,
+    },
+    #[error(
+        "HOST KEY CHANGED for `{host}` ({address}): it offered {key_type} {fingerprint}, \
+         but {origin} expects {expected}; someone may be intercepting the connection. \
+         if the host was really re-keyed, replace that entry after checking the new fingerprint"
+    )]
+    Changed {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        expected: String,
+        origin: String,
+    },
+    #[error(
+        "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
+    )]
+    Revoked {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        origin: String,
+    },
+}
+
 /// Why a connection could not be made.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot reach `{host}` at {address}: {reason}")]
     Unreachable {
@@ -256,41 +296,8 @@ pub enum ConnectError {
         address: String,
         after: Duration,
     },
-    #[error(
-        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}\n  \
-         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}"
-    )]
-    UnknownHostKey {
-        host: String,
-        address: String,
-        key_type: String,
-        fingerprint: String,
-        known_hosts: String,
-        line: String,
-    },
-    #[error(
-        "HOST KEY CHANGED for `{host}` ({address}): it offered {key_type} {fingerprint}, \
-         but {origin} expects {expected}; someone may be intercepting the connection. \
-         if the host was really re-keyed, replace that entry after checking the new fingerprint"
-    )]
-    ChangedHostKey {
-        host: String,
-        address: String,
-        key_type: String,
-        fingerprint: String,
-        expected: String,
-        origin: String,
-    },
-    #[error(
-        "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
-    )]
-    RevokedHostKey {
-        host: String,
-        address: String,
-        key_type: String,
-        fingerprint: String,
-        origin: String,
-    },
+    #[error(transparent)]
+    HostKey(Box<HostKeyError>),
     #[error(
         "`{user}@{host}` refused every key shipit offered ({tried}); authorize one of them in the host's authorized_keys"
     )]
@@ -319,9 +326,7 @@ impl ConnectError {
             ConnectError::Unreachable { .. }
             | ConnectError::TimedOut { .. }
             | ConnectError::Protocol { .. } => ConnectStage::Reach,
-            ConnectError::UnknownHostKey { .. }
-            | ConnectError::ChangedHostKey { .. }
-            | ConnectError::RevokedHostKey { .. } => ConnectStage::HostKey,
+            ConnectError::HostKey(_) => ConnectStage::HostKey,
             ConnectError::AuthRejected { .. }
             | ConnectError::NoCredentials { .. }
             | ConnectError::BadKey { .. } => ConnectStage::Auth,

@@ -24,8 +24,8 @@ use tokio::sync::{Semaphore, watch};
 
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{
-    BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, JumpTarget,
-    SshSettings, SshTarget, Stdin, Stream, Transport,
+    BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, HostKeyError,
+    JumpTarget, SshSettings, SshTarget, Stdin, Stream, Transport,
 };
 
 /// Channels open at once on one connection; below sshd's default `MaxSessions 10`.
@@ -228,7 +228,7 @@ impl SshConnector {
     ) -> Result<(), ConnectError> {
         let credentials = match &self.credentials {
             Ok(c) => c,
-            Err(e) => return Err(clone_credential_error(e)),
+            Err(e) => return Err(e.clone()),
         };
         let auth_err = |e: russh::Error| ConnectError::Protocol {
             host: target.host.clone(),
@@ -346,24 +346,6 @@ fn key_type_of(alg: &russh::keys::Algorithm) -> &str {
     }
 }
 
-/// Key-loading errors are shared by every host; each gets its own copy.
-fn clone_credential_error(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::BadKey { origin, reason } => ConnectError::BadKey {
-            origin: origin.clone(),
-            reason: reason.clone(),
-        },
-        ConnectError::NoCredentials { host, reason } => ConnectError::NoCredentials {
-            host: host.clone(),
-            reason: reason.clone(),
-        },
-        other => ConnectError::Protocol {
-            host: String::new(),
-            reason: other.to_string(),
-        },
-    }
-}
-
 fn load_credentials(settings: &SshSettings) -> Result<Vec<Credential>, ConnectError> {
     let passphrase = settings.passphrase.as_ref().map(|p| p.expose().to_owned());
     let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
@@ -466,7 +448,7 @@ struct Client {
 }
 
 impl Client {
-    fn verify(&self, key: &PublicKey) -> Result<(), ConnectError> {
+    fn verify(&self, key: &PublicKey) -> Result<(), Box<HostKeyError>> {
         let t = &self.target;
         let openssh = key.to_openssh().unwrap_or_default();
         let mut words = openssh.split_whitespace();
@@ -480,40 +462,40 @@ impl Client {
             if pin_type == key_type && pin_blob == blob {
                 return Ok(());
             }
-            return Err(ConnectError::ChangedHostKey {
+            return Err(Box::new(HostKeyError::Changed {
                 host: t.host.clone(),
                 address,
                 key_type,
                 fingerprint,
                 expected: format!("{pin_type} {}", known_hosts::fingerprint(pin_blob)),
                 origin: format!("the `host_key` pinned for `{}` in the inventory", t.host),
-            });
+            }));
         }
         match self.known.check(&t.address, t.port, &key_type, &blob) {
             Verdict::Trusted => Ok(()),
-            Verdict::Revoked { origin } => Err(ConnectError::RevokedHostKey {
+            Verdict::Revoked { origin } => Err(Box::new(HostKeyError::Revoked {
                 host: t.host.clone(),
                 address,
                 key_type,
                 fingerprint,
                 origin,
-            }),
-            Verdict::Changed { expected, origin } => Err(ConnectError::ChangedHostKey {
+            })),
+            Verdict::Changed { expected, origin } => Err(Box::new(HostKeyError::Changed {
                 host: t.host.clone(),
                 address,
                 key_type,
                 fingerprint,
                 expected,
                 origin,
-            }),
-            Verdict::Unknown => Err(ConnectError::UnknownHostKey {
+            })),
+            Verdict::Unknown => Err(Box::new(HostKeyError::Unknown {
                 host: t.host.clone(),
                 line: known_hosts::line_for(&t.address, t.port, &key_type, &blob),
                 address,
                 key_type,
                 fingerprint,
                 known_hosts: self.known_hosts_label.clone(),
-            }),
+            })),
         }
     }
 }
@@ -526,7 +508,9 @@ impl client::Handler for Client {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let result = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                self.verify(key).map_err(ConnectError::HostKey)
+            }
             PublicKeyOrCertificate::Certificate(_) => Err(ConnectError::Protocol {
                 host: self.target.host.clone(),
                 reason: "the host presented a certificate; shipit verifies plain host keys only"
@@ -537,7 +521,7 @@ impl client::Handler for Client {
             Ok(()) => Ok(true),
             Err(problem) => {
                 // Kept here too: some russh paths replace the handler's error with their own.
-                *self.problem.lock().expect("lock") = Some(clone_for_report(&problem));
+                *self.problem.lock().expect("lock") = Some(problem.clone());
                 Err(HandlerError::Rejected(problem))
             }
         }
@@ -559,58 +543,6 @@ impl client::Handler for Client {
             client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
             client::DisconnectReason::Error(e) => Err(e),
         }
-    }
-}
-
-fn clone_for_report(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::UnknownHostKey {
-            host,
-            address,
-            key_type,
-            fingerprint,
-            known_hosts,
-            line,
-        } => ConnectError::UnknownHostKey {
-            host: host.clone(),
-            address: address.clone(),
-            key_type: key_type.clone(),
-            fingerprint: fingerprint.clone(),
-            known_hosts: known_hosts.clone(),
-            line: line.clone(),
-        },
-        ConnectError::ChangedHostKey {
-            host,
-            address,
-            key_type,
-            fingerprint,
-            expected,
-            origin,
-        } => ConnectError::ChangedHostKey {
-            host: host.clone(),
-            address: address.clone(),
-            key_type: key_type.clone(),
-            fingerprint: fingerprint.clone(),
-            expected: expected.clone(),
-            origin: origin.clone(),
-        },
-        ConnectError::RevokedHostKey {
-            host,
-            address,
-            key_type,
-            fingerprint,
-            origin,
-        } => ConnectError::RevokedHostKey {
-            host: host.clone(),
-            address: address.clone(),
-            key_type: key_type.clone(),
-            fingerprint: fingerprint.clone(),
-            origin: origin.clone(),
-        },
-        other => ConnectError::Protocol {
-            host: String::new(),
-            reason: other.to_string(),
-        },
     }
 }
 
@@ -741,13 +673,17 @@ impl Transport for SshTransport {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = self
-                .handle
-                .disconnect(Disconnect::ByApplication, "", "en")
-                .await;
-            if let Some(jump) = &self.jump {
-                let _ = jump.disconnect(Disconnect::ByApplication, "", "en").await;
-            }
+            // A polite goodbye, but never wait long on a host that stopped answering.
+            let bye = async {
+                let _ = self
+                    .handle
+                    .disconnect(Disconnect::ByApplication, "", "en")
+                    .await;
+                if let Some(jump) = &self.jump {
+                    let _ = jump.disconnect(Disconnect::ByApplication, "", "en").await;
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, bye).await;
         })
     }
 }

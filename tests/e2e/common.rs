@@ -1,0 +1,78 @@
+//! Helpers shared by the end-to-end tests: inventories for a fleet, running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::Fleet;
+
+/// An inventory for `hosts` of `fleet`, strict host keys from the fleet's known_hosts,
+/// the fleet's client key; `extra` is appended (more sections, or `[[hosts]]`).
+pub fn inventory_text(fleet: &Fleet, hosts: &[&str], extra: &str) -> String {
+    let mut text = format!(
+        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[ssh]\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"5s\"\n\n",
+        fleet.client_key().display(),
+        fleet.known_hosts().display(),
+    );
+    for name in hosts {
+        let h = fleet.host(name);
+        text.push_str(&format!(
+            "[[hosts]]\nname = \"{}\"\naddress = \"127.0.0.1\"\nport = {}\n\n",
+            h.name, h.port
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
+/// Writes `text` as `<fleet dir>/<file>` and returns the path.
+pub fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out: Output = cmd.output().expect("run shipit");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `shipit check <stage> -i <inventory> --json`, parsed.
+pub fn check_json(fleet: &Fleet, inventory: &Path) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .args(["check", "test", "--json", "-i"])
+        .arg(inventory));
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    (code, json, stderr)
+}
+
+/// The JSON report's entry for `host`.
+pub fn host_entry<'a>(report: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    report["hosts"]
+        .as_array()
+        .expect("hosts array")
+        .iter()
+        .find(|h| h["host"] == host)
+        .unwrap_or_else(|| panic!("no entry for {host} in {report:#}"))
+}
+
+/// `ssh-keygen -lf` of a public key line: OpenSSH's own fingerprint of it.
+pub fn openssh_fingerprint(dir: &Path, key_line: &str) -> String {
+    let file = write(dir, "fp.pub", &format!("{key_line}\n"));
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_owned()
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `shipit` binary against real OpenSSH sshd hosts started by the
+//! fixture in `support` (one per test host, each with its own filesystem view).
+
+mod support;
+
+mod auth;
+mod check;
+mod common;
+mod exec;
+mod fleet;
+mod host_keys;
+mod inventory_cli;
+mod jump;
