@@ -570,6 +570,26 @@ impl SshTransport {
         }
     }
 
+    /// Opens a session channel. sshd frees a session slot a moment after the channel
+    /// closes, and other clients of the same login may hold slots too, so a refused open is
+    /// retried with backoff before it counts as a failure.
+    async fn open_channel(&self, command: &str) -> Result<russh::Channel<client::Msg>, ExecError> {
+        let mut delay = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + CHANNEL_RETRY;
+        loop {
+            match self.handle.channel_open_session().await {
+                Ok(channel) => return Ok(channel),
+                Err(russh::Error::ChannelOpenFailure(_))
+                    if tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(self.lost(command, e)),
+            }
+        }
+    }
+
     async fn run(&self, req: ExecRequest<'_>) -> Result<ExecOutput, ExecError> {
         let command = req.cmd.render();
         let _permit = self
@@ -577,11 +597,7 @@ impl SshTransport {
             .acquire()
             .await
             .map_err(|e| self.lost(&command, e))?;
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.lost(&command, e))?;
+        let channel = self.open_channel(&command).await?;
         channel
             .exec(true, command.as_bytes())
             .await
@@ -693,6 +709,9 @@ impl std::fmt::Debug for SshTransport {
         write!(f, "SshTransport({})", self.host)
     }
 }
+
+/// How long a refused channel open is retried (sshd's `MaxSessions` is per connection).
+const CHANNEL_RETRY: Duration = Duration::from_secs(10);
 
 /// How long to wait for a polite disconnect before giving up on it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);

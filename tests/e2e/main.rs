@@ -5,9 +5,11 @@ mod support;
 
 mod auth;
 mod check;
+mod cli;
 mod common;
 mod exec;
 mod fleet;
 mod host_keys;
 mod inventory_cli;
 mod jump;
+mod transport;
