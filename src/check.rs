@@ -26,6 +26,16 @@ pub struct CheckReport {
     pub hosts: Vec<HostCheck>,
 }
 
+impl crate::output::Report for CheckReport {
+    fn human(&self) -> String {
+        crate::output::table::check(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
 impl CheckReport {
     pub fn failed(&self) -> usize {
         self.hosts.iter().filter(|h| !h.ok).count()
@@ -105,7 +115,7 @@ async fn check_host(
                     check.authenticated = Some(false);
                 }
             }
-            check.problems.push(e.to_string());
+            check.problems.push(crate::error::chain(&e));
             out.emit(Event::HostDone {
                 host: &host.name,
                 ok: false,
@@ -147,7 +157,7 @@ async fn check_host(
             output.exit,
             output.stderr.text().trim()
         )),
-        Err(e) => check.problems.push(e.to_string()),
+        Err(e) => check.problems.push(crate::error::chain(&e)),
     }
     transport.close().await;
     check.ok = check.problems.is_empty();

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "shipit",
     version,
     about = "Ship a release to a fleet over SSH: strict host keys, atomic switch, one binary",
-    after_help = "Examples:\n  shipit check staging                 can every host of inventory/staging.toml be deployed to?\n  shipit exec staging -- uptime        run a command on every host\n  shipit check prod --hosts web-1 --json\n\nExit codes: 0 success; 1 a host failed; 2 usage or inventory error"
+    after_help = "Examples:\n  shipit check staging                 can every host of inventory/staging.toml be deployed to?\n  shipit deploy staging                ship the artifact and switch every host to it\n  shipit rollback staging              back to the previous good release\n  shipit exec staging -- uptime        run a command on every host\n\nExit codes: 0 success; 1 failed, nothing switched; 2 usage or inventory error;\n3 failed and rolled back; 4 rollback failed, a human is needed; 5 locked by another run"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,6 +39,9 @@ pub struct Global {
     /// More detail (each host's steps)
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Answer yes to confirmations (`unlock`)
+    #[arg(long, global = true)]
+    pub yes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -50,6 +53,43 @@ pub enum Progress {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ship the artifact to every selected host and switch `current` to it
+    #[command(
+        after_help = "Example:\n  shipit deploy staging\n  shipit deploy prod --json > report.json"
+    )]
+    Deploy {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
+    /// Switch every selected host back to an earlier release
+    #[command(
+        after_help = "Example:\n  shipit rollback staging                       the newest good release before current\n  shipit rollback staging --to 20261122T101500Z-3f2a9c1d0b7e"
+    )]
+    Rollback {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+        /// The release id to go back to (see `shipit releases`)
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+    },
+    /// List releases: which hosts hold each, and where it is current
+    #[command(after_help = "Example:\n  shipit releases staging")]
+    Releases {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
+    /// Show the fleet's deploy history, newest first
+    #[command(after_help = "Example:\n  shipit history staging\n  shipit history prod --json")]
+    History {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
+    /// Remove a deploy lock left by a run that died (asks first; `--yes` to skip)
+    #[command(after_help = "Example:\n  shipit unlock staging\n  shipit unlock staging --yes")]
+    Unlock {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
     /// Check every host: reachable, host key, auth, tools, write access, free disk
     #[command(
         after_help = "Example:\n  shipit check staging\n  shipit check prod --roles web --json"
@@ -74,7 +114,13 @@ pub enum Command {
 impl Command {
     pub fn stage(&self) -> &str {
         match self {
-            Command::Check { stage } | Command::Exec { stage, .. } => stage,
+            Command::Check { stage }
+            | Command::Exec { stage, .. }
+            | Command::Deploy { stage }
+            | Command::Rollback { stage, .. }
+            | Command::Releases { stage }
+            | Command::History { stage }
+            | Command::Unlock { stage } => stage,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The errors that end a run, and the exit code each one maps to (documented in the README).
 
+use crate::artifact::ArtifactError;
 use crate::inventory::{InventoryError, SelectError};
 
 /// Exit codes.
@@ -19,6 +20,10 @@ pub enum Error {
     Select(#[from] SelectError),
     #[error("cannot read inventory `{path}`: {reason}")]
     ReadInventory { path: String, reason: String },
+    #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]
+    NoArtifact { file: String },
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     #[error("{failed} of {total} hosts failed")]
     HostsFailed { failed: usize, total: usize },
     #[error(transparent)]
@@ -28,8 +33,34 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Inventory(_) | Error::Select(_) | Error::ReadInventory { .. } => code::USAGE,
+            Error::Inventory(_)
+            | Error::Select(_)
+            | Error::ReadInventory { .. }
+            | Error::NoArtifact { .. } => code::USAGE,
+            Error::Artifact(e) => match e {
+                ArtifactError::BuildStart { .. }
+                | ArtifactError::BuildFailed { .. }
+                | ArtifactError::Write { .. } => code::FAILED,
+                // A missing, empty or unsafe artifact is bad input: nothing was contacted.
+                _ => code::USAGE,
+            },
             Error::HostsFailed { .. } | Error::Other(_) => code::FAILED,
         }
     }
+}
+
+/// An error and its causes, one after another: `cannot read x: permission denied`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Transparent wrappers repeat their inner message; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -21,6 +21,16 @@ pub struct ExecReport {
     pub hosts: Vec<HostExec>,
 }
 
+impl crate::output::Report for ExecReport {
+    fn human(&self) -> String {
+        crate::output::table::exec(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
 impl ExecReport {
     pub fn failed(&self) -> usize {
         self.hosts.iter().filter(|h| !h.ok).count()
@@ -80,11 +90,11 @@ async fn exec_host(
     let transport = match connector.connect(inventory, host).await {
         Ok(t) => t,
         Err(e) => {
-            result.error = Some(e.to_string());
+            result.error = Some(crate::error::chain(&e));
             out.emit(Event::HostDone {
                 host: &host.name,
                 ok: false,
-                summary: &e.to_string(),
+                summary: &crate::error::chain(&e),
             });
             return result;
         }
@@ -112,8 +122,8 @@ async fn exec_host(
             output.exit.to_string()
         }
         Err(e) => {
-            result.error = Some(e.to_string());
-            e.to_string()
+            result.error = Some(crate::error::chain(&e));
+            crate::error::chain(&e)
         }
     };
     out.emit(Event::HostDone {

@@ -100,9 +100,123 @@ pub fn parse_probe(stdout: &str) -> HostProbe {
     facts
 }
 
+/// What a deploy needs to know about a host's release tree, read under the lock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReleaseTree {
+    /// The release `current` points at, if any.
+    pub current: Option<String>,
+    /// Complete releases, oldest first (ids sort by time), with their artifact sha256.
+    pub releases: Vec<Release>,
+    /// Leftover `*.partial` directories of interrupted runs.
+    pub partials: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Release {
+    pub id: String,
+    /// First line of REVISION; `None` when it is missing (not made by shipit).
+    pub sha256: Option<String>,
+}
+
+impl ReleaseTree {
+    pub fn has(&self, id: &str) -> bool {
+        self.releases.iter().any(|r| r.id == id)
+    }
+}
+
+const RELEASES: &str = r#"
+cd -- "$deploy_to" 2>/dev/null || exit 0
+if [ -L current ]; then echo "current $(readlink current)"; fi
+[ -d releases ] || exit 0
+for d in releases/* releases/.[!.]*; do
+  [ -e "$d" ] || continue
+  name=${d#releases/}
+  case $name in
+    *.partial) echo "partial $name" ;;
+    *) if [ -d "$d" ] && [ ! -L "$d" ]; then
+         sha=""
+         [ -f "$d/REVISION" ] && read -r sha rest < "$d/REVISION"
+         echo "release $name $sha"
+       fi ;;
+  esac
+done
+exit 0
+"#;
+
+/// Lists `current`, the releases with their sha256, and leftover partial directories.
+pub fn releases(deploy_to: &str) -> Cmd {
+    Cmd::seq([Cmd::assign("deploy_to", deploy_to), Cmd::new(RELEASES)])
+}
+
+pub fn parse_releases(stdout: &str) -> ReleaseTree {
+    let mut tree = ReleaseTree::default();
+    for line in stdout.lines() {
+        let mut words = line.splitn(3, ' ');
+        match (words.next(), words.next()) {
+            (Some("current"), Some(target)) => {
+                // `releases/<id>`, or an absolute path written by another tool.
+                let target = target.trim_end_matches('/');
+                tree.current = target.rsplit('/').next().map(str::to_owned);
+            }
+            (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
+            (Some("release"), Some(id)) => tree.releases.push(Release {
+                id: id.to_owned(),
+                sha256: words
+                    .next()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            }),
+            _ => {}
+        }
+    }
+    tree.releases.sort_by(|a, b| a.id.cmp(&b.id));
+    tree.partials.sort();
+    tree
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn releases_probe_reads_a_real_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        for (id, rev) in [
+            ("20260101T000000Z-aaa", Some("aaa\ngit=1")),
+            ("20260102T000000Z-bbb", None),
+        ] {
+            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
+            if let Some(rev) = rev {
+                std::fs::write(base.join("releases").join(id).join("REVISION"), rev).unwrap();
+            }
+        }
+        std::fs::create_dir_all(base.join("releases/20260103T000000Z-ccc.partial")).unwrap();
+        std::os::unix::fs::symlink("releases/20260102T000000Z-bbb", base.join("current")).unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(releases(base.to_str().unwrap()).render())
+            .output()
+            .unwrap();
+        let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(tree.current.as_deref(), Some("20260102T000000Z-bbb"));
+        assert_eq!(tree.releases.len(), 2);
+        assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
+        assert_eq!(tree.releases[1].sha256, None);
+        assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
+        // A host that never saw a deploy is an empty tree, not an error.
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(releases("/nonexistent/app").render())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            parse_releases(&String::from_utf8_lossy(&out.stdout)),
+            ReleaseTree::default()
+        );
+    }
 
     #[test]
     fn probe_quotes_the_path() {

@@ -72,6 +72,42 @@ where
         .await
 }
 
+/// One host's open connection, for the whole run.
+pub struct Conn<'h> {
+    pub host: &'h Host,
+    pub transport: Box<dyn Transport>,
+}
+
+/// Connects to every host (at most `parallel` handshakes at once). Returns the open
+/// connections and, separately, the hosts that could not be reached, in host order.
+pub async fn connect_all<'h>(
+    inventory: &Inventory,
+    hosts: &[&'h Host],
+    connector: &Connector,
+    on_step: impl Fn(&str) + Sync,
+) -> (Vec<Conn<'h>>, Vec<(&'h Host, ConnectError)>) {
+    let on_step = &on_step;
+    let results = each_host(hosts, inventory.rollout.parallel, |host| async move {
+        on_step(&host.name);
+        (host, connector.connect(inventory, host).await)
+    })
+    .await;
+    let mut conns = Vec::new();
+    let mut failed = Vec::new();
+    for (host, result) in results {
+        match result {
+            Ok(transport) => conns.push(Conn { host, transport }),
+            Err(e) => failed.push((host, e)),
+        }
+    }
+    (conns, failed)
+}
+
+/// Closes every connection.
+pub async fn close_all(conns: &[Conn<'_>]) {
+    futures::future::join_all(conns.iter().map(|c| c.transport.close())).await;
+}
+
 /// The user's default keys, tried when the inventory names none (as `ssh` does).
 pub fn default_identities(home: Option<&Path>) -> Vec<std::path::PathBuf> {
     let Some(home) = home else {

@@ -780,7 +780,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let app = self.app(raw.app, p);
+        let app = self.app(raw.app, transport == TransportKind::Local, p);
         let ssh = self.ssh(raw.ssh.unwrap_or_default(), p);
         let hosts = self.hosts(raw.hosts, transport, &ssh, p);
         let migrate_host = migrate_host(&hosts, p);
@@ -826,7 +826,7 @@ impl Validator<'_> {
         })
     }
 
-    fn app(&self, raw: Option<RawApp>, p: &mut Problems<'_>) -> Option<App> {
+    fn app(&self, raw: Option<RawApp>, local: bool, p: &mut Problems<'_>) -> Option<App> {
         let Some(raw) = raw else {
             p.missing(0..0, "app");
             return None;
@@ -857,7 +857,13 @@ impl Validator<'_> {
                 p.missing(whole, "app.deploy_to");
                 None
             }
-            Some(d) => {
+            Some(mut d) => {
+                // On this machine a relative `deploy_to` is clear: relative to the project.
+                if local && !d.get_ref().starts_with('/') && !d.get_ref().is_empty() {
+                    let joined = self.ctx.base_dir.join(d.get_ref());
+                    let normal = joined.to_string_lossy().trim_end_matches('/').to_owned();
+                    d = Spanned::new(d.span(), normal);
+                }
                 let ok = remote_path(&d, "app.deploy_to", p);
                 if ok && SYSTEM_DIRS.contains(&d.get_ref().as_str()) {
                     p.invalid(
@@ -1867,6 +1873,14 @@ max_fail = "x"
         let inv = load(text).unwrap();
         assert_eq!(inv.hosts.len(), 1);
         assert_eq!(inv.hosts[0].name, "local");
+    }
+
+    #[test]
+    fn local_transport_resolves_a_relative_deploy_to_against_the_project() {
+        let text = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"target/demo\"\n";
+        assert_eq!(load(text).unwrap().app.deploy_to, "/project/target/demo");
+        let ssh = text.replace("transport = \"local\"\n", "");
+        assert!(err(&ssh).contains("must be an absolute path"));
     }
 
     #[test]

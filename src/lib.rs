@@ -1,13 +1,20 @@
 //! shipit: an SSH push deployer. See `README.md` and `../shared/DESIGN.md` for the picture;
 //! each module's own doc says what it owns and what it may depend on.
 
+pub mod artifact;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod exec;
 pub mod facts;
 pub mod fleet;
+pub mod history;
 pub mod inventory;
+pub mod lock;
 pub mod output;
+pub mod plan;
+pub mod releases;
+pub mod rollout;
 pub mod shell;
 pub mod transport;

@@ -1,7 +1,8 @@
-//! The `shipit` binary: parse arguments, read the world (files, environment, terminal),
-//! pick the transport and the output, run, and map the outcome to an exit code.
+//! The `shipit` binary: parse arguments, read the world (files, environment, clock,
+//! terminal, signals), pick the transport and the output, run, and map the outcome to an
+//! exit code.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,66 +10,165 @@ use clap::Parser;
 
 use shipit::cli::{Cli, Command, Progress};
 use shipit::error::{Error, code};
-use shipit::inventory::{self, Inventory, LoadContext};
+use shipit::fleet::{self, Connector};
+use shipit::inventory::{self, Inventory, LoadContext, TransportKind};
+use shipit::lock::{HostUnlock, RunInfo};
 use shipit::output::{self, Event, Mode, Output};
+use shipit::rollout::{self, Cancel};
 use shipit::shell::Secret;
 use shipit::transport::SshSettings;
-use shipit::{check, exec, fleet};
+use shipit::{artifact, check, exec, history, lock, releases};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.global.json;
     match run(cli) {
-        Ok(()) => ExitCode::from(code::OK),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // Host failures were already reported by the renderer, with every host.
             if !matches!(e, Error::HostsFailed { .. }) {
-                output::early_error(&e.to_string(), json);
+                output::early_error(&shipit::error::chain(&e), json);
             }
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<u8, Error> {
     let stage = cli.command.stage().to_owned();
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from);
-    let inventory = load_inventory(&cli, &stage, home.as_deref())?;
+    let base_dir =
+        std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
+    let inventory = load_inventory(&cli, &stage, &base_dir, home.as_deref())?;
     let hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
+    let started_millis = rollout::now_millis();
+    let started_unix = started_millis / 1000;
+
+    // Everything that can fail without a host comes before the first connection.
+    let packed = match &cli.command {
+        Command::Deploy { .. } => Some(prepare_artifact(&inventory, &base_dir)?),
+        _ => None,
+    };
+
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let out = Output::new(output_mode(&cli), &names, cli.global.verbose);
     let settings = ssh_settings(&inventory, home.as_deref());
+    let run = run_info(started_millis);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            Error::Other(anyhow::Error::new(e).context("cannot start the async runtime"))
-        })?;
+        .map_err(|e| other(e, "cannot start the async runtime"))?;
     runtime.block_on(async {
-        let connector = fleet::Connector::new(&inventory, &settings);
-        let (failed, total) = match &cli.command {
+        let connector = Connector::new(&inventory, &settings);
+        let deploy_to = &inventory.app.deploy_to;
+        match &cli.command {
             Command::Check { .. } => {
                 let report = check::run(&stage, &inventory, &hosts, &connector, &out).await;
-                out.emit(Event::CheckDone(&report));
-                (report.failed(), report.hosts.len())
+                out.emit(Event::Done(&report));
+                hosts_result(report.failed(), report.hosts.len())
             }
             Command::Exec { command, .. } => {
                 let report = exec::run(&stage, command, &inventory, &hosts, &connector, &out).await;
-                out.emit(Event::ExecDone(&report));
-                (report.failed(), report.hosts.len())
+                out.emit(Event::Done(&report));
+                hosts_result(report.failed(), report.hosts.len())
             }
-        };
-        if failed > 0 {
-            return Err(Error::HostsFailed { failed, total });
+            Command::Deploy { .. } => {
+                let packed = packed.as_ref().expect("packed before connecting");
+                let git = git_revision(&base_dir);
+                let report = rollout::deploy(rollout::Deploy {
+                    stage: &stage,
+                    inventory: &inventory,
+                    hosts: &hosts,
+                    connector: &connector,
+                    out: &out,
+                    artifact: packed,
+                    now_unix: started_unix,
+                    git,
+                    run: &run,
+                    cancel: cancel_on_signals(),
+                })
+                .await;
+                out.emit(Event::Done(&report));
+                Ok(report.exit_code)
+            }
+            Command::Rollback { to, .. } => {
+                let report = rollout::rollback(rollout::Rollback {
+                    stage: &stage,
+                    inventory: &inventory,
+                    hosts: &hosts,
+                    connector: &connector,
+                    out: &out,
+                    to: to.clone(),
+                    run: &run,
+                })
+                .await;
+                out.emit(Event::Done(&report));
+                Ok(report.exit_code)
+            }
+            Command::Releases { .. } | Command::History { .. } | Command::Unlock { .. } => {
+                let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {
+                    out.emit(Event::Step {
+                        host: h,
+                        step: "connecting",
+                    })
+                })
+                .await;
+                for (host, e) in &failed {
+                    out.emit(Event::HostDone {
+                        host: &host.name,
+                        ok: false,
+                        summary: &e.to_string(),
+                    });
+                }
+                let mut ok = failed.is_empty();
+                match &cli.command {
+                    Command::Releases { .. } => {
+                        let report = releases::show(&stage, &conns, deploy_to, &out).await;
+                        ok &= report.unreadable.is_empty();
+                        out.emit(Event::Done(&report));
+                    }
+                    Command::History { .. } => {
+                        let report = history::show(&stage, &conns, deploy_to, &out).await;
+                        ok &= report.unreadable.is_empty();
+                        out.emit(Event::Done(&report));
+                    }
+                    _ => {
+                        let yes = cli.global.yes;
+                        let report = lock::unlock(&stage, &conns, deploy_to, &run, |hosts| {
+                            yes || confirm_unlock(&out, hosts, &inventory)
+                        })
+                        .await;
+                        ok &= !report.failed();
+                        out.emit(Event::Done(&report));
+                    }
+                }
+                fleet::close_all(&conns).await;
+                Ok(if ok { code::OK } else { code::FAILED })
+            }
         }
-        Ok(())
     })
 }
 
-fn load_inventory(cli: &Cli, stage: &str, home: Option<&Path>) -> Result<Inventory, Error> {
+fn other(e: impl std::error::Error + Send + Sync + 'static, context: &'static str) -> Error {
+    Error::Other(anyhow::Error::new(e).context(context))
+}
+
+fn hosts_result(failed: usize, total: usize) -> Result<u8, Error> {
+    if failed > 0 {
+        return Err(Error::HostsFailed { failed, total });
+    }
+    Ok(code::OK)
+}
+
+fn load_inventory(
+    cli: &Cli,
+    stage: &str,
+    base_dir: &Path,
+    home: Option<&Path>,
+) -> Result<Inventory, Error> {
     let path = match &cli.global.inventory {
         Some(path) => path.clone(),
         None => {
@@ -89,17 +189,160 @@ fn load_inventory(cli: &Cli, stage: &str, home: Option<&Path>) -> Result<Invento
             e.to_string()
         },
     })?;
-    let base_dir = std::env::current_dir().map_err(|e| {
-        Error::Other(anyhow::Error::new(e).context("cannot read the current directory"))
-    })?;
     // An empty variable counts as unset: CI expands an undefined secret to "".
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let ctx = LoadContext {
-        base_dir: &base_dir,
+        base_dir,
         home,
         env: &env,
     };
     Ok(inventory::parse(&text, &path, &ctx)?)
+}
+
+/// Runs `artifact.build`, then packs the artifact once for every host.
+fn prepare_artifact(inventory: &Inventory, base_dir: &Path) -> Result<artifact::Packed, Error> {
+    let Some(spec) = &inventory.artifact else {
+        return Err(Error::NoArtifact {
+            file: inventory.file.display().to_string(),
+        });
+    };
+    if let Some(build) = &spec.build {
+        artifact::build(build, base_dir)?;
+    }
+    Ok(artifact::pack(&spec.path, &std::env::temp_dir())?)
+}
+
+/// The commit being deployed, when shipit runs inside a git checkout.
+fn git_revision(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sha = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !sha.is_empty()).then_some(sha)
+}
+
+/// Ctrl-C or SIGTERM asks the run to stop cleanly (locks released, nothing half-switched);
+/// a second one ends the process at once.
+fn cancel_on_signals() -> Cancel {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        for round in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if round > 0 {
+                std::process::exit(130);
+            }
+            let _ = tx.send(true);
+        }
+    });
+    Cancel::new(rx)
+}
+
+fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> bool {
+    let now = rollout::now_unix();
+    for h in hosts.iter().filter(|h| h.locked) {
+        let who = h.owner.as_ref().map_or_else(
+            || "an unknown owner (no owner.json)".to_owned(),
+            |o| o.describe(now, inventory.rollout.lock_timeout),
+        );
+        out.emit(Event::Note(&format!("{}: locked by {who}", h.host)));
+    }
+    if !std::io::stdin().is_terminal() {
+        out.emit(Event::Note(
+            "not removing: stdin is not a terminal to confirm on; pass `--yes`",
+        ));
+        return false;
+    }
+    out.emit(Event::Note(
+        "remove these locks? only if those runs are dead [y/N]",
+    ));
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+fn run_info(started_millis: u64) -> RunInfo {
+    let pid = std::process::id();
+    let machine = hostname();
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(login_name);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let token = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{nanos}/{pid}/{machine}/{user}").as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    };
+    let ci_url = match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
+        (Ok(server), Ok(repo), Ok(id))
+            if !server.is_empty() && !repo.is_empty() && !id.is_empty() =>
+        {
+            Some(format!("{server}/{repo}/actions/runs/{id}"))
+        }
+        _ => None,
+    };
+    let command = std::iter::once("shipit".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    RunInfo {
+        token,
+        user,
+        machine,
+        pid,
+        command,
+        ci_url,
+        started_unix: started_millis / 1000,
+        started_millis,
+    }
+}
+
+/// The name of the user shipit runs as, from the password database.
+fn login_name() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns NULL or a pointer to static storage that
+    // stays valid until the next call, and this runs once, before any other thread exists.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid{uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we read only up to the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 fn output_mode(cli: &Cli) -> Mode {
@@ -134,6 +377,9 @@ fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
             .map(|h| vec![h.join(".ssh").join("known_hosts")])
             .unwrap_or_default(),
     };
+    if inventory.transport == TransportKind::Local {
+        return SshSettings::default();
+    }
     SshSettings {
         identity: inventory.ssh.identity.clone(),
         key_text: secret("SHIPIT_SSH_KEY"),

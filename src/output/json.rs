@@ -15,13 +15,16 @@ pub(super) fn print(value: &impl serde::Serialize) {
 impl Renderer for Json {
     fn emit(&self, event: &Event<'_>) {
         match event {
-            Event::CheckDone(report) => print(report),
-            Event::ExecDone(report) => print(report),
+            Event::Done(report) => print(&report.json()),
             Event::Fatal(message) => {
                 eprintln!("error: {message}");
                 print(&serde_json::json!({ "error": message }));
             }
-            Event::Step { .. } | Event::Line { .. } | Event::HostDone { .. } => {}
+            Event::Note(text) => eprintln!("{text}"),
+            Event::Step { .. }
+            | Event::Line { .. }
+            | Event::Progress { .. }
+            | Event::HostDone { .. } => {}
         }
     }
 }

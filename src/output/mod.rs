@@ -12,21 +12,28 @@ pub mod plain;
 pub mod table;
 pub mod tty;
 
-use crate::check::CheckReport;
-use crate::exec::ExecReport;
 use crate::transport::Stream;
+
+/// The end result of a command: a table for people, a document for machines.
+pub trait Report {
+    fn human(&self) -> String;
+    fn json(&self) -> serde_json::Value;
+}
 
 pub enum Event<'a> {
     /// A host started a step ("connecting", "probing", ...).
-    Step {
-        host: &'a str,
-        step: &'a str,
-    },
+    Step { host: &'a str, step: &'a str },
     /// One line of a remote command's output.
     Line {
         host: &'a str,
         stream: Stream,
         line: &'a str,
+    },
+    /// Bytes of an upload sent so far.
+    Progress {
+        host: &'a str,
+        sent: u64,
+        total: u64,
     },
     /// A host finished.
     HostDone {
@@ -34,8 +41,10 @@ pub enum Event<'a> {
         ok: bool,
         summary: &'a str,
     },
-    CheckDone(&'a CheckReport),
-    ExecDone(&'a ExecReport),
+    /// Something people should read now (a lock holder, an interrupt).
+    Note(&'a str),
+    /// The command's report.
+    Done(&'a dyn Report),
     /// A problem that stops the whole run (printed once, before the exit).
     Fatal(&'a str),
 }

@@ -45,8 +45,18 @@ impl Renderer for Plain {
                 let word = if *ok { "ok" } else { "FAILED" };
                 eprintln!("{} {host:<w$} {word}: {summary}", stamp());
             }
-            Event::CheckDone(report) => eprint!("{}", table::check(report)),
-            Event::ExecDone(report) => eprint!("{}", table::exec(report)),
+            Event::Progress { host, sent, total } => {
+                if self.verbose > 0 {
+                    eprintln!(
+                        "{} {host:<w$} sent {} of {}",
+                        stamp(),
+                        table::bytes(*sent),
+                        table::bytes(*total)
+                    );
+                }
+            }
+            Event::Note(text) => eprintln!("{} {text}", stamp()),
+            Event::Done(report) => eprint!("{}", report.human()),
             Event::Fatal(message) => eprintln!("error: {message}"),
         }
     }

@@ -135,3 +135,180 @@ pub fn exec(report: &ExecReport) -> String {
     );
     out
 }
+
+pub fn deploy(report: &crate::rollout::DeployReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                h.source.clone().unwrap_or_else(|| "-".to_owned()),
+                if h.bytes_sent > 0 {
+                    bytes(h.bytes_sent)
+                } else {
+                    "-".to_owned()
+                },
+                h.previous.clone().unwrap_or_else(|| "-".to_owned()),
+                h.current.clone().unwrap_or_else(|| "-".to_owned()),
+                if h.error.is_none() && h.current.is_some() {
+                    "ok"
+                } else if h.error.is_none() {
+                    "-"
+                } else {
+                    "FAILED"
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = render(
+        &["HOST", "ARTIFACT", "SENT", "BEFORE", "NOW", "RESULT"],
+        &rows,
+    );
+    for h in &report.hosts {
+        if let Some(error) = &h.error {
+            let _ = writeln!(out, "{}: {}", h.host, error);
+        }
+    }
+    let what = match report.outcome {
+        crate::rollout::Outcome::Deployed => format!(
+            "{} {} to {} hosts",
+            if report.action == "rollback" {
+                "rolled back"
+            } else {
+                "deployed"
+            },
+            report.release.as_deref().unwrap_or("?"),
+            report.hosts.len()
+        ),
+        crate::rollout::Outcome::Failed => format!("{} failed", report.action),
+        crate::rollout::Outcome::Interrupted => format!("{} interrupted", report.action),
+        crate::rollout::Outcome::Locked => format!("{} refused: locked", report.action),
+        crate::rollout::Outcome::RolledBack => {
+            format!("{} failed and was rolled back", report.action)
+        }
+        crate::rollout::Outcome::RollbackFailed => {
+            format!("{} failed and ROLLBACK FAILED", report.action)
+        }
+    };
+    let _ = write!(
+        out,
+        "{what} in {:.1}s (exit {})",
+        report.duration_ms as f64 / 1000.0,
+        report.exit_code
+    );
+    if let Some(m) = &report.message {
+        let _ = write!(out, ": {m}");
+    }
+    out.push('\n');
+    out
+}
+
+pub fn releases(report: &crate::releases::ReleasesReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .releases
+        .iter()
+        .map(|r| {
+            vec![
+                r.release.clone(),
+                r.hosts.join(" "),
+                if r.current_on.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.current_on.join(" ")
+                },
+            ]
+        })
+        .collect();
+    let mut out = render(&["RELEASE", "ON HOSTS", "CURRENT ON"], &rows);
+    if report.releases.is_empty() {
+        out.push_str("no releases yet\n");
+    }
+    if report.drift {
+        let per_host: Vec<String> = report
+            .current
+            .iter()
+            .map(|(h, c)| format!("{h}: {}", c.as_deref().unwrap_or("(none)")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "DRIFT: the hosts run different releases ({})",
+            per_host.join(", ")
+        );
+    }
+    for h in &report.unreadable {
+        let _ = writeln!(out, "{h}: could not be read");
+    }
+    out
+}
+
+pub fn history(report: &crate::history::HistoryReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.time.clone(),
+                e.action.clone(),
+                e.release.clone().unwrap_or_else(|| "-".to_owned()),
+                e.outcome.clone(),
+                format!("{}@{}", e.user, e.machine),
+                format!("{:.1}s", e.duration_s),
+                e.hosts.join(" "),
+            ]
+        })
+        .collect();
+    let mut out = render(
+        &[
+            "TIME", "ACTION", "RELEASE", "OUTCOME", "BY", "TOOK", "HOSTS",
+        ],
+        &rows,
+    );
+    if report.entries.is_empty() {
+        out.push_str("no history yet\n");
+    }
+    for h in &report.unreadable {
+        let _ = writeln!(out, "{h}: history could not be read");
+    }
+    out
+}
+
+pub fn unlock(report: &crate::lock::UnlockReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                match (&h.owner, h.locked) {
+                    (Some(o), _) => {
+                        format!("{}@{} pid {} since {}", o.user, o.machine, o.pid, o.started)
+                    }
+                    (None, true) => "unknown owner".to_owned(),
+                    (None, false) => "-".to_owned(),
+                },
+                if h.removed {
+                    "removed"
+                } else if h.error.is_some() {
+                    "FAILED"
+                } else if h.locked {
+                    "kept"
+                } else {
+                    "not locked"
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = render(&["HOST", "LOCK HELD BY", "RESULT"], &rows);
+    for h in &report.hosts {
+        if let Some(e) = &h.error {
+            let _ = writeln!(out, "{}: {e}", h.host);
+        }
+    }
+    if report.declined {
+        out.push_str("nothing removed\n");
+    }
+    out
+}

@@ -66,13 +66,19 @@ impl Renderer for Tty {
                     bar.finish_with_message(format!("{word} {summary}"));
                 }
             }
-            Event::CheckDone(report) => {
-                self.finish_all();
-                self.multi.suspend(|| eprint!("{}", table::check(report)));
+            Event::Progress { host, sent, total } => {
+                if let Some(bar) = self.bars.get(*host) {
+                    bar.set_message(format!(
+                        "uploading {} / {}",
+                        table::bytes(*sent),
+                        table::bytes(*total)
+                    ));
+                }
             }
-            Event::ExecDone(report) => {
+            Event::Note(text) => self.multi.suspend(|| eprintln!("{text}")),
+            Event::Done(report) => {
                 self.finish_all();
-                self.multi.suspend(|| eprint!("{}", table::exec(report)));
+                self.multi.suspend(|| eprint!("{}", report.human()));
             }
             Event::Fatal(message) => {
                 self.finish_all();

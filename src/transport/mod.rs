@@ -310,7 +310,7 @@ pub enum ConnectError {
     NoCredentials { host: String, reason: String },
     #[error("cannot use SSH key {origin}: {reason}")]
     BadKey { origin: String, reason: String },
-    #[error("through jump host `{jump}`: {inner}")]
+    #[error("through jump host `{jump}`")]
     Jump {
         jump: String,
         #[source]

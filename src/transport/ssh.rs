@@ -603,6 +603,10 @@ impl SshTransport {
             .await
             .map_err(|e| self.lost(&command, e))?;
         let (mut reader, writer) = channel.split();
+        // If this future is dropped (a cancelled deploy), close the channel so the remote
+        // command sees its input end instead of waiting for the connection to go.
+        let mut guard = CloseOnDrop(Some(writer));
+        let writer = guard.0.as_ref().expect("just set");
 
         // russh's writer waits forever for window space if the session dies, so every write
         // races against the reader seeing the channel end.
@@ -656,13 +660,14 @@ impl SshTransport {
         let ((exit, refused), fed) = match tokio::time::timeout(req.timeout, work).await {
             Ok(done) => done,
             Err(_) => {
-                let _ = writer.close().await;
+                // The guard closes the channel.
                 return Err(ExecError::Timeout {
                     command,
                     after: req.timeout,
                 });
             }
         };
+        guard.0 = None;
         if refused {
             return Err(ExecError::Start {
                 command,
@@ -678,6 +683,18 @@ impl SshTransport {
                 };
                 Err(self.lost(&command, fallback))
             }
+        }
+    }
+}
+
+struct CloseOnDrop(Option<russh::ChannelWriteHalf<client::Msg>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = writer.close().await;
+            });
         }
     }
 }

@@ -17,9 +17,14 @@ fn top_level_help_lists_only_working_commands_with_examples() {
 
 #[test]
 fn every_command_help_shows_an_example() {
-    for command in ["check", "exec"] {
+    for command in [
+        "check", "exec", "deploy", "rollback", "releases", "history", "unlock",
+    ] {
         let text = help(&[command, "--help"]);
-        assert!(text.contains(&format!("shipit {command} ")), "{command}: {text}");
+        assert!(
+            text.contains(&format!("shipit {command} ")),
+            "{command}: {text}"
+        );
         insta::assert_snapshot!(format!("help_{command}"), text);
     }
 }

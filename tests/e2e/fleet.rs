@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::support::{Fleet, FleetOptions, assert_success, is_alive};
+use crate::support::{Fleet, FleetOptions, assert_success, clean_command, is_alive};
 
 /// A name no earlier or concurrent run can have used, so a stale file cannot fake a result.
 fn unique(prefix: &str) -> String {
@@ -52,7 +52,7 @@ fn openssh_logs_in_to_each_host_with_strict_host_keys() {
     for h in fleet.hosts() {
         // Spelled out rather than via Fleet::ssh_command: this is the contract other tests
         // (and the program under test) rely on.
-        let out = Command::new("ssh")
+        let out = clean_command("ssh", &fleet.home())
             .args(["-F", "/dev/null", "-i"])
             .arg(fleet.client_key())
             .args(["-o", "IdentitiesOnly=yes", "-o"])
@@ -63,7 +63,6 @@ fn openssh_logs_in_to_each_host_with_strict_host_keys() {
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
             .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
             .args(["-p", &h.port.to_string(), "root@127.0.0.1", "hostname"])
-            .env("HOME", fleet.home())
             .output()
             .unwrap();
         assert_success(&out, &format!("ssh to {}", h.name));
@@ -71,11 +70,10 @@ fn openssh_logs_in_to_each_host_with_strict_host_keys() {
     }
 
     // The same through the generated ssh_config.
-    let out = Command::new("ssh")
+    let out = clean_command("ssh", &fleet.home())
         .arg("-F")
         .arg(fleet.ssh_config())
         .args(["h2", "hostname"])
-        .env("HOME", fleet.home())
         .output()
         .unwrap();
     assert_success(&out, "ssh -F ssh_config h2");
@@ -96,7 +94,7 @@ fn strict_host_key_checking_rejects_a_host_under_another_hosts_name() {
     .unwrap();
     // Not Fleet::ssh_command: ssh keeps the first value of an option, so it cannot be
     // overridden by appending.
-    let out = Command::new("ssh")
+    let out = clean_command("ssh", &fleet.home())
         .args(["-F", "/dev/null", "-i"])
         .arg(fleet.client_key())
         .args(["-o", "IdentitiesOnly=yes", "-o"])
@@ -104,7 +102,6 @@ fn strict_host_key_checking_rejects_a_host_under_another_hosts_name() {
         .args(["-o", "GlobalKnownHostsFile=/dev/null"])
         .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
         .args(["-p", &h1.port.to_string(), "root@127.0.0.1", "true"])
-        .env("HOME", fleet.home())
         .output()
         .unwrap();
     assert!(!out.status.success(), "ssh accepted a wrong host key");
@@ -255,7 +252,7 @@ fn authorize_key_admits_a_new_client_key() {
         .unwrap();
     assert_success(&out, "ssh-keygen");
     let ssh_with_second_key = || {
-        Command::new("ssh")
+        clean_command("ssh", &fleet.home())
             .args(["-F", "/dev/null", "-i"])
             .arg(&key)
             .args(["-o", "IdentitiesOnly=yes", "-o"])
@@ -266,7 +263,6 @@ fn authorize_key_admits_a_new_client_key() {
             .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
             .args(["-p", &fleet.host("h1").port.to_string()])
             .args(["root@127.0.0.1", "echo in"])
-            .env("HOME", fleet.home())
             .output()
             .unwrap()
     };

@@ -1,0 +1,1667 @@
+//! The artifact: what `artifact.path` names, turned into one compressed tar file on local
+//! disk that is streamed to every host, plus its sha256.
+//!
+//! A directory is packed into a deterministic tar (sorted entries, fixed mtime, owners and
+//! modes), so the same content gives the same sha256 on any machine. A `.tar.gz`, `.tgz` or
+//! `.tar` is read in full and every entry checked before anything is uploaded: nothing that
+//! could land outside the release directory on a host, and nothing but files, directories
+//! and links. Both paths stream through fixed buffers, so memory stays flat whatever the
+//! artifact's size. This module also runs `artifact.build`, the local command that makes
+//! the artifact.
+//!
+//! Blocking file I/O only: callers run [`pack`] and [`build`] under `spawn_blocking`. May
+//! depend on nothing else in the crate.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::rc::Rc;
+
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+use tar::{Archive, EntryType, Header, PaxExtensions};
+use tempfile::TempPath;
+
+/// How the packed file is compressed (the host runs the matching decompressor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Gzip,
+}
+
+/// The artifact, ready to upload.
+#[derive(Debug)]
+pub struct Packed {
+    /// The compressed tar stream to upload; deleted on drop.
+    pub file: TempPath,
+    pub codec: Codec,
+    /// sha256 (lowercase hex) of the UNCOMPRESSED tar stream: the artifact's identity. The
+    /// same content gives the same value on any machine, whatever the compression.
+    pub sha256: String,
+    /// Size of `file` in bytes (what is uploaded).
+    pub compressed_size: u64,
+    /// Size of the uncompressed tar stream.
+    pub tar_size: u64,
+    /// Number of entries (files, dirs, symlinks).
+    pub entries: u64,
+}
+
+/// Why an artifact cannot be packed or built.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("artifact `{path}` does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot read `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("artifact `{path}` is neither a directory nor a `.tar.gz`, `.tgz` or `.tar` file")]
+    Unsupported { path: PathBuf },
+    #[error("artifact `{path}` is empty: there is nothing to deploy")]
+    Empty { path: PathBuf },
+    #[error("cannot deploy `{entry}` from artifact `{artifact}`: {refusal}")]
+    Refused {
+        artifact: PathBuf,
+        /// The entry's path inside the artifact (lossy if it is not UTF-8).
+        entry: String,
+        refusal: Refusal,
+    },
+    #[error("artifact `{path}` is not a valid {format} file")]
+    NotTar {
+        path: PathBuf,
+        /// `tar` or `tar.gz`.
+        format: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the packed artifact in `{dir}`")]
+    Write {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start `artifact.build` `{command}` in `{dir}`")]
+    BuildStart {
+        command: String,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`artifact.build` `{command}` failed with {} (in `{dir}`)", describe_status(.status))]
+    BuildFailed {
+        command: String,
+        dir: PathBuf,
+        status: ExitStatus,
+    },
+}
+
+/// What is wrong with one entry of an artifact.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("it is a {kind}; only files, directories and links can be deployed")]
+    Special { kind: &'static str },
+    #[error("its entry type `{}` is not supported", .flag.escape_ascii())]
+    UnsupportedType { flag: u8 },
+    #[error("its name is not valid UTF-8, which `tar` and remote shells handle badly; rename it")]
+    NameNotUtf8,
+    #[error("its link target is not valid UTF-8, which `tar` and remote shells handle badly")]
+    TargetNotUtf8,
+    #[error("its path is absolute")]
+    AbsolutePath,
+    #[error("its path has a `..` component")]
+    ParentComponent,
+    #[error("its path is empty")]
+    EmptyPath,
+    #[error("its path is or goes through symlink `{link}`, earlier in the archive")]
+    UnderSymlink { link: String },
+    #[error("it is a symlink with an empty target")]
+    EmptyTarget,
+    #[error(
+        "it is a symlink to absolute path `{target}`; only links inside the artifact can be deployed"
+    )]
+    AbsoluteTarget { target: String },
+    #[error("it is a symlink to `{target}`, which is outside the artifact")]
+    EscapingTarget { target: String },
+    #[error(
+        "it is a symlink to `{target}`, which has `..` after a name and so cannot be checked to stay inside the artifact; write it without that step back"
+    )]
+    UncheckableTarget { target: String },
+    #[error("it is a hard link to `{target}`, which is not a path inside the artifact")]
+    EscapingHardLink { target: String },
+    #[error("it is a hard link with no target")]
+    MissingHardLinkTarget,
+    #[error("it is a symlink with no target")]
+    MissingSymlinkTarget,
+    #[error("its pax header sets `{key}`, which could rename the entries after it on the host")]
+    PaxOverride { key: String },
+    #[error("its pax header is malformed")]
+    MalformedPax,
+}
+
+/// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
+/// depend on when the files were checked out or built.
+const MTIME: u64 = 946_684_800;
+
+/// Read and write buffers: big enough for few syscalls, fixed so memory stays flat.
+const BUF_SIZE: usize = 64 * 1024;
+
+/// Longest pax global header read into memory; real ones hold a comment or a few fields.
+const MAX_GLOBAL_PAX: u64 = 1024 * 1024;
+
+/// Packs a directory, or checks and adopts a tarball. Blocking; callers use spawn_blocking.
+pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+    let meta = fs::metadata(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ArtifactError::Missing {
+                path: path.to_owned(),
+            }
+        } else {
+            ArtifactError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    if meta.is_dir() {
+        return pack_dir(path, temp_dir);
+    }
+    if !meta.is_file() {
+        return Err(ArtifactError::Unsupported {
+            path: path.to_owned(),
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.as_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(b".tar.gz") || name.ends_with(b".tgz") {
+        adopt_tarball(path, temp_dir, TarFormat::Gzip)
+    } else if name.ends_with(b".tar") {
+        adopt_tarball(path, temp_dir, TarFormat::Plain)
+    } else {
+        Err(ArtifactError::Unsupported {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Runs `artifact.build` locally with `sh -c` in `dir`, its stdout and stderr both going to
+/// shipit's stderr, because shipit's stdout is reserved for `--json` data.
+pub fn build(command: &str, dir: &Path) -> Result<(), ArtifactError> {
+    let start = |source| ArtifactError::BuildStart {
+        command: command.to_owned(),
+        dir: dir.to_owned(),
+        source,
+    };
+    let stderr = io::stderr().as_fd().try_clone_to_owned().map_err(start)?;
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(start)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ArtifactError::BuildFailed {
+            command: command.to_owned(),
+            dir: dir.to_owned(),
+            status,
+        })
+    }
+}
+
+/// The short form used in release ids: the first 12 hex chars.
+pub fn short_sha(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+fn describe_status(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Directory → deterministic tar
+
+fn pack_dir(root: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+    let temp = new_temp(temp_dir)?;
+    let checked = write_dir_tar(root, temp_dir, temp.as_file())?;
+    finish_temp(temp, temp_dir, checked)
+}
+
+/// Writes `root` as a gzipped tar into `out`.
+fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, ArtifactError> {
+    let write_err = |source| ArtifactError::Write {
+        dir: temp_dir.to_owned(),
+        source,
+    };
+    let sink = BufWriter::with_capacity(BUF_SIZE, out);
+    let gzip = GzEncoder::new(sink, Compression::fast());
+    let mut packer = DirPacker {
+        root,
+        temp_dir,
+        builder: tar::Builder::new(Hashing::new(gzip)),
+        entries: 0,
+    };
+    packer.walk(root, "")?;
+    if packer.entries == 0 {
+        return Err(ArtifactError::Empty {
+            path: root.to_owned(),
+        });
+    }
+    let entries = packer.entries;
+    let hashing = packer.builder.into_inner().map_err(write_err)?;
+    let (gzip, sha256, tar_size) = hashing.finish();
+    gzip.finish()
+        .and_then(|mut sink| sink.flush())
+        .map_err(write_err)?;
+    Ok(Summary {
+        sha256,
+        tar_size,
+        entries,
+    })
+}
+
+type DirSink<'a> = Hashing<GzEncoder<BufWriter<&'a File>>>;
+
+struct DirPacker<'a> {
+    root: &'a Path,
+    temp_dir: &'a Path,
+    builder: tar::Builder<DirSink<'a>>,
+    entries: u64,
+}
+
+impl DirPacker<'_> {
+    /// Appends `dir`'s children, depth first, each level sorted by name bytes: the order
+    /// `read_dir` returns depends on the filesystem, and the tar must not.
+    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<(), ArtifactError> {
+        let read_err = |source| ArtifactError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut names = fs::read_dir(dir)
+            .map_err(read_err)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<Vec<OsString>, _>>()
+            .map_err(read_err)?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let full = dir.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(self.refuse(
+                    format!("{prefix}{}", name.to_string_lossy()),
+                    Refusal::NameNotUtf8,
+                ));
+            };
+            let rel = format!("{prefix}{name}");
+            let meta = fs::symlink_metadata(&full).map_err(|source| ArtifactError::Read {
+                path: full.clone(),
+                source,
+            })?;
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                let rel = format!("{rel}/");
+                let mut header = header(EntryType::Directory, 0o755, 0);
+                self.append(&rel, &mut header, io::empty())?;
+                self.walk(&full, &rel)?;
+            } else if kind.is_file() {
+                self.append_file(&full, &rel, meta.permissions().mode())?;
+            } else if kind.is_symlink() {
+                self.append_symlink(&full, &rel)?;
+            } else {
+                let kind = if kind.is_socket() {
+                    "socket"
+                } else if kind.is_fifo() {
+                    "fifo"
+                } else if kind.is_block_device() {
+                    "block device"
+                } else if kind.is_char_device() {
+                    "character device"
+                } else {
+                    "special file"
+                };
+                return Err(self.refuse(rel, Refusal::Special { kind }));
+            }
+        }
+        Ok(())
+    }
+
+    fn append_file(&mut self, full: &Path, rel: &str, mode: u32) -> Result<(), ArtifactError> {
+        let read_err = |source| ArtifactError::Read {
+            path: full.to_owned(),
+            source,
+        };
+        // O_NOFOLLOW: the entry was a regular file when listed; if a symlink took its place
+        // since, fail rather than pack whatever it points to.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(full)
+            .map_err(read_err)?;
+        let len = file.metadata().map_err(read_err)?.len();
+        let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        let mut header = header(EntryType::Regular, mode, len);
+        let mut data = Exact::new(file, len);
+        self.append(rel, &mut header, &mut data)
+            .map_err(|e| match (e, data.failed) {
+                (ArtifactError::Write { source, .. }, true) => read_err(source),
+                (e, _) => e,
+            })
+    }
+
+    fn append_symlink(&mut self, full: &Path, rel: &str) -> Result<(), ArtifactError> {
+        let target = fs::read_link(full).map_err(|source| ArtifactError::Read {
+            path: full.to_owned(),
+            source,
+        })?;
+        let Some(target) = target.to_str() else {
+            return Err(self.refuse(rel.to_owned(), Refusal::TargetNotUtf8));
+        };
+        let depth = rel.split('/').count() - 1;
+        if let Err(refusal) = check_symlink_target(depth, target.as_bytes()) {
+            return Err(self.refuse(rel.to_owned(), refusal));
+        }
+        let mut header = header(EntryType::Symlink, 0o777, 0);
+        self.builder
+            .append_link(&mut header, rel, target)
+            .map_err(|source| self.write_err(source))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Appends one entry; I/O errors are the temp file's unless the caller knows better.
+    fn append(
+        &mut self,
+        rel: &str,
+        header: &mut Header,
+        data: impl Read,
+    ) -> Result<(), ArtifactError> {
+        self.builder
+            .append_data(header, rel, data)
+            .map_err(|source| self.write_err(source))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn write_err(&self, source: io::Error) -> ArtifactError {
+        ArtifactError::Write {
+            dir: self.temp_dir.to_owned(),
+            source,
+        }
+    }
+
+    fn refuse(&self, entry: String, refusal: Refusal) -> ArtifactError {
+        ArtifactError::Refused {
+            artifact: self.root.to_owned(),
+            entry,
+            refusal,
+        }
+    }
+}
+
+/// A header with everything but type, mode and size fixed, so two machines packing the same
+/// tree write the same bytes.
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(MTIME);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+/// Reads exactly `len` bytes of a file and fails if it turns out shorter or longer: the tar
+/// header already says `len`, and a file changing under us must not corrupt the archive
+/// nor be deployed half old, half new.
+struct Exact {
+    file: File,
+    remaining: u64,
+    /// Set when this reader produced an error, so it is reported against the source file
+    /// rather than the temp file.
+    failed: bool,
+}
+
+impl Exact {
+    fn new(file: File, len: u64) -> Exact {
+        Exact {
+            file,
+            remaining: len,
+            failed: false,
+        }
+    }
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = if self.remaining == 0 {
+            match self.file.read(&mut [0u8; 1]) {
+                Ok(0) => Ok(0),
+                Ok(_) => Err(io::Error::other("the file grew while it was being packed")),
+                Err(e) => Err(e),
+            }
+        } else {
+            let max = buf
+                .len()
+                .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+            match self.file.read(&mut buf[..max]) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was being packed",
+                )),
+                Ok(n) => {
+                    self.remaining -= n as u64;
+                    Ok(n)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tarball → checked copy
+
+#[derive(Clone, Copy)]
+enum TarFormat {
+    Gzip,
+    Plain,
+}
+
+impl TarFormat {
+    fn name(self) -> &'static str {
+        match self {
+            TarFormat::Gzip => "tar.gz",
+            TarFormat::Plain => "tar",
+        }
+    }
+}
+
+/// Reads the tarball once, checking every entry and hashing the tar bytes, while the same
+/// read writes the file to upload: a `.tar.gz` is copied as is, a `.tar` gzipped. One pass
+/// means the bytes checked are exactly the bytes uploaded, even if the file changes.
+fn adopt_tarball(path: &Path, temp_dir: &Path, format: TarFormat) -> Result<Packed, ArtifactError> {
+    let source = File::open(path).map_err(|source| ArtifactError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let temp = new_temp(temp_dir)?;
+    let checked = copy_checked(path, source, format, temp_dir, temp.as_file())?;
+    if checked.entries == 0 {
+        return Err(ArtifactError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    finish_temp(temp, temp_dir, checked)
+}
+
+/// Checks the tarball read from `source` while writing the gzipped tar into `out`.
+fn copy_checked(
+    path: &Path,
+    source: File,
+    format: TarFormat,
+    temp_dir: &Path,
+    out: &File,
+) -> Result<Summary, ArtifactError> {
+    let write_err = |source| ArtifactError::Write {
+        dir: temp_dir.to_owned(),
+        source,
+    };
+    // A failed write to the temp file surfaces as a read error inside the tar reader; this
+    // slot tells it apart from a broken archive.
+    let sink_error: Rc<Cell<Option<io::Error>>> = Rc::default();
+    let sink = BufWriter::with_capacity(BUF_SIZE, out);
+    let checked = match format {
+        TarFormat::Gzip => {
+            let tee = Tee::new(source, sink, sink_error.clone());
+            // Multi-member: `gzip -d` on the host decompresses every member, so every
+            // member must be checked.
+            let gz = MultiGzDecoder::new(BufReader::with_capacity(BUF_SIZE, tee));
+            check_tar(path, format, gz).map(|(gz, checked)| {
+                let finished = gz.into_inner().into_inner().finish().map(|(_, sink)| sink);
+                (finished, checked)
+            })
+        }
+        TarFormat::Plain => {
+            let gzip = GzEncoder::new(sink, Compression::fast());
+            let reader = BufReader::with_capacity(BUF_SIZE, source);
+            let tee = Tee::new(reader, gzip, sink_error.clone());
+            check_tar(path, format, tee).map(|(tee, checked)| {
+                let finished = tee.finish().and_then(|(_, gzip)| gzip.finish());
+                (finished, checked)
+            })
+        }
+    };
+    let (finished, checked) = checked.map_err(|e| match sink_error.take() {
+        Some(source) => write_err(source),
+        None => e,
+    })?;
+    finished
+        .and_then(|mut sink| sink.flush())
+        .map_err(write_err)?;
+    Ok(checked)
+}
+
+/// What packing learned about the tar stream.
+struct Summary {
+    sha256: String,
+    tar_size: u64,
+    entries: u64,
+}
+
+/// Reads a whole tar stream, checking each entry, then what follows the end-of-archive
+/// marker; gives back the reader so the caller can finish what it was teeing into.
+fn check_tar<R: Read>(
+    path: &Path,
+    format: TarFormat,
+    reader: R,
+) -> Result<(R, Summary), ArtifactError> {
+    let invalid = |source| ArtifactError::NotTar {
+        path: path.to_owned(),
+        format: format.name(),
+        source,
+    };
+    let mut archive = Archive::new(Hashing::new(reader));
+    let mut checker = EntryChecker {
+        artifact: path,
+        symlinks: HashSet::new(),
+        entries: 0,
+    };
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        checker.check(&mut entry, invalid)?;
+    }
+    let mut rest = archive.into_inner();
+    // The tar crate stops at the first zero block, while `tar` on the host may read on past
+    // a lone one: anything but zeros there would be extracted unchecked.
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = rest.read(&mut buf).map_err(invalid)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(invalid(io::Error::other(
+                "it has data after the end-of-archive marker",
+            )));
+        }
+    }
+    let (reader, sha256, tar_size) = rest.finish();
+    let entries = checker.entries;
+    Ok((
+        reader,
+        Summary {
+            sha256,
+            tar_size,
+            entries,
+        },
+    ))
+}
+
+struct EntryChecker<'a> {
+    artifact: &'a Path,
+    /// Paths (normalized, `/`-joined) of the symlinks seen so far: a later entry at or
+    /// below one would be written wherever the link points.
+    symlinks: HashSet<Vec<u8>>,
+    entries: u64,
+}
+
+impl EntryChecker<'_> {
+    fn check<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        invalid: impl Fn(io::Error) -> ArtifactError,
+    ) -> Result<(), ArtifactError> {
+        let path = entry.path_bytes().into_owned();
+        let refuse = |refusal| ArtifactError::Refused {
+            artifact: self.artifact.to_owned(),
+            entry: String::from_utf8_lossy(&path).into_owned(),
+            refusal,
+        };
+        let kind = entry.header().entry_type();
+
+        if kind == EntryType::XGlobalHeader {
+            // Not an entry, but GNU tar applies its keys to every entry after it.
+            let mut data = Vec::new();
+            (&mut *entry)
+                .take(MAX_GLOBAL_PAX)
+                .read_to_end(&mut data)
+                .map_err(&invalid)?;
+            for ext in PaxExtensions::new(&data) {
+                let key = ext
+                    .ok()
+                    .and_then(|e| e.key().ok())
+                    .ok_or_else(|| refuse(Refusal::MalformedPax))?;
+                if key == "path" || key == "linkpath" || key.starts_with("GNU.sparse") {
+                    return Err(refuse(Refusal::PaxOverride {
+                        key: key.to_owned(),
+                    }));
+                }
+            }
+            return Ok(());
+        }
+
+        match kind {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::GNUSparse
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link => {}
+            EntryType::Char => {
+                return Err(refuse(Refusal::Special {
+                    kind: "character device",
+                }));
+            }
+            EntryType::Block => {
+                return Err(refuse(Refusal::Special {
+                    kind: "block device",
+                }));
+            }
+            EntryType::Fifo => return Err(refuse(Refusal::Special { kind: "fifo" })),
+            // Includes GNU long names and pax headers the tar crate did not take as such
+            // (non-ustar headers), which another `tar` might still apply.
+            other => {
+                return Err(refuse(Refusal::UnsupportedType {
+                    flag: other.as_byte(),
+                }));
+            }
+        }
+
+        if std::str::from_utf8(&path).is_err() {
+            return Err(refuse(Refusal::NameNotUtf8));
+        }
+        let components = member_components(&path).map_err(&refuse)?;
+        // The header's own name too: `path_bytes` applies long-name and pax records, and
+        // whichever one another `tar` believes must be safe as well.
+        member_components(&entry.header().path_bytes()).map_err(&refuse)?;
+        if let Some(exts) = entry.pax_extensions().map_err(&invalid)? {
+            for ext in exts {
+                let ext = ext.map_err(|_| refuse(Refusal::MalformedPax))?;
+                // GNU tar restores a sparse file under this name; the tar crate ignores it.
+                if ext.key() == Ok("GNU.sparse.name") {
+                    member_components(ext.value_bytes()).map_err(&refuse)?;
+                }
+            }
+        }
+        if components.is_empty() && kind != EntryType::Directory {
+            return Err(refuse(Refusal::EmptyPath));
+        }
+        if let Some(link) = self.symlink_prefix(&components) {
+            return Err(refuse(Refusal::UnderSymlink { link }));
+        }
+
+        match kind {
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse(Refusal::MissingSymlinkTarget))?
+                    .into_owned();
+                if std::str::from_utf8(&target).is_err() {
+                    return Err(refuse(Refusal::TargetNotUtf8));
+                }
+                check_symlink_target(components.len().saturating_sub(1), &target)
+                    .map_err(&refuse)?;
+                self.symlinks.insert(components.join(&b'/'));
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse(Refusal::MissingHardLinkTarget))?
+                    .into_owned();
+                let escaping = || {
+                    refuse(Refusal::EscapingHardLink {
+                        target: String::from_utf8_lossy(&target).into_owned(),
+                    })
+                };
+                if std::str::from_utf8(&target).is_err() {
+                    return Err(refuse(Refusal::TargetNotUtf8));
+                }
+                // A hard link's target is a path from the archive root, not from the
+                // link's directory.
+                let target_components = member_components(&target).map_err(|_| escaping())?;
+                if target_components.is_empty() || self.symlink_prefix(&target_components).is_some()
+                {
+                    return Err(escaping());
+                }
+            }
+            _ => {}
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The earlier symlink that `components` is, or lies below, if any.
+    fn symlink_prefix(&self, components: &[&[u8]]) -> Option<String> {
+        if self.symlinks.is_empty() {
+            return None;
+        }
+        (1..=components.len()).find_map(|n| {
+            let prefix = components[..n].join(&b'/');
+            self.symlinks
+                .contains(&prefix)
+                .then(|| String::from_utf8_lossy(&prefix).into_owned())
+        })
+    }
+}
+
+/// The normal components of an archive member's path, refusing what could land outside the
+/// extraction directory. `.` and empty components are dropped (`./app.js` is `app.js`).
+fn member_components(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
+    if path.starts_with(b"/") {
+        return Err(Refusal::AbsolutePath);
+    }
+    let mut components = Vec::new();
+    for component in path.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => return Err(Refusal::ParentComponent),
+            name => components.push(name),
+        }
+    }
+    Ok(components)
+}
+
+/// Checks that a symlink whose directory is `depth` levels below the artifact root points
+/// inside the artifact, judging its target lexically.
+///
+/// `..` is allowed only before any name: `x/../y` steps back through whatever `x` is on the
+/// host, possibly another symlink, so where it lands cannot be decided from the text.
+/// Leading `..`s climb real directories (entries below a symlink are refused elsewhere),
+/// and names only descend, so a target of that shape stays inside when the climb does.
+fn check_symlink_target(depth: usize, target: &[u8]) -> Result<(), Refusal> {
+    let shown = || String::from_utf8_lossy(target).into_owned();
+    if target.is_empty() {
+        return Err(Refusal::EmptyTarget);
+    }
+    if target.starts_with(b"/") {
+        return Err(Refusal::AbsoluteTarget { target: shown() });
+    }
+    let mut depth = depth;
+    let mut seen_name = false;
+    for component in target.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." if seen_name => return Err(Refusal::UncheckableTarget { target: shown() }),
+            b".." => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| Refusal::EscapingTarget { target: shown() })?;
+            }
+            _ => seen_name = true,
+        }
+    }
+    Ok(())
+}
+
+/// Passes reads through, writing every byte read into `sink` as well.
+struct Tee<R, W> {
+    inner: R,
+    sink: W,
+    /// Where a failed write goes: the reader above sees only an I/O error and would call
+    /// the archive invalid.
+    sink_error: Rc<Cell<Option<io::Error>>>,
+}
+
+impl<R: Read, W: Write> Tee<R, W> {
+    fn new(inner: R, sink: W, sink_error: Rc<Cell<Option<io::Error>>>) -> Self {
+        Tee {
+            inner,
+            sink,
+            sink_error,
+        }
+    }
+
+    /// Copies whatever the reader above left unread, so the sink holds the whole input.
+    fn finish(mut self) -> io::Result<(R, W)> {
+        io::copy(&mut self.inner, &mut self.sink)?;
+        Ok((self.inner, self.sink))
+    }
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.sink.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.sink_error.set(Some(e));
+            return Err(io::Error::new(kind, "writing the packed copy failed"));
+        }
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared
+
+/// Hashes and counts the bytes passing through, in either direction: the sha256 is of the
+/// uncompressed tar stream, computed as it streams by.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The inner stream, the lowercase hex sha256 and the byte count.
+    fn finish(self) -> (T, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+fn new_temp(temp_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
+    // Created 0600 by tempfile: the artifact may hold anything the project ships.
+    tempfile::Builder::new()
+        .prefix("shipit-artifact-")
+        .suffix(".tar.gz")
+        .tempfile_in(temp_dir)
+        .map_err(|source| ArtifactError::Write {
+            dir: temp_dir.to_owned(),
+            source,
+        })
+}
+
+fn finish_temp(
+    temp: tempfile::NamedTempFile,
+    temp_dir: &Path,
+    checked: Summary,
+) -> Result<Packed, ArtifactError> {
+    let compressed_size = temp
+        .as_file()
+        .metadata()
+        .map_err(|source| ArtifactError::Write {
+            dir: temp_dir.to_owned(),
+            source,
+        })?
+        .len();
+    Ok(Packed {
+        file: temp.into_temp_path(),
+        codec: Codec::Gzip,
+        sha256: checked.sha256,
+        compressed_size,
+        tar_size: checked.tar_size,
+        entries: checked.entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::GzDecoder;
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, SystemTime};
+
+    fn sha_of(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    fn write(path: &Path, content: &[u8], mode: u32) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn gunzip(path: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        GzDecoder::new(File::open(path).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// One entry read back from a tar stream.
+    #[derive(Debug, PartialEq)]
+    struct Unpacked {
+        path: String,
+        kind: EntryType,
+        mode: u32,
+        link: Option<String>,
+        data: Vec<u8>,
+    }
+
+    fn entries_of(tar: &[u8]) -> Vec<Unpacked> {
+        let mut archive = Archive::new(tar);
+        let mut out = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let header = entry.header();
+            assert_eq!(header.mtime().unwrap(), MTIME);
+            assert_eq!(header.uid().unwrap(), 0);
+            assert_eq!(header.gid().unwrap(), 0);
+            assert_eq!(header.username_bytes().unwrap_or_default(), b"");
+            assert_eq!(header.groupname_bytes().unwrap_or_default(), b"");
+            let kind = header.entry_type();
+            let mode = header.mode().unwrap();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let link = entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8(l.into_owned()).unwrap());
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push(Unpacked {
+                path,
+                kind,
+                mode,
+                link,
+                data,
+            });
+        }
+        out
+    }
+
+    fn refused(result: Result<Packed, ArtifactError>) -> (String, Refusal, String) {
+        match result {
+            Err(e @ ArtifactError::Refused { .. }) => {
+                let message = e.to_string();
+                let ArtifactError::Refused { entry, refusal, .. } = e else {
+                    unreachable!()
+                };
+                (entry, refusal, message)
+            }
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(packed) => panic!("expected a refusal, got {} entries", packed.entries),
+        }
+    }
+
+    /// The same tree, created file by file in `order`, with mtimes `age` seconds old.
+    fn make_tree(root: &Path, order: &[usize], age: u64) {
+        let files: [(&str, &[u8], u32); 5] = [
+            ("app.js", b"console.log(1)\n", 0o644),
+            ("lib/a.js", b"a\n", 0o600),
+            ("lib/sub/z.txt", b"z\n", 0o640),
+            ("bin/run", b"#!/bin/sh\n", 0o700),
+            ("a.txt", b"", 0o644),
+        ];
+        for &i in order {
+            let (name, content, mode) = files[i];
+            write(&root.join(name), content, mode);
+        }
+        symlink("../app.js", root.join("lib/app")).unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age);
+        for (name, _, _) in files {
+            File::options()
+                .write(true)
+                .open(root.join(name))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn same_content_packs_to_the_same_sha_whatever_order_mtime_or_mode_bits() {
+        let temp = tempfile::tempdir().unwrap();
+        let (a, b) = (temp.path().join("a"), temp.path().join("b"));
+        make_tree(&a, &[0, 1, 2, 3, 4], 10);
+        make_tree(&b, &[4, 3, 2, 1, 0], 999_999);
+        // Different permission bits that map to the same packed mode.
+        fs::set_permissions(b.join("lib/a.js"), fs::Permissions::from_mode(0o664)).unwrap();
+        fs::set_permissions(b.join("bin/run"), fs::Permissions::from_mode(0o711)).unwrap();
+
+        let first = pack(&a, temp.path()).unwrap();
+        let second = pack(&b, temp.path()).unwrap();
+        assert_eq!(first.sha256, second.sha256);
+        assert_eq!(first.sha256.len(), 64);
+        assert!(
+            first
+                .sha256
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(first.entries, 9);
+        assert_eq!(first.codec, Codec::Gzip);
+
+        let tar = gunzip(&first.file);
+        assert_eq!(gunzip(&second.file), tar);
+        assert_eq!(sha_of(&tar), first.sha256);
+        assert_eq!(tar.len() as u64, first.tar_size);
+        assert_eq!(
+            fs::metadata(&first.file).unwrap().len(),
+            first.compressed_size
+        );
+        let paths: Vec<String> = entries_of(&tar).into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "a.txt",
+                "app.js",
+                "bin/",
+                "bin/run",
+                "lib/",
+                "lib/a.js",
+                "lib/app",
+                "lib/sub/",
+                "lib/sub/z.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn modes_are_normalized_and_symlinks_kept() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("app");
+        fs::create_dir_all(root.join("private")).unwrap();
+        fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+        write(&root.join("private/secret"), b"s", 0o600);
+        write(&root.join("run"), b"#!/bin/sh\n", 0o750);
+        write(&root.join("group-exec"), b"x", 0o610);
+        symlink("private/secret", root.join("link")).unwrap();
+        let packed = pack(&root, temp.path()).unwrap();
+        let entries = entries_of(&gunzip(&packed.file));
+        let find = |path: &str| entries.iter().find(|e| e.path == path).unwrap();
+        assert_eq!(find("private/").kind, EntryType::Directory);
+        assert_eq!(find("private/").mode, 0o755);
+        assert_eq!(find("private/secret").mode, 0o644);
+        assert_eq!(find("private/secret").data, b"s");
+        assert_eq!(find("run").mode, 0o755);
+        assert_eq!(find("group-exec").mode, 0o755);
+        let link = find("link");
+        assert_eq!(link.kind, EntryType::Symlink);
+        assert_eq!(link.mode, 0o777);
+        assert_eq!(link.link.as_deref(), Some("private/secret"));
+        // The packed file is private to the deployer.
+        let mode = fs::metadata(&packed.file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn long_names_and_link_targets_round_trip() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("app");
+        let deep = format!("{}/{}", "d".repeat(80), "e".repeat(90));
+        let file = format!("{deep}/{}.js", "f".repeat(120));
+        write(&root.join(&file), b"long", 0o644);
+        let target = format!("{}/{}.js", "e".repeat(90), "f".repeat(120));
+        symlink(&target, root.join("d".repeat(80)).join("l".repeat(110))).unwrap();
+        let packed = pack(&root, temp.path()).unwrap();
+        let entries = entries_of(&gunzip(&packed.file));
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let dir = format!("{}/", "d".repeat(80));
+        let link = format!("{}/{}", "d".repeat(80), "l".repeat(110));
+        let deep_dir = format!("{deep}/");
+        assert_eq!(paths, [&dir, &deep_dir, &file, &link]);
+        assert_eq!(entries[2].data, b"long");
+        assert_eq!(entries[3].link.as_deref(), Some(target.as_str()));
+    }
+
+    #[test]
+    fn gnu_tar_extracts_the_packed_directory_exactly() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("app");
+        write(&root.join("bin/server"), b"#!/bin/sh\necho hi\n", 0o755);
+        write(&root.join("public/css/site.css"), b"body{}\n", 0o644);
+        write(
+            &root.join(format!("public/{}.txt", "n".repeat(150))),
+            b"long\n",
+            0o644,
+        );
+        fs::create_dir_all(root.join("empty")).unwrap();
+        symlink("../bin/server", root.join("public/server")).unwrap();
+        let packed = pack(&root, temp.path()).unwrap();
+
+        let out = temp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(&*packed.file)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let diff = Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&root)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            diff.status.success(),
+            "{}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
+        let mode = fs::metadata(out.join("bin/server"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        assert_eq!(
+            fs::read_link(out.join("public/server")).unwrap(),
+            Path::new("../bin/server")
+        );
+    }
+
+    #[test]
+    fn directory_refusals_name_the_entry() {
+        let temp = tempfile::tempdir().unwrap();
+
+        let root = temp.path().join("escape");
+        write(&root.join("a/file"), b"x", 0o644);
+        symlink("../../x", root.join("a/b")).unwrap();
+        let (entry, refusal, message) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "a/b");
+        assert_eq!(
+            refusal,
+            Refusal::EscapingTarget {
+                target: "../../x".into()
+            }
+        );
+        assert!(message.contains("`a/b`"), "{message}");
+
+        let root = temp.path().join("absolute");
+        write(&root.join("a"), b"x", 0o644);
+        symlink("/etc/passwd", root.join("passwd")).unwrap();
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "passwd");
+        assert!(matches!(refusal, Refusal::AbsoluteTarget { .. }));
+
+        let root = temp.path().join("fifo");
+        fs::create_dir_all(root.join("run")).unwrap();
+        let fifo = std::ffi::CString::new(root.join("run/pipe").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "run/pipe");
+        assert_eq!(refusal, Refusal::Special { kind: "fifo" });
+
+        let root = temp.path().join("socket");
+        fs::create_dir_all(&root).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(root.join("s.sock")).unwrap();
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "s.sock");
+        assert_eq!(refusal, Refusal::Special { kind: "socket" });
+
+        let root = temp.path().join("latin1");
+        fs::create_dir_all(&root).unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        fs::write(root.join(name), b"x").unwrap();
+        let (entry, refusal, message) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "caf\u{fffd}.txt");
+        assert_eq!(refusal, Refusal::NameNotUtf8);
+        assert!(message.contains("UTF-8"), "{message}");
+    }
+
+    #[test]
+    fn symlink_targets_are_judged_lexically() {
+        assert_eq!(check_symlink_target(1, b"../c"), Ok(()));
+        assert_eq!(check_symlink_target(0, b"./x/y"), Ok(()));
+        assert_eq!(check_symlink_target(2, b"../../top"), Ok(()));
+        assert_eq!(check_symlink_target(1, b".."), Ok(()));
+        assert!(matches!(
+            check_symlink_target(1, b"../../x"),
+            Err(Refusal::EscapingTarget { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target(0, b".."),
+            Err(Refusal::EscapingTarget { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target(3, b"x/../y"),
+            Err(Refusal::UncheckableTarget { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target(3, b"/abs"),
+            Err(Refusal::AbsoluteTarget { .. })
+        ));
+        assert_eq!(check_symlink_target(0, b""), Err(Refusal::EmptyTarget));
+    }
+
+    #[test]
+    fn empty_missing_and_unsupported_artifacts_are_errors() {
+        let temp = tempfile::tempdir().unwrap();
+        let empty = temp.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let err = pack(&empty, temp.path()).unwrap_err();
+        assert!(matches!(err, ArtifactError::Empty { .. }), "{err}");
+        assert!(err.to_string().contains("nothing to deploy"));
+
+        let missing = temp.path().join("nope");
+        let err = pack(&missing, temp.path()).unwrap_err();
+        assert!(matches!(err, ArtifactError::Missing { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("`{}`", missing.display()))
+        );
+
+        let zip = temp.path().join("app.zip");
+        fs::write(&zip, b"PK").unwrap();
+        let err = pack(&zip, temp.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "artifact `{}` is neither a directory nor a `.tar.gz`, `.tgz` or `.tar` file",
+                zip.display()
+            )
+        );
+    }
+
+    // --- tarballs -------------------------------------------------------------------
+
+    /// Appends an entry with its name and link name written as raw bytes, bypassing the
+    /// tar crate's own refusals, as a hostile archive would be.
+    fn raw_entry(
+        builder: &mut tar::Builder<Vec<u8>>,
+        name: &[u8],
+        kind: EntryType,
+        link: &[u8],
+        data: &[u8],
+    ) {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+
+    /// Name, type, link name and data of one raw entry.
+    type RawEntry<'a> = (&'a [u8], EntryType, &'a [u8], &'a [u8]);
+
+    fn tar_of(entries: &[RawEntry<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for &(name, kind, link, data) in entries {
+            raw_entry(&mut builder, name, kind, link, data);
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    const FILE: EntryType = EntryType::Regular;
+
+    /// One pax record: `<length> <key>=<value>\n`, the length counting itself.
+    fn pax_record(key: &str, value: &str) -> Vec<u8> {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while (len.to_string().len() + body.len()) != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    fn pack_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<Packed, ArtifactError> {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        pack(&path, dir)
+    }
+
+    #[test]
+    fn tarball_refusals_name_the_entry() {
+        let temp = tempfile::tempdir().unwrap();
+        let cases: Vec<(Vec<u8>, &str, Refusal)> = vec![
+            (
+                tar_of(&[(b"ok.txt", FILE, b"", b"x"), (b"../evil", FILE, b"", b"x")]),
+                "../evil",
+                Refusal::ParentComponent,
+            ),
+            (
+                tar_of(&[(b"./a/../../evil", FILE, b"", b"x")]),
+                "./a/../../evil",
+                Refusal::ParentComponent,
+            ),
+            (
+                tar_of(&[(b"/etc/passwd", FILE, b"", b"x")]),
+                "/etc/passwd",
+                Refusal::AbsolutePath,
+            ),
+            (
+                tar_of(&[
+                    (b"a/", EntryType::Directory, b"", b""),
+                    (b"a/link", EntryType::Symlink, b"../../x", b""),
+                ]),
+                "a/link",
+                Refusal::EscapingTarget {
+                    target: "../../x".into(),
+                },
+            ),
+            (
+                tar_of(&[(b"etc", EntryType::Symlink, b"/etc", b"")]),
+                "etc",
+                Refusal::AbsoluteTarget {
+                    target: "/etc".into(),
+                },
+            ),
+            (
+                tar_of(&[(b"shadow", EntryType::Link, b"/etc/shadow", b"")]),
+                "shadow",
+                Refusal::EscapingHardLink {
+                    target: "/etc/shadow".into(),
+                },
+            ),
+            (
+                tar_of(&[(b"up", EntryType::Link, b"../x", b"")]),
+                "up",
+                Refusal::EscapingHardLink {
+                    target: "../x".into(),
+                },
+            ),
+            (
+                tar_of(&[(b"dev/tty", EntryType::Char, b"", b"")]),
+                "dev/tty",
+                Refusal::Special {
+                    kind: "character device",
+                },
+            ),
+            (
+                tar_of(&[(b"sda", EntryType::Block, b"", b"")]),
+                "sda",
+                Refusal::Special {
+                    kind: "block device",
+                },
+            ),
+            (
+                tar_of(&[(b"pipe", EntryType::Fifo, b"", b"")]),
+                "pipe",
+                Refusal::Special { kind: "fifo" },
+            ),
+            (
+                // The classic: a link to a directory, then a file written through it.
+                tar_of(&[
+                    (b"sub/", EntryType::Directory, b"", b""),
+                    (b"l", EntryType::Symlink, b"sub", b""),
+                    (b"l/x", FILE, b"", b"x"),
+                ]),
+                "l/x",
+                Refusal::UnderSymlink { link: "l".into() },
+            ),
+            (
+                tar_of(&[
+                    (b"a/", EntryType::Directory, b"", b""),
+                    (b"a/up", EntryType::Symlink, b"..", b""),
+                    (b"b", EntryType::Symlink, b"a/up/..", b""),
+                ]),
+                "b",
+                Refusal::UncheckableTarget {
+                    target: "a/up/..".into(),
+                },
+            ),
+            (
+                tar_of(&[(b"caf\xe9", FILE, b"", b"x")]),
+                "caf\u{fffd}",
+                Refusal::NameNotUtf8,
+            ),
+        ];
+        for (i, (tar, entry, refusal)) in cases.into_iter().enumerate() {
+            for (name, bytes) in [
+                (format!("case{i}.tar"), tar.clone()),
+                (format!("case{i}.tar.gz"), gzip(&tar)),
+            ] {
+                let (got_entry, got_refusal, message) =
+                    refused(pack_bytes(temp.path(), &name, &bytes));
+                assert_eq!(
+                    (got_entry.as_str(), &got_refusal),
+                    (entry, &refusal),
+                    "{name}"
+                );
+                assert!(message.contains(&format!("`{entry}`")), "{message}");
+                assert!(message.contains(&name), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn tarball_with_a_pax_global_path_or_data_after_the_end_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        raw_entry(
+            &mut builder,
+            b"pax_global_header",
+            EntryType::XGlobalHeader,
+            b"",
+            &pax_record("path", "../../evil"),
+        );
+        raw_entry(&mut builder, b"ok", FILE, b"", b"x");
+        let tar = builder.into_inner().unwrap();
+        let (entry, refusal, _) = refused(pack_bytes(temp.path(), "g.tar", &tar));
+        assert_eq!(entry, "pax_global_header");
+        assert_eq!(refusal, Refusal::PaxOverride { key: "path".into() });
+
+        // A lone zero block, then an entry only a lenient `tar` would read.
+        let mut tar = tar_of(&[(b"ok", FILE, b"", b"x")]);
+        tar.truncate(tar.len() - 1024);
+        tar.extend_from_slice(&[0; 512]);
+        tar.extend_from_slice(&tar_of(&[(b"../evil", FILE, b"", b"x")]));
+        let err = pack_bytes(temp.path(), "lone.tar", &tar).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::NotTar { format: "tar", .. }),
+            "{err}"
+        );
+        let err = pack_bytes(temp.path(), "lone.tgz", &gzip(&tar)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ArtifactError::NotTar {
+                    format: "tar.gz",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A second gzip member holding a hostile entry.
+        let mut two = gzip(&tar_of(&[(b"ok", FILE, b"", b"x")])[..1024]);
+        two.extend_from_slice(&gzip(&tar_of(&[(b"../evil", FILE, b"", b"x")])));
+        let (entry, _, _) = refused(pack_bytes(temp.path(), "two.tar.gz", &two));
+        assert_eq!(entry, "../evil");
+    }
+
+    #[test]
+    fn good_tarballs_are_adopted_with_the_sha_of_their_tar_bytes() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        raw_entry(&mut builder, b"./", EntryType::Directory, b"", b"");
+        raw_entry(&mut builder, b"./app/", EntryType::Directory, b"", b"");
+        raw_entry(&mut builder, b"./app/main.js", FILE, b"", b"main\n");
+        raw_entry(
+            &mut builder,
+            b"./app/up",
+            EntryType::Symlink,
+            b"../top.txt",
+            b"",
+        );
+        raw_entry(&mut builder, b"./top.txt", FILE, b"", b"top\n");
+        raw_entry(&mut builder, b"./hard", EntryType::Link, b"./top.txt", b"");
+        let mut header = Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        let long = format!("./{}/{}.txt", "x".repeat(90), "y".repeat(90));
+        builder
+            .append_data(&mut header, &long, &b"long"[..])
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+
+        let packed = pack_bytes(temp.path(), "plain.tar", &tar).unwrap();
+        assert_eq!(packed.sha256, sha_of(&tar));
+        assert_eq!(packed.tar_size, tar.len() as u64);
+        assert_eq!(packed.entries, 7);
+        assert_eq!(gunzip(&packed.file), tar);
+        assert_eq!(
+            fs::metadata(&packed.file).unwrap().len(),
+            packed.compressed_size
+        );
+
+        let gz = gzip(&tar);
+        let packed_gz = pack_bytes(temp.path(), "app.tgz", &gz).unwrap();
+        assert_eq!(packed_gz.sha256, packed.sha256);
+        assert_eq!(fs::read(&packed_gz.file).unwrap(), gz);
+        assert_eq!(packed_gz.compressed_size, gz.len() as u64);
+        let packed_gz = pack_bytes(temp.path(), "app.TAR.GZ", &gz).unwrap();
+        assert_eq!(packed_gz.sha256, packed.sha256);
+    }
+
+    #[test]
+    fn tarballs_made_by_gnu_tar_are_accepted() {
+        let temp = tempfile::tempdir().unwrap();
+        let src = temp.path().join("src");
+        write(
+            &src.join(format!("lib/{}/{}.js", "m".repeat(70), "n".repeat(70))),
+            b"x",
+            0o644,
+        );
+        write(&src.join("bin/run"), b"#!/bin/sh\n", 0o755);
+        symlink("../bin/run", src.join("lib/run")).unwrap();
+        for (name, format) in [
+            ("gnu.tar.gz", "gnu"),
+            ("pax.tar.gz", "pax"),
+            ("ustar.tar", "ustar"),
+        ] {
+            let out = temp.path().join(name);
+            let compress = if name.ends_with(".gz") { "-czf" } else { "-cf" };
+            let mut cmd = Command::new("tar");
+            cmd.arg(format!("--format={format}"));
+            if format == "ustar" {
+                // ustar cannot hold the long name; leave that directory out.
+                cmd.arg("--exclude=./lib");
+            }
+            cmd.arg(compress).arg(&out).arg("-C").arg(&src).arg(".");
+            assert!(cmd.status().unwrap().success());
+            let packed = pack(&out, temp.path()).unwrap();
+            let tar = if name.ends_with(".gz") {
+                gunzip(&out)
+            } else {
+                fs::read(&out).unwrap()
+            };
+            assert_eq!(packed.sha256, sha_of(&tar), "{name}");
+            assert!(packed.entries >= 3, "{name}");
+        }
+    }
+
+    #[test]
+    fn corrupt_tarballs_are_not_valid() {
+        let temp = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[(b"a", FILE, b"", &[7u8; 5000])]);
+        let gz = gzip(&tar);
+        let err = pack_bytes(temp.path(), "cut.tar.gz", &gz[..gz.len() / 2]).unwrap_err();
+        assert!(matches!(err, ArtifactError::NotTar { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with("is not a valid tar.gz file"),
+            "{err}"
+        );
+        let err = pack_bytes(temp.path(), "plain.tgz", &tar).unwrap_err();
+        assert!(matches!(err, ArtifactError::NotTar { .. }), "{err}");
+        let err = pack_bytes(temp.path(), "cut.tar", &tar[..1000]).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::NotTar { format: "tar", .. }),
+            "{err}"
+        );
+        let err = pack_bytes(temp.path(), "junk.tar", &[b'j'; 2048]).unwrap_err();
+        assert!(matches!(err, ArtifactError::NotTar { .. }), "{err}");
+        let err = pack_bytes(temp.path(), "empty.tar", &[0; 1024]).unwrap_err();
+        assert!(matches!(err, ArtifactError::Empty { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_large_directory_streams_through() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("big");
+        fs::create_dir(&root).unwrap();
+        for i in 0..4 {
+            // Sparse on most filesystems: 100 MB to read, little disk used.
+            File::create(root.join(format!("zeros{i}")))
+                .unwrap()
+                .set_len(25 << 20)
+                .unwrap();
+        }
+        let packed = pack(&root, temp.path()).unwrap();
+        assert_eq!(packed.entries, 4);
+        assert!(packed.tar_size > 100 << 20);
+        assert!(
+            packed.compressed_size < 2 << 20,
+            "{}",
+            packed.compressed_size
+        );
+    }
+
+    #[test]
+    fn build_runs_in_the_directory_and_reports_the_exit_status() {
+        let temp = tempfile::tempdir().unwrap();
+        build("echo built > out.txt", temp.path()).unwrap();
+        assert_eq!(fs::read(temp.path().join("out.txt")).unwrap(), b"built\n");
+
+        let err = build("echo failing; exit 3", temp.path()).unwrap_err();
+        assert!(matches!(err, ArtifactError::BuildFailed { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`artifact.build` `echo failing; exit 3` failed with exit status 3 (in `{}`)",
+                temp.path().display()
+            )
+        );
+        let err = build("true", &temp.path().join("missing")).unwrap_err();
+        assert!(matches!(err, ArtifactError::BuildStart { .. }), "{err}");
+    }
+
+    #[test]
+    fn short_sha_is_the_first_twelve_chars() {
+        assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
+        assert_eq!(short_sha("abc"), "abc");
+    }
+}

@@ -1,0 +1,114 @@
+//! The deploy lock: `<deploy_to>/.shipit/lock/`, created with `mkdir` (atomic on every
+//! filesystem), holding `owner.json`. Release removes the lock only when it is still ours
+//! (the run's token is in owner.json), so a run can never remove another run's lock.
+
+use crate::shell::Cmd;
+
+/// Takes the lock; owner.json content comes on stdin. Exit 0: taken. Exit
+/// [`LOCK_HELD`](super::exit::LOCK_HELD): held by someone else, whose owner.json is printed.
+pub fn acquire(deploy_to: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::new(
+            r#"
+lock="$base/.shipit/lock"
+mkdir -p -- "$base/.shipit" || exit 1
+if mkdir -- "$lock" 2>/dev/null; then
+  cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json"
+  exit $?
+fi
+# The holder writes owner.json just after its mkdir: give it a moment to appear.
+for wait in 1 2 3 4 5 6 7 8 9 10; do
+  [ -f "$lock/owner.json" ] && break
+  sleep 0.1 2>/dev/null || sleep 1
+done
+cat -- "$lock/owner.json" 2>/dev/null
+exit 75"#,
+        ),
+    ])
+}
+
+/// Removes the lock if `token` is in its owner.json; a lock of another run stays.
+pub fn release(deploy_to: &str, token: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("token", token),
+        Cmd::new(
+            r#"
+lock="$base/.shipit/lock"
+if [ -d "$lock" ] && grep -qF -- "$token" "$lock/owner.json" 2>/dev/null; then
+  rm -rf -- "$lock"
+fi"#,
+        ),
+    ])
+}
+
+/// Prints owner.json of the lock. Exit [`NO_LOCK`](super::exit::NO_LOCK) when there is none.
+pub fn read(deploy_to: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::new(
+            r#"
+lock="$base/.shipit/lock"
+[ -d "$lock" ] || exit 76
+cat -- "$lock/owner.json" 2>/dev/null
+exit 0"#,
+        ),
+    ])
+}
+
+/// Removes the lock whoever holds it (`shipit unlock`, after the user confirmed).
+pub fn force_remove(deploy_to: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::new(r#"rm -rf -- "$base/.shipit/lock""#),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn sh(cmd: &Cmd, stdin: &str) -> (i32, String) {
+        use std::io::Write;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_only_its_owner_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app dir");
+        let base = base.to_str().unwrap();
+        assert_eq!(sh(&read(base), "").0, 76);
+        assert_eq!(sh(&acquire(base), "{\"token\":\"run-1\"}").0, 0);
+        let (code, owner) = sh(&acquire(base), "{\"token\":\"run-2\"}");
+        assert_eq!(code, 75);
+        assert_eq!(owner, "{\"token\":\"run-1\"}");
+        // Another run's release leaves the lock in place.
+        assert_eq!(sh(&release(base, "run-2"), "").0, 0);
+        assert_eq!(sh(&read(base), "").1, "{\"token\":\"run-1\"}");
+        assert_eq!(sh(&release(base, "run-1"), "").0, 0);
+        assert_eq!(sh(&read(base), "").0, 76);
+        assert_eq!(sh(&acquire(base), "{\"token\":\"run-3\"}").0, 0);
+        assert_eq!(sh(&force_remove(base), "").0, 0);
+        assert_eq!(sh(&read(base), "").0, 76);
+    }
+}

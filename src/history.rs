@@ -1,0 +1,167 @@
+//! Deploy history: one JSON line per deploy, rollback or unlock in each host's
+//! `.shipit/history.jsonl`, and `shipit history`, which merges the fleet's lines into one
+//! list, newest first (a run that touched many hosts is one row).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::commands;
+use crate::fleet::Conn;
+use crate::output::{Event, Output, Report, table};
+use crate::transport::{ExecRequest, Stdin};
+
+/// One line of history.jsonl.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When the run started, RFC 3339 UTC.
+    pub time: String,
+    /// When it ended: history sorts by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// `deploy`, `rollback` or `unlock`.
+    pub action: String,
+    #[serde(default)]
+    pub release: Option<String>,
+    #[serde(default)]
+    pub artifact_sha256: Option<String>,
+    /// `success`, `failed`, `interrupted`, `rolled_back`, `rollback_failed`.
+    pub outcome: String,
+    pub user: String,
+    pub machine: String,
+    pub command: String,
+    pub duration_s: f64,
+    #[serde(default)]
+    pub ci_url: Option<String>,
+    /// The run's token: the same on every host the run touched.
+    pub run: String,
+    /// Every host of the run.
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+const SHORT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Appends `entry` on every connected host; returns the hosts where that failed.
+pub async fn append(conns: &[Conn<'_>], deploy_to: &str, entry: &Entry) -> Vec<String> {
+    let mut line = serde_json::to_string(entry).expect("plain data serializes");
+    line.push('\n');
+    let cmd = commands::history::append(deploy_to);
+    let runs = conns.iter().map(|c| {
+        let req = ExecRequest::new(&cmd, SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
+        async move {
+            match c.transport.exec(req).await {
+                Ok(out) if out.success() => None,
+                _ => Some(c.host.name.clone()),
+            }
+        }
+    });
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Reads and merges the history of every host: one row per run and action, newest first.
+pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
+    let mut runs: BTreeMap<(String, String, String), Entry> = BTreeMap::new();
+    for (_, text) in per_host {
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<Entry>(line) else {
+                continue;
+            };
+            let when = entry.finished.clone().unwrap_or_else(|| entry.time.clone());
+            let key = (when, entry.run.clone(), entry.action.clone());
+            runs.entry(key)
+                .and_modify(|known| {
+                    for h in &entry.hosts {
+                        if !known.hosts.contains(h) {
+                            known.hosts.push(h.clone());
+                        }
+                    }
+                })
+                .or_insert(entry);
+        }
+    }
+    runs.into_values().rev().collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryReport {
+    pub stage: String,
+    pub entries: Vec<Entry>,
+    /// Hosts whose history could not be read.
+    pub unreadable: Vec<String>,
+}
+
+impl Report for HistoryReport {
+    fn human(&self) -> String {
+        table::history(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
+/// `shipit history`: the merged history of the connected hosts.
+pub async fn show(stage: &str, conns: &[Conn<'_>], deploy_to: &str, out: &Output) -> HistoryReport {
+    let cmd = commands::history::read(deploy_to, 500);
+    let reads = conns.iter().map(|c| {
+        let cmd = &cmd;
+        async move {
+            out.emit(Event::Step {
+                host: &c.host.name,
+                step: "reading history",
+            });
+            let result = c.transport.exec(ExecRequest::new(cmd, SHORT)).await;
+            (c.host.name.clone(), result)
+        }
+    });
+    let mut texts = Vec::new();
+    let mut unreadable = Vec::new();
+    for (host, result) in futures::future::join_all(reads).await {
+        match result {
+            Ok(o) if o.success() => texts.push((host, o.stdout.text())),
+            _ => unreadable.push(host),
+        }
+    }
+    HistoryReport {
+        stage: stage.to_owned(),
+        entries: merge(&texts),
+        unreadable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(time: &str, run: &str, host: &str) -> String {
+        serde_json::to_string(&Entry {
+            time: time.into(),
+            action: "deploy".into(),
+            run: run.into(),
+            hosts: vec![host.into()],
+            outcome: "success".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn runs_merge_across_hosts_newest_first() {
+        let h1 = format!(
+            "{}\n{}\nnot json\n",
+            entry("2026-01-01T00:00:00Z", "a", "h1"),
+            entry("2026-01-02T00:00:00Z", "b", "h1")
+        );
+        let h2 = format!("{}\n", entry("2026-01-01T00:00:00Z", "a", "h2"));
+        let merged = merge(&[("h1".into(), h1), ("h2".into(), h2)]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].run, "b");
+        assert_eq!(merged[1].hosts, vec!["h1", "h2"]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The deploy lock across a fleet: all or nothing, with an owner people can read, and
+//! `shipit unlock` for a lock whose owner died.
+//!
+//! A lock is never taken over automatically, however old: a stale lock is reported with its
+//! owner and age, and only `shipit unlock` (asking first, or `--yes`) removes it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::commands;
+use crate::fleet::Conn;
+use crate::output::{Report, table};
+use crate::plan::rfc3339;
+use crate::transport::{ExecRequest, Stdin};
+
+const SHORT: Duration = Duration::from_secs(60);
+
+/// Who runs this shipit process; written into locks and history.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    /// Unique per run: identifies this run's lock and history lines.
+    pub token: String,
+    pub user: String,
+    pub machine: String,
+    pub pid: u32,
+    /// The command line (shipit never takes secrets as arguments).
+    pub command: String,
+    pub ci_url: Option<String>,
+    pub started_unix: u64,
+    pub started_millis: u64,
+}
+
+/// `.shipit/lock/owner.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub token: String,
+    pub user: String,
+    pub machine: String,
+    pub pid: u32,
+    pub command: String,
+    pub started: String,
+    pub started_unix: u64,
+    #[serde(default)]
+    pub ci_url: Option<String>,
+}
+
+impl LockOwner {
+    pub fn of(run: &RunInfo) -> LockOwner {
+        LockOwner {
+            token: run.token.clone(),
+            user: run.user.clone(),
+            machine: run.machine.clone(),
+            pid: run.pid,
+            command: run.command.clone(),
+            started: rfc3339(run.started_unix),
+            started_unix: run.started_unix,
+            ci_url: run.ci_url.clone(),
+        }
+    }
+
+    /// "alice@laptop (pid 42, `shipit deploy staging`) since 2026-…Z, 5m ago".
+    pub fn describe(&self, now_unix: u64, lock_timeout: Duration) -> String {
+        let age = Duration::from_secs(now_unix.saturating_sub(self.started_unix));
+        let mut text = format!(
+            "{}@{} (pid {}, `{}`) since {}, {} ago",
+            self.user,
+            self.machine,
+            self.pid,
+            self.command,
+            self.started,
+            humantime::format_duration(age)
+        );
+        if let Some(url) = &self.ci_url {
+            text.push_str(&format!(", {url}"));
+        }
+        if age > lock_timeout {
+            text.push_str(&format!(
+                "; STALE (older than {}): if that run is dead, remove it with `shipit unlock`",
+                humantime::format_duration(lock_timeout)
+            ));
+        }
+        text
+    }
+}
+
+/// How a host's lock looked when we tried to take it.
+pub enum LockState {
+    Taken,
+    /// Held by someone else; `None` when its owner.json is missing or unreadable.
+    Held(Option<LockOwner>),
+    Failed(String),
+    /// Not attempted: the first host could not be locked.
+    NotTried,
+}
+
+/// Tries to lock every host. The first host (in inventory order) is locked alone before the
+/// others, so of two runs over the same hosts started at the same moment exactly one wins:
+/// the loser stops at the first host and never touches the rest. The caller releases the
+/// taken locks unless all were taken.
+pub async fn acquire_all(conns: &[Conn<'_>], deploy_to: &str, run: &RunInfo) -> Vec<LockState> {
+    let owner = serde_json::to_string(&LockOwner::of(run)).expect("plain data serializes");
+    let cmd = commands::lock::acquire(deploy_to);
+    let Some((first, rest)) = conns.split_first() else {
+        return Vec::new();
+    };
+    let mut states = vec![try_lock(first.transport.as_ref(), &cmd, &owner, deploy_to).await];
+    if matches!(states[0], LockState::Taken) {
+        let others = rest
+            .iter()
+            .map(|c| try_lock(c.transport.as_ref(), &cmd, &owner, deploy_to));
+        states.extend(futures::future::join_all(others).await);
+    } else {
+        states.extend(rest.iter().map(|_| LockState::NotTried));
+    }
+    states
+}
+
+async fn try_lock(
+    transport: &dyn crate::transport::Transport,
+    cmd: &crate::shell::Cmd,
+    owner: &str,
+    deploy_to: &str,
+) -> LockState {
+    let req = ExecRequest::new(cmd, SHORT).stdin(Stdin::Bytes(owner.as_bytes().to_vec()));
+    match transport.exec(req).await {
+        Ok(o) if o.success() => LockState::Taken,
+        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::LOCK_HELD) => {
+            LockState::Held(serde_json::from_str(o.stdout.text().trim()).ok())
+        }
+        Ok(o) => LockState::Failed(format!(
+            "cannot take the deploy lock under `{deploy_to}` ({}): {}",
+            o.exit,
+            o.stderr.text().trim()
+        )),
+        Err(e) => LockState::Failed(e.to_string()),
+    }
+}
+
+/// Releases this run's lock on the given hosts (a lock of another run stays).
+pub async fn release_all(conns: &[&Conn<'_>], deploy_to: &str, token: &str) {
+    let cmd = commands::lock::release(deploy_to, token);
+    let runs = conns
+        .iter()
+        .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+    futures::future::join_all(runs).await;
+}
+
+/// What `shipit unlock` found and did on one host.
+#[derive(Debug, Serialize)]
+pub struct HostUnlock {
+    pub host: String,
+    pub owner: Option<LockOwner>,
+    pub locked: bool,
+    pub removed: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnlockReport {
+    pub stage: String,
+    pub hosts: Vec<HostUnlock>,
+    /// Why nothing was removed, when the user declined.
+    pub declined: bool,
+}
+
+impl Report for UnlockReport {
+    fn human(&self) -> String {
+        table::unlock(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
+/// Reads the lock of every host.
+pub async fn inspect(conns: &[Conn<'_>], deploy_to: &str) -> Vec<HostUnlock> {
+    let cmd = commands::lock::read(deploy_to);
+    let runs = conns.iter().map(|c| {
+        let cmd = &cmd;
+        async move {
+            let mut h = HostUnlock {
+                host: c.host.name.clone(),
+                owner: None,
+                locked: false,
+                removed: false,
+                error: None,
+            };
+            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
+                Ok(o) if o.success() => {
+                    h.locked = true;
+                    h.owner = serde_json::from_str(o.stdout.text().trim()).ok();
+                }
+                Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::NO_LOCK) => {}
+                Ok(o) => h.error = Some(format!("{}: {}", o.exit, o.stderr.text().trim())),
+                Err(e) => h.error = Some(e.to_string()),
+            }
+            h
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// Removes the locks found by [`inspect`].
+pub async fn remove(conns: &[Conn<'_>], deploy_to: &str, hosts: &mut [HostUnlock]) {
+    let cmd = commands::lock::force_remove(deploy_to);
+    let runs = conns.iter().zip(hosts.iter()).map(|(c, h)| {
+        let cmd = &cmd;
+        let locked = h.locked;
+        async move {
+            if !locked {
+                return None;
+            }
+            Some(match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
+                Ok(o) if o.success() => Ok(()),
+                Ok(o) => Err(format!("{}: {}", o.exit, o.stderr.text().trim())),
+                Err(e) => Err(e.to_string()),
+            })
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (h, result) in hosts.iter_mut().zip(results) {
+        match result {
+            Some(Ok(())) => h.removed = true,
+            Some(Err(e)) => h.error = Some(e),
+            None => {}
+        }
+    }
+}
+
+/// `shipit unlock`: shows every lock, asks `confirm`, removes them and records it.
+pub async fn unlock(
+    stage: &str,
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    run: &RunInfo,
+    confirm: impl FnOnce(&[HostUnlock]) -> bool,
+) -> UnlockReport {
+    let mut hosts = inspect(conns, deploy_to).await;
+    let mut report = UnlockReport {
+        stage: stage.to_owned(),
+        hosts: Vec::new(),
+        declined: false,
+    };
+    if hosts.iter().any(|h| h.locked) {
+        if confirm(&hosts) {
+            remove(conns, deploy_to, &mut hosts).await;
+            let removed: Vec<&Conn<'_>> = conns
+                .iter()
+                .zip(&hosts)
+                .filter(|(_, h)| h.removed)
+                .map(|(c, _)| c)
+                .collect();
+            for (c, h) in conns.iter().zip(&hosts) {
+                if !h.removed {
+                    continue;
+                }
+                let message = match &h.owner {
+                    Some(o) => format!(
+                        "removed the lock of {}@{} (pid {}, `{}`, run {}) taken at {}",
+                        o.user, o.machine, o.pid, o.command, o.token, o.started
+                    ),
+                    None => "removed a lock without owner.json".to_owned(),
+                };
+                let entry = crate::history::Entry {
+                    time: crate::plan::rfc3339_millis(run.started_millis),
+                    finished: Some(crate::plan::rfc3339_millis(crate::rollout::now_millis())),
+                    action: "unlock".to_owned(),
+                    outcome: "success".to_owned(),
+                    user: run.user.clone(),
+                    machine: run.machine.clone(),
+                    command: run.command.clone(),
+                    run: run.token.clone(),
+                    ci_url: run.ci_url.clone(),
+                    hosts: removed.iter().map(|c| c.host.name.clone()).collect(),
+                    message: Some(message),
+                    ..Default::default()
+                };
+                crate::history::append(std::slice::from_ref(c), deploy_to, &entry).await;
+            }
+        } else {
+            report.declined = true;
+        }
+    }
+    report.hosts = hosts;
+    report
+}
+
+impl UnlockReport {
+    pub fn failed(&self) -> bool {
+        self.declined || self.hosts.iter().any(|h| h.error.is_some())
+    }
+}

@@ -1,0 +1,363 @@
+//! Facts + inventory + artifact → what each host will do. Pure: the caller passes the time.
+//!
+//! The plan decides, per host, where the new release's files come from (already there, a
+//! hard-link copy of a release with the same artifact, or an upload), which releases the
+//! cleanup removes, and for a rollback which release the fleet goes back to.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::facts::ReleaseTree;
+
+/// `YYYYMMDDTHHMMSSZ-<sha12>`: sorts by time; the same id on every host of a deploy.
+pub fn release_id(unix_secs: u64, sha256: &str) -> String {
+    let (y, mo, d, h, mi, s) = civil_time(unix_secs);
+    let short: String = sha256.chars().take(12).collect();
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z-{short}")
+}
+
+/// The id of a new release: now, or one second after the newest release any host already
+/// has if that is later (a clock behind, or two deploys within one second), so ids always
+/// sort in deploy order, on every host.
+pub fn next_release_id<'a>(
+    now_unix: u64,
+    sha256: &str,
+    existing: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let newest = existing.into_iter().filter_map(id_time).max();
+    let when = match newest {
+        Some(t) if t >= now_unix => t + 1,
+        _ => now_unix,
+    };
+    release_id(when, sha256)
+}
+
+/// The Unix time in a release id's `YYYYMMDDTHHMMSSZ` prefix.
+pub fn id_time(id: &str) -> Option<u64> {
+    let b = id.as_bytes();
+    if b.len() < 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> { id.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, s) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 || y < 1970
+    {
+        return None;
+    }
+    // days-from-civil, the inverse of `civil_time`.
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y / 400;
+    let yoe = y % 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// RFC 3339 UTC with milliseconds, for history lines that must sort within a second.
+pub fn rfc3339_millis(unix_millis: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_time(unix_millis / 1000);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        unix_millis % 1000
+    )
+}
+
+/// UTC calendar fields of a Unix time (days-to-civil, proleptic Gregorian).
+pub fn civil_time(unix_secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let days = unix_secs / 86_400;
+    let rem = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// RFC 3339 UTC, to the second.
+pub fn rfc3339(unix_secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_time(unix_secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Where a host's new release comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `releases/<id>` is already complete (a re-run of the same deploy).
+    Present,
+    /// A hard-link copy of a release holding the same artifact: nothing to upload.
+    Reuse { from: String },
+    /// Stream the artifact.
+    Upload,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPlan {
+    pub host: String,
+    pub release: String,
+    pub source: Source,
+    /// What `current` pointed at before: kept by cleanup, the rollback target on failure.
+    pub previous: Option<String>,
+    /// Releases and stale partial directories removed after the switch.
+    pub prune: Vec<String>,
+}
+
+pub fn host_plan(
+    host: &str,
+    tree: &ReleaseTree,
+    release: &str,
+    sha256: &str,
+    keep: usize,
+) -> HostPlan {
+    let source = if tree.has(release) {
+        Source::Present
+    } else {
+        // The newest release with the same artifact is the likeliest still in page cache.
+        match tree
+            .releases
+            .iter()
+            .rev()
+            .find(|r| r.sha256.as_deref() == Some(sha256))
+        {
+            Some(r) => Source::Reuse { from: r.id.clone() },
+            None => Source::Upload,
+        }
+    };
+    HostPlan {
+        host: host.to_owned(),
+        release: release.to_owned(),
+        source,
+        previous: tree.current.clone().filter(|c| c != release),
+        prune: prune_list(tree, release, keep),
+    }
+}
+
+/// Releases beyond the newest `keep`, never the new one nor the one it replaces; plus every
+/// leftover partial directory (the lock is held, so none is in use).
+fn prune_list(tree: &ReleaseTree, release: &str, keep: usize) -> Vec<String> {
+    let mut ids: BTreeSet<&str> = tree.releases.iter().map(|r| r.id.as_str()).collect();
+    ids.insert(release);
+    let keep_set: BTreeSet<&str> = ids
+        .iter()
+        .rev()
+        .take(keep)
+        .copied()
+        .chain([release])
+        .chain(tree.current.as_deref())
+        .collect();
+    let mut prune: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !keep_set.contains(id))
+        .map(str::to_owned)
+        .collect();
+    prune.extend(tree.partials.iter().cloned());
+    prune
+}
+
+impl fmt::Display for HostPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Present => "already present".to_owned(),
+            Source::Reuse { from } => format!("hard-link copy of {from}"),
+            Source::Upload => "upload".to_owned(),
+        };
+        write!(
+            f,
+            "{}: release {} ({source}), current {} -> {}",
+            self.host,
+            self.release,
+            self.previous.as_deref().unwrap_or("(none)"),
+            self.release
+        )?;
+        if !self.prune.is_empty() {
+            write!(f, ", remove {}", self.prune.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why the fleet cannot roll back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("release `{release}` is missing on {}; pick one every host has (`shipit releases`)", .hosts.join(", "))]
+    Missing { release: String, hosts: Vec<String> },
+    #[error("no earlier release to roll back to on {}", .hosts.join(", "))]
+    NothingEarlier { hosts: Vec<String> },
+    #[error("the hosts would roll back to different releases ({}); choose one with `--to ID`", .choices.join("; "))]
+    Disagree { choices: Vec<String> },
+}
+
+/// The release the fleet rolls back to: `to` if given (it must exist everywhere), else the
+/// newest release before each host's `current` that history does not mark failed, which
+/// must be the same on every host.
+pub fn rollback_target(
+    trees: &[(&str, &ReleaseTree)],
+    failed: &BTreeSet<String>,
+    to: Option<&str>,
+) -> Result<String, RollbackError> {
+    if let Some(to) = to {
+        let missing: Vec<String> = trees
+            .iter()
+            .filter(|(_, t)| !t.has(to))
+            .map(|(h, _)| (*h).to_owned())
+            .collect();
+        if !missing.is_empty() {
+            return Err(RollbackError::Missing {
+                release: to.to_owned(),
+                hosts: missing,
+            });
+        }
+        return Ok(to.to_owned());
+    }
+    let mut choices: Vec<(String, String)> = Vec::new();
+    let mut none = Vec::new();
+    for (host, tree) in trees {
+        let current = tree.current.as_deref();
+        let candidate = tree
+            .releases
+            .iter()
+            .rev()
+            .filter(|r| current.is_none_or(|c| r.id.as_str() < c))
+            .find(|r| !failed.contains(&r.id));
+        match candidate {
+            Some(r) => choices.push((host.to_string(), r.id.clone())),
+            None => none.push(host.to_string()),
+        }
+    }
+    if !none.is_empty() {
+        return Err(RollbackError::NothingEarlier { hosts: none });
+    }
+    let distinct: BTreeSet<&str> = choices.iter().map(|(_, id)| id.as_str()).collect();
+    match distinct.len() {
+        1 => Ok(choices[0].1.clone()),
+        _ => Err(RollbackError::Disagree {
+            choices: choices.iter().map(|(h, id)| format!("{h}: {id}")).collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Release;
+
+    fn tree(current: Option<&str>, releases: &[(&str, &str)], partials: &[&str]) -> ReleaseTree {
+        ReleaseTree {
+            current: current.map(str::to_owned),
+            releases: releases
+                .iter()
+                .map(|(id, sha)| Release {
+                    id: id.to_string(),
+                    sha256: Some(sha.to_string()),
+                })
+                .collect(),
+            partials: partials.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn release_ids_sort_by_time() {
+        assert_eq!(
+            release_id(0, "abcdef0123456789"),
+            "19700101T000000Z-abcdef012345"
+        );
+        assert_eq!(release_id(1_795_381_200, "ff"), "20261122T210000Z-ff");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert!(release_id(1_000, "a") < release_id(2_000, "a"));
+    }
+
+    #[test]
+    fn new_ids_always_sort_after_existing_ones() {
+        let now = 1_795_381_200;
+        assert_eq!(id_time(&release_id(now, "ab")), Some(now));
+        assert_eq!(id_time("20000229T235959Z-x"), Some(951_868_799));
+        assert_eq!(id_time("not-an-id"), None);
+        assert_eq!(next_release_id(now, "ab", []), release_id(now, "ab"));
+        let same_second = release_id(now, "zz");
+        assert_eq!(
+            next_release_id(now, "ab", [same_second.as_str()]),
+            release_id(now + 1, "ab")
+        );
+        let older = release_id(now - 60, "zz");
+        assert_eq!(
+            next_release_id(now, "ab", [older.as_str(), "junk"]),
+            release_id(now, "ab")
+        );
+        assert_eq!(rfc3339_millis(951_868_799_042), "2000-02-29T23:59:59.042Z");
+    }
+
+    #[test]
+    fn first_deploy_uploads_and_prunes_nothing() {
+        let p = host_plan("h1", &ReleaseTree::default(), "r9", "sha9", 5);
+        assert_eq!(p.source, Source::Upload);
+        assert_eq!(p.previous, None);
+        assert!(p.prune.is_empty());
+        insta::assert_snapshot!(p.to_string(), @"h1: release r9 (upload), current (none) -> r9");
+    }
+
+    #[test]
+    fn same_artifact_is_reused_and_cleanup_keeps_current_and_previous() {
+        let t = tree(
+            Some("r1"),
+            &[("r1", "a"), ("r2", "b"), ("r3", "c"), ("r4", "b")],
+            &["r0.partial"],
+        );
+        let p = host_plan("h1", &t, "r5", "b", 2);
+        assert_eq!(p.source, Source::Reuse { from: "r4".into() });
+        // Newest two are r5 and r4; r1 is kept as the release r5 replaces.
+        assert_eq!(p.prune, vec!["r2", "r3", "r0.partial"]);
+        insta::assert_snapshot!(p.to_string(), @"h1: release r5 (hard-link copy of r4), current r1 -> r5, remove r2 r3 r0.partial");
+    }
+
+    #[test]
+    fn rerun_of_the_same_release_is_present() {
+        let t = tree(Some("r1"), &[("r1", "a"), ("r2", "b")], &[]);
+        let p = host_plan("h1", &t, "r2", "b", 5);
+        assert_eq!(p.source, Source::Present);
+        assert_eq!(p.previous.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn rollback_default_skips_failed_and_must_agree() {
+        let a = tree(Some("r3"), &[("r1", "a"), ("r2", "b"), ("r3", "c")], &[]);
+        let failed: BTreeSet<String> = ["r2".to_owned()].into();
+        assert_eq!(
+            rollback_target(&[("h1", &a), ("h2", &a)], &failed, None).unwrap(),
+            "r1"
+        );
+        assert_eq!(
+            rollback_target(&[("h1", &a)], &BTreeSet::new(), None).unwrap(),
+            "r2"
+        );
+        let b = tree(Some("r3"), &[("r1", "a"), ("r3", "c")], &[]);
+        let e = rollback_target(&[("h1", &a), ("h2", &b)], &BTreeSet::new(), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the hosts would roll back to different releases (h1: r2; h2: r1); choose one with `--to ID`"
+        );
+        let e =
+            rollback_target(&[("h1", &a), ("h2", &b)], &BTreeSet::new(), Some("r2")).unwrap_err();
+        assert_eq!(
+            e,
+            RollbackError::Missing {
+                release: "r2".into(),
+                hosts: vec!["h2".into()]
+            }
+        );
+        let only = tree(Some("r1"), &[("r1", "a")], &[]);
+        assert!(matches!(
+            rollback_target(&[("h1", &only)], &BTreeSet::new(), None),
+            Err(RollbackError::NothingEarlier { .. })
+        ));
+    }
+}

@@ -1,0 +1,889 @@
+//! The fleet pipeline of `shipit deploy` and `shipit rollback`: connect, lock (all or
+//! nothing), read facts, plan, stage every host, switch, clean up, record history, unlock.
+//!
+//! Invariants: nothing is switched anywhere unless every host staged; a failed switch rolls
+//! back the hosts already switched; the locks this run took are released on every path out
+//! (success, failure, Ctrl-C/SIGTERM), and only this run's locks; every host's outcome is
+//! reported.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::sync::watch;
+
+use crate::artifact::Packed;
+use crate::commands;
+use crate::facts::{self, ReleaseTree};
+use crate::fleet::{self, Conn, Connector};
+use crate::history::{self, Entry};
+use crate::inventory::{Host, Inventory};
+use crate::lock::{self, LockOwner, LockState, RunInfo};
+use crate::output::{Event, Output, Report, table};
+use crate::plan::{self, HostPlan, Source};
+use crate::transport::{ExecError, ExecOutput, ExecRequest};
+
+/// Deadline of the small steps (lock, facts, switch, prune).
+const SHORT: Duration = Duration::from_secs(60);
+
+/// Exit codes of a deploy or rollback (README, DESIGN §3).
+pub mod code {
+    pub const DEPLOYED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const ROLLED_BACK: u8 = 3;
+    pub const ROLLBACK_FAILED: u8 = 4;
+    pub const LOCKED: u8 = 5;
+}
+
+/// Set when the user asks the run to stop (Ctrl-C, SIGTERM).
+#[derive(Clone)]
+pub struct Cancel(watch::Receiver<bool>);
+
+impl Cancel {
+    pub fn new(rx: watch::Receiver<bool>) -> Cancel {
+        Cancel(rx)
+    }
+
+    /// A flag nobody sets.
+    pub fn never() -> Cancel {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Cancel(rx)
+    }
+
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Deployed,
+    Failed,
+    Interrupted,
+    Locked,
+    RolledBack,
+    RollbackFailed,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Deployed => code::DEPLOYED,
+            Outcome::Failed | Outcome::Interrupted => code::FAILED,
+            Outcome::Locked => code::LOCKED,
+            Outcome::RolledBack => code::ROLLED_BACK,
+            Outcome::RollbackFailed => code::ROLLBACK_FAILED,
+        }
+    }
+
+    /// The word history records.
+    fn history_word(self) -> &'static str {
+        match self {
+            Outcome::Deployed => "success",
+            Outcome::Failed | Outcome::Locked => "failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::RollbackFailed => "rollback_failed",
+        }
+    }
+}
+
+/// What happened on one host.
+#[derive(Debug, Default, Serialize)]
+pub struct HostDeploy {
+    pub host: String,
+    pub ok: bool,
+    /// `uploaded`, `reused` (hard-link copy of an identical release) or `present`.
+    pub source: Option<String>,
+    /// Compressed artifact bytes streamed to this host.
+    pub bytes_sent: u64,
+    /// `current` before the run.
+    pub previous: Option<String>,
+    /// `current` after the run.
+    pub current: Option<String>,
+    pub pruned: Vec<String>,
+    pub locked_by: Option<LockOwner>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployReport {
+    /// `deploy` or `rollback`.
+    pub action: String,
+    pub stage: String,
+    pub release: Option<String>,
+    pub artifact_sha256: Option<String>,
+    pub artifact_bytes: Option<u64>,
+    pub outcome: Outcome,
+    pub exit_code: u8,
+    pub duration_ms: u64,
+    pub message: Option<String>,
+    pub hosts: Vec<HostDeploy>,
+}
+
+impl Report for DeployReport {
+    fn human(&self) -> String {
+        table::deploy(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
+/// Everything a deploy needs, resolved by the caller.
+pub struct Deploy<'a> {
+    pub stage: &'a str,
+    pub inventory: &'a Inventory,
+    pub hosts: &'a [&'a Host],
+    pub connector: &'a Connector,
+    pub out: &'a Output,
+    pub artifact: &'a Packed,
+    /// When the run started (the release id is derived from it and the hosts' releases).
+    pub now_unix: u64,
+    pub git: Option<String>,
+    pub run: &'a RunInfo,
+    pub cancel: Cancel,
+}
+
+/// A run in progress: its report and the hosts it holds locks on.
+struct Run<'a> {
+    report: DeployReport,
+    started: Instant,
+    run: &'a RunInfo,
+    inventory: &'a Inventory,
+    out: &'a Output,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        action: &str,
+        stage: &str,
+        hosts: &[&Host],
+        d: (&'a RunInfo, &'a Inventory, &'a Output),
+    ) -> Run<'a> {
+        Run {
+            report: DeployReport {
+                action: action.to_owned(),
+                stage: stage.to_owned(),
+                release: None,
+                artifact_sha256: None,
+                artifact_bytes: None,
+                outcome: Outcome::Failed,
+                exit_code: code::FAILED,
+                duration_ms: 0,
+                message: None,
+                hosts: hosts
+                    .iter()
+                    .map(|h| HostDeploy {
+                        host: h.name.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+            started: Instant::now(),
+            run: d.0,
+            inventory: d.1,
+            out: d.2,
+        }
+    }
+
+    fn host(&mut self, name: &str) -> &mut HostDeploy {
+        self.report
+            .hosts
+            .iter_mut()
+            .find(|h| h.host == name)
+            .expect("every selected host has an entry")
+    }
+
+    fn fail_host(&mut self, name: &str, error: String) {
+        self.out.emit(Event::HostDone {
+            host: name,
+            ok: false,
+            summary: &error,
+        });
+        self.host(name).error = Some(error);
+    }
+
+    fn end(mut self, outcome: Outcome, message: Option<String>) -> DeployReport {
+        self.report.outcome = outcome;
+        self.report.exit_code = outcome.exit_code();
+        self.report.message = message;
+        self.report.duration_ms = self.started.elapsed().as_millis() as u64;
+        if outcome == Outcome::Deployed {
+            for h in &mut self.report.hosts {
+                h.ok = h.error.is_none();
+            }
+        }
+        self.report
+    }
+
+    fn history(&self, outcome: Outcome, message: Option<String>) -> Entry {
+        Entry {
+            time: plan::rfc3339_millis(self.run.started_millis),
+            finished: Some(plan::rfc3339_millis(now_millis())),
+            action: self.report.action.clone(),
+            release: self.report.release.clone(),
+            artifact_sha256: self.report.artifact_sha256.clone(),
+            outcome: outcome.history_word().to_owned(),
+            user: self.run.user.clone(),
+            machine: self.run.machine.clone(),
+            command: self.run.command.clone(),
+            duration_s: (self.started.elapsed().as_millis() as f64) / 1000.0,
+            ci_url: self.run.ci_url.clone(),
+            run: self.run.token.clone(),
+            hosts: self.report.hosts.iter().map(|h| h.host.clone()).collect(),
+            message,
+        }
+    }
+
+    /// Records the outcome on every locked host, releases the locks, closes connections.
+    async fn close(
+        self,
+        conns: &[Conn<'_>],
+        outcome: Outcome,
+        message: Option<String>,
+    ) -> DeployReport {
+        let deploy_to = &self.inventory.app.deploy_to;
+        let entry = self.history(outcome, message.clone());
+        let unrecorded = history::append(conns, deploy_to, &entry).await;
+        let all: Vec<&Conn<'_>> = conns.iter().collect();
+        lock::release_all(&all, deploy_to, &self.run.token).await;
+        fleet::close_all(conns).await;
+        let mut message = message;
+        if !unrecorded.is_empty() {
+            let note = format!("history could not be written on {}", unrecorded.join(", "));
+            message = Some(match message {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
+        self.end(outcome, message)
+    }
+}
+
+/// Connects to and locks every host. On success the caller holds every lock; otherwise
+/// the locks taken are released and the finished report is returned.
+async fn connect_and_lock<'r, 'h>(
+    r: Run<'r>,
+    hosts: &[&'h Host],
+    connector: &Connector,
+) -> Result<(Run<'r>, Vec<Conn<'h>>), DeployReport> {
+    let mut r = r;
+    let out = r.out;
+    let inventory = r.inventory;
+    let (conns, failed) = fleet::connect_all(inventory, hosts, connector, |host| {
+        out.emit(Event::Step {
+            host,
+            step: "connecting",
+        })
+    })
+    .await;
+    if !failed.is_empty() {
+        for (host, e) in &failed {
+            r.fail_host(&host.name, crate::error::chain(&e));
+        }
+        fleet::close_all(&conns).await;
+        let n = failed.len();
+        return Err(r.end(
+            Outcome::Failed,
+            Some(format!(
+                "cannot connect to {n} of {} hosts; nothing was changed",
+                hosts.len()
+            )),
+        ));
+    }
+    for c in &conns {
+        out.emit(Event::Step {
+            host: &c.host.name,
+            step: "locking",
+        });
+    }
+    let deploy_to = &inventory.app.deploy_to;
+    let states = lock::acquire_all(&conns, deploy_to, r.run).await;
+    let now = now_unix();
+    let mut taken = Vec::new();
+    let mut held = Vec::new();
+    let mut broken = 0;
+    for (c, state) in conns.iter().zip(states) {
+        match state {
+            LockState::Taken => taken.push(c),
+            LockState::Held(owner) => {
+                let who = owner.as_ref().map_or_else(
+                    || "an unknown owner (owner.json missing)".to_owned(),
+                    |o| o.describe(now, inventory.rollout.lock_timeout),
+                );
+                let name = c.host.name.clone();
+                r.host(&name).locked_by = owner;
+                r.fail_host(&name, format!("locked by {who}"));
+                held.push(name);
+            }
+            LockState::Failed(e) => {
+                r.fail_host(&c.host.name.clone(), e);
+                broken += 1;
+            }
+            LockState::NotTried => {
+                let first = &conns[0].host.name;
+                r.fail_host(
+                    &c.host.name.clone(),
+                    format!("not locked: `{first}` could not be"),
+                );
+            }
+        }
+    }
+    if taken.len() == conns.len() {
+        return Ok((r, conns));
+    }
+    lock::release_all(&taken, deploy_to, &r.run.token).await;
+    fleet::close_all(&conns).await;
+    Err(if held.is_empty() {
+        r.end(
+            Outcome::Failed,
+            Some(format!("cannot lock {broken} hosts; nothing was changed")),
+        )
+    } else {
+        r.end(
+            Outcome::Locked,
+            Some(format!(
+                "{} locked by another run; nothing was changed",
+                held.join(", ")
+            )),
+        )
+    })
+}
+
+/// Reads the release tree of every host.
+async fn read_trees(conns: &[Conn<'_>], deploy_to: &str) -> Vec<Result<ReleaseTree, String>> {
+    let cmd = facts::releases(deploy_to);
+    let runs = conns.iter().map(|c| {
+        let cmd = &cmd;
+        async move {
+            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
+                Ok(o) if o.success() => Ok(facts::parse_releases(&o.stdout.text())),
+                Ok(o) => Err(describe_failure("reading the release tree", &o)),
+                Err(e) => Err(crate::error::chain(&e)),
+            }
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+fn describe_failure(step: &str, o: &ExecOutput) -> String {
+    let stderr = o.stderr.text();
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        format!("{step} failed ({})", o.exit)
+    } else {
+        format!("{step} failed ({}): {stderr}", o.exit)
+    }
+}
+
+pub async fn deploy(d: Deploy<'_>) -> DeployReport {
+    let deploy_to = d.inventory.app.deploy_to.clone();
+    let mut r = Run::new("deploy", d.stage, d.hosts, (d.run, d.inventory, d.out));
+    r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
+    r.report.artifact_bytes = Some(d.artifact.compressed_size);
+
+    let (mut r, conns) = match connect_and_lock(r, d.hosts, d.connector).await {
+        Ok(ok) => ok,
+        Err(report) => return report,
+    };
+
+    // Facts and plan: one release id for the whole fleet, after every id already there.
+    let trees = read_trees(&conns, &deploy_to).await;
+    let release = plan::next_release_id(
+        d.now_unix,
+        &d.artifact.sha256,
+        trees
+            .iter()
+            .flatten()
+            .flat_map(|t| t.releases.iter().map(|r| r.id.as_str())),
+    );
+    r.report.release = Some(release.clone());
+    let mut plans = Vec::new();
+    let mut failed = false;
+    for (c, tree) in conns.iter().zip(trees) {
+        match tree {
+            Ok(tree) => {
+                let p = plan::host_plan(
+                    &c.host.name,
+                    &tree,
+                    &release,
+                    &d.artifact.sha256,
+                    d.inventory.app.keep_releases as usize,
+                );
+                r.host(&c.host.name).previous = p.previous.clone();
+                plans.push(p);
+            }
+            Err(e) => {
+                r.fail_host(&c.host.name.clone(), e);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return r
+            .close(
+                &conns,
+                Outcome::Failed,
+                Some("could not read every host; nothing was switched".into()),
+            )
+            .await;
+    }
+
+    // Stage every host; a Ctrl-C here stops before anything is switched.
+    let revision = commands::release::revision_text(&d.artifact.sha256, d.git.as_deref());
+    let stage_all = stage_all(&d, &conns, &plans, &revision);
+    let staged = tokio::select! {
+        staged = stage_all => Some(staged),
+        () = d.cancel.cancelled() => None,
+    };
+    let Some(staged) = staged else {
+        d.out.emit(Event::Note(
+            "interrupted: stopping before any host is switched",
+        ));
+        return r
+            .close(
+                &conns,
+                Outcome::Interrupted,
+                Some("interrupted before the switch; nothing was switched".into()),
+            )
+            .await;
+    };
+    let mut failures = 0;
+    for (p, result) in plans.iter().zip(staged) {
+        match result {
+            Ok(sent) => {
+                let h = r.host(&p.host);
+                h.bytes_sent = sent;
+                h.source = Some(
+                    match p.source {
+                        Source::Present => "present",
+                        Source::Reuse { .. } => "reused",
+                        Source::Upload => "uploaded",
+                    }
+                    .to_owned(),
+                );
+            }
+            Err(e) => {
+                r.fail_host(&p.host, e);
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        return r
+            .close(
+                &conns,
+                Outcome::Failed,
+                Some(format!(
+                    "{failures} hosts failed to stage; nothing was switched"
+                )),
+            )
+            .await;
+    }
+    if d.cancel.is_cancelled() {
+        return r
+            .close(
+                &conns,
+                Outcome::Interrupted,
+                Some("interrupted before the switch; nothing was switched".into()),
+            )
+            .await;
+    }
+
+    // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
+    let targets: Vec<(&Conn<'_>, &str, Option<&str>)> = conns
+        .iter()
+        .zip(&plans)
+        .map(|(c, p)| (c, p.release.as_str(), p.previous.as_deref()))
+        .collect();
+    let (outcome, message) = switch_fleet(&mut r, &targets, &deploy_to).await;
+    if outcome != Outcome::Deployed {
+        return r.close(&conns, outcome, message).await;
+    }
+
+    // Cleanup, history, unlock.
+    let deploy_to = deploy_to.as_str();
+    let prunes = conns.iter().zip(&plans).map(|(c, p)| async move {
+        if p.prune.is_empty() {
+            return Ok(());
+        }
+        let cmd = commands::release::prune(deploy_to, &p.prune);
+        match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+            Ok(o) if o.success() => Ok(()),
+            Ok(o) => Err(describe_failure("removing old releases", &o)),
+            Err(e) => Err(crate::error::chain(&e)),
+        }
+    });
+    let pruned = futures::future::join_all(prunes).await;
+    let mut notes = Vec::new();
+    for (p, result) in plans.iter().zip(pruned) {
+        match result {
+            Ok(()) => r.host(&p.host).pruned = p.prune.clone(),
+            // The release is live; a failed cleanup is worth a note, not a failure.
+            Err(e) => notes.push(format!("{}: {e}", p.host)),
+        }
+    }
+    for p in &plans {
+        d.out.emit(Event::HostDone {
+            host: &p.host,
+            ok: true,
+            summary: &format!("current -> {}", p.release),
+        });
+    }
+    let message = (!notes.is_empty()).then(|| notes.join("; "));
+    r.close(&conns, Outcome::Deployed, message).await
+}
+
+/// Stages every host (bounded by `rollout.parallel`): the release directory complete, with
+/// REVISION and shared links. Returns the bytes sent per host.
+async fn stage_all(
+    d: &Deploy<'_>,
+    conns: &[Conn<'_>],
+    plans: &[HostPlan],
+    revision: &str,
+) -> Vec<Result<u64, String>> {
+    let work = conns
+        .iter()
+        .zip(plans)
+        .map(|(c, p)| stage_host(d, c, p, revision));
+    use futures::StreamExt;
+    futures::stream::iter(work)
+        .buffered(d.inventory.rollout.parallel.max(1))
+        .collect()
+        .await
+}
+
+async fn stage_host(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    p: &HostPlan,
+    revision: &str,
+) -> Result<u64, String> {
+    let deploy_to = &d.inventory.app.deploy_to;
+    let host = &c.host.name;
+    let mut sent = 0;
+    match &p.source {
+        Source::Present => return Ok(0),
+        Source::Reuse { from } => {
+            d.out.emit(Event::Step {
+                host,
+                step: "copying identical release",
+            });
+            let cmd = commands::release::reuse(deploy_to, from, &p.release);
+            check(
+                c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await,
+                "copying the identical release",
+            )?;
+        }
+        Source::Upload => {
+            d.out.emit(Event::Step {
+                host,
+                step: "uploading",
+            });
+            sent = upload(d, c, &p.release).await?;
+        }
+    }
+    d.out.emit(Event::Step {
+        host,
+        step: "finishing release",
+    });
+    let artifact = d.inventory.artifact.as_ref();
+    let no_paths: Vec<String> = Vec::new();
+    let cmd = commands::release::finish(
+        deploy_to,
+        &p.release,
+        revision,
+        artifact.map_or(&no_paths, |a| &a.shared_dirs),
+        artifact.map_or(&no_paths, |a| &a.shared_files),
+        d.inventory.app.user.as_deref(),
+    );
+    check(
+        c.transport.exec(ExecRequest::new(&cmd, SHORT * 5)).await,
+        "finishing the release",
+    )?;
+    d.out.emit(Event::Step {
+        host,
+        step: "staged",
+    });
+    Ok(sent)
+}
+
+fn check(result: Result<ExecOutput, ExecError>, step: &str) -> Result<ExecOutput, String> {
+    match result {
+        Ok(o) if o.success() => Ok(o),
+        Ok(o) => Err(describe_failure(step, &o)),
+        Err(e) => Err(crate::error::chain(&e)),
+    }
+}
+
+/// Streams the packed artifact into `releases/<id>.partial`, verified on the host.
+async fn upload(d: &Deploy<'_>, c: &Conn<'_>, release: &str) -> Result<u64, String> {
+    let file = tokio::fs::File::open(&*d.artifact.file)
+        .await
+        .map_err(|e| format!("cannot open the packed artifact: {e}"))?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let reader = Counting {
+        inner: file,
+        count: counter.clone(),
+    };
+    let cmd = commands::release::receive(&d.inventory.app.deploy_to, release, &d.artifact.sha256);
+    // Generous: keepalives notice a dead host long before this.
+    let timeout = Duration::from_secs(1800 + d.artifact.compressed_size / (1 << 20));
+    let total = d.artifact.compressed_size;
+    let upload = c.transport.upload(&cmd, Box::new(reader), timeout);
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            d.out.emit(Event::Progress {
+                host: &c.host.name,
+                sent: counter.load(Ordering::Relaxed),
+                total,
+            });
+        }
+    };
+    let result = tokio::select! {
+        r = upload => r,
+        () = ticker => unreachable!("the ticker never ends"),
+    };
+    let sent = counter.load(Ordering::Relaxed);
+    match result {
+        Ok(o) if o.success() => Ok(sent),
+        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
+            Err(format!(
+                "the artifact arrived damaged (sha256 differs after {sent} bytes); nothing was kept"
+            ))
+        }
+        Ok(o) => Err(describe_failure("extracting the artifact", &o)),
+        Err(e) => Err(crate::error::chain(&e)),
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+/// Switches every host to its target; if any switch fails, switches the hosts already
+/// switched back to what they had. Returns the outcome and a message.
+async fn switch_fleet(
+    r: &mut Run<'_>,
+    targets: &[(&Conn<'_>, &str, Option<&str>)],
+    deploy_to: &str,
+) -> (Outcome, Option<String>) {
+    for (c, _, _) in targets {
+        r.out.emit(Event::Step {
+            host: &c.host.name,
+            step: "switching",
+        });
+    }
+    let switches = targets.iter().map(|(c, target, _)| async move {
+        let cmd = commands::release::switch(deploy_to, target);
+        check(
+            c.transport.exec(ExecRequest::new(&cmd, SHORT)).await,
+            "switching `current`",
+        )
+    });
+    let results = futures::future::join_all(switches).await;
+    let mut switched = Vec::new();
+    let mut failed = 0;
+    for ((c, target, _), result) in targets.iter().zip(results) {
+        match result {
+            Ok(_) => {
+                r.host(&c.host.name).current = Some(target.to_string());
+                switched.push(*c);
+            }
+            Err(e) => {
+                r.fail_host(&c.host.name.clone(), e);
+                failed += 1;
+            }
+        }
+    }
+    if failed == 0 {
+        return (Outcome::Deployed, None);
+    }
+    // Put the switched hosts back where they were.
+    let backs = targets
+        .iter()
+        .filter(|(c, _, _)| switched.iter().any(|s| std::ptr::eq(*s, *c)))
+        .map(|(c, _, previous)| async move {
+            let cmd = match previous {
+                Some(prev) => commands::release::switch(deploy_to, prev),
+                None => commands::release::remove_current(deploy_to),
+            };
+            (
+                c,
+                check(
+                    c.transport.exec(ExecRequest::new(&cmd, SHORT)).await,
+                    "switching back",
+                ),
+            )
+        });
+    let mut rollback_failed = Vec::new();
+    for (c, result) in futures::future::join_all(backs).await {
+        let previous = targets
+            .iter()
+            .find(|(t, _, _)| std::ptr::eq(*t, *c))
+            .and_then(|(_, _, p)| *p);
+        match result {
+            Ok(_) => r.host(&c.host.name).current = previous.map(str::to_owned),
+            Err(e) => {
+                r.fail_host(&c.host.name.clone(), format!("rollback failed: {e}"));
+                rollback_failed.push(c.host.name.clone());
+            }
+        }
+    }
+    if rollback_failed.is_empty() {
+        (
+            Outcome::RolledBack,
+            Some(format!(
+                "{failed} hosts failed to switch; the switched hosts were switched back"
+            )),
+        )
+    } else {
+        (
+            Outcome::RollbackFailed,
+            Some(format!(
+                "{failed} hosts failed to switch and switching back failed on {}: a human is needed",
+                rollback_failed.join(", ")
+            )),
+        )
+    }
+}
+
+/// Everything a rollback needs.
+pub struct Rollback<'a> {
+    pub stage: &'a str,
+    pub inventory: &'a Inventory,
+    pub hosts: &'a [&'a Host],
+    pub connector: &'a Connector,
+    pub out: &'a Output,
+    pub to: Option<String>,
+    pub run: &'a RunInfo,
+}
+
+/// Switches the whole fleet back to an earlier release (see [`plan::rollback_target`]).
+pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
+    let deploy_to = rb.inventory.app.deploy_to.clone();
+    let r = Run::new(
+        "rollback",
+        rb.stage,
+        rb.hosts,
+        (rb.run, rb.inventory, rb.out),
+    );
+    let (mut r, conns) = match connect_and_lock(r, rb.hosts, rb.connector).await {
+        Ok(ok) => ok,
+        Err(report) => return report,
+    };
+    let trees = read_trees(&conns, &deploy_to).await;
+    let mut ok_trees = Vec::new();
+    for (c, tree) in conns.iter().zip(trees) {
+        match tree {
+            Ok(t) => ok_trees.push((c.host.name.as_str(), t)),
+            Err(e) => r.fail_host(&c.host.name.clone(), e),
+        }
+    }
+    if ok_trees.len() != conns.len() {
+        return r
+            .close(
+                &conns,
+                Outcome::Failed,
+                Some("could not read every host; nothing was switched".into()),
+            )
+            .await;
+    }
+    // Releases whose deploy did not succeed are not rollback targets.
+    let histories = read_histories(&conns, &deploy_to).await;
+    let failed: BTreeSet<String> = history::merge(&histories)
+        .into_iter()
+        .filter(|e| e.action == "deploy" && e.outcome != "success")
+        .filter_map(|e| e.release)
+        .collect();
+    let refs: Vec<(&str, &ReleaseTree)> = ok_trees.iter().map(|(h, t)| (*h, t)).collect();
+    let target = match plan::rollback_target(&refs, &failed, rb.to.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            return r
+                .close(&conns, Outcome::Failed, Some(crate::error::chain(&e)))
+                .await;
+        }
+    };
+    r.report.release = Some(target.clone());
+    for (h, t) in &ok_trees {
+        let host = r.host(h);
+        host.previous = t.current.clone();
+    }
+    let targets: Vec<(&Conn<'_>, &str, Option<&str>)> = conns
+        .iter()
+        .zip(&ok_trees)
+        .map(|(c, (_, t))| (c, target.as_str(), t.current.as_deref()))
+        .collect();
+    let (outcome, message) = switch_fleet(&mut r, &targets, &deploy_to).await;
+    let outcome = match outcome {
+        Outcome::Deployed => {
+            for c in &conns {
+                rb.out.emit(Event::HostDone {
+                    host: &c.host.name,
+                    ok: true,
+                    summary: &format!("current -> {target}"),
+                });
+            }
+            Outcome::Deployed
+        }
+        other => other,
+    };
+    r.close(&conns, outcome, message).await
+}
+
+async fn read_histories(conns: &[Conn<'_>], deploy_to: &str) -> Vec<(String, String)> {
+    let cmd = commands::history::read(deploy_to, 2000);
+    let runs = conns.iter().map(|c| {
+        let cmd = &cmd;
+        async move {
+            let text = match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
+                Ok(o) if o.success() => o.stdout.text(),
+                _ => String::new(),
+            };
+            (c.host.name.clone(), text)
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
