@@ -103,6 +103,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     out: &out,
                     to: to.clone(),
                     run: &run,
+                    cancel: cancel_on_signals(),
                 })
                 .await;
                 out.emit(Event::Done(&report));

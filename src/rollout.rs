@@ -786,6 +786,7 @@ pub struct Rollback<'a> {
     pub out: &'a Output,
     pub to: Option<String>,
     pub run: &'a RunInfo,
+    pub cancel: Cancel,
 }
 
 /// Switches the whole fleet back to an earlier release (see [`plan::rollback_target`]).
@@ -835,6 +836,15 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         }
     };
     r.report.release = Some(target.clone());
+    if rb.cancel.is_cancelled() {
+        return r
+            .close(
+                &conns,
+                Outcome::Interrupted,
+                Some("interrupted before the switch; nothing was switched".into()),
+            )
+            .await;
+    }
     for (h, t) in &ok_trees {
         let host = r.host(h);
         host.previous = t.current.clone();
