@@ -42,7 +42,10 @@ fn main() {
         let fleet = Fleet::start(n);
         let app = make_app(fleet.dir(), "app", mb);
         let (base, _) = best_of(3, || baseline(&fleet, &app));
-        let (ours, rss) = best_of(3, || shipit_deploy(&fleet, &app));
+        let (ours, rss) = best_of(3, || {
+            clean(&fleet);
+            shipit_deploy(&fleet, &app)
+        });
         report(&format!("{mb} MB to {n} hosts"), base, ours, rss);
         // Same artifact again: nothing should be uploaded.
         let (again, rss) = best_of(3, || shipit_deploy(&fleet, &app));
@@ -53,6 +56,13 @@ fn main() {
     let (base, _) = best_of(1, || baseline(&fleet, &app));
     let (ours, rss) = best_of(1, || shipit_deploy(&fleet, &app));
     report(&format!("{big_mb} MB to 1 host"), base, ours, rss);
+}
+
+/// A fresh deploy: no earlier release to reuse.
+fn clean(fleet: &Fleet) {
+    for h in fleet.hosts() {
+        fleet.sh_ok(&h.name, "rm -rf /opt/bench-shipit");
+    }
 }
 
 fn report(name: &str, base: Duration, ours: Duration, rss_kb: u64) {

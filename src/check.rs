@@ -53,6 +53,8 @@ pub struct HostCheck {
     pub host_key_verified: Option<bool>,
     pub authenticated: Option<bool>,
     pub facts: Option<HostProbe>,
+    /// A deploy lock held on the host (not a failure: a deploy may be running).
+    pub locked_by: Option<String>,
     pub problems: Vec<String>,
 }
 
@@ -94,6 +96,7 @@ async fn check_host(
         host_key_verified: None,
         authenticated: None,
         facts: None,
+        locked_by: None,
         problems: Vec::new(),
     };
     out.emit(Event::Step {
@@ -150,6 +153,14 @@ async fn check_host(
                     facts.user, facts.write_path, inventory.app.deploy_to
                 ));
             }
+            check.locked_by =
+                facts.lock_owner_json.as_deref().map(|json| {
+                    match serde_json::from_str::<crate::lock::LockOwner>(json) {
+                        Ok(owner) => owner
+                            .describe(crate::rollout::now_unix(), inventory.rollout.lock_timeout),
+                        Err(_) => "an unknown owner (owner.json missing or unreadable)".to_owned(),
+                    }
+                });
             check.facts = Some(facts);
         }
         Ok(output) => check.problems.push(format!(

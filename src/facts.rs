@@ -24,6 +24,9 @@ pub struct HostProbe {
     pub writable: bool,
     /// Free space where the release tree goes, in bytes.
     pub free_bytes: Option<u64>,
+    /// owner.json of a deploy lock under `deploy_to`, if one is held (`""`: no owner file).
+    #[serde(skip)]
+    pub lock_owner_json: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -64,6 +67,9 @@ else
   rm -rf -- "$t"
 fi
 df -Pk -- "$p" 2>/dev/null | awk 'NR==2 { print "free_kb " $4 }'
+if [ -d "$deploy_to/.shipit/lock" ]; then
+  printf 'lock '; tr -d '\n' < "$deploy_to/.shipit/lock/owner.json" 2>/dev/null; echo
+fi
 exit 0
 "#;
 
@@ -92,6 +98,7 @@ pub fn parse_probe(stdout: &str) -> HostProbe {
             "write_path" => facts.write_path = value.to_owned(),
             "writable" => facts.writable = value == "yes",
             "free_kb" => facts.free_bytes = value.trim().parse::<u64>().ok().map(|kb| kb * 1024),
+            "lock" => facts.lock_owner_json = Some(value.to_owned()),
             _ => {}
         }
     }

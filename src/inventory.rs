@@ -175,7 +175,16 @@ pub struct Hook {
 
 #[derive(Debug)]
 pub enum HealthCheck {
-    Url { url: String, expect_status: u16 },
+    /// An HTTP GET made from the host's side (through the SSH connection).
+    Url {
+        url: String,
+        host: String,
+        port: u16,
+        path: String,
+        expect_status: u16,
+        /// A substring the body must contain.
+        expect_body: Option<String>,
+    },
     Command(String),
 }
 
@@ -407,6 +416,7 @@ const SCHEMA: &[(&str, Shape)] = &[
         Table(&[
             ("url", Leaf),
             ("expect_status", Leaf),
+            ("expect_body", Leaf),
             ("command", Leaf),
             ("timeout", Leaf),
             ("interval", Leaf),
@@ -586,6 +596,7 @@ struct RawHook {
 struct RawHealth {
     url: Option<S<String>>,
     expect_status: Option<S<i64>>,
+    expect_body: Option<S<String>>,
     command: Option<S<String>>,
     timeout: Option<S<String>>,
     interval: Option<S<String>>,
@@ -1311,14 +1322,13 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let check = match (raw.url, raw.command) {
             (Some(url), None) => {
-                let u = url.get_ref();
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    p.invalid(
-                        url.span(),
-                        "health.url",
-                        "must start with http:// or https://",
-                    );
-                }
+                let (host, port, path) = match parse_http_url(url.get_ref()) {
+                    Ok(parts) => parts,
+                    Err(reason) => {
+                        p.invalid(url.span(), "health.url", reason);
+                        (String::new(), 80, String::new())
+                    }
+                };
                 let expect_status = match raw.expect_status {
                     None => 200,
                     Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
@@ -1333,7 +1343,11 @@ impl Validator<'_> {
                 };
                 HealthCheck::Url {
                     url: url.into_inner(),
+                    host,
+                    port,
+                    path,
                     expect_status,
+                    expect_body: raw.expect_body.map(|b| b.into_inner()),
                 }
             }
             (None, Some(command)) => HealthCheck::Command(command.into_inner()),
@@ -1591,6 +1605,43 @@ fn amount(value: &AmountValue) -> Result<Amount, String> {
             }
         }
     }
+}
+
+/// `http://host[:port][/path]` → (host, port, path). The request is made through the SSH
+/// connection from the host's side, in plain HTTP: check the app's own port, not a TLS
+/// front (use `command` with `curl -k` for that).
+fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            "https is not supported for the health check (it runs through the SSH connection in plain HTTP): point it at the app's own http port, or use `command = \"curl -fsk https://…\"`".to_owned()
+        } else {
+            "must be an http:// URL, e.g. \"http://127.0.0.1:3000/readyz\"".to_owned()
+        });
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let (h, after) = inner.split_once(']').ok_or("unclosed `[` in the URL")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            None => 80,
+        };
+        (h.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            ),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() || port == 0 || path.contains(char::is_whitespace) {
+        return Err("must look like \"http://127.0.0.1:3000/readyz\"".to_owned());
+    }
+    Ok((host, port, path))
 }
 
 /// `[user@]host[:port]`
@@ -1912,6 +1963,28 @@ max_fail = "x"
         assert_eq!(parse_jump("bastion", "root").unwrap().port, 22);
         assert_eq!(parse_jump("[::1]:2200", "root").unwrap().address, "::1");
         assert!(parse_jump("a@b:x", "root").is_err());
+    }
+
+    #[test]
+    fn health_urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:3000/readyz").unwrap(),
+            ("127.0.0.1".into(), 3000, "/readyz".into())
+        );
+        assert_eq!(
+            parse_http_url("http://localhost").unwrap(),
+            ("localhost".into(), 80, "/".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]:8080/x?y=1").unwrap(),
+            ("::1".into(), 8080, "/x?y=1".into())
+        );
+        assert!(
+            parse_http_url("https://x/")
+                .unwrap_err()
+                .contains("https is not supported")
+        );
+        assert!(parse_http_url("ftp://x").is_err());
     }
 
     #[test]

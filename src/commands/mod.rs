@@ -5,9 +5,13 @@
 //! Remote scripts report state by exit code (constants in [`exit`]), never by prose that the
 //! caller would have to match.
 
+pub mod envfile;
+pub mod files;
 pub mod history;
 pub mod lock;
+pub mod nginx;
 pub mod release;
+pub mod systemd;
 
 /// Exit codes of shipit's own remote scripts (chosen above what common tools return).
 pub mod exit {
@@ -21,4 +25,10 @@ pub mod exit {
     pub const SHARED_FILE_MISSING: u32 = 82;
     /// The release to switch to does not exist (complete) on the host.
     pub const RELEASE_MISSING: u32 = 83;
+    /// `nginx -t` failed; its output is on stderr.
+    pub const NGINX_INVALID: u32 = 84;
+    /// `systemd-analyze verify` reported problems (on stderr).
+    pub const VERIFY_FAILED: u32 = 85;
+    /// A unit did not become active after its restart.
+    pub const NOT_ACTIVE: u32 = 86;
 }

@@ -83,6 +83,9 @@ pub fn check(report: &CheckReport) -> String {
         for problem in &h.problems {
             let _ = writeln!(out, "{}: {}", h.host, problem);
         }
+        if let Some(who) = &h.locked_by {
+            let _ = writeln!(out, "{}: deploy lock held by {who}", h.host);
+        }
     }
     let failed = report.failed();
     let _ = writeln!(

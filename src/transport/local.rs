@@ -16,6 +16,22 @@ impl super::Transport for LocalTransport {
         Box::pin(run(req))
     }
 
+    fn connect_tcp<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn super::Tunnel>, ExecError>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| ExecError::Start {
+                    command: format!("connect to {host}:{port}"),
+                    reason: e.to_string(),
+                })?;
+            Ok(Box::new(stream) as Box<dyn super::Tunnel>)
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }

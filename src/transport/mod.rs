@@ -211,9 +211,22 @@ pub trait Transport: Send + Sync {
         self.exec(ExecRequest::new(cmd, timeout).stdin(Stdin::Reader(data)))
     }
 
+    /// A TCP connection to `host:port` as the host sees it (over SSH: a direct-tcpip
+    /// channel, so nothing needs a public port or curl on the host).
+    fn connect_tcp<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn Tunnel>, ExecError>>;
+
     /// Closes the connection politely; further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
+
+/// A byte stream to a TCP port seen from the host.
+pub trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Tunnel for T {}
 
 /// Why a command did not produce an exit status.
 #[derive(Debug, thiserror::Error)]

@@ -704,6 +704,24 @@ impl Transport for SshTransport {
         Box::pin(self.run(req))
     }
 
+    fn connect_tcp<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn super::Tunnel>, ExecError>> {
+        Box::pin(async move {
+            let channel = self
+                .handle
+                .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0u32)
+                .await
+                .map_err(|e| ExecError::Start {
+                    command: format!("connect to {host}:{port} through the SSH connection"),
+                    reason: e.to_string(),
+                })?;
+            Ok(Box::new(channel.into_stream()) as Box<dyn super::Tunnel>)
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // A polite goodbye, but never wait long on a host that stopped answering.

@@ -358,6 +358,14 @@ fn unlock_clears_the_lock_of_a_killed_deploy() {
         "{stderr}"
     );
 
+    // `check` shows the lock and who holds it.
+    let (_, report, _) = check_json(&fleet, &small);
+    let locked_by = host_entry(&report, "h1")["locked_by"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(locked_by.contains("shipit deploy test"), "{locked_by}");
+
     // Without a terminal, unlock asks for --yes and removes nothing.
     let (code, _, stderr) = run(fleet
         .shipit()

@@ -1,0 +1,95 @@
+//! Writing the env file on the host. The content arrives on stdin, never on a command line;
+//! the temp file is created empty, chmod 0600 and chowned to the app user *before* any
+//! content is written, then renamed over the old one, so no reader ever sees a partial file
+//! or one with loose permissions.
+
+use crate::shell::Cmd;
+
+/// Writes stdin to `path` (mode 0600, owner `owner` when given). Exit 0 when written.
+pub fn write(path: &str, owner: Option<&str>) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("path", path),
+        Cmd::assign("owner", owner.unwrap_or("")),
+        Cmd::new(
+            r#"
+umask 077
+mkdir -p -- "$(dirname -- "$path")" || exit 1
+tmp="$path.shipit-tmp"
+rm -f -- "$tmp" && : > "$tmp" && chmod 600 -- "$tmp" || exit 1
+if [ -n "$owner" ]; then chown -- "$owner" "$tmp" || { rm -f -- "$tmp"; exit 1; }; fi
+cat > "$tmp" || { rm -f -- "$tmp"; exit 1; }
+mv -f -- "$tmp" "$path""#,
+        ),
+    ])
+}
+
+/// Prints the current env file (to diff keys in memory); nothing when there is none.
+pub fn read(path: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("path", path),
+        Cmd::new(r#"[ -f "$path" ] || exit 0; cat -- "$path""#),
+    ])
+}
+
+/// Where a deploy stages the next env file (0600, owner set) until the switch.
+pub fn next_path(path: &str) -> String {
+    format!("{path}.shipit-next")
+}
+
+/// At the switch: keeps a copy of the live env file for rollback and renames the staged one
+/// over it (atomic). Exit 0 also when nothing was staged (the content did not change).
+pub fn activate(deploy_to: &str, path: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("path", path),
+        Cmd::assign("next", next_path(path)),
+        Cmd::new(
+            r#"
+umask 077
+prev="$base/.shipit/previous/env"
+mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1
+[ -f "$next" ] || exit 0
+if [ -f "$path" ]; then cp -p -- "$path" "$prev/env" || exit 1; else : > "$prev/absent"; fi
+mv -f -- "$next" "$path""#,
+        ),
+    ])
+}
+
+/// Puts back the env file [`activate`] replaced.
+pub fn restore(deploy_to: &str, path: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("path", path),
+        Cmd::new(
+            r#"
+prev="$base/.shipit/previous/env"
+if [ -f "$prev/env" ]; then cp -p -- "$prev/env" "$path.shipit-tmp" && mv -f -- "$path.shipit-tmp" "$path"
+elif [ -f "$prev/absent" ]; then rm -f -- "$path"; fi"#,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_0600_atomically_from_stdin() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/app.env");
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(write(path.to_str().unwrap(), None).render())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"A=1\n").unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=1\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("etc/app.env.shipit-tmp").exists());
+    }
+}

@@ -1,0 +1,117 @@
+//! systemd units: candidates rendered into the release, checked with `systemd-analyze
+//! verify`, installed into `/etc/systemd/system/` only when changed (the previous copy kept
+//! under `<deploy_to>/.shipit/previous/systemd/` for rollback), daemon-reload only when
+//! something changed, enabled on first install, restarted, confirmed active.
+
+use crate::shell::Cmd;
+
+/// Where a unit is installed.
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Checks the candidates in `dir` (one file per unit, named as the unit). Exit 0 when they
+/// verify or the host has no `systemd-analyze`; [`VERIFY_FAILED`](super::exit::VERIFY_FAILED)
+/// with the report on stderr when it prints anything (it exits 0 on many real problems).
+pub fn verify(dir: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("dir", dir),
+        Cmd::new(
+            r#"
+command -v systemd-analyze >/dev/null 2>&1 || { echo "no systemd-analyze: not verified"; exit 0; }
+report=$(cd -- "$dir" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no -- * 2>&1)
+status=$?
+if [ "$status" != 0 ] || [ -n "$report" ]; then printf '%s\n' "$report" >&2; exit 85; fi
+exit 0"#,
+        ),
+    ])
+}
+
+/// Installs every changed unit from the release's candidates, keeping the previous copies,
+/// then daemon-reload if anything changed. Prints `changed <unit>` per installed unit.
+pub fn install(deploy_to: &str, candidates: &str, units: &[String]) -> Cmd {
+    let mut steps = vec![
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("cand", candidates),
+        Cmd::assign("live", UNIT_DIR),
+        Cmd::new(
+            r#"
+prev="$base/.shipit/previous/systemd"
+rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
+changed=0"#,
+        ),
+    ];
+    for unit in units {
+        steps.push(Cmd::assign("unit", unit));
+        steps.push(Cmd::new(
+            r#"
+if ! cmp -s -- "$cand/$unit" "$live/$unit"; then
+  if [ -f "$live/$unit" ]; then cp -p -- "$live/$unit" "$prev/$unit" || exit 1
+  else : > "$prev/$unit.absent" || exit 1; fi
+  cp -- "$cand/$unit" "$live/.$unit.shipit-tmp" && chmod 644 -- "$live/.$unit.shipit-tmp" \
+    && mv -f -- "$live/.$unit.shipit-tmp" "$live/$unit" || exit 1
+  echo "changed $unit"
+  changed=1
+fi"#,
+        ));
+    }
+    steps.push(Cmd::new(
+        r#"
+if [ "$changed" = 1 ]; then systemctl daemon-reload || exit 1; fi
+exit 0"#,
+    ));
+    Cmd::seq(steps)
+}
+
+/// Enables a unit on first install, restarts it (or reloads it when it has `ExecReload=`
+/// and did not change), then waits briefly for it to be active.
+pub fn start(unit: &str, changed: bool) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("unit", unit),
+        Cmd::assign("changed", if changed { "1" } else { "0" }),
+        Cmd::new(
+            r#"
+systemctl is-enabled --quiet -- "$unit" 2>/dev/null || systemctl enable --quiet -- "$unit" || exit 1
+if [ "$changed" = 0 ] && [ -n "$(systemctl show -p ExecReload --value -- "$unit" 2>/dev/null)" ]; then
+  systemctl reload-or-restart -- "$unit" || exit 1
+else
+  systemctl restart -- "$unit" || exit 1
+fi
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  systemctl is-active --quiet -- "$unit" && exit 0
+  sleep 0.5 2>/dev/null || sleep 1
+done
+systemctl status --no-pager --lines=20 -- "$unit" >&2
+exit 86"#,
+        ),
+    ])
+}
+
+/// Puts back the units a deploy replaced (or removes the ones it added), daemon-reload,
+/// and restarts `units` that still exist.
+pub fn restore(deploy_to: &str, units: &[String]) -> Cmd {
+    let mut steps = vec![
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("live", UNIT_DIR),
+        Cmd::new(r#"prev="$base/.shipit/previous/systemd"; status=0"#),
+    ];
+    for unit in units {
+        steps.push(Cmd::assign("unit", unit));
+        steps.push(Cmd::new(
+            r#"
+if [ -f "$prev/$unit.absent" ]; then
+  systemctl disable --now --quiet -- "$unit" 2>/dev/null
+  rm -f -- "$live/$unit"
+elif [ -f "$prev/$unit" ]; then
+  cp -p -- "$prev/$unit" "$live/$unit" || status=1
+fi"#,
+        ));
+    }
+    steps.push(Cmd::new("systemctl daemon-reload || status=1"));
+    for unit in units {
+        steps.push(Cmd::assign("unit", unit));
+        steps.push(Cmd::new(
+            r#"if [ -f "$live/$unit" ]; then systemctl restart -- "$unit" || status=1; fi"#,
+        ));
+    }
+    steps.push(Cmd::new("exit $status"));
+    Cmd::seq(steps)
+}
