@@ -2,10 +2,11 @@
 //! sourcing it (`set -a; . file; set +a`) read to the same values.
 //!
 //! Every line is `KEY=VALUE`. A value made only of characters neither reader treats
-//! specially stays bare; any other value is single-quoted, with a `'` written as `'\''`.
-//! Inside single quotes both readers take every character literally (`$`, `#`, `\`, `"`,
-//! spaces, newlines, unicode), and both join adjacent quoted and unquoted pieces, so the
-//! one quoting rule serves both.
+//! specially stays bare; any other value is double-quoted with `"`, `\`, `` ` `` and `$`
+//! escaped by a backslash. Those four are exactly the escapes both readers honour inside
+//! double quotes; everything else there (`'`, `#`, spaces, newlines, unicode) is literal to
+//! both. Single quotes would not do: systemd does not join `'it'\''s'` the way `sh` does
+//! (tested against real systemd in `tests/e2e/services.rs`).
 //!
 //! Pure: content in, content out. Values are [`Secret`]s until they are written.
 
@@ -40,15 +41,14 @@ fn quote(value: &str) -> String {
         return value.to_owned();
     }
     let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
+    out.push('"');
     for ch in value.chars() {
-        if ch == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(ch);
+        if matches!(ch, '"' | '\\' | '`' | '$') {
+            out.push('\\');
         }
+        out.push(ch);
     }
-    out.push('\'');
+    out.push('"');
     out
 }
 
@@ -236,21 +236,21 @@ mod tests {
     #[test]
     fn rendering_is_stable_and_sorted() {
         let file = render(&nasty(), &[]);
-        insta::assert_snapshot!(file.expose(), @r#"
+        insta::assert_snapshot!(file.expose(), @r##"
         # written by shipit: changes here are replaced on the next deploy
-        BACKSLASH='a\b\\c\n'
-        BACKTICK='`id`'
-        DOLLAR='$HOME and ${PATH} and $(id)'
-        DOUBLE='say "hi"'
-        EMPTY=''
-        EQUALS='a=b==c'
-        HASH='#not-a-comment # really'
-        NEWLINE='line1
-        line2'
+        BACKSLASH="a\\b\\\\c\\n"
+        BACKTICK="\`id\`"
+        DOLLAR="\$HOME and \${PATH} and \$(id)"
+        DOUBLE="say \"hi\""
+        EMPTY=""
+        EQUALS="a=b==c"
+        HASH="#not-a-comment # really"
+        NEWLINE="line1
+        line2"
         PLAIN=postgres://u@db:5432/app
-        SINGLE='it'\''s'
-        SPACES='two words  and more'
-        UNICODE='ünïcødé ✓ 日本'
-        "#);
+        SINGLE="it's"
+        SPACES="two words  and more"
+        UNICODE="ünïcødé ✓ 日本"
+        "##);
     }
 }

@@ -20,6 +20,8 @@ pub enum Error {
     Select(#[from] SelectError),
     #[error("cannot read inventory `{path}`: {reason}")]
     ReadInventory { path: String, reason: String },
+    #[error("cannot read template `{path}`: {reason}")]
+    ReadTemplate { path: String, reason: String },
     #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]
     NoArtifact { file: String },
     #[error(transparent)]
@@ -36,7 +38,8 @@ impl Error {
             Error::Inventory(_)
             | Error::Select(_)
             | Error::ReadInventory { .. }
-            | Error::NoArtifact { .. } => code::USAGE,
+            | Error::NoArtifact { .. }
+            | Error::ReadTemplate { .. } => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }
                 | ArtifactError::BuildFailed { .. }

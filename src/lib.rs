@@ -2,6 +2,7 @@
 //! each module's own doc says what it owns and what it may depend on.
 
 pub mod artifact;
+pub mod candidates;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -19,5 +20,6 @@ pub mod plan;
 pub mod releases;
 pub mod rollout;
 pub mod shell;
+pub mod switch;
 pub mod templates;
 pub mod transport;

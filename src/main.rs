@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use shipit::candidates::Templates;
 use shipit::cli::{Cli, Command, Progress};
 use shipit::error::{Error, code};
 use shipit::fleet::{self, Connector};
@@ -51,6 +52,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Deploy { .. } => Some(prepare_artifact(&inventory, &base_dir)?),
         _ => None,
     };
+    let templates = match &cli.command {
+        Command::Deploy { .. } | Command::Rollback { .. } => read_templates(&inventory)?,
+        _ => Templates::default(),
+    };
+    let env_content = inventory
+        .env
+        .as_ref()
+        .map(|e| shipit::envfile::render(&e.vars, &e.secrets));
 
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let out = Output::new(output_mode(&cli), &names, cli.global.verbose);
@@ -85,6 +94,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     connector: &connector,
                     out: &out,
                     artifact: packed,
+                    templates: &templates,
+                    env_content: env_content.clone(),
                     now_unix: started_unix,
                     git,
                     run: &run,
@@ -104,6 +115,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     to: to.clone(),
                     run: &run,
                     cancel: cancel_on_signals(),
+                    templates: &templates,
                 })
                 .await;
                 out.emit(Event::Done(&report));
@@ -211,6 +223,33 @@ fn prepare_artifact(inventory: &Inventory, base_dir: &Path) -> Result<artifact::
         artifact::build(build, base_dir)?;
     }
     Ok(artifact::pack(&spec.path, &std::env::temp_dir())?)
+}
+
+/// Reads the unit and site templates (before any connection: a missing file is an input
+/// error).
+fn read_templates(inventory: &Inventory) -> Result<Templates, Error> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| Error::ReadTemplate {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut templates = Templates::default();
+    for unit in &inventory.systemd {
+        let text = read(&unit.template)?;
+        templates
+            .units
+            .push((unit.unit.clone(), unit.template.display().to_string(), text));
+    }
+    if let Some(nginx) = &inventory.nginx {
+        let text = read(&nginx.template)?;
+        templates.nginx = Some((
+            nginx.site.clone(),
+            nginx.template.display().to_string(),
+            text,
+        ));
+    }
+    Ok(templates)
 }
 
 /// The commit being deployed, when shipit runs inside a git checkout.

@@ -16,7 +16,9 @@ use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use crate::artifact::Packed;
+use crate::candidates::{self, Templates};
 use crate::commands;
+use crate::envfile::KeyDiff;
 use crate::facts::{self, ReleaseTree};
 use crate::fleet::{self, Conn, Connector};
 use crate::history::{self, Entry};
@@ -24,6 +26,8 @@ use crate::inventory::{Host, Inventory};
 use crate::lock::{self, LockOwner, LockState, RunInfo};
 use crate::output::{Event, Output, Report, table};
 use crate::plan::{self, HostPlan, Source};
+use crate::shell::Secret;
+use crate::switch::{Switch, Touched};
 use crate::transport::{ExecError, ExecOutput, ExecRequest};
 
 /// Deadline of the small steps (lock, facts, switch, prune).
@@ -113,6 +117,10 @@ pub struct HostDeploy {
     pub current: Option<String>,
     pub pruned: Vec<String>,
     pub locked_by: Option<LockOwner>,
+    /// Env file keys this deploy added, removed or changed (names only); `None`: unchanged.
+    pub env_keys: Option<KeyDiff>,
+    /// Whether the host was switched back after a failure, and how that went.
+    pub rolled_back: Option<bool>,
     pub error: Option<String>,
 }
 
@@ -149,6 +157,9 @@ pub struct Deploy<'a> {
     pub connector: &'a Connector,
     pub out: &'a Output,
     pub artifact: &'a Packed,
+    pub templates: &'a Templates,
+    /// The env file's content (same on every host), rendered once.
+    pub env_content: Option<Secret>,
     /// When the run started (the release id is derived from it and the hosts' releases).
     pub now_unix: u64,
     pub git: Option<String>,
@@ -463,9 +474,17 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     let mut failures = 0;
     for (p, result) in plans.iter().zip(staged) {
         match result {
-            Ok(sent) => {
+            Ok(staged) => {
+                if let Some(diff) = &staged.env {
+                    d.out.emit(Event::Note(&format!(
+                        "{}: env file {}",
+                        p.host,
+                        describe_keys(diff)
+                    )));
+                }
                 let h = r.host(&p.host);
-                h.bytes_sent = sent;
+                h.bytes_sent = staged.sent;
+                h.env_keys = staged.env;
                 h.source = Some(
                     match p.source {
                         Source::Present => "present",
@@ -508,7 +527,13 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         .zip(&plans)
         .map(|(c, p)| (c, p.release.as_str(), p.previous.as_deref()))
         .collect();
-    let (outcome, message) = switch_fleet(&mut r, &targets, &deploy_to).await;
+    let switch = Switch {
+        inventory: d.inventory,
+        templates: d.templates,
+        out: d.out,
+        with_env: true,
+    };
+    let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     if outcome != Outcome::Deployed {
         return r.close(&conns, outcome, message).await;
     }
@@ -553,7 +578,7 @@ async fn stage_all(
     conns: &[Conn<'_>],
     plans: &[HostPlan],
     revision: &str,
-) -> Vec<Result<u64, String>> {
+) -> Vec<Result<Staged, String>> {
     let work = conns
         .iter()
         .zip(plans)
@@ -565,7 +590,40 @@ async fn stage_all(
         .await
 }
 
+/// What staging a host produced.
+struct Staged {
+    sent: u64,
+    env: Option<KeyDiff>,
+}
+
 async fn stage_host(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    p: &HostPlan,
+    revision: &str,
+) -> Result<Staged, String> {
+    let sent = stage_release(d, c, p, revision).await?;
+    let host = &c.host.name;
+    let deploy_to = &d.inventory.app.deploy_to;
+    d.out.emit(Event::Step {
+        host,
+        step: "staging configuration",
+    });
+    let release_dir = format!("{deploy_to}/releases/{}", p.release);
+    candidates::stage_configs(c, d.inventory, d.templates, &p.release, &release_dir).await?;
+    let env = match &d.env_content {
+        Some(content) => candidates::stage_env(c, d.inventory, content).await?,
+        None => None,
+    };
+    d.out.emit(Event::Step {
+        host,
+        step: "staged",
+    });
+    Ok(Staged { sent, env })
+}
+
+/// The release directory, complete: uploaded or copied, REVISION, shared links, renamed.
+async fn stage_release(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
@@ -613,10 +671,6 @@ async fn stage_host(
         c.transport.exec(ExecRequest::new(&cmd, SHORT * 5)).await,
         "finishing the release",
     )?;
-    d.out.emit(Event::Step {
-        host,
-        step: "staged",
-    });
     Ok(sent)
 }
 
@@ -690,37 +744,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     }
 }
 
-/// Switches every host to its target; if any switch fails, switches the hosts already
-/// switched back to what they had. Returns the outcome and a message.
+/// Switches every host to its target (bounded by `rollout.parallel`): env file, `current`,
+/// units, site, health. If any host fails, every host touched is switched back to what it
+/// had (a host's own failure included). Returns the outcome and a message.
 async fn switch_fleet(
     r: &mut Run<'_>,
+    switch: &Switch<'_>,
     targets: &[(&Conn<'_>, &str, Option<&str>)],
-    deploy_to: &str,
 ) -> (Outcome, Option<String>) {
-    for (c, _, _) in targets {
-        r.out.emit(Event::Step {
-            host: &c.host.name,
-            step: "switching",
-        });
-    }
-    let switches = targets.iter().map(|(c, target, _)| async move {
-        let cmd = commands::release::switch(deploy_to, target);
-        check(
-            c.transport.exec(ExecRequest::new(&cmd, SHORT)).await,
-            "switching `current`",
-        )
-    });
-    let results = futures::future::join_all(switches).await;
-    let mut switched = Vec::new();
+    use futures::StreamExt;
+    let parallel = r.inventory.rollout.parallel.max(1);
+    let results: Vec<(Touched, Result<(), String>)> =
+        futures::stream::iter(targets.iter().map(|(c, target, _)| async move {
+            let mut touched = Touched::default();
+            let result = switch.activate(c, target, &mut touched).await;
+            (touched, result)
+        }))
+        .buffered(parallel)
+        .collect()
+        .await;
     let mut failed = 0;
-    for ((c, target, _), result) in targets.iter().zip(results) {
+    for ((c, target, _), (_, result)) in targets.iter().zip(&results) {
         match result {
-            Ok(_) => {
-                r.host(&c.host.name).current = Some(target.to_string());
-                switched.push(*c);
-            }
+            Ok(()) => r.host(&c.host.name).current = Some(target.to_string()),
             Err(e) => {
-                r.fail_host(&c.host.name.clone(), e);
+                r.fail_host(&c.host.name.clone(), e.clone());
                 failed += 1;
             }
         }
@@ -728,34 +776,38 @@ async fn switch_fleet(
     if failed == 0 {
         return (Outcome::Deployed, None);
     }
-    // Put the switched hosts back where they were.
-    let backs = targets
-        .iter()
-        .filter(|(c, _, _)| switched.iter().any(|s| std::ptr::eq(*s, *c)))
-        .map(|(c, _, previous)| async move {
-            let cmd = match previous {
-                Some(prev) => commands::release::switch(deploy_to, prev),
-                None => commands::release::remove_current(deploy_to),
-            };
-            (
-                c,
-                check(
-                    c.transport.exec(ExecRequest::new(&cmd, SHORT)).await,
-                    "switching back",
-                ),
-            )
+    for (c, _, _) in targets {
+        r.out.emit(Event::Step {
+            host: &c.host.name,
+            step: "switching back",
         });
+    }
+    let backs: Vec<Result<(), String>> =
+        futures::stream::iter(targets.iter().zip(&results).map(
+            |((c, _, previous), (touched, _))| async move {
+                switch.deactivate(c, *previous, touched).await
+            },
+        ))
+        .buffered(parallel)
+        .collect()
+        .await;
     let mut rollback_failed = Vec::new();
-    for (c, result) in futures::future::join_all(backs).await {
-        let previous = targets
-            .iter()
-            .find(|(t, _, _)| std::ptr::eq(*t, *c))
-            .and_then(|(_, _, p)| *p);
-        match result {
-            Ok(_) => r.host(&c.host.name).current = previous.map(str::to_owned),
+    for ((c, _, previous), back) in targets.iter().zip(backs) {
+        let h = r.host(&c.host.name);
+        match back {
+            Ok(()) => {
+                h.current = previous.map(str::to_owned);
+                h.rolled_back = Some(true);
+            }
             Err(e) => {
-                r.fail_host(&c.host.name.clone(), format!("rollback failed: {e}"));
-                rollback_failed.push(c.host.name.clone());
+                h.rolled_back = Some(false);
+                let name = c.host.name.clone();
+                let message = match h.error.take() {
+                    Some(first) => format!("{first}; SWITCHING BACK FAILED: {e}"),
+                    None => format!("SWITCHING BACK FAILED: {e}"),
+                };
+                r.fail_host(&name, message);
+                rollback_failed.push(name);
             }
         }
     }
@@ -763,17 +815,35 @@ async fn switch_fleet(
         (
             Outcome::RolledBack,
             Some(format!(
-                "{failed} hosts failed to switch; the switched hosts were switched back"
+                "{failed} hosts failed; every host was switched back to the release it had"
             )),
         )
     } else {
         (
             Outcome::RollbackFailed,
             Some(format!(
-                "{failed} hosts failed to switch and switching back failed on {}: a human is needed",
+                "{failed} hosts failed and switching back failed on {}: a human is needed (see each host's error for the state it is in)",
                 rollback_failed.join(", ")
             )),
         )
+    }
+}
+
+fn describe_keys(diff: &KeyDiff) -> String {
+    let mut parts = Vec::new();
+    for (word, keys) in [
+        ("added", &diff.added),
+        ("removed", &diff.removed),
+        ("changed", &diff.changed),
+    ] {
+        if !keys.is_empty() {
+            parts.push(format!("{word} {}", keys.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "rewritten (same keys and values)".to_owned()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -787,6 +857,7 @@ pub struct Rollback<'a> {
     pub to: Option<String>,
     pub run: &'a RunInfo,
     pub cancel: Cancel,
+    pub templates: &'a Templates,
 }
 
 /// Switches the whole fleet back to an earlier release (see [`plan::rollback_target`]).
@@ -854,7 +925,13 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         .zip(&ok_trees)
         .map(|(c, (_, t))| (c, target.as_str(), t.current.as_deref()))
         .collect();
-    let (outcome, message) = switch_fleet(&mut r, &targets, &deploy_to).await;
+    let switch = Switch {
+        inventory: rb.inventory,
+        templates: rb.templates,
+        out: rb.out,
+        with_env: false,
+    };
+    let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     let outcome = match outcome {
         Outcome::Deployed => {
             for c in &conns {

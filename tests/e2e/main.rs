@@ -13,4 +13,6 @@ mod fleet;
 mod host_keys;
 mod inventory_cli;
 mod jump;
+mod services;
+mod systemd_fleet;
 mod transport;

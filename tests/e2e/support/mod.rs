@@ -60,6 +60,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod systemd;
+
 /// Where a host sees the fleet dir (read-only).
 pub const FLEET_DIR_IN_HOST: &str = "/run/shipit-e2e";
 

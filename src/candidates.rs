@@ -1,0 +1,195 @@
+//! Staging a host's configuration next to its release, before anything is switched: the
+//! env file (as `<path>.shipit-next`, 0600), the rendered units and Nginx site (in
+//! `<release>/.shipit/`), each validated on the host (`systemd-analyze verify`, `nginx -t`).
+//! A problem here fails staging, so nothing is switched anywhere.
+
+use std::time::Duration;
+
+use crate::commands::{self, exit};
+use crate::envfile::{self, KeyDiff};
+use crate::fleet::Conn;
+use crate::inventory::{Host, Inventory};
+use crate::shell::Secret;
+use crate::templates::{self, AppCtx, Context, EnvCtx, HostCtx, ReleaseCtx};
+use crate::transport::{ExecRequest, Exit, Stdin};
+
+const SHORT: Duration = Duration::from_secs(60);
+
+/// The templates of the inventory, read once by the caller (errors before any connection).
+#[derive(Debug, Default)]
+pub struct Templates {
+    /// (unit name, template file as written in the inventory, template text)
+    pub units: Vec<(String, String, String)>,
+    /// (site, template file, template text)
+    pub nginx: Option<(String, String, String)>,
+}
+
+/// Where a release keeps its candidates (relative to the release directory).
+pub const SYSTEMD_DIR: &str = ".shipit/systemd";
+pub const SYSTEMD_VERIFY_DIR: &str = ".shipit/systemd-verify";
+pub const NGINX_DIR: &str = ".shipit/nginx";
+
+pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
+    let deploy_to = &inventory.app.deploy_to;
+    let env = inventory.env.as_ref();
+    Context {
+        app: AppCtx {
+            name: inventory.app.name.clone(),
+            deploy_to: deploy_to.clone(),
+            current: format!("{deploy_to}/current"),
+            user: inventory.app.user.clone(),
+        },
+        host: HostCtx {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            roles: host.roles.clone(),
+            vars: host.vars.clone(),
+        },
+        release: ReleaseCtx {
+            id: release.to_owned(),
+            path: format!("{deploy_to}/releases/{release}"),
+        },
+        env: EnvCtx {
+            path: env.map(|e| e.path.clone()),
+            keys: env
+                .map(|e| {
+                    let mut keys: Vec<String> = e.vars.keys().cloned().collect();
+                    keys.extend(e.secrets.iter().map(|(k, _)| k.clone()));
+                    keys.sort();
+                    keys
+                })
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// Stages the next env file when its content differs from the host's; returns which keys
+/// change (names only), or `None` when the file is unchanged.
+pub async fn stage_env(
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+    content: &Secret,
+) -> Result<Option<KeyDiff>, String> {
+    let Some(env) = &inventory.env else {
+        return Ok(None);
+    };
+    let read = commands::envfile::read(&env.path);
+    let current = match conn.transport.exec(ExecRequest::new(&read, SHORT)).await {
+        Ok(o) if o.success() => o.stdout.text(),
+        Ok(o) => return Err(format!("cannot read `{}` ({})", env.path, o.exit)),
+        Err(e) => return Err(e.to_string()),
+    };
+    if current == content.expose() {
+        return Ok(None);
+    }
+    let diff = envfile::diff(&envfile::parse(&current), &envfile::parse(content.expose()));
+    let next = commands::envfile::next_path(&env.path);
+    let write = commands::files::write(&next, "600", inventory.app.user.as_deref());
+    let req = ExecRequest::new(&write, SHORT).stdin(Stdin::Secret(content.clone()));
+    match conn.transport.exec(req).await {
+        Ok(o) if o.success() => Ok(Some(diff)),
+        Ok(o) => Err(format!(
+            "cannot write `{next}` ({}): {}",
+            o.exit,
+            o.stderr.text().trim()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Renders, uploads and validates the units and the Nginx site into `release_dir`.
+pub async fn stage_configs(
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+    templates: &Templates,
+    release: &str,
+    release_dir: &str,
+) -> Result<(), String> {
+    if templates.units.is_empty() && templates.nginx.is_none() {
+        return Ok(());
+    }
+    let ctx = context(inventory, conn.host, release);
+    let deploy_to = &inventory.app.deploy_to;
+    let current = format!("{deploy_to}/current/");
+    let release_path = format!("{deploy_to}/releases/{release}/");
+    for (unit, file, source) in &templates.units {
+        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
+        put(
+            conn,
+            &format!("{release_dir}/{SYSTEMD_DIR}/{unit}"),
+            text.as_bytes(),
+        )
+        .await?;
+        // Verified as it will run after the switch, when `current` is this release: on a
+        // first deploy `current` does not exist yet and verify would call ExecStart missing.
+        let as_switched = text.replace(&current, &release_path);
+        put(
+            conn,
+            &format!("{release_dir}/{SYSTEMD_VERIFY_DIR}/{unit}"),
+            as_switched.as_bytes(),
+        )
+        .await?;
+    }
+    if !templates.units.is_empty() {
+        let verify = commands::systemd::verify(&format!("{release_dir}/{SYSTEMD_VERIFY_DIR}"));
+        match conn
+            .transport
+            .exec(ExecRequest::new(&verify, SHORT * 2))
+            .await
+        {
+            Ok(o) if o.success() => {}
+            Ok(o) if o.exit == Exit::Code(exit::VERIFY_FAILED) => {
+                return Err(format!(
+                    "`systemd-analyze verify` rejects the units:\n{}",
+                    o.stderr.text().trim_end()
+                ));
+            }
+            Ok(o) => {
+                return Err(format!(
+                    "verifying the units failed ({}): {}",
+                    o.exit,
+                    o.stderr.text().trim()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if let Some((site, file, source)) = &templates.nginx {
+        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
+        let candidate = format!("{release_dir}/{NGINX_DIR}/{site}");
+        put(conn, &candidate, text.as_bytes()).await?;
+        let test = commands::nginx::test(site, &candidate);
+        match conn.transport.exec(ExecRequest::new(&test, SHORT)).await {
+            Ok(o) if o.success() => {}
+            Ok(o) if o.exit == Exit::Code(exit::NGINX_INVALID) => {
+                return Err(format!(
+                    "`nginx -t` rejects site `{site}` (rendered from `{file}`); the live site is unchanged:\n{}",
+                    o.stderr.text().trim_end()
+                ));
+            }
+            Ok(o) => {
+                return Err(format!(
+                    "testing the nginx site failed ({}): {}",
+                    o.exit,
+                    o.stderr.text().trim()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+async fn put(conn: &Conn<'_>, path: &str, content: &[u8]) -> Result<(), String> {
+    let cmd = commands::files::write(path, "644", None);
+    let req = ExecRequest::new(&cmd, SHORT).stdin(Stdin::Bytes(content.to_vec()));
+    match conn.transport.exec(req).await {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "cannot write `{path}` ({}): {}",
+            o.exit,
+            o.stderr.text().trim()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,223 @@
+//! Switching one host to a release and, when that fails, back: the env file, `current`,
+//! the units (install if changed, daemon-reload, enable, restart, active), the Nginx site
+//! (install, test, reload), then the health gate.
+//!
+//! Every step records what it changed, so switching back undoes exactly that: the previous
+//! env file, `current`, units and site are put back and the services restarted and checked.
+
+use std::time::Duration;
+
+use crate::candidates::{NGINX_DIR, SYSTEMD_DIR, Templates};
+use crate::commands::{self, exit};
+use crate::fleet::Conn;
+use crate::health;
+use crate::inventory::Inventory;
+use crate::output::{Event, Output};
+use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
+
+const SHORT: Duration = Duration::from_secs(60);
+/// Restarts can take a while (a service's own stop timeout is 90 s by default).
+const RESTART: Duration = Duration::from_secs(300);
+
+/// What switching a host touched, for switching it back.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub env: bool,
+    pub current: bool,
+    pub units: bool,
+    pub nginx: bool,
+}
+
+pub struct Switch<'a> {
+    pub inventory: &'a Inventory,
+    pub templates: &'a Templates,
+    pub out: &'a Output,
+    /// Put the staged env file in place (a deploy) or leave the env file alone (a rollback).
+    pub with_env: bool,
+}
+
+impl Switch<'_> {
+    fn deploy_to(&self) -> &str {
+        &self.inventory.app.deploy_to
+    }
+
+    fn step(&self, conn: &Conn<'_>, step: &str) {
+        self.out.emit(Event::Step {
+            host: &conn.host.name,
+            step,
+        });
+    }
+
+    fn units(&self) -> Vec<String> {
+        self.templates
+            .units
+            .iter()
+            .map(|(u, _, _)| u.clone())
+            .collect()
+    }
+
+    /// Switches `conn` to `release`. On error, `touched` says what must be put back.
+    pub async fn activate(
+        &self,
+        conn: &Conn<'_>,
+        release: &str,
+        touched: &mut Touched,
+    ) -> Result<(), String> {
+        let deploy_to = self.deploy_to();
+        let release_dir = format!("{deploy_to}/releases/{release}");
+        if self.with_env
+            && let Some(env) = &self.inventory.env
+        {
+            self.step(conn, "installing env file");
+            touched.env = true;
+            let cmd = commands::envfile::activate(deploy_to, &env.path);
+            run(conn, &cmd, SHORT, "installing the env file").await?;
+        }
+        self.step(conn, "switching");
+        touched.current = true;
+        let cmd = commands::release::switch(deploy_to, release);
+        run(conn, &cmd, SHORT, "switching `current`").await?;
+
+        let units = self.units();
+        if !units.is_empty() {
+            self.step(conn, "installing units");
+            touched.units = true;
+            let cmd = commands::systemd::install(
+                deploy_to,
+                &format!("{release_dir}/{SYSTEMD_DIR}"),
+                &units,
+            );
+            let out = run(conn, &cmd, RESTART, "installing the units").await?;
+            let changed: Vec<String> = out
+                .stdout
+                .text()
+                .lines()
+                .filter_map(|l| l.strip_prefix("changed ").map(str::to_owned))
+                .collect();
+            for unit in &units {
+                self.step(conn, &format!("restarting {unit}"));
+                let cmd = commands::systemd::start(unit, changed.contains(unit));
+                match conn.transport.exec(ExecRequest::new(&cmd, RESTART)).await {
+                    Ok(o) if o.success() => {}
+                    Ok(o) if o.exit == Exit::Code(exit::NOT_ACTIVE) => {
+                        return Err(format!(
+                            "`{unit}` is not active after its restart:\n{}",
+                            o.stderr.text().trim_end()
+                        ));
+                    }
+                    other => return Err(failure(other, &format!("restarting `{unit}`"))),
+                }
+            }
+        }
+        if let Some((site, _, _)) = &self.templates.nginx {
+            self.step(conn, "installing nginx site");
+            touched.nginx = true;
+            let cmd = commands::nginx::install(
+                deploy_to,
+                site,
+                &format!("{release_dir}/{NGINX_DIR}/{site}"),
+            );
+            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                Ok(o) if o.success() => {}
+                Ok(o) if o.exit == Exit::Code(exit::NGINX_INVALID) => {
+                    return Err(format!(
+                        "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
+                        o.stderr.text().trim_end()
+                    ));
+                }
+                other => return Err(failure(other, "installing the nginx site")),
+            }
+        }
+        if let Some(health) = &self.inventory.health {
+            self.step(conn, "health check");
+            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
+            health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts back what [`activate`](Self::activate) touched: `previous` becomes current
+    /// again (or `current` is removed when there was none), then the health gate.
+    pub async fn deactivate(
+        &self,
+        conn: &Conn<'_>,
+        previous: Option<&str>,
+        touched: &Touched,
+    ) -> Result<(), String> {
+        let deploy_to = self.deploy_to();
+        let mut problems = Vec::new();
+        if touched.env
+            && let Some(env) = &self.inventory.env
+        {
+            let cmd = commands::envfile::restore(deploy_to, &env.path);
+            if let Err(e) = run(conn, &cmd, SHORT, "restoring the env file").await {
+                problems.push(e);
+            }
+        }
+        if touched.current {
+            let cmd = match previous {
+                Some(prev) => commands::release::switch(deploy_to, prev),
+                None => commands::release::remove_current(deploy_to),
+            };
+            if let Err(e) = run(conn, &cmd, SHORT, "switching `current` back").await {
+                problems.push(e);
+            }
+        }
+        if touched.units {
+            let cmd = commands::systemd::restore(deploy_to, &self.units());
+            if let Err(e) = run(conn, &cmd, RESTART, "restoring and restarting the units").await {
+                problems.push(e);
+            }
+        }
+        if touched.nginx
+            && let Some((site, _, _)) = &self.templates.nginx
+        {
+            let cmd = commands::nginx::restore(deploy_to, site);
+            if let Err(e) = run(conn, &cmd, SHORT, "restoring the nginx site").await {
+                problems.push(e);
+            }
+        }
+        if problems.is_empty()
+            && previous.is_some()
+            && let Some(health) = &self.inventory.health
+        {
+            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
+            if let Err(e) = health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await
+            {
+                problems.push(format!("after switching back, {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+async fn run(
+    conn: &Conn<'_>,
+    cmd: &crate::shell::Cmd,
+    timeout: Duration,
+    step: &str,
+) -> Result<ExecOutput, String> {
+    match conn.transport.exec(ExecRequest::new(cmd, timeout)).await {
+        Ok(o) if o.success() => Ok(o),
+        other => Err(failure(other, step)),
+    }
+}
+
+fn failure(result: Result<ExecOutput, ExecError>, step: &str) -> String {
+    match result {
+        Ok(o) => {
+            let stderr = o.stderr.text();
+            let stderr = stderr.trim();
+            if stderr.is_empty() {
+                format!("{step} failed ({})", o.exit)
+            } else {
+                format!("{step} failed ({}): {stderr}", o.exit)
+            }
+        }
+        Err(e) => format!("{step} failed: {}", crate::error::chain(&e)),
+    }
+}
