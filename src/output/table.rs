@@ -154,12 +154,12 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
                 },
                 h.previous.clone().unwrap_or_else(|| "-".to_owned()),
                 h.current.clone().unwrap_or_else(|| "-".to_owned()),
-                if h.error.is_none() && h.current.is_some() {
-                    "ok"
-                } else if h.error.is_none() {
-                    "-"
-                } else {
-                    "FAILED"
+                match (h.rolled_back, &h.error, &h.current) {
+                    (Some(true), _, _) => "rolled back",
+                    (Some(false), _, _) => "ROLLBACK FAILED",
+                    (None, None, Some(_)) => "ok",
+                    (None, None, None) => "-",
+                    (None, Some(_), _) => "FAILED",
                 }
                 .to_owned(),
             ]

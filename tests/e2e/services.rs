@@ -35,7 +35,8 @@ version = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
-            code, body = (500, "broken") if version == "broken" else (200, "ok")
+            sick = version == "broken" or os.path.exists("/etc/demo-sick")
+            code, body = (500, "broken") if sick else (200, "ok")
         elif self.path.startswith("/env/"):
             code, body = 200, os.environ.get(self.path[5:], "<unset>")
         else:
@@ -354,6 +355,34 @@ fn a_release_failing_its_health_check_is_rolled_back() {
         .map(str::to_owned)
         .collect();
     assert!(releases.contains(&bad));
+}
+
+#[test]
+fn a_failed_switch_back_exits_4_and_says_where_the_host_is() {
+    let fleet = SystemdFleet::start(1);
+    let setup = Setup::new(&fleet);
+    let inv = setup.inventory(&fleet, &setup.app("good"), "x", SITE);
+    let (code, _, stderr) = deploy(&fleet, &inv, false);
+    assert_eq!(code, 0, "{stderr}");
+    // From now on every release is sick, the previous one too: switching back cannot heal.
+    fleet.sh_ok("s1", "touch /etc/demo-sick");
+    let inv = setup.inventory(&fleet, &setup.app("next"), "x", SITE);
+    let (code, stdout, stderr) = deploy(&fleet, &inv, true);
+    assert_eq!(code, 4, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "rollback_failed");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("a human is needed")
+    );
+    let error = report["hosts"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("SWITCHING BACK FAILED") && error.contains("after switching back"),
+        "{error}"
+    );
+    assert_eq!(report["hosts"][0]["rolled_back"], false);
 }
 
 #[test]

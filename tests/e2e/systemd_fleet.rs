@@ -290,16 +290,3 @@ fn machine_side(address: &str) -> Option<String> {
     let (index, name) = (fields.next()?, fields.next()?);
     Some(format!("{index} {name}"))
 }
-
-#[test]
-fn zz_tmp_console() {
-    let fleet = SystemdFleet::start(1);
-    let pid = fleet.nspawn_pid("s1");
-    let t = Instant::now();
-    machine_ok("kill", &["-TERM", &pid.to_string()]);
-    while is_alive(pid) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("poweroff took {:?}", t.elapsed());
-    eprintln!("{}", fleet.console_log("s1"));
-}
