@@ -84,6 +84,18 @@ pub enum Command {
         /// Stage name: reads inventory/<STAGE>.toml
         stage: String,
     },
+    /// Make one verified database backup now, on the migrate host, under the deploy lock
+    #[command(after_help = "Example:\n  shipit backup prod")]
+    Backup {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
+    /// List the database backups on the migrate host, newest first, with sizes and times
+    #[command(after_help = "Example:\n  shipit backups prod")]
+    Backups {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
     /// Remove a deploy lock left by a run that died (asks first; `--yes` to skip)
     #[command(after_help = "Example:\n  shipit unlock staging\n  shipit unlock staging --yes")]
     Unlock {
@@ -120,7 +132,9 @@ impl Command {
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
             | Command::History { stage }
-            | Command::Unlock { stage } => stage,
+            | Command::Unlock { stage }
+            | Command::Backup { stage }
+            | Command::Backups { stage } => stage,
         }
     }
 }

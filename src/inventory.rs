@@ -1228,7 +1228,8 @@ impl Validator<'_> {
         let (command, extension, verify) = match kind {
             BackupKind::Postgres => (
                 raw.command.map_or_else(
-                    || "pg_dump --format=custom \"$DATABASE_URL\"".to_owned(),
+                    // No connection string in argv: shipit passes `DATABASE_URL` as PG* variables.
+                    || "pg_dump --format=custom".to_owned(),
                     |c| c.into_inner(),
                 ),
                 raw.extension

@@ -6,6 +6,7 @@ pub mod candidates;
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod database;
 pub mod envfile;
 pub mod error;
 pub mod exec;

@@ -95,6 +95,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     out: &out,
                     artifact: packed,
                     templates: &templates,
+                    migrate_host: Some(names[shipit::database::migrate_host_index(&inventory, &names)].to_owned()),
                     env_content: env_content.clone(),
                     now_unix: started_unix,
                     git,
@@ -120,6 +121,33 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .await;
                 out.emit(Event::Done(&report));
                 Ok(report.exit_code)
+            }
+            Command::Backup { .. } | Command::Backups { .. } => {
+                let index = shipit::database::migrate_host_index(&inventory, &names);
+                let host = [hosts[index]];
+                let (conns, failed) = fleet::connect_all(&inventory, &host, &connector, |_| {}).await;
+                if let Some((_, e)) = failed.first() {
+                    return Err(Error::Other(anyhow::anyhow!(shipit::error::chain(e))));
+                }
+                let conn = &conns[0];
+                let ok = if matches!(cli.command, Command::Backup { .. }) {
+                    let report = shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
+                    out.emit(Event::Done(&report));
+                    report.error.is_none()
+                } else {
+                    match shipit::database::list(&stage, conn, &inventory).await {
+                        Ok(report) => {
+                            out.emit(Event::Done(&report));
+                            true
+                        }
+                        Err(e) => {
+                            out.emit(Event::Fatal(&e));
+                            false
+                        }
+                    }
+                };
+                fleet::close_all(&conns).await;
+                Ok(if ok { code::OK } else { code::FAILED })
             }
             Command::Releases { .. } | Command::History { .. } | Command::Unlock { .. } => {
                 let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use crate::artifact::Packed;
 use crate::candidates::{self, Templates};
 use crate::commands;
+use crate::database::{self, BackupFile};
 use crate::envfile::KeyDiff;
+use crate::inventory::HookPoint;
 use crate::facts::{self, ReleaseTree};
 use crate::fleet::{self, Conn, Connector};
 use crate::history::{self, Entry};
@@ -136,6 +138,10 @@ pub struct DeployReport {
     pub exit_code: u8,
     pub duration_ms: u64,
     pub message: Option<String>,
+    /// The backup made before migrations, if `[backup]` is set.
+    pub backup: Option<BackupFile>,
+    /// The host that ran the migrations, if `[migrate]` is set and they ran.
+    pub migrated_on: Option<String>,
     pub hosts: Vec<HostDeploy>,
 }
 
@@ -158,6 +164,8 @@ pub struct Deploy<'a> {
     pub out: &'a Output,
     pub artifact: &'a Packed,
     pub templates: &'a Templates,
+    /// The selected host that runs backups, migrations and `once` hooks.
+    pub migrate_host: Option<String>,
     /// The env file's content (same on every host), rendered once.
     pub env_content: Option<Secret>,
     /// When the run started (the release id is derived from it and the hosts' releases).
@@ -194,6 +202,8 @@ impl<'a> Run<'a> {
                 exit_code: code::FAILED,
                 duration_ms: 0,
                 message: None,
+                backup: None,
+                migrated_on: None,
                 hosts: hosts
                     .iter()
                     .map(|h| HostDeploy {
@@ -521,6 +531,38 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             .await;
     }
 
+    // Once, on the migrate host: a verified backup, then the migrations. Not interruptible:
+    // a migration cut in half is worse than one that finishes; the lock is held throughout.
+    if let Some(mc) = conns.iter().find(|c| Some(&c.host.name) == d.migrate_host.as_ref()) {
+        let release_dir = format!("{deploy_to}/releases/{release}");
+        match database::backup(mc, d.inventory, &release_dir, &release, d.now_unix, d.out).await {
+            Ok(made) => r.report.backup = made,
+            Err(e) => {
+                r.fail_host(&mc.host.name, e.clone());
+                return r.close(&conns, Outcome::Failed, Some(e)).await;
+            }
+        }
+        match database::migrate(mc, d.inventory, &release_dir, d.out).await {
+            Ok(true) => r.report.migrated_on = Some(mc.host.name.clone()),
+            Ok(false) => {}
+            Err(e) => {
+                r.fail_host(&mc.host.name, e.clone());
+                return r
+                    .close(&conns, Outcome::Failed, Some(format!("{e}; nothing was switched")))
+                    .await;
+            }
+        }
+        if d.cancel.is_cancelled() {
+            return r
+                .close(
+                    &conns,
+                    Outcome::Interrupted,
+                    Some("interrupted before the switch (after the migrations); nothing was switched".into()),
+                )
+                .await;
+        }
+    }
+
     // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
     let targets: Vec<(&Conn<'_>, &str, Option<&str>)> = conns
         .iter()
@@ -531,7 +573,8 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         inventory: d.inventory,
         templates: d.templates,
         out: d.out,
-        with_env: true,
+        deploy: true,
+        migrate_host: d.migrate_host.clone(),
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     if outcome != Outcome::Deployed {
@@ -615,6 +658,8 @@ async fn stage_host(
         Some(content) => candidates::stage_env(c, d.inventory, content).await?,
         None => None,
     };
+    let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
+    database::hooks(c, d.inventory, HookPoint::AfterUpload, &release_dir, is_migrate_host, d.out).await?;
     d.out.emit(Event::Step {
         host,
         step: "staged",
@@ -929,7 +974,8 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         inventory: rb.inventory,
         templates: rb.templates,
         out: rb.out,
-        with_env: false,
+        deploy: false,
+        migrate_host: None,
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     let outcome = match outcome {

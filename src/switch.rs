@@ -10,8 +10,9 @@ use std::time::Duration;
 use crate::candidates::{NGINX_DIR, SYSTEMD_DIR, Templates};
 use crate::commands::{self, exit};
 use crate::fleet::Conn;
+use crate::database;
 use crate::health;
-use crate::inventory::Inventory;
+use crate::inventory::{HookPoint, Inventory};
 use crate::output::{Event, Output};
 use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
 
@@ -32,8 +33,10 @@ pub struct Switch<'a> {
     pub inventory: &'a Inventory,
     pub templates: &'a Templates,
     pub out: &'a Output,
-    /// Put the staged env file in place (a deploy) or leave the env file alone (a rollback).
-    pub with_env: bool,
+    /// A deploy puts the staged env file in place and runs hooks; a rollback does neither.
+    pub deploy: bool,
+    /// The host that runs `once` hooks.
+    pub migrate_host: Option<String>,
 }
 
 impl Switch<'_> {
@@ -65,7 +68,8 @@ impl Switch<'_> {
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let release_dir = format!("{deploy_to}/releases/{release}");
-        if self.with_env
+        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir).await?;
+        if self.deploy
             && let Some(env) = &self.inventory.env
         {
             self.step(conn, "installing env file");
@@ -77,6 +81,7 @@ impl Switch<'_> {
         touched.current = true;
         let cmd = commands::release::switch(deploy_to, release);
         run(conn, &cmd, SHORT, "switching `current`").await?;
+        self.hooks(conn, HookPoint::AfterSwitch, &release_dir).await?;
 
         let units = self.units();
         if !units.is_empty() {
@@ -128,12 +133,21 @@ impl Switch<'_> {
                 other => return Err(failure(other, "installing the nginx site")),
             }
         }
+        self.hooks(conn, HookPoint::AfterRestart, &release_dir).await?;
         if let Some(health) = &self.inventory.health {
             self.step(conn, "health check");
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
             health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await?;
         }
         Ok(())
+    }
+
+    async fn hooks(&self, conn: &Conn<'_>, point: HookPoint, release_dir: &str) -> Result<(), String> {
+        if !self.deploy {
+            return Ok(());
+        }
+        let is_migrate_host = self.migrate_host.as_deref() == Some(conn.host.name.as_str());
+        database::hooks(conn, self.inventory, point, release_dir, is_migrate_host, self.out).await
     }
 
     /// Puts back what [`activate`](Self::activate) touched: `previous` becomes current

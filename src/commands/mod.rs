@@ -12,6 +12,7 @@ pub mod lock;
 pub mod nginx;
 pub mod release;
 pub mod systemd;
+pub mod task;
 
 /// Exit codes of shipit's own remote scripts (chosen above what common tools return).
 pub mod exit {
@@ -31,4 +32,10 @@ pub mod exit {
     pub const VERIFY_FAILED: u32 = 85;
     /// A unit did not become active after its restart.
     pub const NOT_ACTIVE: u32 = 86;
+    /// The backup command failed.
+    pub const BACKUP_FAILED: u32 = 87;
+    /// The backup command exited 0 without writing anything.
+    pub const BACKUP_EMPTY: u32 = 88;
+    /// The backup's verify command rejected it.
+    pub const BACKUP_UNVERIFIED: u32 = 89;
 }

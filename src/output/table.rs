@@ -315,3 +315,14 @@ pub fn unlock(report: &crate::lock::UnlockReport) -> String {
     }
     out
 }
+
+pub fn backups(report: &crate::database::BackupsReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .backups
+        .iter()
+        .map(|b| vec![b.time.clone(), bytes(b.bytes), b.name.clone()])
+        .collect();
+    let mut out = render(&["TIME", "SIZE", "FILE"], &rows);
+    let _ = writeln!(out, "{} backups in `{}` on {}", report.backups.len(), report.dir, report.host);
+    out
+}

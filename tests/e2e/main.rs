@@ -7,6 +7,7 @@ mod auth;
 mod check;
 mod cli;
 mod common;
+mod database;
 mod deploy;
 mod exec;
 mod fleet;
