@@ -60,6 +60,9 @@ pub enum Command {
     Deploy {
         /// Stage name: reads inventory/<STAGE>.toml
         stage: String,
+        /// Wave sizes, overriding `rollout.waves`: e.g. `1,25%` (the last size repeats)
+        #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+        waves: Vec<String>,
     },
     /// Switch every selected host back to an earlier release
     #[command(
@@ -128,7 +131,7 @@ impl Command {
         match self {
             Command::Check { stage }
             | Command::Exec { stage, .. }
-            | Command::Deploy { stage }
+            | Command::Deploy { stage, .. }
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
             | Command::History { stage }

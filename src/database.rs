@@ -187,12 +187,20 @@ pub async fn backup(
                 o.stderr.text().trim_end()
             ))
         }
-        Err(e) => Err(format!("the database backup failed: {}", crate::error::chain(&e))),
+        Err(e) => Err(format!(
+            "the database backup failed: {}",
+            crate::error::chain(&e)
+        )),
     }
 }
 
 /// Runs `migrate.command` once in `release_dir`, output streamed as the host's lines.
-pub async fn migrate(conn: &Conn<'_>, inventory: &Inventory, release_dir: &str, out: &Output) -> Result<bool, String> {
+pub async fn migrate(
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+    release_dir: &str,
+    out: &Output,
+) -> Result<bool, String> {
     let Some(m) = &inventory.migrate else {
         return Ok(false);
     };
@@ -225,7 +233,13 @@ pub async fn hooks(
             step: &format!("hook {}", point_name(point)),
         });
         let cmd = task::run(release_dir, env_path(inventory), &hook.command);
-        run_streamed(conn, &cmd, out, &format!("the {} hook `{}`", point_name(point), hook.command)).await?;
+        run_streamed(
+            conn,
+            &cmd,
+            out,
+            &format!("the {} hook `{}`", point_name(point), hook.command),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -239,7 +253,12 @@ pub fn point_name(point: HookPoint) -> &'static str {
     }
 }
 
-async fn run_streamed(conn: &Conn<'_>, cmd: &crate::shell::Cmd, out: &Output, what: &str) -> Result<(), String> {
+async fn run_streamed(
+    conn: &Conn<'_>,
+    cmd: &crate::shell::Cmd,
+    out: &Output,
+    what: &str,
+) -> Result<(), String> {
     let host = conn.host.name.as_str();
     let pending = std::sync::Mutex::new([Vec::new(), Vec::new()]);
     let sink = |stream: Stream, chunk: &[u8]| {
@@ -255,7 +274,10 @@ async fn run_streamed(conn: &Conn<'_>, cmd: &crate::shell::Cmd, out: &Output, wh
             });
         }
     };
-    let result = conn.transport.exec(ExecRequest::new(cmd, LONG).output(&sink)).await;
+    let result = conn
+        .transport
+        .exec(ExecRequest::new(cmd, LONG).output(&sink))
+        .await;
     for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
         let rest = std::mem::take(&mut pending.lock().expect("lock")[i]);
         if !rest.is_empty() {
@@ -268,8 +290,15 @@ async fn run_streamed(conn: &Conn<'_>, cmd: &crate::shell::Cmd, out: &Output, wh
     }
     match result {
         Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!("{what} failed on `{host}` with {}: {}", o.exit, o.stderr.text().trim_end())),
-        Err(e) => Err(format!("{what} failed on `{host}`: {}", crate::error::chain(&e))),
+        Ok(o) => Err(format!(
+            "{what} failed on `{host}` with {}: {}",
+            o.exit,
+            o.stderr.text().trim_end()
+        )),
+        Err(e) => Err(format!(
+            "{what} failed on `{host}`: {}",
+            crate::error::chain(&e)
+        )),
     }
 }
 
@@ -285,7 +314,12 @@ pub struct BackupReport {
 impl Report for BackupReport {
     fn human(&self) -> String {
         match (&self.backup, &self.error) {
-            (Some(b), _) => format!("{}: backup `{}` ({})\n", b.host, b.path, table::bytes(b.bytes)),
+            (Some(b), _) => format!(
+                "{}: backup `{}` ({})\n",
+                b.host,
+                b.path,
+                table::bytes(b.bytes)
+            ),
             (None, Some(e)) => format!("{}: {e}\n", self.host),
             (None, None) => format!("{}: no `[backup]` configured\n", self.host),
         }
@@ -310,7 +344,10 @@ pub async fn backup_now(
         error: None,
     };
     if inventory.backup.is_none() {
-        report.error = Some(format!("no `[backup]` section in `{}`", inventory.file.display()));
+        report.error = Some(format!(
+            "no `[backup]` section in `{}`",
+            inventory.file.display()
+        ));
         return report;
     }
     let deploy_to = &inventory.app.deploy_to;
@@ -353,7 +390,10 @@ pub async fn backup_now(
         run: run.token.clone(),
         ci_url: run.ci_url.clone(),
         hosts: vec![conn.host.name.clone()],
-        message: report.backup.as_ref().map(|b| format!("backup `{}`", b.path)),
+        message: report
+            .backup
+            .as_ref()
+            .map(|b| format!("backup `{}`", b.path)),
         ..Default::default()
     };
     crate::history::append(conns, deploy_to, &entry).await;
@@ -387,9 +427,16 @@ impl Report for BackupsReport {
     }
 }
 
-pub async fn list(stage: &str, conn: &Conn<'_>, inventory: &Inventory) -> Result<BackupsReport, String> {
+pub async fn list(
+    stage: &str,
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+) -> Result<BackupsReport, String> {
     let Some(b) = &inventory.backup else {
-        return Err(format!("no `[backup]` section in `{}`", inventory.file.display()));
+        return Err(format!(
+            "no `[backup]` section in `{}`",
+            inventory.file.display()
+        ));
     };
     let prefix = format!("{}-", inventory.app.name);
     let cmd = task::list_backups(&b.dir, &prefix, &format!(".{}", b.extension));
@@ -399,7 +446,12 @@ pub async fn list(stage: &str, conn: &Conn<'_>, inventory: &Inventory) -> Result
         .await
         .map_err(|e| crate::error::chain(&e))?;
     if !o.success() {
-        return Err(format!("listing `{}` failed ({}): {}", b.dir, o.exit, o.stderr.text().trim()));
+        return Err(format!(
+            "listing `{}` failed ({}): {}",
+            b.dir,
+            o.exit,
+            o.stderr.text().trim()
+        ));
     }
     let backups = o
         .stdout
@@ -429,10 +481,7 @@ pub async fn list(stage: &str, conn: &Conn<'_>, inventory: &Inventory) -> Result
 /// any host of the new release can migrate it).
 pub fn migrate_host_index(inventory: &Inventory, selected: &[&str]) -> usize {
     let tagged = &inventory.hosts[inventory.migrate_host].name;
-    selected
-        .iter()
-        .position(|h| h == tagged)
-        .unwrap_or(0)
+    selected.iter().position(|h| h == tagged).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -441,7 +490,9 @@ mod tests {
 
     #[test]
     fn postgres_urls_become_pg_variables() {
-        let env = pg_env("postgresql://app:p%40ss%20w0rd@db.internal:6432/shop?sslmode=require&foo=bar").unwrap();
+        let env =
+            pg_env("postgresql://app:p%40ss%20w0rd@db.internal:6432/shop?sslmode=require&foo=bar")
+                .unwrap();
         insta::assert_snapshot!(env.expose(), @r#"
         PGDATABASE=shop
         PGHOST=db.internal

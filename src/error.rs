@@ -20,6 +20,8 @@ pub enum Error {
     Select(#[from] SelectError),
     #[error("cannot read inventory `{path}`: {reason}")]
     ReadInventory { path: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot read template `{path}`: {reason}")]
     ReadTemplate { path: String, reason: String },
     #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]
@@ -39,7 +41,8 @@ impl Error {
             | Error::Select(_)
             | Error::ReadInventory { .. }
             | Error::NoArtifact { .. }
-            | Error::ReadTemplate { .. } => code::USAGE,
+            | Error::ReadTemplate { .. }
+            | Error::Usage(_) => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }
                 | ArtifactError::BuildFailed { .. }

@@ -1587,6 +1587,11 @@ fn duration(
     }
 }
 
+/// A wave size or `max_fail` as typed on the command line: `"2"` or `"25%"`.
+pub fn parse_amount(text: &str) -> Result<Amount, String> {
+    amount(&AmountValue::Str(text.to_owned()))
+}
+
 fn amount(value: &AmountValue) -> Result<Amount, String> {
     match value {
         AmountValue::Int(n) => u32::try_from(*n)

@@ -84,8 +84,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 out.emit(Event::Done(&report));
                 hosts_result(report.failed(), report.hosts.len())
             }
-            Command::Deploy { .. } => {
+            Command::Deploy { waves, .. } => {
                 let packed = packed.as_ref().expect("packed before connecting");
+                let waves = parse_waves(waves)?;
                 let git = git_revision(&base_dir);
                 let report = rollout::deploy(rollout::Deploy {
                     stage: &stage,
@@ -95,7 +96,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     out: &out,
                     artifact: packed,
                     templates: &templates,
-                    migrate_host: Some(names[shipit::database::migrate_host_index(&inventory, &names)].to_owned()),
+                    migrate_host: Some(
+                        names[shipit::database::migrate_host_index(&inventory, &names)].to_owned(),
+                    ),
+                    waves,
                     env_content: env_content.clone(),
                     now_unix: started_unix,
                     git,
@@ -125,13 +129,15 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Command::Backup { .. } | Command::Backups { .. } => {
                 let index = shipit::database::migrate_host_index(&inventory, &names);
                 let host = [hosts[index]];
-                let (conns, failed) = fleet::connect_all(&inventory, &host, &connector, |_| {}).await;
+                let (conns, failed) =
+                    fleet::connect_all(&inventory, &host, &connector, |_| {}).await;
                 if let Some((_, e)) = failed.first() {
                     return Err(Error::Other(anyhow::anyhow!(shipit::error::chain(e))));
                 }
                 let conn = &conns[0];
                 let ok = if matches!(cli.command, Command::Backup { .. }) {
-                    let report = shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
+                    let report =
+                        shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
                     out.emit(Event::Done(&report));
                     report.error.is_none()
                 } else {
@@ -191,6 +197,30 @@ fn run(cli: Cli) -> Result<u8, Error> {
             }
         }
     })
+}
+
+fn parse_waves(sizes: &[String]) -> Result<Option<Vec<shipit::inventory::Amount>>, Error> {
+    if sizes.is_empty() {
+        return Ok(None);
+    }
+    let mut waves = Vec::new();
+    for size in sizes {
+        match shipit::inventory::parse_amount(size) {
+            Ok(a)
+                if a != shipit::inventory::Amount::Count(0)
+                    && a != shipit::inventory::Amount::Percent(0) =>
+            {
+                waves.push(a)
+            }
+            Ok(_) => {
+                return Err(Error::Usage(
+                    "`--waves`: a wave must have at least one host".to_owned(),
+                ));
+            }
+            Err(e) => return Err(Error::Usage(format!("`--waves`: {e}"))),
+        }
+    }
+    Ok(Some(waves))
 }
 
 fn other(e: impl std::error::Error + Send + Sync + 'static, context: &'static str) -> Error {

@@ -186,6 +186,35 @@ impl fmt::Display for HostPlan {
     }
 }
 
+/// Splits `n` hosts into waves: the sizes in order, the last size repeating until every
+/// host has a wave (like Ansible's `serial` list). Sizes are at least one host.
+pub fn waves(n: usize, sizes: &[crate::inventory::Amount]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while start < n {
+        let size = sizes
+            .get(i.min(sizes.len().saturating_sub(1)))
+            .map_or(n, |a| a.of(n))
+            .max(1);
+        let end = (start + size).min(n);
+        out.push(start..end);
+        start = end;
+        i += 1;
+    }
+    out
+}
+
+/// How many failed hosts `max_fail` tolerates in a fleet of `n`: a count as written, a
+/// percentage rounded down (`"10%"` of 15 hosts tolerates 1). The deploy stops when the
+/// number of failed hosts so far is greater than this.
+pub fn tolerated_failures(max_fail: crate::inventory::Amount, n: usize) -> usize {
+    match max_fail {
+        crate::inventory::Amount::Count(c) => c as usize,
+        crate::inventory::Amount::Percent(p) => n * p as usize / 100,
+    }
+}
+
 /// Why the fleet cannot roll back.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RollbackError {
@@ -294,6 +323,22 @@ mod tests {
             release_id(now, "ab")
         );
         assert_eq!(rfc3339_millis(951_868_799_042), "2000-02-29T23:59:59.042Z");
+    }
+
+    #[test]
+    fn waves_repeat_the_last_size() {
+        use crate::inventory::Amount::{Count, Percent};
+        assert_eq!(
+            waves(10, &[Count(1), Percent(25)]),
+            vec![0..1, 1..4, 4..7, 7..10]
+        );
+        assert_eq!(waves(3, &[Count(1)]), vec![0..1, 1..2, 2..3]);
+        assert_eq!(waves(5, &[Percent(100)]), vec![0..5]);
+        assert_eq!(waves(2, &[Count(5), Count(1)]), vec![0..2]);
+        assert_eq!(waves(0, &[Count(1)]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(tolerated_failures(Percent(10), 15), 1);
+        assert_eq!(tolerated_failures(Percent(0), 15), 0);
+        assert_eq!(tolerated_failures(Count(2), 15), 2);
     }
 
     #[test]

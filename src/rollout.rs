@@ -20,10 +20,10 @@ use crate::candidates::{self, Templates};
 use crate::commands;
 use crate::database::{self, BackupFile};
 use crate::envfile::KeyDiff;
-use crate::inventory::HookPoint;
 use crate::facts::{self, ReleaseTree};
 use crate::fleet::{self, Conn, Connector};
 use crate::history::{self, Entry};
+use crate::inventory::HookPoint;
 use crate::inventory::{Host, Inventory};
 use crate::lock::{self, LockOwner, LockState, RunInfo};
 use crate::output::{Event, Output, Report, table};
@@ -166,6 +166,8 @@ pub struct Deploy<'a> {
     pub templates: &'a Templates,
     /// The selected host that runs backups, migrations and `once` hooks.
     pub migrate_host: Option<String>,
+    /// `--waves`: overrides `rollout.waves`.
+    pub waves: Option<Vec<crate::inventory::Amount>>,
     /// The env file's content (same on every host), rendered once.
     pub env_content: Option<Secret>,
     /// When the run started (the release id is derived from it and the hosts' releases).
@@ -178,6 +180,8 @@ pub struct Deploy<'a> {
 /// A run in progress: its report and the hosts it holds locks on.
 struct Run<'a> {
     report: DeployReport,
+    /// The wave sizes of this run (`--waves` or `rollout.waves`).
+    waves: Vec<crate::inventory::Amount>,
     started: Instant,
     run: &'a RunInfo,
     inventory: &'a Inventory,
@@ -213,6 +217,7 @@ impl<'a> Run<'a> {
                     .collect(),
             },
             started: Instant::now(),
+            waves: d.1.rollout.waves.clone(),
             run: d.0,
             inventory: d.1,
             out: d.2,
@@ -533,7 +538,10 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
 
     // Once, on the migrate host: a verified backup, then the migrations. Not interruptible:
     // a migration cut in half is worse than one that finishes; the lock is held throughout.
-    if let Some(mc) = conns.iter().find(|c| Some(&c.host.name) == d.migrate_host.as_ref()) {
+    if let Some(mc) = conns
+        .iter()
+        .find(|c| Some(&c.host.name) == d.migrate_host.as_ref())
+    {
         let release_dir = format!("{deploy_to}/releases/{release}");
         match database::backup(mc, d.inventory, &release_dir, &release, d.now_unix, d.out).await {
             Ok(made) => r.report.backup = made,
@@ -548,7 +556,11 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             Err(e) => {
                 r.fail_host(&mc.host.name, e.clone());
                 return r
-                    .close(&conns, Outcome::Failed, Some(format!("{e}; nothing was switched")))
+                    .close(
+                        &conns,
+                        Outcome::Failed,
+                        Some(format!("{e}; nothing was switched")),
+                    )
                     .await;
             }
         }
@@ -569,12 +581,35 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         .zip(&plans)
         .map(|(c, p)| (c, p.release.as_str(), p.previous.as_deref()))
         .collect();
+    if let Some(waves) = &d.waves {
+        r.waves = waves.clone();
+    }
+    let guard_line = {
+        let mut entry = r.history(Outcome::RolledBack, None);
+        entry.action = "guard".to_owned();
+        entry.outcome = "reverted".to_owned();
+        entry.finished = None;
+        entry.message = Some(
+            "the deployer did not confirm in time: the guard switched this host back".to_owned(),
+        );
+        serde_json::to_string(&entry).expect("plain data serializes")
+    };
+    let health_secs = d
+        .inventory
+        .health
+        .as_ref()
+        .map_or(0, |h| h.timeout.as_secs());
     let switch = Switch {
         inventory: d.inventory,
         templates: d.templates,
         out: d.out,
         deploy: true,
         migrate_host: d.migrate_host.clone(),
+        guard: Some(crate::switch::Guard {
+            token: d.run.token.clone(),
+            delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
+            history_line: guard_line,
+        }),
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     if outcome != Outcome::Deployed {
@@ -659,7 +694,15 @@ async fn stage_host(
         None => None,
     };
     let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
-    database::hooks(c, d.inventory, HookPoint::AfterUpload, &release_dir, is_migrate_host, d.out).await?;
+    database::hooks(
+        c,
+        d.inventory,
+        HookPoint::AfterUpload,
+        &release_dir,
+        is_migrate_host,
+        d.out,
+    )
+    .await?;
     d.out.emit(Event::Step {
         host,
         step: "staged",
@@ -789,86 +832,159 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     }
 }
 
-/// Switches every host to its target (bounded by `rollout.parallel`): env file, `current`,
-/// units, site, health. If any host fails, every host touched is switched back to what it
-/// had (a host's own failure included). Returns the outcome and a message.
+/// Switches the hosts wave by wave (`rollout.waves`; each wave bounded by
+/// `rollout.parallel`): env file, `current`, units, site, health. A host that fails is
+/// switched back at once. When more hosts have failed than `rollout.max_fail` tolerates, no
+/// further wave starts, and with `on_failure = "rollback"` every host switched in this run is
+/// switched back too (`"halt"` leaves them). Returns the outcome and a message.
 async fn switch_fleet(
     r: &mut Run<'_>,
     switch: &Switch<'_>,
     targets: &[(&Conn<'_>, &str, Option<&str>)],
 ) -> (Outcome, Option<String>) {
     use futures::StreamExt;
-    let parallel = r.inventory.rollout.parallel.max(1);
-    let results: Vec<(Touched, Result<(), String>)> =
-        futures::stream::iter(targets.iter().map(|(c, target, _)| async move {
-            let mut touched = Touched::default();
-            let result = switch.activate(c, target, &mut touched).await;
-            (touched, result)
-        }))
-        .buffered(parallel)
-        .collect()
-        .await;
+    let rollout = &r.inventory.rollout;
+    let parallel = rollout.parallel.max(1);
+    let n = targets.len();
+    let tolerated = plan::tolerated_failures(rollout.max_fail, n);
+    let waves = plan::waves(n, &r.waves);
+    let on_failure = rollout.on_failure;
+    // Per host: switched this run and still on the new release.
+    let mut switched: Vec<bool> = vec![false; n];
     let mut failed = 0;
-    for ((c, target, _), (_, result)) in targets.iter().zip(&results) {
-        match result {
-            Ok(()) => r.host(&c.host.name).current = Some(target.to_string()),
-            Err(e) => {
-                r.fail_host(&c.host.name.clone(), e.clone());
-                failed += 1;
+    let mut back_failed: Vec<String> = Vec::new();
+    for (w, range) in waves.iter().enumerate() {
+        if waves.len() > 1 {
+            let names: Vec<&str> = targets[range.clone()]
+                .iter()
+                .map(|(c, _, _)| c.host.name.as_str())
+                .collect();
+            r.out.emit(Event::Note(&format!(
+                "wave {} of {}: {}",
+                w + 1,
+                waves.len(),
+                names.join(" ")
+            )));
+        }
+        let results: Vec<(Touched, Result<(), String>)> =
+            futures::stream::iter(targets[range.clone()].iter().map(
+                |(c, target, previous)| async move {
+                    let mut touched = Touched::default();
+                    let result = switch.activate(c, target, *previous, &mut touched).await;
+                    (touched, result)
+                },
+            ))
+            .buffered(parallel)
+            .collect()
+            .await;
+        // A failed host goes back to what it had, now.
+        let mut to_undo = Vec::new();
+        for (i, (touched, result)) in range.clone().zip(results) {
+            let (c, target, _) = targets[i];
+            match result {
+                Ok(()) => {
+                    r.host(&c.host.name).current = Some(target.to_string());
+                    switched[i] = true;
+                }
+                Err(e) => {
+                    r.fail_host(&c.host.name.clone(), e);
+                    failed += 1;
+                    to_undo.push((i, touched));
+                }
             }
+        }
+        let backs = futures::future::join_all(to_undo.iter().map(|(i, touched)| {
+            let (c, _, previous) = targets[*i];
+            async move { (*i, switch.deactivate(c, previous, touched).await) }
+        }))
+        .await;
+        for (i, back) in backs {
+            record_switch_back(r, targets[i], back, &mut back_failed);
+        }
+        if failed > tolerated {
+            let rest: usize = waves[w + 1..].iter().map(|r| r.len()).sum();
+            let mut message = format!(
+                "{failed} hosts failed in wave {} of {}, more than `max_fail` tolerates ({tolerated}); {rest} hosts were not touched",
+                w + 1,
+                waves.len()
+            );
+            if on_failure == crate::inventory::OnFailure::Rollback {
+                let undo: Vec<usize> = (0..n).filter(|&i| switched[i]).collect();
+                let everything = Touched {
+                    guard: false,
+                    env: switch.deploy && r.inventory.env.is_some(),
+                    current: true,
+                    units: !switch.templates.units.is_empty(),
+                    nginx: switch.templates.nginx.is_some(),
+                };
+                let backs = futures::future::join_all(undo.iter().map(|&i| {
+                    let (c, _, previous) = targets[i];
+                    let everything = &everything;
+                    async move { (i, switch.deactivate(c, previous, everything).await) }
+                }))
+                .await;
+                for (i, back) in backs {
+                    switched[i] = false;
+                    record_switch_back(r, targets[i], back, &mut back_failed);
+                }
+                message.push_str(&format!(
+                    "; the {} hosts switched before were switched back",
+                    undo.len()
+                ));
+            } else {
+                let kept = switched.iter().filter(|s| **s).count();
+                message.push_str(&format!(
+                    "; on_failure = \"halt\": the {kept} hosts switched before keep the new release"
+                ));
+            }
+            return finish_switch(message, &back_failed);
         }
     }
     if failed == 0 {
         return (Outcome::Deployed, None);
     }
-    for (c, _, _) in targets {
-        r.out.emit(Event::Step {
-            host: &c.host.name,
-            step: "switching back",
-        });
-    }
-    let backs: Vec<Result<(), String>> =
-        futures::stream::iter(targets.iter().zip(&results).map(
-            |((c, _, previous), (touched, _))| async move {
-                switch.deactivate(c, *previous, touched).await
-            },
-        ))
-        .buffered(parallel)
-        .collect()
-        .await;
-    let mut rollback_failed = Vec::new();
-    for ((c, _, previous), back) in targets.iter().zip(backs) {
-        let h = r.host(&c.host.name);
-        match back {
-            Ok(()) => {
-                h.current = previous.map(str::to_owned);
-                h.rolled_back = Some(true);
-            }
-            Err(e) => {
-                h.rolled_back = Some(false);
-                let name = c.host.name.clone();
-                let message = match h.error.take() {
-                    Some(first) => format!("{first}; SWITCHING BACK FAILED: {e}"),
-                    None => format!("SWITCHING BACK FAILED: {e}"),
-                };
-                r.fail_host(&name, message);
-                rollback_failed.push(name);
-            }
+    finish_switch(
+        format!(
+            "{failed} hosts failed within `max_fail` ({tolerated}) and were switched back; the others run the new release"
+        ),
+        &back_failed,
+    )
+}
+
+fn record_switch_back(
+    r: &mut Run<'_>,
+    (c, _, previous): (&Conn<'_>, &str, Option<&str>),
+    back: Result<(), String>,
+    back_failed: &mut Vec<String>,
+) {
+    let name = c.host.name.clone();
+    let h = r.host(&name);
+    match back {
+        Ok(()) => {
+            h.current = previous.map(str::to_owned);
+            h.rolled_back = Some(true);
+        }
+        Err(e) => {
+            h.rolled_back = Some(false);
+            let message = match h.error.take() {
+                Some(first) => format!("{first}; SWITCHING BACK FAILED: {e}"),
+                None => format!("SWITCHING BACK FAILED: {e}"),
+            };
+            r.fail_host(&name, message);
+            back_failed.push(name);
         }
     }
-    if rollback_failed.is_empty() {
-        (
-            Outcome::RolledBack,
-            Some(format!(
-                "{failed} hosts failed; every host was switched back to the release it had"
-            )),
-        )
+}
+
+fn finish_switch(message: String, back_failed: &[String]) -> (Outcome, Option<String>) {
+    if back_failed.is_empty() {
+        (Outcome::RolledBack, Some(message))
     } else {
         (
             Outcome::RollbackFailed,
             Some(format!(
-                "{failed} hosts failed and switching back failed on {}: a human is needed (see each host's error for the state it is in)",
-                rollback_failed.join(", ")
+                "{message}; switching back failed on {}: a human is needed (see each host's error for the state it is in)",
+                back_failed.join(", ")
             )),
         )
     }
@@ -976,6 +1092,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         out: rb.out,
         deploy: false,
         migrate_host: None,
+        guard: None,
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     let outcome = match outcome {

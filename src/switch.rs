@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use crate::candidates::{NGINX_DIR, SYSTEMD_DIR, Templates};
 use crate::commands::{self, exit};
-use crate::fleet::Conn;
 use crate::database;
+use crate::fleet::Conn;
 use crate::health;
 use crate::inventory::{HookPoint, Inventory};
 use crate::output::{Event, Output};
+use crate::shell::Cmd;
 use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -23,6 +24,7 @@ const RESTART: Duration = Duration::from_secs(300);
 /// What switching a host touched, for switching it back.
 #[derive(Debug, Default)]
 pub struct Touched {
+    pub guard: bool,
     pub env: bool,
     pub current: bool,
     pub units: bool,
@@ -37,6 +39,18 @@ pub struct Switch<'a> {
     pub deploy: bool,
     /// The host that runs `once` hooks.
     pub migrate_host: Option<String>,
+    /// Arm the dead-deployer guard before switching each host.
+    pub guard: Option<Guard>,
+}
+
+/// The dead-deployer guard of a run.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    pub token: String,
+    /// Seconds from arming until the guard switches the host back unless confirmed.
+    pub delay_secs: u64,
+    /// The history line the guard appends when it fires (JSON).
+    pub history_line: String,
 }
 
 impl Switch<'_> {
@@ -59,16 +73,92 @@ impl Switch<'_> {
             .collect()
     }
 
+    /// The commands that put a host back: what the guard runs, and what
+    /// [`deactivate`](Self::deactivate) runs step by step.
+    fn undo_steps(
+        &self,
+        previous: Option<&str>,
+        touched: &Touched,
+    ) -> Vec<(Cmd, Duration, &'static str)> {
+        let deploy_to = self.deploy_to();
+        let mut steps = Vec::new();
+        if touched.env
+            && let Some(env) = &self.inventory.env
+        {
+            steps.push((
+                commands::envfile::restore(deploy_to, &env.path),
+                SHORT,
+                "restoring the env file",
+            ));
+        }
+        if touched.current {
+            let cmd = match previous {
+                Some(prev) => commands::release::switch(deploy_to, prev),
+                None => commands::release::remove_current(deploy_to),
+            };
+            steps.push((cmd, SHORT, "switching `current` back"));
+        }
+        if touched.units {
+            steps.push((
+                commands::systemd::restore(deploy_to, &self.units()),
+                RESTART,
+                "restoring and restarting the units",
+            ));
+        }
+        if touched.nginx
+            && let Some((site, _, _)) = &self.templates.nginx
+        {
+            steps.push((
+                commands::nginx::restore(deploy_to, site),
+                SHORT,
+                "restoring the nginx site",
+            ));
+        }
+        steps
+    }
+
     /// Switches `conn` to `release`. On error, `touched` says what must be put back.
     pub async fn activate(
         &self,
         conn: &Conn<'_>,
         release: &str,
+        previous: Option<&str>,
         touched: &mut Touched,
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let release_dir = format!("{deploy_to}/releases/{release}");
-        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir).await?;
+        if let Some(guard) = &self.guard {
+            self.step(conn, "arming the guard");
+            // Everything this switch may touch, so the guard undoes all of it.
+            let all = Touched {
+                guard: true,
+                env: self.deploy && self.inventory.env.is_some(),
+                current: true,
+                units: !self.templates.units.is_empty(),
+                nginx: self.templates.nginx.is_some(),
+            };
+            let body: Vec<Cmd> = self
+                .undo_steps(previous, &all)
+                .into_iter()
+                .map(|(c, _, _)| c)
+                .collect();
+            let script = commands::guard::script(
+                deploy_to,
+                &guard.token,
+                &conn.host.name,
+                &body,
+                &guard.history_line,
+            );
+            let cmd = commands::guard::arm(deploy_to, &guard.token, guard.delay_secs);
+            let req = ExecRequest::new(&cmd, SHORT)
+                .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
+            match conn.transport.exec(req).await {
+                Ok(o) if o.success() => touched.guard = true,
+                other => return Err(failure(other, "arming the dead-deployer guard")),
+            }
+        }
+        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir)
+            .await?;
         if self.deploy
             && let Some(env) = &self.inventory.env
         {
@@ -81,7 +171,8 @@ impl Switch<'_> {
         touched.current = true;
         let cmd = commands::release::switch(deploy_to, release);
         run(conn, &cmd, SHORT, "switching `current`").await?;
-        self.hooks(conn, HookPoint::AfterSwitch, &release_dir).await?;
+        self.hooks(conn, HookPoint::AfterSwitch, &release_dir)
+            .await?;
 
         let units = self.units();
         if !units.is_empty() {
@@ -133,21 +224,51 @@ impl Switch<'_> {
                 other => return Err(failure(other, "installing the nginx site")),
             }
         }
-        self.hooks(conn, HookPoint::AfterRestart, &release_dir).await?;
+        self.hooks(conn, HookPoint::AfterRestart, &release_dir)
+            .await?;
         if let Some(health) = &self.inventory.health {
             self.step(conn, "health check");
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
             health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await?;
         }
+        if let Some(guard) = &self.guard {
+            self.step(conn, "confirming");
+            let cmd = commands::guard::confirm(deploy_to, &guard.token);
+            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                Ok(o) if o.success() => touched.guard = false,
+                Ok(o) if o.exit == Exit::Code(exit::GUARD_FIRED) => {
+                    // The guard already put the host back: nothing left for us to undo.
+                    *touched = Touched::default();
+                    return Err(format!(
+                        "the dead-deployer guard switched the host back before the deploy confirmed it (after {} s); raise `rollout.confirm_timeout`",
+                        guard.delay_secs
+                    ));
+                }
+                other => return Err(failure(other, "confirming the switch")),
+            }
+        }
         Ok(())
     }
 
-    async fn hooks(&self, conn: &Conn<'_>, point: HookPoint, release_dir: &str) -> Result<(), String> {
+    async fn hooks(
+        &self,
+        conn: &Conn<'_>,
+        point: HookPoint,
+        release_dir: &str,
+    ) -> Result<(), String> {
         if !self.deploy {
             return Ok(());
         }
         let is_migrate_host = self.migrate_host.as_deref() == Some(conn.host.name.as_str());
-        database::hooks(conn, self.inventory, point, release_dir, is_migrate_host, self.out).await
+        database::hooks(
+            conn,
+            self.inventory,
+            point,
+            release_dir,
+            is_migrate_host,
+            self.out,
+        )
+        .await
     }
 
     /// Puts back what [`activate`](Self::activate) touched: `previous` becomes current
@@ -160,36 +281,17 @@ impl Switch<'_> {
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let mut problems = Vec::new();
-        if touched.env
-            && let Some(env) = &self.inventory.env
+        for (cmd, timeout, step) in self.undo_steps(previous, touched) {
+            if let Err(e) = run(conn, &cmd, timeout, step).await {
+                problems.push(e);
+            }
+        }
+        if touched.guard
+            && let Some(guard) = &self.guard
         {
-            let cmd = commands::envfile::restore(deploy_to, &env.path);
-            if let Err(e) = run(conn, &cmd, SHORT, "restoring the env file").await {
-                problems.push(e);
-            }
-        }
-        if touched.current {
-            let cmd = match previous {
-                Some(prev) => commands::release::switch(deploy_to, prev),
-                None => commands::release::remove_current(deploy_to),
-            };
-            if let Err(e) = run(conn, &cmd, SHORT, "switching `current` back").await {
-                problems.push(e);
-            }
-        }
-        if touched.units {
-            let cmd = commands::systemd::restore(deploy_to, &self.units());
-            if let Err(e) = run(conn, &cmd, RESTART, "restoring and restarting the units").await {
-                problems.push(e);
-            }
-        }
-        if touched.nginx
-            && let Some((site, _, _)) = &self.templates.nginx
-        {
-            let cmd = commands::nginx::restore(deploy_to, site);
-            if let Err(e) = run(conn, &cmd, SHORT, "restoring the nginx site").await {
-                problems.push(e);
-            }
+            // Switched back by us: the guard must not do it again later.
+            let cmd = commands::guard::confirm(deploy_to, &guard.token);
+            let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
         }
         if problems.is_empty()
             && previous.is_some()

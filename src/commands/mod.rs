@@ -7,6 +7,7 @@
 
 pub mod envfile;
 pub mod files;
+pub mod guard;
 pub mod history;
 pub mod lock;
 pub mod nginx;
@@ -38,4 +39,6 @@ pub mod exit {
     pub const BACKUP_EMPTY: u32 = 88;
     /// The backup's verify command rejected it.
     pub const BACKUP_UNVERIFIED: u32 = 89;
+    /// The dead-deployer guard fired before the deployer confirmed.
+    pub const GUARD_FIRED: u32 = 90;
 }

@@ -323,6 +323,12 @@ pub fn backups(report: &crate::database::BackupsReport) -> String {
         .map(|b| vec![b.time.clone(), bytes(b.bytes), b.name.clone()])
         .collect();
     let mut out = render(&["TIME", "SIZE", "FILE"], &rows);
-    let _ = writeln!(out, "{} backups in `{}` on {}", report.backups.len(), report.dir, report.host);
+    let _ = writeln!(
+        out,
+        "{} backups in `{}` on {}",
+        report.backups.len(),
+        report.dir,
+        report.host
+    );
     out
 }

@@ -31,7 +31,11 @@ fn app(dir: &Path, name: &str, sql: &str) -> PathBuf {
     std::fs::write(app.join("migrations.sql"), sql).unwrap();
     std::fs::write(app.join("migrate.sh"), MIGRATE).unwrap();
     std::fs::write(app.join("VERSION"), name).unwrap();
-    let chmod = std::process::Command::new("chmod").arg("+x").arg(app.join("migrate.sh")).status().unwrap();
+    let chmod = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(app.join("migrate.sh"))
+        .status()
+        .unwrap();
     assert!(chmod.success());
     app
 }
@@ -110,7 +114,10 @@ fn backup_then_migration_keeps_data_and_the_dump_restores_the_old_schema() {
     assert_eq!(pg.psql_ok("shop", "SELECT count(*) FROM information_schema.columns WHERE table_name='items' AND column_name='note'"), "1");
     // The backup: on the host, verified by pg_restore, and it restores the pre-migration schema.
     let path = report["backup"]["path"].as_str().unwrap();
-    assert!(path.starts_with("/var/backups/shop/shop-") && path.ends_with(".dump"), "{path}");
+    assert!(
+        path.starts_with("/var/backups/shop/shop-") && path.ends_with(".dump"),
+        "{path}"
+    );
     assert!(report["backup"]["bytes"].as_u64().unwrap() > 0);
     let local = fleet.dir().join("copy.dump");
     let bytes = fleet.sh("h1", &format!("cat '{path}'")).stdout;
@@ -120,7 +127,10 @@ fn backup_then_migration_keeps_data_and_the_dump_restores_the_old_schema() {
     assert!(restored.status.success(), "{restored:?}");
     assert_eq!(pg.psql_ok("scratch", "SELECT count(*) FROM items"), "3");
     assert_eq!(pg.psql_ok("scratch", "SELECT count(*) FROM information_schema.columns WHERE table_name='items' AND column_name='note'"), "0");
-    assert_eq!(fleet.sh_ok("h1", &format!("stat -c %a '{path}'")).trim(), "600");
+    assert_eq!(
+        fleet.sh_ok("h1", &format!("stat -c %a '{path}'")).trim(),
+        "600"
+    );
 }
 
 #[test]
@@ -128,18 +138,44 @@ fn a_failing_migration_switches_nothing() {
     let pg = Postgres::start();
     seed(&pg);
     let fleet = Fleet::start(2);
-    let inv = inventory(&fleet, &["h1", "h2"], &app(fleet.dir(), "v1", "SELECT 1;"), "");
+    let inv = inventory(
+        &fleet,
+        &["h1", "h2"],
+        &app(fleet.dir(), "v1", "SELECT 1;"),
+        "",
+    );
     let (code, _, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 0, "{stderr}");
     let before = fleet.sh_ok("h1", "readlink /opt/shop/current");
-    let inv = inventory(&fleet, &["h1", "h2"], &app(fleet.dir(), "v2", "SELECT no_such_function();"), "");
+    let inv = inventory(
+        &fleet,
+        &["h1", "h2"],
+        &app(fleet.dir(), "v2", "SELECT no_such_function();"),
+        "",
+    );
     let (code, report, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 1, "{stderr}");
-    assert!(report["message"].as_str().unwrap().contains("the migration failed"), "{report:#}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("the migration failed"),
+        "{report:#}"
+    );
     for h in ["h1", "h2"] {
-        assert_eq!(fleet.sh_ok(h, "readlink /opt/shop/current"), before, "{h} was switched");
+        assert_eq!(
+            fleet.sh_ok(h, "readlink /opt/shop/current"),
+            before,
+            "{h} was switched"
+        );
         assert_eq!(fleet.sh_ok(h, "cat /opt/shop/current/VERSION"), "v1");
-        assert!(!fleet.sh(h, "test -e /opt/shop/.shipit/lock").status.success(), "lock left on {h}");
+        assert!(
+            !fleet
+                .sh(h, "test -e /opt/shop/.shipit/lock")
+                .status
+                .success(),
+            "lock left on {h}"
+        );
     }
 }
 
@@ -150,13 +186,29 @@ fn an_empty_backup_stops_the_deploy_before_migrations() {
     let fleet = Fleet::start(1);
     let app = app(fleet.dir(), "v2", ADD_COLUMN);
     let inv = inventory(&fleet, &["h1"], &app, "");
-    let text = std::fs::read_to_string(&inv).unwrap().replace("kind = \"postgres\"", "kind = \"command\"\ncommand = \"true\"");
+    let text = std::fs::read_to_string(&inv).unwrap().replace(
+        "kind = \"postgres\"",
+        "kind = \"command\"\ncommand = \"true\"",
+    );
     let inv = write(fleet.dir(), "inv-empty.toml", &text);
     let (code, report, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 1, "{stderr}");
-    assert!(report["message"].as_str().unwrap().contains("wrote nothing"), "{report:#}");
-    assert_eq!(pg.psql_ok("shop", "SELECT count(*) FROM migration_runs"), "0", "no migration ran");
-    assert!(!fleet.sh("h1", "test -e /opt/shop/current").status.success(), "nothing switched");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrote nothing"),
+        "{report:#}"
+    );
+    assert_eq!(
+        pg.psql_ok("shop", "SELECT count(*) FROM migration_runs"),
+        "0",
+        "no migration ran"
+    );
+    assert!(
+        !fleet.sh("h1", "test -e /opt/shop/current").status.success(),
+        "nothing switched"
+    );
 }
 
 #[test]
@@ -166,16 +218,28 @@ fn retention_keeps_seven_backups_after_nine_deploys() {
     let fleet = Fleet::start(1);
     let mut last = String::new();
     for i in 0..9 {
-        let inv = inventory(&fleet, &["h1"], &app(fleet.dir(), &format!("v{i}"), "SELECT 1;"), "");
+        let inv = inventory(
+            &fleet,
+            &["h1"],
+            &app(fleet.dir(), &format!("v{i}"), "SELECT 1;"),
+            "",
+        );
         let (code, report, stderr) = deploy(&fleet, &pg, &inv);
         assert_eq!(code, 0, "{stderr}");
         last = report["backup"]["path"].as_str().unwrap().to_owned();
     }
     let files = fleet.sh_ok("h1", "ls /var/backups/shop");
     assert_eq!(files.lines().count(), 7, "{files}");
-    assert!(files.contains(last.rsplit('/').next().unwrap()), "the newest is kept");
+    assert!(
+        files.contains(last.rsplit('/').next().unwrap()),
+        "the newest is kept"
+    );
     // `shipit backups` lists them.
-    let (code, stdout, _) = run(fleet.shipit().env("DATABASE_URL", pg.url("shop")).args(["backups", "test", "--json", "-i"]).arg(fleet.dir().join("inv.toml")));
+    let (code, stdout, _) = run(fleet
+        .shipit()
+        .env("DATABASE_URL", pg.url("shop"))
+        .args(["backups", "test", "--json", "-i"])
+        .arg(fleet.dir().join("inv.toml")));
     assert_eq!(code, 0);
     let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 7);
@@ -187,7 +251,12 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
     seed(&pg);
     let fleet = Fleet::start(3);
     let hooks = "[rollout]\nwaves = [\"1\"]\n\n[[hooks]]\nat = \"after_switch\"\ncommand = \"psql -X -q -c 'select 1' >/dev/null 2>&1 || true; touch /tmp/hook-every-host\"\n\n[[hooks]]\nat = \"after_switch\"\nonce = true\ncommand = \"touch /tmp/hook-once\"\n";
-    let inv = inventory(&fleet, &["h1", "h2", "h3"], &app(fleet.dir(), "v2", ADD_COLUMN), hooks);
+    let inv = inventory(
+        &fleet,
+        &["h1", "h2", "h3"],
+        &app(fleet.dir(), "v2", ADD_COLUMN),
+        hooks,
+    );
     let done = AtomicBool::new(false);
     let (argv, (code, report, stderr), stdout_text) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
@@ -203,21 +272,52 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
         });
         let result = deploy(&fleet, &pg, &inv);
         // And the text output, for the audit.
-        let text = run(fleet.shipit().env("DATABASE_URL", pg.url("shop")).args(["deploy", "test", "--progress", "never", "-v", "-i"]).arg(&inv));
+        let text = run(fleet
+            .shipit()
+            .env("DATABASE_URL", pg.url("shop"))
+            .args(["deploy", "test", "--progress", "never", "-v", "-i"])
+            .arg(&inv));
         done.store(true, Ordering::Relaxed);
         (sampler.join().unwrap(), result, text)
     });
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout_text.0, 0, "{}", stdout_text.2);
-    assert_eq!(pg.psql_ok("shop", "SELECT count(*) FROM migration_runs"), "2", "once per deploy, two deploys");
-    let once: Vec<bool> = ["h1", "h2", "h3"].iter().map(|h| fleet.sh(h, "test -e /tmp/hook-once").status.success()).collect();
-    assert_eq!(once, [true, false, false], "the once hook ran on the migrate host only");
+    assert_eq!(
+        pg.psql_ok("shop", "SELECT count(*) FROM migration_runs"),
+        "2",
+        "once per deploy, two deploys"
+    );
+    let once: Vec<bool> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| fleet.sh(h, "test -e /tmp/hook-once").status.success())
+        .collect();
+    assert_eq!(
+        once,
+        [true, false, false],
+        "the once hook ran on the migrate host only"
+    );
     for h in ["h1", "h2", "h3"] {
-        assert!(fleet.sh(h, "test -e /tmp/hook-every-host").status.success(), "{h}");
+        assert!(
+            fleet.sh(h, "test -e /tmp/hook-every-host").status.success(),
+            "{h}"
+        );
     }
-    assert!(argv.contains("sshd"), "the sampler saw the hosts' processes");
+    assert!(
+        argv.contains("sshd"),
+        "the sampler saw the hosts' processes"
+    );
     let history = fleet.sh_ok("h1", "cat /opt/shop/.shipit/history.jsonl");
-    for (what, text) in [("argv", &argv), ("json", &report.to_string()), ("stderr", &stderr), ("text stdout", &stdout_text.1), ("text stderr", &stdout_text.2), ("history", &history)] {
-        assert!(!text.contains(PASSWORD), "the database password appears in {what}");
+    for (what, text) in [
+        ("argv", &argv),
+        ("json", &report.to_string()),
+        ("stderr", &stderr),
+        ("text stdout", &stdout_text.1),
+        ("text stderr", &stdout_text.2),
+        ("history", &history),
+    ] {
+        assert!(
+            !text.contains(PASSWORD),
+            "the database password appears in {what}"
+        );
     }
 }

@@ -17,3 +17,4 @@ mod jump;
 mod services;
 mod systemd_fleet;
 mod transport;
+mod waves;

@@ -24,7 +24,9 @@ fn bin_dir() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+    versions
+        .pop()
+        .expect("an initdb under /usr/lib/postgresql/*/bin")
 }
 
 fn as_postgres(bin: &Path, tool: &str) -> Command {
@@ -37,11 +39,18 @@ fn as_postgres(bin: &Path, tool: &str) -> Command {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = bin_dir();
-        let dir = tempfile::Builder::new().prefix("shipit-pg-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("shipit-pg-")
+            .tempdir()
+            .unwrap();
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
-        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
         assert!(chown.success());
         let out = as_postgres(&bin, "initdb")
             .args(["-U", USER, "--auth=scram-sha-256", "--pwfile"])
@@ -60,7 +69,10 @@ impl Postgres {
                 .args(["-w", "-l"])
                 .arg(dir.path().join("log"))
                 .arg("-o")
-                .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.path().display()))
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                    dir.path().display()
+                ))
                 .arg("start")
                 .output()
                 .unwrap();
@@ -69,7 +81,11 @@ impl Postgres {
             }
             last = Some(out);
         }
-        panic!("postgres did not start: {:?}\n{}", last, std::fs::read_to_string(dir.path().join("log")).unwrap_or_default());
+        panic!(
+            "postgres did not start: {:?}\n{}",
+            last,
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
     }
 
     /// `postgres://app:<password>@127.0.0.1:<port>/<db>`
@@ -80,7 +96,20 @@ impl Postgres {
     /// Runs SQL with psql on this machine (password from the environment, not argv).
     pub fn psql(&self, db: &str, sql: &str) -> Output {
         Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", USER, "-d", db, "-p"])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                USER,
+                "-d",
+                db,
+                "-p",
+            ])
             .arg(self.port.to_string())
             .args(["-c", sql])
             .env("PGPASSWORD", PASSWORD)
@@ -111,7 +140,11 @@ impl Postgres {
     }
 
     pub fn pg_restore_list(&self, dump: &Path) -> Output {
-        Command::new(self.bin.join("pg_restore")).arg("--list").arg(dump).output().unwrap()
+        Command::new(self.bin.join("pg_restore"))
+            .arg("--list")
+            .arg(dump)
+            .output()
+            .unwrap()
     }
 }
 
