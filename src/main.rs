@@ -62,7 +62,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
         .map(|e| shipit::envfile::render(&e.vars, &e.secrets));
 
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-    let out = Output::new(output_mode(&cli), &names, cli.global.verbose);
+    let github = std::env::var("GITHUB_ACTIONS")
+        .is_ok_and(|v| v == "true")
+        .then(|| {
+            std::env::var_os("GITHUB_STEP_SUMMARY")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        });
+    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github);
     let settings = ssh_settings(&inventory, home.as_deref());
     let run = run_info(started_millis);
 

@@ -123,6 +123,10 @@ pub struct HostDeploy {
     pub env_keys: Option<KeyDiff>,
     /// Whether the host was switched back after a failure, and how that went.
     pub rolled_back: Option<bool>,
+    /// How long staging took on this host (upload, extract, configuration), in ms.
+    pub stage_ms: Option<u64>,
+    /// How long switching took on this host (env, `current`, restarts, health), in ms.
+    pub switch_ms: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -152,6 +156,10 @@ impl Report for DeployReport {
 
     fn json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("plain data serializes")
+    }
+
+    fn markdown(&self) -> String {
+        table::deploy_markdown(self)
     }
 }
 
@@ -498,6 +506,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
                     )));
                 }
                 let h = r.host(&p.host);
+                h.stage_ms = Some(staged.ms);
                 h.bytes_sent = staged.sent;
                 h.env_keys = staged.env;
                 h.source = Some(
@@ -657,10 +666,14 @@ async fn stage_all(
     plans: &[HostPlan],
     revision: &str,
 ) -> Vec<Result<Staged, String>> {
-    let work = conns
-        .iter()
-        .zip(plans)
-        .map(|(c, p)| stage_host(d, c, p, revision));
+    let work = conns.iter().zip(plans).map(|(c, p)| async move {
+        let started = Instant::now();
+        let result = stage_host(d, c, p, revision).await;
+        result.map(|mut staged| {
+            staged.ms = started.elapsed().as_millis() as u64;
+            staged
+        })
+    });
     use futures::StreamExt;
     futures::stream::iter(work)
         .buffered(d.inventory.rollout.parallel.max(1))
@@ -672,6 +685,7 @@ async fn stage_all(
 struct Staged {
     sent: u64,
     env: Option<KeyDiff>,
+    ms: u64,
 }
 
 async fn stage_host(
@@ -707,7 +721,7 @@ async fn stage_host(
         host,
         step: "staged",
     });
-    Ok(Staged { sent, env })
+    Ok(Staged { sent, env, ms: 0 })
 }
 
 /// The release directory, complete: uploaded or copied, REVISION, shared links, renamed.
@@ -866,12 +880,13 @@ async fn switch_fleet(
                 names.join(" ")
             )));
         }
-        let results: Vec<(Touched, Result<(), String>)> =
+        let results: Vec<(Touched, Result<(), String>, u64)> =
             futures::stream::iter(targets[range.clone()].iter().map(
                 |(c, target, previous)| async move {
+                    let started = Instant::now();
                     let mut touched = Touched::default();
                     let result = switch.activate(c, target, *previous, &mut touched).await;
-                    (touched, result)
+                    (touched, result, started.elapsed().as_millis() as u64)
                 },
             ))
             .buffered(parallel)
@@ -879,8 +894,9 @@ async fn switch_fleet(
             .await;
         // A failed host goes back to what it had, now.
         let mut to_undo = Vec::new();
-        for (i, (touched, result)) in range.clone().zip(results) {
+        for (i, (touched, result, ms)) in range.clone().zip(results) {
             let (c, target, _) = targets[i];
+            r.host(&c.host.name).switch_ms = Some(ms);
             match result {
                 Ok(()) => {
                     r.host(&c.host.name).current = Some(target.to_string());

@@ -7,6 +7,7 @@
 //!
 //! This is the only module that prints.
 
+pub mod github;
 pub mod json;
 pub mod plain;
 pub mod table;
@@ -18,6 +19,10 @@ use crate::transport::Stream;
 pub trait Report {
     fn human(&self) -> String;
     fn json(&self) -> serde_json::Value;
+    /// For `$GITHUB_STEP_SUMMARY`.
+    fn markdown(&self) -> String {
+        format!("```\n{}```\n", self.human())
+    }
 }
 
 pub enum Event<'a> {
@@ -67,11 +72,21 @@ pub struct Output {
 
 impl Output {
     /// `hosts` are the selected host names, for aligned prefixes and one bar per host.
-    pub fn new(mode: Mode, hosts: &[&str], verbose: u8) -> Output {
+    /// `github`: running under GitHub Actions, with `$GITHUB_STEP_SUMMARY` if set.
+    pub fn new(
+        mode: Mode,
+        hosts: &[&str],
+        verbose: u8,
+        github: Option<Option<std::path::PathBuf>>,
+    ) -> Output {
         let renderer: Box<dyn Renderer> = match mode {
             Mode::Tty => Box::new(tty::Tty::new(hosts)),
             Mode::Plain => Box::new(plain::Plain::new(hosts, verbose)),
             Mode::Json => Box::new(json::Json),
+        };
+        let renderer = match github {
+            Some(summary) => Box::new(github::Github::new(renderer, mode != Mode::Json, summary)),
+            None => renderer,
         };
         Output { renderer }
     }

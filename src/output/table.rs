@@ -332,3 +332,39 @@ pub fn backups(report: &crate::database::BackupsReport) -> String {
     );
     out
 }
+
+/// The deploy report for `$GITHUB_STEP_SUMMARY`.
+pub fn deploy_markdown(report: &crate::rollout::DeployReport) -> String {
+    let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+    let mut out = format!(
+        "### shipit {} `{}`: {:?} (exit {})\n\n",
+        report.action, report.stage, report.outcome, report.exit_code
+    );
+    if let Some(release) = &report.release {
+        let _ = writeln!(out, "Release `{release}`\n");
+    }
+    out.push_str("| host | before | now | result | error |\n|---|---|---|---|---|\n");
+    for h in &report.hosts {
+        let result = match (h.rolled_back, &h.error, &h.current) {
+            (Some(true), _, _) => "rolled back",
+            (Some(false), _, _) => "ROLLBACK FAILED",
+            (None, None, Some(_)) => "ok",
+            (None, None, None) => "-",
+            (None, Some(_), _) => "failed",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&h.host),
+            cell(h.previous.as_deref().unwrap_or("-")),
+            cell(h.current.as_deref().unwrap_or("-")),
+            result,
+            cell(h.error.as_deref().unwrap_or(""))
+        );
+    }
+    if let Some(m) = &report.message {
+        let _ = writeln!(out, "\n{}", cell(m));
+    }
+    out.push('\n');
+    out
+}

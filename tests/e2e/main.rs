@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod check;
+mod ci_output;
 mod cli;
 mod common;
 mod database;
@@ -14,6 +15,7 @@ mod fleet;
 mod host_keys;
 mod inventory_cli;
 mod jump;
+mod report_schema;
 mod services;
 mod systemd_fleet;
 mod transport;
