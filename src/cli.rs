@@ -63,6 +63,18 @@ pub enum Command {
         /// Wave sizes, overriding `rollout.waves`: e.g. `1,25%` (the last size repeats)
         #[arg(long, value_delimiter = ',', value_name = "SIZES")]
         waves: Vec<String>,
+        /// Show what would happen (= `shipit plan`) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what a deploy would do on every host, changing nothing
+    #[command(after_help = "Example:\n  shipit plan staging\n  shipit plan prod --json")]
+    Plan {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+        /// Wave sizes, overriding `rollout.waves`
+        #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+        waves: Vec<String>,
     },
     /// Switch every selected host back to an earlier release
     #[command(
@@ -132,6 +144,7 @@ impl Command {
             Command::Check { stage }
             | Command::Exec { stage, .. }
             | Command::Deploy { stage, .. }
+            | Command::Plan { stage, .. }
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
             | Command::History { stage }

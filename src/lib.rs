@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod lock;
 pub mod output;
 pub mod plan;
+pub mod preview;
 pub mod releases;
 pub mod rollout;
 pub mod shell;

@@ -49,11 +49,15 @@ fn run(cli: Cli) -> Result<u8, Error> {
 
     // Everything that can fail without a host comes before the first connection.
     let packed = match &cli.command {
-        Command::Deploy { .. } => Some(prepare_artifact(&inventory, &base_dir)?),
+        Command::Deploy { .. } | Command::Plan { .. } => {
+            Some(prepare_artifact(&inventory, &base_dir)?)
+        }
         _ => None,
     };
     let templates = match &cli.command {
-        Command::Deploy { .. } | Command::Rollback { .. } => read_templates(&inventory)?,
+        Command::Deploy { .. } | Command::Rollback { .. } | Command::Plan { .. } => {
+            read_templates(&inventory)?
+        }
         _ => Templates::default(),
     };
     let env_content = inventory
@@ -90,6 +94,50 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let report = exec::run(&stage, command, &inventory, &hosts, &connector, &out).await;
                 out.emit(Event::Done(&report));
                 hosts_result(report.failed(), report.hosts.len())
+            }
+            Command::Plan { waves, .. }
+            | Command::Deploy {
+                waves,
+                dry_run: true,
+                ..
+            } => {
+                let packed = packed.as_ref().expect("packed before connecting");
+                let waves = parse_waves(waves)?.unwrap_or_else(|| inventory.rollout.waves.clone());
+                let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {
+                    out.emit(Event::Step {
+                        host: h,
+                        step: "connecting",
+                    })
+                })
+                .await;
+                for (host, e) in &failed {
+                    out.emit(Event::HostDone {
+                        host: &host.name,
+                        ok: false,
+                        summary: &shipit::error::chain(e),
+                    });
+                }
+                let report = shipit::preview::show(
+                    shipit::preview::Preview {
+                        stage: &stage,
+                        inventory: &inventory,
+                        artifact: packed,
+                        templates: &templates,
+                        env_content: env_content.clone(),
+                        now_unix: started_unix,
+                        waves: &waves,
+                        migrate_host: names
+                            [shipit::database::migrate_host_index(&inventory, &names)]
+                        .to_owned(),
+                        out: &out,
+                    },
+                    &conns,
+                )
+                .await;
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                let ok = failed.is_empty() && report.hosts.iter().all(|h| h.error.is_none());
+                Ok(if ok { code::OK } else { code::FAILED })
             }
             Command::Deploy { waves, .. } => {
                 let packed = packed.as_ref().expect("packed before connecting");

@@ -29,3 +29,11 @@ pub fn sha256(path: &str) -> Cmd {
         Cmd::new(r#"[ -f "$path" ] || exit 0; sha256sum < "$path" | cut -d' ' -f1"#),
     ])
 }
+
+/// Prints the file's content; exit [`NO_FILE`](super::exit::NO_FILE) when it does not exist.
+pub fn read(path: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("path", path),
+        Cmd::new(r#"[ -f "$path" ] || exit 77; cat -- "$path""#),
+    ])
+}

@@ -21,6 +21,8 @@ pub mod exit {
     pub const LOCK_HELD: u32 = 75;
     /// No lock is present.
     pub const NO_LOCK: u32 = 76;
+    /// The file asked for does not exist.
+    pub const NO_FILE: u32 = 77;
     /// The uploaded bytes do not have the expected sha256.
     pub const SHA_MISMATCH: u32 = 81;
     /// A `shared_files` entry exists neither in `shared/` nor in the artifact.

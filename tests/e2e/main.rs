@@ -15,6 +15,7 @@ mod fleet;
 mod host_keys;
 mod inventory_cli;
 mod jump;
+mod plan;
 mod report_schema;
 mod services;
 mod systemd_fleet;
