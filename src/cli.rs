@@ -67,6 +67,21 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show the current release, services, health and lock of every host
+    #[command(after_help = "Example:\n  shipit status staging")]
+    Status {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+    },
+    /// Scaffold inventory/<STAGE>.toml, templates, known_hosts and a GitHub Actions workflow
+    #[command(
+        after_help = "Example:\n  shipit init                    inventory/staging.toml and friends\n  shipit init production"
+    )]
+    Init {
+        /// Stage name for the new inventory
+        #[arg(default_value = "staging")]
+        stage: String,
+    },
     /// Show what a deploy would do on every host, changing nothing
     #[command(after_help = "Example:\n  shipit plan staging\n  shipit plan prod --json")]
     Plan {
@@ -145,6 +160,8 @@ impl Command {
             | Command::Exec { stage, .. }
             | Command::Deploy { stage, .. }
             | Command::Plan { stage, .. }
+            | Command::Status { stage }
+            | Command::Init { stage }
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
             | Command::History { stage }

@@ -173,7 +173,7 @@ pub struct Hook {
     pub roles: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum HealthCheck {
     /// An HTTP GET made from the host's side (through the SSH connection).
     Url {
@@ -188,7 +188,7 @@ pub enum HealthCheck {
     Command(String),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Health {
     pub check: HealthCheck,
     pub timeout: Duration,

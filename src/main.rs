@@ -37,6 +37,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, Error> {
     let stage = cli.command.stage().to_owned();
+    if let Command::Init { .. } = &cli.command {
+        let dir =
+            std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
+        let report = shipit::init::scaffold(&dir, &stage)
+            .map_err(|e| other(e, "cannot write the scaffold"))?;
+        let out = Output::new(output_mode(&cli), &[], cli.global.verbose, None);
+        out.emit(Event::Done(&report));
+        return Ok(code::OK);
+    }
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from);
@@ -210,7 +219,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 fleet::close_all(&conns).await;
                 Ok(if ok { code::OK } else { code::FAILED })
             }
-            Command::Releases { .. } | Command::History { .. } | Command::Unlock { .. } => {
+            Command::Init { .. } => unreachable!("handled before loading an inventory"),
+            Command::Releases { .. }
+            | Command::History { .. }
+            | Command::Unlock { .. }
+            | Command::Status { .. } => {
                 let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {
                     out.emit(Event::Step {
                         host: h,
@@ -235,6 +248,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     Command::History { .. } => {
                         let report = history::show(&stage, &conns, deploy_to, &out).await;
                         ok &= report.unreadable.is_empty();
+                        out.emit(Event::Done(&report));
+                    }
+                    Command::Status { .. } => {
+                        let report = shipit::status::show(&stage, &conns, &inventory, &out).await;
+                        ok &= report.ok();
                         out.emit(Event::Done(&report));
                     }
                     _ => {

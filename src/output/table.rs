@@ -368,3 +368,46 @@ pub fn deploy_markdown(report: &crate::rollout::DeployReport) -> String {
     out.push('\n');
     out
 }
+
+pub fn status(report: &crate::status::StatusReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                h.current.clone().unwrap_or_else(|| "-".to_owned()),
+                if h.units.is_empty() {
+                    "-".to_owned()
+                } else {
+                    h.units
+                        .iter()
+                        .map(|(u, s)| format!("{u}={s}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+                match h.healthy {
+                    Some(true) => "ok",
+                    Some(false) => "FAIL",
+                    None => "-",
+                }
+                .to_owned(),
+                if h.locked_by.is_some() { "LOCKED" } else { "-" }.to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = render(&["HOST", "CURRENT", "UNITS", "HEALTH", "LOCK"], &rows);
+    for h in &report.hosts {
+        for text in [&h.error, &h.health_error, &h.locked_by]
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(out, "{}: {text}", h.host);
+        }
+    }
+    let currents: std::collections::BTreeSet<_> = report.hosts.iter().map(|h| &h.current).collect();
+    if currents.len() > 1 {
+        out.push_str("DRIFT: the hosts run different releases\n");
+    }
+    out
+}

@@ -17,6 +17,7 @@ mod inventory_cli;
 mod jump;
 mod plan;
 mod report_schema;
+mod scaffold;
 mod services;
 mod systemd_fleet;
 mod transport;

@@ -1,0 +1,161 @@
+//! `shipit status`: per host, the current release, whether each unit is active, one health
+//! check, and the deploy lock. Read-only.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::commands::{self, exit};
+use crate::facts;
+use crate::fleet::Conn;
+use crate::health;
+use crate::inventory::Inventory;
+use crate::lock::LockOwner;
+use crate::output::{Event, Output, Report, table};
+use crate::shell::Cmd;
+use crate::transport::{ExecRequest, Exit};
+
+const SHORT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub stage: String,
+    pub hosts: Vec<HostStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub current: Option<String>,
+    /// (unit, `systemctl is-active` word)
+    pub units: Vec<(String, String)>,
+    /// `None` when `[health]` is not set; else whether one check passed, and why not.
+    pub healthy: Option<bool>,
+    pub health_error: Option<String>,
+    pub locked_by: Option<String>,
+    pub error: Option<String>,
+}
+
+impl StatusReport {
+    pub fn ok(&self) -> bool {
+        self.hosts.iter().all(|h| {
+            h.error.is_none()
+                && h.healthy != Some(false)
+                && h.units.iter().all(|(_, s)| s == "active")
+        })
+    }
+}
+
+impl Report for StatusReport {
+    fn human(&self) -> String {
+        table::status(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
+
+fn units_probe(units: &[String]) -> Cmd {
+    let mut steps = Vec::new();
+    for unit in units {
+        steps.push(Cmd::assign("u", unit));
+        steps.push(Cmd::new(
+            r#"printf '%s %s\n' "$u" "$(systemctl is-active -- "$u" 2>/dev/null || true)""#,
+        ));
+    }
+    Cmd::seq(steps)
+}
+
+pub async fn show(
+    stage: &str,
+    conns: &[Conn<'_>],
+    inventory: &Inventory,
+    out: &Output,
+) -> StatusReport {
+    let deploy_to = &inventory.app.deploy_to;
+    let units: Vec<String> = inventory.systemd.iter().map(|u| u.unit.clone()).collect();
+    let hosts = futures::future::join_all(conns.iter().map(|c| {
+        let units = &units;
+        async move {
+            out.emit(Event::Step {
+                host: &c.host.name,
+                step: "reading status",
+            });
+            let mut h = HostStatus {
+                host: c.host.name.clone(),
+                current: None,
+                units: Vec::new(),
+                healthy: None,
+                health_error: None,
+                locked_by: None,
+                error: None,
+            };
+            let tree = facts::releases(deploy_to);
+            match c.transport.exec(ExecRequest::new(&tree, SHORT)).await {
+                Ok(o) if o.success() => h.current = facts::parse_releases(&o.stdout.text()).current,
+                Ok(o) => h.error = Some(format!("reading releases failed ({})", o.exit)),
+                Err(e) => h.error = Some(crate::error::chain(&e)),
+            }
+            if !units.is_empty()
+                && let Ok(o) = c
+                    .transport
+                    .exec(ExecRequest::new(&units_probe(units), SHORT))
+                    .await
+            {
+                h.units = o
+                    .stdout
+                    .text()
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .map(|(u, s)| {
+                        (
+                            u.to_owned(),
+                            if s.is_empty() {
+                                "unknown".to_owned()
+                            } else {
+                                s.to_owned()
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            if let Some(health) = &inventory.health
+                && h.current.is_some()
+            {
+                let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+                let once = crate::inventory::Health {
+                    check: health.check.clone(),
+                    timeout: Duration::from_secs(5),
+                    interval: Duration::from_secs(1),
+                };
+                match health::wait(c.transport.as_ref(), &once, deploy_to, env_path).await {
+                    Ok(()) => h.healthy = Some(true),
+                    Err(e) => {
+                        h.healthy = Some(false);
+                        h.health_error = Some(e);
+                    }
+                }
+            }
+            let lock = commands::lock::read(deploy_to);
+            if let Ok(o) = c.transport.exec(ExecRequest::new(&lock, SHORT)).await
+                && o.exit != Exit::Code(exit::NO_LOCK)
+                && o.success()
+            {
+                h.locked_by = Some(
+                    match serde_json::from_str::<LockOwner>(o.stdout.text().trim()) {
+                        Ok(owner) => owner
+                            .describe(crate::rollout::now_unix(), inventory.rollout.lock_timeout),
+                        Err(_) => "an unknown owner".to_owned(),
+                    },
+                );
+            }
+            h
+        }
+    }))
+    .await;
+    StatusReport {
+        stage: stage.to_owned(),
+        hosts,
+    }
+}
