@@ -1,12 +1,13 @@
 //! Deploy benchmark on a loopback fleet of real sshd hosts (the test fixture's), reported as
 //! ratios against plain OpenSSH doing the same job in the same run:
 //!
-//!   cargo bench --bench deploy                 # default: 1 and 3 hosts, 20 MB artifact + a 300 MB one
+//!   bench/run.sh                               # 1, 10 and 50 hosts, 20 MB, then 300 MB on 1 host
 //!   SHIPIT_BENCH_HOSTS=1,10 SHIPIT_BENCH_MB=20 cargo bench --bench deploy
 //!
 //! The job: upload an artifact, extract it to `releases/<id>`, switch `current`. Baseline:
-//! `tar -czf - dir | ssh host 'mkdir -p R && tar -xzf - -C R && ln -sfn R current'` per host,
-//! in parallel. Client peak RSS is measured with wait4(2).
+//! plain OpenSSH with one ControlMaster connection per host, `tar -czf - dir | ssh host 'tar
+//! -x'` into a new directory, then the same renamed-symlink switch, every host in parallel.
+//! Client peak RSS is measured with wait4(2).
 
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
@@ -99,21 +100,38 @@ fn make_app(dir: &Path, name: &str, megabytes: usize) -> PathBuf {
     app
 }
 
+/// Plain OpenSSH doing the same job, every host in parallel, one multiplexed connection per
+/// host (ControlMaster): connect, `tar -czf - | ssh tar -x` into a new release directory,
+/// switch `current` with a renamed symlink, disconnect.
 fn baseline(fleet: &Fleet, app: &Path) -> (Duration, u64) {
     let start = Instant::now();
     let children: Vec<_> = fleet
         .hosts()
         .iter()
         .map(|h| {
-            let remote = "r=/opt/bench/releases/$(date +%s%N) && mkdir -p $r && tar -xzf - -C $r && ln -sfn $r /opt/bench/current.tmp && mv -T /opt/bench/current.tmp /opt/bench/current";
-            let mut ssh = fleet.ssh_command(&h.name);
-            ssh.arg(remote);
-            let pipeline = format!(
-                "tar -czf - -C {} . | {}",
+            let sock = fleet.dir().join(format!("cm-{}", h.name));
+            let ssh = |extra: &str, remote: &str| {
+                let mut cmd = fleet.ssh_command(&h.name);
+                cmd.args(["-o", &format!("ControlPath={}", sock.display())]);
+                for word in extra.split_whitespace() {
+                    cmd.arg(word);
+                }
+                if !remote.is_empty() {
+                    cmd.arg(remote);
+                }
+                shell_words(&cmd)
+            };
+            let extract = "r=/opt/bench/releases/$(date +%s%N) && mkdir -p $r && tar -xzf - -C $r && echo $r > /opt/bench/.last";
+            let switch = "ln -sfn $(cat /opt/bench/.last) /opt/bench/current.tmp && mv -T /opt/bench/current.tmp /opt/bench/current";
+            let script = format!(
+                "{} && tar -czf - -C {} . | {} && {} ; {}",
+                ssh("-o ControlMaster=yes -o ControlPersist=60 -fN", ""),
                 app.display(),
-                shell_words(&ssh)
+                ssh("", extract),
+                ssh("", switch),
+                ssh("-O exit", "")
             );
-            Command::new("sh").arg("-c").arg(pipeline).spawn().unwrap()
+            Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
         })
         .collect();
     for mut c in children {

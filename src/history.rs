@@ -25,7 +25,7 @@ pub struct Entry {
     pub release: Option<String>,
     #[serde(default)]
     pub artifact_sha256: Option<String>,
-    /// `success`, `failed`, `interrupted`, `rolled_back`, `rollback_failed`.
+    /// `success`, `failed` or `interrupted` (and `reverted` for the guard's own line).
     pub outcome: String,
     pub user: String,
     pub machine: String,
@@ -39,6 +39,9 @@ pub struct Entry {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For a failed deploy whose switched hosts were put back: how that went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_back: Option<String>,
 }
 
 const SHORT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -92,14 +92,23 @@ impl Outcome {
         }
     }
 
-    /// The word history records.
+    /// The word history records: a release whose deploy did not succeed is `failed`
+    /// (what `rollback` skips); `switched_back` says what became of the hosts.
     fn history_word(self) -> &'static str {
         match self {
             Outcome::Deployed => "success",
-            Outcome::Failed | Outcome::Locked => "failed",
+            Outcome::Failed | Outcome::Locked | Outcome::RolledBack | Outcome::RollbackFailed => {
+                "failed"
+            }
             Outcome::Interrupted => "interrupted",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::RollbackFailed => "rollback_failed",
+        }
+    }
+
+    fn switched_back(self) -> Option<&'static str> {
+        match self {
+            Outcome::RolledBack => Some("every switched host was switched back"),
+            Outcome::RollbackFailed => Some("switching back FAILED on some hosts"),
+            _ => None,
         }
     }
 }
@@ -270,6 +279,7 @@ impl<'a> Run<'a> {
             release: self.report.release.clone(),
             artifact_sha256: self.report.artifact_sha256.clone(),
             outcome: outcome.history_word().to_owned(),
+            switched_back: outcome.switched_back().map(str::to_owned),
             user: self.run.user.clone(),
             machine: self.run.machine.clone(),
             command: self.run.command.clone(),

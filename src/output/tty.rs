@@ -13,6 +13,8 @@ pub struct Tty {
     multi: MultiProgress,
     bars: HashMap<String, ProgressBar>,
     width: usize,
+    /// When each host's upload started, for its rate.
+    uploads: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Tty {
@@ -32,7 +34,12 @@ impl Tty {
                 (h.to_string(), bar)
             })
             .collect();
-        Tty { multi, bars, width }
+        Tty {
+            multi,
+            bars,
+            width,
+            uploads: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     fn finish_all(&self) {
@@ -67,11 +74,19 @@ impl Renderer for Tty {
                 }
             }
             Event::Progress { host, sent, total } => {
+                let started = *self
+                    .uploads
+                    .lock()
+                    .expect("lock")
+                    .entry((*host).to_owned())
+                    .or_insert_with(std::time::Instant::now);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
                 if let Some(bar) = self.bars.get(*host) {
                     bar.set_message(format!(
-                        "uploading {} / {}",
+                        "uploading {} / {} ({}/s)",
                         table::bytes(*sent),
-                        table::bytes(*total)
+                        table::bytes(*total),
+                        table::bytes((*sent as f64 / secs) as u64)
                     ));
                 }
             }
