@@ -32,6 +32,8 @@ use crate::shell::Secret;
 use crate::switch::{Switch, Touched};
 use crate::transport::{ExecError, ExecOutput, ExecRequest};
 
+const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
+
 /// Deadline of the small steps (lock, facts, switch, prune).
 const SHORT: Duration = Duration::from_secs(60);
 
@@ -117,7 +119,10 @@ impl Outcome {
 #[derive(Debug, Default, Serialize)]
 pub struct HostDeploy {
     pub host: String,
+    /// True when the host runs the run's release and nothing failed on it.
     pub ok: bool,
+    /// `switched`, `not_switched`, `failed`, `switched_back` or `switch_back_failed`.
+    pub outcome: &'static str,
     /// `uploaded`, `reused` (hard-link copy of an identical release) or `present`.
     pub source: Option<String>,
     /// Compressed artifact bytes streamed to this host.
@@ -197,6 +202,8 @@ pub struct Deploy<'a> {
 /// A run in progress: its report and the hosts it holds locks on.
 struct Run<'a> {
     report: DeployReport,
+    /// For reconnecting to a host whose connection died, to clean up.
+    connector: &'a Connector,
     /// The wave sizes of this run (`--waves` or `rollout.waves`).
     waves: Vec<crate::inventory::Amount>,
     started: Instant,
@@ -210,9 +217,10 @@ impl<'a> Run<'a> {
         action: &str,
         stage: &str,
         hosts: &[&Host],
-        d: (&'a RunInfo, &'a Inventory, &'a Output),
+        d: (&'a RunInfo, &'a Inventory, &'a Output, &'a Connector),
     ) -> Run<'a> {
         Run {
+            connector: d.3,
             report: DeployReport {
                 action: action.to_owned(),
                 stage: stage.to_owned(),
@@ -263,10 +271,16 @@ impl<'a> Run<'a> {
         self.report.exit_code = outcome.exit_code();
         self.report.message = message;
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
-        if outcome == Outcome::Deployed {
-            for h in &mut self.report.hosts {
-                h.ok = h.error.is_none();
-            }
+        let release = self.report.release.clone();
+        for h in &mut self.report.hosts {
+            h.outcome = match (h.rolled_back, &h.error, &h.current) {
+                (Some(true), _, _) => "switched_back",
+                (Some(false), _, _) => "switch_back_failed",
+                (None, Some(_), _) => "failed",
+                (None, None, Some(c)) if Some(c) == release.as_ref() => "switched",
+                _ => "not_switched",
+            };
+            h.ok = h.outcome == "switched";
         }
         self.report
     }
@@ -300,10 +314,36 @@ impl<'a> Run<'a> {
     ) -> DeployReport {
         let deploy_to = &self.inventory.app.deploy_to;
         let entry = self.history(outcome, message.clone());
-        let unrecorded = history::append(conns, deploy_to, &entry).await;
-        let all: Vec<&Conn<'_>> = conns.iter().collect();
-        lock::release_all(&all, deploy_to, &self.run.token).await;
+        // A host whose connection died mid-run still gets its history line and its lock
+        // released, over a new connection: a re-run must not find this run's lock.
+        let mut fresh = Vec::new();
+        for c in conns.iter().filter(|c| !c.transport.is_alive()) {
+            if let Ok(transport) = self.connector.connect(self.inventory, c.host).await {
+                fresh.push(Conn {
+                    host: c.host,
+                    transport,
+                });
+            }
+        }
+        let live: Vec<&Conn<'_>> = conns
+            .iter()
+            .filter(|c| c.transport.is_alive())
+            .chain(fresh.iter())
+            .collect();
+        let mut unrecorded = Vec::new();
+        for c in &live {
+            unrecorded.extend(history::append(std::slice::from_ref(*c), deploy_to, &entry).await);
+        }
+        let recorded: Vec<&str> = live.iter().map(|c| c.host.name.as_str()).collect();
+        unrecorded.extend(
+            conns
+                .iter()
+                .filter(|c| !recorded.contains(&c.host.name.as_str()))
+                .map(|c| c.host.name.clone()),
+        );
+        lock::release_all(&live, deploy_to, &self.run.token).await;
         fleet::close_all(conns).await;
+        fleet::close_all(&fresh).await;
         let mut message = message;
         if !unrecorded.is_empty() {
             let note = format!("history could not be written on {}", unrecorded.join(", "));
@@ -434,7 +474,12 @@ fn describe_failure(step: &str, o: &ExecOutput) -> String {
 
 pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     let deploy_to = d.inventory.app.deploy_to.clone();
-    let mut r = Run::new("deploy", d.stage, d.hosts, (d.run, d.inventory, d.out));
+    let mut r = Run::new(
+        "deploy",
+        d.stage,
+        d.hosts,
+        (d.run, d.inventory, d.out, d.connector),
+    );
     r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
     r.report.artifact_bytes = Some(d.artifact.compressed_size);
 
@@ -497,11 +542,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             "interrupted: stopping before any host is switched",
         ));
         return r
-            .close(
-                &conns,
-                Outcome::Interrupted,
-                Some("interrupted before the switch; nothing was switched".into()),
-            )
+            .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
             .await;
     };
     let mut failures = 0;
@@ -547,11 +588,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     }
     if d.cancel.is_cancelled() {
         return r
-            .close(
-                &conns,
-                Outcome::Interrupted,
-                Some("interrupted before the switch; nothing was switched".into()),
-            )
+            .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
             .await;
     }
 
@@ -1054,7 +1091,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         "rollback",
         rb.stage,
         rb.hosts,
-        (rb.run, rb.inventory, rb.out),
+        (rb.run, rb.inventory, rb.out, rb.connector),
     );
     let (mut r, conns) = match connect_and_lock(r, rb.hosts, rb.connector).await {
         Ok(ok) => ok,
@@ -1096,11 +1133,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     r.report.release = Some(target.clone());
     if rb.cancel.is_cancelled() {
         return r
-            .close(
-                &conns,
-                Outcome::Interrupted,
-                Some("interrupted before the switch; nothing was switched".into()),
-            )
+            .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
             .await;
     }
     for (h, t) in &ok_trees {

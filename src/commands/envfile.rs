@@ -1,27 +1,10 @@
-//! Writing the env file on the host. The content arrives on stdin, never on a command line;
-//! the temp file is created empty, chmod 0600 and chowned to the app user *before* any
-//! content is written, then renamed over the old one, so no reader ever sees a partial file
-//! or one with loose permissions.
+//! The env file on the host. The next one is staged with [`files::write`](super::files::write)
+//! (content on stdin, never a command line; the temp file created empty, chmod 0600 and
+//! chowned to the app user *before* any content is written), then [`activate`] renames it
+//! over the live one at the switch, so no reader ever sees a partial file or loose
+//! permissions.
 
 use crate::shell::Cmd;
-
-/// Writes stdin to `path` (mode 0600, owner `owner` when given). Exit 0 when written.
-pub fn write(path: &str, owner: Option<&str>) -> Cmd {
-    Cmd::seq([
-        Cmd::assign("path", path),
-        Cmd::assign("owner", owner.unwrap_or("")),
-        Cmd::new(
-            r#"
-umask 077
-mkdir -p -- "$(dirname -- "$path")" || exit 1
-tmp="$path.shipit-tmp"
-rm -f -- "$tmp" && : > "$tmp" && chmod 600 -- "$tmp" || exit 1
-if [ -n "$owner" ]; then chown -- "$owner" "$tmp" || { rm -f -- "$tmp"; exit 1; }; fi
-cat > "$tmp" || { rm -f -- "$tmp"; exit 1; }
-mv -f -- "$tmp" "$path""#,
-        ),
-    ])
-}
 
 /// Prints the current env file (to diff keys in memory); nothing when there is none.
 pub fn read(path: &str) -> Cmd {
@@ -81,7 +64,7 @@ mod tests {
         let path = dir.path().join("etc/app.env");
         let mut child = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(write(path.to_str().unwrap(), None).render())
+            .arg(super::super::files::write(path.to_str().unwrap(), "600", None).render())
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();

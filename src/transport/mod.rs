@@ -219,6 +219,11 @@ pub trait Transport: Send + Sync {
         port: u16,
     ) -> BoxFuture<'a, Result<Box<dyn Tunnel>, ExecError>>;
 
+    /// Whether the connection can still run commands (false once the session died).
+    fn is_alive(&self) -> bool {
+        true
+    }
+
     /// Closes the connection politely; further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

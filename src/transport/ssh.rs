@@ -700,6 +700,10 @@ impl Drop for CloseOnDrop {
 }
 
 impl Transport for SshTransport {
+    fn is_alive(&self) -> bool {
+        !self.handle.is_closed()
+    }
+
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
         Box::pin(self.run(req))
     }

@@ -502,3 +502,63 @@ fn readme_first_command_deploys_from_a_fresh_copy() {
             .starts_with("releases")
     );
 }
+
+#[test]
+fn a_session_killed_mid_upload_fails_cleanly_and_a_rerun_converges() {
+    let fleet = Fleet::start(2);
+    let first = deploy_inventory(&fleet, &["h1", "h2"], &app_dir(&fleet, "1"), 5);
+    let (code, report, stderr) = shipit_json(&fleet, &["deploy", "test"], &first);
+    assert_eq!(code, 0, "{stderr}");
+    let before = report["release"].as_str().unwrap().to_owned();
+
+    let inv = deploy_inventory(&fleet, &["h1", "h2"], &big_app(&fleet, 300), 5);
+    let child = fleet
+        .shipit()
+        .args(["deploy", "test", "--json", "-i"])
+        .arg(&inv)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the upload to start", Duration::from_secs(60), || {
+        fleet
+            .sh("h1", "ls -d /opt/demo/releases/*.partial")
+            .status
+            .success()
+    });
+    // The host side of the deployer's connection dies (an sshd crash, a network cut).
+    fleet.sh("h1", "pkill -KILL -f 'sshd: roo[t]'");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            current(&fleet, h),
+            format!("releases/{before}"),
+            "{h} was switched"
+        );
+        assert!(
+            fleet.sh(h, "test -e /opt/demo/.shipit/lock").status.code() == Some(1),
+            "lock left on {h}"
+        );
+    }
+    let last = fleet.sh_ok("h1", "tail -n 1 /opt/demo/.shipit/history.jsonl");
+    assert!(last.contains("\"outcome\":\"failed\""), "{last}");
+    // The same deploy again converges, with no manual step.
+    let (code, _, stderr) = shipit_json(&fleet, &["deploy", "test"], &inv);
+    assert_eq!(code, 0, "{stderr}");
+    for h in ["h1", "h2"] {
+        assert!(
+            !releases_on(&fleet, h)
+                .iter()
+                .any(|r| r.ends_with(".partial"))
+        );
+        assert!(
+            fleet
+                .sh(h, "test -f /opt/demo/current/blob.bin")
+                .status
+                .success(),
+            "{h} runs the new release"
+        );
+    }
+}

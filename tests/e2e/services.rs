@@ -341,7 +341,12 @@ fn a_release_failing_its_health_check_is_rolled_back() {
     assert!(error.contains("health check failed"), "{error}");
     let history = fleet.sh_ok("s1", "tail -n 1 /opt/demo/.shipit/history.jsonl");
     let last: serde_json::Value = serde_json::from_str(&history).unwrap();
-    assert!(last["switched_back"].as_str().unwrap().contains("switched back"));
+    assert!(
+        last["switched_back"]
+            .as_str()
+            .unwrap()
+            .contains("switched back")
+    );
     assert_eq!(
         (
             last["release"].as_str().unwrap(),

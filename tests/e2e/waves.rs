@@ -74,10 +74,12 @@ fn a_failing_canary_stops_after_one_host_and_is_rolled_back() {
     );
     assert_eq!(versions(&fleet, &HOSTS), vec!["v1"; 10]);
     assert_eq!(host_entry(&report, "h1")["rolled_back"], true);
+    assert_eq!(host_entry(&report, "h1")["outcome"], "switched_back");
     for h in &HOSTS[1..] {
         // Never switched: staged, but `current` never moved and no switch-back was needed.
         let entry = host_entry(&report, h);
         assert!(entry["rolled_back"].is_null(), "{entry:#}");
+        assert_eq!(entry["outcome"], "not_switched");
         assert_eq!(
             entry["current"],
             serde_json::Value::Null,
