@@ -51,28 +51,3 @@ elif [ -f "$prev/absent" ]; then rm -f -- "$path"; fi"#,
         ),
     ])
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn writes_0600_atomically_from_stdin() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("etc/app.env");
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(super::super::files::write(path.to_str().unwrap(), "600", None).render())
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"A=1\n").unwrap();
-        assert!(child.wait().unwrap().success());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=1\n");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(!dir.path().join("etc/app.env.shipit-tmp").exists());
-    }
-}
