@@ -13,12 +13,13 @@ pub fn acquire(deploy_to: &str) -> Cmd {
             r#"
 lock="$base/.shipit/lock"
 mkdir -p -- "$base/.shipit" || exit 1
-if mkdir -- "$lock" 2>/dev/null; then
-  cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json"
-  exit $?
-fi
-# The holder writes owner.json just after its mkdir: give it a moment to appear.
+# A holder writes owner.json just after its mkdir, and may release at any moment: look a few
+# times, taking the lock if it goes away.
 for wait in 1 2 3 4 5 6 7 8 9 10; do
+  if mkdir -- "$lock" 2>/dev/null; then
+    cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json"
+    exit $?
+  fi
   [ -f "$lock/owner.json" ] && break
   sleep 0.1 2>/dev/null || sleep 1
 done

@@ -8,6 +8,7 @@ mod check;
 mod ci_output;
 mod cli;
 mod common;
+mod concurrency;
 mod database;
 mod deploy;
 mod exec;
