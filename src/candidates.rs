@@ -63,6 +63,24 @@ pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
     }
 }
 
+/// Renders every template for every selected host before any connection, so a typo or an
+/// undefined name stops the deploy while nothing has been touched. The release id is a
+/// placeholder of the real shape (it is chosen later, from the hosts' releases).
+pub fn check(
+    inventory: &Inventory,
+    hosts: &[&Host],
+    templates: &Templates,
+) -> Result<(), templates::TemplateError> {
+    const PLACEHOLDER: &str = "20000101T000000Z-000000000000";
+    for host in hosts {
+        let ctx = context(inventory, host, PLACEHOLDER);
+        for (_, file, source) in templates.units.iter().chain(&templates.nginx) {
+            templates::render(file, source, &ctx)?;
+        }
+    }
+    Ok(())
+}
+
 /// Stages the next env file when its content differs from the host's; returns which keys
 /// change (names only), or `None` when the file is unchanged.
 pub async fn stage_env(

@@ -22,6 +22,8 @@ pub enum Error {
     ReadInventory { path: String, reason: String },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Template(#[from] crate::templates::TemplateError),
     #[error("cannot read template `{path}`: {reason}")]
     ReadTemplate { path: String, reason: String },
     #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]
@@ -42,7 +44,8 @@ impl Error {
             | Error::ReadInventory { .. }
             | Error::NoArtifact { .. }
             | Error::ReadTemplate { .. }
-            | Error::Usage(_) => code::USAGE,
+            | Error::Usage(_)
+            | Error::Template(_) => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }
                 | ArtifactError::BuildFailed { .. }

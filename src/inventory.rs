@@ -1172,9 +1172,12 @@ impl Validator<'_> {
         let key = |f: &str| format!("systemd[{i}].{f}");
         let unit = self.required_text(raw.unit, &key("unit"), "systemd", p)?;
         const SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".path", ".target"];
+        // systemd's own rule for unit names: letters, digits and `:-_.\@`.
         let ok = SUFFIXES.iter().any(|s| unit.ends_with(s))
-            && !unit.contains('/')
-            && !unit.contains(char::is_whitespace);
+            && unit.len() > 8
+            && unit
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
         if !ok {
             p.invalid(
                 section_span(p.text, "[systemd]"),
@@ -1194,11 +1197,15 @@ impl Validator<'_> {
 
     fn nginx(&self, raw: RawNginx, p: &mut Problems<'_>) -> Option<Nginx> {
         let site = self.required_text(raw.site, "nginx.site", "nginx", p)?;
-        if site.contains('/') || site.contains(char::is_whitespace) {
+        let ok = !site.starts_with('.')
+            && site
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
             p.invalid(
                 section_span(p.text, "nginx"),
                 "nginx.site",
-                "must be a file name, no `/` or spaces",
+                "must be a file name: letters, digits, `.`, `_` and `-`, not starting with `.`",
             );
         }
         let Some(template) = raw.template else {

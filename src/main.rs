@@ -69,6 +69,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
         }
         _ => Templates::default(),
     };
+    if matches!(cli.command, Command::Deploy { .. } | Command::Plan { .. }) {
+        shipit::candidates::check(&inventory, &hosts, &templates)?;
+    }
     let env_content = inventory
         .env
         .as_ref()

@@ -14,6 +14,7 @@ mod deploy;
 mod exec;
 mod fleet;
 mod host_keys;
+mod hostile;
 mod inventory_cli;
 mod jump;
 mod plan;

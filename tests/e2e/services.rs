@@ -302,6 +302,49 @@ fn a_broken_nginx_template_fails_before_any_switch() {
             .sh_ok("s1", "cat /etc/nginx/sites-available/demo")
             .contains("no_such_directive")
     );
+
+    // A unit that systemd-analyze rejects: the same, before any switch.
+    let inv = setup.inventory(&fleet, &setup.app("next2"), "x", SITE);
+    write(
+        fleet.dir(),
+        "api.service.j2",
+        &UNIT
+            .replace("{{ description }}", "x")
+            .replace("Restart=on-failure", "Restart=on-failure\nNoSuchKey=1"),
+    );
+    let (code, stdout, stderr) = deploy(&fleet, &inv, false);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("systemd-analyze verify") && stderr.contains("NoSuchKey"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fleet.sh_ok("s1", "readlink /opt/demo/current"),
+        current,
+        "nothing switched"
+    );
+    assert!(
+        !fleet
+            .sh_ok("s1", "cat /etc/systemd/system/demo-api.service")
+            .contains("NoSuchKey")
+    );
+
+    // A template error names the file and line, and stops before any connection.
+    write(
+        fleet.dir(),
+        "api.service.j2",
+        &UNIT
+            .replace("{{ description }}", "x")
+            .replace("{{ app.user }}", "{{ app.no_such_field }}"),
+    );
+    let (code, _, stderr) = deploy(&fleet, &inv, false);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("api.service.j2` line 8"), "{stderr}");
+    assert_eq!(
+        fleet.sh_ok("s1", "readlink /opt/demo/current"),
+        current,
+        "nothing switched"
+    );
 }
 
 #[test]
