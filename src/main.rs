@@ -85,7 +85,16 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
         });
-    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github);
+    // Every secret value the run knows: none may be printed, whatever prints it.
+    let mut secrets: Vec<String> = inventory
+        .env
+        .iter()
+        .flat_map(|e| e.secrets.iter().map(|(_, v)| v.expose().to_owned()))
+        .collect();
+    for name in ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"] {
+        secrets.extend(std::env::var(name).ok().filter(|v| !v.is_empty()));
+    }
+    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github).redacting(secrets);
     let settings = ssh_settings(&inventory, home.as_deref());
     let run = run_info(started_millis);
 

@@ -62,8 +62,9 @@ extra=$(cat) || exit 1
 if [ -n "$extra" ]; then set -a; eval "$extra" || exit 1; set +a; fi
 umask 077
 mkdir -p -- "$bdir" || exit 1
+# The lock is held: a temp file here is left by a run that died; never a backup.
+rm -f -- "$bdir"/.*.partial
 tmp="$bdir/.$name.partial"
-rm -f -- "$tmp"
 # pipefail: a failing pg_dump piped into gzip must fail the backup, not leave a stub.
 if command -v bash >/dev/null 2>&1; then
   bash -o pipefail -c "$cmd" > "$tmp"

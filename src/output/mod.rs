@@ -10,6 +10,7 @@
 pub mod github;
 pub mod json;
 pub mod plain;
+pub mod redact;
 pub mod table;
 pub mod tty;
 
@@ -68,6 +69,7 @@ pub enum Mode {
 
 pub struct Output {
     renderer: Box<dyn Renderer>,
+    redactor: redact::Redactor,
 }
 
 impl Output {
@@ -88,11 +90,43 @@ impl Output {
             Some(summary) => Box::new(github::Github::new(renderer, mode != Mode::Json, summary)),
             None => renderer,
         };
-        Output { renderer }
+        Output {
+            renderer,
+            redactor: redact::Redactor::default(),
+        }
+    }
+
+    /// Redacts these values from everything printed from now on.
+    pub fn redacting(mut self, secrets: impl IntoIterator<Item = String>) -> Output {
+        self.redactor = redact::Redactor::new(secrets);
+        self
     }
 
     pub fn emit(&self, event: Event<'_>) {
-        self.renderer.emit(&event);
+        let r = &self.redactor;
+        match event {
+            Event::Step { host, step } => self.renderer.emit(&Event::Step {
+                host,
+                step: &r.apply(step),
+            }),
+            Event::Line { host, stream, line } => self.renderer.emit(&Event::Line {
+                host,
+                stream,
+                line: &r.apply(line),
+            }),
+            Event::HostDone { host, ok, summary } => self.renderer.emit(&Event::HostDone {
+                host,
+                ok,
+                summary: &r.apply(summary),
+            }),
+            Event::Note(text) => self.renderer.emit(&Event::Note(&r.apply(text))),
+            Event::Fatal(text) => self.renderer.emit(&Event::Fatal(&r.apply(text))),
+            Event::Done(report) => self.renderer.emit(&Event::Done(&redact::Redacted {
+                inner: report,
+                redactor: r,
+            })),
+            other @ Event::Progress { .. } => self.renderer.emit(&other),
+        }
     }
 }
 
