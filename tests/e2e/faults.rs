@@ -317,3 +317,29 @@ fn killed_between_switch_and_confirmation_the_guard_reverts_and_a_rerun_converge
     let quick = rig.inventory("v2", "");
     rig.converges(&quick, "v2", true);
 }
+
+#[test]
+fn killed_during_an_automatic_switch_back_the_host_still_ends_on_the_old_release() {
+    let rig = Rig::new();
+    // v2 fails its (slow) health check; the switch-back re-checks health, slowly too.
+    let health = "[health]\ncommand = \"sleep 1; test \\\"$(cat VERSION)\\\" != v2\"\ntimeout = \"1s\"\ninterval = \"100ms\"\n[rollout]\nconfirm_timeout = \"1s\"\n";
+    let inv = rig.inventory("v2", health);
+    let mut child = rig.spawn(&inv);
+    rig.wait_until(
+        "h1 to be switched",
+        "h1",
+        "grep -q v2 /opt/demo/current/VERSION",
+    );
+    rig.wait_until(
+        "the switch-back to begin",
+        "h1",
+        "grep -q v1 /opt/demo/current/VERSION",
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whether shipit or its guard finished the job, the host is back on v1, whole.
+    std::thread::sleep(Duration::from_secs(4));
+    rig.assert_invariants("v1", true);
+    let good = rig.inventory("v3", "");
+    rig.converges(&good, "v3", true);
+}
