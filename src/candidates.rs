@@ -22,12 +22,15 @@ pub struct Templates {
     pub units: Vec<(String, String, String)>,
     /// (site, template file, template text)
     pub nginx: Option<(String, String, String)>,
+    /// (template file, template text) of the compose file.
+    pub compose: Option<(String, String)>,
 }
 
 /// Where a release keeps its candidates (relative to the release directory).
 pub const SYSTEMD_DIR: &str = ".shipit/systemd";
 pub const SYSTEMD_VERIFY_DIR: &str = ".shipit/systemd-verify";
 pub const NGINX_DIR: &str = ".shipit/nginx";
+pub const COMPOSE_FILE: &str = ".shipit/compose/docker-compose.yml";
 
 pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
     let deploy_to = &inventory.app.deploy_to;
@@ -77,6 +80,9 @@ pub fn check(
         for (_, file, source) in templates.units.iter().chain(&templates.nginx) {
             templates::render(file, source, &ctx)?;
         }
+        if let Some((file, source)) = &templates.compose {
+            templates::render(file, source, &ctx)?;
+        }
     }
     Ok(())
 }
@@ -123,7 +129,7 @@ pub async fn stage_configs(
     release: &str,
     release_dir: &str,
 ) -> Result<(), String> {
-    if templates.units.is_empty() && templates.nginx.is_none() {
+    if templates.units.is_empty() && templates.nginx.is_none() && templates.compose.is_none() {
         return Ok(());
     }
     let ctx = context(inventory, conn.host, release);
@@ -191,6 +197,48 @@ pub async fn stage_configs(
                     o.exit,
                     o.stderr.text().trim()
                 ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if let (Some((file, source)), Some(compose)) = (&templates.compose, &inventory.compose) {
+        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
+        let unpinned = commands::compose::unpinned_images(&text);
+        if !unpinned.is_empty() {
+            let list: Vec<String> = unpinned
+                .iter()
+                .map(|(l, i)| format!("line {l}: `{i}`"))
+                .collect();
+            return Err(format!(
+                "the compose file rendered from `{file}` uses images without a pinned tag ({}); name a version or a digest so a release always means the same images",
+                list.join(", ")
+            ));
+        }
+        let path = format!("{release_dir}/{COMPOSE_FILE}");
+        put(conn, &path, text.as_bytes()).await?;
+        let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+        let stage = commands::compose::stage(&compose.project, &path, env_path, compose.pull);
+        let step = if compose.pull {
+            "checking the compose file and pulling its images"
+        } else {
+            "checking the compose file"
+        };
+        match conn
+            .transport
+            .exec(ExecRequest::new(&stage, SHORT * 30))
+            .await
+        {
+            Ok(o) if o.success() => {}
+            Ok(o) => {
+                let why = match o.exit {
+                    Exit::Code(exit::NO_COMPOSE) => {
+                        "the host has neither `docker compose` nor `docker-compose`"
+                    }
+                    Exit::Code(exit::COMPOSE_INVALID) => "Compose rejects the file",
+                    Exit::Code(exit::PULL_FAILED) => "pulling the images failed",
+                    _ => "it failed",
+                };
+                return Err(format!("{step}: {why}:\n{}", o.stderr.text().trim_end()));
             }
             Err(e) => return Err(e.to_string()),
         }

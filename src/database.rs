@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
 use crate::fleet::Conn;
 use crate::inventory::{BackupKind, Hook, HookPoint, Inventory};
@@ -194,11 +195,41 @@ pub async fn backup(
     }
 }
 
+/// What a user's command learns about the deploy it runs in (documented in the README).
+pub fn task_vars(
+    inventory: &Inventory,
+    host: &str,
+    release: &str,
+    previous: Option<&str>,
+) -> TaskVars {
+    let release_dir = format!("{}/releases/{release}", inventory.app.deploy_to);
+    TaskVars {
+        vars: vec![
+            ("SHIPIT_APP", inventory.app.name.clone()),
+            ("SHIPIT_HOST", host.to_owned()),
+            ("SHIPIT_RELEASE", release.to_owned()),
+            ("SHIPIT_RELEASE_DIR", release_dir.clone()),
+            ("SHIPIT_PREVIOUS", previous.unwrap_or("").to_owned()),
+            (
+                "SHIPIT_FIRST_DEPLOY",
+                if previous.is_none() { "1" } else { "0" }.to_owned(),
+            ),
+        ],
+        compose: inventory.compose.as_ref().map(|c| {
+            (
+                c.project.clone(),
+                format!("{release_dir}/{}", crate::candidates::COMPOSE_FILE),
+            )
+        }),
+    }
+}
+
 /// Runs `migrate.command` once in `release_dir`, output streamed as the host's lines.
 pub async fn migrate(
     conn: &Conn<'_>,
     inventory: &Inventory,
     release_dir: &str,
+    vars: &TaskVars,
     out: &Output,
 ) -> Result<bool, String> {
     let Some(m) = &inventory.migrate else {
@@ -208,7 +239,7 @@ pub async fn migrate(
         host: &conn.host.name,
         step: "migrating",
     });
-    let cmd = task::run(release_dir, env_path(inventory), &m.command);
+    let cmd = task::run(release_dir, env_path(inventory), vars, &m.command);
     run_streamed(conn, &cmd, out, "the migration").await?;
     Ok(true)
 }
@@ -220,6 +251,7 @@ pub async fn hooks(
     point: HookPoint,
     release_dir: &str,
     is_migrate_host: bool,
+    vars: &TaskVars,
     out: &Output,
 ) -> Result<(), String> {
     let applies = |h: &&Hook| {
@@ -232,7 +264,7 @@ pub async fn hooks(
             host: &conn.host.name,
             step: &format!("hook {}", point_name(point)),
         });
-        let cmd = task::run(release_dir, env_path(inventory), &hook.command);
+        let cmd = task::run(release_dir, env_path(inventory), vars, &hook.command);
         run_streamed(
             conn,
             &cmd,

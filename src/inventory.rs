@@ -48,6 +48,7 @@ pub struct Inventory {
     pub env: Option<EnvFile>,
     pub systemd: Vec<Unit>,
     pub nginx: Option<Nginx>,
+    pub compose: Option<Compose>,
     pub backup: Option<Backup>,
     pub migrate: Option<Migrate>,
     pub hooks: Vec<Hook>,
@@ -121,6 +122,16 @@ pub struct EnvFile {
 pub struct Unit {
     pub unit: String,
     pub template: PathBuf,
+}
+
+/// A Docker Compose stack: the compose file is a template rendered into each release.
+#[derive(Debug)]
+pub struct Compose {
+    pub template: PathBuf,
+    /// `docker compose -p <project>`: the app name unless set.
+    pub project: String,
+    /// Pull the images while staging (before anything is switched).
+    pub pull: bool,
 }
 
 #[derive(Debug)]
@@ -391,6 +402,10 @@ const SCHEMA: &[(&str, Shape)] = &[
     ("systemd", Tables(&[("unit", Leaf), ("template", Leaf)])),
     ("nginx", Table(&[("site", Leaf), ("template", Leaf)])),
     (
+        "compose",
+        Table(&[("file", Leaf), ("project", Leaf), ("pull", Leaf)]),
+    ),
+    (
         "backup",
         Table(&[
             ("kind", Leaf),
@@ -487,6 +502,7 @@ struct Raw {
     #[serde(default)]
     systemd: Vec<RawUnit>,
     nginx: Option<RawNginx>,
+    compose: Option<RawCompose>,
     backup: Option<S<RawBackup>>,
     migrate: Option<RawMigrate>,
     #[serde(default)]
@@ -554,6 +570,14 @@ struct RawEnv {
 struct RawUnit {
     unit: Option<S<String>>,
     template: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompose {
+    file: Option<S<String>>,
+    project: Option<S<String>>,
+    pull: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -804,6 +828,10 @@ impl Validator<'_> {
             .filter_map(|(i, u)| self.unit(u, i, p))
             .collect();
         let nginx = raw.nginx.and_then(|n| self.nginx(n, p));
+        let app_name_for_compose = app.as_ref().map(|a| a.name.clone());
+        let compose = raw
+            .compose
+            .and_then(|c| self.compose(c, app_name_for_compose.as_deref(), p));
         let app_name = app.as_ref().map_or("app", |a| a.name.as_str()).to_owned();
         let backup = raw.backup.and_then(|b| self.backup(b, &app_name, p));
         let migrate = raw.migrate.and_then(|m| {
@@ -828,6 +856,7 @@ impl Validator<'_> {
             env,
             systemd,
             nginx,
+            compose,
             backup,
             migrate,
             hooks,
@@ -1193,6 +1222,37 @@ impl Validator<'_> {
             return None;
         };
         Some(Unit { unit, template })
+    }
+
+    fn compose(&self, raw: RawCompose, app: Option<&str>, p: &mut Problems<'_>) -> Option<Compose> {
+        let Some(file) = raw.file else {
+            p.missing(section_span(p.text, "compose"), "compose.file");
+            return None;
+        };
+        let template = self.local_path(&file, "compose.file", p);
+        let project = match raw.project {
+            Some(pr) => {
+                // Compose's own rule: lowercase letters, digits, `-` and `_`.
+                let ok = !pr.get_ref().is_empty()
+                    && pr.get_ref().bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b)
+                    });
+                if !ok {
+                    p.invalid(
+                        pr.span(),
+                        "compose.project",
+                        "use lowercase letters, digits, `-` and `_`",
+                    );
+                }
+                pr.into_inner()
+            }
+            None => app.unwrap_or("app").to_ascii_lowercase().replace('.', "-"),
+        };
+        Some(Compose {
+            template,
+            project,
+            pull: raw.pull.unwrap_or(true),
+        })
     }
 
     fn nginx(&self, raw: RawNginx, p: &mut Problems<'_>) -> Option<Nginx> {

@@ -384,6 +384,10 @@ fn read_templates(inventory: &Inventory) -> Result<Templates, Error> {
             .units
             .push((unit.unit.clone(), unit.template.display().to_string(), text));
     }
+    if let Some(compose) = &inventory.compose {
+        let text = read(&compose.template)?;
+        templates.compose = Some((compose.template.display().to_string(), text));
+    }
     if let Some(nginx) = &inventory.nginx {
         let text = read(&nginx.template)?;
         templates.nginx = Some((

@@ -606,7 +606,12 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
                 return r.close(&conns, Outcome::Failed, Some(e)).await;
             }
         }
-        match database::migrate(mc, d.inventory, &release_dir, d.out).await {
+        let previous = plans
+            .iter()
+            .find(|p| p.host == mc.host.name)
+            .and_then(|p| p.previous.as_deref());
+        let vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        match database::migrate(mc, d.inventory, &release_dir, &vars, d.out).await {
             Ok(true) => r.report.migrated_on = Some(mc.host.name.clone()),
             Ok(false) => {}
             Err(e) => {
@@ -749,18 +754,21 @@ async fn stage_host(
         step: "staging configuration",
     });
     let release_dir = format!("{deploy_to}/releases/{}", p.release);
-    candidates::stage_configs(c, d.inventory, d.templates, &p.release, &release_dir).await?;
+    // The env file first: Compose reads the staged one while checking the stack.
     let env = match &d.env_content {
         Some(content) => candidates::stage_env(c, d.inventory, content).await?,
         None => None,
     };
+    candidates::stage_configs(c, d.inventory, d.templates, &p.release, &release_dir).await?;
     let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
+    let vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
     database::hooks(
         c,
         d.inventory,
         HookPoint::AfterUpload,
         &release_dir,
         is_migrate_host,
+        &vars,
         d.out,
     )
     .await?;
@@ -958,7 +966,8 @@ async fn switch_fleet(
         }
         let backs = futures::future::join_all(to_undo.iter().map(|(i, touched)| {
             let (c, _, previous) = targets[*i];
-            async move { (*i, switch.deactivate(c, previous, touched).await) }
+            let (_, release, _) = targets[*i];
+            async move { (*i, switch.deactivate(c, release, previous, touched).await) }
         }))
         .await;
         for (i, back) in backs {
@@ -979,11 +988,13 @@ async fn switch_fleet(
                     current: true,
                     units: !switch.templates.units.is_empty(),
                     nginx: switch.templates.nginx.is_some(),
+                    compose: r.inventory.compose.is_some(),
                 };
                 let backs = futures::future::join_all(undo.iter().map(|&i| {
                     let (c, _, previous) = targets[i];
                     let everything = &everything;
-                    async move { (i, switch.deactivate(c, previous, everything).await) }
+                    let (_, release, _) = targets[i];
+                    async move { (i, switch.deactivate(c, release, previous, everything).await) }
                 }))
                 .await;
                 for (i, back) in backs {

@@ -29,6 +29,7 @@ pub struct Touched {
     pub current: bool,
     pub units: bool,
     pub nginx: bool,
+    pub compose: bool,
 }
 
 pub struct Switch<'a> {
@@ -77,6 +78,7 @@ impl Switch<'_> {
     /// [`deactivate`](Self::deactivate) runs step by step.
     fn undo_steps(
         &self,
+        release: &str,
         previous: Option<&str>,
         touched: &Touched,
     ) -> Vec<(Cmd, Duration, &'static str)> {
@@ -103,6 +105,24 @@ impl Switch<'_> {
                 commands::systemd::restore(deploy_to, &self.units()),
                 RESTART,
                 "restoring and restarting the units",
+            ));
+        }
+        if touched.compose
+            && let Some(compose) = &self.inventory.compose
+        {
+            let release_file = |id: &str| {
+                format!(
+                    "{deploy_to}/releases/{id}/{}",
+                    crate::candidates::COMPOSE_FILE
+                )
+            };
+            let prev = previous.map(release_file);
+            let now = release_file(release);
+            let env = self.inventory.env.as_ref().map(|e| e.path.as_str());
+            steps.push((
+                commands::compose::back(&compose.project, prev.as_deref(), &now, env),
+                RESTART,
+                "restoring the compose stack",
             ));
         }
         if touched.nginx
@@ -136,9 +156,10 @@ impl Switch<'_> {
                 current: true,
                 units: !self.templates.units.is_empty(),
                 nginx: self.templates.nginx.is_some(),
+                compose: self.inventory.compose.is_some(),
             };
             let body: Vec<Cmd> = self
-                .undo_steps(previous, &all)
+                .undo_steps(release, previous, &all)
                 .into_iter()
                 .map(|(c, _, _)| c)
                 .collect();
@@ -157,7 +178,8 @@ impl Switch<'_> {
                 other => return Err(failure(other, "arming the dead-deployer guard")),
             }
         }
-        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir)
+        let vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir, &vars)
             .await?;
         if self.deploy
             && let Some(env) = &self.inventory.env
@@ -171,7 +193,7 @@ impl Switch<'_> {
         touched.current = true;
         let cmd = commands::release::switch(deploy_to, release);
         run(conn, &cmd, SHORT, "switching `current`").await?;
-        self.hooks(conn, HookPoint::AfterSwitch, &release_dir)
+        self.hooks(conn, HookPoint::AfterSwitch, &release_dir, &vars)
             .await?;
 
         let units = self.units();
@@ -224,7 +246,15 @@ impl Switch<'_> {
                 other => return Err(failure(other, "installing the nginx site")),
             }
         }
-        self.hooks(conn, HookPoint::AfterRestart, &release_dir)
+        if let Some(compose) = &self.inventory.compose {
+            self.step(conn, "starting the compose stack");
+            touched.compose = true;
+            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
+            let file = format!("{release_dir}/{}", crate::candidates::COMPOSE_FILE);
+            let cmd = commands::compose::up(&compose.project, &file, env_path);
+            run(conn, &cmd, RESTART, "starting the compose stack").await?;
+        }
+        self.hooks(conn, HookPoint::AfterRestart, &release_dir, &vars)
             .await?;
         if let Some(health) = &self.inventory.health {
             self.step(conn, "health check");
@@ -255,6 +285,7 @@ impl Switch<'_> {
         conn: &Conn<'_>,
         point: HookPoint,
         release_dir: &str,
+        vars: &crate::commands::task::TaskVars,
     ) -> Result<(), String> {
         if !self.deploy {
             return Ok(());
@@ -266,6 +297,7 @@ impl Switch<'_> {
             point,
             release_dir,
             is_migrate_host,
+            vars,
             self.out,
         )
         .await
@@ -276,12 +308,13 @@ impl Switch<'_> {
     pub async fn deactivate(
         &self,
         conn: &Conn<'_>,
+        release: &str,
         previous: Option<&str>,
         touched: &Touched,
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let mut problems = Vec::new();
-        for (cmd, timeout, step) in self.undo_steps(previous, touched) {
+        for (cmd, timeout, step) in self.undo_steps(release, previous, touched) {
             if let Err(e) = run(conn, &cmd, timeout, step).await {
                 problems.push(e);
             }

@@ -5,6 +5,7 @@
 //! Remote scripts report state by exit code (constants in [`exit`]), never by prose that the
 //! caller would have to match.
 
+pub mod compose;
 pub mod envfile;
 pub mod files;
 pub mod guard;
@@ -43,4 +44,10 @@ pub mod exit {
     pub const BACKUP_UNVERIFIED: u32 = 89;
     /// The dead-deployer guard fired before the deployer confirmed.
     pub const GUARD_FIRED: u32 = 90;
+    /// The host has neither `docker compose` nor `docker-compose`.
+    pub const NO_COMPOSE: u32 = 91;
+    /// `compose config` rejects the compose file.
+    pub const COMPOSE_INVALID: u32 = 92;
+    /// Pulling the images failed.
+    pub const PULL_FAILED: u32 = 93;
 }

@@ -9,9 +9,19 @@ use crate::shell::Cmd;
 
 use super::envfile::next_path;
 
-/// The prelude: `cd` into `dir`, load the env file.
-fn prelude(dir: &str, env_path: Option<&str>) -> Vec<Cmd> {
-    vec![
+/// What a user's command learns about its deploy, as environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct TaskVars {
+    /// `SHIPIT_RELEASE`, `SHIPIT_PREVIOUS` ("" on a first deploy), `SHIPIT_HOST`, ...
+    pub vars: Vec<(&'static str, String)>,
+    /// (project, compose file): exported as `SHIPIT_COMPOSE`, the host's Compose command
+    /// with `-p`, `-f` and `--env-file` of this release.
+    pub compose: Option<(String, String)>,
+}
+
+/// The prelude: `cd` into `dir`, load the env file, export the task's variables.
+fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
+    let mut steps = vec![
         Cmd::assign("dir", dir),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
@@ -21,12 +31,29 @@ cd -- "$dir" || exit 1
 if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
 if [ -n "$envfile" ] && [ -f "$envfile" ]; then set -a; . "$envfile" || exit 1; set +a; fi"#,
         ),
-    ]
+    ];
+    for (name, value) in &vars.vars {
+        steps.push(Cmd::assign(name, value));
+        steps.push(Cmd::new("export").raw(name));
+    }
+    if let Some((project, file)) = &vars.compose {
+        steps.push(Cmd::assign("project", project));
+        steps.push(Cmd::assign("composefile", file));
+        steps.push(Cmd::new(
+            r#"
+if docker compose version >/dev/null 2>&1; then SHIPIT_COMPOSE="docker compose"
+else SHIPIT_COMPOSE="docker-compose"; fi
+SHIPIT_COMPOSE="$SHIPIT_COMPOSE -p $project -f $composefile"
+if [ -n "$envfile" ] && [ -f "$envfile" ]; then SHIPIT_COMPOSE="$SHIPIT_COMPOSE --env-file $envfile"; fi
+export SHIPIT_COMPOSE"#,
+        ));
+    }
+    steps
 }
 
 /// Runs `command` (the user's shell text) in `dir` with the env file loaded.
-pub fn run(dir: &str, env_path: Option<&str>, command: &str) -> Cmd {
-    let mut steps = prelude(dir, env_path);
+pub fn run(dir: &str, env_path: Option<&str>, vars: &TaskVars, command: &str) -> Cmd {
+    let mut steps = prelude(dir, env_path, vars);
     steps.push(Cmd::user_script(command));
     Cmd::seq(steps)
 }
@@ -47,7 +74,7 @@ pub fn backup(
     prefix: &str,
     suffix: &str,
 ) -> Cmd {
-    let mut steps = prelude(cwd, env_path);
+    let mut steps = prelude(cwd, env_path, &TaskVars::default());
     steps.extend([
         Cmd::assign("cmd", command),
         Cmd::assign("bdir", dir),

@@ -1,0 +1,94 @@
+//! Docker Compose stacks. The compose file is rendered into the release; the host's own
+//! Compose is used, `docker compose` (v2) or `docker-compose` (v1), picked by asking the host
+//! each time. The app's env file (0600) is Compose's `--env-file`: the staged one while
+//! staging, the live one after the switch.
+
+use crate::shell::Cmd;
+
+use super::envfile::next_path;
+
+/// Defines `dc` as the host's Compose with the project, file and env file of a release.
+/// Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
+fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
+    vec![
+        Cmd::assign("project", project),
+        Cmd::assign("file", file),
+        Cmd::assign("envfile", env_path.unwrap_or("")),
+        Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
+        Cmd::new(
+            r#"
+if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
+if docker compose version >/dev/null 2>&1; then set -- docker compose
+elif command -v docker-compose >/dev/null 2>&1; then set -- docker-compose
+else echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91; fi
+if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
+else set -- "$@" -p "$project" -f "$file"; fi"#,
+        ),
+    ]
+}
+
+/// While staging: the file must parse (`config -q`), and its images are pulled when `pull`.
+pub fn stage(project: &str, file: &str, env_path: Option<&str>, pull: bool) -> Cmd {
+    let mut steps = prelude(project, file, env_path);
+    steps.push(Cmd::assign("pull", if pull { "1" } else { "" }));
+    steps.push(Cmd::new(
+        r#"
+"$@" config -q || exit 92
+if [ -n "$pull" ]; then "$@" pull || exit 93; fi
+exit 0"#,
+    ));
+    Cmd::seq(steps)
+}
+
+/// At the switch (or switching back): the stack as this file describes it.
+pub fn up(project: &str, file: &str, env_path: Option<&str>) -> Cmd {
+    let mut steps = prelude(project, file, env_path);
+    steps.push(Cmd::new(r#""$@" up -d --remove-orphans"#));
+    Cmd::seq(steps)
+}
+
+/// Switching back: the stack as the previous release's file describes it; with no previous
+/// compose file (a first deploy), the stack started from `file` goes away (volumes stay).
+pub fn back(project: &str, previous: Option<&str>, file: &str, env_path: Option<&str>) -> Cmd {
+    let mut steps = prelude(project, previous.unwrap_or(file), env_path);
+    steps.push(Cmd::assign("prevfile", previous.unwrap_or("")));
+    steps.push(Cmd::new(
+        r#"
+if [ -n "$prevfile" ] && [ -f "$prevfile" ]; then "$@" up -d --remove-orphans
+else "$@" down --remove-orphans; fi"#,
+    ));
+    Cmd::seq(steps)
+}
+
+/// Checks that every `image:` in a rendered compose file names a tag or digest, not
+/// `latest`: a release must always mean the same images. Returns the offending lines.
+pub fn unpinned_images(compose: &str) -> Vec<(usize, String)> {
+    compose
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let rest = line.trim_start().strip_prefix("image:")?;
+            let image = rest.trim().trim_matches(['"', '\'']);
+            let last = image.rsplit('/').next().unwrap_or(image);
+            let pinned = image.contains('@')
+                || last
+                    .split_once(':')
+                    .is_some_and(|(_, tag)| !tag.is_empty() && tag != "latest");
+            (!pinned).then(|| (i + 1, image.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_must_be_pinned() {
+        let file = "services:\n  api:\n    image: \"registry:5000/team/api:1.4.2\"\n  db:\n    image: postgres\n  cache:\n    image: redis:latest\n  web:\n    image: nginx@sha256:abc\n";
+        assert_eq!(
+            unpinned_images(file),
+            vec![(5, "postgres".to_owned()), (7, "redis:latest".to_owned())]
+        );
+    }
+}
