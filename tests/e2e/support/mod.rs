@@ -60,6 +60,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod docker;
 pub mod postgres;
 pub mod systemd;
 
