@@ -93,7 +93,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const STORAGE_DRIVERS: &[&str] = &["overlay2", "vfs"];
 /// Where Compose networks get their subnets; 10.215.x is [`super::systemd`]'s.
 const ADDRESS_POOL: &str = "base=10.216.0.0/16,size=24";
-/// How long dockerd may take to answer on its socket (~0.5 s when the machine is idle).
+/// How long dockerd may take to answer on its socket (0.2–0.3 s when the machine is idle).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the watchdog lets dockerd stop its containers before killing everything.
 const STOP_GRACE_SECS: u32 = 15;
@@ -203,7 +203,10 @@ impl Docker {
                 Err(why) => failures.push(format!("--storage-driver {driver}: {why}")),
             }
         }
-        panic!("dockerd did not start:\n{}", failures.join("\n"));
+        panic!(
+            "dockerd did not start (needs root and Debian's docker.io):\n{}",
+            failures.join("\n")
+        );
     }
 
     fn try_start(driver: &'static str) -> Result<Docker, String> {
