@@ -76,3 +76,24 @@ pub fn openssh_fingerprint(dir: &Path, key_line: &str) -> String {
         .expect("fingerprint")
         .to_owned()
 }
+
+/// Every file a tier-1 test host has written (its overlay's upper layer): path → (size,
+/// mtime). Two equal snapshots mean the host was not changed in between.
+pub fn written(host_dir: &Path) -> std::collections::BTreeMap<String, (u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![host_dir.join("upper")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let meta = e.path().symlink_metadata().unwrap();
+            out.insert(e.path().display().to_string(), (meta.len(), meta.mtime()));
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -2,32 +2,12 @@
 //! file, host or key (and what to do), and changes nothing on any host — checked by comparing
 //! everything the hosts have written (their overlays' upper layers) before and after.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::*;
 use crate::support::{Fleet, free_port};
-
-fn written(dir: &Path) -> BTreeMap<String, (u64, i64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.join("upper")];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            use std::os::unix::fs::MetadataExt;
-            let meta = e.path().symlink_metadata().unwrap();
-            out.insert(e.path().display().to_string(), (meta.len(), meta.mtime()));
-            if meta.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
-}
 
 struct Case {
     name: &'static str,

@@ -1,30 +1,7 @@
 //! `shipit plan`: what a deploy would do, read from the hosts, changing nothing on them.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use crate::common::*;
 use crate::support::Fleet;
-
-/// Every file a host has written (its overlay's upper layer): path → (size, mtime).
-fn written(dir: &Path) -> BTreeMap<String, (u64, i64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.join("upper")];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let meta = e.path().symlink_metadata().unwrap();
-            use std::os::unix::fs::MetadataExt;
-            out.insert(e.path().display().to_string(), (meta.len(), meta.mtime()));
-            if meta.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn plan_shows_uploads_env_keys_and_config_diffs_and_changes_nothing() {
