@@ -69,26 +69,35 @@ pub async fn append(conns: &[Conn<'_>], deploy_to: &str, entry: &Entry) -> Vec<S
 
 /// Reads and merges the history of every host: one row per run and action, newest first.
 pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
-    let mut runs: BTreeMap<(String, String, String), Entry> = BTreeMap::new();
+    // One row per run and action, whichever hosts wrote it and when each finished.
+    let mut runs: BTreeMap<(String, String), Entry> = BTreeMap::new();
     for (_, text) in per_host {
         for line in text.lines() {
             let Ok(entry) = serde_json::from_str::<Entry>(line) else {
                 continue;
             };
-            let when = entry.finished.clone().unwrap_or_else(|| entry.time.clone());
-            let key = (when, entry.run.clone(), entry.action.clone());
-            runs.entry(key)
-                .and_modify(|known| {
+            let key = (entry.run.clone(), entry.action.clone());
+            match runs.get_mut(&key) {
+                Some(known) => {
                     for h in &entry.hosts {
                         if !known.hosts.contains(h) {
                             known.hosts.push(h.clone());
                         }
                     }
-                })
-                .or_insert(entry);
+                    if entry.finished > known.finished {
+                        known.finished = entry.finished;
+                    }
+                }
+                None => {
+                    runs.insert(key, entry);
+                }
+            }
         }
     }
-    runs.into_values().rev().collect()
+    let mut entries: Vec<Entry> = runs.into_values().collect();
+    let when = |e: &Entry| e.finished.clone().unwrap_or_else(|| e.time.clone());
+    entries.sort_by(|a, b| when(b).cmp(&when(a)));
+    entries
 }
 
 #[derive(Debug, Serialize)]

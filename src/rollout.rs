@@ -653,7 +653,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         entry.message = Some(
             "the deployer did not confirm in time: the guard switched this host back".to_owned(),
         );
-        serde_json::to_string(&entry).expect("plain data serializes")
+        entry
     };
     let health_secs = d
         .inventory
@@ -669,7 +669,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         guard: Some(crate::switch::Guard {
             token: d.run.token.clone(),
             delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
-            history_line: guard_line,
+            history: guard_line,
         }),
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;

@@ -50,8 +50,8 @@ pub struct Guard {
     pub token: String,
     /// Seconds from arming until the guard switches the host back unless confirmed.
     pub delay_secs: u64,
-    /// The history line the guard appends when it fires (JSON).
-    pub history_line: String,
+    /// The history entry the guard appends when it fires (its `hosts` become the one host).
+    pub history: crate::history::Entry,
 }
 
 impl Switch<'_> {
@@ -163,13 +163,12 @@ impl Switch<'_> {
                 .into_iter()
                 .map(|(c, _, _)| c)
                 .collect();
-            let script = commands::guard::script(
-                deploy_to,
-                &guard.token,
-                &conn.host.name,
-                &body,
-                &guard.history_line,
-            );
+            let script =
+                commands::guard::script(deploy_to, &guard.token, &conn.host.name, &body, &{
+                    let mut entry = guard.history.clone();
+                    entry.hosts = vec![conn.host.name.clone()];
+                    serde_json::to_string(&entry).expect("plain data serializes")
+                });
             let cmd = commands::guard::arm(deploy_to, &guard.token, guard.delay_secs);
             let req = ExecRequest::new(&cmd, SHORT)
                 .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
