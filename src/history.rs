@@ -96,7 +96,7 @@ pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
     }
     let mut entries: Vec<Entry> = runs.into_values().collect();
     let when = |e: &Entry| e.finished.clone().unwrap_or_else(|| e.time.clone());
-    entries.sort_by(|a, b| when(b).cmp(&when(a)));
+    entries.sort_by_key(|e| std::cmp::Reverse(when(e)));
     entries
 }
 
