@@ -321,3 +321,40 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
         );
     }
 }
+
+#[test]
+fn shipit_backup_makes_one_now_under_the_lock() {
+    let pg = Postgres::start();
+    seed(&pg);
+    let fleet = Fleet::start(1);
+    let inv = inventory(&fleet, &["h1"], &app(fleet.dir(), "v1", "SELECT 1;"), "");
+    let (code, _, stderr) = deploy(&fleet, &pg, &inv);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .env("DATABASE_URL", pg.url("shop"))
+        .args(["backup", "test", "--json", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let path = report["backup"]["path"].as_str().unwrap();
+    assert!(path.contains("-manual-"), "{path}");
+    assert!(
+        fleet
+            .sh(&"h1", &format!("test -s '{path}'"))
+            .status
+            .success()
+    );
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    // Under someone else's lock it refuses.
+    fleet.sh_ok("h1", "mkdir -p /opt/shop/.shipit/lock");
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .env("DATABASE_URL", pg.url("shop"))
+        .args(["backup", "test", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("locked by"), "{stderr}");
+    let history = fleet.sh_ok("h1", "cat /opt/shop/.shipit/history.jsonl");
+    assert!(history.contains("\"action\":\"backup\""), "{history}");
+}
