@@ -341,7 +341,7 @@ fn shipit_backup_makes_one_now_under_the_lock() {
     assert!(path.contains("-manual-"), "{path}");
     assert!(
         fleet
-            .sh(&"h1", &format!("test -s '{path}'"))
+            .sh("h1", &format!("test -s '{path}'"))
             .status
             .success()
     );
