@@ -224,11 +224,6 @@ pub fn build(command: &str, dir: &Path) -> Result<(), ArtifactError> {
     }
 }
 
-/// The short form used in release ids: the first 12 hex chars.
-pub fn short_sha(sha256: &str) -> &str {
-    sha256.get(..12).unwrap_or(sha256)
-}
-
 fn describe_status(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -1657,11 +1652,5 @@ mod tests {
         );
         let err = build("true", &temp.path().join("missing")).unwrap_err();
         assert!(matches!(err, ArtifactError::BuildStart { .. }), "{err}");
-    }
-
-    #[test]
-    fn short_sha_is_the_first_twelve_chars() {
-        assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
-        assert_eq!(short_sha("abc"), "abc");
     }
 }

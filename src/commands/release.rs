@@ -8,9 +8,6 @@
 
 use crate::shell::Cmd;
 
-/// The one codec for now; the host runs the matching decompressor.
-pub const DECOMPRESS_GZIP: &str = "gzip -dc";
-
 /// Receives the compressed artifact on stdin, extracts it into `releases/<id>.partial` and
 /// checks the sha256 of the uncompressed tar stream, in one pass. Exit
 /// [`SHA_MISMATCH`](super::exit::SHA_MISMATCH) when the bytes are not the artifact; the
