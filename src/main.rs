@@ -124,20 +124,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             } => {
                 let packed = packed.as_ref().expect("packed before connecting");
                 let waves = parse_waves(waves)?.unwrap_or_else(|| inventory.rollout.waves.clone());
-                let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {
-                    out.emit(Event::Step {
-                        host: h,
-                        step: "connecting",
-                    })
-                })
-                .await;
-                for (host, e) in &failed {
-                    out.emit(Event::HostDone {
-                        host: &host.name,
-                        ok: false,
-                        summary: &shipit::error::chain(e),
-                    });
-                }
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 let report = shipit::preview::show(
                     shipit::preview::Preview {
                         stage: &stage,
@@ -236,20 +223,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             | Command::History { .. }
             | Command::Unlock { .. }
             | Command::Status { .. } => {
-                let (conns, failed) = fleet::connect_all(&inventory, &hosts, &connector, |h| {
-                    out.emit(Event::Step {
-                        host: h,
-                        step: "connecting",
-                    })
-                })
-                .await;
-                for (host, e) in &failed {
-                    out.emit(Event::HostDone {
-                        host: &host.name,
-                        ok: false,
-                        summary: &e.to_string(),
-                    });
-                }
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 let mut ok = failed.is_empty();
                 match &cli.command {
                     Command::Releases { .. } => {
@@ -310,6 +284,33 @@ fn parse_waves(sizes: &[String]) -> Result<Option<Vec<shipit::inventory::Amount>
 
 fn other(e: impl std::error::Error + Send + Sync + 'static, context: &'static str) -> Error {
     Error::Other(anyhow::Error::new(e).context(context))
+}
+
+/// Connects to every selected host; the ones that cannot be reached are reported as done.
+async fn connect_reporting<'h>(
+    inventory: &Inventory,
+    hosts: &[&'h shipit::inventory::Host],
+    connector: &Connector,
+    out: &Output,
+) -> (
+    Vec<fleet::Conn<'h>>,
+    Vec<(&'h shipit::inventory::Host, shipit::transport::ConnectError)>,
+) {
+    let (conns, failed) = fleet::connect_all(inventory, hosts, connector, |h| {
+        out.emit(Event::Step {
+            host: h,
+            step: "connecting",
+        })
+    })
+    .await;
+    for (host, e) in &failed {
+        out.emit(Event::HostDone {
+            host: &host.name,
+            ok: false,
+            summary: &shipit::error::chain(e),
+        });
+    }
+    (conns, failed)
 }
 
 fn hosts_result(failed: usize, total: usize) -> Result<u8, Error> {

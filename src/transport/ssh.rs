@@ -176,6 +176,11 @@ impl SshConnector {
                 return Err(match e {
                     HandlerError::Rejected(problem) => problem,
                     HandlerError::Russh(russh::Error::IO(io)) => unreachable(io.to_string()),
+                    // Closed before the handshake finished: not an SSH server, or one
+                    // refusing new connections (sshd's MaxStartups).
+                    HandlerError::Russh(russh::Error::Disconnect) => unreachable(
+                        "it closed the connection during the SSH handshake (is an SSH server listening there, and accepting connections?)".to_owned(),
+                    ),
                     HandlerError::Russh(other) => ConnectError::Protocol {
                         host: target.host.clone(),
                         reason: other.to_string(),

@@ -380,7 +380,10 @@ fn hostile_input_gets_a_clear_error_and_changes_nothing() {
             inventory: with(&port_line, &format!("port = {closer_port}")),
             env: vec![],
             code: 1,
-            expect: vec!["`h1`".into()],
+            expect: vec![
+                "cannot reach `h1`".into(),
+                "closed the connection during the SSH handshake".into(),
+            ],
         },
         Case {
             name: "host that never answers",
