@@ -147,6 +147,11 @@ async fn check_host(
                     .problems
                     .push(format!("missing tools: {}", missing.join(", ")));
             }
+            if inventory.compose.is_some() && facts.compose.is_none() {
+                check.problems.push(
+                    "`[compose]` needs Docker Compose on the host: neither `docker compose` (v2) nor `docker-compose` (v1) runs".to_owned(),
+                );
+            }
             if !facts.writable {
                 check.problems.push(format!(
                     "user `{}` cannot write to `{}` (where `{}` goes)",

@@ -140,6 +140,16 @@ pub enum Command {
         /// Stage name: reads inventory/<STAGE>.toml
         stage: String,
     },
+    /// Run a named task from `[tasks.<name>]` in the current release, under the deploy lock
+    #[command(
+        after_help = "Example:\n  shipit task staging seed          run `[tasks.seed]` (with `once`, on the migrate host only)\n  shipit task prod cache-clear --hosts web-1"
+    )]
+    Task {
+        /// Stage name: reads inventory/<STAGE>.toml
+        stage: String,
+        /// The task's name, as in `[tasks.<NAME>]`
+        name: String,
+    },
     /// Run a shell command on every selected host in parallel
     #[command(
         after_help = "Example:\n  shipit exec staging -- systemctl status myapp\n  shipit exec prod --hosts web-1,web-2 -- 'df -h /opt | tail -1'"
@@ -158,6 +168,7 @@ impl Command {
         match self {
             Command::Check { stage }
             | Command::Exec { stage, .. }
+            | Command::Task { stage, .. }
             | Command::Deploy { stage, .. }
             | Command::Plan { stage, .. }
             | Command::Status { stage }

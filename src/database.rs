@@ -123,11 +123,14 @@ pub struct BackupFile {
     pub bytes: u64,
 }
 
-/// Makes one verified backup on `conn`'s host, running in `cwd` (a release directory).
+/// Makes one verified backup on `conn`'s host, running in `cwd` (a release directory) with
+/// the same task variables as a migration there (`$SHIPIT_COMPOSE` of that release, ...).
+#[allow(clippy::too_many_arguments)]
 pub async fn backup(
     conn: &Conn<'_>,
     inventory: &Inventory,
     cwd: &str,
+    vars: &TaskVars,
     label: &str,
     now_unix: u64,
     out: &Output,
@@ -146,6 +149,7 @@ pub async fn backup(
     let cmd = task::backup(
         cwd,
         env_path(inventory),
+        vars,
         &b.command,
         &b.dir,
         &name,
@@ -404,8 +408,15 @@ pub async fn backup_now(
             return report;
         }
     }
-    let cwd = format!("{deploy_to}/current");
-    let result = backup(conn, inventory, &cwd, "manual", now, out).await;
+    let result = match current_release(conn, deploy_to).await {
+        Ok((current, previous)) => {
+            // The current release's directory, compose file and env: what is running now.
+            let vars = task_vars(inventory, &conn.host.name, &current, previous.as_deref());
+            let cwd = format!("{deploy_to}/releases/{current}");
+            backup(conn, inventory, &cwd, &vars, "manual", now, out).await
+        }
+        Err(e) => Err(e),
+    };
     let outcome = if result.is_ok() { "success" } else { "failed" };
     match result {
         Ok(made) => report.backup = made,
@@ -431,6 +442,42 @@ pub async fn backup_now(
     crate::history::append(conns, deploy_to, &entry).await;
     crate::lock::release_all(&[conn], deploy_to, &run.token).await;
     report
+}
+
+/// The release `current` points at on `conn`'s host, and the newest complete release before
+/// it (what `$SHIPIT_PREVIOUS` says during a deploy of it).
+async fn current_release(
+    conn: &Conn<'_>,
+    deploy_to: &str,
+) -> Result<(String, Option<String>), String> {
+    let cmd = crate::facts::releases(deploy_to);
+    let o = conn
+        .transport
+        .exec(ExecRequest::new(&cmd, Duration::from_secs(60)))
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
+    if !o.success() {
+        return Err(format!(
+            "reading the releases on `{}` failed ({}): {}",
+            conn.host.name,
+            o.exit,
+            o.stderr.text().trim()
+        ));
+    }
+    let tree = crate::facts::parse_releases(&o.stdout.text());
+    let Some(current) = tree.current else {
+        return Err(format!(
+            "no release is current on `{}`: deploy first",
+            conn.host.name
+        ));
+    };
+    let previous = tree
+        .releases
+        .iter()
+        .map(|r| r.id.as_str())
+        .rfind(|id| *id < current.as_str())
+        .map(str::to_owned);
+    Ok((current, previous))
 }
 
 /// `shipit backups`: the backups on the migrate host, newest first.

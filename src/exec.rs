@@ -12,11 +12,14 @@ use crate::inventory::{Host, Inventory};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
 use crate::transport::local::NO_TIMEOUT;
-use crate::transport::{ExecRequest, Stream};
+use crate::transport::{ExecRequest, Stream, Transport};
 
 #[derive(Debug, Serialize)]
 pub struct ExecReport {
     pub stage: String,
+    /// `shipit task`: the task's name (its command is `command`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     pub command: String,
     pub hosts: Vec<HostExec>,
 }
@@ -63,8 +66,23 @@ pub async fn run(
     .await;
     ExecReport {
         stage: stage.to_owned(),
+        task: None,
         command: script,
         hosts: results,
+    }
+}
+
+impl HostExec {
+    /// A host the command never ran on.
+    pub fn failed(host: &str, error: String) -> HostExec {
+        HostExec {
+            host: host.to_owned(),
+            ok: false,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: Some(error),
+        }
     }
 }
 
@@ -75,14 +93,6 @@ async fn exec_host(
     connector: &Connector,
     out: &Output,
 ) -> HostExec {
-    let mut result = HostExec {
-        host: host.name.clone(),
-        ok: false,
-        exit_code: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        error: None,
-    };
     out.emit(Event::Step {
         host: &host.name,
         step: "connecting",
@@ -90,27 +100,40 @@ async fn exec_host(
     let transport = match connector.connect(inventory, host).await {
         Ok(t) => t,
         Err(e) => {
-            result.error = Some(crate::error::chain(&e));
             out.emit(Event::HostDone {
                 host: &host.name,
                 ok: false,
                 summary: &crate::error::chain(&e),
             });
-            return result;
+            return HostExec::failed(&host.name, crate::error::chain(&e));
         }
     };
     out.emit(Event::Step {
         host: &host.name,
         step: "running",
     });
-    let lines = Lines::new(&host.name, out);
-    let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
     let cmd = Cmd::user_script(script);
+    let result = streamed(transport.as_ref(), &host.name, &cmd, NO_TIMEOUT, out).await;
+    transport.close().await;
+    result
+}
+
+/// Runs `cmd`, its output streamed line by line as the host's, and reports how it ended.
+pub async fn streamed(
+    transport: &dyn Transport,
+    host: &str,
+    cmd: &Cmd,
+    timeout: std::time::Duration,
+    out: &Output,
+) -> HostExec {
+    let mut result = HostExec::failed(host, String::new());
+    result.error = None;
+    let lines = Lines::new(host, out);
+    let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
     let outcome = transport
-        .exec(ExecRequest::new(&cmd, NO_TIMEOUT).output(&sink))
+        .exec(ExecRequest::new(cmd, timeout).output(&sink))
         .await;
     lines.flush();
-    transport.close().await;
     let summary = match outcome {
         Ok(output) => {
             result.ok = output.success();
@@ -127,7 +150,7 @@ async fn exec_host(
         }
     };
     out.emit(Event::HostDone {
-        host: &host.name,
+        host,
         ok: result.ok,
         summary: &summary,
     });

@@ -24,6 +24,9 @@ pub struct HostProbe {
     pub writable: bool,
     /// Free space where the release tree goes, in bytes.
     pub free_bytes: Option<u64>,
+    /// The Compose a `[compose]` stack runs with: `docker compose` (the v2 plugin, preferred)
+    /// or `docker-compose` (v1); `None` when the host has neither.
+    pub compose: Option<String>,
     /// owner.json of a deploy lock under `deploy_to`, if one is held (`""`: no owner file).
     #[serde(skip)]
     pub lock_owner_json: Option<String>,
@@ -66,6 +69,8 @@ else
   if mkdir -- "$t" 2>/dev/null && : >"$t/a" && mv -T -- "$t/a" "$t/b" 2>/dev/null; then echo "tool mv-T yes"; else echo "tool mv-T no"; fi
   rm -rf -- "$t"
 fi
+if docker compose version >/dev/null 2>&1; then echo "compose docker compose"
+elif command -v docker-compose >/dev/null 2>&1; then echo "compose docker-compose"; fi
 df -Pk -- "$p" 2>/dev/null | awk 'NR==2 { print "free_kb " $4 }'
 if [ -d "$deploy_to/.shipit/lock" ]; then
   printf 'lock '; tr -d '\n' < "$deploy_to/.shipit/lock/owner.json" 2>/dev/null; echo
@@ -99,6 +104,7 @@ pub fn parse_probe(stdout: &str) -> HostProbe {
             "writable" => facts.writable = value == "yes",
             "free_kb" => facts.free_bytes = value.trim().parse::<u64>().ok().map(|kb| kb * 1024),
             "lock" => facts.lock_owner_json = Some(value.to_owned()),
+            "compose" => facts.compose = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -233,8 +239,10 @@ mod tests {
 
     #[test]
     fn parse_reads_every_field() {
-        let out = "user deploy\nos Linux 6.1.0\ntool sh yes\ntool tar yes\ntool mv-T yes\ntool gzip no\nwrite_path /opt\nwritable yes\nfree_kb 2048\n";
+        let out = "user deploy\nos Linux 6.1.0\ntool sh yes\ntool tar yes\ntool mv-T yes\ntool gzip no\nwrite_path /opt\nwritable yes\ncompose docker compose\nfree_kb 2048\n";
         let p = parse_probe(out);
+        assert_eq!(p.compose.as_deref(), Some("docker compose"));
+        assert_eq!(parse_probe("user x\n").compose, None);
         assert_eq!(p.user, "deploy");
         assert_eq!(p.missing_tools(), vec!["gzip"]);
         assert_eq!(p.tools.last().unwrap().name, "mv -T");

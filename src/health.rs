@@ -21,6 +21,27 @@ enum Attempt {
     Fail(String),
 }
 
+/// Every check in order, each polled until it passes or its own timeout ends.
+pub async fn wait_all(
+    transport: &dyn Transport,
+    checks: &[Health],
+    deploy_to: &str,
+    env_path: Option<&str>,
+) -> Result<(), String> {
+    for (i, health) in checks.iter().enumerate() {
+        wait(transport, health, deploy_to, env_path)
+            .await
+            .map_err(|e| match (&health.check, checks.len()) {
+                (_, 1) => e,
+                (HealthCheck::Url { url, .. }, n) => {
+                    format!("{e} (check {} of {n}: `{url}`)", i + 1)
+                }
+                (HealthCheck::Command(_), n) => format!("{e} (check {} of {n}: a command)", i + 1),
+            })?;
+    }
+    Ok(())
+}
+
 /// Polls until healthy. Errors say what the last attempt saw.
 pub async fn wait(
     transport: &dyn Transport,

@@ -52,7 +52,10 @@ pub struct Inventory {
     pub backup: Option<Backup>,
     pub migrate: Option<Migrate>,
     pub hooks: Vec<Hook>,
-    pub health: Option<Health>,
+    /// Named commands the operator runs on demand: `shipit task <stage> <name>`.
+    pub tasks: BTreeMap<String, Task>,
+    /// Every check must pass, in order; empty: no health gate.
+    pub health: Vec<Health>,
     pub rollout: Rollout,
     /// Index into `hosts` of the one host that runs backups and migrations.
     pub migrate_host: usize,
@@ -181,6 +184,16 @@ pub struct Hook {
     pub at: HookPoint,
     pub command: String,
     pub once: bool,
+    pub roles: Vec<String>,
+}
+
+/// `[tasks.<name>]`: a command run on demand in the current release, env file loaded.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub command: String,
+    /// On the migrate host only.
+    pub once: bool,
+    /// Only hosts with one of these roles; empty: every selected host.
     pub roles: Vec<String>,
 }
 
@@ -346,11 +359,15 @@ enum Shape {
     Leaf,
     Table(&'static [(&'static str, Shape)]),
     Tables(&'static [(&'static str, Shape)]),
+    /// `[name.<key>]` tables under keys chosen by the user (`[tasks.seed]`).
+    Named(&'static [(&'static str, Shape)]),
+    /// `[name]` for one, `[[name]]` for several.
+    TableOrTables(&'static [(&'static str, Shape)]),
     /// Free-form keys chosen by the user (`vars`).
     Map,
 }
 
-use Shape::{Leaf, Map, Table, Tables};
+use Shape::{Leaf, Map, Named, Table, TableOrTables, Tables};
 
 const SCHEMA: &[(&str, Shape)] = &[
     ("transport", Leaf),
@@ -427,8 +444,12 @@ const SCHEMA: &[(&str, Shape)] = &[
         ]),
     ),
     (
+        "tasks",
+        Named(&[("command", Leaf), ("once", Leaf), ("roles", Leaf)]),
+    ),
+    (
         "health",
-        Table(&[
+        TableOrTables(&[
             ("url", Leaf),
             ("expect_status", Leaf),
             ("expect_body", Leaf),
@@ -468,10 +489,17 @@ fn check_keys(
             continue;
         };
         match (shape, value.get_ref()) {
-            (Table(fields), toml::de::DeValue::Table(t)) => {
+            (Table(fields) | TableOrTables(fields), toml::de::DeValue::Table(t)) => {
                 check_keys(t, fields, &format!("[{name}]"), out)
             }
-            (Tables(fields), toml::de::DeValue::Array(items)) => {
+            (Named(fields), toml::de::DeValue::Table(t)) => {
+                for (key, value) in t.iter() {
+                    if let toml::de::DeValue::Table(t) = value.get_ref() {
+                        check_keys(t, fields, &format!("[{name}.{}]", key.get_ref()), out);
+                    }
+                }
+            }
+            (Tables(fields) | TableOrTables(fields), toml::de::DeValue::Array(items)) => {
                 let path = format!("[[{name}]]");
                 for item in items.iter() {
                     if let toml::de::DeValue::Table(t) = item.get_ref() {
@@ -507,7 +535,9 @@ struct Raw {
     migrate: Option<RawMigrate>,
     #[serde(default)]
     hooks: Vec<RawHook>,
-    health: Option<S<RawHealth>>,
+    #[serde(default)]
+    tasks: BTreeMap<String, S<RawTask>>,
+    health: Option<S<OneOrMany<RawHealth>>>,
     rollout: Option<RawRollout>,
 }
 
@@ -606,6 +636,16 @@ struct RawMigrate {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTask {
+    command: Option<S<String>>,
+    #[serde(default)]
+    once: bool,
+    #[serde(default)]
+    roles: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawHook {
     at: Option<S<String>>,
     command: Option<S<String>>,
@@ -613,6 +653,40 @@ struct RawHook {
     once: bool,
     #[serde(default)]
     roles: Vec<S<String>>,
+}
+
+/// `[name]` (one table) or `[[name]]` (an array of tables), both read as a list.
+struct OneOrMany<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let one = T::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(OneOrMany(vec![one]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let many =
+                    Vec::<T>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(OneOrMany(many))
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -844,7 +918,29 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, h)| self.hook(h, i, p))
             .collect();
-        let health = raw.health.and_then(|h| self.health(h, p));
+        let tasks = raw
+            .tasks
+            .into_iter()
+            .filter_map(|(name, t)| self.task(name, t, p))
+            .collect();
+        let health = match raw.health {
+            None => Vec::new(),
+            Some(h) => {
+                let span = h.span();
+                let checks = h.into_inner().0;
+                if checks.is_empty() {
+                    p.invalid(
+                        span.clone(),
+                        "health",
+                        "add at least one check, or remove `health`",
+                    );
+                }
+                checks
+                    .into_iter()
+                    .filter_map(|c| self.health(c, span.clone(), p))
+                    .collect()
+            }
+        };
         let rollout = self.rollout(raw.rollout.unwrap_or_default(), p);
         Some(Inventory {
             file: file.to_owned(),
@@ -860,6 +956,7 @@ impl Validator<'_> {
             backup,
             migrate,
             hooks,
+            tasks,
             health,
             rollout,
             migrate_host,
@@ -1385,9 +1482,40 @@ impl Validator<'_> {
         })
     }
 
-    fn health(&self, raw: S<RawHealth>, p: &mut Problems<'_>) -> Option<Health> {
+    fn task(&self, name: String, raw: S<RawTask>, p: &mut Problems<'_>) -> Option<(String, Task)> {
         let span = raw.span();
         let raw = raw.into_inner();
+        let key = format!("tasks.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            p.invalid(
+                span.clone(),
+                &key,
+                "a task name is letters, digits, `-` and `_`",
+            );
+            return None;
+        }
+        let command = match raw.command {
+            None => {
+                p.missing(span, &format!("{key}.command"));
+                return None;
+            }
+            Some(c) => self.required_text(Some(c), &format!("{key}.command"), &key, p)?,
+        };
+        Some((
+            name,
+            Task {
+                command,
+                once: raw.once,
+                roles: raw.roles.into_iter().map(|r| r.into_inner()).collect(),
+            },
+        ))
+    }
+
+    fn health(&self, raw: RawHealth, span: Range<usize>, p: &mut Problems<'_>) -> Option<Health> {
         let check = match (raw.url, raw.command) {
             (Some(url), None) => {
                 let (host, port, path) = match parse_http_url(url.get_ref()) {
@@ -2058,6 +2186,29 @@ max_fail = "x"
                 .contains("https is not supported")
         );
         assert!(parse_http_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn health_is_one_table_or_several() {
+        let one = format!("{MINIMAL}[health]\nurl = \"http://127.0.0.1:3000/readyz\"\n");
+        assert_eq!(load(&one).unwrap().health.len(), 1);
+        assert!(load(MINIMAL).unwrap().health.is_empty());
+
+        let two = format!(
+            "{MINIMAL}[[health]]\nurl = \"http://127.0.0.1:3000/healthz\"\nexpect_body = \"ok\"\n[[health]]\ncommand = \"test -f ready\"\ntimeout = \"5s\"\n"
+        );
+        let inv = load(&two).unwrap();
+        assert_eq!(inv.health.len(), 2);
+        assert!(matches!(&inv.health[1].check, HealthCheck::Command(c) if c == "test -f ready"));
+        assert_eq!(inv.health[1].timeout, Duration::from_secs(5));
+        assert_eq!(inv.health[0].timeout, Duration::from_secs(60));
+
+        let typo = format!("{MINIMAL}[[health]]\ncommand = \"true\"\n[[health]]\nurll = \"x\"\n");
+        let e = err(&typo);
+        assert!(e.contains("`urll`") && e.contains("`url`"), "{e}");
+        let neither =
+            format!("{MINIMAL}[[health]]\ncommand = \"true\"\n[[health]]\ntimeout = \"1s\"\n");
+        assert!(err(&neither).contains("set `url` or `command`"));
     }
 
     #[test]

@@ -25,5 +25,6 @@ pub mod rollout;
 pub mod shell;
 pub mod status;
 pub mod switch;
+pub mod tasks;
 pub mod templates;
 pub mod transport;

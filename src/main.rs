@@ -52,7 +52,28 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let base_dir =
         std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
     let inventory = load_inventory(&cli, &stage, &base_dir, home.as_deref())?;
-    let hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
+    let mut hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
+    if let Command::Task { name, .. } = &cli.command {
+        let Some(task) = inventory.tasks.get(name) else {
+            let known: Vec<String> = inventory.tasks.keys().map(|k| format!("`{k}`")).collect();
+            return Err(Error::Usage(format!(
+                "no task `{name}` in `{}`: {}",
+                inventory.file.display(),
+                if known.is_empty() {
+                    "it has no `[tasks.<name>]` section".to_owned()
+                } else {
+                    format!("its tasks are {}", known.join(", "))
+                }
+            )));
+        };
+        hosts = shipit::tasks::hosts_for(task, &inventory, &hosts);
+        if hosts.is_empty() {
+            return Err(Error::Usage(format!(
+                "task `{name}` runs on hosts with the roles {:?}, and none of the selected hosts has one",
+                task.roles
+            )));
+        }
+    }
     let started_millis = rollout::now_millis();
     let started_unix = started_millis / 1000;
 
@@ -188,6 +209,19 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .await;
                 out.emit(Event::Done(&report));
                 Ok(report.exit_code)
+            }
+            Command::Task { name, .. } => {
+                let task = &inventory.tasks[name];
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
+                if !failed.is_empty() {
+                    fleet::close_all(&conns).await;
+                    return Ok(code::FAILED);
+                }
+                let report =
+                    shipit::tasks::run(&stage, name, task, &conns, &inventory, &run, &out).await;
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                hosts_result(report.failed(), report.hosts.len())
             }
             Command::Backup { .. } | Command::Backups { .. } => {
                 let index = shipit::database::migrate_host_index(&inventory, &names);

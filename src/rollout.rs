@@ -599,18 +599,29 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         .find(|c| Some(&c.host.name) == d.migrate_host.as_ref())
     {
         let release_dir = format!("{deploy_to}/releases/{release}");
-        match database::backup(mc, d.inventory, &release_dir, &release, d.now_unix, d.out).await {
+        let previous = plans
+            .iter()
+            .find(|p| p.host == mc.host.name)
+            .and_then(|p| p.previous.as_deref());
+        // The backup sees what the migration will: the new release's files and env.
+        let vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        let made = database::backup(
+            mc,
+            d.inventory,
+            &release_dir,
+            &vars,
+            &release,
+            d.now_unix,
+            d.out,
+        )
+        .await;
+        match made {
             Ok(made) => r.report.backup = made,
             Err(e) => {
                 r.fail_host(&mc.host.name, e.clone());
                 return r.close(&conns, Outcome::Failed, Some(e)).await;
             }
         }
-        let previous = plans
-            .iter()
-            .find(|p| p.host == mc.host.name)
-            .and_then(|p| p.previous.as_deref());
-        let vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
         match database::migrate(mc, d.inventory, &release_dir, &vars, d.out).await {
             Ok(true) => r.report.migrated_on = Some(mc.host.name.clone()),
             Ok(false) => {}
@@ -658,8 +669,9 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     let health_secs = d
         .inventory
         .health
-        .as_ref()
-        .map_or(0, |h| h.timeout.as_secs());
+        .iter()
+        .map(|h| h.timeout.as_secs())
+        .sum::<u64>();
     let switch = Switch {
         inventory: d.inventory,
         templates: d.templates,

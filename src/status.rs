@@ -120,16 +120,18 @@ pub async fn show(
                     })
                     .collect();
             }
-            if let Some(health) = &inventory.health
-                && h.current.is_some()
-            {
+            if !inventory.health.is_empty() && h.current.is_some() {
                 let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
-                let once = crate::inventory::Health {
-                    check: health.check.clone(),
-                    timeout: Duration::from_secs(5),
-                    interval: Duration::from_secs(1),
-                };
-                match health::wait(c.transport.as_ref(), &once, deploy_to, env_path).await {
+                let once: Vec<_> = inventory
+                    .health
+                    .iter()
+                    .map(|health| crate::inventory::Health {
+                        check: health.check.clone(),
+                        timeout: Duration::from_secs(5),
+                        interval: Duration::from_secs(1),
+                    })
+                    .collect();
+                match health::wait_all(c.transport.as_ref(), &once, deploy_to, env_path).await {
                     Ok(()) => h.healthy = Some(true),
                     Err(e) => {
                         h.healthy = Some(false);

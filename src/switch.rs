@@ -255,10 +255,11 @@ impl Switch<'_> {
         }
         self.hooks(conn, HookPoint::AfterRestart, &release_dir, &vars)
             .await?;
-        if let Some(health) = &self.inventory.health {
+        if !self.inventory.health.is_empty() {
             self.step(conn, "health check");
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await?;
+            let checks = &self.inventory.health;
+            health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await?;
         }
         if let Some(guard) = &self.guard {
             self.step(conn, "confirming");
@@ -325,12 +326,11 @@ impl Switch<'_> {
             let cmd = commands::guard::confirm(deploy_to, &guard.token);
             let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
         }
-        if problems.is_empty()
-            && previous.is_some()
-            && let Some(health) = &self.inventory.health
-        {
+        if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            if let Err(e) = health::wait(conn.transport.as_ref(), health, deploy_to, env_path).await
+            let checks = &self.inventory.health;
+            if let Err(e) =
+                health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await
             {
                 problems.push(format!("after switching back, {e}"));
             }

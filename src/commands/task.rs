@@ -58,14 +58,17 @@ pub fn run(dir: &str, env_path: Option<&str>, vars: &TaskVars, command: &str) ->
     Cmd::seq(steps)
 }
 
-/// A backup: runs `command` with the env file loaded (plus `PG*` variables read from stdin,
-/// in env-file syntax), stdout to `<dir>/<name>` atomically, with pipefail, verified
+/// A backup: runs `command` with the env file loaded and the task's variables exported (so
+/// `$SHIPIT_COMPOSE exec -T db pg_dump` works as in a migration), plus `PG*` variables read
+/// from stdin in env-file syntax; stdout to `<dir>/<name>` atomically, with pipefail, verified
 /// non-empty and by `verify <file>` when given, then keeps the newest `keep` files named
-/// `<prefix>*<suffix>`. Prints `backup <path> <bytes>`.
+/// `<prefix>*<suffix>`. A backup never replaces another: a name already taken (two backups
+/// in one second) gets `-2`, `-3`, ... before the suffix. Prints `backup <path> <bytes>`.
 #[allow(clippy::too_many_arguments)]
 pub fn backup(
     cwd: &str,
     env_path: Option<&str>,
+    vars: &TaskVars,
     command: &str,
     dir: &str,
     name: &str,
@@ -74,7 +77,7 @@ pub fn backup(
     prefix: &str,
     suffix: &str,
 ) -> Cmd {
-    let mut steps = prelude(cwd, env_path, &TaskVars::default());
+    let mut steps = prelude(cwd, env_path, vars);
     steps.extend([
         Cmd::assign("cmd", command),
         Cmd::assign("bdir", dir),
@@ -106,6 +109,8 @@ if [ -n "$verify" ]; then
     rm -f -- "$tmp"; printf 'verifying the backup failed: %s\n' "$report" >&2; exit 89
   fi
 fi
+n=1 stem=${name%"$suffix"}
+while [ -e "$bdir/$name" ]; do n=$((n + 1)); name="$stem-$n$suffix"; done
 mv -f -- "$tmp" "$bdir/$name" || exit 1
 echo "backup $bdir/$name $(wc -c < "$bdir/$name")"
 cd -- "$bdir" || exit 0
@@ -132,4 +137,121 @@ ls -1t -- "$prefix"*"$suffix" 2>/dev/null | while IFS= read -r f; do
 done"#,
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a rendered command with `sh` in a clean environment, `stdin` on its stdin.
+    fn sh(cmd: &Cmd, stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &cmd.render()])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn vars() -> TaskVars {
+        TaskVars {
+            vars: vec![
+                ("SHIPIT_RELEASE", "r2".to_owned()),
+                ("SHIPIT_PREVIOUS", "r1".to_owned()),
+            ],
+            compose: Some(("shop".to_owned(), "/srv/r2/docker-compose.yml".to_owned())),
+        }
+    }
+
+    #[test]
+    fn a_backup_gets_the_task_variables_and_the_env_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let env = format!("{base}/app.env");
+        std::fs::write(&env, "DB_NAME=\"shop\"\n").unwrap();
+        let cmd = backup(
+            base,
+            Some(&env),
+            &vars(),
+            "echo \"$SHIPIT_RELEASE $SHIPIT_PREVIOUS $DB_NAME $PGUSER\"; echo \"$SHIPIT_COMPOSE\"",
+            &format!("{base}/backups"),
+            "shop-r2.txt",
+            None,
+            7,
+            "shop-",
+            ".txt",
+        );
+        let out = sh(&cmd, "PGUSER=app\n");
+        assert!(out.status.success(), "{out:?}");
+        let made = std::fs::read_to_string(format!("{base}/backups/shop-r2.txt")).unwrap();
+        let mut lines = made.lines();
+        assert_eq!(lines.next(), Some("r2 r1 shop app"));
+        // The host here may have either Compose, or neither: only the arguments are ours.
+        let compose = lines.next().unwrap();
+        assert!(
+            compose.ends_with(&format!(
+                " -p shop -f /srv/r2/docker-compose.yml --env-file {env}"
+            )),
+            "{compose}"
+        );
+    }
+
+    #[test]
+    fn backups_made_in_the_same_second_do_not_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let bdir = format!("{base}/backups");
+        let mut printed = Vec::new();
+        for i in 1..=4 {
+            let cmd = backup(
+                base,
+                None,
+                &TaskVars::default(),
+                &format!("echo {i}"),
+                &bdir,
+                "shop-manual-20260101T000000Z.sql.gz",
+                None,
+                3,
+                "shop-",
+                ".sql.gz",
+            );
+            let out = sh(&cmd, "");
+            assert!(out.status.success(), "{out:?}");
+            printed.push(String::from_utf8(out.stdout).unwrap());
+            // Retention orders by mtime.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            printed[1].starts_with(&format!(
+                "backup {bdir}/shop-manual-20260101T000000Z-2.sql.gz "
+            )),
+            "{printed:?}"
+        );
+        let mut kept: Vec<String> = std::fs::read_dir(&bdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "shop-manual-20260101T000000Z-2.sql.gz",
+                "shop-manual-20260101T000000Z-3.sql.gz",
+                "shop-manual-20260101T000000Z-4.sql.gz",
+            ]
+        );
+        let last = std::fs::read_to_string(format!("{bdir}/shop-manual-20260101T000000Z-4.sql.gz"));
+        assert_eq!(last.unwrap(), "4\n");
+    }
 }

@@ -88,25 +88,6 @@ impl Stack {
     }
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned(),
-    )
-}
-
 #[test]
 fn a_compose_stack_deploys_switches_and_switches_back() {
     let stack = Stack::new();
@@ -218,5 +199,105 @@ fn unpinned_images_and_failed_pulls_switch_nothing() {
         stack.fleet.sh_ok("h1", "readlink /opt/demo/current"),
         before
     );
+    assert_eq!(stack.serving(), "version 1\n");
+}
+
+/// A Docker CLI plugin that makes `docker compose` (v2) exist on a host: it logs its
+/// arguments and hands them to Compose v1 (Debian packages no v2), so a test sees which
+/// Compose shipit ran.
+const V2_PLUGIN: &str = r#"#!/bin/sh
+if [ "$1" = docker-cli-plugin-metadata ]; then
+  echo '{"SchemaVersion":"0.1.0","Vendor":"shipit tests","Version":"v2.99.0","ShortDescription":"Compose v2 stand-in"}'
+  exit 0
+fi
+shift
+echo "$*" >> /tmp/compose-v2.log
+if [ "$1" = version ]; then echo "Docker Compose version v2.99.0"; exit 0; fi
+exec docker-compose "$@"
+"#;
+
+#[test]
+fn the_v2_plugin_is_preferred_and_a_host_without_compose_is_refused_clearly() {
+    let stack = Stack::new();
+    stack.fleet.sh_ok(
+        "h1",
+        &format!(
+            "mkdir -p /root/.docker/cli-plugins && cat > /root/.docker/cli-plugins/docker-compose <<'EOF'\n{V2_PLUGIN}EOF\nchmod 755 /root/.docker/cli-plugins/docker-compose"
+        ),
+    );
+    let migrate = "[migrate]\ncommand = \"echo $SHIPIT_COMPOSE > /tmp/shipit-compose\"\n";
+    let inv = stack.inventory("1", migrate);
+    let (code, report, _) = check_json(&stack.fleet, &inv);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        host_entry(&report, "h1")["facts"]["compose"],
+        "docker compose"
+    );
+
+    let (code, report, stderr) = stack.deploy(&inv);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert_eq!(stack.serving(), "version 1\n");
+    assert!(
+        stack
+            .fleet
+            .sh_ok("h1", "cat /tmp/shipit-compose")
+            .starts_with("docker compose -p "),
+    );
+    let log = stack.fleet.sh_ok("h1", "cat /tmp/compose-v2.log");
+    assert!(log.contains("config -q"), "{log}");
+    assert!(log.contains("up -d --remove-orphans"), "{log}");
+
+    // Neither Compose (the host's /usr is its own): `check` says so, a deploy stops before
+    // anything switches, naming what is missing.
+    stack.fleet.sh_ok(
+        "h1",
+        "rm -rf /root/.docker/cli-plugins && rm -f \"$(command -v docker-compose)\"",
+    );
+    let inv = stack.inventory("2", "");
+    let (code, report, _) = check_json(&stack.fleet, &inv);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report
+            .to_string()
+            .contains("neither `docker compose` (v2) nor `docker-compose` (v1)"),
+        "{report:#}"
+    );
+    let (code, report, _) = stack.deploy(&inv);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report
+            .to_string()
+            .contains("neither `docker compose` nor `docker-compose` is installed"),
+        "{report:#}"
+    );
+    assert_eq!(stack.serving(), "version 1\n");
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_while_staging() {
+    let stack = Stack::new();
+    let registry = crate::support::registry::Registry::start();
+    let d = docker();
+    let remote = format!(
+        "{}/shipit-test/web-{}",
+        registry.address(),
+        stack.project.name()
+    );
+    d.cli_ok(&["tag", &format!("{}:1", stack.image), &format!("{remote}:1")]);
+    d.cli_ok(&["push", &format!("{remote}:1")]);
+    d.cli_ok(&["rmi", &format!("{remote}:1")]);
+
+    // The migration runs before the switch: the image must be on the host by then.
+    let migrate = format!("[migrate]\ncommand = \"docker image inspect {remote}:1 > /dev/null\"\n");
+    let text = std::fs::read_to_string(stack.inventory("1", &migrate))
+        .unwrap()
+        .replace("pull = false", "pull = true")
+        .replace(
+            &format!("image = \"{}\"", stack.image),
+            &format!("image = \"{remote}\""),
+        );
+    let inv = write(stack.fleet.dir(), "inv-registry.toml", &text);
+    let (code, report, stderr) = stack.deploy(&inv);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
     assert_eq!(stack.serving(), "version 1\n");
 }

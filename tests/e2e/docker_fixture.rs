@@ -485,3 +485,138 @@ fn engine_child() {
     std::io::stdout().flush().unwrap();
     thread::sleep(Duration::from_secs(600));
 }
+
+/// `docker exec NAME ARGS` until it succeeds (20 s at most); its stdout.
+fn exec_until_ok(d: &Docker, name: &str, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = d.cli().arg("exec").arg(name).args(args).output().unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docker exec {name} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.cli().args(["logs", name]).output().map_or_else(
+                |e| e.to_string(),
+                |o| String::from_utf8_lossy(&o.stderr).into_owned()
+            )
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_postgres_image_initializes_a_volume_serves_the_network_and_keeps_data() {
+    let d = docker();
+    let started = Instant::now();
+    let image = d.postgres_image().to_string();
+    eprintln!("postgres image ready after {:?}", started.elapsed());
+    // Labelled as a Compose project, so the guard removes all of it even if an assert fails.
+    let project = d.project("pgimage");
+    let label = format!("com.docker.compose.project={project}");
+    let (network, volume) = (format!("{project}-net"), format!("{project}-data"));
+    d.cli_ok(&["network", "create", "--label", &label, &network]);
+    d.cli_ok(&["volume", "create", "--label", &label, &volume]);
+    let server = format!("{project}-db");
+    let run_server = || {
+        d.cli_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &server,
+            "--label",
+            &label,
+            "--network",
+            &network,
+            "--network-alias",
+            "db",
+            "-e",
+            "POSTGRES_USER=app",
+            "-e",
+            "POSTGRES_PASSWORD=s3cret pass",
+            "-e",
+            "POSTGRES_DB=shop",
+            "-v",
+            &format!("{volume}:/var/lib/postgresql/data"),
+            &image,
+        ]);
+        exec_until_ok(d, &server, &["pg_isready", "-q", "-U", "app", "-d", "shop"]);
+    };
+    run_server();
+    let version = d.cli_ok(&[
+        "exec",
+        &server,
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "shop",
+        "-tAc",
+        "show server_version",
+    ]);
+    assert!(
+        image.ends_with(&format!(":{}", version.split('.').next().unwrap())),
+        "{version}"
+    );
+    d.cli_ok(&[
+        "exec",
+        &server,
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "shop",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "CREATE TABLE items (name text); INSERT INTO items VALUES ('kept');",
+    ]);
+    // Another container on the network, over TCP with the password; a wrong one is refused.
+    let client = |password: &str| {
+        d.cli()
+            .args([
+                "run",
+                "--rm",
+                "--label",
+                &label,
+                "--network",
+                &network,
+                "-e",
+            ])
+            .arg(format!("PGPASSWORD={password}"))
+            .args([
+                &image, "psql", "-h", "db", "-U", "app", "-d", "shop", "-tAc",
+            ])
+            .arg("SELECT name FROM items")
+            .output()
+            .unwrap()
+    };
+    let ok = client("s3cret pass");
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "kept\n");
+    assert!(!client("wrong").status.success());
+
+    // A new container on the same volume: no second initdb, the data is there.
+    d.cli_ok(&["rm", "-f", &server]);
+    run_server();
+    let rows = d.cli_ok(&[
+        "exec",
+        &server,
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "shop",
+        "-tAc",
+        "SELECT name FROM items",
+    ]);
+    assert_eq!(rows, "kept\n");
+    let logs = d.cli().args(["logs", &server]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&logs.stdout).contains("database initialized"),
+        "initialized twice: {logs:?}"
+    );
+    eprintln!("postgres image test done after {:?}", started.elapsed());
+}

@@ -183,6 +183,7 @@ pub struct Docker {
     /// Keeps the watchdog's pipe open; never written. Closing it stops the engine.
     lifeline: Option<ChildStdin>,
     base_image: OnceLock<()>,
+    postgres_image: OnceLock<String>,
     startup: Duration,
 }
 
@@ -285,6 +286,7 @@ impl Docker {
             watchdog,
             lifeline: Some(lifeline),
             base_image: OnceLock::new(),
+            postgres_image: OnceLock::new(),
             startup: Duration::ZERO,
         };
         let deadline = started + READY_TIMEOUT;
@@ -369,6 +371,45 @@ impl Docker {
             self.build(BASE_IMAGE, dockerfile, &[("busybox", &busybox)]);
         });
         BASE_IMAGE
+    }
+
+    /// A real PostgreSQL image, built on first use (once per engine; a few seconds) from this
+    /// machine's Debian `postgresql` (no registry is reachable): the base image plus the
+    /// server and client binaries of the newest `/usr/lib/postgresql/<version>`, the shared
+    /// libraries `ldd` finds for them, the server's modules (not the JIT) and
+    /// `/usr/share/postgresql/<version>`. It behaves like the official image for what tests
+    /// use: a `postgres` user (uid/gid [`POSTGRES_UID`]), `PGDATA=/var/lib/postgresql/data`
+    /// (a volume), and an entrypoint that, when the data dir is empty, runs `initdb` (locale
+    /// C, UTF8) with superuser `POSTGRES_USER` (default `postgres`) and password
+    /// `POSTGRES_PASSWORD` (required), creates database `POSTGRES_DB` (default: the user), and
+    /// then runs `postgres` listening on every address of the container: local connections
+    /// trust, TCP ones need the password (scram-sha-256). `psql`, `pg_dump`, `pg_isready`,
+    /// ... are on its PATH (`docker exec`). Returns the tag, `shipit-test/postgres:<version>`.
+    pub fn postgres_image(&self) -> &str {
+        self.postgres_image.get_or_init(|| {
+            let (version, files) = postgres_files();
+            let tag = format!("shipit-test/postgres:{version}");
+            let dockerfile = format!(
+                "FROM {BASE_IMAGE}\n\
+                 COPY rootfs/ /\n\
+                 RUN mkdir -p /var/lib/postgresql/data /var/run/postgresql /tmp \\\n\
+                 && chown -R {POSTGRES_UID}:{POSTGRES_UID} /var/lib/postgresql /var/run/postgresql \\\n\
+                 && chmod 700 /var/lib/postgresql/data && chmod 1777 /tmp\n\
+                 ENV PATH=/usr/lib/postgresql/{version}/bin:/bin TZ=UTC LANG=C \\\n\
+                 PGDATA=/var/lib/postgresql/data\n\
+                 USER postgres\n\
+                 VOLUME /var/lib/postgresql/data\n\
+                 EXPOSE 5432\n\
+                 ENTRYPOINT [\"/usr/local/bin/docker-entrypoint.sh\"]\n\
+                 CMD [\"postgres\"]\n"
+            );
+            let borrowed: Vec<(&str, &[u8])> = files
+                .iter()
+                .map(|(name, content)| (name.as_str(), content.as_slice()))
+                .collect();
+            self.build_image(&tag, &dockerfile, &borrowed);
+            tag
+        })
     }
 
     /// Builds `dockerfile` with `files` (path relative to the build context, content) as the
@@ -492,6 +533,137 @@ impl Docker {
     pub fn remove_project(&self, name: &str) {
         remove_project(&self.socket, &self.dir.join("home"), name);
     }
+}
+
+/// uid and gid of the `postgres` user of [`Docker::postgres_image`].
+pub const POSTGRES_UID: u32 = 999;
+
+/// The postgres image's entrypoint (see [`Docker::postgres_image`]).
+const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
+set -eu
+if [ "${1:-}" != postgres ]; then exec "$@"; fi
+shift
+: "${PGDATA:=/var/lib/postgresql/data}"
+user=${POSTGRES_USER:-postgres}
+db=${POSTGRES_DB:-$user}
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  if [ -z "${POSTGRES_PASSWORD:-}" ]; then
+    echo "POSTGRES_PASSWORD is not set: refusing to create a database without a password" >&2
+    exit 1
+  fi
+  # The password goes through a file only this user reads, never a command line.
+  pwfile=$(mktemp)
+  printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" -E UTF8 --locale=C \
+    --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  rm -f "$pwfile"
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  if [ "$db" != postgres ]; then
+    printf 'CREATE DATABASE "%s"\n' "$db" | postgres --single -D "$PGDATA" postgres >/dev/null
+  fi
+  echo "database initialized in $PGDATA"
+fi
+exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+"#;
+
+/// The newest PostgreSQL version under `/usr/lib/postgresql`, and the files of its image
+/// (paths under `rootfs/`; see [`Docker::postgres_image`]).
+fn postgres_files() -> (String, Vec<(String, Vec<u8>)>) {
+    let root = Path::new("/usr/lib/postgresql");
+    let version = fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("read {}: {e} (apt-get install postgresql)", root.display()))
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|v| root.join(v.to_string()).join("bin/postgres").exists())
+        .max()
+        .expect("no /usr/lib/postgresql/<version>/bin/postgres (apt-get install postgresql)")
+        .to_string();
+    let home = root.join(&version);
+    let mut wanted: Vec<PathBuf> = [
+        "postgres",
+        "initdb",
+        "pg_ctl",
+        "psql",
+        "pg_dump",
+        "pg_restore",
+        "pg_isready",
+        "createdb",
+    ]
+    .iter()
+    .map(|b| home.join("bin").join(b))
+    .collect();
+    // The server's loadable modules (plpgsql, snowball, ...): initdb loads some of them. Not
+    // the LLVM JIT (large; without it the server just does not JIT).
+    for entry in fs::read_dir(home.join("lib"))
+        .expect("read the postgres lib dir")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".so") && !name.starts_with("llvmjit") {
+            wanted.push(entry.path());
+        }
+    }
+    let mut libraries = std::collections::BTreeSet::new();
+    for file in &wanted {
+        let out = Command::new("ldd").arg(file).output().expect("run ldd");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line
+                .split_once("=>")
+                .map_or(line, |(_, p)| p)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') {
+                libraries.insert(PathBuf::from(path));
+            }
+        }
+    }
+    wanted.extend(libraries);
+    let share = PathBuf::from(format!("/usr/share/postgresql/{version}"));
+    let mut stack = vec![share];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)
+            .expect("read the postgres share dir")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "man") {
+                continue;
+            }
+            match fs::metadata(&path) {
+                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) if m.is_file() => wanted.push(path),
+                _ => {}
+            }
+        }
+    }
+    wanted.push(PathBuf::from("/usr/share/zoneinfo/UTC"));
+    let mut files: Vec<(String, Vec<u8>)> = wanted
+        .iter()
+        .map(|path| {
+            // Symlinks are followed: the image gets the file under the name that was asked for.
+            let content = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (format!("rootfs{}", path.display()), content)
+        })
+        .collect();
+    files.push((
+        "rootfs/etc/passwd".into(),
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\n\
+             postgres:x:{POSTGRES_UID}:{POSTGRES_UID}:PostgreSQL:/var/lib/postgresql:/bin/sh\n"
+        )
+        .into_bytes(),
+    ));
+    files.push((
+        "rootfs/etc/group".into(),
+        format!("root:x:0:\npostgres:x:{POSTGRES_UID}:\n").into_bytes(),
+    ));
+    files.push((
+        "rootfs/usr/local/bin/docker-entrypoint.sh".into(),
+        POSTGRES_ENTRYPOINT.as_bytes().to_vec(),
+    ));
+    (version, files)
 }
 
 /// See [`Docker::cli`].

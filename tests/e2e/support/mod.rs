@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 
 pub mod docker;
 pub mod postgres;
+pub mod registry;
 pub mod systemd;
 
 /// Where a host sees the fleet dir (read-only).

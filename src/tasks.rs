@@ -1,0 +1,141 @@
+//! `shipit task <stage> <name>`: a named command from `[tasks.<name>]`, run on demand in the
+//! current release of each host it applies to, with the env file loaded and the task
+//! variables of that release (`$SHIPIT_RELEASE`, `$SHIPIT_COMPOSE`, ...). It holds the
+//! deploy lock while it runs, so it never races a deploy, and is recorded in the history.
+
+use crate::database::task_vars;
+use crate::exec::{ExecReport, HostExec};
+use crate::fleet::Conn;
+use crate::inventory::{Inventory, Task};
+use crate::lock::{LockState, RunInfo};
+use crate::output::{Event, Output};
+use crate::shell::Cmd;
+use crate::transport::ExecRequest;
+use crate::transport::local::NO_TIMEOUT;
+
+const SHORT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which of the selected hosts a task runs on: those with one of its roles, and with
+/// `once`, only the migrate host among them (the first one when it is not selected).
+pub fn hosts_for<'a>(
+    task: &Task,
+    inventory: &Inventory,
+    selected: &[&'a crate::inventory::Host],
+) -> Vec<&'a crate::inventory::Host> {
+    let mut hosts: Vec<_> = selected
+        .iter()
+        .copied()
+        .filter(|h| task.roles.is_empty() || task.roles.iter().any(|r| h.has_role(r)))
+        .collect();
+    if task.once && !hosts.is_empty() {
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let index = crate::database::migrate_host_index(inventory, &names);
+        hosts = vec![hosts[index]];
+    }
+    hosts
+}
+
+/// Runs the task on every connection, under the deploy lock; the report lists each host.
+pub async fn run(
+    stage: &str,
+    name: &str,
+    task: &Task,
+    conns: &[Conn<'_>],
+    inventory: &Inventory,
+    run: &RunInfo,
+    out: &Output,
+) -> ExecReport {
+    let deploy_to = &inventory.app.deploy_to;
+    let mut report = ExecReport {
+        stage: stage.to_owned(),
+        command: task.command.clone(),
+        task: Some(name.to_owned()),
+        hosts: Vec::new(),
+    };
+    let now = crate::rollout::now_unix();
+    let states = crate::lock::acquire_all(conns, deploy_to, run).await;
+    let taken: Vec<&Conn<'_>> = conns
+        .iter()
+        .zip(&states)
+        .filter(|(_, s)| matches!(s, LockState::Taken))
+        .map(|(c, _)| c)
+        .collect();
+    if taken.len() < conns.len() {
+        crate::lock::release_all(&taken, deploy_to, &run.token).await;
+        for (conn, state) in conns.iter().zip(states) {
+            let error = match state {
+                LockState::Taken | LockState::NotTried => None,
+                LockState::Held(owner) => Some(format!(
+                    "locked by {}",
+                    owner.map_or_else(
+                        || "an unknown owner".to_owned(),
+                        |o| o.describe(now, inventory.rollout.lock_timeout)
+                    )
+                )),
+                LockState::Failed(e) => Some(e),
+            };
+            report.hosts.push(HostExec::failed(
+                &conn.host.name,
+                error.unwrap_or_else(|| "not run: another host is locked".to_owned()),
+            ));
+        }
+        return report;
+    }
+
+    let runs = conns.iter().map(|c| run_on(c, task, inventory, out));
+    report.hosts = futures::future::join_all(runs).await;
+
+    let failed = report.failed();
+    let entry = crate::history::Entry {
+        time: crate::plan::rfc3339_millis(run.started_millis),
+        finished: Some(crate::plan::rfc3339_millis(crate::rollout::now_millis())),
+        action: "task".to_owned(),
+        outcome: if failed == 0 { "success" } else { "failed" }.to_owned(),
+        user: run.user.clone(),
+        machine: run.machine.clone(),
+        command: run.command.clone(),
+        run: run.token.clone(),
+        ci_url: run.ci_url.clone(),
+        hosts: conns.iter().map(|c| c.host.name.clone()).collect(),
+        message: Some(format!("task `{name}`")),
+        ..Default::default()
+    };
+    crate::history::append(conns, deploy_to, &entry).await;
+    crate::lock::release_all(&taken, deploy_to, &run.token).await;
+    report
+}
+
+async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Output) -> HostExec {
+    let host = &conn.host.name;
+    let deploy_to = &inventory.app.deploy_to;
+    let current = Cmd::new("readlink").arg(format!("{deploy_to}/current"));
+    let release = match conn.transport.exec(ExecRequest::new(&current, SHORT)).await {
+        Ok(o) if o.success() => o
+            .stdout
+            .text()
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        Ok(_) => {
+            return HostExec::failed(
+                host,
+                format!("nothing is deployed under `{deploy_to}` yet: deploy first"),
+            );
+        }
+        Err(e) => return HostExec::failed(host, crate::error::chain(&e)),
+    };
+    let mut vars = task_vars(inventory, host, &release, None);
+    // Out of a deploy there is no previous release and no first deploy.
+    vars.vars
+        .retain(|(name, _)| !matches!(*name, "SHIPIT_PREVIOUS" | "SHIPIT_FIRST_DEPLOY"));
+    let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+    let dir = format!("{deploy_to}/releases/{release}");
+    let cmd = crate::commands::task::run(&dir, env_path, &vars, &task.command);
+    out.emit(Event::Step {
+        host,
+        step: "running",
+    });
+    crate::exec::streamed(conn.transport.as_ref(), host, &cmd, NO_TIMEOUT, out).await
+}
