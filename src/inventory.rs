@@ -27,6 +27,9 @@ pub struct LoadContext<'a> {
     pub home: Option<&'a Path>,
     /// The deployer's environment, for `env.from_env`.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Whether a secret missing from `env` is an error: for commands that write the env
+    /// file (or hand a secret to a backup); the others only read what is set, to redact it.
+    pub need_secrets: bool,
 }
 
 /// Where deploy commands run.
@@ -1281,7 +1284,7 @@ impl Validator<'_> {
                 None => missing.push(name.into_inner()),
             }
         }
-        if !missing.is_empty() {
+        if !missing.is_empty() && self.ctx.need_secrets {
             p.push(
                 from_env_span,
                 ProblemKind::MissingSecrets { names: missing },
@@ -1978,6 +1981,7 @@ mod tests {
             base_dir: Path::new("/project"),
             home: Some(Path::new("/home/me")),
             env: &lookup,
+            need_secrets: true,
         };
         parse(text, Path::new("inventory/staging.toml"), &ctx)
     }

@@ -386,6 +386,16 @@ fn load_inventory(
         base_dir,
         home,
         env: &env,
+        // Only these write the env file or hand a secret to the host (and `check` says
+        // whether a deploy could); `exec`, `task`, `status`, `rollback`... run without them
+        // and redact the ones that are set.
+        need_secrets: matches!(
+            cli.command,
+            Command::Deploy { .. }
+                | Command::Plan { .. }
+                | Command::Backup { .. }
+                | Command::Check { .. }
+        ),
     };
     Ok(inventory::parse(&text, &path, &ctx)?)
 }

@@ -138,7 +138,7 @@ proptest! {
     #[test]
     fn inventory_parsing_never_panics(text in prop_oneof![toml_like(), ".{0,200}"]) {
         let env = |_: &str| Some("secret".to_owned());
-        let ctx = LoadContext { base_dir: Path::new("/project"), home: Some(Path::new("/home/u")), env: &env };
+        let ctx = LoadContext { base_dir: Path::new("/project"), home: Some(Path::new("/home/u")), env: &env, need_secrets: true };
         if let Err(e) = inventory::parse(&text, Path::new("inv.toml"), &ctx) {
             let lines = text.lines().count().max(1);
             for p in &e.problems {

@@ -27,6 +27,7 @@ mod secrets;
 mod seed_dash;
 mod seed_intric;
 mod seed_melvin;
+mod seed_obd2;
 mod services;
 mod systemd_fleet;
 mod tasks;

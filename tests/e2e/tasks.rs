@@ -78,8 +78,12 @@ fn tasks_run_in_the_current_release_on_the_hosts_they_name() {
         );
     }
 
-    // `once`: the migrate host only. `roles`: the hosts with one of them.
-    let (code, _, stderr) = shipit(&fleet, &inv, &["task", "test", "seed"]);
+    // `once`: the migrate host only. `roles`: the hosts with one of them. A task needs no
+    // secret in the operator's environment: the host's env file has them.
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .args(["task", "test", "seed", "-i"])
+        .arg(&inv));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(fleet.sh_ok("h2", "cat /tmp/seeded"), "seeded\n");
     assert!(!fleet.sh("h1", "test -e /tmp/seeded").status.success());

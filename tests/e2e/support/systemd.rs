@@ -1,10 +1,13 @@
 //! End-to-end fixture, tier 2: a throw-away fleet of hosts that boot real systemd.
 //!
 //! [`SystemdFleet::start`] boots one `systemd-nspawn --boot` container per host ("s1", "s2",
-//! ...). Each runs systemd as its PID 1, with journald, dbus, logind, OpenSSH's `ssh.service`
-//! and Debian's `nginx.service` (default site on port 80); python3 is installed. Use these
-//! hosts when a test needs what the tier-1 hosts of [`super::Fleet`] cannot give: unit files
-//! that `systemctl daemon-reload`, `enable --now`, `restart` really act on, and a real nginx.
+//! ...). Each runs systemd as its PID 1, with journald, dbus, logind, OpenSSH's `ssh.service`,
+//! Debian's `nginx.service` (default site on port 80), `postgresql.service` (cluster 15/main
+//! on 127.0.0.1:5432, created by the package) and `redis-server.service` (127.0.0.1:6379, no
+//! password); python3, `psql` and `redis-cli` are installed. Use these hosts when a test needs
+//! what the tier-1 hosts of [`super::Fleet`] cannot give: unit files that `systemctl
+//! daemon-reload`, `enable --now`, `restart` really act on, a real nginx, and data services
+//! managed by the host's own systemd.
 //!
 //! Rootfs: one Debian bookworm tree built with `debootstrap --variant=minbase` (1–2 min, once
 //! per checkout) and cached in `<target dir>/nspawn-rootfs` (see [`rootfs`]). A marker file in
@@ -76,7 +79,8 @@ use super::{CLEAN_PATH, assert_success, children_of, clean_command, keygen, kill
 const SUITE: &str = "bookworm";
 /// Packages of the rootfs, on top of debootstrap's minbase.
 const PACKAGES: &str = "systemd,systemd-sysv,dbus,openssh-server,nginx,python3,iproute2,\
-                        ca-certificates,curl,procps,tar,gzip,passwd";
+                        ca-certificates,curl,procps,tar,gzip,passwd,postgresql,\
+                        postgresql-client,redis-server,redis-tools";
 /// sshd settings of every host (`/etc/ssh/sshd_config.d/shipit-e2e.conf`). Only the ed25519
 /// host key, which each host gets its own of; the defaults would also look for rsa and ecdsa.
 const SSHD_DROP_IN: &str = "# shipit e2e test host\n\
@@ -101,9 +105,14 @@ const MASKED_UNITS: &[&str] = &[
     "fstrim.timer",
 ];
 /// Units started at boot (Debian's maintainer scripts enable them already; made certain).
-const ENABLED_UNITS: &[&str] = &["ssh.service", "nginx.service"];
+const ENABLED_UNITS: &[&str] = &[
+    "ssh.service",
+    "nginx.service",
+    "postgresql.service",
+    "redis-server.service",
+];
 /// Bump when [`prepare_rootfs`] changes in a way the constants above do not show.
-const RECIPE_REVISION: u32 = 1;
+const RECIPE_REVISION: u32 = 2;
 /// In the rootfs: the recipe it was built from.
 const RECIPE_MARKER: &str = ".shipit-e2e-rootfs-recipe";
 
