@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The deploy benchmark (not a test): shipit against plain OpenSSH on a loopback fleet of real
 # sshd hosts, as ratios measured in one run on this machine. Needs root and openssh-server,
-# like the test suite. Prints a table; nothing is asserted.
+# like the test suite. Prints a table; nothing is asserted about speed, but every run must
+# leave each host's `current` on a release holding the artifact.
 #   bench/run.sh                  1, 10 and 50 hosts (20 MB), redeploys, 300 MB on 1 host
 #   HOSTS=1,10 MB=20 bench/run.sh
+#   HOSTS=1,3 MB=5 BIG_MB=10 bench/run.sh          a quick smoke run
+#
+# Columns: openssh (the baseline: tar | ssh into a new release, renamed-symlink switch),
+# shipit, shipit/openssh, shipit's peak RSS, then pyinfra and Ansible doing the same job on
+# the same fleet, each with its ratio to the same openssh time. The pyinfra and ansible
+# columns show `-` unless they are installed in the venv $SHIPIT_BENCH_VENV (default
+# target/bench-venv): run `bash bench/setup-others.sh` once first. They show `-` on the
+# redeploy rows too (only shipit skips an unchanged artifact).
+# The `check N hosts` rows: `shipit check` against one `ssh -o BatchMode=yes host true` per
+# host in parallel (pyinfra: `exec -- true`, Ansible: `-m ping`).
+# The module doc of benches/deploy.rs says what each tool runs exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHIPIT_BENCH_HOSTS=${HOSTS:-1,10,50} SHIPIT_BENCH_MB=${MB:-20} SHIPIT_BENCH_BIG_MB=${BIG_MB:-300} \

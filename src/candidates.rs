@@ -203,7 +203,9 @@ pub async fn stage_configs(
     }
     if let (Some((file, source)), Some(compose)) = (&templates.compose, &inventory.compose) {
         let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
-        let unpinned = commands::compose::unpinned_images(&text);
+        let no_vars = Default::default();
+        let vars = inventory.env.as_ref().map_or(&no_vars, |e| &e.vars);
+        let unpinned = commands::compose::unpinned_images(&text, vars);
         if !unpinned.is_empty() {
             let list: Vec<String> = unpinned
                 .iter()

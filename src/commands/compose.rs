@@ -61,22 +61,75 @@ else "$@" down --remove-orphans; fi"#,
 }
 
 /// Checks that every `image:` in a rendered compose file names a tag or digest, not
-/// `latest`: a release must always mean the same images. Returns the offending lines.
-pub fn unpinned_images(compose: &str) -> Vec<(usize, String)> {
+/// `latest`: a release must always mean the same images. `${NAME}`, `${NAME:-default}` and
+/// `$NAME` are read from `vars` (the env file's plain values, which Compose interpolates
+/// too); a name `vars` does not know is taken as pinned. Returns the offending lines, each
+/// as written and, when it differs, as interpolated.
+pub fn unpinned_images(
+    compose: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Vec<(usize, String)> {
     compose
         .lines()
         .enumerate()
         .filter_map(|(i, line)| {
             let rest = line.trim_start().strip_prefix("image:")?;
-            let image = rest.trim().trim_matches(['"', '\'']);
-            let last = image.rsplit('/').next().unwrap_or(image);
+            let written = rest.trim().trim_matches(['"', '\'']);
+            let image = interpolate(written, vars)?;
+            let last = image.rsplit('/').next().unwrap_or(&image);
             let pinned = image.contains('@')
                 || last
                     .split_once(':')
                     .is_some_and(|(_, tag)| !tag.is_empty() && tag != "latest");
-            (!pinned).then(|| (i + 1, image.to_owned()))
+            let shown = if image == written {
+                image.clone()
+            } else {
+                format!("{written}` = `{image}")
+            };
+            (!pinned).then_some((i + 1, shown))
         })
         .collect()
+}
+
+/// Compose's interpolation of `text` with `vars`; `None` when it names a variable `vars`
+/// lacks (a secret, or one set elsewhere), so the result cannot be known here.
+fn interpolate(text: &str, vars: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let (name, default, len) = if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner.find('}')?;
+            let body = &inner[..end];
+            let (name, default) = match body.find([':', '-']) {
+                Some(p) => {
+                    let d = body[p..].trim_start_matches(':');
+                    (&body[..p], d.strip_prefix('-'))
+                }
+                None => (body, None),
+            };
+            (name, default, end + 2)
+        } else {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..len], None, len)
+        };
+        match (vars.get(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(v),
+            _ => return None,
+        }
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -87,8 +140,29 @@ mod tests {
     fn images_must_be_pinned() {
         let file = "services:\n  api:\n    image: \"registry:5000/team/api:1.4.2\"\n  db:\n    image: postgres\n  cache:\n    image: redis:latest\n  web:\n    image: nginx@sha256:abc\n";
         assert_eq!(
-            unpinned_images(file),
+            unpinned_images(file, &Default::default()),
             vec![(5, "postgres".to_owned()), (7, "redis:latest".to_owned())]
+        );
+    }
+
+    #[test]
+    fn interpolated_tags_are_checked_with_the_env_vars() {
+        let vars: std::collections::BTreeMap<String, String> = [
+            ("TAG", "latest"),
+            ("GOOD", "1.2.3"),
+            ("REG", "nexus:5000"),
+            ("EMPTY", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let file = "  a:\n    image: \"$REG/api:${TAG}\"\n  b:\n    image: ${REG}/api:${GOOD}\n  c:\n    image: api:${SECRET_TAG}\n  d:\n    image: api:${EMPTY:-latest}\n  e:\n    image: api:${EMPTY:-2}\n";
+        assert_eq!(
+            unpinned_images(file, &vars),
+            vec![
+                (2, "$REG/api:${TAG}` = `nexus:5000/api:latest".to_owned()),
+                (8, "api:${EMPTY:-latest}` = `api:latest".to_owned()),
+            ]
         );
     }
 }

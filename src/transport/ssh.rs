@@ -175,6 +175,19 @@ impl SshConnector {
                 }
                 return Err(match e {
                     HandlerError::Rejected(problem) => problem,
+                    // A peer that closes with our banner unread resets the connection.
+                    HandlerError::Russh(russh::Error::IO(io))
+                        if matches!(
+                            io.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::UnexpectedEof
+                                | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        unreachable(format!(
+                            "it closed the connection during the SSH handshake ({io}; is an SSH server listening there, and accepting connections?)"
+                        ))
+                    }
                     HandlerError::Russh(russh::Error::IO(io)) => unreachable(io.to_string()),
                     // Closed before the handshake finished: not an SSH server, or one
                     // refusing new connections (sshd's MaxStartups).

@@ -177,6 +177,16 @@ fn unpinned_images_and_failed_pulls_switch_nothing() {
         "{report:#}"
     );
 
+    // ... also when it comes from the env file's values, which Compose interpolates.
+    let inv = stack.inventory("latest", "");
+    write(stack.fleet.dir(), "compose.yml.j2", COMPOSE);
+    let (code, report, _) = stack.deploy(&inv);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report.to_string().contains(":${APP_TAG}` = `"),
+        "{report:#}"
+    );
+
     // A pull that fails (no registry answers) stops staging.
     let inv = stack.inventory("1", "");
     write(stack.fleet.dir(), "compose.yml.j2", COMPOSE);
