@@ -82,6 +82,29 @@ fn main() {
         let app = App::make(fleet.dir(), "app", mb);
         let deploy = compare(&fleet, &app, &tools, 3);
         deploy.print(&format!("{mb} MB to {n} hosts"));
+        // The artifact given as a .tar.gz made beforehand: the floor is then a plain stream
+        // of its bytes into `tar -xz` on every host, with no compression at all.
+        let tgz = fleet.dir().join("app.tar.gz");
+        pack(&app.dir, &tgz);
+        let (floor, _) = best_of(3, || {
+            let run = baseline_from(&fleet, &format!("cat {}", tgz.display()));
+            app.verify(&fleet, BASELINE_DIR, "openssh floor");
+            run
+        });
+        let (ours, rss) = best_of(3, || {
+            clean(&fleet, SHIPIT_DIR);
+            let run = shipit_deploy(&fleet, &tgz);
+            app.verify(&fleet, SHIPIT_DIR, "shipit (tar.gz)");
+            run
+        });
+        Row {
+            base: floor,
+            ours,
+            rss_kb: Some(rss),
+            pyinfra: None,
+            ansible: None,
+        }
+        .print(&format!("{mb} MB .tar.gz to {n} hosts"));
         // Same artifact again: nothing should be uploaded.
         let (again, rss) = best_of(3, || {
             let run = shipit_deploy(&fleet, &app.dir);
@@ -353,6 +376,11 @@ fn release_id() -> String {
 /// host (ControlMaster): connect, `tar -czf - | ssh tar -x` into a new release directory,
 /// switch `current` with a renamed symlink, disconnect.
 fn baseline(fleet: &Fleet, app: &Path) -> (Duration, u64) {
+    baseline_from(fleet, &format!("tar -czf - -C {} .", app.display()))
+}
+
+/// The baseline with `source` (a shell command) writing the tar.gz stream for each host.
+fn baseline_from(fleet: &Fleet, source: &str) -> (Duration, u64) {
     let start = Instant::now();
     let children: Vec<_> = fleet
         .hosts()
@@ -373,9 +401,8 @@ fn baseline(fleet: &Fleet, app: &Path) -> (Duration, u64) {
             let extract = format!("r={BASELINE_DIR}/releases/$(date +%s%N) && mkdir -p $r && tar -xzf - -C $r && echo $r > {BASELINE_DIR}/.last");
             let switch = format!("ln -sfn $(cat {BASELINE_DIR}/.last) {BASELINE_DIR}/current.tmp && mv -T {BASELINE_DIR}/current.tmp {BASELINE_DIR}/current");
             let script = format!(
-                "{} && tar -czf - -C {} . | {} && {} ; {}",
+                "{} && {source} | {} && {} ; {}",
                 ssh("-o ControlMaster=yes -o ControlPersist=60 -fN", ""),
-                app.display(),
                 ssh("", &extract),
                 ssh("", &switch),
                 ssh("-O exit", "")
@@ -483,7 +510,7 @@ fn wait_with_rss(pid: u32) -> (i32, u64) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss as u64)
 }
 
-/// Packs the artifact directory into one tar.gz on the controller, for pyinfra and Ansible.
+/// Packs the artifact directory into one tar.gz on the controller (gzip -6, tar's default).
 fn pack(app: &Path, tarball: &Path) {
     let status = Command::new("tar")
         .arg("-czf")

@@ -122,6 +122,8 @@ pub struct ReleaseTree {
     pub releases: Vec<Release>,
     /// Leftover `*.partial` directories of interrupted runs.
     pub partials: Vec<String>,
+    /// The host has `zstd`: the artifact goes as zstd, else as gzip.
+    pub zstd: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -138,6 +140,7 @@ impl ReleaseTree {
 }
 
 const RELEASES: &str = r#"
+if command -v zstd >/dev/null 2>&1; then echo "zstd"; fi
 cd -- "$deploy_to" 2>/dev/null || exit 0
 if [ -L current ]; then echo "current $(readlink current)"; fi
 [ -d releases ] || exit 0
@@ -172,6 +175,7 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
                 tree.current = target.rsplit('/').next().map(str::to_owned);
             }
             (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
+            (Some("zstd"), None) => tree.zstd = true,
             (Some("release"), Some(id)) => tree.releases.push(Release {
                 id: id.to_owned(),
                 sha256: words
@@ -218,6 +222,13 @@ mod tests {
         assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
         assert_eq!(tree.releases[1].sha256, None);
         assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
+        let has_zstd = std::process::Command::new("sh")
+            .args(["-c", "command -v zstd"])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert_eq!(tree.zstd, has_zstd);
         // A host that never saw a deploy is an empty tree, not an error.
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
@@ -227,7 +238,10 @@ mod tests {
         assert!(out.status.success());
         assert_eq!(
             parse_releases(&String::from_utf8_lossy(&out.stdout)),
-            ReleaseTree::default()
+            ReleaseTree {
+                zstd: has_zstd,
+                ..ReleaseTree::default()
+            }
         );
     }
 

@@ -28,6 +28,7 @@ use crate::inventory::{Host, Inventory};
 use crate::lock::{self, LockOwner, LockState, RunInfo};
 use crate::output::{Event, Output, Report, table};
 use crate::plan::{self, HostPlan, Source};
+use crate::shell::Cmd;
 use crate::shell::Secret;
 use crate::switch::{Switch, Touched};
 use crate::transport::{ExecError, ExecOutput, ExecRequest};
@@ -500,10 +501,12 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     );
     r.report.release = Some(release.clone());
     let mut plans = Vec::new();
+    let mut zstd = Vec::new();
     let mut failed = false;
     for (c, tree) in conns.iter().zip(trees) {
         match tree {
             Ok(tree) => {
+                zstd.push(tree.zstd);
                 let p = plan::host_plan(
                     &c.host.name,
                     &tree,
@@ -530,9 +533,43 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             .await;
     }
 
+    // Hosts without `zstd` get a gzip copy, made once for all of them.
+    let needs_gzip = plans
+        .iter()
+        .zip(&zstd)
+        .any(|(p, has)| matches!(p.source, Source::Upload) && !has);
+    let gzip = if needs_gzip {
+        let dir = d
+            .artifact
+            .file
+            .parent()
+            .unwrap_or(std::path::Path::new("/tmp"));
+        let make = || crate::artifact::to_gzip(d.artifact, dir);
+        let made = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(make),
+            _ => make(),
+        };
+        match made {
+            Ok(gzip) => Some(gzip),
+            Err(e) => {
+                let message = format!("cannot make the gzip copy of the artifact: {e}");
+                return r.close(&conns, Outcome::Failed, Some(message)).await;
+            }
+        }
+    } else {
+        None
+    };
+    let packs: Vec<&Packed> = zstd
+        .iter()
+        .map(|has| match &gzip {
+            Some(gzip) if !has => gzip,
+            _ => d.artifact,
+        })
+        .collect();
+
     // Stage every host; a Ctrl-C here stops before anything is switched.
     let revision = commands::release::revision_text(&d.artifact.sha256, d.git.as_deref());
-    let stage_all = stage_all(&d, &conns, &plans, &revision);
+    let stage_all = stage_all(&d, &conns, &plans, &packs, &revision);
     let staged = tokio::select! {
         staged = stage_all => Some(staged),
         () = d.cancel.cancelled() => None,
@@ -728,16 +765,21 @@ async fn stage_all(
     d: &Deploy<'_>,
     conns: &[Conn<'_>],
     plans: &[HostPlan],
+    packs: &[&Packed],
     revision: &str,
 ) -> Vec<Result<Staged, String>> {
-    let work = conns.iter().zip(plans).map(|(c, p)| async move {
-        let started = Instant::now();
-        let result = stage_host(d, c, p, revision).await;
-        result.map(|mut staged| {
-            staged.ms = started.elapsed().as_millis() as u64;
-            staged
-        })
-    });
+    let work = conns
+        .iter()
+        .zip(plans)
+        .zip(packs)
+        .map(|((c, p), packed)| async move {
+            let started = Instant::now();
+            let result = stage_host(d, c, p, packed, revision).await;
+            result.map(|mut staged| {
+                staged.ms = started.elapsed().as_millis() as u64;
+                staged
+            })
+        });
     use futures::StreamExt;
     futures::stream::iter(work)
         .buffered(d.inventory.rollout.parallel.max(1))
@@ -756,9 +798,10 @@ async fn stage_host(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
+    packed: &Packed,
     revision: &str,
 ) -> Result<Staged, String> {
-    let sent = stage_release(d, c, p, revision).await?;
+    let sent = stage_release(d, c, p, packed, revision).await?;
     let host = &c.host.name;
     let deploy_to = &d.inventory.app.deploy_to;
     d.out.emit(Event::Step {
@@ -796,39 +839,16 @@ async fn stage_release(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
+    packed: &Packed,
     revision: &str,
 ) -> Result<u64, String> {
     let deploy_to = &d.inventory.app.deploy_to;
     let host = &c.host.name;
-    let mut sent = 0;
-    match &p.source {
-        Source::Present => return Ok(0),
-        Source::Reuse { from } => {
-            d.out.emit(Event::Step {
-                host,
-                step: "copying identical release",
-            });
-            let cmd = commands::release::reuse(deploy_to, from, &p.release);
-            check(
-                c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await,
-                "copying the identical release",
-            )?;
-        }
-        Source::Upload => {
-            d.out.emit(Event::Step {
-                host,
-                step: "uploading",
-            });
-            sent = upload(d, c, &p.release).await?;
-        }
-    }
-    d.out.emit(Event::Step {
-        host,
-        step: "finishing release",
-    });
     let artifact = d.inventory.artifact.as_ref();
     let no_paths: Vec<String> = Vec::new();
-    let cmd = commands::release::finish(
+    // REVISION, shared links and the rename run in the same script as the upload or the
+    // copy: one round trip per host.
+    let finish = commands::release::finish(
         deploy_to,
         &p.release,
         revision,
@@ -836,11 +856,29 @@ async fn stage_release(
         artifact.map_or(&no_paths, |a| &a.shared_files),
         d.inventory.app.user.as_deref(),
     );
-    check(
-        c.transport.exec(ExecRequest::new(&cmd, SHORT * 5)).await,
-        "finishing the release",
-    )?;
-    Ok(sent)
+    match &p.source {
+        Source::Present => Ok(0),
+        Source::Reuse { from } => {
+            d.out.emit(Event::Step {
+                host,
+                step: "copying identical release",
+            });
+            let copy = commands::release::reuse(deploy_to, from, &p.release);
+            let cmd = Cmd::seq([copy, finish]);
+            check(
+                c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await,
+                "copying the identical release",
+            )?;
+            Ok(0)
+        }
+        Source::Upload => {
+            d.out.emit(Event::Step {
+                host,
+                step: "uploading",
+            });
+            upload(d, c, &p.release, finish, packed).await
+        }
+    }
 }
 
 fn check(result: Result<ExecOutput, ExecError>, step: &str) -> Result<ExecOutput, String> {
@@ -852,8 +890,14 @@ fn check(result: Result<ExecOutput, ExecError>, step: &str) -> Result<ExecOutput
 }
 
 /// Streams the packed artifact into `releases/<id>.partial`, verified on the host.
-async fn upload(d: &Deploy<'_>, c: &Conn<'_>, release: &str) -> Result<u64, String> {
-    let file = tokio::fs::File::open(&*d.artifact.file)
+async fn upload(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    release: &str,
+    finish: Cmd,
+    packed: &Packed,
+) -> Result<u64, String> {
+    let file = tokio::fs::File::open(&*packed.file)
         .await
         .map_err(|e| format!("cannot open the packed artifact: {e}"))?;
     let counter = Arc::new(AtomicU64::new(0));
@@ -861,10 +905,16 @@ async fn upload(d: &Deploy<'_>, c: &Conn<'_>, release: &str) -> Result<u64, Stri
         inner: file,
         count: counter.clone(),
     };
-    let cmd = commands::release::receive(&d.inventory.app.deploy_to, release, &d.artifact.sha256);
+    let receive = commands::release::receive(
+        &d.inventory.app.deploy_to,
+        release,
+        &packed.upload_sha256,
+        packed.codec.decompress(),
+    );
+    let cmd = Cmd::seq([receive, finish]);
     // Generous: keepalives notice a dead host long before this.
-    let timeout = Duration::from_secs(1800 + d.artifact.compressed_size / (1 << 20));
-    let total = d.artifact.compressed_size;
+    let timeout = Duration::from_secs(1800 + packed.compressed_size / (1 << 20));
+    let total = packed.compressed_size;
     let upload = c.transport.upload(&cmd, Box::new(reader), timeout);
     let ticker = async {
         loop {
@@ -888,7 +938,7 @@ async fn upload(d: &Deploy<'_>, c: &Conn<'_>, release: &str) -> Result<u64, Stri
                 "the artifact arrived damaged (sha256 differs after {sent} bytes); nothing was kept"
             ))
         }
-        Ok(o) => Err(describe_failure("extracting the artifact", &o)),
+        Ok(o) => Err(describe_failure("extracting and finishing the release", &o)),
         Err(e) => Err(crate::error::chain(&e)),
     }
 }

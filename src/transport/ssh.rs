@@ -229,6 +229,13 @@ impl SshConnector {
             keys.sort_by_key(|alg| !recorded.iter().any(|t| t == key_type_of(alg)));
             preferred.key = Cow::Owned(keys);
         }
+        if hardware_aes() {
+            // AES-GCM with AES-NI costs both ends less per byte than ChaCha20-Poly1305,
+            // which russh (like OpenSSH) otherwise asks for first.
+            let mut ciphers: Vec<_> = preferred.cipher.iter().cloned().collect();
+            ciphers.sort_by_key(|c| c.as_ref() != "aes256-gcm@openssh.com");
+            preferred.cipher = Cow::Owned(ciphers);
+        }
         client::Config {
             preferred,
             keepalive_interval: Some(target.keepalive_interval),
@@ -772,3 +779,21 @@ const CHANNEL_RETRY: Duration = Duration::from_secs(10);
 
 /// How long to wait for a polite disconnect before giving up on it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether this CPU has AES and carry-less multiply instructions (what makes AES-GCM fast).
+fn hardware_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}

@@ -122,6 +122,43 @@ fn deploy_to_three_hosts_then_redeploy_sends_nothing() {
 }
 
 #[test]
+fn a_host_without_zstd_gets_the_same_release_as_gzip() {
+    let fleet = Fleet::start(2);
+    // h2's /usr is its own: without zstd there, shipit must send gzip to it.
+    fleet.sh_ok("h2", "rm -f \"$(command -v zstd)\" && ! command -v zstd");
+    let app = app_dir(&fleet, "v1");
+    // Something that compresses, so the two encodings differ in size.
+    std::fs::write(app.join("data.txt"), "shipit ".repeat(50_000)).unwrap();
+    let inv = deploy_inventory(&fleet, &["h1", "h2"], &app, 3);
+    let (code, report, stderr) = shipit_json(&fleet, &["deploy", "test"], &inv);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    let sent = |h: &str| host_entry(&report, h)["bytes_sent"].as_u64().unwrap();
+    assert!(sent("h1") > 0 && sent("h2") > 0);
+    assert_ne!(sent("h1"), sent("h2"), "{report:#}");
+    assert_eq!(sent("h1"), report["artifact_bytes"].as_u64().unwrap());
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            fleet.sh_ok(
+                h,
+                "cat /opt/demo/current/VERSION && md5sum < /opt/demo/current/data.txt"
+            ),
+            fleet.sh_ok(
+                "h1",
+                "cat /opt/demo/current/VERSION && md5sum < /opt/demo/current/data.txt"
+            ),
+        );
+    }
+    assert_eq!(current(&fleet, "h1"), current(&fleet, "h2"));
+    // Both hosts recorded the same artifact identity, whatever the encoding.
+    let rev = |h: &str| fleet.sh_ok(h, "head -1 /opt/demo/current/REVISION");
+    assert_eq!(rev("h1"), rev("h2"));
+    assert_eq!(
+        rev("h1").trim(),
+        report["artifact_sha256"].as_str().unwrap()
+    );
+}
+
+#[test]
 fn keep_releases_keeps_current_and_the_one_it_replaced() {
     let fleet = Fleet::start(1);
     let mut ids = Vec::new();

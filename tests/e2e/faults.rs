@@ -159,8 +159,9 @@ fn lock_acquisition_failing_on_one_host_releases_the_others() {
 #[test]
 fn a_wrong_checksum_after_upload_keeps_nothing() {
     let rig = Rig::new();
-    // The host's sha256sum lies: the bytes look damaged.
-    rig.fleet.sh_ok("h1", "mv /usr/bin/sha256sum /usr/bin/sha256sum.real && printf '#!/bin/sh\\ncat >/dev/null; echo 0000 -\\n' > /usr/bin/sha256sum && chmod +x /usr/bin/sha256sum");
+    // The host has no openssl (so `sha256sum` checks the upload), and its sha256sum lies:
+    // the bytes look damaged.
+    rig.fleet.sh_ok("h1", "mv /usr/bin/openssl /usr/bin/openssl.real; mv /usr/bin/sha256sum /usr/bin/sha256sum.real && printf '#!/bin/sh\\ncat >/dev/null; echo 0000 -\\n' > /usr/bin/sha256sum && chmod +x /usr/bin/sha256sum");
     let inv = rig.inventory("v2", "");
     let (code, _, stderr) = rig.deploy(&inv);
     assert_eq!(code, 1, "{stderr}");
