@@ -7,6 +7,8 @@
 #   HOSTS=1,10 MB=20 bench/run.sh
 #   HOSTS=1,3 MB=5 BIG_MB=10 bench/run.sh          a quick smoke run
 #
+# Rows `N MB .tar.gz to N hosts`: the floor, the artifact as a prebuilt tar.gz streamed into
+# `tar -xz` on each host (no compression timed), against shipit deploying that same file.
 # Columns: openssh (the baseline: tar | ssh into a new release, renamed-symlink switch),
 # shipit, shipit/openssh, shipit's peak RSS, then pyinfra and Ansible doing the same job on
 # the same fleet, each with its ratio to the same openssh time. The pyinfra and ansible

@@ -8,6 +8,9 @@
 //! The job: upload an artifact, extract it to `releases/<id>`, switch `current`. Baseline:
 //! plain OpenSSH with one ControlMaster connection per host, `tar -czf - dir | ssh host 'tar
 //! -x'` into a new directory, then the same renamed-symlink switch, every host in parallel.
+//! The `.tar.gz` rows are the floor: the artifact given as a prebuilt tar.gz (made outside
+//! the timing), its bytes streamed into `tar -xzf -` on each host, against shipit deploying
+//! that same file.
 //! Client peak RSS is measured with wait4(2). After every run, every host's `current` must
 //! resolve to a `releases/<id>` directory holding the artifact's files, byte for byte (md5),
 //! so a tool that silently did nothing fails the benchmark instead of winning it.
