@@ -117,3 +117,39 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
             .to_owned(),
     )
 }
+
+/// Runs `cmd` (a shipit command ending in `--json`) with `secrets` exported; asserts no
+/// secret value shows in its output; returns (exit code, the JSON report, stderr).
+pub fn run_with_secrets(
+    cmd: &mut Command,
+    secrets: &[(&str, &str)],
+) -> (i32, serde_json::Value, String) {
+    for (k, v) in secrets {
+        cmd.env(k, v);
+    }
+    let (code, stdout, stderr) = run(cmd);
+    for (name, value) in secrets {
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "{name}'s value in shipit's output:\n{stdout}\n{stderr}"
+        );
+    }
+    let report =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (code, report, stderr)
+}
+
+/// The one running container of Compose `service` in `project`, on the tests' engine.
+pub fn compose_container(project: &str, service: &str) -> String {
+    let ids = crate::support::docker::docker().cli_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "containers of {service}: {ids:?}");
+    ids[0].to_owned()
+}

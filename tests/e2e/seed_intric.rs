@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{run, write};
+use crate::common::{compose_container, run_with_secrets, write};
 use crate::support::docker::{BASE_IMAGE, Docker, POSTGRES_UID, Project, docker};
 use crate::support::{Fleet, free_port};
 
@@ -190,34 +190,12 @@ impl Intric {
     fn deploy(&self, inv: &Path) -> (i32, serde_json::Value, String) {
         let mut cmd = self.fleet.shipit();
         cmd.args(["deploy", "test", "-v", "--json", "-i"]).arg(inv);
-        for (k, v) in SECRETS {
-            cmd.env(k, v);
-        }
-        let (code, stdout, stderr) = run(&mut cmd);
-        for (name, value) in SECRETS {
-            assert!(
-                !stdout.contains(value) && !stderr.contains(value),
-                "{name}'s value in shipit's output:\n{stdout}\n{stderr}"
-            );
-        }
-        let report =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
-        (code, report, stderr)
+        run_with_secrets(&mut cmd, &SECRETS)
     }
 
     /// The running container of `service`.
     fn container(&self, service: &str) -> String {
-        let ids = docker().cli_ok(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        assert_eq!(ids.len(), 1, "containers of {service}: {ids:?}");
-        ids[0].to_owned()
+        compose_container(self.project.name(), service)
     }
 
     fn psql(&self, sql: &str) -> String {

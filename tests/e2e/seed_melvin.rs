@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::common::{run, write};
+use crate::common::{compose_container, http_get, run_with_secrets, write};
 use crate::seed_intric::{path, set, table};
 use crate::support::docker::{BASE_IMAGE, Docker, Project, docker};
 use crate::support::{Fleet, free_port};
@@ -184,33 +184,11 @@ impl Melvin {
     fn shipit(&self, args: &[&str], inv: &Path) -> (i32, serde_json::Value, String) {
         let mut cmd = self.fleet.shipit();
         cmd.args(args).args(["--json", "-i"]).arg(inv);
-        for (k, v) in SECRETS {
-            cmd.env(k, v);
-        }
-        let (code, stdout, stderr) = run(&mut cmd);
-        for (name, value) in SECRETS {
-            assert!(
-                !stdout.contains(value) && !stderr.contains(value),
-                "{name}'s value in shipit's output:\n{stdout}\n{stderr}"
-            );
-        }
-        let report =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
-        (code, report, stderr)
+        run_with_secrets(&mut cmd, &SECRETS)
     }
 
     fn container(&self, service: &str) -> String {
-        let ids = docker().cli_ok(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        assert_eq!(ids.len(), 1, "containers of {service}: {ids:?}");
-        ids[0].to_owned()
+        compose_container(self.project.name(), service)
     }
 
     fn psql(&self, sql: &str) -> String {
@@ -231,18 +209,7 @@ impl Melvin {
     }
 
     fn get(&self, target: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.api)).unwrap();
-        write!(s, "GET {target} HTTP/1.0\r\nHost: melvin\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, body.to_owned())
+        http_get(self.api, target)
     }
 }
 

@@ -3,6 +3,7 @@
 //! has something real to pull from (no other registry is reachable). Engines trust plain
 //! HTTP registries on loopback addresses without configuration.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +37,19 @@ impl Registry {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(BINARY)
+        let mut command = Command::new(BINARY);
+        // Killed with the test's thread even when the test process dies without unwinding
+        // (SIGKILL, a CI timeout): no registry is left listening.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
