@@ -214,8 +214,25 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let task = &inventory.tasks[name];
                 let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 if !failed.is_empty() {
+                    // All or nothing: a task is not run on part of its hosts.
+                    let mut report = shipit::exec::ExecReport {
+                        stage: stage.clone(),
+                        task: Some(name.clone()),
+                        command: task.command.clone(),
+                        hosts: Vec::new(),
+                    };
+                    for host in &hosts {
+                        let error = match failed.iter().find(|(h, _)| h.name == host.name) {
+                            Some((_, e)) => shipit::error::chain(e),
+                            None => "not run: another host could not be reached".to_owned(),
+                        };
+                        report
+                            .hosts
+                            .push(shipit::exec::HostExec::failed(&host.name, error));
+                    }
+                    out.emit(Event::Done(&report));
                     fleet::close_all(&conns).await;
-                    return Ok(code::FAILED);
+                    return hosts_result(report.failed(), report.hosts.len());
                 }
                 let report =
                     shipit::tasks::run(&stage, name, task, &conns, &inventory, &run, &out).await;

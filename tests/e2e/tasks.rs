@@ -114,6 +114,27 @@ fn tasks_run_in_the_current_release_on_the_hosts_they_name() {
     assert!(!fleet.sh("h1", "test -e /tmp/where").status.success());
     fleet.sh_ok("h1", "rmdir /opt/demo/.shipit/lock");
 
+    // A host that cannot be reached: the task runs nowhere, and the report says why.
+    let text = std::fs::read_to_string(&inv).unwrap()
+        + "[[hosts]]\nname = \"down\"\naddress = \"127.0.0.1\"\nport = 1\n";
+    let down = write(fleet.dir(), "inv-down.toml", &text);
+    let (code, stdout, stderr) = shipit(&fleet, &down, &["task", "test", "where", "--json"]);
+    assert_eq!(code, 1, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 3, "{report:#}");
+    assert!(
+        host_entry(&report, "down")["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{report:#}"
+    );
+    assert_eq!(
+        host_entry(&report, "h1")["error"],
+        "not run: another host could not be reached"
+    );
+    assert!(!fleet.sh("h1", "test -e /tmp/where").status.success());
+
     // Recorded in each host's history; no lock left behind.
     let (code, stdout, _) = shipit(&fleet, &inv, &["history", "test", "--json"]);
     assert_eq!(code, 0);
