@@ -259,7 +259,7 @@ fn describe_status(status: &ExitStatus) -> String {
 fn pack_dir(root: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
     let temp = new_temp(temp_dir)?;
     let checked = write_dir_tar(root, temp_dir, temp.as_file())?;
-    finish_temp(temp, temp_dir, checked)
+    finish_temp(temp, temp_dir, checked, Codec::Zstd)
 }
 
 /// Writes `root` as a zstd-compressed tar into `out`.
@@ -530,7 +530,7 @@ fn adopt_tarball(path: &Path, temp_dir: &Path, format: TarFormat) -> Result<Pack
             path: path.to_owned(),
         });
     }
-    finish_temp(temp, temp_dir, checked)
+    finish_temp(temp, temp_dir, checked, Codec::Zstd)
 }
 
 /// Checks the tarball read from `source` while writing the tar, zstd-compressed, into `out`.
@@ -970,23 +970,19 @@ pub fn to_gzip(packed: &Packed, temp_dir: &Path) -> Result<Packed, ArtifactError
         }
     };
     decoded.map_err(write_err)?;
-    let mut gz = finish_temp(
-        temp,
-        temp_dir,
-        Summary {
-            sha256: packed.sha256.clone(),
-            tar_size: packed.tar_size,
-            entries: packed.entries,
-        },
-    )?;
-    gz.codec = Codec::Gzip;
-    Ok(gz)
+    let summary = Summary {
+        sha256: packed.sha256.clone(),
+        tar_size: packed.tar_size,
+        entries: packed.entries,
+    };
+    finish_temp(temp, temp_dir, summary, Codec::Gzip)
 }
 
 fn finish_temp(
     temp: tempfile::NamedTempFile,
     temp_dir: &Path,
     checked: Summary,
+    codec: Codec,
 ) -> Result<Packed, ArtifactError> {
     let write_err = |source| ArtifactError::Write {
         dir: temp_dir.to_owned(),
@@ -995,7 +991,7 @@ fn finish_temp(
     let (upload_sha256, compressed_size) = sha256_of(temp.path()).map_err(write_err)?;
     Ok(Packed {
         file: temp.into_temp_path(),
-        codec: Codec::Zstd,
+        codec,
         sha256: checked.sha256,
         compressed_size,
         upload_sha256,

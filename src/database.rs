@@ -389,24 +389,12 @@ pub async fn backup_now(
     let deploy_to = &inventory.app.deploy_to;
     let conns = std::slice::from_ref(conn);
     let now = crate::rollout::now_unix();
-    match crate::lock::acquire_all(conns, deploy_to, run).await.pop() {
-        Some(crate::lock::LockState::Taken) => {}
-        Some(crate::lock::LockState::Held(owner)) => {
-            let who = owner.map_or_else(
-                || "an unknown owner".to_owned(),
-                |o| o.describe(now, inventory.rollout.lock_timeout),
-            );
-            report.error = Some(format!("locked by {who}"));
-            return report;
-        }
-        Some(crate::lock::LockState::Failed(e)) => {
-            report.error = Some(e);
-            return report;
-        }
-        Some(crate::lock::LockState::NotTried) | None => {
-            report.error = Some("could not take the lock".to_owned());
-            return report;
-        }
+    let state = crate::lock::acquire_all(conns, deploy_to, run).await.pop();
+    let state = state.unwrap_or(crate::lock::LockState::NotTried);
+    let lock_timeout = inventory.rollout.lock_timeout;
+    if let Some(problem) = state.problem(&conn.host.name, now, lock_timeout) {
+        report.error = Some(problem);
+        return report;
     }
     let result = match current_release(conn, deploy_to).await {
         Ok((current, previous)) => {
@@ -446,7 +434,8 @@ pub async fn backup_now(
 
 /// The release `current` points at on `conn`'s host, and the newest complete release before
 /// it (what `$SHIPIT_PREVIOUS` says during a deploy of it).
-async fn current_release(
+/// The release `current` points at on the host, and the one before it (one round trip).
+pub async fn current_release(
     conn: &Conn<'_>,
     deploy_to: &str,
 ) -> Result<(String, Option<String>), String> {
@@ -467,7 +456,7 @@ async fn current_release(
     let tree = crate::facts::parse_releases(&o.stdout.text());
     let Some(current) = tree.current else {
         return Err(format!(
-            "no release is current on `{}`: deploy first",
+            "nothing is deployed under `{deploy_to}` yet on `{}`: deploy first",
             conn.host.name
         ));
     };

@@ -126,28 +126,31 @@ pub async fn streamed(
     timeout: std::time::Duration,
     out: &Output,
 ) -> HostExec {
-    let mut result = HostExec::failed(host, String::new());
-    result.error = None;
     let lines = Lines::new(host, out);
     let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
     let outcome = transport
         .exec(ExecRequest::new(cmd, timeout).output(&sink))
         .await;
     lines.flush();
-    let summary = match outcome {
-        Ok(output) => {
-            result.ok = output.success();
-            if let crate::transport::Exit::Code(code) = output.exit {
-                result.exit_code = Some(code);
-            }
-            result.stdout = output.stdout.text();
-            result.stderr = output.stderr.text();
-            output.exit.to_string()
-        }
-        Err(e) => {
-            result.error = Some(crate::error::chain(&e));
-            crate::error::chain(&e)
-        }
+    let (result, summary) = match outcome {
+        Ok(output) => (
+            HostExec {
+                host: host.to_owned(),
+                ok: output.success(),
+                exit_code: match output.exit {
+                    crate::transport::Exit::Code(code) => Some(code),
+                    _ => None,
+                },
+                stdout: output.stdout.text(),
+                stderr: output.stderr.text(),
+                error: None,
+            },
+            output.exit.to_string(),
+        ),
+        Err(e) => (
+            HostExec::failed(host, crate::error::chain(&e)),
+            crate::error::chain(&e),
+        ),
     };
     out.emit(Event::HostDone {
         host,

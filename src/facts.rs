@@ -69,8 +69,7 @@ else
   if mkdir -- "$t" 2>/dev/null && : >"$t/a" && mv -T -- "$t/a" "$t/b" 2>/dev/null; then echo "tool mv-T yes"; else echo "tool mv-T no"; fi
   rm -rf -- "$t"
 fi
-if docker compose version >/dev/null 2>&1; then echo "compose docker compose"
-elif command -v docker-compose >/dev/null 2>&1; then echo "compose docker-compose"; fi
+if [ -n "$compose" ]; then echo "compose $compose"; fi
 df -Pk -- "$p" 2>/dev/null | awk 'NR==2 { print "free_kb " $4 }'
 if [ -d "$deploy_to/.shipit/lock" ]; then
   printf 'lock '; tr -d '\n' < "$deploy_to/.shipit/lock/owner.json" 2>/dev/null; echo
@@ -80,7 +79,11 @@ exit 0
 
 /// One round trip that learns everything `check` reports about a host.
 pub fn probe(deploy_to: &str) -> Cmd {
-    Cmd::seq([Cmd::assign("deploy_to", deploy_to), Cmd::new(PROBE)])
+    Cmd::seq([
+        Cmd::assign("deploy_to", deploy_to),
+        Cmd::new(crate::commands::compose::PICK),
+        Cmd::new(PROBE),
+    ])
 }
 
 /// Parses the output of [`probe`]. Unknown lines are ignored (a login banner, say).

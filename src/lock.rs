@@ -94,6 +94,25 @@ pub enum LockState {
     NotTried,
 }
 
+impl LockState {
+    /// Why this run does not hold the host's lock, in words (`None`: it does). `first` is
+    /// the host locked first, named when this one was never tried.
+    pub fn problem(&self, first: &str, now_unix: u64, lock_timeout: Duration) -> Option<String> {
+        match self {
+            LockState::Taken => None,
+            LockState::Held(owner) => Some(format!(
+                "locked by {}",
+                owner.as_ref().map_or_else(
+                    || "an unknown owner (owner.json missing)".to_owned(),
+                    |o| o.describe(now_unix, lock_timeout),
+                )
+            )),
+            LockState::Failed(e) => Some(e.clone()),
+            LockState::NotTried => Some(format!("not locked: `{first}` could not be")),
+        }
+    }
+}
+
 /// Tries to lock every host. The first host (in inventory order) is locked alone before the
 /// others, so of two runs over the same hosts started at the same moment exactly one wins:
 /// the loser stops at the first host and never touches the rest. The caller releases the

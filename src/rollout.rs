@@ -405,30 +405,21 @@ async fn connect_and_lock<'r, 'h>(
     let mut taken = Vec::new();
     let mut held = Vec::new();
     let mut broken = 0;
+    let first = &conns[0].host.name;
     for (c, state) in conns.iter().zip(states) {
+        let problem = state.problem(first, now, inventory.rollout.lock_timeout);
+        let name = c.host.name.clone();
         match state {
             LockState::Taken => taken.push(c),
             LockState::Held(owner) => {
-                let who = owner.as_ref().map_or_else(
-                    || "an unknown owner (owner.json missing)".to_owned(),
-                    |o| o.describe(now, inventory.rollout.lock_timeout),
-                );
-                let name = c.host.name.clone();
                 r.host(&name).locked_by = owner;
-                r.fail_host(&name, format!("locked by {who}"));
-                held.push(name);
+                held.push(name.clone());
             }
-            LockState::Failed(e) => {
-                r.fail_host(&c.host.name.clone(), e);
-                broken += 1;
-            }
-            LockState::NotTried => {
-                let first = &conns[0].host.name;
-                r.fail_host(
-                    &c.host.name.clone(),
-                    format!("not locked: `{first}` could not be"),
-                );
-            }
+            LockState::Failed(_) => broken += 1,
+            LockState::NotTried => {}
+        }
+        if let Some(problem) = problem {
+            r.fail_host(&name, problem);
         }
     }
     if taken.len() == conns.len() {

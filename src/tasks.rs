@@ -9,11 +9,7 @@ use crate::fleet::Conn;
 use crate::inventory::{Inventory, Task};
 use crate::lock::{LockState, RunInfo};
 use crate::output::{Event, Output};
-use crate::shell::Cmd;
-use crate::transport::ExecRequest;
 use crate::transport::local::NO_TIMEOUT;
-
-const SHORT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Which of the selected hosts a task runs on: those with one of its roles, and with
 /// `once`, only the migrate host among them (the first one when it is not selected).
@@ -53,6 +49,7 @@ pub async fn run(
         hosts: Vec::new(),
     };
     let now = crate::rollout::now_unix();
+    let first = conns.first().map_or("", |c| c.host.name.as_str());
     let states = crate::lock::acquire_all(conns, deploy_to, run).await;
     let taken: Vec<&Conn<'_>> = conns
         .iter()
@@ -63,21 +60,10 @@ pub async fn run(
     if taken.len() < conns.len() {
         crate::lock::release_all(&taken, deploy_to, &run.token).await;
         for (conn, state) in conns.iter().zip(states) {
-            let error = match state {
-                LockState::Taken | LockState::NotTried => None,
-                LockState::Held(owner) => Some(format!(
-                    "locked by {}",
-                    owner.map_or_else(
-                        || "an unknown owner".to_owned(),
-                        |o| o.describe(now, inventory.rollout.lock_timeout)
-                    )
-                )),
-                LockState::Failed(e) => Some(e),
-            };
-            report.hosts.push(HostExec::failed(
-                &conn.host.name,
-                error.unwrap_or_else(|| "not run: another host is locked".to_owned()),
-            ));
+            let error = state
+                .problem(first, now, inventory.rollout.lock_timeout)
+                .unwrap_or_else(|| "not run: another host is locked".to_owned());
+            report.hosts.push(HostExec::failed(&conn.host.name, error));
         }
         return report;
     }
@@ -108,23 +94,9 @@ pub async fn run(
 async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Output) -> HostExec {
     let host = &conn.host.name;
     let deploy_to = &inventory.app.deploy_to;
-    let current = Cmd::new("readlink").arg(format!("{deploy_to}/current"));
-    let release = match conn.transport.exec(ExecRequest::new(&current, SHORT)).await {
-        Ok(o) if o.success() => o
-            .stdout
-            .text()
-            .trim()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        Ok(_) => {
-            return HostExec::failed(
-                host,
-                format!("nothing is deployed under `{deploy_to}` yet: deploy first"),
-            );
-        }
-        Err(e) => return HostExec::failed(host, crate::error::chain(&e)),
+    let release = match crate::database::current_release(conn, deploy_to).await {
+        Ok((current, _)) => current,
+        Err(e) => return HostExec::failed(host, e),
     };
     let mut vars = task_vars(inventory, host, &release, None);
     // Out of a deploy there is no previous release and no first deploy.

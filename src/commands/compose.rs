@@ -7,7 +7,15 @@ use crate::shell::Cmd;
 
 use super::envfile::next_path;
 
-/// Defines `dc` as the host's Compose with the project, file and env file of a release.
+/// Sets `$compose` to the host's Compose: `docker compose` (the v2 plugin, preferred) or
+/// `docker-compose` (v1); empty when it has neither. The one place that choice is made:
+/// stack commands, `$SHIPIT_COMPOSE` in user commands and `shipit check` all use it.
+pub const PICK: &str = r#"
+if docker compose version >/dev/null 2>&1; then compose="docker compose"
+elif command -v docker-compose >/dev/null 2>&1; then compose=docker-compose
+else compose=; fi"#;
+
+/// Sets "$@" to the host's Compose with the project, file and env file of a release.
 /// Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
 fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
     vec![
@@ -15,12 +23,14 @@ fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
+        Cmd::new(PICK),
         Cmd::new(
             r#"
 if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
-if docker compose version >/dev/null 2>&1; then set -- docker compose
-elif command -v docker-compose >/dev/null 2>&1; then set -- docker-compose
-else echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91; fi
+if [ -z "$compose" ]; then
+  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
+fi
+set -- $compose
 if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
 else set -- "$@" -p "$project" -f "$file"; fi"#,
         ),

@@ -39,11 +39,10 @@ if [ -n "$envfile" ] && [ -f "$envfile" ]; then set -a; . "$envfile" || exit 1; 
     if let Some((project, file)) = &vars.compose {
         steps.push(Cmd::assign("project", project));
         steps.push(Cmd::assign("composefile", file));
+        steps.push(Cmd::new(super::compose::PICK));
         steps.push(Cmd::new(
             r#"
-if docker compose version >/dev/null 2>&1; then SHIPIT_COMPOSE="docker compose"
-else SHIPIT_COMPOSE="docker-compose"; fi
-SHIPIT_COMPOSE="$SHIPIT_COMPOSE -p $project -f $composefile"
+SHIPIT_COMPOSE="${compose:-docker-compose} -p $project -f $composefile"
 if [ -n "$envfile" ] && [ -f "$envfile" ]; then SHIPIT_COMPOSE="$SHIPIT_COMPOSE --env-file $envfile"; fi
 export SHIPIT_COMPOSE"#,
         ));

@@ -153,3 +153,109 @@ pub fn compose_container(project: &str, service: &str) -> String {
     assert_eq!(ids.len(), 1, "containers of {service}: {ids:?}");
     ids[0].to_owned()
 }
+
+/// Whether `script` exits 0 on `host` of `fleet`.
+pub fn succeeds(fleet: &Fleet, host: &str, script: &str) -> bool {
+    fleet.sh(host, script).status.success()
+}
+
+/// A TOML table of `entries`.
+pub fn table(entries: &[(&str, toml::Value)]) -> toml::Value {
+    toml::Value::Table(
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+}
+
+pub fn path(p: &Path) -> toml::Value {
+    p.display().to_string().into()
+}
+
+/// Sets `inv[keys...]`, creating tables on the way.
+pub fn set(inv: &mut toml::Table, keys: &[&str], value: toml::Value) {
+    let (last, parents) = keys.split_last().unwrap();
+    let mut t = inv;
+    for k in parents {
+        t = t
+            .entry(*k)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap();
+    }
+    t.insert((*last).to_owned(), value);
+}
+
+/// A seed example's inventory (`<example>/<file>`) aimed at `fleet`'s h1 (role `migrate`):
+/// its `[ssh]` and `[[hosts]]` replaced by the fleet's, the artifact and Compose file given
+/// as absolute paths, Compose `project` and `pull = false`.
+pub fn example_inventory(fleet: &Fleet, example: &str, file: &str, project: &str) -> toml::Table {
+    let text = std::fs::read_to_string(format!("{example}/{file}")).unwrap();
+    let mut inv: toml::Table = text.parse().unwrap();
+    inv.insert(
+        "ssh".into(),
+        table(&[
+            ("user", "root".into()),
+            ("identity", path(&fleet.client_key())),
+            ("known_hosts", path(&fleet.known_hosts())),
+            ("connect_timeout", "5s".into()),
+        ]),
+    );
+    inv.insert(
+        "hosts".into(),
+        toml::Value::Array(vec![table(&[
+            ("name", "h1".into()),
+            ("address", "127.0.0.1".into()),
+            ("port", i64::from(fleet.host("h1").port).into()),
+            ("roles", toml::Value::Array(vec!["migrate".into()])),
+        ])]),
+    );
+    set(&mut inv, &["artifact", "path"], example.into());
+    set(
+        &mut inv,
+        &["compose", "file"],
+        format!("{example}/docker-compose.yml.j2").into(),
+    );
+    set(&mut inv, &["compose", "project"], project.into());
+    set(&mut inv, &["compose", "pull"], false.into());
+    inv
+}
+
+/// Sets `vars` in `[env.vars]` and the health check (`url`, `timeout`, a 300ms interval)
+/// of `inv`, and writes it as `<fleet dir>/<file>`.
+pub fn write_example_inventory(
+    fleet: &Fleet,
+    mut inv: toml::Table,
+    vars: &[(&str, String)],
+    url: String,
+    timeout: &str,
+    file: &str,
+) -> PathBuf {
+    for (key, value) in vars {
+        set(&mut inv, &["env", "vars", key], value.as_str().into());
+    }
+    set(&mut inv, &["health", "url"], url.into());
+    set(&mut inv, &["health", "timeout"], timeout.into());
+    set(&mut inv, &["health", "interval"], "300ms".into());
+    write(fleet.dir(), file, &toml::to_string(&inv).unwrap())
+}
+
+/// `psql -tAc sql` (stopping on errors) in Compose `service` of `project`, as user `db` on
+/// database `db`; its output.
+pub fn compose_psql(project: &str, service: &str, db: &str, sql: &str) -> String {
+    crate::support::docker::docker().cli_ok(&[
+        "exec",
+        &compose_container(project, service),
+        "psql",
+        "-X",
+        "-U",
+        db,
+        "-d",
+        db,
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-tAc",
+        sql,
+    ])
+}

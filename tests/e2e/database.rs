@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::{run, write};
+use crate::common::{run, succeeds, write};
 use crate::support::Fleet;
 use crate::support::postgres::{PASSWORD, Postgres};
 
@@ -80,14 +80,35 @@ command = "./migrate.sh"
     write(fleet.dir(), "inv.toml", &text)
 }
 
-fn deploy(fleet: &Fleet, pg: &Postgres, inv: &Path) -> (i32, serde_json::Value, String) {
-    let (code, stdout, stderr) = run(fleet
+/// Runs `shipit <args> -i <inv>` with DATABASE_URL exported: (exit code, stdout, stderr).
+fn shipit(fleet: &Fleet, pg: &Postgres, args: &[&str], inv: &Path) -> (i32, String, String) {
+    run(fleet
         .shipit()
         .env("DATABASE_URL", pg.url("shop"))
-        .args(["deploy", "test", "--json", "-i"])
-        .arg(inv));
+        .args(args)
+        .arg("-i")
+        .arg(inv))
+}
+
+fn deploy(fleet: &Fleet, pg: &Postgres, inv: &Path) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = shipit(fleet, pg, &["deploy", "test", "--json"], inv);
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
     (code, json, stderr)
+}
+
+/// A PostgreSQL with the seeded `shop` database, and a fleet of `hosts`.
+fn start(hosts: usize) -> (Postgres, Fleet) {
+    let pg = Postgres::start();
+    seed(&pg);
+    (pg, Fleet::start(hosts))
+}
+
+/// Asserts the JSON report's message contains `text`.
+fn assert_message(report: &serde_json::Value, text: &str) {
+    assert!(
+        report["message"].as_str().unwrap().contains(text),
+        "{report:#}"
+    );
 }
 
 fn seed(pg: &Postgres) {
@@ -102,9 +123,7 @@ const ADD_COLUMN: &str = "ALTER TABLE items ADD COLUMN IF NOT EXISTS note text; 
 
 #[test]
 fn backup_then_migration_keeps_data_and_the_dump_restores_the_old_schema() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(1);
+    let (pg, fleet) = start(1);
     let inv = inventory(&fleet, &["h1"], &app(fleet.dir(), "v2", ADD_COLUMN), "");
     let (code, report, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
@@ -135,9 +154,7 @@ fn backup_then_migration_keeps_data_and_the_dump_restores_the_old_schema() {
 
 #[test]
 fn a_failing_migration_switches_nothing() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(2);
+    let (pg, fleet) = start(2);
     let inv = inventory(
         &fleet,
         &["h1", "h2"],
@@ -155,13 +172,7 @@ fn a_failing_migration_switches_nothing() {
     );
     let (code, report, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        report["message"]
-            .as_str()
-            .unwrap()
-            .contains("the migration failed"),
-        "{report:#}"
-    );
+    assert_message(&report, "the migration failed");
     for h in ["h1", "h2"] {
         assert_eq!(
             fleet.sh_ok(h, "readlink /opt/shop/current"),
@@ -170,10 +181,7 @@ fn a_failing_migration_switches_nothing() {
         );
         assert_eq!(fleet.sh_ok(h, "cat /opt/shop/current/VERSION"), "v1");
         assert!(
-            !fleet
-                .sh(h, "test -e /opt/shop/.shipit/lock")
-                .status
-                .success(),
+            !succeeds(&fleet, h, "test -e /opt/shop/.shipit/lock"),
             "lock left on {h}"
         );
     }
@@ -181,9 +189,7 @@ fn a_failing_migration_switches_nothing() {
 
 #[test]
 fn an_empty_backup_stops_the_deploy_before_migrations() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(1);
+    let (pg, fleet) = start(1);
     let app = app(fleet.dir(), "v2", ADD_COLUMN);
     let inv = inventory(&fleet, &["h1"], &app, "");
     let text = std::fs::read_to_string(&inv).unwrap().replace(
@@ -193,29 +199,21 @@ fn an_empty_backup_stops_the_deploy_before_migrations() {
     let inv = write(fleet.dir(), "inv-empty.toml", &text);
     let (code, report, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        report["message"]
-            .as_str()
-            .unwrap()
-            .contains("wrote nothing"),
-        "{report:#}"
-    );
+    assert_message(&report, "wrote nothing");
     assert_eq!(
         pg.psql_ok("shop", "SELECT count(*) FROM migration_runs"),
         "0",
         "no migration ran"
     );
     assert!(
-        !fleet.sh("h1", "test -e /opt/shop/current").status.success(),
+        !succeeds(&fleet, "h1", "test -e /opt/shop/current"),
         "nothing switched"
     );
 }
 
 #[test]
 fn retention_keeps_seven_backups_after_nine_deploys() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(1);
+    let (pg, fleet) = start(1);
     let mut last = String::new();
     for i in 0..9 {
         let inv = inventory(
@@ -235,11 +233,12 @@ fn retention_keeps_seven_backups_after_nine_deploys() {
         "the newest is kept"
     );
     // `shipit backups` lists them.
-    let (code, stdout, _) = run(fleet
-        .shipit()
-        .env("DATABASE_URL", pg.url("shop"))
-        .args(["backups", "test", "--json", "-i"])
-        .arg(fleet.dir().join("inv.toml")));
+    let (code, stdout, _) = shipit(
+        &fleet,
+        &pg,
+        &["backups", "test", "--json"],
+        &fleet.dir().join("inv.toml"),
+    );
     assert_eq!(code, 0);
     let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 7);
@@ -247,9 +246,7 @@ fn retention_keeps_seven_backups_after_nine_deploys() {
 
 #[test]
 fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(3);
+    let (pg, fleet) = start(3);
     let hooks = "[rollout]\nwaves = [\"1\"]\n\n[[hooks]]\nat = \"after_switch\"\ncommand = \"psql -X -q -c 'select 1' >/dev/null 2>&1 || true; touch /tmp/hook-every-host\"\n\n[[hooks]]\nat = \"after_switch\"\nonce = true\ncommand = \"touch /tmp/hook-once\"\n";
     let inv = inventory(
         &fleet,
@@ -272,11 +269,12 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
         });
         let result = deploy(&fleet, &pg, &inv);
         // And the text output, for the audit.
-        let text = run(fleet
-            .shipit()
-            .env("DATABASE_URL", pg.url("shop"))
-            .args(["deploy", "test", "--progress", "never", "-v", "-i"])
-            .arg(&inv));
+        let text = shipit(
+            &fleet,
+            &pg,
+            &["deploy", "test", "--progress", "never", "-v"],
+            &inv,
+        );
         done.store(true, Ordering::Relaxed);
         (sampler.join().unwrap(), result, text)
     });
@@ -289,7 +287,7 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
     );
     let once: Vec<bool> = ["h1", "h2", "h3"]
         .iter()
-        .map(|h| fleet.sh(h, "test -e /tmp/hook-once").status.success())
+        .map(|h| succeeds(&fleet, h, "test -e /tmp/hook-once"))
         .collect();
     assert_eq!(
         once,
@@ -297,10 +295,7 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
         "the once hook ran on the migrate host only"
     );
     for h in ["h1", "h2", "h3"] {
-        assert!(
-            fleet.sh(h, "test -e /tmp/hook-every-host").status.success(),
-            "{h}"
-        );
+        assert!(succeeds(&fleet, h, "test -e /tmp/hook-every-host"), "{h}");
     }
     assert!(
         argv.contains("sshd"),
@@ -324,35 +319,20 @@ fn three_hosts_in_waves_of_one_migrate_exactly_once_and_no_secret_leaks() {
 
 #[test]
 fn shipit_backup_makes_one_now_under_the_lock() {
-    let pg = Postgres::start();
-    seed(&pg);
-    let fleet = Fleet::start(1);
+    let (pg, fleet) = start(1);
     let inv = inventory(&fleet, &["h1"], &app(fleet.dir(), "v1", "SELECT 1;"), "");
     let (code, _, stderr) = deploy(&fleet, &pg, &inv);
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, stderr) = run(fleet
-        .shipit()
-        .env("DATABASE_URL", pg.url("shop"))
-        .args(["backup", "test", "--json", "-i"])
-        .arg(&inv));
+    let (code, stdout, stderr) = shipit(&fleet, &pg, &["backup", "test", "--json"], &inv);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let path = report["backup"]["path"].as_str().unwrap();
     assert!(path.contains("-manual-"), "{path}");
-    assert!(
-        fleet
-            .sh("h1", &format!("test -s '{path}'"))
-            .status
-            .success()
-    );
+    assert!(succeeds(&fleet, "h1", &format!("test -s '{path}'")));
     assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
     // Under someone else's lock it refuses.
     fleet.sh_ok("h1", "mkdir -p /opt/shop/.shipit/lock");
-    let (code, _, stderr) = run(fleet
-        .shipit()
-        .env("DATABASE_URL", pg.url("shop"))
-        .args(["backup", "test", "-i"])
-        .arg(&inv));
+    let (code, _, stderr) = shipit(&fleet, &pg, &["backup", "test"], &inv);
     assert_eq!(code, 1);
     assert!(stderr.contains("locked by"), "{stderr}");
     let history = fleet.sh_ok("h1", "cat /opt/shop/.shipit/history.jsonl");

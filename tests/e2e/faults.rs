@@ -61,9 +61,36 @@ impl Rig {
             .unwrap()
     }
 
+    /// Deploys `inv` and asserts it fails with exit code 1; returns its stderr.
+    fn deploy_fails(&self, inv: &Path) -> String {
+        let (code, _, stderr) = self.deploy(inv);
+        assert_eq!(code, 1, "{stderr}");
+        stderr
+    }
+
+    /// Whether `script` exits 0 on `host`.
+    fn succeeds(&self, host: &str, script: &str) -> bool {
+        succeeds(&self.fleet, host, script)
+    }
+
+    /// Starts deploying `inv` and returns once `script` succeeds on h1 (`what` has begun).
+    fn spawn_until(&self, inv: &Path, what: &str, script: &str) -> Child {
+        let child = self.spawn(inv);
+        self.wait_until(what, "h1", script);
+        child
+    }
+
+    /// Deploys v2 with `extra` and SIGKILLs shipit once `script` succeeds on h1 (`what` has
+    /// begun); returns v2's inventory.
+    fn killed_once(&self, extra: &str, what: &str, script: &str) -> PathBuf {
+        let inv = self.inventory("v2", extra);
+        kill(self.spawn_until(&inv, what, script));
+        inv
+    }
+
     fn wait_until(&self, what: &str, host: &str, script: &str) {
         let start = Instant::now();
-        while !self.fleet.sh(host, script).status.success() {
+        while !self.succeeds(host, script) {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "never saw: {what}"
@@ -82,9 +109,7 @@ impl Rig {
                 "{h}: {target}"
             );
             assert!(
-                f.sh(h, "test -f /opt/demo/current/REVISION")
-                    .status
-                    .success(),
+                self.succeeds(h, "test -f /opt/demo/current/REVISION"),
                 "{h}: incomplete release"
             );
             assert_eq!(f.sh_ok(h, "cat /opt/demo/current/VERSION"), version, "{h}");
@@ -93,7 +118,7 @@ impl Rig {
                 f.sh_ok(h, "cat /etc/demo.env").contains("VERSION="),
                 "{h}: env file not whole"
             );
-            let locked = f.sh(h, "test -d /opt/demo/.shipit/lock").status.success();
+            let locked = self.succeeds(h, "test -d /opt/demo/.shipit/lock");
             if !lock_expected {
                 assert!(!locked, "{h}: lock left behind");
             }
@@ -134,19 +159,21 @@ impl Rig {
     }
 }
 
+/// SIGKILLs the deploy `child` and reaps it.
+fn kill(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn lock_acquisition_failing_on_one_host_releases_the_others() {
     let rig = Rig::new();
     rig.fleet.sh_ok("h2", "rm -rf /opt/demo/.shipit/lock; mkdir -p /opt/demo/.shipit && chmod 000 /opt/demo/.shipit && touch /opt/demo/.shipit/lock.block 2>/dev/null; rm -rf /opt/demo/.shipit && touch /opt/demo/.shipit");
     let inv = rig.inventory("v2", "");
-    let (code, _, stderr) = rig.deploy(&inv);
-    assert_eq!(code, 1, "{stderr}");
+    let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("cannot take the deploy lock"), "{stderr}");
     assert!(
-        !rig.fleet
-            .sh("h1", "test -e /opt/demo/.shipit/lock")
-            .status
-            .success(),
+        !rig.succeeds("h1", "test -e /opt/demo/.shipit/lock"),
         "h1's lock was not released"
     );
     rig.fleet.sh_ok(
@@ -163,8 +190,7 @@ fn a_wrong_checksum_after_upload_keeps_nothing() {
     // the bytes look damaged.
     rig.fleet.sh_ok("h1", "mv /usr/bin/openssl /usr/bin/openssl.real; mv /usr/bin/sha256sum /usr/bin/sha256sum.real && printf '#!/bin/sh\\ncat >/dev/null; echo 0000 -\\n' > /usr/bin/sha256sum && chmod +x /usr/bin/sha256sum");
     let inv = rig.inventory("v2", "");
-    let (code, _, stderr) = rig.deploy(&inv);
-    assert_eq!(code, 1, "{stderr}");
+    let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("arrived damaged"), "{stderr}");
     rig.assert_invariants("v1", false);
     assert_eq!(rig.last_history("h1")["outcome"], "failed");
@@ -178,14 +204,10 @@ fn extraction_failing_midway_keeps_nothing() {
     let rig = Rig::new();
     rig.fleet.sh_ok("h2", "mv /usr/bin/tar /usr/bin/tar.real && printf '#!/bin/sh\\nhead -c 100 >/dev/null; echo tar: disk full >&2; exit 2\\n' > /usr/bin/tar && chmod +x /usr/bin/tar");
     let inv = rig.inventory("v2", "");
-    let (code, _, stderr) = rig.deploy(&inv);
-    assert_eq!(code, 1, "{stderr}");
+    rig.deploy_fails(&inv);
     rig.assert_invariants("v1", false);
     assert!(
-        !rig.fleet
-            .sh("h2", "ls -d /opt/demo/releases/*.partial")
-            .status
-            .success(),
+        !rig.succeeds("h2", "ls -d /opt/demo/releases/*.partial"),
         "partial kept"
     );
     rig.fleet
@@ -201,8 +223,7 @@ fn the_env_file_failing_to_stage_switches_nothing() {
         "mkdir -p /etc/demo.env.shipit-next.shipit-tmp/blocker",
     );
     let inv = rig.inventory("v2", "");
-    let (code, _, stderr) = rig.deploy(&inv);
-    assert_eq!(code, 1, "{stderr}");
+    let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("/etc/demo.env.shipit-next"), "{stderr}");
     rig.assert_invariants("v1", false);
     assert!(
@@ -219,15 +240,11 @@ fn the_env_file_failing_to_stage_switches_nothing() {
 fn killed_during_the_backup_the_lock_waits_for_unlock_and_a_rerun_converges() {
     let rig = Rig::new();
     let slow = "[backup]\nkind = \"command\"\ncommand = \"sleep 3; echo dump\"\ndir = \"/var/backups/demo\"\n";
-    let inv = rig.inventory("v2", slow);
-    let mut child = rig.spawn(&inv);
-    rig.wait_until(
+    let inv = rig.killed_once(
+        slow,
         "the backup to start",
-        "h1",
         "pgrep -f '[s]leep 3' >/dev/null",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     rig.assert_invariants("v1", true);
     rig.converges(&inv, "v2", true);
     // Whatever the killed run's backup got to, the re-run made a whole one and no temp file
@@ -251,15 +268,11 @@ fn killed_during_the_backup_the_lock_waits_for_unlock_and_a_rerun_converges() {
 fn killed_during_the_migration_the_lock_waits_for_unlock_and_a_rerun_converges() {
     let rig = Rig::new();
     let slow = "[migrate]\ncommand = \"sleep 3\"\n";
-    let inv = rig.inventory("v2", slow);
-    let mut child = rig.spawn(&inv);
-    rig.wait_until(
+    let inv = rig.killed_once(
+        slow,
         "the migration to start",
-        "h1",
         "pgrep -f '[s]leep 3' >/dev/null",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     rig.assert_invariants("v1", true);
     rig.converges(&inv, "v2", true);
 }
@@ -269,10 +282,9 @@ fn ctrl_c_during_the_migration_lets_it_finish_then_stops_before_the_switch() {
     let rig = Rig::new();
     let slow = "[migrate]\ncommand = \"sleep 2; touch /tmp/migrated\"\n";
     let inv = rig.inventory("v2", slow);
-    let child = rig.spawn(&inv);
-    rig.wait_until(
+    let child = rig.spawn_until(
+        &inv,
         "the migration to start",
-        "h1",
         "pgrep -f '[s]leep 2' >/dev/null",
     );
     std::process::Command::new("kill")
@@ -287,7 +299,7 @@ fn ctrl_c_during_the_migration_lets_it_finish_then_stops_before_the_switch() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        rig.fleet.sh("h1", "test -e /tmp/migrated").status.success(),
+        rig.succeeds("h1", "test -e /tmp/migrated"),
         "the migration was cut"
     );
     rig.assert_invariants("v1", false);
@@ -299,15 +311,11 @@ fn ctrl_c_during_the_migration_lets_it_finish_then_stops_before_the_switch() {
 fn killed_between_switch_and_confirmation_the_guard_reverts_and_a_rerun_converges() {
     let rig = Rig::new();
     let slow = "[health]\ncommand = \"sleep 3\"\ntimeout = \"1s\"\n[rollout]\nwaves = [\"1\"]\nconfirm_timeout = \"1s\"\n";
-    let inv = rig.inventory("v2", slow);
-    let mut child = rig.spawn(&inv);
-    rig.wait_until(
+    rig.killed_once(
+        slow,
         "h1 to be switched",
-        "h1",
         "grep -q v2 /opt/demo/current/VERSION",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     // The guard switches h1 back (env file included) once its timer runs out.
     rig.wait_until(
         "the guard to revert h1",
@@ -325,10 +333,9 @@ fn killed_during_an_automatic_switch_back_the_host_still_ends_on_the_old_release
     // v2 fails its (slow) health check; the switch-back re-checks health, slowly too.
     let health = "[health]\ncommand = \"sleep 1; test \\\"$(cat VERSION)\\\" != v2\"\ntimeout = \"1s\"\ninterval = \"100ms\"\n[rollout]\nconfirm_timeout = \"1s\"\n";
     let inv = rig.inventory("v2", health);
-    let mut child = rig.spawn(&inv);
-    rig.wait_until(
+    let child = rig.spawn_until(
+        &inv,
         "h1 to be switched",
-        "h1",
         "grep -q v2 /opt/demo/current/VERSION",
     );
     rig.wait_until(
@@ -336,8 +343,7 @@ fn killed_during_an_automatic_switch_back_the_host_still_ends_on_the_old_release
         "h1",
         "grep -q v1 /opt/demo/current/VERSION",
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill(child);
     // Whether shipit or its guard finished the job, the host is back on v1, whole.
     std::thread::sleep(Duration::from_secs(4));
     rig.assert_invariants("v1", true);

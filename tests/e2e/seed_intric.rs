@@ -17,7 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{compose_container, run_with_secrets, write};
+use crate::common::{
+    compose_container, compose_psql, example_inventory, run_with_secrets, write_example_inventory,
+};
 use crate::support::docker::{BASE_IMAGE, Docker, POSTGRES_UID, Project, docker};
 use crate::support::{Fleet, free_port};
 
@@ -130,59 +132,20 @@ impl Intric {
 
     /// The example's inventory for release `tag`, aimed at this test's host and engine.
     fn inventory(&self, tag: &str, health_timeout: &str) -> PathBuf {
-        let text = std::fs::read_to_string(format!("{EXAMPLE}/intric.toml")).unwrap();
-        let mut inv: toml::Table = text.parse().unwrap();
-        let host = self.fleet.host("h1");
-        inv.insert(
-            "ssh".into(),
-            table(&[
-                ("user", "root".into()),
-                ("identity", path(&self.fleet.client_key())),
-                ("known_hosts", path(&self.fleet.known_hosts())),
-                ("connect_timeout", "5s".into()),
-            ]),
-        );
-        inv.insert(
-            "hosts".into(),
-            toml::Value::Array(vec![table(&[
-                ("name", "h1".into()),
-                ("address", "127.0.0.1".into()),
-                ("port", i64::from(host.port).into()),
-                ("roles", toml::Value::Array(vec!["migrate".into()])),
-            ])]),
-        );
-        set(&mut inv, &["artifact", "path"], EXAMPLE.into());
-        set(
-            &mut inv,
-            &["compose", "file"],
-            format!("{EXAMPLE}/docker-compose.yml.j2").into(),
-        );
-        set(
-            &mut inv,
-            &["compose", "project"],
-            self.project.name().into(),
-        );
-        set(&mut inv, &["compose", "pull"], false.into());
-        for (key, value) in [
-            ("IMAGE_TAG", tag.to_owned()),
-            ("NEXUS_REGISTRY", self.registry.clone()),
-            ("FRONTEND_PORT", self.frontend.to_string()),
-            ("BACKEND_PORT", self.backend.to_string()),
-            ("HEALTHCHECK_INTERVAL", "1s".to_owned()),
-        ] {
-            set(&mut inv, &["env", "vars", key], value.into());
-        }
-        set(
-            &mut inv,
-            &["health", "url"],
-            format!("http://127.0.0.1:{}/", self.frontend).into(),
-        );
-        set(&mut inv, &["health", "timeout"], health_timeout.into());
-        set(&mut inv, &["health", "interval"], "300ms".into());
-        write(
-            self.fleet.dir(),
+        let inv = example_inventory(&self.fleet, EXAMPLE, "intric.toml", self.project.name());
+        write_example_inventory(
+            &self.fleet,
+            inv,
+            &[
+                ("IMAGE_TAG", tag.to_owned()),
+                ("NEXUS_REGISTRY", self.registry.clone()),
+                ("FRONTEND_PORT", self.frontend.to_string()),
+                ("BACKEND_PORT", self.backend.to_string()),
+                ("HEALTHCHECK_INTERVAL", "1s".to_owned()),
+            ],
+            format!("http://127.0.0.1:{}/", self.frontend),
+            health_timeout,
             &format!("intric-{tag}.toml"),
-            &toml::to_string(&inv).unwrap(),
         )
     }
 
@@ -199,20 +162,7 @@ impl Intric {
     }
 
     fn psql(&self, sql: &str) -> String {
-        docker().cli_ok(&[
-            "exec",
-            &self.container("db"),
-            "psql",
-            "-X",
-            "-U",
-            "intric",
-            "-d",
-            "intric",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tAc",
-            sql,
-        ])
+        compose_psql(self.project.name(), "db", "intric", sql)
     }
 
     /// `docker compose ps` on the host, with the live release's file and env.
@@ -365,34 +315,6 @@ fn build_images(d: &Docker, registry: &str) {
             &format!("{registry}/intric/worker:{version}"),
         ]);
     }
-}
-
-/// A TOML table of `entries` (also used by [`crate::seed_melvin`]).
-pub fn table(entries: &[(&str, toml::Value)]) -> toml::Value {
-    toml::Value::Table(
-        entries
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-    )
-}
-
-pub fn path(p: &Path) -> toml::Value {
-    p.display().to_string().into()
-}
-
-/// Sets `inv[keys...]`, creating tables on the way.
-pub fn set(inv: &mut toml::Table, keys: &[&str], value: toml::Value) {
-    let (last, parents) = keys.split_last().unwrap();
-    let mut t = inv;
-    for k in parents {
-        t = t
-            .entry(*k)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .unwrap();
-    }
-    t.insert((*last).to_owned(), value);
 }
 
 #[test]

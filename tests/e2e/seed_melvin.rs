@@ -14,8 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::common::{compose_container, http_get, run_with_secrets, write};
-use crate::seed_intric::{path, set, table};
+use crate::common::{
+    compose_container, compose_psql, example_inventory, http_get, run_with_secrets,
+    write_example_inventory,
+};
 use crate::support::docker::{BASE_IMAGE, Docker, Project, docker};
 use crate::support::{Fleet, free_port};
 
@@ -126,57 +128,19 @@ impl Melvin {
     }
 
     fn inventory(&self, tag: &str) -> PathBuf {
-        let text = std::fs::read_to_string(format!("{EXAMPLE}/melvin.toml")).unwrap();
-        let mut inv: toml::Table = text.parse().unwrap();
-        inv.insert(
-            "ssh".into(),
-            table(&[
-                ("user", "root".into()),
-                ("identity", path(&self.fleet.client_key())),
-                ("known_hosts", path(&self.fleet.known_hosts())),
-                ("connect_timeout", "5s".into()),
-            ]),
-        );
-        inv.insert(
-            "hosts".into(),
-            toml::Value::Array(vec![table(&[
-                ("name", "h1".into()),
-                ("address", "127.0.0.1".into()),
-                ("port", i64::from(self.fleet.host("h1").port).into()),
-                ("roles", toml::Value::Array(vec!["migrate".into()])),
-            ])]),
-        );
-        set(&mut inv, &["artifact", "path"], EXAMPLE.into());
-        set(
-            &mut inv,
-            &["compose", "file"],
-            format!("{EXAMPLE}/docker-compose.yml.j2").into(),
-        );
-        set(
-            &mut inv,
-            &["compose", "project"],
-            self.project.name().into(),
-        );
-        set(&mut inv, &["compose", "pull"], false.into());
-        for (key, value) in [
-            ("IMAGE_TAG", tag.to_owned()),
-            ("API_PORT", self.api.to_string()),
-            ("POSTGRES_HOST_PORT", self.postgres.to_string()),
-            ("HEALTHCHECK_INTERVAL", "1s".to_owned()),
-        ] {
-            set(&mut inv, &["env", "vars", key], value.into());
-        }
-        set(
-            &mut inv,
-            &["health", "url"],
-            format!("http://127.0.0.1:{}/health", self.api).into(),
-        );
-        set(&mut inv, &["health", "timeout"], "60s".into());
-        set(&mut inv, &["health", "interval"], "300ms".into());
-        write(
-            self.fleet.dir(),
+        let inv = example_inventory(&self.fleet, EXAMPLE, "melvin.toml", self.project.name());
+        write_example_inventory(
+            &self.fleet,
+            inv,
+            &[
+                ("IMAGE_TAG", tag.to_owned()),
+                ("API_PORT", self.api.to_string()),
+                ("POSTGRES_HOST_PORT", self.postgres.to_string()),
+                ("HEALTHCHECK_INTERVAL", "1s".to_owned()),
+            ],
+            format!("http://127.0.0.1:{}/health", self.api),
+            "60s",
             &format!("melvin-{tag}.toml"),
-            &toml::to_string(&inv).unwrap(),
         )
     }
 
@@ -192,20 +156,7 @@ impl Melvin {
     }
 
     fn psql(&self, sql: &str) -> String {
-        docker().cli_ok(&[
-            "exec",
-            &self.container("postgres"),
-            "psql",
-            "-X",
-            "-U",
-            "melvin",
-            "-d",
-            "melvin",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tAc",
-            sql,
-        ])
+        compose_psql(self.project.name(), "postgres", "melvin", sql)
     }
 
     fn get(&self, target: &str) -> (u16, String) {
