@@ -9,8 +9,11 @@
 //! artifact's size. This module also runs `artifact.build`, the local command that makes
 //! the artifact.
 //!
+//! Packing also writes the artifact's [`Manifest`] (each path's type, mode, size, sha256),
+//! which travels to the host ahead of the tar stream.
+//!
 //! Blocking file I/O only: callers run [`pack`] and [`build`] under `spawn_blocking`. May
-//! depend on nothing else in the crate.
+//! depend on nothing else in the crate but [`crate::manifest`].
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -23,6 +26,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
@@ -30,6 +34,8 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 use tar::{Archive, EntryType, Header, PaxExtensions};
 use tempfile::TempPath;
+
+use crate::manifest::{self, Manifest};
 
 /// How the packed file is compressed (the host runs the matching decompressor).
 /// zstd is what [`pack`] makes: it decompresses several times faster than gzip, and the
@@ -42,6 +48,32 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// Compresses a small buffer (the manifest sent ahead of the artifact).
+    pub fn compress(self, data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Codec::Zstd => zstd::stream::encode_all(data, ZSTD_LEVEL),
+            Codec::Gzip => {
+                let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+                gzip.write_all(data)?;
+                gzip.finish()
+            }
+        }
+    }
+
+    /// Decompresses a small buffer compressed by the host's tool.
+    pub fn decompress_bytes(self, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Codec::Zstd => {
+                zstd::stream::read::Decoder::new(data)?.read_to_end(&mut out)?;
+            }
+            Codec::Gzip => {
+                MultiGzDecoder::new(data).read_to_end(&mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// The host's command that decompresses stdin to stdout.
     pub fn decompress(self) -> &'static str {
         match self {
@@ -64,14 +96,27 @@ pub struct Packed {
     /// sha256 (lowercase hex) of the UNCOMPRESSED tar stream: the artifact's identity. The
     /// same content gives the same value on any machine, whatever the compression.
     pub sha256: String,
-    /// Size of `file` in bytes (what is uploaded).
+    /// Size of `file` in bytes.
     pub compressed_size: u64,
-    /// sha256 of `file`: what the host checks the bytes it received against.
+    /// The artifact's manifest; `None` when its names or entries cannot be described
+    /// exactly (see [`crate::manifest`]): such an artifact is always sent whole.
+    pub manifest: Option<Arc<Manifest>>,
+    /// The manifest compressed with `codec`: sent ahead of `file` (empty without one).
+    pub prefix: Vec<u8>,
+    /// sha256 of `prefix` followed by `file`: what the host checks the bytes it received
+    /// against.
     pub upload_sha256: String,
     /// Size of the uncompressed tar stream.
     pub tar_size: u64,
     /// Number of entries (files, dirs, symlinks).
     pub entries: u64,
+}
+
+impl Packed {
+    /// Bytes a full upload sends: the manifest and the compressed tar.
+    pub fn upload_size(&self) -> u64 {
+        self.prefix.len() as u64 + self.compressed_size
+    }
 }
 
 /// Why an artifact cannot be packed or built.
@@ -166,6 +211,8 @@ pub enum Refusal {
     PaxOverride { key: String },
     #[error("its pax header is malformed")]
     MalformedPax,
+    #[error("`.shipit` at the top of a release is reserved for shipit's own files; rename it")]
+    Reserved,
 }
 
 /// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
@@ -275,6 +322,7 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
         temp_dir,
         builder: tar::Builder::new(Hashing::new(zstd)),
         entries: 0,
+        manifest: manifest::Builder::new(),
     };
     packer.walk(root, "")?;
     if packer.entries == 0 {
@@ -283,6 +331,7 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
         });
     }
     let entries = packer.entries;
+    let manifest = packer.manifest.finish();
     let hashing = packer.builder.into_inner().map_err(write_err)?;
     let (zstd, sha256, tar_size) = hashing.finish();
     zstd.finish()
@@ -292,6 +341,7 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
         sha256,
         tar_size,
         entries,
+        manifest,
     })
 }
 
@@ -302,6 +352,7 @@ struct DirPacker<'a> {
     temp_dir: &'a Path,
     builder: tar::Builder<DirSink<'a>>,
     entries: u64,
+    manifest: manifest::Builder,
 }
 
 impl DirPacker<'_> {
@@ -327,12 +378,16 @@ impl DirPacker<'_> {
                 ));
             };
             let rel = format!("{prefix}{name}");
+            if rel == manifest::RESERVED {
+                return Err(self.refuse(rel, Refusal::Reserved));
+            }
             let meta = fs::symlink_metadata(&full).map_err(|source| ArtifactError::Read {
                 path: full.clone(),
                 source,
             })?;
             let kind = meta.file_type();
             if kind.is_dir() {
+                self.manifest.dir(&rel, 0o755);
                 let rel = format!("{rel}/");
                 let mut header = header(EntryType::Directory, 0o755, 0);
                 self.append(&rel, &mut header, io::empty())?;
@@ -374,12 +429,15 @@ impl DirPacker<'_> {
         let len = file.metadata().map_err(read_err)?.len();
         let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
         let mut header = header(EntryType::Regular, mode, len);
-        let mut data = Exact::new(file, len);
+        let mut data = Hashing::new(Exact::new(file, len));
         self.append(rel, &mut header, &mut data)
-            .map_err(|e| match (e, data.failed) {
+            .map_err(|e| match (e, data.inner.failed) {
                 (ArtifactError::Write { source, .. }, true) => read_err(source),
                 (e, _) => e,
-            })
+            })?;
+        let (_, sha256, size) = data.finish();
+        self.manifest.file(rel, mode, size, sha256);
+        Ok(())
     }
 
     fn append_symlink(&mut self, full: &Path, rel: &str) -> Result<(), ArtifactError> {
@@ -398,6 +456,7 @@ impl DirPacker<'_> {
         self.builder
             .append_link(&mut header, rel, target)
             .map_err(|source| self.write_err(source))?;
+        self.manifest.symlink(rel, target);
         self.entries += 1;
         Ok(())
     }
@@ -576,6 +635,7 @@ struct Summary {
     sha256: String,
     tar_size: u64,
     entries: u64,
+    manifest: Option<Manifest>,
 }
 
 /// Reads a whole tar stream, checking each entry, then what follows the end-of-archive
@@ -595,6 +655,7 @@ fn check_tar<R: Read>(
         artifact: path,
         symlinks: HashSet::new(),
         entries: 0,
+        manifest: manifest::Builder::new(),
     };
     for entry in archive.entries().map_err(invalid)? {
         let mut entry = entry.map_err(invalid)?;
@@ -623,6 +684,7 @@ fn check_tar<R: Read>(
             sha256,
             tar_size,
             entries,
+            manifest: checker.manifest.finish(),
         },
     ))
 }
@@ -633,6 +695,7 @@ struct EntryChecker<'a> {
     /// below one would be written wherever the link points.
     symlinks: HashSet<Vec<u8>>,
     entries: u64,
+    manifest: manifest::Builder,
 }
 
 impl EntryChecker<'_> {
@@ -716,6 +779,11 @@ impl EntryChecker<'_> {
         if components.is_empty() && kind != EntryType::Directory {
             return Err(refuse(Refusal::EmptyPath));
         }
+        if components.first() == Some(&manifest::RESERVED.as_bytes()) {
+            return Err(refuse(Refusal::Reserved));
+        }
+        // UTF-8 was checked above, so this is the entry's path, normalized.
+        let name = String::from_utf8_lossy(&components.join(&b'/')).into_owned();
         if let Some(link) = self.symlink_prefix(&components) {
             return Err(refuse(Refusal::UnderSymlink { link }));
         }
@@ -732,6 +800,8 @@ impl EntryChecker<'_> {
                 check_symlink_target(components.len().saturating_sub(1), &target)
                     .map_err(&refuse)?;
                 self.symlinks.insert(components.join(&b'/'));
+                self.manifest
+                    .symlink(&name, &String::from_utf8_lossy(&target));
             }
             EntryType::Link => {
                 let target = entry
@@ -753,8 +823,24 @@ impl EntryChecker<'_> {
                 {
                     return Err(escaping());
                 }
+                self.manifest.hard_link(
+                    &name,
+                    &String::from_utf8_lossy(&target_components.join(&b'/')),
+                );
             }
-            _ => {}
+            EntryType::Directory => {
+                let mode = entry.header().mode().map_err(&invalid)?;
+                self.manifest.dir(&name, mode);
+            }
+            _ => {
+                // A file: its content is read here to hash it (the archive reader would
+                // read it anyway to skip it).
+                let mode = entry.header().mode().map_err(&invalid)?;
+                let mut sink = Hashing::new(io::sink());
+                io::copy(entry, &mut sink).map_err(&invalid)?;
+                let (_, sha256, size) = sink.finish();
+                self.manifest.file(&name, mode, size, sha256);
+            }
         }
         self.entries += 1;
         Ok(())
@@ -908,31 +994,17 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
-}
+use manifest::hex;
 
-/// The sha256 (hex) and size of a file, read through a fixed buffer.
-fn sha256_of(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hex(&hasher.finalize()), size))
+/// The sha256 (hex) of `prefix` followed by the file's bytes, read through a fixed buffer.
+fn upload_sha256(prefix: &[u8], path: &Path) -> io::Result<String> {
+    let mut sink = Hashing::new(io::sink());
+    sink.write_all(prefix)?;
+    io::copy(
+        &mut BufReader::with_capacity(BUF_SIZE, File::open(path)?),
+        &mut sink,
+    )?;
+    Ok(sink.finish().1)
 }
 
 fn new_temp(temp_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
@@ -974,8 +1046,17 @@ pub fn to_gzip(packed: &Packed, temp_dir: &Path) -> Result<Packed, ArtifactError
         sha256: packed.sha256.clone(),
         tar_size: packed.tar_size,
         entries: packed.entries,
+        manifest: None,
     };
-    finish_temp(temp, temp_dir, summary, Codec::Gzip)
+    let mut gzip = finish_temp(temp, temp_dir, summary, Codec::Gzip)?;
+    if let Some(manifest) = &packed.manifest {
+        gzip.prefix = Codec::Gzip
+            .compress(&manifest.render())
+            .map_err(write_err)?;
+        gzip.manifest = Some(manifest.clone());
+        gzip.upload_sha256 = upload_sha256(&gzip.prefix, &gzip.file).map_err(write_err)?;
+    }
+    Ok(gzip)
 }
 
 fn finish_temp(
@@ -988,12 +1069,19 @@ fn finish_temp(
         dir: temp_dir.to_owned(),
         source,
     };
-    let (upload_sha256, compressed_size) = sha256_of(temp.path()).map_err(write_err)?;
+    let prefix = match &checked.manifest {
+        Some(manifest) => codec.compress(&manifest.render()).map_err(write_err)?,
+        None => Vec::new(),
+    };
+    let compressed_size = temp.as_file().metadata().map_err(write_err)?.len();
+    let upload_sha256 = upload_sha256(&prefix, temp.path()).map_err(write_err)?;
     Ok(Packed {
         file: temp.into_temp_path(),
         codec,
         sha256: checked.sha256,
         compressed_size,
+        manifest: checked.manifest.map(Arc::new),
+        prefix,
         upload_sha256,
         tar_size: checked.tar_size,
         entries: checked.entries,
@@ -1139,7 +1227,15 @@ mod tests {
         assert_eq!(gz.sha256, first.sha256);
         assert_eq!(fs::read(&gz.file).unwrap()[..2], [0x1f, 0x8b]);
         assert_eq!(gunzip(&gz.file), gunzip(&first.file));
-        assert_eq!(sha_of(&fs::read(&gz.file).unwrap()), gz.upload_sha256);
+        let gz_upload = [gz.prefix.clone(), fs::read(&gz.file).unwrap()].concat();
+        assert_eq!(sha_of(&gz_upload), gz.upload_sha256);
+        assert_eq!(gz.upload_size(), gz_upload.len() as u64);
+        assert_eq!(gz.manifest, first.manifest);
+        // The manifest goes ahead of the artifact, compressed like it.
+        assert_eq!(
+            Codec::Gzip.decompress_bytes(&gz.prefix).unwrap(),
+            first.manifest.as_ref().unwrap().render()
+        );
         assert_ne!(gz.upload_sha256, first.upload_sha256);
 
         let tar = gunzip(&first.file);

@@ -127,6 +127,10 @@ pub struct ReleaseTree {
     pub partials: Vec<String>,
     /// The host has `zstd`: the artifact goes as zstd, else as gzip.
     pub zstd: bool,
+    /// The host has what a delta upload needs (GNU `find -printf`, awk).
+    pub delta: bool,
+    /// sha256 of the current release's manifest, when it has one.
+    pub manifest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -144,8 +148,16 @@ impl ReleaseTree {
 
 const RELEASES: &str = r#"
 if command -v zstd >/dev/null 2>&1; then echo "zstd"; fi
+if find / -maxdepth 0 -printf '' >/dev/null 2>&1 && command -v awk >/dev/null 2>&1; then echo "delta"; fi
 cd -- "$deploy_to" 2>/dev/null || exit 0
-if [ -L current ]; then echo "current $(readlink current)"; fi
+if [ -L current ]; then
+  echo "current $(readlink current)"
+  if [ -f current/.shipit/manifest ]; then
+    if command -v openssl >/dev/null 2>&1; then set -- $(openssl dgst -sha256 -r < current/.shipit/manifest)
+    else set -- $(sha256sum < current/.shipit/manifest); fi
+    echo "manifest $1"
+  fi
+fi
 [ -d releases ] || exit 0
 for d in releases/* releases/.[!.]*; do
   [ -e "$d" ] || continue
@@ -179,6 +191,8 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
             }
             (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
             (Some("zstd"), None) => tree.zstd = true,
+            (Some("delta"), None) => tree.delta = true,
+            (Some("manifest"), Some(sha)) => tree.manifest = Some(sha.to_owned()),
             (Some("release"), Some(id)) => tree.releases.push(Release {
                 id: id.to_owned(),
                 sha256: words
@@ -214,6 +228,12 @@ mod tests {
         }
         std::fs::create_dir_all(base.join("releases/20260103T000000Z-ccc.partial")).unwrap();
         std::os::unix::fs::symlink("releases/20260102T000000Z-bbb", base.join("current")).unwrap();
+        std::fs::create_dir_all(base.join("releases/20260102T000000Z-bbb/.shipit")).unwrap();
+        std::fs::write(
+            base.join("releases/20260102T000000Z-bbb/.shipit/manifest"),
+            "m\n",
+        )
+        .unwrap();
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(releases(base.to_str().unwrap()).render())
@@ -225,6 +245,11 @@ mod tests {
         assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
         assert_eq!(tree.releases[1].sha256, None);
         assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
+        assert_eq!(
+            tree.manifest.as_deref(),
+            Some(crate::manifest::sha256_hex(b"m\n").as_str())
+        );
+        assert!(tree.delta);
         let has_zstd = std::process::Command::new("sh")
             .args(["-c", "command -v zstd"])
             .output()
@@ -243,6 +268,7 @@ mod tests {
             parse_releases(&String::from_utf8_lossy(&out.stdout)),
             ReleaseTree {
                 zstd: has_zstd,
+                delta: true,
                 ..ReleaseTree::default()
             }
         );

@@ -114,6 +114,8 @@ pub struct Artifact {
     pub build: Option<String>,
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
+    /// Send only new content to hosts whose current release has a manifest (default true).
+    pub delta: bool,
 }
 
 #[derive(Debug)]
@@ -413,6 +415,7 @@ const SCHEMA: &[(&str, Shape)] = &[
             ("build", Leaf),
             ("shared_dirs", Leaf),
             ("shared_files", Leaf),
+            ("delta", Leaf),
         ]),
     ),
     (
@@ -587,6 +590,7 @@ struct RawArtifact {
     shared_dirs: Vec<S<String>>,
     #[serde(default)]
     shared_files: Vec<S<String>>,
+    delta: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1227,6 +1231,7 @@ impl Validator<'_> {
             build: raw.build.map(|b| b.into_inner()),
             shared_dirs,
             shared_files,
+            delta: raw.delta.unwrap_or(true),
         }
     }
 

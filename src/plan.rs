@@ -292,6 +292,7 @@ mod tests {
                 .collect(),
             partials: partials.iter().map(|p| p.to_string()).collect(),
             zstd: true,
+            ..ReleaseTree::default()
         }
     }
 

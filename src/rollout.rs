@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
-use crate::artifact::Packed;
+use crate::artifact::{Codec, Packed};
 use crate::candidates::{self, Templates};
 use crate::commands;
 use crate::database::{self, BackupFile};
+use crate::delta::{self, Delta};
 use crate::envfile::KeyDiff;
 use crate::facts::{self, ReleaseTree};
 use crate::fleet::{self, Conn, Connector};
@@ -26,6 +27,7 @@ use crate::history::{self, Entry};
 use crate::inventory::HookPoint;
 use crate::inventory::{Host, Inventory};
 use crate::lock::{self, LockOwner, LockState, RunInfo};
+use crate::manifest::Manifest;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::{self, HostPlan, Source};
 use crate::shell::Cmd;
@@ -124,10 +126,16 @@ pub struct HostDeploy {
     pub ok: bool,
     /// `switched`, `not_switched`, `failed`, `switched_back` or `switch_back_failed`.
     pub outcome: &'static str,
-    /// `uploaded`, `reused` (hard-link copy of an identical release) or `present`.
+    /// `uploaded` (the whole artifact), `delta` (only content the host's current release
+    /// lacks), `reused` (hard-link copy of an identical release) or `present`.
     pub source: Option<String>,
-    /// Compressed artifact bytes streamed to this host.
+    /// Bytes streamed to this host (compressed): the whole artifact, or the delta.
     pub bytes_sent: u64,
+    /// What uploading the whole artifact to this host sends (compressed, with its manifest;
+    /// gzip-compressed hosts differ): compare with `bytes_sent`.
+    pub artifact_bytes: Option<u64>,
+    /// Why a delta upload was given up and the whole artifact sent instead.
+    pub delta_fallback: Option<String>,
     /// `current` before the run.
     pub previous: Option<String>,
     /// `current` after the run.
@@ -478,7 +486,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         (d.run, d.inventory, d.out, d.connector),
     );
     r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
-    r.report.artifact_bytes = Some(d.artifact.compressed_size);
+    r.report.artifact_bytes = Some(d.artifact.upload_size());
 
     let (mut r, conns) = match connect_and_lock(r, d.hosts, d.connector).await {
         Ok(ok) => ok,
@@ -498,11 +506,19 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     r.report.release = Some(release.clone());
     let mut plans = Vec::new();
     let mut zstd = Vec::new();
+    let mut bases = Vec::new();
     let mut failed = false;
     for (c, tree) in conns.iter().zip(trees) {
         match tree {
             Ok(tree) => {
                 zstd.push(tree.zstd);
+                bases.push(match (&tree.current, &tree.manifest) {
+                    (Some(current), Some(manifest)) if tree.delta => Some(DeltaBase {
+                        current: current.clone(),
+                        manifest: manifest.clone(),
+                    }),
+                    _ => None,
+                });
                 let p = plan::host_plan(
                     &c.host.name,
                     &tree,
@@ -563,9 +579,12 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         })
         .collect();
 
+    // Delta streams for the hosts whose current release has a manifest.
+    let deltas = prepare_deltas(&d, &conns, &plans, &bases, &packs).await;
+
     // Stage every host; a Ctrl-C here stops before anything is switched.
     let revision = commands::release::revision_text(&d.artifact.sha256, d.git.as_deref());
-    let stage_all = stage_all(&d, &conns, &plans, &packs, &revision);
+    let stage_all = stage_all(&d, &conns, &plans, &packs, &deltas, &revision);
     let staged = tokio::select! {
         staged = stage_all => Some(staged),
         () = d.cancel.cancelled() => None,
@@ -591,16 +610,11 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
                 }
                 let h = r.host(&p.host);
                 h.stage_ms = Some(staged.ms);
-                h.bytes_sent = staged.sent;
+                h.bytes_sent = staged.release.sent;
+                h.artifact_bytes = Some(staged.release.whole);
+                h.delta_fallback = staged.release.fallback;
                 h.env_keys = staged.env;
-                h.source = Some(
-                    match p.source {
-                        Source::Present => "present",
-                        Source::Reuse { .. } => "reused",
-                        Source::Upload => "uploaded",
-                    }
-                    .to_owned(),
-                );
+                h.source = Some(staged.release.source.to_owned());
             }
             Err(e) => {
                 r.fail_host(&p.host, e);
@@ -762,20 +776,19 @@ async fn stage_all(
     conns: &[Conn<'_>],
     plans: &[HostPlan],
     packs: &[&Packed],
+    deltas: &[Result<Option<HostDelta>, String>],
     revision: &str,
 ) -> Vec<Result<Staged, String>> {
-    let work = conns
-        .iter()
-        .zip(plans)
-        .zip(packs)
-        .map(|((c, p), packed)| async move {
+    let work = conns.iter().zip(plans).zip(packs).zip(deltas).map(
+        |(((c, p), packed), delta)| async move {
             let started = Instant::now();
-            let result = stage_host(d, c, p, packed, revision).await;
+            let result = stage_host(d, c, p, packed, delta, revision).await;
             result.map(|mut staged| {
                 staged.ms = started.elapsed().as_millis() as u64;
                 staged
             })
-        });
+        },
+    );
     use futures::StreamExt;
     futures::stream::iter(work)
         .buffered(d.inventory.rollout.parallel.max(1))
@@ -783,11 +796,186 @@ async fn stage_all(
         .await
 }
 
+/// A host's current release, when a delta can start from it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DeltaBase {
+    current: String,
+    /// sha256 of its manifest.
+    manifest: String,
+}
+
+/// What a host's delta upload starts from and sends.
+struct HostDelta {
+    base: DeltaBase,
+    delta: Arc<Delta>,
+}
+
+/// Makes the delta streams: per distinct (current manifest, compression), the manifest is
+/// read from one host and the delta built once. Per host: `Ok(None)` when the whole
+/// artifact goes (no manifest to start from, deltas off, or a delta not smaller), `Err`
+/// with the reason when a delta was possible but could not be made (the whole artifact goes
+/// too, and the report says why).
+async fn prepare_deltas(
+    d: &Deploy<'_>,
+    conns: &[Conn<'_>],
+    plans: &[HostPlan],
+    bases: &[Option<DeltaBase>],
+    packs: &[&Packed],
+) -> Vec<Result<Option<HostDelta>, String>> {
+    let enabled = d.inventory.artifact.as_ref().is_some_and(|a| a.delta);
+    let mut groups: Vec<(String, Codec, usize)> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = Vec::new();
+    for (i, (p, base)) in plans.iter().zip(bases).enumerate() {
+        let pack = packs[i];
+        let wanted = enabled && matches!(p.source, Source::Upload) && pack.manifest.is_some();
+        group_of.push(match base {
+            Some(base) if wanted => {
+                let key = (base.manifest.clone(), pack.codec);
+                Some(
+                    match groups
+                        .iter()
+                        .position(|(m, codec, _)| (m, *codec) == (&key.0, key.1))
+                    {
+                        Some(g) => g,
+                        None => {
+                            groups.push((key.0, key.1, i));
+                            groups.len() - 1
+                        }
+                    },
+                )
+            }
+            _ => None,
+        });
+    }
+    let built = futures::future::join_all(groups.iter().map(|(sha, _, first)| {
+        let i = *first;
+        async move {
+            let base = bases[i].as_ref().expect("grouped hosts have a base");
+            let old = fetch_manifest(d, &conns[i], &base.current, sha, packs[i].codec).await?;
+            let packed = packs[i];
+            let new = packed
+                .manifest
+                .clone()
+                .expect("grouped hosts have a manifest");
+            let shared: Vec<String> = d
+                .inventory
+                .artifact
+                .as_ref()
+                .map(|a| {
+                    a.shared_dirs
+                        .iter()
+                        .chain(&a.shared_files)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let dir = packed
+                .file
+                .parent()
+                .unwrap_or(std::path::Path::new("/tmp"))
+                .to_owned();
+            let make = move || {
+                let plan = delta::plan(&old, &new, &shared);
+                delta::build(packed, &new, &plan, packed.codec, &dir)
+            };
+            let made = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(make),
+                _ => make(),
+            };
+            match made {
+                Ok(delta) if delta.size < packed.upload_size() => Ok(Some(Arc::new(delta))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(format!(
+                    "cannot make the delta: {}",
+                    crate::error::chain(&e)
+                )),
+            }
+        }
+    }))
+    .await;
+    group_of
+        .iter()
+        .enumerate()
+        .map(|(i, g)| match g {
+            None => Ok(None),
+            Some(g) => match &built[*g] {
+                Ok(Some(delta)) => Ok(Some(HostDelta {
+                    base: bases[i].clone().expect("grouped hosts have a base"),
+                    delta: delta.clone(),
+                })),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.clone()),
+            },
+        })
+        .collect()
+}
+
+/// Reads the manifest of the host's current release (compressed on the way) and checks it
+/// is the one its sha256 names.
+async fn fetch_manifest(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    current: &str,
+    sha256: &str,
+    codec: Codec,
+) -> Result<Manifest, String> {
+    let path = format!(
+        "{}/releases/{current}/{}",
+        d.inventory.app.deploy_to,
+        crate::manifest::PATH
+    );
+    let compress = match codec {
+        Codec::Zstd => "zstd -q -c",
+        Codec::Gzip => "gzip -c",
+    };
+    let cmd = Cmd::seq([
+        Cmd::assign("f", &path),
+        Cmd::assign("compress", compress),
+        Cmd::new(r#"$compress < "$f""#),
+    ]);
+    // The manifest can pass the kept-output limit: collected here instead.
+    let bytes = std::sync::Mutex::new(Vec::new());
+    let sink = |stream: crate::transport::Stream, chunk: &[u8]| {
+        if stream == crate::transport::Stream::Stdout {
+            bytes.lock().expect("lock").extend_from_slice(chunk);
+        }
+    };
+    let o = c
+        .transport
+        .exec(ExecRequest::new(&cmd, SHORT * 10).output(&sink))
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
+    if !o.success() {
+        return Err(describe_failure(
+            "reading the current release's manifest",
+            &o,
+        ));
+    }
+    let bytes = bytes.into_inner().expect("lock");
+    let text = codec
+        .decompress_bytes(&bytes)
+        .map_err(|e| format!("the current release's manifest arrived damaged: {e}"))?;
+    if crate::manifest::sha256_hex(&text) != sha256 {
+        return Err("the current release's manifest changed while it was read".into());
+    }
+    Manifest::parse(&text).map_err(|e| format!("`{path}`: {e}"))
+}
+
 /// What staging a host produced.
 struct Staged {
-    sent: u64,
+    release: StagedRelease,
     env: Option<KeyDiff>,
     ms: u64,
+}
+
+/// How the release directory got there.
+struct StagedRelease {
+    /// `uploaded`, `delta`, `reused` or `present`.
+    source: &'static str,
+    sent: u64,
+    /// The whole artifact's upload size for this host.
+    whole: u64,
+    fallback: Option<String>,
 }
 
 async fn stage_host(
@@ -795,9 +983,10 @@ async fn stage_host(
     c: &Conn<'_>,
     p: &HostPlan,
     packed: &Packed,
+    delta: &Result<Option<HostDelta>, String>,
     revision: &str,
 ) -> Result<Staged, String> {
-    let sent = stage_release(d, c, p, packed, revision).await?;
+    let release = stage_release(d, c, p, packed, delta, revision).await?;
     let host = &c.host.name;
     let deploy_to = &d.inventory.app.deploy_to;
     d.out.emit(Event::Step {
@@ -827,17 +1016,23 @@ async fn stage_host(
         host,
         step: "staged",
     });
-    Ok(Staged { sent, env, ms: 0 })
+    Ok(Staged {
+        release,
+        env,
+        ms: 0,
+    })
 }
 
-/// The release directory, complete: uploaded or copied, REVISION, shared links, renamed.
+/// The release directory, complete: uploaded (whole or as a delta) or copied, REVISION,
+/// shared links, renamed.
 async fn stage_release(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
     packed: &Packed,
+    delta: &Result<Option<HostDelta>, String>,
     revision: &str,
-) -> Result<u64, String> {
+) -> Result<StagedRelease, String> {
     let deploy_to = &d.inventory.app.deploy_to;
     let host = &c.host.name;
     let artifact = d.inventory.artifact.as_ref();
@@ -852,8 +1047,14 @@ async fn stage_release(
         artifact.map_or(&no_paths, |a| &a.shared_files),
         d.inventory.app.user.as_deref(),
     );
+    let staged = |source, sent, fallback| StagedRelease {
+        source,
+        sent,
+        whole: packed.upload_size(),
+        fallback,
+    };
     match &p.source {
-        Source::Present => Ok(0),
+        Source::Present => Ok(staged("present", 0, None)),
         Source::Reuse { from } => {
             d.out.emit(Event::Step {
                 host,
@@ -865,14 +1066,34 @@ async fn stage_release(
                 c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await,
                 "copying the identical release",
             )?;
-            Ok(0)
+            Ok(staged("reused", 0, None))
         }
         Source::Upload => {
+            let mut sent = 0;
+            let mut fallback = delta.as_ref().err().cloned();
+            if let Ok(Some(delta)) = delta {
+                d.out.emit(Event::Step {
+                    host,
+                    step: "uploading changes",
+                });
+                match upload_delta(d, c, p, finish.clone(), delta, packed).await {
+                    Ok(n) => return Ok(staged("delta", n, None)),
+                    Err(DeltaFailure::Transport(e)) => return Err(e),
+                    Err(DeltaFailure::Host { sent: n, why }) => {
+                        d.out.emit(Event::Note(&format!(
+                            "{host}: {why}; sending the whole artifact"
+                        )));
+                        sent = n;
+                        fallback = Some(why);
+                    }
+                }
+            }
             d.out.emit(Event::Step {
                 host,
                 step: "uploading",
             });
-            upload(d, c, &p.release, finish, packed).await
+            let n = upload(d, c, &p.release, finish, packed).await?;
+            Ok(staged("uploaded", sent + n, fallback))
         }
     }
 }
@@ -896,37 +1117,17 @@ async fn upload(
     let file = tokio::fs::File::open(&*packed.file)
         .await
         .map_err(|e| format!("cannot open the packed artifact: {e}"))?;
-    let counter = Arc::new(AtomicU64::new(0));
-    let reader = Counting {
-        inner: file,
-        count: counter.clone(),
-    };
     let receive = commands::release::receive(
         &d.inventory.app.deploy_to,
         release,
         &packed.upload_sha256,
         packed.codec.decompress(),
+        packed.prefix.len() as u64,
     );
     let cmd = Cmd::seq([receive, finish]);
-    // Generous: keepalives notice a dead host long before this.
-    let timeout = Duration::from_secs(1800 + packed.compressed_size / (1 << 20));
-    let total = packed.compressed_size;
-    let upload = c.transport.upload(&cmd, Box::new(reader), timeout);
-    let ticker = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            d.out.emit(Event::Progress {
-                host: &c.host.name,
-                sent: counter.load(Ordering::Relaxed),
-                total,
-            });
-        }
-    };
-    let result = tokio::select! {
-        r = upload => r,
-        () = ticker => unreachable!("the ticker never ends"),
-    };
-    let sent = counter.load(Ordering::Relaxed);
+    let total = packed.upload_size();
+    let data = std::io::Cursor::new(packed.prefix.clone()).chain(file);
+    let (result, sent) = stream(d, c, &cmd, Box::new(data), total, total).await;
     match result {
         Ok(o) if o.success() => Ok(sent),
         Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
@@ -937,6 +1138,99 @@ async fn upload(
         Ok(o) => Err(describe_failure("extracting and finishing the release", &o)),
         Err(e) => Err(crate::error::chain(&e)),
     }
+}
+
+/// Why a delta upload did not make the release.
+enum DeltaFailure {
+    /// The host could not build it exactly (or the bytes arrived damaged): send it whole.
+    Host { sent: u64, why: String },
+    /// The connection failed: the host failed.
+    Transport(String),
+}
+
+/// Streams a delta into `releases/<id>.partial`, built from the current release and
+/// verified against the new manifest on the host, then finishes the release.
+async fn upload_delta(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    p: &HostPlan,
+    finish: Cmd,
+    hd: &HostDelta,
+    packed: &Packed,
+) -> Result<u64, DeltaFailure> {
+    let delta = &hd.delta;
+    let file = tokio::fs::File::open(&*delta.file).await.map_err(|e| {
+        DeltaFailure::Transport(format!("cannot open the delta of the artifact: {e}"))
+    })?;
+    let args = commands::release::DeltaArgs {
+        deploy_to: &d.inventory.app.deploy_to,
+        id: &p.release,
+        current: &hd.base.current,
+        current_manifest: &hd.base.manifest,
+        manifest: &delta.manifest_sha256,
+        upload_sha256: &delta.sha256,
+        decompress: packed.codec.decompress(),
+        edits_len: delta.edits_len,
+        service_user: d.inventory.app.user.as_deref().unwrap_or(""),
+    };
+    let cmd = Cmd::seq([commands::release::delta(&args), finish]);
+    let (result, sent) = stream(d, c, &cmd, Box::new(file), delta.size, packed.upload_size()).await;
+    match result {
+        Ok(o) if o.success() => Ok(sent),
+        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::DELTA_FAILED) => {
+            Err(DeltaFailure::Host {
+                sent,
+                why: "the release built from the current one did not match the new manifest".into(),
+            })
+        }
+        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
+            Err(DeltaFailure::Host {
+                sent,
+                why: "the delta arrived damaged".into(),
+            })
+        }
+        Ok(o) => Err(DeltaFailure::Host {
+            sent,
+            why: describe_failure("building the release from a delta", &o),
+        }),
+        Err(e) => Err(DeltaFailure::Transport(crate::error::chain(&e))),
+    }
+}
+
+/// Streams `data` (`total` bytes) into `cmd` on the host, with progress events; returns the
+/// command's result and the bytes sent.
+async fn stream(
+    d: &Deploy<'_>,
+    c: &Conn<'_>,
+    cmd: &Cmd,
+    data: Box<dyn AsyncRead + Send + Unpin>,
+    total: u64,
+    whole: u64,
+) -> (Result<ExecOutput, ExecError>, u64) {
+    let counter = Arc::new(AtomicU64::new(0));
+    let reader = Counting {
+        inner: data,
+        count: counter.clone(),
+    };
+    // Generous: keepalives notice a dead host long before this.
+    let timeout = Duration::from_secs(1800 + total / (1 << 20));
+    let upload = c.transport.upload(cmd, Box::new(reader), timeout);
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            d.out.emit(Event::Progress {
+                host: &c.host.name,
+                sent: counter.load(Ordering::Relaxed),
+                total,
+                whole,
+            });
+        }
+    };
+    let result = tokio::select! {
+        r = upload => r,
+        () = ticker => unreachable!("the ticker never ends"),
+    };
+    (result, counter.load(Ordering::Relaxed))
 }
 
 /// Counts the bytes read through it.

@@ -50,4 +50,7 @@ pub mod exit {
     pub const COMPOSE_INVALID: u32 = 92;
     /// Pulling the images failed.
     pub const PULL_FAILED: u32 = 93;
+    /// A delta upload could not build the release exactly (the current release differs from
+    /// its manifest, a tool failed, or the result did not verify); nothing was kept.
+    pub const DELTA_FAILED: u32 = 94;
 }

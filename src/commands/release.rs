@@ -8,22 +8,39 @@
 
 use crate::shell::Cmd;
 
-/// Receives the compressed artifact on stdin, extracts it into `releases/<id>.partial` with
-/// `decompress` (`gzip -dc`, `zstd -dc`) and checks the sha256 of the bytes received (the
-/// compressed stream: fewer bytes to hash than the tar, and the decompressor's own checks
-/// cover the rest), in one pass. The hash is `openssl dgst` where the host has it (several
+/// Picks the host's sha256 tool into `$hash`: `openssl dgst` where the host has it (several
 /// times faster than coreutils' `sha256sum` on CPUs with SHA instructions), else
-/// `sha256sum`. Exit [`SHA_MISMATCH`](super::exit::SHA_MISMATCH) when the bytes are not the
-/// artifact; the partial directory is removed on any failure. Falls through on success, so
-/// [`finish`] can follow in the same script.
-pub fn receive(deploy_to: &str, id: &str, upload_sha256: &str, decompress: &str) -> Cmd {
+/// `sha256sum`. Both print the hex digest first. `sum_of FILE` prints a file's digest.
+const PICK_HASH: &str = r#"
+if command -v openssl >/dev/null 2>&1; then hash="openssl dgst -sha256 -r"; else hash=sha256sum; fi
+sum_of() { set -- $($hash < "$1") && printf '%s\n' "$1"; }"#;
+
+/// Receives the upload on stdin: the release's manifest (`manifest_len` bytes, compressed;
+/// none when 0), then the compressed artifact. Writes the manifest to
+/// `releases/<id>.partial/.shipit/manifest`, extracts the artifact into the partial
+/// directory with `decompress` (`gzip -dc`, `zstd -dc`) under umask 022 without keeping the
+/// archive's permission bits (what the manifest's modes describe), and checks the sha256 of
+/// all the bytes received (fewer bytes to hash than the tar; the decompressor's own checks
+/// cover the rest), in one pass. Exit [`SHA_MISMATCH`](super::exit::SHA_MISMATCH) when the
+/// bytes are not the upload; the partial directory is removed on any failure. Falls through
+/// on success, so [`finish`] can follow in the same script.
+pub fn receive(
+    deploy_to: &str,
+    id: &str,
+    upload_sha256: &str,
+    decompress: &str,
+    manifest_len: u64,
+) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("id", id),
         Cmd::assign("sha", upload_sha256),
         Cmd::assign("decompress", decompress),
+        Cmd::assign("mlen", manifest_len.to_string()),
+        Cmd::new(PICK_HASH),
         Cmd::new(
             r#"
+umask 022
 mkdir -p -- "$base" && cd -- "$base" || exit 1
 mkdir -p releases shared .shipit || exit 1
 part="releases/$id.partial"
@@ -31,16 +48,140 @@ rm -rf -- "$part" && mkdir -- "$part" || exit 1
 fifo=".shipit/upload-$id.fifo"
 sum=".shipit/upload-$id.sum"
 rm -f -- "$fifo" "$sum" && mkfifo -- "$fifo" || exit 1
-if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r < "$fifo" > "$sum" &
-else sha256sum < "$fifo" > "$sum" & fi
+$hash < "$fifo" > "$sum" &
 hasher=$!
-tee -- "$fifo" | $decompress | tar -xf - -C "$part" --no-same-owner
+tee -- "$fifo" | {
+  if [ "$mlen" -gt 0 ]; then
+    mkdir -- "$part/.shipit" && head -c "$mlen" | $decompress > "$part/.shipit/manifest" || exit 1
+  fi
+  $decompress | tar -xf - -C "$part" --no-same-owner --no-same-permissions
+}
 status=$?
 wait "$hasher"
 read -r got rest < "$sum"
 rm -f -- "$fifo" "$sum"
 if [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
 if [ "$status" != 0 ]; then rm -rf -- "$part"; exit "$status"; fi
+:"#,
+        ),
+    ])
+}
+
+/// `listing PREFIX` writes the manifest text of the tree in the current directory to
+/// stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
+/// `$hash` and awk; PREFIX names its scratch files.
+const LISTING: &str = r#"
+listing() {
+  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -print0 \) | xargs -0 -r $hash > "$1.sums" || return 1
+  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\n' \) > "$1.meta" || return 1
+  awk -F '\t' -v OFS='\t' '
+    FILENAME == ARGV[1] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
+    $2 == "f" { print $1, "f", $3, $4, sum[$1]; next }
+    $2 == "l" { print $1, "l", $3, "-", $5; next }
+    { print $1, $2, $3, "-", "-" }' "$1.sums" "$1.meta" | LC_ALL=C sort
+}"#;
+
+/// The manifest text of the release tree `dir` (for tests and diagnostics).
+pub fn listing(dir: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("dir", dir),
+        Cmd::new(PICK_HASH),
+        Cmd::new(LISTING),
+        Cmd::new(
+            r#"
+tmp=$(mktemp -d) || exit 1
+cd -- "$dir" && listing "$tmp/l"
+status=$?
+rm -rf -- "$tmp"
+exit "$status""#,
+        ),
+    ])
+}
+
+/// What a delta upload needs to know besides the stream.
+pub struct DeltaArgs<'a> {
+    pub deploy_to: &'a str,
+    pub id: &'a str,
+    /// The host's current release, which the delta was computed against.
+    pub current: &'a str,
+    /// sha256 of the current release's manifest, as the client read it.
+    pub current_manifest: &'a str,
+    /// sha256 of the new release's manifest: what the built tree must list as.
+    pub manifest: &'a str,
+    /// sha256 of the whole stream.
+    pub upload_sha256: &'a str,
+    pub decompress: &'a str,
+    /// Length of the compressed edit list at the start of the stream.
+    pub edits_len: u64,
+    /// The service user (`app.user`); empty when unknown.
+    pub service_user: &'a str,
+}
+
+/// Builds `releases/<id>.partial` from the current release and a delta stream on stdin:
+/// the compressed edit list (see `delta`), then a compressed tar of the new content.
+///
+/// The current release is cloned, its extra paths (shared links, files written into it
+/// later) dropped, the edits and the tar applied, and the whole tree then listed and
+/// hashed: only a tree whose listing has the new manifest's sha256 is kept, with that
+/// listing as its manifest. The clone hard-links files unless the service user could write
+/// them (it owns the release files, is root, or is unknown): then it copies, so that writing
+/// into one release can never change another. Any failure removes the partial directory
+/// and exits [`DELTA_FAILED`](super::exit::DELTA_FAILED) ([`SHA_MISMATCH`](super::exit::SHA_MISMATCH)
+/// for damaged bytes): the caller then sends the artifact whole. Falls through on success.
+pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", a.deploy_to),
+        Cmd::assign("id", a.id),
+        Cmd::assign("cur", a.current),
+        Cmd::assign("oldsum", a.current_manifest),
+        Cmd::assign("want", a.manifest),
+        Cmd::assign("sha", a.upload_sha256),
+        Cmd::assign("decompress", a.decompress),
+        Cmd::assign("elen", a.edits_len.to_string()),
+        Cmd::assign("svc", a.service_user),
+        Cmd::new(PICK_HASH),
+        Cmd::new(LISTING),
+        Cmd::new(
+            r#"
+umask 022
+cd -- "$base" && mkdir -p .shipit || exit 1
+part="releases/$id.partial"
+tmp="$base/.shipit/delta-$id"
+fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
+rm -rf -- "$part" "$tmp" && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
+$hash < "$tmp/fifo" > "$tmp/sum" &
+hasher=$!
+tee -- "$tmp/fifo" | { head -c "$elen" | $decompress > "$tmp/edits" && cat > "$tmp/tar"; }
+status=$?
+wait "$hasher"
+read -r got rest < "$tmp/sum"
+[ "$got" = "$sha" ] || fail 81
+[ "$status" = 0 ] || fail 94
+[ -d "releases/$cur" ] && [ ! -L "releases/$cur" ] || fail 94
+[ "$(sum_of "releases/$cur/.shipit/manifest")" = "$oldsum" ] || fail 94
+copy=""
+if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
+if [ -n "$copy" ]; then cp -a -- "releases/$cur" "$part" || fail 94
+else cp -al -- "releases/$cur" "$part" || fail 94; fi
+cd -- "$part" && rm -rf .shipit && mkdir .shipit && ln -s -- "../../$cur" .shipit/base || fail 94
+find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\n' \) > "$tmp/have" || fail 94
+{
+  awk -F '\t' 'FILENAME == ARGV[1] { keep[$1 "\t" $2] = 1; next } !(($1 "\t" $2) in keep) { print $1 }' \
+    "../$cur/.shipit/manifest" "$tmp/have"
+  awk -F '\t' '$1 == "rm" { print $3 }' "$tmp/edits"
+} | tr '\n' '\000' | xargs -0 -r rm -rf -- || fail 94
+$decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
+rm -f .shipit/base
+tab=$(printf '\t')
+while IFS="$tab" read -r op arg path; do
+  case $op in
+    mode) cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" && chmod "$arg" -- "$path" || fail 94 ;;
+    link) if [ -n "$copy" ]; then cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" || fail 94; fi ;;
+  esac
+done < "$tmp/edits"
+listing "$tmp/listing" > .shipit/manifest || fail 94
+[ "$(sum_of .shipit/manifest)" = "$want" ] || fail 94
+cd -- "$base" && rm -rf -- "$tmp"
 :"#,
         ),
     ])
@@ -261,7 +402,7 @@ mod tests {
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
 
-        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc"), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
         assert!(base.join("releases/r1.partial/app.txt").exists());
         let shared = ["storage".to_owned()];
         let files = ["config.yml".to_owned()];
@@ -359,9 +500,9 @@ mod tests {
             std::os::unix::fs::symlink(target, bin.join(tool)).unwrap();
         }
         let wrong = "0".repeat(64);
-        let cmd = receive(b, "r1", &wrong, "gzip -dc");
+        let cmd = receive(b, "r1", &wrong, "gzip -dc", 0);
         assert_eq!(sh_with_path(&cmd, &bytes, Some(&bin)).0, 81);
-        let cmd = receive(b, "r1", &up, "gzip -dc");
+        let cmd = receive(b, "r1", &up, "gzip -dc", 0);
         assert_eq!(sh_with_path(&cmd, &bytes, Some(&bin)), (0, String::new()));
         assert!(base.join("releases/r1.partial/app.txt").exists());
     }
@@ -373,15 +514,15 @@ mod tests {
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
         let wrong = "0".repeat(64);
-        assert_eq!(sh(&receive(b, "r1", &wrong, "gzip -dc"), &bytes).0, 81);
+        assert_eq!(sh(&receive(b, "r1", &wrong, "gzip -dc", 0), &bytes).0, 81);
         assert!(!base.join("releases/r1.partial").exists());
         // What is checked is the bytes received, not the tar's identity.
-        assert_eq!(sh(&receive(b, "r1", &sha, "gzip -dc"), &bytes).0, 81);
+        assert_eq!(sh(&receive(b, "r1", &sha, "gzip -dc", 0), &bytes).0, 81);
         let truncated = &bytes[..bytes.len() / 2];
-        assert_ne!(sh(&receive(b, "r1", &up, "gzip -dc"), truncated).0, 0);
+        assert_ne!(sh(&receive(b, "r1", &up, "gzip -dc", 0), truncated).0, 0);
         assert!(!base.join("releases/r1.partial").exists());
         assert_ne!(
-            sh(&receive(b, "r1", &up, "gzip -dc"), b"not gzip at all").0,
+            sh(&receive(b, "r1", &up, "gzip -dc", 0), b"not gzip at all").0,
             0
         );
         assert!(!base.join("releases/r1.partial").exists());
@@ -393,7 +534,7 @@ mod tests {
         let base = dir.path().join("app");
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
-        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc"), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
         let (code, stderr) = sh(
             &finish(b, "r1", &sha, &[], &["secrets.yml".to_owned()], None),
             b"",

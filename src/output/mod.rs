@@ -35,11 +35,13 @@ pub enum Event<'a> {
         stream: Stream,
         line: &'a str,
     },
-    /// Bytes of an upload sent so far.
+    /// Bytes of an upload sent so far, of `total`; `whole` is what the whole artifact
+    /// would be (larger than `total` for a delta).
     Progress {
         host: &'a str,
         sent: u64,
         total: u64,
+        whole: u64,
     },
     /// A host finished.
     HostDone {

@@ -45,10 +45,23 @@ impl Renderer for Plain {
                 let word = if *ok { "ok" } else { "FAILED" };
                 eprintln!("{} {host:<w$} {word}: {summary}", stamp());
             }
-            Event::Progress { host, sent, total } => {
+            Event::Progress {
+                host,
+                sent,
+                total,
+                whole,
+            } => {
                 if self.verbose > 0 {
+                    let delta = if whole > total {
+                        format!(
+                            " (changes only; the whole artifact is {})",
+                            table::bytes(*whole)
+                        )
+                    } else {
+                        String::new()
+                    };
                     eprintln!(
-                        "{} {host:<w$} sent {} of {}",
+                        "{} {host:<w$} sent {} of {}{delta}",
                         stamp(),
                         table::bytes(*sent),
                         table::bytes(*total)

@@ -73,7 +73,12 @@ impl Renderer for Tty {
                     bar.finish_with_message(format!("{word} {summary}"));
                 }
             }
-            Event::Progress { host, sent, total } => {
+            Event::Progress {
+                host,
+                sent,
+                total,
+                whole,
+            } => {
                 let started = *self
                     .uploads
                     .lock()
@@ -82,8 +87,13 @@ impl Renderer for Tty {
                     .or_insert_with(std::time::Instant::now);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 if let Some(bar) = self.bars.get(*host) {
+                    let of_whole = if whole > total {
+                        format!(" of {} artifact", table::bytes(*whole))
+                    } else {
+                        String::new()
+                    };
                     bar.set_message(format!(
-                        "uploading {} / {} ({}/s)",
+                        "uploading {} / {}{of_whole} ({}/s)",
                         table::bytes(*sent),
                         table::bytes(*total),
                         table::bytes((*sent as f64 / secs) as u64)

@@ -1,0 +1,665 @@
+//! Delta uploads: when a host's current release has a manifest, send only the content it
+//! does not have.
+//!
+//! [`plan`] compares the current release's manifest with the new one (pure); [`build`]
+//! writes the stream the host's `commands::release::delta` script reads: the edit list,
+//! then a tar of what the host cannot make from the current release: new directories and
+//! symlinks, files with new content (each content once), and hard links to files of the
+//! current release that moved. The host clones the current release, applies both, and keeps
+//! the result only if it lists exactly as the new manifest.
+//!
+//! Paths of the current release that finishing it changed are never used as a source:
+//! `REVISION` (rewritten by shipit) and the shared paths (symlinks into `shared/`, whose
+//! files are live data).
+//!
+//! [`build`] does blocking file I/O: callers run it under `spawn_blocking` or
+//! `block_in_place`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use tar::{Archive, EntryType, Header};
+use tempfile::TempPath;
+
+use crate::artifact::{Codec, Packed};
+use crate::manifest::{self, Entry, Kind, Manifest};
+
+/// How the tar writes one path of the new release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A directory, new or with a new mode.
+    Dir(u32),
+    Symlink(String),
+    /// A file whose content the current release does not have: sent.
+    Content,
+    /// A file whose content the current release has at this other path: hard-linked.
+    Link(String),
+}
+
+/// What changes between the current release and the new one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Paths removed before the tar is extracted (gone, replaced, or of another type).
+    pub remove: Vec<String>,
+    pub ops: BTreeMap<String, Op>,
+    /// Files whose content stays but whose mode changes (after the tar).
+    pub modes: Vec<(String, u32)>,
+    /// Sum of the sizes of the files sent.
+    pub content_bytes: u64,
+}
+
+/// The paths the host changed when it finished the current release, so not its content.
+fn finished_path(path: &str, shared: &[String]) -> bool {
+    path == "REVISION"
+        || shared.iter().any(|s| {
+            let s = s.trim_matches('/');
+            path == s
+                || path
+                    .strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// What turns the release `old` describes into the one `new` describes. `shared` are the
+/// inventory's shared dirs and files.
+pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
+    let usable: BTreeMap<&str, &Entry> = old
+        .entries
+        .iter()
+        .filter(|(p, _)| !finished_path(p, shared))
+        .map(|(p, e)| (p.as_str(), e))
+        .collect();
+    // Where each content is, first by path order.
+    let mut by_sha: HashMap<&str, Vec<(&str, u32)>> = HashMap::new();
+    for (path, entry) in &usable {
+        if let Some(sha) = entry.sha256() {
+            by_sha.entry(sha).or_default().push((path, entry.mode));
+        }
+    }
+    let mut p = Plan::default();
+    if old.entries.contains_key("REVISION") {
+        // The host's REVISION is the one shipit wrote, not the artifact's.
+        p.remove.push("REVISION".to_owned());
+    }
+    for (path, entry) in &new.entries {
+        let before = usable.get(path.as_str()).copied();
+        match &entry.kind {
+            Kind::Dir => match before {
+                Some(b) if b.is_dir() => {
+                    if b.mode != entry.mode {
+                        p.ops.insert(path.clone(), Op::Dir(entry.mode));
+                    }
+                }
+                _ => {
+                    if before.is_some() {
+                        p.remove.push(path.clone());
+                    }
+                    p.ops.insert(path.clone(), Op::Dir(entry.mode));
+                }
+            },
+            Kind::Symlink { target } => {
+                if before != Some(entry) {
+                    if before.is_some() {
+                        p.remove.push(path.clone());
+                    }
+                    p.ops.insert(path.clone(), Op::Symlink(target.clone()));
+                }
+            }
+            Kind::File { size, sha256 } => {
+                if let Some(b) = before
+                    && b.sha256() == Some(sha256)
+                {
+                    if b.mode != entry.mode {
+                        p.modes.push((path.clone(), entry.mode));
+                    }
+                    continue;
+                }
+                if before.is_some() {
+                    p.remove.push(path.clone());
+                }
+                let sources = by_sha.get(sha256.as_str());
+                let source = sources.and_then(|s| {
+                    s.iter()
+                        .find(|(_, mode)| *mode == entry.mode)
+                        .or_else(|| s.first())
+                });
+                match source {
+                    Some((from, mode)) => {
+                        p.ops.insert(path.clone(), Op::Link((*from).to_owned()));
+                        if *mode != entry.mode {
+                            p.modes.push((path.clone(), entry.mode));
+                        }
+                    }
+                    None => {
+                        p.ops.insert(path.clone(), Op::Content);
+                        p.content_bytes += size;
+                    }
+                }
+            }
+        }
+    }
+    for path in usable.keys() {
+        if !new.entries.contains_key(*path) {
+            p.remove.push((*path).to_owned());
+        }
+    }
+    p.remove.sort();
+    p.remove.dedup();
+    p
+}
+
+impl Plan {
+    /// The edit list the host script reads: `rm`, `mode` and `link` lines, tab-separated
+    /// (`op`, argument, path).
+    pub fn edits(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for path in &self.remove {
+            out.push_str(&format!("rm\t-\t{path}\n"));
+        }
+        for (path, op) in &self.ops {
+            if matches!(op, Op::Link(_)) {
+                out.push_str(&format!("link\t-\t{path}\n"));
+            }
+        }
+        for (path, mode) in &self.modes {
+            out.push_str(&format!("mode\t{mode:o}\t{path}\n"));
+        }
+        out.into_bytes()
+    }
+}
+
+/// A delta stream, ready to upload.
+#[derive(Debug)]
+pub struct Delta {
+    /// The compressed edit list, then the compressed tar; deleted on drop.
+    pub file: TempPath,
+    pub size: u64,
+    pub sha256: String,
+    pub edits_len: u64,
+    /// Sum of the sizes of the files whose content is sent.
+    pub content_bytes: u64,
+    /// sha256 of the new release's manifest.
+    pub manifest_sha256: String,
+}
+
+/// Why a delta stream could not be made (the host then gets the whole artifact).
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("cannot read the packed artifact or write the delta in `{dir}`")]
+    Io {
+        dir: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the packed artifact does not match its manifest at `{path}`")]
+    Mismatch { path: String },
+}
+
+/// Writes the delta stream for `plan`, compressed with `codec`, reading new content from the
+/// packed artifact.
+pub fn build(
+    packed: &Packed,
+    new: &Manifest,
+    plan: &Plan,
+    codec: Codec,
+    temp_dir: &Path,
+) -> Result<Delta, DeltaError> {
+    let io_err = |source| DeltaError::Io {
+        dir: temp_dir.to_owned(),
+        source,
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("shipit-delta-")
+        .tempfile_in(temp_dir)
+        .map_err(io_err)?;
+    let edits = codec.compress(&plan.edits()).map_err(io_err)?;
+    let mut out = BufWriter::with_capacity(64 * 1024, temp.as_file());
+    out.write_all(&edits).map_err(io_err)?;
+    match codec {
+        Codec::Zstd => {
+            let mut zstd = zstd::stream::write::Encoder::new(&mut out, 3).map_err(io_err)?;
+            write_tar(packed, new, plan, &mut zstd)?;
+            zstd.finish().map_err(io_err)?;
+        }
+        Codec::Gzip => {
+            let mut gzip = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+            write_tar(packed, new, plan, &mut gzip)?;
+            gzip.finish().map_err(io_err)?;
+        }
+    }
+    out.flush().map_err(io_err)?;
+    drop(out);
+    let size = temp.as_file().metadata().map_err(io_err)?.len();
+    let mut reader = HashingReader::new(BufReader::new(File::open(temp.path()).map_err(io_err)?));
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    Ok(Delta {
+        file: temp.into_temp_path(),
+        size,
+        sha256: reader.finish(),
+        edits_len: edits.len() as u64,
+        content_bytes: plan.content_bytes,
+        manifest_sha256: new.sha256(),
+    })
+}
+
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(946_684_800);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// The tar: directories first (parents before children), then the new content in the
+/// artifact's order, then links and symlinks.
+fn write_tar<W: Write>(
+    packed: &Packed,
+    new: &Manifest,
+    plan: &Plan,
+    sink: W,
+) -> Result<(), DeltaError> {
+    let dir = packed.file.parent().unwrap_or(Path::new("/tmp")).to_owned();
+    let io_err = |source| DeltaError::Io {
+        dir: dir.clone(),
+        source,
+    };
+    let mut tar = tar::Builder::new(sink);
+    for (path, op) in &plan.ops {
+        if let Op::Dir(mode) = op {
+            let mut h = header(EntryType::Directory, *mode, 0);
+            tar.append_data(&mut h, format!("{path}/"), io::empty())
+                .map_err(io_err)?;
+        }
+    }
+
+    // New content, read from the packed artifact; each content sent once, later paths
+    // with the same content linked to the first.
+    let mut sent: HashMap<String, String> = HashMap::new();
+    let mut written: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let wanted = plan.ops.values().filter(|op| **op == Op::Content).count();
+    if wanted > 0 {
+        let file = BufReader::new(File::open(&packed.file).map_err(io_err)?);
+        let reader: Box<dyn Read> = match packed.codec {
+            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err)?),
+            Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        };
+        let mut archive = Archive::new(reader);
+        for entry in archive.entries().map_err(io_err)? {
+            let mut entry = entry.map_err(io_err)?;
+            let path = normalized(&entry.path_bytes());
+            if plan.ops.get(&path) != Some(&Op::Content) {
+                continue;
+            }
+            let Some(Entry {
+                kind: Kind::File { size, sha256 },
+                mode,
+            }) = new.get(&path)
+            else {
+                return Err(DeltaError::Mismatch { path });
+            };
+            if let Some(first) = sent.get(sha256) {
+                let mut h = header(EntryType::Link, *mode, 0);
+                tar.append_link(&mut h, &path, first).map_err(io_err)?;
+                written.insert(path);
+                continue;
+            }
+            if entry.header().entry_type() == EntryType::Link {
+                // The artifact's own hard link to content not sent yet: cannot happen for
+                // a well-formed archive (its target comes first).
+                return Err(DeltaError::Mismatch { path });
+            }
+            let mut h = header(EntryType::Regular, *mode, *size);
+            let mut data = HashingReader::new(&mut entry);
+            tar.append_data(&mut h, &path, &mut data).map_err(io_err)?;
+            if data.finish() != *sha256 {
+                return Err(DeltaError::Mismatch { path });
+            }
+            sent.insert(sha256.clone(), path.clone());
+            written.insert(path);
+        }
+    }
+    if let Some((path, _)) = plan
+        .ops
+        .iter()
+        .find(|(p, op)| **op == Op::Content && !written.contains(p.as_str()))
+    {
+        return Err(DeltaError::Mismatch { path: path.clone() });
+    }
+
+    for (path, op) in &plan.ops {
+        match op {
+            Op::Link(from) => {
+                let mut h = header(EntryType::Link, 0o644, 0);
+                tar.append_link(&mut h, path, format!(".shipit/base/{from}"))
+                    .map_err(io_err)?;
+            }
+            Op::Symlink(target) => {
+                let mut h = header(EntryType::Symlink, 0o777, 0);
+                tar.append_link(&mut h, path, target).map_err(io_err)?;
+            }
+            Op::Dir(_) | Op::Content => {}
+        }
+    }
+    tar.into_inner().map_err(io_err)?;
+    Ok(())
+}
+
+/// An archive member's path as the manifest writes it: no `./`, no empty components, no
+/// trailing `/` (the artifact was checked: no `..`, not absolute).
+fn normalized(path: &[u8]) -> String {
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    String::from_utf8_lossy(&parts.join(&b'/')).into_owned()
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: sha2::Sha256::default(),
+        }
+    }
+
+    fn finish(self) -> String {
+        use sha2::Digest;
+        manifest::hex(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(c: char, mode: u32) -> Entry {
+        Entry {
+            kind: Kind::File {
+                size: 3,
+                sha256: c.to_string().repeat(64),
+            },
+            mode,
+        }
+    }
+
+    fn dir(mode: u32) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            mode,
+        }
+    }
+
+    fn link(target: &str) -> Entry {
+        Entry {
+            kind: Kind::Symlink {
+                target: target.to_owned(),
+            },
+            mode: 0o777,
+        }
+    }
+
+    fn manifest(entries: &[(&str, Entry)]) -> Manifest {
+        Manifest {
+            entries: entries
+                .iter()
+                .map(|(p, e)| ((*p).to_owned(), e.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plans_only_what_changed() {
+        let old = manifest(&[
+            ("REVISION", file('r', 0o644)),
+            ("a", file('a', 0o644)),
+            ("bin", dir(0o755)),
+            ("bin/run", file('b', 0o644)),
+            ("gone", file('g', 0o644)),
+            ("lib", dir(0o755)),
+            ("lib/cur", link("v1")),
+            ("moved", file('m', 0o644)),
+            ("storage", dir(0o755)),
+            ("storage/seed", file('s', 0o644)),
+            ("x", dir(0o755)),
+        ]);
+        let new = manifest(&[
+            ("a", file('A', 0o644)),
+            ("bin", dir(0o700)),
+            ("bin/run", file('b', 0o755)),
+            ("lib", dir(0o755)),
+            ("lib/cur", link("v2")),
+            ("new", dir(0o755)),
+            ("new/moved", file('m', 0o644)),
+            ("storage", dir(0o755)),
+            ("storage/seed", file('s', 0o644)),
+            ("x", file('x', 0o644)),
+        ]);
+        let p = plan(&old, &new, &["storage".to_owned()]);
+        assert_eq!(
+            p.remove,
+            ["REVISION", "a", "gone", "lib/cur", "moved", "x"].map(str::to_owned)
+        );
+        let ops: Vec<(&str, &Op)> = p.ops.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        assert_eq!(
+            ops,
+            [
+                ("a", &Op::Content),
+                ("bin", &Op::Dir(0o700)),
+                ("lib/cur", &Op::Symlink("v2".into())),
+                ("new", &Op::Dir(0o755)),
+                ("new/moved", &Op::Link("moved".into())),
+                ("storage", &Op::Dir(0o755)),
+                // Not linked from the shared path's old content: sent.
+                ("storage/seed", &Op::Content),
+                ("x", &Op::Content),
+            ]
+        );
+        assert_eq!(p.modes, [("bin/run".to_owned(), 0o755)]);
+        assert_eq!(p.content_bytes, 9);
+        let edits = String::from_utf8(p.edits()).unwrap();
+        assert!(edits.starts_with("rm\t-\tREVISION\n"), "{edits}");
+        assert!(edits.contains("link\t-\tnew/moved\n"), "{edits}");
+        assert!(edits.ends_with("mode\t755\tbin/run\n"), "{edits}");
+        // Nothing changed: nothing to do but REVISION.
+        let same = plan(&new, &new, &[]);
+        assert_eq!(same.ops, BTreeMap::new());
+        assert!(same.remove.is_empty() && same.modes.is_empty());
+    }
+}
+
+/// The client's half and the host's half together, in real `sh` with the host's tools: a
+/// release uploaded whole, then one built from a delta, then a tampered current release.
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+    use crate::artifact;
+    use crate::commands::release;
+    use crate::shell::Cmd;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::{Command, Stdio};
+
+    fn sh(cmd: &Cmd, stdin: &[u8]) -> (i32, String, String) {
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin);
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn write(root: &Path, path: &str, content: &[u8], mode: u32) {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, content).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn upload_whole(base: &str, id: &str, packed: &Packed) {
+        let stream = [packed.prefix.clone(), std::fs::read(&packed.file).unwrap()].concat();
+        let cmd = release::receive(
+            base,
+            id,
+            &packed.upload_sha256,
+            packed.codec.decompress(),
+            packed.prefix.len() as u64,
+        );
+        let (code, _, err) = sh(&cmd, &stream);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    fn finish(base: &str, id: &str) {
+        let cmd = release::finish(base, id, "sha", &["storage".to_owned()], &[], None);
+        let (code, _, err) = sh(&cmd, b"");
+        assert_eq!(code, 0, "{err}");
+    }
+
+    fn listing(dir: &Path) -> String {
+        let (code, out, err) = sh(&release::listing(dir.to_str().unwrap()), b"");
+        assert_eq!(code, 0, "{err}");
+        out
+    }
+
+    fn send_delta(base: &Path, id: &str, current: &str, packed: &Packed, svc: &str) -> (i32, Plan) {
+        let old_text =
+            std::fs::read(base.join("releases").join(current).join(manifest::PATH)).unwrap();
+        let old = Manifest::parse(&old_text).unwrap();
+        let new = packed.manifest.as_ref().unwrap();
+        let plan = plan(&old, new, &["storage".to_owned()]);
+        let delta = build(packed, new, &plan, Codec::Zstd, base.parent().unwrap()).unwrap();
+        let args = release::DeltaArgs {
+            deploy_to: base.to_str().unwrap(),
+            id,
+            current,
+            current_manifest: &manifest::sha256_hex(&old_text),
+            manifest: &delta.manifest_sha256,
+            upload_sha256: &delta.sha256,
+            decompress: "zstd -dc",
+            edits_len: delta.edits_len,
+            service_user: svc,
+        };
+        let (code, _, err) = sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap());
+        assert!(code == 0 || code == 94, "{code}: {err}");
+        (code, plan)
+    }
+
+    #[test]
+    fn a_delta_builds_the_same_tree_as_a_whole_upload_and_refuses_a_tampered_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("my app");
+        let b = base.to_str().unwrap();
+        let src = dir.path().join("src");
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        write(&src, "app.js", b"v1\n", 0o644);
+        write(&src, "lib/a.js", b"a\n", 0o644);
+        write(&src, "bin/run", b"#!/bin/sh\n", 0o755);
+        write(&src, "big.bin", &big, 0o644);
+        write(&src, "gone.txt", b"bye\n", 0o644);
+        write(&src, "storage/seed.txt", b"seed\n", 0o644);
+        std::fs::create_dir_all(src.join("empty")).unwrap();
+        std::os::unix::fs::symlink("lib/a.js", src.join("link")).unwrap();
+
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        upload_whole(b, "r1", &v1);
+        // What the host extracted lists exactly as the client's manifest.
+        let text = String::from_utf8(v1.manifest.as_ref().unwrap().render()).unwrap();
+        assert_eq!(listing(&base.join("releases/r1.partial")), text);
+        assert_eq!(
+            std::fs::read_to_string(base.join("releases/r1.partial/.shipit/manifest")).unwrap(),
+            text
+        );
+        finish(b, "r1");
+
+        // v2: one file changed, one mode, one symlink, one removed, content moved, a new dir.
+        write(&src, "app.js", b"v2 with more\n", 0o644);
+        std::fs::set_permissions(src.join("bin/run"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        std::fs::remove_file(src.join("link")).unwrap();
+        std::os::unix::fs::symlink("app.js", src.join("link")).unwrap();
+        std::fs::remove_file(src.join("gone.txt")).unwrap();
+        write(&src, "moved/copy.bin", &big, 0o644);
+        write(&src, "newdir/file.txt", b"new\n", 0o600);
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        let (code, plan) = send_delta(&base, "r2", "r1", &v2, "nobody");
+        assert_eq!(code, 0);
+        assert_eq!(plan.content_bytes, 13 + 4 + 5, "{plan:#?}");
+        let r2 = base.join("releases/r2.partial");
+        let text = String::from_utf8(v2.manifest.as_ref().unwrap().render()).unwrap();
+        assert_eq!(listing(&r2), text);
+        assert_eq!(
+            std::fs::read_to_string(r2.join(manifest::PATH)).unwrap(),
+            text
+        );
+        assert!(!r2.join("gone.txt").exists());
+        assert!(!r2.join(".shipit/base").exists());
+        assert_eq!(
+            std::fs::read_link(r2.join("link")).unwrap(),
+            Path::new("app.js")
+        );
+        let r1 = base.join("releases/r1");
+        // Unchanged content is linked, not copied, for a service user who cannot write it...
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&r2.join("big.bin")), ino(&r1.join("big.bin")));
+        assert_eq!(ino(&r2.join("moved/copy.bin")), ino(&r1.join("big.bin")));
+        // ...but a mode change does not reach the older release.
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&r1.join("bin/run")), 0o755);
+        assert_eq!(mode(&r2.join("bin/run")), 0o644);
+        assert_eq!(std::fs::read(r1.join("app.js")).unwrap(), b"v1\n");
+        finish(b, "r2");
+
+        // When the service user could write release files, they are copies.
+        let (code, _) = send_delta(&base, "r3", "r2", &v2, "");
+        assert_eq!(code, 0);
+        let r3 = base.join("releases/r3.partial");
+        assert_ne!(
+            ino(&r3.join("big.bin")),
+            ino(&base.join("releases/r2/big.bin"))
+        );
+        assert_eq!(listing(&r3), text);
+        std::fs::remove_dir_all(&r3).unwrap();
+
+        // A current release changed after its manifest was written: no release is kept.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(base.join("releases/r2/big.bin"))
+            .unwrap()
+            .write_all(b"tampered")
+            .unwrap();
+        write(&src, "app.js", b"v3\n", 0o644);
+        let v3 = artifact::pack(&src, dir.path()).unwrap();
+        let (code, _) = send_delta(&base, "r4", "r2", &v3, "nobody");
+        assert_eq!(code, 94);
+        assert!(!base.join("releases/r4.partial").exists());
+        assert!(!base.join(".shipit/delta-r4").exists());
+    }
+}
