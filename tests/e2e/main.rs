@@ -11,6 +11,7 @@ mod common;
 mod compose;
 mod concurrency;
 mod database;
+mod delta;
 mod deploy;
 mod docker_fixture;
 mod exec;
