@@ -147,10 +147,12 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
             vec![
                 h.host.clone(),
                 h.source.clone().unwrap_or_else(|| "-".to_owned()),
-                if h.bytes_sent > 0 {
-                    bytes(h.bytes_sent)
-                } else {
-                    "-".to_owned()
+                match (h.bytes_sent, h.artifact_bytes) {
+                    (0, _) => "-".to_owned(),
+                    (sent, Some(whole)) if sent != whole => {
+                        format!("{} of {}", bytes(sent), bytes(whole))
+                    }
+                    (sent, _) => bytes(sent),
                 },
                 h.previous.clone().unwrap_or_else(|| "-".to_owned()),
                 h.current.clone().unwrap_or_else(|| "-".to_owned()),
@@ -170,6 +172,9 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
         &rows,
     );
     for h in &report.hosts {
+        if let Some(why) = &h.delta_fallback {
+            let _ = writeln!(out, "{}: {why}; the whole artifact was sent", h.host);
+        }
         if let Some(error) = &h.error {
             let _ = writeln!(out, "{}: {}", h.host, error);
         }
