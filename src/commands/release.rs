@@ -38,6 +38,7 @@ pub fn receive(
         Cmd::assign("decompress", decompress),
         Cmd::assign("mlen", manifest_len.to_string()),
         Cmd::new(PICK_HASH),
+        Cmd::new(LISTING),
         Cmd::new(
             r#"
 umask 022
@@ -62,23 +63,37 @@ read -r got rest < "$sum"
 rm -f -- "$fifo" "$sum"
 if [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
 if [ "$status" != 0 ]; then rm -rf -- "$part"; exit "$status"; fi
+if [ "$mlen" -gt 0 ] && find / -maxdepth 0 -printf '' >/dev/null 2>&1; then
+  (cd -- "$part" && stat_list > .shipit/stat) || rm -f -- "$part/.shipit/stat"
+fi
 :"#,
         ),
     ])
 }
 
-/// `listing PREFIX` writes the manifest text of the tree in the current directory to
-/// stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
-/// `$hash` and awk; PREFIX names its scratch files.
+/// `listing PREFIX [TRUSTED]` writes the manifest text of the tree in the current directory
+/// to stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
+/// `$hash` and awk; PREFIX names its scratch files. TRUSTED (`path<TAB>sha256` lines) gives
+/// the digests of files known unchanged, which are not read again.
+///
+/// `stat_list` lists the regular files with inode, size and mtime: a release's
+/// `.shipit/stat`, written when it is made, tells later which of its files are still as
+/// they were (the quick check rsync makes by default, plus the inode).
 const LISTING: &str = r#"
 listing() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -print0 \) | xargs -0 -r $hash > "$1.sums" || return 1
+  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\n' \) > "$1.files" || return 1
+  awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } !($0 in t) { print "./" $0 }' "${2:-/dev/null}" "$1.files" \
+    | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
   find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\n' \) > "$1.meta" || return 1
   awk -F '\t' -v OFS='\t' '
-    FILENAME == ARGV[1] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
+    FILENAME == ARGV[1] { sum[$1] = $2; next }
+    FILENAME == ARGV[2] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
     $2 == "f" { print $1, "f", $3, $4, sum[$1]; next }
     $2 == "l" { print $1, "l", $3, "-", $5; next }
-    { print $1, $2, $3, "-", "-" }' "$1.sums" "$1.meta" | LC_ALL=C sort
+    { print $1, $2, $3, "-", "-" }' "${2:-/dev/null}" "$1.sums" "$1.meta" | LC_ALL=C sort
+}
+stat_list() {
+  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\t%i\t%s\t%T@\n' \)
 }"#;
 
 /// The manifest text of the release tree `dir` (for tests and diagnostics).
@@ -159,6 +174,13 @@ read -r got rest < "$tmp/sum"
 [ "$status" = 0 ] || fail 94
 [ -d "releases/$cur" ] && [ ! -L "releases/$cur" ] || fail 94
 [ "$(sum_of "releases/$cur/.shipit/manifest")" = "$oldsum" ] || fail 94
+# Files of the current release still as recorded when it was made (inode, size, mtime):
+# their digests are taken from its manifest instead of being read again.
+(cd -- "releases/$cur" && stat_list) > "$tmp/now" || fail 94
+if [ -f "releases/$cur/.shipit/stat" ]; then
+  awk 'FILENAME == ARGV[1] { rec[$0] = 1; next } ($0 in rec) { sub(/\t.*/, ""); print }' \
+    "releases/$cur/.shipit/stat" "$tmp/now" > "$tmp/clean" || fail 94
+else : > "$tmp/clean"; fi
 copy=""
 if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
 if [ -n "$copy" ]; then cp -a -- "releases/$cur" "$part" || fail 94
@@ -171,6 +193,7 @@ find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\n' \) > "$tmp/ha
   awk -F '\t' '$1 == "rm" { print $3 }' "$tmp/edits"
 } | tr '\n' '\000' | xargs -0 -r rm -rf -- || fail 94
 $decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
+$decompress < "$tmp/tar" | tar -tf - > "$tmp/members" || fail 94
 rm -f .shipit/base
 tab=$(printf '\t')
 while IFS="$tab" read -r op arg path; do
@@ -179,8 +202,16 @@ while IFS="$tab" read -r op arg path; do
     link) if [ -n "$copy" ]; then cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" || fail 94; fi ;;
   esac
 done < "$tmp/edits"
-listing "$tmp/listing" > .shipit/manifest || fail 94
+# Trusted: clean in the current release, and not written by this delta.
+{ sed 's,/$,,' "$tmp/members"; awk -F '\t' '$1 == "mode" || $1 == "link" { print $3 }' "$tmp/edits"; } > "$tmp/touched"
+awk -F '\t' -v OFS='\t' '
+  FILENAME == ARGV[1] { touched[$0] = 1; next }
+  FILENAME == ARGV[2] { clean[$0] = 1; next }
+  $2 == "f" && ($1 in clean) && !($1 in touched) { print $1, $5 }' \
+  "$tmp/touched" "$tmp/clean" "../$cur/.shipit/manifest" > "$tmp/trusted" || fail 94
+listing "$tmp/listing" "$tmp/trusted" > .shipit/manifest || fail 94
 [ "$(sum_of .shipit/manifest)" = "$want" ] || fail 94
+stat_list > .shipit/stat || fail 94
 cd -- "$base" && rm -rf -- "$tmp"
 :"#,
         ),
