@@ -3,9 +3,10 @@
 # sshd hosts, as ratios measured in one run on this machine. Needs root and openssh-server,
 # like the test suite. Prints a table; nothing is asserted about speed, but every run must
 # leave each host's `current` on a release holding the artifact.
-#   bench/run.sh                  1, 10 and 50 hosts (20 MB), redeploys, 300 MB on 1 host
+#   bench/run.sh                  1, 10 and 50 hosts (20 MB), redeploys, 300 MB on 1 host,
+#                                 then the 300 MB delta redeploy on 10 hosts
 #   HOSTS=1,10 MB=20 bench/run.sh
-#   HOSTS=1,3 MB=5 BIG_MB=10 bench/run.sh          a quick smoke run
+#   HOSTS=1,3 MB=5 BIG_MB=10 DELTA_HOSTS=3 DELTA_MB=20 bench/run.sh    a quick smoke run
 #
 # Rows `N MB .tar.gz to N hosts`: the floor, the artifact as a prebuilt tar.gz streamed into
 # `tar -xz` on each host (no compression timed), against shipit deploying that same file.
@@ -17,8 +18,15 @@
 # redeploy rows too (only shipit skips an unchanged artifact).
 # The `check N hosts` rows: `shipit check` against one `ssh -o BatchMode=yes host true` per
 # host in parallel (pyinfra: `exec -- true`, Ansible: `-m ping`).
+# The delta redeploy (shipit only): DELTA_MB (default 300) of files shaped like a dependency
+# tree, one 10 KB file changed per redeploy, DELTA_HOSTS (default 10) hosts, app.user =
+# "nobody" (so the hosts hard-link unchanged files). Prints fresh deploy vs delta redeploy
+# time as a ratio (target <= 0.1), the same redeploy with `artifact.delta = false`, and per
+# host the bytes sent against the whole artifact's; panics unless every host reports
+# `source = "delta"` and holds the new content.
 # The module doc of benches/deploy.rs says what each tool runs exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHIPIT_BENCH_HOSTS=${HOSTS:-1,10,50} SHIPIT_BENCH_MB=${MB:-20} SHIPIT_BENCH_BIG_MB=${BIG_MB:-300} \
+  SHIPIT_BENCH_DELTA_HOSTS=${DELTA_HOSTS:-10} SHIPIT_BENCH_DELTA_MB=${DELTA_MB:-300} \
   cargo bench --bench deploy

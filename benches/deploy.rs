@@ -1,8 +1,10 @@
 //! Deploy benchmark on a loopback fleet of real sshd hosts (the test fixture's), reported as
 //! ratios against plain OpenSSH doing the same job in the same run:
 //!
-//!   bench/run.sh                               # 1, 10 and 50 hosts, 20 MB, then 300 MB on 1 host
+//!   bench/run.sh                               # 1, 10 and 50 hosts, 20 MB, then 300 MB on 1 host,
+//!                                              # then the 300 MB delta redeploy on 10 hosts
 //!   SHIPIT_BENCH_HOSTS=1,10 SHIPIT_BENCH_MB=20 cargo bench --bench deploy
+//!   SHIPIT_BENCH_DELTA_HOSTS=3 SHIPIT_BENCH_DELTA_MB=20 cargo bench --bench deploy
 //!   bash bench/setup-others.sh && bench/run.sh # also pyinfra and Ansible, same fleet, same run
 //!
 //! The job: upload an artifact, extract it to `releases/<id>`, switch `current`. Baseline:
@@ -42,6 +44,23 @@
 //! The `check N hosts` rows: `shipit check` (which also checks tools, write access and free
 //! disk) against one `ssh -o BatchMode=yes host true` per host, all in parallel; pyinfra runs
 //! `exec -- true` and Ansible the `ping` module (a Python round trip) on the same hosts.
+//!
+//! Last, the delta redeploy (shipit only, no baseline): `SHIPIT_BENCH_DELTA_MB` (default 300)
+//! of files shaped like a dependency tree (`node_modules/pkg-NNNN/...`, 1 KiB to 1 MiB each,
+//! mostly small: about 3800 files for 300 MB; three in four of base64 text from a PRNG, one
+//! in four source-like text) plus
+//! one 10 KiB `src/changed.js`, deployed to `SHIPIT_BENCH_DELTA_HOSTS` (default 10) hosts
+//! with `app.user = "nobody"` (a service user that is neither the SSH user nor root, so the
+//! host hard-links the unchanged files). Timed, best of [`DELTA_RUNS`] each: a fresh deploy
+//! (clean hosts), then redeploys each changing only `src/changed.js` (same size, new
+//! content): with `artifact.delta` on (the default), and with `delta = false` (a whole
+//! upload). It prints the fresh/delta ratio (the target is at most 0.1), the delta/full
+//! ratio, shipit's peak RSS, and per host the `--json` report's `source`, `bytes_sent` against
+//! `artifact_bytes`, how many files of its `current` are hard links, and its `stage_ms` in
+//! the fresh, delta and full runs (upload, extract or clone and verify). Every host must be
+//! on the new content (md5 of every file) and report `source = "delta"` with `bytes_sent`
+//! under a tenth of `artifact_bytes` (the fresh deploy `uploaded`, the `delta = false` one
+//! `uploaded`), or the benchmark panics.
 
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
@@ -50,7 +69,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{Fleet, clean_command};
+use support::{FLEET_DIR_IN_HOST, Fleet, clean_command};
 
 /// Runs per scenario (best of) for pyinfra and Ansible, which are slower than the others.
 const OTHER_RUNS: usize = 2;
@@ -74,9 +93,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
+    let delta_hosts: usize = std::env::var("SHIPIT_BENCH_DELTA_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let delta_mb: usize = std::env::var("SHIPIT_BENCH_DELTA_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let tools = Tools::find();
     println!(
-        "shipit deploy benchmark: {mb} MB artifact on {hosts:?} hosts, then {big_mb} MB on 1 host"
+        "shipit deploy benchmark: {mb} MB artifact on {hosts:?} hosts, then {big_mb} MB on 1 host, \
+         then a {delta_mb} MB delta redeploy on {delta_hosts} hosts"
     );
     tools.describe();
     Row::header();
@@ -127,6 +155,8 @@ fn main() {
     let fleet = Fleet::start(1);
     let app = App::make(fleet.dir(), "big", big_mb);
     compare(&fleet, &app, &tools, 1).print(&format!("{big_mb} MB to 1 host"));
+    drop(fleet);
+    delta_redeploy(delta_hosts.max(1), delta_mb.max(1));
 }
 
 /// Every tool deploys `app` to a clean fleet: `runs` times each for the baseline and shipit
@@ -290,11 +320,11 @@ impl Tools {
     }
 }
 
-/// The artifact directory, and the md5 of its files as `md5sum` prints them.
+/// The artifact directory, and `md5sum`'s list of its files (`./path`), written next to it in
+/// the fleet dir, which every host sees read-only at [`FLEET_DIR_IN_HOST`].
 struct App {
     dir: PathBuf,
-    files: Vec<String>,
-    md5: String,
+    md5_list: PathBuf,
 }
 
 impl App {
@@ -315,33 +345,108 @@ impl App {
                 .unwrap()
                 .success()
         );
-        let files: Vec<String> = (1..=count).map(|i| format!("part-{i}.txt")).collect();
-        let out = Command::new("md5sum")
-            .args(&files)
-            .current_dir(&app)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "md5sum of the artifact");
-        App {
-            dir: app,
-            files,
-            md5: String::from_utf8(out.stdout).unwrap(),
+        App::hashed(dir, name)
+    }
+
+    /// A dependency tree of about `megabytes` MB: files of 1 KiB to 1 MiB, skewed to small
+    /// ones (1 KiB × 1024^(u²), u uniform: median about 6 KiB, mean about 80 KiB, so about
+    /// 3800 files for 300 MB, most bytes in the big ones), eight to a package under
+    /// `node_modules/`;
+    /// three in four are base64 text from a PRNG (compresses like [`App::make`]'s files), one
+    /// in four source-like text (compresses well). Plus [`CHANGED`], see [`App::change`].
+    fn make_tree(dir: &Path, name: &str, megabytes: usize) -> App {
+        let root = dir.join(name);
+        let target = (megabytes as u64) << 20;
+        let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+        let mut buf = Vec::new();
+        let (mut total, mut n) = (0u64, 0usize);
+        while total < target {
+            let u = rng.unit();
+            let size = (1024.0 * 1024f64.powf(u * u)) as u64;
+            let size = size.clamp(1, target - total);
+            let sub = ["lib", "dist", "src"][n % 3];
+            let path = root.join(format!("node_modules/pkg-{:04}/{sub}/m{n}.js", n / 8));
+            if n % 4 == 3 {
+                source_text(&mut rng, size as usize, &mut buf);
+            } else {
+                base64_text(&mut rng, size as usize, &mut buf);
+            }
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &buf).unwrap();
+            total += size;
+            n += 1;
         }
+        std::fs::create_dir_all(root.join(CHANGED).parent().unwrap()).unwrap();
+        let app = App {
+            dir: root,
+            md5_list: dir.join(format!("{name}.md5")),
+        };
+        app.change(0);
+        app
+    }
+
+    /// Writes [`CHANGED_BYTES`] of new base64 text (one per `version`) to [`CHANGED`], and
+    /// hashes the artifact again.
+    fn change(&self, version: u64) {
+        let mut buf = Vec::new();
+        base64_text(&mut Rng(0x0123_4567 + version), CHANGED_BYTES, &mut buf);
+        std::fs::write(self.dir.join(CHANGED), &buf).unwrap();
+        self.hash();
+    }
+
+    fn hashed(dir: &Path, name: &str) -> App {
+        let app = App {
+            dir: dir.join(name),
+            md5_list: dir.join(format!("{name}.md5")),
+        };
+        app.hash();
+        app
+    }
+
+    /// (Re)writes the md5 list of every file of the artifact.
+    fn hash(&self) {
+        let list = std::fs::File::create(&self.md5_list).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum --")
+            .current_dir(&self.dir)
+            .stdout(list)
+            .status()
+            .unwrap();
+        assert!(status.success(), "md5sum of the artifact");
+    }
+
+    /// The number of files and their total size.
+    fn size(&self) -> (usize, u64) {
+        let list = std::fs::read_to_string(&self.md5_list).unwrap();
+        let paths: Vec<&str> = list.lines().map(|l| &l[34..]).collect();
+        let bytes = paths
+            .iter()
+            .map(|p| std::fs::metadata(self.dir.join(p)).unwrap().len())
+            .sum();
+        (paths.len(), bytes)
     }
 
     /// Panics unless every host's `<base>/current` resolves to a `<base>/releases/<id>`
     /// directory holding the artifact's files with the same content.
     fn verify(&self, fleet: &Fleet, base: &str, who: &str) {
+        let list = self
+            .md5_list
+            .strip_prefix(fleet.dir())
+            .expect("the md5 list is in the fleet dir");
         let script = format!(
             "d=$(readlink -f {base}/current) || exit 1\n\
              case $d in {base}/releases/?*) ;; *) echo \"current is $d\" >&2; exit 1;; esac\n\
-             cd \"$d\" && md5sum {}",
-            self.files.join(" ")
+             cd \"$d\" || exit 1\n\
+             out=$(md5sum --quiet --strict -c {FLEET_DIR_IN_HOST}/{} 2>&1); s=$?\n\
+             printf '%s' \"$out\" | head -n 20\n\
+             exit $s",
+            list.display()
         );
         for h in fleet.hosts() {
             let out = fleet.sh(&h.name, &script);
             assert!(
-                out.status.success() && out.stdout == self.md5.as_bytes(),
+                out.status.success() && out.stdout.is_empty(),
                 "{who} did not deploy the artifact to {}'s {base}/current: {}{}",
                 h.name,
                 String::from_utf8_lossy(&out.stdout),
@@ -349,6 +454,95 @@ impl App {
             );
         }
     }
+}
+
+/// xorshift64*: the tree's content, the same in every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// In [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// `size` bytes of what `base64` prints for random bytes (76 columns).
+fn base64_text(rng: &mut Rng, size: usize, out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.clear();
+    let (mut bits, mut left) = (0u64, 0);
+    while out.len() < size {
+        if out.len() % 77 == 76 {
+            out.push(b'\n');
+            continue;
+        }
+        if left == 0 {
+            (bits, left) = (rng.next(), 10);
+        }
+        out.push(ALPHABET[(bits & 63) as usize]);
+        bits >>= 6;
+        left -= 1;
+    }
+}
+
+/// `size` bytes of source-like text: keywords and numbered names, ten words a line.
+fn source_text(rng: &mut Rng, size: usize, out: &mut Vec<u8>) {
+    const WORDS: &[&str] = &[
+        "const",
+        "let",
+        "function",
+        "return",
+        "this",
+        "=>",
+        "require(",
+        "module.exports",
+        "if",
+        "else",
+        "{",
+        "}",
+        "(",
+        ")",
+        ";",
+        "=",
+        "===",
+        "options",
+        "callback",
+        "undefined",
+        "null",
+        "new",
+        "Error(",
+        "prototype",
+        "length",
+        "typeof",
+        "await",
+        "async",
+        "export",
+        "import",
+        "from",
+        "'use strict'",
+    ];
+    out.clear();
+    let mut word = 0usize;
+    while out.len() < size {
+        let r = rng.next();
+        if r.is_multiple_of(4) {
+            out.extend_from_slice(format!("v{}", (r >> 8) % 4096).as_bytes());
+        } else {
+            out.extend_from_slice(WORDS[(r >> 8) as usize % WORDS.len()].as_bytes());
+        }
+        word += 1;
+        out.push(if word.is_multiple_of(10) { b'\n' } else { b' ' });
+    }
+    out.truncate(size);
 }
 
 /// A fresh deploy: no earlier release to reuse.
@@ -458,8 +652,30 @@ fn shell_words(cmd: &Command) -> String {
 
 /// shipit's inventory for the fleet, deploying `app` to [`SHIPIT_DIR`].
 fn shipit_inventory(fleet: &Fleet, app: &Path) -> PathBuf {
+    shipit_inventory_as(fleet, app, "bench", &Settings::default())
+}
+
+/// Inventory settings beyond the common ones.
+#[derive(Default)]
+struct Settings {
+    /// `app.user`, the service user.
+    user: Option<&'static str>,
+    /// `artifact.delta` (unset: shipit's default, on).
+    delta: Option<bool>,
+}
+
+/// shipit's inventory for the fleet with `settings`, written to `<fleet dir>/<file>.toml`.
+fn shipit_inventory_as(fleet: &Fleet, app: &Path, file: &str, settings: &Settings) -> PathBuf {
+    let user = settings
+        .user
+        .map(|u| format!("user = \"{u}\"\n"))
+        .unwrap_or_default();
+    let delta = settings
+        .delta
+        .map(|d| format!("delta = {d}\n"))
+        .unwrap_or_default();
     let mut inv = format!(
-        "[app]\nname = \"bench\"\ndeploy_to = \"{SHIPIT_DIR}\"\nkeep_releases = 3\n[ssh]\nidentity = \"{}\"\nknown_hosts = \"{}\"\n[artifact]\npath = \"{}\"\n[rollout]\nwaves = [\"100%\"]\n",
+        "[app]\nname = \"bench\"\ndeploy_to = \"{SHIPIT_DIR}\"\nkeep_releases = 3\n{user}[ssh]\nidentity = \"{}\"\nknown_hosts = \"{}\"\n[artifact]\npath = \"{}\"\n{delta}[rollout]\nwaves = [\"100%\"]\n",
         fleet.client_key().display(),
         fleet.known_hosts().display(),
         app.display()
@@ -470,7 +686,7 @@ fn shipit_inventory(fleet: &Fleet, app: &Path) -> PathBuf {
             h.name, h.port
         ));
     }
-    let path = fleet.dir().join("bench.toml");
+    let path = fleet.dir().join(format!("{file}.toml"));
     std::fs::write(&path, inv).unwrap();
     path
 }
@@ -484,23 +700,264 @@ fn shipit_check(fleet: &Fleet, app: &Path) -> (Duration, u64) {
 }
 
 /// `shipit <command> bench` on the whole fleet: time and peak RSS.
+fn run_shipit(fleet: &Fleet, app: &Path, command: &str) -> (Duration, u64) {
+    let run = run_shipit_with(fleet, &shipit_inventory(fleet, app), command, false);
+    (run.time, run.rss_kb)
+}
+
+/// One timed shipit run.
+struct ShipitRun {
+    time: Duration,
+    /// Peak RSS in KiB.
+    rss_kb: u64,
+    /// The `--json` report, when asked for (`Null` otherwise).
+    report: serde_json::Value,
+}
+
+/// `shipit <command> bench -i <inventory>` (with `--json` if `json`, its report read from
+/// a file in the fleet dir): time, peak RSS, report.
 // The child is reaped by wait4 (for its rusage), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
-fn run_shipit(fleet: &Fleet, app: &Path, command: &str) -> (Duration, u64) {
-    let path = shipit_inventory(fleet, app);
+fn run_shipit_with(fleet: &Fleet, inventory: &Path, command: &str, json: bool) -> ShipitRun {
+    let report_path = fleet.dir().join("report.json");
+    let mut cmd = fleet.shipit();
+    cmd.args([command, "bench", "-i"]).arg(inventory);
+    if json {
+        cmd.arg("--json")
+            .stdout(std::fs::File::create(&report_path).unwrap());
+    } else {
+        cmd.stdout(Stdio::null());
+    }
     let start = Instant::now();
-    let child = fleet
-        .shipit()
-        .args([command, "bench", "-i"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (status, rss) = wait_with_rss(child.id());
-    let elapsed = start.elapsed();
-    assert!(status == 0, "shipit {command} failed with {status}");
-    (elapsed, rss)
+    let child = cmd.stderr(Stdio::null()).spawn().unwrap();
+    let (status, rss_kb) = wait_with_rss(child.id());
+    let time = start.elapsed();
+    let text = if json {
+        std::fs::read_to_string(&report_path).unwrap()
+    } else {
+        String::new()
+    };
+    assert!(status == 0, "shipit {command} failed with {status}\n{text}");
+    let report = match json {
+        true => serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("shipit {command} --json printed no report ({e}):\n{text}")),
+        false => serde_json::Value::Null,
+    };
+    ShipitRun {
+        time,
+        rss_kb,
+        report,
+    }
+}
+
+/// Runs per timing (best of) in the delta redeploy scenario: 300 MB to 10 hosts is slow.
+const DELTA_RUNS: usize = 2;
+/// The one file each redeploy of the delta scenario changes, and its size.
+const CHANGED: &str = "src/changed.js";
+const CHANGED_BYTES: usize = 10 * 1024;
+/// `app.user` in the delta scenario: exists on the fleet's hosts (they share this machine's
+/// `/etc/passwd`), is neither the SSH user (root) nor root, so the host hard-links.
+const SERVICE_USER: &str = "nobody";
+
+/// The delta redeploy scenario (see the module doc): prints its rows, panics on any host
+/// not on the new content or not deployed the expected way.
+fn delta_redeploy(hosts: usize, mb: usize) {
+    let fleet = Fleet::start(hosts);
+    let app = App::make_tree(fleet.dir(), "tree", mb);
+    let (files, bytes) = app.size();
+    println!(
+        "\ndelta redeploy: {} in {files} files (one is {CHANGED}, {}), {hosts} hosts, app.user = {SERVICE_USER:?}, best of {DELTA_RUNS}",
+        human(bytes),
+        human(CHANGED_BYTES as u64)
+    );
+    let settings = |delta| Settings {
+        user: Some(SERVICE_USER),
+        delta: Some(delta),
+    };
+    let delta_inv = shipit_inventory_as(&fleet, &app.dir, "bench-delta", &settings(true));
+    let full_inv = shipit_inventory_as(&fleet, &app.dir, "bench-full", &settings(false));
+    let best = |runs: Vec<ShipitRun>| runs.into_iter().min_by_key(|r| r.time).expect("runs");
+
+    let fresh = best(
+        (0..DELTA_RUNS)
+            .map(|_| {
+                clean(&fleet, SHIPIT_DIR);
+                let run = run_shipit_with(&fleet, &delta_inv, "deploy", true);
+                app.verify(&fleet, SHIPIT_DIR, "shipit fresh deploy");
+                host_sources(&run.report, &fleet, "uploaded", "the fresh deploy");
+                run
+            })
+            .collect(),
+    );
+    let mut version = 0;
+    let mut redeploy = |inventory: &Path, source: &str, what: &str| {
+        best(
+            (0..DELTA_RUNS)
+                .map(|_| {
+                    version += 1;
+                    app.change(version);
+                    let run = run_shipit_with(&fleet, inventory, "deploy", true);
+                    app.verify(&fleet, SHIPIT_DIR, what);
+                    host_sources(&run.report, &fleet, source, what);
+                    run
+                })
+                .collect(),
+        )
+    };
+    let delta = redeploy(&delta_inv, "delta", "the delta redeploy");
+    let delta_hosts = host_sources(&delta.report, &fleet, "delta", "the delta redeploy");
+    let linked: Vec<(usize, usize)> = delta_hosts
+        .iter()
+        .map(|h| linked_files(&fleet, &h.host))
+        .collect();
+    let full = redeploy(&full_inv, "uploaded", "the redeploy with delta = false");
+    let full_hosts = host_sources(
+        &full.report,
+        &fleet,
+        "uploaded",
+        "the redeploy with delta = false",
+    );
+
+    let secs = |r: &ShipitRun| r.time.as_secs_f64();
+    println!(
+        "{mb} MB, one {} KB file changed, {hosts} hosts: fresh {:.2}s, delta redeploy {:.2}s, ratio delta/fresh = {:.3} (target <= 0.1)",
+        CHANGED_BYTES / 1024,
+        secs(&fresh),
+        secs(&delta),
+        secs(&delta) / secs(&fresh)
+    );
+    println!(
+        "  same redeploy with delta = false: {:.2}s, ratio delta/full = {:.3}; sent up to {} to a host",
+        secs(&full),
+        secs(&delta) / secs(&full),
+        human(full_hosts.iter().map(|h| h.sent).max().unwrap_or(0))
+    );
+    println!(
+        "  shipit peak RSS: fresh {} MB, delta {} MB, full {} MB",
+        fresh.rss_kb / 1024,
+        delta.rss_kb / 1024,
+        full.rss_kb / 1024
+    );
+    let fresh_hosts = host_sources(&fresh.report, &fleet, "uploaded", "the fresh deploy");
+    println!(
+        "  {:<6} {:<8} {:>12} {:>14} {:>9} {:>22} {:>26}",
+        "host",
+        "source",
+        "bytes sent",
+        "artifact bytes",
+        "sent %",
+        "hard-linked in current",
+        "stage ms fresh/delta/full"
+    );
+    let ms = |hosts: &[HostBytes], name: &str| {
+        let h = hosts.iter().find(|h| h.host == name);
+        h.and_then(|h| h.stage_ms)
+            .map_or("-".to_owned(), |ms| ms.to_string())
+    };
+    for (h, (links, total)) in delta_hosts.iter().zip(linked) {
+        println!(
+            "  {:<6} {:<8} {:>12} {:>14} {:>8.3}% {:>22} {:>26}",
+            h.host,
+            h.source,
+            human(h.sent),
+            human(h.whole),
+            100.0 * h.sent as f64 / h.whole.max(1) as f64,
+            format!("{links} of {total} files"),
+            format!(
+                "{}/{}/{}",
+                ms(&fresh_hosts, &h.host),
+                ms(&delta_hosts, &h.host),
+                ms(&full_hosts, &h.host)
+            )
+        );
+    }
+}
+
+/// One host of a deploy report.
+struct HostBytes {
+    host: String,
+    source: String,
+    sent: u64,
+    whole: u64,
+    /// The report's `stage_ms`: upload, extract (or clone, apply and verify), configure.
+    stage_ms: Option<u64>,
+}
+
+/// The report's hosts; panics unless there is one per fleet host and each took its
+/// release from `source` (with `delta_fallback`'s text when not), and for a `delta`, unless
+/// it was sent at most a tenth of the whole artifact.
+fn host_sources(
+    report: &serde_json::Value,
+    fleet: &Fleet,
+    source: &str,
+    what: &str,
+) -> Vec<HostBytes> {
+    let hosts = report["hosts"].as_array().unwrap_or_else(|| {
+        panic!("{what}: no hosts in the report:\n{report:#}");
+    });
+    assert_eq!(
+        hosts.len(),
+        fleet.hosts().len(),
+        "{what}: the report does not list every host"
+    );
+    hosts
+        .iter()
+        .map(|h| {
+            let name = h["host"].as_str().unwrap_or("?").to_owned();
+            let got = h["source"].as_str().unwrap_or("null");
+            assert!(
+                got == source,
+                "{what}: {name} took its release from `{got}`, not `{source}` (delta_fallback: {})",
+                h["delta_fallback"]
+            );
+            let host = HostBytes {
+                host: name,
+                source: got.to_owned(),
+                sent: h["bytes_sent"].as_u64().unwrap_or(0),
+                whole: h["artifact_bytes"].as_u64().unwrap_or(0),
+                stage_ms: h["stage_ms"].as_u64(),
+            };
+            assert!(
+                source != "delta" || host.sent.saturating_mul(10) <= host.whole,
+                "{what}: sent {} bytes to {}, not far below the whole artifact ({} bytes)",
+                host.sent,
+                host.host,
+                host.whole
+            );
+            host
+        })
+        .collect()
+}
+
+/// How many regular files of `host`'s [`SHIPIT_DIR`]`/current` are hard links (more than one
+/// link), and how many there are.
+fn linked_files(fleet: &Fleet, host: &str) -> (usize, usize) {
+    let out = fleet.sh_ok(
+        host,
+        &format!(
+            "cd \"$(readlink -f {SHIPIT_DIR}/current)\" && find . -type f -links +1 | wc -l && find . -type f | wc -l"
+        ),
+    );
+    let n: Vec<usize> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// `bytes` in B, KB, MB or GB (powers of 1024), three significant digits or so.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KB", "MB", "GB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < units.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{v:.1} {}", units[unit]),
+    }
 }
 
 /// Waits for `pid`; returns its exit status and peak RSS in KiB.
