@@ -151,16 +151,19 @@ pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
 }
 
 impl Plan {
-    /// The edit list the host script reads: `rm`, `mode` and `link` lines, tab-separated
-    /// (`op`, argument, path).
+    /// The edit list the host script reads, tab-separated lines (`op`, argument, path):
+    /// `rm` (remove first), `new` (a file the tar writes), `link` (a file the tar links to
+    /// the current release's), `mode` (a file whose mode changes).
     pub fn edits(&self) -> Vec<u8> {
         let mut out = String::new();
         for path in &self.remove {
             out.push_str(&format!("rm\t-\t{path}\n"));
         }
         for (path, op) in &self.ops {
-            if matches!(op, Op::Link(_)) {
-                out.push_str(&format!("link\t-\t{path}\n"));
+            match op {
+                Op::Link(_) => out.push_str(&format!("link\t-\t{path}\n")),
+                Op::Content => out.push_str(&format!("new\t-\t{path}\n")),
+                Op::Dir(_) | Op::Symlink(_) => {}
             }
         }
         for (path, mode) in &self.modes {
@@ -263,7 +266,7 @@ fn write_tar<W: Write>(
     plan: &Plan,
     sink: W,
 ) -> Result<(), DeltaError> {
-    let dir = packed.file.parent().unwrap_or(Path::new("/tmp")).to_owned();
+    let dir = packed.tar.parent().unwrap_or(Path::new("/tmp")).to_owned();
     let io_err = |source| DeltaError::Io {
         dir: dir.clone(),
         source,
@@ -283,13 +286,9 @@ fn write_tar<W: Write>(
     let mut written: std::collections::HashSet<String> = std::collections::HashSet::new();
     let wanted = plan.ops.values().filter(|op| **op == Op::Content).count();
     if wanted > 0 {
-        let file = BufReader::new(File::open(&packed.file).map_err(io_err)?);
-        let reader: Box<dyn Read> = match packed.codec {
-            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err)?),
-            Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        };
-        let mut archive = Archive::new(reader);
-        for entry in archive.entries().map_err(io_err)? {
+        // The tar is seekable: the data of files not sent is skipped, not read.
+        let mut archive = Archive::new(File::open(&packed.tar).map_err(io_err)?);
+        for entry in archive.entries_with_seek().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
             let path = normalized(&entry.path_bytes());
             if plan.ops.get(&path) != Some(&Op::Content) {
@@ -525,13 +524,16 @@ mod host_tests {
     }
 
     fn upload_whole(base: &str, id: &str, packed: &Packed) {
-        let stream = [packed.prefix.clone(), std::fs::read(&packed.file).unwrap()].concat();
+        let dir = packed.tar.parent().unwrap();
+        let c =
+            artifact::compress(&packed.tar, packed.manifest.as_deref(), Codec::Zstd, dir).unwrap();
+        let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
         let cmd = release::receive(
             base,
             id,
-            &packed.upload_sha256,
-            packed.codec.decompress(),
-            packed.prefix.len() as u64,
+            &c.upload_sha256,
+            c.codec.decompress(),
+            c.prefix.len() as u64,
         );
         let (code, _, err) = sh(&cmd, &stream);
         assert_eq!(code, 0, "{err}");

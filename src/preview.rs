@@ -29,6 +29,7 @@ pub struct PlanReport {
     pub stage: String,
     pub release: String,
     pub artifact_sha256: String,
+    /// Size of the artifact's tar (uncompressed).
     pub artifact_bytes: u64,
     pub waves: Vec<Vec<String>>,
     pub backup: Option<String>,
@@ -185,7 +186,7 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
         stage: p.stage.to_owned(),
         release,
         artifact_sha256: p.artifact.sha256.clone(),
-        artifact_bytes: p.artifact.compressed_size,
+        artifact_bytes: p.artifact.tar_size,
         waves,
         backup: p
             .inventory
@@ -230,7 +231,20 @@ async fn host_preview(
         p.inventory.app.keep_releases as usize,
     );
     h.source = match &hp.source {
-        Source::Upload => format!("upload {}", table::bytes(p.artifact.compressed_size)),
+        Source::Upload => {
+            let delta = p.inventory.artifact.as_ref().is_some_and(|a| a.delta)
+                && p.artifact.manifest.is_some()
+                && tree.delta;
+            match (&tree.current, &tree.manifest) {
+                (Some(current), Some(_)) if delta => {
+                    format!("upload what {current} lacks (delta)")
+                }
+                _ => format!(
+                    "upload {} (before compression)",
+                    table::bytes(p.artifact.tar_size)
+                ),
+            }
+        }
         Source::Reuse { from } => format!("reuse {from} (nothing to upload)"),
         Source::Present => "present".to_owned(),
     };

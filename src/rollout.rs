@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
-use crate::artifact::{Codec, Packed};
+use crate::artifact::{Codec, Compressed, Packed};
 use crate::candidates::{self, Templates};
 use crate::commands;
 use crate::database::{self, BackupFile};
@@ -131,11 +131,15 @@ pub struct HostDeploy {
     pub source: Option<String>,
     /// Bytes streamed to this host (compressed): the whole artifact, or the delta.
     pub bytes_sent: u64,
-    /// What uploading the whole artifact to this host sends (compressed, with its manifest;
-    /// gzip-compressed hosts differ): compare with `bytes_sent`.
+    /// The whole artifact for this host, to compare with `bytes_sent`: what a whole upload
+    /// sends (compressed as for this host, with the manifest) when this run compressed it,
+    /// else its uncompressed size (every host took a delta or a copy).
     pub artifact_bytes: Option<u64>,
     /// Why a delta upload was given up and the whole artifact sent instead.
     pub delta_fallback: Option<String>,
+    /// How a whole upload to this host is compressed (known once its tree is read).
+    #[serde(skip)]
+    pub codec: Option<Codec>,
     /// `current` before the run.
     pub previous: Option<String>,
     /// `current` after the run.
@@ -160,6 +164,8 @@ pub struct DeployReport {
     pub stage: String,
     pub release: Option<String>,
     pub artifact_sha256: Option<String>,
+    /// The whole artifact: what a whole upload sends (zstd, with the manifest) when this run
+    /// compressed it, else its uncompressed size.
     pub artifact_bytes: Option<u64>,
     pub outcome: Outcome,
     pub exit_code: u8,
@@ -477,7 +483,92 @@ fn describe_failure(step: &str, o: &ExecOutput) -> String {
     }
 }
 
+/// The whole artifact compressed for upload, once per compression (zstd; gzip for hosts
+/// without `zstd`), when a host first needs it: a redeploy whose hosts all take a delta
+/// compresses nothing.
+struct Wholes {
+    tar: std::path::PathBuf,
+    tar_size: u64,
+    manifest: Option<Arc<Manifest>>,
+    zstd: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
+    gzip: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
+}
+
+impl Wholes {
+    fn new(packed: &Packed) -> Wholes {
+        Wholes {
+            tar: packed.tar.to_path_buf(),
+            tar_size: packed.tar_size,
+            manifest: packed.manifest.clone(),
+            zstd: tokio::sync::OnceCell::new(),
+            gzip: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn job(&self, codec: Codec) -> impl FnOnce() -> Result<Compressed, String> + Send + 'static {
+        let (tar, manifest) = (self.tar.clone(), self.manifest.clone());
+        move || {
+            let dir = tar.parent().unwrap_or(std::path::Path::new("/tmp"));
+            crate::artifact::compress(&tar, manifest.as_deref(), codec, dir)
+                .map_err(|e| format!("cannot compress the artifact: {}", crate::error::chain(&e)))
+        }
+    }
+
+    async fn get(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
+        let cell = match codec {
+            Codec::Zstd => &self.zstd,
+            Codec::Gzip => &self.gzip,
+        };
+        cell.get_or_init(|| async {
+            match tokio::task::spawn_blocking(self.job(codec)).await {
+                Ok(made) => made.map(Arc::new),
+                Err(e) => Err(format!("compressing the artifact failed: {e}")),
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// The size of a whole upload with `codec` if this run made it, else the artifact's
+    /// uncompressed size: what `bytes_sent` is compared with.
+    fn size(&self, codec: Codec) -> u64 {
+        let cell = match codec {
+            Codec::Zstd => &self.zstd,
+            Codec::Gzip => &self.gzip,
+        };
+        cell.get()
+            .and_then(|made| made.as_ref().ok())
+            .map_or(self.tar_size, |c| c.upload_size())
+    }
+}
+
+/// One host's whole upload.
+#[derive(Clone, Copy)]
+struct Whole<'a> {
+    wholes: &'a Wholes,
+    codec: Codec,
+}
+
+impl Whole<'_> {
+    async fn get(&self) -> Result<Arc<Compressed>, String> {
+        self.wholes.get(self.codec).await
+    }
+}
+
 pub async fn deploy(d: Deploy<'_>) -> DeployReport {
+    let wholes = Wholes::new(d.artifact);
+    let mut report = deploy_with(&d, &wholes).await;
+    // The sizes of a whole upload, for comparison with what was sent.
+    report.artifact_bytes = Some(wholes.size(Codec::Zstd));
+    for h in &mut report.hosts {
+        if let Some(codec) = h.codec.take() {
+            h.artifact_bytes = Some(wholes.size(codec));
+        }
+    }
+    report
+}
+
+async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
     let deploy_to = d.inventory.app.deploy_to.clone();
     let mut r = Run::new(
         "deploy",
@@ -486,7 +577,6 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         (d.run, d.inventory, d.out, d.connector),
     );
     r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
-    r.report.artifact_bytes = Some(d.artifact.upload_size());
 
     let (mut r, conns) = match connect_and_lock(r, d.hosts, d.connector).await {
         Ok(ok) => ok,
@@ -545,46 +635,21 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             .await;
     }
 
-    // Hosts without `zstd` get a gzip copy, made once for all of them.
-    let needs_gzip = plans
+    // Hosts without `zstd` get gzip.
+    let codecs: Vec<Codec> = zstd
         .iter()
-        .zip(&zstd)
-        .any(|(p, has)| matches!(p.source, Source::Upload) && !has);
-    let gzip = if needs_gzip {
-        let dir = d
-            .artifact
-            .file
-            .parent()
-            .unwrap_or(std::path::Path::new("/tmp"));
-        let make = || crate::artifact::to_gzip(d.artifact, dir);
-        let made = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(make),
-            _ => make(),
-        };
-        match made {
-            Ok(gzip) => Some(gzip),
-            Err(e) => {
-                let message = format!("cannot make the gzip copy of the artifact: {e}");
-                return r.close(&conns, Outcome::Failed, Some(message)).await;
-            }
-        }
-    } else {
-        None
-    };
-    let packs: Vec<&Packed> = zstd
-        .iter()
-        .map(|has| match &gzip {
-            Some(gzip) if !has => gzip,
-            _ => d.artifact,
-        })
+        .map(|&has| if has { Codec::Zstd } else { Codec::Gzip })
         .collect();
+    for (p, codec) in plans.iter().zip(&codecs) {
+        r.host(&p.host).codec = Some(*codec);
+    }
 
     // Delta streams for the hosts whose current release has a manifest.
-    let deltas = prepare_deltas(&d, &conns, &plans, &bases, &packs).await;
+    let deltas = prepare_deltas(d, &conns, &plans, &bases, &codecs).await;
 
     // Stage every host; a Ctrl-C here stops before anything is switched.
     let revision = commands::release::revision_text(&d.artifact.sha256, d.git.as_deref());
-    let stage_all = stage_all(&d, &conns, &plans, &packs, &deltas, &revision);
+    let stage_all = stage_all(d, wholes, &conns, &plans, &codecs, &deltas, &revision);
     let staged = tokio::select! {
         staged = stage_all => Some(staged),
         () = d.cancel.cancelled() => None,
@@ -611,7 +676,6 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
                 let h = r.host(&p.host);
                 h.stage_ms = Some(staged.ms);
                 h.bytes_sent = staged.release.sent;
-                h.artifact_bytes = Some(staged.release.whole);
                 h.delta_fallback = staged.release.fallback;
                 h.env_keys = staged.env;
                 h.source = Some(staged.release.source.to_owned());
@@ -773,16 +837,21 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
 /// REVISION and shared links. Returns the bytes sent per host.
 async fn stage_all(
     d: &Deploy<'_>,
+    wholes: &Wholes,
     conns: &[Conn<'_>],
     plans: &[HostPlan],
-    packs: &[&Packed],
+    codecs: &[Codec],
     deltas: &[Result<Option<HostDelta>, String>],
     revision: &str,
 ) -> Vec<Result<Staged, String>> {
-    let work = conns.iter().zip(plans).zip(packs).zip(deltas).map(
-        |(((c, p), packed), delta)| async move {
+    let work = conns.iter().zip(plans).zip(codecs).zip(deltas).map(
+        |(((c, p), codec), delta)| async move {
             let started = Instant::now();
-            let result = stage_host(d, c, p, packed, delta, revision).await;
+            let whole = Whole {
+                wholes,
+                codec: *codec,
+            };
+            let result = stage_host(d, c, p, whole, delta, revision).await;
             result.map(|mut staged| {
                 staged.ms = started.elapsed().as_millis() as u64;
                 staged
@@ -820,17 +889,16 @@ async fn prepare_deltas(
     conns: &[Conn<'_>],
     plans: &[HostPlan],
     bases: &[Option<DeltaBase>],
-    packs: &[&Packed],
+    codecs: &[Codec],
 ) -> Vec<Result<Option<HostDelta>, String>> {
     let enabled = d.inventory.artifact.as_ref().is_some_and(|a| a.delta);
     let mut groups: Vec<(String, Codec, usize)> = Vec::new();
     let mut group_of: Vec<Option<usize>> = Vec::new();
     for (i, (p, base)) in plans.iter().zip(bases).enumerate() {
-        let pack = packs[i];
-        let wanted = enabled && matches!(p.source, Source::Upload) && pack.manifest.is_some();
+        let wanted = enabled && matches!(p.source, Source::Upload) && d.artifact.manifest.is_some();
         group_of.push(match base {
             Some(base) if wanted => {
-                let key = (base.manifest.clone(), pack.codec);
+                let key = (base.manifest.clone(), codecs[i]);
                 Some(
                     match groups
                         .iter()
@@ -851,8 +919,9 @@ async fn prepare_deltas(
         let i = *first;
         async move {
             let base = bases[i].as_ref().expect("grouped hosts have a base");
-            let old = fetch_manifest(d, &conns[i], &base.current, sha, packs[i].codec).await?;
-            let packed = packs[i];
+            let codec = codecs[i];
+            let old = fetch_manifest(d, &conns[i], &base.current, sha, codec).await?;
+            let packed = d.artifact;
             let new = packed
                 .manifest
                 .clone()
@@ -870,21 +939,24 @@ async fn prepare_deltas(
                 })
                 .unwrap_or_default();
             let dir = packed
-                .file
+                .tar
                 .parent()
                 .unwrap_or(std::path::Path::new("/tmp"))
                 .to_owned();
             let make = move || {
                 let plan = delta::plan(&old, &new, &shared);
-                delta::build(packed, &new, &plan, packed.codec, &dir)
+                // Mostly new content: the whole artifact is as good and simpler.
+                if plan.content_bytes > packed.tar_size / 4 * 3 {
+                    return Ok(None);
+                }
+                delta::build(packed, &new, &plan, codec, &dir).map(Some)
             };
             let made = match tokio::runtime::Handle::current().runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(make),
                 _ => make(),
             };
             match made {
-                Ok(delta) if delta.size < packed.upload_size() => Ok(Some(Arc::new(delta))),
-                Ok(_) => Ok(None),
+                Ok(delta) => Ok(delta.map(Arc::new)),
                 Err(e) => Err(format!(
                     "cannot make the delta: {}",
                     crate::error::chain(&e)
@@ -973,8 +1045,6 @@ struct StagedRelease {
     /// `uploaded`, `delta`, `reused` or `present`.
     source: &'static str,
     sent: u64,
-    /// The whole artifact's upload size for this host.
-    whole: u64,
     fallback: Option<String>,
 }
 
@@ -982,11 +1052,11 @@ async fn stage_host(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
-    packed: &Packed,
+    whole: Whole<'_>,
     delta: &Result<Option<HostDelta>, String>,
     revision: &str,
 ) -> Result<Staged, String> {
-    let release = stage_release(d, c, p, packed, delta, revision).await?;
+    let release = stage_release(d, c, p, whole, delta, revision).await?;
     let host = &c.host.name;
     let deploy_to = &d.inventory.app.deploy_to;
     d.out.emit(Event::Step {
@@ -1029,7 +1099,7 @@ async fn stage_release(
     d: &Deploy<'_>,
     c: &Conn<'_>,
     p: &HostPlan,
-    packed: &Packed,
+    whole: Whole<'_>,
     delta: &Result<Option<HostDelta>, String>,
     revision: &str,
 ) -> Result<StagedRelease, String> {
@@ -1050,7 +1120,6 @@ async fn stage_release(
     let staged = |source, sent, fallback| StagedRelease {
         source,
         sent,
-        whole: packed.upload_size(),
         fallback,
     };
     match &p.source {
@@ -1076,7 +1145,7 @@ async fn stage_release(
                     host,
                     step: "uploading changes",
                 });
-                match upload_delta(d, c, p, finish.clone(), delta, packed).await {
+                match upload_delta(d, c, p, finish.clone(), delta, whole.codec).await {
                     Ok(n) => return Ok(staged("delta", n, None)),
                     Err(DeltaFailure::Transport(e)) => return Err(e),
                     Err(DeltaFailure::Host { sent: n, why }) => {
@@ -1092,7 +1161,8 @@ async fn stage_release(
                 host,
                 step: "uploading",
             });
-            let n = upload(d, c, &p.release, finish, packed).await?;
+            let compressed = whole.get().await?;
+            let n = upload(d, c, &p.release, finish, &compressed).await?;
             Ok(staged("uploaded", sent + n, fallback))
         }
     }
@@ -1112,7 +1182,7 @@ async fn upload(
     c: &Conn<'_>,
     release: &str,
     finish: Cmd,
-    packed: &Packed,
+    packed: &Compressed,
 ) -> Result<u64, String> {
     let file = tokio::fs::File::open(&*packed.file)
         .await
@@ -1127,7 +1197,7 @@ async fn upload(
     let cmd = Cmd::seq([receive, finish]);
     let total = packed.upload_size();
     let data = std::io::Cursor::new(packed.prefix.clone()).chain(file);
-    let (result, sent) = stream(d, c, &cmd, Box::new(data), total, total).await;
+    let (result, sent) = stream(d, c, &cmd, Box::new(data), total, false).await;
     match result {
         Ok(o) if o.success() => Ok(sent),
         Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
@@ -1156,7 +1226,7 @@ async fn upload_delta(
     p: &HostPlan,
     finish: Cmd,
     hd: &HostDelta,
-    packed: &Packed,
+    codec: Codec,
 ) -> Result<u64, DeltaFailure> {
     let delta = &hd.delta;
     let file = tokio::fs::File::open(&*delta.file).await.map_err(|e| {
@@ -1169,12 +1239,12 @@ async fn upload_delta(
         current_manifest: &hd.base.manifest,
         manifest: &delta.manifest_sha256,
         upload_sha256: &delta.sha256,
-        decompress: packed.codec.decompress(),
+        decompress: codec.decompress(),
         edits_len: delta.edits_len,
         service_user: d.inventory.app.user.as_deref().unwrap_or(""),
     };
     let cmd = Cmd::seq([commands::release::delta(&args), finish]);
-    let (result, sent) = stream(d, c, &cmd, Box::new(file), delta.size, packed.upload_size()).await;
+    let (result, sent) = stream(d, c, &cmd, Box::new(file), delta.size, true).await;
     match result {
         Ok(o) if o.success() => Ok(sent),
         Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::DELTA_FAILED) => {
@@ -1205,7 +1275,7 @@ async fn stream(
     cmd: &Cmd,
     data: Box<dyn AsyncRead + Send + Unpin>,
     total: u64,
-    whole: u64,
+    delta: bool,
 ) -> (Result<ExecOutput, ExecError>, u64) {
     let counter = Arc::new(AtomicU64::new(0));
     let reader = Counting {
@@ -1222,7 +1292,8 @@ async fn stream(
                 host: &c.host.name,
                 sent: counter.load(Ordering::Relaxed),
                 total,
-                whole,
+                artifact: d.artifact.tar_size,
+                delta,
             });
         }
     };

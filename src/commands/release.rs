@@ -73,22 +73,22 @@ fi
 
 /// `listing PREFIX [TRUSTED]` writes the manifest text of the tree in the current directory
 /// to stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
-/// `$hash` and awk; PREFIX names its scratch files. TRUSTED (`path<TAB>sha256` lines) gives
-/// the digests of files known unchanged, which are not read again.
+/// `$hash` and awk, and the tree's stat list (see `stat_list`) to `PREFIX.stat`. PREFIX
+/// names its scratch files. TRUSTED (`path<TAB>sha256` lines) gives the digests of files
+/// known unchanged, which are not read again.
 ///
 /// `stat_list` lists the regular files with inode, size and mtime: a release's
 /// `.shipit/stat`, written when it is made, tells later which of its files are still as
 /// they were (the quick check rsync makes by default, plus the inode).
 const LISTING: &str = r#"
 listing() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\n' \) > "$1.files" || return 1
-  awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } !($0 in t) { print "./" $0 }' "${2:-/dev/null}" "$1.files" \
-    | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
-  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\n' \) > "$1.meta" || return 1
-  awk -F '\t' -v OFS='\t' '
+  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\t%i\t%T@\n' \) > "$1.meta" || return 1
+  awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } $2 == "f" && !($1 in t) { print "./" $1 }' \
+    "${2:-/dev/null}" "$1.meta" | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
+  awk -F '\t' -v OFS='\t' -v stat="$1.stat" '
     FILENAME == ARGV[1] { sum[$1] = $2; next }
     FILENAME == ARGV[2] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
-    $2 == "f" { print $1, "f", $3, $4, sum[$1]; next }
+    $2 == "f" { print $1, "f", $3, $4, sum[$1]; print $1, $6, $4, $7 > stat; next }
     $2 == "l" { print $1, "l", $3, "-", $5; next }
     { print $1, $2, $3, "-", "-" }' "${2:-/dev/null}" "$1.sums" "$1.meta" | LC_ALL=C sort
 }
@@ -161,6 +161,7 @@ pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
 umask 022
 cd -- "$base" && mkdir -p .shipit || exit 1
 part="releases/$id.partial"
+old="releases/$cur"
 tmp="$base/.shipit/delta-$id"
 fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
 rm -rf -- "$part" "$tmp" && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
@@ -172,46 +173,46 @@ wait "$hasher"
 read -r got rest < "$tmp/sum"
 [ "$got" = "$sha" ] || fail 81
 [ "$status" = 0 ] || fail 94
-[ -d "releases/$cur" ] && [ ! -L "releases/$cur" ] || fail 94
-[ "$(sum_of "releases/$cur/.shipit/manifest")" = "$oldsum" ] || fail 94
-# Files of the current release still as recorded when it was made (inode, size, mtime):
-# their digests are taken from its manifest instead of being read again.
-(cd -- "releases/$cur" && stat_list) > "$tmp/now" || fail 94
-if [ -f "releases/$cur/.shipit/stat" ]; then
-  awk 'FILENAME == ARGV[1] { rec[$0] = 1; next } ($0 in rec) { sub(/\t.*/, ""); print }' \
-    "releases/$cur/.shipit/stat" "$tmp/now" > "$tmp/clean" || fail 94
-else : > "$tmp/clean"; fi
+[ -d "$old" ] && [ ! -L "$old" ] || fail 94
+[ "$(sum_of "$old/.shipit/manifest")" = "$oldsum" ] || fail 94
+# One look at the current release: its extra paths (not in its manifest: shared links,
+# REVISION, files written into it later) and its clean files (inode, size and mtime as
+# recorded in its .shipit/stat when it was made).
+(cd -- "$old" && find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%i\t%s\t%T@\n' \)) > "$tmp/now" || fail 94
+recorded=/dev/null
+[ -f "$old/.shipit/stat" ] && recorded="$old/.shipit/stat"
+: > "$tmp/extra" && : > "$tmp/clean" || fail 94
+awk -F '\t' -v extra="$tmp/extra" -v clean="$tmp/clean" '
+  FILENAME == ARGV[1] { listed[$1 "\t" $2] = 1; next }
+  FILENAME == ARGV[2] { rec[$0] = 1; next }
+  !(($1 "\t" $2) in listed) { print $1 > extra; next }
+  $2 == "f" && (($1 "\t" $3 "\t" $4 "\t" $5) in rec) { print $1 > clean }' \
+  "$old/.shipit/manifest" "$recorded" "$tmp/now" || fail 94
 copy=""
 if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
-if [ -n "$copy" ]; then cp -a -- "releases/$cur" "$part" || fail 94
-else cp -al -- "releases/$cur" "$part" || fail 94; fi
+# Hard links where they work; copies where they cannot be made (another filesystem).
+if [ -z "$copy" ] && ! cp -al -- "$old" "$part" 2>/dev/null; then rm -rf -- "$part"; copy=1; fi
+if [ -n "$copy" ]; then cp -a -- "$old" "$part" || fail 94; fi
 cd -- "$part" && rm -rf .shipit && mkdir .shipit && ln -s -- "../../$cur" .shipit/base || fail 94
-find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\n' \) > "$tmp/have" || fail 94
-{
-  awk -F '\t' 'FILENAME == ARGV[1] { keep[$1 "\t" $2] = 1; next } !(($1 "\t" $2) in keep) { print $1 }' \
-    "../$cur/.shipit/manifest" "$tmp/have"
-  awk -F '\t' '$1 == "rm" { print $3 }' "$tmp/edits"
-} | tr '\n' '\000' | xargs -0 -r rm -rf -- || fail 94
+awk -F '\t' 'FILENAME == ARGV[1] { print; next } $1 == "rm" { print $3 }' "$tmp/extra" "$tmp/edits" \
+  | tr '\n' '\000' | xargs -0 -r rm -rf -- || fail 94
 $decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
-$decompress < "$tmp/tar" | tar -tf - > "$tmp/members" || fail 94
 rm -f .shipit/base
-tab=$(printf '\t')
-while IFS="$tab" read -r op arg path; do
+while IFS="	" read -r op arg path; do
   case $op in
     mode) cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" && chmod "$arg" -- "$path" || fail 94 ;;
     link) if [ -n "$copy" ]; then cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" || fail 94; fi ;;
   esac
 done < "$tmp/edits"
-# Trusted: clean in the current release, and not written by this delta.
-{ sed 's,/$,,' "$tmp/members"; awk -F '\t' '$1 == "mode" || $1 == "link" { print $3 }' "$tmp/edits"; } > "$tmp/touched"
+# Trusted digests: clean files of the current release this delta did not write.
 awk -F '\t' -v OFS='\t' '
-  FILENAME == ARGV[1] { touched[$0] = 1; next }
-  FILENAME == ARGV[2] { clean[$0] = 1; next }
+  FILENAME == ARGV[1] { if ($1 != "rm") touched[$3] = 1; next }
+  FILENAME == ARGV[2] { clean[$1] = 1; next }
   $2 == "f" && ($1 in clean) && !($1 in touched) { print $1, $5 }' \
-  "$tmp/touched" "$tmp/clean" "../$cur/.shipit/manifest" > "$tmp/trusted" || fail 94
-listing "$tmp/listing" "$tmp/trusted" > .shipit/manifest || fail 94
+  "$tmp/edits" "$tmp/clean" "../$cur/.shipit/manifest" > "$tmp/trusted" || fail 94
+listing "$tmp/l" "$tmp/trusted" > .shipit/manifest || fail 94
 [ "$(sum_of .shipit/manifest)" = "$want" ] || fail 94
-stat_list > .shipit/stat || fail 94
+mv -f -- "$tmp/l.stat" .shipit/stat || fail 94
 cd -- "$base" && rm -rf -- "$tmp"
 :"#,
         ),

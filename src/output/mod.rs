@@ -35,13 +35,14 @@ pub enum Event<'a> {
         stream: Stream,
         line: &'a str,
     },
-    /// Bytes of an upload sent so far, of `total`; `whole` is what the whole artifact
-    /// would be (larger than `total` for a delta).
+    /// Bytes of an upload sent so far, of `total`; `artifact` is the artifact's size
+    /// (uncompressed), `delta` whether only changes are sent.
     Progress {
         host: &'a str,
         sent: u64,
         total: u64,
-        whole: u64,
+        artifact: u64,
+        delta: bool,
     },
     /// A host finished.
     HostDone {

@@ -49,16 +49,17 @@ impl Renderer for Plain {
                 host,
                 sent,
                 total,
-                whole,
+                artifact,
+                delta,
             } => {
                 if self.verbose > 0 {
-                    let delta = if whole > total {
+                    let delta = if *delta {
                         format!(
-                            " (changes only; the whole artifact is {})",
-                            table::bytes(*whole)
+                            " (changes only; the artifact is {})",
+                            table::bytes(*artifact)
                         )
                     } else {
-                        String::new()
+                        format!(" (the artifact is {})", table::bytes(*artifact))
                     };
                     eprintln!(
                         "{} {host:<w$} sent {} of {}{delta}",

@@ -77,7 +77,8 @@ impl Renderer for Tty {
                 host,
                 sent,
                 total,
-                whole,
+                artifact,
+                delta,
             } => {
                 let started = *self
                     .uploads
@@ -87,15 +88,12 @@ impl Renderer for Tty {
                     .or_insert_with(std::time::Instant::now);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 if let Some(bar) = self.bars.get(*host) {
-                    let of_whole = if whole > total {
-                        format!(" of {} artifact", table::bytes(*whole))
-                    } else {
-                        String::new()
-                    };
+                    let what = if *delta { "changes" } else { "artifact" };
                     bar.set_message(format!(
-                        "uploading {} / {}{of_whole} ({}/s)",
+                        "uploading {what} {} / {} (artifact {}, {}/s)",
                         table::bytes(*sent),
                         table::bytes(*total),
+                        table::bytes(*artifact),
                         table::bytes((*sent as f64 / secs) as u64)
                     ));
                 }
