@@ -25,8 +25,19 @@
 # host the bytes sent against the whole artifact's; panics unless every host reports
 # `source = "delta"` and holds the new content.
 # The module doc of benches/deploy.rs says what each tool runs exactly.
+# The hosts' filesystems (and the packed artifacts) live on a tmpfs mounted for the run
+# (BENCH_TMPFS, default 16G; BENCH_TMPFS=0 keeps them on the machine's disk): this machine's
+# ext4 disk uses online discard, which makes writeback and `rm -rf` timings noisy, and a
+# run would pay for the writeback of the run before it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo bench --bench deploy --no-run
+if [ "${BENCH_TMPFS:-16G}" != 0 ]; then
+  tmp=$(mktemp -d /tmp/shipit-bench-XXXXXX)
+  mount -t tmpfs -o "size=${BENCH_TMPFS:-16G},mode=1777" shipit-bench "$tmp"
+  trap 'umount -l "$tmp"; rmdir "$tmp"' EXIT
+  export TMPDIR=$tmp
+fi
 SHIPIT_BENCH_HOSTS=${HOSTS:-1,10,50} SHIPIT_BENCH_MB=${MB:-20} SHIPIT_BENCH_BIG_MB=${BIG_MB:-300} \
   SHIPIT_BENCH_DELTA_HOSTS=${DELTA_HOSTS:-10} SHIPIT_BENCH_DELTA_MB=${DELTA_MB:-300} \
   cargo bench --bench deploy

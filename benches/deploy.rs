@@ -761,6 +761,13 @@ const SERVICE_USER: &str = "nobody";
 
 /// The delta redeploy scenario (see the module doc): prints its rows, panics on any host
 /// not on the new content or not deployed the expected way.
+/// Writes back what earlier runs left dirty (untimed): the fleet lives on the machine's disk,
+/// and a run must not pay for the gigabytes the run before it wrote.
+fn settle() {
+    let status = Command::new("sync").status().expect("run sync");
+    assert!(status.success(), "sync failed");
+}
+
 fn delta_redeploy(hosts: usize, mb: usize) {
     let fleet = Fleet::start(hosts);
     let app = App::make_tree(fleet.dir(), "tree", mb);
@@ -782,6 +789,7 @@ fn delta_redeploy(hosts: usize, mb: usize) {
         (0..DELTA_RUNS)
             .map(|_| {
                 clean(&fleet, SHIPIT_DIR);
+                settle();
                 let run = run_shipit_with(&fleet, &delta_inv, "deploy", true);
                 app.verify(&fleet, SHIPIT_DIR, "shipit fresh deploy");
                 host_sources(&run.report, &fleet, "uploaded", "the fresh deploy");
@@ -796,6 +804,7 @@ fn delta_redeploy(hosts: usize, mb: usize) {
                 .map(|_| {
                     version += 1;
                     app.change(version);
+                    settle();
                     let run = run_shipit_with(&fleet, inventory, "deploy", true);
                     app.verify(&fleet, SHIPIT_DIR, what);
                     host_sources(&run.report, &fleet, source, what);

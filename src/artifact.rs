@@ -1,5 +1,5 @@
-//! The artifact: what `artifact.path` names, turned into one compressed tar file on local
-//! disk that is streamed to every host, plus its sha256.
+//! The artifact: what `artifact.path` names, turned into one tar file on local disk, plus
+//! its sha256; [`compress`] makes the file a whole upload streams to a host.
 //!
 //! A directory is packed into a deterministic tar (sorted entries, fixed mtime, owners and
 //! modes), so the same content gives the same sha256 on any machine. A `.tar.gz`, `.tgz` or
@@ -12,7 +12,8 @@
 //! Packing also writes the artifact's [`Manifest`] (each path's type, mode, size, sha256),
 //! which travels to the host ahead of the tar stream.
 //!
-//! Blocking file I/O only: callers run [`pack`] and [`build`] under `spawn_blocking`. May
+//! Blocking file I/O only: callers run [`pack`], [`compress`] and [`build`] under
+//! `spawn_blocking`. May
 //! depend on nothing else in the crate but [`crate::manifest`].
 
 use std::cell::Cell;
@@ -323,11 +324,11 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
         dir: temp_dir.to_owned(),
         source,
     };
-    let sink = BufWriter::with_capacity(BUF_SIZE, out);
+    let sink = Behind::start(out.try_clone().map_err(write_err)?);
     let mut packer = DirPacker {
         root,
         temp_dir,
-        builder: tar::Builder::new(Hashing::new(sink)),
+        builder: tar::Builder::new(sink),
         entries: 0,
         manifest: manifest::Builder::new(),
     };
@@ -339,9 +340,8 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
     }
     let entries = packer.entries;
     let manifest = packer.manifest.finish();
-    let hashing = packer.builder.into_inner().map_err(write_err)?;
-    let (mut sink, sha256, tar_size) = hashing.finish();
-    sink.flush().map_err(write_err)?;
+    let sink = packer.builder.into_inner().map_err(write_err)?;
+    let (sha256, tar_size) = sink.finish().map_err(write_err)?;
     Ok(Summary {
         sha256,
         tar_size,
@@ -350,12 +350,12 @@ fn write_dir_tar(root: &Path, temp_dir: &Path, out: &File) -> Result<Summary, Ar
     })
 }
 
-type DirSink<'a> = Hashing<BufWriter<&'a File>>;
+type DirSink = Behind;
 
 struct DirPacker<'a> {
     root: &'a Path,
     temp_dir: &'a Path,
-    builder: tar::Builder<DirSink<'a>>,
+    builder: tar::Builder<DirSink>,
     entries: u64,
     manifest: manifest::Builder,
 }
@@ -952,6 +952,101 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 
 // ---------------------------------------------------------------------------------------
 // Shared
+
+/// Writes the tar stream to a file and hashes it on another thread, so that packing a
+/// directory hashes each file (for the manifest) and the whole stream (the identity) on two
+/// cores at once. Chunks go through a short queue: memory stays bounded.
+struct Behind {
+    chunk: Vec<u8>,
+    queue: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<io::Result<(String, u64)>>>,
+}
+
+/// Bytes per chunk handed to the writer thread.
+const CHUNK: usize = 256 * 1024;
+
+impl Behind {
+    fn start(file: File) -> Behind {
+        let (queue, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let worker = std::thread::spawn(move || {
+            let mut out = Hashing::new(BufWriter::with_capacity(BUF_SIZE, file));
+            let mut failed = None;
+            for chunk in chunks {
+                // After a failure, keep draining so the packer is not blocked.
+                if failed.is_none()
+                    && let Err(e) = out.write_all(&chunk)
+                {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let (mut sink, sha256, size) = out.finish();
+            sink.flush()?;
+            Ok((sha256, size))
+        });
+        Behind {
+            chunk: Vec::with_capacity(CHUNK),
+            queue: Some(queue),
+            worker: Some(worker),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Some(Ok(())) = self.queue.as_ref().map(|q| q.send(chunk)) {
+            return Ok(());
+        }
+        // The writer stopped: its own error says why.
+        drop(self.queue.take());
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(io::Error::other("the artifact writer stopped")),
+        }
+    }
+
+    /// The stream's sha256 (hex) and size, once everything is written.
+    fn finish(mut self) -> io::Result<(String, u64)> {
+        let sent = self.send();
+        drop(self.queue.take());
+        let joined = match self.worker.take() {
+            Some(worker) => worker
+                .join()
+                .map_err(|_| io::Error::other("the artifact writer panicked"))?,
+            None => Err(io::Error::other("the artifact writer stopped")),
+        };
+        sent?;
+        joined
+    }
+}
+
+impl Write for Behind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
 
 /// Hashes and counts the bytes passing through, in either direction: the sha256 is of the
 /// uncompressed tar stream, computed as it streams by.

@@ -587,6 +587,8 @@ mod host_tests {
         write(&src, "big.bin", &big, 0o644);
         write(&src, "gone.txt", b"bye\n", 0o644);
         write(&src, "storage/seed.txt", b"seed\n", 0o644);
+        write(&src, "same1.txt", b"aaaa", 0o644);
+        write(&src, "same2.txt", b"bbbb", 0o644);
         std::fs::create_dir_all(src.join("empty")).unwrap();
         std::os::unix::fs::symlink("lib/a.js", src.join("link")).unwrap();
 
@@ -649,6 +651,38 @@ mod host_tests {
         );
         assert_eq!(listing(&r3), text);
         std::fs::remove_dir_all(&r3).unwrap();
+
+        // Pruning r1 changes the ctime of the files r2 shares with it; the record is
+        // refreshed, so every file of r2 stays known (not read again by the next delta).
+        let (code, _, err) = sh(&release::prune(b, &["r1".to_owned()]), b"");
+        assert_eq!(code, 0, "{err}");
+        std::os::unix::fs::symlink("releases/r2", base.join("current")).unwrap();
+        let (code, _, err) = sh(&release::prune(b, &[]), b"");
+        assert_eq!(code, 0, "{err}");
+        let recorded = std::fs::read_to_string(base.join("releases/r2/.shipit/stat")).unwrap();
+        let files = text.lines().filter(|l| l.contains("\tf\t")).count();
+        // Less the shared dir's file, replaced by a link when r2 was finished.
+        assert_eq!(recorded.lines().count(), files - 1, "{recorded}");
+        write(&src, "app.js", b"v2b\n", 0o644);
+        let v2b = artifact::pack(&src, dir.path()).unwrap();
+        let (code, _) = send_delta(&base, "r3", "r2", &v2b, "nobody");
+        assert_eq!(code, 0);
+        std::fs::remove_dir_all(base.join("releases/r3.partial")).unwrap();
+
+        // A file overwritten in place with same-size content, its mtime put back (`cp -p`
+        // from a file with the same fixed mtime): only its ctime tells, and it is refused.
+        let r2 = base.join("releases/r2");
+        let (code, _, err) = sh(
+            &crate::shell::Cmd::new("cp")
+                .arg("-p")
+                .arg(r2.join("same2.txt").to_str().unwrap())
+                .arg(r2.join("same1.txt").to_str().unwrap()),
+            b"",
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(std::fs::read(r2.join("same1.txt")).unwrap(), b"bbbb");
+        let (code, _) = send_delta(&base, "r4", "r2", &v2b, "nobody");
+        assert_eq!(code, 94);
 
         // A current release changed after its manifest was written: no release is kept.
         std::fs::OpenOptions::new()

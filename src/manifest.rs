@@ -131,6 +131,13 @@ impl Manifest {
             if path.is_empty() || !plain(path) {
                 return Err(bad("its path is empty or has control characters"));
             }
+            if path.starts_with('/')
+                || path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(bad("its path is not a plain relative path"));
+            }
             if last.is_some_and(|l| l >= path) {
                 return Err(bad("its path is out of order"));
             }
@@ -386,6 +393,9 @@ mod tests {
             ("a\tq\t644\t-\t-\n".to_owned(), 1),
             ("a\td\t9\t-\t-\n".to_owned(), 1),
             ("a b\n".to_owned(), 1),
+            ("../x\td\t755\t-\t-\n".to_owned(), 1),
+            ("a//b\td\t755\t-\t-\n".to_owned(), 1),
+            ("/etc\td\t755\t-\t-\n".to_owned(), 1),
         ] {
             assert_eq!(
                 Manifest::parse(text.as_bytes()).unwrap_err().line,

@@ -77,23 +77,36 @@ fi
 /// names its scratch files. TRUSTED (`path<TAB>sha256` lines) gives the digests of files
 /// known unchanged, which are not read again.
 ///
-/// `stat_list` lists the regular files with inode, size and mtime: a release's
+/// `stat_list` lists the regular files with inode, size, mtime and ctime: a release's
 /// `.shipit/stat`, written when it is made, tells later which of its files are still as
-/// they were (the quick check rsync makes by default, plus the inode).
+/// they were. Any write, truncation, rename over or `touch` of a file changes its ctime,
+/// which nobody can set back; so does a hard link made or removed, which is why shipit
+/// refreshes the record after it links or prunes (`refresh_stat DIR`: the ctime of files
+/// whose inode, size and mtime are as recorded; others leave the record).
 const LISTING: &str = r#"
 listing() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\t%i\t%T@\n' \) > "$1.meta" || return 1
+  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\t%i\t%T@\t%C@\n' \) > "$1.meta" || return 1
   awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } $2 == "f" && !($1 in t) { print "./" $1 }' \
     "${2:-/dev/null}" "$1.meta" | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
   awk -F '\t' -v OFS='\t' -v stat="$1.stat" '
     FILENAME == ARGV[1] { sum[$1] = $2; next }
     FILENAME == ARGV[2] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
-    $2 == "f" { print $1, "f", $3, $4, sum[$1]; print $1, $6, $4, $7 > stat; next }
+    $2 == "f" { print $1, "f", $3, $4, sum[$1]; print $1, $6, $4, $7, $8 > stat; next }
     $2 == "l" { print $1, "l", $3, "-", $5; next }
     { print $1, $2, $3, "-", "-" }' "${2:-/dev/null}" "$1.sums" "$1.meta" | LC_ALL=C sort
 }
 stat_list() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\t%i\t%s\t%T@\n' \)
+  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\t%i\t%s\t%T@\t%C@\n' \)
+}
+refresh_stat() {
+  [ -f "$1/.shipit/stat" ] && find / -maxdepth 0 -printf '' >/dev/null 2>&1 || return 0
+  (cd -- "$1" && stat_list) > "$1/.shipit/stat.now" &&
+  awk -F '\t' 'FILENAME == ARGV[1] { rec[$1 "\t" $2 "\t" $3 "\t" $4] = 1; next }
+    (($1 "\t" $2 "\t" $3 "\t" $4) in rec)' "$1/.shipit/stat" "$1/.shipit/stat.now" > "$1/.shipit/stat.new" &&
+  mv -f -- "$1/.shipit/stat.new" "$1/.shipit/stat"
+  status=$?
+  rm -f -- "$1/.shipit/stat.now" "$1/.shipit/stat.new"
+  return "$status"
 }"#;
 
 /// The manifest text of the release tree `dir` (for tests and diagnostics).
@@ -164,7 +177,8 @@ part="releases/$id.partial"
 old="releases/$cur"
 tmp="$base/.shipit/delta-$id"
 fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
-rm -rf -- "$part" "$tmp" && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
+# Under the deploy lock: scratch dirs of runs that were killed can go.
+rm -rf -- "$part" .shipit/delta-* && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
 $hash < "$tmp/fifo" > "$tmp/sum" &
 hasher=$!
 tee -- "$tmp/fifo" | { head -c "$elen" | $decompress > "$tmp/edits" && cat > "$tmp/tar"; }
@@ -176,9 +190,9 @@ read -r got rest < "$tmp/sum"
 [ -d "$old" ] && [ ! -L "$old" ] || fail 94
 [ "$(sum_of "$old/.shipit/manifest")" = "$oldsum" ] || fail 94
 # One look at the current release: its extra paths (not in its manifest: shared links,
-# REVISION, files written into it later) and its clean files (inode, size and mtime as
-# recorded in its .shipit/stat when it was made).
-(cd -- "$old" && find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%i\t%s\t%T@\n' \)) > "$tmp/now" || fail 94
+# REVISION, files written into it later) and its clean files (inode, size, mtime and ctime
+# as recorded in its .shipit/stat), before linking changes their ctime.
+(cd -- "$old" && find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%i\t%s\t%T@\t%C@\n' \)) > "$tmp/now" || fail 94
 recorded=/dev/null
 [ -f "$old/.shipit/stat" ] && recorded="$old/.shipit/stat"
 : > "$tmp/extra" && : > "$tmp/clean" || fail 94
@@ -186,12 +200,13 @@ awk -F '\t' -v extra="$tmp/extra" -v clean="$tmp/clean" '
   FILENAME == ARGV[1] { listed[$1 "\t" $2] = 1; next }
   FILENAME == ARGV[2] { rec[$0] = 1; next }
   !(($1 "\t" $2) in listed) { print $1 > extra; next }
-  $2 == "f" && (($1 "\t" $3 "\t" $4 "\t" $5) in rec) { print $1 > clean }' \
+  $2 == "f" && (($1 "\t" $3 "\t" $4 "\t" $5 "\t" $6) in rec) { print $1 > clean }' \
   "$old/.shipit/manifest" "$recorded" "$tmp/now" || fail 94
 copy=""
 if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
-# Hard links where they work; copies where they cannot be made (another filesystem).
-if [ -z "$copy" ] && ! cp -al -- "$old" "$part" 2>/dev/null; then rm -rf -- "$part"; copy=1; fi
+# Hard links where they work; copies where they cannot be made (another filesystem). The
+# links keep nothing else: new directories get their modes from the umask, as tar made them.
+if [ -z "$copy" ] && ! cp -RPl -- "$old" "$part" 2>/dev/null; then rm -rf -- "$part"; copy=1; fi
 if [ -n "$copy" ]; then cp -a -- "$old" "$part" || fail 94; fi
 cd -- "$part" && rm -rf .shipit && mkdir .shipit && ln -s -- "../../$cur" .shipit/base || fail 94
 awk -F '\t' 'FILENAME == ARGV[1] { print; next } $1 == "rm" { print $3 }' "$tmp/extra" "$tmp/edits" \
@@ -226,11 +241,13 @@ pub fn reuse(deploy_to: &str, from: &str, id: &str) -> Cmd {
         Cmd::assign("base", deploy_to),
         Cmd::assign("from", from),
         Cmd::assign("id", id),
+        Cmd::new(LISTING),
         Cmd::new(
             r#"
 cd -- "$base" || exit 1
 part="releases/$id.partial"
-rm -rf -- "$part" && cp -al -- "releases/$from" "$part" || { rm -rf -- "$part"; exit 1; }"#,
+rm -rf -- "$part" && cp -al -- "releases/$from" "$part" || { rm -rf -- "$part"; exit 1; }
+refresh_stat "$part" || rm -f -- "$part/.shipit/stat""#,
         ),
     ])
 }
@@ -333,12 +350,21 @@ pub fn remove_current(deploy_to: &str) -> Cmd {
 }
 
 /// Removes old releases and stale partial directories (names from the plan, not globs).
+/// Then refreshes the stat record of the current release, whose files may share inodes
+/// with the removed ones.
 pub fn prune(deploy_to: &str, names: &[String]) -> Cmd {
     let paths = names.iter().map(|n| format!("releases/{n}"));
-    Cmd::new("cd")
-        .arg("--")
-        .arg(deploy_to)
-        .and(Cmd::new("rm").arg("-rf").arg("--").args(paths))
+    Cmd::seq([
+        Cmd::new(LISTING),
+        Cmd::new("cd")
+            .arg("--")
+            .arg(deploy_to)
+            .and(Cmd::new("rm").arg("-rf").arg("--").args(paths))
+            .or(Cmd::new("exit 1")),
+        Cmd::new(
+            r#"if [ -d current ]; then refresh_stat current || rm -f current/.shipit/stat; fi"#,
+        ),
+    ])
 }
 
 #[cfg(test)]
