@@ -494,26 +494,9 @@ mod host_tests {
     use crate::commands::release;
     use crate::shell::Cmd;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::process::{Command, Stdio};
 
     fn sh(cmd: &Cmd, stdin: &[u8]) -> (i32, String, String) {
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd.render())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let _ = input.write_all(stdin);
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        release::tests::run_sh(cmd, stdin, None)
     }
 
     fn write(root: &Path, path: &str, content: &[u8], mode: u32) {
@@ -587,6 +570,7 @@ mod host_tests {
         write(&src, "big.bin", &big, 0o644);
         write(&src, "gone.txt", b"bye\n", 0o644);
         write(&src, "storage/seed.txt", b"seed\n", 0o644);
+        write(&src, "dir with space/-dash é.txt", b"odd names\n", 0o644);
         write(&src, "same1.txt", b"aaaa", 0o644);
         write(&src, "same2.txt", b"bbbb", 0o644);
         std::fs::create_dir_all(src.join("empty")).unwrap();
@@ -612,10 +596,11 @@ mod host_tests {
         std::fs::remove_file(src.join("gone.txt")).unwrap();
         write(&src, "moved/copy.bin", &big, 0o644);
         write(&src, "newdir/file.txt", b"new\n", 0o600);
+        write(&src, "dir with space/new -x.txt", b"more odd\n", 0o644);
         let v2 = artifact::pack(&src, dir.path()).unwrap();
         let (code, plan) = send_delta(&base, "r2", "r1", &v2, "nobody");
         assert_eq!(code, 0);
-        assert_eq!(plan.content_bytes, 13 + 4 + 5, "{plan:#?}");
+        assert_eq!(plan.content_bytes, 13 + 4 + 5 + 9, "{plan:#?}");
         let r2 = base.join("releases/r2.partial");
         let text = String::from_utf8(v2.manifest.as_ref().unwrap().render()).unwrap();
         assert_eq!(listing(&r2), text);

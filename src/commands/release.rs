@@ -368,7 +368,7 @@ pub fn prune(deploy_to: &str, names: &[String]) -> Cmd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
     use std::process::{Command, Stdio};
@@ -378,6 +378,13 @@ mod tests {
     }
 
     fn sh_with_path(cmd: &Cmd, stdin: &[u8], path: Option<&Path>) -> (i32, String) {
+        let (code, _, stderr) = run_sh(cmd, stdin, path);
+        (code, stderr)
+    }
+
+    /// Runs `cmd` in the real `/bin/sh` with `stdin`, optionally with only `path` on PATH:
+    /// (exit code, stdout, stderr).
+    pub(crate) fn run_sh(cmd: &Cmd, stdin: &[u8], path: Option<&Path>) -> (i32, String, String) {
         use std::io::Write;
         let mut command = Command::new("/bin/sh");
         if let Some(path) = path {
@@ -397,6 +404,7 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         (
             out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }

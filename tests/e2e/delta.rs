@@ -59,6 +59,16 @@ fn inventory(fleet: &Fleet, hosts: &[&str], artifact: &Path, extra: &str) -> Pat
     write(fleet.dir(), &name, &text)
 }
 
+/// A fleet of `hosts`, the app, and its inventory (`extra` appended to `[artifact]`).
+fn setup(hosts: usize, extra: &str) -> (Fleet, PathBuf, PathBuf) {
+    let fleet = Fleet::start(hosts);
+    let dir = app(&fleet);
+    let names: Vec<String> = (1..=hosts).map(|i| format!("h{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let inv = inventory(&fleet, &names, &dir, extra);
+    (fleet, dir, inv)
+}
+
 fn with_user(inv: &Path, user: &str) {
     let text = std::fs::read_to_string(inv).unwrap().replace(
         "deploy_to = \"/opt/demo\"",
@@ -111,9 +121,7 @@ fn local_tree(dir: &Path) -> String {
 
 #[test]
 fn a_changed_file_sends_about_its_size_and_the_rest_is_linked() {
-    let fleet = Fleet::start(2);
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1", "h2"], &dir, "");
+    let (fleet, dir, inv) = setup(2, "");
     // A service user other than the SSH user (root), who cannot write release files.
     with_user(&inv, "nobody");
     let first = deploy(&fleet, &inv);
@@ -199,9 +207,7 @@ fn a_changed_file_sends_about_its_size_and_the_rest_is_linked() {
 
 #[test]
 fn removed_files_mode_and_symlink_changes_arrive_and_the_older_release_keeps_its_own() {
-    let fleet = Fleet::start(1);
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1"], &dir, "");
+    let (fleet, dir, inv) = setup(1, "");
     let first = deploy(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     let before = tree(&fleet, "h1", &format!("/opt/demo/releases/{id1}"));
@@ -264,9 +270,7 @@ fn removed_files_mode_and_symlink_changes_arrive_and_the_older_release_keeps_its
 fn writing_into_a_release_in_place_cannot_change_an_older_one() {
     // No `app.user`: the service may run as the SSH user, who owns the release files and
     // can write them, so files are copied into the new release, not linked.
-    let fleet = Fleet::start(1);
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1"], &dir, "");
+    let (fleet, dir, inv) = setup(1, "");
     let first = deploy(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     put(&dir, "src/changed.bin", &noise(102, 40_000));
@@ -322,9 +326,7 @@ fn writing_into_a_release_in_place_cannot_change_an_older_one() {
 
 #[test]
 fn a_current_release_that_no_longer_matches_its_manifest_gets_the_whole_artifact() {
-    let fleet = Fleet::start(2);
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1", "h2"], &dir, "");
+    let (fleet, dir, inv) = setup(2, "");
     with_user(&inv, "nobody");
     let first = deploy(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
@@ -371,9 +373,7 @@ fn a_current_release_that_no_longer_matches_its_manifest_gets_the_whole_artifact
 
 #[test]
 fn delta_false_sends_the_whole_artifact() {
-    let fleet = Fleet::start(1);
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1"], &dir, "delta = false\n");
+    let (fleet, dir, inv) = setup(1, "delta = false\n");
     deploy(&fleet, &inv);
     put(&dir, "src/changed.bin", &noise(105, 40_000));
     let second = deploy(&fleet, &inv);
@@ -393,10 +393,8 @@ fn delta_false_sends_the_whole_artifact() {
 
 #[test]
 fn a_host_without_zstd_gets_its_delta_as_gzip() {
-    let fleet = Fleet::start(1);
+    let (fleet, dir, inv) = setup(1, "");
     fleet.sh_ok("h1", "rm -f \"$(command -v zstd)\" && ! command -v zstd");
-    let dir = app(&fleet);
-    let inv = inventory(&fleet, &["h1"], &dir, "");
     deploy(&fleet, &inv);
     put(&dir, "src/changed.bin", &noise(106, 40_000));
     let second = deploy(&fleet, &inv);
