@@ -407,3 +407,91 @@ fn a_host_without_zstd_gets_its_delta_as_gzip() {
         local_tree(&dir)
     );
 }
+
+#[test]
+fn hosts_on_different_releases_each_get_their_own_delta_and_a_rollback_is_a_base_too() {
+    let (fleet, dir, inv) = setup(2, "");
+    with_user(&inv, "nobody");
+    deploy(&fleet, &inv);
+    // h1 moves on alone: the two hosts now run different releases.
+    put(&dir, "src/changed.bin", &noise(110, 40_000));
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .args(["deploy", "test", "--json", "--hosts", "h1", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    put(&dir, "config/b.yml", b"b: 3\n");
+    let third = deploy(&fleet, &inv);
+    let id3 = third["release"].as_str().unwrap().to_owned();
+    for h in ["h1", "h2"] {
+        let entry = host_entry(&third, h);
+        assert_eq!(entry["source"], "delta", "{entry:#}");
+        assert_eq!(
+            tree(&fleet, h, &format!("/opt/demo/releases/{id3}")),
+            local_tree(&dir),
+            "{h}"
+        );
+    }
+    // h2 had the first release: the changed 40 KB file goes to it, not to h1.
+    assert!(sent(&third, "h2") > 40_000, "{third:#}");
+    assert!(sent(&third, "h1") < 10_000, "{third:#}");
+
+    // h1 back to its previous release, then both forward.
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .args(["rollback", "test", "--yes", "--hosts", "h1", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
+    put(&dir, "src/changed.bin", &noise(111, 40_000));
+    let fourth = deploy(&fleet, &inv);
+    let id4 = fourth["release"].as_str().unwrap().to_owned();
+    for h in ["h1", "h2"] {
+        assert_eq!(host_entry(&fourth, h)["source"], "delta", "{fourth:#}");
+        assert_eq!(
+            tree(&fleet, h, &format!("/opt/demo/releases/{id4}")),
+            local_tree(&dir),
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn the_local_transport_redeploys_by_delta() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("app");
+    put(&dir, "public/index.html", b"<p>one</p>\n");
+    put(&dir, "vendor/big.bin", &noise(120, 200_000));
+    let deploy_to = work.path().join("deployed");
+    let inv = write(
+        work.path(),
+        "local.toml",
+        &format!(
+            "transport = \"local\"\n\n[app]\nname = \"demo\"\ndeploy_to = \"{}\"\n\n[artifact]\npath = \"{}\"\n",
+            deploy_to.display(),
+            dir.display()
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let deploy = || {
+        let (code, stdout, stderr) = run(crate::support::shipit_command(home.path())
+            .args(["deploy", "local", "--json", "-i"])
+            .arg(&inv));
+        assert_eq!(code, 0, "{stderr}\n{stdout}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let first = deploy();
+    assert_eq!(first["hosts"][0]["source"], "uploaded");
+    put(&dir, "public/index.html", b"<p>two</p>\n");
+    let second = deploy();
+    let entry = &second["hosts"][0];
+    assert_eq!(entry["source"], "delta", "{entry:#}");
+    assert!(entry["bytes_sent"].as_u64().unwrap() < 5_000, "{entry:#}");
+    assert_eq!(
+        std::fs::read(deploy_to.join("current/public/index.html")).unwrap(),
+        b"<p>two</p>\n"
+    );
+    assert_eq!(
+        std::fs::read(deploy_to.join("current/vendor/big.bin")).unwrap(),
+        noise(120, 200_000)
+    );
+}
