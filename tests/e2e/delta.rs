@@ -495,3 +495,37 @@ fn the_local_transport_redeploys_by_delta() {
         noise(120, 200_000)
     );
 }
+
+#[test]
+fn a_supplied_tarball_redeploys_by_delta_too() {
+    let fleet = Fleet::start(1);
+    let dir = app(&fleet);
+    let tarball = fleet.dir().join("app.tar.gz");
+    let pack = || {
+        // As a build would make it: `./`-prefixed names, the builder's own modes and times.
+        let status = std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    pack();
+    let inv = inventory(&fleet, &["h1"], &tarball, "");
+    let first = deploy(&fleet, &inv);
+    assert_eq!(host_entry(&first, "h1")["source"], "uploaded");
+    put(&dir, "src/changed.bin", &noise(130, 40_000));
+    pack();
+    let second = deploy(&fleet, &inv);
+    let entry = host_entry(&second, "h1");
+    assert_eq!(entry["source"], "delta", "{entry:#}");
+    assert!((40_000..48_000).contains(&sent(&second, "h1")), "{entry:#}");
+    let id = second["release"].as_str().unwrap();
+    assert_eq!(
+        tree(&fleet, "h1", &format!("/opt/demo/releases/{id}")),
+        local_tree(&dir)
+    );
+}
