@@ -498,7 +498,7 @@ impl DirPacker<'_> {
 
 /// A header with everything but type, mode and size fixed, so two machines packing the same
 /// tree write the same bytes.
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+pub(crate) fn header(kind: EntryType, mode: u32, size: u64) -> Header {
     let mut header = Header::new_gnu();
     header.set_entry_type(kind);
     header.set_mode(mode);
@@ -866,7 +866,7 @@ impl EntryChecker<'_> {
 
 /// The normal components of an archive member's path, refusing what could land outside the
 /// extraction directory. `.` and empty components are dropped (`./app.js` is `app.js`).
-fn member_components(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
+pub(crate) fn member_components(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
     if path.starts_with(b"/") {
         return Err(Refusal::AbsolutePath);
     }
@@ -1048,16 +1048,16 @@ impl Drop for Behind {
     }
 }
 
-/// Hashes and counts the bytes passing through, in either direction: the sha256 is of the
-/// uncompressed tar stream, computed as it streams by.
-struct Hashing<T> {
+/// Hashes and counts the bytes passing through, in either direction: the sha256 of a
+/// stream (a tar, an upload), computed as it streams by.
+pub(crate) struct Hashing<T> {
     inner: T,
     hasher: Sha256,
     bytes: u64,
 }
 
 impl<T> Hashing<T> {
-    fn new(inner: T) -> Self {
+    pub(crate) fn new(inner: T) -> Self {
         Hashing {
             inner,
             hasher: Sha256::new(),
@@ -1065,8 +1065,16 @@ impl<T> Hashing<T> {
         }
     }
 
+    /// Like [`new`](Self::new), the digest starting with `prefix` (sent ahead of the
+    /// stream, not written through here nor counted).
+    pub(crate) fn with_prefix(inner: T, prefix: &[u8]) -> Self {
+        let mut hashing = Hashing::new(inner);
+        hashing.hasher.update(prefix);
+        hashing
+    }
+
     /// The inner stream, the lowercase hex sha256 and the byte count.
-    fn finish(self) -> (T, String, u64) {
+    pub(crate) fn finish(self) -> (T, String, u64) {
         (self.inner, hex(&self.hasher.finalize()), self.bytes)
     }
 }
@@ -1094,17 +1102,6 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 use manifest::hex;
-
-/// The sha256 (hex) of `prefix` followed by the file's bytes, read through a fixed buffer.
-fn upload_sha256(prefix: &[u8], path: &Path) -> io::Result<String> {
-    let mut sink = Hashing::new(io::sink());
-    sink.write_all(prefix)?;
-    io::copy(
-        &mut BufReader::with_capacity(BUF_SIZE, File::open(path)?),
-        &mut sink,
-    )?;
-    Ok(sink.finish().1)
-}
 
 fn new_temp(temp_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
     // Created 0600 by tempfile: the artifact may hold anything the project ships.
@@ -1139,28 +1136,27 @@ pub fn compress(
         dir: temp_dir.to_owned(),
         source,
     };
-    let temp = new_temp(temp_dir)?;
-    let mut source = BufReader::with_capacity(BUF_SIZE, File::open(tar).map_err(write_err)?);
-    let sink = BufWriter::with_capacity(BUF_SIZE, temp.as_file());
-    let written = match codec {
-        Codec::Zstd => zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL).and_then(|mut zstd| {
-            io::copy(&mut source, &mut zstd)?;
-            zstd.finish()?.flush()
-        }),
-        Codec::Gzip => {
-            let mut gzip = GzEncoder::new(sink, Compression::fast());
-            io::copy(&mut source, &mut gzip)
-                .and_then(|_| gzip.finish())
-                .and_then(|mut sink| sink.flush())
-        }
-    };
-    written.map_err(write_err)?;
     let prefix = match manifest {
         Some(manifest) => codec.compress(&manifest.render()).map_err(write_err)?,
         None => Vec::new(),
     };
-    let compressed_size = temp.as_file().metadata().map_err(write_err)?.len();
-    let upload_sha256 = upload_sha256(&prefix, temp.path()).map_err(write_err)?;
+    let temp = new_temp(temp_dir)?;
+    let mut source = BufReader::with_capacity(BUF_SIZE, File::open(tar).map_err(write_err)?);
+    // The upload's digest is taken as the compressed bytes are written.
+    let sink = Hashing::with_prefix(BufWriter::with_capacity(BUF_SIZE, temp.as_file()), &prefix);
+    let written = match codec {
+        Codec::Zstd => zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL).and_then(|mut zstd| {
+            io::copy(&mut source, &mut zstd)?;
+            zstd.finish()
+        }),
+        Codec::Gzip => {
+            let mut gzip = GzEncoder::new(sink, Compression::fast());
+            io::copy(&mut source, &mut gzip).and_then(|_| gzip.finish())
+        }
+    };
+    let (mut file, upload_sha256, compressed_size) = written.map_err(write_err)?.finish();
+    file.flush().map_err(write_err)?;
+    drop(file);
     Ok(Compressed {
         file: temp.into_temp_path(),
         codec,

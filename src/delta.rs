@@ -17,14 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use tar::{Archive, EntryType, Header};
+use tar::{Archive, EntryType};
 use tempfile::TempPath;
 
-use crate::artifact::{Codec, Packed};
-use crate::manifest::{self, Entry, Kind, Manifest};
+use crate::artifact::{self, Codec, Hashing, Packed, header};
+use crate::manifest::{Entry, Kind, Manifest};
 
 /// How the tar writes one path of the new release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,7 +218,8 @@ pub fn build(
         .tempfile_in(temp_dir)
         .map_err(io_err)?;
     let edits = codec.compress(&plan.edits()).map_err(io_err)?;
-    let mut out = BufWriter::with_capacity(64 * 1024, temp.as_file());
+    // The stream's digest is taken as it is written.
+    let mut out = Hashing::new(BufWriter::with_capacity(64 * 1024, temp.as_file()));
     out.write_all(&edits).map_err(io_err)?;
     match codec {
         Codec::Zstd => {
@@ -232,30 +233,17 @@ pub fn build(
             gzip.finish().map_err(io_err)?;
         }
     }
-    out.flush().map_err(io_err)?;
-    drop(out);
-    let size = temp.as_file().metadata().map_err(io_err)?.len();
-    let mut reader = HashingReader::new(BufReader::new(File::open(temp.path()).map_err(io_err)?));
-    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    let (mut file, sha256, size) = out.finish();
+    file.flush().map_err(io_err)?;
+    drop(file);
     Ok(Delta {
         file: temp.into_temp_path(),
         size,
-        sha256: reader.finish(),
+        sha256,
         edits_len: edits.len() as u64,
         content_bytes: plan.content_bytes,
         manifest_sha256: new.sha256(),
     })
-}
-
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(946_684_800);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
 }
 
 /// The tar: directories first (parents before children), then the new content in the
@@ -290,7 +278,10 @@ fn write_tar<W: Write>(
         let mut archive = Archive::new(File::open(&packed.tar).map_err(io_err)?);
         for entry in archive.entries_with_seek().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
-            let path = normalized(&entry.path_bytes());
+            // Checked when packed: no `..`, not absolute; `./` and empty parts dropped.
+            let path = artifact::member_components(&entry.path_bytes())
+                .map(|parts| String::from_utf8_lossy(&parts.join(&b'/')).into_owned())
+                .unwrap_or_default();
             if plan.ops.get(&path) != Some(&Op::Content) {
                 continue;
             }
@@ -313,9 +304,9 @@ fn write_tar<W: Write>(
                 return Err(DeltaError::Mismatch { path });
             }
             let mut h = header(EntryType::Regular, *mode, *size);
-            let mut data = HashingReader::new(&mut entry);
+            let mut data = Hashing::new(&mut entry);
             tar.append_data(&mut h, &path, &mut data).map_err(io_err)?;
-            if data.finish() != *sha256 {
+            if data.finish().1 != *sha256 {
                 return Err(DeltaError::Mismatch { path });
             }
             sent.insert(sha256.clone(), path.clone());
@@ -346,44 +337,6 @@ fn write_tar<W: Write>(
     }
     tar.into_inner().map_err(io_err)?;
     Ok(())
-}
-
-/// An archive member's path as the manifest writes it: no `./`, no empty components, no
-/// trailing `/` (the artifact was checked: no `..`, not absolute).
-fn normalized(path: &[u8]) -> String {
-    let parts: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-        .collect();
-    String::from_utf8_lossy(&parts.join(&b'/')).into_owned()
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: sha2::Sha256::default(),
-        }
-    }
-
-    fn finish(self) -> String {
-        use sha2::Digest;
-        manifest::hex(&self.hasher.finalize())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -492,6 +445,7 @@ mod host_tests {
     use super::*;
     use crate::artifact;
     use crate::commands::release;
+    use crate::manifest;
     use crate::shell::Cmd;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 

@@ -148,15 +148,11 @@ impl ReleaseTree {
 
 const RELEASES: &str = r#"
 if command -v zstd >/dev/null 2>&1; then echo "zstd"; fi
-if find / -maxdepth 0 -printf '' >/dev/null 2>&1 && command -v awk >/dev/null 2>&1; then echo "delta"; fi
+if gnu_find && command -v awk >/dev/null 2>&1; then echo "delta"; fi
 cd -- "$deploy_to" 2>/dev/null || exit 0
 if [ -L current ]; then
   echo "current $(readlink current)"
-  if [ -f current/.shipit/manifest ]; then
-    if command -v openssl >/dev/null 2>&1; then set -- $(openssl dgst -sha256 -r < current/.shipit/manifest)
-    else set -- $(sha256sum < current/.shipit/manifest); fi
-    echo "manifest $1"
-  fi
+  if [ -f current/.shipit/manifest ]; then echo "manifest $(sum_of current/.shipit/manifest)"; fi
 fi
 [ -d releases ] || exit 0
 for d in releases/* releases/.[!.]*; do
@@ -176,7 +172,11 @@ exit 0
 
 /// Lists `current`, the releases with their sha256, and leftover partial directories.
 pub fn releases(deploy_to: &str) -> Cmd {
-    Cmd::seq([Cmd::assign("deploy_to", deploy_to), Cmd::new(RELEASES)])
+    Cmd::seq([
+        Cmd::assign("deploy_to", deploy_to),
+        Cmd::new(crate::commands::release::HOST_TOOLS),
+        Cmd::new(RELEASES),
+    ])
 }
 
 pub fn parse_releases(stdout: &str) -> ReleaseTree {

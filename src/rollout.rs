@@ -514,29 +514,30 @@ impl Wholes {
         }
     }
 
-    async fn get(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
-        let cell = match codec {
+    fn cell(&self, codec: Codec) -> &tokio::sync::OnceCell<Result<Arc<Compressed>, String>> {
+        match codec {
             Codec::Zstd => &self.zstd,
             Codec::Gzip => &self.gzip,
-        };
-        cell.get_or_init(|| async {
-            match tokio::task::spawn_blocking(self.job(codec)).await {
-                Ok(made) => made.map(Arc::new),
-                Err(e) => Err(format!("compressing the artifact failed: {e}")),
-            }
-        })
-        .await
-        .clone()
+        }
+    }
+
+    async fn get(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
+        self.cell(codec)
+            .get_or_init(|| async {
+                match tokio::task::spawn_blocking(self.job(codec)).await {
+                    Ok(made) => made.map(Arc::new),
+                    Err(e) => Err(format!("compressing the artifact failed: {e}")),
+                }
+            })
+            .await
+            .clone()
     }
 
     /// The size of a whole upload with `codec` if this run made it, else the artifact's
     /// uncompressed size: what `bytes_sent` is compared with.
     fn size(&self, codec: Codec) -> u64 {
-        let cell = match codec {
-            Codec::Zstd => &self.zstd,
-            Codec::Gzip => &self.gzip,
-        };
-        cell.get()
+        self.cell(codec)
+            .get()
             .and_then(|made| made.as_ref().ok())
             .map_or(self.tar_size, |c| c.upload_size())
     }
@@ -1285,22 +1286,25 @@ async fn stream(
     // Generous: keepalives notice a dead host long before this.
     let timeout = Duration::from_secs(1800 + total / (1 << 20));
     let upload = c.transport.upload(cmd, Box::new(reader), timeout);
+    let progress = || Event::Progress {
+        host: &c.host.name,
+        sent: counter.load(Ordering::Relaxed),
+        total,
+        artifact: d.artifact.tar_size,
+        delta,
+    };
     let ticker = async {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            d.out.emit(Event::Progress {
-                host: &c.host.name,
-                sent: counter.load(Ordering::Relaxed),
-                total,
-                artifact: d.artifact.tar_size,
-                delta,
-            });
+            d.out.emit(progress());
         }
     };
     let result = tokio::select! {
         r = upload => r,
         () = ticker => unreachable!("the ticker never ends"),
     };
+    // The last word, also for a stream shorter than one tick.
+    d.out.emit(progress());
     (result, counter.load(Ordering::Relaxed))
 }
 

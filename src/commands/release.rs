@@ -10,10 +10,12 @@ use crate::shell::Cmd;
 
 /// Picks the host's sha256 tool into `$hash`: `openssl dgst` where the host has it (several
 /// times faster than coreutils' `sha256sum` on CPUs with SHA instructions), else
-/// `sha256sum`. Both print the hex digest first. `sum_of FILE` prints a file's digest.
-const PICK_HASH: &str = r#"
+/// `sha256sum`. Both print the hex digest first. `sum_of FILE` prints a file's digest;
+/// `gnu_find` succeeds where `find` has `-printf` (what manifests and stat records need).
+pub(crate) const HOST_TOOLS: &str = r#"
 if command -v openssl >/dev/null 2>&1; then hash="openssl dgst -sha256 -r"; else hash=sha256sum; fi
-sum_of() { set -- $($hash < "$1") && printf '%s\n' "$1"; }"#;
+sum_of() { set -- $($hash < "$1") && printf '%s\n' "$1"; }
+gnu_find() { find / -maxdepth 0 -printf '' >/dev/null 2>&1; }"#;
 
 /// Receives the upload on stdin: the release's manifest (`manifest_len` bytes, compressed;
 /// none when 0), then the compressed artifact. Writes the manifest to
@@ -37,7 +39,7 @@ pub fn receive(
         Cmd::assign("sha", upload_sha256),
         Cmd::assign("decompress", decompress),
         Cmd::assign("mlen", manifest_len.to_string()),
-        Cmd::new(PICK_HASH),
+        Cmd::new(HOST_TOOLS),
         Cmd::new(LISTING),
         Cmd::new(
             r#"
@@ -63,7 +65,7 @@ read -r got rest < "$sum"
 rm -f -- "$fifo" "$sum"
 if [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
 if [ "$status" != 0 ]; then rm -rf -- "$part"; exit "$status"; fi
-if [ "$mlen" -gt 0 ] && find / -maxdepth 0 -printf '' >/dev/null 2>&1; then
+if [ "$mlen" -gt 0 ] && gnu_find; then
   (cd -- "$part" && stat_list > .shipit/stat) || rm -f -- "$part/.shipit/stat"
 fi
 :"#,
@@ -99,7 +101,7 @@ stat_list() {
   find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\t%i\t%s\t%T@\t%C@\n' \)
 }
 refresh_stat() {
-  [ -f "$1/.shipit/stat" ] && find / -maxdepth 0 -printf '' >/dev/null 2>&1 || return 0
+  [ -f "$1/.shipit/stat" ] && gnu_find || return 0
   (cd -- "$1" && stat_list) > "$1/.shipit/stat.now" &&
   awk -F '\t' 'FILENAME == ARGV[1] { rec[$1 "\t" $2 "\t" $3 "\t" $4] = 1; next }
     (($1 "\t" $2 "\t" $3 "\t" $4) in rec)' "$1/.shipit/stat" "$1/.shipit/stat.now" > "$1/.shipit/stat.new" &&
@@ -113,7 +115,7 @@ refresh_stat() {
 pub fn listing(dir: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("dir", dir),
-        Cmd::new(PICK_HASH),
+        Cmd::new(HOST_TOOLS),
         Cmd::new(LISTING),
         Cmd::new(
             r#"
@@ -167,7 +169,7 @@ pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
         Cmd::assign("decompress", a.decompress),
         Cmd::assign("elen", a.edits_len.to_string()),
         Cmd::assign("svc", a.service_user),
-        Cmd::new(PICK_HASH),
+        Cmd::new(HOST_TOOLS),
         Cmd::new(LISTING),
         Cmd::new(
             r#"
@@ -241,6 +243,7 @@ pub fn reuse(deploy_to: &str, from: &str, id: &str) -> Cmd {
         Cmd::assign("base", deploy_to),
         Cmd::assign("from", from),
         Cmd::assign("id", id),
+        Cmd::new(HOST_TOOLS),
         Cmd::new(LISTING),
         Cmd::new(
             r#"
@@ -355,6 +358,7 @@ pub fn remove_current(deploy_to: &str) -> Cmd {
 pub fn prune(deploy_to: &str, names: &[String]) -> Cmd {
     let paths = names.iter().map(|n| format!("releases/{n}"));
     Cmd::seq([
+        Cmd::new(HOST_TOOLS),
         Cmd::new(LISTING),
         Cmd::new("cd")
             .arg("--")

@@ -494,6 +494,22 @@ fn the_local_transport_redeploys_by_delta() {
         std::fs::read(deploy_to.join("current/vendor/big.bin")).unwrap(),
         noise(120, 200_000)
     );
+
+    // The progress display and the human report show the bytes sent against the artifact.
+    put(&dir, "public/index.html", b"<p>three</p>\n");
+    let (code, _, stderr) = run(crate::support::shipit_command(home.path())
+        .args(["deploy", "local", "-v", "--progress", "never", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("(changes only; the artifact is "),
+        "{stderr}"
+    );
+    let row = stderr
+        .lines()
+        .find(|l| l.starts_with("local") && l.contains(" delta "))
+        .unwrap_or_else(|| panic!("no report row for the host: {stderr}"));
+    assert!(row.contains(" of "), "{row}");
 }
 
 #[test]
@@ -528,4 +544,34 @@ fn a_supplied_tarball_redeploys_by_delta_too() {
         tree(&fleet, "h1", &format!("/opt/demo/releases/{id}")),
         local_tree(&dir)
     );
+}
+
+#[test]
+fn files_are_copied_where_hard_links_cannot_be_made() {
+    let (fleet, dir, inv) = setup(1, "");
+    // A service user who cannot write release files: links would be used if they could.
+    with_user(&inv, "nobody");
+    let first = deploy(&fleet, &inv);
+    let id1 = first["release"].as_str().unwrap().to_owned();
+    // The current release on a mount of its own: link(2) into another mount fails (EXDEV).
+    let old = format!("/opt/demo/releases/{id1}");
+    fleet.sh_ok("h1", &format!("mount --bind {old} {old}"));
+    put(&dir, "src/changed.bin", &noise(140, 40_000));
+    let second = deploy(&fleet, &inv);
+    let entry = host_entry(&second, "h1");
+    assert_eq!(entry["source"], "delta", "{entry:#}");
+    assert!(sent(&second, "h1") < 48_000, "{entry:#}");
+    let id2 = second["release"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tree(&fleet, "h1", &format!("/opt/demo/releases/{id2}")),
+        local_tree(&dir)
+    );
+    assert_ne!(
+        fleet.sh_ok("h1", &format!("stat -c %i {old}/vendor/pkg3/lib.bin")),
+        fleet.sh_ok(
+            "h1",
+            &format!("stat -c %i /opt/demo/releases/{id2}/vendor/pkg3/lib.bin")
+        )
+    );
+    fleet.sh_ok("h1", &format!("umount {old}"));
 }
