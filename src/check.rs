@@ -13,6 +13,7 @@ use crate::facts::{self, HostProbe};
 use crate::fleet::{self, Connector};
 use crate::inventory::{Host, Inventory, TransportKind};
 use crate::output::{Event, Output};
+use crate::reach::Source;
 use crate::transport::{ConnectStage, ExecRequest};
 
 /// The probe is a handful of builtins: anything slower is a sick host.
@@ -24,6 +25,9 @@ pub struct CheckReport {
     pub transport: TransportKind,
     pub deploy_to: String,
     pub hosts: Vec<HostCheck>,
+    /// `-v`: the human report shows where each connection setting came from.
+    #[serde(skip)]
+    pub verbose: bool,
 }
 
 impl crate::output::Report for CheckReport {
@@ -55,6 +59,11 @@ pub struct HostCheck {
     pub facts: Option<HostProbe>,
     /// A deploy lock held on the host (not a failure: a deploy may be running).
     pub locked_by: Option<String>,
+    /// How the host key was trusted: fingerprint and the known_hosts line, pin or
+    /// certificate authority that vouched for it.
+    pub host_key: Option<String>,
+    /// The connection settings and where each came from (inventory, ssh_config, default).
+    pub connection: Vec<Source>,
     pub problems: Vec<String>,
 }
 
@@ -64,6 +73,7 @@ pub async fn run(
     hosts: &[&Host],
     connector: &Connector,
     out: &Output,
+    verbose: bool,
 ) -> CheckReport {
     let checks = fleet::each_host(hosts, inventory.rollout.parallel, |host| {
         check_host(inventory, host, connector, out)
@@ -74,6 +84,7 @@ pub async fn run(
         transport: inventory.transport,
         deploy_to: inventory.app.deploy_to.clone(),
         hosts: checks,
+        verbose,
     }
 }
 
@@ -97,8 +108,16 @@ async fn check_host(
         authenticated: None,
         facts: None,
         locked_by: None,
+        host_key: None,
+        connection: connector
+            .reach(&host.name)
+            .map(|r| r.sources.clone())
+            .unwrap_or_default(),
         problems: Vec::new(),
     };
+    if let Some(reach) = connector.reach(&host.name) {
+        check.address = format!("{}:{}", reach.target.address, reach.target.port);
+    }
     out.emit(Event::Step {
         host: &host.name,
         step: "connecting",
@@ -129,6 +148,7 @@ async fn check_host(
     };
     check.reachable = true;
     check.host_key_verified = (!local).then_some(true);
+    check.host_key = transport.host_key().map(str::to_owned);
     check.authenticated = Some(true);
     out.emit(Event::Step {
         host: &host.name,

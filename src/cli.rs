@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCandidates;
+
+use crate::completion;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,12 +39,15 @@ pub struct Global {
     /// Progress display: bars on a terminal (auto), always, or plain lines (never)
     #[arg(long, value_enum, default_value_t = Progress::Auto, value_name = "WHEN", global = true)]
     pub progress: Progress,
-    /// More detail (each host's steps)
+    /// More detail: each host's steps; with `check`, where each connection setting came from
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Answer yes to confirmations (`unlock`)
     #[arg(long, global = true)]
     pub yes: bool,
+    /// Do not read `~/.ssh/config` and `/etc/ssh/ssh_config` (the inventory alone says how to connect)
+    #[arg(long, global = true)]
+    pub no_ssh_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +55,14 @@ pub enum Progress {
     Auto,
     Always,
     Never,
+}
+
+/// The shells `shipit completions` writes a script for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +73,7 @@ pub enum Command {
     )]
     Deploy {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
         /// Wave sizes, overriding `rollout.waves`: e.g. `1,25%` (the last size repeats)
         #[arg(long, value_delimiter = ',', value_name = "SIZES")]
@@ -71,6 +86,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  shipit status staging")]
     Status {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Scaffold inventory/<STAGE>.toml, templates, known_hosts and a GitHub Actions workflow
@@ -86,6 +102,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  shipit plan staging\n  shipit plan prod --json")]
     Plan {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
         /// Wave sizes, overriding `rollout.waves`
         #[arg(long, value_delimiter = ',', value_name = "SIZES")]
@@ -97,6 +114,7 @@ pub enum Command {
     )]
     Rollback {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
         /// The release id to go back to (see `shipit releases`)
         #[arg(long, value_name = "ID")]
@@ -106,30 +124,35 @@ pub enum Command {
     #[command(after_help = "Example:\n  shipit releases staging")]
     Releases {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Show the fleet's deploy history, newest first
     #[command(after_help = "Example:\n  shipit history staging\n  shipit history prod --json")]
     History {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Make one verified database backup now, on the migrate host, under the deploy lock
     #[command(after_help = "Example:\n  shipit backup prod")]
     Backup {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// List the database backups on the migrate host, newest first, with sizes and times
     #[command(after_help = "Example:\n  shipit backups prod")]
     Backups {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Remove a deploy lock left by a run that died (asks first; `--yes` to skip)
     #[command(after_help = "Example:\n  shipit unlock staging\n  shipit unlock staging --yes")]
     Unlock {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Check every host: reachable, host key, auth, tools, write access, free disk
@@ -138,6 +161,7 @@ pub enum Command {
     )]
     Check {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
     /// Run a named task from `[tasks.<name>]` in the current release, under the deploy lock
@@ -146,6 +170,7 @@ pub enum Command {
     )]
     Task {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
         /// The task's name, as in `[tasks.<NAME>]`
         name: String,
@@ -156,16 +181,36 @@ pub enum Command {
     )]
     Exec {
         /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
         /// The command; its words are joined with spaces and run by `sh` on each host
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Print a script that completes commands and stage names (`inventory/*.toml`) in a shell
+    #[command(
+        after_help = "Example:\n  shipit completions bash > ~/.local/share/bash-completion/completions/shipit\n  echo 'source <(shipit completions zsh)' >> ~/.zshrc\n  shipit completions fish > ~/.config/fish/completions/shipit.fish"
+    )]
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print shipit's manual page (roff), or write one page per command into a directory
+    #[command(
+        after_help = "Example:\n  shipit man | man -l -\n  shipit man --dir ~/.local/share/man/man1"
+    )]
+    Man {
+        /// Write `shipit.1` and `shipit-<COMMAND>.1` into this directory (created if missing)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
-    pub fn stage(&self) -> &str {
-        match self {
+    /// The stage the command works on; `None` for commands that need no inventory.
+    pub fn stage(&self) -> Option<&str> {
+        let stage = match self {
             Command::Check { stage }
             | Command::Exec { stage, .. }
             | Command::Task { stage, .. }
@@ -179,6 +224,8 @@ impl Command {
             | Command::Unlock { stage }
             | Command::Backup { stage }
             | Command::Backups { stage } => stage,
-        }
+            Command::Completions { .. } | Command::Man { .. } => return None,
+        };
+        Some(stage)
     }
 }

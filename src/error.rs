@@ -24,6 +24,10 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Template(#[from] crate::templates::TemplateError),
+    #[error(transparent)]
+    SshConfig(#[from] crate::ssh_config::ConfigError),
+    #[error(transparent)]
+    Reach(#[from] crate::reach::ReachError),
     #[error("cannot read template `{path}`: {reason}")]
     ReadTemplate { path: String, reason: String },
     #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]
@@ -45,6 +49,8 @@ impl Error {
             | Error::NoArtifact { .. }
             | Error::ReadTemplate { .. }
             | Error::Usage(_)
+            | Error::SshConfig(_)
+            | Error::Reach(_)
             | Error::Template(_) => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }

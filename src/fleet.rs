@@ -3,27 +3,48 @@
 //!
 //! Every host's outcome is collected in inventory order; one failure never hides another.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 
 use futures::StreamExt;
 
 use crate::inventory::{Host, Inventory, TransportKind};
+use crate::reach::Reach;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshConnector;
-use crate::transport::{ConnectError, JumpTarget, SshSettings, SshTarget, Transport};
+use crate::transport::{ConnectError, SshSettings, SshTarget, Transport};
 
 /// Opens connections for one run.
 pub enum Connector {
     Local,
-    Ssh(SshConnector),
+    Ssh {
+        ssh: Box<SshConnector>,
+        /// How each selected host is reached (inventory, `~/.ssh/config`, defaults).
+        reach: HashMap<String, Reach>,
+    },
 }
 
 impl Connector {
-    pub fn new(inventory: &Inventory, settings: &SshSettings) -> Connector {
+    pub fn new(inventory: &Inventory, settings: &SshSettings, reach: Vec<Reach>) -> Connector {
         match inventory.transport {
             TransportKind::Local => Connector::Local,
-            TransportKind::Ssh => Connector::Ssh(SshConnector::new(settings)),
+            TransportKind::Ssh => Connector::Ssh {
+                ssh: Box::new(SshConnector::new(settings)),
+                reach: reach
+                    .into_iter()
+                    .map(|r| (r.target.host.clone(), r))
+                    .collect(),
+            },
+        }
+    }
+
+    /// How `host` is reached, with each setting's origin (`None` on the local transport).
+    pub fn reach(&self, host: &str) -> Option<&Reach> {
+        match self {
+            Connector::Local => None,
+            Connector::Ssh { reach, .. } => reach.get(host),
         }
     }
 
@@ -34,15 +55,18 @@ impl Connector {
     ) -> Result<Box<dyn Transport>, ConnectError> {
         match self {
             Connector::Local => Ok(Box::new(LocalTransport)),
-            Connector::Ssh(ssh) => {
-                let target = ssh_target(inventory, host);
+            Connector::Ssh { ssh, reach } => {
+                let target = match reach.get(&host.name) {
+                    Some(r) => Cow::Borrowed(&r.target),
+                    None => Cow::Owned(ssh_target(inventory, host)),
+                };
                 Ok(Box::new(ssh.connect(&target).await?))
             }
         }
     }
 }
 
-/// How to reach `host` over SSH, from the inventory.
+/// How to reach `host` over SSH, from the inventory alone.
 pub fn ssh_target(inventory: &Inventory, host: &Host) -> SshTarget {
     SshTarget {
         host: host.name.clone(),
@@ -50,13 +74,26 @@ pub fn ssh_target(inventory: &Inventory, host: &Host) -> SshTarget {
         port: host.port,
         user: inventory.ssh.user.clone(),
         host_key: host.host_key.clone(),
-        jump: inventory.ssh.jump.as_ref().map(|j| JumpTarget {
-            address: j.address.clone(),
-            port: j.port,
-            user: j.user.clone(),
+        host_key_alias: None,
+        jump: inventory.ssh.jump.as_ref().map(|j| {
+            Box::new(SshTarget {
+                host: j.address.clone(),
+                address: j.address.clone(),
+                port: j.port.unwrap_or(22),
+                user: j.user.clone().unwrap_or_else(|| inventory.ssh.user.clone()),
+                host_key: None,
+                host_key_alias: None,
+                jump: None,
+                connect_timeout: inventory.ssh.connect_timeout,
+                keepalive_interval: inventory.ssh.keepalive_interval,
+                identities: Vec::new(),
+                identities_only: false,
+            })
         }),
         connect_timeout: inventory.ssh.connect_timeout,
         keepalive_interval: inventory.ssh.keepalive_interval,
+        identities: Vec::new(),
+        identities_only: false,
     }
 }
 

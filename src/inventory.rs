@@ -82,13 +82,26 @@ pub struct Ssh {
     pub jump: Option<Jump>,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
+    /// Which of the keys above the file sets: only those beat `~/.ssh/config`.
+    pub given: SshGiven,
 }
 
+/// The `[ssh]` keys an inventory sets explicitly (the others have defaults).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SshGiven {
+    pub user: bool,
+    pub port: bool,
+    pub connect_timeout: bool,
+    pub keepalive_interval: bool,
+}
+
+/// `ssh.jump`: `[user@]host[:port]`; what it leaves out comes from `~/.ssh/config`, then
+/// `ssh.user` and port 22.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Jump {
-    pub user: String,
+    pub user: Option<String>,
     pub address: String,
-    pub port: u16,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +113,9 @@ pub struct Host {
     /// `"<type> <base64>"`, pinned: beats known_hosts.
     pub host_key: Option<String>,
     pub vars: BTreeMap<String, toml::Value>,
+    /// Whether the port is the inventory's (`hosts.port` or `ssh.port`) rather than the
+    /// default 22, which `~/.ssh/config` may replace.
+    pub port_given: bool,
 }
 
 impl Host {
@@ -1048,6 +1064,12 @@ impl Validator<'_> {
     }
 
     fn ssh(&self, raw: RawSsh, p: &mut Problems<'_>) -> Ssh {
+        let given = SshGiven {
+            user: raw.user.is_some(),
+            port: raw.port.is_some(),
+            connect_timeout: raw.connect_timeout.is_some(),
+            keepalive_interval: raw.keepalive_interval.is_some(),
+        };
         let user = raw.user.map_or_else(
             || "root".to_owned(),
             |u| {
@@ -1060,7 +1082,7 @@ impl Validator<'_> {
         let known_hosts = raw
             .known_hosts
             .map(|k| self.local_path(&k, "ssh.known_hosts", p));
-        let jump = raw.jump.and_then(|j| match parse_jump(j.get_ref(), &user) {
+        let jump = raw.jump.and_then(|j| match parse_jump(j.get_ref()) {
             Ok(jump) => Some(jump),
             Err(reason) => {
                 p.invalid(j.span(), "ssh.jump", reason);
@@ -1077,6 +1099,7 @@ impl Validator<'_> {
             jump,
             connect_timeout,
             keepalive_interval,
+            given,
         }
     }
 
@@ -1097,6 +1120,7 @@ impl Validator<'_> {
                     roles: Vec::new(),
                     host_key: None,
                     vars: BTreeMap::new(),
+                    port_given: true,
                 }];
             }
             p.invalid(
@@ -1155,6 +1179,7 @@ impl Validator<'_> {
                 Some(a) => a.into_inner(),
                 None => name.get_ref().clone(),
             };
+            let port_given = h.port.is_some() || ssh.given.port;
             let port = h.port.map_or(ssh.port, |v| port(&v, &key("port"), p));
             let mut roles = Vec::new();
             for r in h.roles {
@@ -1191,6 +1216,7 @@ impl Validator<'_> {
                 roles,
                 host_key,
                 vars: h.vars,
+                port_given,
             });
         }
         hosts
@@ -1854,18 +1880,18 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
 }
 
 /// `[user@]host[:port]`
-fn parse_jump(value: &str, default_user: &str) -> Result<Jump, String> {
+fn parse_jump(value: &str) -> Result<Jump, String> {
     let (user, rest) = match value.split_once('@') {
-        Some((u, rest)) if !u.is_empty() => (u.to_owned(), rest),
+        Some((u, rest)) if !u.is_empty() => (Some(u.to_owned()), rest),
         Some(_) => return Err("empty user before `@`".to_owned()),
-        None => (default_user.to_owned(), value),
+        None => (None, value),
     };
     let (address, port) = if let Some(inner) = rest.strip_prefix('[') {
         // [::1]:2222
         let (addr, after) = inner.split_once(']').ok_or("unclosed `[` in the address")?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
-            None if after.is_empty() => 22,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
+            None if after.is_empty() => None,
             None => return Err(format!("unexpected {after:?} after the address")),
         };
         (addr.to_owned(), port)
@@ -1873,12 +1899,12 @@ fn parse_jump(value: &str, default_user: &str) -> Result<Jump, String> {
         match rest.rsplit_once(':') {
             Some((addr, p)) if !addr.contains(':') => (
                 addr.to_owned(),
-                p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
+                Some(p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
             ),
-            _ => (rest.to_owned(), 22),
+            _ => (rest.to_owned(), None),
         }
     };
-    if address.is_empty() || port == 0 {
+    if address.is_empty() || port == Some(0) {
         return Err("expected `[user@]host[:port]`".to_owned());
     }
     Ok(Jump {
@@ -2163,16 +2189,17 @@ max_fail = "x"
     #[test]
     fn jump_forms() {
         assert_eq!(
-            parse_jump("deploy@bastion:2222", "root").unwrap(),
+            parse_jump("deploy@bastion:2222").unwrap(),
             Jump {
-                user: "deploy".into(),
+                user: Some("deploy".into()),
                 address: "bastion".into(),
-                port: 2222
+                port: Some(2222)
             }
         );
-        assert_eq!(parse_jump("bastion", "root").unwrap().port, 22);
-        assert_eq!(parse_jump("[::1]:2200", "root").unwrap().address, "::1");
-        assert!(parse_jump("a@b:x", "root").is_err());
+        let bare = parse_jump("bastion").unwrap();
+        assert_eq!((bare.user, bare.port), (None, None));
+        assert_eq!(parse_jump("[::1]:2200").unwrap().address, "::1");
+        assert!(parse_jump("a@b:x").is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use clap_complete::CompleteEnv;
 
 use shipit::candidates::Templates;
 use shipit::cli::{Cli, Command, Progress};
@@ -18,9 +19,13 @@ use shipit::output::{self, Event, Mode, Output};
 use shipit::rollout::{self, Cancel};
 use shipit::shell::Secret;
 use shipit::transport::SshSettings;
-use shipit::{artifact, check, exec, history, lock, releases};
+use shipit::{artifact, check, completion, exec, history, lock, manual, releases};
 
 fn main() -> ExitCode {
+    // A shell asking for completions (`COMPLETE=bash shipit -- ...`): answer and exit.
+    CompleteEnv::with_factory(Cli::command)
+        .var(completion::VAR)
+        .complete();
     let cli = Cli::parse();
     let json = cli.global.json;
     match run(cli) {
@@ -36,7 +41,35 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Error> {
-    let stage = cli.command.stage().to_owned();
+    match &cli.command {
+        Command::Completions { shell } => {
+            let argv0 = std::env::args_os()
+                .next()
+                .unwrap_or_else(|| "shipit".into());
+            let cwd = std::env::current_dir().ok();
+            let script =
+                completion::registration(*shell, &completion::completer(&argv0, cwd.as_deref()));
+            output::document(&script).map_err(|e| other(e, "cannot write to stdout"))?;
+            return Ok(code::OK);
+        }
+        Command::Man { dir: None } => {
+            let page = &manual::pages()[0];
+            output::document(&page.roff).map_err(|e| other(e, "cannot write to stdout"))?;
+            return Ok(code::OK);
+        }
+        Command::Man { dir: Some(dir) } => {
+            let report = manual::write_all(dir).map_err(|e| Error::Other(e.into()))?;
+            let out = Output::new(output_mode(&cli), &[], cli.global.verbose, None);
+            out.emit(Event::Done(&report));
+            return Ok(code::OK);
+        }
+        _ => {}
+    }
+    let stage = cli
+        .command
+        .stage()
+        .expect("every other command names a stage")
+        .to_owned();
     if let Command::Init { .. } = &cli.command {
         let dir =
             std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
@@ -117,6 +150,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     }
     let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github).redacting(secrets);
     let settings = ssh_settings(&inventory, home.as_deref());
+    let reach = reach_hosts(&cli, &inventory, &hosts, &settings, home.as_deref())?;
     let run = run_info(started_millis);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -124,11 +158,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
         .build()
         .map_err(|e| other(e, "cannot start the async runtime"))?;
     runtime.block_on(async {
-        let connector = Connector::new(&inventory, &settings);
+        let connector = Connector::new(&inventory, &settings, reach);
         let deploy_to = &inventory.app.deploy_to;
         match &cli.command {
             Command::Check { .. } => {
-                let report = check::run(&stage, &inventory, &hosts, &connector, &out).await;
+                let verbose = cli.global.verbose > 0;
+                let report =
+                    check::run(&stage, &inventory, &hosts, &connector, &out, verbose).await;
                 out.emit(Event::Done(&report));
                 hosts_result(report.failed(), report.hosts.len())
             }
@@ -269,7 +305,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 fleet::close_all(&conns).await;
                 Ok(if ok { code::OK } else { code::FAILED })
             }
-            Command::Init { .. } => unreachable!("handled before loading an inventory"),
+            Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => {
+                unreachable!("handled before loading an inventory")
+            }
             Command::Releases { .. }
             | Command::History { .. }
             | Command::Unlock { .. }
@@ -613,6 +651,62 @@ fn output_mode(cli: &Cli) -> Mode {
     }
 }
 
+/// OpenSSH's `GlobalKnownHostsFile` default, read after the user's.
+const SYSTEM_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+
+/// OpenSSH's system-wide client config, read after the user's `~/.ssh/config`.
+const SYSTEM_SSH_CONFIG: &str = "/etc/ssh/ssh_config";
+
+/// How each selected host is reached: the inventory, then `~/.ssh/config` (unless
+/// `--no-ssh-config`), then defaults. A bad config line or an unusable setting (a
+/// `ProxyCommand`, a jump chain) stops the run before any connection.
+fn reach_hosts(
+    cli: &Cli,
+    inventory: &Inventory,
+    hosts: &[&inventory::Host],
+    settings: &SshSettings,
+    home: Option<&Path>,
+) -> Result<Vec<shipit::reach::Reach>, Error> {
+    if inventory.transport == TransportKind::Local {
+        return Ok(Vec::new());
+    }
+    let local = shipit::ssh_config::Local {
+        home: home.map(Path::to_path_buf).unwrap_or_default(),
+        user: login_name(),
+        uid: current_uid(),
+        hostname: hostname(),
+    };
+    let config = if cli.global.no_ssh_config {
+        None
+    } else {
+        // Without a home there is no user file; an empty path reads as missing.
+        let user_file = home.map_or_else(PathBuf::new, |h| h.join(".ssh").join("config"));
+        Some(shipit::ssh_config::SshConfig::load(
+            &user_file,
+            Some(Path::new(SYSTEM_SSH_CONFIG)),
+            &local,
+        )?)
+    };
+    let resolver = shipit::reach::Resolver {
+        inventory,
+        config: config.as_ref(),
+        local: &local,
+        run_key: settings
+            .key_text
+            .is_some()
+            .then_some("the key in SHIPIT_SSH_KEY"),
+    };
+    hosts
+        .iter()
+        .map(|h| resolver.resolve(h).map_err(Error::from))
+        .collect()
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
     let secret = |name: &str| {
         std::env::var(name)
@@ -620,12 +714,20 @@ fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
             .filter(|v| !v.is_empty())
             .map(Secret::new)
     };
-    let known_hosts = match &inventory.ssh.known_hosts {
+    // OpenSSH's order: the user's files (here: the inventory's, if it names one), then
+    // the system's.
+    let mut known_hosts = match &inventory.ssh.known_hosts {
         Some(file) => vec![file.clone()],
         None => home
-            .map(|h| vec![h.join(".ssh").join("known_hosts")])
+            .map(|h| {
+                vec![
+                    h.join(".ssh").join("known_hosts"),
+                    h.join(".ssh").join("known_hosts2"),
+                ]
+            })
             .unwrap_or_default(),
     };
+    known_hosts.extend(SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from));
     if inventory.transport == TransportKind::Local {
         return SshSettings::default();
     }

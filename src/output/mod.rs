@@ -133,6 +133,14 @@ impl Output {
     }
 }
 
+/// Writes a generated document (a completion script, a manual page) to stdout as it is.
+pub fn document(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
 /// Prints an error that ends the run: on stderr for people, and with `--json` also as
 /// `{"error": ...}` on stdout so a machine reading stdout always gets a document.
 pub fn early_error(message: &str, json: bool) {

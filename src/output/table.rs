@@ -80,6 +80,14 @@ pub fn check(report: &CheckReport) -> String {
         &rows,
     );
     for h in &report.hosts {
+        if report.verbose {
+            for s in &h.connection {
+                let _ = writeln!(out, "{}: {} {} ({})", h.host, s.setting, s.value, s.origin);
+            }
+            if let Some(key) = &h.host_key {
+                let _ = writeln!(out, "{}: host key {key}", h.host);
+            }
+        }
         for problem in &h.problems {
             let _ = writeln!(out, "{}: {}", h.host, problem);
         }

@@ -2,9 +2,13 @@
 //!
 //! A host is trusted when any entry whose pattern matches it carries the offered key, and no
 //! `@revoked` entry carries it. Entries for the host with other keys mean the key changed;
-//! no entry at all means unknown. Patterns: comma lists, `*` and `?` wildcards, `!` negation,
-//! hashed names (`|1|salt|hmac`, as `ssh-keyscan -H` writes) and `[host]:port` for ports
-//! other than 22. Line numbers count every line of the file, comments included.
+//! no entry at all means unknown. A host certificate is vouched for by a `@cert-authority`
+//! entry matching the host that carries the certificate's signing key ([`KnownHosts::authority`];
+//! the certificate itself is checked by the caller). Patterns: comma lists, `*` and `?`
+//! wildcards, `!` negation, hashed names (`|1|salt|hmac`, as `ssh-keyscan -H` writes) and
+//! `[host]:port` for ports other than 22. Fields may be separated by spaces or tabs. Line
+//! numbers count every line of the file, comments included; files are searched in the
+//! order added (the user's, then the system's).
 //!
 //! Pure: callers read the files and pass their text in.
 
@@ -41,9 +45,17 @@ pub struct KnownHosts {
 /// The outcome of checking one offered key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    Trusted,
-    Revoked { origin: String },
-    Changed { expected: String, origin: String },
+    /// `origin`: the first entry carrying the key.
+    Trusted {
+        origin: String,
+    },
+    Revoked {
+        origin: String,
+    },
+    Changed {
+        expected: String,
+        origin: String,
+    },
     Unknown,
 }
 
@@ -57,34 +69,50 @@ impl KnownHosts {
         }
     }
 
+    /// Entries whose patterns match the host, certificate authorities included.
     fn matching<'a>(&'a self, host: &'a str, port: u16) -> impl Iterator<Item = &'a Entry> + 'a {
         let name = host_name(host, port);
-        self.entries.iter().filter(move |e| {
-            e.marker != Marker::CertAuthority && patterns_match(&e.patterns, &name)
+        self.entries
+            .iter()
+            .filter(move |e| patterns_match(&e.patterns, &name))
+    }
+
+    /// The `@revoked` entry for the host carrying this key, if any.
+    fn revoked<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        key_type: &str,
+        key_blob: &str,
+    ) -> Option<&'a Entry> {
+        self.matching(host, port).find(|e| {
+            e.marker == Marker::Revoked && e.key_type == key_type && e.key_blob == key_blob
         })
     }
 
     /// Checks the key a host offered (`key_type`, base64 `key_blob`).
     pub fn check(&self, host: &str, port: u16, key_type: &str, key_blob: &str) -> Verdict {
+        if let Some(entry) = self.revoked(host, port, key_type, key_blob) {
+            return Verdict::Revoked {
+                origin: origin(entry),
+            };
+        }
         let mut first_other: Option<&Entry> = None;
-        let mut trusted = false;
+        let mut trusted: Option<&Entry> = None;
         for entry in self.matching(host, port) {
-            let same = entry.key_type == key_type && entry.key_blob == key_blob;
-            match (&entry.marker, same) {
-                (Marker::Revoked, true) => {
-                    return Verdict::Revoked {
-                        origin: origin(entry),
-                    };
-                }
-                (Marker::None, true) => trusted = true,
-                (Marker::None, false) => {
-                    first_other.get_or_insert(entry);
-                }
-                _ => {}
+            if entry.marker != Marker::None {
+                continue;
+            }
+            if entry.key_type == key_type && entry.key_blob == key_blob {
+                trusted.get_or_insert(entry);
+            } else {
+                first_other.get_or_insert(entry);
             }
         }
-        if trusted {
-            return Verdict::Trusted;
+        if let Some(entry) = trusted {
+            return Verdict::Trusted {
+                origin: origin(entry),
+            };
         }
         match first_other {
             Some(e) => Verdict::Changed {
@@ -93,6 +121,32 @@ impl KnownHosts {
             },
             None => Verdict::Unknown,
         }
+    }
+
+    /// Whether a `@cert-authority` entry vouches for the key `ca_type ca_blob` signing
+    /// host certificates for this host: `Trusted` with the entry, `Revoked` if the
+    /// authority's key is revoked for the host, else `Unknown`.
+    pub fn authority(&self, host: &str, port: u16, ca_type: &str, ca_blob: &str) -> Verdict {
+        if let Some(entry) = self.revoked(host, port, ca_type, ca_blob) {
+            return Verdict::Revoked {
+                origin: origin(entry),
+            };
+        }
+        match self.matching(host, port).find(|e| {
+            e.marker == Marker::CertAuthority && e.key_type == ca_type && e.key_blob == ca_blob
+        }) {
+            Some(entry) => Verdict::Trusted {
+                origin: format!("the @cert-authority entry at {}", origin(entry)),
+            },
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// Whether any `@cert-authority` entry matches the host: then the handshake asks for a
+    /// host certificate, as OpenSSH does.
+    pub fn has_authority(&self, host: &str, port: u16) -> bool {
+        self.matching(host, port)
+            .any(|e| e.marker == Marker::CertAuthority)
     }
 
     /// Key types recorded for the host, in file order, so the handshake asks for a key we
@@ -228,6 +282,12 @@ mod tests {
     const K1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
     const K2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIBZ0Q8SDw4ZR3zjZkW6YnVIA8cS4+ZJ5JtK0R5NLhGYh";
 
+    fn trusted(origin: &str) -> Verdict {
+        Verdict::Trusted {
+            origin: origin.to_owned(),
+        }
+    }
+
     fn kh(text: &str) -> KnownHosts {
         let mut k = KnownHosts::default();
         k.add_file(Path::new("kh"), text);
@@ -239,10 +299,13 @@ mod tests {
         let k = kh(&format!(
             "# c\n\n10.0.0.5 ssh-ed25519 {K1}\n[127.0.0.1]:2222 ssh-ed25519 {K2}\n"
         ));
-        assert_eq!(k.check("10.0.0.5", 22, "ssh-ed25519", K1), Verdict::Trusted);
+        assert_eq!(
+            k.check("10.0.0.5", 22, "ssh-ed25519", K1),
+            trusted("`kh` line 3")
+        );
         assert_eq!(
             k.check("127.0.0.1", 2222, "ssh-ed25519", K2),
-            Verdict::Trusted
+            trusted("`kh` line 4")
         );
         assert_eq!(
             k.check("127.0.0.1", 22, "ssh-ed25519", K2),
@@ -258,9 +321,55 @@ mod tests {
     }
 
     #[test]
-    fn any_matching_entry_is_enough() {
-        let k = kh(&format!("h ssh-ed25519 {K2}\nh ssh-ed25519 {K1}\n"));
-        assert_eq!(k.check("h", 22, "ssh-ed25519", K1), Verdict::Trusted);
+    fn any_matching_entry_is_enough_and_is_named() {
+        // A stale entry, then the good one, tab-separated: trusted by line 3.
+        let k = kh(&format!(
+            "h ssh-ed25519 {K2}\n# rotated\nh\tssh-ed25519\t{K1}\n"
+        ));
+        assert_eq!(k.check("h", 22, "ssh-ed25519", K1), trusted("`kh` line 3"));
+    }
+
+    #[test]
+    fn later_files_are_searched_too() {
+        let mut k = kh(&format!("other ssh-ed25519 {K2}\n"));
+        k.add_file(
+            Path::new("/etc/ssh/ssh_known_hosts"),
+            &format!("h ssh-ed25519 {K1}\n"),
+        );
+        assert_eq!(
+            k.check("h", 22, "ssh-ed25519", K1),
+            trusted("`/etc/ssh/ssh_known_hosts` line 1")
+        );
+    }
+
+    #[test]
+    fn certificate_authorities_match_by_pattern_and_key() {
+        let k = kh(&format!(
+            "@cert-authority *.example.com,[127.0.0.1]:* ssh-ed25519 {K1}\nplain ssh-ed25519 {K2}\n"
+        ));
+        assert!(k.has_authority("web.example.com", 22));
+        assert!(k.has_authority("127.0.0.1", 2222));
+        assert!(!k.has_authority("plain", 22));
+        assert_eq!(
+            k.authority("web.example.com", 22, "ssh-ed25519", K1),
+            trusted("the @cert-authority entry at `kh` line 1")
+        );
+        assert_eq!(
+            k.authority("web.example.com", 22, "ssh-ed25519", K2),
+            Verdict::Unknown
+        );
+        // An authority is not a host key: its key alone does not trust a host.
+        assert_eq!(
+            k.check("web.example.com", 22, "ssh-ed25519", K1),
+            Verdict::Unknown
+        );
+        let revoked = kh(&format!(
+            "@cert-authority * ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K1}\n"
+        ));
+        assert!(matches!(
+            revoked.authority("h", 22, "ssh-ed25519", K1),
+            Verdict::Revoked { .. }
+        ));
     }
 
     #[test]
@@ -275,7 +384,7 @@ mod tests {
         ));
         assert_eq!(
             k.check("127.0.0.1", 2222, "ssh-ed25519", K1),
-            Verdict::Trusted
+            trusted("`kh` line 1")
         );
         assert_eq!(
             k.check("127.0.0.1", 2223, "ssh-ed25519", K1),
@@ -290,7 +399,7 @@ mod tests {
         ));
         assert_eq!(
             k.check("web.example.com", 22, "ssh-ed25519", K1),
-            Verdict::Trusted
+            trusted("`kh` line 1")
         );
         assert_eq!(
             k.check("bad.example.com", 22, "ssh-ed25519", K1),

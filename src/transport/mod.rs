@@ -224,6 +224,12 @@ pub trait Transport: Send + Sync {
         true
     }
 
+    /// How the host's key was trusted: its fingerprint and the known_hosts line, pin or
+    /// certificate authority that vouched for it (`None` where there is no host key).
+    fn host_key(&self) -> Option<&str> {
+        None
+    }
+
     /// Closes the connection politely; further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -297,6 +303,16 @@ pub enum HostKeyError {
         fingerprint: String,
         origin: String,
     },
+    #[error(
+        "the host certificate of `{host}` ({address}) is signed by the authority in {origin}, but {reason}; \
+         have the host re-certified (`ssh-keygen -s CA -h -n NAME`)"
+    )]
+    Certificate {
+        host: String,
+        address: String,
+        reason: String,
+        origin: String,
+    },
 }
 
 /// Why a connection could not be made.
@@ -353,25 +369,28 @@ impl ConnectError {
     }
 }
 
-/// How to reach one host over SSH; built from the inventory by the caller.
+/// How to reach one host over SSH; built by the caller from the inventory and
+/// `~/.ssh/config`.
 #[derive(Clone, Debug)]
 pub struct SshTarget {
+    /// The inventory's name for the host (the jump host's: its address as written).
     pub host: String,
     pub address: String,
     pub port: u16,
     pub user: String,
     /// `"<type> <base64>"` from the inventory: beats known_hosts.
     pub host_key: Option<String>,
-    pub jump: Option<JumpTarget>,
+    /// The name the host key is recorded under instead of the address (`HostKeyAlias`).
+    pub host_key_alias: Option<String>,
+    /// The bastion the connection is tunnelled through.
+    pub jump: Option<Box<SshTarget>>,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct JumpTarget {
-    pub address: String,
-    pub port: u16,
-    pub user: String,
+    /// Keys `~/.ssh/config` names for this host (`IdentityFile`), offered first when the
+    /// run has no key of its own (`ssh.identity`, `SHIPIT_SSH_KEY`).
+    pub identities: Vec<PathBuf>,
+    /// `IdentitiesOnly yes`: with `identities`, offer no other agent key.
+    pub identities_only: bool,
 }
 
 /// Credentials and trust for every SSH connection of a run, read once by `main`.
@@ -387,6 +406,6 @@ pub struct SshSettings {
     pub agent_socket: Option<PathBuf>,
     /// Tried when no identity is configured and the agent has none that works.
     pub default_identities: Vec<PathBuf>,
-    /// known_hosts files, in order: the inventory's, else the user's.
+    /// known_hosts files, in order: the inventory's, else the user's; then the system's.
     pub known_hosts: Vec<PathBuf>,
 }

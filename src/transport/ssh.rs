@@ -10,13 +10,17 @@
 //! keys are refused with the fingerprint and what to do. There is no trust-on-first-use.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use russh::client::{self, Handle};
 use russh::keys::agent::client::AgentClient;
-use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{
+    Certificate, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
+};
 use russh::{ChannelMsg, Disconnect};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -25,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{
     BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, HostKeyError,
-    JumpTarget, SshSettings, SshTarget, Stdin, Stream, Transport,
+    SshSettings, SshTarget, Stdin, Stream, Transport,
 };
 
 /// Channels open at once on one connection; below sshd's default `MaxSessions 10`.
@@ -35,6 +39,7 @@ pub const MAX_CHANNELS: usize = 8;
 const MAX_KEYS_OFFERED: usize = 5;
 
 /// A credential to offer, in order.
+#[derive(Clone)]
 enum Credential {
     Key {
         key: Arc<PrivateKey>,
@@ -45,13 +50,31 @@ enum Credential {
         socket: PathBuf,
         only: Option<PublicKey>,
     },
+    /// A key `~/.ssh/config` names that cannot be used; named when every key is refused.
+    Skipped {
+        label: String,
+    },
 }
 
 /// Shared by every connection of one run.
 pub struct SshConnector {
     known: Arc<KnownHosts>,
     known_hosts_label: String,
-    credentials: Result<Vec<Credential>, ConnectError>,
+    /// The run's own key (`SHIPIT_SSH_KEY` or `ssh.identity`): then nothing else is offered.
+    run_key: Option<Result<Vec<Credential>, ConnectError>>,
+    agent_socket: Option<PathBuf>,
+    passphrase: Option<String>,
+    default_identities: Vec<PathBuf>,
+    /// Key files read so far (`~/.ssh/config` may name the same one for many hosts).
+    keys: Mutex<HashMap<PathBuf, Loaded>>,
+}
+
+/// A key file, read once per run.
+#[derive(Clone)]
+enum Loaded {
+    Key(Arc<PrivateKey>),
+    Encrypted,
+    Unusable(String),
 }
 
 impl SshConnector {
@@ -71,7 +94,11 @@ impl SshConnector {
         SshConnector {
             known: Arc::new(known),
             known_hosts_label,
-            credentials: load_credentials(settings),
+            run_key: run_key(settings),
+            agent_socket: settings.agent_socket.clone(),
+            passphrase: settings.passphrase.as_ref().map(|p| p.expose().to_owned()),
+            default_identities: settings.default_identities.clone(),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,22 +106,12 @@ impl SshConnector {
     pub async fn connect(&self, target: &SshTarget) -> Result<SshTransport, ConnectError> {
         let jump = match &target.jump {
             None => None,
-            Some(j) => {
-                let bastion = SshTarget {
-                    host: j.address.clone(),
-                    address: j.address.clone(),
-                    port: j.port,
-                    user: j.user.clone(),
-                    host_key: None,
-                    jump: None,
-                    connect_timeout: target.connect_timeout,
-                    keepalive_interval: target.keepalive_interval,
-                };
+            Some(bastion) => {
                 let conn = self
-                    .open(&bastion, None)
+                    .open(bastion, None)
                     .await
                     .map_err(|inner| ConnectError::Jump {
-                        jump: jump_label(j),
+                        jump: jump_label(bastion),
                         inner: Box::new(inner),
                     })?;
                 Some(conn)
@@ -131,12 +148,14 @@ impl SshConnector {
     ) -> Result<SshTransport, ConnectError> {
         let problem = Arc::new(Mutex::new(None));
         let disconnect = Arc::new(Mutex::new(None));
+        let trusted = Arc::new(Mutex::new(None));
         let handler = Client {
             target: target.clone(),
             known: self.known.clone(),
             known_hosts_label: self.known_hosts_label.clone(),
             problem: problem.clone(),
             disconnect: disconnect.clone(),
+            trusted: trusted.clone(),
         };
         let config = Arc::new(self.config(target));
         let unreachable = |reason: String| ConnectError::Unreachable {
@@ -202,12 +221,14 @@ impl SshConnector {
             }
         };
         self.authenticate(&mut handle, target).await?;
+        let host_key = trusted.lock().expect("lock").take();
         Ok(SshTransport {
             host: target.host.clone(),
             handle: Arc::new(handle),
             channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
             disconnect,
             jump: None,
+            host_key,
         })
     }
 
@@ -215,6 +236,7 @@ impl SshConnector {
         let mut preferred = russh::Preferred::default();
         // Ask for the host key type we can verify, as OpenSSH does: the recorded types
         // first, so a host with both RSA and ed25519 keys and only RSA on record works.
+        let (name, port) = known_name(target);
         let recorded: Vec<String> = match &target.host_key {
             Some(pin) => pin
                 .split_whitespace()
@@ -222,12 +244,17 @@ impl SshConnector {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            None => self.known.key_types(&target.address, target.port),
+            None => self.known.key_types(name, port),
         };
         if !recorded.is_empty() {
             let mut keys: Vec<_> = preferred.key.iter().cloned().collect();
             keys.sort_by_key(|alg| !recorded.iter().any(|t| t == key_type_of(alg)));
             preferred.key = Cow::Owned(keys);
+        }
+        // A host covered by a `@cert-authority` entry is asked for its certificate first,
+        // as OpenSSH does; a host without one still answers with a plain key.
+        if target.host_key.is_none() && self.known.has_authority(name, port) {
+            preferred.host_key_certificates = preferred.key.clone();
         }
         if hardware_aes() {
             // AES-GCM with AES-NI costs both ends less per byte than ChaCha20-Poly1305,
@@ -251,20 +278,20 @@ impl SshConnector {
         handle: &mut Handle<Client>,
         target: &SshTarget,
     ) -> Result<(), ConnectError> {
-        let credentials = match &self.credentials {
-            Ok(c) => c,
-            Err(e) => return Err(e.clone()),
-        };
+        let credentials = self.credentials_for(target)?;
         let auth_err = |e: russh::Error| ConnectError::Protocol {
             host: target.host.clone(),
             reason: format!("during authentication: {e}"),
         };
         let mut tried: Vec<String> = Vec::new();
-        for credential in credentials {
+        let mut skipped: Vec<String> = Vec::new();
+        let mut offered: Vec<PublicKey> = Vec::new();
+        for credential in &credentials {
             if tried.len() >= MAX_KEYS_OFFERED {
                 break;
             }
             match credential {
+                Credential::Skipped { label } => skipped.push(label.clone()),
                 Credential::Key { key, label } => {
                     // Only RSA keys need the server's preferred hash; asking costs up to 1 s.
                     let hash = if key.algorithm().is_rsa() {
@@ -277,6 +304,7 @@ impl SshConnector {
                         None
                     };
                     tried.push(label.clone());
+                    offered.push(key.public_key().clone());
                     let result = handle
                         .authenticate_publickey(
                             target.user.clone(),
@@ -300,12 +328,14 @@ impl SshConnector {
                     let identities = agent.request_identities().await.unwrap_or_default();
                     for identity in identities {
                         let public = identity.public_key().into_owned();
-                        if only
+                        let excluded = only
                             .as_ref()
-                            .is_some_and(|o| o.key_data() != public.key_data())
-                        {
+                            .is_some_and(|o| o.key_data() != public.key_data());
+                        let again = offered.iter().any(|o| o.key_data() == public.key_data());
+                        if excluded || again {
                             continue;
                         }
+                        offered.push(public.clone());
                         if tried.len() >= MAX_KEYS_OFFERED {
                             break;
                         }
@@ -339,11 +369,16 @@ impl SshConnector {
             }
         }
         if tried.is_empty() {
+            let mut reason = "set `ssh.identity`, run an ssh-agent (SSH_AUTH_SOCK), or put a key in SHIPIT_SSH_KEY".to_owned();
+            if !skipped.is_empty() {
+                reason = format!("{reason} (unusable: {})", skipped.join(", "));
+            }
             return Err(ConnectError::NoCredentials {
                 host: target.host.clone(),
-                reason: "set `ssh.identity`, run an ssh-agent (SSH_AUTH_SOCK), or put a key in SHIPIT_SSH_KEY".to_owned(),
+                reason,
             });
         }
+        tried.extend(skipped);
         Err(ConnectError::AuthRejected {
             host: target.host.clone(),
             user: target.user.clone(),
@@ -352,8 +387,97 @@ impl SshConnector {
     }
 }
 
-fn jump_label(j: &JumpTarget) -> String {
+impl SshConnector {
+    /// What to offer `target`, in order: the run's own key alone; else the keys
+    /// `~/.ssh/config` names for it (each from its file, or from the agent when the file is
+    /// encrypted) and, unless `IdentitiesOnly`, the agent's other keys; else the agent's
+    /// keys and the default key files.
+    fn credentials_for(&self, target: &SshTarget) -> Result<Vec<Credential>, ConnectError> {
+        if let Some(run_key) = &self.run_key {
+            return run_key.clone();
+        }
+        let mut credentials = Vec::new();
+        if !target.identities.is_empty() {
+            for path in &target.identities {
+                credentials.push(self.config_key(path));
+            }
+            if !target.identities_only {
+                credentials.extend(self.agent(None));
+            }
+            return Ok(credentials);
+        }
+        credentials.extend(self.agent(None));
+        for path in &self.default_identities {
+            // An encrypted default key without a passphrase is skipped, as ssh does in
+            // BatchMode.
+            if let Loaded::Key(key) = self.load(path) {
+                credentials.push(Credential::Key {
+                    key,
+                    label: format!("`{}`", path.display()),
+                });
+            }
+        }
+        Ok(credentials)
+    }
+
+    fn agent(&self, only: Option<PublicKey>) -> Option<Credential> {
+        self.agent_socket.as_ref().map(|socket| Credential::Agent {
+            socket: socket.clone(),
+            only,
+        })
+    }
+
+    /// A key named by `IdentityFile`: missing or unreadable ones are skipped, as ssh does.
+    fn config_key(&self, path: &Path) -> Credential {
+        let label = format!("`{}`", path.display());
+        match self.load(path) {
+            Loaded::Key(key) => Credential::Key { key, label },
+            // The agent may sign with it, but only with it.
+            Loaded::Encrypted => match public_key_beside(path).and_then(|p| self.agent(Some(p))) {
+                Some(agent) => agent,
+                None => Credential::Skipped {
+                    label: format!(
+                        "{label} (encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent with its .pub file beside it)"
+                    ),
+                },
+            },
+            Loaded::Unusable(reason) => Credential::Skipped {
+                label: format!("{label} ({reason})"),
+            },
+        }
+    }
+
+    fn load(&self, path: &Path) -> Loaded {
+        if let Some(loaded) = self.keys.lock().expect("lock").get(path) {
+            return loaded.clone();
+        }
+        let loaded = match std::fs::read_to_string(path) {
+            Err(e) => Loaded::Unusable(format!("cannot read it: {e}")),
+            Ok(text) => match russh::keys::decode_secret_key(&text, self.passphrase.as_deref()) {
+                Ok(key) => Loaded::Key(Arc::new(key)),
+                Err(russh::keys::Error::KeyIsEncrypted) => Loaded::Encrypted,
+                Err(e) => Loaded::Unusable(key_error(&e)),
+            },
+        };
+        self.keys
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), loaded.clone());
+        loaded
+    }
+}
+
+fn jump_label(j: &SshTarget) -> String {
     format!("{}@{}:{}", j.user, j.address, j.port)
+}
+
+/// The name and port a host's key is recorded under: `HostKeyAlias` (port 22, as OpenSSH
+/// looks it up), else the address and port connected to.
+fn known_name(t: &SshTarget) -> (&str, u16) {
+    match &t.host_key_alias {
+        Some(alias) => (alias, 22),
+        None => (&t.address, t.port),
+    }
 }
 
 fn address_label(t: &SshTarget) -> String {
@@ -371,66 +495,58 @@ fn key_type_of(alg: &russh::keys::Algorithm) -> &str {
     }
 }
 
-fn load_credentials(settings: &SshSettings) -> Result<Vec<Credential>, ConnectError> {
+/// The run's own key, which is then the only one offered: `SHIPIT_SSH_KEY` (CI), else the
+/// inventory's `ssh.identity`. `None` when the run has neither.
+fn run_key(settings: &SshSettings) -> Option<Result<Vec<Credential>, ConnectError>> {
     let passphrase = settings.passphrase.as_ref().map(|p| p.expose().to_owned());
     let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
 
     // CI: the key itself in the environment, and nothing else.
     if let Some(text) = &settings.key_text {
-        let key = russh::keys::decode_secret_key(text.expose().trim_start(), passphrase.as_deref())
-            .map_err(|e| bad("from SHIPIT_SSH_KEY".to_owned(), key_error(&e)))?;
-        return Ok(vec![Credential::Key {
+        return Some(
+            russh::keys::decode_secret_key(text.expose().trim_start(), passphrase.as_deref())
+                .map_err(|e| bad("from SHIPIT_SSH_KEY".to_owned(), key_error(&e)))
+                .map(|key| {
+                    vec![Credential::Key {
+                        key: Arc::new(key),
+                        label: "key from SHIPIT_SSH_KEY".to_owned(),
+                    }]
+                }),
+        );
+    }
+    let path = settings.identity.as_ref()?;
+    Some(identity_key(settings, path, passphrase.as_deref()))
+}
+
+fn identity_key(
+    settings: &SshSettings,
+    path: &Path,
+    passphrase: Option<&str>,
+) -> Result<Vec<Credential>, ConnectError> {
+    let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
+    let label = format!("`{}`", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(label.clone(), format!("cannot read it: {e}")))?;
+    match russh::keys::decode_secret_key(&text, passphrase) {
+        Ok(key) => Ok(vec![Credential::Key {
             key: Arc::new(key),
-            label: "key from SHIPIT_SSH_KEY".to_owned(),
-        }]);
-    }
-
-    if let Some(path) = &settings.identity {
-        let label = format!("`{}`", path.display());
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(label.clone(), format!("cannot read it: {e}")))?;
-        return match russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
-            Ok(key) => Ok(vec![Credential::Key {
-                key: Arc::new(key),
-                label,
-            }]),
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                // Like `IdentitiesOnly`: the agent may sign, but only with this key.
-                match (&settings.agent_socket, public_key_beside(path)) {
-                    (Some(socket), Some(public)) => Ok(vec![Credential::Agent {
-                        socket: socket.clone(),
-                        only: Some(public),
-                    }]),
-                    _ => Err(bad(
-                        label,
-                        "it is encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent (with its .pub file beside it)".to_owned(),
-                    )),
-                }
+            label,
+        }]),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            // Like `IdentitiesOnly`: the agent may sign, but only with this key.
+            match (&settings.agent_socket, public_key_beside(path)) {
+                (Some(socket), Some(public)) => Ok(vec![Credential::Agent {
+                    socket: socket.clone(),
+                    only: Some(public),
+                }]),
+                _ => Err(bad(
+                    label,
+                    "it is encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent (with its .pub file beside it)".to_owned(),
+                )),
             }
-            Err(e) => Err(bad(label, key_error(&e))),
-        };
-    }
-
-    let mut credentials = Vec::new();
-    if let Some(socket) = &settings.agent_socket {
-        credentials.push(Credential::Agent {
-            socket: socket.clone(),
-            only: None,
-        });
-    }
-    for path in &settings.default_identities {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        // An encrypted default key without a passphrase is skipped, as ssh does in BatchMode.
-        if let Ok(key) = russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
-            credentials.push(Credential::Key {
-                key: Arc::new(key),
-                label: format!("`{}`", path.display()),
-            });
         }
+        Err(e) => Err(bad(label, key_error(&e))),
     }
-    Ok(credentials)
 }
 
 fn public_key_beside(private: &Path) -> Option<PublicKey> {
@@ -470,22 +586,35 @@ struct Client {
     known_hosts_label: String,
     problem: Arc<Mutex<Option<ConnectError>>>,
     disconnect: Arc<Mutex<Option<String>>>,
+    /// How the host key was trusted, once it was.
+    trusted: Arc<Mutex<Option<String>>>,
+}
+
+/// A key as known_hosts writes it: its type and base64 blob.
+fn key_text(key: &PublicKey) -> (String, String) {
+    let openssh = key.to_openssh().unwrap_or_default();
+    let mut words = openssh.split_whitespace();
+    let key_type = words.next().unwrap_or("").to_owned();
+    let blob = words.next().unwrap_or("").to_owned();
+    (key_type, blob)
 }
 
 impl Client {
-    fn verify(&self, key: &PublicKey) -> Result<(), Box<HostKeyError>> {
+    /// Checks a plain host key; on success says what vouched for it.
+    fn verify(&self, key: &PublicKey) -> Result<String, Box<HostKeyError>> {
         let t = &self.target;
-        let openssh = key.to_openssh().unwrap_or_default();
-        let mut words = openssh.split_whitespace();
-        let key_type = words.next().unwrap_or("").to_owned();
-        let blob = words.next().unwrap_or("").to_owned();
+        let (key_type, blob) = key_text(key);
         let fingerprint = known_hosts::fingerprint(&blob);
         let address = address_label(t);
+        let trusted = |origin: &str| format!("{key_type} {fingerprint}, trusted by {origin}");
         if let Some(pin) = &t.host_key {
             let mut pinned = pin.split_whitespace();
             let (pin_type, pin_blob) = (pinned.next().unwrap_or(""), pinned.next().unwrap_or(""));
             if pin_type == key_type && pin_blob == blob {
-                return Ok(());
+                return Ok(trusted(&format!(
+                    "the `host_key` pinned for `{}` in the inventory",
+                    t.host
+                )));
             }
             return Err(Box::new(HostKeyError::Changed {
                 host: t.host.clone(),
@@ -496,8 +625,9 @@ impl Client {
                 origin: format!("the `host_key` pinned for `{}` in the inventory", t.host),
             }));
         }
-        match self.known.check(&t.address, t.port, &key_type, &blob) {
-            Verdict::Trusted => Ok(()),
+        let (name, port) = known_name(t);
+        match self.known.check(name, port, &key_type, &blob) {
+            Verdict::Trusted { origin } => Ok(trusted(&origin)),
             Verdict::Revoked { origin } => Err(Box::new(HostKeyError::Revoked {
                 host: t.host.clone(),
                 address,
@@ -515,7 +645,7 @@ impl Client {
             })),
             Verdict::Unknown => Err(Box::new(HostKeyError::Unknown {
                 host: t.host.clone(),
-                line: known_hosts::line_for(&t.address, t.port, &key_type, &blob),
+                line: known_hosts::line_for(name, port, &key_type, &blob),
                 address,
                 key_type,
                 fingerprint,
@@ -523,6 +653,100 @@ impl Client {
             })),
         }
     }
+}
+
+impl Client {
+    /// A host certificate is trusted when a `@cert-authority` entry for the host carries
+    /// its signing key and the certificate holds up: a host certificate, within its
+    /// validity, correctly signed, naming the host among its principals, with no critical
+    /// options. Without such an authority the plain key inside is checked against
+    /// known_hosts, as OpenSSH does.
+    fn verify_certificate(&self, cert: &Certificate) -> Result<String, Box<HostKeyError>> {
+        let t = &self.target;
+        let (name, port) = known_name(t);
+        let ca = PublicKey::from(cert.signature_key().clone());
+        let (ca_type, ca_blob) = key_text(&ca);
+        let host_key = PublicKey::from(cert.public_key().clone());
+        let origin = match self.known.authority(name, port, &ca_type, &ca_blob) {
+            Verdict::Trusted { origin } => origin,
+            Verdict::Revoked { origin } => {
+                return Err(Box::new(HostKeyError::Revoked {
+                    host: t.host.clone(),
+                    address: address_label(t),
+                    key_type: format!("certificate authority {ca_type}"),
+                    fingerprint: known_hosts::fingerprint(&ca_blob),
+                    origin,
+                }));
+            }
+            Verdict::Changed { .. } | Verdict::Unknown => return self.verify(&host_key),
+        };
+        let (key_type, blob) = key_text(&host_key);
+        if let Verdict::Revoked { origin } = self.known.check(name, port, &key_type, &blob) {
+            return Err(Box::new(HostKeyError::Revoked {
+                host: t.host.clone(),
+                address: address_label(t),
+                key_type,
+                fingerprint: known_hosts::fingerprint(&blob),
+                origin,
+            }));
+        }
+        let invalid = |reason: String| {
+            Box::new(HostKeyError::Certificate {
+                host: t.host.clone(),
+                address: address_label(t),
+                reason,
+                origin: origin.clone(),
+            })
+        };
+        certificate_problem(cert, &ca, name, SystemTime::now())
+            .map_or(Ok(()), |r| Err(invalid(r)))?;
+        Ok(format!(
+            "{key_type} {} certificate (key id {:?}), signed by {ca_type} {} in {origin}",
+            known_hosts::fingerprint(&blob),
+            cert.key_id(),
+            known_hosts::fingerprint(&ca_blob),
+        ))
+    }
+}
+
+/// What is wrong with a host certificate for `principal`, signed by `ca`, at `now`.
+fn certificate_problem(
+    cert: &Certificate,
+    ca: &PublicKey,
+    principal: &str,
+    now: SystemTime,
+) -> Option<String> {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if cert.cert_type() != CertType::Host {
+        return Some("it is a user certificate, not a host certificate".to_owned());
+    }
+    if now < cert.valid_after() {
+        return Some("it is not valid yet (check this machine's clock)".to_owned());
+    }
+    if now >= cert.valid_before() {
+        return Some("it has expired".to_owned());
+    }
+    if cert
+        .validate_at(now, [&ca.fingerprint(HashAlg::Sha256)])
+        .is_err()
+    {
+        return Some("its signature does not verify".to_owned());
+    }
+    if cert.valid_principals().is_empty() {
+        return Some("it lists no principals".to_owned());
+    }
+    if !cert.valid_principals().iter().any(|p| p == principal) {
+        return Some(format!(
+            "it is for {:?}, not `{principal}`",
+            cert.valid_principals()
+        ));
+    }
+    if let Some((option, _)) = cert.critical_options().iter().next() {
+        return Some(format!("it carries the critical option `{option}`"));
+    }
+    None
 }
 
 impl client::Handler for Client {
@@ -533,17 +757,15 @@ impl client::Handler for Client {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let result = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => {
-                self.verify(key).map_err(ConnectError::HostKey)
-            }
-            PublicKeyOrCertificate::Certificate(_) => Err(ConnectError::Protocol {
-                host: self.target.host.clone(),
-                reason: "the host presented a certificate; shipit verifies plain host keys only"
-                    .to_owned(),
-            }),
-        };
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
+            PublicKeyOrCertificate::Certificate(cert) => self.verify_certificate(cert),
+        }
+        .map_err(ConnectError::HostKey);
         match result {
-            Ok(()) => Ok(true),
+            Ok(how) => {
+                *self.trusted.lock().expect("lock") = Some(how);
+                Ok(true)
+            }
             Err(problem) => {
                 // Kept here too: some russh paths replace the handler's error with their own.
                 *self.problem.lock().expect("lock") = Some(problem.clone());
@@ -579,6 +801,7 @@ pub struct SshTransport {
     disconnect: Arc<Mutex<Option<String>>>,
     /// The bastion connection the session is tunnelled through; kept open with it.
     jump: Option<Arc<Handle<Client>>>,
+    host_key: Option<String>,
 }
 
 impl SshTransport {
@@ -727,6 +950,10 @@ impl Drop for CloseOnDrop {
 impl Transport for SshTransport {
     fn is_alive(&self) -> bool {
         !self.handle.is_closed()
+    }
+
+    fn host_key(&self) -> Option<&str> {
+        self.host_key.as_deref()
     }
 
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {

@@ -283,6 +283,7 @@ fn extra_host_key_types_are_served_and_in_known_hosts() {
     let fleet = Fleet::start_with(FleetOptions {
         hosts: 1,
         host_key_types: vec!["ed25519", "rsa", "ecdsa"],
+        ..FleetOptions::default()
     });
     let h1 = fleet.host("h1");
     let algorithms: Vec<&str> = h1

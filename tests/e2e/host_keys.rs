@@ -137,6 +137,7 @@ fn host_key_type_follows_known_hosts() {
     let fleet = Fleet::start_with(FleetOptions {
         hosts: 1,
         host_key_types: vec!["ed25519", "rsa"],
+        ..FleetOptions::default()
     });
     let h1 = fleet.host("h1");
     let rsa = h1

@@ -31,9 +31,12 @@ async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
         port: fleet.host(host).port,
         user: "root".to_owned(),
         host_key: None,
+        host_key_alias: None,
         jump: None,
         connect_timeout: Duration::from_secs(5),
         keepalive_interval: Duration::from_secs(15),
+        identities: Vec::new(),
+        identities_only: false,
     };
     SshConnector::new(&settings)
         .connect(&target)

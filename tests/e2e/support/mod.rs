@@ -129,6 +129,17 @@ pub struct FleetOptions {
     pub hosts: usize,
     /// Host key types every host serves: any of "ed25519", "rsa", "ecdsa".
     pub host_key_types: Vec<&'static str>,
+    /// Certify every host key with this CA (`ssh-keygen -s`), so hosts also offer a host
+    /// certificate.
+    pub host_ca: Option<HostCa>,
+}
+
+/// A certificate authority for host keys: its private key file and the principals
+/// (comma-separated, as `ssh-keygen -n` takes them) each certificate names.
+#[derive(Clone, Debug)]
+pub struct HostCa {
+    pub key: PathBuf,
+    pub principals: String,
 }
 
 impl Default for FleetOptions {
@@ -136,6 +147,7 @@ impl Default for FleetOptions {
         FleetOptions {
             hosts: 1,
             host_key_types: vec!["ed25519"],
+            host_ca: None,
         }
     }
 }
@@ -221,8 +233,9 @@ impl Fleet {
             let workers: Vec<_> = names
                 .iter()
                 .map(|name| {
-                    let (fleet_dir, types) = (&fleet_dir, &opts.host_key_types);
-                    s.spawn(move || start_host(fleet_dir, name, types))
+                    let (fleet_dir, types, ca) =
+                        (&fleet_dir, &opts.host_key_types, opts.host_ca.as_ref());
+                    s.spawn(move || start_host(fleet_dir, name, types, ca))
                 })
                 .collect();
             workers
@@ -530,6 +543,7 @@ fn start_host(
     fleet_dir: &Path,
     name: &str,
     key_types: &[&'static str],
+    ca: Option<&HostCa>,
 ) -> Result<(Host, HostProcess), String> {
     let dir = fleet_dir.join(name);
     fs::create_dir(&dir).map_err(|e| format!("{name}: create {}: {e}", dir.display()))?;
@@ -540,10 +554,13 @@ fn start_host(
         let public = fs::read_to_string(key.with_extension("pub")).expect("read host key");
         let fields: Vec<&str> = public.split_whitespace().take(2).collect();
         host_keys.push(fields.join(" "));
+        if let Some(ca) = ca {
+            certify(ca, &key.with_extension("pub"), name);
+        }
     }
     for _ in 0..BIND_ATTEMPTS {
         let port = free_port();
-        write_sshd_config(&dir, name, port, key_types);
+        write_sshd_config(&dir, name, port, key_types, ca.is_some());
         match spawn_host(fleet_dir, &dir, name, port, &host_keys) {
             Startup::Ready(proc) => {
                 let host = Host {
@@ -570,7 +587,30 @@ fn host_failure(name: &str, dir: &Path, why: &str) -> String {
     format!("host {name} did not come up: {why}\n--- {name} sshd.log ---\n{log}--- end ---")
 }
 
-fn write_sshd_config(dir: &Path, name: &str, port: u16, key_types: &[&str]) {
+/// `ssh-keygen -s`: a host certificate for `public` (written beside it as `*-cert.pub`),
+/// valid from five minutes ago for an hour.
+fn certify(ca: &HostCa, public: &Path, name: &str) {
+    let out = Command::new("ssh-keygen")
+        .arg("-s")
+        .arg(&ca.key)
+        .args([
+            "-q",
+            "-h",
+            "-I",
+            name,
+            "-n",
+            &ca.principals,
+            "-V",
+            "-5m:+1h",
+        ])
+        .arg(public)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh-keygen -s");
+    assert_success(&out, &format!("ssh-keygen -s for {}", public.display()));
+}
+
+fn write_sshd_config(dir: &Path, name: &str, port: u16, key_types: &[&str], certified: bool) {
     // Paths as the host sees them (see FLEET_DIR_IN_HOST).
     let in_host = format!("{FLEET_DIR_IN_HOST}/{name}");
     let mut c = format!(
@@ -579,6 +619,11 @@ fn write_sshd_config(dir: &Path, name: &str, port: u16, key_types: &[&str]) {
     );
     for t in key_types {
         c.push_str(&format!("HostKey {in_host}/ssh_host_{t}_key\n"));
+        if certified {
+            c.push_str(&format!(
+                "HostCertificate {in_host}/ssh_host_{t}_key-cert.pub\n"
+            ));
+        }
     }
     c.push_str(&format!(
         "PidFile none\n\

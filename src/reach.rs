@@ -1,0 +1,656 @@
+//! How each host is reached over SSH: what the inventory sets, else what `~/.ssh/config`
+//! says for the host's address (OpenSSH's first match), else shipit's defaults — and where
+//! each setting came from, which `shipit check -v` prints.
+//!
+//! Pure: the caller reads the config files and passes them in. Everything that can be wrong
+//! here (a `ProxyCommand`, a jump chain, a bad `%` token) is found before any connection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::inventory::{Host, Inventory};
+use crate::ssh_config::{self, HostConfig, Jump, Local, Setting, SshConfig, Tokens};
+use crate::transport::SshTarget;
+
+const DEFAULT_USER: &str = "root";
+const DEFAULT_PORT: u16 = 22;
+
+/// One host's connection settings, each with its origin.
+#[derive(Debug)]
+pub struct Reach {
+    pub target: SshTarget,
+    pub sources: Vec<Source>,
+}
+
+/// A setting, its value and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Source {
+    pub setting: String,
+    pub value: String,
+    pub origin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    #[error(
+        "host `{host}`: {origin} sets `ProxyCommand`, which shipit does not run; use `ProxyJump` there, or `ssh.jump` in the inventory (`ProxyCommand none` for hosts reached directly)"
+    )]
+    ProxyCommand { host: String, origin: String },
+    #[error(
+        "host `{host}`: {origin} chains {hops} jump hosts (`ProxyJump {chain}`); shipit tunnels through one: set `ssh.jump` in the inventory, or give the host a single `ProxyJump`"
+    )]
+    Chain {
+        host: String,
+        origin: String,
+        hops: usize,
+        chain: String,
+    },
+    #[error("host `{host}`: {origin}: {reason}")]
+    Bad {
+        host: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+/// What every host's resolution shares.
+pub struct Resolver<'a> {
+    pub inventory: &'a Inventory,
+    /// `None`: `--no-ssh-config`, or no config file at all.
+    pub config: Option<&'a SshConfig>,
+    pub local: &'a Local,
+    /// Set when the run brings its own key (`SHIPIT_SSH_KEY`): named as the identity.
+    pub run_key: Option<&'a str>,
+}
+
+impl Resolver<'_> {
+    fn inventory_origin(&self, key: &str) -> String {
+        format!("inventory `{}` ({key})", self.inventory.file.display())
+    }
+
+    fn lookup(&self, alias: &str, user: Option<&str>) -> HostConfig {
+        self.config
+            .map(|c| c.resolve(alias, user))
+            .unwrap_or_default()
+    }
+
+    /// How to reach `host`.
+    pub fn resolve(&self, host: &Host) -> Result<Reach, ReachError> {
+        let inv = self.inventory;
+        let ssh = &inv.ssh;
+        let mut sources = Vec::new();
+        let alias = host.address.as_str();
+        let given_user = ssh.given.user.then_some(ssh.user.as_str());
+        let cfg = self.lookup(alias, given_user);
+        let bad = |origin: String, reason: String| ReachError::Bad {
+            host: host.name.clone(),
+            origin,
+            reason,
+        };
+
+        let address = match &cfg.hostname {
+            Some(s) => {
+                sources.push(source("address", &s.value, origin(s), Some(alias)));
+                s.value.clone()
+            }
+            None => {
+                sources.push(source(
+                    "address",
+                    alias,
+                    self.inventory_origin("hosts.address"),
+                    None,
+                ));
+                alias.to_owned()
+            }
+        };
+        let user = pick(
+            &mut sources,
+            "user",
+            given_user.map(|u| (u.to_owned(), self.inventory_origin("ssh.user"))),
+            cfg.user.as_ref().map(|s| (s.value.clone(), origin(s))),
+            DEFAULT_USER.to_owned(),
+            |u| u.clone(),
+        );
+        let port = pick(
+            &mut sources,
+            "port",
+            host.port_given
+                .then(|| (host.port, self.inventory_origin("hosts.port or ssh.port"))),
+            cfg.port.as_ref().map(|s| (s.value, origin(s))),
+            DEFAULT_PORT,
+            u16::to_string,
+        );
+        let connect_timeout = pick(
+            &mut sources,
+            "connect_timeout",
+            ssh.given.connect_timeout.then(|| {
+                (
+                    ssh.connect_timeout,
+                    self.inventory_origin("ssh.connect_timeout"),
+                )
+            }),
+            cfg.connect_timeout.as_ref().map(|s| (s.value, origin(s))),
+            ssh.connect_timeout,
+            |d| humantime::format_duration(*d).to_string(),
+        );
+        // `ServerAliveInterval 0` turns keepalives off in OpenSSH; shipit needs them to
+        // notice a dead host instead of waiting forever, so it keeps its own then.
+        let config_keepalive = cfg
+            .server_alive_interval
+            .as_ref()
+            .filter(|s| !s.value.is_zero());
+        if let Some(s) = &cfg.server_alive_interval
+            && s.value.is_zero()
+            && !ssh.given.keepalive_interval
+        {
+            sources.push(Source {
+                setting: "note".to_owned(),
+                value: "`ServerAliveInterval 0` is ignored: shipit always sends keepalives, to notice a dead host".to_owned(),
+                origin: origin(s),
+            });
+        }
+        let keepalive_interval = pick(
+            &mut sources,
+            "keepalive_interval",
+            ssh.given.keepalive_interval.then(|| {
+                (
+                    ssh.keepalive_interval,
+                    self.inventory_origin("ssh.keepalive_interval"),
+                )
+            }),
+            config_keepalive.map(|s| (s.value, origin(s))),
+            ssh.keepalive_interval,
+            |d| humantime::format_duration(*d).to_string(),
+        );
+
+        let tokens = Tokens {
+            host: &address,
+            alias,
+            port,
+            user: &user,
+            local: self.local,
+        };
+        let (identities, identities_only) = self
+            .identities(&cfg, &tokens, &mut sources)
+            .map_err(|(o, r)| bad(o, r))?;
+
+        let jump = self.jump(
+            host,
+            &cfg,
+            &user,
+            connect_timeout,
+            keepalive_interval,
+            &mut sources,
+        )?;
+
+        let host_key_alias = cfg.host_key_alias.as_ref().map(|s| {
+            sources.push(source("host_key_alias", &s.value, origin(s), None));
+            s.value.clone()
+        });
+        if let Some(pin) = &host.host_key {
+            let kind = pin.split_whitespace().next().unwrap_or("");
+            sources.push(source(
+                "host_key",
+                &format!("{kind} (pinned)"),
+                self.inventory_origin("hosts.host_key"),
+                None,
+            ));
+        }
+        for note in &cfg.notes {
+            sources.push(Source {
+                setting: "note".to_owned(),
+                value: note.clone(),
+                origin: "ssh_config".to_owned(),
+            });
+        }
+        Ok(Reach {
+            target: SshTarget {
+                host: host.name.clone(),
+                address,
+                port,
+                user,
+                host_key: host.host_key.clone(),
+                host_key_alias,
+                jump,
+                connect_timeout,
+                keepalive_interval,
+                identities,
+                identities_only,
+            },
+            sources,
+        })
+    }
+
+    /// The keys to offer: the run's own (`SHIPIT_SSH_KEY`, `ssh.identity`), else those the
+    /// config names (with `%` tokens expanded), else the defaults.
+    fn identities(
+        &self,
+        cfg: &HostConfig,
+        tokens: &Tokens<'_>,
+        sources: &mut Vec<Source>,
+    ) -> Result<(Vec<PathBuf>, bool), (String, String)> {
+        if let Some(label) = self.run_key {
+            sources.push(source(
+                "identity",
+                label,
+                "the environment".to_owned(),
+                None,
+            ));
+            return Ok((Vec::new(), false));
+        }
+        if let Some(path) = &self.inventory.ssh.identity {
+            sources.push(source(
+                "identity",
+                &path.display().to_string(),
+                self.inventory_origin("ssh.identity"),
+                None,
+            ));
+            return Ok((Vec::new(), false));
+        }
+        if cfg.identity_files.is_empty() {
+            sources.push(source(
+                "identity",
+                "ssh-agent, ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa",
+                "default".to_owned(),
+                None,
+            ));
+            return Ok((Vec::new(), false));
+        }
+        let mut files = Vec::new();
+        for s in &cfg.identity_files {
+            let path =
+                ssh_config::expand(&s.value, tokens).map_err(|e| (origin(s), e.to_string()))?;
+            sources.push(source("identity", &path, origin(s), None));
+            files.push(PathBuf::from(path));
+        }
+        let only = cfg.identities_only.as_ref().is_some_and(|s| s.value);
+        if let Some(s) = &cfg.identities_only {
+            sources.push(source(
+                "identities_only",
+                if s.value { "yes" } else { "no" },
+                origin(s),
+                None,
+            ));
+        }
+        Ok((files, only))
+    }
+
+    /// The bastion: `ssh.jump`, else the config's `ProxyJump` (one hop); its address is
+    /// looked up in the config too. A `ProxyCommand` with neither is refused: connecting
+    /// directly instead would surprise.
+    fn jump(
+        &self,
+        host: &Host,
+        cfg: &HostConfig,
+        user: &str,
+        connect_timeout: Duration,
+        keepalive_interval: Duration,
+        sources: &mut Vec<Source>,
+    ) -> Result<Option<Box<SshTarget>>, ReachError> {
+        let bad = |origin: String, reason: String| ReachError::Bad {
+            host: host.name.clone(),
+            origin,
+            reason,
+        };
+        let (hop, hop_origin) = if let Some(j) = &self.inventory.ssh.jump {
+            (
+                (j.user.clone(), j.address.clone(), j.port),
+                self.inventory_origin("ssh.jump"),
+            )
+        } else {
+            match &cfg.proxy_jump {
+                Some(Setting {
+                    value: Jump::Hops(hops),
+                    ..
+                }) if hops.len() > 1 => {
+                    let s = cfg.proxy_jump.as_ref().expect("matched");
+                    return Err(ReachError::Chain {
+                        host: host.name.clone(),
+                        origin: origin(s),
+                        hops: hops.len(),
+                        chain: hops.join(","),
+                    });
+                }
+                Some(
+                    s @ Setting {
+                        value: Jump::Hops(hops),
+                        ..
+                    },
+                ) => {
+                    let hop = ssh_config::parse_hop(&hops[0]).map_err(|r| bad(origin(s), r))?;
+                    (hop, origin(s))
+                }
+                Some(_) => return Ok(None),
+                None => {
+                    if let Some(s) = &cfg.proxy_command
+                        && !s.value.eq_ignore_ascii_case("none")
+                    {
+                        return Err(ReachError::ProxyCommand {
+                            host: host.name.clone(),
+                            origin: origin(s),
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+        };
+        let (hop_user, hop_alias, hop_port) = hop;
+        let jcfg = self.lookup(&hop_alias, hop_user.as_deref());
+        // The jump host's own `ProxyJump` would make a chain (one naming itself, as
+        // `Host *` blocks do, is harmless).
+        if let Some(s) = &jcfg.proxy_jump
+            && let Jump::Hops(hops) = &s.value
+            && !(hops.len() == 1 && hops[0] == hop_alias)
+        {
+            return Err(ReachError::Chain {
+                host: host.name.clone(),
+                origin: format!("{} (for the jump host `{hop_alias}`)", origin(s)),
+                hops: hops.len() + 1,
+                chain: format!("{},{hop_alias}", hops.join(",")),
+            });
+        }
+        let address = jcfg
+            .hostname
+            .as_ref()
+            .map_or_else(|| hop_alias.clone(), |s| s.value.clone());
+        let juser = hop_user
+            .or_else(|| jcfg.user.as_ref().map(|s| s.value.clone()))
+            .unwrap_or_else(|| user.to_owned());
+        let jport = hop_port
+            .or_else(|| jcfg.port.as_ref().map(|s| s.value))
+            .unwrap_or(DEFAULT_PORT);
+        let mut via = vec![hop_origin];
+        via.extend(
+            [
+                jcfg.hostname.as_ref().map(origin),
+                jcfg.user.as_ref().map(origin),
+                jcfg.port.as_ref().map(origin),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        via.dedup();
+        sources.push(Source {
+            setting: "jump".to_owned(),
+            value: format!("{juser}@{address}:{jport}"),
+            origin: via.join(", "),
+        });
+        let tokens = Tokens {
+            host: &address,
+            alias: &hop_alias,
+            port: jport,
+            user: &juser,
+            local: self.local,
+        };
+        let mut jsources = Vec::new();
+        let (identities, identities_only) = if self.inventory.ssh.identity.is_some() {
+            (Vec::new(), false)
+        } else {
+            self.identities(&jcfg, &tokens, &mut jsources)
+                .map_err(|(o, r)| bad(o, r))?
+        };
+        Ok(Some(Box::new(SshTarget {
+            host: hop_alias.clone(),
+            address,
+            port: jport,
+            user: juser,
+            host_key: None,
+            host_key_alias: jcfg.host_key_alias.as_ref().map(|s| s.value.clone()),
+            jump: None,
+            connect_timeout,
+            keepalive_interval,
+            identities,
+            identities_only,
+        })))
+    }
+}
+
+fn origin<T>(s: &Setting<T>) -> String {
+    s.origin.to_string()
+}
+
+fn source(setting: &str, value: &str, origin: String, alias: Option<&str>) -> Source {
+    Source {
+        setting: setting.to_owned(),
+        value: match alias {
+            Some(a) if a != value => format!("{value} (for `{a}`)"),
+            _ => value.to_owned(),
+        },
+        origin,
+    }
+}
+
+/// The inventory's value, else the config's, else the default; records which.
+fn pick<T>(
+    sources: &mut Vec<Source>,
+    setting: &str,
+    inventory: Option<(T, String)>,
+    config: Option<(T, String)>,
+    default: T,
+    show: impl Fn(&T) -> String,
+) -> T {
+    let (value, from) = inventory
+        .or(config)
+        .unwrap_or_else(|| (default, "default".to_owned()));
+    sources.push(source(setting, &show(&value), from, None));
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::inventory::LoadContext;
+
+    fn local() -> Local {
+        Local {
+            home: PathBuf::from("/home/me"),
+            user: "me".to_owned(),
+            uid: 1000,
+            hostname: "laptop".to_owned(),
+        }
+    }
+
+    fn inventory(ssh: &str, hosts: &str) -> Inventory {
+        let text =
+            format!("[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[ssh]\n{ssh}\n\n{hosts}");
+        let env = |_: &str| None;
+        let ctx = LoadContext {
+            base_dir: Path::new("/project"),
+            home: Some(Path::new("/home/me")),
+            env: &env,
+            need_secrets: false,
+        };
+        crate::inventory::parse(&text, Path::new("inventory/prod.toml"), &ctx).unwrap()
+    }
+
+    fn config(text: &str) -> SshConfig {
+        SshConfig::parse(Path::new("/home/me/.ssh/config"), text, &local()).unwrap()
+    }
+
+    fn resolve(
+        inv: &Inventory,
+        cfg: &SshConfig,
+        run_key: Option<&str>,
+    ) -> Result<Reach, ReachError> {
+        let l = local();
+        let r = Resolver {
+            inventory: inv,
+            config: Some(cfg),
+            local: &l,
+            run_key,
+        };
+        r.resolve(&inv.hosts[0])
+    }
+
+    fn origin_of<'a>(reach: &'a Reach, setting: &str) -> &'a str {
+        &reach
+            .sources
+            .iter()
+            .find(|s| s.setting == setting)
+            .unwrap_or_else(|| panic!("no {setting} in {:?}", reach.sources))
+            .origin
+    }
+
+    const WEB: &str = "[[hosts]]\nname = \"web-1\"\n";
+
+    #[test]
+    fn the_config_fills_what_the_inventory_leaves_unset() {
+        let inv = inventory("", WEB);
+        let cfg = config(
+            "Host web-*\n  HostName 10.0.0.5\n  User deploy\n  Port 2222\n  IdentityFile ~/.ssh/%r@%h\n  IdentitiesOnly yes\n  ConnectTimeout 3\n  ServerAliveInterval 5\n  HostKeyAlias web\n",
+        );
+        let r = resolve(&inv, &cfg, None).unwrap();
+        let t = &r.target;
+        assert_eq!(
+            (t.address.as_str(), t.user.as_str(), t.port),
+            ("10.0.0.5", "deploy", 2222)
+        );
+        assert_eq!(
+            t.identities,
+            vec![PathBuf::from("/home/me/.ssh/deploy@10.0.0.5")]
+        );
+        assert!(t.identities_only);
+        assert_eq!(t.connect_timeout, Duration::from_secs(3));
+        assert_eq!(t.keepalive_interval, Duration::from_secs(5));
+        assert_eq!(t.host_key_alias.as_deref(), Some("web"));
+        assert_eq!(origin_of(&r, "port"), "`/home/me/.ssh/config` line 4");
+        assert_eq!(origin_of(&r, "address"), "`/home/me/.ssh/config` line 2");
+    }
+
+    #[test]
+    fn the_inventory_wins() {
+        let inv = inventory(
+            "user = \"ops\"\nport = 2200\nidentity = \"/keys/ci\"\nconnect_timeout = \"9s\"\nkeepalive_interval = \"20s\"",
+            WEB,
+        );
+        let cfg = config(
+            "Host *\n  User deploy\n  Port 2222\n  IdentityFile ~/.ssh/other\n  ConnectTimeout 3\n  ServerAliveInterval 5\n",
+        );
+        let r = resolve(&inv, &cfg, None).unwrap();
+        let t = &r.target;
+        assert_eq!((t.user.as_str(), t.port), ("ops", 2200));
+        assert!(t.identities.is_empty(), "the inventory's key alone");
+        assert_eq!(t.connect_timeout, Duration::from_secs(9));
+        assert_eq!(t.keepalive_interval, Duration::from_secs(20));
+        for setting in [
+            "user",
+            "port",
+            "identity",
+            "connect_timeout",
+            "keepalive_interval",
+        ] {
+            assert!(
+                origin_of(&r, setting).starts_with("inventory `inventory/prod.toml`"),
+                "{setting}: {}",
+                origin_of(&r, setting)
+            );
+        }
+        // A host's own port beats the config too.
+        let inv = inventory("", "[[hosts]]\nname = \"web-1\"\nport = 2201\n");
+        assert_eq!(resolve(&inv, &cfg, None).unwrap().target.port, 2201);
+        // The environment's key beats every file.
+        let r = resolve(&inventory("", WEB), &cfg, Some("the key in SHIPIT_SSH_KEY")).unwrap();
+        assert!(r.target.identities.is_empty());
+        assert_eq!(origin_of(&r, "identity"), "the environment");
+    }
+
+    #[test]
+    fn defaults_where_nobody_says() {
+        let inv = inventory("", WEB);
+        let r = resolve(&inv, &config(""), None).unwrap();
+        let t = &r.target;
+        assert_eq!(
+            (t.address.as_str(), t.user.as_str(), t.port),
+            ("web-1", "root", 22)
+        );
+        assert_eq!(origin_of(&r, "user"), "default");
+        assert_eq!(t.keepalive_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn keepalives_stay_on() {
+        let inv = inventory("", WEB);
+        let r = resolve(&inv, &config("Host *\n  ServerAliveInterval 0\n"), None).unwrap();
+        assert_eq!(r.target.keepalive_interval, Duration::from_secs(15));
+        assert!(
+            r.sources
+                .iter()
+                .any(|s| s.setting == "note" && s.value.contains("ServerAliveInterval 0"))
+        );
+    }
+
+    #[test]
+    fn proxy_jump_is_resolved_through_the_config() {
+        let inv = inventory("user = \"ops\"", WEB);
+        let cfg = config(
+            "Host web-*\n  ProxyJump gate\nHost gate\n  HostName 192.0.2.1\n  Port 2022\n  User jumper\n  IdentityFile /keys/gate\n",
+        );
+        let jump = resolve(&inv, &cfg, None).unwrap().target.jump.unwrap();
+        assert_eq!(
+            (jump.address.as_str(), jump.port, jump.user.as_str()),
+            ("192.0.2.1", 2022, "jumper")
+        );
+        assert_eq!(jump.identities, vec![PathBuf::from("/keys/gate")]);
+
+        // The inventory's jump wins over ProxyJump; what it leaves out comes from the config
+        // for its own alias.
+        let inv = inventory("user = \"ops\"\njump = \"gate\"", WEB);
+        let cfg = config("Host web-*\n  ProxyJump other\nHost gate\n  HostName 192.0.2.9\n");
+        let jump = resolve(&inv, &cfg, None).unwrap().target.jump.unwrap();
+        assert_eq!(
+            (jump.address.as_str(), jump.port, jump.user.as_str()),
+            ("192.0.2.9", 22, "ops")
+        );
+
+        // `ProxyJump none` (first match) means direct.
+        let cfg = config("Host web-1\n  ProxyJump none\nHost *\n  ProxyJump gate\n");
+        assert!(
+            resolve(&inventory("", WEB), &cfg, None)
+                .unwrap()
+                .target
+                .jump
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unusable_proxies_are_refused_before_connecting() {
+        let inv = inventory("", WEB);
+        let err = resolve(&inv, &config("Host *\n  ProxyJump a,b\n"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("chains 2 jump hosts (`ProxyJump a,b`)"),
+            "{err}"
+        );
+        let err =
+            resolve(&inv, &config("Host web-1\n  ProxyCommand nc %h %p\n"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`/home/me/.ssh/config` line 2 sets `ProxyCommand`"),
+            "{err}"
+        );
+        // `ProxyCommand none` is no proxy; a ProxyJump before it wins.
+        assert!(resolve(&inv, &config("Host *\n  ProxyCommand none\n"), None).is_ok());
+        let cfg = config("Host *\n  ProxyJump gate\n  ProxyCommand nc %h %p\n");
+        assert!(resolve(&inv, &cfg, None).unwrap().target.jump.is_some());
+        // A jump host that needs a jump of its own is a chain.
+        let cfg = config("Host web-1\n  ProxyJump gate\nHost gate\n  ProxyJump outer\n");
+        let err = resolve(&inv, &cfg, None).unwrap_err();
+        assert!(err.to_string().contains("jump host `gate`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_token_names_the_line() {
+        let inv = inventory("", WEB);
+        let err = resolve(&inv, &config("Host *\n  IdentityFile ~/.ssh/%Q\n"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("host `web-1`: `/home/me/.ssh/config` line 2"),
+            "{err}"
+        );
+    }
+}

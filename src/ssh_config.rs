@@ -1,0 +1,1526 @@
+//! The OpenSSH client config (`~/.ssh/config`, then `/etc/ssh/ssh_config`): which settings
+//! OpenSSH would use for one host, each with the file and line it comes from.
+//!
+//! [`SshConfig::load`] reads both files once, following `Include`, and validates the values
+//! shipit uses, so a mistake is reported at start with its file and line instead of surfacing
+//! as a strange connection failure. [`SshConfig::resolve`] then answers, for an alias as the
+//! user typed it, a [`HostConfig`]: pure, no I/O. [`expand`] fills in `%` tokens once the
+//! caller knows the final user and port; [`parse_hop`] splits one `ProxyJump` hop.
+//!
+//! ```text
+//! let config = SshConfig::load(&home.join(".ssh/config"), Some(Path::new("/etc/ssh/ssh_config")), &local)?;
+//! let host = config.resolve("web1", None);       // HostConfig: each value with its Origin
+//! let key = expand(&host.identity_files[0].value, &tokens)?;
+//! ```
+//!
+//! The rules follow ssh_config(5): the first value that applies wins (`IdentityFile`
+//! accumulates instead); `Host` blocks match the alias, `Match host` the `HostName` set so
+//! far; an `Include`d file is read in place and a `Host` or `Match` inside it ends with that
+//! file. Only the keywords listed on [`HostConfig`] are read; any other keyword is a valid
+//! OpenSSH option shipit does not use and is skipped. `Match` criteria that would need a
+//! command or the network (`exec`, `localnetwork`, ...) are never evaluated: their block is
+//! skipped and [`HostConfig::notes`] says so.
+//!
+//! Reads only the config files and what they include; depends on nothing else in shipit.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// OpenSSH's own limit (`READCONF_MAX_DEPTH`); a deeper chain is almost surely a loop.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Where relative `Include` paths are resolved for the system file (OpenSSH's `SSHDIR`).
+const SYSTEM_DIR: &str = "/etc/ssh";
+
+/// A config file's problem, or a token [`expand`] cannot fill in.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{}`", .file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{origin}: {problem}")]
+    Invalid { origin: Origin, problem: String },
+    #[error(
+        "{origin}: `Include` of `{}` nests more than {MAX_INCLUDE_DEPTH} files deep; does a file include itself?",
+        .file.display()
+    )]
+    TooDeep { origin: Origin, file: PathBuf },
+    #[error("unknown token `%{token}` in `{text}`; write `%%` for a literal `%`")]
+    UnknownToken { token: char, text: String },
+    #[error("`{text}` ends with a lone `%`; write `%%` for a literal `%`")]
+    TrailingPercent { text: String },
+}
+
+/// A line of a config file; `line` is 1-based and counts every physical line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` line {}", self.file.display(), self.line)
+    }
+}
+
+/// A value and the line that set it, so messages can point at the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// `ProxyJump`: `none` (explicitly no jump, which also stops a later `ProxyJump` from
+/// applying) or the hops in order, each raw `[user@]host[:port]` or `ssh://` form for
+/// [`parse_hop`] after [`expand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jump {
+    None,
+    Hops(Vec<String>),
+}
+
+/// What the config says about one host. Values are as written unless noted: the caller
+/// expands `IdentityFile`, `ProxyJump` and `User` with [`expand`] once user and port are final.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Already expanded: `%h` is the alias, as OpenSSH does.
+    pub hostname: Option<Setting<String>>,
+    pub user: Option<Setting<String>>,
+    pub port: Option<Setting<u16>>,
+    /// Every applying line, in order.
+    pub identity_files: Vec<Setting<String>>,
+    pub identities_only: Option<Setting<bool>>,
+    /// `ProxyJump` and `ProxyCommand` exclude each other: whichever applies first wins.
+    pub proxy_jump: Option<Setting<Jump>>,
+    /// Raw, so the caller can refuse it clearly (shipit runs no proxy command); a value of
+    /// `none` means no proxy.
+    pub proxy_command: Option<Setting<String>>,
+    pub connect_timeout: Option<Setting<Duration>>,
+    /// Zero turns keepalives off.
+    pub server_alive_interval: Option<Setting<Duration>>,
+    pub host_key_alias: Option<Setting<String>>,
+    /// Blocks that were skipped because they need something shipit does not evaluate.
+    pub notes: Vec<String>,
+}
+
+/// The local facts the config may refer to, read by `main` and passed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// `~`, `%d`, and the `~/.ssh` that relative `Include`s are resolved against.
+    pub home: PathBuf,
+    /// `%u` and `Match localuser`.
+    pub user: String,
+    /// `%i`.
+    pub uid: u32,
+    /// `%l`; its first label is `%L`.
+    pub hostname: String,
+}
+
+/// What fills in `%` tokens in [`expand`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens<'a> {
+    /// `%h`: the host name finally connected to.
+    pub host: &'a str,
+    /// `%n`: the alias as typed.
+    pub alias: &'a str,
+    /// `%p`.
+    pub port: u16,
+    /// `%r`: the remote user.
+    pub user: &'a str,
+    pub local: &'a Local,
+}
+
+/// The user's config file then the system's, includes read in place.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    files: Vec<ConfigFile>,
+    local: Local,
+}
+
+/// One file's lines that matter. Each file starts with every line applying, as in OpenSSH.
+#[derive(Debug, Clone)]
+struct ConfigFile {
+    lines: Vec<Line>,
+}
+
+#[derive(Debug, Clone)]
+struct Line {
+    item: Item,
+    origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    /// `Host`: the patterns, each possibly `!`-negated.
+    Host(Vec<String>),
+    Match(Vec<Criterion>),
+    Set(Directive),
+    /// The files one `Include` line named, in order.
+    Include(Vec<ConfigFile>),
+}
+
+#[derive(Debug, Clone)]
+enum Directive {
+    HostName(Vec<Piece>),
+    User(String),
+    Port(u16),
+    IdentityFile(String),
+    IdentitiesOnly(bool),
+    ProxyJump(Jump),
+    ProxyCommand(String),
+    ConnectTimeout(Duration),
+    ServerAliveInterval(Duration),
+    HostKeyAlias(String),
+}
+
+/// A `HostName` split at `%h`, checked at load so resolving cannot fail.
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    Alias,
+}
+
+#[derive(Debug, Clone)]
+struct Criterion {
+    negated: bool,
+    test: Test,
+}
+
+#[derive(Debug, Clone)]
+enum Test {
+    All,
+    /// Comma-separated pattern lists.
+    Host(String),
+    OriginalHost(String),
+    User(String),
+    LocalUser(String),
+    /// The criterion's name, lowercase.
+    Unsupported(String),
+}
+
+/// Whose file is read: it decides where relative `Include` paths point.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    User,
+    System,
+}
+
+impl SshConfig {
+    /// Reads `user_file` (usually `~/.ssh/config`) then `system_file` (usually
+    /// `/etc/ssh/ssh_config`); a missing file is the same as an empty one.
+    pub fn load(
+        user_file: &Path,
+        system_file: Option<&Path>,
+        local: &Local,
+    ) -> Result<SshConfig, ConfigError> {
+        let mut files = Vec::new();
+        let sources = [(Some(user_file), Kind::User), (system_file, Kind::System)];
+        for (path, kind) in sources {
+            let Some(path) = path else { continue };
+            let Some(text) = read_optional(path)? else {
+                continue;
+            };
+            let reader = Reader { local, kind };
+            files.push(reader.parse_file(path, &text, 0)?);
+        }
+        Ok(SshConfig {
+            files,
+            local: local.clone(),
+        })
+    }
+
+    /// For tests: reads `text` as if it were the user file `file` (includes still come from
+    /// disk).
+    pub fn parse(file: &Path, text: &str, local: &Local) -> Result<SshConfig, ConfigError> {
+        let reader = Reader {
+            local,
+            kind: Kind::User,
+        };
+        Ok(SshConfig {
+            files: vec![reader.parse_file(file, text, 0)?],
+            local: local.clone(),
+        })
+    }
+
+    /// True when no file held anything but comments and blank lines.
+    pub fn is_empty(&self) -> bool {
+        self.files.iter().all(|f| f.lines.is_empty())
+    }
+
+    /// What applies to `alias`. `user` is the remote user if the caller already knows it
+    /// (like `ssh -l`): it is what `Match user` tests, before any `User` line.
+    pub fn resolve(&self, alias: &str, user: Option<&str>) -> HostConfig {
+        let mut resolver = Resolver {
+            alias,
+            user,
+            local: &self.local,
+            out: HostConfig::default(),
+        };
+        for file in &self.files {
+            resolver.walk(file);
+        }
+        resolver.out
+    }
+}
+
+/// Reads one file's text into lines, following includes.
+struct Reader<'a> {
+    local: &'a Local,
+    kind: Kind,
+}
+
+impl Reader<'_> {
+    fn parse_file(&self, file: &Path, text: &str, depth: usize) -> Result<ConfigFile, ConfigError> {
+        let mut lines = Vec::new();
+        for (index, raw) in text.split('\n').enumerate() {
+            let origin = Origin {
+                file: file.to_owned(),
+                line: index + 1,
+            };
+            if let Some(item) = self.parse_line(raw, &origin, depth)? {
+                lines.push(Line { item, origin });
+            }
+        }
+        Ok(ConfigFile { lines })
+    }
+
+    fn parse_line(
+        &self,
+        raw: &str,
+        origin: &Origin,
+        depth: usize,
+    ) -> Result<Option<Item>, ConfigError> {
+        let invalid = |problem: String| ConfigError::Invalid {
+            origin: origin.clone(),
+            problem,
+        };
+        let Some((keyword, rest)) = split_keyword(raw) else {
+            return Ok(None);
+        };
+        // OpenSSH refuses these for every keyword, including those shipit skips.
+        if rest.is_empty() {
+            return Err(invalid(format!("`{keyword}` has no value")));
+        }
+        let args = split_args(rest).ok_or_else(|| invalid("a quote is not closed".into()))?;
+        let lower = keyword.to_ascii_lowercase();
+        let item = match lower.as_str() {
+            "host" => Item::Host(host_patterns(args).map_err(invalid)?),
+            "match" => Item::Match(match_criteria(args).map_err(invalid)?),
+            "include" => Item::Include(self.include(&args, origin, depth)?),
+            "proxycommand" => Item::Set(Directive::ProxyCommand(rest.to_owned())),
+            _ => match directive(&lower, &args).map_err(invalid)? {
+                Some(d) => Item::Set(d),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(item))
+    }
+
+    /// The files an `Include` line names, each parsed one level deeper.
+    fn include(
+        &self,
+        patterns: &[String],
+        origin: &Origin,
+        depth: usize,
+    ) -> Result<Vec<ConfigFile>, ConfigError> {
+        let mut files = Vec::new();
+        for pattern in patterns {
+            for path in glob(&self.include_path(pattern)) {
+                if depth + 1 > MAX_INCLUDE_DEPTH {
+                    return Err(ConfigError::TooDeep {
+                        origin: origin.clone(),
+                        file: path,
+                    });
+                }
+                // OpenSSH skips a named file that is not there.
+                if let Some(text) = read_optional(&path)? {
+                    files.push(self.parse_file(&path, &text, depth + 1)?);
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn include_path(&self, pattern: &str) -> PathBuf {
+        if let Some(path) = expand_tilde(pattern, &self.local.home) {
+            return path;
+        }
+        let base = match self.kind {
+            Kind::User => self.local.home.join(".ssh"),
+            Kind::System => PathBuf::from(SYSTEM_DIR),
+        };
+        base.join(pattern)
+    }
+}
+
+/// The file's text, or `None` when it does not exist. Bytes that are not UTF-8 are replaced
+/// rather than refused: they are almost always in comments.
+fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The keyword and the raw rest of a line, or `None` for blank and comment lines. The
+/// keyword ends at whitespace or `=`; one `=` with optional whitespace around it may separate
+/// it from the value.
+fn split_keyword(raw: &str) -> Option<(&str, &str)> {
+    let line = raw.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\r' | '\x0c'));
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let end = line.find([' ', '\t', '=']).unwrap_or(line.len());
+    let (keyword, rest) = line.split_at(end);
+    let rest = rest.trim_start_matches([' ', '\t']);
+    let rest = rest.strip_prefix('=').unwrap_or(rest);
+    Some((keyword, rest.trim_start_matches([' ', '\t'])))
+}
+
+/// Splits a value into arguments like OpenSSH's `argv_split`: whitespace separates, `"` or
+/// `'` quote, a backslash escapes a quote, a backslash or (unquoted) a space, and an unquoted
+/// `#` at the start of an argument ends the line. `None` when a quote is not closed.
+fn split_args(rest: &str) -> Option<Vec<String>> {
+    let mut args = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| matches!(c, ' ' | '\t')).is_some() {}
+        match chars.peek() {
+            None | Some('#') => return Some(args),
+            Some(_) => {}
+        }
+        let mut arg = String::new();
+        let mut quote = None;
+        while let Some(&c) = chars.peek() {
+            if quote.is_none() && matches!(c, ' ' | '\t') {
+                break;
+            }
+            chars.next();
+            match c {
+                '\\' => {
+                    let escaped = chars.next_if(|&n| {
+                        matches!(n, '\'' | '"' | '\\') || (quote.is_none() && n == ' ')
+                    });
+                    arg.push(escaped.unwrap_or('\\'));
+                }
+                '"' | '\'' if quote.is_none() => quote = Some(c),
+                _ if quote == Some(c) => quote = None,
+                _ => arg.push(c),
+            }
+        }
+        if quote.is_some() {
+            return None;
+        }
+        args.push(arg);
+    }
+}
+
+fn host_patterns(args: Vec<String>) -> Result<Vec<String>, String> {
+    if args.is_empty() {
+        return Err("`Host` needs at least one pattern".into());
+    }
+    if args.iter().any(|p| p.is_empty() || p == "!") {
+        return Err("`Host` patterns cannot be empty".into());
+    }
+    Ok(args)
+}
+
+fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
+    let mut criteria = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (negated, arg) = match arg.strip_prefix('!') {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, arg),
+        };
+        // `attribute=value` is accepted as well as `attribute value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_ascii_lowercase(), Some(value.to_owned())),
+            None => (arg.to_ascii_lowercase(), None),
+        };
+        if matches!(name.as_str(), "all" | "canonical" | "final") {
+            let test = match name.as_str() {
+                "all" => Test::All,
+                _ => Test::Unsupported(name),
+            };
+            criteria.push(Criterion { negated, test });
+            continue;
+        }
+        let value = inline.or_else(|| args.next());
+        let known = matches!(
+            name.as_str(),
+            "host" | "originalhost" | "user" | "localuser"
+        );
+        let value = match value {
+            Some(v) if !v.is_empty() => v,
+            _ if known => return Err(format!("`Match {name}` needs a pattern")),
+            _ => String::new(),
+        };
+        let test = match name.as_str() {
+            "host" => Test::Host(value),
+            "originalhost" => Test::OriginalHost(value),
+            "user" => Test::User(value),
+            "localuser" => Test::LocalUser(value),
+            _ => Test::Unsupported(name),
+        };
+        criteria.push(Criterion { negated, test });
+    }
+    if criteria.is_empty() {
+        return Err("`Match` needs at least one criterion".into());
+    }
+    let all = criteria.iter().any(|c| matches!(c.test, Test::All));
+    let others = criteria.iter().any(|c| match &c.test {
+        Test::All => false,
+        Test::Unsupported(name) => name != "canonical" && name != "final",
+        _ => true,
+    });
+    if all && others {
+        return Err("`Match all` cannot be combined with other criteria".into());
+    }
+    Ok(criteria)
+}
+
+/// The directive a keyword line sets, `None` for a keyword shipit does not use.
+fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String> {
+    let directive = match keyword {
+        "hostname" => Directive::HostName(hostname(one("HostName", args)?)?),
+        "user" => Directive::User(one("User", args)?.to_owned()),
+        "port" => Directive::Port(port(one("Port", args)?)?),
+        "identityfile" => Directive::IdentityFile(one("IdentityFile", args)?.to_owned()),
+        "identitiesonly" => Directive::IdentitiesOnly(flag("IdentitiesOnly", args)?),
+        "proxyjump" => Directive::ProxyJump(jump(one("ProxyJump", args)?)?),
+        "connecttimeout" => Directive::ConnectTimeout(connect_timeout(args)?),
+        "serveraliveinterval" => Directive::ServerAliveInterval(server_alive_interval(args)?),
+        "hostkeyalias" => Directive::HostKeyAlias(one("HostKeyAlias", args)?.to_owned()),
+        _ => return Ok(None),
+    };
+    Ok(Some(directive))
+}
+
+/// The single value the keyword `name` takes; OpenSSH refuses extra words after it.
+fn one<'a>(name: &str, args: &'a [String]) -> Result<&'a str, String> {
+    match args {
+        [value] => Ok(value),
+        [] => Err(format!("`{name}` has no value")),
+        _ => Err(format!(
+            "`{name}` takes one value, not {}; quote a value that contains spaces",
+            args.len()
+        )),
+    }
+}
+
+/// `HostName` may use only `%h` (the alias) and `%%`, as in OpenSSH.
+fn hostname(value: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            text.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => text.push('%'),
+            Some('h') => {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+                pieces.push(Piece::Alias);
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`HostName` may use only the `%h` and `%%` tokens, not `%{other}`"
+                ));
+            }
+            None => {
+                return Err("`HostName` ends with a lone `%`; write `%%` for a literal `%`".into());
+            }
+        }
+    }
+    pieces.push(Piece::Text(text));
+    Ok(pieces)
+}
+
+fn port(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(p) if p > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+        _ => Err(format!(
+            "`Port` must be a number from 1 to 65535, not `{value}`"
+        )),
+    }
+}
+
+fn flag(name: &str, args: &[String]) -> Result<bool, String> {
+    let value = one(name, args)?;
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!("`{name}` must be `yes` or `no`, not `{value}`")),
+    }
+}
+
+/// Zero would mean "wait forever" to OpenSSH; shipit always bounds a connection attempt.
+fn connect_timeout(args: &[String]) -> Result<Duration, String> {
+    let value = one("ConnectTimeout", args)?;
+    match seconds(value) {
+        Some(s) if s > 0 => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `{value}`"
+        )),
+    }
+}
+
+fn server_alive_interval(args: &[String]) -> Result<Duration, String> {
+    let value = one("ServerAliveInterval", args)?;
+    seconds(value).map(Duration::from_secs).ok_or_else(|| {
+        format!(
+            "`ServerAliveInterval` must be a number of seconds (like `30` or `1m`), not `{value}`"
+        )
+    })
+}
+
+fn jump(value: &str) -> Result<Jump, String> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(Jump::None);
+    }
+    let mut hops = Vec::new();
+    for hop in value.split(',') {
+        if hop.is_empty() {
+            return Err(format!("`ProxyJump` has an empty hop in `{value}`"));
+        }
+        parse_hop(hop).map_err(|e| format!("`ProxyJump`: {e}"))?;
+        hops.push(hop.to_owned());
+    }
+    Ok(Jump::Hops(hops))
+}
+
+/// Seconds in OpenSSH's time format: `30`, `30s`, `5m`, `1h30m` (units `s m h d w`, any
+/// case). `None` when it is not one.
+fn seconds(value: &str) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in value.chars() {
+        if let Some(digit) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)?
+                    .checked_add(digit.into())?,
+            );
+            continue;
+        }
+        let unit = match c.to_ascii_lowercase() {
+            's' => 1,
+            'm' => 60,
+            'h' => 60 * 60,
+            'd' => 24 * 60 * 60,
+            'w' => 7 * 24 * 60 * 60,
+            _ => return None,
+        };
+        total = total.checked_add(number.take()?.checked_mul(unit)?)?;
+    }
+    total = total.checked_add(number.unwrap_or(0))?;
+    // OpenSSH keeps times in an `int`.
+    (total <= i32::MAX as u64).then_some(total)
+}
+
+/// One `ProxyJump` hop, `[user@]host[:port]` or `ssh://[user@]host[:port]`, as (user, host,
+/// port). An IPv6 address goes in brackets: `[::1]:22`.
+pub fn parse_hop(hop: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+    let bad = |why: &str| format!("`{hop}` is not a valid jump host: {why}");
+    let rest = match hop.strip_prefix("ssh://") {
+        Some(rest) => rest.strip_suffix('/').unwrap_or(rest),
+        None => hop,
+    };
+    if rest.contains('/') {
+        return Err(bad("a path is not allowed"));
+    }
+    let (user, address) = match rest.rsplit_once('@') {
+        Some(("", _)) => return Err(bad("the user before `@` is empty")),
+        Some((user, address)) => (Some(user.to_owned()), address),
+        None => (None, rest),
+    };
+    let (host, port_text) = if let Some(bracketed) = address.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| bad("`[` is not closed by `]`"))?;
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(bad("only `:port` may follow `]`")),
+            },
+        }
+    } else {
+        match address.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err(bad("put an IPv6 address in brackets, like `[::1]:22`"));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (address, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("the host is empty"));
+    }
+    let port = match port_text {
+        Some(text) => Some(port(text).map_err(|_| {
+            bad(&format!(
+                "the port must be a number from 1 to 65535, not `{text}`"
+            ))
+        })?),
+        None => None,
+    };
+    Ok((user, host.to_owned(), port))
+}
+
+/// Fills in `%` tokens and a leading `~/` (see [`Tokens`]); an unknown token is an error
+/// rather than left in place, as OpenSSH does.
+pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
+    let home = tokens.local.home.to_string_lossy();
+    let (mut out, rest) = match text.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => (home.to_string(), rest),
+        _ => (String::new(), text),
+    };
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(token) = chars.next() else {
+            return Err(ConfigError::TrailingPercent { text: text.into() });
+        };
+        match token {
+            '%' => out.push('%'),
+            'h' => out.push_str(tokens.host),
+            'n' => out.push_str(tokens.alias),
+            'p' => out.push_str(&tokens.port.to_string()),
+            'r' => out.push_str(tokens.user),
+            'u' => out.push_str(&tokens.local.user),
+            'd' => out.push_str(&home),
+            'l' => out.push_str(&tokens.local.hostname),
+            'L' => out.push_str(short_hostname(&tokens.local.hostname)),
+            'i' => out.push_str(&tokens.local.uid.to_string()),
+            _ => {
+                return Err(ConfigError::UnknownToken {
+                    token,
+                    text: text.into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn short_hostname(hostname: &str) -> &str {
+    hostname.split('.').next().unwrap_or(hostname)
+}
+
+/// `~` or `~/...` made absolute; `None` for any other path.
+fn expand_tilde(path: &str, home: &Path) -> Option<PathBuf> {
+    match path.strip_prefix('~')? {
+        "" => Some(home.to_owned()),
+        rest => Some(home.join(rest.strip_prefix('/')?)),
+    }
+}
+
+/// The existing paths `pattern` names, sorted. `*` and `?` in a path component match file
+/// names (not ones starting with `.` unless the pattern does, as glob(3)); a directory that
+/// cannot be listed matches nothing.
+fn glob(pattern: &Path) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    let mut wild = false;
+    for component in pattern.components() {
+        let name = match component {
+            Component::Normal(name) => name.to_string_lossy(),
+            _ => {
+                found.iter_mut().for_each(|p| p.push(component));
+                continue;
+            }
+        };
+        if !name.contains(['*', '?']) {
+            found.iter_mut().for_each(|p| p.push(&*name));
+            continue;
+        }
+        wild = true;
+        found = found
+            .iter()
+            .flat_map(|dir| matching_entries(dir, &name))
+            .collect();
+    }
+    found.retain(|p| fs::symlink_metadata(p).is_ok());
+    if wild {
+        // Whole paths, byte order: what glob(3) sorts by.
+        found.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    }
+    found
+}
+
+fn matching_entries(dir: &Path, pattern: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            (!name.starts_with('.') || pattern.starts_with('.')) && wildcard(pattern, &name)
+        })
+        .map(|entry| dir.join(entry.file_name()))
+        .collect()
+}
+
+/// `*` matches any run of characters, `?` exactly one; everything else itself.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was and how much text it has swallowed so far, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// OpenSSH's pattern-list rule: true when some pattern matches and no `!`-negated one does.
+/// Host names compare case-insensitively (ssh lowercases them); user names do not.
+fn matches_patterns<'p>(
+    patterns: impl IntoIterator<Item = &'p str>,
+    subject: &str,
+    fold_case: bool,
+) -> bool {
+    let subject = if fold_case {
+        subject.to_lowercase()
+    } else {
+        subject.to_owned()
+    };
+    let mut positive = false;
+    for pattern in patterns {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        let matched = if fold_case {
+            wildcard(&pattern.to_lowercase(), &subject)
+        } else {
+            wildcard(pattern, &subject)
+        };
+        if matched && negated {
+            return false;
+        }
+        positive |= matched;
+    }
+    positive
+}
+
+/// Walks the parsed files for one alias, collecting what applies.
+struct Resolver<'a> {
+    alias: &'a str,
+    user: Option<&'a str>,
+    local: &'a Local,
+    out: HostConfig,
+}
+
+impl Resolver<'_> {
+    /// Each file, included ones too, starts active; a `Host` or `Match` in it decides for the
+    /// rest of that file only, so the including file's state is untouched on return.
+    fn walk(&mut self, file: &ConfigFile) {
+        let mut active = true;
+        for line in &file.lines {
+            match &line.item {
+                Item::Host(patterns) => {
+                    active =
+                        matches_patterns(patterns.iter().map(String::as_str), self.alias, true);
+                }
+                Item::Match(criteria) => active = self.match_applies(criteria, &line.origin),
+                Item::Set(directive) if active => self.apply(directive, &line.origin),
+                Item::Include(files) if active => files.iter().for_each(|f| self.walk(f)),
+                Item::Set(_) | Item::Include(_) => {}
+            }
+        }
+    }
+
+    /// All criteria must hold. One shipit cannot evaluate skips the block, with a note,
+    /// when the others would have let it apply.
+    fn match_applies(&mut self, criteria: &[Criterion], origin: &Origin) -> bool {
+        let mut unsupported = None;
+        let mut holds = true;
+        for criterion in criteria {
+            let result = match &criterion.test {
+                Test::All => true,
+                Test::Host(list) => matches_patterns(list.split(','), &self.current_host(), true),
+                Test::OriginalHost(list) => matches_patterns(list.split(','), self.alias, true),
+                Test::User(list) => matches_patterns(list.split(','), self.remote_user(), false),
+                Test::LocalUser(list) => matches_patterns(list.split(','), &self.local.user, false),
+                Test::Unsupported(name) => {
+                    unsupported.get_or_insert(name);
+                    continue;
+                }
+            };
+            if result == criterion.negated {
+                holds = false;
+            }
+        }
+        match unsupported {
+            Some(name) if holds => {
+                self.out.notes.push(format!(
+                    "{origin}: `Match {name}` is not supported; the block is skipped"
+                ));
+                false
+            }
+            _ => holds,
+        }
+    }
+
+    /// What `Match host` tests: the `HostName` set so far, else the alias.
+    fn current_host(&self) -> String {
+        match &self.out.hostname {
+            Some(setting) => setting.value.clone(),
+            None => self.alias.to_owned(),
+        }
+    }
+
+    /// What `Match user` tests: the caller's user, else the `User` set so far, else the local
+    /// user, as OpenSSH does.
+    fn remote_user(&self) -> &str {
+        match (self.user, &self.out.user) {
+            (Some(user), _) => user,
+            (None, Some(setting)) => &setting.value,
+            (None, None) => &self.local.user,
+        }
+    }
+
+    fn apply(&mut self, directive: &Directive, origin: &Origin) {
+        let out = &mut self.out;
+        match directive {
+            Directive::HostName(pieces) => first(
+                &mut out.hostname,
+                render_hostname(pieces, self.alias),
+                origin,
+            ),
+            Directive::User(v) => first(&mut out.user, v.clone(), origin),
+            Directive::Port(v) => first(&mut out.port, *v, origin),
+            Directive::IdentityFile(v) => out.identity_files.push(Setting {
+                value: v.clone(),
+                origin: origin.clone(),
+            }),
+            Directive::IdentitiesOnly(v) => first(&mut out.identities_only, *v, origin),
+            Directive::ProxyJump(v) if out.proxy_command.is_none() => {
+                first(&mut out.proxy_jump, v.clone(), origin)
+            }
+            Directive::ProxyCommand(v) if out.proxy_jump.is_none() => {
+                first(&mut out.proxy_command, v.clone(), origin)
+            }
+            Directive::ProxyJump(_) | Directive::ProxyCommand(_) => {}
+            Directive::ConnectTimeout(v) => first(&mut out.connect_timeout, *v, origin),
+            Directive::ServerAliveInterval(v) => first(&mut out.server_alive_interval, *v, origin),
+            Directive::HostKeyAlias(v) => first(&mut out.host_key_alias, v.clone(), origin),
+        }
+    }
+}
+
+/// OpenSSH's first-match-wins: a value already set stays.
+fn first<T>(slot: &mut Option<Setting<T>>, value: T, origin: &Origin) {
+    if slot.is_none() {
+        *slot = Some(Setting {
+            value,
+            origin: origin.clone(),
+        });
+    }
+}
+
+fn render_hostname(pieces: &[Piece], alias: &str) -> String {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text.as_str(),
+            Piece::Alias => alias,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/home/u/.ssh/config";
+
+    fn local_at(home: &Path) -> Local {
+        Local {
+            home: home.to_owned(),
+            user: "me".into(),
+            uid: 1000,
+            hostname: "laptop.example.com".into(),
+        }
+    }
+
+    fn local() -> Local {
+        local_at(Path::new("/home/u"))
+    }
+
+    fn parse(text: &str) -> SshConfig {
+        SshConfig::parse(Path::new(FILE), text, &local()).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        SshConfig::parse(Path::new(FILE), text, &local())
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn value<T: Clone>(setting: &Option<Setting<T>>) -> Option<T> {
+        setting.as_ref().map(|s| s.value.clone())
+    }
+
+    fn line<T>(setting: &Option<Setting<T>>) -> usize {
+        setting.as_ref().unwrap().origin.line
+    }
+
+    fn identities(config: &HostConfig) -> Vec<&str> {
+        config
+            .identity_files
+            .iter()
+            .map(|s| s.value.as_str())
+            .collect()
+    }
+
+    /// A temporary home with `.ssh/` and the given files in it (paths relative to `.ssh`).
+    fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = home.path().join(".ssh").join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        home
+    }
+
+    fn parse_in(home: &Path, text: &str) -> SshConfig {
+        SshConfig::parse(&home.join(".ssh/config"), text, &local_at(home)).unwrap()
+    }
+
+    #[test]
+    fn first_match_wins_across_blocks() {
+        let config = parse(
+            "Host web\n  Port 2222\n  User deploy\nHost web*\n  Port 22\n  User root\n  HostName 10.0.0.1\n",
+        );
+        let web = config.resolve("web", None);
+        assert_eq!(value(&web.port), Some(2222));
+        assert_eq!(value(&web.user), Some("deploy".into()));
+        assert_eq!(value(&web.hostname), Some("10.0.0.1".into()));
+        assert_eq!(line(&web.hostname), 7);
+        let web2 = config.resolve("web2", None);
+        assert_eq!(value(&web2.port), Some(22));
+    }
+
+    #[test]
+    fn host_star_supplies_defaults_after_specific_blocks() {
+        let config =
+            parse("Host db\n User postgres\nHost *\n User admin\n ServerAliveInterval 30\n");
+        let db = config.resolve("db", None);
+        assert_eq!(value(&db.user), Some("postgres".into()));
+        assert_eq!(
+            value(&db.server_alive_interval),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            value(&config.resolve("other", None).user),
+            Some("admin".into())
+        );
+    }
+
+    #[test]
+    fn lines_before_the_first_host_apply_to_every_host() {
+        let config = parse("User everyone\nHost a\n User only-a\n");
+        assert_eq!(
+            value(&config.resolve("a", None).user),
+            Some("everyone".into())
+        );
+        assert_eq!(
+            value(&config.resolve("b", None).user),
+            Some("everyone".into())
+        );
+    }
+
+    #[test]
+    fn negated_pattern_excludes_a_host() {
+        let config = parse("Host * !bastion\n ProxyJump bastion\n");
+        assert_eq!(
+            value(&config.resolve("app", None).proxy_jump),
+            Some(Jump::Hops(vec!["bastion".into()]))
+        );
+        assert_eq!(config.resolve("bastion", None).proxy_jump, None);
+        // A negated pattern alone matches nothing.
+        let config = parse("Host !bastion\n Port 2\n");
+        assert_eq!(config.resolve("app", None).port, None);
+    }
+
+    #[test]
+    fn question_mark_matches_exactly_one_character() {
+        let config = parse("Host web?\n Port 2000\n");
+        assert_eq!(value(&config.resolve("web1", None).port), Some(2000));
+        assert_eq!(config.resolve("web", None).port, None);
+        assert_eq!(config.resolve("web12", None).port, None);
+    }
+
+    #[test]
+    fn host_matching_ignores_case() {
+        let config = parse("HOST Web.Example.COM\n  PORT 2022\n");
+        assert_eq!(
+            value(&config.resolve("web.example.com", None).port),
+            Some(2022)
+        );
+        assert_eq!(
+            value(&config.resolve("WEB.example.com", None).port),
+            Some(2022)
+        );
+    }
+
+    #[test]
+    fn equals_sign_and_quotes() {
+        let config = parse(concat!(
+            "Host=a\n",
+            "Port=2201\n",
+            "User = bob\n",
+            "IdentityFile \"/path with spaces/key\"\n",
+            "IdentityFile='/other path/key'\n",
+            "HostKeyAlias\t alias  # a comment\n",
+        ));
+        let a = config.resolve("a", None);
+        assert_eq!(value(&a.port), Some(2201));
+        assert_eq!(value(&a.user), Some("bob".into()));
+        assert_eq!(identities(&a), ["/path with spaces/key", "/other path/key"]);
+        assert_eq!(value(&a.host_key_alias), Some("alias".into()));
+    }
+
+    #[test]
+    fn crlf_and_leading_whitespace_are_tolerated() {
+        let config = parse("Host a\r\n\t  Port 7\r\n   User x \r\n");
+        let a = config.resolve("a", None);
+        assert_eq!(value(&a.port), Some(7));
+        assert_eq!(value(&a.user), Some("x".into()));
+    }
+
+    #[test]
+    fn identity_files_accumulate_in_order() {
+        let config = parse(
+            "Host a\n IdentityFile ~/.ssh/a\nHost *\n IdentityFile ~/.ssh/all\n IdentitiesOnly yes\n",
+        );
+        let a = config.resolve("a", None);
+        assert_eq!(identities(&a), ["~/.ssh/a", "~/.ssh/all"]);
+        assert_eq!(a.identity_files[1].origin.line, 4);
+        assert_eq!(value(&a.identities_only), Some(true));
+        assert_eq!(identities(&config.resolve("b", None)), ["~/.ssh/all"]);
+    }
+
+    #[test]
+    fn other_keywords_are_ignored() {
+        let config = parse("Host a\n ForwardAgent yes\n SendEnv LANG LC_*\n Port 3\n");
+        assert_eq!(value(&config.resolve("a", None).port), Some(3));
+    }
+
+    #[test]
+    fn include_is_relative_to_ssh_dir_with_sorted_glob() {
+        let home = home_with(&[
+            ("config.d/20-b", "Host b\n  Port 20\n"),
+            (
+                "config.d/10-a",
+                "# first\nHost a b\n  Port 10\n  User from-10\n",
+            ),
+            ("config.d/.hidden", "Port 99\n"),
+        ]);
+        let config = parse_in(home.path(), "Include config.d/*\nHost *\n User default\n");
+        let b = config.resolve("b", None);
+        assert_eq!(value(&b.port), Some(10));
+        assert_eq!(value(&b.user), Some("from-10".into()));
+        let origin = &b.port.as_ref().unwrap().origin;
+        assert_eq!(origin.file, home.path().join(".ssh/config.d/10-a"));
+        assert_eq!(origin.line, 3);
+        assert_eq!(value(&config.resolve("c", None).port), None);
+    }
+
+    #[test]
+    fn include_takes_several_paths_and_tilde() {
+        let home = home_with(&[("one", "IdentityFile k1\n"), ("two", "IdentityFile k2\n")]);
+        let config = parse_in(home.path(), "Include ~/.ssh/two one missing none-match*\n");
+        assert_eq!(identities(&config.resolve("x", None)), ["k2", "k1"]);
+    }
+
+    #[test]
+    fn include_inside_a_host_block_applies_only_to_that_host() {
+        let home = home_with(&[("inc", "Port 2222\n")]);
+        let config = parse_in(home.path(), "Host a\n  Include inc\nHost *\n  Port 22\n");
+        assert_eq!(value(&config.resolve("a", None).port), Some(2222));
+        assert_eq!(value(&config.resolve("b", None).port), Some(22));
+    }
+
+    #[test]
+    fn host_line_in_an_included_file_does_not_leak() {
+        let home = home_with(&[("inc", "Host other\n  Port 1\n")]);
+        let config = parse_in(home.path(), "Host a\n  Include inc\n  User after-include\n");
+        let a = config.resolve("a", None);
+        assert_eq!(a.port, None);
+        assert_eq!(value(&a.user), Some("after-include".into()));
+        assert_eq!(config.resolve("other", None).user, None);
+        // Nor does a block inside the file open when the including block is closed.
+        assert_eq!(config.resolve("other", None).port, None);
+    }
+
+    #[test]
+    fn a_file_including_itself_fails_at_the_depth_limit() {
+        let home = home_with(&[("loop", "Include loop\n")]);
+        let err = SshConfig::parse(
+            &home.path().join(".ssh/config"),
+            "Include loop\n",
+            &local_at(home.path()),
+        )
+        .unwrap_err();
+        let looped = home.path().join(".ssh/loop");
+        match &err {
+            ConfigError::TooDeep { origin, file } => {
+                assert_eq!(origin.file, looped);
+                assert_eq!(file, &looped);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("nests more than 16 files deep"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn match_host_tests_the_hostname_set_so_far() {
+        let config = parse(concat!(
+            "Host short\n HostName long.example.com\n",
+            "Match host *.example.com\n User matched\n",
+            "Match host short\n Port 9\n",
+        ));
+        let short = config.resolve("short", None);
+        assert_eq!(value(&short.user), Some("matched".into()));
+        assert_eq!(short.port, None);
+        assert_eq!(
+            value(&config.resolve("x.example.com", None).user),
+            Some("matched".into())
+        );
+    }
+
+    #[test]
+    fn match_originalhost_tests_the_alias() {
+        let config = parse("Host s\n HostName real\nMatch originalhost s,t\n Port 5\n");
+        assert_eq!(value(&config.resolve("s", None).port), Some(5));
+        assert_eq!(value(&config.resolve("t", None).port), Some(5));
+        assert_eq!(config.resolve("real", None).port, None);
+    }
+
+    #[test]
+    fn match_user_tests_the_callers_user_then_config_then_local() {
+        let config = parse(
+            "Host h\n User cfg\nMatch user deploy\n Port 1\nMatch user cfg\n Port 2\nMatch user me\n Port 3\n",
+        );
+        assert_eq!(value(&config.resolve("h", Some("deploy")).port), Some(1));
+        assert_eq!(value(&config.resolve("h", None).port), Some(2));
+        assert_eq!(value(&config.resolve("other", None).port), Some(3));
+    }
+
+    #[test]
+    fn match_localuser_all_and_negation() {
+        let config = parse(concat!(
+            "Match localuser me !host skip\n IdentityFile local\n",
+            "Match !originalhost a*\n IdentityFile not-a\n",
+            "Match all\n IdentityFile all\n",
+            "Match host !x,*\n IdentityFile not-x\n",
+        ));
+        assert_eq!(
+            identities(&config.resolve("abc", None)),
+            ["local", "all", "not-x"]
+        );
+        assert_eq!(
+            identities(&config.resolve("skip", None)),
+            ["not-a", "all", "not-x"]
+        );
+        assert_eq!(
+            identities(&config.resolve("x", None)),
+            ["local", "not-a", "all"]
+        );
+    }
+
+    #[test]
+    fn match_exec_skips_the_block_with_a_note() {
+        let config = parse(
+            "# c\nMatch host a exec \"test -f /x\"\n Port 1\nMatch host b exec true\n Port 2\nHost *\n Port 3\n",
+        );
+        let a = config.resolve("a", None);
+        assert_eq!(value(&a.port), Some(3));
+        assert_eq!(
+            a.notes,
+            ["`/home/u/.ssh/config` line 2: `Match exec` is not supported; the block is skipped"]
+        );
+        for criterion in [
+            "canonical",
+            "final",
+            "localnetwork 10.0.0.0/8",
+            "tagged t",
+            "whatever x",
+        ] {
+            let config = parse(&format!("Match {criterion}\n Port 1\n"));
+            let resolved = config.resolve("a", None);
+            assert_eq!(resolved.port, None, "{criterion}");
+            assert_eq!(resolved.notes.len(), 1, "{criterion}");
+        }
+    }
+
+    #[test]
+    fn hostname_expands_percent_h_to_the_alias() {
+        let config =
+            parse("Host *.internal\n HostName %h.corp.example.com\nHost lit\n HostName 100%%\n");
+        assert_eq!(
+            value(&config.resolve("db.internal", None).hostname),
+            Some("db.internal.corp.example.com".into())
+        );
+        assert_eq!(
+            value(&config.resolve("lit", None).hostname),
+            Some("100%".into())
+        );
+    }
+
+    #[test]
+    fn proxy_jump_and_proxy_command_first_one_wins() {
+        let config = parse(concat!(
+            "Host none\n ProxyJump none\n",
+            "Host cmd\n ProxyCommand ssh -W %h:%p \"gate\"\n",
+            "Host *\n ProxyJump ssh://u@gate:2200,[::1]:22\n ProxyCommand nc %h %p\n",
+        ));
+        let none = config.resolve("none", None);
+        assert_eq!(value(&none.proxy_jump), Some(Jump::None));
+        assert_eq!(none.proxy_command, None);
+        let cmd = config.resolve("cmd", None);
+        assert_eq!(
+            value(&cmd.proxy_command),
+            Some("ssh -W %h:%p \"gate\"".into())
+        );
+        assert_eq!(cmd.proxy_jump, None);
+        assert_eq!(
+            value(&config.resolve("x", None).proxy_jump),
+            Some(Jump::Hops(vec![
+                "ssh://u@gate:2200".into(),
+                "[::1]:22".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn times_accept_openssh_units() {
+        let config = parse("ConnectTimeout 1m30s\nServerAliveInterval 0\n");
+        let x = config.resolve("x", None);
+        assert_eq!(value(&x.connect_timeout), Some(Duration::from_secs(90)));
+        assert_eq!(value(&x.server_alive_interval), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn expand_fills_every_token() {
+        let local = local();
+        let tokens = Tokens {
+            host: "10.0.0.5",
+            alias: "web",
+            port: 2222,
+            user: "deploy",
+            local: &local,
+        };
+        assert_eq!(
+            expand("~/.ssh/%h-%n-%p-%r-%u-%i-%l-%L-%%", &tokens).unwrap(),
+            "/home/u/.ssh/10.0.0.5-web-2222-deploy-me-1000-laptop.example.com-laptop-%"
+        );
+        assert_eq!(expand("%d/k", &tokens).unwrap(), "/home/u/k");
+        assert_eq!(expand("~", &tokens).unwrap(), "/home/u");
+        assert_eq!(expand("~bob/k", &tokens).unwrap(), "~bob/k");
+        assert_eq!(expand("a~/b", &tokens).unwrap(), "a~/b");
+    }
+
+    #[test]
+    fn expand_refuses_unknown_tokens() {
+        let local = local();
+        let tokens = Tokens {
+            host: "h",
+            alias: "a",
+            port: 22,
+            user: "u",
+            local: &local,
+        };
+        assert_eq!(
+            expand("key-%C", &tokens).unwrap_err().to_string(),
+            "unknown token `%C` in `key-%C`; write `%%` for a literal `%`"
+        );
+        assert_eq!(
+            expand("key%", &tokens).unwrap_err().to_string(),
+            "`key%` ends with a lone `%`; write `%%` for a literal `%`"
+        );
+    }
+
+    #[test]
+    fn line_numbers_count_comments_and_blanks() {
+        let config = parse("# top comment\n\nHost a\n    # about the port\n\n    Port 4\n");
+        let port = config.resolve("a", None).port.unwrap();
+        assert_eq!(port.origin.line, 6);
+        assert_eq!(port.origin.to_string(), "`/home/u/.ssh/config` line 6");
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_line() {
+        let cases = [
+            (
+                "Port abc",
+                "`Port` must be a number from 1 to 65535, not `abc`",
+            ),
+            ("Port 0", "`Port` must be a number from 1 to 65535, not `0`"),
+            (
+                "Port 70000",
+                "`Port` must be a number from 1 to 65535, not `70000`",
+            ),
+            (
+                "Port +22",
+                "`Port` must be a number from 1 to 65535, not `+22`",
+            ),
+            (
+                "IdentitiesOnly maybe",
+                "`IdentitiesOnly` must be `yes` or `no`, not `maybe`",
+            ),
+            (
+                "ConnectTimeout -1",
+                "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `-1`",
+            ),
+            (
+                "ServerAliveInterval soon",
+                "`ServerAliveInterval` must be a number of seconds (like `30` or `1m`), not `soon`",
+            ),
+            ("Host", "`Host` has no value"),
+            ("Host # nothing", "`Host` needs at least one pattern"),
+            ("Port", "`Port` has no value"),
+            ("Port # none", "`Port` has no value"),
+            ("IdentityFile \"/open", "a quote is not closed"),
+            ("ForwardAgent 'yes", "a quote is not closed"),
+            (
+                "User a b",
+                "`User` takes one value, not 2; quote a value that contains spaces",
+            ),
+            (
+                "HostName %p.example",
+                "`HostName` may use only the `%h` and `%%` tokens, not `%p`",
+            ),
+            ("Match host", "`Match host` needs a pattern"),
+            (
+                "Match all host a",
+                "`Match all` cannot be combined with other criteria",
+            ),
+            (
+                "ProxyJump a:x",
+                "`ProxyJump`: `a:x` is not a valid jump host: the port must be a number from 1 to 65535, not `x`",
+            ),
+            ("ProxyJump a,,b", "`ProxyJump` has an empty hop in `a,,b`"),
+        ];
+        for (text, problem) in cases {
+            let err = parse_err(&format!("# comment\n\nHost x\n{text}\n"));
+            assert_eq!(err, format!("`{FILE}` line 4: {problem}"), "{text}");
+        }
+    }
+
+    #[test]
+    fn parse_hop_forms() {
+        let hop = |s| parse_hop(s).unwrap();
+        assert_eq!(hop("gate"), (None, "gate".into(), None));
+        assert_eq!(
+            hop("u@gate:2200"),
+            (Some("u".into()), "gate".into(), Some(2200))
+        );
+        assert_eq!(
+            hop("ssh://u@gate:2200/"),
+            (Some("u".into()), "gate".into(), Some(2200))
+        );
+        assert_eq!(hop("[::1]:22"), (None, "::1".into(), Some(22)));
+        assert_eq!(
+            hop("a@b@[fe80::1]"),
+            (Some("a@b".into()), "fe80::1".into(), None)
+        );
+        for bad in [
+            "",
+            "u@",
+            "@h",
+            "h:0",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "ssh://h/path",
+        ] {
+            assert!(parse_hop(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_files_mean_an_empty_config() {
+        let home = tempfile::tempdir().unwrap();
+        let config = SshConfig::load(
+            &home.path().join(".ssh/config"),
+            Some(&home.path().join("ssh_config")),
+            &local_at(home.path()),
+        )
+        .unwrap();
+        assert!(config.is_empty());
+        assert_eq!(config.resolve("a", None), HostConfig::default());
+        assert!(parse("# only a comment\n\n").is_empty());
+    }
+
+    #[test]
+    fn load_reads_the_user_file_then_the_system_file() {
+        let home = home_with(&[("config", "Host a\n Port 1\n")]);
+        let system = home.path().join("ssh_config");
+        fs::write(&system, "Port 2\nUser sys\n").unwrap();
+        let config = SshConfig::load(
+            &home.path().join(".ssh/config"),
+            Some(&system),
+            &local_at(home.path()),
+        )
+        .unwrap();
+        let a = config.resolve("a", None);
+        assert_eq!(value(&a.port), Some(1));
+        assert_eq!(value(&a.user), Some("sys".into()));
+        assert_eq!(a.user.unwrap().origin.file, system);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_naming_it() {
+        let home = tempfile::tempdir().unwrap();
+        // A directory where the file should be: exists, but cannot be read as one.
+        let err = SshConfig::load(home.path(), None, &local_at(home.path())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read `{}`", home.path().display())
+        );
+    }
+}
