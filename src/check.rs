@@ -149,6 +149,12 @@ async fn check_host(
     check.reachable = true;
     check.host_key_verified = (!local).then_some(true);
     check.host_key = transport.host_key().map(str::to_owned);
+    if let Some(step) = fleet::host_key_step(transport.as_ref()) {
+        out.emit(Event::Step {
+            host: &host.name,
+            step: &step,
+        });
+    }
     check.authenticated = Some(true);
     out.emit(Event::Step {
         host: &host.name,

@@ -1,6 +1,6 @@
 //! Shell completion: the registration script `shipit completions <SHELL>` prints, and the
 //! candidates offered for a stage. The script calls `shipit` back at each Tab
-//! (clap_complete's dynamic completion, `COMPLETE=<shell> shipit -- <words>`), so a stage
+//! (clap_complete's dynamic completion, `SHIPIT_COMPLETE=<shell> shipit -- <words>`), so a stage
 //! added after installing the script completes too. Depends on `cli` only.
 //!
 //! [`stages`] reads the current directory: it runs only when a shell asks for completions.
@@ -14,11 +14,13 @@ use clap_complete::env::{Bash, EnvCompleter, Fish, Zsh};
 
 use crate::cli::{Cli, Shell};
 
-/// The environment variable that turns a run of `shipit` into a completion request.
-pub const VAR: &str = "COMPLETE";
+/// The environment variable that turns a run of `shipit` into a completion request. Not
+/// clap's default `COMPLETE`: an environment that happens to set that (`COMPLETE=1`) must not
+/// turn a deploy into a completion request, or an error.
+pub const VAR: &str = "SHIPIT_COMPLETE";
 
 /// The script that registers `shipit`'s completions in `shell`: the same bytes as
-/// `COMPLETE=<shell> shipit` prints. `completer` is the program the script calls back (see
+/// `SHIPIT_COMPLETE=<shell> shipit` prints. `completer` is the program the script calls back (see
 /// [`completer`]).
 pub fn registration(shell: Shell, completer: &str) -> Vec<u8> {
     let adapter: &dyn EnvCompleter = match shell {
@@ -90,7 +92,7 @@ mod tests {
     #[test]
     fn registration_calls_shipit_back_through_the_complete_variable() {
         let script = String::from_utf8(registration(Shell::Bash, "shipit")).unwrap();
-        assert!(script.contains("COMPLETE=\"bash\""), "{script}");
+        assert!(script.contains("SHIPIT_COMPLETE=\"bash\""), "{script}");
         assert!(
             script.contains("-F _clap_complete_shipit shipit"),
             "{script}"

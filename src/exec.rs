@@ -108,6 +108,12 @@ async fn exec_host(
             return HostExec::failed(&host.name, crate::error::chain(&e));
         }
     };
+    if let Some(step) = crate::fleet::host_key_step(transport.as_ref()) {
+        out.emit(Event::Step {
+            host: &host.name,
+            step: &step,
+        });
+    }
     out.emit(Event::Step {
         host: &host.name,
         step: "running",

@@ -88,12 +88,14 @@ pub fn ssh_target(inventory: &Inventory, host: &Host) -> SshTarget {
                 keepalive_interval: inventory.ssh.keepalive_interval,
                 identities: Vec::new(),
                 identities_only: false,
+                known_hosts: Vec::new(),
             })
         }),
         connect_timeout: inventory.ssh.connect_timeout,
         keepalive_interval: inventory.ssh.keepalive_interval,
         identities: Vec::new(),
         identities_only: false,
+        known_hosts: Vec::new(),
     }
 }
 
@@ -138,6 +140,14 @@ pub async fn connect_all<'h>(
         }
     }
     (conns, failed)
+}
+
+/// The verbose log line saying how a connected host's key was trusted (which known_hosts
+/// line, pin or certificate authority), where there is a host key.
+pub fn host_key_step(transport: &dyn Transport) -> Option<String> {
+    transport
+        .host_key()
+        .map(|key| format!("connected; host key {key}"))
 }
 
 /// Closes every connection.

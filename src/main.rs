@@ -22,7 +22,7 @@ use shipit::transport::SshSettings;
 use shipit::{artifact, check, completion, exec, history, lock, manual, releases};
 
 fn main() -> ExitCode {
-    // A shell asking for completions (`COMPLETE=bash shipit -- ...`): answer and exit.
+    // A shell asking for completions (`SHIPIT_COMPLETE=bash shipit -- ...`): answer and exit.
     CompleteEnv::with_factory(Cli::command)
         .var(completion::VAR)
         .complete();
@@ -392,6 +392,14 @@ async fn connect_reporting<'h>(
         })
     })
     .await;
+    for conn in &conns {
+        if let Some(step) = fleet::host_key_step(conn.transport.as_ref()) {
+            out.emit(Event::Step {
+                host: &conn.host.name,
+                step: &step,
+            });
+        }
+    }
     for (host, e) in &failed {
         out.emit(Event::HostDone {
             host: &host.name,
@@ -651,9 +659,6 @@ fn output_mode(cli: &Cli) -> Mode {
     }
 }
 
-/// OpenSSH's `GlobalKnownHostsFile` default, read after the user's.
-const SYSTEM_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
-
 /// OpenSSH's system-wide client config, read after the user's `~/.ssh/config`.
 const SYSTEM_SSH_CONFIG: &str = "/etc/ssh/ssh_config";
 
@@ -727,7 +732,7 @@ fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
             })
             .unwrap_or_default(),
     };
-    known_hosts.extend(SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from));
+    known_hosts.extend(shipit::reach::SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from));
     if inventory.transport == TransportKind::Local {
         return SshSettings::default();
     }

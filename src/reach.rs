@@ -17,6 +17,12 @@ use crate::transport::SshTarget;
 const DEFAULT_USER: &str = "root";
 const DEFAULT_PORT: u16 = 22;
 
+/// OpenSSH's `UserKnownHostsFile` default, under the home directory.
+const USER_KNOWN_HOSTS: [&str; 2] = [".ssh/known_hosts", ".ssh/known_hosts2"];
+
+/// OpenSSH's `GlobalKnownHostsFile` default, read after the user's files.
+pub const SYSTEM_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+
 /// One host's connection settings, each with its origin.
 #[derive(Debug)]
 pub struct Reach {
@@ -175,6 +181,9 @@ impl Resolver<'_> {
         let (identities, identities_only) = self
             .identities(&cfg, &tokens, &mut sources)
             .map_err(|(o, r)| bad(o, r))?;
+        let known_hosts = self
+            .known_hosts(&cfg, &tokens, &mut sources)
+            .map_err(|(o, r)| bad(o, r))?;
 
         let jump = self.jump(
             host,
@@ -218,9 +227,67 @@ impl Resolver<'_> {
                 keepalive_interval,
                 identities,
                 identities_only,
+                known_hosts,
             },
             sources,
         })
+    }
+
+    /// Where the host's key is looked up: the inventory's `ssh.known_hosts`, else the
+    /// config's `UserKnownHostsFile`, else `~/.ssh/known_hosts{,2}`; then the config's
+    /// `GlobalKnownHostsFile`, else the system's files.
+    fn known_hosts(
+        &self,
+        cfg: &HostConfig,
+        tokens: &Tokens<'_>,
+        sources: &mut Vec<Source>,
+    ) -> Result<Vec<PathBuf>, (String, String)> {
+        let expand_all = |s: &Setting<Vec<String>>| -> Result<Vec<PathBuf>, (String, String)> {
+            s.value
+                .iter()
+                .map(|f| {
+                    ssh_config::expand(f, tokens)
+                        .map(PathBuf::from)
+                        .map_err(|e| (origin(s), e.to_string()))
+                })
+                .collect()
+        };
+        let home = &self.local.home;
+        let (user, user_origin) = match (&self.inventory.ssh.known_hosts, &cfg.user_known_hosts) {
+            (Some(file), _) => (vec![file.clone()], self.inventory_origin("ssh.known_hosts")),
+            (None, Some(s)) => (expand_all(s)?, origin(s)),
+            (None, None) if home.as_os_str().is_empty() => (Vec::new(), "default".to_owned()),
+            (None, None) => (
+                USER_KNOWN_HOSTS.iter().map(|f| home.join(f)).collect(),
+                "default".to_owned(),
+            ),
+        };
+        let (global, global_origin) = match &cfg.global_known_hosts {
+            Some(s) => (expand_all(s)?, origin(s)),
+            None => (
+                SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from).collect(),
+                "default".to_owned(),
+            ),
+        };
+        let show = |files: &[PathBuf]| {
+            if files.is_empty() {
+                "none".to_owned()
+            } else {
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        sources.push(source("known_hosts", &show(&user), user_origin, None));
+        sources.push(source(
+            "global_known_hosts",
+            &show(&global),
+            global_origin,
+            None,
+        ));
+        Ok(user.into_iter().chain(global).collect())
     }
 
     /// The keys to offer: the run's own (`SHIPIT_SSH_KEY`, `ssh.identity`), else those the
@@ -391,6 +458,9 @@ impl Resolver<'_> {
             self.identities(&jcfg, &tokens, &mut jsources)
                 .map_err(|(o, r)| bad(o, r))?
         };
+        let known_hosts = self
+            .known_hosts(&jcfg, &tokens, &mut jsources)
+            .map_err(|(o, r)| bad(o, r))?;
         Ok(Some(Box::new(SshTarget {
             host: hop_alias.clone(),
             address,
@@ -403,6 +473,7 @@ impl Resolver<'_> {
             keepalive_interval,
             identities,
             identities_only,
+            known_hosts,
         })))
     }
 }
@@ -641,6 +712,36 @@ mod tests {
         let cfg = config("Host web-1\n  ProxyJump gate\nHost gate\n  ProxyJump outer\n");
         let err = resolve(&inv, &cfg, None).unwrap_err();
         assert!(err.to_string().contains("jump host `gate`"), "{err}");
+    }
+
+    #[test]
+    fn known_hosts_files_follow_the_inventory_then_the_config() {
+        let cfg =
+            config("Host *\n  UserKnownHostsFile ~/.ssh/kh_%h\n  GlobalKnownHostsFile /dev/null\n");
+        let r = resolve(&inventory("", WEB), &cfg, None).unwrap();
+        assert_eq!(
+            r.target.known_hosts,
+            vec![
+                PathBuf::from("/home/me/.ssh/kh_web-1"),
+                PathBuf::from("/dev/null")
+            ]
+        );
+        let inv = inventory("known_hosts = \"/project/kh\"", WEB);
+        let r = resolve(&inv, &cfg, None).unwrap();
+        assert_eq!(
+            r.target.known_hosts,
+            vec![PathBuf::from("/project/kh"), PathBuf::from("/dev/null")]
+        );
+        let r = resolve(&inventory("", WEB), &config(""), None).unwrap();
+        assert_eq!(
+            r.target.known_hosts,
+            vec![
+                PathBuf::from("/home/me/.ssh/known_hosts"),
+                PathBuf::from("/home/me/.ssh/known_hosts2"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+            ]
+        );
     }
 
     #[test]

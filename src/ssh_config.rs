@@ -106,6 +106,10 @@ pub struct HostConfig {
     /// Zero turns keepalives off.
     pub server_alive_interval: Option<Setting<Duration>>,
     pub host_key_alias: Option<Setting<String>>,
+    /// `UserKnownHostsFile`: the files, raw (for [`expand`]); `none` is an empty list.
+    pub user_known_hosts: Option<Setting<Vec<String>>>,
+    /// `GlobalKnownHostsFile`, likewise.
+    pub global_known_hosts: Option<Setting<Vec<String>>>,
     /// Blocks that were skipped because they need something shipit does not evaluate.
     pub notes: Vec<String>,
 }
@@ -178,6 +182,8 @@ enum Directive {
     ConnectTimeout(Duration),
     ServerAliveInterval(Duration),
     HostKeyAlias(String),
+    UserKnownHostsFile(Vec<String>),
+    GlobalKnownHostsFile(Vec<String>),
 }
 
 /// A `HostName` split at `%h`, checked at load so resolving cannot fail.
@@ -503,9 +509,19 @@ fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String
         "connecttimeout" => Directive::ConnectTimeout(connect_timeout(args)?),
         "serveraliveinterval" => Directive::ServerAliveInterval(server_alive_interval(args)?),
         "hostkeyalias" => Directive::HostKeyAlias(one("HostKeyAlias", args)?.to_owned()),
+        "userknownhostsfile" => Directive::UserKnownHostsFile(files(args)),
+        "globalknownhostsfile" => Directive::GlobalKnownHostsFile(files(args)),
         _ => return Ok(None),
     };
     Ok(Some(directive))
+}
+
+/// A list of files; `none` alone means no file.
+fn files(args: &[String]) -> Vec<String> {
+    match args {
+        [only] if only.eq_ignore_ascii_case("none") => Vec::new(),
+        _ => args.to_vec(),
+    }
 }
 
 /// The single value the keyword `name` takes; OpenSSH refuses extra words after it.
@@ -942,6 +958,10 @@ impl Resolver<'_> {
             Directive::ConnectTimeout(v) => first(&mut out.connect_timeout, *v, origin),
             Directive::ServerAliveInterval(v) => first(&mut out.server_alive_interval, *v, origin),
             Directive::HostKeyAlias(v) => first(&mut out.host_key_alias, v.clone(), origin),
+            Directive::UserKnownHostsFile(v) => first(&mut out.user_known_hosts, v.clone(), origin),
+            Directive::GlobalKnownHostsFile(v) => {
+                first(&mut out.global_known_hosts, v.clone(), origin)
+            }
         }
     }
 }
@@ -1144,6 +1164,23 @@ mod tests {
     fn other_keywords_are_ignored() {
         let config = parse("Host a\n ForwardAgent yes\n SendEnv LANG LC_*\n Port 3\n");
         assert_eq!(value(&config.resolve("a", None).port), Some(3));
+    }
+
+    #[test]
+    fn known_hosts_files_are_lists_and_none_is_empty() {
+        let config = parse(
+            "Host a\n UserKnownHostsFile ~/kh1 \"/x y/kh2\"\n GlobalKnownHostsFile none\nHost *\n UserKnownHostsFile /late\n",
+        );
+        let a = config.resolve("a", None);
+        assert_eq!(
+            value(&a.user_known_hosts),
+            Some(vec!["~/kh1".to_owned(), "/x y/kh2".to_owned()])
+        );
+        assert_eq!(value(&a.global_known_hosts), Some(Vec::new()));
+        assert_eq!(
+            value(&config.resolve("b", None).user_known_hosts),
+            Some(vec!["/late".to_owned()])
+        );
     }
 
     #[test]

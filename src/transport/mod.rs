@@ -391,6 +391,9 @@ pub struct SshTarget {
     pub identities: Vec<PathBuf>,
     /// `IdentitiesOnly yes`: with `identities`, offer no other agent key.
     pub identities_only: bool,
+    /// The known_hosts files to check the host key in, in order; empty: the run's
+    /// ([`SshSettings::known_hosts`]).
+    pub known_hosts: Vec<PathBuf>,
 }
 
 /// Credentials and trust for every SSH connection of a run, read once by `main`.

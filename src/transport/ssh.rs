@@ -58,8 +58,10 @@ enum Credential {
 
 /// Shared by every connection of one run.
 pub struct SshConnector {
-    known: Arc<KnownHosts>,
-    known_hosts_label: String,
+    /// known_hosts files for targets that name none of their own.
+    default_known_hosts: Vec<PathBuf>,
+    /// Each distinct list of known_hosts files, read once per run.
+    known: Mutex<HashMap<Vec<PathBuf>, Arc<KnownHosts>>>,
     /// The run's own key (`SHIPIT_SSH_KEY` or `ssh.identity`): then nothing else is offered.
     run_key: Option<Result<Vec<Credential>, ConnectError>>,
     agent_socket: Option<PathBuf>,
@@ -81,19 +83,9 @@ impl SshConnector {
     /// Reads known_hosts and loads keys. Problems with keys are kept and reported per host
     /// at the auth stage, so `check` still shows every host.
     pub fn new(settings: &SshSettings) -> SshConnector {
-        let mut known = KnownHosts::default();
-        for file in &settings.known_hosts {
-            if let Ok(text) = std::fs::read_to_string(file) {
-                known.add_file(file, &text);
-            }
-        }
-        let known_hosts_label = settings.known_hosts.first().map_or_else(
-            || "~/.ssh/known_hosts".to_owned(),
-            |p| p.display().to_string(),
-        );
         SshConnector {
-            known: Arc::new(known),
-            known_hosts_label,
+            default_known_hosts: settings.known_hosts.clone(),
+            known: Mutex::new(HashMap::new()),
             run_key: run_key(settings),
             agent_socket: settings.agent_socket.clone(),
             passphrase: settings.passphrase.as_ref().map(|p| p.expose().to_owned()),
@@ -149,15 +141,20 @@ impl SshConnector {
         let problem = Arc::new(Mutex::new(None));
         let disconnect = Arc::new(Mutex::new(None));
         let trusted = Arc::new(Mutex::new(None));
+        let files = self.known_hosts_files(target);
+        let known = self.known_hosts(files);
         let handler = Client {
             target: target.clone(),
-            known: self.known.clone(),
-            known_hosts_label: self.known_hosts_label.clone(),
+            known: known.clone(),
+            known_hosts_label: files.first().map_or_else(
+                || "~/.ssh/known_hosts".to_owned(),
+                |p| p.display().to_string(),
+            ),
             problem: problem.clone(),
             disconnect: disconnect.clone(),
             trusted: trusted.clone(),
         };
-        let config = Arc::new(self.config(target));
+        let config = Arc::new(self.config(target, &known));
         let unreachable = |reason: String| ConnectError::Unreachable {
             host: target.host.clone(),
             address: address_label(target),
@@ -232,7 +229,34 @@ impl SshConnector {
         })
     }
 
-    fn config(&self, target: &SshTarget) -> client::Config {
+    /// The known_hosts files that hold `target`'s key, in lookup order.
+    fn known_hosts_files<'a>(&'a self, target: &'a SshTarget) -> &'a [PathBuf] {
+        if target.known_hosts.is_empty() {
+            &self.default_known_hosts
+        } else {
+            &target.known_hosts
+        }
+    }
+
+    /// Reads (once per run) the known_hosts `files`; unreadable or missing files hold
+    /// nothing, as for OpenSSH.
+    fn known_hosts(&self, files: &[PathBuf]) -> Arc<KnownHosts> {
+        let mut cache = self.known.lock().expect("lock");
+        if let Some(known) = cache.get(files) {
+            return known.clone();
+        }
+        let mut known = KnownHosts::default();
+        for file in files {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                known.add_file(file, &text);
+            }
+        }
+        let known = Arc::new(known);
+        cache.insert(files.to_vec(), known.clone());
+        known
+    }
+
+    fn config(&self, target: &SshTarget, known: &KnownHosts) -> client::Config {
         let mut preferred = russh::Preferred::default();
         // Ask for the host key type we can verify, as OpenSSH does: the recorded types
         // first, so a host with both RSA and ed25519 keys and only RSA on record works.
@@ -244,7 +268,7 @@ impl SshConnector {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            None => self.known.key_types(name, port),
+            None => known.key_types(name, port),
         };
         if !recorded.is_empty() {
             let mut keys: Vec<_> = preferred.key.iter().cloned().collect();
@@ -253,7 +277,7 @@ impl SshConnector {
         }
         // A host covered by a `@cert-authority` entry is asked for its certificate first,
         // as OpenSSH does; a host without one still answers with a plain key.
-        if target.host_key.is_none() && self.known.has_authority(name, port) {
+        if target.host_key.is_none() && known.has_authority(name, port) {
             preferred.host_key_certificates = preferred.key.clone();
         }
         if hardware_aes() {

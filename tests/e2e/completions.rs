@@ -103,10 +103,17 @@ fn completions_is_what_complete_env_prints() {
     let dir = tempfile::tempdir().unwrap();
     for shell in ["bash", "zsh", "fish"] {
         let (_, generated, _) = run(shipit_command(dir.path()).args(["completions", shell]));
-        let (code, registered, stderr) = run(shipit_command(dir.path()).env("COMPLETE", shell));
+        let (code, registered, stderr) =
+            run(shipit_command(dir.path()).env("SHIPIT_COMPLETE", shell));
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(generated, registered, "{shell}");
     }
+    // clap's usual variable is left alone: an environment with `COMPLETE=1` runs commands.
+    let (code, stdout, stderr) = run(shipit_command(dir.path())
+        .env("COMPLETE", "1")
+        .args(["completions", "bash"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("SHIPIT_COMPLETE"), "{stdout}");
 }
 
 #[test]

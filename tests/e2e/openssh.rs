@@ -110,6 +110,43 @@ fn alias_resolves_through_ssh_config_with_include_and_host_star_default() {
 }
 
 #[test]
+fn the_fleets_own_openssh_config_is_enough() {
+    // The config `ssh -F` uses for this fleet (HostName, Port, User, IdentityFile,
+    // UserKnownHostsFile, GlobalKnownHostsFile /dev/null), as the user's ~/.ssh/config; the
+    // inventory names only the hosts.
+    let fleet = Fleet::start(2);
+    std::fs::create_dir_all(fleet.home().join(".ssh")).unwrap();
+    let config = fleet.home().join(".ssh/config");
+    std::fs::copy(fleet.ssh_config(), &config).unwrap();
+    let inv = write(
+        fleet.dir(),
+        "names.toml",
+        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[[hosts]]\nname = \"h1\"\n\n[[hosts]]\nname = \"h2\"\n",
+    );
+    let (code, out) = check_verbose(&fleet, &inv, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "h2: known_hosts {} (`{}` line ",
+            fleet.known_hosts().display(),
+            config.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "h1: host key ssh-ed25519 {}, trusted by `{}` line 1",
+            openssh_fingerprint(fleet.dir(), &fleet.host("h1").host_keys[0]),
+            fleet.known_hosts().display()
+        )),
+        "{out}"
+    );
+    // The same run with the inventory alone cannot even find the hosts.
+    let (code, _) = check_verbose(&fleet, &inv, &["--no-ssh-config"]);
+    assert_eq!(code, 1);
+}
+
+#[test]
 fn the_inventory_beats_ssh_config() {
     let fleet = Fleet::start(1);
     let h1 = fleet.host("h1");
@@ -333,6 +370,20 @@ fn a_stale_and_a_good_entry_for_one_host_connect_and_name_the_matching_line() {
         .unwrap()
         .to_owned();
     assert!(how.ends_with("line 4"), "{how}");
+    // Every command's verbose log says it too.
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .args(["exec", "test", "-v", "--progress", "never", "-i"])
+        .arg(&inv)
+        .args(["--", "true"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "connected; host key ssh-ed25519 {fingerprint}, trusted by `{}` line 4",
+            known.display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// A CA key made with ssh-keygen, and its public line.

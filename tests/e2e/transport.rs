@@ -37,6 +37,7 @@ async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
         keepalive_interval: Duration::from_secs(15),
         identities: Vec::new(),
         identities_only: false,
+        known_hosts: Vec::new(),
     };
     SshConnector::new(&settings)
         .connect(&target)
