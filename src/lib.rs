@@ -22,6 +22,7 @@ pub mod lock;
 pub mod manifest;
 pub mod manual;
 pub mod output;
+pub mod pattern;
 pub mod plan;
 pub mod preview;
 pub mod reach;

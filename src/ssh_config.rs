@@ -21,13 +21,15 @@
 //! command or the network (`exec`, `localnetwork`, ...) are never evaluated: their block is
 //! skipped and [`HostConfig::notes`] says so.
 //!
-//! Reads only the config files and what they include; depends on nothing else in shipit.
+//! Reads only the config files and what they include; uses only [`crate::pattern`].
 
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+
+use crate::pattern;
 
 /// OpenSSH's own limit (`READCONF_MAX_DEPTH`); a deeper chain is almost surely a loop.
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -794,66 +796,11 @@ fn matching_entries(dir: &Path, pattern: &str) -> Vec<PathBuf> {
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            (!name.starts_with('.') || pattern.starts_with('.')) && wildcard(pattern, &name)
+            (!name.starts_with('.') || pattern.starts_with('.'))
+                && pattern::wildcard(pattern, &name)
         })
         .map(|entry| dir.join(entry.file_name()))
         .collect()
-}
-
-/// `*` matches any run of characters, `?` exactly one; everything else itself.
-fn wildcard(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0, 0);
-    // Where the last `*` was and how much text it has swallowed so far, to backtrack to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
-
-/// OpenSSH's pattern-list rule: true when some pattern matches and no `!`-negated one does.
-/// Host names compare case-insensitively (ssh lowercases them); user names do not.
-fn matches_patterns<'p>(
-    patterns: impl IntoIterator<Item = &'p str>,
-    subject: &str,
-    fold_case: bool,
-) -> bool {
-    let subject = if fold_case {
-        subject.to_lowercase()
-    } else {
-        subject.to_owned()
-    };
-    let mut positive = false;
-    for pattern in patterns {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(rest) => (true, rest),
-            None => (false, pattern),
-        };
-        let matched = if fold_case {
-            wildcard(&pattern.to_lowercase(), &subject)
-        } else {
-            wildcard(pattern, &subject)
-        };
-        if matched && negated {
-            return false;
-        }
-        positive |= matched;
-    }
-    positive
 }
 
 /// Walks the parsed files for one alias, collecting what applies.
@@ -872,8 +819,7 @@ impl Resolver<'_> {
         for line in &file.lines {
             match &line.item {
                 Item::Host(patterns) => {
-                    active =
-                        matches_patterns(patterns.iter().map(String::as_str), self.alias, true);
+                    active = pattern::list(patterns.iter().map(String::as_str), self.alias, true);
                 }
                 Item::Match(criteria) => active = self.match_applies(criteria, &line.origin),
                 Item::Set(directive) if active => self.apply(directive, &line.origin),
@@ -891,10 +837,10 @@ impl Resolver<'_> {
         for criterion in criteria {
             let result = match &criterion.test {
                 Test::All => true,
-                Test::Host(list) => matches_patterns(list.split(','), &self.current_host(), true),
-                Test::OriginalHost(list) => matches_patterns(list.split(','), self.alias, true),
-                Test::User(list) => matches_patterns(list.split(','), self.remote_user(), false),
-                Test::LocalUser(list) => matches_patterns(list.split(','), &self.local.user, false),
+                Test::Host(list) => pattern::list(list.split(','), &self.current_host(), true),
+                Test::OriginalHost(list) => pattern::list(list.split(','), self.alias, true),
+                Test::User(list) => pattern::list(list.split(','), self.remote_user(), false),
+                Test::LocalUser(list) => pattern::list(list.split(','), &self.local.user, false),
                 Test::Unsupported(name) => {
                     unsupported.get_or_insert(name);
                     continue;
