@@ -489,3 +489,62 @@ fn with_known_hosts(fleet: &Fleet, known: &Path) -> PathBuf {
         &text,
     )
 }
+
+#[test]
+fn host_key_alias_and_identity_files_from_the_config() {
+    let fleet = Fleet::start(1);
+    let h1 = fleet.host("h1");
+    // The key is on record under an alias, as `HostKeyAlias` asks (no port: OpenSSH looks
+    // an alias up as written).
+    let known = write(
+        fleet.dir(),
+        "alias_known_hosts",
+        &format!("lb-pool {}\n", h1.host_keys[0]),
+    );
+    let config = home_ssh(
+        &fleet,
+        "config",
+        &format!(
+            "Host h1\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias lb-pool\n  User root\n  IdentitiesOnly yes\n  IdentityFile ~/.ssh/missing_key\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+            h1.port,
+            fleet.client_key().display(),
+            known.display()
+        ),
+    );
+    let inv = write(
+        fleet.dir(),
+        "alias.toml",
+        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[[hosts]]\nname = \"h1\"\n",
+    );
+    let (code, out) = check_verbose(&fleet, &inv, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("trusted by `{}` line 1", known.display())),
+        "{out}"
+    );
+    // The missing key was skipped, the next one used.
+    assert!(
+        out.contains(&format!(
+            "h1: identity {} (`{}` line 7)",
+            fleet.home().join(".ssh/missing_key").display(),
+            config.display()
+        )),
+        "{out}"
+    );
+
+    // Only unusable keys, and IdentitiesOnly: nothing to offer, and the message says why.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("  IdentityFile {}\n", fleet.client_key().display()),
+            "",
+        ),
+    )
+    .unwrap();
+    let (code, out) = check_verbose(&fleet, &inv, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no SSH key to offer for `h1`") && out.contains("missing_key"),
+        "{out}"
+    );
+}
