@@ -400,7 +400,7 @@ fn make_ca(dir: &Path, name: &str) -> (PathBuf, String) {
     (key, line.join(" "))
 }
 
-fn ca_fleet(principals: &str) -> (tempfile::TempDir, String, Fleet) {
+fn ca_fleet(principals: &str, validity: &str) -> (tempfile::TempDir, String, Fleet) {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = make_ca(dir.path(), "host_ca");
     let fleet = Fleet::start_with(FleetOptions {
@@ -408,6 +408,7 @@ fn ca_fleet(principals: &str) -> (tempfile::TempDir, String, Fleet) {
         host_ca: Some(HostCa {
             key,
             principals: principals.to_owned(),
+            validity: validity.to_owned(),
         }),
         ..FleetOptions::default()
     });
@@ -416,7 +417,7 @@ fn ca_fleet(principals: &str) -> (tempfile::TempDir, String, Fleet) {
 
 #[test]
 fn a_host_certificate_signed_by_a_listed_authority_is_accepted() {
-    let (_ca_dir, ca, fleet) = ca_fleet("127.0.0.1,web.example.com");
+    let (_ca_dir, ca, fleet) = ca_fleet("127.0.0.1,web.example.com", "-5m:+1h");
     let h1 = fleet.host("h1");
     // No plain entry for the host: only the authority vouches for it.
     let known = write(
@@ -463,7 +464,7 @@ fn a_host_certificate_signed_by_a_listed_authority_is_accepted() {
 
 #[test]
 fn a_host_certificate_for_another_name_is_refused() {
-    let (_ca_dir, ca, fleet) = ca_fleet("db.example.com");
+    let (_ca_dir, ca, fleet) = ca_fleet("db.example.com", "-5m:+1h");
     let known = write(
         fleet.dir(),
         "ca_known_hosts",
@@ -547,4 +548,18 @@ fn host_key_alias_and_identity_files_from_the_config() {
         out.contains("no SSH key to offer for `h1`") && out.contains("missing_key"),
         "{out}"
     );
+}
+
+#[test]
+fn an_expired_host_certificate_is_refused() {
+    let (_ca_dir, ca, fleet) = ca_fleet("127.0.0.1", "-2h:-1h");
+    let known = write(
+        fleet.dir(),
+        "ca_known_hosts",
+        &format!("@cert-authority * {ca}\n"),
+    );
+    let (code, out) = check_verbose(&fleet, &with_known_hosts(&fleet, &known), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("it has expired"), "{out}");
+    assert!(!fleet.host("h1").log().contains("Accepted publickey"));
 }

@@ -134,12 +134,14 @@ pub struct FleetOptions {
     pub host_ca: Option<HostCa>,
 }
 
-/// A certificate authority for host keys: its private key file and the principals
-/// (comma-separated, as `ssh-keygen -n` takes them) each certificate names.
+/// A certificate authority for host keys: its private key file, the principals
+/// (comma-separated, as `ssh-keygen -n` takes them) each certificate names and its validity
+/// (`ssh-keygen -V`, e.g. `-5m:+1h`).
 #[derive(Clone, Debug)]
 pub struct HostCa {
     pub key: PathBuf,
     pub principals: String,
+    pub validity: String,
 }
 
 impl Default for FleetOptions {
@@ -587,8 +589,7 @@ fn host_failure(name: &str, dir: &Path, why: &str) -> String {
     format!("host {name} did not come up: {why}\n--- {name} sshd.log ---\n{log}--- end ---")
 }
 
-/// `ssh-keygen -s`: a host certificate for `public` (written beside it as `*-cert.pub`),
-/// valid from five minutes ago for an hour.
+/// `ssh-keygen -s`: a host certificate for `public` (written beside it as `*-cert.pub`).
 fn certify(ca: &HostCa, public: &Path, name: &str) {
     let out = Command::new("ssh-keygen")
         .arg("-s")
@@ -601,7 +602,7 @@ fn certify(ca: &HostCa, public: &Path, name: &str) {
             "-n",
             &ca.principals,
             "-V",
-            "-5m:+1h",
+            &ca.validity,
         ])
         .arg(public)
         .stdin(Stdio::null())
