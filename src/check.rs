@@ -95,12 +95,14 @@ async fn check_host(
     out: &Output,
 ) -> HostCheck {
     let local = inventory.transport == TransportKind::Local;
+    // Over SSH: the address and port the inventory and `~/.ssh/config` resolve to.
+    let reach = connector.reach(&host.name);
     let mut check = HostCheck {
         host: host.name.clone(),
-        address: if local {
-            "local".to_owned()
-        } else {
-            format!("{}:{}", host.address, host.port)
+        address: match reach {
+            Some(r) => format!("{}:{}", r.target.address, r.target.port),
+            None if local => "local".to_owned(),
+            None => format!("{}:{}", host.address, host.port),
         },
         ok: false,
         reachable: false,
@@ -109,20 +111,14 @@ async fn check_host(
         facts: None,
         locked_by: None,
         host_key: None,
-        connection: connector
-            .reach(&host.name)
-            .map(|r| r.sources.clone())
-            .unwrap_or_default(),
+        connection: reach.map(|r| r.sources.clone()).unwrap_or_default(),
         problems: Vec::new(),
     };
-    if let Some(reach) = connector.reach(&host.name) {
-        check.address = format!("{}:{}", reach.target.address, reach.target.port);
-    }
     out.emit(Event::Step {
         host: &host.name,
         step: "connecting",
     });
-    let transport = match connector.connect(inventory, host).await {
+    let transport = match connector.connect(host).await {
         Ok(t) => t,
         Err(e) => {
             match e.stage() {

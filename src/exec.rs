@@ -61,7 +61,7 @@ pub async fn run(
 ) -> ExecReport {
     let script = words.join(" ");
     let results = fleet::each_host(hosts, inventory.rollout.parallel, |host| {
-        exec_host(&script, inventory, host, connector, out)
+        exec_host(&script, host, connector, out)
     })
     .await;
     ExecReport {
@@ -86,18 +86,12 @@ impl HostExec {
     }
 }
 
-async fn exec_host(
-    script: &str,
-    inventory: &Inventory,
-    host: &Host,
-    connector: &Connector,
-    out: &Output,
-) -> HostExec {
+async fn exec_host(script: &str, host: &Host, connector: &Connector, out: &Output) -> HostExec {
     out.emit(Event::Step {
         host: &host.name,
         step: "connecting",
     });
-    let transport = match connector.connect(inventory, host).await {
+    let transport = match connector.connect(host).await {
         Ok(t) => t,
         Err(e) => {
             out.emit(Event::HostDone {

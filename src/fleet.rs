@@ -3,7 +3,6 @@
 //!
 //! Every host's outcome is collected in inventory order; one failure never hides another.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -14,7 +13,7 @@ use crate::inventory::{Host, Inventory, TransportKind};
 use crate::reach::Reach;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshConnector;
-use crate::transport::{ConnectError, SshSettings, SshTarget, Transport};
+use crate::transport::{ConnectError, SshSettings, Transport};
 
 /// Opens connections for one run.
 pub enum Connector {
@@ -48,54 +47,20 @@ impl Connector {
         }
     }
 
-    pub async fn connect(
-        &self,
-        inventory: &Inventory,
-        host: &Host,
-    ) -> Result<Box<dyn Transport>, ConnectError> {
+    /// Opens `host`'s connection with the settings resolved for it.
+    pub async fn connect(&self, host: &Host) -> Result<Box<dyn Transport>, ConnectError> {
         match self {
             Connector::Local => Ok(Box::new(LocalTransport)),
-            Connector::Ssh { ssh, reach } => {
-                let target = match reach.get(&host.name) {
-                    Some(r) => Cow::Borrowed(&r.target),
-                    None => Cow::Owned(ssh_target(inventory, host)),
-                };
-                Ok(Box::new(ssh.connect(&target).await?))
-            }
+            Connector::Ssh { ssh, reach } => match reach.get(&host.name) {
+                Some(r) => Ok(Box::new(ssh.connect(&r.target).await?)),
+                // Every selected host is resolved before the first connection.
+                None => Err(ConnectError::Protocol {
+                    host: host.name.clone(),
+                    reason: "no connection settings were resolved for it (a bug in shipit)"
+                        .to_owned(),
+                }),
+            },
         }
-    }
-}
-
-/// How to reach `host` over SSH, from the inventory alone.
-pub fn ssh_target(inventory: &Inventory, host: &Host) -> SshTarget {
-    SshTarget {
-        host: host.name.clone(),
-        address: host.address.clone(),
-        port: host.port,
-        user: inventory.ssh.user.clone(),
-        host_key: host.host_key.clone(),
-        host_key_alias: None,
-        jump: inventory.ssh.jump.as_ref().map(|j| {
-            Box::new(SshTarget {
-                host: j.address.clone(),
-                address: j.address.clone(),
-                port: j.port.unwrap_or(22),
-                user: j.user.clone().unwrap_or_else(|| inventory.ssh.user.clone()),
-                host_key: None,
-                host_key_alias: None,
-                jump: None,
-                connect_timeout: inventory.ssh.connect_timeout,
-                keepalive_interval: inventory.ssh.keepalive_interval,
-                identities: Vec::new(),
-                identities_only: false,
-                known_hosts: Vec::new(),
-            })
-        }),
-        connect_timeout: inventory.ssh.connect_timeout,
-        keepalive_interval: inventory.ssh.keepalive_interval,
-        identities: Vec::new(),
-        identities_only: false,
-        known_hosts: Vec::new(),
     }
 }
 
@@ -128,7 +93,7 @@ pub async fn connect_all<'h>(
     let on_step = &on_step;
     let results = each_host(hosts, inventory.rollout.parallel, |host| async move {
         on_step(&host.name);
-        (host, connector.connect(inventory, host).await)
+        (host, connector.connect(host).await)
     })
     .await;
     let mut conns = Vec::new();

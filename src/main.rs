@@ -719,20 +719,6 @@ fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
             .filter(|v| !v.is_empty())
             .map(Secret::new)
     };
-    // OpenSSH's order: the user's files (here: the inventory's, if it names one), then
-    // the system's.
-    let mut known_hosts = match &inventory.ssh.known_hosts {
-        Some(file) => vec![file.clone()],
-        None => home
-            .map(|h| {
-                vec![
-                    h.join(".ssh").join("known_hosts"),
-                    h.join(".ssh").join("known_hosts2"),
-                ]
-            })
-            .unwrap_or_default(),
-    };
-    known_hosts.extend(shipit::reach::SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from));
     if inventory.transport == TransportKind::Local {
         return SshSettings::default();
     }
@@ -744,6 +730,5 @@ fn ssh_settings(inventory: &Inventory, home: Option<&Path>) -> SshSettings {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         default_identities: fleet::default_identities(home),
-        known_hosts,
     }
 }

@@ -90,11 +90,6 @@ impl Resolver<'_> {
         let alias = host.address.as_str();
         let given_user = ssh.given.user.then_some(ssh.user.as_str());
         let cfg = self.lookup(alias, given_user);
-        let bad = |origin: String, reason: String| ReachError::Bad {
-            host: host.name.clone(),
-            origin,
-            reason,
-        };
 
         let address = match &cfg.hostname {
             Some(s) => {
@@ -178,12 +173,8 @@ impl Resolver<'_> {
             user: &user,
             local: self.local,
         };
-        let (identities, identities_only) = self
-            .identities(&cfg, &tokens, &mut sources)
-            .map_err(|(o, r)| bad(o, r))?;
-        let known_hosts = self
-            .known_hosts(&cfg, &tokens, &mut sources)
-            .map_err(|(o, r)| bad(o, r))?;
+        let (identities, identities_only) = self.identities(host, &cfg, &tokens, &mut sources)?;
+        let known_hosts = self.known_hosts(host, &cfg, &tokens, &mut sources)?;
 
         let jump = self.jump(
             host,
@@ -238,18 +229,15 @@ impl Resolver<'_> {
     /// `GlobalKnownHostsFile`, else the system's files.
     fn known_hosts(
         &self,
+        host: &Host,
         cfg: &HostConfig,
         tokens: &Tokens<'_>,
         sources: &mut Vec<Source>,
-    ) -> Result<Vec<PathBuf>, (String, String)> {
-        let expand_all = |s: &Setting<Vec<String>>| -> Result<Vec<PathBuf>, (String, String)> {
+    ) -> Result<Vec<PathBuf>, ReachError> {
+        let expand_all = |s: &Setting<Vec<String>>| -> Result<Vec<PathBuf>, ReachError> {
             s.value
                 .iter()
-                .map(|f| {
-                    ssh_config::expand(f, tokens)
-                        .map(PathBuf::from)
-                        .map_err(|e| (origin(s), e.to_string()))
-                })
+                .map(|f| expand(host, f, s, tokens).map(PathBuf::from))
                 .collect()
         };
         let home = &self.local.home;
@@ -294,10 +282,11 @@ impl Resolver<'_> {
     /// config names (with `%` tokens expanded), else the defaults.
     fn identities(
         &self,
+        host: &Host,
         cfg: &HostConfig,
         tokens: &Tokens<'_>,
         sources: &mut Vec<Source>,
-    ) -> Result<(Vec<PathBuf>, bool), (String, String)> {
+    ) -> Result<(Vec<PathBuf>, bool), ReachError> {
         if let Some(label) = self.run_key {
             sources.push(source(
                 "identity",
@@ -327,8 +316,7 @@ impl Resolver<'_> {
         }
         let mut files = Vec::new();
         for s in &cfg.identity_files {
-            let path =
-                ssh_config::expand(&s.value, tokens).map_err(|e| (origin(s), e.to_string()))?;
+            let path = expand(host, &s.value, s, tokens)?;
             sources.push(source("identity", &path, origin(s), None));
             files.push(PathBuf::from(path));
         }
@@ -451,16 +439,14 @@ impl Resolver<'_> {
             user: &juser,
             local: self.local,
         };
-        let mut jsources = Vec::new();
-        let (identities, identities_only) = if self.inventory.ssh.identity.is_some() {
-            (Vec::new(), false)
-        } else {
-            self.identities(&jcfg, &tokens, &mut jsources)
-                .map_err(|(o, r)| bad(o, r))?
-        };
-        let known_hosts = self
-            .known_hosts(&jcfg, &tokens, &mut jsources)
-            .map_err(|(o, r)| bad(o, r))?;
+        let mut jump_sources = Vec::new();
+        let (identities, identities_only) =
+            self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
+        let known_hosts = self.known_hosts(host, &jcfg, &tokens, &mut jump_sources)?;
+        sources.extend(jump_sources.into_iter().map(|s| Source {
+            setting: format!("jump {}", s.setting),
+            ..s
+        }));
         Ok(Some(Box::new(SshTarget {
             host: hop_alias.clone(),
             address,
@@ -480,6 +466,20 @@ impl Resolver<'_> {
 
 fn origin<T>(s: &Setting<T>) -> String {
     s.origin.to_string()
+}
+
+/// `text` (from setting `s`) with its `%` tokens filled in; a bad token names the line.
+fn expand<T>(
+    host: &Host,
+    text: &str,
+    s: &Setting<T>,
+    tokens: &Tokens<'_>,
+) -> Result<String, ReachError> {
+    ssh_config::expand(text, tokens).map_err(|e| ReachError::Bad {
+        host: host.name.clone(),
+        origin: origin(s),
+        reason: e.to_string(),
+    })
 }
 
 fn source(setting: &str, value: &str, origin: String, alias: Option<&str>) -> Source {

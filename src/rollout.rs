@@ -333,7 +333,7 @@ impl<'a> Run<'a> {
         // released, over a new connection: a re-run must not find this run's lock.
         let mut fresh = Vec::new();
         for c in conns.iter().filter(|c| !c.transport.is_alive()) {
-            if let Ok(transport) = self.connector.connect(self.inventory, c.host).await {
+            if let Ok(transport) = self.connector.connect(c.host).await {
                 fresh.push(Conn {
                     host: c.host,
                     transport,

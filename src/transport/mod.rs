@@ -391,8 +391,7 @@ pub struct SshTarget {
     pub identities: Vec<PathBuf>,
     /// `IdentitiesOnly yes`: with `identities`, offer no other agent key.
     pub identities_only: bool,
-    /// The known_hosts files to check the host key in, in order; empty: the run's
-    /// ([`SshSettings::known_hosts`]).
+    /// The known_hosts files to check the host key in, in lookup order.
     pub known_hosts: Vec<PathBuf>,
 }
 
@@ -409,6 +408,4 @@ pub struct SshSettings {
     pub agent_socket: Option<PathBuf>,
     /// Tried when no identity is configured and the agent has none that works.
     pub default_identities: Vec<PathBuf>,
-    /// known_hosts files, in order: the inventory's, else the user's; then the system's.
-    pub known_hosts: Vec<PathBuf>,
 }

@@ -39,7 +39,6 @@ pub const MAX_CHANNELS: usize = 8;
 const MAX_KEYS_OFFERED: usize = 5;
 
 /// A credential to offer, in order.
-#[derive(Clone)]
 enum Credential {
     Key {
         key: Arc<PrivateKey>,
@@ -58,12 +57,12 @@ enum Credential {
 
 /// Shared by every connection of one run.
 pub struct SshConnector {
-    /// known_hosts files for targets that name none of their own.
-    default_known_hosts: Vec<PathBuf>,
     /// Each distinct list of known_hosts files, read once per run.
     known: Mutex<HashMap<Vec<PathBuf>, Arc<KnownHosts>>>,
-    /// The run's own key (`SHIPIT_SSH_KEY` or `ssh.identity`): then nothing else is offered.
-    run_key: Option<Result<Vec<Credential>, ConnectError>>,
+    /// `SHIPIT_SSH_KEY`, decoded once: when set, the only key offered.
+    env_key: Option<Result<Arc<PrivateKey>, ConnectError>>,
+    /// The inventory's `ssh.identity`: otherwise, when set, the only key offered.
+    identity: Option<PathBuf>,
     agent_socket: Option<PathBuf>,
     passphrase: Option<String>,
     default_identities: Vec<PathBuf>,
@@ -84,9 +83,9 @@ impl SshConnector {
     /// at the auth stage, so `check` still shows every host.
     pub fn new(settings: &SshSettings) -> SshConnector {
         SshConnector {
-            default_known_hosts: settings.known_hosts.clone(),
             known: Mutex::new(HashMap::new()),
-            run_key: run_key(settings),
+            env_key: env_key(settings),
+            identity: settings.identity.clone(),
             agent_socket: settings.agent_socket.clone(),
             passphrase: settings.passphrase.as_ref().map(|p| p.expose().to_owned()),
             default_identities: settings.default_identities.clone(),
@@ -141,7 +140,7 @@ impl SshConnector {
         let problem = Arc::new(Mutex::new(None));
         let disconnect = Arc::new(Mutex::new(None));
         let trusted = Arc::new(Mutex::new(None));
-        let files = self.known_hosts_files(target);
+        let files = &target.known_hosts;
         let known = self.known_hosts(files);
         let handler = Client {
             target: target.clone(),
@@ -227,15 +226,6 @@ impl SshConnector {
             jump: None,
             host_key,
         })
-    }
-
-    /// The known_hosts files that hold `target`'s key, in lookup order.
-    fn known_hosts_files<'a>(&'a self, target: &'a SshTarget) -> &'a [PathBuf] {
-        if target.known_hosts.is_empty() {
-            &self.default_known_hosts
-        } else {
-            &target.known_hosts
-        }
     }
 
     /// Reads (once per run) the known_hosts `files`; unreadable or missing files hold
@@ -417,13 +407,32 @@ impl SshConnector {
     /// encrypted) and, unless `IdentitiesOnly`, the agent's other keys; else the agent's
     /// keys and the default key files.
     fn credentials_for(&self, target: &SshTarget) -> Result<Vec<Credential>, ConnectError> {
-        if let Some(run_key) = &self.run_key {
-            return run_key.clone();
+        if let Some(key) = &self.env_key {
+            return key.clone().map(|key| {
+                vec![Credential::Key {
+                    key,
+                    label: "key from SHIPIT_SSH_KEY".to_owned(),
+                }]
+            });
+        }
+        if let Some(path) = &self.identity {
+            return self
+                .key_file(path)
+                .map(|credential| vec![credential])
+                .map_err(|reason| ConnectError::BadKey {
+                    origin: file_label(path),
+                    reason,
+                });
         }
         let mut credentials = Vec::new();
         if !target.identities.is_empty() {
+            // Unusable ones are skipped, as ssh does, and named if every key is refused.
             for path in &target.identities {
-                credentials.push(self.config_key(path));
+                credentials.push(self.key_file(path).unwrap_or_else(|reason| {
+                    Credential::Skipped {
+                        label: format!("{} ({reason})", file_label(path)),
+                    }
+                }));
             }
             if !target.identities_only {
                 credentials.extend(self.agent(None));
@@ -437,7 +446,7 @@ impl SshConnector {
             if let Loaded::Key(key) = self.load(path) {
                 credentials.push(Credential::Key {
                     key,
-                    label: format!("`{}`", path.display()),
+                    label: file_label(path),
                 });
             }
         }
@@ -451,23 +460,20 @@ impl SshConnector {
         })
     }
 
-    /// A key named by `IdentityFile`: missing or unreadable ones are skipped, as ssh does.
-    fn config_key(&self, path: &Path) -> Credential {
-        let label = format!("`{}`", path.display());
+    /// The key in `path` (`ssh.identity`, an `IdentityFile`), or why it cannot be used. An
+    /// encrypted one is signed by the agent when it holds that key, and then only with it.
+    fn key_file(&self, path: &Path) -> Result<Credential, String> {
         match self.load(path) {
-            Loaded::Key(key) => Credential::Key { key, label },
-            // The agent may sign with it, but only with it.
-            Loaded::Encrypted => match public_key_beside(path).and_then(|p| self.agent(Some(p))) {
-                Some(agent) => agent,
-                None => Credential::Skipped {
-                    label: format!(
-                        "{label} (encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent with its .pub file beside it)"
-                    ),
-                },
-            },
-            Loaded::Unusable(reason) => Credential::Skipped {
-                label: format!("{label} ({reason})"),
-            },
+            Loaded::Key(key) => Ok(Credential::Key {
+                key,
+                label: file_label(path),
+            }),
+            Loaded::Encrypted => public_key_beside(path)
+                .and_then(|public| self.agent(Some(public)))
+                .ok_or_else(|| {
+                    "it is encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent (with its .pub file beside it)".to_owned()
+                }),
+            Loaded::Unusable(reason) => Err(reason),
         }
     }
 
@@ -519,58 +525,22 @@ fn key_type_of(alg: &russh::keys::Algorithm) -> &str {
     }
 }
 
-/// The run's own key, which is then the only one offered: `SHIPIT_SSH_KEY` (CI), else the
-/// inventory's `ssh.identity`. `None` when the run has neither.
-fn run_key(settings: &SshSettings) -> Option<Result<Vec<Credential>, ConnectError>> {
-    let passphrase = settings.passphrase.as_ref().map(|p| p.expose().to_owned());
-    let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
-
-    // CI: the key itself in the environment, and nothing else.
-    if let Some(text) = &settings.key_text {
-        return Some(
-            russh::keys::decode_secret_key(text.expose().trim_start(), passphrase.as_deref())
-                .map_err(|e| bad("from SHIPIT_SSH_KEY".to_owned(), key_error(&e)))
-                .map(|key| {
-                    vec![Credential::Key {
-                        key: Arc::new(key),
-                        label: "key from SHIPIT_SSH_KEY".to_owned(),
-                    }]
-                }),
-        );
-    }
-    let path = settings.identity.as_ref()?;
-    Some(identity_key(settings, path, passphrase.as_deref()))
+/// `SHIPIT_SSH_KEY` (CI: the key itself in the environment), decoded.
+fn env_key(settings: &SshSettings) -> Option<Result<Arc<PrivateKey>, ConnectError>> {
+    let text = settings.key_text.as_ref()?;
+    let passphrase = settings.passphrase.as_ref().map(|p| p.expose());
+    Some(
+        russh::keys::decode_secret_key(text.expose().trim_start(), passphrase)
+            .map(Arc::new)
+            .map_err(|e| ConnectError::BadKey {
+                origin: "from SHIPIT_SSH_KEY".to_owned(),
+                reason: key_error(&e),
+            }),
+    )
 }
 
-fn identity_key(
-    settings: &SshSettings,
-    path: &Path,
-    passphrase: Option<&str>,
-) -> Result<Vec<Credential>, ConnectError> {
-    let bad = |origin: String, reason: String| ConnectError::BadKey { origin, reason };
-    let label = format!("`{}`", path.display());
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(label.clone(), format!("cannot read it: {e}")))?;
-    match russh::keys::decode_secret_key(&text, passphrase) {
-        Ok(key) => Ok(vec![Credential::Key {
-            key: Arc::new(key),
-            label,
-        }]),
-        Err(russh::keys::Error::KeyIsEncrypted) => {
-            // Like `IdentitiesOnly`: the agent may sign, but only with this key.
-            match (&settings.agent_socket, public_key_beside(path)) {
-                (Some(socket), Some(public)) => Ok(vec![Credential::Agent {
-                    socket: socket.clone(),
-                    only: Some(public),
-                }]),
-                _ => Err(bad(
-                    label,
-                    "it is encrypted: set SHIPIT_SSH_PASSPHRASE, or add it to ssh-agent (with its .pub file beside it)".to_owned(),
-                )),
-            }
-        }
-        Err(e) => Err(bad(label, key_error(&e))),
-    }
+fn file_label(path: &Path) -> String {
+    format!("`{}`", path.display())
 }
 
 fn public_key_beside(private: &Path) -> Option<PublicKey> {

@@ -24,6 +24,30 @@ pub fn inventory_text(fleet: &Fleet, hosts: &[&str], extra: &str) -> String {
     text
 }
 
+/// [`inventory_text`] trusting the known_hosts file `known` instead of the fleet's.
+pub fn inventory_trusting(fleet: &Fleet, hosts: &[&str], known: &Path) -> String {
+    inventory_text(fleet, hosts, "").replace(
+        &fleet.known_hosts().display().to_string(),
+        &known.display().to_string(),
+    )
+}
+
+/// A target only the bastion can reach: on `h1` (the bastion) the name `only-via-bastion`
+/// resolves to 127.0.0.1, which nothing here resolves, so reaching `h2` by that name proves
+/// the tunnel. Returns a known_hosts file with `h1` and `h2` (under that name).
+pub fn bastion_only_target(fleet: &Fleet) -> PathBuf {
+    let (bastion, target) = (fleet.host("h1"), fleet.host("h2"));
+    fleet.sh_ok("h1", "echo '127.0.0.1 only-via-bastion' >> /etc/hosts");
+    write(
+        fleet.dir(),
+        "jump_known_hosts",
+        &format!(
+            "[127.0.0.1]:{} {}\n[only-via-bastion]:{} {}\n",
+            bastion.port, bastion.host_keys[0], target.port, target.host_keys[0]
+        ),
+    )
+}
+
 /// Writes `text` as `<fleet dir>/<file>` and returns the path.
 pub fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
     let path = dir.join(file);

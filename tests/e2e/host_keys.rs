@@ -10,10 +10,7 @@ fn unknown_host_key_is_refused_with_fingerprint_and_line_to_add() {
     let fleet = Fleet::start(1);
     let h1 = fleet.host("h1");
     let empty = write(fleet.dir(), "empty_known_hosts", "");
-    let text = inventory_text(&fleet, &["h1"], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &empty.display().to_string(),
-    );
+    let text = inventory_trusting(&fleet, &["h1"], &empty);
     let inv = write(fleet.dir(), "inv.toml", &text);
     let (code, stdout, stderr) = run(fleet.shipit().args(["check", "test", "-i"]).arg(&inv));
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -46,10 +43,7 @@ fn changed_host_key_is_refused_loudly() {
         "forged_known_hosts",
         &format!("# comment\n\n[127.0.0.1]:{} {}\n", h1.port, h2.host_keys[0]),
     );
-    let text = inventory_text(&fleet, &["h1"], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &forged.display().to_string(),
-    );
+    let text = inventory_trusting(&fleet, &["h1"], &forged);
     let inv = write(fleet.dir(), "inv.toml", &text);
     let (code, report, stderr) = check_json(&fleet, &inv);
     assert_eq!(code, 1, "{stderr}");
@@ -87,10 +81,7 @@ fn hashed_known_hosts_entry_is_accepted() {
         text.starts_with("|1|") && !text.contains("127.0.0.1"),
         "{text}"
     );
-    let inv_text = inventory_text(&fleet, &["h1"], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &hashed.display().to_string(),
-    );
+    let inv_text = inventory_trusting(&fleet, &["h1"], &hashed);
     let inv = write(fleet.dir(), "inv.toml", &inv_text);
     let (code, report, stderr) = check_json(&fleet, &inv);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
@@ -101,10 +92,7 @@ fn pinned_host_key_beats_known_hosts_and_a_wrong_pin_is_refused() {
     let fleet = Fleet::start(2);
     let (h1, h2) = (fleet.host("h1"), fleet.host("h2"));
     let empty = write(fleet.dir(), "empty_known_hosts", "");
-    let base = inventory_text(&fleet, &[], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &empty.display().to_string(),
-    );
+    let base = inventory_trusting(&fleet, &[], &empty);
     let pinned = format!(
         "{base}[[hosts]]\nname = \"h1\"\naddress = \"127.0.0.1\"\nport = {}\nhost_key = \"{}\"\n",
         h1.port, h1.host_keys[0]
@@ -150,10 +138,7 @@ fn host_key_type_follows_known_hosts() {
         "rsa_known_hosts",
         &format!("[127.0.0.1]:{} {rsa}\n", h1.port),
     );
-    let text = inventory_text(&fleet, &["h1"], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &only_rsa.display().to_string(),
-    );
+    let text = inventory_trusting(&fleet, &["h1"], &only_rsa);
     let inv = write(fleet.dir(), "inv.toml", &text);
     let (code, report, stderr) = check_json(&fleet, &inv);
     assert_eq!(code, 0, "{stderr}\n{report:#}");

@@ -7,21 +7,8 @@ use crate::support::Fleet;
 fn jump_host_reaches_a_target_only_the_bastion_can_resolve() {
     let fleet = Fleet::start(2);
     let (bastion, target) = (fleet.host("h1"), fleet.host("h2"));
-    // Only the bastion knows this name (its /etc is its own), so a direct connection from
-    // here cannot work: success proves the tunnel.
-    fleet.sh_ok("h1", "echo '127.0.0.1 only-via-bastion' >> /etc/hosts");
-    let known = write(
-        fleet.dir(),
-        "jump_known_hosts",
-        &format!(
-            "[127.0.0.1]:{} {}\n[only-via-bastion]:{} {}\n",
-            bastion.port, bastion.host_keys[0], target.port, target.host_keys[0]
-        ),
-    );
-    let base = inventory_text(&fleet, &[], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &known.display().to_string(),
-    );
+    let known = bastion_only_target(&fleet);
+    let base = inventory_trusting(&fleet, &[], &known);
     let hosts = format!(
         "[[hosts]]\nname = \"inner\"\naddress = \"only-via-bastion\"\nport = {}\n",
         target.port
@@ -58,18 +45,13 @@ fn an_unknown_bastion_key_is_refused_too() {
         "only_target_known",
         &format!("[127.0.0.1]:{} {}\n", target.port, target.host_keys[0]),
     );
-    let text = inventory_text(&fleet, &["h2"], "")
-        .replace(
-            &fleet.known_hosts().display().to_string(),
-            &known.display().to_string(),
-        )
-        .replace(
-            "connect_timeout",
-            &format!(
-                "jump = \"root@127.0.0.1:{}\"\nconnect_timeout",
-                bastion.port
-            ),
-        );
+    let text = inventory_trusting(&fleet, &["h2"], &known).replace(
+        "connect_timeout",
+        &format!(
+            "jump = \"root@127.0.0.1:{}\"\nconnect_timeout",
+            bastion.port
+        ),
+    );
     let inv = write(fleet.dir(), "inv.toml", &text);
     let (code, _, stderr) = run(fleet.shipit().args(["check", "test", "-i"]).arg(&inv));
     assert_eq!(code, 1);

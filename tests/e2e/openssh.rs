@@ -18,17 +18,17 @@ fn home_ssh(fleet: &Fleet, file: &str, text: &str) -> PathBuf {
     path
 }
 
-/// An inventory that says only what it must: the app, known_hosts and host names; how to
-/// reach each host is left to `~/.ssh/config`.
-fn bare_inventory(fleet: &Fleet, hosts: &[&str], ssh_extra: &str) -> PathBuf {
-    let mut text = format!(
-        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[ssh]\nknown_hosts = \"{}\"\n{ssh_extra}\n",
-        fleet.known_hosts().display()
-    );
+/// An inventory that says only what it must: the app, the known_hosts file if any, and the
+/// host names; how to reach each host is left to `~/.ssh/config`.
+fn names_only(fleet: &Fleet, known: Option<&Path>, hosts: &[&str]) -> PathBuf {
+    let mut text = "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n".to_owned();
+    if let Some(known) = known {
+        text.push_str(&format!("[ssh]\nknown_hosts = \"{}\"\n\n", known.display()));
+    }
     for name in hosts {
         text.push_str(&format!("[[hosts]]\nname = \"{name}\"\n\n"));
     }
-    write(fleet.dir(), "bare.toml", &text)
+    write(fleet.dir(), &format!("{}.toml", hosts.join("-")), &text)
 }
 
 fn check_verbose(fleet: &Fleet, inv: &Path, extra: &[&str]) -> (i32, String) {
@@ -66,7 +66,7 @@ fn alias_resolves_through_ssh_config_with_include_and_host_star_default() {
             h1.port, h2.port
         ),
     );
-    let inv = bare_inventory(&fleet, &["web-1", "web-2"], "");
+    let inv = names_only(&fleet, Some(&fleet.known_hosts()), &["web-1", "web-2"]);
     let (code, out) = check_verbose(&fleet, &inv, &[]);
     assert_eq!(code, 0, "{out}");
     // First match wins: web-1 takes the first block's port, web-2 the pattern's.
@@ -118,11 +118,7 @@ fn the_fleets_own_openssh_config_is_enough() {
     std::fs::create_dir_all(fleet.home().join(".ssh")).unwrap();
     let config = fleet.home().join(".ssh/config");
     std::fs::copy(fleet.ssh_config(), &config).unwrap();
-    let inv = write(
-        fleet.dir(),
-        "names.toml",
-        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[[hosts]]\nname = \"h1\"\n\n[[hosts]]\nname = \"h2\"\n",
-    );
+    let inv = names_only(&fleet, None, &["h1", "h2"]);
     let (code, out) = check_verbose(&fleet, &inv, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -200,16 +196,7 @@ fn the_inventory_beats_ssh_config() {
 fn proxy_jump_from_ssh_config_and_a_refused_proxy_command() {
     let fleet = Fleet::start(2);
     let (bastion, target) = (fleet.host("h1"), fleet.host("h2"));
-    // Only the bastion can resolve the target's name: success proves the tunnel.
-    fleet.sh_ok("h1", "echo '127.0.0.1 only-via-bastion' >> /etc/hosts");
-    let known = write(
-        fleet.dir(),
-        "jump_known_hosts",
-        &format!(
-            "[127.0.0.1]:{} {}\n[only-via-bastion]:{} {}\n",
-            bastion.port, bastion.host_keys[0], target.port, target.host_keys[0]
-        ),
-    );
+    let known = bastion_only_target(&fleet);
     let config = home_ssh(
         &fleet,
         "config",
@@ -220,14 +207,7 @@ fn proxy_jump_from_ssh_config_and_a_refused_proxy_command() {
             fleet.client_key().display()
         ),
     );
-    let inv = write(
-        fleet.dir(),
-        "jump.toml",
-        &format!(
-            "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[ssh]\nknown_hosts = \"{}\"\n\n[[hosts]]\nname = \"inner\"\n",
-            known.display()
-        ),
-    );
+    let inv = names_only(&fleet, Some(&known), &["inner"]);
     let (code, out) = check_verbose(&fleet, &inv, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -241,13 +221,7 @@ fn proxy_jump_from_ssh_config_and_a_refused_proxy_command() {
     );
 
     // A host behind a ProxyCommand is refused before anything connects, naming the line.
-    let inv = write(
-        fleet.dir(),
-        "proxy.toml",
-        &std::fs::read_to_string(&inv)
-            .unwrap()
-            .replace("name = \"inner\"", "name = \"direct\""),
-    );
+    let inv = names_only(&fleet, Some(&known), &["direct"]);
     let (code, out) = check_verbose(&fleet, &inv, &[]);
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -480,14 +454,11 @@ fn a_host_certificate_for_another_name_is_refused() {
 
 /// The standard test inventory for h1, trusting `known` instead of the fleet's file.
 fn with_known_hosts(fleet: &Fleet, known: &Path) -> PathBuf {
-    let text = inventory_text(fleet, &["h1"], "").replace(
-        &fleet.known_hosts().display().to_string(),
-        &known.display().to_string(),
-    );
+    let file = format!("inv-{}.toml", known.file_name().unwrap().to_string_lossy());
     write(
         fleet.dir(),
-        &format!("inv-{}.toml", known.file_name().unwrap().to_string_lossy()),
-        &text,
+        &file,
+        &inventory_trusting(fleet, &["h1"], known),
     )
 }
 
@@ -512,11 +483,7 @@ fn host_key_alias_and_identity_files_from_the_config() {
             known.display()
         ),
     );
-    let inv = write(
-        fleet.dir(),
-        "alias.toml",
-        "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[[hosts]]\nname = \"h1\"\n",
-    );
+    let inv = names_only(&fleet, None, &["h1"]);
     let (code, out) = check_verbose(&fleet, &inv, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -562,4 +529,44 @@ fn an_expired_host_certificate_is_refused() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("it has expired"), "{out}");
     assert!(!fleet.host("h1").log().contains("Accepted publickey"));
+}
+
+#[test]
+fn the_global_known_hosts_file_is_read_after_the_users() {
+    let fleet = Fleet::start(2);
+    let (h1, h2) = (fleet.host("h1"), fleet.host("h2"));
+    // The user's file only has a stale key for h1; the global file (here named by
+    // `GlobalKnownHostsFile`, by default /etc/ssh/ssh_known_hosts) has the right one.
+    let user = write(
+        fleet.dir(),
+        "user_known_hosts",
+        &format!("[127.0.0.1]:{} {}\n", h1.port, h2.host_keys[0]),
+    );
+    let global = write(
+        fleet.dir(),
+        "global_known_hosts",
+        &format!(
+            "# fleet keys\n[127.0.0.1]:{} {}\n",
+            h1.port, h1.host_keys[0]
+        ),
+    );
+    home_ssh(
+        &fleet,
+        "config",
+        &format!("Host *\n  GlobalKnownHostsFile {}\n", global.display()),
+    );
+    let (code, out) = check_verbose(&fleet, &with_known_hosts(&fleet, &user), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("trusted by `{}` line 2", global.display())),
+        "{out}"
+    );
+    // Without the global file the stale entry is all there is: a changed key.
+    let (code, out) = check_verbose(
+        &fleet,
+        &with_known_hosts(&fleet, &user),
+        &["--no-ssh-config"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("HOST KEY CHANGED"), "{out}");
 }

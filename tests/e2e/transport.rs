@@ -22,7 +22,6 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
     let settings = SshSettings {
         identity: Some(fleet.client_key()),
-        known_hosts: vec![fleet.known_hosts()],
         ..Default::default()
     };
     let target = SshTarget {
@@ -37,7 +36,7 @@ async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
         keepalive_interval: Duration::from_secs(15),
         identities: Vec::new(),
         identities_only: false,
-        known_hosts: Vec::new(),
+        known_hosts: vec![fleet.known_hosts()],
     };
     SshConnector::new(&settings)
         .connect(&target)
