@@ -137,6 +137,10 @@ exec @SSHD@ -D -e -f "@FLEET_DIR_IN_HOST@/$name/sshd_config" </dev/null 3<&-
 const GUARDED_RM: &str = include_str!("guarded_rm.pl");
 /// Where a host logs the operands its guarded `rm` refused (in its overlay).
 const REFUSED_RM_LOG: &str = "upper/var/log/shipit-e2e-rm.log";
+/// Prints and clears the guarded `rm`'s log, inside a host (its overlay must not be
+/// changed from outside while mounted).
+const TAKE_REFUSED_RM: &str =
+    "f=/var/log/shipit-e2e-rm.log; if [ -f $f ]; then cat $f && /usr/lib/shipit-e2e/rm -f $f; fi";
 
 /// Options for [`Fleet::start_with`].
 #[derive(Clone, Debug)]
@@ -391,6 +395,12 @@ impl Fleet {
         let out = self.sh(host, script);
         assert_success(&out, &format!("on {host} (nsenter): {script}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Takes what `host`'s guarded `rm` refused so far (so a test that provokes a refusal
+    /// on purpose can assert it without failing on drop).
+    pub fn take_refused_rm(&self, host: &str) -> String {
+        self.sh_ok(host, TAKE_REFUSED_RM)
     }
 
     /// Takes `program` (found on the host's PATH) away from `host`, with the host's real
