@@ -36,7 +36,10 @@ fn overlapping_or_owned_shared_paths_are_refused_at_load() {
         (
             "shared_dirs = [\"public\", \"public/uploads\"]",
             "artifact.shared_dirs",
-            &["\"public/uploads\" lies inside \"public\"", "share only \"public\""],
+            &[
+                "\"public/uploads\" lies inside \"public\"",
+                "share only \"public\"",
+            ],
         ),
         (
             "shared_dirs = [\"public/uploads\", \"public\"]",
@@ -78,10 +81,7 @@ fn overlapping_or_owned_shared_paths_are_refused_at_load() {
     for (lines, key, expect) in cases {
         let text = format!("{base}{lines}\n");
         let inv = write(fleet.dir(), "inv.toml", &text);
-        let (code, stdout, stderr) = run(fleet
-            .shipit()
-            .args(["deploy", "test", "-i"])
-            .arg(&inv));
+        let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&inv));
         assert_eq!(code, 2, "{lines}: {stdout}\n{stderr}");
         // The offending entry's own line: the last one of the case.
         let at = format!("inv.toml:{}:", line + lines.lines().count() - 1);
@@ -91,7 +91,11 @@ fn overlapping_or_owned_shared_paths_are_refused_at_load() {
             assert!(stderr.contains(e), "{lines}: want {e:?} in {stderr}");
         }
     }
-    assert_eq!(written(&fleet.host("h1").dir), before, "a refused case changed the host");
+    assert_eq!(
+        written(&fleet.host("h1").dir),
+        before,
+        "a refused case changed the host"
+    );
     // The same inventory without the overlap deploys: the cases above were refused for it.
     let inv = write(
         fleet.dir(),
@@ -272,7 +276,10 @@ fn shipit_compose_works_with_a_deploy_to_holding_spaces() {
     let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&inv));
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert_eq!(fleet.sh_ok("h1", "cat /tmp/migrated-with"), "version 1\n");
-    assert_eq!(http_get(port, "/index.html"), (200, "version 1\n".to_owned()));
+    assert_eq!(
+        http_get(port, "/index.html"),
+        (200, "version 1\n".to_owned())
+    );
     let was = fleet.sh_ok("h1", "cat /tmp/compose-was");
     let script = was.trim().strip_prefix("/bin/sh ").unwrap();
     assert!(
@@ -281,7 +288,8 @@ fn shipit_compose_works_with_a_deploy_to_holding_spaces() {
     );
 }
 
-const SITE: &str = "server {\n    listen 8080;\n    location / {\n        return 200 \"old\";\n    }\n}\n";
+const SITE: &str =
+    "server {\n    listen 8080;\n    location / {\n        return 200 \"old\";\n    }\n}\n";
 
 /// Finding 14 (a): `nginx -t` while staging runs on a private copy, so the live site files
 /// are as they were while it runs (a run killed then leaves the live site alone). A wrapper
@@ -317,7 +325,10 @@ fn nginx_is_tested_on_a_private_copy_never_on_the_live_files() {
         "s1",
         "cat > /usr/local/sbin/nginx <<'EOF'\n#!/bin/sh\ncase \" $* \" in *' -t '*)\n  { echo '--- nginx -t'; cat /etc/nginx/sites-available/demo; ls /etc/nginx/sites-enabled; } >> /root/nginx-t.log ;;\nesac\nexec /usr/sbin/nginx \"$@\"\nEOF\nchmod 755 /usr/local/sbin/nginx && command -v nginx",
     );
-    let broken = SITE.replace("return 200 \"old\";", "return 200 \"new\"; no_such_directive on;");
+    let broken = SITE.replace(
+        "return 200 \"old\";",
+        "return 200 \"new\"; no_such_directive on;",
+    );
     let (code, stdout, stderr) = run(fleet
         .shipit()
         .args(["deploy", "test", "-i"])
@@ -334,7 +345,9 @@ fn nginx_is_tested_on_a_private_copy_never_on_the_live_files() {
         "the live site changed while nginx -t ran:\n{log}"
     );
     assert_eq!(
-        fleet.sh_ok("s1", "ls /tmp | grep -c shipit-nginx || true").trim(),
+        fleet
+            .sh_ok("s1", "ls /tmp | grep -c shipit-nginx || true")
+            .trim(),
         "0",
         "the private copy is removed"
     );
