@@ -112,6 +112,40 @@ fn overlapping_or_owned_shared_paths_are_refused_at_load() {
     );
 }
 
+/// Finding 9, the same rule on the host for links the inventory cannot see: the artifact's
+/// own link `a -> storage` makes `shared_files = ["a/x"]` lie inside `shared_dirs =
+/// ["storage"]`; the release is refused (exit 1, nothing switched) and the shared data
+/// survives (today's main deleted `shared/storage/x`).
+#[test]
+fn a_shared_path_through_a_link_in_the_artifact_is_refused_on_the_host() {
+    let fleet = Fleet::start(1);
+    let app = app_dir(fleet.dir(), "app", "1");
+    std::fs::create_dir_all(app.join("storage")).unwrap();
+    std::fs::write(app.join("storage/x"), "from the artifact\n").unwrap();
+    std::os::unix::fs::symlink("storage", app.join("a")).unwrap();
+    let text = inventory_text(
+        &fleet,
+        &["h1"],
+        &format!(
+            "[artifact]\npath = \"{}\"\nshared_dirs = [\"storage\"]\nshared_files = [\"a/x\"]\n",
+            app.display()
+        ),
+    );
+    let inv = write(fleet.dir(), "inv.toml", &text);
+    fleet.sh_ok(
+        "h1",
+        "mkdir -p /opt/demo/shared/storage && echo 'user data' > /opt/demo/shared/storage/x",
+    );
+    let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&inv));
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("goes through the link `a`"), "{stderr}");
+    assert_eq!(
+        fleet.sh_ok("h1", "cat /opt/demo/shared/storage/x"),
+        "user data\n"
+    );
+    assert!(!succeeds(&fleet, "h1", "test -e /opt/demo/current"));
+}
+
 /// An inventory for app `name` deploying to `/opt/<name>` with backups (a `command` backup:
 /// no database needed) in the directory both apps share.
 fn backup_inventory(fleet: &Fleet, name: &str, app: &Path, keep: u32) -> PathBuf {
