@@ -128,6 +128,9 @@ impl Host {
 pub struct Artifact {
     pub path: PathBuf,
     pub build: Option<String>,
+    /// Paths in every release linked to `shared/<path>`: relative, normalized, without
+    /// control characters, none inside another (across both lists), none of shipit's own
+    /// (`REVISION`, `.shipit/...`, `*.shipit-delta`).
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
     /// Send only new content to hosts whose current release has a manifest (default true).
