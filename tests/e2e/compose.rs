@@ -261,10 +261,8 @@ fn the_v2_plugin_is_preferred_and_a_host_without_compose_is_refused_clearly() {
 
     // Neither Compose (the host's /usr is its own): `check` says so, a deploy stops before
     // anything switches, naming what is missing.
-    stack.fleet.sh_ok(
-        "h1",
-        "rm -rf /root/.docker/cli-plugins && rm -f \"$(command -v docker-compose)\"",
-    );
+    stack.fleet.sh_ok("h1", "rm -rf /root/.docker/cli-plugins");
+    stack.fleet.remove_program("h1", "docker-compose");
     let inv = stack.inventory("2", "");
     let (code, report, _) = check_json(&stack.fleet, &inv);
     assert_eq!(code, 1, "{report:#}");
