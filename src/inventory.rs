@@ -128,6 +128,9 @@ impl Host {
 pub struct Artifact {
     pub path: PathBuf,
     pub build: Option<String>,
+    /// Paths in every release linked to `shared/<path>`: relative, normalized, without
+    /// control characters, none inside another (across both lists), none of shipit's own
+    /// (`REVISION`, `.shipit/...`, `*.shipit-delta`).
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
     /// Send only new content to hosts whose current release has a manifest (default true).
@@ -1130,6 +1133,23 @@ impl Validator<'_> {
             );
             return Vec::new();
         }
+        if transport == TransportKind::Local {
+            // Every host of the local transport is this machine with the same `deploy_to`:
+            // two of them would lock each other out (the second lock is the first one's) and
+            // stage the same tree twice at once.
+            for extra in raw.iter().skip(1) {
+                let (line, _) = line_col(p.text, raw[0].span().start);
+                p.invalid(
+                    extra.span(),
+                    "hosts",
+                    format!(
+                        "the local transport deploys to this machine only, which the \
+                         `[[hosts]]` at line {line} already is: keep one `[[hosts]]` (give it \
+                         every role) or use `transport = \"ssh\"`"
+                    ),
+                );
+            }
+        }
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut hosts = Vec::new();
         for (i, spanned) in raw.into_iter().enumerate() {
@@ -1230,28 +1250,19 @@ impl Validator<'_> {
                 PathBuf::new()
             }
         };
-        let shared = |list: Vec<S<String>>, key: &str, p: &mut Problems<'_>| {
-            list.into_iter()
-                .map(|s| {
-                    let v = s.get_ref();
-                    let bad = v.is_empty()
-                        || v.starts_with('/')
-                        || v.split('/').any(|c| c == ".." || c == "." || c.is_empty());
-                    if bad {
-                        p.invalid(
-                            s.span(),
-                            key,
-                            format!(
-                                "{v:?} must be a relative path inside the release, without `..`"
-                            ),
-                        );
-                    }
-                    s.into_inner()
-                })
-                .collect::<Vec<_>>()
-        };
-        let shared_dirs = shared(raw.shared_dirs, "artifact.shared_dirs", p);
-        let shared_files = shared(raw.shared_files, "artifact.shared_files", p);
+        let shared_dirs = shared_paths(&raw.shared_dirs, "artifact.shared_dirs", p);
+        let shared_files = shared_paths(&raw.shared_files, "artifact.shared_files", p);
+        shared_overlaps(
+            raw.shared_dirs
+                .iter()
+                .map(|s| ("artifact.shared_dirs", s))
+                .chain(
+                    raw.shared_files
+                        .iter()
+                        .map(|s| ("artifact.shared_files", s)),
+                ),
+            p,
+        );
         Artifact {
             path,
             build: raw.build.map(|b| b.into_inner()),
@@ -1726,6 +1737,84 @@ fn migrate_host(hosts: &[Host], p: &mut Problems<'_>) -> usize {
     tagged.first().copied().unwrap_or(0)
 }
 
+/// Names inside a release that shipit itself writes: a shared path must not be one of them
+/// (or lie below one), or every release would share shipit's own record of what it is (a
+/// shared `REVISION` or `.shipit` made every release claim one artifact, and a redeploy
+/// "reused" another artifact's release).
+const OWNED_IN_RELEASE: [&str; 2] = ["REVISION", ".shipit"];
+
+/// The suffix of the temporary copies the delta step makes next to a release's files.
+const DELTA_SUFFIX: &str = ".shipit-delta";
+
+/// One `shared_dirs`/`shared_files` list: each entry relative, normalized, without control
+/// characters, and not a name shipit owns in a release.
+fn shared_paths(list: &[S<String>], key: &str, p: &mut Problems<'_>) -> Vec<String> {
+    for s in list {
+        let v = s.get_ref();
+        let first = v.split('/').next().unwrap_or("");
+        let reason = if v.is_empty()
+            || v.starts_with('/')
+            || v.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+        {
+            Some(format!(
+                "{v:?} must be a relative, normalized path inside the release (no leading or \
+                 trailing `/`, no `//`, `.` or `..`)"
+            ))
+        } else if v.chars().any(char::is_control) {
+            Some(format!("{v:?} must not contain control characters"))
+        } else if OWNED_IN_RELEASE.contains(&first) {
+            Some(format!(
+                "{v:?}: `{first}` belongs to shipit in every release; share another path"
+            ))
+        } else if v.split('/').any(|c| c.ends_with(DELTA_SUFFIX)) {
+            Some(format!(
+                "{v:?}: names ending in `{DELTA_SUFFIX}` belong to shipit; share another path"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            p.invalid(s.span(), key, reason);
+        }
+    }
+    list.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+/// Shared paths across `shared_dirs` and `shared_files` must be disjoint: a duplicate, or one
+/// below another, is linked twice, and linking the inner one goes through the outer one's
+/// link into `shared/` (seen: `["public", "public/uploads"]` deleted the uploads and left a
+/// link to itself).
+fn shared_overlaps<'a>(all: impl Iterator<Item = (&'a str, &'a S<String>)>, p: &mut Problems<'_>) {
+    let all: Vec<_> = all.collect();
+    let below = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    for (i, (key, s)) in all.iter().enumerate() {
+        let v = s.get_ref();
+        let earlier = all[..i].iter().find(|(_, o)| {
+            let o = o.get_ref();
+            below(v, o) || below(o, v)
+        });
+        if let Some((other_key, other)) = earlier {
+            let (line, _) = line_col(p.text, other.span().start);
+            let o = other.get_ref();
+            let reason = if v == o {
+                format!("{v:?} is listed twice (also `{other_key}`, line {line})")
+            } else {
+                let (inner, outer) = if below(v, o) { (v, o) } else { (o, v) };
+                format!(
+                    "{inner:?} lies inside {outer:?} (with `{other_key}`, line {line}): shared \
+                     paths must not contain one another; share only {outer:?}"
+                )
+            };
+            p.invalid(s.span(), key, reason);
+        }
+    }
+}
+
 /// An absolute, normalized remote path. Returns whether it is valid.
 fn remote_path(value: &S<String>, key: &str, p: &mut Problems<'_>) -> bool {
     let v = value.get_ref();
@@ -2152,6 +2241,62 @@ max_fail = "x"
             format!("{MINIMAL}\n[[hosts]]\nname = \"web-2\"\nroles = [\"web\", \"migrate\"]\n");
         let inv = load(&text).unwrap();
         assert_eq!(inv.hosts[inv.migrate_host].name, "web-2");
+    }
+
+    #[test]
+    fn overlapping_shared_paths_and_shipits_own_names_are_refused_where_written() {
+        let with = |dirs: &str, files: &str| {
+            format!(
+                "{MINIMAL}\n[artifact]\npath = \"dist\"\nshared_dirs = [{dirs}]\nshared_files = [{files}]\n"
+            )
+        };
+        let e = err(&with("\"public\", \"public/uploads\"", ""));
+        assert!(
+            e.contains(":12:26: `artifact.shared_dirs`: \"public/uploads\" lies inside \"public\" (with `artifact.shared_dirs`, line 12)"),
+            "{e}"
+        );
+        // Inner first, across the two lists, and duplicates.
+        let e = err(&with("\"storage/logs\"", "\"storage\""));
+        assert!(
+            e.contains(":13:17: `artifact.shared_files`: \"storage/logs\" lies inside \"storage\""),
+            "{e}"
+        );
+        let e = err(&with("\"a\", \"a\"", ""));
+        assert!(e.contains("\"a\" is listed twice"), "{e}");
+        let e = err(&with("", "\"config.yml\", \"config.yml\""));
+        assert!(e.contains("\"config.yml\" is listed twice"), "{e}");
+        // Siblings with a common prefix of characters are not nested.
+        let ok = with("\"public\", \"public2\", \"pub/lic\"", "\"public.txt\"");
+        assert_eq!(load(&ok).unwrap().artifact.unwrap().shared_dirs.len(), 3);
+        for (dirs, files) in [
+            ("\".shipit\"", ""),
+            ("\".shipit/x\"", ""),
+            ("", "\"REVISION\""),
+            ("", "\"REVISION/x\""),
+            ("", "\"a/b.shipit-delta\""),
+        ] {
+            let e = err(&with(dirs, files));
+            assert!(e.contains("belong"), "{dirs} {files}: {e}");
+            assert!(e.contains("share another path"), "{e}");
+        }
+        for bad in [
+            "/abs", "a/../b", "./a", "a//b", "a/", "", "..", "a\\nb", "a\\tb",
+        ] {
+            let e = err(&with(&format!("\"{bad}\""), ""));
+            assert!(e.contains("`artifact.shared_dirs`"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_local_transport_takes_one_host() {
+        let one = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"/tmp/demo/app\"\n\n[[hosts]]\nname = \"a\"\nroles = [\"web\", \"migrate\"]\n";
+        assert_eq!(load(one).unwrap().hosts.len(), 1);
+        let two = format!("{one}\n[[hosts]]\nname = \"b\"\n");
+        let e = err(&two);
+        assert!(
+            e.contains(":10:1: `hosts`: the local transport deploys to this machine only, which the `[[hosts]]` at line 6 already is"),
+            "{e}"
+        );
     }
 
     #[test]

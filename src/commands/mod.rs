@@ -53,4 +53,6 @@ pub mod exit {
     /// A delta upload could not build the release exactly (the current release differs from
     /// its manifest, a tool failed, or the result did not verify); nothing was kept.
     pub const DELTA_FAILED: u32 = 94;
+    /// A shared path's parent in the release is a link; nothing was kept.
+    pub const SHARED_THROUGH_LINK: u32 = 105;
 }
