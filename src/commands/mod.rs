@@ -12,6 +12,7 @@ pub mod guard;
 pub mod history;
 pub mod lock;
 pub mod nginx;
+pub mod passed;
 pub mod release;
 pub mod systemd;
 pub mod task;
@@ -53,4 +54,10 @@ pub mod exit {
     /// A delta upload could not build the release exactly (the current release differs from
     /// its manifest, a tool failed, or the result did not verify); nothing was kept.
     pub const DELTA_FAILED: u32 = 94;
+    /// Confirming found this run's guard disarmed by another run (`shipit unlock` while this
+    /// run held the lock): that run owns the host now.
+    pub const GUARD_DISARMED: u32 = 110;
+    /// A dead-deployer guard that fired is still switching the host back; its run's token
+    /// is on stdout.
+    pub const GUARD_BUSY: u32 = 111;
 }
