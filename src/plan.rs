@@ -258,15 +258,13 @@ pub fn candidacy(
     passed: &BTreeSet<String>,
     id: &str,
 ) -> Result<(), NotCandidate> {
+    // Never having passed is said before being newer: it is what still holds after a
+    // deploy makes the release older than `current`.
     match tree.current.as_deref() {
-        Some(c) if c == id => return Err(NotCandidate::Current),
-        Some(c) if id > c => return Err(NotCandidate::Newer),
-        _ => {}
-    }
-    if passed.contains(id) {
-        Ok(())
-    } else {
-        Err(NotCandidate::NeverPassed)
+        Some(c) if c == id => Err(NotCandidate::Current),
+        _ if !passed.contains(id) => Err(NotCandidate::NeverPassed),
+        Some(c) if id > c => Err(NotCandidate::Newer),
+        _ => Ok(()),
     }
 }
 

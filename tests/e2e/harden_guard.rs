@@ -267,6 +267,12 @@ fn default_rollback_skips_releases_killed_in_their_migration_or_reverted_by_the_
     rig.unlock(&v5);
     let v5_id = rig.deploy_ok(&v5);
 
+    let (code, report, stderr) = rig.json(&["rollback", "test"], &v5);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["release"], v3_id.as_str());
+    for h in HOSTS {
+        assert_eq!(rig.version(h), "v3", "{h}");
+    }
     // `releases` says which ones a rollback may take, and why not the others.
     let (code, releases, stderr) = rig.json(&["releases", "test"], &v5);
     assert_eq!(code, 0, "{stderr}");
@@ -285,17 +291,12 @@ fn default_rollback_skips_releases_killed_in_their_migration_or_reverted_by_the_
         assert_eq!(r["not_candidate"]["h1"], "never_passed", "{r:#}");
         assert_eq!(r["not_candidate"]["h2"], "never_passed", "{r:#}");
     }
-    assert_eq!(row(&v5_id)["not_candidate"]["h1"], "current");
-    assert_eq!(row(&v3_id)["rollback_on"], serde_json::json!(["h1", "h2"]));
+    assert_eq!(row(&v3_id)["not_candidate"]["h1"], "current");
+    assert_eq!(row(&v5_id)["not_candidate"]["h2"], "newer");
+    assert_eq!(row(&v1_id)["rollback_on"], serde_json::json!(["h1", "h2"]));
     let (_, _, table) = rig.shipit(&["releases", "test"], &v5);
     assert!(table.contains("never went live"), "{table}");
 
-    let (code, report, stderr) = rig.json(&["rollback", "test"], &v5);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(report["release"], v3_id.as_str());
-    for h in HOSTS {
-        assert_eq!(rig.version(h), "v3", "{h}");
-    }
     let (code, report, stderr) = rig.json(&["rollback", "test"], &v5);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["release"], v1_id.as_str());
@@ -304,29 +305,50 @@ fn default_rollback_skips_releases_killed_in_their_migration_or_reverted_by_the_
     }
 }
 
-#[test]
-fn rollback_eligibility_does_not_depend_on_history_length_and_unreadable_history_stops_it() {
-    let rig = Rig::new();
-    // v2 fails its health gate and is switched back: history says `failed`.
+/// v1 deployed, v2 failed its health gate and was switched back (history says `failed`),
+/// `tasks` lines later, v3 deployed. Returns v1's id and v3's inventory.
+fn failed_release_then_tasks(rig: &Rig, tasks: usize) -> (String, PathBuf) {
     let bad = rig.inventory(
         "v2",
         "[health]\ncommand = \"test \\\"$(cat VERSION)\\\" != v2\"\ntimeout = \"1s\"\ninterval = \"100ms\"\n",
     );
     let (code, _, stderr) = rig.shipit(&["deploy", "test"], &bad);
     assert_eq!(code, 3, "{stderr}");
-    // 2001 `task` runs later, that line is far from the end of the history.
     for h in HOSTS {
         rig.fleet.sh_ok(
             h,
-            r#"line='{"time":"2026-01-01T00:00:00.000Z","action":"task","outcome":"success","user":"u","machine":"m","command":"shipit task test x","duration_s":0.1,"run":"t","hosts":["h1","h2"],"message":"task `x`"}'
-i=0; while [ $i -lt 2001 ]; do printf '%s\n' "$line"; i=$((i + 1)); done >> /opt/demo/.shipit/history.jsonl"#,
+            &format!(
+                r#"line='{{"time":"2026-01-01T00:00:00.000Z","action":"task","outcome":"success","user":"u","machine":"m","command":"shipit task test x","duration_s":0.1,"run":"t","hosts":["h1","h2"],"message":"task `x`"}}'
+i=0; while [ $i -lt {tasks} ]; do printf '%s\n' "$line"; i=$((i + 1)); done >> /opt/demo/.shipit/history.jsonl"#
+            ),
         );
     }
     let v3 = rig.inventory("v3", "");
     rig.deploy_ok(&v3);
-    let v1_id = rig.release_ids("h1")[0].clone();
+    (rig.release_ids("h1")[0].clone(), v3)
+}
 
-    // An unreadable history is an error: nothing switched.
+#[test]
+fn rollback_eligibility_does_not_depend_on_history_length() {
+    let rig = Rig::new();
+    // 2001 `task` runs after the failed v2, its line is far from the end of the history.
+    let (v1_id, v3) = failed_release_then_tasks(&rig, 2001);
+    let (code, report, stderr) = rig.json(&["rollback", "test"], &v3);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        report["release"],
+        v1_id.as_str(),
+        "the failed v2 was picked"
+    );
+    for h in HOSTS {
+        assert_eq!(rig.version(h), "v1", "{h}");
+    }
+}
+
+#[test]
+fn an_unreadable_history_stops_a_rollback() {
+    let rig = Rig::new();
+    let (_, v3) = failed_release_then_tasks(&rig, 0);
     rig.fleet.sh_ok(
         "h2",
         "mv /opt/demo/.shipit/history.jsonl /opt/demo/.shipit/history.bak && mkdir /opt/demo/.shipit/history.jsonl",
@@ -339,22 +361,7 @@ i=0; while [ $i -lt 2001 ]; do printf '%s\n' "$line"; i=$((i + 1)); done >> /opt
         .to_owned();
     assert!(h2.contains("history"), "{h2}");
     for h in HOSTS {
-        assert_eq!(rig.version(h), "v3", "{h}");
-    }
-    rig.fleet.sh_ok(
-        "h2",
-        "rmdir /opt/demo/.shipit/history.jsonl && mv /opt/demo/.shipit/history.bak /opt/demo/.shipit/history.jsonl",
-    );
-
-    let (code, report, stderr) = rig.json(&["rollback", "test"], &v3);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(
-        report["release"],
-        v1_id.as_str(),
-        "the failed v2 was picked"
-    );
-    for h in HOSTS {
-        assert_eq!(rig.version(h), "v1", "{h}");
+        assert_eq!(rig.version(h), "v3", "{h}: switched");
     }
 }
 
@@ -411,8 +418,9 @@ fn a_failing_migrations_secret_never_reaches_the_hosts_history_and_its_files_are
 }
 
 #[test]
-fn task_exits_5_when_locked_and_a_confirmed_deploy_leaves_no_sleep_behind() {
+fn a_confirmed_deploy_leaves_no_sleep_behind() {
     let rig = Rig::new();
+    rig.deploy_ok(&rig.inventory("v2", ""));
     for h in HOSTS {
         assert!(
             !succeeds(&rig.fleet, h, "pgrep -x sleep"),
@@ -420,6 +428,11 @@ fn task_exits_5_when_locked_and_a_confirmed_deploy_leaves_no_sleep_behind() {
             rig.fleet.sh_ok(h, "ps -eo pid,args")
         );
     }
+}
+
+#[test]
+fn task_exits_5_when_locked() {
+    let rig = Rig::new();
     let inv = rig.inventory("v1", "[tasks.hello]\ncommand = \"echo hello\"\n");
     rig.fleet.sh_ok(
         "h2",
