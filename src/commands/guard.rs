@@ -14,7 +14,7 @@
 //! holds the lock, and every new lock and `shipit unlock` disarm every earlier run's guard
 //! ([`SETTLE`]), so a guard never reverts a later deploy.
 //!
-//! Everything here is created with umask 077: the scripts carry a history line.
+//! What the guard itself writes is created with umask 077: the scripts carry a history line.
 
 use crate::shell::Cmd;
 
@@ -112,6 +112,7 @@ pub fn arm(deploy_to: &str, token: &str, delay_secs: u64) -> Cmd {
         Cmd::assign("delay", delay_secs.to_string()),
         Cmd::new(
             r#"
+mkdir -p -- "$g/.." || exit 1
 umask 077
 mkdir -p -- "$g" || exit 1
 [ -L "$g" ] && exit 1
@@ -178,6 +179,7 @@ pub fn script(
         Cmd::new(FUNCTIONS),
         Cmd::new(
             r#"
+mask=$(umask)
 umask 077
 lock="$base/.shipit/lock"
 took=
@@ -198,12 +200,15 @@ cur=$(readlink -- "$base/current" 2>/dev/null)
 if [ "$cur" != "$release" ] && [ "$cur" != "$was" ]; then
   rm -f -- "$g/$token.sh" "$g/$token.pid" "$g/$token.running"
   leave
-fi"#,
+fi
+# The switch-back restores files as a deploy writes them.
+umask "$mask""#,
         ),
     ];
     steps.extend(body.iter().cloned());
     steps.push(Cmd::new(
         r#"
+umask 077
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 history="$base/.shipit/history.jsonl"
 if [ ! -L "$history" ]; then printf '%s%s%s%s%s\n' "$head" "$now" "$mid" "$now" "$tail" >> "$history"; fi

@@ -12,9 +12,10 @@ pub fn append(deploy_to: &str) -> Cmd {
         Cmd::assign("base", deploy_to),
         Cmd::new(
             r#"
-umask 077
 f="$base/.shipit/history.jsonl"
+# `deploy_to` itself may be made here: with the usual mode, the app's user reads releases.
 mkdir -p -- "$base/.shipit" || exit 1
+umask 077
 if [ -L "$f" ]; then echo "\`$f\` is a symlink" >&2; exit 1; fi
 if [ -e "$f" ]; then chmod 600 "$f" || exit 1; fi
 cat >> "$f""#,

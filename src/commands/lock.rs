@@ -21,9 +21,10 @@ pub fn acquire(deploy_to: &str) -> Cmd {
         settle,
         Cmd::new(
             r#"
-umask 077
 lock="$base/.shipit/lock"
+# `deploy_to` itself may be made here: with the usual mode, the app's user reads releases.
 mkdir -p -- "$base/.shipit" || exit 1
+umask 077
 # A holder writes owner.json just after its mkdir, and may release at any moment: look a few
 # times, taking the lock if it goes away.
 for try in 1 2 3 4 5 6 7 8 9 10; do

@@ -17,8 +17,9 @@ pub fn mark(deploy_to: &str, release: &str) -> Cmd {
         Cmd::new(ID_OK),
         Cmd::new(
             r#"
-umask 077
 p="$base/.shipit/passed"
+mkdir -p -- "$base/.shipit" || exit 1
+umask 077
 mkdir -p -- "$p" && [ ! -L "$p" ] && chmod 700 "$p" && : > "$p/$id" || exit 1
 for f in "$p"/*; do
   [ -d "$base/releases/${f##*/}" ] || rm -f -- "$f"
