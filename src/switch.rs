@@ -184,7 +184,12 @@ impl Switch<'_> {
                 .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
             match conn.transport.exec(req).await {
                 Ok(o) if o.success() => touched.guard = true,
-                other => return Err(failure(other, "arming the dead-deployer guard")),
+                other => {
+                    // A sleeper may have started all the same: it must never fire.
+                    let cmd = commands::guard::disarm(deploy_to, &guard.token);
+                    let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
+                    return Err(failure(other, "arming the dead-deployer guard"));
+                }
             }
         }
         let vars = database::task_vars(self.inventory, &conn.host.name, release, previous);

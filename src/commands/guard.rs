@@ -34,7 +34,7 @@ guard_alive() {
   [ -f "$1" ] || return 1
   pid=$(cat -- "$1" 2>/dev/null)
   case $pid in ''|*[!0-9]*) return 1;; esac
-  if [ -r "/proc/$pid/cmdline" ]; then
+  if [ -d /proc/self ]; then
     tr '\000' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2.sh"
   else
     kill -0 "$pid" 2>/dev/null

@@ -136,4 +136,32 @@ mod tests {
         assert_eq!(sh(&force_remove(base, 1), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
     }
+
+    #[test]
+    fn taking_or_removing_the_lock_disarms_earlier_guards() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let base = base.to_str().unwrap();
+        let g = format!("{base}/.shipit/guard");
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(format!("{g}/t1.sh"), "exit 0\n").unwrap();
+        std::fs::write(format!("{g}/t1.pid"), "999999999\n").unwrap();
+        assert_eq!(sh(&acquire(base), "{\"token\":\"run-2\"}").0, 0);
+        assert_eq!(
+            std::fs::read_link(format!("{g}/t1.decision")).unwrap(),
+            std::path::Path::new("disarmed")
+        );
+        assert!(!std::path::Path::new(&format!("{g}/t1.sh")).exists());
+        assert!(!std::path::Path::new(&format!("{g}/t1.pid")).exists());
+        std::fs::write(format!("{g}/t2.sh"), "exit 0\n").unwrap();
+        assert_eq!(sh(&force_remove(base, 1), "").0, 0);
+        assert!(std::fs::read_link(format!("{g}/t2.decision")).is_ok());
+        assert_eq!(sh(&read(base), "").0, 76);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&g), 0o700);
+        assert_eq!(sh(&acquire(base), "{}").0, 0);
+        assert_eq!(mode(&format!("{base}/.shipit/lock")), 0o700);
+        assert_eq!(mode(&format!("{base}/.shipit/lock/owner.json")), 0o600);
+    }
 }
