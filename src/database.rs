@@ -427,7 +427,7 @@ pub async fn backup_now(
             .map(|b| format!("backup `{}`", b.path)),
         ..Default::default()
     };
-    crate::history::append(conns, deploy_to, &entry).await;
+    crate::history::append(conns, deploy_to, &entry, &run.redactor).await;
     crate::lock::release_all(&[conn], deploy_to, &run.token).await;
     report
 }

@@ -30,6 +30,7 @@ use crate::lock::{self, LockOwner, LockState, RunInfo};
 use crate::manifest::Manifest;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::{self, HostPlan, Source};
+use crate::releases;
 use crate::shell::Cmd;
 use crate::shell::Secret;
 use crate::switch::{Switch, Touched};
@@ -346,9 +347,14 @@ impl<'a> Run<'a> {
             .chain(fresh.iter())
             .collect();
         // Every host at once: at 100 hosts, one after the other took a second.
-        let appends = live
-            .iter()
-            .map(|c| history::append(std::slice::from_ref(*c), deploy_to, &entry));
+        let appends = live.iter().map(|c| {
+            history::append(
+                std::slice::from_ref(*c),
+                deploy_to,
+                &entry,
+                &self.run.redactor,
+            )
+        });
         let mut unrecorded: Vec<String> = futures::future::join_all(appends)
             .await
             .into_iter()
@@ -794,6 +800,7 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
             token: d.run.token.clone(),
             delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
             history: guard_line,
+            redactor: d.run.redactor.clone(),
         }),
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
@@ -1552,15 +1559,40 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
             )
             .await;
     }
-    // Releases whose deploy did not succeed are not rollback targets.
-    let histories = read_histories(&conns, &deploy_to).await;
-    let failed: BTreeSet<String> = history::merge(&histories)
-        .into_iter()
-        .filter(|e| e.action == "deploy" && e.outcome != "success")
-        .filter_map(|e| e.release)
+    // Only releases that went live and passed their health gate are rollback targets;
+    // what passed where is read whole, and a host where it cannot be read stops the run.
+    let mut passed = Vec::new();
+    let mut unreadable = false;
+    for (c, p) in conns
+        .iter()
+        .zip(releases::read_passed(&conns, &deploy_to).await)
+    {
+        match p {
+            Ok(p) => passed.push(p),
+            Err(e) => {
+                r.fail_host(&c.host.name.clone(), e);
+                unreadable = true;
+            }
+        }
+    }
+    if unreadable {
+        return r
+            .close(
+                &conns,
+                Outcome::Failed,
+                Some(
+                    "could not read which releases passed on every host; nothing was switched"
+                        .into(),
+                ),
+            )
+            .await;
+    }
+    let refs: Vec<(&str, &ReleaseTree, &BTreeSet<String>)> = ok_trees
+        .iter()
+        .zip(&passed)
+        .map(|((h, t), p)| (*h, t, p))
         .collect();
-    let refs: Vec<(&str, &ReleaseTree)> = ok_trees.iter().map(|(h, t)| (*h, t)).collect();
-    let target = match plan::rollback_target(&refs, &failed, rb.to.as_deref()) {
+    let target = match plan::rollback_target(&refs, rb.to.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             return r
@@ -1606,21 +1638,6 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         other => other,
     };
     r.close(&conns, outcome, message).await
-}
-
-async fn read_histories(conns: &[Conn<'_>], deploy_to: &str) -> Vec<(String, String)> {
-    let cmd = commands::history::read(deploy_to, 2000);
-    let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
-        async move {
-            let text = match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => o.stdout.text(),
-                _ => String::new(),
-            };
-            (c.host.name.clone(), text)
-        }
-    });
-    futures::future::join_all(runs).await
 }
 
 pub fn now_millis() -> u64 {

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod history;
 pub mod lock;
 pub mod nginx;
+pub mod passed;
 pub mod release;
 pub mod systemd;
 pub mod task;
@@ -55,4 +56,10 @@ pub mod exit {
     pub const DELTA_FAILED: u32 = 94;
     /// A shared path's parent in the release is a link; nothing was kept.
     pub const SHARED_THROUGH_LINK: u32 = 105;
+    /// Confirming found this run's guard disarmed by another run (`shipit unlock` while this
+    /// run held the lock): that run owns the host now.
+    pub const GUARD_DISARMED: u32 = 110;
+    /// A dead-deployer guard that fired is still switching the host back; its run's token
+    /// is on stdout.
+    pub const GUARD_BUSY: u32 = 111;
 }
