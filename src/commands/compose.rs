@@ -5,8 +5,6 @@
 
 use crate::shell::Cmd;
 
-use super::envfile::next_path;
-
 /// Sets `$compose` to the host's Compose: `docker compose` (the v2 plugin, preferred) or
 /// `docker-compose` (v1); empty when it has neither. The one place that choice is made:
 /// stack commands, `$SHIPIT_COMPOSE` in user commands and `shipit check` all use it.
@@ -22,11 +20,9 @@ fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
         Cmd::assign("project", project),
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
-        Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
         Cmd::new(PICK),
         Cmd::new(
             r#"
-if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
 if [ -z "$compose" ]; then
   echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
 fi
