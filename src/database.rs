@@ -396,6 +396,11 @@ pub async fn backup_now(
     let deploy_to = &inventory.app.deploy_to;
     let conns = std::slice::from_ref(conn);
     let now = crate::rollout::now_unix();
+    // Before the lock, which already writes under `deploy_to`.
+    if let Some(Err(e)) = crate::strict::preflight(conns, inventory).await.pop() {
+        report.error = Some(e);
+        return report;
+    }
     let state = crate::lock::acquire_all(conns, deploy_to, run).await.pop();
     let state = state.unwrap_or(crate::lock::LockState::NotTried);
     let lock_timeout = inventory.rollout.lock_timeout;

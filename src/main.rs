@@ -336,6 +336,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                             yes || confirm_unlock(&out, hosts, &inventory)
                         })
                         .await;
+                        if !report.declined {
+                            shipit::candidates::discard_staging(&conns, &inventory).await;
+                        }
                         ok &= !report.failed();
                         out.emit(Event::Done(&report));
                     }
