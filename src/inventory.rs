@@ -2220,28 +2220,64 @@ max_fail = "x"
     #[test]
     fn system_paths_are_refused_with_their_position() {
         for (from, to, expect) in [
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/root/.ssh\"", "`/root`"),
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/boot/efi\"", "`/boot`"),
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/usr/local/lib\"", "`/usr`"),
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/home/deploy\"", "home directory"),
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/home/u/.ssh/x\"", "`.ssh`"),
-            ("deploy_to = \"/opt/shop\"", "deploy_to = \"/var/log/shop\"", "`/var/log`"),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root/.ssh\"",
+                "`/root`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/boot/efi\"",
+                "`/boot`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/usr/local/lib\"",
+                "`/usr`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/deploy\"",
+                "home directory",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/u/.ssh/x\"",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/var/log/shop\"",
+                "`/var/log`",
+            ),
         ] {
             let e = err(&MINIMAL.replace(from, to));
-            assert!(e.contains("inventory/staging.toml:4:13: `app.deploy_to`"), "{e}");
+            assert!(
+                e.contains("inventory/staging.toml:4:13: `app.deploy_to`"),
+                "{e}"
+            );
             assert!(e.contains(expect), "{to}: {e}");
         }
         let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
         let e = err(&env("/etc/passwd"));
-        assert!(e.contains(":11:8: `env.path`: `/etc/passwd` would replace a file of the system"), "{e}");
+        assert!(
+            e.contains(":11:8: `env.path`: `/etc/passwd` would replace a file of the system"),
+            "{e}"
+        );
         assert!(err(&env("/etc/ssh/sshd_config")).contains("file of the system"));
         assert!(err(&env("/usr/lib/shop.env")).contains("`/usr`"));
         assert!(err(&env("/opt/.env")).contains("`/opt` is a system directory"));
         assert!(err(&env("/etc/.env")).contains("file of the system"));
-        for ok in ["/etc/shop.env", "/etc/shop/app.env", "/opt/shop/.env", "/srv/x/shared/.env"] {
+        for ok in [
+            "/etc/shop.env",
+            "/etc/shop/app.env",
+            "/opt/shop/.env",
+            "/srv/x/shared/.env",
+        ] {
             assert!(load(&env(ok)).is_ok(), "{ok}");
         }
-        let backup = |dir: &str| format!("{MINIMAL}\n[backup]\ncommand = \"true\"\ndir = \"{dir}\"\n");
+        let backup =
+            |dir: &str| format!("{MINIMAL}\n[backup]\ncommand = \"true\"\ndir = \"{dir}\"\n");
         assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
         assert!(err(&backup("/etc/backups")).contains("`/etc`"));
         assert!(load(&backup("/var/backups/shop")).is_ok());

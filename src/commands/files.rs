@@ -87,7 +87,12 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"SECRET=1\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"SECRET=1\n")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         (
             out.status.code().unwrap_or(-1),

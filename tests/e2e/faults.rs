@@ -218,9 +218,10 @@ fn extraction_failing_midway_keeps_nothing() {
 #[test]
 fn the_env_file_failing_to_stage_switches_nothing() {
     let rig = Rig::new();
+    // Staging creates its temp file with `mktemp` (a fresh name each time): make that fail.
     rig.fleet.sh_ok(
         "h2",
-        "mkdir -p /etc/demo.env.shipit-next.shipit-tmp/blocker",
+        "mv /usr/bin/mktemp /usr/bin/mktemp.real && printf '#!/bin/sh\\ncase \"$1\" in -d) exec mktemp.real \"$@\";; esac\\necho mktemp: no space left >&2; exit 1\\n' > /usr/bin/mktemp && chmod +x /usr/bin/mktemp",
     );
     let inv = rig.inventory("v2", "");
     let stderr = rig.deploy_fails(&inv);
@@ -232,7 +233,7 @@ fn the_env_file_failing_to_stage_switches_nothing() {
             .contains("VERSION=v1")
     );
     rig.fleet
-        .sh_ok("h2", "rm -rf /etc/demo.env.shipit-next.shipit-tmp");
+        .sh_ok("h2", "mv -f /usr/bin/mktemp.real /usr/bin/mktemp");
     rig.converges(&inv, "v2", false);
 }
 
