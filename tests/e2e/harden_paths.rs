@@ -131,10 +131,11 @@ fn switching_back_the_env_file_never_writes_through_a_symlink() {
     let (code, _, stderr) = shipit(&fleet, &["deploy", "test"], &v2);
     assert_eq!(code, 3, "switched back: {stderr}");
     let victim = fleet.sh_ok("h1", "cat /victim-harden-f6/file");
-    let env_file = fleet.sh_ok(
+    let env_file = fleet.sh(
         "h1",
         "test ! -L /etc/demo.env && stat -c '%a %U' /etc/demo.env",
     );
+    let env_file = String::from_utf8_lossy(&env_file.stdout).into_owned();
     let content = fleet.sh_ok("h1", "cat /etc/demo.env");
     fleet.sh_ok("h1", "rm -rf /victim-harden-f6 /etc/demo.env.shipit-*");
     assert_eq!(victim, "untouched\n");
