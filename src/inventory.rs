@@ -935,15 +935,19 @@ fn system_tree(path: &str) -> Option<&'static str> {
 
 /// Why `path` (absolute, normalized) cannot hold a tree of shipit's, if it cannot.
 pub fn tree_problem(path: &str) -> Option<String> {
+    if SHARED_DIRS.contains(&path) || SYSTEM_TREES.contains(&path) {
+        let example = if path == "/" || SYSTEM_TREES.contains(&path) {
+            "/opt"
+        } else {
+            path
+        };
+        return Some(format!(
+            "`{path}` is a system directory; use a directory of the app's own, e.g. `{example}/<app>`"
+        ));
+    }
     if let Some(tree) = system_tree(path) {
         return Some(format!(
             "`{path}` is in `{tree}`, a tree of the system: shipit never writes there; use a directory of the app's own, e.g. `/opt/<app>`"
-        ));
-    }
-    if SHARED_DIRS.contains(&path) {
-        let example = if path == "/" { "/opt" } else { path };
-        return Some(format!(
-            "`{path}` is a system directory; use a directory of the app's own, e.g. `{example}/<app>`"
         ));
     }
     let mut parts = path.split('/').skip(1);
@@ -2198,7 +2202,7 @@ max_fail = "x"
 "#;
         insta::assert_snapshot!(err(text), @r#"
         inventory/staging.toml:2:13: `transport`: must be "ssh" or "local", not "rsync"
-        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is in `/usr`, a tree of the system: shipit never writes there; use a directory of the app's own, e.g. `/opt/<app>`
+        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/opt/<app>`
         inventory/staging.toml:6:17: `app.keep_releases`: must be at least 2 (the current release and the one to roll back to)
         inventory/staging.toml:8:19: `ssh.connect_timeout`: "ten seconds" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
         inventory/staging.toml:9:1: more than one host has role `migrate`: a, b; exactly one host runs backups and migrations

@@ -62,7 +62,10 @@ shipit_strict() {
   shipit_walk "$1" leaf
   shipit_d=$1
   while [ ! -e "$shipit_d" ]; do shipit_d=$(dirname -- "$shipit_d"); done
-  shipit_r=$(cd -P -- "$shipit_d" && pwd -P) || { echo "cannot resolve \`$shipit_d\`" >&2; exit 95; }
+  if [ ! -d "$shipit_d" ]; then
+    printf '`%s` is not a directory: shipit writes below it\n' "$shipit_d" >&2; exit 95
+  fi
+  shipit_r=$(cd -P -- "$shipit_d" 2>/dev/null && pwd -P) || { echo "cannot resolve \`$shipit_d\`" >&2; exit 95; }
   if [ "$shipit_d" = "$1" ]; then shipit_walk "$shipit_r" leaf; else shipit_walk "$shipit_r" ""; fi
 }
 shipit_nolink() {

@@ -168,7 +168,9 @@ fn kill(mut child: Child) {
 #[test]
 fn lock_acquisition_failing_on_one_host_releases_the_others() {
     let rig = Rig::new();
-    rig.fleet.sh_ok("h2", "rm -rf /opt/demo/.shipit/lock; mkdir -p /opt/demo/.shipit && chmod 000 /opt/demo/.shipit && touch /opt/demo/.shipit/lock.block 2>/dev/null; rm -rf /opt/demo/.shipit && touch /opt/demo/.shipit");
+    // `mkdir -p <deploy_to>/.shipit`, the lock's first step, fails on h2. (A file in its
+    // place, as before, is now refused earlier, by the path check before any lock.)
+    rig.fleet.sh_ok("h2", "printf '#!/bin/sh\\ncase \"$*\" in *\"-p -- /opt/demo/.shipit\") echo mkdir: read-only >&2; exit 1;; esac\\nexec /usr/bin/mkdir \"$@\"\\n' > /usr/local/bin/mkdir && chmod +x /usr/local/bin/mkdir");
     let inv = rig.inventory("v2", "");
     let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("cannot take the deploy lock"), "{stderr}");
@@ -176,10 +178,7 @@ fn lock_acquisition_failing_on_one_host_releases_the_others() {
         !rig.succeeds("h1", "test -e /opt/demo/.shipit/lock"),
         "h1's lock was not released"
     );
-    rig.fleet.sh_ok(
-        "h2",
-        "rm -f /opt/demo/.shipit && mkdir -p /opt/demo/.shipit",
-    );
+    rig.fleet.sh_ok("h2", "rm -f /usr/local/bin/mkdir");
     rig.converges(&inv, "v2", false);
 }
 
