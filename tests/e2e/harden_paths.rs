@@ -196,6 +196,8 @@ fn trees_another_user_can_write_are_refused_before_anything_is_written() {
             &["deploy", "test"][..],
             &["task", "test", "t"],
             &["backup", "test"],
+            &["rollback", "test"],
+            &["unlock", "test", "--yes"],
         ] {
             let (code, _, stderr) = shipit(&fleet, args, &inv);
             assert_eq!(code, 1, "{deploy_to} {args:?}: {stderr}");
