@@ -37,6 +37,17 @@ cat > "$tmp" || exit 1
 mv -fT -- "$tmp" "$path" || exit 1
 trap - EXIT"#;
 
+/// Shell function `shipit_copy SRC DEST MODE`: installs a copy of SRC at DEST the way
+/// [`write`] does (a fresh `mktemp` name next to DEST, never an existing file or a
+/// symlink, `MODE` set before it is visible, renamed over DEST with `mv -T`). For scripts
+/// that put files in place from the host's own copies (units, their previous versions).
+pub const COPY: &str = r#"
+shipit_copy() {
+  shipit_t=$(mktemp "$(dirname -- "$2")/.$(basename -- "$2").shipit-tmp.XXXXXXXXXX") || return 1
+  if cp -- "$1" "$shipit_t" && chmod "$3" -- "$shipit_t" && mv -fT -- "$shipit_t" "$2"; then return 0; fi
+  rm -f -- "$shipit_t"; return 1
+}"#;
+
 /// Prints `<sha256>` of `path`, or nothing when it does not exist.
 pub fn sha256(path: &str) -> Cmd {
     Cmd::seq([
@@ -120,6 +131,35 @@ mod tests {
         // Nor a directory (`mv` would move the file into it).
         std::fs::create_dir(dir.path().join("d.env")).unwrap();
         assert_eq!(write_sh(&dir.path().join("d.env"), None).0, 96);
+    }
+
+    #[test]
+    fn copy_replaces_a_symlink_instead_of_writing_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "root-owned\n").unwrap();
+        let src = dir.path().join("candidate");
+        std::fs::write(&src, "[Unit]\n").unwrap();
+        let dest = dir.path().join("demo.service");
+        std::os::unix::fs::symlink(&victim, &dest).unwrap();
+        let script = Cmd::seq([
+            Cmd::new(COPY),
+            Cmd::new("shipit_copy")
+                .arg(src.to_str().unwrap())
+                .arg(dest.to_str().unwrap())
+                .arg("644"),
+        ]);
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script.render())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root-owned\n");
+        let meta = std::fs::symlink_metadata(&dest).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]
