@@ -863,13 +863,13 @@ struct Validator<'a> {
 /// The rule: shipit keeps trees of its own (`app.deploy_to`, `backup.dir`) strictly
 /// below a directory that holds such trees, never in a tree that belongs to the system.
 ///
-/// - [`SYSTEM_TREES`] belong to the operating system, its packages or root (`/etc`,
-///   `/usr` with `/usr/local`, `/boot`, `/root`, `/var/log`, ...): neither they nor anything
-///   below them are accepted (`/usr/local/lib`, `/root/.ssh`, `/boot/efi` are refused).
+/// - [`SYSTEM_TREES`] belong to the operating system and its packages (`/etc`, `/usr`
+///   with `/usr/local`, `/boot`, `/var/log`, ...): neither they nor anything below them
+///   are accepted (`/usr/local/lib`, `/boot/efi` are refused).
 /// - [`SHARED_DIRS`] hold the trees of many apps and users (`/`, `/opt`, `/srv`, `/home`,
 ///   `/var/lib`, `/tmp`, ...): accepted only strictly below (`/opt/shop`), since
 ///   pruning or a `shared/` link there would reach someone else's files. A home directory
-///   (`/home/<user>`) is such a directory too, and its hidden entries (`~/.ssh`,
+///   (`/home/<user>`, `/root`) is such a directory too, and its hidden entries (`~/.ssh`,
 ///   `~/.config`) are a user's configuration, refused with their subtrees.
 /// - `env.path` is a file: in `/etc` (or below), the one system tree where services keep
 ///   their configuration, it must be named `*.env` (e.g. `/etc/<app>.env`), a name no
@@ -887,7 +887,6 @@ pub const SYSTEM_TREES: &[&str] = &[
     "/libx32",
     "/lost+found",
     "/proc",
-    "/root",
     "/run",
     "/sbin",
     "/snap",
@@ -950,20 +949,26 @@ pub fn tree_problem(path: &str) -> Option<String> {
             "`{path}` is in `{tree}`, a tree of the system: shipit never writes there; use a directory of the app's own, e.g. `/opt/<app>`"
         ));
     }
+    // A home: `/home/<user>`, or root's, `/root`; then what is below it.
     let mut parts = path.split('/').skip(1);
-    if parts.next() == Some("home") {
-        match (parts.next(), parts.next()) {
-            (Some(_), None) => {
+    let in_home = match parts.next() {
+        Some("home") => parts.next().is_some(),
+        Some("root") => true,
+        _ => false,
+    };
+    if in_home {
+        match parts.next() {
+            None => {
                 return Some(format!(
                     "`{path}` is a home directory; use a directory of the app's own below it, e.g. `{path}/<app>`"
                 ));
             }
-            (Some(_), Some(hidden)) if hidden.starts_with('.') => {
+            Some(hidden) if hidden.starts_with('.') => {
                 return Some(format!(
                     "`{path}` is in `{hidden}`, a user's configuration: shipit never writes there"
                 ));
             }
-            _ => {}
+            Some(_) => {}
         }
     }
     None
@@ -2227,7 +2232,12 @@ max_fail = "x"
             (
                 "deploy_to = \"/opt/shop\"",
                 "deploy_to = \"/root/.ssh\"",
-                "`/root`",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root\"",
+                "home directory",
             ),
             (
                 "deploy_to = \"/opt/shop\"",

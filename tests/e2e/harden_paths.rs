@@ -237,7 +237,7 @@ fn system_paths_are_refused_at_load_with_their_position() {
         (
             "/root/.ssh",
             "",
-            "`app.deploy_to`: `/root/.ssh` is in `/root`",
+            "`app.deploy_to`: `/root/.ssh` is in `.ssh`, a user's configuration",
         ),
         (
             "/boot/efi",
