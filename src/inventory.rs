@@ -860,43 +860,138 @@ struct Validator<'a> {
     ctx: &'a LoadContext<'a>,
 }
 
-/// Directories a release tree must never be rooted at: pruning old releases there, or a
-/// typo'd `deploy_to`, would be a disaster.
-const SYSTEM_DIRS: &[&str] = &[
-    "/",
+/// Where shipit may write on a host, decided at load so a typo or a hostile inventory
+/// stops before any connection (each refusal names the file, line and column).
+///
+/// The rule: shipit keeps trees of its own (`app.deploy_to`, `backup.dir`) strictly
+/// below a directory that holds such trees, never in a tree that belongs to the system.
+///
+/// - [`SYSTEM_TREES`] belong to the operating system and its packages (`/etc`, `/usr`
+///   with `/usr/local`, `/boot`, `/var/log`, ...): neither they nor anything below them
+///   are accepted (`/usr/local/lib`, `/boot/efi` are refused).
+/// - [`SHARED_DIRS`] hold the trees of many apps and users (`/`, `/opt`, `/srv`, `/home`,
+///   `/var/lib`, `/tmp`, ...): accepted only strictly below (`/opt/shop`), since
+///   pruning or a `shared/` link there would reach someone else's files. A home directory
+///   (`/home/<user>`, `/root`) is such a directory too, and its hidden entries (`~/.ssh`,
+///   `~/.config`) are a user's configuration, refused with their subtrees.
+/// - `env.path` is a file: in `/etc` (or below), the one system tree where services keep
+///   their configuration, it must be named `*.env` (e.g. `/etc/<app>.env`), a name no
+///   system program reads; anywhere else its directory follows the rule for trees above
+///   (`/opt/<app>/.env`). On the host, an existing file at `env.path` is replaced only when
+///   shipit wrote it (see [`commands::envfile`](crate::commands::envfile)).
+pub const SYSTEM_TREES: &[&str] = &[
     "/bin",
     "/boot",
     "/dev",
     "/etc",
-    "/home",
     "/lib",
     "/lib32",
     "/lib64",
+    "/libx32",
+    "/lost+found",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/sys",
+    "/usr",
+    "/var/cache",
+    "/var/lib/apt",
+    "/var/lib/dpkg",
+    "/var/lib/systemd",
+    "/var/lock",
+    "/var/log",
+    "/var/mail",
+    "/var/run",
+    "/var/spool",
+];
+
+/// Directories that hold many apps' trees: accepted only strictly below (see
+/// [`SYSTEM_TREES`]).
+pub const SHARED_DIRS: &[&str] = &[
+    "/",
+    "/home",
     "/media",
     "/mnt",
     "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
     "/srv",
-    "/sys",
     "/tmp",
-    "/usr",
-    "/usr/bin",
-    "/usr/lib",
-    "/usr/local",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/share",
     "/var",
+    "/var/backups",
     "/var/lib",
-    "/var/log",
+    "/var/local",
+    "/var/opt",
     "/var/tmp",
     "/var/www",
-    "/var/backups",
-    "/var/cache",
 ];
+
+/// The system tree `path` (absolute, normalized) is in, if any.
+fn system_tree(path: &str) -> Option<&'static str> {
+    SYSTEM_TREES.iter().copied().find(|tree| {
+        path == *tree
+            || path
+                .strip_prefix(tree)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// Why `path` (absolute, normalized) cannot hold a tree of shipit's, if it cannot.
+pub fn tree_problem(path: &str) -> Option<String> {
+    if SHARED_DIRS.contains(&path) || SYSTEM_TREES.contains(&path) {
+        let example = if path == "/" || SYSTEM_TREES.contains(&path) {
+            "/opt"
+        } else {
+            path
+        };
+        return Some(format!(
+            "`{path}` is a system directory; use a directory of the app's own, e.g. `{example}/<app>`"
+        ));
+    }
+    if let Some(tree) = system_tree(path) {
+        return Some(format!(
+            "`{path}` is in `{tree}`, a tree of the system: shipit never writes there; use a directory of the app's own, e.g. `/opt/<app>`"
+        ));
+    }
+    // A home: `/home/<user>`, or root's, `/root`; then what is below it.
+    let mut parts = path.split('/').skip(1);
+    let in_home = match parts.next() {
+        Some("home") => parts.next().is_some(),
+        Some("root") => true,
+        _ => false,
+    };
+    if in_home {
+        match parts.next() {
+            None => {
+                return Some(format!(
+                    "`{path}` is a home directory; use a directory of the app's own below it, e.g. `{path}/<app>`"
+                ));
+            }
+            Some(hidden) if hidden.starts_with('.') => {
+                return Some(format!(
+                    "`{path}` is in `{hidden}`, a user's configuration: shipit never writes there"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Why `env.path` (absolute, normalized) is refused, if it is (the rule on
+/// [`SYSTEM_TREES`]).
+pub fn env_path_problem(path: &str) -> Option<String> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = if dir.is_empty() { "/" } else { dir };
+    if system_tree(path) == Some("/etc") {
+        if name.len() > ".env".len() && name.ends_with(".env") {
+            return None;
+        }
+        return Some(format!(
+            "`{path}` would replace a file of the system: in `/etc`, shipit writes only env files named `*.env`, e.g. `/etc/<app>.env`"
+        ));
+    }
+    tree_problem(dir).map(|why| format!("the env file's directory: {why}"))
+}
 
 impl Validator<'_> {
     fn inventory(&self, raw: Raw, file: &Path, p: &mut Problems<'_>) -> Option<Inventory> {
@@ -1028,16 +1123,8 @@ impl Validator<'_> {
                     d = Spanned::new(d.span(), normal);
                 }
                 let ok = remote_path(&d, "app.deploy_to", p);
-                if ok && SYSTEM_DIRS.contains(&d.get_ref().as_str()) {
-                    p.invalid(
-                        d.span(),
-                        "app.deploy_to",
-                        format!(
-                            "`{}` is a system directory; use a directory of the app's own, e.g. `{}/<app>`",
-                            d.get_ref(),
-                            if d.get_ref() == "/" { "/opt" } else { d.get_ref() }
-                        ),
-                    );
+                if let Some(why) = tree_problem(d.get_ref()).filter(|_| ok) {
+                    p.invalid(d.span(), "app.deploy_to", why);
                 }
                 Some(d.into_inner())
             }
@@ -1275,7 +1362,10 @@ impl Validator<'_> {
     fn env(&self, raw: RawEnv, p: &mut Problems<'_>) -> EnvFile {
         let path = match raw.path {
             Some(path) => {
-                remote_path(&path, "env.path", p);
+                let ok = remote_path(&path, "env.path", p);
+                if let Some(why) = env_path_problem(path.get_ref()).filter(|_| ok) {
+                    p.invalid(path.span(), "env.path", why);
+                }
                 path.into_inner()
             }
             None => {
@@ -1470,7 +1560,10 @@ impl Validator<'_> {
         }
         let dir = match raw.dir {
             Some(d) => {
-                remote_path(&d, "backup.dir", p);
+                let ok = remote_path(&d, "backup.dir", p);
+                if let Some(why) = tree_problem(d.get_ref()).filter(|_| ok) {
+                    p.invalid(d.span(), "backup.dir", why);
+                }
                 d.into_inner()
             }
             None => format!("/var/backups/{app}"),
@@ -2203,7 +2296,7 @@ max_fail = "x"
 "#;
         insta::assert_snapshot!(err(text), @r#"
         inventory/staging.toml:2:13: `transport`: must be "ssh" or "local", not "rsync"
-        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/usr/<app>`
+        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/opt/<app>`
         inventory/staging.toml:6:17: `app.keep_releases`: must be at least 2 (the current release and the one to roll back to)
         inventory/staging.toml:8:19: `ssh.connect_timeout`: "ten seconds" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
         inventory/staging.toml:9:1: more than one host has role `migrate`: a, b; exactly one host runs backups and migrations
@@ -2220,6 +2313,77 @@ max_fail = "x"
         assert!(err(&rel).contains("must be an absolute path"));
         let dots = MINIMAL.replace("/opt/shop", "/opt/../etc");
         assert!(err(&dots).contains("normalized"));
+    }
+
+    #[test]
+    fn system_paths_are_refused_with_their_position() {
+        for (from, to, expect) in [
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root/.ssh\"",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root\"",
+                "home directory",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/boot/efi\"",
+                "`/boot`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/usr/local/lib\"",
+                "`/usr`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/deploy\"",
+                "home directory",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/u/.ssh/x\"",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/var/log/shop\"",
+                "`/var/log`",
+            ),
+        ] {
+            let e = err(&MINIMAL.replace(from, to));
+            assert!(
+                e.contains("inventory/staging.toml:4:13: `app.deploy_to`"),
+                "{e}"
+            );
+            assert!(e.contains(expect), "{to}: {e}");
+        }
+        let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
+        let e = err(&env("/etc/passwd"));
+        assert!(
+            e.contains(":11:8: `env.path`: `/etc/passwd` would replace a file of the system"),
+            "{e}"
+        );
+        assert!(err(&env("/etc/ssh/sshd_config")).contains("file of the system"));
+        assert!(err(&env("/usr/lib/shop.env")).contains("`/usr`"));
+        assert!(err(&env("/opt/.env")).contains("`/opt` is a system directory"));
+        assert!(err(&env("/etc/.env")).contains("file of the system"));
+        for ok in [
+            "/etc/shop.env",
+            "/etc/shop/app.env",
+            "/opt/shop/.env",
+            "/srv/x/shared/.env",
+        ] {
+            assert!(load(&env(ok)).is_ok(), "{ok}");
+        }
+        let backup =
+            |dir: &str| format!("{MINIMAL}\n[backup]\ncommand = \"true\"\ndir = \"{dir}\"\n");
+        assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
+        assert!(err(&backup("/etc/backups")).contains("`/etc`"));
+        assert!(load(&backup("/var/backups/shop")).is_ok());
     }
 
     #[test]

@@ -336,11 +336,27 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         out.emit(Event::Done(&report));
                     }
                     _ => {
+                        // Unlock removes the lock and staging and writes history: the same
+                        // path check as every run that writes.
+                        let checks = shipit::strict::preflight(&conns, &inventory).await;
+                        let problem = conns.iter().zip(&checks).find_map(|(c, check)| {
+                            check
+                                .as_ref()
+                                .err()
+                                .map(|e| format!("{}: {e}", c.host.name))
+                        });
+                        if let Some(problem) = problem {
+                            fleet::close_all(&conns).await;
+                            return Err(Error::Other(anyhow::anyhow!(problem)));
+                        }
                         let yes = cli.global.yes;
                         let report = lock::unlock(&stage, &conns, deploy_to, &run, |hosts| {
                             yes || confirm_unlock(&out, hosts, &inventory)
                         })
                         .await;
+                        if !report.declined {
+                            shipit::candidates::discard_staging(&conns, &inventory).await;
+                        }
                         ok &= !report.failed();
                         out.emit(Event::Done(&report));
                     }

@@ -367,6 +367,14 @@ impl<'a> Run<'a> {
                 .filter(|c| !recorded.contains(&c.host.name.as_str()))
                 .map(|c| c.host.name.clone()),
         );
+        // What this run staged and did not install is nobody's: no other run may read it.
+        if let Some(env) = &self.inventory.env {
+            let cmd = commands::envfile::discard(&env.path, &self.run.token);
+            let discards = live
+                .iter()
+                .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+            futures::future::join_all(discards).await;
+        }
         lock::release_all(&live, deploy_to, &self.run.token).await;
         fleet::close_all(conns).await;
         fleet::close_all(&fresh).await;
@@ -409,6 +417,24 @@ async fn connect_and_lock<'r, 'h>(
             Outcome::Failed,
             Some(format!(
                 "cannot connect to {n} of {} hosts; nothing was changed",
+                hosts.len()
+            )),
+        ));
+    }
+    // Before the lock: taking it already writes under `deploy_to`.
+    let checks = crate::strict::preflight(&conns, inventory).await;
+    let unsafe_hosts = checks.iter().filter(|c| c.is_err()).count();
+    if unsafe_hosts > 0 {
+        for (c, check) in conns.iter().zip(checks) {
+            if let Err(e) = check {
+                r.fail_host(&c.host.name, e);
+            }
+        }
+        fleet::close_all(&conns).await;
+        return Err(r.end(
+            Outcome::Failed,
+            Some(format!(
+                "unsafe paths on {unsafe_hosts} of {} hosts; nothing was changed",
                 hosts.len()
             )),
         ));
@@ -722,7 +748,8 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
             .find(|p| p.host == mc.host.name)
             .and_then(|p| p.previous.as_deref());
         // The backup sees what the migration will: the new release's files and env.
-        let vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        let mut vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        vars.env_next = database::env_next(d.inventory, &d.run.token);
         let made = database::backup(
             mc,
             d.inventory,
@@ -795,6 +822,7 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
         templates: d.templates,
         out: d.out,
         deploy: true,
+        token: &d.run.token,
         migrate_host: d.migrate_host.clone(),
         guard: Some(crate::switch::Guard {
             token: d.run.token.clone(),
@@ -1073,13 +1101,25 @@ async fn stage_host(
     });
     let release_dir = format!("{deploy_to}/releases/{}", p.release);
     // The env file first: Compose reads the staged one while checking the stack.
+    let token = &d.run.token;
     let env = match &d.env_content {
-        Some(content) => candidates::stage_env(c, d.inventory, content).await?,
+        Some(content) => candidates::stage_env(c, d.inventory, content, token).await?,
         None => None,
     };
-    candidates::stage_configs(c, d.inventory, d.templates, &p.release, &release_dir).await?;
+    let env_next = database::env_next(d.inventory, token);
+    let staged_env = env_next.as_deref().filter(|_| env.is_some());
+    candidates::stage_configs(
+        c,
+        d.inventory,
+        d.templates,
+        &p.release,
+        &release_dir,
+        staged_env,
+    )
+    .await?;
     let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
-    let vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
+    let mut vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
+    vars.env_next = env_next;
     database::hooks(
         c,
         d.inventory,
@@ -1620,6 +1660,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         templates: rb.templates,
         out: rb.out,
         deploy: false,
+        token: &rb.run.token,
         migrate_host: None,
         guard: None,
     };

@@ -38,6 +38,8 @@ pub struct Switch<'a> {
     pub out: &'a Output,
     /// A deploy puts the staged env file in place and runs hooks; a rollback does neither.
     pub deploy: bool,
+    /// The run's token: it names the env file this run staged.
+    pub token: &'a str,
     /// The host that runs `once` hooks.
     pub migrate_host: Option<String>,
     /// Arm the dead-deployer guard before switching each host.
@@ -192,7 +194,10 @@ impl Switch<'_> {
                 }
             }
         }
-        let vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        let mut vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        if self.deploy {
+            vars.env_next = database::env_next(self.inventory, self.token);
+        }
         self.hooks(conn, HookPoint::BeforeSwitch, &release_dir, &vars)
             .await?;
         if self.deploy
@@ -200,7 +205,7 @@ impl Switch<'_> {
         {
             self.step(conn, "installing env file");
             touched.env = true;
-            let cmd = commands::envfile::activate(deploy_to, &env.path);
+            let cmd = commands::envfile::activate(deploy_to, &env.path, self.token);
             run(conn, &cmd, SHORT, "installing the env file").await?;
         }
         self.step(conn, "switching");

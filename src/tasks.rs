@@ -52,6 +52,17 @@ pub async fn run(
     };
     let now = crate::rollout::now_unix();
     let first = conns.first().map_or("", |c| c.host.name.as_str());
+    // Before the lock, which already writes under `deploy_to`.
+    let checks = crate::strict::preflight(conns, inventory).await;
+    if checks.iter().any(|c| c.is_err()) {
+        for (conn, check) in conns.iter().zip(checks) {
+            let error = check
+                .err()
+                .unwrap_or_else(|| "not run: another host has unsafe paths".to_owned());
+            report.hosts.push(HostExec::failed(&conn.host.name, error));
+        }
+        return (report, false);
+    }
     let states = crate::lock::acquire_all(conns, deploy_to, run).await;
     let taken: Vec<&Conn<'_>> = conns
         .iter()

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod nginx;
 pub mod passed;
 pub mod release;
+pub mod strict;
 pub mod systemd;
 pub mod task;
 
@@ -54,6 +55,16 @@ pub mod exit {
     /// A delta upload could not build the release exactly (the current release differs from
     /// its manifest, a tool failed, or the result did not verify); nothing was kept.
     pub const DELTA_FAILED: u32 = 94;
+    /// A directory shipit would write in (or one of its ancestors) is owned by another user,
+    /// writable by group or others, or a symlink where none may be; path, owner and mode on
+    /// stderr, nothing written (see [`strict`](super::strict)).
+    pub const UNSAFE_PATH: u32 = 95;
+    /// The file at the env file's path exists and was not written by shipit (or is not a
+    /// regular file): shipit never replaces it.
+    pub const FOREIGN_FILE: u32 = 96;
+    /// The env file's mode is not 0600 or its owner not the app user (its content printed
+    /// all the same): it is rewritten even when its content is unchanged.
+    pub const ENV_LOOSE: u32 = 97;
     /// A shared path's parent in the release is a link; nothing was kept.
     pub const SHARED_THROUGH_LINK: u32 = 105;
     /// Confirming found this run's guard disarmed by another run (`shipit unlock` while this

@@ -2,12 +2,11 @@
 //! directory, with the app's env file loaded inside the remote shell, so values like
 //! `$DATABASE_URL` reach the command's environment and never a command line.
 //!
-//! The env file loaded is the one this deploy staged (`<path>.shipit-next`) when there is
-//! one, else the live one: a migration must see the new release's configuration.
+//! The env file loaded is the one this deploy staged ([`TaskVars::env_next`], named by the
+//! run) while it exists, else the live one: a migration must see the new release's
+//! configuration, and nothing ever reads what another run staged.
 
 use crate::shell::Cmd;
-
-use super::envfile::next_path;
 
 /// What a user's command learns about its deploy, as environment variables.
 #[derive(Clone, Debug, Default)]
@@ -17,6 +16,9 @@ pub struct TaskVars {
     /// (project, compose file): exported as `SHIPIT_COMPOSE`, a command that runs the
     /// host's Compose with `-p`, `-f` and `--env-file` of this release.
     pub compose: Option<(String, String)>,
+    /// The env file this run staged ([`next_path`](super::envfile::next_path) of its
+    /// token), loaded instead of the live one while it exists (before the switch).
+    pub env_next: Option<String>,
 }
 
 /// The prelude: `cd` into `dir`, load the env file, export the task's variables.
@@ -24,7 +26,7 @@ fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
     let mut steps = vec![
         Cmd::assign("dir", dir),
         Cmd::assign("envfile", env_path.unwrap_or("")),
-        Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
+        Cmd::assign("envnext", vars.env_next.as_deref().unwrap_or("")),
         Cmd::new(
             r#"
 cd -- "$dir" || exit 1
@@ -37,7 +39,7 @@ if [ -n "$envfile" ] && [ -f "$envfile" ]; then set -a; . "$envfile" || exit 1; 
         steps.push(Cmd::new("export").raw(name));
     }
     if let Some((project, file)) = &vars.compose {
-        let wrapper = super::compose::wrapper(project, file, env_path);
+        let wrapper = super::compose::wrapper(project, file, env_path, vars.env_next.as_deref());
         steps.push(Cmd::assign("composewrapper", wrapper.render()));
         // `$SHIPIT_COMPOSE` is expanded unquoted (`$SHIPIT_COMPOSE run --rm api ...`): its
         // words must be fixed ones, never a path of the inventory's, which may hold spaces.
@@ -210,6 +212,7 @@ mod tests {
                 ("SHIPIT_PREVIOUS", "r1".to_owned()),
             ],
             compose: Some(("shop".to_owned(), "/srv/r2/docker-compose.yml".to_owned())),
+            env_next: None,
         }
     }
 
@@ -268,6 +271,7 @@ mod tests {
         let vars = TaskVars {
             vars: Vec::new(),
             compose: Some(("shop".to_owned(), format!("{base}/r 2/docker-compose.yml"))),
+            env_next: None,
         };
         let cmd = run(
             base,

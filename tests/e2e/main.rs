@@ -20,6 +20,7 @@ mod faults;
 mod fleet;
 mod harden_guard;
 mod harden_misc;
+mod harden_paths;
 mod host_keys;
 mod hostile;
 mod inventory_cli;
