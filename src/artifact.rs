@@ -1948,6 +1948,191 @@ mod tests {
         }
     }
 
+    /// A raw 512-byte header, every field as given: `magic` is the 8 bytes of magic and
+    /// version at offset 257, `prefix` the ustar prefix field.
+    fn raw_header(name: &[u8], flag: u8, link: &[u8], size: u64, magic: &[u8; 8]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = flag;
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..265].copy_from_slice(magic);
+        seal(&mut h);
+        h
+    }
+
+    /// Writes a header's checksum.
+    fn seal(h: &mut [u8]) {
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    const GNU: &[u8; 8] = b"ustar  \0";
+    const USTAR: &[u8; 8] = b"ustar\x0000";
+
+    /// A member: its header and its data, padded.
+    fn member(name: &[u8], flag: u8, link: &[u8], data: &[u8], magic: &[u8; 8]) -> Vec<u8> {
+        let mut out = raw_header(name, flag, link, data.len() as u64, magic);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let body = [format!(" {key}=").as_bytes(), value, b"\n"].concat();
+            let mut len = body.len() + 1;
+            while len.to_string().len() + body.len() != len {
+                len += 1;
+            }
+            data.extend_from_slice(len.to_string().as_bytes());
+            data.extend_from_slice(&body);
+        }
+        member(b"PaxHeader", b'x', b"", &data, USTAR)
+    }
+
+    fn end(members: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = members.concat();
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    #[test]
+    fn ambiguous_or_conflicting_entries_are_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = |name: &[u8]| member(name, b'0', b"", b"x", GNU);
+        let link = |name: &[u8], flag: u8, target: &[u8]| member(name, flag, target, b"", GNU);
+        let mut odd_prefix = raw_header(b"passwd", b'0', b"", 1, b"ustar\0xx");
+        odd_prefix[345..349].copy_from_slice(b"/etc");
+        seal(&mut odd_prefix);
+        odd_prefix.extend_from_slice(&[b'x'; 512]);
+        let cases: Vec<(Vec<u8>, Refusal)> = vec![
+            // A GNU long name and a pax path on one symlink.
+            (
+                end(&[
+                    member(b"././@LongLink", b'L', b"", b"app/evil\0", GNU),
+                    pax(&[("path", b"app/fine")]),
+                    link(b"short", b'2', b"x"),
+                ]),
+                Refusal::Ambiguous { what: "name" },
+            ),
+            (
+                end(&[
+                    member(b"././@LongLink", b'K', b"", b"/etc\0", GNU),
+                    pax(&[("linkpath", b"harmless")]),
+                    link(b"l", b'2', b"x"),
+                ]),
+                Refusal::Ambiguous {
+                    what: "link target",
+                },
+            ),
+            (end(&[odd_prefix]), Refusal::UnknownFormat),
+            (
+                end(&[member(b"junk", b'0', b"", b"x", b"ustar\0  ")]),
+                Refusal::UnknownFormat,
+            ),
+            (
+                end(&[pax(&[("size", b"512")]), member(b"f", b'0', b"", b"", GNU)]),
+                Refusal::PaxOverride { key: "size".into() },
+            ),
+            (
+                end(&[pax(&[("path", b"a"), ("path", b"b")]), file(b"f")]),
+                Refusal::PaxTwice { key: "path".into() },
+            ),
+            (
+                end(&[pax(&[("GNU.sparse.major", b"1")]), file(b"f")]),
+                Refusal::PaxOverride {
+                    key: "GNU.sparse.major".into(),
+                },
+            ),
+            (
+                end(&[pax(&[("path", b"a\0/../../x")]), file(b"f")]),
+                Refusal::NulInName,
+            ),
+            (end(&[file(b"dir/")]), Refusal::FileNamedAsDir),
+            (
+                end(&[member(b"d/", b'5', b"", &[b'x'; 600], GNU)]),
+                Refusal::DataOnNonFile,
+            ),
+            (end(&[file(b"a"), file(b"./a")]), Refusal::Duplicate),
+            (
+                end(&[link(b"a", b'2', b"b"), file(b"a")]),
+                Refusal::UnderSymlink { link: "a".into() },
+            ),
+            (
+                end(&[file(b"a"), file(b"a/b")]),
+                Refusal::UnderFile { file: "a".into() },
+            ),
+            (end(&[file(b"a/b"), file(b"a")]), Refusal::Duplicate),
+            // Finding 14: `tar` on the host fails on these.
+            (
+                end(&[link(b"h", b'1', b"missing")]),
+                Refusal::HardLinkToNothing {
+                    target: "missing".into(),
+                },
+            ),
+            (
+                end(&[link(b"h", b'1', b"h")]),
+                Refusal::HardLinkToNothing { target: "h".into() },
+            ),
+            (
+                end(&[link(b"d/", b'5', b""), link(b"h", b'1', b"d")]),
+                Refusal::HardLinkToNothing { target: "d".into() },
+            ),
+            // A hard link to a symlink is that symlink, read from another directory.
+            (
+                end(&[link(b"a/b/l", b'2', b"../x"), link(b"h", b'1', b"a/b/l")]),
+                Refusal::HardLinkToNothing {
+                    target: "a/b/l".into(),
+                },
+            ),
+            (end(&[link(b"REVISION/", b'5', b"")]), Refusal::RevisionDir),
+            (end(&[file(b"./REVISION/x")]), Refusal::RevisionDir),
+            (
+                end(&[link(b"s", b'2', b"./.shipit")]),
+                Refusal::IntoReserved {
+                    target: "./.shipit".into(),
+                },
+            ),
+            (
+                end(&[link(b"a/s", b'2', b"../.shipit/manifest")]),
+                Refusal::IntoReserved {
+                    target: "../.shipit/manifest".into(),
+                },
+            ),
+        ];
+        for (i, (tar, refusal)) in cases.into_iter().enumerate() {
+            let name = format!("case{i}.tar");
+            let (entry, got, message) = refused(pack_bytes(temp.path(), &name, &tar));
+            assert_eq!(got, refusal, "{name}: {message}");
+            assert!(message.contains(&format!("`{entry}`")), "{message}");
+            assert!(message.contains(&name), "{message}");
+        }
+
+        // Agreeing spellings are not ambiguous; a file may be named REVISION (shipit
+        // replaces it), and a hard link may follow its file.
+        let fine = end(&[
+            member(b"././@LongLink", b'L', b"", b"app/same\0", GNU),
+            pax(&[("path", b"app/same"), ("mtime", b"1.5")]),
+            link(b"short", b'2', b"x"),
+            file(b"REVISION"),
+            link(b"h", b'1', b"./REVISION"),
+            link(b"l", b'2', b".shipit-not"),
+        ]);
+        let packed = pack_bytes(temp.path(), "fine.tar", &fine).unwrap();
+        assert_eq!(packed.entries, 4);
+        assert_eq!(
+            gnu_listing(&fs::read(&packed.tar).unwrap()),
+            gnu_listing(&fine)
+        );
+    }
+
     #[test]
     fn tarball_with_a_pax_global_path_or_data_after_the_end_is_refused() {
         let temp = tempfile::tempdir().unwrap();
