@@ -360,8 +360,8 @@ fn archive(members: &[Member]) -> Vec<u8> {
                     .filter(|&i| i > 0 && i <= 155 && value.len() - i - 1 <= 100)
                 {
                     Some(i) => (
-                        value[i + 1..].as_bytes().to_vec(),
-                        value[..i].as_bytes().to_vec(),
+                        value.as_bytes()[i + 1..].to_vec(),
+                        value.as_bytes()[..i].to_vec(),
                         magic,
                     ),
                     None => (value.as_bytes().to_vec(), Vec::new(), magic),
