@@ -493,10 +493,18 @@ impl DirPacker<'_> {
         if let Err(refusal) = check_symlink_target(depth, target.as_bytes()) {
             return Err(self.refuse(rel.to_owned(), refusal));
         }
-        let mut header = header(EntryType::Symlink, 0o777, 0);
-        self.builder
-            .append_link(&mut header, rel, target)
-            .map_err(|source| self.write_err(source))?;
+        // Written as read: the tar crate's `append_link` drops `.` steps and a trailing
+        // `/`, and the host's link would then differ from the manifest's.
+        write_member(
+            self.builder.get_mut(),
+            rel.as_bytes(),
+            EntryType::Symlink,
+            target.as_bytes(),
+            0o777,
+            MTIME,
+            0,
+        )
+        .map_err(|source| self.write_err(source))?;
         self.manifest.symlink(rel, target);
         self.entries += 1;
         Ok(())
@@ -1626,6 +1634,38 @@ mod tests {
         assert_eq!(paths, [&dir, &deep_dir, &file, &link]);
         assert_eq!(entries[2].data, b"long");
         assert_eq!(entries[3].link.as_deref(), Some(target.as_str()));
+    }
+
+    #[test]
+    fn symlink_targets_are_packed_byte_for_byte() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("app");
+        write(&root.join("sub/x"), b"x", 0o644);
+        for (name, target) in [("a", "sub/"), ("b", "./sub//x"), ("c", "sub/./x")] {
+            symlink(target, root.join(name)).unwrap();
+        }
+        let packed = pack(&root, temp.path()).unwrap();
+        let links: Vec<(String, Option<String>)> = entries_of(&fs::read(&packed.tar).unwrap())
+            .into_iter()
+            .filter(|e| e.kind == EntryType::Symlink)
+            .map(|e| (e.path, e.link))
+            .collect();
+        let want = |n: &str, t: &str| (n.to_owned(), Some(t.to_owned()));
+        assert_eq!(
+            links,
+            [
+                want("a", "sub/"),
+                want("b", "./sub//x"),
+                want("c", "sub/./x")
+            ]
+        );
+        let m = packed.manifest.unwrap();
+        assert_eq!(
+            m.get("a").unwrap().kind,
+            manifest::Kind::Symlink {
+                target: "sub/".into()
+            }
+        );
     }
 
     #[test]
