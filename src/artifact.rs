@@ -4,9 +4,11 @@
 //! A directory is packed into a deterministic tar (sorted entries, fixed mtime, owners and
 //! modes), so the same content gives the same sha256 on any machine. A `.tar.gz`, `.tgz` or
 //! `.tar` is read in full and every entry checked before anything is uploaded: nothing that
-//! could land outside the release directory on a host, and nothing but files, directories
-//! and links. Both paths stream through fixed buffers, so memory stays flat whatever the
-//! artifact's size. This module also runs `artifact.build`, the local command that makes
+//! could land outside the release directory on a host or into shipit's own files in it,
+//! nothing but files, directories and links, nothing two `tar` readers could read
+//! differently; what is uploaded is a fresh tar written from the checked entries, never the
+//! tarball's own bytes, so the host extracts exactly what was checked. Both paths stream
+//! through fixed buffers, so memory stays flat whatever the artifact's size. This module also runs `artifact.build`, the local command that makes
 //! the artifact.
 //!
 //! Packing also writes the artifact's [`Manifest`] (each path's type, mode, size, sha256),
@@ -215,7 +217,7 @@ pub enum Refusal {
     MissingHardLinkTarget,
     #[error("it is a symlink with no target")]
     MissingSymlinkTarget,
-    #[error("its pax header sets `{key}`, which could rename the entries after it on the host")]
+    #[error("its pax header sets `{key}`, which `tar` tools do not apply alike")]
     PaxOverride { key: String },
     #[error("its pax header is malformed")]
     MalformedPax,
