@@ -1741,6 +1741,27 @@ mod tests {
         assert_eq!(entry, "passwd");
         assert!(matches!(refusal, Refusal::AbsoluteTarget { .. }));
 
+        // shipit's own files in a release: REVISION is a file it writes, `.shipit` its
+        // directory, never reached through a link.
+        let root = temp.path().join("revision");
+        write(&root.join("REVISION/x"), b"x", 0o644);
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(
+            (entry.as_str(), refusal),
+            ("REVISION", Refusal::RevisionDir)
+        );
+        let root = temp.path().join("reserved");
+        write(&root.join("a/REVISION"), b"x", 0o644);
+        symlink("../.shipit/manifest", root.join("a/m")).unwrap();
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "a/m");
+        assert_eq!(
+            refusal,
+            Refusal::IntoReserved {
+                target: "../.shipit/manifest".into()
+            }
+        );
+
         let root = temp.path().join("fifo");
         fs::create_dir_all(root.join("run")).unwrap();
         let fifo = std::ffi::CString::new(root.join("run/pipe").as_os_str().as_bytes()).unwrap();
