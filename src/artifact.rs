@@ -2422,6 +2422,39 @@ mod tests {
     }
 
     #[test]
+    fn gnu_sparse_files_are_sent_whole() {
+        let temp = tempfile::tempdir().unwrap();
+        let src = temp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let mut file = File::create(src.join("holes")).unwrap();
+        file.set_len(1 << 20).unwrap();
+        std::io::Seek::seek(&mut file, io::SeekFrom::Start(512 << 10)).unwrap();
+        file.write_all(b"middle").unwrap();
+        drop(file);
+        let out = temp.path().join("sparse.tar");
+        let status = Command::new("tar")
+            .args(["--format=gnu", "-S", "-cf"])
+            .arg(&out)
+            .arg("-C")
+            .arg(&src)
+            .arg("holes")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            fs::read(&out).unwrap()[156],
+            b'S',
+            "GNU tar wrote no sparse entry"
+        );
+        let packed = pack(&out, temp.path()).unwrap();
+        let copy = fs::read(&packed.tar).unwrap();
+        let mut want = vec![0u8; 1 << 20];
+        want[512 << 10..(512 << 10) + 6].copy_from_slice(b"middle");
+        assert_eq!(members(&copy), vec![("holes".into(), FILE, None, want)]);
+        assert_eq!(gnu_listing(&copy), gnu_listing(&fs::read(&out).unwrap()));
+    }
+
+    #[test]
     fn corrupt_tarballs_are_not_valid() {
         let temp = tempfile::tempdir().unwrap();
         let tar = tar_of(&[(b"a", FILE, b"", &[7u8; 5000])]);
