@@ -4,9 +4,11 @@
 //! A directory is packed into a deterministic tar (sorted entries, fixed mtime, owners and
 //! modes), so the same content gives the same sha256 on any machine. A `.tar.gz`, `.tgz` or
 //! `.tar` is read in full and every entry checked before anything is uploaded: nothing that
-//! could land outside the release directory on a host, and nothing but files, directories
-//! and links. Both paths stream through fixed buffers, so memory stays flat whatever the
-//! artifact's size. This module also runs `artifact.build`, the local command that makes
+//! could land outside the release directory on a host or into shipit's own files in it,
+//! nothing but files, directories and links, nothing two `tar` readers could read
+//! differently; what is uploaded is a fresh tar written from the checked entries, never the
+//! tarball's own bytes, so the host extracts exactly what was checked. Both paths stream
+//! through fixed buffers, so memory stays flat whatever the artifact's size. This module also runs `artifact.build`, the local command that makes
 //! the artifact.
 //!
 //! Packing also writes the artifact's [`Manifest`] (each path's type, mode, size, sha256),
@@ -16,8 +18,8 @@
 //! `spawn_blocking`. May
 //! depend on nothing else in the crate but [`crate::manifest`].
 
-use std::cell::Cell;
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -26,7 +28,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use flate2::Compression;
@@ -216,12 +217,46 @@ pub enum Refusal {
     MissingHardLinkTarget,
     #[error("it is a symlink with no target")]
     MissingSymlinkTarget,
-    #[error("its pax header sets `{key}`, which could rename the entries after it on the host")]
+    #[error("its pax header sets `{key}`, which `tar` tools do not apply alike")]
     PaxOverride { key: String },
     #[error("its pax header is malformed")]
     MalformedPax,
     #[error("`.shipit` at the top of a release is reserved for shipit's own files; rename it")]
     Reserved,
+    #[error(
+        "`REVISION` at the top of a release is the file shipit writes there; it cannot be a directory"
+    )]
+    RevisionDir,
+    #[error("it is a symlink to `{target}`, which is shipit's own `.shipit` in the release")]
+    IntoReserved { target: String },
+    #[error(
+        "its header is neither ustar, GNU nor old-style tar, so `tar` tools may read its name differently"
+    )]
+    UnknownFormat,
+    #[error(
+        "its {what} is given twice, differently (a GNU long name or link and a pax header), so `tar` tools disagree on it"
+    )]
+    Ambiguous { what: &'static str },
+    #[error("its pax header sets `{key}` twice")]
+    PaxTwice { key: String },
+    #[error("its name has a NUL byte, where `tar` tools end names")]
+    NulInName,
+    #[error("its link target has a NUL byte, where `tar` tools end names")]
+    NulInTarget,
+    #[error("it is a file whose name ends with `/`, which GNU `tar` makes a directory")]
+    FileNamedAsDir,
+    #[error(
+        "it is a directory or link whose header gives it data, which `tar` tools skip differently"
+    )]
+    DataOnNonFile,
+    #[error("its path is given by an earlier entry too; `tar` would replace one with the other")]
+    Duplicate,
+    #[error("its path goes through `{file}`, a file earlier in the archive")]
+    UnderFile { file: String },
+    #[error(
+        "it is a hard link to `{target}`, which is not a file earlier in the archive; `tar` on the host could not make it"
+    )]
+    HardLinkToNothing { target: String },
 }
 
 /// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
@@ -391,6 +426,9 @@ impl DirPacker<'_> {
                 source,
             })?;
             let kind = meta.file_type();
+            if kind.is_dir() && rel == "REVISION" {
+                return Err(self.refuse(rel, Refusal::RevisionDir));
+            }
             if kind.is_dir() {
                 self.manifest.dir(&rel, 0o755);
                 let rel = format!("{rel}/");
@@ -457,10 +495,18 @@ impl DirPacker<'_> {
         if let Err(refusal) = check_symlink_target(depth, target.as_bytes()) {
             return Err(self.refuse(rel.to_owned(), refusal));
         }
-        let mut header = header(EntryType::Symlink, 0o777, 0);
-        self.builder
-            .append_link(&mut header, rel, target)
-            .map_err(|source| self.write_err(source))?;
+        // Written as read: the tar crate's `append_link` drops `.` steps and a trailing
+        // `/`, and the host's link would then differ from the manifest's.
+        write_member(
+            self.builder.get_mut(),
+            rel.as_bytes(),
+            EntryType::Symlink,
+            target.as_bytes(),
+            0o777,
+            MTIME,
+            0,
+        )
+        .map_err(|source| self.write_err(source))?;
         self.manifest.symlink(rel, target);
         self.entries += 1;
         Ok(())
@@ -562,7 +608,7 @@ impl Read for Exact {
 }
 
 // ---------------------------------------------------------------------------------------
-// Tarball → checked copy
+// Tarball → checked, re-written tar
 
 #[derive(Clone, Copy)]
 enum TarFormat {
@@ -579,9 +625,9 @@ impl TarFormat {
     }
 }
 
-/// Reads the tarball once, checking every entry and hashing the tar bytes, while the same
-/// read writes the tar to upload. One pass means the bytes checked are exactly the bytes
-/// uploaded, even if the file changes.
+/// Reads the tarball once, checking every entry, and writes a fresh tar of the entries as
+/// checked (see [`copy_checked`]): what a host extracts is what was checked, whatever a
+/// `tar` would have made of the tarball's own bytes.
 fn adopt_tarball(path: &Path, temp_dir: &Path, format: TarFormat) -> Result<Packed, ArtifactError> {
     let source = File::open(path).map_err(|source| ArtifactError::Read {
         path: path.to_owned(),
@@ -597,7 +643,21 @@ fn adopt_tarball(path: &Path, temp_dir: &Path, format: TarFormat) -> Result<Pack
     Ok(packed(temp, checked))
 }
 
-/// Checks the tarball read from `source` while writing the tar into `out`.
+/// Checks the tarball read from `source` and writes into `out` a new tar of what was
+/// checked, never the tarball's own bytes.
+///
+/// Two `tar` readers can see different members in the same bytes (a GNU long name and a
+/// pax `path` on one entry, a ustar prefix under a version one reader does not know, a pax
+/// `size`, sparse maps): a checker and the host's GNU `tar` must never disagree. The copy
+/// has one spelling only: GNU headers, a name or link target longer than its field in a
+/// GNU `L`/`K` entry before it, no pax records, the names normalized (`./`, `//` dropped),
+/// owner root, the mode as the host will have it ([`manifest::host_mode`]), the entry's
+/// own mtime; the archive's root directory entry is left out (the release directory is
+/// shipit's). Its sha256 is the artifact's identity: the same entries give the same
+/// identity whether they came as `.tar` or `.tar.gz`, from GNU or pax `tar`.
+///
+/// What is ambiguous is refused rather than resolved (see [`EntryChecker::check`]), so a
+/// tarball is deployed as every `tar` would read it, or not at all.
 fn copy_checked(
     path: &Path,
     source: File,
@@ -609,29 +669,25 @@ fn copy_checked(
         dir: temp_dir.to_owned(),
         source,
     };
-    // A failed write to the temp file surfaces as a read error inside the tar reader; this
-    // slot tells it apart from a broken archive.
-    let sink_error: Rc<Cell<Option<io::Error>>> = Rc::default();
-    let sink = BufWriter::with_capacity(BUF_SIZE, out);
+    // The copy is hashed and written on another thread while this one decompresses,
+    // checks and hashes each file for the manifest.
+    let sink = Behind::start(out.try_clone().map_err(write_err)?);
     let reader = BufReader::with_capacity(BUF_SIZE, source);
-    // Every gzip member: what is checked is exactly what the host will extract.
+    // Every gzip member: what is checked is all that `gzip -dc | tar -x` would read.
     let reader: Box<dyn Read> = match format {
         TarFormat::Gzip => Box::new(MultiGzDecoder::new(reader)),
         TarFormat::Plain => Box::new(reader),
     };
-    let tee = Tee::new(reader, sink, sink_error.clone());
-    let checked = check_tar(path, format, tee).map(|(tee, checked)| {
-        let finished = tee.finish().map(|(_, sink)| sink);
-        (finished, checked)
-    });
-    let (finished, checked) = checked.map_err(|e| match sink_error.take() {
-        Some(source) => write_err(source),
-        None => e,
-    })?;
-    finished
-        .and_then(|mut sink| sink.flush())
-        .map_err(write_err)?;
-    Ok(checked)
+    let (mut writer, entries, manifest) = check_tar(path, format, temp_dir, reader, sink)?;
+    // End of archive: two zero blocks.
+    writer.write_all(&[0; 1024]).map_err(write_err)?;
+    let (sha256, tar_size) = writer.finish().map_err(write_err)?;
+    Ok(Summary {
+        sha256,
+        tar_size,
+        entries,
+        manifest,
+    })
 }
 
 /// What packing learned about the tar stream.
@@ -642,32 +698,38 @@ struct Summary {
     manifest: Option<Manifest>,
 }
 
-/// Reads a whole tar stream, checking each entry, then what follows the end-of-archive
-/// marker; gives back the reader so the caller can finish what it was teeing into.
-fn check_tar<R: Read>(
+/// Reads a whole tar stream, checking each entry and writing it to `out` as checked, then
+/// what follows the end-of-archive marker. Gives back `out`, the entry count and the
+/// manifest.
+fn check_tar<R: Read, W: Write>(
     path: &Path,
     format: TarFormat,
+    temp_dir: &Path,
     reader: R,
-) -> Result<(R, Summary), ArtifactError> {
+    out: W,
+) -> Result<(W, u64, Option<Manifest>), ArtifactError> {
     let invalid = |source| ArtifactError::NotTar {
         path: path.to_owned(),
         format: format.name(),
         source,
     };
-    let mut archive = Archive::new(Hashing::new(reader));
+    let mut archive = Archive::new(reader);
     let mut checker = EntryChecker {
         artifact: path,
-        symlinks: HashSet::new(),
+        temp_dir,
+        seen: HashMap::new(),
         entries: 0,
         manifest: manifest::Builder::new(),
+        out,
+        buf: vec![0; BUF_SIZE],
     };
     for entry in archive.entries().map_err(invalid)? {
         let mut entry = entry.map_err(invalid)?;
         checker.check(&mut entry, invalid)?;
     }
     let mut rest = archive.into_inner();
-    // The tar crate stops at the first zero block, while `tar` on the host may read on past
-    // a lone one: anything but zeros there would be extracted unchecked.
+    // The tar crate stops at the first zero block, while `tar` may read on past a lone
+    // one: a tarball with anything but zeros there means two things.
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = rest.read(&mut buf).map_err(invalid)?;
@@ -680,29 +742,47 @@ fn check_tar<R: Read>(
             )));
         }
     }
-    let (reader, sha256, tar_size) = rest.finish();
-    let entries = checker.entries;
-    Ok((
-        reader,
-        Summary {
-            sha256,
-            tar_size,
-            entries,
-            manifest: checker.manifest.finish(),
-        },
-    ))
+    Ok((checker.out, checker.entries, checker.manifest.finish()))
 }
 
-struct EntryChecker<'a> {
+/// What an earlier entry left at a path (its parents are directories, listed or not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    File,
+    Symlink,
+}
+
+struct EntryChecker<'a, W> {
     artifact: &'a Path,
-    /// Paths (normalized, `/`-joined) of the symlinks seen so far: a later entry at or
-    /// below one would be written wherever the link points.
-    symlinks: HashSet<Vec<u8>>,
+    temp_dir: &'a Path,
+    /// Every path (normalized, `/`-joined) earlier entries made, parents included: a later
+    /// entry at or below a symlink would be written wherever the link points, one below a
+    /// file or over an earlier entry fails or replaces it on the host, and a hard link must
+    /// name a file made before it.
+    seen: HashMap<Vec<u8>, Seen>,
     entries: u64,
     manifest: manifest::Builder,
+    /// The tar written from the checked entries.
+    out: W,
+    buf: Vec<u8>,
 }
 
-impl EntryChecker<'_> {
+/// Pax keys refused in any pax header: those that change which bytes are a member's data
+/// or how its name is read, which the tar crate and GNU `tar` do not handle alike.
+fn pax_key_refused(key: &str) -> bool {
+    key.starts_with("GNU.") || key == "hdrcharset"
+}
+
+impl<W: Write> EntryChecker<'_, W> {
+    /// Checks one entry, then writes it to the copy. Refused, besides what could land
+    /// outside the release: anything two `tar` readers may read differently (a header
+    /// neither ustar, GNU nor old-style; a pax `path`/`linkpath` that differs from the GNU
+    /// long name/link on the same entry; a pax key given twice; a pax `size` that is not
+    /// the header's; pax sparse and charset keys; a NUL inside a name; a file named like a
+    /// directory; data on a directory or link), and what would fail or be replaced on the
+    /// host (a path given twice, an entry below a file, a hard link to anything but an
+    /// earlier file).
     fn check<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -728,7 +808,7 @@ impl EntryChecker<'_> {
                     .ok()
                     .and_then(|e| e.key().ok())
                     .ok_or_else(|| refuse(Refusal::MalformedPax))?;
-                if key == "path" || key == "linkpath" || key.starts_with("GNU.sparse") {
+                if matches!(key, "path" | "linkpath" | "size") || pax_key_refused(key) {
                     return Err(refuse(Refusal::PaxOverride {
                         key: key.to_owned(),
                     }));
@@ -764,104 +844,303 @@ impl EntryChecker<'_> {
             }
         }
 
-        if std::str::from_utf8(&path).is_err() {
-            return Err(refuse(Refusal::NameNotUtf8));
+        // The header's format decides whether its prefix field is part of the name: the
+        // tar crate reads it only under `ustar\0` version `00`, GNU tar under any
+        // `ustar\0`. Only the three exact spellings are read alike.
+        let raw = entry.header().as_bytes();
+        let (magic, version) = (&raw[257..263], &raw[263..265]);
+        let known = (magic == b"ustar\0" && version == b"00")
+            || (magic == b"ustar " && version == b" \0")
+            || raw[257..].iter().all(|&b| b == 0);
+        if !known {
+            return Err(refuse(Refusal::UnknownFormat));
         }
-        let components = member_components(&path).map_err(&refuse)?;
-        // The header's own name too: `path_bytes` applies long-name and pax records, and
-        // whichever one another `tar` believes must be safe as well.
-        member_components(&entry.header().path_bytes()).map_err(&refuse)?;
+
+        // Each pax key once, none that one reader applies and another ignores, and a
+        // name or link target that does not depend on which of a GNU long name and a pax
+        // record wins (the tar crate prefers the former).
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(&invalid)? {
             for ext in exts {
                 let ext = ext.map_err(|_| refuse(Refusal::MalformedPax))?;
-                // GNU tar restores a sparse file under this name; the tar crate ignores it.
-                if ext.key() == Ok("GNU.sparse.name") {
-                    member_components(ext.value_bytes()).map_err(&refuse)?;
+                let key = ext.key().map_err(|_| refuse(Refusal::MalformedPax))?;
+                if pax.iter().any(|(k, _)| k == key) {
+                    return Err(refuse(Refusal::PaxTwice {
+                        key: key.to_owned(),
+                    }));
                 }
+                if pax_key_refused(key) {
+                    return Err(refuse(Refusal::PaxOverride {
+                        key: key.to_owned(),
+                    }));
+                }
+                pax.push((key.to_owned(), ext.value_bytes().to_owned()));
             }
         }
+        let pax_value = |key: &str| pax.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        if pax_value("path").is_some_and(|p| *p != path) {
+            return Err(refuse(Refusal::Ambiguous { what: "name" }));
+        }
+        let link = entry.link_name_bytes().map(Cow::into_owned);
+        if let Some(linkpath) = pax_value("linkpath")
+            && link.as_ref() != Some(linkpath)
+        {
+            return Err(refuse(Refusal::Ambiguous {
+                what: "link target",
+            }));
+        }
+        let header_size = entry.header().entry_size().map_err(&invalid)?;
+        if pax_value("size").is_some() && entry.size() != header_size {
+            return Err(refuse(Refusal::PaxOverride { key: "size".into() }));
+        }
+
+        if std::str::from_utf8(&path).is_err() {
+            return Err(refuse(Refusal::NameNotUtf8));
+        }
+        if path.contains(&0) {
+            return Err(refuse(Refusal::NulInName));
+        }
+        let components = member_components(&path).map_err(&refuse)?;
+        // The header's own name too: whichever one another `tar` believes must be safe.
+        member_components(&entry.header().path_bytes()).map_err(&refuse)?;
         if components.is_empty() && kind != EntryType::Directory {
             return Err(refuse(Refusal::EmptyPath));
         }
-        if components.first() == Some(&manifest::RESERVED.as_bytes()) {
-            return Err(refuse(Refusal::Reserved));
+        let is_file = matches!(
+            kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        );
+        // GNU tar makes a directory of a file entry whose name ends with `/`.
+        if is_file && path.ends_with(b"/") {
+            return Err(refuse(Refusal::FileNamedAsDir));
+        }
+        if !is_file && entry.size() != 0 {
+            return Err(refuse(Refusal::DataOnNonFile));
+        }
+        match components.first().copied() {
+            Some(first) if first == manifest::RESERVED.as_bytes() => {
+                return Err(refuse(Refusal::Reserved));
+            }
+            Some(b"REVISION") if components.len() > 1 || kind == EntryType::Directory => {
+                return Err(refuse(Refusal::RevisionDir));
+            }
+            _ => {}
         }
         // UTF-8 was checked above, so this is the entry's path, normalized.
-        let name = String::from_utf8_lossy(&components.join(&b'/')).into_owned();
-        if let Some(link) = self.symlink_prefix(&components) {
-            return Err(refuse(Refusal::UnderSymlink { link }));
-        }
+        let joined = components.join(&b'/');
+        let name = String::from_utf8_lossy(&joined).into_owned();
+        let what = match kind {
+            EntryType::Directory => Seen::Dir,
+            EntryType::Symlink => Seen::Symlink,
+            _ => Seen::File,
+        };
+        // A hard link's target, checked before the link itself is recorded.
+        let link_target = match (kind, &link) {
+            (EntryType::Link, Some(target)) => {
+                Some(self.hard_link_target(target).map_err(&refuse)?)
+            }
+            _ => None,
+        };
+        self.place(&components, what).map_err(&refuse)?;
 
+        let mode = manifest::host_mode(entry.header().mode().map_err(&invalid)?);
+        let mtime = entry.header().mtime().map_err(&invalid)?;
+        let write_err = |source| ArtifactError::Write {
+            dir: self.temp_dir.to_owned(),
+            source,
+        };
         match kind {
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse(Refusal::MissingSymlinkTarget))?
-                    .into_owned();
+                let target = link.ok_or_else(|| refuse(Refusal::MissingSymlinkTarget))?;
                 if std::str::from_utf8(&target).is_err() {
                     return Err(refuse(Refusal::TargetNotUtf8));
+                }
+                if target.contains(&0) {
+                    return Err(refuse(Refusal::NulInTarget));
                 }
                 check_symlink_target(components.len().saturating_sub(1), &target)
                     .map_err(&refuse)?;
-                self.symlinks.insert(components.join(&b'/'));
                 self.manifest
                     .symlink(&name, &String::from_utf8_lossy(&target));
+                // The target as written: `sub/` and `sub` differ on the host.
+                write_member(
+                    &mut self.out,
+                    &joined,
+                    EntryType::Symlink,
+                    &target,
+                    0o777,
+                    mtime,
+                    0,
+                )
+                .map_err(write_err)?;
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse(Refusal::MissingHardLinkTarget))?
-                    .into_owned();
-                let escaping = || {
-                    refuse(Refusal::EscapingHardLink {
-                        target: String::from_utf8_lossy(&target).into_owned(),
-                    })
-                };
-                if std::str::from_utf8(&target).is_err() {
-                    return Err(refuse(Refusal::TargetNotUtf8));
-                }
-                // A hard link's target is a path from the archive root, not from the
-                // link's directory.
-                let target_components = member_components(&target).map_err(|_| escaping())?;
-                if target_components.is_empty() || self.symlink_prefix(&target_components).is_some()
-                {
-                    return Err(escaping());
-                }
-                self.manifest.hard_link(
-                    &name,
-                    &String::from_utf8_lossy(&target_components.join(&b'/')),
-                );
+                let target = link_target.ok_or_else(|| refuse(Refusal::MissingHardLinkTarget))?;
+                self.manifest
+                    .hard_link(&name, &String::from_utf8_lossy(&target));
+                write_member(
+                    &mut self.out,
+                    &joined,
+                    EntryType::Link,
+                    &target,
+                    mode,
+                    mtime,
+                    0,
+                )
+                .map_err(write_err)?;
             }
             EntryType::Directory => {
-                let mode = entry.header().mode().map_err(&invalid)?;
                 self.manifest.dir(&name, mode);
+                if !joined.is_empty() {
+                    let mut dir = joined.clone();
+                    dir.push(b'/');
+                    write_member(
+                        &mut self.out,
+                        &dir,
+                        EntryType::Directory,
+                        b"",
+                        mode,
+                        mtime,
+                        0,
+                    )
+                    .map_err(write_err)?;
+                }
             }
             _ => {
-                // A file: its content is read here to hash it (the archive reader would
-                // read it anyway to skip it).
-                let mode = entry.header().mode().map_err(&invalid)?;
-                let mut sink = Hashing::new(io::sink());
-                io::copy(entry, &mut sink).map_err(&invalid)?;
-                let (_, sha256, size) = sink.finish();
-                self.manifest.file(&name, mode, size, sha256);
+                // A file: its content is hashed for the manifest as it is copied.
+                let size = entry.size();
+                write_member(
+                    &mut self.out,
+                    &joined,
+                    EntryType::Regular,
+                    b"",
+                    mode,
+                    mtime,
+                    size,
+                )
+                .map_err(write_err)?;
+                let mut hasher = Sha256::new();
+                let mut copied = 0u64;
+                loop {
+                    let n = entry.read(&mut self.buf).map_err(&invalid)?;
+                    if n == 0 {
+                        break;
+                    }
+                    copied += n as u64;
+                    if copied > size {
+                        break;
+                    }
+                    hasher.update(&self.buf[..n]);
+                    self.out.write_all(&self.buf[..n]).map_err(write_err)?;
+                }
+                if copied != size {
+                    return Err(invalid(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the data of `{name}` is not as long as its header says"),
+                    )));
+                }
+                pad(&mut self.out, size).map_err(write_err)?;
+                self.manifest
+                    .file(&name, mode, size, hex(&hasher.finalize()));
             }
         }
         self.entries += 1;
         Ok(())
     }
 
-    /// The earlier symlink that `components` is, or lies below, if any.
-    fn symlink_prefix(&self, components: &[&[u8]]) -> Option<String> {
-        if self.symlinks.is_empty() {
-            return None;
+    /// The normalized target of a hard link: a path from the archive root (not from the
+    /// link's directory) to a file made by an earlier entry. `tar` links to what is on
+    /// disk when it gets to the link: to nothing it fails, and a link to a symlink would
+    /// be that symlink read from another directory.
+    fn hard_link_target(&self, target: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let shown = || String::from_utf8_lossy(target).into_owned();
+        if std::str::from_utf8(target).is_err() {
+            return Err(Refusal::TargetNotUtf8);
         }
-        (1..=components.len()).find_map(|n| {
-            let prefix = components[..n].join(&b'/');
-            self.symlinks
-                .contains(&prefix)
-                .then(|| String::from_utf8_lossy(&prefix).into_owned())
-        })
+        let components =
+            member_components(target).map_err(|_| Refusal::EscapingHardLink { target: shown() })?;
+        if target.contains(&0) || components.is_empty() {
+            return Err(Refusal::EscapingHardLink { target: shown() });
+        }
+        let joined = components.join(&b'/');
+        if self.seen.get(&joined) != Some(&Seen::File) {
+            return Err(Refusal::HardLinkToNothing { target: shown() });
+        }
+        Ok(joined)
     }
+
+    /// Records the entry at `components` as `what`, refusing it where `tar -x` would
+    /// follow a symlink, fail, or replace an earlier entry. Parents not listed are
+    /// directories, as `tar` makes them; a directory may be listed again.
+    fn place(&mut self, components: &[&[u8]], what: Seen) -> Result<(), Refusal> {
+        let mut prefix = Vec::new();
+        for (i, component) in components.iter().enumerate() {
+            if i > 0 {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(component);
+            let shown = || String::from_utf8_lossy(&prefix).into_owned();
+            let last = i + 1 == components.len();
+            match self.seen.get(&prefix) {
+                Some(Seen::Symlink) => return Err(Refusal::UnderSymlink { link: shown() }),
+                Some(Seen::File) if !last => return Err(Refusal::UnderFile { file: shown() }),
+                Some(Seen::Dir) if !last || what == Seen::Dir => {}
+                Some(_) => return Err(Refusal::Duplicate),
+                None => {
+                    let now = if last { what } else { Seen::Dir };
+                    self.seen.insert(prefix.clone(), now);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes one member's header(s) to a tar stream: a GNU header, with a GNU `L` (`K`)
+/// entry ahead of it for a name (link target) longer than the header's field. The caller
+/// writes `size` bytes of data and the padding.
+fn write_member(
+    out: &mut impl Write,
+    name: &[u8],
+    kind: EntryType,
+    link: &[u8],
+    mode: u32,
+    mtime: u64,
+    size: u64,
+) -> io::Result<()> {
+    for (long, flag) in [
+        (name, EntryType::GNULongName),
+        (link, EntryType::GNULongLink),
+    ] {
+        if long.len() > 100 {
+            // GNU tar reads the entry's data up to the NUL.
+            let len = long.len() as u64 + 1;
+            let mut header = header(flag, 0o644, len);
+            header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+            header.set_mtime(0);
+            header.set_cksum();
+            out.write_all(header.as_bytes())?;
+            out.write_all(long)?;
+            out.write_all(&[0])?;
+            pad(out, len)?;
+        }
+    }
+    let mut header = header(kind, mode, size);
+    header.set_mtime(mtime);
+    let old = header.as_old_mut();
+    old.name[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+    old.linkname[..link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
+    header.set_cksum();
+    out.write_all(header.as_bytes())
+}
+
+/// Zeros after `size` bytes of data, up to the next 512-byte block.
+fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let rem = (size % 512) as usize;
+    if rem == 0 {
+        return Ok(());
+    }
+    out.write_all(&[0; 512][rem..])
 }
 
 /// The normal components of an archive member's path, refusing what could land outside the
@@ -882,7 +1161,8 @@ pub(crate) fn member_components(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
 }
 
 /// Checks that a symlink whose directory is `depth` levels below the artifact root points
-/// inside the artifact, judging its target lexically.
+/// inside the artifact, judging its target lexically, and not into the release's
+/// `.shipit` (shipit's own files, which it writes through paths of the release).
 ///
 /// `..` is allowed only before any name: `x/../y` steps back through whatever `x` is on the
 /// host, possibly another symlink, so where it lands cannot be decided from the text.
@@ -907,47 +1187,15 @@ fn check_symlink_target(depth: usize, target: &[u8]) -> Result<(), Refusal> {
                     .checked_sub(1)
                     .ok_or_else(|| Refusal::EscapingTarget { target: shown() })?;
             }
-            _ => seen_name = true,
+            name => {
+                if !seen_name && depth == 0 && name == manifest::RESERVED.as_bytes() {
+                    return Err(Refusal::IntoReserved { target: shown() });
+                }
+                seen_name = true;
+            }
         }
     }
     Ok(())
-}
-
-/// Passes reads through, writing every byte read into `sink` as well.
-struct Tee<R, W> {
-    inner: R,
-    sink: W,
-    /// Where a failed write goes: the reader above sees only an I/O error and would call
-    /// the archive invalid.
-    sink_error: Rc<Cell<Option<io::Error>>>,
-}
-
-impl<R: Read, W: Write> Tee<R, W> {
-    fn new(inner: R, sink: W, sink_error: Rc<Cell<Option<io::Error>>>) -> Self {
-        Tee {
-            inner,
-            sink,
-            sink_error,
-        }
-    }
-
-    /// Copies whatever the reader above left unread, so the sink holds the whole input.
-    fn finish(mut self) -> io::Result<(R, W)> {
-        io::copy(&mut self.inner, &mut self.sink)?;
-        Ok((self.inner, self.sink))
-    }
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Err(e) = self.sink.write_all(&buf[..n]) {
-            let kind = e.kind();
-            self.sink_error.set(Some(e));
-            return Err(io::Error::new(kind, "writing the packed copy failed"));
-        }
-        Ok(n)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1391,6 +1639,38 @@ mod tests {
     }
 
     #[test]
+    fn symlink_targets_are_packed_byte_for_byte() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("app");
+        write(&root.join("sub/x"), b"x", 0o644);
+        for (name, target) in [("a", "sub/"), ("b", "./sub//x"), ("c", "sub/./x")] {
+            symlink(target, root.join(name)).unwrap();
+        }
+        let packed = pack(&root, temp.path()).unwrap();
+        let links: Vec<(String, Option<String>)> = entries_of(&fs::read(&packed.tar).unwrap())
+            .into_iter()
+            .filter(|e| e.kind == EntryType::Symlink)
+            .map(|e| (e.path, e.link))
+            .collect();
+        let want = |n: &str, t: &str| (n.to_owned(), Some(t.to_owned()));
+        assert_eq!(
+            links,
+            [
+                want("a", "sub/"),
+                want("b", "./sub//x"),
+                want("c", "sub/./x")
+            ]
+        );
+        let m = packed.manifest.unwrap();
+        assert_eq!(
+            m.get("a").unwrap().kind,
+            manifest::Kind::Symlink {
+                target: "sub/".into()
+            }
+        );
+    }
+
+    #[test]
     fn gnu_tar_extracts_the_packed_directory_exactly() {
         let temp = tempfile::tempdir().unwrap();
         let root = temp.path().join("app");
@@ -1460,6 +1740,27 @@ mod tests {
         let (entry, refusal, _) = refused(pack(&root, temp.path()));
         assert_eq!(entry, "passwd");
         assert!(matches!(refusal, Refusal::AbsoluteTarget { .. }));
+
+        // shipit's own files in a release: REVISION is a file it writes, `.shipit` its
+        // directory, never reached through a link.
+        let root = temp.path().join("revision");
+        write(&root.join("REVISION/x"), b"x", 0o644);
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(
+            (entry.as_str(), refusal),
+            ("REVISION", Refusal::RevisionDir)
+        );
+        let root = temp.path().join("reserved");
+        write(&root.join("a/REVISION"), b"x", 0o644);
+        symlink("../.shipit/manifest", root.join("a/m")).unwrap();
+        let (entry, refusal, _) = refused(pack(&root, temp.path()));
+        assert_eq!(entry, "a/m");
+        assert_eq!(
+            refusal,
+            Refusal::IntoReserved {
+                target: "../.shipit/manifest".into()
+            }
+        );
 
         let root = temp.path().join("fifo");
         fs::create_dir_all(root.join("run")).unwrap();
@@ -1710,6 +2011,191 @@ mod tests {
         }
     }
 
+    /// A raw 512-byte header, every field as given: `magic` is the 8 bytes of magic and
+    /// version at offset 257, `prefix` the ustar prefix field.
+    fn raw_header(name: &[u8], flag: u8, link: &[u8], size: u64, magic: &[u8; 8]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = flag;
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..265].copy_from_slice(magic);
+        seal(&mut h);
+        h
+    }
+
+    /// Writes a header's checksum.
+    fn seal(h: &mut [u8]) {
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    const GNU: &[u8; 8] = b"ustar  \0";
+    const USTAR: &[u8; 8] = b"ustar\x0000";
+
+    /// A member: its header and its data, padded.
+    fn member(name: &[u8], flag: u8, link: &[u8], data: &[u8], magic: &[u8; 8]) -> Vec<u8> {
+        let mut out = raw_header(name, flag, link, data.len() as u64, magic);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let body = [format!(" {key}=").as_bytes(), value, b"\n"].concat();
+            let mut len = body.len() + 1;
+            while len.to_string().len() + body.len() != len {
+                len += 1;
+            }
+            data.extend_from_slice(len.to_string().as_bytes());
+            data.extend_from_slice(&body);
+        }
+        member(b"PaxHeader", b'x', b"", &data, USTAR)
+    }
+
+    fn end(members: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = members.concat();
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    #[test]
+    fn ambiguous_or_conflicting_entries_are_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = |name: &[u8]| member(name, b'0', b"", b"x", GNU);
+        let link = |name: &[u8], flag: u8, target: &[u8]| member(name, flag, target, b"", GNU);
+        let mut odd_prefix = raw_header(b"passwd", b'0', b"", 1, b"ustar\0xx");
+        odd_prefix[345..349].copy_from_slice(b"/etc");
+        seal(&mut odd_prefix);
+        odd_prefix.extend_from_slice(&[b'x'; 512]);
+        let cases: Vec<(Vec<u8>, Refusal)> = vec![
+            // A GNU long name and a pax path on one symlink.
+            (
+                end(&[
+                    member(b"././@LongLink", b'L', b"", b"app/evil\0", GNU),
+                    pax(&[("path", b"app/fine")]),
+                    link(b"short", b'2', b"x"),
+                ]),
+                Refusal::Ambiguous { what: "name" },
+            ),
+            (
+                end(&[
+                    member(b"././@LongLink", b'K', b"", b"/etc\0", GNU),
+                    pax(&[("linkpath", b"harmless")]),
+                    link(b"l", b'2', b"x"),
+                ]),
+                Refusal::Ambiguous {
+                    what: "link target",
+                },
+            ),
+            (end(&[odd_prefix]), Refusal::UnknownFormat),
+            (
+                end(&[member(b"junk", b'0', b"", b"x", b"ustar\0  ")]),
+                Refusal::UnknownFormat,
+            ),
+            (
+                end(&[pax(&[("size", b"512")]), member(b"f", b'0', b"", b"", GNU)]),
+                Refusal::PaxOverride { key: "size".into() },
+            ),
+            (
+                end(&[pax(&[("path", b"a"), ("path", b"b")]), file(b"f")]),
+                Refusal::PaxTwice { key: "path".into() },
+            ),
+            (
+                end(&[pax(&[("GNU.sparse.major", b"1")]), file(b"f")]),
+                Refusal::PaxOverride {
+                    key: "GNU.sparse.major".into(),
+                },
+            ),
+            (
+                end(&[pax(&[("path", b"a\0/../../x")]), file(b"f")]),
+                Refusal::NulInName,
+            ),
+            (end(&[file(b"dir/")]), Refusal::FileNamedAsDir),
+            (
+                end(&[member(b"d/", b'5', b"", &[b'x'; 600], GNU)]),
+                Refusal::DataOnNonFile,
+            ),
+            (end(&[file(b"a"), file(b"./a")]), Refusal::Duplicate),
+            (
+                end(&[link(b"a", b'2', b"b"), file(b"a")]),
+                Refusal::UnderSymlink { link: "a".into() },
+            ),
+            (
+                end(&[file(b"a"), file(b"a/b")]),
+                Refusal::UnderFile { file: "a".into() },
+            ),
+            (end(&[file(b"a/b"), file(b"a")]), Refusal::Duplicate),
+            // Finding 14: `tar` on the host fails on these.
+            (
+                end(&[link(b"h", b'1', b"missing")]),
+                Refusal::HardLinkToNothing {
+                    target: "missing".into(),
+                },
+            ),
+            (
+                end(&[link(b"h", b'1', b"h")]),
+                Refusal::HardLinkToNothing { target: "h".into() },
+            ),
+            (
+                end(&[link(b"d/", b'5', b""), link(b"h", b'1', b"d")]),
+                Refusal::HardLinkToNothing { target: "d".into() },
+            ),
+            // A hard link to a symlink is that symlink, read from another directory.
+            (
+                end(&[link(b"a/b/l", b'2', b"../x"), link(b"h", b'1', b"a/b/l")]),
+                Refusal::HardLinkToNothing {
+                    target: "a/b/l".into(),
+                },
+            ),
+            (end(&[link(b"REVISION/", b'5', b"")]), Refusal::RevisionDir),
+            (end(&[file(b"./REVISION/x")]), Refusal::RevisionDir),
+            (
+                end(&[link(b"s", b'2', b"./.shipit")]),
+                Refusal::IntoReserved {
+                    target: "./.shipit".into(),
+                },
+            ),
+            (
+                end(&[link(b"a/s", b'2', b"../.shipit/manifest")]),
+                Refusal::IntoReserved {
+                    target: "../.shipit/manifest".into(),
+                },
+            ),
+        ];
+        for (i, (tar, refusal)) in cases.into_iter().enumerate() {
+            let name = format!("case{i}.tar");
+            let (entry, got, message) = refused(pack_bytes(temp.path(), &name, &tar));
+            assert_eq!(got, refusal, "{name}: {message}");
+            assert!(message.contains(&format!("`{entry}`")), "{message}");
+            assert!(message.contains(&name), "{message}");
+        }
+
+        // Agreeing spellings are not ambiguous; a file may be named REVISION (shipit
+        // replaces it), and a hard link may follow its file.
+        let fine = end(&[
+            member(b"././@LongLink", b'L', b"", b"app/same\0", GNU),
+            pax(&[("path", b"app/same"), ("mtime", b"1.5")]),
+            link(b"short", b'2', b"x"),
+            file(b"REVISION"),
+            link(b"h", b'1', b"./REVISION"),
+            link(b"l", b'2', b".shipit-not"),
+        ]);
+        let packed = pack_bytes(temp.path(), "fine.tar", &fine).unwrap();
+        assert_eq!(packed.entries, 4);
+        assert_eq!(
+            gnu_listing(&fs::read(&packed.tar).unwrap()),
+            gnu_listing(&fine)
+        );
+    }
+
     #[test]
     fn tarball_with_a_pax_global_path_or_data_after_the_end_is_refused() {
         let temp = tempfile::tempdir().unwrap();
@@ -1756,8 +2242,57 @@ mod tests {
         assert_eq!(entry, "../evil");
     }
 
+    /// Path, type, link name and data of each member, as the tar crate reads them.
+    fn members(tar: &[u8]) -> Vec<(String, EntryType, Option<String>, Vec<u8>)> {
+        let mut archive = Archive::new(tar);
+        let mut out = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let link = entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8(l.into_owned()).unwrap());
+            let kind = entry.header().entry_type();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((path, kind, link, data));
+        }
+        out
+    }
+
+    /// GNU `tar -tv`'s listing of `tar`, the archive's root left out and `./` dropped
+    /// (dates, owners and the mode bits the host does not keep aside: the type, size and
+    /// name and link of each member).
+    fn gnu_listing(tar: &[u8]) -> Vec<String> {
+        let mut child = Command::new("tar")
+            .args(["--numeric-owner", "--quoting-style=c", "-tvf", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let bytes = tar.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (kind, size) = (&fields[0][..1], fields[2]);
+                let rest = &line[line.find('"').unwrap()..];
+                let rest = rest.replacen("\"./", "\"", 2);
+                (rest != "\"\"" && rest != "\"./\"").then(|| format!("{kind} {size} {rest}"))
+            })
+            .collect()
+    }
+
     #[test]
-    fn good_tarballs_are_adopted_with_the_sha_of_their_tar_bytes() {
+    fn good_tarballs_are_adopted_as_a_fresh_tar_of_their_checked_entries() {
         let temp = tempfile::tempdir().unwrap();
         let mut builder = tar::Builder::new(Vec::new());
         raw_entry(&mut builder, b"./", EntryType::Directory, b"", b"");
@@ -1775,18 +2310,48 @@ mod tests {
         let mut header = Header::new_gnu();
         header.set_size(4);
         header.set_mode(0o644);
-        let long = format!("./{}/{}.txt", "x".repeat(90), "y".repeat(90));
+        let long = format!("{}/{}.txt", "x".repeat(90), "y".repeat(90));
         builder
-            .append_data(&mut header, &long, &b"long"[..])
+            .append_data(&mut header, format!("./{long}"), &b"long"[..])
+            .unwrap();
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        let far = format!("{}/x", "z".repeat(120));
+        builder
+            .append_link(&mut header, "./far", format!("./{far}"))
             .unwrap();
         let tar = builder.into_inner().unwrap();
 
         let packed = pack_bytes(temp.path(), "plain.tar", &tar).unwrap();
-        assert_eq!(packed.sha256, sha_of(&tar));
-        assert_eq!(packed.tar_size, tar.len() as u64);
-        assert_eq!(packed.entries, 7);
-        // The tar kept is the tarball's own bytes.
-        assert_eq!(fs::read(&packed.tar).unwrap(), tar);
+        let copy = fs::read(&packed.tar).unwrap();
+        assert_eq!(packed.sha256, sha_of(&copy));
+        assert_eq!(packed.tar_size, copy.len() as u64);
+        assert_eq!(packed.entries, 8);
+        // The copy: names normalized, no root entry, link targets as written.
+        let member = |path: &str, kind, link: Option<&str>, data: &[u8]| {
+            (
+                path.to_owned(),
+                kind,
+                link.map(str::to_owned),
+                data.to_vec(),
+            )
+        };
+        assert_eq!(
+            members(&copy),
+            vec![
+                member("app/", EntryType::Directory, None, b""),
+                member("app/main.js", FILE, None, b"main\n"),
+                member("app/up", EntryType::Symlink, Some("../top.txt"), b""),
+                member("top.txt", FILE, None, b"top\n"),
+                member("hard", EntryType::Link, Some("top.txt"), b""),
+                member(&long, FILE, None, b"long"),
+                member("far", EntryType::Symlink, Some(&format!("./{far}")), b""),
+            ]
+        );
+        // GNU tar reads the copy as it reads the tarball.
+        assert_eq!(gnu_listing(&copy), gnu_listing(&tar));
         // Its manifest is the tree `tar -x` makes: the hard link has its target's content.
         let m = packed.manifest.as_ref().unwrap();
         let top = sha_of(b"top\n");
@@ -1799,13 +2364,17 @@ mod tests {
             }
         );
 
+        // The same entries, whatever the compression: the same copy and identity.
         let gz = gzip(&tar);
         let packed_gz = pack_bytes(temp.path(), "app.tgz", &gz).unwrap();
         assert_eq!(packed_gz.sha256, packed.sha256);
-        assert_eq!(fs::read(&packed_gz.tar).unwrap(), tar);
+        assert_eq!(fs::read(&packed_gz.tar).unwrap(), copy);
         assert_eq!(packed_gz.manifest, packed.manifest);
         let packed_gz = pack_bytes(temp.path(), "app.TAR.GZ", &gz).unwrap();
         assert_eq!(packed_gz.sha256, packed.sha256);
+        // The copy is a fixed point.
+        let again = pack_bytes(temp.path(), "copy.tar", &copy).unwrap();
+        assert_eq!(again.sha256, packed.sha256);
     }
 
     #[test]
@@ -1819,6 +2388,8 @@ mod tests {
         );
         write(&src.join("bin/run"), b"#!/bin/sh\n", 0o755);
         symlink("../bin/run", src.join("lib/run")).unwrap();
+        symlink(format!("../bin/{}", "t".repeat(110)), src.join("lib/far")).unwrap();
+        let mut shas = Vec::new();
         for (name, format) in [
             ("gnu.tar.gz", "gnu"),
             ("pax.tar.gz", "pax"),
@@ -1840,9 +2411,47 @@ mod tests {
             } else {
                 fs::read(&out).unwrap()
             };
-            assert_eq!(packed.sha256, sha_of(&tar), "{name}");
+            let copy = fs::read(&packed.tar).unwrap();
+            assert_eq!(gnu_listing(&copy), gnu_listing(&tar), "{name}");
             assert!(packed.entries >= 3, "{name}");
+            shas.push(packed.sha256);
         }
+        // The identity is the entries', not the format's.
+        assert_eq!(shas[0], shas[1]);
+        assert_ne!(shas[0], shas[2]);
+    }
+
+    #[test]
+    fn gnu_sparse_files_are_sent_whole() {
+        let temp = tempfile::tempdir().unwrap();
+        let src = temp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let mut file = File::create(src.join("holes")).unwrap();
+        file.set_len(1 << 20).unwrap();
+        std::io::Seek::seek(&mut file, io::SeekFrom::Start(512 << 10)).unwrap();
+        file.write_all(b"middle").unwrap();
+        drop(file);
+        let out = temp.path().join("sparse.tar");
+        let status = Command::new("tar")
+            .args(["--format=gnu", "-S", "-cf"])
+            .arg(&out)
+            .arg("-C")
+            .arg(&src)
+            .arg("holes")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            fs::read(&out).unwrap()[156],
+            b'S',
+            "GNU tar wrote no sparse entry"
+        );
+        let packed = pack(&out, temp.path()).unwrap();
+        let copy = fs::read(&packed.tar).unwrap();
+        let mut want = vec![0u8; 1 << 20];
+        want[512 << 10..(512 << 10) + 6].copy_from_slice(b"middle");
+        assert_eq!(members(&copy), vec![("holes".into(), FILE, None, want)]);
+        assert_eq!(gnu_listing(&copy), gnu_listing(&fs::read(&out).unwrap()));
     }
 
     #[test]

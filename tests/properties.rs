@@ -1,6 +1,7 @@
 //! Properties checked over generated inputs (proptest): quoting survives the real `sh`, the
-//! inventory parser never panics, and the artifact checker accepts exactly the entries that
-//! stay inside the tree.
+//! inventory parser never panics, the artifact checker accepts exactly the entries that
+//! stay inside the tree, and what it accepts GNU `tar` reads as it does (hand-built headers:
+//! GNU long names and links, pax records, ustar prefixes under odd versions).
 
 use std::path::Path;
 
@@ -235,5 +236,488 @@ proptest! {
         let tar = tarball(dir.path(), &name, target.as_deref());
         let accepted = shipit::artifact::pack(&tar, dir.path()).is_ok();
         prop_assert_eq!(accepted, inside(&name, target.as_deref()), "name {:?} target {:?}", name, target);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The artifact checker and GNU tar read the same members
+
+/// How a name or link target is spelled in the archive.
+#[derive(Clone, Debug)]
+enum Spelling {
+    /// In the header's own field (truncated to 100 bytes, as both readers truncate it).
+    Field,
+    /// Split over the ustar prefix and name fields, under these 8 bytes of magic and
+    /// version.
+    Prefix(&'static [u8; 8]),
+    /// In a GNU `L` (`K`) entry; the header's field holds a harmless decoy.
+    Long,
+    /// In a pax `path` (`linkpath`) record; the header's field holds a decoy.
+    Pax,
+    /// A GNU long name (link) and a pax record on one entry: the value, then this other
+    /// one (`None`: the value again).
+    LongAndPax(Option<String>),
+}
+
+/// One member of a generated archive.
+#[derive(Clone, Debug)]
+struct Member {
+    flag: u8,
+    name: String,
+    name_as: Spelling,
+    link: String,
+    link_as: Spelling,
+    data: usize,
+    /// Extra pax records: `size`, a repeated key, a harmless `mtime`.
+    extra: Vec<(&'static str, String)>,
+}
+
+const USTAR: &[u8; 8] = b"ustar\x0000";
+const GNU: &[u8; 8] = b"ustar  \0";
+
+fn seal(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// A raw 512-byte header, built byte by byte so that no library can normalise it.
+fn raw_header(
+    name: &[u8],
+    prefix: &[u8],
+    flag: u8,
+    link: &[u8],
+    size: u64,
+    magic: &[u8; 8],
+) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    let cut = |v: &[u8], n: usize| v[..v.len().min(n)].to_vec();
+    let name = cut(name, 100);
+    h[..name.len()].copy_from_slice(&name);
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"14164014200");
+    h[156] = flag;
+    let link = cut(link, 100);
+    h[157..157 + link.len()].copy_from_slice(&link);
+    h[257..265].copy_from_slice(magic);
+    let prefix = cut(prefix, 155);
+    h[345..345 + prefix.len()].copy_from_slice(&prefix);
+    seal(&mut h);
+    h
+}
+
+fn padded(mut v: Vec<u8>) -> Vec<u8> {
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+fn pax_data(records: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        let body = [format!(" {key}=").as_bytes(), value, b"\n"].concat();
+        let mut len = body.len() + 1;
+        while len.to_string().len() + body.len() != len {
+            len += 1;
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.extend_from_slice(&body);
+    }
+    data
+}
+
+/// The bytes of `members`, each preceded by the GNU `L`/`K` and pax `x` entries its
+/// spellings need, then the end-of-archive blocks.
+fn archive(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in members {
+        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        let long = |out: &mut Vec<u8>, flag: u8, value: &[u8]| {
+            let data = [value, b"\0"].concat();
+            out.extend(raw_header(
+                b"././@LongLink",
+                b"",
+                flag,
+                b"",
+                data.len() as u64,
+                GNU,
+            ));
+            out.extend(padded(data));
+        };
+        let mut spell = |out: &mut Vec<u8>,
+                         value: &str,
+                         how: &Spelling,
+                         flag: u8,
+                         key: &'static str|
+         -> (Vec<u8>, Vec<u8>, &'static [u8; 8]) {
+            let decoy = b"decoy".to_vec();
+            match how {
+                Spelling::Field => (value.as_bytes().to_vec(), Vec::new(), GNU),
+                Spelling::Prefix(magic) => match value
+                    .rfind('/')
+                    .filter(|&i| i > 0 && i <= 155 && value.len() - i - 1 <= 100)
+                {
+                    Some(i) => (
+                        value.as_bytes()[i + 1..].to_vec(),
+                        value.as_bytes()[..i].to_vec(),
+                        magic,
+                    ),
+                    None => (value.as_bytes().to_vec(), Vec::new(), magic),
+                },
+                Spelling::Long => {
+                    long(out, flag, value.as_bytes());
+                    (decoy, Vec::new(), GNU)
+                }
+                Spelling::Pax => {
+                    pax.push((key, value.as_bytes().to_vec()));
+                    (decoy, Vec::new(), USTAR)
+                }
+                Spelling::LongAndPax(other) => {
+                    long(out, flag, value.as_bytes());
+                    pax.push((key, other.as_deref().unwrap_or(value).as_bytes().to_vec()));
+                    (decoy, Vec::new(), USTAR)
+                }
+            }
+        };
+        let mut pre = Vec::new();
+        let (name, prefix, magic) = spell(&mut pre, &m.name, &m.name_as, b'L', "path");
+        let has_link = matches!(m.flag, b'1' | b'2');
+        let (link, _, _) = if has_link {
+            spell(&mut pre, &m.link, &m.link_as, b'K', "linkpath")
+        } else {
+            (Vec::new(), Vec::new(), GNU)
+        };
+        for (k, v) in &m.extra {
+            pax.push((k, v.as_bytes().to_vec()));
+        }
+        if !pax.is_empty() {
+            let data = pax_data(&pax);
+            out.extend(raw_header(
+                b"PaxHeader/x",
+                b"",
+                b'x',
+                b"",
+                data.len() as u64,
+                USTAR,
+            ));
+            out.extend(padded(data));
+        }
+        out.extend(pre);
+        let data = vec![b'd'; m.data];
+        out.extend(raw_header(
+            &name,
+            &prefix,
+            m.flag,
+            &link,
+            data.len() as u64,
+            magic,
+        ));
+        out.extend(padded(data));
+    }
+    out.extend([0u8; 1024]);
+    out
+}
+
+/// `a//./b/` is `a/b`: how a name lands on disk.
+fn normal(name: &str) -> String {
+    name.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One member as listed: type (`-`, `d`, `l`, `h`), size of a file, normalized name,
+/// link target (a hard link's normalized).
+type Listed = (char, u64, String, String);
+
+fn listed(kind: char, size: u64, name: &str, link: &str) -> Option<Listed> {
+    let name = normal(name);
+    if name.is_empty() {
+        return None; // the archive's root
+    }
+    let link = if kind == 'h' {
+        normal(link)
+    } else {
+        link.to_owned()
+    };
+    let size = if kind == '-' { size } else { 0 };
+    Some((kind, size, name, link))
+}
+
+/// A C-quoted string at the start of `s` (GNU tar's `--quoting-style=c`) and the rest.
+fn c_string(s: &[u8]) -> (Vec<u8>, &[u8]) {
+    assert_eq!(s[0], b'"', "{}", String::from_utf8_lossy(s));
+    let mut out = Vec::new();
+    let mut i = 1;
+    while s[i] != b'"' {
+        if s[i] == b'\\' {
+            i += 1;
+            match s[i] {
+                b'0'..=b'7' => {
+                    let end = (i..i + 3)
+                        .take_while(|&j| j < s.len() && (b'0'..=b'7').contains(&s[j]))
+                        .last()
+                        .unwrap()
+                        + 1;
+                    out.push(
+                        u8::from_str_radix(std::str::from_utf8(&s[i..end]).unwrap(), 8).unwrap(),
+                    );
+                    i = end;
+                    continue;
+                }
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'a' => out.push(7),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'v' => out.push(11),
+                other => out.push(other),
+            }
+        } else {
+            out.push(s[i]);
+        }
+        i += 1;
+    }
+    (out, &s[i + 1..])
+}
+
+/// GNU tar's reading of `tar`: `tar --numeric-owner --quoting-style=c -tvf -`; `None` when
+/// it fails.
+fn gnu_view(tar: &[u8]) -> Option<Vec<Listed>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--quoting-style=c", "-tvf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = tar.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let mut view = Vec::new();
+    for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let text = String::from_utf8_lossy(line);
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        // `C`: contiguous, extracted as a regular file.
+        let kind = match fields[0].chars().next().unwrap() {
+            'C' => '-',
+            k => k,
+        };
+        let size: u64 = fields[2].parse().unwrap_or(0);
+        let at = line.iter().position(|&b| b == b'"').unwrap();
+        let (name, rest) = c_string(&line[at..]);
+        let link = match rest {
+            [] => Vec::new(),
+            r if r.starts_with(b" -> ") => c_string(&r[4..]).0,
+            r if r.starts_with(b" link to ") => c_string(&r[9..]).0,
+            r => panic!("unexpected listing tail {:?}", String::from_utf8_lossy(r)),
+        };
+        let (name, link) = (
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&link),
+        );
+        view.extend(listed(kind, size, &name, &link));
+    }
+    Some(view)
+}
+
+/// The tar crate's reading of `tar`: what the checker saw when `tar` is the tarball, and
+/// what it wrote when `tar` is its copy.
+fn crate_view(tar: &[u8]) -> Vec<Listed> {
+    let mut archive = tar::Archive::new(tar);
+    let mut view = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let kind = match entry.header().entry_type() {
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Link => 'h',
+            tar::EntryType::XGlobalHeader => continue,
+            _ => '-',
+        };
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        view.extend(listed(kind, entry.size(), &name, &link));
+    }
+    view
+}
+
+fn path_like() -> impl Strategy<Value = String> {
+    let part = prop_oneof![
+        8 => prop::sample::select(vec![
+            "a".to_owned(),
+            "b".to_owned(),
+            "c".to_owned(),
+            "l".repeat(70),
+        ]),
+        1 => prop::sample::select(vec![
+            "..".to_owned(),
+            ".".to_owned(),
+            String::new(),
+            "REVISION".to_owned(),
+            ".shipit".to_owned(),
+        ]),
+    ];
+    (
+        prop::sample::select(vec!["", "", "", "./", "./", "/"]),
+        prop::collection::vec(part, 1..4),
+        prop::sample::select(vec![false, false, false, false, true]),
+    )
+        .prop_map(|(lead, parts, slash)| {
+            format!("{lead}{}{}", parts.join("/"), if slash { "/" } else { "" })
+        })
+}
+
+fn spelling() -> impl Strategy<Value = Spelling> {
+    prop_oneof![
+        3 => Just(Spelling::Field),
+        1 => prop::sample::select(vec![USTAR, GNU, b"ustar\0xx", b"ustar\0  ", &[0u8; 8]]).prop_map(Spelling::Prefix),
+        1 => Just(Spelling::Long),
+        1 => Just(Spelling::Pax),
+        1 => path_like().prop_map(|other| Spelling::LongAndPax(Some(other))),
+        1 => Just(Spelling::LongAndPax(None)),
+    ]
+}
+
+fn member() -> impl Strategy<Value = Member> {
+    let extra = prop::sample::select(vec![
+        vec![],
+        vec![("mtime", "1.25".to_owned())],
+        vec![("size", "3".to_owned())],
+        vec![("size", "700".to_owned())],
+        vec![("mtime", "1".to_owned()), ("mtime", "2".to_owned())],
+        vec![("GNU.sparse.major", "1".to_owned())],
+    ]);
+    (
+        prop::sample::select(vec![
+            b'0', b'0', b'0', b'\0', b'5', b'5', b'2', b'2', b'1', b'7',
+        ]),
+        path_like(),
+        spelling(),
+        path_like(),
+        spelling(),
+        prop::sample::select(vec![0usize, 3, 700]),
+        prop_oneof![6 => Just(vec![]), 1 => extra],
+    )
+        .prop_map(|(flag, name, name_as, link, link_as, data, extra)| Member {
+            flag,
+            name,
+            name_as,
+            link,
+            link_as,
+            data: if matches!(flag, b'0' | b'\0' | b'7') {
+                data
+            } else {
+                0
+            },
+            extra,
+        })
+}
+
+/// The checker's view of an accepted tarball is GNU tar's view of it, and of the tar the
+/// host receives.
+fn checker_agrees_with_gnu_tar(members: &[Member]) -> Result<bool, TestCaseError> {
+    let bytes = archive(members);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tar");
+    std::fs::write(&path, &bytes).unwrap();
+    let Ok(packed) = shipit::artifact::pack(&path, dir.path()) else {
+        return Ok(false);
+    };
+    let sent = std::fs::read(&packed.tar).unwrap();
+    let checker = crate_view(&sent);
+    let gnu_sent = gnu_view(&sent);
+    prop_assert_eq!(
+        gnu_sent.as_ref(),
+        Some(&checker),
+        "GNU tar reads the tar sent differently"
+    );
+    let gnu_given = gnu_view(&bytes);
+    prop_assert_eq!(
+        gnu_given.as_ref(),
+        Some(&checker),
+        "GNU tar reads the tarball differently"
+    );
+    Ok(true)
+}
+
+proptest! {
+    #![proptest_config(config(600))]
+
+    #[test]
+    fn the_artifact_checker_reads_what_gnu_tar_reads(members in prop::collection::vec(member(), 1..4)) {
+        checker_agrees_with_gnu_tar(&members)?;
+    }
+}
+
+/// The generated shapes include accepted ones: long names and links, pax records, ustar
+/// prefixes, hard links, mtime records.
+#[test]
+fn the_checker_accepts_long_pax_and_prefixed_spellings() {
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(90));
+    let m = |flag, name: &str, name_as, link: &str, link_as, data| Member {
+        flag,
+        name: name.to_owned(),
+        name_as,
+        link: link.to_owned(),
+        link_as,
+        data,
+        extra: vec![],
+    };
+    let members = vec![
+        m(b'5', "./", Spelling::Field, "", Spelling::Field, 0),
+        m(b'0', &long, Spelling::Long, "", Spelling::Field, 3),
+        m(
+            b'0',
+            &format!("p/{}", "q".repeat(90)),
+            Spelling::Prefix(USTAR),
+            "",
+            Spelling::Field,
+            700,
+        ),
+        m(b'0', "x/y", Spelling::Pax, "", Spelling::Field, 0),
+        m(
+            b'0',
+            "same",
+            Spelling::LongAndPax(None),
+            "",
+            Spelling::Field,
+            1,
+        ),
+        m(
+            b'2',
+            "x/l",
+            Spelling::Field,
+            &format!("../{}", "t".repeat(150)),
+            Spelling::Long,
+            0,
+        ),
+        m(b'2', "x/m", Spelling::Field, "y", Spelling::Pax, 0),
+        m(
+            b'1',
+            "h",
+            Spelling::Field,
+            &format!("./{long}"),
+            Spelling::Long,
+            0,
+        ),
+    ];
+    match checker_agrees_with_gnu_tar(&members) {
+        Ok(accepted) => assert!(accepted, "refused"),
+        Err(e) => panic!("{e}"),
     }
 }

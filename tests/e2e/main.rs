@@ -21,6 +21,7 @@ mod fleet;
 mod harden_guard;
 mod harden_misc;
 mod harden_paths;
+mod harden_tar;
 mod host_keys;
 mod hostile;
 mod inventory_cli;
