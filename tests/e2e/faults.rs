@@ -178,7 +178,9 @@ fn lock_acquisition_failing_on_one_host_releases_the_others() {
         !rig.succeeds("h1", "test -e /opt/demo/.shipit/lock"),
         "h1's lock was not released"
     );
-    rig.fleet.sh_ok("h2", "rm -f /usr/local/bin/mkdir");
+    // The host's real rm: the guarded one keeps to the directories a deploy may delete in.
+    rig.fleet
+        .sh_ok("h2", "/usr/lib/shipit-e2e/rm -f /usr/local/bin/mkdir");
     rig.converges(&inv, "v2", false);
 }
 
