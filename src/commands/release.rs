@@ -644,8 +644,12 @@ pub(crate) mod tests {
             Path::new("releases/r1")
         );
 
-        // Reuse: a hard-link copy gets its own REVISION without touching r1's.
-        assert_eq!(sh(&reuse(b, "r1", "r2"), b"").0, 0);
+        // Reuse needs a manifest to check the copy against: r1 has none, nothing is kept
+        // (the caller uploads). A copy that verifies is tested in `delta::host_tests`.
+        let svc = "nobody";
+        assert_eq!(sh(&reuse(b, "r1", "r2", &sha, svc), b"").0, 100);
+        assert!(!base.join("releases/r2.partial").exists());
+        assert_eq!(sh(&receive(b, "r2", &up, "gzip -dc", 0), &bytes).0, 0);
         let finish2 = finish(b, "r2", &revision_text(&sha, None), &shared, &files, None);
         assert_eq!(sh(&finish2, b"").0, 0);
         assert_eq!(
