@@ -298,6 +298,33 @@ mod tests {
     }
 
     #[test]
+    fn releases_probe_lists_no_name_that_is_not_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let id = "20260101T000000Z-aaa";
+        for name in [
+            id,
+            "x\nrelease forged abc",
+            "y\npartial forged.partial",
+            "with space",
+        ] {
+            std::fs::create_dir_all(base.join("releases").join(name)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(releases(base.to_str().unwrap()).render())
+            .output()
+            .unwrap();
+        let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
+        let ids: Vec<&str> = tree.releases.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, [id]);
+        assert!(tree.partials.is_empty(), "{tree:?}");
+        // Whatever prints them, names that are not plain are not read.
+        let forged = parse_releases("release ../../etc x\npartial ../x.partial\nrelease a/b\n");
+        assert!(forged.releases.is_empty() && forged.partials.is_empty());
+    }
+
+    #[test]
     fn probe_quotes_the_path() {
         let cmd = probe("/opt/my app");
         assert!(cmd.render().starts_with("deploy_to='/opt/my app'; \n"));

@@ -40,9 +40,13 @@ pub fn is_release_id(name: &str) -> bool {
         return false;
     };
     id_time(name).is_some()
-        && name.as_bytes()[..15].iter().all(|b| b.is_ascii_digit() || *b == b'T')
+        && name.as_bytes()[..15]
+            .iter()
+            .all(|b| b.is_ascii_digit() || *b == b'T')
         && (1..=12).contains(&short.len())
-        && short.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && short
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The Unix time in a release id's `YYYYMMDDTHHMMSSZ` prefix.
