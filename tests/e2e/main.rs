@@ -18,6 +18,7 @@ mod docker_fixture;
 mod exec;
 mod faults;
 mod fleet;
+mod harden_delta;
 mod host_keys;
 mod hostile;
 mod inventory_cli;
