@@ -1,7 +1,7 @@
 //! Facts + inventory + artifact → what each host will do. Pure: the caller passes the time.
 //!
 //! The plan decides, per host, where the new release's files come from (already there, a
-//! hard-link copy of a release with the same artifact, or an upload), which releases the
+//! copy of a release with the same artifact, or an upload), which releases the
 //! cleanup removes, and for a rollback which release the fleet goes back to.
 
 use std::collections::BTreeSet;
@@ -112,7 +112,8 @@ pub fn rfc3339(unix_secs: u64) -> String {
 pub enum Source {
     /// `releases/<id>` is already complete (a re-run of the same deploy).
     Present,
-    /// A hard-link copy of a release holding the same artifact: nothing to upload.
+    /// A copy of a release holding the same artifact (linked or copied as a delta is, and
+    /// verified against the manifest on the host, else uploaded): nothing to upload.
     Reuse { from: String },
     /// Stream the artifact.
     Upload,
@@ -198,7 +199,7 @@ impl fmt::Display for HostPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
             Source::Present => "already present".to_owned(),
-            Source::Reuse { from } => format!("hard-link copy of {from}"),
+            Source::Reuse { from } => format!("copy of {from}"),
             Source::Upload => "upload".to_owned(),
         };
         write!(
@@ -407,7 +408,7 @@ mod tests {
         assert_eq!(p.source, Source::Reuse { from: r4.clone() });
         // Newest two are r5 and r4; r1 is kept as the release r5 replaces.
         assert_eq!(p.prune, vec![r2, r3, partial]);
-        insta::assert_snapshot!(p.to_string(), @"h1: release 20261122T210500Z-b2 (hard-link copy of 20261122T210400Z-b2), current 20261122T210100Z-a1 -> 20261122T210500Z-b2, remove 20261122T210200Z-b2 20261122T210300Z-c3 20261122T210000Z-a0.partial");
+        insta::assert_snapshot!(p.to_string(), @"h1: release 20261122T210500Z-b2 (copy of 20261122T210400Z-b2), current 20261122T210100Z-a1 -> 20261122T210500Z-b2, remove 20261122T210200Z-b2 20261122T210300Z-c3 20261122T210000Z-a0.partial");
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub struct HostDeploy {
     /// `switched`, `not_switched`, `failed`, `switched_back` or `switch_back_failed`.
     pub outcome: &'static str,
     /// `uploaded` (the whole artifact), `delta` (only content the host's current release
-    /// lacks), `reused` (hard-link copy of an identical release) or `present`.
+    /// lacks), `reused` (verified copy of an identical release) or `present`.
     pub source: Option<String>,
     /// Bytes streamed to this host (compressed): the whole artifact, or the delta.
     pub bytes_sent: u64,
