@@ -755,6 +755,46 @@ mod hostile_host_tests {
     }
 
     #[test]
+    fn an_edit_list_naming_paths_outside_the_release_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let src = dir.path().join("src");
+        put(&src, "app.js", b"v1\n");
+        put(&src, "lib/a.js", b"a\n");
+        std::os::unix::fs::symlink("lib", src.join("link")).unwrap();
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        release(&base, "r0", &v1);
+        release(&base, "r1", &v1);
+        put(&src, "app.js", b"v2\n");
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        let old_text = std::fs::read(base.join("releases/r1").join(manifest::PATH)).unwrap();
+        let old = Manifest::parse(&old_text).unwrap();
+        let new = v2.manifest.as_ref().unwrap();
+        // Edit lists a client could send: up, absolute, through a symlink of the release.
+        for bad in ["../r0", "/tmp", "lib/../../r0", "link/a.js", ""] {
+            let mut p = plan(&old, new, &[]);
+            p.remove.push(bad.to_owned());
+            let delta = build(&v2, new, &p, Codec::Zstd, dir.path()).unwrap();
+            let args = release::DeltaArgs {
+                deploy_to: base.to_str().unwrap(),
+                id: "r2",
+                current: "r1",
+                current_manifest: &manifest::sha256_hex(&old_text),
+                manifest: &delta.manifest_sha256,
+                upload_sha256: &delta.sha256,
+                decompress: "zstd -dc",
+                edits_len: delta.edits_len,
+                service_user: "nobody",
+            };
+            let (code, _, err) = sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap());
+            assert_eq!(code, exit::DELTA_FAILED as i32, "{bad:?}: {err}");
+            assert!(base.join("releases/r0/app.js").is_file(), "{bad:?}");
+            assert!(base.join("releases/r1/lib/a.js").is_file(), "{bad:?}");
+            assert!(!base.join("releases/r2.partial").exists());
+        }
+    }
+
+    #[test]
     fn reuse_verifies_its_source_and_follows_the_link_or_copy_rule() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("app");
