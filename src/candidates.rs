@@ -1,5 +1,5 @@
 //! Staging a host's configuration next to its release, before anything is switched: the
-//! env file (as `<path>.shipit-next`, 0600), the rendered units and Nginx site (in
+//! env file (as `<path>.shipit-next-<run token>`, 0600, read by this run only), the rendered units and Nginx site (in
 //! `<release>/.shipit/`), each validated on the host (`systemd-analyze verify`, `nginx -t`).
 //! A problem here fails staging, so nothing is switched anywhere.
 
@@ -87,28 +87,37 @@ pub fn check(
     Ok(())
 }
 
-/// Stages the next env file when its content differs from the host's; returns which keys
-/// change (names only), or `None` when the file is unchanged.
+/// Stages the next env file as run `token`'s when its content differs from the host's, or
+/// when the host's has a mode other than 0600 or another owner than the app user (it is
+/// then rewritten with the same content); returns which keys change (names only), or
+/// `None` when nothing was staged. A file at the path that shipit did not write is an
+/// error: it is never replaced.
 pub async fn stage_env(
     conn: &Conn<'_>,
     inventory: &Inventory,
     content: &Secret,
+    token: &str,
 ) -> Result<Option<KeyDiff>, String> {
     let Some(env) = &inventory.env else {
         return Ok(None);
     };
-    let read = commands::envfile::read(&env.path);
-    let current = match conn.transport.exec(ExecRequest::new(&read, SHORT)).await {
-        Ok(o) if o.success() => o.stdout.text(),
+    let owner = inventory.app.user.as_deref();
+    let read = commands::envfile::read(&env.path, owner);
+    let (current, loose) = match conn.transport.exec(ExecRequest::new(&read, SHORT)).await {
+        Ok(o) if o.success() => (o.stdout.text(), false),
+        Ok(o) if o.exit == Exit::Code(exit::ENV_LOOSE) => (o.stdout.text(), true),
+        Ok(o) if o.exit == Exit::Code(exit::FOREIGN_FILE) => {
+            return Err(o.stderr.text().trim().to_owned());
+        }
         Ok(o) => return Err(format!("cannot read `{}` ({})", env.path, o.exit)),
         Err(e) => return Err(e.to_string()),
     };
-    if current == content.expose() {
+    if current == content.expose() && !loose {
         return Ok(None);
     }
     let diff = envfile::diff(&envfile::parse(&current), &envfile::parse(content.expose()));
-    let next = commands::envfile::next_path(&env.path);
-    let write = commands::files::write(&next, "600", inventory.app.user.as_deref());
+    let next = commands::envfile::next_path(&env.path, token);
+    let write = commands::files::write(&next, "600", owner);
     let req = ExecRequest::new(&write, SHORT).stdin(Stdin::Secret(content.clone()));
     match conn.transport.exec(req).await {
         Ok(o) if o.success() => Ok(Some(diff)),
@@ -121,13 +130,28 @@ pub async fn stage_env(
     }
 }
 
+/// `shipit unlock`: no run holds a lock any more, so every run's staged env file goes
+/// (a killed run's secrets must not stay next to the live file). Best effort.
+pub async fn discard_staging(conns: &[Conn<'_>], inventory: &Inventory) {
+    let Some(env) = &inventory.env else {
+        return;
+    };
+    let cmd = commands::envfile::discard_all(&env.path);
+    let runs = conns
+        .iter()
+        .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+    futures::future::join_all(runs).await;
+}
+
 /// Renders, uploads and validates the units and the Nginx site into `release_dir`.
+/// `env_next` is the env file this run staged on the host, if it did (Compose reads it).
 pub async fn stage_configs(
     conn: &Conn<'_>,
     inventory: &Inventory,
     templates: &Templates,
     release: &str,
     release_dir: &str,
+    env_next: Option<&str>,
 ) -> Result<(), String> {
     if templates.units.is_empty() && templates.nginx.is_none() && templates.compose.is_none() {
         return Ok(());
@@ -218,7 +242,7 @@ pub async fn stage_configs(
         }
         let path = format!("{release_dir}/{COMPOSE_FILE}");
         put(conn, &path, text.as_bytes()).await?;
-        let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+        let env_path = env_next.or(inventory.env.as_ref().map(|e| e.path.as_str()));
         let stage = commands::compose::stage(&compose.project, &path, env_path, compose.pull);
         let step = if compose.pull {
             "checking the compose file and pulling its images"

@@ -111,6 +111,12 @@ fn database_url(inventory: &Inventory) -> Option<String> {
         .or_else(|| env.vars.get("DATABASE_URL").cloned())
 }
 
+/// The env file run `token` stages (see [`TaskVars::env_next`]); `None` without `[env]`.
+pub fn env_next(inventory: &Inventory, token: &str) -> Option<String> {
+    let env = inventory.env.as_ref()?;
+    Some(crate::commands::envfile::next_path(&env.path, token))
+}
+
 fn env_path(inventory: &Inventory) -> Option<&str> {
     inventory.env.as_ref().map(|e| e.path.as_str())
 }
@@ -225,6 +231,7 @@ pub fn task_vars(
                 format!("{release_dir}/{}", crate::candidates::COMPOSE_FILE),
             )
         }),
+        env_next: None,
     }
 }
 
@@ -389,6 +396,11 @@ pub async fn backup_now(
     let deploy_to = &inventory.app.deploy_to;
     let conns = std::slice::from_ref(conn);
     let now = crate::rollout::now_unix();
+    // Before the lock, which already writes under `deploy_to`.
+    if let Some(Err(e)) = crate::strict::preflight(conns, inventory).await.pop() {
+        report.error = Some(e);
+        return report;
+    }
     let state = crate::lock::acquire_all(conns, deploy_to, run).await.pop();
     let state = state.unwrap_or(crate::lock::LockState::NotTried);
     let lock_timeout = inventory.rollout.lock_timeout;
@@ -427,7 +439,7 @@ pub async fn backup_now(
             .map(|b| format!("backup `{}`", b.path)),
         ..Default::default()
     };
-    crate::history::append(conns, deploy_to, &entry).await;
+    crate::history::append(conns, deploy_to, &entry, &run.redactor).await;
     crate::lock::release_all(&[conn], deploy_to, &run.token).await;
     report
 }

@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 
 use crate::shell::Secret;
 
+/// The first line of every env file shipit writes (every version has written exactly this):
+/// how a host tells a file shipit may replace from one it must never touch.
+pub const HEADER: &str = "# written by shipit: changes here are replaced on the next deploy";
+
 /// The env file's content for `vars` and `secrets`, keys sorted (a stable sha256).
 pub fn render(vars: &BTreeMap<String, String>, secrets: &[(String, Secret)]) -> Secret {
     let mut all: BTreeMap<&str, &str> =
@@ -21,8 +25,7 @@ pub fn render(vars: &BTreeMap<String, String>, secrets: &[(String, Secret)]) -> 
     for (k, v) in secrets {
         all.insert(k, v.expose());
     }
-    let mut text =
-        String::from("# written by shipit: changes here are replaced on the next deploy\n");
+    let mut text = format!("{HEADER}\n");
     for (key, value) in all {
         text.push_str(key);
         text.push('=');

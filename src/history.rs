@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands;
 use crate::fleet::Conn;
+use crate::output::redact::Redactor;
 use crate::output::{Event, Output, Report, table};
 use crate::transport::{ExecRequest, Stdin};
 
@@ -46,9 +47,23 @@ pub struct Entry {
 
 const SHORT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Appends `entry` on every connected host; returns the hosts where that failed.
-pub async fn append(conns: &[Conn<'_>], deploy_to: &str, entry: &Entry) -> Vec<String> {
-    let mut line = serde_json::to_string(entry).expect("plain data serializes");
+/// `entry` as the line stored on hosts: every secret the run knows redacted, as in what
+/// it prints (a failed step's stderr can carry one, and `shipit history` may later run
+/// without the secrets to redact it).
+pub fn line(entry: &Entry, redactor: &Redactor) -> String {
+    let mut value = serde_json::to_value(entry).expect("plain data serializes");
+    redactor.apply_json(&mut value);
+    value.to_string()
+}
+
+/// Appends `entry` (redacted) on every connected host; returns the hosts where that failed.
+pub async fn append(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    entry: &Entry,
+    redactor: &Redactor,
+) -> Vec<String> {
+    let mut line = line(entry, redactor);
     line.push('\n');
     let cmd = commands::history::append(deploy_to);
     let runs = conns.iter().map(|c| {
@@ -95,9 +110,19 @@ pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
         }
     }
     let mut entries: Vec<Entry> = runs.into_values().collect();
-    let when = |e: &Entry| e.finished.clone().unwrap_or_else(|| e.time.clone());
+    let when = |e: &Entry| instant(e.finished.as_deref().unwrap_or(&e.time));
     entries.sort_by_key(|e| std::cmp::Reverse(when(e)));
     entries
+}
+
+/// An RFC 3339 UTC time as a key that sorts by instant: a guard's shell writes whole
+/// seconds (`…:05Z`), shipit writes milliseconds (`…:05.120Z`), and as text `Z` sorts after
+/// `.`.
+fn instant(time: &str) -> String {
+    match time.strip_suffix('Z') {
+        Some(secs) if !secs.contains('.') => format!("{secs}.000Z"),
+        _ => time.to_owned(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +186,31 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn entries_sort_by_when_they_happened_whatever_the_precision() {
+        let text = [
+            entry("2026-01-01T00:00:05.500Z", "late", "h1"),
+            entry("2026-01-01T00:00:05Z", "guard", "h1"),
+            entry("2026-01-01T00:00:04.900Z", "early", "h1"),
+        ]
+        .join("\n");
+        let merged = merge(&[("h1".into(), text)]);
+        let runs: Vec<&str> = merged.iter().map(|e| e.run.as_str()).collect();
+        assert_eq!(runs, ["late", "guard", "early"]);
+    }
+
+    #[test]
+    fn stored_lines_are_redacted() {
+        let r = Redactor::new(["hunter2-secret".to_owned()]);
+        let e = Entry {
+            message: Some("migration failed: password hunter2-secret rejected".into()),
+            ..Default::default()
+        };
+        let stored = line(&e, &r);
+        assert!(!stored.contains("hunter2"), "{stored}");
+        assert!(stored.contains("[REDACTED]"), "{stored}");
     }
 
     #[test]

@@ -128,6 +128,9 @@ impl Host {
 pub struct Artifact {
     pub path: PathBuf,
     pub build: Option<String>,
+    /// Paths in every release linked to `shared/<path>`: relative, normalized, without
+    /// control characters, none inside another (across both lists), none of shipit's own
+    /// (`REVISION`, `.shipit/...`, `*.shipit-delta`).
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
     /// Send only new content to hosts whose current release has a manifest (default true).
@@ -857,43 +860,138 @@ struct Validator<'a> {
     ctx: &'a LoadContext<'a>,
 }
 
-/// Directories a release tree must never be rooted at: pruning old releases there, or a
-/// typo'd `deploy_to`, would be a disaster.
-const SYSTEM_DIRS: &[&str] = &[
-    "/",
+/// Where shipit may write on a host, decided at load so a typo or a hostile inventory
+/// stops before any connection (each refusal names the file, line and column).
+///
+/// The rule: shipit keeps trees of its own (`app.deploy_to`, `backup.dir`) strictly
+/// below a directory that holds such trees, never in a tree that belongs to the system.
+///
+/// - [`SYSTEM_TREES`] belong to the operating system and its packages (`/etc`, `/usr`
+///   with `/usr/local`, `/boot`, `/var/log`, ...): neither they nor anything below them
+///   are accepted (`/usr/local/lib`, `/boot/efi` are refused).
+/// - [`SHARED_DIRS`] hold the trees of many apps and users (`/`, `/opt`, `/srv`, `/home`,
+///   `/var/lib`, `/tmp`, ...): accepted only strictly below (`/opt/shop`), since
+///   pruning or a `shared/` link there would reach someone else's files. A home directory
+///   (`/home/<user>`, `/root`) is such a directory too, and its hidden entries (`~/.ssh`,
+///   `~/.config`) are a user's configuration, refused with their subtrees.
+/// - `env.path` is a file: in `/etc` (or below), the one system tree where services keep
+///   their configuration, it must be named `*.env` (e.g. `/etc/<app>.env`), a name no
+///   system program reads; anywhere else its directory follows the rule for trees above
+///   (`/opt/<app>/.env`). On the host, an existing file at `env.path` is replaced only when
+///   shipit wrote it (see [`commands::envfile`](crate::commands::envfile)).
+pub const SYSTEM_TREES: &[&str] = &[
     "/bin",
     "/boot",
     "/dev",
     "/etc",
-    "/home",
     "/lib",
     "/lib32",
     "/lib64",
+    "/libx32",
+    "/lost+found",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/sys",
+    "/usr",
+    "/var/cache",
+    "/var/lib/apt",
+    "/var/lib/dpkg",
+    "/var/lib/systemd",
+    "/var/lock",
+    "/var/log",
+    "/var/mail",
+    "/var/run",
+    "/var/spool",
+];
+
+/// Directories that hold many apps' trees: accepted only strictly below (see
+/// [`SYSTEM_TREES`]).
+pub const SHARED_DIRS: &[&str] = &[
+    "/",
+    "/home",
     "/media",
     "/mnt",
     "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
     "/srv",
-    "/sys",
     "/tmp",
-    "/usr",
-    "/usr/bin",
-    "/usr/lib",
-    "/usr/local",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/share",
     "/var",
+    "/var/backups",
     "/var/lib",
-    "/var/log",
+    "/var/local",
+    "/var/opt",
     "/var/tmp",
     "/var/www",
-    "/var/backups",
-    "/var/cache",
 ];
+
+/// The system tree `path` (absolute, normalized) is in, if any.
+fn system_tree(path: &str) -> Option<&'static str> {
+    SYSTEM_TREES.iter().copied().find(|tree| {
+        path == *tree
+            || path
+                .strip_prefix(tree)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// Why `path` (absolute, normalized) cannot hold a tree of shipit's, if it cannot.
+pub fn tree_problem(path: &str) -> Option<String> {
+    if SHARED_DIRS.contains(&path) || SYSTEM_TREES.contains(&path) {
+        let example = if path == "/" || SYSTEM_TREES.contains(&path) {
+            "/opt"
+        } else {
+            path
+        };
+        return Some(format!(
+            "`{path}` is a system directory; use a directory of the app's own, e.g. `{example}/<app>`"
+        ));
+    }
+    if let Some(tree) = system_tree(path) {
+        return Some(format!(
+            "`{path}` is in `{tree}`, a tree of the system: shipit never writes there; use a directory of the app's own, e.g. `/opt/<app>`"
+        ));
+    }
+    // A home: `/home/<user>`, or root's, `/root`; then what is below it.
+    let mut parts = path.split('/').skip(1);
+    let in_home = match parts.next() {
+        Some("home") => parts.next().is_some(),
+        Some("root") => true,
+        _ => false,
+    };
+    if in_home {
+        match parts.next() {
+            None => {
+                return Some(format!(
+                    "`{path}` is a home directory; use a directory of the app's own below it, e.g. `{path}/<app>`"
+                ));
+            }
+            Some(hidden) if hidden.starts_with('.') => {
+                return Some(format!(
+                    "`{path}` is in `{hidden}`, a user's configuration: shipit never writes there"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Why `env.path` (absolute, normalized) is refused, if it is (the rule on
+/// [`SYSTEM_TREES`]).
+pub fn env_path_problem(path: &str) -> Option<String> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = if dir.is_empty() { "/" } else { dir };
+    if system_tree(path) == Some("/etc") {
+        if name.len() > ".env".len() && name.ends_with(".env") {
+            return None;
+        }
+        return Some(format!(
+            "`{path}` would replace a file of the system: in `/etc`, shipit writes only env files named `*.env`, e.g. `/etc/<app>.env`"
+        ));
+    }
+    tree_problem(dir).map(|why| format!("the env file's directory: {why}"))
+}
 
 impl Validator<'_> {
     fn inventory(&self, raw: Raw, file: &Path, p: &mut Problems<'_>) -> Option<Inventory> {
@@ -1025,16 +1123,8 @@ impl Validator<'_> {
                     d = Spanned::new(d.span(), normal);
                 }
                 let ok = remote_path(&d, "app.deploy_to", p);
-                if ok && SYSTEM_DIRS.contains(&d.get_ref().as_str()) {
-                    p.invalid(
-                        d.span(),
-                        "app.deploy_to",
-                        format!(
-                            "`{}` is a system directory; use a directory of the app's own, e.g. `{}/<app>`",
-                            d.get_ref(),
-                            if d.get_ref() == "/" { "/opt" } else { d.get_ref() }
-                        ),
-                    );
+                if let Some(why) = tree_problem(d.get_ref()).filter(|_| ok) {
+                    p.invalid(d.span(), "app.deploy_to", why);
                 }
                 Some(d.into_inner())
             }
@@ -1129,6 +1219,23 @@ impl Validator<'_> {
                 "no hosts: add at least one `[[hosts]]` table with `name` and `address`",
             );
             return Vec::new();
+        }
+        if transport == TransportKind::Local {
+            // Every host of the local transport is this machine with the same `deploy_to`:
+            // two of them would lock each other out (the second lock is the first one's) and
+            // stage the same tree twice at once.
+            for extra in raw.iter().skip(1) {
+                let (line, _) = line_col(p.text, raw[0].span().start);
+                p.invalid(
+                    extra.span(),
+                    "hosts",
+                    format!(
+                        "the local transport deploys to this machine only, which the \
+                         `[[hosts]]` at line {line} already is: keep one `[[hosts]]` (give it \
+                         every role) or use `transport = \"ssh\"`"
+                    ),
+                );
+            }
         }
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut hosts = Vec::new();
@@ -1230,28 +1337,19 @@ impl Validator<'_> {
                 PathBuf::new()
             }
         };
-        let shared = |list: Vec<S<String>>, key: &str, p: &mut Problems<'_>| {
-            list.into_iter()
-                .map(|s| {
-                    let v = s.get_ref();
-                    let bad = v.is_empty()
-                        || v.starts_with('/')
-                        || v.split('/').any(|c| c == ".." || c == "." || c.is_empty());
-                    if bad {
-                        p.invalid(
-                            s.span(),
-                            key,
-                            format!(
-                                "{v:?} must be a relative path inside the release, without `..`"
-                            ),
-                        );
-                    }
-                    s.into_inner()
-                })
-                .collect::<Vec<_>>()
-        };
-        let shared_dirs = shared(raw.shared_dirs, "artifact.shared_dirs", p);
-        let shared_files = shared(raw.shared_files, "artifact.shared_files", p);
+        let shared_dirs = shared_paths(&raw.shared_dirs, "artifact.shared_dirs", p);
+        let shared_files = shared_paths(&raw.shared_files, "artifact.shared_files", p);
+        shared_overlaps(
+            raw.shared_dirs
+                .iter()
+                .map(|s| ("artifact.shared_dirs", s))
+                .chain(
+                    raw.shared_files
+                        .iter()
+                        .map(|s| ("artifact.shared_files", s)),
+                ),
+            p,
+        );
         Artifact {
             path,
             build: raw.build.map(|b| b.into_inner()),
@@ -1264,7 +1362,10 @@ impl Validator<'_> {
     fn env(&self, raw: RawEnv, p: &mut Problems<'_>) -> EnvFile {
         let path = match raw.path {
             Some(path) => {
-                remote_path(&path, "env.path", p);
+                let ok = remote_path(&path, "env.path", p);
+                if let Some(why) = env_path_problem(path.get_ref()).filter(|_| ok) {
+                    p.invalid(path.span(), "env.path", why);
+                }
                 path.into_inner()
             }
             None => {
@@ -1459,7 +1560,10 @@ impl Validator<'_> {
         }
         let dir = match raw.dir {
             Some(d) => {
-                remote_path(&d, "backup.dir", p);
+                let ok = remote_path(&d, "backup.dir", p);
+                if let Some(why) = tree_problem(d.get_ref()).filter(|_| ok) {
+                    p.invalid(d.span(), "backup.dir", why);
+                }
                 d.into_inner()
             }
             None => format!("/var/backups/{app}"),
@@ -1724,6 +1828,84 @@ fn migrate_host(hosts: &[Host], p: &mut Problems<'_>) -> usize {
         );
     }
     tagged.first().copied().unwrap_or(0)
+}
+
+/// Names inside a release that shipit itself writes: a shared path must not be one of them
+/// (or lie below one), or every release would share shipit's own record of what it is (a
+/// shared `REVISION` or `.shipit` made every release claim one artifact, and a redeploy
+/// "reused" another artifact's release).
+const OWNED_IN_RELEASE: [&str; 2] = ["REVISION", ".shipit"];
+
+/// The suffix of the temporary copies the delta step makes next to a release's files.
+const DELTA_SUFFIX: &str = ".shipit-delta";
+
+/// One `shared_dirs`/`shared_files` list: each entry relative, normalized, without control
+/// characters, and not a name shipit owns in a release.
+fn shared_paths(list: &[S<String>], key: &str, p: &mut Problems<'_>) -> Vec<String> {
+    for s in list {
+        let v = s.get_ref();
+        let first = v.split('/').next().unwrap_or("");
+        let reason = if v.is_empty()
+            || v.starts_with('/')
+            || v.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+        {
+            Some(format!(
+                "{v:?} must be a relative, normalized path inside the release (no leading or \
+                 trailing `/`, no `//`, `.` or `..`)"
+            ))
+        } else if v.chars().any(char::is_control) {
+            Some(format!("{v:?} must not contain control characters"))
+        } else if OWNED_IN_RELEASE.contains(&first) {
+            Some(format!(
+                "{v:?}: `{first}` belongs to shipit in every release; share another path"
+            ))
+        } else if v.split('/').any(|c| c.ends_with(DELTA_SUFFIX)) {
+            Some(format!(
+                "{v:?}: names ending in `{DELTA_SUFFIX}` belong to shipit; share another path"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            p.invalid(s.span(), key, reason);
+        }
+    }
+    list.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+/// Shared paths across `shared_dirs` and `shared_files` must be disjoint: a duplicate, or one
+/// below another, is linked twice, and linking the inner one goes through the outer one's
+/// link into `shared/` (seen: `["public", "public/uploads"]` deleted the uploads and left a
+/// link to itself).
+fn shared_overlaps<'a>(all: impl Iterator<Item = (&'a str, &'a S<String>)>, p: &mut Problems<'_>) {
+    let all: Vec<_> = all.collect();
+    let below = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    for (i, (key, s)) in all.iter().enumerate() {
+        let v = s.get_ref();
+        let earlier = all[..i].iter().find(|(_, o)| {
+            let o = o.get_ref();
+            below(v, o) || below(o, v)
+        });
+        if let Some((other_key, other)) = earlier {
+            let (line, _) = line_col(p.text, other.span().start);
+            let o = other.get_ref();
+            let reason = if v == o {
+                format!("{v:?} is listed twice (also `{other_key}`, line {line})")
+            } else {
+                let (inner, outer) = if below(v, o) { (v, o) } else { (o, v) };
+                format!(
+                    "{inner:?} lies inside {outer:?} (with `{other_key}`, line {line}): shared \
+                     paths must not contain one another; share only {outer:?}"
+                )
+            };
+            p.invalid(s.span(), key, reason);
+        }
+    }
 }
 
 /// An absolute, normalized remote path. Returns whether it is valid.
@@ -2114,7 +2296,7 @@ max_fail = "x"
 "#;
         insta::assert_snapshot!(err(text), @r#"
         inventory/staging.toml:2:13: `transport`: must be "ssh" or "local", not "rsync"
-        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/usr/<app>`
+        inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/opt/<app>`
         inventory/staging.toml:6:17: `app.keep_releases`: must be at least 2 (the current release and the one to roll back to)
         inventory/staging.toml:8:19: `ssh.connect_timeout`: "ten seconds" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
         inventory/staging.toml:9:1: more than one host has role `migrate`: a, b; exactly one host runs backups and migrations
@@ -2131,6 +2313,77 @@ max_fail = "x"
         assert!(err(&rel).contains("must be an absolute path"));
         let dots = MINIMAL.replace("/opt/shop", "/opt/../etc");
         assert!(err(&dots).contains("normalized"));
+    }
+
+    #[test]
+    fn system_paths_are_refused_with_their_position() {
+        for (from, to, expect) in [
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root/.ssh\"",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/root\"",
+                "home directory",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/boot/efi\"",
+                "`/boot`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/usr/local/lib\"",
+                "`/usr`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/deploy\"",
+                "home directory",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/home/u/.ssh/x\"",
+                "`.ssh`",
+            ),
+            (
+                "deploy_to = \"/opt/shop\"",
+                "deploy_to = \"/var/log/shop\"",
+                "`/var/log`",
+            ),
+        ] {
+            let e = err(&MINIMAL.replace(from, to));
+            assert!(
+                e.contains("inventory/staging.toml:4:13: `app.deploy_to`"),
+                "{e}"
+            );
+            assert!(e.contains(expect), "{to}: {e}");
+        }
+        let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
+        let e = err(&env("/etc/passwd"));
+        assert!(
+            e.contains(":11:8: `env.path`: `/etc/passwd` would replace a file of the system"),
+            "{e}"
+        );
+        assert!(err(&env("/etc/ssh/sshd_config")).contains("file of the system"));
+        assert!(err(&env("/usr/lib/shop.env")).contains("`/usr`"));
+        assert!(err(&env("/opt/.env")).contains("`/opt` is a system directory"));
+        assert!(err(&env("/etc/.env")).contains("file of the system"));
+        for ok in [
+            "/etc/shop.env",
+            "/etc/shop/app.env",
+            "/opt/shop/.env",
+            "/srv/x/shared/.env",
+        ] {
+            assert!(load(&env(ok)).is_ok(), "{ok}");
+        }
+        let backup =
+            |dir: &str| format!("{MINIMAL}\n[backup]\ncommand = \"true\"\ndir = \"{dir}\"\n");
+        assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
+        assert!(err(&backup("/etc/backups")).contains("`/etc`"));
+        assert!(load(&backup("/var/backups/shop")).is_ok());
     }
 
     #[test]
@@ -2152,6 +2405,62 @@ max_fail = "x"
             format!("{MINIMAL}\n[[hosts]]\nname = \"web-2\"\nroles = [\"web\", \"migrate\"]\n");
         let inv = load(&text).unwrap();
         assert_eq!(inv.hosts[inv.migrate_host].name, "web-2");
+    }
+
+    #[test]
+    fn overlapping_shared_paths_and_shipits_own_names_are_refused_where_written() {
+        let with = |dirs: &str, files: &str| {
+            format!(
+                "{MINIMAL}\n[artifact]\npath = \"dist\"\nshared_dirs = [{dirs}]\nshared_files = [{files}]\n"
+            )
+        };
+        let e = err(&with("\"public\", \"public/uploads\"", ""));
+        assert!(
+            e.contains(":12:26: `artifact.shared_dirs`: \"public/uploads\" lies inside \"public\" (with `artifact.shared_dirs`, line 12)"),
+            "{e}"
+        );
+        // Inner first, across the two lists, and duplicates.
+        let e = err(&with("\"storage/logs\"", "\"storage\""));
+        assert!(
+            e.contains(":13:17: `artifact.shared_files`: \"storage/logs\" lies inside \"storage\""),
+            "{e}"
+        );
+        let e = err(&with("\"a\", \"a\"", ""));
+        assert!(e.contains("\"a\" is listed twice"), "{e}");
+        let e = err(&with("", "\"config.yml\", \"config.yml\""));
+        assert!(e.contains("\"config.yml\" is listed twice"), "{e}");
+        // Siblings with a common prefix of characters are not nested.
+        let ok = with("\"public\", \"public2\", \"pub/lic\"", "\"public.txt\"");
+        assert_eq!(load(&ok).unwrap().artifact.unwrap().shared_dirs.len(), 3);
+        for (dirs, files) in [
+            ("\".shipit\"", ""),
+            ("\".shipit/x\"", ""),
+            ("", "\"REVISION\""),
+            ("", "\"REVISION/x\""),
+            ("", "\"a/b.shipit-delta\""),
+        ] {
+            let e = err(&with(dirs, files));
+            assert!(e.contains("belong"), "{dirs} {files}: {e}");
+            assert!(e.contains("share another path"), "{e}");
+        }
+        for bad in [
+            "/abs", "a/../b", "./a", "a//b", "a/", "", "..", "a\\nb", "a\\tb",
+        ] {
+            let e = err(&with(&format!("\"{bad}\""), ""));
+            assert!(e.contains("`artifact.shared_dirs`"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_local_transport_takes_one_host() {
+        let one = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"/tmp/demo/app\"\n\n[[hosts]]\nname = \"a\"\nroles = [\"web\", \"migrate\"]\n";
+        assert_eq!(load(one).unwrap().hosts.len(), 1);
+        let two = format!("{one}\n[[hosts]]\nname = \"b\"\n");
+        let e = err(&two);
+        assert!(
+            e.contains(":10:1: `hosts`: the local transport deploys to this machine only, which the `[[hosts]]` at line 6 already is"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod rollout;
 pub mod shell;
 pub mod ssh_config;
 pub mod status;
+pub mod strict;
 pub mod switch;
 pub mod tasks;
 pub mod templates;

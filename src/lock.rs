@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands;
 use crate::fleet::Conn;
+use crate::output::redact::Redactor;
 use crate::output::{Report, table};
 use crate::plan::rfc3339;
 use crate::transport::{ExecRequest, Stdin};
@@ -29,6 +30,9 @@ pub struct RunInfo {
     pub ci_url: Option<String>,
     pub started_unix: u64,
     pub started_millis: u64,
+    /// Every secret value the run knows: what it writes on a host (history lines, owner.json,
+    /// the guard's script) goes through this, like what it prints.
+    pub redactor: Redactor,
 }
 
 /// `.shipit/lock/owner.json`.
@@ -118,7 +122,9 @@ impl LockState {
 /// the loser stops at the first host and never touches the rest. The caller releases the
 /// taken locks unless all were taken.
 pub async fn acquire_all(conns: &[Conn<'_>], deploy_to: &str, run: &RunInfo) -> Vec<LockState> {
-    let owner = serde_json::to_string(&LockOwner::of(run)).expect("plain data serializes");
+    let mut owner = serde_json::to_value(LockOwner::of(run)).expect("plain data serializes");
+    run.redactor.apply_json(&mut owner);
+    let owner = owner.to_string();
     let cmd = commands::lock::acquire(deploy_to);
     let Some((first, rest)) = conns.split_first() else {
         return Vec::new();
@@ -147,6 +153,9 @@ async fn try_lock(
         Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::LOCK_HELD) => {
             LockState::Held(serde_json::from_str(o.stdout.text().trim()).ok())
         }
+        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::GUARD_BUSY) => {
+            LockState::Failed(guard_busy(deploy_to, &o.stdout.text()))
+        }
         Ok(o) => LockState::Failed(format!(
             "cannot take the deploy lock under `{deploy_to}` ({}): {}",
             o.exit,
@@ -155,6 +164,17 @@ async fn try_lock(
         Err(e) => LockState::Failed(e.to_string()),
     }
 }
+
+/// The dead-deployer guard of a dead run fired and is still switching the host back.
+fn guard_busy(deploy_to: &str, runs: &str) -> String {
+    format!(
+        "the dead-deployer guard of run {} is switching the host back under `{deploy_to}`; try again when it is done",
+        runs.split_whitespace().collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// How long `shipit unlock` waits for a guard that is switching its host back.
+const GUARD_WAIT_SECS: u64 = 30;
 
 /// Releases this run's lock on the given hosts (a lock of another run stays).
 pub async fn release_all(conns: &[&Conn<'_>], deploy_to: &str, token: &str) {
@@ -223,7 +243,7 @@ pub async fn inspect(conns: &[Conn<'_>], deploy_to: &str) -> Vec<HostUnlock> {
 
 /// Removes the locks found by [`inspect`].
 pub async fn remove(conns: &[Conn<'_>], deploy_to: &str, hosts: &mut [HostUnlock]) {
-    let cmd = commands::lock::force_remove(deploy_to);
+    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS);
     let runs = conns.iter().zip(hosts.iter()).map(|(c, h)| {
         let cmd = &cmd;
         let locked = h.locked;
@@ -233,6 +253,9 @@ pub async fn remove(conns: &[Conn<'_>], deploy_to: &str, hosts: &mut [HostUnlock
             }
             Some(match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
                 Ok(o) if o.success() => Ok(()),
+                Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::GUARD_BUSY) => {
+                    Err(guard_busy(deploy_to, &o.stdout.text()))
+                }
                 Ok(o) => Err(format!("{}: {}", o.exit, o.stderr.text().trim())),
                 Err(e) => Err(e.to_string()),
             })
@@ -282,6 +305,9 @@ pub async fn unlock(
                     ),
                     None => "removed a lock without owner.json".to_owned(),
                 };
+                let message = format!(
+                    "{message}; every dead-deployer guard still armed was disarmed (the host stays on the release it runs)"
+                );
                 let entry = crate::history::Entry {
                     time: crate::plan::rfc3339_millis(run.started_millis),
                     finished: Some(crate::plan::rfc3339_millis(crate::rollout::now_millis())),
@@ -296,7 +322,8 @@ pub async fn unlock(
                     message: Some(message),
                     ..Default::default()
                 };
-                crate::history::append(std::slice::from_ref(c), deploy_to, &entry).await;
+                crate::history::append(std::slice::from_ref(c), deploy_to, &entry, &run.redactor)
+                    .await;
             }
         } else {
             report.declined = true;

@@ -148,10 +148,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
     for name in ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"] {
         secrets.extend(std::env::var(name).ok().filter(|v| !v.is_empty()));
     }
-    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github).redacting(secrets);
+    let redactor = output::redact::Redactor::new(secrets);
+    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github)
+        .redacting_with(redactor.clone());
     let settings = ssh_settings(&inventory, home.as_deref());
     let reach = reach_hosts(&cli, &inventory, &hosts, &settings, home.as_deref())?;
-    let run = run_info(started_millis);
+    let run = run_info(started_millis, redactor);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -270,10 +272,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     fleet::close_all(&conns).await;
                     return hosts_result(report.failed(), report.hosts.len());
                 }
-                let report =
+                let (report, locked) =
                     shipit::tasks::run(&stage, name, task, &conns, &inventory, &run, &out).await;
                 out.emit(Event::Done(&report));
                 fleet::close_all(&conns).await;
+                if locked {
+                    return Ok(rollout::code::LOCKED);
+                }
                 hosts_result(report.failed(), report.hosts.len())
             }
             Command::Backup { .. } | Command::Backups { .. } => {
@@ -331,11 +336,27 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         out.emit(Event::Done(&report));
                     }
                     _ => {
+                        // Unlock removes the lock and staging and writes history: the same
+                        // path check as every run that writes.
+                        let checks = shipit::strict::preflight(&conns, &inventory).await;
+                        let problem = conns.iter().zip(&checks).find_map(|(c, check)| {
+                            check
+                                .as_ref()
+                                .err()
+                                .map(|e| format!("{}: {e}", c.host.name))
+                        });
+                        if let Some(problem) = problem {
+                            fleet::close_all(&conns).await;
+                            return Err(Error::Other(anyhow::anyhow!(problem)));
+                        }
                         let yes = cli.global.yes;
                         let report = lock::unlock(&stage, &conns, deploy_to, &run, |hosts| {
                             yes || confirm_unlock(&out, hosts, &inventory)
                         })
                         .await;
+                        if !report.declined {
+                            shipit::candidates::discard_staging(&conns, &inventory).await;
+                        }
                         ok &= !report.failed();
                         out.emit(Event::Done(&report));
                     }
@@ -569,7 +590,7 @@ fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> 
     matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
-fn run_info(started_millis: u64) -> RunInfo {
+fn run_info(started_millis: u64, redactor: output::redact::Redactor) -> RunInfo {
     let pid = std::process::id();
     let machine = hostname();
     let user = ["USER", "LOGNAME"]
@@ -609,6 +630,7 @@ fn run_info(started_millis: u64) -> RunInfo {
         ci_url,
         started_unix: started_millis / 1000,
         started_millis,
+        redactor,
     }
 }
 

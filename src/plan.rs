@@ -251,25 +251,66 @@ pub fn tolerated_failures(max_fail: crate::inventory::Amount, n: usize) -> usize
 pub enum RollbackError {
     #[error("release `{release}` is missing on {}; pick one every host has (`shipit releases`)", .hosts.join(", "))]
     Missing { release: String, hosts: Vec<String> },
-    #[error("no earlier release to roll back to on {}", .hosts.join(", "))]
+    #[error("no earlier release that went live and passed its health gate on {}; `shipit releases` says why each is not a candidate, `--to ID` picks one anyway", .hosts.join(", "))]
     NothingEarlier { hosts: Vec<String> },
     #[error("the hosts would roll back to different releases ({}); choose one with `--to ID`", .choices.join("; "))]
     Disagree { choices: Vec<String> },
 }
 
+/// Why a release on a host is not a default rollback target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotCandidate {
+    /// It is what the host runs.
+    Current,
+    /// It is newer than what the host runs.
+    Newer,
+    /// Nothing records that it went live on the host and passed its health gate there (a
+    /// deploy killed before or during its switch, switched back, or reverted by the guard).
+    NeverPassed,
+}
+
+impl fmt::Display for NotCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotCandidate::Current => "current",
+            NotCandidate::Newer => "newer than current",
+            NotCandidate::NeverPassed => "never went live and passed its health gate here",
+        })
+    }
+}
+
+/// Whether release `id` of `tree` is a default rollback target on its host: older than
+/// `current`, and recorded in `passed` (the releases that went live on the host and passed
+/// its health gate). A release without that positive record never is, whatever history
+/// says or does not say about it.
+pub fn candidacy(
+    tree: &ReleaseTree,
+    passed: &BTreeSet<String>,
+    id: &str,
+) -> Result<(), NotCandidate> {
+    // Never having passed is said before being newer: it is what still holds after a
+    // deploy makes the release older than `current`.
+    match tree.current.as_deref() {
+        Some(c) if c == id => Err(NotCandidate::Current),
+        _ if !passed.contains(id) => Err(NotCandidate::NeverPassed),
+        Some(c) if id > c => Err(NotCandidate::Newer),
+        _ => Ok(()),
+    }
+}
+
 /// The release the fleet rolls back to: `to` if given (it must exist everywhere), else the
-/// newest release before each host's `current` that history does not mark failed, which
-/// must be the same on every host.
+/// newest release before each host's `current` that passed there ([`candidacy`]), which
+/// must be the same on every host. Each host comes with the releases that passed on it.
 pub fn rollback_target(
-    trees: &[(&str, &ReleaseTree)],
-    failed: &BTreeSet<String>,
+    trees: &[(&str, &ReleaseTree, &BTreeSet<String>)],
     to: Option<&str>,
 ) -> Result<String, RollbackError> {
     if let Some(to) = to {
         let missing: Vec<String> = trees
             .iter()
-            .filter(|(_, t)| !t.has(to))
-            .map(|(h, _)| (*h).to_owned())
+            .filter(|(_, t, _)| !t.has(to))
+            .map(|(h, _, _)| (*h).to_owned())
             .collect();
         if !missing.is_empty() {
             return Err(RollbackError::Missing {
@@ -281,14 +322,12 @@ pub fn rollback_target(
     }
     let mut choices: Vec<(String, String)> = Vec::new();
     let mut none = Vec::new();
-    for (host, tree) in trees {
-        let current = tree.current.as_deref();
+    for (host, tree, passed) in trees {
         let candidate = tree
             .releases
             .iter()
             .rev()
-            .filter(|r| current.is_none_or(|c| r.id.as_str() < c))
-            .find(|r| !failed.contains(&r.id));
+            .find(|r| candidacy(tree, passed, &r.id).is_ok());
         match candidate {
             Some(r) => choices.push((host.to_string(), r.id.clone())),
             None => none.push(host.to_string()),
@@ -455,25 +494,40 @@ mod tests {
     }
 
     #[test]
-    fn rollback_default_skips_failed_and_must_agree() {
+    fn rollback_default_takes_only_releases_that_passed_and_must_agree() {
+        let set = |ids: &[&str]| {
+            ids.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>()
+        };
         let a = tree(Some("r3"), &[("r1", "a"), ("r2", "b"), ("r3", "c")], &[]);
-        let failed: BTreeSet<String> = ["r2".to_owned()].into();
+        // r2 never passed (killed during its migration, reverted by the guard): skipped.
+        let passed = set(&["r1", "r3"]);
         assert_eq!(
-            rollback_target(&[("h1", &a), ("h2", &a)], &failed, None).unwrap(),
+            rollback_target(&[("h1", &a, &passed), ("h2", &a, &passed)], None).unwrap(),
             "r1"
         );
+        let all = set(&["r1", "r2", "r3"]);
+        assert_eq!(rollback_target(&[("h1", &a, &all)], None).unwrap(), "r2");
+        // No record at all: nothing to go back to, however the history reads.
+        let e = rollback_target(&[("h1", &a, &BTreeSet::new())], None).unwrap_err();
         assert_eq!(
-            rollback_target(&[("h1", &a)], &BTreeSet::new(), None).unwrap(),
-            "r2"
+            e,
+            RollbackError::NothingEarlier {
+                hosts: vec!["h1".into()]
+            }
         );
+        assert_eq!(candidacy(&a, &all, "r3"), Err(NotCandidate::Current));
+        let older = tree(Some("r1"), &[("r1", "a"), ("r2", "b")], &[]);
+        assert_eq!(candidacy(&older, &all, "r2"), Err(NotCandidate::Newer));
+        assert_eq!(candidacy(&a, &passed, "r2"), Err(NotCandidate::NeverPassed));
         let b = tree(Some("r3"), &[("r1", "a"), ("r3", "c")], &[]);
-        let e = rollback_target(&[("h1", &a), ("h2", &b)], &BTreeSet::new(), None).unwrap_err();
+        let e = rollback_target(&[("h1", &a, &all), ("h2", &b, &all)], None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the hosts would roll back to different releases (h1: r2; h2: r1); choose one with `--to ID`"
         );
-        let e =
-            rollback_target(&[("h1", &a), ("h2", &b)], &BTreeSet::new(), Some("r2")).unwrap_err();
+        let e = rollback_target(&[("h1", &a, &all), ("h2", &b, &all)], Some("r2")).unwrap_err();
         assert_eq!(
             e,
             RollbackError::Missing {
@@ -483,7 +537,7 @@ mod tests {
         );
         let only = tree(Some("r1"), &[("r1", "a")], &[]);
         assert!(matches!(
-            rollback_target(&[("h1", &only)], &BTreeSet::new(), None),
+            rollback_target(&[("h1", &only, &all)], None),
             Err(RollbackError::NothingEarlier { .. })
         ));
     }

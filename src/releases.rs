@@ -1,21 +1,32 @@
-//! `shipit releases`: each release id and the hosts that hold it, and where it is current,
-//! so drift between hosts is visible at a glance.
+//! `shipit releases`: each release id and the hosts that hold it, where it is current, and
+//! whether it is a default rollback target (and on which host why not), so drift between
+//! hosts is visible at a glance. Also what a rollback needs to know per host: the releases
+//! that went live there and passed their health gate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::commands;
 use crate::facts;
 use crate::fleet::Conn;
+use crate::history::Entry;
 use crate::output::{Event, Output, Report, table};
+use crate::plan::{self, NotCandidate};
 use crate::transport::ExecRequest;
+
+const SHORT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize)]
 pub struct ReleaseRow {
     pub release: String,
     pub hosts: Vec<String>,
     pub current_on: Vec<String>,
+    /// The hosts where a plain `shipit rollback` may go back to it.
+    pub rollback_on: Vec<String>,
+    /// The other hosts that hold it, and why it is not a rollback target there.
+    pub not_candidate: BTreeMap<String, NotCandidate>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,6 +51,51 @@ impl Report for ReleasesReport {
     }
 }
 
+/// The releases that went live on `host` and passed its health gate, from the output of
+/// [`commands::passed::read`]: its records, and the successful deploys and rollbacks that
+/// history names for this host (releases deployed before the records existed).
+pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
+    let mut passed = BTreeSet::new();
+    for line in stdout.lines() {
+        if let Some(id) = line.strip_prefix("passed ") {
+            passed.insert(id.to_owned());
+        } else if let Some(json) = line.strip_prefix("history ")
+            && let Ok(e) = serde_json::from_str::<Entry>(json)
+            && matches!(e.action.as_str(), "deploy" | "rollback")
+            && e.outcome == "success"
+            && e.hosts.iter().any(|h| h == host)
+            && let Some(release) = e.release
+        {
+            passed.insert(release);
+        }
+    }
+    passed
+}
+
+/// Reads, per host, the releases that passed there ([`parse_passed`]). A host whose record
+/// or history cannot be read is an error, never an empty record.
+pub async fn read_passed(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+) -> Vec<Result<BTreeSet<String>, String>> {
+    let cmd = commands::passed::read(deploy_to);
+    let runs = conns.iter().map(|c| {
+        let cmd = &cmd;
+        async move {
+            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
+                Ok(o) if o.success() => Ok(parse_passed(&c.host.name, &o.stdout.text())),
+                Ok(o) => Err(format!(
+                    "cannot read which releases passed (`{deploy_to}/.shipit/passed`, history) ({}): {}",
+                    o.exit,
+                    o.stderr.text().trim()
+                )),
+                Err(e) => Err(crate::error::chain(&e)),
+            }
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
 pub async fn show(
     stage: &str,
     conns: &[Conn<'_>],
@@ -54,19 +110,21 @@ pub async fn show(
                 host: &c.host.name,
                 step: "reading releases",
             });
-            let r = c
-                .transport
-                .exec(ExecRequest::new(cmd, Duration::from_secs(60)))
-                .await;
+            let r = c.transport.exec(ExecRequest::new(cmd, SHORT)).await;
             (c.host.name.clone(), r)
         }
     });
+    let (trees, passed) = futures::future::join(
+        futures::future::join_all(reads),
+        read_passed(conns, deploy_to),
+    )
+    .await;
     let mut rows: BTreeMap<String, ReleaseRow> = BTreeMap::new();
     let mut current = BTreeMap::new();
     let mut unreadable = Vec::new();
-    for (host, result) in futures::future::join_all(reads).await {
-        let tree = match result {
-            Ok(o) if o.success() => facts::parse_releases(&o.stdout.text()),
+    for ((host, result), passed) in trees.into_iter().zip(passed) {
+        let (tree, passed) = match (result, passed) {
+            (Ok(o), Ok(passed)) if o.success() => (facts::parse_releases(&o.stdout.text()), passed),
             _ => {
                 unreadable.push(host);
                 continue;
@@ -77,10 +135,18 @@ pub async fn show(
                 release: r.id.clone(),
                 hosts: Vec::new(),
                 current_on: Vec::new(),
+                rollback_on: Vec::new(),
+                not_candidate: BTreeMap::new(),
             });
             row.hosts.push(host.clone());
             if tree.current.as_deref() == Some(r.id.as_str()) {
                 row.current_on.push(host.clone());
+            }
+            match plan::candidacy(&tree, &passed, &r.id) {
+                Ok(()) => row.rollback_on.push(host.clone()),
+                Err(why) => {
+                    row.not_candidate.insert(host.clone(), why);
+                }
             }
         }
         current.insert(host, tree.current);
@@ -92,5 +158,36 @@ pub async fn show(
         drift: distinct.len() > 1,
         current,
         unreadable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_releases_come_from_records_and_successes_naming_the_host() {
+        let line = |action: &str, outcome: &str, release: &str, hosts: &[&str]| {
+            serde_json::to_string(&Entry {
+                action: action.into(),
+                outcome: outcome.into(),
+                release: Some(release.into()),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let text = [
+            "passed r5".to_owned(),
+            format!("history {}", line("deploy", "success", "r1", &["h1", "h2"])),
+            format!("history {}", line("rollback", "success", "r2", &["h1"])),
+            format!("history {}", line("deploy", "success", "r3", &["h2"])),
+            format!("history {}", line("deploy", "failed", "r4", &["h1"])),
+            format!("history {}", line("task", "success", "r6", &["h1"])),
+            "history not json".to_owned(),
+        ]
+        .join("\n");
+        let passed: Vec<String> = parse_passed("h1", &text).into_iter().collect();
+        assert_eq!(passed, ["r1", "r2", "r5"]);
     }
 }

@@ -30,6 +30,7 @@ use crate::lock::{self, LockOwner, LockState, RunInfo};
 use crate::manifest::Manifest;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::{self, HostPlan, Source};
+use crate::releases;
 use crate::shell::Cmd;
 use crate::shell::Secret;
 use crate::switch::{Switch, Touched};
@@ -346,9 +347,14 @@ impl<'a> Run<'a> {
             .chain(fresh.iter())
             .collect();
         // Every host at once: at 100 hosts, one after the other took a second.
-        let appends = live
-            .iter()
-            .map(|c| history::append(std::slice::from_ref(*c), deploy_to, &entry));
+        let appends = live.iter().map(|c| {
+            history::append(
+                std::slice::from_ref(*c),
+                deploy_to,
+                &entry,
+                &self.run.redactor,
+            )
+        });
         let mut unrecorded: Vec<String> = futures::future::join_all(appends)
             .await
             .into_iter()
@@ -361,6 +367,14 @@ impl<'a> Run<'a> {
                 .filter(|c| !recorded.contains(&c.host.name.as_str()))
                 .map(|c| c.host.name.clone()),
         );
+        // What this run staged and did not install is nobody's: no other run may read it.
+        if let Some(env) = &self.inventory.env {
+            let cmd = commands::envfile::discard(&env.path, &self.run.token);
+            let discards = live
+                .iter()
+                .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+            futures::future::join_all(discards).await;
+        }
         lock::release_all(&live, deploy_to, &self.run.token).await;
         fleet::close_all(conns).await;
         fleet::close_all(&fresh).await;
@@ -403,6 +417,24 @@ async fn connect_and_lock<'r, 'h>(
             Outcome::Failed,
             Some(format!(
                 "cannot connect to {n} of {} hosts; nothing was changed",
+                hosts.len()
+            )),
+        ));
+    }
+    // Before the lock: taking it already writes under `deploy_to`.
+    let checks = crate::strict::preflight(&conns, inventory).await;
+    let unsafe_hosts = checks.iter().filter(|c| c.is_err()).count();
+    if unsafe_hosts > 0 {
+        for (c, check) in conns.iter().zip(checks) {
+            if let Err(e) = check {
+                r.fail_host(&c.host.name, e);
+            }
+        }
+        fleet::close_all(&conns).await;
+        return Err(r.end(
+            Outcome::Failed,
+            Some(format!(
+                "unsafe paths on {unsafe_hosts} of {} hosts; nothing was changed",
                 hosts.len()
             )),
         ));
@@ -716,7 +748,8 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
             .find(|p| p.host == mc.host.name)
             .and_then(|p| p.previous.as_deref());
         // The backup sees what the migration will: the new release's files and env.
-        let vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        let mut vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
+        vars.env_next = database::env_next(d.inventory, &d.run.token);
         let made = database::backup(
             mc,
             d.inventory,
@@ -789,11 +822,13 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
         templates: d.templates,
         out: d.out,
         deploy: true,
+        token: &d.run.token,
         migrate_host: d.migrate_host.clone(),
         guard: Some(crate::switch::Guard {
             token: d.run.token.clone(),
             delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
             history: guard_line,
+            redactor: d.run.redactor.clone(),
         }),
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
@@ -1066,13 +1101,25 @@ async fn stage_host(
     });
     let release_dir = format!("{deploy_to}/releases/{}", p.release);
     // The env file first: Compose reads the staged one while checking the stack.
+    let token = &d.run.token;
     let env = match &d.env_content {
-        Some(content) => candidates::stage_env(c, d.inventory, content).await?,
+        Some(content) => candidates::stage_env(c, d.inventory, content, token).await?,
         None => None,
     };
-    candidates::stage_configs(c, d.inventory, d.templates, &p.release, &release_dir).await?;
+    let env_next = database::env_next(d.inventory, token);
+    let staged_env = env_next.as_deref().filter(|_| env.is_some());
+    candidates::stage_configs(
+        c,
+        d.inventory,
+        d.templates,
+        &p.release,
+        &release_dir,
+        staged_env,
+    )
+    .await?;
     let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
-    let vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
+    let mut vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
+    vars.env_next = env_next;
     database::hooks(
         c,
         d.inventory,
@@ -1576,15 +1623,40 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
             )
             .await;
     }
-    // Releases whose deploy did not succeed are not rollback targets.
-    let histories = read_histories(&conns, &deploy_to).await;
-    let failed: BTreeSet<String> = history::merge(&histories)
-        .into_iter()
-        .filter(|e| e.action == "deploy" && e.outcome != "success")
-        .filter_map(|e| e.release)
+    // Only releases that went live and passed their health gate are rollback targets;
+    // what passed where is read whole, and a host where it cannot be read stops the run.
+    let mut passed = Vec::new();
+    let mut unreadable = false;
+    for (c, p) in conns
+        .iter()
+        .zip(releases::read_passed(&conns, &deploy_to).await)
+    {
+        match p {
+            Ok(p) => passed.push(p),
+            Err(e) => {
+                r.fail_host(&c.host.name.clone(), e);
+                unreadable = true;
+            }
+        }
+    }
+    if unreadable {
+        return r
+            .close(
+                &conns,
+                Outcome::Failed,
+                Some(
+                    "could not read which releases passed on every host; nothing was switched"
+                        .into(),
+                ),
+            )
+            .await;
+    }
+    let refs: Vec<(&str, &ReleaseTree, &BTreeSet<String>)> = ok_trees
+        .iter()
+        .zip(&passed)
+        .map(|((h, t), p)| (*h, t, p))
         .collect();
-    let refs: Vec<(&str, &ReleaseTree)> = ok_trees.iter().map(|(h, t)| (*h, t)).collect();
-    let target = match plan::rollback_target(&refs, &failed, rb.to.as_deref()) {
+    let target = match plan::rollback_target(&refs, rb.to.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             return r
@@ -1612,6 +1684,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         templates: rb.templates,
         out: rb.out,
         deploy: false,
+        token: &rb.run.token,
         migrate_host: None,
         guard: None,
     };
@@ -1630,21 +1703,6 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         other => other,
     };
     r.close(&conns, outcome, message).await
-}
-
-async fn read_histories(conns: &[Conn<'_>], deploy_to: &str) -> Vec<(String, String)> {
-    let cmd = commands::history::read(deploy_to, 2000);
-    let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
-        async move {
-            let text = match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => o.stdout.text(),
-                _ => String::new(),
-            };
-            (c.host.name.clone(), text)
-        }
-    });
-    futures::future::join_all(runs).await
 }
 
 pub fn now_millis() -> u64 {

@@ -38,6 +38,8 @@ pub struct Switch<'a> {
     pub out: &'a Output,
     /// A deploy puts the staged env file in place and runs hooks; a rollback does neither.
     pub deploy: bool,
+    /// The run's token: it names the env file this run staged.
+    pub token: &'a str,
     /// The host that runs `once` hooks.
     pub migrate_host: Option<String>,
     /// Arm the dead-deployer guard before switching each host.
@@ -50,8 +52,11 @@ pub struct Guard {
     pub token: String,
     /// Seconds from arming until the guard switches the host back unless confirmed.
     pub delay_secs: u64,
-    /// The history entry the guard appends when it fires (its `hosts` become the one host).
+    /// The history entry the guard appends when it fires (its `hosts` become the one host,
+    /// its times the time it fires).
     pub history: crate::history::Entry,
+    /// What the guard's script stores goes through the run's redactor.
+    pub redactor: crate::output::redact::Redactor,
 }
 
 impl Switch<'_> {
@@ -163,21 +168,36 @@ impl Switch<'_> {
                 .into_iter()
                 .map(|(c, _, _)| c)
                 .collect();
+            let line = {
+                let mut entry = guard.history.clone();
+                entry.hosts = vec![conn.host.name.clone()];
+                let mut value = serde_json::to_value(&entry).expect("plain data serializes");
+                guard.redactor.apply_json(&mut value);
+                // The guard writes the time it fires: history sorts by when things happened.
+                let mark = commands::guard::time_placeholder();
+                value["time"] = mark.into();
+                value["finished"] = mark.into();
+                value.to_string()
+            };
             let script =
-                commands::guard::script(deploy_to, &guard.token, &conn.host.name, &body, &{
-                    let mut entry = guard.history.clone();
-                    entry.hosts = vec![conn.host.name.clone()];
-                    serde_json::to_string(&entry).expect("plain data serializes")
-                });
+                commands::guard::script(deploy_to, &guard.token, release, previous, &body, &line);
             let cmd = commands::guard::arm(deploy_to, &guard.token, guard.delay_secs);
             let req = ExecRequest::new(&cmd, SHORT)
                 .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
             match conn.transport.exec(req).await {
                 Ok(o) if o.success() => touched.guard = true,
-                other => return Err(failure(other, "arming the dead-deployer guard")),
+                other => {
+                    // A sleeper may have started all the same: it must never fire.
+                    let cmd = commands::guard::disarm(deploy_to, &guard.token);
+                    let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
+                    return Err(failure(other, "arming the dead-deployer guard"));
+                }
             }
         }
-        let vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        let mut vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        if self.deploy {
+            vars.env_next = database::env_next(self.inventory, self.token);
+        }
         self.hooks(conn, HookPoint::BeforeSwitch, &release_dir, &vars)
             .await?;
         if self.deploy
@@ -185,7 +205,7 @@ impl Switch<'_> {
         {
             self.step(conn, "installing env file");
             touched.env = true;
-            let cmd = commands::envfile::activate(deploy_to, &env.path);
+            let cmd = commands::envfile::activate(deploy_to, &env.path, self.token);
             run(conn, &cmd, SHORT, "installing the env file").await?;
         }
         self.step(conn, "switching");
@@ -261,20 +281,40 @@ impl Switch<'_> {
             let checks = &self.inventory.health;
             health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await?;
         }
-        if let Some(guard) = &self.guard {
-            self.step(conn, "confirming");
-            let cmd = commands::guard::confirm(deploy_to, &guard.token);
-            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-                Ok(o) if o.success() => touched.guard = false,
-                Ok(o) if o.exit == Exit::Code(exit::GUARD_FIRED) => {
-                    // The guard already put the host back: nothing left for us to undo.
-                    *touched = Touched::default();
-                    return Err(format!(
-                        "the dead-deployer guard switched the host back before the deploy confirmed it (after {} s); raise `rollout.confirm_timeout`",
-                        guard.delay_secs
-                    ));
+        match &self.guard {
+            Some(guard) => {
+                self.step(conn, "confirming");
+                // Confirming also records that the release passed here (a rollback target).
+                let cmd = commands::guard::confirm(deploy_to, &guard.token, release);
+                match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                    Ok(o) if o.success() => touched.guard = false,
+                    Ok(o) if o.exit == Exit::Code(exit::GUARD_FIRED) => {
+                        // The guard already put the host back: nothing left for us to undo.
+                        *touched = Touched::default();
+                        return Err(format!(
+                            "the dead-deployer guard switched the host back before the deploy confirmed it (after {} s); raise `rollout.confirm_timeout`",
+                            guard.delay_secs
+                        ));
+                    }
+                    Ok(o) if o.exit == Exit::Code(exit::GUARD_DISARMED) => {
+                        // Another run took over the host (`shipit unlock` while this run
+                        // held the lock): it is that run's to change, not ours to undo.
+                        *touched = Touched::default();
+                        return Err(
+                            "another run disarmed this run's dead-deployer guard (`shipit unlock` while this run held the lock); the host was left as it is".to_owned(),
+                        );
+                    }
+                    other => return Err(failure(other, "confirming the switch")),
                 }
-                other => return Err(failure(other, "confirming the switch")),
+            }
+            None => {
+                // A rollback: the release passed again; a record that cannot be written
+                // costs only its being a rollback target later.
+                let cmd = commands::passed::mark(deploy_to, release);
+                if let Err(e) = run(conn, &cmd, SHORT, "recording the release as passed").await {
+                    self.out
+                        .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+                }
             }
         }
         Ok(())
@@ -319,12 +359,19 @@ impl Switch<'_> {
                 problems.push(e);
             }
         }
-        if touched.guard
-            && let Some(guard) = &self.guard
-        {
-            // Switched back by us: the guard must not do it again later.
-            let cmd = commands::guard::confirm(deploy_to, &guard.token);
-            let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
+        if let Some(guard) = &self.guard {
+            if touched.guard {
+                // Switched back by us: the guard must not do it again later.
+                let cmd = commands::guard::disarm(deploy_to, &guard.token);
+                let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
+            }
+            // A deploy switched back after it confirmed (another host failed): the fleet
+            // did not accept the release, so it is no rollback target here.
+            let cmd = commands::passed::forget(deploy_to, release);
+            if let Err(e) = run(conn, &cmd, SHORT, "forgetting the release as passed").await {
+                self.out
+                    .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+            }
         }
         if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());

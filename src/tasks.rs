@@ -31,7 +31,9 @@ pub fn hosts_for<'a>(
     hosts
 }
 
-/// Runs the task on every connection, under the deploy lock; the report lists each host.
+/// Runs the task on every connection, under the deploy lock; the report lists each host,
+/// and the flag says the task did not run because another run holds the lock (exit 5, as
+/// for a deploy).
 pub async fn run(
     stage: &str,
     name: &str,
@@ -40,7 +42,7 @@ pub async fn run(
     inventory: &Inventory,
     run: &RunInfo,
     out: &Output,
-) -> ExecReport {
+) -> (ExecReport, bool) {
     let deploy_to = &inventory.app.deploy_to;
     let mut report = ExecReport {
         stage: stage.to_owned(),
@@ -50,6 +52,17 @@ pub async fn run(
     };
     let now = crate::rollout::now_unix();
     let first = conns.first().map_or("", |c| c.host.name.as_str());
+    // Before the lock, which already writes under `deploy_to`.
+    let checks = crate::strict::preflight(conns, inventory).await;
+    if checks.iter().any(|c| c.is_err()) {
+        for (conn, check) in conns.iter().zip(checks) {
+            let error = check
+                .err()
+                .unwrap_or_else(|| "not run: another host has unsafe paths".to_owned());
+            report.hosts.push(HostExec::failed(&conn.host.name, error));
+        }
+        return (report, false);
+    }
     let states = crate::lock::acquire_all(conns, deploy_to, run).await;
     let taken: Vec<&Conn<'_>> = conns
         .iter()
@@ -59,13 +72,14 @@ pub async fn run(
         .collect();
     if taken.len() < conns.len() {
         crate::lock::release_all(&taken, deploy_to, &run.token).await;
+        let locked = states.iter().any(|s| matches!(s, LockState::Held(_)));
         for (conn, state) in conns.iter().zip(states) {
             let error = state
                 .problem(first, now, inventory.rollout.lock_timeout)
                 .unwrap_or_else(|| "not run: another host is locked".to_owned());
             report.hosts.push(HostExec::failed(&conn.host.name, error));
         }
-        return report;
+        return (report, locked);
     }
 
     let runs = conns.iter().map(|c| run_on(c, task, inventory, out));
@@ -86,9 +100,9 @@ pub async fn run(
         message: Some(format!("task `{name}`")),
         ..Default::default()
     };
-    crate::history::append(conns, deploy_to, &entry).await;
+    crate::history::append(conns, deploy_to, &entry, &run.redactor).await;
     crate::lock::release_all(&taken, deploy_to, &run.token).await;
-    report
+    (report, false)
 }
 
 async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Output) -> HostExec {

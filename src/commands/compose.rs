@@ -5,8 +5,6 @@
 
 use crate::shell::Cmd;
 
-use super::envfile::next_path;
-
 /// Sets `$compose` to the host's Compose: `docker compose` (the v2 plugin, preferred) or
 /// `docker-compose` (v1); empty when it has neither. The one place that choice is made:
 /// stack commands, `$SHIPIT_COMPOSE` in user commands and `shipit check` all use it.
@@ -22,11 +20,9 @@ fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
         Cmd::assign("project", project),
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
-        Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
         Cmd::new(PICK),
         Cmd::new(
             r#"
-if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
 if [ -z "$compose" ]; then
   echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
 fi
@@ -35,6 +31,35 @@ if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$env
 else set -- "$@" -p "$project" -f "$file"; fi"#,
         ),
     ]
+}
+
+/// A script that runs the host's Compose with the project, file and env file of a release,
+/// then its own arguments: what `$SHIPIT_COMPOSE` runs in user commands. Users expand
+/// `$SHIPIT_COMPOSE` unquoted, so its value must split into the right words whatever the
+/// paths hold: the paths live in this script (quoted by construction), and the variable only
+/// names the script (see [`super::task`]). The env file is `env_next` (what this run
+/// staged) while it exists, as for the stack itself, else `env_path`; a missing env file is
+/// left out. Exit
+/// [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
+pub fn wrapper(project: &str, file: &str, env_path: Option<&str>, env_next: Option<&str>) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("project", project),
+        Cmd::assign("file", file),
+        Cmd::assign("envfile", env_path.unwrap_or("")),
+        Cmd::assign("envnext", env_next.unwrap_or("")),
+        Cmd::new(PICK),
+        Cmd::new(
+            r#"
+if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
+if [ -z "$compose" ]; then
+  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
+fi
+if [ -n "$envfile" ] && [ -f "$envfile" ]; then
+  exec $compose -p "$project" -f "$file" --env-file "$envfile" "$@"
+fi
+exec $compose -p "$project" -f "$file" "$@""#,
+        ),
+    ])
 }
 
 /// While staging: the file must parse (`config -q`), and its images are pulled when `pull`.

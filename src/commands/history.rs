@@ -1,13 +1,25 @@
-//! `<deploy_to>/.shipit/history.jsonl`: one JSON line per deploy, rollback or unlock.
+//! `<deploy_to>/.shipit/history.jsonl`: one JSON line per deploy, rollback or unlock (mode
+//! 0600).
 
 use crate::shell::Cmd;
 
 /// Appends the line that comes on stdin. One `write` of one short line with `O_APPEND`:
-/// concurrent appenders cannot interleave inside it.
+/// concurrent appenders cannot interleave inside it. The file is readable by its owner only
+/// (a failed step's output is in it): created 0600, and made so when an older shipit
+/// created it 0644.
 pub fn append(deploy_to: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
-        Cmd::new(r#"mkdir -p -- "$base/.shipit" && cat >> "$base/.shipit/history.jsonl""#),
+        Cmd::new(
+            r#"
+f="$base/.shipit/history.jsonl"
+# `deploy_to` itself may be made here: with the usual mode, the app's user reads releases.
+mkdir -p -- "$base/.shipit" || exit 1
+umask 077
+if [ -L "$f" ]; then echo "\`$f\` is a symlink" >&2; exit 1; fi
+if [ -e "$f" ]; then chmod 600 "$f" || exit 1; fi
+cat >> "$f""#,
+        ),
     ])
 }
 

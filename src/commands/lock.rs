@@ -6,19 +6,34 @@ use crate::shell::Cmd;
 
 /// Takes the lock; owner.json content comes on stdin. Exit 0: taken. Exit
 /// [`LOCK_HELD`](super::exit::LOCK_HELD): held by someone else, whose owner.json is printed.
+///
+/// Whoever takes the lock owns the host: every earlier run's dead-deployer guard still armed
+/// is disarmed before this returns, so none can revert what this run does. Exit
+/// [`GUARD_BUSY`](super::exit::GUARD_BUSY) (the lock given back) when a guard that fired
+/// is still switching the host back.
 pub fn acquire(deploy_to: &str) -> Cmd {
+    let [functions, settle] = super::guard::settle_script();
     Cmd::seq([
         Cmd::assign("base", deploy_to),
+        Cmd::assign("g", super::guard::dir(deploy_to)),
+        Cmd::assign("wait", "20"),
+        functions,
+        settle,
         Cmd::new(
             r#"
 lock="$base/.shipit/lock"
+# `deploy_to` itself may be made here: with the usual mode, the app's user reads releases.
 mkdir -p -- "$base/.shipit" || exit 1
+umask 077
 # A holder writes owner.json just after its mkdir, and may release at any moment: look a few
 # times, taking the lock if it goes away.
-for wait in 1 2 3 4 5 6 7 8 9 10; do
+for try in 1 2 3 4 5 6 7 8 9 10; do
   if mkdir -- "$lock" 2>/dev/null; then
-    cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json"
-    exit $?
+    cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json" || exit 1
+    settle
+    status=$?
+    if [ "$status" != 0 ]; then rm -rf -- "$lock"; exit "$status"; fi
+    exit 0
   fi
   [ -f "$lock/owner.json" ] && break
   sleep 0.1 2>/dev/null || sleep 1
@@ -58,11 +73,20 @@ exit 0"#,
     ])
 }
 
-/// Removes the lock whoever holds it (`shipit unlock`, after the user confirmed).
-pub fn force_remove(deploy_to: &str) -> Cmd {
+/// Removes the lock whoever holds it (`shipit unlock`, after the user confirmed), after
+/// disarming every dead-deployer guard still armed: the run that held the lock is taken to
+/// be dead, and a guard of it firing later would revert whatever the next run deploys.
+/// Exit [`GUARD_BUSY`](super::exit::GUARD_BUSY) (nothing removed) when a guard that fired
+/// is still switching the host back after `wait_secs`.
+pub fn force_remove(deploy_to: &str, wait_secs: u64) -> Cmd {
+    let [functions, settle] = super::guard::settle_script();
     Cmd::seq([
         Cmd::assign("base", deploy_to),
-        Cmd::new(r#"rm -rf -- "$base/.shipit/lock""#),
+        Cmd::assign("g", super::guard::dir(deploy_to)),
+        Cmd::assign("wait", wait_secs.to_string()),
+        functions,
+        settle,
+        Cmd::new(r#"settle || exit $?; rm -rf -- "$base/.shipit/lock""#),
     ])
 }
 
@@ -109,7 +133,35 @@ mod tests {
         assert_eq!(sh(&release(base, "run-1"), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
         assert_eq!(sh(&acquire(base), "{\"token\":\"run-3\"}").0, 0);
-        assert_eq!(sh(&force_remove(base), "").0, 0);
+        assert_eq!(sh(&force_remove(base, 1), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
+    }
+
+    #[test]
+    fn taking_or_removing_the_lock_disarms_earlier_guards() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let base = base.to_str().unwrap();
+        let g = format!("{base}/.shipit/guard");
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(format!("{g}/t1.sh"), "exit 0\n").unwrap();
+        std::fs::write(format!("{g}/t1.pid"), "999999999\n").unwrap();
+        assert_eq!(sh(&acquire(base), "{\"token\":\"run-2\"}").0, 0);
+        assert_eq!(
+            std::fs::read_link(format!("{g}/t1.decision")).unwrap(),
+            std::path::Path::new("disarmed")
+        );
+        assert!(!std::path::Path::new(&format!("{g}/t1.sh")).exists());
+        assert!(!std::path::Path::new(&format!("{g}/t1.pid")).exists());
+        std::fs::write(format!("{g}/t2.sh"), "exit 0\n").unwrap();
+        assert_eq!(sh(&force_remove(base, 1), "").0, 0);
+        assert!(std::fs::read_link(format!("{g}/t2.decision")).is_ok());
+        assert_eq!(sh(&read(base), "").0, 76);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&g), 0o700);
+        assert_eq!(sh(&acquire(base), "{}").0, 0);
+        assert_eq!(mode(&format!("{base}/.shipit/lock")), 0o700);
+        assert_eq!(mode(&format!("{base}/.shipit/lock/owner.json")), 0o600);
     }
 }

@@ -12,7 +12,9 @@ pub mod guard;
 pub mod history;
 pub mod lock;
 pub mod nginx;
+pub mod passed;
 pub mod release;
+pub mod strict;
 pub mod systemd;
 pub mod task;
 
@@ -59,5 +61,23 @@ pub mod exit {
     pub const REUSE_UNVERIFIED: u32 = 100;
     /// A path a script would remove or replace is not a plain name or relative path inside
     /// the directory it works in (or goes through a symlink); nothing was removed.
-    pub const UNSAFE_PATH: u32 = 101;
+    pub const PATH_OUTSIDE: u32 = 101;
+    /// A directory shipit would write in (or one of its ancestors) is owned by another user,
+    /// writable by group or others, or a symlink where none may be; path, owner and mode on
+    /// stderr, nothing written (see [`strict`](super::strict)).
+    pub const UNSAFE_PATH: u32 = 95;
+    /// The file at the env file's path exists and was not written by shipit (or is not a
+    /// regular file): shipit never replaces it.
+    pub const FOREIGN_FILE: u32 = 96;
+    /// The env file's mode is not 0600 or its owner not the app user (its content printed
+    /// all the same): it is rewritten even when its content is unchanged.
+    pub const ENV_LOOSE: u32 = 97;
+    /// A shared path's parent in the release is a link; nothing was kept.
+    pub const SHARED_THROUGH_LINK: u32 = 105;
+    /// Confirming found this run's guard disarmed by another run (`shipit unlock` while this
+    /// run held the lock): that run owns the host now.
+    pub const GUARD_DISARMED: u32 = 110;
+    /// A dead-deployer guard that fired is still switching the host back; its run's token
+    /// is on stdout.
+    pub const GUARD_BUSY: u32 = 111;
 }

@@ -1,10 +1,13 @@
-//! The Nginx site: the candidate is tested with `nginx -t` on the whole configuration with
-//! the candidate in place, and put back at once if the test fails; at the switch it is
-//! installed (previous copy kept under `<deploy_to>/.shipit/previous/nginx/`), tested again
-//! and nginx reloaded.
+//! The Nginx site: the candidate is tested with `nginx -t` on a private copy of the whole
+//! configuration with the candidate in place, so staging never touches the live files (a
+//! run killed while testing leaves the live site as it was); at the switch it is tested so
+//! again, then installed (previous copy kept under `<deploy_to>/.shipit/previous/nginx/`),
+//! tested in place and nginx reloaded.
 
 use crate::shell::Cmd;
 
+/// The live configuration directory; `nginx.conf` in it is the main file.
+pub const CONF_DIR: &str = "/etc/nginx";
 pub const AVAILABLE: &str = "/etc/nginx/sites-available";
 pub const ENABLED: &str = "/etc/nginx/sites-enabled";
 
@@ -17,46 +20,70 @@ fi"#;
 
 fn vars(site: &str) -> Vec<Cmd> {
     vec![
+        Cmd::assign("conf", CONF_DIR),
         Cmd::assign("site", site),
         Cmd::assign("avail", format!("{AVAILABLE}/{site}")),
         Cmd::assign("enabled", format!("{ENABLED}/{site}")),
     ]
 }
 
-/// `nginx -t` with `candidate` in place of the site; the live files are back as they were
-/// afterwards either way. Exit [`NGINX_INVALID`](super::exit::NGINX_INVALID) with the
+/// Defines `test_copy`: `nginx -t` on a private copy of `$conf` (in a fresh `mktemp -d`
+/// under `/tmp`, root-only, removed on exit) with `$cand` as the enabled site `$site`. Every
+/// `$conf/` in the copy's files is rewritten to the copy, so absolute includes
+/// (`include /etc/nginx/sites-enabled/*;`) read the copy, and relative ones resolve against
+/// it because `-c` sets Nginx's configuration prefix. The live tree is only read. On failure
+/// the report, with the copy's paths named as the live ones, is in `$report`.
+const TEST_COPY: &str = r#"
+test_copy() {
+  command -v nginx >/dev/null 2>&1 || { echo "nginx is not installed" >&2; exit 1; }
+  [ -f "$conf/nginx.conf" ] || { echo "\`$conf/nginx.conf\` does not exist" >&2; exit 1; }
+  tmp=$(mktemp -d /tmp/shipit-nginx.XXXXXXXXXX) || exit 1
+  trap 'rm -rf -- "$tmp"' EXIT
+  trap 'exit 1' HUP INT TERM
+  copy="$tmp/nginx"
+  # A dangling link in the live tree is not ours to judge: nginx -t fails on it if it is used.
+  cp -RL -- "$conf" "$copy" 2>/dev/null
+  [ -f "$copy/nginx.conf" ] || { echo "cannot copy \`$conf\` to test the site" >&2; exit 1; }
+  mkdir -p -- "$copy/sites-available" "$copy/sites-enabled" || exit 1
+  rm -rf -- "$copy/sites-available/$site" "$copy/sites-enabled/$site" || exit 1
+  cp -- "$cand" "$copy/sites-available/$site" || exit 1
+  ln -s -- "$copy/sites-available/$site" "$copy/sites-enabled/$site" || exit 1
+  # `$tmp` is `/tmp/shipit-nginx.` and letters: safe in a sed replacement.
+  find "$copy" -type f -exec sed -i "s#$conf/#$copy/#g" {} + || exit 1
+  report=$(nginx -t -c "$copy/nginx.conf" 2>&1) && return 0
+  report=$(printf '%s\n' "$report" | sed "s#$copy/#$conf/#g; s#$copy#$conf#g")
+  return 1
+}"#;
+
+/// `nginx -t` with `candidate` as the site, on a private copy of the configuration: the live
+/// files are never modified. Exit [`NGINX_INVALID`](super::exit::NGINX_INVALID) with the
 /// `nginx -t` output on stderr when the configuration does not pass.
 pub fn test(site: &str, candidate: &str) -> Cmd {
     let mut steps = vars(site);
     steps.push(Cmd::assign("cand", candidate));
+    steps.push(Cmd::new(TEST_COPY));
     steps.push(Cmd::new(
         r#"
-command -v nginx >/dev/null 2>&1 || { echo "nginx is not installed" >&2; exit 1; }
-mkdir -p -- "$(dirname -- "$avail")" "$(dirname -- "$enabled")" || exit 1
-had=0; [ -f "$avail" ] && had=1 && { cp -p -- "$avail" "$avail.shipit-save" || exit 1; }
-linked=0; [ -L "$enabled" ] && linked=1
-cp -- "$cand" "$avail.shipit-tmp" && mv -f -- "$avail.shipit-tmp" "$avail" || exit 1
-[ "$linked" = 1 ] || ln -s -- "$avail" "$enabled"
-report=$(nginx -t 2>&1); status=$?
-if [ "$had" = 1 ]; then mv -f -- "$avail.shipit-save" "$avail"; else rm -f -- "$avail"; fi
-[ "$linked" = 1 ] || rm -f -- "$enabled"
-if [ "$status" != 0 ]; then printf '%s\n' "$report" >&2; exit 84; fi
+if ! test_copy; then printf '%s\n' "$report" >&2; exit 84; fi
 exit 0"#,
     ));
     Cmd::seq(steps)
 }
 
-/// Installs the candidate (keeping the previous file), links it, tests, reloads. On a failed
-/// test the previous file is put back and nginx is not reloaded.
+/// Tests the candidate on a private copy first (a failure leaves the live files untouched),
+/// then installs it (keeping the previous file), links it, tests in place, reloads. On a
+/// failed test the previous file is put back and nginx is not reloaded.
 pub fn install(deploy_to: &str, site: &str, candidate: &str) -> Cmd {
     let mut steps = vars(site);
     steps.push(Cmd::assign("cand", candidate));
     steps.push(Cmd::assign("base", deploy_to));
+    steps.push(Cmd::new(TEST_COPY));
     steps.push(Cmd::new(
         r#"
 prev="$base/.shipit/previous/nginx"
 rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
 if cmp -s -- "$cand" "$avail" && [ -L "$enabled" ]; then exit 0; fi
+if ! test_copy; then printf '%s\n' "$report" >&2; exit 84; fi
 if [ -f "$avail" ]; then cp -p -- "$avail" "$prev/$site" || exit 1; else : > "$prev/$site.absent"; fi
 [ -L "$enabled" ] || : > "$prev/$site.unlinked"
 cp -- "$cand" "$avail.shipit-tmp" && mv -f -- "$avail.shipit-tmp" "$avail" || exit 1

@@ -28,7 +28,7 @@ gnu_find() { find / -maxdepth 0 -printf '' >/dev/null 2>&1; }"#;
 ///   symlink (an artifact's symlink `public -> /var/www` must not make `public/uploads`
 ///   mean `/var/www/uploads`).
 ///
-/// A script that finds a bad value exits [`UNSAFE_PATH`](super::exit::UNSAFE_PATH).
+/// A script that finds a bad value exits [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE).
 pub(crate) const PATHS: &str = r#"
 plain_name() { case $1 in ''|.*|*[!A-Za-z0-9._-]*) return 1 ;; esac; }
 rel_path() { case /$1/ in *//*|*/./*|*/../*) return 1 ;; esac; }
@@ -266,7 +266,7 @@ pub struct DeltaArgs<'a> {
 /// holding names a listing cannot carry among them) removes the partial directory and exits
 /// [`DELTA_FAILED`](super::exit::DELTA_FAILED) ([`SHA_MISMATCH`](super::exit::SHA_MISMATCH)
 /// for damaged bytes): the caller then sends the artifact whole. Ids that are not plain
-/// names exit [`UNSAFE_PATH`](super::exit::UNSAFE_PATH). Falls through on success.
+/// names exit [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE). Falls through on success.
 pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", a.deploy_to),
@@ -409,10 +409,12 @@ printf '%s\n' "$revision" > "$part/REVISION" || exit 1"#,
     ];
     for dir in shared_dirs {
         steps.push(Cmd::assign("p", dir));
+        steps.push(Cmd::new(SHARED_NOT_THROUGH_LINK));
         steps.push(Cmd::new(LINK_SHARED_DIR));
     }
     for file in shared_files {
         steps.push(Cmd::assign("p", file));
+        steps.push(Cmd::new(SHARED_NOT_THROUGH_LINK));
         steps.push(Cmd::new(LINK_SHARED_FILE));
     }
     steps.push(Cmd::new(
@@ -421,6 +423,24 @@ exit 0"#,
     ));
     Cmd::seq(steps)
 }
+
+/// A shared path whose parent in the release is reached through a link (the artifact's own
+/// `a -> storage`, or an earlier shared path's link) would be deleted and linked wherever
+/// that link points, e.g. into another shared path's data: refuse it, keep nothing. The
+/// inventory already refuses shared paths inside one another; this is the same rule for
+/// links the inventory cannot see. (Links inside `shared/` are the operator's, e.g. to
+/// another disk, and are followed.) Exit
+/// [`SHARED_THROUGH_LINK`](super::exit::SHARED_THROUGH_LINK).
+const SHARED_NOT_THROUGH_LINK: &str = r#"
+d=$p
+while case $d in */*) true ;; *) false ;; esac; do
+  d=${d%/*}
+  if [ -L "$part/$d" ]; then
+    echo "shared path \`$p\` goes through the link \`$d\` in the release: share a path that is not below a link" >&2
+    rm -rf -- "$part"
+    exit 105
+  fi
+done"#;
 
 /// A shared directory: seeded from the artifact on first use, then a symlink replaces the
 /// artifact's copy in every release. The path is relative and below real directories of the
@@ -481,7 +501,7 @@ pub fn remove_current(deploy_to: &str) -> Cmd {
 /// Removes old releases and stale partial directories (names from the plan, not globs).
 /// Each name is checked again on the host: only plain names (see `plain_name`) of real
 /// directories directly in `releases/` are removed; any other exits
-/// [`UNSAFE_PATH`](super::exit::UNSAFE_PATH) before anything is removed. Then refreshes the
+/// [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE) before anything is removed. Then refreshes the
 /// stat record of the current release, whose files may share inodes with the removed ones.
 pub fn prune(deploy_to: &str, names: &[String]) -> Cmd {
     Cmd::seq([
@@ -594,6 +614,39 @@ pub(crate) mod tests {
         let bytes = gz.wait_with_output().unwrap().stdout;
         let upload_sha = sha256(&bytes);
         (bytes, sha, upload_sha)
+    }
+
+    #[test]
+    fn a_shared_path_below_a_link_is_refused_and_the_shared_data_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let part = base.join("releases/r1.partial");
+        std::fs::create_dir_all(part.join("storage")).unwrap();
+        std::fs::create_dir_all(base.join("shared/storage")).unwrap();
+        std::fs::write(base.join("shared/storage/x"), "user data\n").unwrap();
+        // The artifact's own link inside the release: `a -> storage`.
+        std::os::unix::fs::symlink("storage", part.join("a")).unwrap();
+        let cmd = finish(
+            b,
+            "r1",
+            "sha",
+            &["storage".to_owned()],
+            &["a/x".to_owned()],
+            None,
+        );
+        let (code, _, stderr) = run_sh(&cmd, b"", None);
+        assert_eq!(
+            code,
+            super::super::exit::SHARED_THROUGH_LINK as i32,
+            "{stderr}"
+        );
+        assert!(stderr.contains("goes through the link `a`"), "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(base.join("shared/storage/x")).unwrap(),
+            "user data\n"
+        );
+        assert!(!part.exists() && !base.join("releases/r1").exists());
     }
 
     #[test]

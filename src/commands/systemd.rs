@@ -32,6 +32,7 @@ pub fn install(deploy_to: &str, candidates: &str, units: &[String]) -> Cmd {
         Cmd::assign("base", deploy_to),
         Cmd::assign("cand", candidates),
         Cmd::assign("live", UNIT_DIR),
+        Cmd::new(super::files::COPY),
         Cmd::new(
             r#"
 prev="$base/.shipit/previous/systemd"
@@ -46,8 +47,7 @@ changed=0"#,
 if ! cmp -s -- "$cand/$unit" "$live/$unit"; then
   if [ -f "$live/$unit" ]; then cp -p -- "$live/$unit" "$prev/$unit" || exit 1
   else : > "$prev/$unit.absent" || exit 1; fi
-  cp -- "$cand/$unit" "$live/.$unit.shipit-tmp" && chmod 644 -- "$live/.$unit.shipit-tmp" \
-    && mv -f -- "$live/.$unit.shipit-tmp" "$live/$unit" || exit 1
+  shipit_copy "$cand/$unit" "$live/$unit" 644 || exit 1
   echo "changed $unit"
   changed=1
 fi"#,
@@ -91,6 +91,7 @@ pub fn restore(deploy_to: &str, units: &[String]) -> Cmd {
     let mut steps = vec![
         Cmd::assign("base", deploy_to),
         Cmd::assign("live", UNIT_DIR),
+        Cmd::new(super::files::COPY),
         Cmd::new(r#"prev="$base/.shipit/previous/systemd"; status=0"#),
     ];
     for unit in units {
@@ -101,7 +102,7 @@ if [ -f "$prev/$unit.absent" ]; then
   systemctl disable --now --quiet -- "$unit" 2>/dev/null
   rm -f -- "$live/$unit"
 elif [ -f "$prev/$unit" ]; then
-  cp -p -- "$prev/$unit" "$live/$unit" || status=1
+  shipit_copy "$prev/$unit" "$live/$unit" 644 || status=1
 fi"#,
         ));
     }

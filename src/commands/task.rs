@@ -2,21 +2,23 @@
 //! directory, with the app's env file loaded inside the remote shell, so values like
 //! `$DATABASE_URL` reach the command's environment and never a command line.
 //!
-//! The env file loaded is the one this deploy staged (`<path>.shipit-next`) when there is
-//! one, else the live one: a migration must see the new release's configuration.
+//! The env file loaded is the one this deploy staged ([`TaskVars::env_next`], named by the
+//! run) while it exists, else the live one: a migration must see the new release's
+//! configuration, and nothing ever reads what another run staged.
 
 use crate::shell::Cmd;
-
-use super::envfile::next_path;
 
 /// What a user's command learns about its deploy, as environment variables.
 #[derive(Clone, Debug, Default)]
 pub struct TaskVars {
     /// `SHIPIT_RELEASE`, `SHIPIT_PREVIOUS` ("" on a first deploy), `SHIPIT_HOST`, ...
     pub vars: Vec<(&'static str, String)>,
-    /// (project, compose file): exported as `SHIPIT_COMPOSE`, the host's Compose command
-    /// with `-p`, `-f` and `--env-file` of this release.
+    /// (project, compose file): exported as `SHIPIT_COMPOSE`, a command that runs the
+    /// host's Compose with `-p`, `-f` and `--env-file` of this release.
     pub compose: Option<(String, String)>,
+    /// The env file this run staged ([`next_path`](super::envfile::next_path) of its
+    /// token), loaded instead of the live one while it exists (before the switch).
+    pub env_next: Option<String>,
 }
 
 /// The prelude: `cd` into `dir`, load the env file, export the task's variables.
@@ -24,7 +26,7 @@ fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
     let mut steps = vec![
         Cmd::assign("dir", dir),
         Cmd::assign("envfile", env_path.unwrap_or("")),
-        Cmd::assign("envnext", env_path.map(next_path).unwrap_or_default()),
+        Cmd::assign("envnext", vars.env_next.as_deref().unwrap_or("")),
         Cmd::new(
             r#"
 cd -- "$dir" || exit 1
@@ -37,13 +39,20 @@ if [ -n "$envfile" ] && [ -f "$envfile" ]; then set -a; . "$envfile" || exit 1; 
         steps.push(Cmd::new("export").raw(name));
     }
     if let Some((project, file)) = &vars.compose {
-        steps.push(Cmd::assign("project", project));
-        steps.push(Cmd::assign("composefile", file));
-        steps.push(Cmd::new(super::compose::PICK));
+        let wrapper = super::compose::wrapper(project, file, env_path, vars.env_next.as_deref());
+        steps.push(Cmd::assign("composewrapper", wrapper.render()));
+        // `$SHIPIT_COMPOSE` is expanded unquoted (`$SHIPIT_COMPOSE run --rm api ...`): its
+        // words must be fixed ones, never a path of the inventory's, which may hold spaces.
+        // So it names a script in a fresh root-only directory (`mktemp` makes
+        // `/tmp/shipit-compose.` and letters), run by `/bin/sh` (`/tmp` may be noexec),
+        // and removed when this command ends.
         steps.push(Cmd::new(
             r#"
-SHIPIT_COMPOSE="${compose:-docker-compose} -p $project -f $composefile"
-if [ -n "$envfile" ] && [ -f "$envfile" ]; then SHIPIT_COMPOSE="$SHIPIT_COMPOSE --env-file $envfile"; fi
+composedir=$(mktemp -d /tmp/shipit-compose.XXXXXXXXXX) || exit 1
+trap 'rm -rf -- "$composedir"' EXIT
+trap 'exit 1' HUP INT TERM
+printf '%s\n' "$composewrapper" > "$composedir/compose" || exit 1
+SHIPIT_COMPOSE="/bin/sh $composedir/compose"
 export SHIPIT_COMPOSE"#,
         ));
     }
@@ -60,9 +69,10 @@ pub fn run(dir: &str, env_path: Option<&str>, vars: &TaskVars, command: &str) ->
 /// A backup: runs `command` with the env file loaded and the task's variables exported (so
 /// `$SHIPIT_COMPOSE exec -T db pg_dump` works as in a migration), plus `PG*` variables read
 /// from stdin in env-file syntax; stdout to `<dir>/<name>` atomically, with pipefail, verified
-/// non-empty and by `verify <file>` when given, then keeps the newest `keep` files named
-/// `<prefix>*<suffix>`. A backup never replaces another: a name already taken (two backups
-/// in one second) gets `-2`, `-3`, ... before the suffix. Prints `backup <path> <bytes>`.
+/// non-empty and by `verify <file>` when given, then keeps the newest `keep` of this app's
+/// own backups (see [`OWN_BACKUPS`]); nothing else in `dir` is touched. A backup never
+/// replaces another: a name already taken (two backups in one second) gets `-2`, `-3`, ...
+/// before the suffix. Prints `backup <path> <bytes>`.
 #[allow(clippy::too_many_arguments)]
 pub fn backup(
     cwd: &str,
@@ -85,14 +95,18 @@ pub fn backup(
         Cmd::assign("keep", keep.to_string()),
         Cmd::assign("prefix", prefix),
         Cmd::assign("suffix", suffix),
+        Cmd::new(OWN_BACKUPS),
         Cmd::new(
             r#"
 extra=$(cat) || exit 1
 if [ -n "$extra" ]; then set -a; eval "$extra" || exit 1; set +a; fi
 umask 077
 mkdir -p -- "$bdir" || exit 1
-# The lock is held: a temp file here is left by a run that died; never a backup.
-rm -f -- "$bdir"/.*.partial
+# The lock is held: this app's temp file here is left by a run that died; never a backup.
+# Other apps' temp files in a shared directory are theirs (their lock, not ours).
+(cd -- "$bdir" && for f in ."$prefix"*"$suffix".partial; do
+  if own "${f#.}" "$suffix.partial"; then rm -f -- "$f" || exit 1; fi
+done) || exit 1
 tmp="$bdir/.$name.partial"
 # pipefail: a failing pg_dump piped into gzip must fail the backup, not leave a stub.
 if command -v bash >/dev/null 2>&1; then
@@ -113,7 +127,7 @@ while [ -e "$bdir/$name" ]; do n=$((n + 1)); name="$stem-$n$suffix"; done
 mv -f -- "$tmp" "$bdir/$name" || exit 1
 echo "backup $bdir/$name $(wc -c < "$bdir/$name")"
 cd -- "$bdir" || exit 0
-ls -1t -- "$prefix"*"$suffix" 2>/dev/null | tail -n "+$((keep + 1))" | while IFS= read -r old; do
+own_backups | tail -n "+$((keep + 1))" | while IFS= read -r old; do
   [ "$old" = "$name" ] || rm -f -- "$old"
 done
 exit 0"#,
@@ -122,16 +136,44 @@ exit 0"#,
     Cmd::seq(steps)
 }
 
-/// Lists backups: `<bytes> <mtime epoch> <name>` per file, newest first.
+/// Shell functions that tell this app's own backups from everything else in a backup
+/// directory another app may share: exactly the names [`crate::database::backup`] makes,
+/// `<prefix><label>-<YYYYMMDDTHHMMSSZ>[-<n>]<suffix>` with the label `manual` or a release
+/// id (`<YYYYMMDDTHHMMSSZ>-<12 hex>`). A plain `<prefix>*` took app `shop-api`'s backups
+/// for app `shop`'s and deleted them. `own <name> [<suffix>]` tests one name;
+/// `own_backups` prints the regular files in the current directory that are this app's,
+/// newest first, one a line (such names hold no newline).
+const OWN_BACKUPS: &str = r#"
+ts='[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z'
+hx='[0-9a-f]'
+rid="$ts-$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx"
+own() {
+  for l in manual "$rid"; do
+    for c in '' '-[0-9]' '-[0-9][0-9]' '-[0-9][0-9][0-9]' '-[0-9][0-9][0-9][0-9]'; do
+      case $1 in "$prefix"$l-$ts$c"${2-$suffix}") return 0 ;; esac
+    done
+  done
+  return 1
+}
+own_backups() {
+  set --
+  for f in "$prefix"*"$suffix"; do
+    if own "$f" && [ -f "$f" ] && [ ! -L "$f" ]; then set -- "$@" "$f"; fi
+  done
+  [ "$#" = 0 ] || ls -1td -- "$@"
+}"#;
+
+/// Lists this app's backups: `<bytes> <mtime epoch> <name>` per file, newest first.
 pub fn list_backups(dir: &str, prefix: &str, suffix: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("bdir", dir),
         Cmd::assign("prefix", prefix),
         Cmd::assign("suffix", suffix),
+        Cmd::new(OWN_BACKUPS),
         Cmd::new(
             r#"
 cd -- "$bdir" 2>/dev/null || exit 0
-ls -1t -- "$prefix"*"$suffix" 2>/dev/null | while IFS= read -r f; do
+own_backups | while IFS= read -r f; do
   echo "$(wc -c < "$f") $(stat -c %Y -- "$f") $f"
 done"#,
         ),
@@ -170,6 +212,7 @@ mod tests {
                 ("SHIPIT_PREVIOUS", "r1".to_owned()),
             ],
             compose: Some(("shop".to_owned(), "/srv/r2/docker-compose.yml".to_owned())),
+            env_next: None,
         }
     }
 
@@ -199,10 +242,62 @@ mod tests {
         // The host here may have either Compose, or neither: only the arguments are ours.
         let compose = lines.next().unwrap();
         assert!(
-            compose.ends_with(&format!(
-                " -p shop -f /srv/r2/docker-compose.yml --env-file {env}"
-            )),
+            compose.starts_with("/bin/sh /tmp/shipit-compose."),
             "{compose}"
+        );
+    }
+
+    /// `$SHIPIT_COMPOSE`, expanded unquoted as users write it, passes paths with spaces to
+    /// Compose as single words (here a fake `docker-compose` printing one argument a line),
+    /// and its script is gone after the command.
+    #[test]
+    fn shipit_compose_keeps_paths_with_spaces_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("my app");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = bin.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        fake("docker", "#!/bin/sh\nexit 1\n");
+        fake("docker-compose", "#!/bin/sh\nprintf '<%s>\\n' \"$@\"\n");
+        let base = base.to_str().unwrap();
+        let env = format!("{base}/app env");
+        std::fs::write(&env, "A=1\n").unwrap();
+        let vars = TaskVars {
+            vars: Vec::new(),
+            compose: Some(("shop".to_owned(), format!("{base}/r 2/docker-compose.yml"))),
+            env_next: None,
+        };
+        let cmd = run(
+            base,
+            Some(&env),
+            &vars,
+            "$SHIPIT_COMPOSE run --rm 'a b'; echo \"$SHIPIT_COMPOSE\" > used",
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd.render()])
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let words = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            words,
+            format!(
+                "<-p>\n<shop>\n<-f>\n<{base}/r 2/docker-compose.yml>\n<--env-file>\n<{env}>\n<run>\n<--rm>\n<a b>\n"
+            )
+        );
+        let used = std::fs::read_to_string(format!("{base}/used")).unwrap();
+        let script = used.trim().strip_prefix("/bin/sh ").unwrap();
+        assert!(
+            !std::path::Path::new(script).exists(),
+            "{script} left behind"
         );
     }
 
@@ -252,5 +347,62 @@ mod tests {
         );
         let last = std::fs::read_to_string(format!("{bdir}/shop-manual-20260101T000000Z-4.sql.gz"));
         assert_eq!(last.unwrap(), "4\n");
+    }
+
+    #[test]
+    fn retention_and_listing_touch_only_this_apps_own_backup_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let bdir = format!("{base}/backups");
+        std::fs::create_dir(&bdir).unwrap();
+        // Another app whose name starts with this one's, and names that only look alike.
+        let others = [
+            "shop-api-manual-20250101T000000Z.dump",
+            "shop-api-20250101T000000Z-0123456789ab-20250101T000001Z.dump",
+            "shop-manual-20250101T000000Z-x.dump",
+            "shop-manual-[0-9]T.dump",
+            "shop-notes.dump",
+            ".shop-api-manual-20250101T000000Z.dump.partial",
+        ];
+        for name in others {
+            std::fs::write(format!("{bdir}/{name}"), "other").unwrap();
+        }
+        let old = "shop-20250101T000000Z-0123456789ab-20250101T000002Z.dump";
+        std::fs::write(format!("{bdir}/{old}"), "old").unwrap();
+        std::fs::write(
+            format!("{bdir}/.shop-manual-20250101T000003Z.dump.partial"),
+            "dead run",
+        )
+        .unwrap();
+        let cmd = backup(
+            base,
+            None,
+            &TaskVars::default(),
+            "echo new",
+            &bdir,
+            "shop-manual-20260101T000000Z.dump",
+            None,
+            1,
+            "shop-",
+            ".dump",
+        );
+        let out = sh(&cmd, "");
+        assert!(out.status.success(), "{out:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&bdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = others.iter().map(|s| (*s).to_owned()).collect();
+        want.push("shop-manual-20260101T000000Z.dump".to_owned());
+        want.sort();
+        assert_eq!(left, want);
+        let listed = sh(&list_backups(&bdir, "shop-", ".dump"), "");
+        let listed = String::from_utf8(listed.stdout).unwrap();
+        assert_eq!(listed.lines().count(), 1, "{listed}");
+        assert!(
+            listed.ends_with(" shop-manual-20260101T000000Z.dump\n"),
+            "{listed}"
+        );
     }
 }

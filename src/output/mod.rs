@@ -100,8 +100,13 @@ impl Output {
     }
 
     /// Redacts these values from everything printed from now on.
-    pub fn redacting(mut self, secrets: impl IntoIterator<Item = String>) -> Output {
-        self.redactor = redact::Redactor::new(secrets);
+    pub fn redacting(self, secrets: impl IntoIterator<Item = String>) -> Output {
+        self.redacting_with(redact::Redactor::new(secrets))
+    }
+
+    /// Redacts what `redactor` knows from everything printed from now on.
+    pub fn redacting_with(mut self, redactor: redact::Redactor) -> Output {
+        self.redactor = redactor;
         self
     }
 

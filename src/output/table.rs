@@ -234,10 +234,11 @@ pub fn releases(report: &crate::releases::ReleasesReport) -> String {
                 } else {
                     r.current_on.join(" ")
                 },
+                rollback_cell(r),
             ]
         })
         .collect();
-    let mut out = render(&["RELEASE", "ON HOSTS", "CURRENT ON"], &rows);
+    let mut out = render(&["RELEASE", "ON HOSTS", "CURRENT ON", "ROLLBACK"], &rows);
     if report.releases.is_empty() {
         out.push_str("no releases yet\n");
     }
@@ -257,6 +258,23 @@ pub fn releases(report: &crate::releases::ReleasesReport) -> String {
         let _ = writeln!(out, "{h}: could not be read");
     }
     out
+}
+
+/// Whether a plain `shipit rollback` may go back to the release: `yes`, or why not (per
+/// host when the hosts differ).
+fn rollback_cell(r: &crate::releases::ReleaseRow) -> String {
+    let reasons: std::collections::BTreeSet<String> =
+        r.not_candidate.values().map(|w| w.to_string()).collect();
+    match (r.rollback_on.is_empty(), reasons.len()) {
+        (false, 0) => "yes".to_owned(),
+        (true, 1) => format!("no: {}", reasons.into_iter().next().unwrap_or_default()),
+        _ => {
+            let mut parts: Vec<String> =
+                r.rollback_on.iter().map(|h| format!("{h}: yes")).collect();
+            parts.extend(r.not_candidate.iter().map(|(h, w)| format!("{h}: no, {w}")));
+            parts.join("; ")
+        }
+    }
 }
 
 pub fn history(report: &crate::history::HistoryReport) -> String {

@@ -61,7 +61,7 @@ fn check_reports_three_ready_hosts() {
 fn check_table_for_people_and_missing_tool_fails_the_host() {
     let fleet = Fleet::start(2);
     // Hide `sha256sum` on h2 only (its /usr is its own overlay).
-    fleet.sh_ok("h2", "rm -f /usr/bin/sha256sum");
+    fleet.remove_program("h2", "sha256sum");
     let inv = write(
         fleet.dir(),
         "inv.toml",

@@ -235,7 +235,8 @@ fn the_v2_plugin_is_preferred_and_a_host_without_compose_is_refused_clearly() {
             "mkdir -p /root/.docker/cli-plugins && cat > /root/.docker/cli-plugins/docker-compose <<'EOF'\n{V2_PLUGIN}EOF\nchmod 755 /root/.docker/cli-plugins/docker-compose"
         ),
     );
-    let migrate = "[migrate]\ncommand = \"echo $SHIPIT_COMPOSE > /tmp/shipit-compose\"\n";
+    let migrate =
+        "[migrate]\ncommand = \"$SHIPIT_COMPOSE config --services > /tmp/shipit-compose\"\n";
     let inv = stack.inventory("1", migrate);
     let (code, report, _) = check_json(&stack.fleet, &inv);
     assert_eq!(code, 0, "{report:#}");
@@ -247,22 +248,21 @@ fn the_v2_plugin_is_preferred_and_a_host_without_compose_is_refused_clearly() {
     let (code, report, stderr) = stack.deploy(&inv);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
     assert_eq!(stack.serving(), "version 1\n");
-    assert!(
-        stack
-            .fleet
-            .sh_ok("h1", "cat /tmp/shipit-compose")
-            .starts_with("docker compose -p "),
-    );
+    // `$SHIPIT_COMPOSE` names a script that runs the v2 plugin with the release's `-p`.
+    assert_eq!(stack.fleet.sh_ok("h1", "cat /tmp/shipit-compose"), "web\n");
     let log = stack.fleet.sh_ok("h1", "cat /tmp/compose-v2.log");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("-p ") && l.ends_with(" config --services")),
+        "{log}"
+    );
     assert!(log.contains("config -q"), "{log}");
     assert!(log.contains("up -d --remove-orphans"), "{log}");
 
     // Neither Compose (the host's /usr is its own): `check` says so, a deploy stops before
     // anything switches, naming what is missing.
-    stack.fleet.sh_ok(
-        "h1",
-        "rm -rf /root/.docker/cli-plugins && rm -f \"$(command -v docker-compose)\"",
-    );
+    stack.fleet.sh_ok("h1", "rm -rf /root/.docker/cli-plugins");
+    stack.fleet.remove_program("h1", "docker-compose");
     let inv = stack.inventory("2", "");
     let (code, report, _) = check_json(&stack.fleet, &inv);
     assert_eq!(code, 1, "{report:#}");

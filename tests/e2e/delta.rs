@@ -394,7 +394,7 @@ fn delta_false_sends_the_whole_artifact() {
 #[test]
 fn a_host_without_zstd_gets_its_delta_as_gzip() {
     let (fleet, dir, inv) = setup(1, "");
-    fleet.sh_ok("h1", "rm -f \"$(command -v zstd)\" && ! command -v zstd");
+    fleet.remove_program("h1", "zstd");
     deploy(&fleet, &inv);
     put(&dir, "src/changed.bin", &noise(106, 40_000));
     let second = deploy(&fleet, &inv);

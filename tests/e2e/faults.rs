@@ -168,7 +168,9 @@ fn kill(mut child: Child) {
 #[test]
 fn lock_acquisition_failing_on_one_host_releases_the_others() {
     let rig = Rig::new();
-    rig.fleet.sh_ok("h2", "rm -rf /opt/demo/.shipit/lock; mkdir -p /opt/demo/.shipit && chmod 000 /opt/demo/.shipit && touch /opt/demo/.shipit/lock.block 2>/dev/null; rm -rf /opt/demo/.shipit && touch /opt/demo/.shipit");
+    // `mkdir -p <deploy_to>/.shipit`, the lock's first step, fails on h2. (A file in its
+    // place, as before, is now refused earlier, by the path check before any lock.)
+    rig.fleet.sh_ok("h2", "printf '#!/bin/sh\\ncase \"$*\" in *\"-p -- /opt/demo/.shipit\") echo mkdir: read-only >&2; exit 1;; esac\\nexec /usr/bin/mkdir \"$@\"\\n' > /usr/local/bin/mkdir && chmod +x /usr/local/bin/mkdir");
     let inv = rig.inventory("v2", "");
     let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("cannot take the deploy lock"), "{stderr}");
@@ -176,10 +178,7 @@ fn lock_acquisition_failing_on_one_host_releases_the_others() {
         !rig.succeeds("h1", "test -e /opt/demo/.shipit/lock"),
         "h1's lock was not released"
     );
-    rig.fleet.sh_ok(
-        "h2",
-        "rm -f /opt/demo/.shipit && mkdir -p /opt/demo/.shipit",
-    );
+    rig.fleet.sh_ok("h2", "rm -f /usr/local/bin/mkdir");
     rig.converges(&inv, "v2", false);
 }
 
@@ -218,9 +217,10 @@ fn extraction_failing_midway_keeps_nothing() {
 #[test]
 fn the_env_file_failing_to_stage_switches_nothing() {
     let rig = Rig::new();
+    // Staging creates its temp file with `mktemp` (a fresh name each time): make that fail.
     rig.fleet.sh_ok(
         "h2",
-        "mkdir -p /etc/demo.env.shipit-next.shipit-tmp/blocker",
+        "mv /usr/bin/mktemp /usr/bin/mktemp.real && printf '#!/bin/sh\\ncase \"$1\" in -d) exec mktemp.real \"$@\";; esac\\necho mktemp: no space left >&2; exit 1\\n' > /usr/bin/mktemp && chmod +x /usr/bin/mktemp",
     );
     let inv = rig.inventory("v2", "");
     let stderr = rig.deploy_fails(&inv);
@@ -232,7 +232,7 @@ fn the_env_file_failing_to_stage_switches_nothing() {
             .contains("VERSION=v1")
     );
     rig.fleet
-        .sh_ok("h2", "rm -rf /etc/demo.env.shipit-next.shipit-tmp");
+        .sh_ok("h2", "mv -f /usr/bin/mktemp.real /usr/bin/mktemp");
     rig.converges(&inv, "v2", false);
 }
 

@@ -330,3 +330,48 @@ fn ten_hosts_start_in_parallel() {
         assert_eq!(fleet.ssh_ok(&h.name, "hostname").trim(), h.name);
     }
 }
+
+#[test]
+fn the_guarded_rm_refuses_system_paths_and_removes_the_rest() {
+    let fleet = Fleet::start(1);
+    crate::fleet::guarded_rm_case(
+        |script| fleet.sh("h1", script),
+        || fleet.take_refused_rm("h1"),
+    );
+}
+
+/// On one host (`sh` runs a script there as root): `rm` deletes inside an allowed directory,
+/// and refuses, logs and leaves alone a top-level victim, a path reached through `..` and a
+/// newline, and a symlink's target outside; `take` returns (and clears) the log.
+pub fn guarded_rm_case(sh: impl Fn(&str) -> std::process::Output, take: impl Fn() -> String) {
+    let out = sh("mkdir -p /victim-rm/keep /opt/rmcase/x /opt/rmcase/b && \\
+         ln -s /victim-rm /opt/rmcase/link && \\
+         cd /opt/rmcase && rm -rf x && test ! -e x && rm -f link && test ! -L link && \\
+         ln -s /victim-rm link");
+    assert!(out.status.success(), "{out:?}");
+    for (operand, shown) in [
+        ("/victim-rm", "/victim-rm"),
+        ("b/../../../victim-rm", "/victim-rm"),
+        ("link/", "/victim-rm"),
+        ("/", "/"),
+    ] {
+        let out = sh(&format!("cd /opt/rmcase && rm -rf -- '{operand}'"));
+        assert!(!out.status.success(), "rm -rf {operand} was not refused");
+        let log = take();
+        assert!(
+            log.contains(&format!("resolves to `{shown}`")),
+            "{operand}: {log}"
+        );
+    }
+    let out = sh("cd /opt/rmcase && printf 'b\\n/victim-rm\\0' | xargs -0 rm -rf --");
+    assert!(
+        out.status.success(),
+        "a newline name inside is removed (it does not exist): {out:?}"
+    );
+    let out = sh("test -d /victim-rm/keep && test -d /opt/rmcase/b");
+    assert!(
+        out.status.success(),
+        "the victim or the sibling is gone: {out:?}"
+    );
+    assert_eq!(take(), "");
+}

@@ -190,7 +190,10 @@ fn deploy_with_env_file_units_nginx_and_health() {
         );
         assert!(
             fleet
-                .sh(name, "test -e /etc/demo.env.shipit-next")
+                .sh(
+                    name,
+                    "for f in /etc/demo.env.shipit-*; do test -e \"$f\" && exit 0; done; exit 1"
+                )
                 .status
                 .code()
                 == Some(1)

@@ -288,3 +288,12 @@ fn machine_side(address: &str) -> Option<String> {
     let (index, name) = (fields.next()?, fields.next()?);
     Some(format!("{index} {name}"))
 }
+
+#[test]
+fn the_guarded_rm_refuses_system_paths_and_removes_the_rest() {
+    let fleet = SystemdFleet::start(1);
+    crate::fleet::guarded_rm_case(
+        |script| fleet.sh("s1", script),
+        || fleet.take_refused_rm("s1"),
+    );
+}

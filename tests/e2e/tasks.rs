@@ -109,7 +109,7 @@ fn tasks_run_in_the_current_release_on_the_hosts_they_name() {
     // Under another run's lock it refuses and runs nothing.
     fleet.sh_ok("h1", "rm -f /tmp/where && mkdir /opt/demo/.shipit/lock");
     let (code, _, stderr) = shipit(&fleet, &inv, &["task", "test", "where"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5, "locked: exit 5, as for a deploy");
     assert!(stderr.contains("locked by"), "{stderr}");
     assert!(!fleet.sh("h1", "test -e /tmp/where").status.success());
     fleet.sh_ok("h1", "rmdir /opt/demo/.shipit/lock");

@@ -35,6 +35,12 @@
 //!   private `/tmp` hides. Mounting it elsewhere keeps the host's `/tmp` empty and the keys
 //!   safe from whatever a test runs on the host.
 //! - sshd is PID 1 of the host: when it dies, the kernel kills everything a deploy started.
+//! - a guarded `rm` (`guarded_rm.pl`) as `/usr/bin/rm`: it refuses, and logs, any operand
+//!   that resolves outside the directories a deploy may delete in (`/opt`, `/srv`, `/tmp`,
+//!   `/etc/systemd`, `*.env*` under `/etc`, ...; a test may add roots to
+//!   `/etc/shipit-e2e-rm-allow` inside the host). Dropping the [`Fleet`] fails the test when
+//!   any host refused something, so a host script that would delete outside its tree fails a
+//!   test instead of damaging the host or the machine.
 //!
 //! `sshd_config` keeps OpenSSH's default `MaxSessions 10` on purpose, so tests see the limit a
 //! real server has (a deployer multiplexing more than 10 channels on one connection must cope).
@@ -105,6 +111,11 @@ for d in @OVERLAID_DIRS@; do
 done
 # Usual server dirs; these land in the host's upper dir, never on the machine.
 mkdir -p /var/www /var/backups /usr/local /srv
+# The guarded rm (see guarded_rm.pl) replaces the host's /usr/bin/rm, the real one kept aside.
+mkdir -p /usr/lib/shipit-e2e
+cp /usr/bin/rm /usr/lib/shipit-e2e/rm
+cp "$fleetdir/guarded-rm" /usr/bin/rm
+chmod 755 /usr/bin/rm
 mount -t tmpfs -o mode=755 "shipit-e2e-$name-run" /run
 mkdir -p /run/sshd /run/lock "@FLEET_DIR_IN_HOST@"
 chmod 1777 /run/lock
@@ -121,6 +132,15 @@ exec 3<&0
 ( while read -r _ <&3; do :; done; kill -TERM 1 ) &
 exec @SSHD@ -D -e -f "@FLEET_DIR_IN_HOST@/$name/sshd_config" </dev/null 3<&-
 "#;
+
+/// The guarded `rm` every host runs instead of its own (installed by [`HOST_INIT`]).
+const GUARDED_RM: &str = include_str!("guarded_rm.pl");
+/// Where a host logs the operands its guarded `rm` refused (in its overlay).
+const REFUSED_RM_LOG: &str = "upper/var/log/shipit-e2e-rm.log";
+/// Prints and clears the guarded `rm`'s log, inside a host (its overlay must not be
+/// changed from outside while mounted).
+const TAKE_REFUSED_RM: &str =
+    "f=/var/log/shipit-e2e-rm.log; if [ -f $f ]; then cat $f && /usr/lib/shipit-e2e/rm -f $f; fi";
 
 /// Options for [`Fleet::start_with`].
 #[derive(Clone, Debug)]
@@ -173,6 +193,11 @@ impl Host {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
+
+    /// What the host's guarded `rm` refused to remove, one line per operand (empty: nothing).
+    pub fn refused_rm(&self) -> String {
+        fs::read_to_string(self.dir.join(REFUSED_RM_LOG)).unwrap_or_default()
+    }
 }
 
 /// A fleet of running hosts; dropping it stops them and deletes [`Fleet::dir`].
@@ -222,6 +247,7 @@ impl Fleet {
             );
         }
         fs::create_dir(fleet_dir.join("home")).expect("create home dir");
+        fs::write(fleet_dir.join("guarded-rm"), GUARDED_RM).expect("write the guarded rm");
         let client_key = fleet_dir.join("id_ed25519");
         keygen("ed25519", &client_key, "shipit-e2e-client");
         fs::copy(
@@ -371,6 +397,21 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Takes what `host`'s guarded `rm` refused so far (so a test that provokes a refusal
+    /// on purpose can assert it without failing on drop).
+    pub fn take_refused_rm(&self, host: &str) -> String {
+        self.sh_ok(host, TAKE_REFUSED_RM)
+    }
+
+    /// Takes `program` (found on the host's PATH) away from `host`, with the host's real
+    /// `rm`: the guarded one refuses anything under `/usr/bin`, as it should for a deploy.
+    pub fn remove_program(&self, host: &str, program: &str) {
+        let script = format!(
+            "p=$(command -v {program}) && /usr/lib/shipit-e2e/rm -f \"$p\" && ! command -v {program}"
+        );
+        self.sh_ok(host, &script);
+    }
+
     /// An OpenSSH `ssh` command logging in to `host` as root with the fleet's client key and
     /// strict host key checking, ignoring every config and key of this machine. Append the
     /// remote command with `.arg(...)`.
@@ -440,6 +481,13 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        let refused: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| (h, h.refused_rm()))
+            .filter(|(_, log)| !log.is_empty())
+            .map(|(h, log)| format!("{}:\n{log}", h.name))
+            .collect();
         if thread::panicking() {
             // The fleet dir, logs included, is deleted right after this; show what the
             // hosts' sshd saw, next to the failed test's output.
@@ -463,6 +511,13 @@ impl Drop for Fleet {
         }
         for p in &self.procs {
             p.reap(STOP_GRACE);
+        }
+        // After the hosts are stopped, so the fleet is cleaned up either way.
+        if !refused.is_empty() && !thread::panicking() {
+            panic!(
+                "a host's guarded rm refused to delete outside the allowed directories:\n{}",
+                refused.join("\n")
+            );
         }
     }
 }

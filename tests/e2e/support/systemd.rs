@@ -16,6 +16,7 @@
 //! directory renamed into place, so a killed build never leaves a half-built rootfs behind.
 //!
 //! Each host, all of it derived from a machine-wide "slot" `k` (1..=254):
+//! - the guarded `rm` of the sshd hosts (see `super`), as `/usr/bin/rm`;
 //! - a copy-on-write overlayfs (lower = the shared rootfs, read-only; upper/work under
 //!   `<fleet dir>/sN/`) with its own host key, machine-id, hostname and the fleet's client key
 //!   in `/root/.ssh/authorized_keys`. The overlay is mounted in a private mount namespace that
@@ -313,6 +314,12 @@ impl SystemdFleet {
         &self.hosts[self.index(name)]
     }
 
+    /// Takes what `host`'s guarded `rm` refused so far (so a test that provokes a refusal
+    /// on purpose can assert it without failing on drop).
+    pub fn take_refused_rm(&self, host: &str) -> String {
+        self.sh_ok(host, super::TAKE_REFUSED_RM)
+    }
+
     fn index(&self, name: &str) -> usize {
         self.hosts
             .iter()
@@ -463,6 +470,16 @@ impl SystemdFleet {
 
 impl Drop for SystemdFleet {
     fn drop(&mut self) {
+        let refused: Vec<String> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let log = fs::read_to_string(m.dir.join(super::REFUSED_RM_LOG));
+                (m, log.unwrap_or_default())
+            })
+            .filter(|(_, log)| !log.is_empty())
+            .map(|(m, log)| format!("{}:\n{log}", m.name))
+            .collect();
         if thread::panicking() {
             // The fleet dir, console logs included, is deleted right after this.
             for m in &self.machines {
@@ -483,6 +500,12 @@ impl Drop for SystemdFleet {
             m.signal("TERM");
         }
         self.machines.clear();
+        if !refused.is_empty() && !thread::panicking() {
+            panic!(
+                "a host's guarded rm refused to delete outside the allowed directories:\n{}",
+                refused.join("\n")
+            );
+        }
     }
 }
 
@@ -772,6 +795,16 @@ fn launch_host(
         &format!("{}\n", machine_id()),
         0o444,
     );
+
+    // The guarded rm (see `super::GUARDED_RM`) in place of the host's own, kept aside.
+    mkdirs_like(rootfs, &upper, "usr/bin");
+    mkdirs_like(rootfs, &upper, "usr/lib/shipit-e2e");
+    fs::copy(
+        rootfs.join("usr/bin/rm"),
+        upper.join("usr/lib/shipit-e2e/rm"),
+    )
+    .expect("keep the host's real rm");
+    write_mode(&upper.join("usr/bin/rm"), super::GUARDED_RM, 0o755);
 
     // The network: this machine 10.215.k.1, the host 10.215.k.2, nothing else routed.
     let address = format!("{}.2", names.subnet);

@@ -1,0 +1,106 @@
+//! `<deploy_to>/.shipit/passed/<release>`: one empty file per release that went live on the
+//! host and passed its health gate there, written when a deploy confirms its guard (in the
+//! same script, after it won the decision) or when a rollback to it passed. This positive
+//! record, not the absence of a failure, is what makes a release a default rollback target:
+//! a release killed during its migration or switched back by the guard never gets one.
+
+use crate::shell::Cmd;
+
+/// Release ids as shipit makes them; anything else is never recorded nor read back.
+const ID_OK: &str = r#"case $id in ''|.*|*[!A-Za-z0-9._-]*) exit 1;; esac"#;
+
+/// Records that `release` passed on this host; records of releases that are gone go too.
+pub fn mark(deploy_to: &str, release: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("id", release),
+        Cmd::new(ID_OK),
+        Cmd::new(
+            r#"
+p="$base/.shipit/passed"
+mkdir -p -- "$base/.shipit" || exit 1
+umask 077
+mkdir -p -- "$p" && [ ! -L "$p" ] && chmod 700 "$p" && : > "$p/$id" || exit 1
+for f in "$p"/*; do
+  [ -d "$base/releases/${f##*/}" ] || rm -f -- "$f"
+done
+exit 0"#,
+        ),
+    ])
+}
+
+/// Forgets `release` (a deploy that switched this host back after confirming it).
+pub fn forget(deploy_to: &str, release: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("id", release),
+        Cmd::new(ID_OK),
+        Cmd::new(r#"rm -f -- "$base/.shipit/passed/$id""#),
+    ])
+}
+
+/// Prints `passed <id>` per record, then `history <line>` per line of the history that
+/// records a success (releases deployed before these records existed), read whole: which
+/// release passed never depends on how long the history is. Fails when the history exists
+/// but cannot be read.
+pub fn read(deploy_to: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::new(
+            r#"
+p="$base/.shipit/passed"
+if [ -d "$p" ]; then
+  for f in "$p"/*; do
+    id=${f##*/}
+    case $id in ''|.*|*[!A-Za-z0-9._-]*) continue;; esac
+    [ -f "$f" ] && printf 'passed %s\n' "$id"
+  done
+fi
+f="$base/.shipit/history.jsonl"
+[ -e "$f" ] || [ -L "$f" ] || exit 0
+[ -f "$f" ] || { echo "\`$f\` is not a file" >&2; exit 1; }
+awk 'index($0, "\"outcome\":\"success\"") { print "history " $0 }' "$f""#,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::release::tests::run_sh;
+
+    #[test]
+    fn records_are_written_read_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app dir");
+        for r in ["r1", "r2"] {
+            std::fs::create_dir_all(base.join("releases").join(r)).unwrap();
+        }
+        let base = base.to_str().unwrap();
+        assert_eq!(
+            run_sh(&read(base), b"", None),
+            (0, String::new(), String::new())
+        );
+        assert_eq!(run_sh(&mark(base, "r1"), b"", None).0, 0);
+        assert_eq!(run_sh(&mark(base, "../r2"), b"", None).0, 1);
+        std::fs::write(format!("{base}/.shipit/passed/gone"), "").unwrap();
+        assert_eq!(run_sh(&mark(base, "r2"), b"", None).0, 0);
+        std::fs::write(
+            format!("{base}/.shipit/history.jsonl"),
+            "{\"outcome\":\"failed\"}\n{\"outcome\":\"success\",\"release\":\"r0\"}\n",
+        )
+        .unwrap();
+        let (code, out, _) = run_sh(&read(base), b"", None);
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            "passed r1\npassed r2\nhistory {\"outcome\":\"success\",\"release\":\"r0\"}\n"
+        );
+        assert_eq!(run_sh(&forget(base, "r1"), b"", None).0, 0);
+        assert!(run_sh(&read(base), b"", None).1.starts_with("passed r2\n"));
+        // A history that cannot be read is an error, not an empty one.
+        std::fs::remove_file(format!("{base}/.shipit/history.jsonl")).unwrap();
+        std::fs::create_dir(format!("{base}/.shipit/history.jsonl")).unwrap();
+        assert_eq!(run_sh(&read(base), b"", None).0, 1);
+    }
+}

@@ -1,0 +1,171 @@
+//! Trees shipit writes in must belong to the people who run it, as sshd's `StrictModes`
+//! requires of `~/.ssh`: root (who runs the units, the guard and most deploys) later reads,
+//! runs or deletes what is written there, so a directory another user can write would let
+//! that user swap a file, a guard script or a whole tree between shipit's write and root's
+//! use of it.
+//!
+//! The rule, checked on the host by [`SNIPPET`]'s `shipit_strict <dir>` before anything is
+//! written: every existing component of `<dir>`, as written and as it resolves (a symlinked
+//! ancestor is checked where it points too), is owned by root or the SSH user (the uid the
+//! script runs as) and is not writable by group or others. A group- or world-writable
+//! ancestor is accepted only when it is sticky (`/tmp`): others can then not rename or
+//! remove the entry below it, which must itself pass. `<dir>` itself, where files are
+//! created, is never writable by others, sticky or not. Components that do not exist yet
+//! are created later by shipit (root or the SSH user, umask 077).
+//!
+//! A refusal prints the path, owner and mode on stderr and exits
+//! [`UNSAFE_PATH`](super::exit::UNSAFE_PATH); nothing has been written. [`preflight`] is the
+//! one check per host before a run takes its lock; [`files::write`](super::files::write)
+//! runs the same function on its directory just before creating a file.
+//!
+//! Uses only POSIX `sh`, `stat -c`, `id -u` and `cd -P`/`pwd -P`.
+
+use crate::shell::Cmd;
+
+/// Shell functions: `shipit_strict DIR` (the rule above) and `shipit_nolink PATH` (refuses
+/// a symlink at PATH: `releases/`, `shared/` and `.shipit/` are never followed). Both exit
+/// the script with [`UNSAFE_PATH`](super::exit::UNSAFE_PATH) on refusal.
+pub const SNIPPET: &str = r#"
+shipit_uid=$(id -u)
+shipit_unsafe() {
+  shipit_who=$(stat -L -c %U -- "$1" 2>/dev/null)
+  printf '`%s` is owned by %s (uid %s) with mode %s: %s\n' "$1" "${shipit_who:-?}" "$2" "$3" "$4" >&2
+  exit 95
+}
+shipit_entry() {
+  shipit_s=$(stat -L -c '%u %a' -- "$1") || { echo "cannot stat \`$1\`" >&2; exit 95; }
+  shipit_u=${shipit_s% *}; shipit_m=${shipit_s#* }
+  if [ "$shipit_u" != 0 ] && [ "$shipit_u" != "$shipit_uid" ]; then
+    shipit_unsafe "$1" "$shipit_u" "$shipit_m" "shipit writes only in trees owned by root or the SSH user"
+  fi
+  if [ $((0$shipit_m & 022)) != 0 ]; then
+    if [ "$2" = leaf ]; then
+      shipit_unsafe "$1" "$shipit_u" "$shipit_m" "a directory shipit writes in must not be writable by group or others"
+    elif [ $((0$shipit_m & 01000)) = 0 ]; then
+      shipit_unsafe "$1" "$shipit_u" "$shipit_m" "its ancestors must not be writable by group or others (unless sticky)"
+    fi
+  fi
+}
+shipit_walk() {
+  shipit_entry / "$([ "$1" = / ] && echo "$2")"
+  shipit_rest=${1#/} shipit_cur=
+  while [ -n "$shipit_rest" ]; do
+    shipit_c=${shipit_rest%%/*}
+    case $shipit_rest in */*) shipit_rest=${shipit_rest#*/} ;; *) shipit_rest= ;; esac
+    [ -n "$shipit_c" ] || continue
+    shipit_cur=$shipit_cur/$shipit_c
+    [ -e "$shipit_cur" ] || return 0
+    if [ -z "$shipit_rest" ]; then shipit_entry "$shipit_cur" "$2"; else shipit_entry "$shipit_cur" ""; fi
+  done
+}
+shipit_strict() {
+  shipit_walk "$1" leaf
+  shipit_d=$1
+  while [ ! -e "$shipit_d" ]; do shipit_d=$(dirname -- "$shipit_d"); done
+  if [ ! -d "$shipit_d" ]; then
+    printf '`%s` is not a directory: shipit writes below it\n' "$shipit_d" >&2; exit 95
+  fi
+  shipit_r=$(cd -P -- "$shipit_d" 2>/dev/null && pwd -P) || { echo "cannot resolve \`$shipit_d\`" >&2; exit 95; }
+  if [ "$shipit_d" = "$1" ]; then shipit_walk "$shipit_r" leaf; else shipit_walk "$shipit_r" ""; fi
+}
+shipit_nolink() {
+  if [ -L "$1" ]; then
+    printf '`%s` is a symlink: shipit never follows one there\n' "$1" >&2
+    exit 95
+  fi
+}"#;
+
+/// The check before a run writes anything on a host: `shipit_strict` on each of `dirs`,
+/// after `shipit_nolink` on each of `no_links` (which are checked as dirs too).
+pub fn preflight(dirs: &[String], no_links: &[String]) -> Cmd {
+    let mut steps = vec![Cmd::new(SNIPPET)];
+    for path in no_links {
+        steps.push(Cmd::new("shipit_nolink").arg(path));
+    }
+    for path in no_links.iter().chain(dirs) {
+        steps.push(Cmd::new("shipit_strict").arg(path));
+    }
+    steps.push(Cmd::new("exit 0"));
+    Cmd::seq(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    fn run(cmd: &Cmd) -> (i32, String) {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn chmod(path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn s(p: &std::path::Path) -> String {
+        p.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn owned_trees_pass_and_missing_leaves_are_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        chmod(&app, 0o755);
+        let missing = app.join("not/yet");
+        let (code, err) = run(&preflight(&[s(&missing)], &[s(&app.join("releases"))]));
+        assert_eq!(code, 0, "{err}");
+    }
+
+    #[test]
+    fn writable_by_others_is_refused_with_path_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        let below = open.join("app");
+        std::fs::create_dir_all(&below).unwrap();
+        chmod(&below, 0o755);
+        chmod(&open, 0o777);
+        let (code, err) = run(&preflight(&[s(&below)], &[]));
+        assert_eq!(code, 95);
+        assert!(err.contains(&format!("`{}`", open.display())), "{err}");
+        assert!(err.contains("777"), "{err}");
+        // Sticky: an ancestor is fine, the directory written in is not.
+        chmod(&open, 0o1777);
+        assert_eq!(run(&preflight(&[s(&below)], &[])).0, 0);
+        assert_eq!(run(&preflight(&[s(&open)], &[])).0, 95);
+        // Group-writable leaf.
+        chmod(&below, 0o775);
+        assert_eq!(run(&preflight(&[s(&below)], &[])).0, 95);
+    }
+
+    #[test]
+    fn symlinks_are_refused_where_required_and_resolved_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let open = dir.path().join("open");
+        std::fs::create_dir_all(open.join("target")).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        chmod(&real, 0o755);
+        chmod(&open.join("target"), 0o755);
+        chmod(&open, 0o777);
+        let releases = real.join("releases");
+        std::os::unix::fs::symlink(open.join("target"), &releases).unwrap();
+        let (code, err) = run(&preflight(&[], &[s(&releases)]));
+        assert_eq!(code, 95);
+        assert!(err.contains("symlink"), "{err}");
+        // A symlinked ancestor is checked where it points: there `open` is 0777.
+        let link = real.join("link");
+        std::os::unix::fs::symlink(open.join("target"), &link).unwrap();
+        let (code, err) = run(&preflight(&[s(&link.join("app"))], &[]));
+        assert_eq!(code, 95, "{err}");
+    }
+}
