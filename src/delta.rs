@@ -638,3 +638,273 @@ mod host_tests {
         assert!(!base.join(".shipit/delta-r4").exists());
     }
 }
+
+/// Hostile release trees against the host scripts, in real `sh` inside a temp dir: names
+/// that would split the line-based lists, a hot-patched release offered for reuse, paths
+/// that lead out of the directory a script works in.
+#[cfg(test)]
+mod hostile_host_tests {
+    use super::*;
+    use crate::artifact;
+    use crate::commands::{exit, release};
+    use crate::manifest;
+    use crate::shell::Cmd;
+    use std::os::unix::fs::MetadataExt;
+
+    fn sh(cmd: &Cmd, stdin: &[u8]) -> (i32, String, String) {
+        release::tests::run_sh(cmd, stdin, None)
+    }
+
+    fn put(root: &Path, path: &str, content: &[u8]) {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+
+    /// `releases/<id>` made the way a deploy makes it: a whole upload, then finish.
+    fn release(base: &Path, id: &str, packed: &Packed) {
+        let b = base.to_str().unwrap();
+        let dir = packed.tar.parent().unwrap();
+        let c =
+            artifact::compress(&packed.tar, packed.manifest.as_deref(), Codec::Zstd, dir).unwrap();
+        let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
+        let cmd = release::receive(
+            b,
+            id,
+            &c.upload_sha256,
+            c.codec.decompress(),
+            c.prefix.len() as u64,
+        );
+        let (code, _, err) = sh(&cmd, &stream);
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None), b"");
+        assert_eq!(code, 0, "{err}");
+    }
+
+    fn delta_from(base: &Path, id: &str, current: &str, packed: &Packed) -> i32 {
+        let old_text =
+            std::fs::read(base.join("releases").join(current).join(manifest::PATH)).unwrap();
+        let old = Manifest::parse(&old_text).unwrap();
+        let new = packed.manifest.as_ref().unwrap();
+        let plan = plan(&old, new, &[]);
+        let delta = build(packed, new, &plan, Codec::Zstd, base.parent().unwrap()).unwrap();
+        let args = release::DeltaArgs {
+            deploy_to: base.to_str().unwrap(),
+            id,
+            current,
+            current_manifest: &manifest::sha256_hex(&old_text),
+            manifest: &delta.manifest_sha256,
+            upload_sha256: &delta.sha256,
+            decompress: "zstd -dc",
+            edits_len: delta.edits_len,
+            service_user: "nobody",
+        };
+        sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap()).0
+    }
+
+    #[test]
+    fn newline_names_in_the_current_release_delete_nothing_outside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let src = dir.path().join("src");
+        put(&src, "app.js", b"v1\n");
+        put(&src, "lib/a.js", b"a\n");
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        release(&base, "r0", &v1);
+        release(&base, "r1", &v1);
+        // What an app writing into its release can make: names that, split at the newline,
+        // read as an absolute path and as a sibling release.
+        let victim = dir.path().join("victim-delta");
+        std::fs::create_dir_all(victim.join("keep")).unwrap();
+        let r1 = base.join("releases/r1");
+        for name in [
+            format!("b\n{}", victim.display()),
+            "a\n../r0".to_owned(),
+            "c\n../../..".to_owned(),
+        ] {
+            std::fs::create_dir_all(r1.join(&name).join("x")).unwrap();
+        }
+        // A symlink whose target would read as a file to hash.
+        std::os::unix::fs::symlink("x\n/dev/zero\tf", r1.join("lib/evil")).unwrap();
+        put(&src, "app.js", b"v2\n");
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        assert_eq!(
+            delta_from(&base, "r2", "r1", &v2),
+            exit::DELTA_FAILED as i32
+        );
+        assert!(victim.join("keep").is_dir());
+        assert!(base.join("releases/r0/app.js").is_file());
+        assert!(!base.join("releases/r2.partial").exists());
+        // The same tree offered for reuse is refused too.
+        let want = v1.manifest.as_ref().unwrap().sha256();
+        let (code, _, err) = sh(
+            &release::reuse(base.to_str().unwrap(), "r1", "r3", &want, ""),
+            b"",
+        );
+        assert_eq!(code, exit::REUSE_UNVERIFIED as i32, "{err}");
+        assert!(victim.join("keep").is_dir());
+        assert!(base.join("releases/r0/app.js").is_file());
+        assert!(!base.join("releases/r3.partial").exists());
+        // Refreshing its stat record drops it (a listing of such a tree fails).
+        let (code, _, err) = sh(&release::prune(base.to_str().unwrap(), &[]), b"");
+        assert_eq!(code, 0, "{err}");
+        // A clean current release still takes a delta.
+        std::fs::remove_dir_all(&r1).unwrap();
+        release(&base, "r1", &v1);
+        assert_eq!(delta_from(&base, "r2", "r1", &v2), 0);
+    }
+
+    #[test]
+    fn an_edit_list_naming_paths_outside_the_release_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let src = dir.path().join("src");
+        put(&src, "app.js", b"v1\n");
+        put(&src, "lib/a.js", b"a\n");
+        std::os::unix::fs::symlink("lib", src.join("link")).unwrap();
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        release(&base, "r0", &v1);
+        release(&base, "r1", &v1);
+        put(&src, "app.js", b"v2\n");
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        let old_text = std::fs::read(base.join("releases/r1").join(manifest::PATH)).unwrap();
+        let old = Manifest::parse(&old_text).unwrap();
+        let new = v2.manifest.as_ref().unwrap();
+        // Edit lists a client could send: up, absolute, through a symlink of the release.
+        for bad in ["../r0", "/tmp", "lib/../../r0", "link/a.js", ""] {
+            let mut p = plan(&old, new, &[]);
+            p.remove.push(bad.to_owned());
+            let delta = build(&v2, new, &p, Codec::Zstd, dir.path()).unwrap();
+            let args = release::DeltaArgs {
+                deploy_to: base.to_str().unwrap(),
+                id: "r2",
+                current: "r1",
+                current_manifest: &manifest::sha256_hex(&old_text),
+                manifest: &delta.manifest_sha256,
+                upload_sha256: &delta.sha256,
+                decompress: "zstd -dc",
+                edits_len: delta.edits_len,
+                service_user: "nobody",
+            };
+            let (code, _, err) = sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap());
+            assert_eq!(code, exit::DELTA_FAILED as i32, "{bad:?}: {err}");
+            assert!(base.join("releases/r0/app.js").is_file(), "{bad:?}");
+            assert!(base.join("releases/r1/lib/a.js").is_file(), "{bad:?}");
+            assert!(!base.join("releases/r2.partial").exists());
+        }
+    }
+
+    #[test]
+    fn reuse_verifies_its_source_and_follows_the_link_or_copy_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let src = dir.path().join("src");
+        put(&src, "app.js", b"v1\n");
+        put(&src, "lib/a.js", b"a\n");
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        let want = v1.manifest.as_ref().unwrap().sha256();
+        release(&base, "r1", &v1);
+        let r1 = base.join("releases/r1");
+        // Written into the release after it was made: not copied.
+        put(&r1, "log/today.log", b"x\n");
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+
+        // A service user who cannot write release files: links.
+        let (code, _, err) = sh(&release::reuse(b, "r1", "r2", &want, "nobody"), b"");
+        assert_eq!(code, 0, "{err}");
+        let r2 = base.join("releases/r2.partial");
+        assert_eq!(ino(&r2.join("app.js")), ino(&r1.join("app.js")));
+        assert!(!r2.join("log").exists());
+        assert!(!r2.join("REVISION").exists());
+        assert_eq!(
+            std::fs::read(r2.join(manifest::PATH)).unwrap(),
+            v1.manifest.as_ref().unwrap().render()
+        );
+        assert!(r2.join(".shipit/stat").is_file());
+        std::fs::remove_dir_all(&r2).unwrap();
+
+        // One who could (unknown, root, the SSH user): copies.
+        for svc in ["", "root"] {
+            let (code, _, err) = sh(&release::reuse(b, "r1", "r2", &want, svc), b"");
+            assert_eq!(code, 0, "{err}");
+            assert_ne!(ino(&r2.join("app.js")), ino(&r1.join("app.js")));
+            std::fs::remove_dir_all(&r2).unwrap();
+        }
+
+        // A hot patch, even one that keeps size and mtime: refused, nothing kept.
+        let mtime = std::fs::metadata(r1.join("app.js"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::write(r1.join("app.js"), b"v9\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(r1.join("app.js"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        for svc in ["", "nobody"] {
+            let (code, _, err) = sh(&release::reuse(b, "r1", "r2", &want, svc), b"");
+            assert_eq!(code, exit::REUSE_UNVERIFIED as i32, "{err}");
+            assert!(!r2.exists());
+            assert!(!base.join(".shipit/delta-r2").exists());
+        }
+        // A source of another artifact, or without a manifest: refused.
+        std::fs::write(r1.join("app.js"), b"v1\n").unwrap();
+        let other = "0".repeat(64);
+        let (code, _, _) = sh(&release::reuse(b, "r1", "r2", &other, ""), b"");
+        assert_eq!(code, exit::REUSE_UNVERIFIED as i32);
+        std::fs::remove_file(r1.join(manifest::PATH)).unwrap();
+        let (code, _, _) = sh(&release::reuse(b, "r1", "r2", &want, ""), b"");
+        assert_eq!(code, exit::REUSE_UNVERIFIED as i32);
+    }
+
+    #[test]
+    fn scripts_refuse_paths_that_leave_their_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let victim = dir.path().join("victim-paths");
+        std::fs::create_dir_all(victim.join("uploads/keep")).unwrap();
+        let src = dir.path().join("src");
+        put(&src, "app.js", b"v1\n");
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        let c =
+            artifact::compress(&v1.tar, v1.manifest.as_deref(), Codec::Gzip, dir.path()).unwrap();
+        let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
+        let receive =
+            release::receive(b, "r1", &c.upload_sha256, "gzip -dc", c.prefix.len() as u64);
+        assert_eq!(sh(&receive, &stream).0, 0);
+        // A symlink out of the release (the checker refuses one in an artifact; the tree
+        // is checked anyway), below which a shared path lies.
+        std::os::unix::fs::symlink(&victim, base.join("releases/r1.partial/public")).unwrap();
+        for shared in ["../../victim-paths", "/tmp", "a/./b", ""] {
+            let finish = release::finish(b, "r1", "sha", &[shared.to_owned()], &[], None);
+            assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
+            let finish = release::finish(b, "r1", "sha", &[], &[shared.to_owned()], None);
+            assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
+        }
+        // Through the link: refused (and the release dropped) by the shared-path check.
+        let finish = release::finish(b, "r1", "sha", &["public/uploads".to_owned()], &[], None);
+        assert_ne!(sh(&finish, b"").0, 0);
+        assert!(victim.join("uploads/keep").is_dir());
+
+        // Names to prune or ids to write that are not plain names: nothing removed.
+        std::fs::create_dir_all(base.join("releases/old")).unwrap();
+        for bad in ["..", "../../victim-paths", "old/../..", "", ".", "a\nb"] {
+            let names = ["old".to_owned(), bad.to_owned()];
+            assert_eq!(
+                sh(&release::prune(b, &names), b"").0,
+                exit::PATH_OUTSIDE as i32,
+                "{bad:?}"
+            );
+            assert!(base.join("releases/old").is_dir());
+            let receive = release::receive(b, bad, "0", "gzip -dc", 0);
+            assert_eq!(sh(&receive, b"").0, exit::PATH_OUTSIDE as i32, "{bad:?}");
+        }
+        assert!(victim.join("uploads/keep").is_dir());
+        assert_eq!(sh(&release::prune(b, &["old".to_owned()]), b"").0, 0);
+        assert!(!base.join("releases/old").exists());
+    }
+}

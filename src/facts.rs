@@ -146,18 +146,26 @@ impl ReleaseTree {
     }
 }
 
+/// Names in `releases/` are printed only when they are plain (see `plain_name`): other
+/// names are not shipit's, and one holding a newline would forge lines of its own.
 const RELEASES: &str = r#"
 if command -v zstd >/dev/null 2>&1; then echo "zstd"; fi
 if gnu_find && command -v awk >/dev/null 2>&1; then echo "delta"; fi
 cd -- "$deploy_to" 2>/dev/null || exit 0
 if [ -L current ]; then
-  echo "current $(readlink current)"
+  target=$(readlink current)
+  case $target in
+    *"
+"*) echo "current ?" ;;
+    *) echo "current $target" ;;
+  esac
   if [ -f current/.shipit/manifest ]; then echo "manifest $(sum_of current/.shipit/manifest)"; fi
 fi
 [ -d releases ] || exit 0
 for d in releases/* releases/.[!.]*; do
   [ -e "$d" ] || continue
   name=${d#releases/}
+  plain_name "$name" || continue
   case $name in
     *.partial) echo "partial $name" ;;
     *) if [ -d "$d" ] && [ ! -L "$d" ]; then
@@ -175,10 +183,24 @@ pub fn releases(deploy_to: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("deploy_to", deploy_to),
         Cmd::new(crate::commands::release::HOST_TOOLS),
+        Cmd::new(crate::commands::release::PATHS),
         Cmd::new(RELEASES),
     ])
 }
 
+/// Whether `name` is plain enough to be a release directory's name in a host script's
+/// path: letters, digits, `.`, `_`, `-`, not starting with a dot (the host scripts' own
+/// `plain_name`). Any release id shipit makes is one.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Parses the output of [`releases`]. Release and partial names that are not plain are
+/// left out, whatever printed them.
 pub fn parse_releases(stdout: &str) -> ReleaseTree {
     let mut tree = ReleaseTree::default();
     for line in stdout.lines() {
@@ -189,6 +211,7 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
                 let target = target.trim_end_matches('/');
                 tree.current = target.rsplit('/').next().map(str::to_owned);
             }
+            (Some("partial" | "release"), Some(name)) if !plain_name(name) => {}
             (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
             (Some("zstd"), None) => tree.zstd = true,
             (Some("delta"), None) => tree.delta = true,
@@ -272,6 +295,33 @@ mod tests {
                 ..ReleaseTree::default()
             }
         );
+    }
+
+    #[test]
+    fn releases_probe_lists_no_name_that_is_not_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let id = "20260101T000000Z-aaa";
+        for name in [
+            id,
+            "x\nrelease forged abc",
+            "y\npartial forged.partial",
+            "with space",
+        ] {
+            std::fs::create_dir_all(base.join("releases").join(name)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(releases(base.to_str().unwrap()).render())
+            .output()
+            .unwrap();
+        let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
+        let ids: Vec<&str> = tree.releases.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, [id]);
+        assert!(tree.partials.is_empty(), "{tree:?}");
+        // Whatever prints them, names that are not plain are not read.
+        let forged = parse_releases("release ../../etc x\npartial ../x.partial\nrelease a/b\n");
+        assert!(forged.releases.is_empty() && forged.partials.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Facts + inventory + artifact → what each host will do. Pure: the caller passes the time.
 //!
 //! The plan decides, per host, where the new release's files come from (already there, a
-//! hard-link copy of a release with the same artifact, or an upload), which releases the
+//! copy of a release with the same artifact, or an upload), which releases the
 //! cleanup removes, and for a rollback which release the fleet goes back to.
 
 use std::collections::BTreeSet;
@@ -30,6 +30,23 @@ pub fn next_release_id<'a>(
         _ => now_unix,
     };
     release_id(when, sha256)
+}
+
+/// Whether `name` is a release id of shipit's own form ([`release_id`]): a valid
+/// `YYYYMMDDTHHMMSSZ` time, `-`, then 1 to 12 lowercase hex digits of the artifact's sha256.
+/// Only such directories are shipit's to reuse or prune.
+pub fn is_release_id(name: &str) -> bool {
+    let Some(short) = name.get(16..).and_then(|rest| rest.strip_prefix('-')) else {
+        return false;
+    };
+    id_time(name).is_some()
+        && name.as_bytes()[..15]
+            .iter()
+            .all(|b| b.is_ascii_digit() || *b == b'T')
+        && (1..=12).contains(&short.len())
+        && short
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The Unix time in a release id's `YYYYMMDDTHHMMSSZ` prefix.
@@ -95,7 +112,8 @@ pub fn rfc3339(unix_secs: u64) -> String {
 pub enum Source {
     /// `releases/<id>` is already complete (a re-run of the same deploy).
     Present,
-    /// A hard-link copy of a release holding the same artifact: nothing to upload.
+    /// A copy of a release holding the same artifact (linked or copied as a delta is, and
+    /// verified against the manifest on the host, else uploaded): nothing to upload.
     Reuse { from: String },
     /// Stream the artifact.
     Upload,
@@ -127,6 +145,7 @@ pub fn host_plan(
             .releases
             .iter()
             .rev()
+            .filter(|r| is_release_id(&r.id))
             .find(|r| r.sha256.as_deref() == Some(sha256))
         {
             Some(r) => Source::Reuse { from: r.id.clone() },
@@ -143,9 +162,16 @@ pub fn host_plan(
 }
 
 /// Releases beyond the newest `keep`, never the new one nor the one it replaces; plus every
-/// leftover partial directory (the lock is held, so none is in use).
+/// leftover partial directory (the lock is held, so none is in use). Only directories of
+/// shipit's own making count, by name: release ids of its form and `<id>.partial`; other
+/// names in `releases/` are neither removed nor counted among the `keep`.
 fn prune_list(tree: &ReleaseTree, release: &str, keep: usize) -> Vec<String> {
-    let mut ids: BTreeSet<&str> = tree.releases.iter().map(|r| r.id.as_str()).collect();
+    let mut ids: BTreeSet<&str> = tree
+        .releases
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| is_release_id(id))
+        .collect();
     ids.insert(release);
     let keep_set: BTreeSet<&str> = ids
         .iter()
@@ -160,7 +186,12 @@ fn prune_list(tree: &ReleaseTree, release: &str, keep: usize) -> Vec<String> {
         .filter(|id| !keep_set.contains(id))
         .map(str::to_owned)
         .collect();
-    prune.extend(tree.partials.iter().cloned());
+    prune.extend(
+        tree.partials
+            .iter()
+            .filter(|p| p.strip_suffix(".partial").is_some_and(is_release_id))
+            .cloned(),
+    );
     prune
 }
 
@@ -168,7 +199,7 @@ impl fmt::Display for HostPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
             Source::Present => "already present".to_owned(),
-            Source::Reuse { from } => format!("hard-link copy of {from}"),
+            Source::Reuse { from } => format!("copy of {from}"),
             Source::Upload => "upload".to_owned(),
         };
         write!(
@@ -391,18 +422,67 @@ mod tests {
         insta::assert_snapshot!(p.to_string(), @"h1: release r9 (upload), current (none) -> r9");
     }
 
+    /// Release ids of shipit's form: `r(n, sha)` is `n` minutes after a fixed time.
+    fn r(n: u64, sha: &str) -> String {
+        release_id(1_795_381_200 + n * 60, sha)
+    }
+
     #[test]
     fn same_artifact_is_reused_and_cleanup_keeps_current_and_previous() {
-        let t = tree(
-            Some("r1"),
-            &[("r1", "a"), ("r2", "b"), ("r3", "c"), ("r4", "b")],
-            &["r0.partial"],
+        let (r0, r1, r2, r3, r4, r5) = (
+            r(0, "a0"),
+            r(1, "a1"),
+            r(2, "b2"),
+            r(3, "c3"),
+            r(4, "b2"),
+            r(5, "b2"),
         );
-        let p = host_plan("h1", &t, "r5", "b", 2);
-        assert_eq!(p.source, Source::Reuse { from: "r4".into() });
+        let partial = format!("{r0}.partial");
+        let t = tree(
+            Some(&r1),
+            &[(&r1, "a1"), (&r2, "b2"), (&r3, "c3"), (&r4, "b2")],
+            &[&partial],
+        );
+        let p = host_plan("h1", &t, &r5, "b2", 2);
+        assert_eq!(p.source, Source::Reuse { from: r4.clone() });
         // Newest two are r5 and r4; r1 is kept as the release r5 replaces.
-        assert_eq!(p.prune, vec!["r2", "r3", "r0.partial"]);
-        insta::assert_snapshot!(p.to_string(), @"h1: release r5 (hard-link copy of r4), current r1 -> r5, remove r2 r3 r0.partial");
+        assert_eq!(p.prune, vec![r2, r3, partial]);
+        insta::assert_snapshot!(p.to_string(), @"h1: release 20261122T210500Z-b2 (copy of 20261122T210400Z-b2), current 20261122T210100Z-a1 -> 20261122T210500Z-b2, remove 20261122T210200Z-b2 20261122T210300Z-c3 20261122T210000Z-a0.partial");
+    }
+
+    #[test]
+    fn only_shipits_own_releases_are_pruned_or_counted() {
+        assert!(is_release_id(&r(0, "0123456789abcdef")));
+        assert!(is_release_id("20261122T210000Z-ff"));
+        for odd in [
+            "data",
+            "r1",
+            "20261122T210000Z",
+            "20261122T210000Z-",
+            "20261122T210000Z-FF",
+            "20261122T210000Z-0123456789abc",
+            "20261122T210000Z-ff.partial",
+            "20261122T210000Z-ff/..",
+            "+0261122T210000Z-ff",
+            "20261322T210000Z-ff",
+        ] {
+            assert!(!is_release_id(odd), "{odd}");
+        }
+        let (r1, r2, r3) = (r(1, "aa"), r(2, "bb"), r(3, "cc"));
+        // Names someone else put in `releases/`, newer and older than shipit's own.
+        let odd = [
+            ("00-backup", "aa"),
+            ("zz-manual", "aa"),
+            ("99991231T235959Z-keepme", "aa"),
+        ];
+        let mut releases: Vec<(&str, &str)> = vec![(&r1, "aa"), (&r2, "bb")];
+        releases.extend(odd);
+        let t = tree(Some(&r2), &releases, &["manual.partial", "x.partial"]);
+        let p = host_plan("h1", &t, &r3, "aa", 2);
+        // With keep 2, r3 and r2 are kept, r1 goes: the odd names neither go nor take a
+        // slot, and a same-artifact odd directory is not reused.
+        assert_eq!(p.prune, vec![r1.clone()]);
+        assert_eq!(p.source, Source::Reuse { from: r1 });
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub struct HostDeploy {
     /// `switched`, `not_switched`, `failed`, `switched_back` or `switch_back_failed`.
     pub outcome: &'static str,
     /// `uploaded` (the whole artifact), `delta` (only content the host's current release
-    /// lacks), `reused` (hard-link copy of an identical release) or `present`.
+    /// lacks), `reused` (verified copy of an identical release) or `present`.
     pub source: Option<String>,
     /// Bytes streamed to this host (compressed): the whole artifact, or the delta.
     pub bytes_sent: u64,
@@ -1170,24 +1170,48 @@ async fn stage_release(
         sent,
         fallback,
     };
+    let mut sent = 0;
+    let mut fallback: Option<String>;
     match &p.source {
-        Source::Present => Ok(staged("present", 0, None)),
+        Source::Present => return Ok(staged("present", 0, None)),
         Source::Reuse { from } => {
-            d.out.emit(Event::Step {
-                host,
-                step: "copying identical release",
-            });
-            let copy = commands::release::reuse(deploy_to, from, &p.release);
-            let cmd = Cmd::seq([copy, finish]);
-            check(
-                c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await,
-                "copying the identical release",
-            )?;
-            Ok(staged("reused", 0, None))
+            // A copy is kept only if it verifies against the artifact's manifest; else (or
+            // without a manifest to check it against) the artifact is uploaded.
+            let why = match &d.artifact.manifest {
+                Some(manifest) => {
+                    d.out.emit(Event::Step {
+                        host,
+                        step: "copying identical release",
+                    });
+                    let copy = commands::release::reuse(
+                        deploy_to,
+                        from,
+                        &p.release,
+                        &manifest.sha256(),
+                        d.inventory.app.user.as_deref().unwrap_or(""),
+                    );
+                    let cmd = Cmd::seq([copy, finish.clone()]);
+                    let result = c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await;
+                    let unverified = crate::transport::Exit::Code(commands::exit::REUSE_UNVERIFIED);
+                    match result {
+                        Ok(o) if o.exit == unverified => {
+                            format!("release {from} no longer matches its manifest")
+                        }
+                        result => {
+                            check(result, "copying the identical release")?;
+                            return Ok(staged("reused", 0, None));
+                        }
+                    }
+                }
+                None => format!("the artifact has no manifest to check a copy of {from} against"),
+            };
+            d.out.emit(Event::Note(&format!(
+                "{host}: {why}; sending the whole artifact"
+            )));
+            fallback = Some(why);
         }
         Source::Upload => {
-            let mut sent = 0;
-            let mut fallback = delta.as_ref().err().cloned();
+            fallback = delta.as_ref().err().cloned();
             if let Ok(Some(delta)) = delta {
                 d.out.emit(Event::Step {
                     host,
@@ -1205,15 +1229,15 @@ async fn stage_release(
                     }
                 }
             }
-            d.out.emit(Event::Step {
-                host,
-                step: "uploading",
-            });
-            let compressed = whole.get().await?;
-            let n = upload(d, c, &p.release, finish, &compressed).await?;
-            Ok(staged("uploaded", sent + n, fallback))
         }
     }
+    d.out.emit(Event::Step {
+        host,
+        step: "uploading",
+    });
+    let compressed = whole.get().await?;
+    let n = upload(d, c, &p.release, finish, &compressed).await?;
+    Ok(staged("uploaded", sent + n, fallback))
 }
 
 fn check(result: Result<ExecOutput, ExecError>, step: &str) -> Result<ExecOutput, String> {

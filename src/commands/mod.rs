@@ -55,6 +55,13 @@ pub mod exit {
     /// A delta upload could not build the release exactly (the current release differs from
     /// its manifest, a tool failed, or the result did not verify); nothing was kept.
     pub const DELTA_FAILED: u32 = 94;
+    /// A copy of an identical release could not be verified against its manifest (a file
+    /// patched in place, a missing manifest, names a listing cannot carry); nothing was
+    /// kept, the caller uploads instead.
+    pub const REUSE_UNVERIFIED: u32 = 100;
+    /// A path a script would remove or replace is not a plain name or relative path inside
+    /// the directory it works in (or goes through a symlink); nothing was removed.
+    pub const PATH_OUTSIDE: u32 = 101;
     /// A directory shipit would write in (or one of its ancestors) is owned by another user,
     /// writable by group or others, or a symlink where none may be; path, owner and mode on
     /// stderr, nothing written (see [`strict`](super::strict)).

@@ -17,6 +17,29 @@ if command -v openssl >/dev/null 2>&1; then hash="openssl dgst -sha256 -r"; else
 sum_of() { set -- $($hash < "$1") && printf '%s\n' "$1"; }
 gnu_find() { find / -maxdepth 0 -printf '' >/dev/null 2>&1; }"#;
 
+/// Checks of the names and paths a host script deletes or replaces, so that no value (a
+/// release id, a shared path, a line of a listing) can reach outside the directory the
+/// script works in:
+///
+/// - `plain_name NAME`: a release id or `<id>.partial` as shipit makes them: letters,
+///   digits, `.`, `_`, `-`, not starting with a dot (so never `.`, `..` or a path);
+/// - `rel_path PATH`: relative, without empty, `.` or `..` components;
+/// - `real_dirs ROOT PATH`: every parent of `ROOT/PATH` below ROOT is a directory, not a
+///   symlink (an artifact's symlink `public -> /var/www` must not make `public/uploads`
+///   mean `/var/www/uploads`).
+///
+/// A script that finds a bad value exits [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE).
+pub(crate) const PATHS: &str = r#"
+plain_name() { case $1 in ''|.*|*[!A-Za-z0-9._-]*) return 1 ;; esac; }
+rel_path() { case /$1/ in *//*|*/./*|*/../*) return 1 ;; esac; }
+real_dirs() {
+  rd_dir=$1 rd_rest=$2
+  while case $rd_rest in */*) true ;; *) false ;; esac; do
+    rd_dir="$rd_dir/${rd_rest%%/*}" rd_rest=${rd_rest#*/}
+    if [ -L "$rd_dir" ] || { [ -e "$rd_dir" ] && [ ! -d "$rd_dir" ]; }; then return 1; fi
+  done
+}"#;
+
 /// Receives the upload on stdin: the release's manifest (`manifest_len` bytes, compressed;
 /// none when 0), then the compressed artifact. Writes the manifest to
 /// `releases/<id>.partial/.shipit/manifest`, extracts the artifact into the partial
@@ -40,10 +63,12 @@ pub fn receive(
         Cmd::assign("decompress", decompress),
         Cmd::assign("mlen", manifest_len.to_string()),
         Cmd::new(HOST_TOOLS),
+        Cmd::new(PATHS),
         Cmd::new(LISTING),
         Cmd::new(
             r#"
 umask 022
+plain_name "$id" || exit 101
 mkdir -p -- "$base" && cd -- "$base" || exit 1
 mkdir -p releases shared .shipit || exit 1
 part="releases/$id.partial"
@@ -73,6 +98,14 @@ fi
     ])
 }
 
+/// `walk FORMAT [TEST...]` prints `find -printf FORMAT` for every path below the current
+/// directory but `.shipit` (those passing the TESTs), and fails when any name or symlink
+/// target has a control character or a backslash: what a manifest cannot carry (see
+/// [`crate::manifest`]), and what would split or forge a line of the lists below (a
+/// directory named `b` + newline + `/tmp` would read as a line `/tmp`). The check is made in
+/// the same pass as the listing, so nothing can slip in between. Such a tree is not
+/// listed: a delta or a copy from it fails, and the whole artifact is sent.
+///
 /// `listing PREFIX [TRUSTED]` writes the manifest text of the tree in the current directory
 /// to stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
 /// `$hash` and awk, and the tree's stat list (see `stat_list`) to `PREFIX.stat`. PREFIX
@@ -86,8 +119,21 @@ fi
 /// refreshes the record after it links or prunes (`refresh_stat DIR`: the ctime of files
 /// whose inode, size and mtime are as recorded; others leave the record).
 const LISTING: &str = r#"
+walk() {
+  walk_fmt=$1
+  shift
+  walk_bad=$(mktemp) || return 1
+  LC_ALL=C find . -mindepth 1 \( -path ./.shipit -prune \
+    -o \( -name '*[[:cntrl:]]*' -o -name '*\\*' -o -lname '*[[:cntrl:]]*' -o -lname '*\\*' \) -fprint "$walk_bad" \
+    -o "$@" -printf "$walk_fmt" \)
+  walk_status=$?
+  [ "$walk_status" = 0 ] && [ ! -s "$walk_bad" ]
+  walk_status=$?
+  rm -f -- "$walk_bad"
+  return "$walk_status"
+}
 listing() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%m\t%s\t%l\t%i\t%T@\t%C@\n' \) > "$1.meta" || return 1
+  walk '%P\t%y\t%m\t%s\t%l\t%i\t%T@\t%C@\n' > "$1.meta" || return 1
   awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } $2 == "f" && !($1 in t) { print "./" $1 }' \
     "${2:-/dev/null}" "$1.meta" | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
   awk -F '\t' -v OFS='\t' -v stat="$1.stat" '
@@ -98,7 +144,7 @@ listing() {
     { print $1, $2, $3, "-", "-" }' "${2:-/dev/null}" "$1.sums" "$1.meta" | LC_ALL=C sort
 }
 stat_list() {
-  find . -mindepth 1 \( -path ./.shipit -prune -o -type f -printf '%P\t%i\t%s\t%T@\t%C@\n' \)
+  walk '%P\t%i\t%s\t%T@\t%C@\n' -type f
 }
 refresh_stat() {
   [ -f "$1/.shipit/stat" ] && gnu_find || return 0
@@ -109,6 +155,69 @@ refresh_stat() {
   status=$?
   rm -f -- "$1/.shipit/stat.now" "$1/.shipit/stat.new"
   return "$status"
+}"#;
+
+/// `clone_release EDITS`, run in `$base` with `$old` (the source release, relative),
+/// `$part`, `$tmp` (scratch, holding `manifest`: the source's manifest, already checked)
+/// and `$svc` (the service user) set: makes `$part` a copy of `$old` holding only what the
+/// manifest lists, less the `rm` paths of EDITS (a delta's edit list, or `/dev/null`), and
+/// leaves the shell in `$part` with an empty `.shipit`. Writes `$tmp/clean`: the files of
+/// the source whose inode, size, mtime and ctime are as its `.shipit/stat` recorded (read
+/// before linking changes their ctime). Fails on a source holding names a listing cannot
+/// carry, and on any path to remove that is not plain and relative, below directories of
+/// the copy: nothing outside `$part` is ever removed.
+///
+/// The copy hard-links files unless the service user could write them (it owns the release
+/// files, is root, or is unknown): then it copies, so that writing into one release can
+/// never change another. Copies and new directories belong to the user running the script,
+/// as an upload's would, so nobody else can change the copy while it is built.
+const CLONE: &str = r#"
+clone_release() {
+  [ -d "$old" ] && [ ! -L "$old" ] || return 1
+  (cd -- "$old" && stat_list) > "$tmp/now" || return 1
+  recorded=/dev/null
+  [ -f "$old/.shipit/stat" ] && recorded="$old/.shipit/stat"
+  awk -F '\t' 'FILENAME == ARGV[1] { rec[$0] = 1; next } ($0 in rec) { print $1 }' \
+    "$recorded" "$tmp/now" > "$tmp/clean" || return 1
+  copy=""
+  if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
+  # Hard links where they work; copies where they cannot be made (another filesystem). The
+  # links keep nothing else: new directories get their modes from the umask, as tar made them.
+  if [ -z "$copy" ] && ! cp -RPl -- "$old" "$part" 2>/dev/null; then rm -rf -- "$part"; copy=1; fi
+  if [ -n "$copy" ]; then cp -RP --preserve=mode,timestamps -- "$old" "$part" || return 1; fi
+  cd -- "$part" && rm -rf .shipit && mkdir .shipit || return 1
+  # What the copy holds, listed after it was made (nobody else can change it now): the
+  # paths the manifest does not list with their type are the source's extras (shared links,
+  # REVISION, files written into it later); they go, with the edit list's `rm` paths.
+  walk '%P\t%y\n' > "$tmp/part" || return 1
+  awk -F '\t' '
+    function unsafe(p,   n, i, part, pre) {
+      if (p == "" || ("/" p "/") ~ /\/\/|\/\.\.?\//) return 1
+      n = split(p, part, "/")
+      pre = part[1]
+      for (i = 1; i < n; i++) { if (type[pre] != "d") return 1; pre = pre "/" part[i + 1] }
+      return 0
+    }
+    FILENAME == ARGV[1] { listed[$1 "\t" $2] = 1; next }
+    FILENAME == ARGV[2] {
+      type[$1] = $2
+      if ($0 in listed) next
+      parent = $1; sub(/\/[^\/]*$/, "", parent)
+      if (parent != $1 && (parent in extra)) { extra[$1] = 1; next }
+      extra[$1] = 1; p = $1
+    }
+    FILENAME == ARGV[3] { if ($1 != "rm") next; p = $3 }
+    unsafe(p) { bad = 1; exit }
+    { print p }
+    END { exit bad }' "$tmp/manifest" "$tmp/part" "$1" > "$tmp/rm" || return 1
+  tr '\n' '\000' < "$tmp/rm" | xargs -0 -r rm -rf --
+}
+trusted_sums() {
+  awk -F '\t' -v OFS='\t' '
+    FILENAME == ARGV[1] { if ($1 != "rm") touched[$3] = 1; next }
+    FILENAME == ARGV[2] { clean[$1] = 1; next }
+    $2 == "f" && ($1 in clean) && !($1 in touched) { print $1, $5 }' \
+    "$1" "$tmp/clean" "$tmp/manifest"
 }"#;
 
 /// The manifest text of the release tree `dir` (for tests and diagnostics).
@@ -150,14 +259,14 @@ pub struct DeltaArgs<'a> {
 /// Builds `releases/<id>.partial` from the current release and a delta stream on stdin:
 /// the compressed edit list (see `delta`), then a compressed tar of the new content.
 ///
-/// The current release is cloned, its extra paths (shared links, files written into it
-/// later) dropped, the edits and the tar applied, and the whole tree then listed and
-/// hashed: only a tree whose listing has the new manifest's sha256 is kept, with that
-/// listing as its manifest. The clone hard-links files unless the service user could write
-/// them (it owns the release files, is root, or is unknown): then it copies, so that writing
-/// into one release can never change another. Any failure removes the partial directory
-/// and exits [`DELTA_FAILED`](super::exit::DELTA_FAILED) ([`SHA_MISMATCH`](super::exit::SHA_MISMATCH)
-/// for damaged bytes): the caller then sends the artifact whole. Falls through on success.
+/// The current release is cloned (`clone_release`: linked or copied, its extra paths and
+/// the edits' removals dropped, never anything outside the copy), the tar applied, and the
+/// whole tree then listed and hashed: only a tree whose listing has the new manifest's
+/// sha256 is kept, with that listing as its manifest. Any failure (a current release
+/// holding names a listing cannot carry among them) removes the partial directory and exits
+/// [`DELTA_FAILED`](super::exit::DELTA_FAILED) ([`SHA_MISMATCH`](super::exit::SHA_MISMATCH)
+/// for damaged bytes): the caller then sends the artifact whole. Ids that are not plain
+/// names exit [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE). Falls through on success.
 pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", a.deploy_to),
@@ -170,10 +279,14 @@ pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
         Cmd::assign("elen", a.edits_len.to_string()),
         Cmd::assign("svc", a.service_user),
         Cmd::new(HOST_TOOLS),
+        Cmd::new(PATHS),
         Cmd::new(LISTING),
+        Cmd::new(CLONE),
         Cmd::new(
             r#"
 umask 022
+plain_name "$id" || exit 101
+plain_name "$cur" || exit 94
 cd -- "$base" && mkdir -p .shipit || exit 1
 part="releases/$id.partial"
 old="releases/$cur"
@@ -189,44 +302,21 @@ wait "$hasher"
 read -r got rest < "$tmp/sum"
 [ "$got" = "$sha" ] || fail 81
 [ "$status" = 0 ] || fail 94
-[ -d "$old" ] && [ ! -L "$old" ] || fail 94
-[ "$(sum_of "$old/.shipit/manifest")" = "$oldsum" ] || fail 94
-# One look at the current release: its extra paths (not in its manifest: shared links,
-# REVISION, files written into it later) and its clean files (inode, size, mtime and ctime
-# as recorded in its .shipit/stat), before linking changes their ctime.
-(cd -- "$old" && find . -mindepth 1 \( -path ./.shipit -prune -o -printf '%P\t%y\t%i\t%s\t%T@\t%C@\n' \)) > "$tmp/now" || fail 94
-recorded=/dev/null
-[ -f "$old/.shipit/stat" ] && recorded="$old/.shipit/stat"
-: > "$tmp/extra" && : > "$tmp/clean" || fail 94
-awk -F '\t' -v extra="$tmp/extra" -v clean="$tmp/clean" '
-  FILENAME == ARGV[1] { listed[$1 "\t" $2] = 1; next }
-  FILENAME == ARGV[2] { rec[$0] = 1; next }
-  !(($1 "\t" $2) in listed) { print $1 > extra; next }
-  $2 == "f" && (($1 "\t" $3 "\t" $4 "\t" $5 "\t" $6) in rec) { print $1 > clean }' \
-  "$old/.shipit/manifest" "$recorded" "$tmp/now" || fail 94
-copy=""
-if [ -z "$svc" ] || [ "$svc" = "$(id -un)" ] || [ "$(id -u -- "$svc" 2>/dev/null)" = 0 ]; then copy=1; fi
-# Hard links where they work; copies where they cannot be made (another filesystem). The
-# links keep nothing else: new directories get their modes from the umask, as tar made them.
-if [ -z "$copy" ] && ! cp -RPl -- "$old" "$part" 2>/dev/null; then rm -rf -- "$part"; copy=1; fi
-if [ -n "$copy" ]; then cp -a -- "$old" "$part" || fail 94; fi
-cd -- "$part" && rm -rf .shipit && mkdir .shipit && ln -s -- "../../$cur" .shipit/base || fail 94
-awk -F '\t' 'FILENAME == ARGV[1] { print; next } $1 == "rm" { print $3 }' "$tmp/extra" "$tmp/edits" \
-  | tr '\n' '\000' | xargs -0 -r rm -rf -- || fail 94
+# The manifest the client planned with, kept aside from the app's reach.
+cp -- "$old/.shipit/manifest" "$tmp/manifest" && [ "$(sum_of "$tmp/manifest")" = "$oldsum" ] || fail 94
+clone_release "$tmp/edits" || fail 94
+ln -s -- "../../$cur" .shipit/base || fail 94
 $decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
 rm -f .shipit/base
 while IFS="	" read -r op arg path; do
+  rel_path "$path" || fail 94
   case $op in
     mode) cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" && chmod "$arg" -- "$path" || fail 94 ;;
     link) if [ -n "$copy" ]; then cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" || fail 94; fi ;;
   esac
 done < "$tmp/edits"
 # Trusted digests: clean files of the current release this delta did not write.
-awk -F '\t' -v OFS='\t' '
-  FILENAME == ARGV[1] { if ($1 != "rm") touched[$3] = 1; next }
-  FILENAME == ARGV[2] { clean[$1] = 1; next }
-  $2 == "f" && ($1 in clean) && !($1 in touched) { print $1, $5 }' \
-  "$tmp/edits" "$tmp/clean" "../$cur/.shipit/manifest" > "$tmp/trusted" || fail 94
+trusted_sums "$tmp/edits" > "$tmp/trusted" || fail 94
 listing "$tmp/l" "$tmp/trusted" > .shipit/manifest || fail 94
 [ "$(sum_of .shipit/manifest)" = "$want" ] || fail 94
 mv -f -- "$tmp/l.stat" .shipit/stat || fail 94
@@ -236,21 +326,48 @@ cd -- "$base" && rm -rf -- "$tmp"
     ])
 }
 
-/// Makes `releases/<id>.partial` a hard-link copy of `releases/<from>`, which holds the
-/// same artifact: no bytes uploaded, little disk used.
-pub fn reuse(deploy_to: &str, from: &str, id: &str) -> Cmd {
+/// Makes `releases/<id>.partial` a copy of `releases/<from>`, which holds the same
+/// artifact (`manifest`: the sha256 of its manifest): no bytes uploaded. The source is
+/// trusted no more than a delta's: it is cloned by the same rule (`clone_release`: hard
+/// links only where the service user `service_user` cannot write the files, its extra paths
+/// dropped), and the copy is kept only if it lists exactly as the manifest (files whose
+/// stat record shows them unchanged are not read again). A source without a manifest, one
+/// that differs from it (a file patched in place, names a listing cannot carry), or a host
+/// without GNU `find` exits [`REUSE_UNVERIFIED`](super::exit::REUSE_UNVERIFIED), nothing
+/// kept: the caller then uploads. Falls through on success.
+pub fn reuse(deploy_to: &str, from: &str, id: &str, manifest: &str, service_user: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("from", from),
         Cmd::assign("id", id),
+        Cmd::assign("want", manifest),
+        Cmd::assign("svc", service_user),
         Cmd::new(HOST_TOOLS),
+        Cmd::new(PATHS),
         Cmd::new(LISTING),
+        Cmd::new(CLONE),
         Cmd::new(
             r#"
-cd -- "$base" || exit 1
+umask 022
+plain_name "$id" || exit 101
+plain_name "$from" || exit 100
+gnu_find && command -v awk >/dev/null 2>&1 || exit 100
+cd -- "$base" && mkdir -p .shipit || exit 1
 part="releases/$id.partial"
-rm -rf -- "$part" && cp -al -- "releases/$from" "$part" || { rm -rf -- "$part"; exit 1; }
-refresh_stat "$part" || rm -f -- "$part/.shipit/stat""#,
+old="releases/$from"
+tmp="$base/.shipit/delta-$id"
+fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
+# Under the deploy lock: scratch dirs of runs that were killed can go.
+rm -rf -- "$part" .shipit/delta-* && mkdir -- "$tmp" || fail 1
+[ -f "$old/.shipit/manifest" ] && cp -- "$old/.shipit/manifest" "$tmp/manifest" || fail 100
+[ "$(sum_of "$tmp/manifest")" = "$want" ] || fail 100
+clone_release /dev/null || fail 100
+trusted_sums /dev/null > "$tmp/trusted" || fail 100
+listing "$tmp/l" "$tmp/trusted" > .shipit/manifest || fail 100
+[ "$(sum_of .shipit/manifest)" = "$want" ] || fail 100
+mv -f -- "$tmp/l.stat" .shipit/stat || fail 1
+cd -- "$base" && rm -rf -- "$tmp"
+:"#,
         ),
     ])
 }
@@ -278,8 +395,10 @@ pub fn finish(
         Cmd::assign("id", id),
         Cmd::assign("revision", revision),
         Cmd::assign("owner", owner.unwrap_or("")),
+        Cmd::new(PATHS),
         Cmd::new(
             r#"
+plain_name "$id" || exit 101
 cd -- "$base" || exit 1
 part="releases/$id.partial"
 [ -d "$part" ] || exit 1
@@ -324,8 +443,10 @@ while case $d in */*) true ;; *) false ;; esac; do
 done"#;
 
 /// A shared directory: seeded from the artifact on first use, then a symlink replaces the
-/// artifact's copy in every release.
+/// artifact's copy in every release. The path is relative and below real directories of the
+/// release (not through the artifact's symlinks), or nothing is removed.
 const LINK_SHARED_DIR: &str = r#"
+rel_path "$p" && real_dirs "$part" "$p" || exit 101
 if [ ! -e "shared/$p" ]; then
   mkdir -p -- "$(dirname -- "shared/$p")" || exit 1
   if [ -d "$part/$p" ] && [ ! -L "$part/$p" ]; then cp -a -- "$part/$p" "shared/$p" || exit 1
@@ -335,8 +456,10 @@ fi
 rm -rf -- "$part/$p" && mkdir -p -- "$(dirname -- "$part/$p")" && ln -s -- "$base/shared/$p" "$part/$p" || exit 1"#;
 
 /// A shared file: seeded from the artifact on first use; if neither has it, the deploy
-/// stops rather than link a release to a file that is not there.
+/// stops rather than link a release to a file that is not there. Checked as a shared
+/// directory is.
 const LINK_SHARED_FILE: &str = r#"
+rel_path "$p" && real_dirs "$part" "$p" || exit 101
 if [ ! -e "shared/$p" ]; then
   if [ -f "$part/$p" ] && [ ! -L "$part/$p" ]; then
     mkdir -p -- "$(dirname -- "shared/$p")" && cp -p -- "$part/$p" "shared/$p" || exit 1
@@ -350,13 +473,16 @@ fi
 rm -rf -- "$part/$p" && mkdir -p -- "$(dirname -- "$part/$p")" && ln -s -- "$base/shared/$p" "$part/$p" || exit 1"#;
 
 /// Points `current` at `releases/<id>`: a new symlink renamed over the old one (atomic).
-/// Exit [`RELEASE_MISSING`](super::exit::RELEASE_MISSING) if the release is not there.
+/// Exit [`RELEASE_MISSING`](super::exit::RELEASE_MISSING) if the release is not there
+/// (or `id` is no release name).
 pub fn switch(deploy_to: &str, id: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("id", id),
+        Cmd::new(PATHS),
         Cmd::new(
             r#"
+plain_name "$id" || exit 83
 cd -- "$base" || exit 1
 [ -d "releases/$id" ] && [ ! -L "releases/$id" ] || exit 83
 ln -sfn -- "releases/$id" .current.tmp && mv -T -- .current.tmp current"#,
@@ -373,20 +499,25 @@ pub fn remove_current(deploy_to: &str) -> Cmd {
 }
 
 /// Removes old releases and stale partial directories (names from the plan, not globs).
-/// Then refreshes the stat record of the current release, whose files may share inodes
-/// with the removed ones.
+/// Each name is checked again on the host: only plain names (see `plain_name`) of real
+/// directories directly in `releases/` are removed; any other exits
+/// [`PATH_OUTSIDE`](super::exit::PATH_OUTSIDE) before anything is removed. Then refreshes the
+/// stat record of the current release, whose files may share inodes with the removed ones.
 pub fn prune(deploy_to: &str, names: &[String]) -> Cmd {
-    let paths = names.iter().map(|n| format!("releases/{n}"));
     Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::new("set").arg("--").args(names),
         Cmd::new(HOST_TOOLS),
+        Cmd::new(PATHS),
         Cmd::new(LISTING),
-        Cmd::new("cd")
-            .arg("--")
-            .arg(deploy_to)
-            .and(Cmd::new("rm").arg("-rf").arg("--").args(paths))
-            .or(Cmd::new("exit 1")),
         Cmd::new(
-            r#"if [ -d current ]; then refresh_stat current || rm -f current/.shipit/stat; fi"#,
+            r#"
+cd -- "$base" && [ -d releases ] && [ ! -L releases ] || exit 1
+for name do plain_name "$name" || exit 101; done
+for name do
+  if [ -d "releases/$name" ] && [ ! -L "releases/$name" ]; then rm -rf -- "releases/$name" || exit 1; fi
+done
+if [ -d current ]; then refresh_stat current || rm -f current/.shipit/stat; fi"#,
         ),
     ])
 }
@@ -566,8 +697,12 @@ pub(crate) mod tests {
             Path::new("releases/r1")
         );
 
-        // Reuse: a hard-link copy gets its own REVISION without touching r1's.
-        assert_eq!(sh(&reuse(b, "r1", "r2"), b"").0, 0);
+        // Reuse needs a manifest to check the copy against: r1 has none, nothing is kept
+        // (the caller uploads). A copy that verifies is tested in `delta::host_tests`.
+        let svc = "nobody";
+        assert_eq!(sh(&reuse(b, "r1", "r2", &sha, svc), b"").0, 100);
+        assert!(!base.join("releases/r2.partial").exists());
+        assert_eq!(sh(&receive(b, "r2", &up, "gzip -dc", 0), &bytes).0, 0);
         let finish2 = finish(b, "r2", &revision_text(&sha, None), &shared, &files, None);
         assert_eq!(sh(&finish2, b"").0, 0);
         assert_eq!(

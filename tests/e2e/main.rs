@@ -18,6 +18,7 @@ mod docker_fixture;
 mod exec;
 mod faults;
 mod fleet;
+mod harden_delta;
 mod harden_guard;
 mod harden_misc;
 mod harden_paths;
