@@ -907,4 +907,38 @@ mod hostile_host_tests {
         assert_eq!(sh(&release::prune(b, &["old".to_owned()]), b"").0, 0);
         assert!(!base.join("releases/old").exists());
     }
+
+    /// A delta's `mode` and `link` edits rewrite a file of the clone through a scratch
+    /// name next to it: a symlink the new artifact puts at that name (`app.txt.shipit-delta
+    /// -> other.txt`, a link inside the artifact, so the checker accepts it) made the copy
+    /// and the chmod land in `other.txt`, a hard link shared with the live release.
+    #[test]
+    fn an_artifact_symlink_at_the_scratch_name_does_not_reach_the_live_release() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let src = dir.path().join("src");
+        put(&src, "app.txt", b"app\n");
+        put(&src, "other.txt", b"precious\n");
+        for f in ["app.txt", "other.txt"] {
+            std::fs::set_permissions(src.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        release(&base, "r1", &v1);
+        std::fs::set_permissions(src.join("app.txt"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("other.txt", src.join("app.txt.shipit-delta")).unwrap();
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        let code = delta_from(&base, "r2", "r1", &v2);
+        let live = base.join("releases/r1/other.txt");
+        assert_eq!(std::fs::read(&live).unwrap(), b"precious\n");
+        let mode = std::fs::metadata(&live).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(code, 0);
+        let r2 = base.join("releases/r2.partial");
+        let text = String::from_utf8(v2.manifest.as_ref().unwrap().render()).unwrap();
+        let (c, listed, err) = sh(&release::listing(r2.to_str().unwrap()), b"");
+        assert_eq!(c, 0, "{err}");
+        assert_eq!(listed, text);
+    }
 }

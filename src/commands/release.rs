@@ -308,11 +308,20 @@ clone_release "$tmp/edits" || fail 94
 ln -s -- "../../$cur" .shipit/base || fail 94
 $decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
 rm -f .shipit/base
+# A file rewritten here (its own copy, unshared with the current release) goes through a
+# fresh scratch name made by mktemp: a fixed name could be a symlink the artifact put there,
+# and the copy would land wherever it points (a hard link of the live release).
+rewrite() {
+  [ -f "$1" ] && [ ! -L "$1" ] && real_dirs . "$1" || return 1
+  rw_tmp=$(mktemp -- "$1.shipit-delta.XXXXXXXXXX") || return 1
+  if cp -p -- "$1" "$rw_tmp" && mv -fT -- "$rw_tmp" "$1"; then return 0; fi
+  rm -f -- "$rw_tmp"; return 1
+}
 while IFS="	" read -r op arg path; do
   rel_path "$path" || fail 94
   case $op in
-    mode) cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" && chmod "$arg" -- "$path" || fail 94 ;;
-    link) if [ -n "$copy" ]; then cp -p -- "$path" "$path.shipit-delta" && mv -f -- "$path.shipit-delta" "$path" || fail 94; fi ;;
+    mode) rewrite "$path" && chmod "$arg" -- "$path" || fail 94 ;;
+    link) if [ -n "$copy" ]; then rewrite "$path" || fail 94; fi ;;
   esac
 done < "$tmp/edits"
 # Trusted digests: clean files of the current release this delta did not write.
