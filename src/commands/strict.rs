@@ -9,7 +9,9 @@
 //! ancestor is checked where it points too), is owned by root or the SSH user (the uid the
 //! script runs as) and is not writable by group or others. A group- or world-writable
 //! ancestor is accepted only when it is sticky (`/tmp`): others can then not rename or
-//! remove the entry below it, which must itself pass. `<dir>` itself, where files are
+//! remove the entry below it, which must itself pass. A symlink on the way must be owned by
+//! root or the SSH user too, whatever it points at: its owner can re-point it at any time
+//! (below a sticky `/tmp`, any user can make one; it may even dangle until the write). `<dir>` itself, where files are
 //! created, is never writable by others, sticky or not. Components that do not exist yet
 //! are created later by shipit (root or the SSH user, umask 077).
 //!
@@ -30,6 +32,11 @@ shipit_uid=$(id -u)
 shipit_unsafe() {
   shipit_who=$(stat -L -c %U -- "$1" 2>/dev/null)
   printf '`%s` is owned by %s (uid %s) with mode %s: %s\n' "$1" "${shipit_who:-?}" "$2" "$3" "$4" >&2
+  exit 95
+}
+shipit_unsafe_link() {
+  shipit_who=$(stat -c %U -- "$1" 2>/dev/null)
+  printf '`%s` is a symlink owned by %s (uid %s), who can re-point it: shipit writes only through links of root or the SSH user\n' "$1" "${shipit_who:-?}" "$2" >&2
   exit 95
 }
 shipit_entry() {
@@ -54,6 +61,13 @@ shipit_walk() {
     case $shipit_rest in */*) shipit_rest=${shipit_rest#*/} ;; *) shipit_rest= ;; esac
     [ -n "$shipit_c" ] || continue
     shipit_cur=$shipit_cur/$shipit_c
+    # A symlink is its owner's to re-point (its target is checked below, as it resolves now).
+    if [ -L "$shipit_cur" ]; then
+      shipit_s=$(stat -c '%u %a' -- "$shipit_cur") || { echo "cannot stat \`$shipit_cur\`" >&2; exit 95; }
+      if [ "${shipit_s% *}" != 0 ] && [ "${shipit_s% *}" != "$shipit_uid" ]; then
+        shipit_unsafe_link "$shipit_cur" "${shipit_s% *}"
+      fi
+    fi
     [ -e "$shipit_cur" ] || return 0
     if [ -z "$shipit_rest" ]; then shipit_entry "$shipit_cur" "$2"; else shipit_entry "$shipit_cur" ""; fi
   done
@@ -167,5 +181,44 @@ mod tests {
         std::os::unix::fs::symlink(open.join("target"), &link).unwrap();
         let (code, err) = run(&preflight(&[s(&link.join("app"))], &[]));
         assert_eq!(code, 95, "{err}");
+    }
+
+    /// Below a sticky directory (`/tmp`, `/var/tmp`) the entry must be owned by root or the
+    /// SSH user: a symlink another user made there is theirs to re-point at any time, even
+    /// when it points at a root-owned directory now (or at nothing yet).
+    #[test]
+    fn a_symlink_another_user_owns_below_a_sticky_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sticky = dir.path().join("tmp");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        chmod(&real, 0o755);
+        chmod(&sticky, 0o1777);
+        let theirs = |name: &str, target: &std::path::Path| {
+            let link = sticky.join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let out = Command::new("chown")
+                .args(["-h", "nobody"])
+                .arg(&link)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            link
+        };
+        let to_real = theirs("app", &real);
+        let (code, err) = run(&preflight(&[s(&to_real)], &[]));
+        assert_eq!(code, 95, "{err}");
+        assert!(err.contains("nobody"), "{err}");
+        let (code, err) = run(&preflight(&[s(&to_real.join("env"))], &[]));
+        assert_eq!(code, 95, "{err}");
+        let dangling = theirs("later", &dir.path().join("not-yet"));
+        let (code, err) = run(&preflight(&[s(&dangling.join("app"))], &[]));
+        assert_eq!(code, 95, "{err}");
+        // Root's own link there is root's choice.
+        let ours = sticky.join("ours");
+        std::os::unix::fs::symlink(&real, &ours).unwrap();
+        let (code, err) = run(&preflight(&[s(&ours)], &[]));
+        assert_eq!(code, 0, "{err}");
     }
 }
