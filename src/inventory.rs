@@ -979,9 +979,20 @@ pub fn tree_problem(path: &str) -> Option<String> {
 
 /// Why `env.path` (absolute, normalized) is refused, if it is (the rule on
 /// [`SYSTEM_TREES`]).
+///
+/// The env file belongs to the app's user, who can rewrite it; root must never read it as
+/// configuration of its own. So, wherever it is, it is named `.env` or `*.env` (no program
+/// takes that extension from a directory of includes: polkit reads `*.pkla`, Apache
+/// `*.conf`), and no directory on its path is one whose every file some program reads
+/// ([`include_dir`]: `cron.d`, `bash_completion.d`, Nginx's `sites-enabled`, `/etc/skel`).
 pub fn env_path_problem(path: &str) -> Option<String> {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     let dir = if dir.is_empty() { "/" } else { dir };
+    if let Some(include) = dir.split('/').find(|c| include_dir(c)) {
+        return Some(format!(
+            "`{path}` is in `{include}`, a directory whose every file a program of the system reads: shipit never puts the env file (which the app's user can write) there; use e.g. `/etc/<app>.env`"
+        ));
+    }
     if system_tree(path) == Some("/etc") {
         if name.len() > ".env".len() && name.ends_with(".env") {
             return None;
@@ -990,7 +1001,19 @@ pub fn env_path_problem(path: &str) -> Option<String> {
             "`{path}` would replace a file of the system: in `/etc`, shipit writes only env files named `*.env`, e.g. `/etc/<app>.env`"
         ));
     }
+    if name != ".env" && !(name.len() > ".env".len() && name.ends_with(".env")) {
+        return Some(format!(
+            "`{path}`: the env file is named `.env` or `*.env`, a name no program of the system reads as its configuration (e.g. `/etc/<app>.env`, `/opt/<app>/.env`)"
+        ));
+    }
     tree_problem(dir).map(|why| format!("the env file's directory: {why}"))
+}
+
+/// A directory whose every file some program reads as its own input: `*.d` (`cron.d`,
+/// `sudoers.d`, `bash_completion.d`, `conf.d`, ...), `*-enabled` (Nginx and Apache include
+/// `sites-enabled/*`), and `skel` (copied into every new home).
+fn include_dir(name: &str) -> bool {
+    name.ends_with(".d") || name.ends_with("-enabled") || name == "skel"
 }
 
 impl Validator<'_> {
@@ -2384,6 +2407,42 @@ max_fail = "x"
         assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
         assert!(err(&backup("/etc/backups")).contains("`/etc`"));
         assert!(load(&backup("/var/backups/shop")).is_ok());
+    }
+
+    /// The env file belongs to the app's user, who can rewrite it: it must never sit where a
+    /// program running as root reads every file of a directory (bash-completion sources all
+    /// of `/etc/bash_completion.d`, cronie reads all of `/etc/cron.d`, Nginx includes
+    /// `sites-enabled/*`, useradd copies `/etc/skel` into each new home) nor carry a name
+    /// such a reader takes by its extension (polkit's `*.pkla` in a `/var/lib` tree).
+    #[test]
+    fn env_files_are_refused_in_directories_whose_every_file_a_program_reads() {
+        let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
+        for (bad, expect) in [
+            ("/etc/bash_completion.d/shop.env", "`bash_completion.d`"),
+            ("/etc/cron.d/shop.env", "`cron.d`"),
+            ("/etc/nginx/sites-enabled/shop.env", "`sites-enabled`"),
+            ("/etc/skel/shop.env", "`skel`"),
+            ("/etc/sudoers.d/shop.env", "`sudoers.d`"),
+            ("/srv/shop/conf.d/app.env", "`conf.d`"),
+            (
+                "/var/lib/polkit-1/localauthority/50-local.d/x.env",
+                "`50-local.d`",
+            ),
+            ("/var/lib/polkit-1/shop.pkla", "`*.env`"),
+            ("/opt/shop/config", "`*.env`"),
+        ] {
+            let e = err(&env(bad));
+            assert!(e.contains(":11:8: `env.path`"), "{bad}: {e}");
+            assert!(e.contains(expect), "{bad}: {e}");
+        }
+        for ok in [
+            "/etc/ssh/shop.env",
+            "/etc/de mo; touch /tmp/pwned-env.env",
+            "/srv/f5-env/demo.env",
+            "/opt/shop/shared/.env",
+        ] {
+            assert!(load(&env(ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]
