@@ -416,6 +416,10 @@ rm -f -- "$part/REVISION"
 printf '%s\n' "$revision" > "$part/REVISION" || exit 1"#,
         ),
     ];
+    if !shared_dirs.is_empty() || !shared_files.is_empty() {
+        steps.push(Cmd::new(super::strict::SNIPPET));
+        steps.push(Cmd::new(SEED_DIR));
+    }
     for dir in shared_dirs {
         steps.push(Cmd::assign("p", dir));
         steps.push(Cmd::new(SHARED_NOT_THROUGH_LINK));
@@ -451,13 +455,26 @@ while case $d in */*) true ;; *) false ;; esac; do
   fi
 done"#;
 
+/// `seed_dir`, with `$p` set: makes the directory in `shared/` that will hold `$p`, which
+/// must pass [`strict`](super::strict) before and after (exit
+/// [`UNSAFE_PATH`](super::exit::UNSAFE_PATH)). A directory of `shared/` the app's user owns
+/// (one that was a shared dir before) would let them put a symlink at `$p` between the
+/// check that it is absent and the copy, and the copy and its chown would follow it.
+const SEED_DIR: &str = r#"
+seed_dir() {
+  sd_dir=$(dirname -- "$base/shared/$p")
+  shipit_strict "$sd_dir"
+  mkdir -p -- "$sd_dir" || exit 1
+  shipit_strict "$sd_dir"
+}"#;
+
 /// A shared directory: seeded from the artifact on first use, then a symlink replaces the
 /// artifact's copy in every release. The path is relative and below real directories of the
 /// release (not through the artifact's symlinks), or nothing is removed.
 const LINK_SHARED_DIR: &str = r#"
 rel_path "$p" && real_dirs "$part" "$p" || exit 101
 if [ ! -e "shared/$p" ]; then
-  mkdir -p -- "$(dirname -- "shared/$p")" || exit 1
+  seed_dir
   if [ -d "$part/$p" ] && [ ! -L "$part/$p" ]; then cp -a -- "$part/$p" "shared/$p" || exit 1
   else mkdir -p -- "shared/$p" || exit 1; fi
   if [ -n "$owner" ]; then chown -R -- "$owner" "shared/$p" || exit 1; fi
@@ -471,8 +488,9 @@ const LINK_SHARED_FILE: &str = r#"
 rel_path "$p" && real_dirs "$part" "$p" || exit 101
 if [ ! -e "shared/$p" ]; then
   if [ -f "$part/$p" ] && [ ! -L "$part/$p" ]; then
-    mkdir -p -- "$(dirname -- "shared/$p")" && cp -p -- "$part/$p" "shared/$p" || exit 1
-    if [ -n "$owner" ]; then chown -- "$owner" "shared/$p" || exit 1; fi
+    seed_dir
+    cp -p -- "$part/$p" "shared/$p" || exit 1
+    if [ -n "$owner" ]; then chown -h -- "$owner" "shared/$p" || exit 1; fi
   else
     echo "shared file \`$base/shared/$p\` does not exist and the artifact has none: create it on the host" >&2
     rm -rf -- "$part"
@@ -793,6 +811,77 @@ pub(crate) mod tests {
             0
         );
         assert!(!base.join("releases/r1.partial").exists());
+    }
+
+    /// A shared file is seeded into a directory of `shared/` that the app's user may own
+    /// (it was once a shared dir, chowned to them): between the check that the file is
+    /// absent and the copy, they can put a symlink there. Simulated by a `mkdir` that plants
+    /// one right after making the directory: the seed must not be written, nor chowned,
+    /// through it.
+    #[test]
+    fn seeding_a_shared_file_never_writes_through_a_link_planted_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let (bytes, sha, up) = artifact(dir.path());
+        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "root-owned\n").unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        // The directory the app's user owns (it was a shared dir once).
+        std::fs::create_dir_all(base.join("shared/storage")).unwrap();
+        let out = Command::new("chown")
+            .arg("nobody")
+            .arg(base.join("shared/storage"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        for tool in ["rm", "cp", "ln", "mv", "dirname", "chown", "id", "stat"] {
+            let found = Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap();
+            let target = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+            std::os::unix::fs::symlink(target, bin.join(tool)).unwrap();
+        }
+        let real_mkdir = String::from_utf8_lossy(
+            &Command::new("sh")
+                .arg("-c")
+                .arg("command -v mkdir")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_owned();
+        let shim = format!(
+            "#!/bin/sh\n{real_mkdir} \"$@\" || exit\ncase \"$*\" in *shared/storage) ln -sfn {} {}/shared/storage/seed.txt ;; esac\n",
+            victim.display(),
+            b
+        );
+        std::fs::write(bin.join("mkdir"), shim).unwrap();
+        std::fs::set_permissions(
+            bin.join("mkdir"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let cmd = finish(
+            b,
+            "r1",
+            &sha,
+            &[],
+            &["storage/seed.txt".to_owned()],
+            Some("nobody"),
+        );
+        let (code, _, err) = run_sh(&cmd, b"", Some(&bin));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root-owned\n");
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+        assert_eq!(code, super::super::exit::UNSAFE_PATH as i32, "{err}");
+        assert!(err.contains("shared/storage"), "{err}");
+        assert!(!base.join("releases/r1").exists());
     }
 
     #[test]
