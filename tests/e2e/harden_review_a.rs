@@ -1,0 +1,137 @@
+//! Issue #17, review of the hardening on real hosts: cases the first tests did not try.
+//! A link another user owns below a sticky `/var/tmp` on the way to `deploy_to` (5), a
+//! symlink the artifact puts at a delta's scratch name (1, 6), an env file where a program
+//! running as root reads every file (13).
+//!
+//! Victims are fresh top-level directories (`/victim-review-a-*`) created inside the host.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use crate::support::Fleet;
+
+fn put(root: &Path, path: &str, content: &[u8], mode: u32) {
+    let full = root.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(&full, content).unwrap();
+    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn inventory(fleet: &Fleet, file: &str, artifact: &Path, deploy_to: &str, extra: &str) -> PathBuf {
+    let text = inventory_text(
+        fleet,
+        &["h1"],
+        &format!("[artifact]\npath = \"{}\"\n{extra}", artifact.display()),
+    )
+    .replace(
+        "deploy_to = \"/opt/demo\"",
+        &format!("deploy_to = \"{deploy_to}\"\nuser = \"nobody\""),
+    );
+    write(fleet.dir(), file, &text)
+}
+
+fn deploy(fleet: &Fleet, inv: &Path) -> (i32, String, String) {
+    run(fleet
+        .shipit()
+        .args(["deploy", "test", "--json", "-i"])
+        .arg(inv))
+}
+
+#[test]
+fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
+    let fleet = Fleet::start(1);
+    let app = fleet.dir().join("review-a-sticky");
+    put(&app, "app.txt", b"v1\n", 0o644);
+    // `/var/tmp/demo` is nobody's link (any user may make one there) to a root-owned
+    // directory: it passes every ownership check where it points, and nobody can
+    // re-point it at will.
+    fleet.sh_ok(
+        "h1",
+        "mkdir -p /victim-review-a-sticky/real && chmod 755 /victim-review-a-sticky/real \
+         && chmod 1777 /var/tmp && ln -s /victim-review-a-sticky/real /var/tmp/demo \
+         && chown -h nobody /var/tmp/demo",
+    );
+    let inv = inventory(&fleet, "sticky.toml", &app, "/var/tmp/demo", "");
+    let (code, stdout, stderr) = deploy(&fleet, &inv);
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("/var/tmp/demo"), "{said}");
+    assert!(said.contains("symlink owned by nobody"), "{said}");
+    assert_eq!(
+        fleet.sh_ok("h1", "ls -A /victim-review-a-sticky/real"),
+        "",
+        "written through nobody's link"
+    );
+}
+
+#[test]
+fn an_artifact_link_at_the_delta_scratch_name_leaves_the_live_release_alone() {
+    let fleet = Fleet::start(1);
+    let app = fleet.dir().join("review-a-delta");
+    put(&app, "app.txt", b"app\n", 0o644);
+    put(&app, "other.txt", b"precious\n", 0o644);
+    for i in 0..4 {
+        put(&app, &format!("lib/m{i}.txt"), &vec![b'x'; 50_000], 0o644);
+    }
+    let inv = inventory(&fleet, "delta.toml", &app, "/opt/demo", "");
+    let (code, stdout, stderr) = deploy(&fleet, &inv);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let first = report["release"].as_str().unwrap().to_owned();
+
+    // v2: the same files, `app.txt` now executable (a mode edit of the delta), and a link
+    // inside the artifact at the name the edit once used for its scratch copy.
+    std::fs::set_permissions(app.join("app.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("other.txt", app.join("app.txt.shipit-delta")).unwrap();
+    let (code, stdout, stderr) = deploy(&fleet, &inv);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let live = format!("/opt/demo/releases/{first}/other.txt");
+    assert_eq!(
+        fleet.sh_ok("h1", &format!("cat {live}; stat -c %a {live}")),
+        "precious\n644\n",
+        "the release kept for rollback was changed through the artifact's link"
+    );
+    assert_eq!(host_entry(&report, "h1")["source"], "delta", "{report:#}");
+    assert_eq!(
+        fleet.sh_ok(
+            "h1",
+            "readlink /opt/demo/current/app.txt.shipit-delta; stat -c %a /opt/demo/current/app.txt"
+        ),
+        "other.txt\n755\n"
+    );
+}
+
+#[test]
+fn an_env_file_where_root_reads_every_file_is_refused_at_load() {
+    let fleet = Fleet::start(1);
+    let app = fleet.dir().join("review-a-env");
+    put(&app, "app.txt", b"v1\n", 0o644);
+    for (path, dir) in [
+        ("/etc/bash_completion.d/demo.env", "bash_completion.d"),
+        ("/etc/nginx/sites-enabled/demo.env", "sites-enabled"),
+        ("/etc/skel/demo.env", "skel"),
+        ("/opt/demo/shared/config", "`*.env`"),
+    ] {
+        let inv = inventory(
+            &fleet,
+            "env.toml",
+            &app,
+            "/opt/demo",
+            &format!("[env]\npath = \"{path}\"\nvars = {{ A = \"1\" }}\n"),
+        );
+        let (code, _, stderr) = deploy(&fleet, &inv);
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(stderr.contains("`env.path`"), "{stderr}");
+        assert!(stderr.contains(dir), "{stderr}");
+        assert!(
+            !succeeds(
+                &fleet,
+                "h1",
+                &format!("test -e {path} || test -e /opt/demo")
+            ),
+            "{path}: written"
+        );
+    }
+}
