@@ -66,8 +66,9 @@ pub mod exit {
     /// writable by group or others, or a symlink where none may be; path, owner and mode on
     /// stderr, nothing written (see [`strict`](super::strict)).
     pub const UNSAFE_PATH: u32 = 95;
-    /// The file at the env file's path exists and was not written by shipit (or is not a
-    /// regular file): shipit never replaces it.
+    /// The file at a path shipit would replace exists and was not written by shipit (or is
+    /// not a regular file): the env file, a file written with `files::write`, a site's
+    /// `sites-enabled` entry that is not shipit's link, a masked unit. Never replaced.
     pub const FOREIGN_FILE: u32 = 96;
     /// The env file's mode is not 0600 or its owner not the app user (its content printed
     /// all the same): it is rewritten even when its content is unchanged.

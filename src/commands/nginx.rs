@@ -33,8 +33,20 @@ fn vars(site: &str) -> Vec<Cmd> {
 /// (`include /etc/nginx/sites-enabled/*;`) read the copy, and relative ones resolve against
 /// it because `-c` sets Nginx's configuration prefix. The live tree is only read. On failure
 /// the report, with the copy's paths named as the live ones, is in `$report`.
+///
+/// First, what is at `sites-enabled/<site>` must be absent or shipit's link to
+/// `sites-available/<site>`: a link elsewhere (or a file) would keep serving what it points
+/// at while the candidate is tested and reported live, so it is refused with
+/// [`FOREIGN_FILE`](super::exit::FOREIGN_FILE).
 const TEST_COPY: &str = r#"
 test_copy() {
+  if [ -L "$enabled" ] || [ -e "$enabled" ]; then
+    case $(readlink -- "$enabled" 2>/dev/null) in
+      "$avail"|"../sites-available/$site") ;;
+      *) printf '`%s` exists and is not a link to `%s`: shipit does not replace it; remove it, or make it that link\n' "$enabled" "$avail" >&2
+         exit 96 ;;
+    esac
+  fi
   command -v nginx >/dev/null 2>&1 || { echo "nginx is not installed" >&2; exit 1; }
   [ -f "$conf/nginx.conf" ] || { echo "\`$conf/nginx.conf\` does not exist" >&2; exit 1; }
   tmp=$(mktemp -d /tmp/shipit-nginx.XXXXXXXXXX) || exit 1

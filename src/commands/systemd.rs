@@ -26,7 +26,10 @@ exit 0"#,
 }
 
 /// Installs every changed unit from the release's candidates, keeping the previous copies,
-/// then daemon-reload if anything changed. Prints `changed <unit>` per installed unit.
+/// then daemon-reload if anything changed. Prints `changed <unit>` per installed unit. A
+/// unit the administrator masked (its path a link to `/dev/null`) is never replaced (that
+/// would unmask it, and a rollback would then remove it, mask and all): exit
+/// [`FOREIGN_FILE`](super::exit::FOREIGN_FILE) before anything is installed.
 pub fn install(deploy_to: &str, candidates: &str, units: &[String]) -> Cmd {
     let mut steps = vec![
         Cmd::assign("base", deploy_to),
@@ -40,6 +43,16 @@ rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
 changed=0"#,
         ),
     ];
+    for unit in units {
+        steps.push(Cmd::assign("unit", unit));
+        steps.push(Cmd::new(
+            r#"
+if [ -L "$live/$unit" ] && [ "$(readlink -- "$live/$unit")" = /dev/null ]; then
+  printf '`%s` is masked (a link to /dev/null): shipit does not unmask it; run `systemctl unmask %s` if it should run\n' "$live/$unit" "$unit" >&2
+  exit 96
+fi"#,
+        ));
+    }
     for unit in units {
         steps.push(Cmd::assign("unit", unit));
         steps.push(Cmd::new(

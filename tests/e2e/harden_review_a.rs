@@ -135,3 +135,74 @@ fn an_env_file_where_root_reads_every_file_is_refused_at_load() {
         );
     }
 }
+
+/// Finding 14 (Nginx) and units: what is at the site's `sites-enabled` entry or at a unit's
+/// path and is not shipit's is left alone, and the deploy stops before it switches. A
+/// `sites-enabled/demo` linking to another site kept serving that one while shipit tested
+/// its candidate and reported it live; a masked unit was unmasked and started.
+#[test]
+fn a_foreign_site_link_or_a_masked_unit_stops_the_deploy_and_stays() {
+    let fleet = crate::support::systemd::SystemdFleet::start(1);
+    let app = fleet.dir().join("review-a-services");
+    put(&app, "VERSION", b"1\n", 0o644);
+    let site = write(
+        fleet.dir(),
+        "site.j2",
+        "server {\n    listen 8080;\n    location / {\n        return 200 \"shipit\";\n    }\n}\n",
+    );
+    let unit = write(
+        fleet.dir(),
+        "demo.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    let inventory = |extra: &str| {
+        let h = fleet.host("s1");
+        let text = format!(
+            "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[ssh]\nidentity = \"{}\"\nknown_hosts = \"{}\"\n\n[artifact]\npath = \"{}\"\n\n{extra}\n[[hosts]]\nname = \"{}\"\naddress = \"{}\"\n",
+            fleet.client_key().display(),
+            fleet.known_hosts().display(),
+            app.display(),
+            h.name,
+            h.address,
+        );
+        write(fleet.dir(), "inv.toml", &text)
+    };
+
+    fleet.sh_ok(
+        "s1",
+        "rm -f /etc/nginx/sites-enabled/default \
+         && printf 'server { listen 8081; return 200 other; }\\n' > /etc/nginx/sites-available/other \
+         && ln -s /etc/nginx/sites-available/other /etc/nginx/sites-enabled/demo",
+    );
+    let nginx = inventory(&format!(
+        "[nginx]\nsite = \"demo\"\ntemplate = \"{}\"\n",
+        site.display()
+    ));
+    let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&nginx));
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("/etc/nginx/sites-enabled/demo"), "{stderr}");
+    assert_eq!(
+        fleet.sh_ok(
+            "s1",
+            "readlink /etc/nginx/sites-enabled/demo; test -e /opt/demo/current || echo unswitched"
+        ),
+        "/etc/nginx/sites-available/other\nunswitched\n"
+    );
+    fleet.sh_ok("s1", "rm /etc/nginx/sites-enabled/demo");
+
+    fleet.sh_ok("s1", "systemctl mask demo.service");
+    let units = inventory(&format!(
+        "[[systemd]]\nunit = \"demo.service\"\ntemplate = \"{}\"\n",
+        unit.display()
+    ));
+    let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&units));
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("masked"), "{stderr}");
+    assert_eq!(
+        fleet.sh_ok(
+            "s1",
+            "readlink /etc/systemd/system/demo.service; systemctl is-active demo.service || true"
+        ),
+        "/dev/null\ninactive\n"
+    );
+}
