@@ -83,12 +83,14 @@ exit 0"#,
 }
 
 /// Tests the candidate on a private copy first (a failure leaves the live files untouched),
-/// then installs it (keeping the previous file), links it, tests in place, reloads. On a
+/// then installs it (keeping the previous file; written as `files::COPY` writes, never
+/// through a link at `sites-available/<site>`), links it, tests in place, reloads. On a
 /// failed test the previous file is put back and nginx is not reloaded.
 pub fn install(deploy_to: &str, site: &str, candidate: &str) -> Cmd {
     let mut steps = vars(site);
     steps.push(Cmd::assign("cand", candidate));
     steps.push(Cmd::assign("base", deploy_to));
+    steps.push(Cmd::new(super::files::COPY));
     steps.push(Cmd::new(TEST_COPY));
     steps.push(Cmd::new(
         r#"
@@ -98,11 +100,11 @@ if cmp -s -- "$cand" "$avail" && [ -L "$enabled" ]; then exit 0; fi
 if ! test_copy; then printf '%s\n' "$report" >&2; exit 84; fi
 if [ -f "$avail" ]; then cp -p -- "$avail" "$prev/$site" || exit 1; else : > "$prev/$site.absent"; fi
 [ -L "$enabled" ] || : > "$prev/$site.unlinked"
-cp -- "$cand" "$avail.shipit-tmp" && mv -f -- "$avail.shipit-tmp" "$avail" || exit 1
+shipit_copy "$cand" "$avail" 644 || exit 1
 [ -L "$enabled" ] || ln -s -- "$avail" "$enabled" || exit 1
 if ! report=$(nginx -t 2>&1); then
   printf '%s\n' "$report" >&2
-  if [ -f "$prev/$site" ]; then cp -p -- "$prev/$site" "$avail"; else rm -f -- "$avail"; fi
+  if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644; else rm -f -- "$avail"; fi
   [ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
   exit 84
 fi"#,
@@ -115,10 +117,11 @@ fi"#,
 pub fn restore(deploy_to: &str, site: &str) -> Cmd {
     let mut steps = vars(site);
     steps.push(Cmd::assign("base", deploy_to));
+    steps.push(Cmd::new(super::files::COPY));
     steps.push(Cmd::new(
         r#"
 prev="$base/.shipit/previous/nginx"
-if [ -f "$prev/$site" ]; then cp -p -- "$prev/$site" "$avail" || exit 1
+if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644 || exit 1
 elif [ -f "$prev/$site.absent" ]; then rm -f -- "$avail"; fi
 [ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
 nginx -t >/dev/null 2>&1 || exit 1"#,
