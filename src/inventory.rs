@@ -883,12 +883,15 @@ pub const SYSTEM_TREES: &[&str] = &[
     "/bin",
     "/boot",
     "/dev",
+    "/efi",
     "/etc",
+    "/gnu",
     "/lib",
     "/lib32",
     "/lib64",
     "/libx32",
     "/lost+found",
+    "/nix",
     "/proc",
     "/run",
     "/sbin",
@@ -897,8 +900,16 @@ pub const SYSTEM_TREES: &[&str] = &[
     "/usr",
     "/var/cache",
     "/var/lib/apt",
+    "/var/lib/dnf",
     "/var/lib/dpkg",
+    "/var/lib/flatpak",
+    "/var/lib/pacman",
+    "/var/lib/polkit-1",
+    "/var/lib/rpm",
+    "/var/lib/snapd",
+    "/var/lib/sudo",
     "/var/lib/systemd",
+    "/var/lib/yum",
     "/var/lock",
     "/var/log",
     "/var/mail",
@@ -2407,6 +2418,31 @@ max_fail = "x"
         assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
         assert!(err(&backup("/etc/backups")).contains("`/etc`"));
         assert!(load(&backup("/var/backups/shop")).is_ok());
+    }
+
+    /// The EFI system partition's other mount point, other distributions' package
+    /// databases, and store-based systems are trees of the system too.
+    #[test]
+    fn other_system_trees_are_refused() {
+        for (to, tree) in [
+            ("/efi/shop", "`/efi`"),
+            ("/var/lib/rpm/shop", "`/var/lib/rpm`"),
+            ("/var/lib/dnf/shop", "`/var/lib/dnf`"),
+            ("/var/lib/pacman/shop", "`/var/lib/pacman`"),
+            ("/var/lib/snapd/shop", "`/var/lib/snapd`"),
+            ("/var/lib/polkit-1/shop", "`/var/lib/polkit-1`"),
+            ("/var/lib/sudo/shop", "`/var/lib/sudo`"),
+            ("/nix/store/shop", "`/nix`"),
+            ("/gnu/store/shop", "`/gnu`"),
+        ] {
+            let e = err(&MINIMAL.replace(
+                "deploy_to = \"/opt/shop\"",
+                &format!("deploy_to = \"{to}\""),
+            ));
+            assert!(e.contains("`app.deploy_to`"), "{to}: {e}");
+            assert!(e.contains(tree), "{to}: {e}");
+        }
+        assert!(load(&MINIMAL.replace("/opt/shop", "/var/lib/shop")).is_ok());
     }
 
     /// The env file belongs to the app's user, who can rewrite it: it must never sit where a
