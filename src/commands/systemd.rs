@@ -11,11 +11,22 @@ pub const UNIT_DIR: &str = "/etc/systemd/system";
 /// Checks the candidates in `dir` (one file per unit, named as the unit). Exit 0 when they
 /// verify or the host has no `systemd-analyze`; [`VERIFY_FAILED`](super::exit::VERIFY_FAILED)
 /// with the report on stderr when it prints anything (it exits 0 on many real problems).
+///
+/// First, no unit may be masked on the host (see [`install`]): exit
+/// [`FOREIGN_FILE`](super::exit::FOREIGN_FILE) while nothing is switched yet.
 pub fn verify(dir: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("dir", dir),
+        Cmd::assign("live", UNIT_DIR),
         Cmd::new(
             r#"
+for unit in "$dir"/*; do
+  unit=${unit##*/}
+  if [ -L "$live/$unit" ] && [ "$(readlink -- "$live/$unit")" = /dev/null ]; then
+    printf '`%s` is masked (a link to /dev/null): shipit does not unmask it; run `systemctl unmask %s` if it should run\n' "$live/$unit" "$unit" >&2
+    exit 96
+  fi
+done
 command -v systemd-analyze >/dev/null 2>&1 || { echo "no systemd-analyze: not verified"; exit 0; }
 report=$(cd -- "$dir" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no -- * 2>&1)
 status=$?

@@ -196,13 +196,13 @@ fn a_foreign_site_link_or_a_masked_unit_stops_the_deploy_and_stays() {
         unit.display()
     ));
     let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&units));
-    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stderr.contains("masked"), "{stderr}");
     assert_eq!(
         fleet.sh_ok(
             "s1",
-            "readlink /etc/systemd/system/demo.service; systemctl is-active demo.service || true"
+            "readlink /etc/systemd/system/demo.service; systemctl is-active demo.service || true; test -e /opt/demo/current || echo unswitched"
         ),
-        "/dev/null\ninactive\n"
+        "/dev/null\ninactive\nunswitched\n"
     );
 }
