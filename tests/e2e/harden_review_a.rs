@@ -206,3 +206,46 @@ fn a_foreign_site_link_or_a_masked_unit_stops_the_deploy_and_stays() {
         "/dev/null\ninactive\nunswitched\n"
     );
 }
+
+/// A shared file is seeded into a directory of `shared/` the app's user owns (it was a
+/// shared dir under an earlier inventory, so it was chowned to them): they could put a
+/// symlink at the file's path between root's check that it is absent and root's copy and
+/// chown. The seeding is refused, with the directory's owner, before anything is copied.
+#[test]
+fn a_shared_file_is_not_seeded_into_a_directory_the_app_user_owns() {
+    let fleet = Fleet::start(1);
+    let app = fleet.dir().join("review-a-seed");
+    put(&app, "storage/seed.txt", b"seed\n", 0o644);
+    put(&app, "app.txt", b"v1\n", 0o644);
+    let dirs = inventory(
+        &fleet,
+        "dirs.toml",
+        &app,
+        "/opt/demo",
+        "shared_dirs = [\"storage\"]\n",
+    );
+    let (code, _, stderr) = deploy(&fleet, &dirs);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        fleet.sh_ok("h1", "stat -c %U /opt/demo/shared/storage"),
+        "nobody\n"
+    );
+    fleet.sh_ok("h1", "rm /opt/demo/shared/storage/seed.txt");
+
+    let files = inventory(
+        &fleet,
+        "files.toml",
+        &app,
+        "/opt/demo",
+        "shared_files = [\"storage/seed.txt\"]\n",
+    );
+    let (code, stdout, stderr) = deploy(&fleet, &files);
+    let said = format!("{stdout}{stderr}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("/opt/demo/shared/storage"), "{said}");
+    assert!(said.contains("nobody"), "{said}");
+    assert!(
+        !succeeds(&fleet, "h1", "test -e /opt/demo/shared/storage/seed.txt"),
+        "seeded"
+    );
+}
