@@ -3,7 +3,8 @@
 //! symlink the artifact puts at a delta's scratch name (1, 6), an env file where a program
 //! running as root reads every file (13).
 //!
-//! Victims are fresh top-level directories (`/victim-review-a-*`) created inside the host.
+//! Victims are fresh top-level directories (`/victim-review-a-*-<pid>`) created inside the
+//! host, whose `/` is not private: they are removed on drop.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,15 @@ fn deploy(fleet: &Fleet, inv: &Path) -> (i32, String, String) {
         .arg(inv))
 }
 
+/// A fresh top-level directory, removed on drop.
+struct Victim(PathBuf);
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
     let fleet = Fleet::start(1);
@@ -46,11 +56,19 @@ fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
     // `/var/tmp/demo` is nobody's link (any user may make one there) to a root-owned
     // directory: it passes every ownership check where it points, and nobody can
     // re-point it at will.
+    // The host's `/` is not a private overlay: the victim is unique and removed on drop.
+    let victim = Victim(PathBuf::from(format!(
+        "/victim-review-a-sticky-{}",
+        std::process::id()
+    )));
+    let real = victim.0.join("real");
     fleet.sh_ok(
         "h1",
-        "mkdir -p /victim-review-a-sticky/real && chmod 755 /victim-review-a-sticky/real \
-         && chmod 1777 /var/tmp && ln -s /victim-review-a-sticky/real /var/tmp/demo \
-         && chown -h nobody /var/tmp/demo",
+        &format!(
+            "mkdir -p {0} && chmod 755 {0} && chmod 1777 /var/tmp && ln -s {0} /var/tmp/demo \
+             && chown -h nobody /var/tmp/demo",
+            real.display()
+        ),
     );
     let inv = inventory(&fleet, "sticky.toml", &app, "/var/tmp/demo", "");
     let (code, stdout, stderr) = deploy(&fleet, &inv);
@@ -59,9 +77,9 @@ fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
     assert!(said.contains("/var/tmp/demo"), "{said}");
     assert!(said.contains("symlink owned by nobody"), "{said}");
     assert_eq!(
-        fleet.sh_ok("h1", "ls -A /victim-review-a-sticky/real"),
+        fleet.sh_ok("h1", &format!("ls -A {}", real.display())),
         "",
-        "written through nobody's link"
+        "written through nobody's link: {said}"
     );
 }
 
