@@ -460,7 +460,7 @@ mod host_tests {
         std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn upload_whole(base: &str, id: &str, packed: &Packed) {
+    pub(super) fn upload_whole(base: &str, id: &str, packed: &Packed) {
         let dir = packed.tar.parent().unwrap();
         let c =
             artifact::compress(&packed.tar, packed.manifest.as_deref(), Codec::Zstd, dir).unwrap();
@@ -489,11 +489,26 @@ mod host_tests {
     }
 
     fn send_delta(base: &Path, id: &str, current: &str, packed: &Packed, svc: &str) -> (i32, Plan) {
+        let (code, err, plan) = delta_with(base, id, current, packed, svc, &["storage".to_owned()]);
+        assert!(code == 0 || code == 94, "{code}: {err}");
+        (code, plan)
+    }
+
+    /// Sends the delta from `current` to `packed` as `id`, with `shared` paths: (exit code,
+    /// stderr, the plan sent).
+    pub(super) fn delta_with(
+        base: &Path,
+        id: &str,
+        current: &str,
+        packed: &Packed,
+        svc: &str,
+        shared: &[String],
+    ) -> (i32, String, Plan) {
         let old_text =
             std::fs::read(base.join("releases").join(current).join(manifest::PATH)).unwrap();
         let old = Manifest::parse(&old_text).unwrap();
         let new = packed.manifest.as_ref().unwrap();
-        let plan = plan(&old, new, &["storage".to_owned()]);
+        let plan = plan(&old, new, shared);
         let delta = build(packed, new, &plan, Codec::Zstd, base.parent().unwrap()).unwrap();
         let args = release::DeltaArgs {
             deploy_to: base.to_str().unwrap(),
@@ -507,8 +522,7 @@ mod host_tests {
             service_user: svc,
         };
         let (code, _, err) = sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap());
-        assert!(code == 0 || code == 94, "{code}: {err}");
-        (code, plan)
+        (code, err, plan)
     }
 
     #[test]
@@ -664,42 +678,13 @@ mod hostile_host_tests {
     /// `releases/<id>` made the way a deploy makes it: a whole upload, then finish.
     fn release(base: &Path, id: &str, packed: &Packed) {
         let b = base.to_str().unwrap();
-        let dir = packed.tar.parent().unwrap();
-        let c =
-            artifact::compress(&packed.tar, packed.manifest.as_deref(), Codec::Zstd, dir).unwrap();
-        let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
-        let cmd = release::receive(
-            b,
-            id,
-            &c.upload_sha256,
-            c.codec.decompress(),
-            c.prefix.len() as u64,
-        );
-        let (code, _, err) = sh(&cmd, &stream);
-        assert_eq!(code, 0, "{err}");
+        super::host_tests::upload_whole(b, id, packed);
         let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None), b"");
         assert_eq!(code, 0, "{err}");
     }
 
     fn delta_from(base: &Path, id: &str, current: &str, packed: &Packed) -> i32 {
-        let old_text =
-            std::fs::read(base.join("releases").join(current).join(manifest::PATH)).unwrap();
-        let old = Manifest::parse(&old_text).unwrap();
-        let new = packed.manifest.as_ref().unwrap();
-        let plan = plan(&old, new, &[]);
-        let delta = build(packed, new, &plan, Codec::Zstd, base.parent().unwrap()).unwrap();
-        let args = release::DeltaArgs {
-            deploy_to: base.to_str().unwrap(),
-            id,
-            current,
-            current_manifest: &manifest::sha256_hex(&old_text),
-            manifest: &delta.manifest_sha256,
-            upload_sha256: &delta.sha256,
-            decompress: "zstd -dc",
-            edits_len: delta.edits_len,
-            service_user: "nobody",
-        };
-        sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap()).0
+        super::host_tests::delta_with(base, id, current, packed, "nobody", &[]).0
     }
 
     #[test]

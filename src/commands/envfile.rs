@@ -122,18 +122,12 @@ pub fn discard_all(path: &str) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::commands::release::tests::run_sh;
 
+    /// (exit code, stdout).
     fn sh(cmd: &Cmd) -> (i32, String) {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd.render())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = run_sh(cmd, b"", None);
+        (code, out)
     }
 
     #[test]

@@ -89,26 +89,11 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
     }
 
+    /// Writes `SECRET=1` to `path` with mode 0600: (exit code, stderr).
     fn write_sh(path: &std::path::Path, owner: Option<&str>) -> (i32, String) {
-        use std::io::Write;
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(write(path.to_str().unwrap(), "600", owner).render())
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"SECRET=1\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let cmd = write(path.to_str().unwrap(), "600", owner);
+        let (code, _, err) = crate::commands::release::tests::run_sh(&cmd, b"SECRET=1\n", None);
+        (code, err)
     }
 
     #[test]

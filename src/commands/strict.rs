@@ -106,19 +106,13 @@ pub fn preflight(dirs: &[String], no_links: &[String]) -> Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::release::tests::run_sh;
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
 
+    /// (exit code, stderr).
     fn run(cmd: &Cmd) -> (i32, String) {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd.render())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, err) = run_sh(cmd, b"", None);
+        (code, err)
     }
 
     fn chmod(path: &std::path::Path, mode: u32) {

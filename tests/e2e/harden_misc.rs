@@ -394,5 +394,13 @@ fn nginx_is_tested_on_a_private_copy_never_on_the_live_files() {
         .args(["deploy", "test", "-i"])
         .arg(inventory(&site(&good))));
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert_eq!(fleet.http_get("s1", 8080, "/"), (200, "new".to_owned()));
+    // `systemctl reload nginx` returns once the master has the signal; its new workers
+    // answer a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = fleet.http_get("s1", 8080, "/");
+    while got.1 != "new" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        got = fleet.http_get("s1", 8080, "/");
+    }
+    assert_eq!(got, (200, "new".to_owned()));
 }
