@@ -192,7 +192,7 @@ mod tests {
         let theirs = |name: &str, target: &std::path::Path| {
             let link = sticky.join(name);
             std::os::unix::fs::symlink(target, &link).unwrap();
-            let out = Command::new("chown")
+            let out = std::process::Command::new("chown")
                 .args(["-h", "nobody"])
                 .arg(&link)
                 .output()
