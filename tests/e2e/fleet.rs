@@ -341,18 +341,20 @@ fn the_guarded_rm_refuses_system_paths_and_removes_the_rest() {
 }
 
 /// On one host (`sh` runs a script there as root): `rm` deletes inside an allowed directory,
-/// and refuses, logs and leaves alone a top-level victim, a path reached through `..` and a
+/// and refuses, logs and leaves alone a victim outside them (in the host's own `/var`), a path reached through `..` and a
 /// newline, and a symlink's target outside; `take` returns (and clears) the log.
 pub fn guarded_rm_case(sh: impl Fn(&str) -> std::process::Output, take: impl Fn() -> String) {
-    let out = sh("mkdir -p /victim-rm/keep /opt/rmcase/x /opt/rmcase/b && \\
-         ln -s /victim-rm /opt/rmcase/link && \\
+    let out = sh(
+        "mkdir -p /var/victim-rm/keep /opt/rmcase/x /opt/rmcase/b && \\
+         ln -s /var/victim-rm /opt/rmcase/link && \\
          cd /opt/rmcase && rm -rf x && test ! -e x && rm -f link && test ! -L link && \\
-         ln -s /victim-rm link");
+         ln -s /var/victim-rm link",
+    );
     assert!(out.status.success(), "{out:?}");
     for (operand, shown) in [
-        ("/victim-rm", "/victim-rm"),
-        ("b/../../../victim-rm", "/victim-rm"),
-        ("link/", "/victim-rm"),
+        ("/var/victim-rm", "/var/victim-rm"),
+        ("b/../../../var/victim-rm", "/var/victim-rm"),
+        ("link/", "/var/victim-rm"),
         ("/", "/"),
     ] {
         let out = sh(&format!("cd /opt/rmcase && rm -rf -- '{operand}'"));
@@ -363,12 +365,12 @@ pub fn guarded_rm_case(sh: impl Fn(&str) -> std::process::Output, take: impl Fn(
             "{operand}: {log}"
         );
     }
-    let out = sh("cd /opt/rmcase && printf 'b\\n/victim-rm\\0' | xargs -0 rm -rf --");
+    let out = sh("cd /opt/rmcase && printf 'b\\n/var/victim-rm\\0' | xargs -0 rm -rf --");
     assert!(
         out.status.success(),
         "a newline name inside is removed (it does not exist): {out:?}"
     );
-    let out = sh("test -d /victim-rm/keep && test -d /opt/rmcase/b");
+    let out = sh("test -d /var/victim-rm/keep && test -d /opt/rmcase/b");
     assert!(
         out.status.success(),
         "the victim or the sibling is gone: {out:?}"

@@ -4,8 +4,9 @@
 //! load and a file shipit did not write is never replaced (13), and the env file is always
 //! 0600 (14).
 //!
-//! Victims are fresh top-level directories (`/victim-harden-*`) created inside the host;
-//! their survival is asserted. `/etc/passwd` is only ever named against a fleet host, whose
+//! Victims are fresh directories (`/var/victim-harden-*`) of the host's own (its `/var` is a
+//! private overlay), outside every directory a deploy may delete in; their survival is
+//! asserted. `/etc/passwd` is only ever named against a fleet host, whose
 //! `/etc` is a private overlay.
 
 use std::path::{Path, PathBuf};
@@ -120,8 +121,8 @@ fn switching_back_the_env_file_never_writes_through_a_symlink() {
     // to a file of root's.
     fleet.sh_ok(
         "h1",
-        "mkdir -p /victim-harden-f6 && echo untouched > /victim-harden-f6/file \
-         && for t in tmp next next.shipit-tmp; do ln -sfn /victim-harden-f6/file /etc/demo.env.shipit-$t; done",
+        "mkdir -p /var/victim-harden-f6 && echo untouched > /var/victim-harden-f6/file \
+         && for t in tmp next next.shipit-tmp; do ln -sfn /var/victim-harden-f6/file /etc/demo.env.shipit-$t; done",
     );
     let sick = format!(
         "{}[health]\ncommand = \"test \\\"$(cat VERSION)\\\" = v1\"\ntimeout = \"1s\"\ninterval = \"200ms\"\n",
@@ -130,7 +131,7 @@ fn switching_back_the_env_file_never_writes_through_a_symlink() {
     let v2 = inventory(&fleet, "v2.toml", "/opt/demo", "v2", &sick);
     let (code, _, stderr) = shipit(&fleet, &["deploy", "test"], &v2);
     assert_eq!(code, 3, "switched back: {stderr}");
-    let victim = fleet.sh_ok("h1", "cat /victim-harden-f6/file");
+    let victim = fleet.sh_ok("h1", "cat /var/victim-harden-f6/file");
     let env_file = fleet.sh(
         "h1",
         "test ! -L /etc/demo.env && stat -c '%a %U' /etc/demo.env",
@@ -149,10 +150,10 @@ fn trees_another_user_can_write_are_refused_before_anything_is_written() {
     fleet.sh_ok(
         "h1",
         "mkdir -p /srv/f5-owned /srv/f5-open /srv/f5-env /srv/f5-clean /srv/f5-guard/app/.shipit/guard \
-           /srv/f5-link/app /tmp/f5-nobody /tmp/f5-root /victim-harden-f5 \
+           /srv/f5-link/app /tmp/f5-nobody /tmp/f5-root /var/victim-harden-f5 \
          && chown nobody /srv/f5-owned /srv/f5-env /tmp/f5-nobody /srv/f5-guard/app/.shipit/guard \
          && chmod 777 /srv/f5-open && chmod 755 /tmp/f5-root \
-         && echo keep > /victim-harden-f5/file && ln -s /victim-harden-f5 /srv/f5-link/app/releases",
+         && echo keep > /var/victim-harden-f5/file && ln -s /var/victim-harden-f5 /srv/f5-link/app/releases",
     );
     let unsafe_cases = [
         (
@@ -186,7 +187,10 @@ fn trees_another_user_can_write_are_refused_before_anything_is_written() {
             "`/srv/f5-link/app/releases` is a symlink",
         ),
     ];
-    let before = fleet.sh_ok("h1", "find /srv /tmp/f5-nobody /victim-harden-f5 | sort");
+    let before = fleet.sh_ok(
+        "h1",
+        "find /srv /tmp/f5-nobody /var/victim-harden-f5 | sort",
+    );
     for (i, (deploy_to, extra, expect)) in unsafe_cases.iter().enumerate() {
         let extra = format!(
             "{extra}[tasks.t]\ncommand = \"touch /tmp/task-ran\"\n[backup]\nkind = \"command\"\ncommand = \"echo dump\"\ndir = \"/var/backups/f5\"\n"
@@ -204,7 +208,10 @@ fn trees_another_user_can_write_are_refused_before_anything_is_written() {
             assert!(stderr.contains(expect), "{deploy_to} {args:?}: {stderr}");
         }
     }
-    let after = fleet.sh_ok("h1", "find /srv /tmp/f5-nobody /victim-harden-f5 | sort");
+    let after = fleet.sh_ok(
+        "h1",
+        "find /srv /tmp/f5-nobody /var/victim-harden-f5 | sort",
+    );
     let ran = succeeds(
         &fleet,
         "h1",

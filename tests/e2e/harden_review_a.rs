@@ -3,8 +3,8 @@
 //! symlink the artifact puts at a delta's scratch name (1, 6), an env file where a program
 //! running as root reads every file (13).
 //!
-//! Victims are fresh top-level directories (`/victim-review-a-*-<pid>`) created inside the
-//! host, whose `/` is not private: they are removed on drop.
+//! Victims are fresh directories (`/var/victim-review-a-*`) of the host's own (its `/var` is
+//! a private overlay), outside every directory a deploy may delete in.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,14 +39,9 @@ fn deploy(fleet: &Fleet, inv: &Path) -> (i32, String, String) {
         .arg(inv))
 }
 
-/// A fresh top-level directory, removed on drop.
+/// A fresh directory of the host's own (its `/var` is a private overlay), outside every
+/// directory a deploy may delete in.
 struct Victim(PathBuf);
-
-impl Drop for Victim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
@@ -56,9 +51,8 @@ fn a_link_another_user_owns_below_a_sticky_directory_is_not_followed() {
     // `/var/tmp/demo` is nobody's link (any user may make one there) to a root-owned
     // directory: it passes every ownership check where it points, and nobody can
     // re-point it at will.
-    // The host's `/` is not a private overlay: the victim is unique and removed on drop.
     let victim = Victim(PathBuf::from(format!(
-        "/victim-review-a-sticky-{}",
+        "/var/victim-review-a-sticky-{}",
         std::process::id()
     )));
     let real = victim.0.join("real");

@@ -93,7 +93,7 @@ fn hostile_tarballs_are_refused_naming_the_entry_and_change_nothing() {
     let h1 = fleet.host("h1");
     fleet.sh_ok(
         "h1",
-        "mkdir -p /victim-tar/keep && echo precious > /victim-tar/keep/file",
+        "mkdir -p /var/victim-tar/keep && echo precious > /var/victim-tar/keep/file",
     );
     let dir = fleet.dir().join("tarballs");
     std::fs::create_dir_all(&dir).unwrap();
@@ -101,11 +101,11 @@ fn hostile_tarballs_are_refused_naming_the_entry_and_change_nothing() {
     // Each: a name, the members after `app/`, the entry the error must name.
     let cases: Vec<(&str, Vec<Vec<u8>>, &str, &str)> = vec![
         (
-            // The checker read the long link `harmless`; GNU tar the pax `/victim-tar`.
+            // The checker read the long link `harmless`; GNU tar the pax `/var/victim-tar`.
             "long link beside a pax linkpath",
             vec![
                 long(b'K', b"harmless"),
-                pax(&[("linkpath", "/victim-tar")]),
+                pax(&[("linkpath", "/var/victim-tar")]),
                 member(b"app/data", b'2', b"x", b""),
             ],
             "app/data",
@@ -211,8 +211,11 @@ fn hostile_tarballs_are_refused_naming_the_entry_and_change_nothing() {
         assert_eq!(written(&h1.dir), before, "{name} changed the host");
     }
     assert_eq!(
-        fleet.sh_ok("h1", "find /victim-tar | sort; cat /victim-tar/keep/file"),
-        "/victim-tar\n/victim-tar/keep\n/victim-tar/keep/file\nprecious\n"
+        fleet.sh_ok(
+            "h1",
+            "find /var/victim-tar | sort; cat /var/victim-tar/keep/file"
+        ),
+        "/var/victim-tar\n/var/victim-tar/keep\n/var/victim-tar/keep/file\nprecious\n"
     );
     assert!(!fleet.sh("h1", "test -e /opt/demo/current").status.success());
 }

@@ -40,7 +40,9 @@
 //!   `/etc/systemd`, `*.env*` under `/etc`, ...; a test may add roots to
 //!   `/etc/shipit-e2e-rm-allow` inside the host). Dropping the [`Fleet`] fails the test when
 //!   any host refused something, so a host script that would delete outside its tree fails a
-//!   test instead of damaging the host or the machine.
+//!   test instead of damaging the host or the machine. Hostile tests put their victims in
+//!   `/var/victim-*`: private to the host (its `/var` is an overlay; `/` is the machine's)
+//!   and outside every directory a deploy may delete in.
 //!
 //! `sshd_config` keeps OpenSSH's default `MaxSessions 10` on purpose, so tests see the limit a
 //! real server has (a deployer multiplexing more than 10 channels on one connection must cope).
