@@ -29,6 +29,11 @@ use crate::shell::Cmd;
 /// the script with [`UNSAFE_PATH`](super::exit::UNSAFE_PATH) on refusal.
 pub const SNIPPET: &str = r#"
 shipit_uid=$(id -u)
+# Entries already checked, one per line, as leaves and as ancestors: every walk starts at
+# `/` and most share their first components, and each check costs a `stat` process.
+shipit_ok_leaf='
+' shipit_ok_anc='
+'
 shipit_unsafe() {
   shipit_who=$(stat -L -c %U -- "$1" 2>/dev/null)
   printf '`%s` is owned by %s (uid %s) with mode %s: %s\n' "$1" "${shipit_who:-?}" "$2" "$3" "$4" >&2
@@ -40,6 +45,12 @@ shipit_unsafe_link() {
   exit 95
 }
 shipit_entry() {
+  case $shipit_ok_leaf in *"
+$1
+"*) return 0 ;; esac
+  if [ "$2" != leaf ]; then case $shipit_ok_anc in *"
+$1
+"*) return 0 ;; esac; fi
   shipit_s=$(stat -L -c '%u %a' -- "$1") || { echo "cannot stat \`$1\`" >&2; exit 95; }
   shipit_u=${shipit_s% *}; shipit_m=${shipit_s#* }
   if [ "$shipit_u" != 0 ] && [ "$shipit_u" != "$shipit_uid" ]; then
@@ -52,9 +63,12 @@ shipit_entry() {
       shipit_unsafe "$1" "$shipit_u" "$shipit_m" "its ancestors must not be writable by group or others (unless sticky)"
     fi
   fi
+  if [ "$2" = leaf ]; then shipit_ok_leaf="$shipit_ok_leaf$1
+"; else shipit_ok_anc="$shipit_ok_anc$1
+"; fi
 }
 shipit_walk() {
-  shipit_entry / "$([ "$1" = / ] && echo "$2")"
+  if [ "$1" = / ]; then shipit_entry / "$2"; else shipit_entry / ""; fi
   shipit_rest=${1#/} shipit_cur=
   while [ -n "$shipit_rest" ]; do
     shipit_c=${shipit_rest%%/*}
@@ -80,6 +94,8 @@ shipit_strict() {
     printf '`%s` is not a directory: shipit writes below it\n' "$shipit_d" >&2; exit 95
   fi
   shipit_r=$(cd -P -- "$shipit_d" 2>/dev/null && pwd -P) || { echo "cannot resolve \`$shipit_d\`" >&2; exit 95; }
+  # Without a symlink on the way, the walk above saw exactly these entries.
+  [ "$shipit_r" != "$shipit_d" ] || return 0
   if [ "$shipit_d" = "$1" ]; then shipit_walk "$shipit_r" leaf; else shipit_walk "$shipit_r" ""; fi
 }
 shipit_nolink() {
