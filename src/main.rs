@@ -290,10 +290,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     return Err(Error::Other(anyhow::anyhow!(shipit::error::chain(e))));
                 }
                 let conn = &conns[0];
+                let mut locked = false;
                 let ok = if matches!(cli.command, Command::Backup { .. }) {
                     let report =
                         shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
                     out.emit(Event::Done(&report));
+                    locked = report.locked;
                     report.error.is_none()
                 } else {
                     match shipit::database::list(&stage, conn, &inventory).await {
@@ -308,6 +310,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     }
                 };
                 fleet::close_all(&conns).await;
+                if locked {
+                    return Ok(rollout::code::LOCKED);
+                }
                 Ok(if ok { code::OK } else { code::FAILED })
             }
             Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => {

@@ -163,10 +163,13 @@ impl Switch<'_> {
                 nginx: self.templates.nginx.is_some(),
                 compose: self.inventory.compose.is_some(),
             };
-            let body: Vec<Cmd> = self
-                .undo_steps(release, previous, &all)
-                .into_iter()
-                .map(|(c, _, _)| c)
+            // The release the guard turns away from is no rollback target, whatever it was.
+            let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
+                .chain(
+                    self.undo_steps(release, previous, &all)
+                        .into_iter()
+                        .map(|(c, _, _)| c),
+                )
                 .collect();
             let line = {
                 let mut entry = guard.history.clone();
@@ -308,12 +311,22 @@ impl Switch<'_> {
                 }
             }
             None => {
-                // A rollback: the release passed again; a record that cannot be written
-                // costs only its being a rollback target later.
+                // A rollback: the release passed again, and the one it replaced is what the
+                // operator turned away from (no default target any more, whatever history
+                // says of its deploy). A record that cannot be written is worth a note.
                 let cmd = commands::passed::mark(deploy_to, release);
                 if let Err(e) = run(conn, &cmd, SHORT, "recording the release as passed").await {
                     self.out
                         .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+                }
+                if let Some(prev) = previous {
+                    let cmd = commands::passed::forget(deploy_to, prev);
+                    if let Err(e) =
+                        run(conn, &cmd, SHORT, "recording the release rolled back from").await
+                    {
+                        self.out
+                            .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+                    }
                 }
             }
         }
@@ -354,24 +367,25 @@ impl Switch<'_> {
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let mut problems = Vec::new();
+        // First: the fleet did not accept the release (a deploy switched back after it
+        // confirmed here, another host failed; a rollback to it that failed), so it is no
+        // rollback target here, even if this run is killed while switching back.
+        let cmd = commands::passed::forget(deploy_to, release);
+        if let Err(e) = run(conn, &cmd, SHORT, "recording the release as rejected").await {
+            self.out
+                .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+        }
         for (cmd, timeout, step) in self.undo_steps(release, previous, touched) {
             if let Err(e) = run(conn, &cmd, timeout, step).await {
                 problems.push(e);
             }
         }
-        if let Some(guard) = &self.guard {
-            if touched.guard {
-                // Switched back by us: the guard must not do it again later.
-                let cmd = commands::guard::disarm(deploy_to, &guard.token);
-                let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
-            }
-            // A deploy switched back after it confirmed (another host failed): the fleet
-            // did not accept the release, so it is no rollback target here.
-            let cmd = commands::passed::forget(deploy_to, release);
-            if let Err(e) = run(conn, &cmd, SHORT, "forgetting the release as passed").await {
-                self.out
-                    .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-            }
+        if let Some(guard) = &self.guard
+            && touched.guard
+        {
+            // Switched back by us: the guard must not do it again later.
+            let cmd = commands::guard::disarm(deploy_to, &guard.token);
+            let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
         }
         if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
