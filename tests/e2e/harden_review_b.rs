@@ -1,0 +1,114 @@
+//! Review of the hardening (issue #17) by cases its first tests did not see, on real sshd
+//! hosts: `shipit backup` exits 5 when locked, like every command that takes the lock; a
+//! release the operator rolled back from is never again a default rollback target, however
+//! its deploy's history reads.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use crate::support::Fleet;
+
+fn inventory(fleet: &Fleet, hosts: &[&str], version: &str, extra: &str) -> PathBuf {
+    let dir = fleet.dir().join(format!("app-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("VERSION"), version).unwrap();
+    let text = format!("[artifact]\npath = \"{}\"\n{extra}", dir.display());
+    let text = inventory_text(fleet, hosts, &text).replace(
+        "deploy_to = \"/opt/demo\"",
+        "deploy_to = \"/opt/demo\"\nkeep_releases = 10",
+    );
+    write(fleet.dir(), &format!("inv-{version}.toml"), &text)
+}
+
+fn json(fleet: &Fleet, args: &[&str], inv: &Path) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = run(fleet.shipit().args(args).arg("--json").arg("-i").arg(inv));
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\nstderr: {stderr}"));
+    (code, report, stderr)
+}
+
+fn deploy_ok(fleet: &Fleet, inv: &Path) -> String {
+    let (code, report, stderr) = json(fleet, &["deploy", "test"], inv);
+    assert_eq!(code, 0, "{stderr}");
+    report["release"].as_str().unwrap().to_owned()
+}
+
+fn version(fleet: &Fleet, host: &str) -> String {
+    fleet
+        .sh_ok(host, "cat /opt/demo/current/VERSION")
+        .trim()
+        .to_owned()
+}
+
+/// README: exit 5 when locked, for `deploy`, `rollback`, `backup` and `task` alike; `backup`
+/// exited 1.
+#[test]
+fn backup_exits_5_when_locked() {
+    let fleet = Fleet::start(1);
+    let backup = "[backup]\nkind = \"command\"\ncommand = \"echo data\"\ndir = \"/var/backups/demo\"\n";
+    let inv = inventory(&fleet, &["h1"], "v1", backup);
+    deploy_ok(&fleet, &inv);
+    fleet.sh_ok(
+        "h1",
+        r#"mkdir /opt/demo/.shipit/lock && echo '{"token":"other","user":"bob","machine":"m","pid":1,"command":"shipit deploy test","started":"2026-01-01T00:00:00Z","started_unix":1767225600}' > /opt/demo/.shipit/lock/owner.json"#,
+    );
+    let (code, stdout, stderr) = run(fleet.shipit().args(["backup", "test", "-i"]).arg(&inv));
+    assert_eq!(code, 5, "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("locked by"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(succeeds(
+        &fleet,
+        "h1",
+        "grep -q other /opt/demo/.shipit/lock/owner.json"
+    ));
+    // Without the lock, it makes one (exit 0).
+    fleet.sh_ok("h1", "rm -r /opt/demo/.shipit/lock");
+    let (code, stdout, stderr) = run(fleet.shipit().args(["backup", "test", "-i"]).arg(&inv));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}
+
+/// v1, v2 deployed; the operator rolls back from v2 (to v1); v3 deployed. A default
+/// rollback from v3 goes to v1, never back to v2, which the fleet turned away from (its
+/// deploy's history line still says `success`): it stays reachable with `--to`, and passes
+/// again when it does.
+#[test]
+fn a_release_rolled_back_from_is_no_default_target_until_it_passes_again() {
+    let fleet = Fleet::start(2);
+    let hosts = ["h1", "h2"];
+    let v1_id = deploy_ok(&fleet, &inventory(&fleet, &hosts, "v1", ""));
+    let v2 = inventory(&fleet, &hosts, "v2", "");
+    let v2_id = deploy_ok(&fleet, &v2);
+    let (code, report, stderr) = json(&fleet, &["rollback", "test"], &v2);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["release"], v1_id.as_str());
+    let v3 = inventory(&fleet, &hosts, "v3", "");
+    deploy_ok(&fleet, &v3);
+
+    let (code, releases, stderr) = json(&fleet, &["releases", "test"], &v3);
+    assert_eq!(code, 0, "{stderr}");
+    let row = releases["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["release"] == v2_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["rollback_on"], serde_json::json!([]), "{row:#}");
+
+    let (code, report, stderr) = json(&fleet, &["rollback", "test"], &v3);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["release"], v1_id.as_str(), "went back to v2");
+    for h in hosts {
+        assert_eq!(version(&fleet, h), "v1", "{h}");
+    }
+    // `--to` still reaches it; once it passed again, it is a target like any other.
+    let (code, _, stderr) = json(&fleet, &["rollback", "test", "--to", &v2_id], &v3);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(version(&fleet, "h1"), "v2");
+    deploy_ok(&fleet, &v3);
+    let (code, report, stderr) = json(&fleet, &["rollback", "test"], &v3);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["release"], v2_id.as_str());
+}
