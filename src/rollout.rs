@@ -823,6 +823,13 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
         out: d.out,
         deploy: true,
         token: &d.run.token,
+        env_staged: r
+            .report
+            .hosts
+            .iter()
+            .filter(|h| h.env_keys.is_some())
+            .map(|h| h.host.clone())
+            .collect(),
         migrate_host: d.migrate_host.clone(),
         guard: Some(crate::switch::Guard {
             token: d.run.token.clone(),
@@ -1685,6 +1692,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         out: rb.out,
         deploy: false,
         token: &rb.run.token,
+        env_staged: Default::default(),
         migrate_host: None,
         guard: None,
     };

@@ -40,6 +40,9 @@ pub struct Switch<'a> {
     pub deploy: bool,
     /// The run's token: it names the env file this run staged.
     pub token: &'a str,
+    /// The hosts where this run staged a new env file (its content or mode changed): only
+    /// there is one installed, and there it must still be at the switch.
+    pub env_staged: std::collections::BTreeSet<String>,
     /// The host that runs `once` hooks.
     pub migrate_host: Option<String>,
     /// Arm the dead-deployer guard before switching each host.
@@ -205,6 +208,7 @@ impl Switch<'_> {
             .await?;
         if self.deploy
             && let Some(env) = &self.inventory.env
+            && self.env_staged.contains(&conn.host.name)
         {
             self.step(conn, "installing env file");
             touched.env = true;

@@ -22,8 +22,8 @@ fn inventory(fleet: &Fleet, hosts: &[&str], version: &str, extra: &str) -> PathB
 
 fn json(fleet: &Fleet, args: &[&str], inv: &Path) -> (i32, serde_json::Value, String) {
     let (code, stdout, stderr) = run(fleet.shipit().args(args).arg("--json").arg("-i").arg(inv));
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\nstderr: {stderr}"));
+    let report =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\nstderr: {stderr}"));
     (code, report, stderr)
 }
 
@@ -45,7 +45,8 @@ fn version(fleet: &Fleet, host: &str) -> String {
 #[test]
 fn backup_exits_5_when_locked() {
     let fleet = Fleet::start(1);
-    let backup = "[backup]\nkind = \"command\"\ncommand = \"echo data\"\ndir = \"/var/backups/demo\"\n";
+    let backup =
+        "[backup]\nkind = \"command\"\ncommand = \"echo data\"\ndir = \"/var/backups/demo\"\n";
     let inv = inventory(&fleet, &["h1"], "v1", backup);
     deploy_ok(&fleet, &inv);
     fleet.sh_ok(
@@ -111,4 +112,40 @@ fn a_release_rolled_back_from_is_no_default_target_until_it_passes_again() {
     let (code, report, stderr) = json(&fleet, &["rollback", "test"], &v3);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["release"], v2_id.as_str());
+}
+
+/// The env file a run staged vanishes before its switch (`shipit unlock` while the run
+/// held the lock, or by hand): the switch stops and puts the host back, instead of making
+/// the new release live with the old secrets and reporting success.
+#[test]
+fn a_staged_env_file_gone_at_the_switch_stops_it() {
+    let fleet = Fleet::start(1);
+    let env =
+        |v: &str| format!("[env]\npath = \"/etc/demo.env\"\nvars = {{ SECRET_VALUE = \"{v}\" }}\n");
+    deploy_ok(
+        &fleet,
+        &inventory(&fleet, &["h1"], "v1", &env("first-value")),
+    );
+    let hook = "[[hooks]]\nat = \"before_switch\"\ncommand = \"find /etc -maxdepth 1 -name 'demo.env.shipit-next-*' -delete\"\n";
+    let v2 = inventory(
+        &fleet,
+        &["h1"],
+        "v2",
+        &format!("{}{hook}", env("second-value")),
+    );
+    let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&v2));
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("staged, is gone"), "{stderr}");
+    assert_eq!(version(&fleet, "h1"), "v1");
+    let live = fleet.sh_ok("h1", "cat /etc/demo.env");
+    assert!(live.contains("first-value"), "{live}");
+    // A deploy whose env did not change stages nothing and needs nothing staged.
+    let v3 = inventory(
+        &fleet,
+        &["h1"],
+        "v3",
+        &format!("{}{hook}", env("first-value")),
+    );
+    deploy_ok(&fleet, &v3);
+    assert_eq!(version(&fleet, "h1"), "v3");
 }
