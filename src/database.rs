@@ -405,7 +405,14 @@ pub async fn backup_now(
         report.error = Some(e);
         return report;
     }
-    let state = crate::lock::acquire_all(conns, deploy_to, run).await.pop();
+    let state = crate::lock::acquire_all(
+        conns,
+        deploy_to,
+        inventory.env.as_ref().map(|e| e.path.as_str()),
+        run,
+    )
+    .await
+    .pop();
     let state = state.unwrap_or(crate::lock::LockState::NotTried);
     let lock_timeout = inventory.rollout.lock_timeout;
     if let Some(problem) = state.problem(&conn.host.name, now, lock_timeout) {

@@ -355,13 +355,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                             return Err(Error::Other(anyhow::anyhow!(problem)));
                         }
                         let yes = cli.global.yes;
-                        let report = lock::unlock(&stage, &conns, deploy_to, &run, |hosts| {
-                            yes || confirm_unlock(&out, hosts, &inventory)
-                        })
-                        .await;
-                        if !report.declined {
-                            shipit::candidates::discard_staging(&conns, &inventory).await;
-                        }
+                        let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+                        let report =
+                            lock::unlock(&stage, &conns, deploy_to, env_path, &run, |hosts| {
+                                yes || confirm_unlock(&out, hosts, &inventory)
+                            })
+                            .await;
                         ok &= !report.failed();
                         out.emit(Event::Done(&report));
                     }

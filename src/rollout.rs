@@ -446,7 +446,13 @@ async fn connect_and_lock<'r, 'h>(
         });
     }
     let deploy_to = &inventory.app.deploy_to;
-    let states = lock::acquire_all(&conns, deploy_to, r.run).await;
+    let states = lock::acquire_all(
+        &conns,
+        deploy_to,
+        inventory.env.as_ref().map(|e| e.path.as_str()),
+        r.run,
+    )
+    .await;
     let now = now_unix();
     let mut taken = Vec::new();
     let mut held = Vec::new();
