@@ -144,6 +144,17 @@ pub async fn acquire_all(
     } else {
         states.extend(rest.iter().map(|_| LockState::NotTried));
     }
+    // Held by this very run: another host of the inventory reaches the same machine (or the
+    // same `deploy_to` on shared storage). Not another run's lock (exit 5): a setup error.
+    for state in &mut states {
+        if let LockState::Held(Some(o)) = state
+            && o.token == run.token
+        {
+            *state = LockState::Failed(format!(
+                "`{deploy_to}` is already locked by this run through another host: two hosts of the inventory reach the same machine or share `deploy_to`; list it once"
+            ));
+        }
+    }
     states
 }
 

@@ -149,3 +149,24 @@ fn a_staged_env_file_gone_at_the_switch_stops_it() {
     deploy_ok(&fleet, &v3);
     assert_eq!(version(&fleet, "h1"), "v3");
 }
+
+/// Two `[[hosts]]` that reach the same machine over SSH (the local transport refuses this at
+/// load; an address cannot tell): the second finds the lock this very run took through the
+/// first. That is no other run's lock (exit 5, "locked by" itself) but a setup error that
+/// says so; nothing is changed and no lock stays.
+#[test]
+fn two_hosts_reaching_one_machine_are_told_apart_from_another_runs_lock() {
+    let fleet = Fleet::start(1);
+    let port = fleet.host("h1").port;
+    let again =
+        format!("[[hosts]]\nname = \"h1-again\"\naddress = \"127.0.0.1\"\nport = {port}\n\n");
+    let inv = inventory(&fleet, &["h1"], "v1", &again);
+    let (code, stdout, stderr) = run(fleet.shipit().args(["deploy", "test", "-i"]).arg(&inv));
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("locked by this run through another host"),
+        "{stderr}"
+    );
+    assert!(!succeeds(&fleet, "h1", "test -e /opt/demo/.shipit/lock"));
+    assert!(!succeeds(&fleet, "h1", "test -e /opt/demo/current"));
+}
