@@ -1705,6 +1705,29 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     let outcome = match outcome {
         Outcome::Deployed => {
+            // What each host ran before is what the operator turned away from: no default
+            // rollback target any more, whatever history says of its deploy.
+            let deploy_to = deploy_to.as_str();
+            let forgets = targets
+                .iter()
+                .filter_map(|(c, target, was)| was.filter(|w| w != target).map(|w| (c, w)))
+                .map(|(c, was)| async move {
+                    let cmd = commands::passed::forget(deploy_to, was);
+                    match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                        Ok(o) if o.success() => None,
+                        _ => Some(format!(
+                            "{}: could not record {was} as rolled back from",
+                            c.host.name
+                        )),
+                    }
+                });
+            for note in futures::future::join_all(forgets)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                rb.out.emit(Event::Note(&note));
+            }
             for c in &conns {
                 rb.out.emit(Event::HostDone {
                     host: &c.host.name,

@@ -315,22 +315,13 @@ impl Switch<'_> {
                 }
             }
             None => {
-                // A rollback: the release passed again, and the one it replaced is what the
-                // operator turned away from (no default target any more, whatever history
-                // says of its deploy). A record that cannot be written is worth a note.
+                // A rollback: the release passed again; a record that cannot be written
+                // costs only its being a rollback target later. (The release it replaced
+                // is recorded rejected once the whole fleet rolled back.)
                 let cmd = commands::passed::mark(deploy_to, release);
                 if let Err(e) = run(conn, &cmd, SHORT, "recording the release as passed").await {
                     self.out
                         .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-                }
-                if let Some(prev) = previous {
-                    let cmd = commands::passed::forget(deploy_to, prev);
-                    if let Err(e) =
-                        run(conn, &cmd, SHORT, "recording the release rolled back from").await
-                    {
-                        self.out
-                            .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-                    }
                 }
             }
         }
