@@ -215,6 +215,13 @@ if [ "$cur" != "$release" ] && [ "$cur" != "$was" ]; then
   rm -f -- "$g/$token.sh" "$g/$token.pid" "$g/$token.running"
   leave
 fi
+# The run died before it switched anything: `current` never moved and nothing was saved to
+# put back (arming removed `.shipit/previous`; installing the env file or a unit makes it).
+# Restarting what runs, reloading Nginx, a history line saying it was reverted: all wrong.
+if [ "$cur" != "$release" ] && [ ! -e "$base/.shipit/previous" ] && [ ! -L "$base/.shipit/previous" ]; then
+  rm -f -- "$g/$token.sh" "$g/$token.pid" "$g/$token.running"
+  leave
+fi
 # The switch-back restores files as a deploy writes them.
 umask "$mask""#,
         ),
@@ -397,6 +404,33 @@ mod tests {
         assert_eq!(fire(&path), 0);
         assert_eq!(current(&base), "releases/r2");
         assert_eq!(run_sh(&confirm(&base, "t2", "r2"), b"", None).0, 110);
+    }
+
+    /// A run killed after arming its guard and before it changed anything (`current` still
+    /// the release it replaced, nothing saved to put back): the guard that fires touches
+    /// nothing (no restart of what runs) and records no revert; once something was saved
+    /// (the env file installed), it puts that back.
+    #[test]
+    fn a_guard_of_a_run_that_changed_nothing_touches_nothing() {
+        let (_d, base) = base();
+        let line = line();
+        let body = [Cmd::new(r#": > "$base/reverted""#)];
+        let text = script(&base, "t1", "r3", Some("r2"), &body, &line);
+        let g = dir(&base);
+        std::fs::create_dir_all(&g).unwrap();
+        let path = format!("{g}/t1.sh");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(fire(&path), 0);
+        assert!(!std::path::Path::new(&format!("{base}/reverted")).exists());
+        assert!(!std::path::Path::new(&format!("{base}/.shipit/history.jsonl")).exists());
+        assert!(!std::path::Path::new(&format!("{base}/.shipit/lock")).exists());
+
+        std::fs::create_dir_all(format!("{base}/.shipit/previous/env")).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        std::fs::remove_file(format!("{g}/t1.decision")).unwrap();
+        assert_eq!(fire(&path), 0);
+        assert!(std::path::Path::new(&format!("{base}/reverted")).exists());
+        assert!(std::path::Path::new(&format!("{base}/.shipit/history.jsonl")).exists());
     }
 
     /// A guard armed by an older shipit (it decides with `<token>.decided`, takes no lock)

@@ -170,3 +170,49 @@ fn two_hosts_reaching_one_machine_are_told_apart_from_another_runs_lock() {
     assert!(!succeeds(&fleet, "h1", "test -e /opt/demo/.shipit/lock"));
     assert!(!succeeds(&fleet, "h1", "test -e /opt/demo/current"));
 }
+
+/// A run killed after arming its guard and before it switched anything (here in its
+/// `before_switch` hook): the guard that fires finds `current` never moved and nothing saved
+/// to put back, so it restarts nothing and records no revert (history said the host was
+/// switched back when it never was switched).
+#[test]
+fn a_guard_of_a_run_killed_before_it_switched_records_no_revert() {
+    use std::time::{Duration, Instant};
+    let fleet = Fleet::start(1);
+    deploy_ok(&fleet, &inventory(&fleet, &["h1"], "v1", ""));
+    let extra = "[[hooks]]\nat = \"before_switch\"\ncommand = \"sleep 30\"\n[rollout]\nconfirm_timeout = \"1s\"\n";
+    let v2 = inventory(&fleet, &["h1"], "v2", extra);
+    let mut child = fleet
+        .shipit()
+        .args(["deploy", "test", "-i"])
+        .arg(&v2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |what: &str, script: &str| {
+        let start = Instant::now();
+        while !succeeds(&fleet, "h1", script) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never saw: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the hook", "pgrep -f '[s]leep 30' >/dev/null");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait(
+        "the guard to fire",
+        "for d in /opt/demo/.shipit/guard/*.decision; do [ \"$(readlink \"$d\")\" = fired ] && exit 0; done; exit 1",
+    );
+    // Its script is done (it removes itself).
+    wait(
+        "the guard to finish",
+        "! ls /opt/demo/.shipit/guard/*.sh >/dev/null 2>&1",
+    );
+    assert_eq!(version(&fleet, "h1"), "v1");
+    let history = fleet.sh_ok("h1", "cat /opt/demo/.shipit/history.jsonl");
+    assert!(!history.contains("\"action\":\"guard\""), "{history}");
+}
