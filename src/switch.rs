@@ -213,7 +213,16 @@ impl Switch<'_> {
             self.step(conn, "installing env file");
             touched.env = true;
             let cmd = commands::envfile::activate(deploy_to, &env.path, self.token);
-            run(conn, &cmd, SHORT, "installing the env file").await?;
+            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                Ok(o) if o.success() => {}
+                Ok(o) if o.exit == Exit::Code(exit::ENV_STAGING_GONE) => {
+                    // Nothing was changed, and what `.shipit/previous` holds may be another
+                    // run's by now: nothing to put back.
+                    touched.env = false;
+                    return Err(failure(Ok(o), "installing the env file"));
+                }
+                other => return Err(failure(other, "installing the env file")),
+            }
         }
         self.step(conn, "switching");
         touched.current = true;

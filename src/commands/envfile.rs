@@ -71,12 +71,13 @@ pub fn activate(deploy_to: &str, path: &str, token: &str) -> Cmd {
         Cmd::new(
             r#"
 umask 077
-prev="$base/.shipit/previous/env"
-mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1
+# Checked first: a run whose staging is gone touches nothing (another run may own the host).
 if [ ! -f "$next" ] || [ -L "$next" ]; then
   printf '`%s`, the env file this run staged, is gone (`shipit unlock` while this run held the lock?)\n' "$next" >&2
   exit 112
-fi"#,
+fi
+prev="$base/.shipit/previous/env"
+mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1"#,
         ),
         Cmd::new(OURS),
         Cmd::new(
