@@ -82,7 +82,8 @@ settle() {
     # A guard armed by an older shipit decides with this directory: if it is there already
     # (and its script still is), that guard fired and is switching the host back, without
     # any lock: it is waited for like one of ours, never cut short.
-    if [ ! -L "$g/$t.decision" ] && ! mkdir -- "$g/$t.decided" 2>/dev/null; then
+    if [ ! -L "$g/$t.decision" ] && ! mkdir -- "$g/$t.decided" 2>/dev/null &&
+      grep -qF -- '.decided' "$g/$t.sh" 2>/dev/null; then
       decide "$t" fired
     fi
     if decide "$t" disarmed || [ "$(decided_by "$t")" != fired ]; then
@@ -442,7 +443,8 @@ mod tests {
         let g = dir(&base);
         std::fs::create_dir_all(format!("{g}/t1.decided")).unwrap();
         let script = format!("{g}/t1.sh");
-        std::fs::write(&script, "sleep 4\n").unwrap();
+        // What matters of an older script: it decides with `$g/$token.decided`.
+        std::fs::write(&script, "[ -d \"$g/$token.decided\" ]; sleep 4\n").unwrap();
         let mut child = std::process::Command::new("/bin/sh")
             .arg(&script)
             .process_group(0)
