@@ -80,9 +80,10 @@ if [ -d "$p" ]; then
 fi
 f="$base/.shipit/history.jsonl"
 [ -e "$f" ] || [ -L "$f" ] || exit 0
-[ -f "$f" ] || { echo "\`$f\` is not a file" >&2; exit 1; }
-awk 'index($0, "\"outcome\":\"success\"") { print "history " $0 }' "$f""#,
+[ -f "$f" ] || { echo "\`$f\` is not a file" >&2; exit 1; }"#,
         ),
+        Cmd::new(super::history::PRIVATE),
+        Cmd::new(r#"awk 'index($0, "\"outcome\":\"success\"") { print "history " $0 }' "$f""#),
     ])
 }
 
@@ -149,6 +150,15 @@ mod tests {
             crate::releases::parse_passed("h1", &out).contains("r2"),
             "{out}"
         );
+        // A history an older shipit left world-readable is made private by reading it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let history = format!("{base}/.shipit/history.jsonl");
+            let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(run_sh(&read(base), b"", None).0, 0);
+            assert_eq!(mode(&history), 0o600);
+        }
         // A history that cannot be read is an error, not an empty one.
         std::fs::remove_file(format!("{base}/.shipit/history.jsonl")).unwrap();
         std::fs::create_dir(format!("{base}/.shipit/history.jsonl")).unwrap();
