@@ -130,19 +130,6 @@ pub async fn stage_env(
     }
 }
 
-/// `shipit unlock`: no run holds a lock any more, so every run's staged env file goes
-/// (a killed run's secrets must not stay next to the live file). Best effort.
-pub async fn discard_staging(conns: &[Conn<'_>], inventory: &Inventory) {
-    let Some(env) = &inventory.env else {
-        return;
-    };
-    let cmd = commands::envfile::discard_all(&env.path);
-    let runs = conns
-        .iter()
-        .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
-    futures::future::join_all(runs).await;
-}
-
 /// Renders, uploads and validates the units and the Nginx site into `release_dir`.
 /// `env_next` is the env file this run staged on the host, if it did (Compose reads it).
 pub async fn stage_configs(

@@ -352,6 +352,9 @@ pub struct BackupReport {
     pub host: String,
     pub backup: Option<BackupFile>,
     pub error: Option<String>,
+    /// Not made because another run holds the lock (exit 5, as for a deploy or a task).
+    #[serde(skip)]
+    pub locked: bool,
 }
 
 impl Report for BackupReport {
@@ -385,6 +388,7 @@ pub async fn backup_now(
         host: conn.host.name.clone(),
         backup: None,
         error: None,
+        locked: false,
     };
     if inventory.backup.is_none() {
         report.error = Some(format!(
@@ -401,10 +405,18 @@ pub async fn backup_now(
         report.error = Some(e);
         return report;
     }
-    let state = crate::lock::acquire_all(conns, deploy_to, run).await.pop();
+    let state = crate::lock::acquire_all(
+        conns,
+        deploy_to,
+        inventory.env.as_ref().map(|e| e.path.as_str()),
+        run,
+    )
+    .await
+    .pop();
     let state = state.unwrap_or(crate::lock::LockState::NotTried);
     let lock_timeout = inventory.rollout.lock_timeout;
     if let Some(problem) = state.problem(&conn.host.name, now, lock_timeout) {
+        report.locked = matches!(state, crate::lock::LockState::Held(_));
         report.error = Some(problem);
         return report;
     }

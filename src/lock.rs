@@ -121,11 +121,17 @@ impl LockState {
 /// others, so of two runs over the same hosts started at the same moment exactly one wins:
 /// the loser stops at the first host and never touches the rest. The caller releases the
 /// taken locks unless all were taken.
-pub async fn acquire_all(conns: &[Conn<'_>], deploy_to: &str, run: &RunInfo) -> Vec<LockState> {
+/// Taking a lock also removes the env files earlier runs staged next to `env_path`.
+pub async fn acquire_all(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    env_path: Option<&str>,
+    run: &RunInfo,
+) -> Vec<LockState> {
     let mut owner = serde_json::to_value(LockOwner::of(run)).expect("plain data serializes");
     run.redactor.apply_json(&mut owner);
     let owner = owner.to_string();
-    let cmd = commands::lock::acquire(deploy_to);
+    let cmd = commands::lock::acquire(deploy_to, env_path);
     let Some((first, rest)) = conns.split_first() else {
         return Vec::new();
     };
@@ -137,6 +143,17 @@ pub async fn acquire_all(conns: &[Conn<'_>], deploy_to: &str, run: &RunInfo) -> 
         states.extend(futures::future::join_all(others).await);
     } else {
         states.extend(rest.iter().map(|_| LockState::NotTried));
+    }
+    // Held by this very run: another host of the inventory reaches the same machine (or the
+    // same `deploy_to` on shared storage). Not another run's lock (exit 5): a setup error.
+    for state in &mut states {
+        if let LockState::Held(Some(o)) = state
+            && o.token == run.token
+        {
+            *state = LockState::Failed(format!(
+                "`{deploy_to}` is already locked by this run through another host: two hosts of the inventory reach the same machine or share `deploy_to`; list it once"
+            ));
+        }
     }
     states
 }
@@ -241,9 +258,15 @@ pub async fn inspect(conns: &[Conn<'_>], deploy_to: &str) -> Vec<HostUnlock> {
     futures::future::join_all(runs).await
 }
 
-/// Removes the locks found by [`inspect`].
-pub async fn remove(conns: &[Conn<'_>], deploy_to: &str, hosts: &mut [HostUnlock]) {
-    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS);
+/// Removes the locks found by [`inspect`], and with each the env files runs staged next to
+/// `env_path`.
+pub async fn remove(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    env_path: Option<&str>,
+    hosts: &mut [HostUnlock],
+) {
+    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS, env_path);
     let runs = conns.iter().zip(hosts.iter()).map(|(c, h)| {
         let cmd = &cmd;
         let locked = h.locked;
@@ -276,6 +299,7 @@ pub async fn unlock(
     stage: &str,
     conns: &[Conn<'_>],
     deploy_to: &str,
+    env_path: Option<&str>,
     run: &RunInfo,
     confirm: impl FnOnce(&[HostUnlock]) -> bool,
 ) -> UnlockReport {
@@ -287,7 +311,7 @@ pub async fn unlock(
     };
     if hosts.iter().any(|h| h.locked) {
         if confirm(&hosts) {
-            remove(conns, deploy_to, &mut hosts).await;
+            remove(conns, deploy_to, env_path, &mut hosts).await;
             let removed: Vec<&Conn<'_>> = conns
                 .iter()
                 .zip(&hosts)

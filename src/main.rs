@@ -290,10 +290,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     return Err(Error::Other(anyhow::anyhow!(shipit::error::chain(e))));
                 }
                 let conn = &conns[0];
+                let mut locked = false;
                 let ok = if matches!(cli.command, Command::Backup { .. }) {
                     let report =
                         shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
                     out.emit(Event::Done(&report));
+                    locked = report.locked;
                     report.error.is_none()
                 } else {
                     match shipit::database::list(&stage, conn, &inventory).await {
@@ -308,6 +310,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     }
                 };
                 fleet::close_all(&conns).await;
+                if locked {
+                    return Ok(rollout::code::LOCKED);
+                }
                 Ok(if ok { code::OK } else { code::FAILED })
             }
             Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => {
@@ -350,13 +355,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                             return Err(Error::Other(anyhow::anyhow!(problem)));
                         }
                         let yes = cli.global.yes;
-                        let report = lock::unlock(&stage, &conns, deploy_to, &run, |hosts| {
-                            yes || confirm_unlock(&out, hosts, &inventory)
-                        })
-                        .await;
-                        if !report.declined {
-                            shipit::candidates::discard_staging(&conns, &inventory).await;
-                        }
+                        let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
+                        let report =
+                            lock::unlock(&stage, &conns, deploy_to, env_path, &run, |hosts| {
+                                yes || confirm_unlock(&out, hosts, &inventory)
+                            })
+                            .await;
                         ok &= !report.failed();
                         out.emit(Event::Done(&report));
                     }

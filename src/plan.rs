@@ -266,7 +266,9 @@ pub enum NotCandidate {
     /// It is newer than what the host runs.
     Newer,
     /// Nothing records that it went live on the host and passed its health gate there (a
-    /// deploy killed before or during its switch, switched back, or reverted by the guard).
+    /// deploy killed before or during its switch, switched back, or reverted by the guard),
+    /// or the fleet turned away from it since (switched back after it passed, rolled back
+    /// from).
     NeverPassed,
 }
 
@@ -275,7 +277,9 @@ impl fmt::Display for NotCandidate {
         f.write_str(match self {
             NotCandidate::Current => "current",
             NotCandidate::Newer => "newer than current",
-            NotCandidate::NeverPassed => "never went live and passed its health gate here",
+            NotCandidate::NeverPassed => {
+                "never went live and passed its health gate here, or was switched back or rolled back from since"
+            }
         })
     }
 }

@@ -53,12 +53,16 @@ impl Report for ReleasesReport {
 
 /// The releases that went live on `host` and passed its health gate, from the output of
 /// [`commands::passed::read`]: its records, and the successful deploys and rollbacks that
-/// history names for this host (releases deployed before the records existed).
+/// history names for this host (releases deployed before the records existed), less the
+/// releases recorded as rejected since.
 pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
     let mut passed = BTreeSet::new();
+    let mut rejected = BTreeSet::new();
     for line in stdout.lines() {
         if let Some(id) = line.strip_prefix("passed ") {
             passed.insert(id.to_owned());
+        } else if let Some(id) = line.strip_prefix("rejected ") {
+            rejected.insert(id.to_owned());
         } else if let Some(json) = line.strip_prefix("history ")
             && let Ok(e) = serde_json::from_str::<Entry>(json)
             && matches!(e.action.as_str(), "deploy" | "rollback")
@@ -69,6 +73,8 @@ pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
             passed.insert(release);
         }
     }
+    // The fleet turned away from these after they passed: history's success is older.
+    passed.retain(|id| !rejected.contains(id));
     passed
 }
 

@@ -446,7 +446,13 @@ async fn connect_and_lock<'r, 'h>(
         });
     }
     let deploy_to = &inventory.app.deploy_to;
-    let states = lock::acquire_all(&conns, deploy_to, r.run).await;
+    let states = lock::acquire_all(
+        &conns,
+        deploy_to,
+        inventory.env.as_ref().map(|e| e.path.as_str()),
+        r.run,
+    )
+    .await;
     let now = now_unix();
     let mut taken = Vec::new();
     let mut held = Vec::new();
@@ -823,6 +829,13 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
         out: d.out,
         deploy: true,
         token: &d.run.token,
+        env_staged: r
+            .report
+            .hosts
+            .iter()
+            .filter(|h| h.env_keys.is_some())
+            .map(|h| h.host.clone())
+            .collect(),
         migrate_host: d.migrate_host.clone(),
         guard: Some(crate::switch::Guard {
             token: d.run.token.clone(),
@@ -1685,12 +1698,36 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         out: rb.out,
         deploy: false,
         token: &rb.run.token,
+        env_staged: Default::default(),
         migrate_host: None,
         guard: None,
     };
     let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
     let outcome = match outcome {
         Outcome::Deployed => {
+            // What each host ran before is what the operator turned away from: no default
+            // rollback target any more, whatever history says of its deploy.
+            let deploy_to = deploy_to.as_str();
+            let forgets = targets
+                .iter()
+                .filter_map(|(c, target, was)| was.filter(|w| w != target).map(|w| (c, w)))
+                .map(|(c, was)| async move {
+                    let cmd = commands::passed::forget(deploy_to, was);
+                    match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                        Ok(o) if o.success() => None,
+                        _ => Some(format!(
+                            "{}: could not record {was} as rolled back from",
+                            c.host.name
+                        )),
+                    }
+                });
+            for note in futures::future::join_all(forgets)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                rb.out.emit(Event::Note(&note));
+            }
             for c in &conns {
                 rb.out.emit(Event::HostDone {
                     host: &c.host.name,

@@ -40,6 +40,9 @@ pub struct Switch<'a> {
     pub deploy: bool,
     /// The run's token: it names the env file this run staged.
     pub token: &'a str,
+    /// The hosts where this run staged a new env file (its content or mode changed): only
+    /// there is one installed, and there it must still be at the switch.
+    pub env_staged: std::collections::BTreeSet<String>,
     /// The host that runs `once` hooks.
     pub migrate_host: Option<String>,
     /// Arm the dead-deployer guard before switching each host.
@@ -163,10 +166,13 @@ impl Switch<'_> {
                 nginx: self.templates.nginx.is_some(),
                 compose: self.inventory.compose.is_some(),
             };
-            let body: Vec<Cmd> = self
-                .undo_steps(release, previous, &all)
-                .into_iter()
-                .map(|(c, _, _)| c)
+            // The release the guard turns away from is no rollback target, whatever it was.
+            let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
+                .chain(
+                    self.undo_steps(release, previous, &all)
+                        .into_iter()
+                        .map(|(c, _, _)| c),
+                )
                 .collect();
             let line = {
                 let mut entry = guard.history.clone();
@@ -202,11 +208,21 @@ impl Switch<'_> {
             .await?;
         if self.deploy
             && let Some(env) = &self.inventory.env
+            && self.env_staged.contains(&conn.host.name)
         {
             self.step(conn, "installing env file");
             touched.env = true;
             let cmd = commands::envfile::activate(deploy_to, &env.path, self.token);
-            run(conn, &cmd, SHORT, "installing the env file").await?;
+            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+                Ok(o) if o.success() => {}
+                Ok(o) if o.exit == Exit::Code(exit::ENV_STAGING_GONE) => {
+                    // Nothing was changed, and what `.shipit/previous` holds may be another
+                    // run's by now: nothing to put back.
+                    touched.env = false;
+                    return Err(failure(Ok(o), "installing the env file"));
+                }
+                other => return Err(failure(other, "installing the env file")),
+            }
         }
         self.step(conn, "switching");
         touched.current = true;
@@ -309,7 +325,8 @@ impl Switch<'_> {
             }
             None => {
                 // A rollback: the release passed again; a record that cannot be written
-                // costs only its being a rollback target later.
+                // costs only its being a rollback target later. (The release it replaced
+                // is recorded rejected once the whole fleet rolled back.)
                 let cmd = commands::passed::mark(deploy_to, release);
                 if let Err(e) = run(conn, &cmd, SHORT, "recording the release as passed").await {
                     self.out
@@ -354,24 +371,25 @@ impl Switch<'_> {
     ) -> Result<(), String> {
         let deploy_to = self.deploy_to();
         let mut problems = Vec::new();
+        // First: the fleet did not accept the release (a deploy switched back after it
+        // confirmed here, another host failed; a rollback to it that failed), so it is no
+        // rollback target here, even if this run is killed while switching back.
+        let cmd = commands::passed::forget(deploy_to, release);
+        if let Err(e) = run(conn, &cmd, SHORT, "recording the release as rejected").await {
+            self.out
+                .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
+        }
         for (cmd, timeout, step) in self.undo_steps(release, previous, touched) {
             if let Err(e) = run(conn, &cmd, timeout, step).await {
                 problems.push(e);
             }
         }
-        if let Some(guard) = &self.guard {
-            if touched.guard {
-                // Switched back by us: the guard must not do it again later.
-                let cmd = commands::guard::disarm(deploy_to, &guard.token);
-                let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
-            }
-            // A deploy switched back after it confirmed (another host failed): the fleet
-            // did not accept the release, so it is no rollback target here.
-            let cmd = commands::passed::forget(deploy_to, release);
-            if let Err(e) = run(conn, &cmd, SHORT, "forgetting the release as passed").await {
-                self.out
-                    .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-            }
+        if let Some(guard) = &self.guard
+            && touched.guard
+        {
+            // Switched back by us: the guard must not do it again later.
+            let cmd = commands::guard::disarm(deploy_to, &guard.token);
+            let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
         }
         if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());

@@ -63,7 +63,13 @@ pub async fn run(
         }
         return (report, false);
     }
-    let states = crate::lock::acquire_all(conns, deploy_to, run).await;
+    let states = crate::lock::acquire_all(
+        conns,
+        deploy_to,
+        inventory.env.as_ref().map(|e| e.path.as_str()),
+        run,
+    )
+    .await;
     let taken: Vec<&Conn<'_>> = conns
         .iter()
         .zip(&states)

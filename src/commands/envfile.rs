@@ -59,8 +59,9 @@ pub fn next_path(path: &str, token: &str) -> String {
 }
 
 /// At the switch: keeps a copy of the live env file for rollback and renames the file run
-/// `token` staged over it (atomic). Exit 0 also when this run staged nothing (the content
-/// did not change).
+/// `token` staged over it (atomic). Run only on a host where this run staged one: exit
+/// [`ENV_STAGING_GONE`](super::exit::ENV_STAGING_GONE) when it is not there any more (the
+/// old file would go live with the new release as if nothing had changed).
 pub fn activate(deploy_to: &str, path: &str, token: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
@@ -70,9 +71,13 @@ pub fn activate(deploy_to: &str, path: &str, token: &str) -> Cmd {
         Cmd::new(
             r#"
 umask 077
+# Checked first: a run whose staging is gone touches nothing (another run may own the host).
+if [ ! -f "$next" ] || [ -L "$next" ]; then
+  printf '`%s`, the env file this run staged, is gone (`shipit unlock` while this run held the lock?)\n' "$next" >&2
+  exit 112
+fi
 prev="$base/.shipit/previous/env"
-mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1
-[ -f "$next" ] && [ ! -L "$next" ] || exit 0"#,
+mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1"#,
         ),
         Cmd::new(OURS),
         Cmd::new(
@@ -148,8 +153,9 @@ mod tests {
         let (code, out) = sh(&read(p, None));
         assert_eq!(code, 97, "{out}");
         assert!(out.ends_with("A=0\n"));
-        // Another run's staged file is never installed.
-        assert_eq!(sh(&activate(base, p, "t2")).0, 0);
+        // Another run's staged file is never installed: a run that staged one and finds it
+        // gone stops.
+        assert_eq!(sh(&activate(base, p, "t2")).0, 112);
         assert!(std::fs::read_to_string(&path).unwrap().ends_with("A=0\n"));
         assert_eq!(sh(&activate(base, p, "t1")).0, 0);
         assert!(std::fs::read_to_string(&path).unwrap().ends_with("A=1\n"));

@@ -50,6 +50,15 @@ stop_timer() {
     kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
   fi
   rm -f -- "$g/$1.sh" "$g/$1.pid"
+}
+# Whether guard $1, which fired, still runs: its script's own pid, the sleeper it was
+# exec'd from, or its systemd unit (an older shipit's guard wrote neither `.running` nor,
+# under systemd, a pid).
+still_running() {
+  guard_alive "$g/$1.running" "$1" || guard_alive "$g/$1.pid" "$1" || {
+    command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] &&
+      systemctl is-active --quiet "shipit-guard-$1.service" 2>/dev/null
+  }
 }"#;
 
 /// Disarms every guard in `$g` that is still armed (its decision becomes `disarmed`) and
@@ -70,11 +79,16 @@ settle() {
     t=${f##*/}; t=${t%.sh}; t=${t%.running}
     case $t in ''|*[!0-9a-z-]*) continue;; esac
     chmod 600 "$f" 2>/dev/null
-    # A guard armed by an older shipit decides with this directory.
-    mkdir -- "$g/$t.decided" 2>/dev/null
+    # A guard armed by an older shipit decides with this directory: if it is there already
+    # (and its script still is), that guard fired and is switching the host back, without
+    # any lock: it is waited for like one of ours, never cut short.
+    if [ ! -L "$g/$t.decision" ] && ! mkdir -- "$g/$t.decided" 2>/dev/null &&
+      grep -qF -- '.decided' "$g/$t.sh" 2>/dev/null; then
+      decide "$t" fired
+    fi
     if decide "$t" disarmed || [ "$(decided_by "$t")" != fired ]; then
       stop_timer "$t"
-    elif guard_alive "$g/$t.running" "$t"; then
+    elif still_running "$t"; then
       busy="$busy $t"
     else
       # Fired, and died before it finished (a reboot): nothing runs it any more.
@@ -86,7 +100,7 @@ settle() {
   while [ "$n" -lt "$wait" ]; do
     still=
     for t in $busy; do
-      if guard_alive "$g/$t.running" "$t"; then still="$still $t"; fi
+      if still_running "$t"; then still="$still $t"; fi
     done
     [ -z "$still" ] && return 0
     busy=$still
@@ -194,10 +208,18 @@ elif ! grep -qF -- "\"token\":\"$token\"" "$lock/owner.json" 2>/dev/null; then
   exit 0
 fi
 leave() { if [ -n "$took" ]; then rm -rf -- "$lock"; fi; exit 0; }
-decide "$token" fired || leave
+# Running before deciding: whoever sees the decision `fired` also sees that it runs.
 echo $$ > "$g/$token.running"
+if ! decide "$token" fired; then rm -f -- "$g/$token.running"; leave; fi
 cur=$(readlink -- "$base/current" 2>/dev/null)
 if [ "$cur" != "$release" ] && [ "$cur" != "$was" ]; then
+  rm -f -- "$g/$token.sh" "$g/$token.pid" "$g/$token.running"
+  leave
+fi
+# The run died before it switched anything: `current` never moved and nothing was saved to
+# put back (arming removed `.shipit/previous`; installing the env file or a unit makes it).
+# Restarting what runs, reloading Nginx, a history line saying it was reverted: all wrong.
+if [ "$cur" != "$release" ] && [ ! -e "$base/.shipit/previous" ] && [ ! -L "$base/.shipit/previous" ]; then
   rm -f -- "$g/$token.sh" "$g/$token.pid" "$g/$token.running"
   leave
 fi
@@ -268,6 +290,7 @@ pub fn disarm(deploy_to: &str, token: &str) -> Cmd {
 mod tests {
     use super::*;
     use crate::commands::release::tests::run_sh;
+    use std::os::unix::process::CommandExt;
 
     fn base() -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -382,5 +405,72 @@ mod tests {
         assert_eq!(fire(&path), 0);
         assert_eq!(current(&base), "releases/r2");
         assert_eq!(run_sh(&confirm(&base, "t2", "r2"), b"", None).0, 110);
+    }
+
+    /// A run killed after arming its guard and before it changed anything (`current` still
+    /// the release it replaced, nothing saved to put back): the guard that fires touches
+    /// nothing (no restart of what runs) and records no revert; once something was saved
+    /// (the env file installed), it puts that back.
+    #[test]
+    fn a_guard_of_a_run_that_changed_nothing_touches_nothing() {
+        let (_d, base) = base();
+        let line = line();
+        let body = [Cmd::new(r#": > "$base/reverted""#)];
+        let text = script(&base, "t1", "r3", Some("r2"), &body, &line);
+        let g = dir(&base);
+        std::fs::create_dir_all(&g).unwrap();
+        let path = format!("{g}/t1.sh");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(fire(&path), 0);
+        assert!(!std::path::Path::new(&format!("{base}/reverted")).exists());
+        assert!(!std::path::Path::new(&format!("{base}/.shipit/history.jsonl")).exists());
+        assert!(!std::path::Path::new(&format!("{base}/.shipit/lock")).exists());
+
+        std::fs::create_dir_all(format!("{base}/.shipit/previous/env")).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        std::fs::remove_file(format!("{g}/t1.decision")).unwrap();
+        assert_eq!(fire(&path), 0);
+        assert!(std::path::Path::new(&format!("{base}/reverted")).exists());
+        assert!(std::path::Path::new(&format!("{base}/.shipit/history.jsonl")).exists());
+    }
+
+    /// A guard armed by an older shipit (it decides with `<token>.decided`, takes no lock)
+    /// that fired and is switching the host back is waited for, never killed half-way nor
+    /// taken for disarmed: the lock is not given while it runs.
+    #[test]
+    fn an_older_shipits_guard_that_fired_is_waited_for_not_cut_short() {
+        let (_d, base) = base();
+        let g = dir(&base);
+        std::fs::create_dir_all(format!("{g}/t1.decided")).unwrap();
+        let script = format!("{g}/t1.sh");
+        // What matters of an older script: it decides with `$g/$token.decided`.
+        std::fs::write(&script, "[ -d \"$g/$token.decided\" ]; sleep 4\n").unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg(&script)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(format!("{g}/t1.pid"), format!("{}\n", child.id())).unwrap();
+        let settle = Cmd::seq([
+            Cmd::assign("g", &g),
+            Cmd::assign("wait", "1"),
+            Cmd::new(FUNCTIONS),
+            Cmd::new(SETTLE),
+            Cmd::new("settle"),
+        ]);
+        let (code, out, _) = run_sh(&settle, b"", None);
+        assert_eq!((code, out.trim()), (111, "t1"));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the old guard was killed"
+        );
+        assert_eq!(
+            std::fs::read_link(format!("{g}/t1.decision")).unwrap(),
+            std::path::Path::new("fired")
+        );
+        // Once it is done, the lock may be taken.
+        child.wait().unwrap();
+        std::fs::remove_file(&script).unwrap();
+        assert_eq!(run_sh(&settle, b"", None).0, 0);
     }
 }

@@ -23,11 +23,18 @@ cat >> "$f""#,
     ])
 }
 
+/// Made private when read, too: a history an older shipit wrote 0644 (with unredacted
+/// output in it) must not wait for the next deploy to stop being world-readable.
+pub(super) const PRIVATE: &str =
+    r#"if [ -f "$f" ] && [ ! -L "$f" ]; then chmod 600 -- "$f" 2>/dev/null; fi"#;
+
 /// Prints the last `lines` lines of the history (nothing when there is none yet).
 pub fn read(deploy_to: &str, lines: u32) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("n", lines.to_string()),
-        Cmd::new(r#"f="$base/.shipit/history.jsonl"; [ -f "$f" ] || exit 0; tail -n "$n" -- "$f""#),
+        Cmd::new(r#"f="$base/.shipit/history.jsonl"; [ -f "$f" ] || exit 0"#),
+        Cmd::new(PRIVATE),
+        Cmd::new(r#"tail -n "$n" -- "$f""#),
     ])
 }

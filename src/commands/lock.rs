@@ -11,12 +11,17 @@ use crate::shell::Cmd;
 /// is disarmed before this returns, so none can revert what this run does. Exit
 /// [`GUARD_BUSY`](super::exit::GUARD_BUSY) (the lock given back) when a guard that fired
 /// is still switching the host back.
-pub fn acquire(deploy_to: &str) -> Cmd {
+///
+/// What earlier runs staged next to `env_path` is removed too: none of them holds the lock
+/// any more (a run killed, a version of shipit that left its staging behind), and this one
+/// has staged nothing yet.
+pub fn acquire(deploy_to: &str, env_path: Option<&str>) -> Cmd {
     let [functions, settle] = super::guard::settle_script();
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("g", super::guard::dir(deploy_to)),
         Cmd::assign("wait", "20"),
+        Cmd::assign("path", env_path.unwrap_or("")),
         functions,
         settle,
         Cmd::new(
@@ -33,6 +38,7 @@ for try in 1 2 3 4 5 6 7 8 9 10; do
     settle
     status=$?
     if [ "$status" != 0 ]; then rm -rf -- "$lock"; exit "$status"; fi
+    [ -z "$path" ] || rm -f -- "$path.shipit-next" "$path.shipit-tmp" "$path".shipit-next-* "$path".shipit-tmp.*
     exit 0
   fi
   [ -f "$lock/owner.json" ] && break
@@ -77,17 +83,24 @@ exit 0"#,
 /// disarming every dead-deployer guard still armed: the run that held the lock is taken to
 /// be dead, and a guard of it firing later would revert whatever the next run deploys.
 /// Exit [`GUARD_BUSY`](super::exit::GUARD_BUSY) (nothing removed) when a guard that fired
-/// is still switching the host back after `wait_secs`.
-pub fn force_remove(deploy_to: &str, wait_secs: u64) -> Cmd {
+/// is still switching the host back after `wait_secs`. With the lock go the env files every
+/// run staged next to `env_path` (a dead run's secrets must not stay): here, on a host whose
+/// lock is removed, never while another run may hold it.
+pub fn force_remove(deploy_to: &str, wait_secs: u64, env_path: Option<&str>) -> Cmd {
     let [functions, settle] = super::guard::settle_script();
-    Cmd::seq([
+    let mut steps = vec![
         Cmd::assign("base", deploy_to),
         Cmd::assign("g", super::guard::dir(deploy_to)),
         Cmd::assign("wait", wait_secs.to_string()),
         functions,
         settle,
-        Cmd::new(r#"settle || exit $?; rm -rf -- "$base/.shipit/lock""#),
-    ])
+        Cmd::new("settle || exit $?"),
+    ];
+    if let Some(path) = env_path {
+        steps.push(super::envfile::discard_all(path));
+    }
+    steps.push(Cmd::new(r#"rm -rf -- "$base/.shipit/lock""#));
+    Cmd::seq(steps)
 }
 
 #[cfg(test)]
@@ -123,8 +136,8 @@ mod tests {
         let base = dir.path().join("app dir");
         let base = base.to_str().unwrap();
         assert_eq!(sh(&read(base), "").0, 76);
-        assert_eq!(sh(&acquire(base), "{\"token\":\"run-1\"}").0, 0);
-        let (code, owner) = sh(&acquire(base), "{\"token\":\"run-2\"}");
+        assert_eq!(sh(&acquire(base, None), "{\"token\":\"run-1\"}").0, 0);
+        let (code, owner) = sh(&acquire(base, None), "{\"token\":\"run-2\"}");
         assert_eq!(code, 75);
         assert_eq!(owner, "{\"token\":\"run-1\"}");
         // Another run's release leaves the lock in place.
@@ -132,9 +145,43 @@ mod tests {
         assert_eq!(sh(&read(base), "").1, "{\"token\":\"run-1\"}");
         assert_eq!(sh(&release(base, "run-1"), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
-        assert_eq!(sh(&acquire(base), "{\"token\":\"run-3\"}").0, 0);
-        assert_eq!(sh(&force_remove(base, 1), "").0, 0);
+        assert_eq!(sh(&acquire(base, None), "{\"token\":\"run-3\"}").0, 0);
+        assert_eq!(sh(&force_remove(base, 1, None), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
+    }
+
+    #[test]
+    fn taking_or_removing_the_lock_removes_what_earlier_runs_staged_never_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let base = base.to_str().unwrap();
+        let env = dir.path().join("app.env");
+        let env = env.to_str().unwrap();
+        let plant = || {
+            for f in [".shipit-next", ".shipit-next-run1", ".shipit-tmp.abc"] {
+                std::fs::write(format!("{env}{f}"), "A=secret\n").unwrap();
+            }
+        };
+        let left = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("app.env."))
+                .count()
+        };
+        plant();
+        std::fs::write(env, "A=live\n").unwrap();
+        // Held by another run: its staging stays.
+        assert_eq!(sh(&acquire(base, Some(env)), "{\"token\":\"run-1\"}").0, 0);
+        plant();
+        assert_eq!(sh(&acquire(base, Some(env)), "{\"token\":\"run-2\"}").0, 75);
+        assert_eq!(left(), 3);
+        assert_eq!(sh(&force_remove(base, 1, Some(env)), "").0, 0);
+        assert_eq!(left(), 0);
+        plant();
+        assert_eq!(sh(&acquire(base, Some(env)), "{\"token\":\"run-3\"}").0, 0);
+        assert_eq!(left(), 0);
+        assert_eq!(std::fs::read_to_string(env).unwrap(), "A=live\n");
     }
 
     #[test]
@@ -146,7 +193,7 @@ mod tests {
         std::fs::create_dir_all(&g).unwrap();
         std::fs::write(format!("{g}/t1.sh"), "exit 0\n").unwrap();
         std::fs::write(format!("{g}/t1.pid"), "999999999\n").unwrap();
-        assert_eq!(sh(&acquire(base), "{\"token\":\"run-2\"}").0, 0);
+        assert_eq!(sh(&acquire(base, None), "{\"token\":\"run-2\"}").0, 0);
         assert_eq!(
             std::fs::read_link(format!("{g}/t1.decision")).unwrap(),
             std::path::Path::new("disarmed")
@@ -154,13 +201,13 @@ mod tests {
         assert!(!std::path::Path::new(&format!("{g}/t1.sh")).exists());
         assert!(!std::path::Path::new(&format!("{g}/t1.pid")).exists());
         std::fs::write(format!("{g}/t2.sh"), "exit 0\n").unwrap();
-        assert_eq!(sh(&force_remove(base, 1), "").0, 0);
+        assert_eq!(sh(&force_remove(base, 1, None), "").0, 0);
         assert!(std::fs::read_link(format!("{g}/t2.decision")).is_ok());
         assert_eq!(sh(&read(base), "").0, 76);
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&g), 0o700);
-        assert_eq!(sh(&acquire(base), "{}").0, 0);
+        assert_eq!(sh(&acquire(base, None), "{}").0, 0);
         assert_eq!(mode(&format!("{base}/.shipit/lock")), 0o700);
         assert_eq!(mode(&format!("{base}/.shipit/lock/owner.json")), 0o600);
     }

@@ -81,4 +81,7 @@ pub mod exit {
     /// A dead-deployer guard that fired is still switching the host back; its run's token
     /// is on stdout.
     pub const GUARD_BUSY: u32 = 111;
+    /// The env file this run staged is gone at the switch (removed by `shipit unlock` or
+    /// by hand): the switch must not go on with the old one as if nothing had changed.
+    pub const ENV_STAGING_GONE: u32 = 112;
 }

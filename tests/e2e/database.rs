@@ -333,7 +333,8 @@ fn shipit_backup_makes_one_now_under_the_lock() {
     // Under someone else's lock it refuses.
     fleet.sh_ok("h1", "mkdir -p /opt/shop/.shipit/lock");
     let (code, _, stderr) = shipit(&fleet, &pg, &["backup", "test"], &inv);
-    assert_eq!(code, 1);
+    // Exit 5 when locked, as README says for `backup` (it was 1).
+    assert_eq!(code, 5);
     assert!(stderr.contains("locked by"), "{stderr}");
     let history = fleet.sh_ok("h1", "cat /opt/shop/.shipit/history.jsonl");
     assert!(history.contains("\"action\":\"backup\""), "{history}");

@@ -23,6 +23,7 @@ mod harden_guard;
 mod harden_misc;
 mod harden_paths;
 mod harden_review_a;
+mod harden_review_b;
 mod harden_tar;
 mod host_keys;
 mod hostile;
