@@ -2011,53 +2011,29 @@ mod tests {
         }
     }
 
-    /// A raw 512-byte header, every field as given: `magic` is the 8 bytes of magic and
-    /// version at offset 257, `prefix` the ustar prefix field.
+    #[allow(dead_code)]
+    mod rawtar {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/rawtar.rs"
+        ));
+    }
+    use rawtar::{GNU, USTAR, seal};
+
+    /// A raw 512-byte header, every field as given (mode 0644, mtime 0): `magic` is the 8
+    /// bytes of magic and version at offset 257.
     fn raw_header(name: &[u8], flag: u8, link: &[u8], size: u64, magic: &[u8; 8]) -> Vec<u8> {
-        let mut h = vec![0u8; 512];
-        h[..name.len()].copy_from_slice(name);
-        h[100..107].copy_from_slice(b"0000644");
-        h[108..115].copy_from_slice(b"0000000");
-        h[116..123].copy_from_slice(b"0000000");
-        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-        h[136..147].copy_from_slice(b"00000000000");
-        h[156] = flag;
-        h[157..157 + link.len()].copy_from_slice(link);
-        h[257..265].copy_from_slice(magic);
-        seal(&mut h);
-        h
+        rawtar::header(name, b"", flag, link, size, magic, 0o644, 0)
     }
-
-    /// Writes a header's checksum.
-    fn seal(h: &mut [u8]) {
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    }
-
-    const GNU: &[u8; 8] = b"ustar  \0";
-    const USTAR: &[u8; 8] = b"ustar\x0000";
 
     /// A member: its header and its data, padded.
     fn member(name: &[u8], flag: u8, link: &[u8], data: &[u8], magic: &[u8; 8]) -> Vec<u8> {
-        let mut out = raw_header(name, flag, link, data.len() as u64, magic);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-        out
+        let out = raw_header(name, flag, link, data.len() as u64, magic);
+        rawtar::padded([out, data.to_vec()].concat())
     }
 
     fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut data = Vec::new();
-        for (key, value) in records {
-            let body = [format!(" {key}=").as_bytes(), value, b"\n"].concat();
-            let mut len = body.len() + 1;
-            while len.to_string().len() + body.len() != len {
-                len += 1;
-            }
-            data.extend_from_slice(len.to_string().as_bytes());
-            data.extend_from_slice(&body);
-        }
-        member(b"PaxHeader", b'x', b"", &data, USTAR)
+        member(b"PaxHeader", b'x', b"", &rawtar::pax_data(records), USTAR)
     }
 
     fn end(members: &[Vec<u8>]) -> Vec<u8> {

@@ -6,6 +6,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+#[allow(dead_code)]
+#[path = "common/rawtar.rs"]
+mod rawtar;
+use rawtar::{GNU, USTAR, padded};
 use shipit::inventory::{self, LoadContext};
 use shipit::shell::Cmd;
 
@@ -272,16 +276,8 @@ struct Member {
     extra: Vec<(&'static str, String)>,
 }
 
-const USTAR: &[u8; 8] = b"ustar\x0000";
-const GNU: &[u8; 8] = b"ustar  \0";
-
-fn seal(h: &mut [u8]) {
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-}
-
-/// A raw 512-byte header, built byte by byte so that no library can normalise it.
+/// A raw 512-byte header (mode 0644, a fixed mtime), built byte by byte so that no library
+/// can normalise it.
 fn raw_header(
     name: &[u8],
     prefix: &[u8],
@@ -290,42 +286,12 @@ fn raw_header(
     size: u64,
     magic: &[u8; 8],
 ) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    let cut = |v: &[u8], n: usize| v[..v.len().min(n)].to_vec();
-    let name = cut(name, 100);
-    h[..name.len()].copy_from_slice(&name);
-    h[100..107].copy_from_slice(b"0000644");
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"14164014200");
-    h[156] = flag;
-    let link = cut(link, 100);
-    h[157..157 + link.len()].copy_from_slice(&link);
-    h[257..265].copy_from_slice(magic);
-    let prefix = cut(prefix, 155);
-    h[345..345 + prefix.len()].copy_from_slice(&prefix);
-    seal(&mut h);
-    h
-}
-
-fn padded(mut v: Vec<u8>) -> Vec<u8> {
-    v.resize(v.len().div_ceil(512) * 512, 0);
-    v
+    rawtar::header(name, prefix, flag, link, size, magic, 0o644, 0o14164014200)
 }
 
 fn pax_data(records: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for (key, value) in records {
-        let body = [format!(" {key}=").as_bytes(), value, b"\n"].concat();
-        let mut len = body.len() + 1;
-        while len.to_string().len() + body.len() != len {
-            len += 1;
-        }
-        data.extend_from_slice(len.to_string().as_bytes());
-        data.extend_from_slice(&body);
-    }
-    data
+    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    rawtar::pax_data(&records)
 }
 
 /// The bytes of `members`, each preceded by the GNU `L`/`K` and pax `x` entries its

@@ -283,3 +283,15 @@ pub fn compose_psql(project: &str, service: &str, db: &str, sql: &str) -> String
         sql,
     ])
 }
+
+/// `shipit deploy test --json -i inv`, asserting exit 0: the report.
+pub fn deploy_report(fleet: &Fleet, inv: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .args(["deploy", "test", "--json", "-i"])
+        .arg(inv));
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    report
+}

@@ -77,17 +77,6 @@ fn with_user(inv: &Path, user: &str) {
     std::fs::write(inv, text).unwrap();
 }
 
-fn deploy(fleet: &Fleet, inv: &Path) -> serde_json::Value {
-    let (code, stdout, stderr) = run(fleet
-        .shipit()
-        .args(["deploy", "test", "--json", "-i"])
-        .arg(inv));
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
-    assert_eq!(code, 0, "{stderr}\n{report:#}");
-    report
-}
-
 fn sent(report: &serde_json::Value, host: &str) -> u64 {
     host_entry(report, host)["bytes_sent"].as_u64().unwrap()
 }
@@ -124,7 +113,7 @@ fn a_changed_file_sends_about_its_size_and_the_rest_is_linked() {
     let (fleet, dir, inv) = setup(2, "");
     // A service user other than the SSH user (root), who cannot write release files.
     with_user(&inv, "nobody");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     let whole = first["artifact_bytes"].as_u64().unwrap();
     for h in ["h1", "h2"] {
@@ -141,7 +130,7 @@ fn a_changed_file_sends_about_its_size_and_the_rest_is_linked() {
     }
 
     put(&dir, "src/changed.bin", &noise(101, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let id2 = second["release"].as_str().unwrap().to_owned();
     for h in ["h1", "h2"] {
         let entry = host_entry(&second, h);
@@ -208,7 +197,7 @@ fn a_changed_file_sends_about_its_size_and_the_rest_is_linked() {
 #[test]
 fn removed_files_mode_and_symlink_changes_arrive_and_the_older_release_keeps_its_own() {
     let (fleet, dir, inv) = setup(1, "");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     let before = tree(&fleet, "h1", &format!("/opt/demo/releases/{id1}"));
     assert_eq!(before, local_tree(&dir));
@@ -223,7 +212,7 @@ fn removed_files_mode_and_symlink_changes_arrive_and_the_older_release_keeps_its
     put(&dir, "moved/lib.bin", &noise(7, 100_000));
     std::fs::remove_dir_all(dir.join("vendor/pkg7")).unwrap();
 
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let id2 = second["release"].as_str().unwrap().to_owned();
     let entry = host_entry(&second, "h1");
     assert_eq!(entry["source"], "delta", "{entry:#}");
@@ -271,10 +260,10 @@ fn writing_into_a_release_in_place_cannot_change_an_older_one() {
     // No `app.user`: the service may run as the SSH user, who owns the release files and
     // can write them, so files are copied into the new release, not linked.
     let (fleet, dir, inv) = setup(1, "");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     put(&dir, "src/changed.bin", &noise(102, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     assert_eq!(host_entry(&second, "h1")["source"], "delta");
     let id2 = second["release"].as_str().unwrap().to_owned();
     let old = format!("/opt/demo/releases/{id1}/vendor/pkg3/lib.bin");
@@ -296,7 +285,7 @@ fn writing_into_a_release_in_place_cannot_change_an_older_one() {
     // The current release no longer matches its manifest: the next deploy notices and
     // sends the whole artifact.
     put(&dir, "src/changed.bin", &noise(103, 40_000));
-    let third = deploy(&fleet, &inv);
+    let third = deploy_report(&fleet, &inv);
     let entry = host_entry(&third, "h1");
     assert_eq!(entry["source"], "uploaded", "{entry:#}");
     assert!(entry["delta_fallback"].is_string(), "{entry:#}");
@@ -309,7 +298,7 @@ fn writing_into_a_release_in_place_cannot_change_an_older_one() {
     // With `app.user` set to the SSH user itself, files are copied too.
     with_user(&inv, "root");
     put(&dir, "src/changed.bin", &noise(104, 40_000));
-    let fourth = deploy(&fleet, &inv);
+    let fourth = deploy_report(&fleet, &inv);
     assert_eq!(host_entry(&fourth, "h1")["source"], "delta");
     let id4 = fourth["release"].as_str().unwrap().to_owned();
     assert_ne!(
@@ -328,7 +317,7 @@ fn writing_into_a_release_in_place_cannot_change_an_older_one() {
 fn a_current_release_that_no_longer_matches_its_manifest_gets_the_whole_artifact() {
     let (fleet, dir, inv) = setup(2, "");
     with_user(&inv, "nobody");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     // On h1, a file of the current release changes after its manifest was written (what
     // the deploy below reads is the manifest; what it links is the file).
@@ -337,7 +326,7 @@ fn a_current_release_that_no_longer_matches_its_manifest_gets_the_whole_artifact
         &format!("printf 'tampered' | dd of=/opt/demo/releases/{id1}/vendor/pkg5/lib.bin bs=1 seek=100 conv=notrunc 2>/dev/null"),
     );
     put(&dir, "src/changed.bin", &noise(104, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let id2 = second["release"].as_str().unwrap().to_owned();
     let whole = second["artifact_bytes"].as_u64().unwrap();
 
@@ -374,9 +363,9 @@ fn a_current_release_that_no_longer_matches_its_manifest_gets_the_whole_artifact
 #[test]
 fn delta_false_sends_the_whole_artifact() {
     let (fleet, dir, inv) = setup(1, "delta = false\n");
-    deploy(&fleet, &inv);
+    deploy_report(&fleet, &inv);
     put(&dir, "src/changed.bin", &noise(105, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let entry = host_entry(&second, "h1");
     assert_eq!(entry["source"], "uploaded", "{entry:#}");
     assert_eq!(entry["delta_fallback"], serde_json::Value::Null);
@@ -395,9 +384,9 @@ fn delta_false_sends_the_whole_artifact() {
 fn a_host_without_zstd_gets_its_delta_as_gzip() {
     let (fleet, dir, inv) = setup(1, "");
     fleet.remove_program("h1", "zstd");
-    deploy(&fleet, &inv);
+    deploy_report(&fleet, &inv);
     put(&dir, "src/changed.bin", &noise(106, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let entry = host_entry(&second, "h1");
     assert_eq!(entry["source"], "delta", "{entry:#}");
     assert!(sent(&second, "h1") < 60_000, "{entry:#}");
@@ -412,7 +401,7 @@ fn a_host_without_zstd_gets_its_delta_as_gzip() {
 fn hosts_on_different_releases_each_get_their_own_delta_and_a_rollback_is_a_base_too() {
     let (fleet, dir, inv) = setup(2, "");
     with_user(&inv, "nobody");
-    deploy(&fleet, &inv);
+    deploy_report(&fleet, &inv);
     // h1 moves on alone: the two hosts now run different releases.
     put(&dir, "src/changed.bin", &noise(110, 40_000));
     let (code, stdout, stderr) = run(fleet
@@ -421,7 +410,7 @@ fn hosts_on_different_releases_each_get_their_own_delta_and_a_rollback_is_a_base
         .arg(&inv));
     assert_eq!(code, 0, "{stderr}\n{stdout}");
     put(&dir, "config/b.yml", b"b: 3\n");
-    let third = deploy(&fleet, &inv);
+    let third = deploy_report(&fleet, &inv);
     let id3 = third["release"].as_str().unwrap().to_owned();
     for h in ["h1", "h2"] {
         let entry = host_entry(&third, h);
@@ -443,7 +432,7 @@ fn hosts_on_different_releases_each_get_their_own_delta_and_a_rollback_is_a_base
         .arg(&inv));
     assert_eq!(code, 0, "{stderr}");
     put(&dir, "src/changed.bin", &noise(111, 40_000));
-    let fourth = deploy(&fleet, &inv);
+    let fourth = deploy_report(&fleet, &inv);
     let id4 = fourth["release"].as_str().unwrap().to_owned();
     for h in ["h1", "h2"] {
         assert_eq!(host_entry(&fourth, h)["source"], "delta", "{fourth:#}");
@@ -531,11 +520,11 @@ fn a_supplied_tarball_redeploys_by_delta_too() {
     };
     pack();
     let inv = inventory(&fleet, &["h1"], &tarball, "");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     assert_eq!(host_entry(&first, "h1")["source"], "uploaded");
     put(&dir, "src/changed.bin", &noise(130, 40_000));
     pack();
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let entry = host_entry(&second, "h1");
     assert_eq!(entry["source"], "delta", "{entry:#}");
     assert!((40_000..48_000).contains(&sent(&second, "h1")), "{entry:#}");
@@ -551,13 +540,13 @@ fn files_are_copied_where_hard_links_cannot_be_made() {
     let (fleet, dir, inv) = setup(1, "");
     // A service user who cannot write release files: links would be used if they could.
     with_user(&inv, "nobody");
-    let first = deploy(&fleet, &inv);
+    let first = deploy_report(&fleet, &inv);
     let id1 = first["release"].as_str().unwrap().to_owned();
     // The current release on a mount of its own: link(2) into another mount fails (EXDEV).
     let old = format!("/opt/demo/releases/{id1}");
     fleet.sh_ok("h1", &format!("mount --bind {old} {old}"));
     put(&dir, "src/changed.bin", &noise(140, 40_000));
-    let second = deploy(&fleet, &inv);
+    let second = deploy_report(&fleet, &inv);
     let entry = host_entry(&second, "h1");
     assert_eq!(entry["source"], "delta", "{entry:#}");
     assert!(sent(&second, "h1") < 48_000, "{entry:#}");

@@ -52,17 +52,6 @@ fn inventory(fleet: &Fleet, artifact: &Path, app_extra: &str) -> PathBuf {
     write(fleet.dir(), "inv-harden-delta.toml", &text)
 }
 
-fn deploy(fleet: &Fleet, inv: &Path) -> serde_json::Value {
-    let (code, stdout, stderr) = run(fleet
-        .shipit()
-        .args(["deploy", "test", "--json", "-i"])
-        .arg(inv));
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
-    assert_eq!(code, 0, "{stderr}\n{report:#}");
-    report
-}
-
 fn release_of(report: &serde_json::Value) -> String {
     report["release"].as_str().unwrap().to_owned()
 }
@@ -105,9 +94,9 @@ fn newline_names_in_the_current_release_never_delete_outside_it() {
     let fleet = Fleet::start(1);
     let dir = app(&fleet);
     let inv = inventory(&fleet, &dir, "");
-    let id1 = release_of(&deploy(&fleet, &inv));
+    let id1 = release_of(&deploy_report(&fleet, &inv));
     put(&dir, "app.txt", b"v2\n");
-    let id2 = release_of(&deploy(&fleet, &inv));
+    let id2 = release_of(&deploy_report(&fleet, &inv));
     let victim = Victim::new(&fleet, "newline");
 
     // The app (run as root: `app.user` unset) writes into its release: a directory whose
@@ -123,7 +112,7 @@ fn newline_names_in_the_current_release_never_delete_outside_it() {
 
     // A changed artifact: the delta cannot start from this tree; the whole artifact goes.
     put(&dir, "app.txt", b"v3\n");
-    let report = deploy(&fleet, &inv);
+    let report = deploy_report(&fleet, &inv);
     let id3 = release_of(&report);
     let entry = host_entry(&report, "h1");
     assert_eq!(entry["source"], "uploaded", "{entry:#}");
@@ -150,7 +139,7 @@ fn newline_names_in_the_current_release_never_delete_outside_it() {
     for name in &names {
         fleet.sh_ok("h1", &format!("mkdir -p '/opt/demo/current/{name}'"));
     }
-    let report = deploy(&fleet, &inv);
+    let report = deploy_report(&fleet, &inv);
     let id4 = release_of(&report);
     let entry = host_entry(&report, "h1");
     assert_eq!(entry["source"], "uploaded", "{entry:#}");
@@ -176,11 +165,11 @@ fn a_hot_patched_release_is_not_reused_and_copies_follow_the_link_rule() {
     let fleet = Fleet::start(1);
     let dir = app(&fleet);
     let inv = inventory(&fleet, &dir, "");
-    let id1 = release_of(&deploy(&fleet, &inv));
+    let id1 = release_of(&deploy_report(&fleet, &inv));
 
     // Someone patches a file of the live release in place.
     fleet.sh_ok("h1", "echo patched > /opt/demo/current/app.txt");
-    let report = deploy(&fleet, &inv);
+    let report = deploy_report(&fleet, &inv);
     let id2 = release_of(&report);
     let entry = host_entry(&report, "h1");
     // The copy did not verify: the artifact was uploaded.
@@ -195,7 +184,7 @@ fn a_hot_patched_release_is_not_reused_and_copies_follow_the_link_rule() {
 
     // An intact release is reused; with `app.user` unset the app could write release
     // files, so the reuse copies them rather than link.
-    let report = deploy(&fleet, &inv);
+    let report = deploy_report(&fleet, &inv);
     let id3 = release_of(&report);
     let entry = host_entry(&report, "h1");
     assert_eq!(entry["source"], "reused", "{entry:#}");
@@ -217,7 +206,7 @@ fn a_hot_patched_release_is_not_reused_and_copies_follow_the_link_rule() {
 
     // A service user who cannot write release files: linked.
     let inv = inventory(&fleet, &dir, "user = \"nobody\"");
-    let report = deploy(&fleet, &inv);
+    let report = deploy_report(&fleet, &inv);
     let id4 = release_of(&report);
     assert_eq!(host_entry(&report, "h1")["source"], "reused");
     let fourth = format!("/opt/demo/releases/{id4}/app.txt");
@@ -247,7 +236,7 @@ fn pruning_leaves_directories_shipit_did_not_make() {
     let mut ids = Vec::new();
     for v in 1..=4 {
         put(&dir, "app.txt", format!("v{v}\n").as_bytes());
-        ids.push(release_of(&deploy(&fleet, &inv)));
+        ids.push(release_of(&deploy_report(&fleet, &inv)));
     }
     // keep_releases = 3 counts shipit's own releases only: the oldest goes, the other
     // three stay, and nothing else is touched.

@@ -13,10 +13,10 @@ use std::process::Command;
 use crate::common::*;
 use crate::support::Fleet;
 
-const USTAR: &[u8; 8] = b"ustar\x0000";
-const GNU: &[u8; 8] = b"ustar  \0";
+use crate::rawtar::{GNU, USTAR, padded};
 
-/// A raw 512-byte header, every field as given, so no library normalises it.
+/// A raw 512-byte header (mode 0755, a fixed mtime), every field as given, so no library
+/// normalises it.
 fn header(
     name: &[u8],
     prefix: &[u8],
@@ -25,29 +25,13 @@ fn header(
     size: u64,
     magic: &[u8; 8],
 ) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name);
-    h[100..107].copy_from_slice(b"0000755");
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"14164014200");
-    h[156] = flag;
-    h[157..157 + link.len()].copy_from_slice(link);
-    h[257..265].copy_from_slice(magic);
-    h[345..345 + prefix.len()].copy_from_slice(prefix);
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+    crate::rawtar::header(name, prefix, flag, link, size, magic, 0o755, 0o14164014200)
 }
 
 /// A member: its header, then its data padded to the block.
 fn member(name: &[u8], flag: u8, link: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut out = header(name, b"", flag, link, data.len() as u64, GNU);
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
+    let out = header(name, b"", flag, link, data.len() as u64, GNU);
+    padded([out, data.to_vec()].concat())
 }
 
 /// A GNU long name (`L`) or long link (`K`) entry.
@@ -57,19 +41,10 @@ fn long(flag: u8, value: &[u8]) -> Vec<u8> {
 
 /// A pax extended header (`x`) with `records`.
 fn pax(records: &[(&str, &str)]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for (key, value) in records {
-        let body = format!(" {key}={value}\n");
-        let mut len = body.len() + 1;
-        while len.to_string().len() + body.len() != len {
-            len += 1;
-        }
-        data.extend_from_slice(format!("{len}{body}").as_bytes());
-    }
-    let mut out = header(b"PaxHeader/x", b"", b'x', b"", data.len() as u64, USTAR);
-    out.extend_from_slice(&data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
+    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let data = crate::rawtar::pax_data(&records);
+    let out = header(b"PaxHeader/x", b"", b'x', b"", data.len() as u64, USTAR);
+    padded([out, data].concat())
 }
 
 /// `members` as `<dir>/<name>.tar.gz`, after a harmless `app/VERSION`.

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `shipit` binary against real OpenSSH sshd hosts started by the
 //! fixture in `support` (one per test host, each with its own filesystem view).
 
+#[allow(dead_code)]
+#[path = "../common/rawtar.rs"]
+mod rawtar;
 mod support;
 
 mod auth;
