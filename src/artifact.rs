@@ -2240,19 +2240,7 @@ mod tests {
     /// (dates, owners and the mode bits the host does not keep aside: the type, size and
     /// name and link of each member).
     fn gnu_listing(tar: &[u8]) -> Vec<String> {
-        let mut child = Command::new("tar")
-            .args(["--numeric-owner", "--quoting-style=c", "-tvf", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let bytes = tar.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&bytes);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
+        let out = rawtar::gnu_tv(tar);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout)
             .unwrap()

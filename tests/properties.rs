@@ -453,21 +453,7 @@ fn c_string(s: &[u8]) -> (Vec<u8>, &[u8]) {
 /// GNU tar's reading of `tar`: `tar --numeric-owner --quoting-style=c -tvf -`; `None` when
 /// it fails.
 fn gnu_view(tar: &[u8]) -> Option<Vec<Listed>> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("tar")
-        .args(["--numeric-owner", "--quoting-style=c", "-tvf", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let bytes = tar.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&bytes);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let out = rawtar::gnu_tv(tar);
     if !out.status.success() {
         return None;
     }

@@ -69,3 +69,26 @@ pub fn pax_data(records: &[(&str, &[u8])]) -> Vec<u8> {
     }
     data
 }
+
+/// GNU tar's listing of `tar`: `tar --numeric-owner --quoting-style=c -tvf -` (its output,
+/// whether it succeeded or not).
+pub fn gnu_tv(tar: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("tar")
+        .args(["--numeric-owner", "--quoting-style=c", "-tvf", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = tar.to_vec();
+    // A refused archive may be left unread: write on a thread of its own.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
