@@ -23,11 +23,11 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Template(#[from] crate::templates::TemplateError),
+    Template(#[from] crate::deploy::templates::TemplateError),
     #[error(transparent)]
-    SshConfig(#[from] crate::ssh_config::ConfigError),
+    SshConfig(#[from] crate::ssh::config::ConfigError),
     #[error(transparent)]
-    Reach(#[from] crate::reach::ReachError),
+    Reach(#[from] crate::ssh::reach::ReachError),
     #[error("cannot read template `{path}`: {reason}")]
     ReadTemplate { path: String, reason: String },
     #[error("`deploy` needs an `[artifact]` section with `path` in `{file}`")]

@@ -1,38 +1,25 @@
 //! shipit: an SSH push deployer. See `README.md` and `../shared/DESIGN.md` for the picture;
 //! each module's own doc says what it owns and what it may depend on.
+//!
+//! - [`inventory`]: TOML → validated inventory (pure);
+//! - [`plan`]: facts + inventory + artifact → the steps of a run (pure);
+//! - [`commands`] and [`shell`]: remote commands as values (pure);
+//! - [`artifact`]: the artifact on the deployer's side: build, pack, check, compress, delta;
+//! - [`deploy`]: the fleet pipeline (stage, once, switch, finish) that executes a plan;
+//! - [`ops`]: the other commands (check, exec, task, status, releases, history, unlock, …);
+//! - [`ssh`]: ssh_config and known_hosts resolution as `ssh` does it;
+//! - [`transport`]: running commands on a host (ssh, local);
+//! - [`output`]: the event stream and its renderers, the only module that prints.
 
 pub mod artifact;
-pub mod candidates;
-pub mod check;
 pub mod cli;
 pub mod commands;
-pub mod completion;
-pub mod database;
-pub mod delta;
-pub mod envfile;
+pub mod deploy;
 pub mod error;
-pub mod exec;
-pub mod facts;
-pub mod fleet;
-pub mod health;
-pub mod history;
-pub mod init;
 pub mod inventory;
-pub mod lock;
-pub mod manifest;
-pub mod manual;
+pub mod ops;
 pub mod output;
-pub mod pattern;
 pub mod plan;
-pub mod preview;
-pub mod reach;
-pub mod releases;
-pub mod rollout;
 pub mod shell;
-pub mod ssh_config;
-pub mod status;
-pub mod strict;
-pub mod switch;
-pub mod tasks;
-pub mod templates;
+pub mod ssh;
 pub mod transport;

@@ -9,17 +9,20 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use clap_complete::CompleteEnv;
 
-use shipit::candidates::Templates;
+use shipit::artifact;
 use shipit::cli::{Cli, Command, Progress};
+use shipit::cli::{completion, manual};
+use shipit::deploy::lock;
+use shipit::deploy::lock::{HostUnlock, RunInfo};
+use shipit::deploy::pipeline::{self, Cancel};
+use shipit::deploy::stage::Templates;
 use shipit::error::{Error, code};
-use shipit::fleet::{self, Connector};
 use shipit::inventory::{self, Inventory, LoadContext, TransportKind};
-use shipit::lock::{HostUnlock, RunInfo};
+use shipit::ops::{check, exec, history, releases};
 use shipit::output::{self, Event, Mode, Output};
-use shipit::rollout::{self, Cancel};
 use shipit::shell::Secret;
 use shipit::transport::SshSettings;
-use shipit::{artifact, check, completion, exec, history, lock, manual, releases};
+use shipit::transport::fleet::{self, Connector};
 
 fn main() -> ExitCode {
     // A shell asking for completions (`SHIPIT_COMPLETE=bash shipit -- ...`): answer and exit.
@@ -73,7 +76,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
     if let Command::Init { .. } = &cli.command {
         let dir =
             std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
-        let report = shipit::init::scaffold(&dir, &stage)
+        let report = shipit::ops::init::scaffold(&dir, &stage)
             .map_err(|e| other(e, "cannot write the scaffold"))?;
         let out = Output::new(output_mode(&cli), &[], cli.global.verbose, None);
         out.emit(Event::Done(&report));
@@ -99,7 +102,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 }
             )));
         };
-        hosts = shipit::tasks::hosts_for(task, &inventory, &hosts);
+        hosts = shipit::ops::task::hosts_for(task, &inventory, &hosts);
         if hosts.is_empty() {
             return Err(Error::Usage(format!(
                 "task `{name}` runs on hosts with the roles {:?}, and none of the selected hosts has one",
@@ -107,7 +110,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             )));
         }
     }
-    let started_millis = rollout::now_millis();
+    let started_millis = pipeline::now_millis();
     let started_unix = started_millis / 1000;
 
     // Everything that can fail without a host comes before the first connection.
@@ -124,12 +127,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
         _ => Templates::default(),
     };
     if matches!(cli.command, Command::Deploy { .. } | Command::Plan { .. }) {
-        shipit::candidates::check(&inventory, &hosts, &templates)?;
+        shipit::deploy::stage::check(&inventory, &hosts, &templates)?;
     }
     let env_content = inventory
         .env
         .as_ref()
-        .map(|e| shipit::envfile::render(&e.vars, &e.secrets));
+        .map(|e| shipit::deploy::envfile::render(&e.vars, &e.secrets));
 
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let github = std::env::var("GITHUB_ACTIONS")
@@ -184,8 +187,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let packed = packed.as_ref().expect("packed before connecting");
                 let waves = parse_waves(waves)?.unwrap_or_else(|| inventory.rollout.waves.clone());
                 let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
-                let report = shipit::preview::show(
-                    shipit::preview::Preview {
+                let report = shipit::deploy::preview::show(
+                    shipit::deploy::preview::Preview {
                         stage: &stage,
                         inventory: &inventory,
                         artifact: packed,
@@ -194,7 +197,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         now_unix: started_unix,
                         waves: &waves,
                         migrate_host: names
-                            [shipit::database::migrate_host_index(&inventory, &names)]
+                            [shipit::deploy::once::migrate_host_index(&inventory, &names)]
                         .to_owned(),
                         out: &out,
                     },
@@ -210,7 +213,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let packed = packed.as_ref().expect("packed before connecting");
                 let waves = parse_waves(waves)?;
                 let git = git_revision(&base_dir);
-                let report = rollout::deploy(rollout::Deploy {
+                let report = pipeline::deploy(pipeline::Deploy {
                     stage: &stage,
                     inventory: &inventory,
                     hosts: &hosts,
@@ -219,7 +222,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     artifact: packed,
                     templates: &templates,
                     migrate_host: Some(
-                        names[shipit::database::migrate_host_index(&inventory, &names)].to_owned(),
+                        names[shipit::deploy::once::migrate_host_index(&inventory, &names)]
+                            .to_owned(),
                     ),
                     waves,
                     env_content: env_content.clone(),
@@ -233,7 +237,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 Ok(report.exit_code)
             }
             Command::Rollback { to, .. } => {
-                let report = rollout::rollback(rollout::Rollback {
+                let report = pipeline::rollback(pipeline::Rollback {
                     stage: &stage,
                     inventory: &inventory,
                     hosts: &hosts,
@@ -253,7 +257,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 if !failed.is_empty() {
                     // All or nothing: a task is not run on part of its hosts.
-                    let mut report = shipit::exec::ExecReport {
+                    let mut report = shipit::ops::exec::ExecReport {
                         stage: stage.clone(),
                         task: Some(name.clone()),
                         command: task.command.clone(),
@@ -266,23 +270,24 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         };
                         report
                             .hosts
-                            .push(shipit::exec::HostExec::failed(&host.name, error));
+                            .push(shipit::ops::exec::HostExec::failed(&host.name, error));
                     }
                     out.emit(Event::Done(&report));
                     fleet::close_all(&conns).await;
                     return hosts_result(report.failed(), report.hosts.len());
                 }
                 let (report, locked) =
-                    shipit::tasks::run(&stage, name, task, &conns, &inventory, &run, &out).await;
+                    shipit::ops::task::run(&stage, name, task, &conns, &inventory, &run, &out)
+                        .await;
                 out.emit(Event::Done(&report));
                 fleet::close_all(&conns).await;
                 if locked {
-                    return Ok(rollout::code::LOCKED);
+                    return Ok(pipeline::code::LOCKED);
                 }
                 hosts_result(report.failed(), report.hosts.len())
             }
             Command::Backup { .. } | Command::Backups { .. } => {
-                let index = shipit::database::migrate_host_index(&inventory, &names);
+                let index = shipit::deploy::once::migrate_host_index(&inventory, &names);
                 let host = [hosts[index]];
                 let (conns, failed) =
                     fleet::connect_all(&inventory, &host, &connector, |_| {}).await;
@@ -293,12 +298,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let mut locked = false;
                 let ok = if matches!(cli.command, Command::Backup { .. }) {
                     let report =
-                        shipit::database::backup_now(&stage, conn, &inventory, &run, &out).await;
+                        shipit::deploy::once::backup_now(&stage, conn, &inventory, &run, &out)
+                            .await;
                     out.emit(Event::Done(&report));
                     locked = report.locked;
                     report.error.is_none()
                 } else {
-                    match shipit::database::list(&stage, conn, &inventory).await {
+                    match shipit::deploy::once::list(&stage, conn, &inventory).await {
                         Ok(report) => {
                             out.emit(Event::Done(&report));
                             true
@@ -311,7 +317,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 };
                 fleet::close_all(&conns).await;
                 if locked {
-                    return Ok(rollout::code::LOCKED);
+                    return Ok(pipeline::code::LOCKED);
                 }
                 Ok(if ok { code::OK } else { code::FAILED })
             }
@@ -336,14 +342,15 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         out.emit(Event::Done(&report));
                     }
                     Command::Status { .. } => {
-                        let report = shipit::status::show(&stage, &conns, &inventory, &out).await;
+                        let report =
+                            shipit::ops::status::show(&stage, &conns, &inventory, &out).await;
                         ok &= report.ok();
                         out.emit(Event::Done(&report));
                     }
                     _ => {
                         // Unlock removes the lock and staging and writes history: the same
                         // path check as every run that writes.
-                        let checks = shipit::strict::preflight(&conns, &inventory).await;
+                        let checks = shipit::deploy::strict::preflight(&conns, &inventory).await;
                         let problem = conns.iter().zip(&checks).find_map(|(c, check)| {
                             check
                                 .as_ref()
@@ -572,7 +579,7 @@ fn cancel_on_signals() -> Cancel {
 }
 
 fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> bool {
-    let now = rollout::now_unix();
+    let now = pipeline::now_unix();
     for h in hosts.iter().filter(|h| h.locked) {
         let who = h.owner.as_ref().map_or_else(
             || "an unknown owner (no owner.json)".to_owned(),
@@ -697,11 +704,11 @@ fn reach_hosts(
     hosts: &[&inventory::Host],
     settings: &SshSettings,
     home: Option<&Path>,
-) -> Result<Vec<shipit::reach::Reach>, Error> {
+) -> Result<Vec<shipit::ssh::reach::Reach>, Error> {
     if inventory.transport == TransportKind::Local {
         return Ok(Vec::new());
     }
-    let local = shipit::ssh_config::Local {
+    let local = shipit::ssh::config::Local {
         home: home.map(Path::to_path_buf).unwrap_or_default(),
         user: login_name(),
         uid: current_uid(),
@@ -712,13 +719,13 @@ fn reach_hosts(
     } else {
         // Without a home there is no user file; an empty path reads as missing.
         let user_file = home.map_or_else(PathBuf::new, |h| h.join(".ssh").join("config"));
-        Some(shipit::ssh_config::SshConfig::load(
+        Some(shipit::ssh::config::SshConfig::load(
             &user_file,
             Some(Path::new(SYSTEM_SSH_CONFIG)),
             &local,
         )?)
     };
-    let resolver = shipit::reach::Resolver {
+    let resolver = shipit::ssh::reach::Resolver {
         inventory,
         config: config.as_ref(),
         local: &local,

@@ -34,9 +34,10 @@ fn code(text: &str) -> &str {
 #[test]
 fn pure_modules_do_no_io_and_read_no_clock_or_environment() {
     const PURE: &[&str] = &[
-        "src/inventory.rs",
+        "src/inventory/mod.rs",
         "src/shell.rs",
-        "src/facts.rs",
+        "src/plan/facts.rs",
+        "src/plan/mod.rs",
         "src/transport/known_hosts.rs",
         "src/output/table.rs",
     ];
@@ -108,4 +109,22 @@ fn no_shell_line_is_built_with_format() {
             );
         }
     }
+}
+
+#[test]
+fn the_top_of_src_is_a_map_not_a_heap() {
+    // The layout shows the architecture: modules live in their directories, and only the
+    // crate roots and a few cross-cutting files sit at the top.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.len() <= 12,
+        "{} files at the top of src/: {files:?}",
+        files.len()
+    );
 }

@@ -12,7 +12,7 @@
 //! of shipit has written it). Anything else at the path (a file of the system or of a
 //! person, a symlink, a directory) is refused with [`FOREIGN_FILE`](super::exit::FOREIGN_FILE).
 
-use crate::envfile::HEADER;
+use crate::deploy::envfile::HEADER;
 use crate::shell::Cmd;
 
 /// Refuses what is at `$path` unless it is absent or a regular file starting with `$header`.

@@ -127,7 +127,7 @@ mod tests {
         );
         // Forgetting a release whose deploy history calls a success outweighs that line, until
         // it passes again; a bad id is never written.
-        let line = crate::history::Entry {
+        let line = crate::ops::history::Entry {
             action: "deploy".into(),
             outcome: "success".into(),
             release: Some("r2".into()),
@@ -140,14 +140,14 @@ mod tests {
         std::fs::write(&history, text).unwrap();
         assert_eq!(run_sh(&forget(base, "r2"), b"", None).0, 0);
         let (_, out, _) = run_sh(&read(base), b"", None);
-        let set = crate::releases::parse_passed("h1", &out);
+        let set = crate::ops::releases::parse_passed("h1", &out);
         assert!(!set.contains("r1") && !set.contains("r2"), "{out}");
         assert_ne!(run_sh(&forget(base, "../r2"), b"", None).0, 0);
         assert_ne!(run_sh(&mark(base, "r2.rejected"), b"", None).0, 0);
         assert_eq!(run_sh(&mark(base, "r2"), b"", None).0, 0);
         let (_, out, _) = run_sh(&read(base), b"", None);
         assert!(
-            crate::releases::parse_passed("h1", &out).contains("r2"),
+            crate::ops::releases::parse_passed("h1", &out).contains("r2"),
             "{out}"
         );
         // A history an older shipit left world-readable is made private by reading it.

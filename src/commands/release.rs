@@ -101,13 +101,13 @@ fi
 /// `walk FORMAT [TEST...]` prints `find -printf FORMAT` for every path below the current
 /// directory but `.shipit` (those passing the TESTs), and fails when any name or symlink
 /// target has a control character or a backslash: what a manifest cannot carry (see
-/// [`crate::manifest`]), and what would split or forge a line of the lists below (a
+/// [`crate::artifact::manifest`]), and what would split or forge a line of the lists below (a
 /// directory named `b` + newline + `/tmp` would read as a line `/tmp`). The check is made in
 /// the same pass as the listing, so nothing can slip in between. Such a tree is not
 /// listed: a delta or a copy from it fails, and the whole artifact is sent.
 ///
 /// `listing PREFIX [TRUSTED]` writes the manifest text of the tree in the current directory
-/// to stdout, in the format of [`crate::manifest`] (`.shipit` left out), with GNU `find`,
+/// to stdout, in the format of [`crate::artifact::manifest`] (`.shipit` left out), with GNU `find`,
 /// `$hash` and awk, and the tree's stat list (see `stat_list`) to `PREFIX.stat`. PREFIX
 /// names its scratch files. TRUSTED (`path<TAB>sha256` lines) gives the digests of files
 /// known unchanged, which are not read again.

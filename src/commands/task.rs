@@ -137,7 +137,7 @@ exit 0"#,
 }
 
 /// Shell functions that tell this app's own backups from everything else in a backup
-/// directory another app may share: exactly the names [`crate::database::backup`] makes,
+/// directory another app may share: exactly the names [`crate::deploy::once::backup`] makes,
 /// `<prefix><label>-<YYYYMMDDTHHMMSSZ>[-<n>]<suffix>` with the label `manual` or a release
 /// id (`<YYYYMMDDTHHMMSSZ>-<12 hex>`). A plain `<prefix>*` took app `shop-api`'s backups
 /// for app `shop`'s and deleted them. `own <name> [<suffix>]` tests one name;

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::check::CheckReport;
-use crate::exec::ExecReport;
+use crate::ops::check::CheckReport;
+use crate::ops::exec::ExecReport;
 
 fn mark(value: Option<bool>) -> &'static str {
     match value {
@@ -147,7 +147,7 @@ pub fn exec(report: &ExecReport) -> String {
     out
 }
 
-pub fn deploy(report: &crate::rollout::DeployReport) -> String {
+pub fn deploy(report: &crate::deploy::pipeline::DeployReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()
@@ -188,7 +188,7 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
         }
     }
     let what = match report.outcome {
-        crate::rollout::Outcome::Deployed => format!(
+        crate::deploy::pipeline::Outcome::Deployed => format!(
             "{} {} to {} hosts",
             if report.action == "rollback" {
                 "rolled back"
@@ -198,13 +198,13 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
             report.release.as_deref().unwrap_or("?"),
             report.hosts.len()
         ),
-        crate::rollout::Outcome::Failed => format!("{} failed", report.action),
-        crate::rollout::Outcome::Interrupted => format!("{} interrupted", report.action),
-        crate::rollout::Outcome::Locked => format!("{} refused: locked", report.action),
-        crate::rollout::Outcome::RolledBack => {
+        crate::deploy::pipeline::Outcome::Failed => format!("{} failed", report.action),
+        crate::deploy::pipeline::Outcome::Interrupted => format!("{} interrupted", report.action),
+        crate::deploy::pipeline::Outcome::Locked => format!("{} refused: locked", report.action),
+        crate::deploy::pipeline::Outcome::RolledBack => {
             format!("{} failed and was rolled back", report.action)
         }
-        crate::rollout::Outcome::RollbackFailed => {
+        crate::deploy::pipeline::Outcome::RollbackFailed => {
             format!("{} failed and ROLLBACK FAILED", report.action)
         }
     };
@@ -221,7 +221,7 @@ pub fn deploy(report: &crate::rollout::DeployReport) -> String {
     out
 }
 
-pub fn releases(report: &crate::releases::ReleasesReport) -> String {
+pub fn releases(report: &crate::ops::releases::ReleasesReport) -> String {
     let rows: Vec<Vec<String>> = report
         .releases
         .iter()
@@ -262,7 +262,7 @@ pub fn releases(report: &crate::releases::ReleasesReport) -> String {
 
 /// Whether a plain `shipit rollback` may go back to the release: `yes`, or why not (per
 /// host when the hosts differ).
-fn rollback_cell(r: &crate::releases::ReleaseRow) -> String {
+fn rollback_cell(r: &crate::ops::releases::ReleaseRow) -> String {
     let reasons: std::collections::BTreeSet<String> =
         r.not_candidate.values().map(|w| w.to_string()).collect();
     match (r.rollback_on.is_empty(), reasons.len()) {
@@ -277,7 +277,7 @@ fn rollback_cell(r: &crate::releases::ReleaseRow) -> String {
     }
 }
 
-pub fn history(report: &crate::history::HistoryReport) -> String {
+pub fn history(report: &crate::ops::history::HistoryReport) -> String {
     let rows: Vec<Vec<String>> = report
         .entries
         .iter()
@@ -308,7 +308,7 @@ pub fn history(report: &crate::history::HistoryReport) -> String {
     out
 }
 
-pub fn unlock(report: &crate::lock::UnlockReport) -> String {
+pub fn unlock(report: &crate::deploy::lock::UnlockReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()
@@ -347,7 +347,7 @@ pub fn unlock(report: &crate::lock::UnlockReport) -> String {
     out
 }
 
-pub fn backups(report: &crate::database::BackupsReport) -> String {
+pub fn backups(report: &crate::deploy::once::BackupsReport) -> String {
     let rows: Vec<Vec<String>> = report
         .backups
         .iter()
@@ -365,7 +365,7 @@ pub fn backups(report: &crate::database::BackupsReport) -> String {
 }
 
 /// The deploy report for `$GITHUB_STEP_SUMMARY`.
-pub fn deploy_markdown(report: &crate::rollout::DeployReport) -> String {
+pub fn deploy_markdown(report: &crate::deploy::pipeline::DeployReport) -> String {
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     let mut out = format!(
         "### shipit {} `{}`: {:?} (exit {})\n\n",
@@ -400,7 +400,7 @@ pub fn deploy_markdown(report: &crate::rollout::DeployReport) -> String {
     out
 }
 
-pub fn status(report: &crate::status::StatusReport) -> String {
+pub fn status(report: &crate::ops::status::StatusReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()

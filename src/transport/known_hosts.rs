@@ -19,7 +19,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Digest;
 
-use crate::pattern;
+use crate::ssh::pattern;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Marker {

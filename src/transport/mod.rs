@@ -5,6 +5,7 @@
 //! [`ssh::SshTransport`] (the only module that names the SSH library). Everything above this
 //! module sees [`Transport`] and the error types here, never a backend's types.
 
+pub mod fleet;
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;

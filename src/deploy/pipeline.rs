@@ -15,25 +15,25 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
+use crate::artifact::delta::{self, Delta};
+use crate::artifact::manifest::Manifest;
 use crate::artifact::{Codec, Compressed, Packed};
-use crate::candidates::{self, Templates};
 use crate::commands;
-use crate::database::{self, BackupFile};
-use crate::delta::{self, Delta};
-use crate::envfile::KeyDiff;
-use crate::facts::{self, ReleaseTree};
-use crate::fleet::{self, Conn, Connector};
-use crate::history::{self, Entry};
+use crate::deploy::envfile::KeyDiff;
+use crate::deploy::lock::{self, LockOwner, LockState, RunInfo};
+use crate::deploy::once::{self, BackupFile};
+use crate::deploy::stage::{self, Templates};
+use crate::deploy::switch::{Switch, Touched};
 use crate::inventory::HookPoint;
 use crate::inventory::{Host, Inventory};
-use crate::lock::{self, LockOwner, LockState, RunInfo};
-use crate::manifest::Manifest;
+use crate::ops::history::{self, Entry};
+use crate::ops::releases;
 use crate::output::{Event, Output, Report, table};
+use crate::plan::facts::{self, ReleaseTree};
 use crate::plan::{self, HostPlan, Source};
-use crate::releases;
 use crate::shell::Cmd;
 use crate::shell::Secret;
-use crate::switch::{Switch, Touched};
+use crate::transport::fleet::{self, Conn, Connector};
 use crate::transport::{ExecError, ExecOutput, ExecRequest};
 
 const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
@@ -422,7 +422,7 @@ async fn connect_and_lock<'r, 'h>(
         ));
     }
     // Before the lock: taking it already writes under `deploy_to`.
-    let checks = crate::strict::preflight(&conns, inventory).await;
+    let checks = crate::deploy::strict::preflight(&conns, inventory).await;
     let unsafe_hosts = checks.iter().filter(|c| c.is_err()).count();
     if unsafe_hosts > 0 {
         for (c, check) in conns.iter().zip(checks) {
@@ -754,9 +754,9 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
             .find(|p| p.host == mc.host.name)
             .and_then(|p| p.previous.as_deref());
         // The backup sees what the migration will: the new release's files and env.
-        let mut vars = database::task_vars(d.inventory, &mc.host.name, &release, previous);
-        vars.env_next = database::env_next(d.inventory, &d.run.token);
-        let made = database::backup(
+        let mut vars = once::task_vars(d.inventory, &mc.host.name, &release, previous);
+        vars.env_next = once::env_next(d.inventory, &d.run.token);
+        let made = once::backup(
             mc,
             d.inventory,
             &release_dir,
@@ -773,7 +773,7 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
                 return r.close(&conns, Outcome::Failed, Some(e)).await;
             }
         }
-        match database::migrate(mc, d.inventory, &release_dir, &vars, d.out).await {
+        match once::migrate(mc, d.inventory, &release_dir, &vars, d.out).await {
             Ok(true) => r.report.migrated_on = Some(mc.host.name.clone()),
             Ok(false) => {}
             Err(e) => {
@@ -837,7 +837,7 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
             .map(|h| h.host.clone())
             .collect(),
         migrate_host: d.migrate_host.clone(),
-        guard: Some(crate::switch::Guard {
+        guard: Some(crate::deploy::switch::Guard {
             token: d.run.token.clone(),
             delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
             history: guard_line,
@@ -1043,7 +1043,7 @@ async fn fetch_manifest(
     let path = format!(
         "{}/releases/{current}/{}",
         d.inventory.app.deploy_to,
-        crate::manifest::PATH
+        crate::artifact::manifest::PATH
     );
     let compress = match codec {
         Codec::Zstd => "zstd -q -c",
@@ -1076,7 +1076,7 @@ async fn fetch_manifest(
     let text = codec
         .decompress_bytes(&bytes)
         .map_err(|e| format!("the current release's manifest arrived damaged: {e}"))?;
-    if crate::manifest::sha256_hex(&text) != sha256 {
+    if crate::artifact::manifest::sha256_hex(&text) != sha256 {
         return Err("the current release's manifest changed while it was read".into());
     }
     Manifest::parse(&text).map_err(|e| format!("`{path}`: {e}"))
@@ -1116,12 +1116,12 @@ async fn stage_host(
     // The env file first: Compose reads the staged one while checking the stack.
     let token = &d.run.token;
     let env = match &d.env_content {
-        Some(content) => candidates::stage_env(c, d.inventory, content, token).await?,
+        Some(content) => stage::stage_env(c, d.inventory, content, token).await?,
         None => None,
     };
-    let env_next = database::env_next(d.inventory, token);
+    let env_next = once::env_next(d.inventory, token);
     let staged_env = env_next.as_deref().filter(|_| env.is_some());
-    candidates::stage_configs(
+    stage::stage_configs(
         c,
         d.inventory,
         d.templates,
@@ -1131,9 +1131,9 @@ async fn stage_host(
     )
     .await?;
     let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
-    let mut vars = database::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
+    let mut vars = once::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
     vars.env_next = env_next;
-    database::hooks(
+    once::hooks(
         c,
         d.inventory,
         HookPoint::AfterUpload,

@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use crate::commands::{self, exit};
-use crate::envfile::{self, KeyDiff};
-use crate::fleet::Conn;
+use crate::deploy::envfile::{self, KeyDiff};
+use crate::deploy::templates::{self, AppCtx, Context, EnvCtx, HostCtx, ReleaseCtx};
 use crate::inventory::{Host, Inventory};
 use crate::shell::Secret;
-use crate::templates::{self, AppCtx, Context, EnvCtx, HostCtx, ReleaseCtx};
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit, Stdin};
 
 const SHORT: Duration = Duration::from_secs(60);

@@ -6,13 +6,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::commands::{self, exit};
-use crate::facts;
-use crate::fleet::Conn;
-use crate::health;
+use crate::deploy::health;
+use crate::deploy::lock::LockOwner;
 use crate::inventory::Inventory;
-use crate::lock::LockOwner;
 use crate::output::{Event, Output, Report, table};
+use crate::plan::facts;
 use crate::shell::Cmd;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -146,8 +146,10 @@ pub async fn show(
             {
                 h.locked_by = Some(
                     match serde_json::from_str::<LockOwner>(o.stdout.text().trim()) {
-                        Ok(owner) => owner
-                            .describe(crate::rollout::now_unix(), inventory.rollout.lock_timeout),
+                        Ok(owner) => owner.describe(
+                            crate::deploy::pipeline::now_unix(),
+                            inventory.rollout.lock_timeout,
+                        ),
                         Err(_) => "an unknown owner".to_owned(),
                     },
                 );

@@ -7,10 +7,10 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::fleet::{self, Connector};
 use crate::inventory::{Host, Inventory};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
+use crate::transport::fleet::{self, Connector};
 use crate::transport::local::NO_TIMEOUT;
 use crate::transport::{ExecRequest, Stream, Transport};
 
@@ -102,7 +102,7 @@ async fn exec_host(script: &str, host: &Host, connector: &Connector, out: &Outpu
             return HostExec::failed(&host.name, crate::error::chain(&e));
         }
     };
-    if let Some(step) = crate::fleet::host_key_step(transport.as_ref()) {
+    if let Some(step) = crate::transport::fleet::host_key_step(transport.as_ref()) {
         out.emit(Event::Step {
             host: &host.name,
             step: &step,

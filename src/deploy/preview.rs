@@ -9,17 +9,17 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::artifact::Packed;
-use crate::candidates::{self, Templates};
 use crate::commands::{self, exit};
-use crate::database;
-use crate::envfile::{self, KeyDiff};
-use crate::facts;
-use crate::fleet::Conn;
+use crate::deploy::envfile::{self, KeyDiff};
+use crate::deploy::once;
+use crate::deploy::stage::{self, Templates};
+use crate::deploy::templates;
 use crate::inventory::{Amount, Inventory};
 use crate::output::{Event, Output, Report, table};
+use crate::plan::facts;
 use crate::plan::{self, Source};
 use crate::shell::Secret;
-use crate::templates;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -264,7 +264,7 @@ async fn host_preview(
             Err(e) => h.error = Some(e),
         }
     }
-    let ctx = candidates::context(p.inventory, c.host, release);
+    let ctx = stage::context(p.inventory, c.host, release);
     for (unit, file, source) in &p.templates.units {
         let path = format!("{}/{unit}", commands::systemd::UNIT_DIR);
         h.units
@@ -279,11 +279,8 @@ async fn host_preview(
         let applies = (!hook.once || is_migrate_host)
             && (hook.roles.is_empty() || hook.roles.iter().any(|r| c.host.has_role(r)));
         if applies {
-            h.hooks.push(format!(
-                "{}: `{}`",
-                database::point_name(hook.at),
-                hook.command
-            ));
+            h.hooks
+                .push(format!("{}: `{}`", once::point_name(hook.at), hook.command));
         }
     }
     h

@@ -10,7 +10,7 @@ use std::path::Path;
 use futures::StreamExt;
 
 use crate::inventory::{Host, Inventory, TransportKind};
-use crate::reach::Reach;
+use crate::ssh::reach::Reach;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshConnector;
 use crate::transport::{ConnectError, SshSettings, Transport};

@@ -82,7 +82,7 @@ const SITE: &str = r#"server {
 }
 "#;
 
-const WORKFLOW: &str = include_str!("../examples/github-actions/deploy.yml");
+const WORKFLOW: &str = include_str!("../../examples/github-actions/deploy.yml");
 
 #[derive(Debug, Serialize)]
 pub struct InitReport {

@@ -23,8 +23,8 @@ use std::path::Path;
 use tar::{Archive, EntryType};
 use tempfile::TempPath;
 
+use crate::artifact::manifest::{Entry, Kind, Manifest};
 use crate::artifact::{self, Codec, Hashing, Packed, header};
-use crate::manifest::{Entry, Kind, Manifest};
 
 /// How the tar writes one path of the new release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -444,8 +444,8 @@ mod tests {
 mod host_tests {
     use super::*;
     use crate::artifact;
+    use crate::artifact::manifest;
     use crate::commands::release;
-    use crate::manifest;
     use crate::shell::Cmd;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -660,8 +660,8 @@ mod host_tests {
 mod hostile_host_tests {
     use super::*;
     use crate::artifact;
+    use crate::artifact::manifest;
     use crate::commands::{exit, release};
-    use crate::manifest;
     use crate::shell::Cmd;
     use std::os::unix::fs::MetadataExt;
 

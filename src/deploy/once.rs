@@ -14,11 +14,11 @@ use serde::Serialize;
 
 use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
-use crate::fleet::Conn;
 use crate::inventory::{BackupKind, Hook, HookPoint, Inventory};
 use crate::output::{Event, Output, Report, table};
 use crate::plan;
 use crate::shell::Secret;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit, Stdin, Stream};
 
 /// Migrations and backups may take long; keepalives notice a dead host meanwhile.
@@ -78,7 +78,9 @@ pub fn pg_env(url: &str) -> Option<Secret> {
         };
         vars.insert(name.to_owned(), decode(v)?);
     }
-    let mut text = crate::envfile::render(&vars, &[]).expose().to_owned();
+    let mut text = crate::deploy::envfile::render(&vars, &[])
+        .expose()
+        .to_owned();
     // `render` starts with a comment line; keep only the assignments.
     text = text.lines().skip(1).collect::<Vec<_>>().join("\n");
     Some(Secret::new(text))
@@ -228,7 +230,7 @@ pub fn task_vars(
         compose: inventory.compose.as_ref().map(|c| {
             (
                 c.project.clone(),
-                format!("{release_dir}/{}", crate::candidates::COMPOSE_FILE),
+                format!("{release_dir}/{}", crate::deploy::stage::COMPOSE_FILE),
             )
         }),
         env_next: None,
@@ -380,7 +382,7 @@ pub async fn backup_now(
     stage: &str,
     conn: &Conn<'_>,
     inventory: &Inventory,
-    run: &crate::lock::RunInfo,
+    run: &crate::deploy::lock::RunInfo,
     out: &Output,
 ) -> BackupReport {
     let mut report = BackupReport {
@@ -399,13 +401,16 @@ pub async fn backup_now(
     }
     let deploy_to = &inventory.app.deploy_to;
     let conns = std::slice::from_ref(conn);
-    let now = crate::rollout::now_unix();
+    let now = crate::deploy::pipeline::now_unix();
     // Before the lock, which already writes under `deploy_to`.
-    if let Some(Err(e)) = crate::strict::preflight(conns, inventory).await.pop() {
+    if let Some(Err(e)) = crate::deploy::strict::preflight(conns, inventory)
+        .await
+        .pop()
+    {
         report.error = Some(e);
         return report;
     }
-    let state = crate::lock::acquire_all(
+    let state = crate::deploy::lock::acquire_all(
         conns,
         deploy_to,
         inventory.env.as_ref().map(|e| e.path.as_str()),
@@ -413,10 +418,10 @@ pub async fn backup_now(
     )
     .await
     .pop();
-    let state = state.unwrap_or(crate::lock::LockState::NotTried);
+    let state = state.unwrap_or(crate::deploy::lock::LockState::NotTried);
     let lock_timeout = inventory.rollout.lock_timeout;
     if let Some(problem) = state.problem(&conn.host.name, now, lock_timeout) {
-        report.locked = matches!(state, crate::lock::LockState::Held(_));
+        report.locked = matches!(state, crate::deploy::lock::LockState::Held(_));
         report.error = Some(problem);
         return report;
     }
@@ -434,9 +439,9 @@ pub async fn backup_now(
         Ok(made) => report.backup = made,
         Err(e) => report.error = Some(e),
     }
-    let entry = crate::history::Entry {
+    let entry = crate::ops::history::Entry {
         time: plan::rfc3339_millis(run.started_millis),
-        finished: Some(plan::rfc3339_millis(crate::rollout::now_millis())),
+        finished: Some(plan::rfc3339_millis(crate::deploy::pipeline::now_millis())),
         action: "backup".to_owned(),
         outcome: outcome.to_owned(),
         user: run.user.clone(),
@@ -451,8 +456,8 @@ pub async fn backup_now(
             .map(|b| format!("backup `{}`", b.path)),
         ..Default::default()
     };
-    crate::history::append(conns, deploy_to, &entry, &run.redactor).await;
-    crate::lock::release_all(&[conn], deploy_to, &run.token).await;
+    crate::ops::history::append(conns, deploy_to, &entry, &run.redactor).await;
+    crate::deploy::lock::release_all(&[conn], deploy_to, &run.token).await;
     report
 }
 
@@ -463,7 +468,7 @@ pub async fn current_release(
     conn: &Conn<'_>,
     deploy_to: &str,
 ) -> Result<(String, Option<String>), String> {
-    let cmd = crate::facts::releases(deploy_to);
+    let cmd = crate::plan::facts::releases(deploy_to);
     let o = conn
         .transport
         .exec(ExecRequest::new(&cmd, Duration::from_secs(60)))
@@ -477,7 +482,7 @@ pub async fn current_release(
             o.stderr.text().trim()
         ));
     }
-    let tree = crate::facts::parse_releases(&o.stdout.text());
+    let tree = crate::plan::facts::parse_releases(&o.stdout.text());
     let Some(current) = tree.current else {
         return Err(format!(
             "nothing is deployed under `{deploy_to}` yet on `{}`: deploy first",

@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::commands;
-use crate::facts;
-use crate::fleet::Conn;
-use crate::history::Entry;
+use crate::ops::history::Entry;
 use crate::output::{Event, Output, Report, table};
+use crate::plan::facts;
 use crate::plan::{self, NotCandidate};
 use crate::transport::ExecRequest;
+use crate::transport::fleet::Conn;
 
 const SHORT: Duration = Duration::from_secs(60);
 

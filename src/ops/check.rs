@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::facts::{self, HostProbe};
-use crate::fleet::{self, Connector};
 use crate::inventory::{Host, Inventory, TransportKind};
 use crate::output::{Event, Output};
-use crate::reach::Source;
+use crate::plan::facts::{self, HostProbe};
+use crate::ssh::reach::Source;
+use crate::transport::fleet::{self, Connector};
 use crate::transport::{ConnectStage, ExecRequest};
 
 /// The probe is a handful of builtins: anything slower is a sick host.
@@ -182,9 +182,11 @@ async fn check_host(
             }
             check.locked_by =
                 facts.lock_owner_json.as_deref().map(|json| {
-                    match serde_json::from_str::<crate::lock::LockOwner>(json) {
-                        Ok(owner) => owner
-                            .describe(crate::rollout::now_unix(), inventory.rollout.lock_timeout),
+                    match serde_json::from_str::<crate::deploy::lock::LockOwner>(json) {
+                        Ok(owner) => owner.describe(
+                            crate::deploy::pipeline::now_unix(),
+                            inventory.rollout.lock_timeout,
+                        ),
                         Err(_) => "an unknown owner (owner.json missing or unreadable)".to_owned(),
                     }
                 });

@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
         assert_eq!(
             tree.manifest.as_deref(),
-            Some(crate::manifest::sha256_hex(b"m\n").as_str())
+            Some(crate::artifact::manifest::sha256_hex(b"m\n").as_str())
         );
         assert!(tree.delta);
         let has_zstd = std::process::Command::new("sh")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::inventory::{Host, Inventory};
-use crate::ssh_config::{self, HostConfig, Jump, Local, Setting, SshConfig, Tokens};
+use crate::ssh::config::{self, HostConfig, Jump, Local, Setting, SshConfig, Tokens};
 use crate::transport::SshTarget;
 
 const DEFAULT_USER: &str = "root";
@@ -374,7 +374,7 @@ impl Resolver<'_> {
                         ..
                     },
                 ) => {
-                    let hop = ssh_config::parse_hop(&hops[0]).map_err(|r| bad(origin(s), r))?;
+                    let hop = config::parse_hop(&hops[0]).map_err(|r| bad(origin(s), r))?;
                     (hop, origin(s))
                 }
                 Some(_) => return Ok(None),
@@ -475,7 +475,7 @@ fn expand<T>(
     s: &Setting<T>,
     tokens: &Tokens<'_>,
 ) -> Result<String, ReachError> {
-    ssh_config::expand(text, tokens).map_err(|e| ReachError::Bad {
+    config::expand(text, tokens).map_err(|e| ReachError::Bad {
         host: host.name.clone(),
         origin: origin(s),
         reason: e.to_string(),

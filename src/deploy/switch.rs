@@ -7,14 +7,14 @@
 
 use std::time::Duration;
 
-use crate::candidates::{NGINX_DIR, SYSTEMD_DIR, Templates};
 use crate::commands::{self, exit};
-use crate::database;
-use crate::fleet::Conn;
-use crate::health;
+use crate::deploy::health;
+use crate::deploy::once;
+use crate::deploy::stage::{NGINX_DIR, SYSTEMD_DIR, Templates};
 use crate::inventory::{HookPoint, Inventory};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -57,7 +57,7 @@ pub struct Guard {
     pub delay_secs: u64,
     /// The history entry the guard appends when it fires (its `hosts` become the one host,
     /// its times the time it fires).
-    pub history: crate::history::Entry,
+    pub history: crate::ops::history::Entry,
     /// What the guard's script stores goes through the run's redactor.
     pub redactor: crate::output::redact::Redactor,
 }
@@ -121,7 +121,7 @@ impl Switch<'_> {
             let release_file = |id: &str| {
                 format!(
                     "{deploy_to}/releases/{id}/{}",
-                    crate::candidates::COMPOSE_FILE
+                    crate::deploy::stage::COMPOSE_FILE
                 )
             };
             let prev = previous.map(release_file);
@@ -200,9 +200,9 @@ impl Switch<'_> {
                 }
             }
         }
-        let mut vars = database::task_vars(self.inventory, &conn.host.name, release, previous);
+        let mut vars = once::task_vars(self.inventory, &conn.host.name, release, previous);
         if self.deploy {
-            vars.env_next = database::env_next(self.inventory, self.token);
+            vars.env_next = once::env_next(self.inventory, self.token);
         }
         self.hooks(conn, HookPoint::BeforeSwitch, &release_dir, &vars)
             .await?;
@@ -285,7 +285,7 @@ impl Switch<'_> {
             self.step(conn, "starting the compose stack");
             touched.compose = true;
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            let file = format!("{release_dir}/{}", crate::candidates::COMPOSE_FILE);
+            let file = format!("{release_dir}/{}", crate::deploy::stage::COMPOSE_FILE);
             let cmd = commands::compose::up(&compose.project, &file, env_path);
             run(conn, &cmd, RESTART, "starting the compose stack").await?;
         }
@@ -348,7 +348,7 @@ impl Switch<'_> {
             return Ok(());
         }
         let is_migrate_host = self.migrate_host.as_deref() == Some(conn.host.name.as_str());
-        database::hooks(
+        once::hooks(
             conn,
             self.inventory,
             point,

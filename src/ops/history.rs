@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::commands;
-use crate::fleet::Conn;
 use crate::output::redact::Redactor;
 use crate::output::{Event, Output, Report, table};
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Stdin};
 
 /// One line of history.jsonl.

@@ -4,10 +4,12 @@
 //! copy of a release with the same artifact, or an upload), which releases the
 //! cleanup removes, and for a rollback which release the fleet goes back to.
 
+pub mod facts;
+
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::facts::ReleaseTree;
+use crate::plan::facts::ReleaseTree;
 
 /// `YYYYMMDDTHHMMSSZ-<sha12>`: sorts by time; the same id on every host of a deploy.
 pub fn release_id(unix_secs: u64, sha256: &str) -> String {
@@ -352,7 +354,7 @@ pub fn rollback_target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::Release;
+    use crate::plan::facts::Release;
 
     fn tree(current: Option<&str>, releases: &[(&str, &str)], partials: &[&str]) -> ReleaseTree {
         ReleaseTree {

@@ -1,12 +1,13 @@
 //! The command line, as clap derive types only. Common flags are global: they work before
 //! or after the command and stage, as people type them.
 
+pub mod completion;
+pub mod manual;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::engine::ArgValueCandidates;
-
-use crate::completion;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -21,7 +21,7 @@
 //! command or the network (`exec`, `localnetwork`, ...) are never evaluated: their block is
 //! skipped and [`HostConfig::notes`] says so.
 //!
-//! Reads only the config files and what they include; uses only [`crate::pattern`].
+//! Reads only the config files and what they include; uses only [`crate::ssh::pattern`].
 
 use std::fmt;
 use std::fs;
@@ -29,7 +29,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::pattern;
+use crate::ssh::pattern;
 
 /// OpenSSH's own limit (`READCONF_MAX_DEPTH`); a deeper chain is almost surely a loop.
 const MAX_INCLUDE_DEPTH: usize = 16;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::commands::{self, exit};
-use crate::fleet::Conn;
 use crate::inventory::Inventory;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);

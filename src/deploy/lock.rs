@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::commands;
-use crate::fleet::Conn;
 use crate::output::redact::Redactor;
 use crate::output::{Report, table};
 use crate::plan::rfc3339;
+use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Stdin};
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -332,9 +332,11 @@ pub async fn unlock(
                 let message = format!(
                     "{message}; every dead-deployer guard still armed was disarmed (the host stays on the release it runs)"
                 );
-                let entry = crate::history::Entry {
+                let entry = crate::ops::history::Entry {
                     time: crate::plan::rfc3339_millis(run.started_millis),
-                    finished: Some(crate::plan::rfc3339_millis(crate::rollout::now_millis())),
+                    finished: Some(crate::plan::rfc3339_millis(
+                        crate::deploy::pipeline::now_millis(),
+                    )),
                     action: "unlock".to_owned(),
                     outcome: "success".to_owned(),
                     user: run.user.clone(),
@@ -346,8 +348,13 @@ pub async fn unlock(
                     message: Some(message),
                     ..Default::default()
                 };
-                crate::history::append(std::slice::from_ref(c), deploy_to, &entry, &run.redactor)
-                    .await;
+                crate::ops::history::append(
+                    std::slice::from_ref(c),
+                    deploy_to,
+                    &entry,
+                    &run.redactor,
+                )
+                .await;
             }
         } else {
             report.declined = true;

@@ -16,7 +16,10 @@
 //!
 //! Blocking file I/O only: callers run [`pack`], [`compress`] and [`build`] under
 //! `spawn_blocking`. May
-//! depend on nothing else in the crate but [`crate::manifest`].
+//! depend on nothing else in the crate but [`crate::artifact::manifest`].
+
+pub mod delta;
+pub mod manifest;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -37,7 +40,7 @@ use sha2::{Digest, Sha256};
 use tar::{Archive, EntryType, Header, PaxExtensions};
 use tempfile::TempPath;
 
-use crate::manifest::{self, Manifest};
+use manifest::Manifest;
 
 /// How the packed file is compressed (the host runs the matching decompressor).
 /// zstd is what [`pack`] makes: it decompresses several times faster than gzip, and the
@@ -99,7 +102,7 @@ pub struct Packed {
     /// gives the same value on any machine, whatever the compression.
     pub sha256: String,
     /// The artifact's manifest; `None` when its names or entries cannot be described
-    /// exactly (see [`crate::manifest`]): such an artifact is always sent whole.
+    /// exactly (see [`crate::artifact::manifest`]): such an artifact is always sent whole.
     pub manifest: Option<Arc<Manifest>>,
     /// Size of the tar stream.
     pub tar_size: u64,

@@ -3,12 +3,12 @@
 //! variables of that release (`$SHIPIT_RELEASE`, `$SHIPIT_COMPOSE`, ...). It holds the
 //! deploy lock while it runs, so it never races a deploy, and is recorded in the history.
 
-use crate::database::task_vars;
-use crate::exec::{ExecReport, HostExec};
-use crate::fleet::Conn;
+use crate::deploy::lock::{LockState, RunInfo};
+use crate::deploy::once::task_vars;
 use crate::inventory::{Inventory, Task};
-use crate::lock::{LockState, RunInfo};
+use crate::ops::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
+use crate::transport::fleet::Conn;
 use crate::transport::local::NO_TIMEOUT;
 
 /// Which of the selected hosts a task runs on: those with one of its roles, and with
@@ -25,7 +25,7 @@ pub fn hosts_for<'a>(
         .collect();
     if task.once && !hosts.is_empty() {
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-        let index = crate::database::migrate_host_index(inventory, &names);
+        let index = crate::deploy::once::migrate_host_index(inventory, &names);
         hosts = vec![hosts[index]];
     }
     hosts
@@ -50,10 +50,10 @@ pub async fn run(
         task: Some(name.to_owned()),
         hosts: Vec::new(),
     };
-    let now = crate::rollout::now_unix();
+    let now = crate::deploy::pipeline::now_unix();
     let first = conns.first().map_or("", |c| c.host.name.as_str());
     // Before the lock, which already writes under `deploy_to`.
-    let checks = crate::strict::preflight(conns, inventory).await;
+    let checks = crate::deploy::strict::preflight(conns, inventory).await;
     if checks.iter().any(|c| c.is_err()) {
         for (conn, check) in conns.iter().zip(checks) {
             let error = check
@@ -63,7 +63,7 @@ pub async fn run(
         }
         return (report, false);
     }
-    let states = crate::lock::acquire_all(
+    let states = crate::deploy::lock::acquire_all(
         conns,
         deploy_to,
         inventory.env.as_ref().map(|e| e.path.as_str()),
@@ -77,7 +77,7 @@ pub async fn run(
         .map(|(c, _)| c)
         .collect();
     if taken.len() < conns.len() {
-        crate::lock::release_all(&taken, deploy_to, &run.token).await;
+        crate::deploy::lock::release_all(&taken, deploy_to, &run.token).await;
         let locked = states.iter().any(|s| matches!(s, LockState::Held(_)));
         for (conn, state) in conns.iter().zip(states) {
             let error = state
@@ -92,9 +92,11 @@ pub async fn run(
     report.hosts = futures::future::join_all(runs).await;
 
     let failed = report.failed();
-    let entry = crate::history::Entry {
+    let entry = crate::ops::history::Entry {
         time: crate::plan::rfc3339_millis(run.started_millis),
-        finished: Some(crate::plan::rfc3339_millis(crate::rollout::now_millis())),
+        finished: Some(crate::plan::rfc3339_millis(
+            crate::deploy::pipeline::now_millis(),
+        )),
         action: "task".to_owned(),
         outcome: if failed == 0 { "success" } else { "failed" }.to_owned(),
         user: run.user.clone(),
@@ -106,15 +108,15 @@ pub async fn run(
         message: Some(format!("task `{name}`")),
         ..Default::default()
     };
-    crate::history::append(conns, deploy_to, &entry, &run.redactor).await;
-    crate::lock::release_all(&taken, deploy_to, &run.token).await;
+    crate::ops::history::append(conns, deploy_to, &entry, &run.redactor).await;
+    crate::deploy::lock::release_all(&taken, deploy_to, &run.token).await;
     (report, false)
 }
 
 async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Output) -> HostExec {
     let host = &conn.host.name;
     let deploy_to = &inventory.app.deploy_to;
-    let release = match crate::database::current_release(conn, deploy_to).await {
+    let release = match crate::deploy::once::current_release(conn, deploy_to).await {
         Ok((current, _)) => current,
         Err(e) => return HostExec::failed(host, e),
     };
@@ -129,5 +131,5 @@ async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Outpu
         host,
         step: "running",
     });
-    crate::exec::streamed(conn.transport.as_ref(), host, &cmd, NO_TIMEOUT, out).await
+    crate::ops::exec::streamed(conn.transport.as_ref(), host, &cmd, NO_TIMEOUT, out).await
 }
