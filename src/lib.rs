@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod deploy;
 pub mod error;
+pub mod execute;
 pub mod inventory;
 pub mod ops;
 pub mod output;

@@ -1,0 +1,212 @@
+//! Running commands on a host and turning how they ended into typed results: the one place
+//! where an exit status becomes an error ([`RemoteError`]), and the one table of timeouts
+//! ([`timeout`]).
+//!
+//! A caller names the plan step a command belongs to (`upload`, `switch`, `restart`, …,
+//! see [`crate::plan::Step::name`]) and says in words what the command does ("switching
+//! `current`"); a failure carries both, the exit status and the tail of stderr, so the
+//! report can say which step failed on which host without parsing prose.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::shell::Cmd;
+use crate::transport::fleet::Conn;
+use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
+
+/// How long each kind of remote command may take.
+pub mod timeout {
+    use std::time::Duration;
+
+    /// Probes, the lock, the switch of `current`, small writes.
+    pub const SHORT: Duration = Duration::from_secs(60);
+    /// Copying a release on the host, reading a manifest.
+    pub const COPY: Duration = Duration::from_secs(600);
+    /// A restart (a service's own stop timeout is 90 s by default), a compose stack.
+    pub const RESTART: Duration = Duration::from_secs(300);
+    /// Backups, migrations, hooks and tasks: the operator's own commands.
+    pub const LONG: Duration = Duration::from_secs(6 * 3600);
+
+    /// An upload of `bytes`: generous, keepalives notice a dead host long before this.
+    pub fn upload(bytes: u64) -> Duration {
+        Duration::from_secs(1800 + bytes / (1 << 20))
+    }
+}
+
+/// A command of a step failed on a host: it exited non-zero, was killed, timed out, or the
+/// connection failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    #[serde(skip)]
+    pub host: String,
+    /// The plan step the command belonged to.
+    pub step: String,
+    /// What went wrong, in words (with the tail of stderr where it says more).
+    pub message: String,
+    /// The command's exit status; `None` when it has none (killed by a signal, timed out,
+    /// connection lost).
+    pub exit: Option<u32>,
+    /// The last lines of the command's stderr.
+    #[serde(skip)]
+    pub stderr_tail: String,
+}
+
+impl RemoteError {
+    /// A failure that is not a command's (a local file that cannot be read, a check on the
+    /// deployer's side).
+    pub fn new(host: &str, step: &str, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            host: host.to_owned(),
+            step: step.to_owned(),
+            message: message.into(),
+            exit: None,
+            stderr_tail: String::new(),
+        }
+    }
+
+    /// A command that ran and did not succeed: `"{what} failed (exit status N): stderr"`.
+    pub fn from_output(host: &str, step: &str, what: &str, o: &ExecOutput) -> RemoteError {
+        let stderr = o.stderr.text();
+        let tail = stderr.trim();
+        let message = if tail.is_empty() {
+            format!("{what} failed ({})", o.exit)
+        } else {
+            format!("{what} failed ({}): {tail}", o.exit)
+        };
+        RemoteError {
+            host: host.to_owned(),
+            step: step.to_owned(),
+            message,
+            exit: match o.exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            },
+            stderr_tail: tail.to_owned(),
+        }
+    }
+
+    /// A command that did not end with a status (timeout, lost connection, not started).
+    pub fn from_exec(host: &str, step: &str, what: &str, e: &ExecError) -> RemoteError {
+        RemoteError::new(
+            host,
+            step,
+            format!("{what} failed: {}", crate::error::chain(e)),
+        )
+    }
+
+    /// A failed `result` of [`Transport::exec`](crate::transport::Transport::exec): its
+    /// output if it ran, its error if not.
+    pub fn from_result(
+        host: &str,
+        step: &str,
+        what: &str,
+        result: &Result<ExecOutput, ExecError>,
+    ) -> RemoteError {
+        match result {
+            Ok(o) => RemoteError::from_output(host, step, what, o),
+            Err(e) => RemoteError::from_exec(host, step, what, e),
+        }
+    }
+
+    /// The same failure said another way (the host script's exit code says more than its
+    /// stderr: "the artifact arrived damaged").
+    pub fn saying(mut self, message: impl Into<String>) -> RemoteError {
+        self.message = message.into();
+        self
+    }
+
+    /// Whether the command exited with `code` (one of [`crate::commands::exit`]).
+    pub fn is(&self, code: u32) -> bool {
+        self.exit == Some(code)
+    }
+}
+
+/// Runs `cmd` on `c` for `step`; only a successful exit is `Ok`.
+pub async fn run(
+    c: &Conn<'_>,
+    step: &str,
+    what: &str,
+    cmd: &Cmd,
+    timeout: Duration,
+) -> Result<ExecOutput, RemoteError> {
+    exec(c, step, what, ExecRequest::new(cmd, timeout)).await
+}
+
+/// Runs `req` on `c` for `step`; only a successful exit is `Ok`.
+pub async fn exec(
+    c: &Conn<'_>,
+    step: &str,
+    what: &str,
+    req: ExecRequest<'_>,
+) -> Result<ExecOutput, RemoteError> {
+    let result = c.transport.exec(req).await;
+    match result {
+        Ok(o) if o.success() => Ok(o),
+        other => Err(RemoteError::from_result(&c.host.name, step, what, &other)),
+    }
+}
+
+/// Runs `req` on `c` for `step` and returns its output whatever its exit status (for the
+/// scripts whose exit codes say something, [`crate::commands::exit`]); only a command that
+/// did not end with a status is an error.
+pub async fn output(
+    c: &Conn<'_>,
+    step: &str,
+    what: &str,
+    req: ExecRequest<'_>,
+) -> Result<ExecOutput, RemoteError> {
+    c.transport
+        .exec(req)
+        .await
+        .map_err(|e| RemoteError::from_exec(&c.host.name, step, what, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Tail;
+
+    fn out(code: u32, stderr: &str) -> ExecOutput {
+        let mut err = Tail::new(1024);
+        err.push(stderr.as_bytes());
+        ExecOutput {
+            exit: Exit::Code(code),
+            stdout: Tail::new(1024),
+            stderr: err,
+        }
+    }
+
+    #[test]
+    fn a_failure_names_its_step_exit_and_stderr() {
+        let e = RemoteError::from_output("h1", "switch", "switching `current`", &out(3, "no\n"));
+        assert_eq!(e.message, "switching `current` failed (exit status 3): no");
+        assert_eq!(
+            (e.step.as_str(), e.exit, e.host.as_str()),
+            ("switch", Some(3), "h1")
+        );
+        assert!(e.is(3) && !e.is(0));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"step": "switch", "message": e.message, "exit": 3})
+        );
+        let quiet = RemoteError::from_output("h1", "prune", "removing", &out(1, "  "));
+        assert_eq!(quiet.message, "removing failed (exit status 1)");
+        let lost = RemoteError::from_exec(
+            "h1",
+            "upload",
+            "uploading",
+            &ExecError::Lost {
+                command: "x".into(),
+                reason: "eof".into(),
+            },
+        );
+        assert_eq!(lost.exit, None);
+        assert!(
+            lost.message
+                .starts_with("uploading failed: the connection was lost")
+        );
+    }
+}
