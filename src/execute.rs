@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::deploy::{Ctx, HostState};
+use crate::plan::{HostSteps, Step};
 use crate::shell::Cmd;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
@@ -161,6 +163,147 @@ pub async fn output(
         .exec(req)
         .await
         .map_err(|e| RemoteError::from_exec(&c.host.name, step, what, &e))
+}
+
+/// What a step learned while it ran, for the report.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// The step had nothing to do (an env file that did not change).
+    pub skipped: bool,
+    /// How the release directory got there (source steps).
+    pub sourced: Option<crate::deploy::upload::Sourced>,
+    /// The env file keys a `stage_env` staged (names only).
+    pub env_keys: Option<crate::deploy::envfile::KeyDiff>,
+    /// The backup a `backup` step made.
+    pub backup: Option<crate::deploy::once::BackupFile>,
+}
+
+/// Runs one step of `host`'s plan on `c`: the executor every run goes through. `state`
+/// carries what earlier steps of the host learned (a staged env file, changed units, an
+/// armed guard).
+pub async fn step(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    host: &HostSteps,
+    step: &Step,
+    state: &mut HostState,
+) -> Result<Done, RemoteError> {
+    use crate::deploy::{once, stage, switch, upload};
+    let inv = ctx.inventory;
+    let release_dir = ctx.release_dir();
+    let vars = || {
+        let mut vars = once::task_vars(inv, &c.host.name, ctx.release, host.previous.as_deref());
+        if ctx.deploy {
+            vars.env_next = once::env_next(inv, ctx.token);
+        }
+        vars
+    };
+    let env_next = once::env_next(inv, ctx.token).filter(|_| state.env_staged);
+    let mut done = Done::default();
+    match step {
+        Step::Present { .. } | Step::Reuse { .. } | Step::Delta { .. } | Step::Upload { .. } => {
+            done.sourced = Some(upload::run(ctx, c, step).await?);
+        }
+        Step::StageEnv { .. } => {
+            ctx.step(c, "staging configuration");
+            if let Some(content) = ctx.env_content {
+                done.env_keys = stage::stage_env(c, inv, content, ctx.token).await?;
+                state.env_staged = done.env_keys.is_some();
+            }
+            done.skipped = !state.env_staged;
+        }
+        Step::StageUnits { .. } => {
+            ctx.step(c, "staging configuration");
+            stage::stage_units(c, inv, ctx.templates, ctx.release, &release_dir).await?;
+        }
+        Step::StageSite { .. } => {
+            ctx.step(c, "staging configuration");
+            stage::stage_site(c, inv, ctx.templates, ctx.release, &release_dir).await?;
+        }
+        Step::StageCompose { .. } => {
+            ctx.step(c, "staging configuration");
+            let env_next = env_next.as_deref();
+            stage::stage_compose(c, inv, ctx.templates, ctx.release, &release_dir, env_next)
+                .await?;
+        }
+        Step::Hook { at, command } => {
+            once::hook(c, inv, *at, command, &release_dir, &vars(), ctx.out).await?;
+        }
+        Step::Backup { .. } => {
+            done.backup = once::backup(
+                c,
+                inv,
+                &release_dir,
+                &vars(),
+                ctx.release,
+                ctx.now_unix,
+                ctx.out,
+            )
+            .await?;
+        }
+        Step::Migrate { .. } => {
+            once::migrate(c, inv, &release_dir, &vars(), ctx.out).await?;
+        }
+        Step::ArmGuard { delay_secs } => {
+            switch::arm_guard(ctx, c, host, *delay_secs).await?;
+            state.guard_armed = ctx.guard.is_some();
+        }
+        Step::InstallEnv { path } => {
+            if state.env_staged {
+                switch::install_env(ctx, c, path).await?;
+            } else {
+                done.skipped = true;
+            }
+        }
+        Step::Switch { .. } => switch::switch_current(ctx, c).await?,
+        Step::InstallUnits { .. } => {
+            state.changed_units = switch::install_units(ctx, c).await?;
+        }
+        Step::Restart { unit } => switch::restart(ctx, c, unit, state).await?,
+        Step::InstallSite { site } => switch::install_site(ctx, c, site).await?,
+        Step::ComposeUp { .. } => switch::compose_up(ctx, c).await?,
+        Step::Health { .. } => switch::health(ctx, c).await?,
+        Step::Confirm { .. } => {
+            let delay = host
+                .steps
+                .iter()
+                .find_map(|s| match s {
+                    Step::ArmGuard { delay_secs } => Some(*delay_secs),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            match switch::confirm(ctx, c, delay).await {
+                Ok(()) => state.guard_armed = false,
+                Err(e) => {
+                    // The guard fired or another run disarmed it: it is not ours to disarm.
+                    if e.is(crate::commands::exit::GUARD_FIRED)
+                        || e.is(crate::commands::exit::GUARD_DISARMED)
+                    {
+                        state.guard_armed = false;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Step::MarkPassed { release } => switch::mark_passed(ctx, c, release).await,
+        Step::Prune { releases } => {
+            let cmd = crate::commands::release::prune(&inv.app.deploy_to, releases);
+            run(c, "prune", "removing old releases", &cmd, timeout::SHORT).await?;
+        }
+        Step::Forget { release } => {
+            let cmd = crate::commands::passed::forget(&inv.app.deploy_to, release);
+            if run(c, "forget", "recording", &cmd, timeout::SHORT)
+                .await
+                .is_err()
+            {
+                ctx.note(&format!(
+                    "{}: could not record {release} as rolled back from",
+                    c.host.name
+                ));
+            }
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

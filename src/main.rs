@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 ..
             } => {
                 let packed = packed.as_ref().expect("packed before connecting");
-                let waves = parse_waves(waves)?.unwrap_or_else(|| inventory.rollout.waves.clone());
+                let waves = parse_waves(waves)?;
                 let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 let report = shipit::deploy::preview::show(
                     shipit::deploy::preview::Preview {
@@ -195,7 +195,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         templates: &templates,
                         env_content: env_content.clone(),
                         now_unix: started_unix,
-                        waves: &waves,
+                        waves: waves.as_deref(),
                         migrate_host: names
                             [shipit::deploy::once::migrate_host_index(&inventory, &names)]
                         .to_owned(),

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
-use crate::inventory::{BackupKind, Hook, HookPoint, Inventory};
+use crate::execute::RemoteError;
+use crate::inventory::{BackupKind, HookPoint, Inventory};
 use crate::output::{Event, Output, Report, table};
 use crate::plan;
 use crate::shell::Secret;
@@ -142,7 +143,7 @@ pub async fn backup(
     label: &str,
     now_unix: u64,
     out: &Output,
-) -> Result<Option<BackupFile>, String> {
+) -> Result<Option<BackupFile>, RemoteError> {
     let Some(b) = &inventory.backup else {
         return Ok(None);
     };
@@ -194,15 +195,19 @@ pub async fn backup(
                 Exit::Code(exit::BACKUP_FAILED) => "its command failed",
                 _ => "it failed",
             };
-            Err(format!(
-                "the database backup on `{}` failed ({why}); nothing was migrated or switched:\n{}",
-                conn.host.name,
-                o.stderr.text().trim_end()
-            ))
+            Err(
+                RemoteError::from_output(&conn.host.name, "backup", "the database backup", &o)
+                    .saying(format!(
+                        "the database backup on `{}` failed ({why}); nothing was migrated or switched:\n{}",
+                        conn.host.name,
+                        o.stderr.text().trim_end()
+                    )),
+            )
         }
-        Err(e) => Err(format!(
-            "the database backup failed: {}",
-            crate::error::chain(&e)
+        Err(e) => Err(RemoteError::new(
+            &conn.host.name,
+            "backup",
+            format!("the database backup failed: {}", crate::error::chain(&e)),
         )),
     }
 }
@@ -244,7 +249,7 @@ pub async fn migrate(
     release_dir: &str,
     vars: &TaskVars,
     out: &Output,
-) -> Result<bool, String> {
+) -> Result<bool, RemoteError> {
     let Some(m) = &inventory.migrate else {
         return Ok(false);
     };
@@ -253,40 +258,33 @@ pub async fn migrate(
         step: "migrating",
     });
     let cmd = task::run(release_dir, env_path(inventory), vars, &m.command);
-    run_streamed(conn, &cmd, out, "the migration").await?;
+    run_streamed(conn, "migrate", &cmd, out, "the migration").await?;
     Ok(true)
 }
 
-/// Runs the hooks of `point` that apply to this host (`once` hooks on the migrate host only).
-pub async fn hooks(
+/// `hook`: runs one hook's `command` in `release_dir`, output streamed as the host's lines.
+pub async fn hook(
     conn: &Conn<'_>,
     inventory: &Inventory,
     point: HookPoint,
+    command: &str,
     release_dir: &str,
-    is_migrate_host: bool,
     vars: &TaskVars,
     out: &Output,
-) -> Result<(), String> {
-    let applies = |h: &&Hook| {
-        h.at == point
-            && (!h.once || is_migrate_host)
-            && (h.roles.is_empty() || h.roles.iter().any(|r| conn.host.has_role(r)))
-    };
-    for hook in inventory.hooks.iter().filter(applies) {
-        out.emit(Event::Step {
-            host: &conn.host.name,
-            step: &format!("hook {}", point_name(point)),
-        });
-        let cmd = task::run(release_dir, env_path(inventory), vars, &hook.command);
-        run_streamed(
-            conn,
-            &cmd,
-            out,
-            &format!("the {} hook `{}`", point_name(point), hook.command),
-        )
-        .await?;
-    }
-    Ok(())
+) -> Result<(), RemoteError> {
+    out.emit(Event::Step {
+        host: &conn.host.name,
+        step: &format!("hook {}", point_name(point)),
+    });
+    let cmd = task::run(release_dir, env_path(inventory), vars, command);
+    run_streamed(
+        conn,
+        "hook",
+        &cmd,
+        out,
+        &format!("the {} hook `{}`", point_name(point), command),
+    )
+    .await
 }
 
 pub fn point_name(point: HookPoint) -> &'static str {
@@ -300,10 +298,11 @@ pub fn point_name(point: HookPoint) -> &'static str {
 
 async fn run_streamed(
     conn: &Conn<'_>,
+    step: &str,
     cmd: &crate::shell::Cmd,
     out: &Output,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     let host = conn.host.name.as_str();
     let pending = std::sync::Mutex::new([Vec::new(), Vec::new()]);
     let sink = |stream: Stream, chunk: &[u8]| {
@@ -335,14 +334,17 @@ async fn run_streamed(
     }
     match result {
         Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{what} failed on `{host}` with {}: {}",
-            o.exit,
-            o.stderr.text().trim_end()
-        )),
-        Err(e) => Err(format!(
-            "{what} failed on `{host}`: {}",
-            crate::error::chain(&e)
+        Ok(o) => Err(
+            RemoteError::from_output(host, step, what, &o).saying(format!(
+                "{what} failed on `{host}` with {}: {}",
+                o.exit,
+                o.stderr.text().trim_end()
+            )),
+        ),
+        Err(e) => Err(RemoteError::new(
+            host,
+            step,
+            format!("{what} failed on `{host}`: {}", crate::error::chain(&e)),
         )),
     }
 }
@@ -430,7 +432,9 @@ pub async fn backup_now(
             // The current release's directory, compose file and env: what is running now.
             let vars = task_vars(inventory, &conn.host.name, &current, previous.as_deref());
             let cwd = format!("{deploy_to}/releases/{current}");
-            backup(conn, inventory, &cwd, &vars, "manual", now, out).await
+            backup(conn, inventory, &cwd, &vars, "manual", now, out)
+                .await
+                .map_err(|e| e.message)
         }
         Err(e) => Err(e),
     };

@@ -6,40 +6,34 @@
 //! (success, failure, Ctrl-C/SIGTERM), and only this run's locks; every host's outcome is
 //! reported.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
-use crate::artifact::delta::{self, Delta};
-use crate::artifact::manifest::Manifest;
-use crate::artifact::{Codec, Compressed, Packed};
-use crate::commands;
-use crate::deploy::envfile::KeyDiff;
-use crate::deploy::lock::{self, LockOwner, LockState, RunInfo};
-use crate::deploy::once::{self, BackupFile};
-use crate::deploy::stage::{self, Templates};
-use crate::deploy::switch::{Switch, Touched};
-use crate::inventory::HookPoint;
+use super::envfile::KeyDiff;
+use super::lock::{self, LockOwner, LockState, RunInfo};
+use super::once::BackupFile;
+use super::stage::Templates;
+use super::switch::{self, Guard};
+use super::upload::{self, Uploads};
+use super::{Ctx, HostState};
+use crate::artifact::{Codec, Packed};
+use crate::commands::{self, exit};
+use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
 use crate::ops::history::{self, Entry};
 use crate::ops::releases;
 use crate::output::{Event, Output, Report, table};
+use crate::plan::build::{ArtifactFacts, DeployInputs, HostFacts, Rendered};
 use crate::plan::facts::{self, ReleaseTree};
-use crate::plan::{self, HostPlan, Source};
-use crate::shell::Cmd;
+use crate::plan::{self, HostSteps, Phase, Plan, Step, Undo};
 use crate::shell::Secret;
+use crate::transport::ExecRequest;
 use crate::transport::fleet::{self, Conn, Connector};
-use crate::transport::{ExecError, ExecOutput, ExecRequest};
 
 const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
-
-/// Deadline of the small steps (lock, facts, switch, prune).
-const SHORT: Duration = Duration::from_secs(60);
 
 /// Exit codes of a deploy or rollback (README, DESIGN §3).
 pub mod code {
@@ -155,7 +149,47 @@ pub struct HostDeploy {
     pub stage_ms: Option<u64>,
     /// How long switching took on this host (env, `current`, restarts, health), in ms.
     pub switch_ms: Option<u64>,
-    pub error: Option<String>,
+    /// The host's steps, as the plan listed them, with how each went.
+    pub steps: Vec<StepReport>,
+    /// What failed on this host: the step, in words, and the exit status of its command.
+    pub error: Option<RemoteError>,
+}
+
+/// How one step of the plan went.
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    /// The step's stable name (as `shipit plan --json` lists it).
+    pub step: &'static str,
+    pub status: StepStatus,
+    /// How long it took, once it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// What the step decided while running (a delta given up for a whole upload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// It ran and succeeded.
+    Ok,
+    /// It had nothing to do (an env file that did not change).
+    Skipped,
+    Failed,
+    /// It never started (an earlier step or another host failed, or the run stopped).
+    NotRun,
+}
+
+impl StepReport {
+    fn planned(step: &Step) -> StepReport {
+        StepReport {
+            step: step.name(),
+            status: StepStatus::NotRun,
+            duration_ms: None,
+            outcome: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +210,8 @@ pub struct DeployReport {
     pub backup: Option<BackupFile>,
     /// The host that ran the migrations, if `[migrate]` is set and they ran.
     pub migrated_on: Option<String>,
+    /// The steps run once, on the migrate host (backup, migrate), with how each went.
+    pub once: Vec<StepReport>,
     pub hosts: Vec<HostDeploy>,
 }
 
@@ -220,8 +256,6 @@ struct Run<'a> {
     report: DeployReport,
     /// For reconnecting to a host whose connection died, to clean up.
     connector: &'a Connector,
-    /// The wave sizes of this run (`--waves` or `rollout.waves`).
-    waves: Vec<crate::inventory::Amount>,
     started: Instant,
     run: &'a RunInfo,
     inventory: &'a Inventory,
@@ -249,6 +283,7 @@ impl<'a> Run<'a> {
                 message: None,
                 backup: None,
                 migrated_on: None,
+                once: Vec::new(),
                 hosts: hosts
                     .iter()
                     .map(|h| HostDeploy {
@@ -258,7 +293,6 @@ impl<'a> Run<'a> {
                     .collect(),
             },
             started: Instant::now(),
-            waves: d.1.rollout.waves.clone(),
             run: d.0,
             inventory: d.1,
             out: d.2,
@@ -273,13 +307,14 @@ impl<'a> Run<'a> {
             .expect("every selected host has an entry")
     }
 
-    fn fail_host(&mut self, name: &str, error: String) {
+    fn fail_host(&mut self, error: RemoteError) {
+        let name = error.host.clone();
         self.out.emit(Event::HostDone {
-            host: name,
+            host: &name,
             ok: false,
-            summary: &error,
+            summary: &error.message,
         });
-        self.host(name).error = Some(error);
+        self.host(&name).error = Some(error);
     }
 
     fn end(mut self, outcome: Outcome, message: Option<String>) -> DeployReport {
@@ -372,7 +407,7 @@ impl<'a> Run<'a> {
             let cmd = commands::envfile::discard(&env.path, &self.run.token);
             let discards = live
                 .iter()
-                .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+                .map(|c| c.transport.exec(ExecRequest::new(&cmd, timeout::SHORT)));
             futures::future::join_all(discards).await;
         }
         lock::release_all(&live, deploy_to, &self.run.token).await;
@@ -409,7 +444,11 @@ async fn connect_and_lock<'r, 'h>(
     .await;
     if !failed.is_empty() {
         for (host, e) in &failed {
-            r.fail_host(&host.name, crate::error::chain(&e));
+            r.fail_host(RemoteError::new(
+                &host.name,
+                "connect",
+                crate::error::chain(&e),
+            ));
         }
         fleet::close_all(&conns).await;
         let n = failed.len();
@@ -427,7 +466,7 @@ async fn connect_and_lock<'r, 'h>(
     if unsafe_hosts > 0 {
         for (c, check) in conns.iter().zip(checks) {
             if let Err(e) = check {
-                r.fail_host(&c.host.name, e);
+                r.fail_host(RemoteError::new(&c.host.name, "preflight", e));
             }
         }
         fleet::close_all(&conns).await;
@@ -471,7 +510,7 @@ async fn connect_and_lock<'r, 'h>(
             LockState::NotTried => {}
         }
         if let Some(problem) = problem {
-            r.fail_host(&name, problem);
+            r.fail_host(RemoteError::new(&name, "lock", problem));
         }
     }
     if taken.len() == conns.len() {
@@ -496,118 +535,111 @@ async fn connect_and_lock<'r, 'h>(
 }
 
 /// Reads the release tree of every host.
-async fn read_trees(conns: &[Conn<'_>], deploy_to: &str) -> Vec<Result<ReleaseTree, String>> {
+pub(crate) async fn read_trees(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+) -> Vec<Result<ReleaseTree, RemoteError>> {
     let cmd = facts::releases(deploy_to);
     let runs = conns.iter().map(|c| {
         let cmd = &cmd;
         async move {
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(facts::parse_releases(&o.stdout.text())),
-                Ok(o) => Err(describe_failure("reading the release tree", &o)),
-                Err(e) => Err(crate::error::chain(&e)),
-            }
+            let what = "reading the release tree";
+            execute::run(c, "facts", what, cmd, timeout::SHORT)
+                .await
+                .map(|o| facts::parse_releases(&o.stdout.text()))
         }
     });
     futures::future::join_all(runs).await
 }
 
-fn describe_failure(step: &str, o: &ExecOutput) -> String {
-    let stderr = o.stderr.text();
-    let stderr = stderr.trim();
-    if stderr.is_empty() {
-        format!("{step} failed ({})", o.exit)
-    } else {
-        format!("{step} failed ({}): {stderr}", o.exit)
+/// What the templates of a run render, by name.
+pub(crate) fn rendered(templates: &Templates) -> Rendered {
+    Rendered {
+        units: templates.units.iter().map(|(u, _, _)| u.clone()).collect(),
+        site: templates.nginx.as_ref().map(|(s, _, _)| s.clone()),
+        compose: templates.compose.is_some(),
     }
 }
 
-/// The whole artifact compressed for upload, once per compression (zstd; gzip for hosts
-/// without `zstd`), when a host first needs it: a redeploy whose hosts all take a delta
-/// compresses nothing.
-struct Wholes {
-    tar: std::path::PathBuf,
-    tar_size: u64,
-    manifest: Option<Arc<Manifest>>,
-    zstd: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
-    gzip: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
+/// Whether a delta upload may be planned at all: deltas on, and an artifact that has a
+/// manifest to build one from.
+pub(crate) fn deltas_wanted(inventory: &Inventory, artifact: &Packed) -> bool {
+    inventory.artifact.as_ref().is_some_and(|a| a.delta) && artifact.manifest.is_some()
 }
 
-impl Wholes {
-    fn new(packed: &Packed) -> Wholes {
-        Wholes {
-            tar: packed.tar.to_path_buf(),
-            tar_size: packed.tar_size,
-            manifest: packed.manifest.clone(),
-            zstd: tokio::sync::OnceCell::new(),
-            gzip: tokio::sync::OnceCell::new(),
+/// The facts a deploy plan is built from, read from the hosts without changing anything:
+/// each host's release tree and, where a delta may go, its current release's manifest.
+pub(crate) struct DeployFacts {
+    pub trees: Vec<ReleaseTree>,
+    pub manifests: Vec<Option<Result<std::sync::Arc<crate::artifact::manifest::Manifest>, String>>>,
+}
+
+pub(crate) async fn read_deploy_facts(
+    conns: &[Conn<'_>],
+    inventory: &Inventory,
+    artifact: &Packed,
+) -> Result<DeployFacts, Vec<RemoteError>> {
+    let deploy_to = &inventory.app.deploy_to;
+    let mut trees = Vec::new();
+    let mut errors = Vec::new();
+    for tree in read_trees(conns, deploy_to).await {
+        match tree {
+            Ok(t) => trees.push(t),
+            Err(e) => errors.push(e),
         }
     }
-
-    fn job(&self, codec: Codec) -> impl FnOnce() -> Result<Compressed, String> + Send + 'static {
-        let (tar, manifest) = (self.tar.clone(), self.manifest.clone());
-        move || {
-            let dir = tar.parent().unwrap_or(std::path::Path::new("/tmp"));
-            crate::artifact::compress(&tar, manifest.as_deref(), codec, dir)
-                .map_err(|e| format!("cannot compress the artifact: {}", crate::error::chain(&e)))
-        }
+    if !errors.is_empty() {
+        return Err(errors);
     }
-
-    fn cell(&self, codec: Codec) -> &tokio::sync::OnceCell<Result<Arc<Compressed>, String>> {
-        match codec {
-            Codec::Zstd => &self.zstd,
-            Codec::Gzip => &self.gzip,
-        }
-    }
-
-    async fn get(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
-        self.cell(codec)
-            .get_or_init(|| async {
-                match tokio::task::spawn_blocking(self.job(codec)).await {
-                    Ok(made) => made.map(Arc::new),
-                    Err(e) => Err(format!("compressing the artifact failed: {e}")),
-                }
-            })
-            .await
-            .clone()
-    }
-
-    /// The size of a whole upload with `codec` if this run made it, else the artifact's
-    /// uncompressed size: what `bytes_sent` is compared with.
-    fn size(&self, codec: Codec) -> u64 {
-        self.cell(codec)
-            .get()
-            .and_then(|made| made.as_ref().ok())
-            .map_or(self.tar_size, |c| c.upload_size())
-    }
+    let refs: Vec<&ReleaseTree> = trees.iter().collect();
+    let wanted = deltas_wanted(inventory, artifact);
+    let conns: Vec<&Conn<'_>> = conns.iter().collect();
+    let manifests = upload::read_manifests(&conns, &refs, deploy_to, wanted).await;
+    Ok(DeployFacts { trees, manifests })
 }
 
-/// One host's whole upload.
-#[derive(Clone, Copy)]
-struct Whole<'a> {
-    wholes: &'a Wholes,
-    codec: Codec,
-}
-
-impl Whole<'_> {
-    async fn get(&self) -> Result<Arc<Compressed>, String> {
-        self.wholes.get(self.codec).await
-    }
+/// The plan of a deploy from the facts: the same function for `shipit plan` and
+/// `shipit deploy`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_deploy(
+    hosts: &[&Host],
+    facts: &DeployFacts,
+    inventory: &Inventory,
+    templates: &Templates,
+    artifact: &Packed,
+    env: bool,
+    now_unix: u64,
+    waves: Option<&[crate::inventory::Amount]>,
+    migrate_host: Option<&str>,
+) -> Plan {
+    let hosts: Vec<HostFacts<'_>> = hosts
+        .iter()
+        .zip(&facts.trees)
+        .zip(&facts.manifests)
+        .map(|((host, tree), manifest)| HostFacts {
+            host,
+            tree,
+            current_manifest: manifest.clone(),
+        })
+        .collect();
+    let rendered = rendered(templates);
+    let inputs = DeployInputs {
+        inventory,
+        rendered: &rendered,
+        artifact: ArtifactFacts {
+            sha256: &artifact.sha256,
+            tar_size: artifact.tar_size,
+            manifest: artifact.manifest.as_deref(),
+        },
+        env: env && inventory.env.is_some(),
+        now_unix,
+        waves,
+        migrate_host,
+    };
+    plan::build::deploy(&inputs, &hosts)
 }
 
 pub async fn deploy(d: Deploy<'_>) -> DeployReport {
-    let wholes = Wholes::new(d.artifact);
-    let mut report = deploy_with(&d, &wholes).await;
-    // The sizes of a whole upload, for comparison with what was sent.
-    report.artifact_bytes = Some(wholes.size(Codec::Zstd));
-    for h in &mut report.hosts {
-        if let Some(codec) = h.codec.take() {
-            h.artifact_bytes = Some(wholes.size(codec));
-        }
-    }
-    report
-}
-
-async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
     let deploy_to = d.inventory.app.deploy_to.clone();
     let mut r = Run::new(
         "deploy",
@@ -623,190 +655,52 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
     };
 
     // Facts and plan: one release id for the whole fleet, after every id already there.
-    let trees = read_trees(&conns, &deploy_to).await;
-    let release = plan::next_release_id(
-        d.now_unix,
-        &d.artifact.sha256,
-        trees
-            .iter()
-            .flatten()
-            .flat_map(|t| t.releases.iter().map(|r| r.id.as_str())),
-    );
-    r.report.release = Some(release.clone());
-    let mut plans = Vec::new();
-    let mut zstd = Vec::new();
-    let mut bases = Vec::new();
-    let mut failed = false;
-    for (c, tree) in conns.iter().zip(trees) {
-        match tree {
-            Ok(tree) => {
-                zstd.push(tree.zstd);
-                bases.push(match (&tree.current, &tree.manifest) {
-                    (Some(current), Some(manifest)) if tree.delta => Some(DeltaBase {
-                        current: current.clone(),
-                        manifest: manifest.clone(),
-                    }),
-                    _ => None,
-                });
-                let p = plan::host_plan(
-                    &c.host.name,
-                    &tree,
-                    &release,
-                    &d.artifact.sha256,
-                    d.inventory.app.keep_releases as usize,
-                );
-                r.host(&c.host.name).previous = p.previous.clone();
-                plans.push(p);
+    let facts = match read_deploy_facts(&conns, d.inventory, d.artifact).await {
+        Ok(facts) => facts,
+        Err(errors) => {
+            for e in errors {
+                r.fail_host(e);
             }
-            Err(e) => {
-                r.fail_host(&c.host.name.clone(), e);
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return r
-            .close(
-                &conns,
-                Outcome::Failed,
-                Some("could not read every host; nothing was switched".into()),
-            )
-            .await;
-    }
-
-    // Hosts without `zstd` get gzip.
-    let codecs: Vec<Codec> = zstd
-        .iter()
-        .map(|&has| if has { Codec::Zstd } else { Codec::Gzip })
-        .collect();
-    for (p, codec) in plans.iter().zip(&codecs) {
-        r.host(&p.host).codec = Some(*codec);
-    }
-
-    // Delta streams for the hosts whose current release has a manifest.
-    let deltas = prepare_deltas(d, &conns, &plans, &bases, &codecs).await;
-
-    // Stage every host; a Ctrl-C here stops before anything is switched.
-    let revision = commands::release::revision_text(&d.artifact.sha256, d.git.as_deref());
-    let stage_all = stage_all(d, wholes, &conns, &plans, &codecs, &deltas, &revision);
-    let staged = tokio::select! {
-        staged = stage_all => Some(staged),
-        () = d.cancel.cancelled() => None,
-    };
-    let Some(staged) = staged else {
-        d.out.emit(Event::Note(
-            "interrupted: stopping before any host is switched",
-        ));
-        return r
-            .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
-            .await;
-    };
-    let mut failures = 0;
-    for (p, result) in plans.iter().zip(staged) {
-        match result {
-            Ok(staged) => {
-                if let Some(diff) = &staged.env {
-                    d.out.emit(Event::Note(&format!(
-                        "{}: env file {}",
-                        p.host,
-                        describe_keys(diff)
-                    )));
-                }
-                let h = r.host(&p.host);
-                h.stage_ms = Some(staged.ms);
-                h.bytes_sent = staged.release.sent;
-                h.delta_fallback = staged.release.fallback;
-                h.env_keys = staged.env;
-                h.source = Some(staged.release.source.to_owned());
-            }
-            Err(e) => {
-                r.fail_host(&p.host, e);
-                failures += 1;
-            }
-        }
-    }
-    if failures > 0 {
-        return r
-            .close(
-                &conns,
-                Outcome::Failed,
-                Some(format!(
-                    "{failures} hosts failed to stage; nothing was switched"
-                )),
-            )
-            .await;
-    }
-    if d.cancel.is_cancelled() {
-        return r
-            .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
-            .await;
-    }
-
-    // Once, on the migrate host: a verified backup, then the migrations. Not interruptible:
-    // a migration cut in half is worse than one that finishes; the lock is held throughout.
-    if let Some(mc) = conns
-        .iter()
-        .find(|c| Some(&c.host.name) == d.migrate_host.as_ref())
-    {
-        let release_dir = format!("{deploy_to}/releases/{release}");
-        let previous = plans
-            .iter()
-            .find(|p| p.host == mc.host.name)
-            .and_then(|p| p.previous.as_deref());
-        // The backup sees what the migration will: the new release's files and env.
-        let mut vars = once::task_vars(d.inventory, &mc.host.name, &release, previous);
-        vars.env_next = once::env_next(d.inventory, &d.run.token);
-        let made = once::backup(
-            mc,
-            d.inventory,
-            &release_dir,
-            &vars,
-            &release,
-            d.now_unix,
-            d.out,
-        )
-        .await;
-        match made {
-            Ok(made) => r.report.backup = made,
-            Err(e) => {
-                r.fail_host(&mc.host.name, e.clone());
-                return r.close(&conns, Outcome::Failed, Some(e)).await;
-            }
-        }
-        match once::migrate(mc, d.inventory, &release_dir, &vars, d.out).await {
-            Ok(true) => r.report.migrated_on = Some(mc.host.name.clone()),
-            Ok(false) => {}
-            Err(e) => {
-                r.fail_host(&mc.host.name, e.clone());
-                return r
-                    .close(
-                        &conns,
-                        Outcome::Failed,
-                        Some(format!("{e}; nothing was switched")),
-                    )
-                    .await;
-            }
-        }
-        if d.cancel.is_cancelled() {
             return r
                 .close(
                     &conns,
-                    Outcome::Interrupted,
-                    Some("interrupted before the switch (after the migrations); nothing was switched".into()),
+                    Outcome::Failed,
+                    Some("could not read every host; nothing was switched".into()),
                 )
                 .await;
         }
-    }
-
-    // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
-    let targets: Vec<(&Conn<'_>, &str, Option<&str>)> = conns
+    };
+    let hosts: Vec<&Host> = conns.iter().map(|c| c.host).collect();
+    let plan = plan_deploy(
+        &hosts,
+        &facts,
+        d.inventory,
+        d.templates,
+        d.artifact,
+        d.env_content.is_some(),
+        d.now_unix,
+        d.waves.as_deref(),
+        d.migrate_host.as_deref(),
+    );
+    let manifests: BTreeMap<String, std::sync::Arc<crate::artifact::manifest::Manifest>> = facts
+        .trees
         .iter()
-        .zip(&plans)
-        .map(|(c, p)| (c, p.release.as_str(), p.previous.as_deref()))
+        .zip(&facts.manifests)
+        .filter_map(|(t, m)| Some((t.manifest.clone()?, m.clone()?.ok()?)))
         .collect();
-    if let Some(waves) = &d.waves {
-        r.waves = waves.clone();
-    }
+    let shared = d
+        .inventory
+        .artifact
+        .as_ref()
+        .map(|a| {
+            a.shared_dirs
+                .iter()
+                .chain(&a.shared_files)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let uploads = Uploads::new(d.artifact, manifests, shared);
     let guard_line = {
         let mut entry = r.history(Outcome::RolledBack, None);
         entry.action = "guard".to_owned();
@@ -817,700 +711,396 @@ async fn deploy_with(d: &Deploy<'_>, wholes: &Wholes) -> DeployReport {
         );
         entry
     };
-    let health_secs = d
-        .inventory
-        .health
-        .iter()
-        .map(|h| h.timeout.as_secs())
-        .sum::<u64>();
-    let switch = Switch {
+    let ctx = Ctx {
         inventory: d.inventory,
         templates: d.templates,
         out: d.out,
-        deploy: true,
         token: &d.run.token,
-        env_staged: r
-            .report
-            .hosts
+        release: &plan.release,
+        deploy: true,
+        artifact: Some(d.artifact),
+        uploads: Some(&uploads),
+        facts: conns
             .iter()
-            .filter(|h| h.env_keys.is_some())
-            .map(|h| h.host.clone())
+            .map(|c| c.host.name.clone())
+            .zip(facts.trees)
             .collect(),
-        migrate_host: d.migrate_host.clone(),
-        guard: Some(crate::deploy::switch::Guard {
-            token: d.run.token.clone(),
-            delay_secs: d.inventory.rollout.confirm_timeout.as_secs().max(1) + health_secs,
+        revision: commands::release::revision_text(&d.artifact.sha256, d.git.as_deref()),
+        env_content: d.env_content.as_ref(),
+        guard: Some(Guard {
             history: guard_line,
             redactor: d.run.redactor.clone(),
         }),
+        now_unix: d.now_unix,
     };
-    let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
-    if outcome != Outcome::Deployed {
-        return r.close(&conns, outcome, message).await;
+    for c in &conns {
+        r.host(&c.host.name).codec = Some(ctx.codec(c));
     }
-
-    // Cleanup, history, unlock.
-    let deploy_to = deploy_to.as_str();
-    let prunes = conns.iter().zip(&plans).map(|(c, p)| async move {
-        if p.prune.is_empty() {
-            return Ok(());
-        }
-        let cmd = commands::release::prune(deploy_to, &p.prune);
-        match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-            Ok(o) if o.success() => Ok(()),
-            Ok(o) => Err(describe_failure("removing old releases", &o)),
-            Err(e) => Err(crate::error::chain(&e)),
-        }
-    });
-    let pruned = futures::future::join_all(prunes).await;
-    let mut notes = Vec::new();
-    for (p, result) in plans.iter().zip(pruned) {
-        match result {
-            Ok(()) => r.host(&p.host).pruned = p.prune.clone(),
-            // The release is live; a failed cleanup is worth a note, not a failure.
-            Err(e) => notes.push(format!("{}: {e}", p.host)),
+    let _ = &deploy_to;
+    let (outcome, message) = execute_plan(&mut r, &ctx, &conns, &plan, &d.cancel).await;
+    let mut report = r.close(&conns, outcome, message).await;
+    // The sizes of a whole upload, for comparison with what was sent.
+    report.artifact_bytes = Some(uploads.size(Codec::Zstd));
+    for h in &mut report.hosts {
+        if let Some(codec) = h.codec.take() {
+            h.artifact_bytes = Some(uploads.size(codec));
         }
     }
-    for p in &plans {
-        d.out.emit(Event::HostDone {
-            host: &p.host,
-            ok: true,
-            summary: &format!("current -> {}", p.release),
-        });
-    }
-    let message = (!notes.is_empty()).then(|| notes.join("; "));
-    r.close(&conns, Outcome::Deployed, message).await
+    report
 }
 
-/// Stages every host (bounded by `rollout.parallel`): the release directory complete, with
-/// REVISION and shared links. Returns the bytes sent per host.
-async fn stage_all(
-    d: &Deploy<'_>,
-    wholes: &Wholes,
-    conns: &[Conn<'_>],
-    plans: &[HostPlan],
-    codecs: &[Codec],
-    deltas: &[Result<Option<HostDelta>, String>],
-    revision: &str,
-) -> Vec<Result<Staged, String>> {
-    let work = conns.iter().zip(plans).zip(codecs).zip(deltas).map(
-        |(((c, p), codec), delta)| async move {
-            let started = Instant::now();
-            let whole = Whole {
-                wholes,
-                codec: *codec,
-            };
-            let result = stage_host(d, c, p, whole, delta, revision).await;
-            result.map(|mut staged| {
-                staged.ms = started.elapsed().as_millis() as u64;
-                staged
-            })
-        },
-    );
-    use futures::StreamExt;
-    futures::stream::iter(work)
-        .buffered(d.inventory.rollout.parallel.max(1))
-        .collect()
-        .await
-}
-
-/// A host's current release, when a delta can start from it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct DeltaBase {
-    current: String,
-    /// sha256 of its manifest.
-    manifest: String,
-}
-
-/// What a host's delta upload starts from and sends.
-struct HostDelta {
-    base: DeltaBase,
-    delta: Arc<Delta>,
-}
-
-/// Makes the delta streams: per distinct (current manifest, compression), the manifest is
-/// read from one host and the delta built once. Per host: `Ok(None)` when the whole
-/// artifact goes (no manifest to start from, deltas off, or a delta not smaller), `Err`
-/// with the reason when a delta was possible but could not be made (the whole artifact goes
-/// too, and the report says why).
-async fn prepare_deltas(
-    d: &Deploy<'_>,
-    conns: &[Conn<'_>],
-    plans: &[HostPlan],
-    bases: &[Option<DeltaBase>],
-    codecs: &[Codec],
-) -> Vec<Result<Option<HostDelta>, String>> {
-    let enabled = d.inventory.artifact.as_ref().is_some_and(|a| a.delta);
-    let mut groups: Vec<(String, Codec, usize)> = Vec::new();
-    let mut group_of: Vec<Option<usize>> = Vec::new();
-    for (i, (p, base)) in plans.iter().zip(bases).enumerate() {
-        let wanted = enabled && matches!(p.source, Source::Upload) && d.artifact.manifest.is_some();
-        group_of.push(match base {
-            Some(base) if wanted => {
-                let key = (base.manifest.clone(), codecs[i]);
-                Some(
-                    match groups
-                        .iter()
-                        .position(|(m, codec, _)| (m, *codec) == (&key.0, key.1))
-                    {
-                        Some(g) => g,
-                        None => {
-                            groups.push((key.0, key.1, i));
-                            groups.len() - 1
-                        }
-                    },
-                )
-            }
-            _ => None,
-        });
-    }
-    let built = futures::future::join_all(groups.iter().map(|(sha, _, first)| {
-        let i = *first;
-        async move {
-            let base = bases[i].as_ref().expect("grouped hosts have a base");
-            let codec = codecs[i];
-            let old = fetch_manifest(d, &conns[i], &base.current, sha, codec).await?;
-            let packed = d.artifact;
-            let new = packed
-                .manifest
-                .clone()
-                .expect("grouped hosts have a manifest");
-            let shared: Vec<String> = d
-                .inventory
-                .artifact
-                .as_ref()
-                .map(|a| {
-                    a.shared_dirs
-                        .iter()
-                        .chain(&a.shared_files)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            let dir = packed
-                .tar
-                .parent()
-                .unwrap_or(std::path::Path::new("/tmp"))
-                .to_owned();
-            let make = move || {
-                let plan = delta::plan(&old, &new, &shared);
-                // Mostly new content: the whole artifact is as good and simpler.
-                if plan.content_bytes > packed.tar_size / 4 * 3 {
-                    return Ok(None);
-                }
-                delta::build(packed, &new, &plan, codec, &dir).map(Some)
-            };
-            let made = match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(make),
-                _ => make(),
-            };
-            match made {
-                Ok(delta) => Ok(delta.map(Arc::new)),
-                Err(e) => Err(format!(
-                    "cannot make the delta: {}",
-                    crate::error::chain(&e)
-                )),
-            }
-        }
-    }))
-    .await;
-    group_of
-        .iter()
-        .enumerate()
-        .map(|(i, g)| match g {
-            None => Ok(None),
-            Some(g) => match &built[*g] {
-                Ok(Some(delta)) => Ok(Some(HostDelta {
-                    base: bases[i].clone().expect("grouped hosts have a base"),
-                    delta: delta.clone(),
-                })),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e.clone()),
-            },
-        })
-        .collect()
-}
-
-/// Reads the manifest of the host's current release (compressed on the way) and checks it
-/// is the one its sha256 names.
-async fn fetch_manifest(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    current: &str,
-    sha256: &str,
-    codec: Codec,
-) -> Result<Manifest, String> {
-    let path = format!(
-        "{}/releases/{current}/{}",
-        d.inventory.app.deploy_to,
-        crate::artifact::manifest::PATH
-    );
-    let compress = match codec {
-        Codec::Zstd => "zstd -q -c",
-        Codec::Gzip => "gzip -c",
-    };
-    let cmd = Cmd::seq([
-        Cmd::assign("f", &path),
-        Cmd::assign("compress", compress),
-        Cmd::new(r#"$compress < "$f""#),
-    ]);
-    // The manifest can pass the kept-output limit: collected here instead.
-    let bytes = std::sync::Mutex::new(Vec::new());
-    let sink = |stream: crate::transport::Stream, chunk: &[u8]| {
-        if stream == crate::transport::Stream::Stdout {
-            bytes.lock().expect("lock").extend_from_slice(chunk);
-        }
-    };
-    let o = c
-        .transport
-        .exec(ExecRequest::new(&cmd, SHORT * 10).output(&sink))
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
-    if !o.success() {
-        return Err(describe_failure(
-            "reading the current release's manifest",
-            &o,
-        ));
-    }
-    let bytes = bytes.into_inner().expect("lock");
-    let text = codec
-        .decompress_bytes(&bytes)
-        .map_err(|e| format!("the current release's manifest arrived damaged: {e}"))?;
-    if crate::artifact::manifest::sha256_hex(&text) != sha256 {
-        return Err("the current release's manifest changed while it was read".into());
-    }
-    Manifest::parse(&text).map_err(|e| format!("`{path}`: {e}"))
-}
-
-/// What staging a host produced.
-struct Staged {
-    release: StagedRelease,
-    env: Option<KeyDiff>,
+/// How one host's steps of one phase went.
+#[derive(Default)]
+struct PhaseRun {
+    /// (index in the host's steps, status, ms, what it learned)
+    ran: Vec<(usize, StepStatus, u64, execute::Done)>,
+    error: Option<RemoteError>,
+    /// What putting the host back must undo: the undos of the steps that started and
+    /// changed something, in order.
+    undos: Vec<Undo>,
     ms: u64,
 }
 
-/// How the release directory got there.
-struct StagedRelease {
-    /// `uploaded`, `delta`, `reused` or `present`.
-    source: &'static str,
-    sent: u64,
-    fallback: Option<String>,
+/// Runs `host`'s steps of `phase` in order on `c`, up to the first failure.
+async fn run_phase(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    host: &HostSteps,
+    phase: Phase,
+    state: &mut HostState,
+) -> PhaseRun {
+    let started = Instant::now();
+    let mut run = PhaseRun::default();
+    let mut touched: Vec<&Step> = Vec::new();
+    for (i, step) in host.steps.iter().enumerate() {
+        if step.phase() != phase {
+            continue;
+        }
+        let t = Instant::now();
+        // A step counts as touched once it starts: it may have changed the host before
+        // it failed.
+        touched.push(step);
+        let result = execute::step(ctx, c, host, step, state).await;
+        let ms = t.elapsed().as_millis() as u64;
+        match result {
+            Ok(done) => {
+                if done.skipped {
+                    touched.pop();
+                }
+                let status = if done.skipped {
+                    StepStatus::Skipped
+                } else {
+                    StepStatus::Ok
+                };
+                run.ran.push((i, status, ms, done));
+            }
+            Err(e) => {
+                if matches!(step, Step::InstallEnv { .. }) && e.is(exit::ENV_STAGING_GONE) {
+                    // Nothing was changed, and what `.shipit/previous` holds may be another
+                    // run's by now: nothing to put back.
+                    touched.pop();
+                }
+                if matches!(step, Step::Confirm { .. })
+                    && (e.is(exit::GUARD_FIRED) || e.is(exit::GUARD_DISARMED))
+                {
+                    // The guard already put the host back, or another run owns it now.
+                    touched.clear();
+                }
+                run.ran
+                    .push((i, StepStatus::Failed, ms, execute::Done::default()));
+                run.error = Some(e);
+                break;
+            }
+        }
+    }
+    run.undos = plan::step::undo_order(touched);
+    run.ms = started.elapsed().as_millis() as u64;
+    run
 }
 
-async fn stage_host(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    p: &HostPlan,
-    whole: Whole<'_>,
-    delta: &Result<Option<HostDelta>, String>,
-    revision: &str,
-) -> Result<Staged, String> {
-    let release = stage_release(d, c, p, whole, delta, revision).await?;
-    let host = &c.host.name;
-    let deploy_to = &d.inventory.app.deploy_to;
-    d.out.emit(Event::Step {
-        host,
-        step: "staging configuration",
-    });
-    let release_dir = format!("{deploy_to}/releases/{}", p.release);
-    // The env file first: Compose reads the staged one while checking the stack.
-    let token = &d.run.token;
-    let env = match &d.env_content {
-        Some(content) => stage::stage_env(c, d.inventory, content, token).await?,
-        None => None,
-    };
-    let env_next = once::env_next(d.inventory, token);
-    let staged_env = env_next.as_deref().filter(|_| env.is_some());
-    stage::stage_configs(
-        c,
-        d.inventory,
-        d.templates,
-        &p.release,
-        &release_dir,
-        staged_env,
-    )
-    .await?;
-    let is_migrate_host = d.migrate_host.as_deref() == Some(host.as_str());
-    let mut vars = once::task_vars(d.inventory, host, &p.release, p.previous.as_deref());
-    vars.env_next = env_next;
-    once::hooks(
-        c,
-        d.inventory,
-        HookPoint::AfterUpload,
-        &release_dir,
-        is_migrate_host,
-        &vars,
-        d.out,
-    )
-    .await?;
-    d.out.emit(Event::Step {
-        host,
-        step: "staged",
-    });
-    Ok(Staged {
-        release,
-        env,
-        ms: 0,
-    })
+impl Run<'_> {
+    /// Sets up the report of every host from the plan: its steps, not run yet.
+    fn planned(&mut self, plan: &Plan) {
+        self.report.release = Some(plan.release.clone());
+        self.report.once = plan.once.iter().map(StepReport::planned).collect();
+        for hs in &plan.hosts {
+            let h = self.host(&hs.host);
+            h.previous = hs.previous.clone();
+            h.steps = hs.steps.iter().map(StepReport::planned).collect();
+        }
+    }
+
+    /// Records how a host's phase went (not its error: the caller decides how to report it).
+    fn record(&mut self, host: &str, run: &PhaseRun) {
+        let h = self.host(host);
+        for (i, status, ms, done) in &run.ran {
+            let s = &mut h.steps[*i];
+            s.status = *status;
+            s.duration_ms = Some(*ms);
+            if let Some(src) = &done.sourced {
+                h.source = Some(src.source.to_owned());
+                h.bytes_sent = src.sent;
+                h.delta_fallback = src.fallback.clone();
+                if matches!(s.step, "reuse" | "delta") && src.source == "uploaded" {
+                    s.outcome = Some(format!(
+                        "sent the whole artifact instead: {}",
+                        src.fallback.as_deref().unwrap_or("it could not be made")
+                    ));
+                }
+            }
+            if done.env_keys.is_some() {
+                h.env_keys = done.env_keys.clone();
+            }
+        }
+    }
 }
 
-/// The release directory, complete: uploaded (whole or as a delta) or copied, REVISION,
-/// shared links, renamed.
-async fn stage_release(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    p: &HostPlan,
-    whole: Whole<'_>,
-    delta: &Result<Option<HostDelta>, String>,
-    revision: &str,
-) -> Result<StagedRelease, String> {
-    let deploy_to = &d.inventory.app.deploy_to;
-    let host = &c.host.name;
-    let artifact = d.inventory.artifact.as_ref();
-    let no_paths: Vec<String> = Vec::new();
-    // REVISION, shared links and the rename run in the same script as the upload or the
-    // copy: one round trip per host.
-    let finish = commands::release::finish(
-        deploy_to,
-        &p.release,
-        revision,
-        artifact.map_or(&no_paths, |a| &a.shared_dirs),
-        artifact.map_or(&no_paths, |a| &a.shared_files),
-        d.inventory.app.user.as_deref(),
-    );
-    let staged = |source, sent, fallback| StagedRelease {
-        source,
-        sent,
-        fallback,
+/// Executes `plan` on `conns` (connected and locked, in the plan's host order): every host
+/// staged (or nothing is switched), the once steps on the migrate host, the switch wave by
+/// wave, then the finish steps. Returns the outcome and a message.
+async fn execute_plan(
+    r: &mut Run<'_>,
+    ctx: &Ctx<'_>,
+    conns: &[Conn<'_>],
+    plan: &Plan,
+    cancel: &Cancel,
+) -> (Outcome, Option<String>) {
+    r.planned(plan);
+    let mut states: Vec<HostState> = conns.iter().map(|_| HostState::default()).collect();
+
+    // Stage every host; a Ctrl-C here stops before anything is switched.
+    let parallel = ctx.inventory.rollout.parallel.max(1);
+    let stage_all = {
+        use futures::StreamExt;
+        let work = conns
+            .iter()
+            .zip(&plan.hosts)
+            .zip(states.iter_mut())
+            .map(|((c, h), state)| run_phase(ctx, c, h, Phase::Stage, state));
+        futures::stream::iter(work)
+            .buffered(parallel)
+            .collect::<Vec<PhaseRun>>()
     };
-    let mut sent = 0;
-    let mut fallback: Option<String>;
-    match &p.source {
-        Source::Present => return Ok(staged("present", 0, None)),
-        Source::Reuse { from } => {
-            // A copy is kept only if it verifies against the artifact's manifest; else (or
-            // without a manifest to check it against) the artifact is uploaded.
-            let why = match &d.artifact.manifest {
-                Some(manifest) => {
-                    d.out.emit(Event::Step {
-                        host,
-                        step: "copying identical release",
-                    });
-                    let copy = commands::release::reuse(
-                        deploy_to,
-                        from,
-                        &p.release,
-                        &manifest.sha256(),
-                        d.inventory.app.user.as_deref().unwrap_or(""),
-                    );
-                    let cmd = Cmd::seq([copy, finish.clone()]);
-                    let result = c.transport.exec(ExecRequest::new(&cmd, SHORT * 10)).await;
-                    let unverified = crate::transport::Exit::Code(commands::exit::REUSE_UNVERIFIED);
-                    match result {
-                        Ok(o) if o.exit == unverified => {
-                            format!("release {from} no longer matches its manifest")
-                        }
-                        result => {
-                            check(result, "copying the identical release")?;
-                            return Ok(staged("reused", 0, None));
-                        }
+    let staged = tokio::select! {
+        staged = stage_all => Some(staged),
+        () = cancel.cancelled() => None,
+    };
+    let Some(staged) = staged else {
+        ctx.note("interrupted: stopping before any host is switched");
+        return (Outcome::Interrupted, Some(INTERRUPTED.into()));
+    };
+    let mut failures = 0;
+    for (hs, run) in plan.hosts.iter().zip(staged) {
+        r.record(&hs.host, &run);
+        if hs.steps.iter().any(|s| s.phase() == Phase::Stage) {
+            r.host(&hs.host).stage_ms = Some(run.ms);
+        }
+        if let Some(diff) = &r.host(&hs.host).env_keys {
+            let note = format!("{}: env file {}", hs.host, describe_keys(diff));
+            ctx.note(&note);
+        }
+        if let Some(e) = run.error {
+            r.fail_host(e);
+            failures += 1;
+        }
+    }
+    if failures > 0 {
+        return (
+            Outcome::Failed,
+            Some(format!(
+                "{failures} hosts failed to stage; nothing was switched"
+            )),
+        );
+    }
+    if cancel.is_cancelled() {
+        return (Outcome::Interrupted, Some(INTERRUPTED.into()));
+    }
+
+    // Once, on the migrate host: a verified backup, then the migrations. Not interruptible:
+    // a migration cut in half is worse than one that finishes; the lock is held throughout.
+    if let Some(m) = &plan.migrate_host
+        && let Some(i) = conns.iter().position(|c| &c.host.name == m)
+    {
+        let (c, hs) = (&conns[i], &plan.hosts[i]);
+        for (k, step) in plan.once.iter().enumerate() {
+            let t = Instant::now();
+            let result = execute::step(ctx, c, hs, step, &mut states[i]).await;
+            let report = &mut r.report.once[k];
+            report.duration_ms = Some(t.elapsed().as_millis() as u64);
+            match result {
+                Ok(done) => {
+                    report.status = StepStatus::Ok;
+                    if let Some(b) = done.backup {
+                        r.report.backup = Some(b);
+                    }
+                    if matches!(step, Step::Migrate { .. }) {
+                        r.report.migrated_on = Some(c.host.name.clone());
                     }
                 }
-                None => format!("the artifact has no manifest to check a copy of {from} against"),
-            };
-            d.out.emit(Event::Note(&format!(
-                "{host}: {why}; sending the whole artifact"
-            )));
-            fallback = Some(why);
+                Err(e) => {
+                    report.status = StepStatus::Failed;
+                    let message = match step {
+                        Step::Migrate { .. } => format!("{e}; nothing was switched"),
+                        _ => e.message.clone(),
+                    };
+                    r.fail_host(e);
+                    return (Outcome::Failed, Some(message));
+                }
+            }
         }
-        Source::Upload => {
-            fallback = delta.as_ref().err().cloned();
-            if let Ok(Some(delta)) = delta {
-                d.out.emit(Event::Step {
-                    host,
-                    step: "uploading changes",
-                });
-                match upload_delta(d, c, p, finish.clone(), delta, whole.codec).await {
-                    Ok(n) => return Ok(staged("delta", n, None)),
-                    Err(DeltaFailure::Transport(e)) => return Err(e),
-                    Err(DeltaFailure::Host { sent: n, why }) => {
-                        d.out.emit(Event::Note(&format!(
-                            "{host}: {why}; sending the whole artifact"
-                        )));
-                        sent = n;
-                        fallback = Some(why);
-                    }
+        if cancel.is_cancelled() {
+            return (
+                Outcome::Interrupted,
+                Some(
+                    "interrupted before the switch (after the migrations); nothing was switched"
+                        .into(),
+                ),
+            );
+        }
+    }
+
+    // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
+    let (outcome, message) = switch_fleet(r, ctx, conns, plan, &mut states).await;
+    if outcome != Outcome::Deployed {
+        return (outcome, message);
+    }
+
+    // Finish: cleanup; a failed cleanup is worth a note, not a failure (the release is live).
+    let finishes = conns
+        .iter()
+        .zip(&plan.hosts)
+        .zip(states.iter_mut())
+        .map(|((c, hs), state)| async move { run_phase(ctx, c, hs, Phase::Finish, state).await });
+    let finished = futures::future::join_all(finishes).await;
+    let mut notes = Vec::new();
+    for (hs, run) in plan.hosts.iter().zip(finished) {
+        r.record(&hs.host, &run);
+        match run.error {
+            Some(e) => notes.push(format!("{}: {e}", hs.host)),
+            None => {
+                if let Some(Step::Prune { releases }) =
+                    hs.steps.iter().find(|s| matches!(s, Step::Prune { .. }))
+                {
+                    r.host(&hs.host).pruned = releases.clone();
                 }
             }
         }
     }
-    d.out.emit(Event::Step {
-        host,
-        step: "uploading",
-    });
-    let compressed = whole.get().await?;
-    let n = upload(d, c, &p.release, finish, &compressed).await?;
-    Ok(staged("uploaded", sent + n, fallback))
-}
-
-fn check(result: Result<ExecOutput, ExecError>, step: &str) -> Result<ExecOutput, String> {
-    match result {
-        Ok(o) if o.success() => Ok(o),
-        Ok(o) => Err(describe_failure(step, &o)),
-        Err(e) => Err(crate::error::chain(&e)),
+    for hs in &plan.hosts {
+        ctx.out.emit(Event::HostDone {
+            host: &hs.host,
+            ok: true,
+            summary: &format!("current -> {}", plan.release),
+        });
     }
+    (
+        Outcome::Deployed,
+        (!notes.is_empty()).then(|| notes.join("; ")),
+    )
 }
 
-/// Streams the packed artifact into `releases/<id>.partial`, verified on the host.
-async fn upload(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    release: &str,
-    finish: Cmd,
-    packed: &Compressed,
-) -> Result<u64, String> {
-    let file = tokio::fs::File::open(&*packed.file)
-        .await
-        .map_err(|e| format!("cannot open the packed artifact: {e}"))?;
-    let receive = commands::release::receive(
-        &d.inventory.app.deploy_to,
-        release,
-        &packed.upload_sha256,
-        packed.codec.decompress(),
-        packed.prefix.len() as u64,
-    );
-    let cmd = Cmd::seq([receive, finish]);
-    let total = packed.upload_size();
-    let data = std::io::Cursor::new(packed.prefix.clone()).chain(file);
-    let (result, sent) = stream(d, c, &cmd, Box::new(data), total, false).await;
-    match result {
-        Ok(o) if o.success() => Ok(sent),
-        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
-            Err(format!(
-                "the artifact arrived damaged (sha256 differs after {sent} bytes); nothing was kept"
-            ))
-        }
-        Ok(o) => Err(describe_failure("extracting and finishing the release", &o)),
-        Err(e) => Err(crate::error::chain(&e)),
-    }
-}
-
-/// Why a delta upload did not make the release.
-enum DeltaFailure {
-    /// The host could not build it exactly (or the bytes arrived damaged): send it whole.
-    Host { sent: u64, why: String },
-    /// The connection failed: the host failed.
-    Transport(String),
-}
-
-/// Streams a delta into `releases/<id>.partial`, built from the current release and
-/// verified against the new manifest on the host, then finishes the release.
-async fn upload_delta(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    p: &HostPlan,
-    finish: Cmd,
-    hd: &HostDelta,
-    codec: Codec,
-) -> Result<u64, DeltaFailure> {
-    let delta = &hd.delta;
-    let file = tokio::fs::File::open(&*delta.file).await.map_err(|e| {
-        DeltaFailure::Transport(format!("cannot open the delta of the artifact: {e}"))
-    })?;
-    let args = commands::release::DeltaArgs {
-        deploy_to: &d.inventory.app.deploy_to,
-        id: &p.release,
-        current: &hd.base.current,
-        current_manifest: &hd.base.manifest,
-        manifest: &delta.manifest_sha256,
-        upload_sha256: &delta.sha256,
-        decompress: codec.decompress(),
-        edits_len: delta.edits_len,
-        service_user: d.inventory.app.user.as_deref().unwrap_or(""),
-    };
-    let cmd = Cmd::seq([commands::release::delta(&args), finish]);
-    let (result, sent) = stream(d, c, &cmd, Box::new(file), delta.size, true).await;
-    match result {
-        Ok(o) if o.success() => Ok(sent),
-        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::DELTA_FAILED) => {
-            Err(DeltaFailure::Host {
-                sent,
-                why: "the release built from the current one did not match the new manifest".into(),
-            })
-        }
-        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::SHA_MISMATCH) => {
-            Err(DeltaFailure::Host {
-                sent,
-                why: "the delta arrived damaged".into(),
-            })
-        }
-        Ok(o) => Err(DeltaFailure::Host {
-            sent,
-            why: describe_failure("building the release from a delta", &o),
-        }),
-        Err(e) => Err(DeltaFailure::Transport(crate::error::chain(&e))),
-    }
-}
-
-/// Streams `data` (`total` bytes) into `cmd` on the host, with progress events; returns the
-/// command's result and the bytes sent.
-async fn stream(
-    d: &Deploy<'_>,
-    c: &Conn<'_>,
-    cmd: &Cmd,
-    data: Box<dyn AsyncRead + Send + Unpin>,
-    total: u64,
-    delta: bool,
-) -> (Result<ExecOutput, ExecError>, u64) {
-    let counter = Arc::new(AtomicU64::new(0));
-    let reader = Counting {
-        inner: data,
-        count: counter.clone(),
-    };
-    // Generous: keepalives notice a dead host long before this.
-    let timeout = Duration::from_secs(1800 + total / (1 << 20));
-    let upload = c.transport.upload(cmd, Box::new(reader), timeout);
-    let progress = || Event::Progress {
-        host: &c.host.name,
-        sent: counter.load(Ordering::Relaxed),
-        total,
-        artifact: d.artifact.tar_size,
-        delta,
-    };
-    let ticker = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            d.out.emit(progress());
-        }
-    };
-    let result = tokio::select! {
-        r = upload => r,
-        () = ticker => unreachable!("the ticker never ends"),
-    };
-    // The last word, also for a stream shorter than one tick.
-    d.out.emit(progress());
-    (result, counter.load(Ordering::Relaxed))
-}
-
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        poll
-    }
-}
-
-/// Switches the hosts wave by wave (`rollout.waves`; each wave bounded by
-/// `rollout.parallel`): env file, `current`, units, site, health. A host that fails is
-/// switched back at once. When more hosts have failed than `rollout.max_fail` tolerates, no
-/// further wave starts, and with `on_failure = "rollback"` every host switched in this run is
-/// switched back too (`"halt"` leaves them). Returns the outcome and a message.
+/// Switches the hosts wave by wave (the plan's waves; each wave bounded by
+/// `rollout.parallel`): the switch steps of each host. A host that fails is switched back
+/// at once. When more hosts have failed than `rollout.max_fail` tolerates, no further wave
+/// starts, and with `on_failure = "rollback"` every host switched in this run is switched
+/// back too (`"halt"` leaves them). Returns the outcome and a message.
 async fn switch_fleet(
     r: &mut Run<'_>,
-    switch: &Switch<'_>,
-    targets: &[(&Conn<'_>, &str, Option<&str>)],
+    ctx: &Ctx<'_>,
+    conns: &[Conn<'_>],
+    plan: &Plan,
+    states: &mut [HostState],
 ) -> (Outcome, Option<String>) {
     use futures::StreamExt;
-    let rollout = &r.inventory.rollout;
-    let parallel = rollout.parallel.max(1);
-    let n = targets.len();
-    let tolerated = plan::tolerated_failures(rollout.max_fail, n);
-    let waves = plan::waves(n, &r.waves);
-    let on_failure = rollout.on_failure;
+    let parallel = ctx.inventory.rollout.parallel.max(1);
+    let n = conns.len();
+    let tolerated = plan.max_fail;
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for wave in &plan.waves {
+        ranges.push(start..start + wave.len());
+        start += wave.len();
+    }
+    let on_failure = ctx.inventory.rollout.on_failure;
     // Per host: switched this run and still on the new release.
     let mut switched: Vec<bool> = vec![false; n];
     let mut failed = 0;
     let mut back_failed: Vec<String> = Vec::new();
-    for (w, range) in waves.iter().enumerate() {
-        if waves.len() > 1 {
-            let names: Vec<&str> = targets[range.clone()]
-                .iter()
-                .map(|(c, _, _)| c.host.name.as_str())
-                .collect();
-            r.out.emit(Event::Note(&format!(
+    for (w, range) in ranges.iter().enumerate() {
+        if ranges.len() > 1 {
+            ctx.note(&format!(
                 "wave {} of {}: {}",
                 w + 1,
-                waves.len(),
-                names.join(" ")
-            )));
+                ranges.len(),
+                plan.waves[w].join(" ")
+            ));
         }
-        let results: Vec<(Touched, Result<(), String>, u64)> =
-            futures::stream::iter(targets[range.clone()].iter().map(
-                |(c, target, previous)| async move {
-                    let started = Instant::now();
-                    let mut touched = Touched::default();
-                    let result = switch.activate(c, target, *previous, &mut touched).await;
-                    (touched, result, started.elapsed().as_millis() as u64)
-                },
-            ))
-            .buffered(parallel)
-            .collect()
-            .await;
+        let runs: Vec<PhaseRun> = futures::stream::iter(
+            conns[range.clone()]
+                .iter()
+                .zip(&plan.hosts[range.clone()])
+                .zip(states[range.clone()].iter_mut())
+                .map(|((c, hs), state)| run_phase(ctx, c, hs, Phase::Switch, state)),
+        )
+        .buffered(parallel)
+        .collect()
+        .await;
         // A failed host goes back to what it had, now.
         let mut to_undo = Vec::new();
-        for (i, (touched, result, ms)) in range.clone().zip(results) {
-            let (c, target, _) = targets[i];
-            r.host(&c.host.name).switch_ms = Some(ms);
-            match result {
-                Ok(()) => {
-                    r.host(&c.host.name).current = Some(target.to_string());
+        for (i, run) in range.clone().zip(runs) {
+            let hs = &plan.hosts[i];
+            r.record(&hs.host, &run);
+            r.host(&hs.host).switch_ms = Some(run.ms);
+            match run.error {
+                None => {
+                    r.host(&hs.host).current = Some(plan.release.clone());
                     switched[i] = true;
                 }
-                Err(e) => {
-                    r.fail_host(&c.host.name.clone(), e);
+                Some(e) => {
+                    r.fail_host(e);
                     failed += 1;
-                    to_undo.push((i, touched));
+                    to_undo.push((i, run.undos));
                 }
             }
         }
-        let backs = futures::future::join_all(to_undo.iter().map(|(i, touched)| {
-            let (c, _, previous) = targets[*i];
-            let (_, release, _) = targets[*i];
-            async move { (*i, switch.deactivate(c, release, previous, touched).await) }
+        let backs = futures::future::join_all(to_undo.iter().map(|(i, undos)| {
+            let (c, hs) = (&conns[*i], &plan.hosts[*i]);
+            let armed = states[*i].guard_armed;
+            async move {
+                let back = switch::deactivate(ctx, c, hs.previous.as_deref(), undos, armed).await;
+                (*i, back)
+            }
         }))
         .await;
         for (i, back) in backs {
-            record_switch_back(r, targets[i], back, &mut back_failed);
+            states[i].guard_armed = false;
+            record_switch_back(r, &plan.hosts[i], back, &mut back_failed);
         }
         if failed > tolerated {
-            let rest: usize = waves[w + 1..].iter().map(|r| r.len()).sum();
+            let rest: usize = ranges[w + 1..].iter().map(|r| r.len()).sum();
             let mut message = format!(
                 "{failed} hosts failed in wave {} of {}, more than `max_fail` tolerates ({tolerated}); {rest} hosts were not touched",
                 w + 1,
-                waves.len()
+                ranges.len()
             );
             if on_failure == crate::inventory::OnFailure::Rollback {
                 let undo: Vec<usize> = (0..n).filter(|&i| switched[i]).collect();
-                let everything = Touched {
-                    guard: false,
-                    env: switch.deploy && r.inventory.env.is_some(),
-                    current: true,
-                    units: !switch.templates.units.is_empty(),
-                    nginx: switch.templates.nginx.is_some(),
-                    compose: r.inventory.compose.is_some(),
-                };
                 let backs = futures::future::join_all(undo.iter().map(|&i| {
-                    let (c, _, previous) = targets[i];
-                    let everything = &everything;
-                    let (_, release, _) = targets[i];
-                    async move { (i, switch.deactivate(c, release, previous, everything).await) }
+                    let (c, hs) = (&conns[i], &plan.hosts[i]);
+                    // Everything its switch steps may have changed.
+                    let everything = plan::step::undo_order(hs.phase(Phase::Switch));
+                    async move {
+                        (
+                            i,
+                            switch::deactivate(ctx, c, hs.previous.as_deref(), &everything, false)
+                                .await,
+                        )
+                    }
                 }))
                 .await;
                 for (i, back) in backs {
                     switched[i] = false;
-                    record_switch_back(r, targets[i], back, &mut back_failed);
+                    record_switch_back(r, &plan.hosts[i], back, &mut back_failed);
                 }
                 message.push_str(&format!(
                     "; the {} hosts switched before were switched back",
@@ -1538,24 +1128,27 @@ async fn switch_fleet(
 
 fn record_switch_back(
     r: &mut Run<'_>,
-    (c, _, previous): (&Conn<'_>, &str, Option<&str>),
+    hs: &HostSteps,
     back: Result<(), String>,
     back_failed: &mut Vec<String>,
 ) {
-    let name = c.host.name.clone();
+    let name = hs.host.clone();
     let h = r.host(&name);
     match back {
         Ok(()) => {
-            h.current = previous.map(str::to_owned);
+            h.current = hs.previous.clone();
             h.rolled_back = Some(true);
         }
         Err(e) => {
             h.rolled_back = Some(false);
-            let message = match h.error.take() {
-                Some(first) => format!("{first}; SWITCHING BACK FAILED: {e}"),
-                None => format!("SWITCHING BACK FAILED: {e}"),
+            let error = match h.error.take() {
+                Some(first) => {
+                    let message = format!("{}; SWITCHING BACK FAILED: {e}", first.message);
+                    first.saying(message)
+                }
+                None => RemoteError::new(&name, "switch", format!("SWITCHING BACK FAILED: {e}")),
             };
-            r.fail_host(&name, message);
+            r.fail_host(error);
             back_failed.push(name);
         }
     }
@@ -1621,10 +1214,10 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     };
     let trees = read_trees(&conns, &deploy_to).await;
     let mut ok_trees = Vec::new();
-    for (c, tree) in conns.iter().zip(trees) {
+    for tree in trees {
         match tree {
-            Ok(t) => ok_trees.push((c.host.name.as_str(), t)),
-            Err(e) => r.fail_host(&c.host.name.clone(), e),
+            Ok(t) => ok_trees.push(t),
+            Err(e) => r.fail_host(e),
         }
     }
     if ok_trees.len() != conns.len() {
@@ -1647,7 +1240,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         match p {
             Ok(p) => passed.push(p),
             Err(e) => {
-                r.fail_host(&c.host.name.clone(), e);
+                r.fail_host(RemoteError::new(&c.host.name, "facts", e));
                 unreadable = true;
             }
         }
@@ -1664,14 +1257,16 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
             )
             .await;
     }
-    let refs: Vec<(&str, &ReleaseTree, &BTreeSet<String>)> = ok_trees
+    let refs: Vec<(&str, &ReleaseTree, &BTreeSet<String>)> = conns
         .iter()
+        .zip(&ok_trees)
         .zip(&passed)
-        .map(|((h, t), p)| (*h, t, p))
+        .map(|((c, t), p)| (c.host.name.as_str(), t, p))
         .collect();
     let target = match plan::rollback_target(&refs, rb.to.as_deref()) {
         Ok(t) => t,
         Err(e) => {
+            r.report.release = None;
             return r
                 .close(&conns, Outcome::Failed, Some(crate::error::chain(&e)))
                 .await;
@@ -1683,62 +1278,29 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
             .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
             .await;
     }
-    for (h, t) in &ok_trees {
-        let host = r.host(h);
-        host.previous = t.current.clone();
-    }
-    let targets: Vec<(&Conn<'_>, &str, Option<&str>)> = conns
-        .iter()
-        .zip(&ok_trees)
-        .map(|(c, (_, t))| (c, target.as_str(), t.current.as_deref()))
-        .collect();
-    let switch = Switch {
+    let hosts: Vec<(&Host, &ReleaseTree)> =
+        conns.iter().map(|c| c.host).zip(ok_trees.iter()).collect();
+    let plan = plan::build::rollback(rb.inventory, &rendered(rb.templates), &hosts, &target, None);
+    let ctx = Ctx {
         inventory: rb.inventory,
         templates: rb.templates,
         out: rb.out,
-        deploy: false,
         token: &rb.run.token,
-        env_staged: Default::default(),
-        migrate_host: None,
+        release: &plan.release,
+        deploy: false,
+        artifact: None,
+        uploads: None,
+        facts: conns
+            .iter()
+            .map(|c| c.host.name.clone())
+            .zip(ok_trees.iter().cloned())
+            .collect(),
+        revision: String::new(),
+        env_content: None,
         guard: None,
+        now_unix: crate::deploy::pipeline::now_unix(),
     };
-    let (outcome, message) = switch_fleet(&mut r, &switch, &targets).await;
-    let outcome = match outcome {
-        Outcome::Deployed => {
-            // What each host ran before is what the operator turned away from: no default
-            // rollback target any more, whatever history says of its deploy.
-            let deploy_to = deploy_to.as_str();
-            let forgets = targets
-                .iter()
-                .filter_map(|(c, target, was)| was.filter(|w| w != target).map(|w| (c, w)))
-                .map(|(c, was)| async move {
-                    let cmd = commands::passed::forget(deploy_to, was);
-                    match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-                        Ok(o) if o.success() => None,
-                        _ => Some(format!(
-                            "{}: could not record {was} as rolled back from",
-                            c.host.name
-                        )),
-                    }
-                });
-            for note in futures::future::join_all(forgets)
-                .await
-                .into_iter()
-                .flatten()
-            {
-                rb.out.emit(Event::Note(&note));
-            }
-            for c in &conns {
-                rb.out.emit(Event::HostDone {
-                    host: &c.host.name,
-                    ok: true,
-                    summary: &format!("current -> {target}"),
-                });
-            }
-            Outcome::Deployed
-        }
-        other => other,
-    };
+    let (outcome, message) = execute_plan(&mut r, &ctx, &conns, &plan, &rb.cancel).await;
     r.close(&conns, outcome, message).await
 }
 

@@ -4,25 +4,22 @@
 //! migrations and hooks and where they run, the waves.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::artifact::Packed;
 use crate::commands::{self, exit};
 use crate::deploy::envfile::{self, KeyDiff};
-use crate::deploy::once;
 use crate::deploy::stage::{self, Templates};
 use crate::deploy::templates;
+use crate::deploy::{pipeline, upload};
 use crate::inventory::{Amount, Inventory};
 use crate::output::{Event, Output, Report, table};
 use crate::plan::facts;
-use crate::plan::{self, Source};
+use crate::plan::{Plan, Step};
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
-
-const SHORT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize)]
 pub struct PlanReport {
@@ -32,14 +29,18 @@ pub struct PlanReport {
     /// Size of the artifact's tar (uncompressed).
     pub artifact_bytes: u64,
     pub waves: Vec<Vec<String>>,
+    /// How many failed hosts `max_fail` tolerates before no further wave starts.
+    pub max_fail: usize,
     pub backup: Option<String>,
     pub migrate: Option<String>,
     /// Where backup, migrations and `once` hooks run.
     pub migrate_host: String,
+    /// The steps run once, on the migrate host, before any host switches.
+    pub once: Vec<Step>,
     pub hosts: Vec<HostPreview>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct HostPreview {
     pub host: String,
     /// `upload`, `reuse <id>` or `present`.
@@ -51,6 +52,8 @@ pub struct HostPreview {
     pub units: Vec<ConfigChange>,
     pub nginx: Option<ConfigChange>,
     pub hooks: Vec<String>,
+    /// Every step the deploy runs on this host, in order (what `deploy --json` reports).
+    pub steps: Vec<Step>,
     pub error: Option<String>,
 }
 
@@ -110,6 +113,19 @@ impl Report for PlanReport {
             for hook in &h.hooks {
                 let _ = writeln!(out, "  hook {hook}");
             }
+            let _ = writeln!(out, "  steps:");
+            let first_switch = h
+                .steps
+                .iter()
+                .position(|s| s.phase() == crate::plan::Phase::Switch);
+            for (i, step) in h.steps.iter().enumerate() {
+                if Some(i) == first_switch && self.migrate_host == h.host {
+                    for once in &self.once {
+                        let _ = writeln!(out, "    {} (once): {once}", once.name());
+                    }
+                }
+                let _ = writeln!(out, "    {}: {step}", step.name());
+            }
         }
         if let Some(b) = &self.backup {
             let _ = writeln!(out, "backup on {}: {b}", self.migrate_host);
@@ -140,54 +156,83 @@ pub struct Preview<'a> {
     pub templates: &'a Templates,
     pub env_content: Option<Secret>,
     pub now_unix: u64,
-    pub waves: &'a [Amount],
+    /// `--waves`, if given (else `rollout.waves`).
+    pub waves: Option<&'a [Amount]>,
     pub migrate_host: String,
     pub out: &'a Output,
 }
 
 pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
-    let deploy_to = &p.inventory.app.deploy_to;
-    let cmd = facts::releases(deploy_to);
-    let trees = futures::future::join_all(conns.iter().map(|c| {
-        let cmd = &cmd;
-        async move {
-            p.out.emit(Event::Step {
-                host: &c.host.name,
-                step: "reading",
-            });
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(facts::parse_releases(&o.stdout.text())),
-                Ok(o) => Err(format!("reading the release tree failed ({})", o.exit)),
-                Err(e) => Err(crate::error::chain(&e)),
+    for c in conns {
+        p.out.emit(Event::Step {
+            host: &c.host.name,
+            step: "reading",
+        });
+    }
+    // The same facts and the same plan as a deploy; only hosts whose tree could be read
+    // are planned.
+    let trees = pipeline::read_trees(conns, &p.inventory.app.deploy_to).await;
+    let mut readable = Vec::new();
+    let mut ok_trees = Vec::new();
+    let mut errors = std::collections::BTreeMap::new();
+    for (c, tree) in conns.iter().zip(trees) {
+        match tree {
+            Ok(t) => {
+                readable.push(c);
+                ok_trees.push(t);
+            }
+            Err(e) => {
+                errors.insert(c.host.name.clone(), e.message);
             }
         }
-    }))
-    .await;
-    let release = plan::next_release_id(
+    }
+    let refs: Vec<&facts::ReleaseTree> = ok_trees.iter().collect();
+    let wanted = pipeline::deltas_wanted(p.inventory, p.artifact);
+    let manifests =
+        upload::read_manifests(&readable, &refs, &p.inventory.app.deploy_to, wanted).await;
+    let facts = pipeline::DeployFacts {
+        trees: ok_trees,
+        manifests,
+    };
+    let migrate_host =
+        Some(p.migrate_host.as_str()).filter(|m| readable.iter().any(|c| c.host.name == *m));
+    let hosts: Vec<&crate::inventory::Host> = readable.iter().map(|c| c.host).collect();
+    let plan = pipeline::plan_deploy(
+        &hosts,
+        &facts,
+        p.inventory,
+        p.templates,
+        p.artifact,
+        p.env_content.is_some(),
         p.now_unix,
-        &p.artifact.sha256,
-        trees
-            .iter()
-            .flatten()
-            .flat_map(|t| t.releases.iter().map(|r| r.id.as_str())),
+        p.waves,
+        migrate_host,
     );
-    let hosts = futures::future::join_all(conns.iter().zip(&trees).map(|(c, tree)| {
-        let release = &release;
-        let p = &p;
-        async move { host_preview(p, c, tree, release).await }
+    let details = futures::future::join_all(readable.iter().zip(&facts.trees).map(|(&c, tree)| {
+        let (p, plan) = (&p, &plan);
+        async move { host_preview(p, plan, c, tree).await }
     }))
     .await;
-    let names: Vec<String> = conns.iter().map(|c| c.host.name.clone()).collect();
-    let waves = plan::waves(names.len(), p.waves)
-        .into_iter()
-        .map(|r| names[r].to_vec())
+    let mut details: std::collections::BTreeMap<String, HostPreview> =
+        details.into_iter().map(|h| (h.host.clone(), h)).collect();
+    let hosts = conns
+        .iter()
+        .map(|c| match details.remove(&c.host.name) {
+            Some(h) => h,
+            None => HostPreview {
+                host: c.host.name.clone(),
+                error: errors.remove(&c.host.name),
+                ..HostPreview::default()
+            },
+        })
         .collect();
     PlanReport {
         stage: p.stage.to_owned(),
-        release,
+        release: plan.release.clone(),
         artifact_sha256: p.artifact.sha256.clone(),
         artifact_bytes: p.artifact.tar_size,
-        waves,
+        waves: plan.waves.clone(),
+        max_fail: plan.max_fail,
         backup: p
             .inventory
             .backup
@@ -195,61 +240,55 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
             .map(|b| format!("`{}` into `{}` (keep {})", b.command, b.dir, b.keep)),
         migrate: p.inventory.migrate.as_ref().map(|m| m.command.clone()),
         migrate_host: p.migrate_host.clone(),
+        once: plan.once.clone(),
         hosts,
     }
 }
 
 async fn host_preview(
     p: &Preview<'_>,
+    plan: &Plan,
     c: &Conn<'_>,
-    tree: &Result<facts::ReleaseTree, String>,
-    release: &str,
+    tree: &facts::ReleaseTree,
 ) -> HostPreview {
     let mut h = HostPreview {
         host: c.host.name.clone(),
-        source: String::new(),
-        current: None,
-        prune: Vec::new(),
-        env_keys: None,
-        units: Vec::new(),
-        nginx: None,
-        hooks: Vec::new(),
-        error: None,
+        current: tree.current.clone(),
+        ..HostPreview::default()
     };
-    let tree = match tree {
-        Ok(t) => t,
-        Err(e) => {
-            h.error = Some(e.clone());
-            return h;
-        }
+    let Some(hs) = plan.host(&c.host.name) else {
+        return h;
     };
-    let hp = plan::host_plan(
-        &c.host.name,
-        tree,
-        release,
-        &p.artifact.sha256,
-        p.inventory.app.keep_releases as usize,
-    );
-    h.source = match &hp.source {
-        Source::Upload => {
-            let delta = p.inventory.artifact.as_ref().is_some_and(|a| a.delta)
-                && p.artifact.manifest.is_some()
-                && tree.delta;
-            match (&tree.current, &tree.manifest) {
-                (Some(current), Some(_)) if delta => {
-                    format!("upload what {current} lacks (delta)")
+    h.steps = hs.steps.clone();
+    for step in &hs.steps {
+        match step {
+            Step::Upload { bytes, why, .. } => {
+                h.source = format!("upload {} (before compression)", table::bytes(*bytes));
+                if let Some(why) = why {
+                    h.source.push_str(&format!(": {why}"));
                 }
-                _ => format!(
-                    "upload {} (before compression)",
-                    table::bytes(p.artifact.tar_size)
-                ),
             }
+            Step::Delta {
+                from,
+                content_bytes,
+                ..
+            } => {
+                h.source = format!(
+                    "upload what {from} lacks (delta, {} of content)",
+                    table::bytes(*content_bytes)
+                );
+            }
+            Step::Reuse { from, .. } => h.source = format!("reuse {from} (nothing to upload)"),
+            Step::Present { .. } => h.source = "present".to_owned(),
+            Step::Prune { releases } => h.prune = releases.clone(),
+            Step::Hook { at, command } => h.hooks.push(format!(
+                "{}: `{command}`",
+                crate::plan::step::hook_point_str(*at)
+            )),
+            _ => {}
         }
-        Source::Reuse { from } => format!("reuse {from} (nothing to upload)"),
-        Source::Present => "present".to_owned(),
-    };
-    h.current = tree.current.clone();
-    h.prune = hp.prune;
+    }
+    let release = &plan.release;
     if let (Some(env), Some(content)) = (&p.inventory.env, &p.env_content) {
         match read(c, &env.path).await {
             Ok(current) => {
@@ -273,15 +312,6 @@ async fn host_preview(
     if let Some((site, file, source)) = &p.templates.nginx {
         let path = format!("{}/{site}", commands::nginx::AVAILABLE);
         h.nginx = Some(change(c, &format!("nginx site {site}"), file, source, &ctx, &path).await);
-    }
-    let is_migrate_host = c.host.name == p.migrate_host;
-    for hook in &p.inventory.hooks {
-        let applies = (!hook.once || is_migrate_host)
-            && (hook.roles.is_empty() || hook.roles.iter().any(|r| c.host.has_role(r)));
-        if applies {
-            h.hooks
-                .push(format!("{}: `{}`", once::point_name(hook.at), hook.command));
-        }
     }
     h
 }
@@ -327,7 +357,11 @@ fn unified(old: &str, new: &str) -> String {
 
 async fn read(c: &Conn<'_>, path: &str) -> Result<Option<String>, String> {
     let cmd = commands::files::read(path);
-    match c.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
+    match c
+        .transport
+        .exec(ExecRequest::new(&cmd, crate::execute::timeout::SHORT))
+        .await
+    {
         Ok(o) if o.success() => Ok(Some(o.stdout.text())),
         Ok(o) if o.exit == Exit::Code(exit::NO_FILE) => Ok(None),
         Ok(o) => Err(format!("reading `{path}` failed ({})", o.exit)),

@@ -3,17 +3,14 @@
 //! `<release>/.shipit/`), each validated on the host (`systemd-analyze verify`, `nginx -t`).
 //! A problem here fails staging, so nothing is switched anywhere.
 
-use std::time::Duration;
-
 use crate::commands::{self, exit};
 use crate::deploy::envfile::{self, KeyDiff};
 use crate::deploy::templates::{self, AppCtx, Context, EnvCtx, HostCtx, ReleaseCtx};
+use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit, Stdin};
-
-const SHORT: Duration = Duration::from_secs(60);
 
 /// The templates of the inventory, read once by the caller (errors before any connection).
 #[derive(Debug, Default)]
@@ -87,30 +84,43 @@ pub fn check(
     Ok(())
 }
 
-/// Stages the next env file as run `token`'s when its content differs from the host's, or
-/// when the host's has a mode other than 0600 or another owner than the app user (it is
-/// then rewritten with the same content); returns which keys change (names only), or
-/// `None` when nothing was staged. A file at the path that shipit did not write is an
-/// error: it is never replaced.
+/// `stage_env`: stages the next env file as run `token`'s when its content differs from
+/// the host's, or when the host's has a mode other than 0600 or another owner than the app
+/// user (it is then rewritten with the same content); returns which keys change (names
+/// only), or `None` when nothing was staged. A file at the path that shipit did not write
+/// is an error: it is never replaced.
 pub async fn stage_env(
     conn: &Conn<'_>,
     inventory: &Inventory,
     content: &Secret,
     token: &str,
-) -> Result<Option<KeyDiff>, String> {
+) -> Result<Option<KeyDiff>, RemoteError> {
     let Some(env) = &inventory.env else {
         return Ok(None);
     };
+    let host = conn.host.name.as_str();
+    let fail = |message: String| RemoteError::new(host, "stage_env", message);
     let owner = inventory.app.user.as_deref();
     let read = commands::envfile::read(&env.path, owner);
-    let (current, loose) = match conn.transport.exec(ExecRequest::new(&read, SHORT)).await {
-        Ok(o) if o.success() => (o.stdout.text(), false),
-        Ok(o) if o.exit == Exit::Code(exit::ENV_LOOSE) => (o.stdout.text(), true),
-        Ok(o) if o.exit == Exit::Code(exit::FOREIGN_FILE) => {
-            return Err(o.stderr.text().trim().to_owned());
+    let what = format!("reading `{}`", env.path);
+    let o = execute::output(
+        conn,
+        "stage_env",
+        &what,
+        ExecRequest::new(&read, timeout::SHORT),
+    )
+    .await?;
+    let (current, loose) = match o.exit {
+        Exit::Code(0) => (o.stdout.text(), false),
+        Exit::Code(exit::ENV_LOOSE) => (o.stdout.text(), true),
+        Exit::Code(exit::FOREIGN_FILE) => {
+            return Err(RemoteError::from_output(host, "stage_env", &what, &o)
+                .saying(o.stderr.text().trim().to_owned()));
         }
-        Ok(o) => return Err(format!("cannot read `{}` ({})", env.path, o.exit)),
-        Err(e) => return Err(e.to_string()),
+        _ => {
+            return Err(RemoteError::from_output(host, "stage_env", &what, &o)
+                .saying(format!("cannot read `{}` ({})", env.path, o.exit)));
+        }
     };
     if current == content.expose() && !loose {
         return Ok(None);
@@ -118,39 +128,38 @@ pub async fn stage_env(
     let diff = envfile::diff(&envfile::parse(&current), &envfile::parse(content.expose()));
     let next = commands::envfile::next_path(&env.path, token);
     let write = commands::files::write(&next, "600", owner);
-    let req = ExecRequest::new(&write, SHORT).stdin(Stdin::Secret(content.clone()));
-    match conn.transport.exec(req).await {
-        Ok(o) if o.success() => Ok(Some(diff)),
-        Ok(o) => Err(format!(
+    let req = ExecRequest::new(&write, timeout::SHORT).stdin(Stdin::Secret(content.clone()));
+    let o = execute::output(conn, "stage_env", "writing the env file", req).await?;
+    if !o.success() {
+        return Err(fail(format!(
             "cannot write `{next}` ({}): {}",
             o.exit,
             o.stderr.text().trim()
-        )),
-        Err(e) => Err(e.to_string()),
+        )));
     }
+    Ok(Some(diff))
 }
 
-/// Renders, uploads and validates the units and the Nginx site into `release_dir`.
-/// `env_next` is the env file this run staged on the host, if it did (Compose reads it).
-pub async fn stage_configs(
+/// `stage_units`: renders the units into `release_dir` and verifies them on the host.
+pub async fn stage_units(
     conn: &Conn<'_>,
     inventory: &Inventory,
     templates: &Templates,
     release: &str,
     release_dir: &str,
-    env_next: Option<&str>,
-) -> Result<(), String> {
-    if templates.units.is_empty() && templates.nginx.is_none() && templates.compose.is_none() {
-        return Ok(());
-    }
+) -> Result<(), RemoteError> {
+    const STEP: &str = "stage_units";
+    let host = conn.host.name.as_str();
     let ctx = context(inventory, conn.host, release);
     let deploy_to = &inventory.app.deploy_to;
     let current = format!("{deploy_to}/current/");
     let release_path = format!("{deploy_to}/releases/{release}/");
     for (unit, file, source) in &templates.units {
-        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
+        let text = templates::render(file, source, &ctx)
+            .map_err(|e| RemoteError::new(host, STEP, e.to_string()))?;
         put(
             conn,
+            STEP,
             &format!("{release_dir}/{SYSTEMD_DIR}/{unit}"),
             text.as_bytes(),
         )
@@ -160,115 +169,143 @@ pub async fn stage_configs(
         let as_switched = text.replace(&current, &release_path);
         put(
             conn,
+            STEP,
             &format!("{release_dir}/{SYSTEMD_VERIFY_DIR}/{unit}"),
             as_switched.as_bytes(),
         )
         .await?;
     }
-    if !templates.units.is_empty() {
-        let verify = commands::systemd::verify(&format!("{release_dir}/{SYSTEMD_VERIFY_DIR}"));
-        match conn
-            .transport
-            .exec(ExecRequest::new(&verify, SHORT * 2))
-            .await
-        {
-            Ok(o) if o.success() => {}
-            Ok(o) if o.exit == Exit::Code(exit::VERIFY_FAILED) => {
-                return Err(format!(
-                    "`systemd-analyze verify` rejects the units:\n{}",
-                    o.stderr.text().trim_end()
-                ));
-            }
-            Ok(o) => {
-                return Err(format!(
-                    "verifying the units failed ({}): {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    let verify = commands::systemd::verify(&format!("{release_dir}/{SYSTEMD_VERIFY_DIR}"));
+    let what = "verifying the units";
+    let o = execute::output(
+        conn,
+        STEP,
+        what,
+        ExecRequest::new(&verify, timeout::SHORT * 2),
+    )
+    .await?;
+    match o.exit {
+        Exit::Code(0) => Ok(()),
+        Exit::Code(exit::VERIFY_FAILED) => Err(RemoteError::from_output(host, STEP, what, &o)
+            .saying(format!(
+                "`systemd-analyze verify` rejects the units:\n{}",
+                o.stderr.text().trim_end()
+            ))),
+        _ => Err(RemoteError::from_output(host, STEP, what, &o)),
     }
-    if let Some((site, file, source)) = &templates.nginx {
-        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
-        let candidate = format!("{release_dir}/{NGINX_DIR}/{site}");
-        put(conn, &candidate, text.as_bytes()).await?;
-        let test = commands::nginx::test(site, &candidate);
-        match conn.transport.exec(ExecRequest::new(&test, SHORT)).await {
-            Ok(o) if o.success() => {}
-            Ok(o) if o.exit == Exit::Code(exit::NGINX_INVALID) => {
-                return Err(format!(
-                    "`nginx -t` rejects site `{site}` (rendered from `{file}`); the live site is unchanged:\n{}",
-                    o.stderr.text().trim_end()
-                ));
-            }
-            Ok(o) => {
-                return Err(format!(
-                    "testing the nginx site failed ({}): {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    if let (Some((file, source)), Some(compose)) = (&templates.compose, &inventory.compose) {
-        let text = templates::render(file, source, &ctx).map_err(|e| e.to_string())?;
-        let no_vars = Default::default();
-        let vars = inventory.env.as_ref().map_or(&no_vars, |e| &e.vars);
-        let unpinned = commands::compose::unpinned_images(&text, vars);
-        if !unpinned.is_empty() {
-            let list: Vec<String> = unpinned
-                .iter()
-                .map(|(l, i)| format!("line {l}: `{i}`"))
-                .collect();
-            return Err(format!(
-                "the compose file rendered from `{file}` uses images without a pinned tag ({}); name a version or a digest so a release always means the same images",
-                list.join(", ")
-            ));
-        }
-        let path = format!("{release_dir}/{COMPOSE_FILE}");
-        put(conn, &path, text.as_bytes()).await?;
-        let env_path = env_next.or(inventory.env.as_ref().map(|e| e.path.as_str()));
-        let stage = commands::compose::stage(&compose.project, &path, env_path, compose.pull);
-        let step = if compose.pull {
-            "checking the compose file and pulling its images"
-        } else {
-            "checking the compose file"
-        };
-        match conn
-            .transport
-            .exec(ExecRequest::new(&stage, SHORT * 30))
-            .await
-        {
-            Ok(o) if o.success() => {}
-            Ok(o) => {
-                let why = match o.exit {
-                    Exit::Code(exit::NO_COMPOSE) => {
-                        "the host has neither `docker compose` nor `docker-compose`"
-                    }
-                    Exit::Code(exit::COMPOSE_INVALID) => "Compose rejects the file",
-                    Exit::Code(exit::PULL_FAILED) => "pulling the images failed",
-                    _ => "it failed",
-                };
-                return Err(format!("{step}: {why}:\n{}", o.stderr.text().trim_end()));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
 }
 
-async fn put(conn: &Conn<'_>, path: &str, content: &[u8]) -> Result<(), String> {
+/// `stage_site`: renders the Nginx site into `release_dir` and tests it on the host.
+pub async fn stage_site(
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+    templates: &Templates,
+    release: &str,
+    release_dir: &str,
+) -> Result<(), RemoteError> {
+    const STEP: &str = "stage_site";
+    let host = conn.host.name.as_str();
+    let Some((site, file, source)) = &templates.nginx else {
+        return Ok(());
+    };
+    let ctx = context(inventory, conn.host, release);
+    let text = templates::render(file, source, &ctx)
+        .map_err(|e| RemoteError::new(host, STEP, e.to_string()))?;
+    let candidate = format!("{release_dir}/{NGINX_DIR}/{site}");
+    put(conn, STEP, &candidate, text.as_bytes()).await?;
+    let test = commands::nginx::test(site, &candidate);
+    let what = "testing the nginx site";
+    let o = execute::output(conn, STEP, what, ExecRequest::new(&test, timeout::SHORT)).await?;
+    match o.exit {
+        Exit::Code(0) => Ok(()),
+        Exit::Code(exit::NGINX_INVALID) => Err(RemoteError::from_output(host, STEP, what, &o)
+            .saying(format!(
+                "`nginx -t` rejects site `{site}` (rendered from `{file}`); the live site is unchanged:\n{}",
+                o.stderr.text().trim_end()
+            ))),
+        _ => Err(RemoteError::from_output(host, STEP, what, &o)),
+    }
+}
+
+/// `stage_compose`: renders the compose file into `release_dir`, checks it (and pulls its
+/// images). `env_next` is the env file this run staged on the host, if it did (Compose
+/// reads it).
+pub async fn stage_compose(
+    conn: &Conn<'_>,
+    inventory: &Inventory,
+    templates: &Templates,
+    release: &str,
+    release_dir: &str,
+    env_next: Option<&str>,
+) -> Result<(), RemoteError> {
+    const STEP: &str = "stage_compose";
+    let host = conn.host.name.as_str();
+    let (Some((file, source)), Some(compose)) = (&templates.compose, &inventory.compose) else {
+        return Ok(());
+    };
+    let ctx = context(inventory, conn.host, release);
+    let text = templates::render(file, source, &ctx)
+        .map_err(|e| RemoteError::new(host, STEP, e.to_string()))?;
+    let no_vars = Default::default();
+    let vars = inventory.env.as_ref().map_or(&no_vars, |e| &e.vars);
+    let unpinned = commands::compose::unpinned_images(&text, vars);
+    if !unpinned.is_empty() {
+        let list: Vec<String> = unpinned
+            .iter()
+            .map(|(l, i)| format!("line {l}: `{i}`"))
+            .collect();
+        return Err(RemoteError::new(
+            host,
+            STEP,
+            format!(
+                "the compose file rendered from `{file}` uses images without a pinned tag ({}); name a version or a digest so a release always means the same images",
+                list.join(", ")
+            ),
+        ));
+    }
+    let path = format!("{release_dir}/{COMPOSE_FILE}");
+    put(conn, STEP, &path, text.as_bytes()).await?;
+    let env_path = env_next.or(inventory.env.as_ref().map(|e| e.path.as_str()));
+    let stage = commands::compose::stage(&compose.project, &path, env_path, compose.pull);
+    let what = if compose.pull {
+        "checking the compose file and pulling its images"
+    } else {
+        "checking the compose file"
+    };
+    let o = execute::output(
+        conn,
+        STEP,
+        what,
+        ExecRequest::new(&stage, timeout::SHORT * 30),
+    )
+    .await?;
+    if o.success() {
+        return Ok(());
+    }
+    let why = match o.exit {
+        Exit::Code(exit::NO_COMPOSE) => {
+            "the host has neither `docker compose` nor `docker-compose`"
+        }
+        Exit::Code(exit::COMPOSE_INVALID) => "Compose rejects the file",
+        Exit::Code(exit::PULL_FAILED) => "pulling the images failed",
+        _ => "it failed",
+    };
+    Err(RemoteError::from_output(host, STEP, what, &o)
+        .saying(format!("{what}: {why}:\n{}", o.stderr.text().trim_end())))
+}
+
+async fn put(conn: &Conn<'_>, step: &str, path: &str, content: &[u8]) -> Result<(), RemoteError> {
     let cmd = commands::files::write(path, "644", None);
-    let req = ExecRequest::new(&cmd, SHORT).stdin(Stdin::Bytes(content.to_vec()));
-    match conn.transport.exec(req).await {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!(
+    let req = ExecRequest::new(&cmd, timeout::SHORT).stdin(Stdin::Bytes(content.to_vec()));
+    let o = execute::output(conn, step, &format!("writing `{path}`"), req).await?;
+    if o.success() {
+        return Ok(());
+    }
+    Err(
+        RemoteError::from_output(&conn.host.name, step, "writing", &o).saying(format!(
             "cannot write `{path}` ({}): {}",
             o.exit,
             o.stderr.text().trim()
         )),
-        Err(e) => Err(e.to_string()),
-    }
+    )
 }

@@ -1,60 +1,25 @@
-//! Switching one host to a release and, when that fails, back: the env file, `current`,
-//! the units (install if changed, daemon-reload, enable, restart, active), the Nginx site
-//! (install, test, reload), then the health gate.
+//! The switch steps of one host and their undo: arm the guard, install the env file, point
+//! `current` at the release, install and restart the units, install the Nginx site, bring
+//! the compose stack up, the health gate, confirm.
 //!
-//! Every step records what it changed, so switching back undoes exactly that: the previous
-//! env file, `current`, units and site are put back and the services restarted and checked.
+//! Each step that changes what the host serves has an [`Undo`]; switching back runs the
+//! undos of the steps that started, so it puts back exactly what was touched: the previous
+//! env file, `current`, units and site, and the services restarted and checked.
 
 use std::time::Duration;
 
+use super::stage::{COMPOSE_FILE, NGINX_DIR, SYSTEMD_DIR};
+use super::{Ctx, HostState, health};
 use crate::commands::{self, exit};
-use crate::deploy::health;
-use crate::deploy::once;
-use crate::deploy::stage::{NGINX_DIR, SYSTEMD_DIR, Templates};
-use crate::inventory::{HookPoint, Inventory};
-use crate::output::{Event, Output};
+use crate::execute::{self, RemoteError, timeout};
+use crate::plan::{HostSteps, Phase, Undo, step};
 use crate::shell::Cmd;
+use crate::transport::ExecRequest;
 use crate::transport::fleet::Conn;
-use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
-
-const SHORT: Duration = Duration::from_secs(60);
-/// Restarts can take a while (a service's own stop timeout is 90 s by default).
-const RESTART: Duration = Duration::from_secs(300);
-
-/// What switching a host touched, for switching it back.
-#[derive(Debug, Default)]
-pub struct Touched {
-    pub guard: bool,
-    pub env: bool,
-    pub current: bool,
-    pub units: bool,
-    pub nginx: bool,
-    pub compose: bool,
-}
-
-pub struct Switch<'a> {
-    pub inventory: &'a Inventory,
-    pub templates: &'a Templates,
-    pub out: &'a Output,
-    /// A deploy puts the staged env file in place and runs hooks; a rollback does neither.
-    pub deploy: bool,
-    /// The run's token: it names the env file this run staged.
-    pub token: &'a str,
-    /// The hosts where this run staged a new env file (its content or mode changed): only
-    /// there is one installed, and there it must still be at the switch.
-    pub env_staged: std::collections::BTreeSet<String>,
-    /// The host that runs `once` hooks.
-    pub migrate_host: Option<String>,
-    /// Arm the dead-deployer guard before switching each host.
-    pub guard: Option<Guard>,
-}
 
 /// The dead-deployer guard of a run.
 #[derive(Clone, Debug)]
 pub struct Guard {
-    pub token: String,
-    /// Seconds from arming until the guard switches the host back unless confirmed.
-    pub delay_secs: u64,
     /// The history entry the guard appends when it fires (its `hosts` become the one host,
     /// its times the time it fires).
     pub history: crate::ops::history::Entry,
@@ -62,375 +27,336 @@ pub struct Guard {
     pub redactor: crate::output::redact::Redactor,
 }
 
-impl Switch<'_> {
-    fn deploy_to(&self) -> &str {
-        &self.inventory.app.deploy_to
-    }
+fn units(ctx: &Ctx<'_>) -> Vec<String> {
+    ctx.templates
+        .units
+        .iter()
+        .map(|(u, _, _)| u.clone())
+        .collect()
+}
 
-    fn step(&self, conn: &Conn<'_>, step: &str) {
-        self.out.emit(Event::Step {
-            host: &conn.host.name,
-            step,
-        });
-    }
-
-    fn units(&self) -> Vec<String> {
-        self.templates
-            .units
-            .iter()
-            .map(|(u, _, _)| u.clone())
-            .collect()
-    }
-
-    /// The commands that put a host back: what the guard runs, and what
-    /// [`deactivate`](Self::deactivate) runs step by step.
-    fn undo_steps(
-        &self,
-        release: &str,
-        previous: Option<&str>,
-        touched: &Touched,
-    ) -> Vec<(Cmd, Duration, &'static str)> {
-        let deploy_to = self.deploy_to();
-        let mut steps = Vec::new();
-        if touched.env
-            && let Some(env) = &self.inventory.env
-        {
-            steps.push((
-                commands::envfile::restore(deploy_to, &env.path),
-                SHORT,
-                "restoring the env file",
-            ));
-        }
-        if touched.current {
-            let cmd = match previous {
+/// The command that performs `undo` on a host switched from `previous` to `release`.
+fn undo_cmd(
+    ctx: &Ctx<'_>,
+    release: &str,
+    previous: Option<&str>,
+    undo: Undo,
+) -> Option<(Cmd, Duration, &'static str)> {
+    let inv = ctx.inventory;
+    let deploy_to = inv.app.deploy_to.as_str();
+    Some(match undo {
+        Undo::RestoreEnv => (
+            commands::envfile::restore(deploy_to, &inv.env.as_ref()?.path),
+            timeout::SHORT,
+            "restoring the env file",
+        ),
+        Undo::SwitchBack => (
+            match previous {
                 Some(prev) => commands::release::switch(deploy_to, prev),
                 None => commands::release::remove_current(deploy_to),
-            };
-            steps.push((cmd, SHORT, "switching `current` back"));
-        }
-        if touched.units {
-            steps.push((
-                commands::systemd::restore(deploy_to, &self.units()),
-                RESTART,
-                "restoring and restarting the units",
-            ));
-        }
-        if touched.compose
-            && let Some(compose) = &self.inventory.compose
-        {
-            let release_file = |id: &str| {
-                format!(
-                    "{deploy_to}/releases/{id}/{}",
-                    crate::deploy::stage::COMPOSE_FILE
-                )
-            };
+            },
+            timeout::SHORT,
+            "switching `current` back",
+        ),
+        Undo::RestoreUnits => (
+            commands::systemd::restore(deploy_to, &units(ctx)),
+            timeout::RESTART,
+            "restoring and restarting the units",
+        ),
+        Undo::RestoreCompose => {
+            let compose = inv.compose.as_ref()?;
+            let release_file = |id: &str| format!("{deploy_to}/releases/{id}/{COMPOSE_FILE}");
             let prev = previous.map(release_file);
             let now = release_file(release);
-            let env = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            steps.push((
+            let env = inv.env.as_ref().map(|e| e.path.as_str());
+            (
                 commands::compose::back(&compose.project, prev.as_deref(), &now, env),
-                RESTART,
+                timeout::RESTART,
                 "restoring the compose stack",
-            ));
+            )
         }
-        if touched.nginx
-            && let Some((site, _, _)) = &self.templates.nginx
-        {
-            steps.push((
-                commands::nginx::restore(deploy_to, site),
-                SHORT,
-                "restoring the nginx site",
-            ));
-        }
-        steps
+        Undo::RestoreSite => (
+            commands::nginx::restore(deploy_to, &ctx.templates.nginx.as_ref()?.0),
+            timeout::SHORT,
+            "restoring the nginx site",
+        ),
+    })
+}
+
+/// `arm_guard`: a sleeper on the host that runs the undo of every switch step of `host`
+/// unless the run confirms within `delay_secs`.
+pub async fn arm_guard(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    host: &HostSteps,
+    delay_secs: u64,
+) -> Result<(), RemoteError> {
+    let Some(guard) = &ctx.guard else {
+        return Ok(());
+    };
+    let deploy_to = ctx.inventory.app.deploy_to.as_str();
+    let release = ctx.release;
+    let previous = host.previous.as_deref();
+    ctx.step(c, "arming the guard");
+    // The release the guard turns away from is no rollback target, whatever it was.
+    let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
+        .chain(
+            step::undo_order(host.phase(Phase::Switch))
+                .into_iter()
+                .filter_map(|u| undo_cmd(ctx, release, previous, u))
+                .map(|(c, _, _)| c),
+        )
+        .collect();
+    let line = {
+        let mut entry = guard.history.clone();
+        entry.hosts = vec![c.host.name.clone()];
+        let mut value = serde_json::to_value(&entry).expect("plain data serializes");
+        guard.redactor.apply_json(&mut value);
+        // The guard writes the time it fires: history sorts by when things happened.
+        let mark = commands::guard::time_placeholder();
+        value["time"] = mark.into();
+        value["finished"] = mark.into();
+        value.to_string()
+    };
+    let script = commands::guard::script(deploy_to, ctx.token, release, previous, &body, &line);
+    let cmd = commands::guard::arm(deploy_to, ctx.token, delay_secs);
+    let req = ExecRequest::new(&cmd, timeout::SHORT)
+        .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
+    if let Err(e) = execute::exec(c, "arm_guard", "arming the dead-deployer guard", req).await {
+        // A sleeper may have started all the same: it must never fire.
+        let cmd = commands::guard::disarm(deploy_to, ctx.token);
+        let _ = c
+            .transport
+            .exec(ExecRequest::new(&cmd, timeout::SHORT))
+            .await;
+        return Err(e);
     }
+    Ok(())
+}
 
-    /// Switches `conn` to `release`. On error, `touched` says what must be put back.
-    pub async fn activate(
-        &self,
-        conn: &Conn<'_>,
-        release: &str,
-        previous: Option<&str>,
-        touched: &mut Touched,
-    ) -> Result<(), String> {
-        let deploy_to = self.deploy_to();
-        let release_dir = format!("{deploy_to}/releases/{release}");
-        if let Some(guard) = &self.guard {
-            self.step(conn, "arming the guard");
-            // Everything this switch may touch, so the guard undoes all of it.
-            let all = Touched {
-                guard: true,
-                env: self.deploy && self.inventory.env.is_some(),
-                current: true,
-                units: !self.templates.units.is_empty(),
-                nginx: self.templates.nginx.is_some(),
-                compose: self.inventory.compose.is_some(),
-            };
-            // The release the guard turns away from is no rollback target, whatever it was.
-            let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
-                .chain(
-                    self.undo_steps(release, previous, &all)
-                        .into_iter()
-                        .map(|(c, _, _)| c),
-                )
-                .collect();
-            let line = {
-                let mut entry = guard.history.clone();
-                entry.hosts = vec![conn.host.name.clone()];
-                let mut value = serde_json::to_value(&entry).expect("plain data serializes");
-                guard.redactor.apply_json(&mut value);
-                // The guard writes the time it fires: history sorts by when things happened.
-                let mark = commands::guard::time_placeholder();
-                value["time"] = mark.into();
-                value["finished"] = mark.into();
-                value.to_string()
-            };
-            let script =
-                commands::guard::script(deploy_to, &guard.token, release, previous, &body, &line);
-            let cmd = commands::guard::arm(deploy_to, &guard.token, guard.delay_secs);
-            let req = ExecRequest::new(&cmd, SHORT)
-                .stdin(crate::transport::Stdin::Bytes(script.into_bytes()));
-            match conn.transport.exec(req).await {
-                Ok(o) if o.success() => touched.guard = true,
-                other => {
-                    // A sleeper may have started all the same: it must never fire.
-                    let cmd = commands::guard::disarm(deploy_to, &guard.token);
-                    let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
-                    return Err(failure(other, "arming the dead-deployer guard"));
-                }
-            }
-        }
-        let mut vars = once::task_vars(self.inventory, &conn.host.name, release, previous);
-        if self.deploy {
-            vars.env_next = once::env_next(self.inventory, self.token);
-        }
-        self.hooks(conn, HookPoint::BeforeSwitch, &release_dir, &vars)
-            .await?;
-        if self.deploy
-            && let Some(env) = &self.inventory.env
-            && self.env_staged.contains(&conn.host.name)
-        {
-            self.step(conn, "installing env file");
-            touched.env = true;
-            let cmd = commands::envfile::activate(deploy_to, &env.path, self.token);
-            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-                Ok(o) if o.success() => {}
-                Ok(o) if o.exit == Exit::Code(exit::ENV_STAGING_GONE) => {
-                    // Nothing was changed, and what `.shipit/previous` holds may be another
-                    // run's by now: nothing to put back.
-                    touched.env = false;
-                    return Err(failure(Ok(o), "installing the env file"));
-                }
-                other => return Err(failure(other, "installing the env file")),
-            }
-        }
-        self.step(conn, "switching");
-        touched.current = true;
-        let cmd = commands::release::switch(deploy_to, release);
-        run(conn, &cmd, SHORT, "switching `current`").await?;
-        self.hooks(conn, HookPoint::AfterSwitch, &release_dir, &vars)
-            .await?;
+/// `install_env`: the env file this run staged replaces the host's.
+pub async fn install_env(ctx: &Ctx<'_>, c: &Conn<'_>, path: &str) -> Result<(), RemoteError> {
+    ctx.step(c, "installing env file");
+    let cmd = commands::envfile::activate(&ctx.inventory.app.deploy_to, path, ctx.token);
+    execute::run(
+        c,
+        "install_env",
+        "installing the env file",
+        &cmd,
+        timeout::SHORT,
+    )
+    .await
+    .map(drop)
+}
 
-        let units = self.units();
-        if !units.is_empty() {
-            self.step(conn, "installing units");
-            touched.units = true;
-            let cmd = commands::systemd::install(
-                deploy_to,
-                &format!("{release_dir}/{SYSTEMD_DIR}"),
-                &units,
-            );
-            let out = run(conn, &cmd, RESTART, "installing the units").await?;
-            let changed: Vec<String> = out
-                .stdout
-                .text()
-                .lines()
-                .filter_map(|l| l.strip_prefix("changed ").map(str::to_owned))
-                .collect();
-            for unit in &units {
-                self.step(conn, &format!("restarting {unit}"));
-                let cmd = commands::systemd::start(unit, changed.contains(unit));
-                match conn.transport.exec(ExecRequest::new(&cmd, RESTART)).await {
-                    Ok(o) if o.success() => {}
-                    Ok(o) if o.exit == Exit::Code(exit::NOT_ACTIVE) => {
-                        return Err(format!(
-                            "`{unit}` is not active after its restart:\n{}",
-                            o.stderr.text().trim_end()
-                        ));
-                    }
-                    other => return Err(failure(other, &format!("restarting `{unit}`"))),
-                }
-            }
-        }
-        if let Some((site, _, _)) = &self.templates.nginx {
-            self.step(conn, "installing nginx site");
-            touched.nginx = true;
-            let cmd = commands::nginx::install(
-                deploy_to,
-                site,
-                &format!("{release_dir}/{NGINX_DIR}/{site}"),
-            );
-            match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-                Ok(o) if o.success() => {}
-                Ok(o) if o.exit == Exit::Code(exit::NGINX_INVALID) => {
-                    return Err(format!(
-                        "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
-                        o.stderr.text().trim_end()
-                    ));
-                }
-                other => return Err(failure(other, "installing the nginx site")),
-            }
-        }
-        if let Some(compose) = &self.inventory.compose {
-            self.step(conn, "starting the compose stack");
-            touched.compose = true;
-            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            let file = format!("{release_dir}/{}", crate::deploy::stage::COMPOSE_FILE);
-            let cmd = commands::compose::up(&compose.project, &file, env_path);
-            run(conn, &cmd, RESTART, "starting the compose stack").await?;
-        }
-        self.hooks(conn, HookPoint::AfterRestart, &release_dir, &vars)
-            .await?;
-        if !self.inventory.health.is_empty() {
-            self.step(conn, "health check");
-            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            let checks = &self.inventory.health;
-            health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await?;
-        }
-        match &self.guard {
-            Some(guard) => {
-                self.step(conn, "confirming");
-                // Confirming also records that the release passed here (a rollback target).
-                let cmd = commands::guard::confirm(deploy_to, &guard.token, release);
-                match conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await {
-                    Ok(o) if o.success() => touched.guard = false,
-                    Ok(o) if o.exit == Exit::Code(exit::GUARD_FIRED) => {
-                        // The guard already put the host back: nothing left for us to undo.
-                        *touched = Touched::default();
-                        return Err(format!(
-                            "the dead-deployer guard switched the host back before the deploy confirmed it (after {} s); raise `rollout.confirm_timeout`",
-                            guard.delay_secs
-                        ));
-                    }
-                    Ok(o) if o.exit == Exit::Code(exit::GUARD_DISARMED) => {
-                        // Another run took over the host (`shipit unlock` while this run
-                        // held the lock): it is that run's to change, not ours to undo.
-                        *touched = Touched::default();
-                        return Err(
-                            "another run disarmed this run's dead-deployer guard (`shipit unlock` while this run held the lock); the host was left as it is".to_owned(),
-                        );
-                    }
-                    other => return Err(failure(other, "confirming the switch")),
-                }
-            }
-            None => {
-                // A rollback: the release passed again; a record that cannot be written
-                // costs only its being a rollback target later. (The release it replaced
-                // is recorded rejected once the whole fleet rolled back.)
-                let cmd = commands::passed::mark(deploy_to, release);
-                if let Err(e) = run(conn, &cmd, SHORT, "recording the release as passed").await {
-                    self.out
-                        .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-                }
-            }
-        }
-        Ok(())
+/// `switch`: `current` → the release.
+pub async fn switch_current(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> {
+    ctx.step(c, "switching");
+    let cmd = commands::release::switch(&ctx.inventory.app.deploy_to, ctx.release);
+    execute::run(c, "switch", "switching `current`", &cmd, timeout::SHORT)
+        .await
+        .map(drop)
+}
+
+/// `install_units`: returns the units whose installed file changed.
+pub async fn install_units(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<Vec<String>, RemoteError> {
+    ctx.step(c, "installing units");
+    let cmd = commands::systemd::install(
+        &ctx.inventory.app.deploy_to,
+        &format!("{}/{SYSTEMD_DIR}", ctx.release_dir()),
+        &units(ctx),
+    );
+    let out = execute::run(
+        c,
+        "install_units",
+        "installing the units",
+        &cmd,
+        timeout::RESTART,
+    )
+    .await?;
+    Ok(out
+        .stdout
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("changed ").map(str::to_owned))
+        .collect())
+}
+
+/// `restart`: restart `unit` (enabling it first if its file changed) and check it is active.
+pub async fn restart(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    unit: &str,
+    state: &HostState,
+) -> Result<(), RemoteError> {
+    ctx.step(c, &format!("restarting {unit}"));
+    let cmd = commands::systemd::start(unit, state.changed_units.iter().any(|u| u == unit));
+    let what = format!("restarting `{unit}`");
+    let o = execute::output(
+        c,
+        "restart",
+        &what,
+        ExecRequest::new(&cmd, timeout::RESTART),
+    )
+    .await?;
+    if o.success() {
+        return Ok(());
     }
+    let e = RemoteError::from_output(&c.host.name, "restart", &what, &o);
+    if e.is(exit::NOT_ACTIVE) {
+        return Err(e.saying(format!(
+            "`{unit}` is not active after its restart:\n{}",
+            o.stderr.text().trim_end()
+        )));
+    }
+    Err(e)
+}
 
-    async fn hooks(
-        &self,
-        conn: &Conn<'_>,
-        point: HookPoint,
-        release_dir: &str,
-        vars: &crate::commands::task::TaskVars,
-    ) -> Result<(), String> {
-        if !self.deploy {
-            return Ok(());
+/// `install_site`: install the Nginx site, test, reload.
+pub async fn install_site(ctx: &Ctx<'_>, c: &Conn<'_>, site: &str) -> Result<(), RemoteError> {
+    ctx.step(c, "installing nginx site");
+    let cmd = commands::nginx::install(
+        &ctx.inventory.app.deploy_to,
+        site,
+        &format!("{}/{NGINX_DIR}/{site}", ctx.release_dir()),
+    );
+    let what = "installing the nginx site";
+    let o = execute::output(
+        c,
+        "install_site",
+        what,
+        ExecRequest::new(&cmd, timeout::SHORT),
+    )
+    .await?;
+    if o.success() {
+        return Ok(());
+    }
+    let e = RemoteError::from_output(&c.host.name, "install_site", what, &o);
+    if e.is(exit::NGINX_INVALID) {
+        return Err(e.saying(format!(
+            "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
+            o.stderr.text().trim_end()
+        )));
+    }
+    Err(e)
+}
+
+/// `compose_up`: the release's compose stack up.
+pub async fn compose_up(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> {
+    let Some(compose) = &ctx.inventory.compose else {
+        return Ok(());
+    };
+    ctx.step(c, "starting the compose stack");
+    let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
+    let file = format!("{}/{COMPOSE_FILE}", ctx.release_dir());
+    let cmd = commands::compose::up(&compose.project, &file, env_path);
+    let what = "starting the compose stack";
+    execute::run(c, "compose_up", what, &cmd, timeout::RESTART)
+        .await
+        .map(drop)
+}
+
+/// `health`: every check, each polled until it passes or its own timeout ends.
+pub async fn health(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> {
+    if ctx.inventory.health.is_empty() {
+        return Ok(());
+    }
+    ctx.step(c, "health check");
+    let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
+    health::wait_all(
+        c.transport.as_ref(),
+        &ctx.inventory.health,
+        &ctx.inventory.app.deploy_to,
+        env_path,
+    )
+    .await
+    .map_err(|e| RemoteError::new(&c.host.name, "health", e))
+}
+
+/// `confirm`: disarm the guard and record the release as passed here (a rollback target).
+pub async fn confirm(ctx: &Ctx<'_>, c: &Conn<'_>, delay_secs: u64) -> Result<(), RemoteError> {
+    ctx.step(c, "confirming");
+    let cmd = commands::guard::confirm(&ctx.inventory.app.deploy_to, ctx.token, ctx.release);
+    let what = "confirming the switch";
+    let o = execute::output(c, "confirm", what, ExecRequest::new(&cmd, timeout::SHORT)).await?;
+    if o.success() {
+        return Ok(());
+    }
+    let e = RemoteError::from_output(&c.host.name, "confirm", what, &o);
+    if e.is(exit::GUARD_FIRED) {
+        return Err(e.saying(format!(
+            "the dead-deployer guard switched the host back before the deploy confirmed it (after {delay_secs} s); raise `rollout.confirm_timeout`"
+        )));
+    }
+    if e.is(exit::GUARD_DISARMED) {
+        return Err(e.saying(
+            "another run disarmed this run's dead-deployer guard (`shipit unlock` while this run held the lock); the host was left as it is",
+        ));
+    }
+    Err(e)
+}
+
+/// `mark_passed`: a rollback's release passed again. A record that cannot be written costs
+/// only its being a rollback target later: a note, not a failure.
+pub async fn mark_passed(ctx: &Ctx<'_>, c: &Conn<'_>, release: &str) {
+    let cmd = commands::passed::mark(&ctx.inventory.app.deploy_to, release);
+    let what = "recording the release as passed";
+    if let Err(e) = execute::run(c, "mark_passed", what, &cmd, timeout::SHORT).await {
+        ctx.note(&format!("{}: {e}", c.host.name));
+    }
+}
+
+/// Puts back what the switch steps that started touched (`undos`): `previous` becomes
+/// current again (or `current` is removed when there was none), then the health gate.
+pub async fn deactivate(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    previous: Option<&str>,
+    undos: &[Undo],
+    guard_armed: bool,
+) -> Result<(), String> {
+    let deploy_to = ctx.inventory.app.deploy_to.as_str();
+    let release = ctx.release;
+    let mut problems = Vec::new();
+    // First: the fleet did not accept the release (a deploy switched back after it
+    // confirmed here, another host failed; a rollback to it that failed), so it is no
+    // rollback target here, even if this run is killed while switching back.
+    let cmd = commands::passed::forget(deploy_to, release);
+    let what = "recording the release as rejected";
+    if let Err(e) = execute::run(c, "switch", what, &cmd, timeout::SHORT).await {
+        ctx.note(&format!("{}: {e}", c.host.name));
+    }
+    for undo in undos {
+        if let Some((cmd, timeout, what)) = undo_cmd(ctx, release, previous, *undo)
+            && let Err(e) = execute::run(c, "switch", what, &cmd, timeout).await
+        {
+            problems.push(e.message);
         }
-        let is_migrate_host = self.migrate_host.as_deref() == Some(conn.host.name.as_str());
-        once::hooks(
-            conn,
-            self.inventory,
-            point,
-            release_dir,
-            is_migrate_host,
-            vars,
-            self.out,
+    }
+    if ctx.guard.is_some() && guard_armed {
+        // Switched back by us: the guard must not do it again later.
+        let cmd = commands::guard::disarm(deploy_to, ctx.token);
+        let _ = c
+            .transport
+            .exec(ExecRequest::new(&cmd, timeout::SHORT))
+            .await;
+    }
+    if problems.is_empty() && previous.is_some() && !ctx.inventory.health.is_empty() {
+        let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
+        if let Err(e) = health::wait_all(
+            c.transport.as_ref(),
+            &ctx.inventory.health,
+            deploy_to,
+            env_path,
         )
         .await
-    }
-
-    /// Puts back what [`activate`](Self::activate) touched: `previous` becomes current
-    /// again (or `current` is removed when there was none), then the health gate.
-    pub async fn deactivate(
-        &self,
-        conn: &Conn<'_>,
-        release: &str,
-        previous: Option<&str>,
-        touched: &Touched,
-    ) -> Result<(), String> {
-        let deploy_to = self.deploy_to();
-        let mut problems = Vec::new();
-        // First: the fleet did not accept the release (a deploy switched back after it
-        // confirmed here, another host failed; a rollback to it that failed), so it is no
-        // rollback target here, even if this run is killed while switching back.
-        let cmd = commands::passed::forget(deploy_to, release);
-        if let Err(e) = run(conn, &cmd, SHORT, "recording the release as rejected").await {
-            self.out
-                .emit(Event::Note(&format!("{}: {e}", conn.host.name)));
-        }
-        for (cmd, timeout, step) in self.undo_steps(release, previous, touched) {
-            if let Err(e) = run(conn, &cmd, timeout, step).await {
-                problems.push(e);
-            }
-        }
-        if let Some(guard) = &self.guard
-            && touched.guard
         {
-            // Switched back by us: the guard must not do it again later.
-            let cmd = commands::guard::disarm(deploy_to, &guard.token);
-            let _ = conn.transport.exec(ExecRequest::new(&cmd, SHORT)).await;
-        }
-        if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
-            let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
-            let checks = &self.inventory.health;
-            if let Err(e) =
-                health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await
-            {
-                problems.push(format!("after switching back, {e}"));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
+            problems.push(format!("after switching back, {e}"));
         }
     }
-}
-
-async fn run(
-    conn: &Conn<'_>,
-    cmd: &crate::shell::Cmd,
-    timeout: Duration,
-    step: &str,
-) -> Result<ExecOutput, String> {
-    match conn.transport.exec(ExecRequest::new(cmd, timeout)).await {
-        Ok(o) if o.success() => Ok(o),
-        other => Err(failure(other, step)),
-    }
-}
-
-fn failure(result: Result<ExecOutput, ExecError>, step: &str) -> String {
-    match result {
-        Ok(o) => {
-            let stderr = o.stderr.text();
-            let stderr = stderr.trim();
-            if stderr.is_empty() {
-                format!("{step} failed ({})", o.exit)
-            } else {
-                format!("{step} failed ({}): {stderr}", o.exit)
-            }
-        }
-        Err(e) => format!("{step} failed: {}", crate::error::chain(&e)),
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
 }

@@ -390,7 +390,7 @@ pub fn deploy_markdown(report: &crate::deploy::pipeline::DeployReport) -> String
             cell(h.previous.as_deref().unwrap_or("-")),
             cell(h.current.as_deref().unwrap_or("-")),
             result,
-            cell(h.error.as_deref().unwrap_or(""))
+            cell(h.error.as_ref().map_or("", |e| e.message.as_str()))
         );
     }
     if let Some(m) = &report.message {

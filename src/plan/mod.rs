@@ -4,7 +4,12 @@
 //! copy of a release with the same artifact, or an upload), which releases the
 //! cleanup removes, and for a rollback which release the fleet goes back to.
 
+pub mod build;
 pub mod facts;
+pub mod step;
+
+pub use build::{HostSteps, Plan};
+pub use step::{Phase, Step, Undo};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -122,7 +127,7 @@ pub enum Source {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPlan {
+pub struct Choice {
     pub host: String,
     pub release: String,
     pub source: Source,
@@ -132,13 +137,7 @@ pub struct HostPlan {
     pub prune: Vec<String>,
 }
 
-pub fn host_plan(
-    host: &str,
-    tree: &ReleaseTree,
-    release: &str,
-    sha256: &str,
-    keep: usize,
-) -> HostPlan {
+pub fn choose(host: &str, tree: &ReleaseTree, release: &str, sha256: &str, keep: usize) -> Choice {
     let source = if tree.has(release) {
         Source::Present
     } else {
@@ -154,7 +153,7 @@ pub fn host_plan(
             None => Source::Upload,
         }
     };
-    HostPlan {
+    Choice {
         host: host.to_owned(),
         release: release.to_owned(),
         source,
@@ -197,7 +196,7 @@ fn prune_list(tree: &ReleaseTree, release: &str, keep: usize) -> Vec<String> {
     prune
 }
 
-impl fmt::Display for HostPlan {
+impl fmt::Display for Choice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
             Source::Present => "already present".to_owned(),
@@ -421,7 +420,7 @@ mod tests {
 
     #[test]
     fn first_deploy_uploads_and_prunes_nothing() {
-        let p = host_plan("h1", &ReleaseTree::default(), "r9", "sha9", 5);
+        let p = choose("h1", &ReleaseTree::default(), "r9", "sha9", 5);
         assert_eq!(p.source, Source::Upload);
         assert_eq!(p.previous, None);
         assert!(p.prune.is_empty());
@@ -449,7 +448,7 @@ mod tests {
             &[(&r1, "a1"), (&r2, "b2"), (&r3, "c3"), (&r4, "b2")],
             &[&partial],
         );
-        let p = host_plan("h1", &t, &r5, "b2", 2);
+        let p = choose("h1", &t, &r5, "b2", 2);
         assert_eq!(p.source, Source::Reuse { from: r4.clone() });
         // Newest two are r5 and r4; r1 is kept as the release r5 replaces.
         assert_eq!(p.prune, vec![r2, r3, partial]);
@@ -484,7 +483,7 @@ mod tests {
         let mut releases: Vec<(&str, &str)> = vec![(&r1, "aa"), (&r2, "bb")];
         releases.extend(odd);
         let t = tree(Some(&r2), &releases, &["manual.partial", "x.partial"]);
-        let p = host_plan("h1", &t, &r3, "aa", 2);
+        let p = choose("h1", &t, &r3, "aa", 2);
         // With keep 2, r3 and r2 are kept, r1 goes: the odd names neither go nor take a
         // slot, and a same-artifact odd directory is not reused.
         assert_eq!(p.prune, vec![r1.clone()]);
@@ -494,7 +493,7 @@ mod tests {
     #[test]
     fn rerun_of_the_same_release_is_present() {
         let t = tree(Some("r1"), &[("r1", "a"), ("r2", "b")], &[]);
-        let p = host_plan("h1", &t, "r2", "b", 5);
+        let p = choose("h1", &t, "r2", "b", 5);
         assert_eq!(p.source, Source::Present);
         assert_eq!(p.previous.as_deref(), Some("r1"));
     }
