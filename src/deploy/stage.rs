@@ -112,10 +112,10 @@ pub async fn stage_env(
         Ok(o) => return Err(format!("cannot read `{}` ({})", env.path, o.exit)),
         Err(e) => return Err(e.to_string()),
     };
-    if current == content.expose() && !loose {
+    if envfile::same_content(&current, content) && !loose {
         return Ok(None);
     }
-    let diff = envfile::diff(&envfile::parse(&current), &envfile::parse(content.expose()));
+    let diff = envfile::key_diff(&current, content);
     let next = commands::envfile::next_path(&env.path, token);
     let write = commands::files::write(&next, "600", owner);
     let req = ExecRequest::new(&write, SHORT).stdin(Stdin::Secret(content.clone()));
