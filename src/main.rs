@@ -143,15 +143,16 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .map(PathBuf::from)
         });
     // Every secret value the run knows: none may be printed, whatever prints it.
-    let mut secrets: Vec<String> = inventory
+    let ssh_secrets: Vec<Secret> = ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map(Secret::new)
+        .collect();
+    let env_secrets = inventory
         .env
         .iter()
-        .flat_map(|e| e.secrets.iter().map(|(_, v)| v.expose().to_owned()))
-        .collect();
-    for name in ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"] {
-        secrets.extend(std::env::var(name).ok().filter(|v| !v.is_empty()));
-    }
-    let redactor = output::redact::Redactor::new(secrets);
+        .flat_map(|e| e.secrets.iter().map(|(_, v)| v));
+    let redactor = shipit::deploy::envfile::redactor(env_secrets.chain(&ssh_secrets));
     let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github)
         .redacting_with(redactor.clone());
     let settings = ssh_settings(&inventory, home.as_deref());

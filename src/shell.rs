@@ -181,8 +181,10 @@ pub fn quote(value: &str) -> String {
 
 /// A value that must never be shown: Debug and Display print `[REDACTED]`.
 ///
-/// The only way to the bytes is [`Secret::expose`], which the env-file writer and the
-/// transport call when they put the value on a stdin stream.
+/// The only way to the bytes is `Secret::expose`, visible in this crate only and called
+/// only by the transports, which put the value on a stdin stream or into a key parser, and
+/// by the env-file writer (`deploy::envfile`), which answers every other question about a
+/// secret (an architecture test keeps it so).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -191,8 +193,8 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// The value itself. Call only where it goes onto a stdin stream or into a key parser.
-    pub fn expose(&self) -> &str {
+    /// The value itself: only for the transports and `deploy::envfile`.
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

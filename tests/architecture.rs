@@ -90,6 +90,21 @@ fn only_the_output_module_prints() {
 }
 
 #[test]
+fn only_the_transports_and_the_env_file_writer_read_a_secret() {
+    // Every other module asks `deploy::envfile` about a secret (same content, key diff,
+    // `PG*` variables, the redactor) instead of holding its value.
+    for (file, text) in all_sources() {
+        let allowed = file == "src/shell.rs"
+            || file.starts_with("src/transport/")
+            || file == "src/deploy/envfile.rs";
+        assert!(
+            allowed || !code(&text).contains(".expose()"),
+            "{file} reads a secret's value with `.expose()`"
+        );
+    }
+}
+
+#[test]
 fn no_shell_line_is_built_with_format() {
     // Commands are `Cmd` values; a `format!` next to `sh -c` would be string-built shell.
     for (file, text) in all_sources() {

@@ -8,10 +8,15 @@
 //! both. Single quotes would not do: systemd does not join `'it'\''s'` the way `sh` does
 //! (tested against real systemd in `tests/e2e/services.rs`).
 //!
-//! Pure: content in, content out. Values are [`Secret`]s until they are written.
+//! Pure: content in, content out. Values are [`Secret`]s until they are written: this
+//! module and the transports are the only code that reads a secret's value
+//! (`Secret::expose`); everything else asks this module a question about it (is the file
+//! on the host the same, which keys differ, the `PG*` variables of a connection URL, the
+//! redactor that hides every value).
 
 use std::collections::BTreeMap;
 
+use crate::output::redact::Redactor;
 use crate::shell::Secret;
 
 /// The first line of every env file shipit writes (every version has written exactly this):
@@ -25,14 +30,113 @@ pub fn render(vars: &BTreeMap<String, String>, secrets: &[(String, Secret)]) -> 
     for (k, v) in secrets {
         all.insert(k, v.expose());
     }
-    let mut text = format!("{HEADER}\n");
+    Secret::new(format!("{HEADER}\n{}", assignments(all)))
+}
+
+/// One `KEY=VALUE` line per entry, in the map's order.
+fn assignments<'a>(all: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = String::new();
     for (key, value) in all {
         text.push_str(key);
         text.push('=');
         text.push_str(&quote(value));
         text.push('\n');
     }
-    Secret::new(text)
+    text
+}
+
+/// Whether the env file on the host (`current`) is exactly `content`.
+pub fn same_content(current: &str, content: &Secret) -> bool {
+    current == content.expose()
+}
+
+/// Which keys `content` adds, removes and changes compared with `current`, the file on the
+/// host (names only: no value leaves this module).
+pub fn key_diff(current: &str, content: &Secret) -> KeyDiff {
+    diff(&parse(current), &parse(content.expose()))
+}
+
+/// The redactor of a run: hides every value of `secrets` (and the password inside a
+/// connection URL among them) wherever output would show it.
+pub fn redactor<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Redactor {
+    Redactor::new(secrets.into_iter().map(|s| s.expose().to_owned()))
+}
+
+/// `PG*` variables for libpq from a `postgres://user:pass@host:port/db?sslmode=…` URL, in
+/// env-file syntax without the header (the password stays a [`Secret`]). `None` when it is
+/// not such a URL.
+pub fn pg_env(url: &Secret) -> Option<Secret> {
+    let url = url.expose();
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut vars = BTreeMap::new();
+    if let Some(userinfo) = userinfo {
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        vars.insert("PGUSER", percent_decode(user)?);
+        if !password.is_empty() {
+            vars.insert("PGPASSWORD", percent_decode(password)?);
+        }
+    }
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let (h, after) = inner.split_once(']')?;
+        (h, after.strip_prefix(':').unwrap_or(""))
+    } else {
+        hostport.rsplit_once(':').unwrap_or((hostport, ""))
+    };
+    if !host.is_empty() {
+        vars.insert("PGHOST", percent_decode(host)?);
+    }
+    if !port.is_empty() {
+        vars.insert("PGPORT", port.to_owned());
+    }
+    if !database.is_empty() {
+        vars.insert("PGDATABASE", percent_decode(database)?);
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = match k {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "connect_timeout" => "PGCONNECT_TIMEOUT",
+            "application_name" => "PGAPPNAME",
+            "options" => "PGOPTIONS",
+            "host" => "PGHOST",
+            "port" => "PGPORT",
+            "user" => "PGUSER",
+            "password" => "PGPASSWORD",
+            "dbname" => "PGDATABASE",
+            _ => continue,
+        };
+        vars.insert(name, percent_decode(v)?);
+    }
+    let text = assignments(vars.iter().map(|(k, v)| (*k, v.as_str())));
+    Some(Secret::new(text.trim_end_matches('\n')))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn quote(value: &str) -> String {
@@ -255,5 +359,25 @@ mod tests {
         SPACES="two words  and more"
         UNICODE="ünïcødé ✓ 日本"
         "##);
+    }
+
+    #[test]
+    fn postgres_urls_become_pg_variables() {
+        let pg_env = |url: &str| pg_env(&Secret::new(url));
+        let env =
+            pg_env("postgresql://app:p%40ss%20w0rd@db.internal:6432/shop?sslmode=require&foo=bar")
+                .unwrap();
+        insta::assert_snapshot!(env.expose(), @r#"
+        PGDATABASE=shop
+        PGHOST=db.internal
+        PGPASSWORD="p@ss w0rd"
+        PGPORT=6432
+        PGSSLMODE=require
+        PGUSER=app
+        "#);
+        assert!(pg_env("mysql://x").is_none());
+        let local = pg_env("postgres:///app?host=/run/postgresql").unwrap();
+        assert!(local.expose().contains("PGHOST=/run/postgresql"));
+        assert!(local.expose().contains("PGDATABASE=app"));
     }
 }

@@ -3,11 +3,11 @@
 //! with its env file loaded. Also hooks (user commands at named points) and the `backup` /
 //! `backups` commands.
 //!
-//! For `kind = "postgres"` the connection comes from `DATABASE_URL`, turned here into the
-//! `PG*` variables libpq reads and sent on stdin: `pg_dump` runs with no connection string
-//! in its argv, so the password never shows in the host's process list.
+//! For `kind = "postgres"` the connection comes from `DATABASE_URL`, turned into the `PG*`
+//! variables libpq reads ([`pg_env`](crate::deploy::envfile::pg_env)) and sent on stdin:
+//! `pg_dump` runs with no connection string in its argv, so the password never shows in the
+//! host's process list.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,93 +25,14 @@ use crate::transport::{ExecRequest, Exit, Stdin, Stream};
 /// Migrations and backups may take long; keepalives notice a dead host meanwhile.
 const LONG: Duration = Duration::from_secs(6 * 3600);
 
-/// `PG*` variables for libpq from a `postgres://user:pass@host:port/db?sslmode=…` URL, in
-/// env-file syntax (the secret stays a [`Secret`]). `None` when it is not such a URL.
-pub fn pg_env(url: &str) -> Option<Secret> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let mut vars = BTreeMap::new();
-    if let Some(userinfo) = userinfo {
-        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        vars.insert("PGUSER".to_owned(), decode(user)?);
-        if !password.is_empty() {
-            vars.insert("PGPASSWORD".to_owned(), decode(password)?);
-        }
-    }
-    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
-        let (h, after) = inner.split_once(']')?;
-        (h, after.strip_prefix(':').unwrap_or(""))
-    } else {
-        hostport.rsplit_once(':').unwrap_or((hostport, ""))
-    };
-    if !host.is_empty() {
-        vars.insert("PGHOST".to_owned(), decode(host)?);
-    }
-    if !port.is_empty() {
-        vars.insert("PGPORT".to_owned(), port.to_owned());
-    }
-    if !database.is_empty() {
-        vars.insert("PGDATABASE".to_owned(), decode(database)?);
-    }
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = match k {
-            "sslmode" => "PGSSLMODE",
-            "sslrootcert" => "PGSSLROOTCERT",
-            "sslcert" => "PGSSLCERT",
-            "sslkey" => "PGSSLKEY",
-            "connect_timeout" => "PGCONNECT_TIMEOUT",
-            "application_name" => "PGAPPNAME",
-            "options" => "PGOPTIONS",
-            "host" => "PGHOST",
-            "port" => "PGPORT",
-            "user" => "PGUSER",
-            "password" => "PGPASSWORD",
-            "dbname" => "PGDATABASE",
-            _ => continue,
-        };
-        vars.insert(name.to_owned(), decode(v)?);
-    }
-    let mut text = crate::deploy::envfile::render(&vars, &[])
-        .expose()
-        .to_owned();
-    // `render` starts with a comment line; keep only the assignments.
-    text = text.lines().skip(1).collect::<Vec<_>>().join("\n");
-    Some(Secret::new(text))
-}
-
-fn decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The value of `DATABASE_URL` among the env file's variables and secrets.
-fn database_url(inventory: &Inventory) -> Option<String> {
+fn database_url(inventory: &Inventory) -> Option<Secret> {
     let env = inventory.env.as_ref()?;
     env.secrets
         .iter()
         .find(|(k, _)| k == "DATABASE_URL")
-        .map(|(_, v)| v.expose().to_owned())
-        .or_else(|| env.vars.get("DATABASE_URL").cloned())
+        .map(|(_, v)| v.clone())
+        .or_else(|| env.vars.get("DATABASE_URL").map(Secret::new))
 }
 
 /// The env file run `token` stages (see [`TaskVars::env_next`]); `None` without `[env]`.
@@ -169,7 +90,7 @@ pub async fn backup(
     );
     let extra = match b.kind {
         BackupKind::Postgres => database_url(inventory)
-            .and_then(|url| pg_env(&url))
+            .and_then(|url| crate::deploy::envfile::pg_env(&url))
             .unwrap_or_else(|| Secret::new("")),
         BackupKind::Command => Secret::new(""),
     };
@@ -583,28 +504,4 @@ pub async fn list(
 pub fn migrate_host_index(inventory: &Inventory, selected: &[&str]) -> usize {
     let tagged = &inventory.hosts[inventory.migrate_host].name;
     selected.iter().position(|h| h == tagged).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postgres_urls_become_pg_variables() {
-        let env =
-            pg_env("postgresql://app:p%40ss%20w0rd@db.internal:6432/shop?sslmode=require&foo=bar")
-                .unwrap();
-        insta::assert_snapshot!(env.expose(), @r#"
-        PGDATABASE=shop
-        PGHOST=db.internal
-        PGPASSWORD="p@ss w0rd"
-        PGPORT=6432
-        PGSSLMODE=require
-        PGUSER=app
-        "#);
-        assert!(pg_env("mysql://x").is_none());
-        let local = pg_env("postgres:///app?host=/run/postgresql").unwrap();
-        assert!(local.expose().contains("PGHOST=/run/postgresql"));
-        assert!(local.expose().contains("PGDATABASE=app"));
-    }
 }

@@ -293,11 +293,8 @@ async fn host_preview(
         match read(c, &env.path).await {
             Ok(current) => {
                 let old = current.unwrap_or_default();
-                if old != content.expose() {
-                    h.env_keys = Some(envfile::diff(
-                        &envfile::parse(&old),
-                        &envfile::parse(content.expose()),
-                    ));
+                if !envfile::same_content(&old, content) {
+                    h.env_keys = Some(envfile::key_diff(&old, content));
                 }
             }
             Err(e) => h.error = Some(e),

@@ -122,10 +122,10 @@ pub async fn stage_env(
                 .saying(format!("cannot read `{}` ({})", env.path, o.exit)));
         }
     };
-    if current == content.expose() && !loose {
+    if envfile::same_content(&current, content) && !loose {
         return Ok(None);
     }
-    let diff = envfile::diff(&envfile::parse(&current), &envfile::parse(content.expose()));
+    let diff = envfile::key_diff(&current, content);
     let next = commands::envfile::next_path(&env.path, token);
     let write = commands::files::write(&next, "600", owner);
     let req = ExecRequest::new(&write, timeout::SHORT).stdin(Stdin::Secret(content.clone()));
