@@ -9,10 +9,13 @@
 //! - [`ops`]: the other commands (check, exec, task, status, releases, history, unlock, …);
 //! - [`ssh`]: ssh_config and known_hosts resolution as `ssh` does it;
 //! - [`transport`]: running commands on a host (ssh, local);
-//! - [`output`]: the event stream and its renderers, the only module that prints.
+//! - [`output`]: the event stream, the reports and their renderers, the only module that
+//!   prints;
+//! - [`clock`]: the deployer's clock (`now_unix`, `now_millis`).
 
 pub mod artifact;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod deploy;
 pub mod error;

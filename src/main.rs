@@ -12,13 +12,14 @@ use clap_complete::CompleteEnv;
 use shipit::artifact;
 use shipit::cli::{Cli, Command, Progress};
 use shipit::cli::{completion, manual};
-use shipit::deploy::lock;
-use shipit::deploy::lock::{HostUnlock, RunInfo};
+use shipit::deploy::lock::RunInfo;
 use shipit::deploy::pipeline::{self, Cancel};
 use shipit::deploy::stage::Templates;
 use shipit::error::{Error, code};
 use shipit::inventory::{self, Inventory, LoadContext, TransportKind};
-use shipit::ops::{check, exec, history, releases};
+use shipit::ops::{backup, check, exec, history, releases, unlock};
+use shipit::output::report::exec::{ExecReport, HostExec};
+use shipit::output::report::unlock::HostUnlock;
 use shipit::output::{self, Event, Mode, Output};
 use shipit::shell::Secret;
 use shipit::transport::SshSettings;
@@ -110,7 +111,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             )));
         }
     }
-    let started_millis = pipeline::now_millis();
+    let started_millis = shipit::clock::now_millis();
     let started_unix = started_millis / 1000;
 
     // Everything that can fail without a host comes before the first connection.
@@ -258,7 +259,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
                 if !failed.is_empty() {
                     // All or nothing: a task is not run on part of its hosts.
-                    let mut report = shipit::ops::exec::ExecReport {
+                    let mut report = ExecReport {
                         stage: stage.clone(),
                         task: Some(name.clone()),
                         command: task.command.clone(),
@@ -269,9 +270,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                             Some((_, e)) => shipit::error::chain(e),
                             None => "not run: another host could not be reached".to_owned(),
                         };
-                        report
-                            .hosts
-                            .push(shipit::ops::exec::HostExec::failed(&host.name, error));
+                        report.hosts.push(HostExec::failed(&host.name, error));
                     }
                     out.emit(Event::Done(&report));
                     fleet::close_all(&conns).await;
@@ -298,14 +297,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 let conn = &conns[0];
                 let mut locked = false;
                 let ok = if matches!(cli.command, Command::Backup { .. }) {
-                    let report =
-                        shipit::deploy::once::backup_now(&stage, conn, &inventory, &run, &out)
-                            .await;
+                    let report = backup::backup_now(&stage, conn, &inventory, &run, &out).await;
                     out.emit(Event::Done(&report));
                     locked = report.locked;
                     report.error.is_none()
                 } else {
-                    match shipit::deploy::once::list(&stage, conn, &inventory).await {
+                    match backup::list(&stage, conn, &inventory).await {
                         Ok(report) => {
                             out.emit(Event::Done(&report));
                             true
@@ -365,7 +362,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         let yes = cli.global.yes;
                         let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
                         let report =
-                            lock::unlock(&stage, &conns, deploy_to, env_path, &run, |hosts| {
+                            unlock::unlock(&stage, &conns, deploy_to, env_path, &run, |hosts| {
                                 yes || confirm_unlock(&out, hosts, &inventory)
                             })
                             .await;
@@ -580,7 +577,7 @@ fn cancel_on_signals() -> Cancel {
 }
 
 fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> bool {
-    let now = pipeline::now_unix();
+    let now = shipit::clock::now_unix();
     for h in hosts.iter().filter(|h| h.locked) {
         let who = h.owner.as_ref().map_or_else(
             || "an unknown owner (no owner.json)".to_owned(),

@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
-use serde::Serialize;
 
 use crate::cli::Cli;
-use crate::output::Report;
+use crate::output::report::manual::ManualReport;
 
 /// One manual page: its file name (`shipit-deploy.1`) and its roff text.
 pub struct Page {
@@ -43,24 +42,6 @@ pub struct WriteError {
     pub path: PathBuf,
     #[source]
     pub source: std::io::Error,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ManualReport {
-    pub written: Vec<PathBuf>,
-}
-
-impl Report for ManualReport {
-    fn human(&self) -> String {
-        self.written
-            .iter()
-            .map(|path| format!("wrote {}\n", path.display()))
-            .collect()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
 }
 
 /// Writes every page into `dir`, creating it.

@@ -1,21 +1,19 @@
-//! The deploy lock across a fleet: all or nothing, with an owner people can read, and
-//! `shipit unlock` for a lock whose owner died.
+//! The deploy lock across a fleet: all or nothing, with an owner people can read.
 //!
 //! A lock is never taken over automatically, however old: a stale lock is reported with its
-//! owner and age, and only `shipit unlock` (asking first, or `--yes`) removes it.
+//! owner and age, and only `shipit unlock` ([`crate::ops::unlock`], asking first, or
+//! `--yes`) removes it.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::commands;
+use crate::execute::timeout::SHORT;
 use crate::output::redact::Redactor;
-use crate::output::{Report, table};
+// `pub`: the deploy pipeline names it from here.
+pub use crate::output::report::unlock::LockOwner;
 use crate::plan::rfc3339;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Stdin};
-
-const SHORT: Duration = Duration::from_secs(60);
 
 /// Who runs this shipit process; written into locks and history.
 #[derive(Clone, Debug)]
@@ -35,56 +33,19 @@ pub struct RunInfo {
     pub redactor: Redactor,
 }
 
-/// `.shipit/lock/owner.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockOwner {
-    pub token: String,
-    pub user: String,
-    pub machine: String,
-    pub pid: u32,
-    pub command: String,
-    pub started: String,
-    pub started_unix: u64,
-    #[serde(default)]
-    pub ci_url: Option<String>,
-}
-
-impl LockOwner {
-    pub fn of(run: &RunInfo) -> LockOwner {
+impl RunInfo {
+    /// What this run writes into `.shipit/lock/owner.json`.
+    pub fn owner(&self) -> LockOwner {
         LockOwner {
-            token: run.token.clone(),
-            user: run.user.clone(),
-            machine: run.machine.clone(),
-            pid: run.pid,
-            command: run.command.clone(),
-            started: rfc3339(run.started_unix),
-            started_unix: run.started_unix,
-            ci_url: run.ci_url.clone(),
+            token: self.token.clone(),
+            user: self.user.clone(),
+            machine: self.machine.clone(),
+            pid: self.pid,
+            command: self.command.clone(),
+            started: rfc3339(self.started_unix),
+            started_unix: self.started_unix,
+            ci_url: self.ci_url.clone(),
         }
-    }
-
-    /// "alice@laptop (pid 42, `shipit deploy staging`) since 2026-…Z, 5m ago".
-    pub fn describe(&self, now_unix: u64, lock_timeout: Duration) -> String {
-        let age = Duration::from_secs(now_unix.saturating_sub(self.started_unix));
-        let mut text = format!(
-            "{}@{} (pid {}, `{}`) since {}, {} ago",
-            self.user,
-            self.machine,
-            self.pid,
-            self.command,
-            self.started,
-            humantime::format_duration(age)
-        );
-        if let Some(url) = &self.ci_url {
-            text.push_str(&format!(", {url}"));
-        }
-        if age > lock_timeout {
-            text.push_str(&format!(
-                "; STALE (older than {}): if that run is dead, remove it with `shipit unlock`",
-                humantime::format_duration(lock_timeout)
-            ));
-        }
-        text
     }
 }
 
@@ -128,7 +89,7 @@ pub async fn acquire_all(
     env_path: Option<&str>,
     run: &RunInfo,
 ) -> Vec<LockState> {
-    let mut owner = serde_json::to_value(LockOwner::of(run)).expect("plain data serializes");
+    let mut owner = serde_json::to_value(run.owner()).expect("plain data serializes");
     run.redactor.apply_json(&mut owner);
     let owner = owner.to_string();
     let cmd = commands::lock::acquire(deploy_to, env_path);
@@ -183,15 +144,12 @@ async fn try_lock(
 }
 
 /// The dead-deployer guard of a dead run fired and is still switching the host back.
-fn guard_busy(deploy_to: &str, runs: &str) -> String {
+pub(crate) fn guard_busy(deploy_to: &str, runs: &str) -> String {
     format!(
         "the dead-deployer guard of run {} is switching the host back under `{deploy_to}`; try again when it is done",
         runs.split_whitespace().collect::<Vec<_>>().join(", ")
     )
 }
-
-/// How long `shipit unlock` waits for a guard that is switching its host back.
-const GUARD_WAIT_SECS: u64 = 30;
 
 /// Releases this run's lock on the given hosts (a lock of another run stays).
 pub async fn release_all(conns: &[&Conn<'_>], deploy_to: &str, token: &str) {
@@ -200,172 +158,4 @@ pub async fn release_all(conns: &[&Conn<'_>], deploy_to: &str, token: &str) {
         .iter()
         .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
     futures::future::join_all(runs).await;
-}
-
-/// What `shipit unlock` found and did on one host.
-#[derive(Debug, Serialize)]
-pub struct HostUnlock {
-    pub host: String,
-    pub owner: Option<LockOwner>,
-    pub locked: bool,
-    pub removed: bool,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct UnlockReport {
-    pub stage: String,
-    pub hosts: Vec<HostUnlock>,
-    /// Why nothing was removed, when the user declined.
-    pub declined: bool,
-}
-
-impl Report for UnlockReport {
-    fn human(&self) -> String {
-        table::unlock(self)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
-
-/// Reads the lock of every host.
-pub async fn inspect(conns: &[Conn<'_>], deploy_to: &str) -> Vec<HostUnlock> {
-    let cmd = commands::lock::read(deploy_to);
-    let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
-        async move {
-            let mut h = HostUnlock {
-                host: c.host.name.clone(),
-                owner: None,
-                locked: false,
-                removed: false,
-                error: None,
-            };
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => {
-                    h.locked = true;
-                    h.owner = serde_json::from_str(o.stdout.text().trim()).ok();
-                }
-                Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::NO_LOCK) => {}
-                Ok(o) => h.error = Some(format!("{}: {}", o.exit, o.stderr.text().trim())),
-                Err(e) => h.error = Some(e.to_string()),
-            }
-            h
-        }
-    });
-    futures::future::join_all(runs).await
-}
-
-/// Removes the locks found by [`inspect`], and with each the env files runs staged next to
-/// `env_path`.
-pub async fn remove(
-    conns: &[Conn<'_>],
-    deploy_to: &str,
-    env_path: Option<&str>,
-    hosts: &mut [HostUnlock],
-) {
-    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS, env_path);
-    let runs = conns.iter().zip(hosts.iter()).map(|(c, h)| {
-        let cmd = &cmd;
-        let locked = h.locked;
-        async move {
-            if !locked {
-                return None;
-            }
-            Some(match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(()),
-                Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::GUARD_BUSY) => {
-                    Err(guard_busy(deploy_to, &o.stdout.text()))
-                }
-                Ok(o) => Err(format!("{}: {}", o.exit, o.stderr.text().trim())),
-                Err(e) => Err(e.to_string()),
-            })
-        }
-    });
-    let results = futures::future::join_all(runs).await;
-    for (h, result) in hosts.iter_mut().zip(results) {
-        match result {
-            Some(Ok(())) => h.removed = true,
-            Some(Err(e)) => h.error = Some(e),
-            None => {}
-        }
-    }
-}
-
-/// `shipit unlock`: shows every lock, asks `confirm`, removes them and records it.
-pub async fn unlock(
-    stage: &str,
-    conns: &[Conn<'_>],
-    deploy_to: &str,
-    env_path: Option<&str>,
-    run: &RunInfo,
-    confirm: impl FnOnce(&[HostUnlock]) -> bool,
-) -> UnlockReport {
-    let mut hosts = inspect(conns, deploy_to).await;
-    let mut report = UnlockReport {
-        stage: stage.to_owned(),
-        hosts: Vec::new(),
-        declined: false,
-    };
-    if hosts.iter().any(|h| h.locked) {
-        if confirm(&hosts) {
-            remove(conns, deploy_to, env_path, &mut hosts).await;
-            let removed: Vec<&Conn<'_>> = conns
-                .iter()
-                .zip(&hosts)
-                .filter(|(_, h)| h.removed)
-                .map(|(c, _)| c)
-                .collect();
-            for (c, h) in conns.iter().zip(&hosts) {
-                if !h.removed {
-                    continue;
-                }
-                let message = match &h.owner {
-                    Some(o) => format!(
-                        "removed the lock of {}@{} (pid {}, `{}`, run {}) taken at {}",
-                        o.user, o.machine, o.pid, o.command, o.token, o.started
-                    ),
-                    None => "removed a lock without owner.json".to_owned(),
-                };
-                let message = format!(
-                    "{message}; every dead-deployer guard still armed was disarmed (the host stays on the release it runs)"
-                );
-                let entry = crate::ops::history::Entry {
-                    time: crate::plan::rfc3339_millis(run.started_millis),
-                    finished: Some(crate::plan::rfc3339_millis(
-                        crate::deploy::pipeline::now_millis(),
-                    )),
-                    action: "unlock".to_owned(),
-                    outcome: "success".to_owned(),
-                    user: run.user.clone(),
-                    machine: run.machine.clone(),
-                    command: run.command.clone(),
-                    run: run.token.clone(),
-                    ci_url: run.ci_url.clone(),
-                    hosts: removed.iter().map(|c| c.host.name.clone()).collect(),
-                    message: Some(message),
-                    ..Default::default()
-                };
-                crate::ops::history::append(
-                    std::slice::from_ref(c),
-                    deploy_to,
-                    &entry,
-                    &run.redactor,
-                )
-                .await;
-            }
-        } else {
-            report.declined = true;
-        }
-    }
-    report.hosts = hosts;
-    report
-}
-
-impl UnlockReport {
-    pub fn failed(&self) -> bool {
-        self.declined || self.hosts.iter().any(|h| h.error.is_some())
-    }
 }

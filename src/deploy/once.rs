@@ -1,7 +1,7 @@
 //! The database step of a deploy, once, on the migrate host, after every host is staged and
 //! before anything is switched: a verified backup, then the migrations, in the new release
-//! with its env file loaded. Also hooks (user commands at named points) and the `backup` /
-//! `backups` commands.
+//! with its env file loaded. Also hooks (user commands at named points). The `backup` and
+//! `backups` commands are [`crate::ops::backup`].
 //!
 //! For `kind = "postgres"` the connection comes from `DATABASE_URL`, turned into the `PG*`
 //! variables libpq reads ([`pg_env`](crate::deploy::envfile::pg_env)) and sent on stdin:
@@ -10,13 +10,13 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
 use crate::execute::RemoteError;
 use crate::inventory::{BackupKind, HookPoint, Inventory};
-use crate::output::{Event, Output, Report, table};
+// `pub`: the deploy pipeline names it from here.
+pub use crate::output::report::backup::BackupFile;
+use crate::output::{Event, Output};
 use crate::plan;
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
@@ -43,14 +43,6 @@ pub fn env_next(inventory: &Inventory, token: &str) -> Option<String> {
 
 fn env_path(inventory: &Inventory) -> Option<&str> {
     inventory.env.as_ref().map(|e| e.path.as_str())
-}
-
-/// One backup made.
-#[derive(Clone, Debug, Serialize)]
-pub struct BackupFile {
-    pub host: String,
-    pub path: String,
-    pub bytes: u64,
 }
 
 /// Makes one verified backup on `conn`'s host, running in `cwd` (a release directory) with
@@ -268,234 +260,6 @@ async fn run_streamed(
             format!("{what} failed on `{host}`: {}", crate::error::chain(&e)),
         )),
     }
-}
-
-/// `shipit backup`: one verified backup now, under the deploy lock of the migrate host.
-#[derive(Debug, Serialize)]
-pub struct BackupReport {
-    pub stage: String,
-    pub host: String,
-    pub backup: Option<BackupFile>,
-    pub error: Option<String>,
-    /// Not made because another run holds the lock (exit 5, as for a deploy or a task).
-    #[serde(skip)]
-    pub locked: bool,
-}
-
-impl Report for BackupReport {
-    fn human(&self) -> String {
-        match (&self.backup, &self.error) {
-            (Some(b), _) => format!(
-                "{}: backup `{}` ({})\n",
-                b.host,
-                b.path,
-                table::bytes(b.bytes)
-            ),
-            (None, Some(e)) => format!("{}: {e}\n", self.host),
-            (None, None) => format!("{}: no `[backup]` configured\n", self.host),
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
-
-pub async fn backup_now(
-    stage: &str,
-    conn: &Conn<'_>,
-    inventory: &Inventory,
-    run: &crate::deploy::lock::RunInfo,
-    out: &Output,
-) -> BackupReport {
-    let mut report = BackupReport {
-        stage: stage.to_owned(),
-        host: conn.host.name.clone(),
-        backup: None,
-        error: None,
-        locked: false,
-    };
-    if inventory.backup.is_none() {
-        report.error = Some(format!(
-            "no `[backup]` section in `{}`",
-            inventory.file.display()
-        ));
-        return report;
-    }
-    let deploy_to = &inventory.app.deploy_to;
-    let conns = std::slice::from_ref(conn);
-    let now = crate::deploy::pipeline::now_unix();
-    // Before the lock, which already writes under `deploy_to`.
-    if let Some(Err(e)) = crate::deploy::strict::preflight(conns, inventory)
-        .await
-        .pop()
-    {
-        report.error = Some(e);
-        return report;
-    }
-    let state = crate::deploy::lock::acquire_all(
-        conns,
-        deploy_to,
-        inventory.env.as_ref().map(|e| e.path.as_str()),
-        run,
-    )
-    .await
-    .pop();
-    let state = state.unwrap_or(crate::deploy::lock::LockState::NotTried);
-    let lock_timeout = inventory.rollout.lock_timeout;
-    if let Some(problem) = state.problem(&conn.host.name, now, lock_timeout) {
-        report.locked = matches!(state, crate::deploy::lock::LockState::Held(_));
-        report.error = Some(problem);
-        return report;
-    }
-    let result = match current_release(conn, deploy_to).await {
-        Ok((current, previous)) => {
-            // The current release's directory, compose file and env: what is running now.
-            let vars = task_vars(inventory, &conn.host.name, &current, previous.as_deref());
-            let cwd = format!("{deploy_to}/releases/{current}");
-            backup(conn, inventory, &cwd, &vars, "manual", now, out)
-                .await
-                .map_err(|e| e.message)
-        }
-        Err(e) => Err(e),
-    };
-    let outcome = if result.is_ok() { "success" } else { "failed" };
-    match result {
-        Ok(made) => report.backup = made,
-        Err(e) => report.error = Some(e),
-    }
-    let entry = crate::ops::history::Entry {
-        time: plan::rfc3339_millis(run.started_millis),
-        finished: Some(plan::rfc3339_millis(crate::deploy::pipeline::now_millis())),
-        action: "backup".to_owned(),
-        outcome: outcome.to_owned(),
-        user: run.user.clone(),
-        machine: run.machine.clone(),
-        command: run.command.clone(),
-        run: run.token.clone(),
-        ci_url: run.ci_url.clone(),
-        hosts: vec![conn.host.name.clone()],
-        message: report
-            .backup
-            .as_ref()
-            .map(|b| format!("backup `{}`", b.path)),
-        ..Default::default()
-    };
-    crate::ops::history::append(conns, deploy_to, &entry, &run.redactor).await;
-    crate::deploy::lock::release_all(&[conn], deploy_to, &run.token).await;
-    report
-}
-
-/// The release `current` points at on `conn`'s host, and the newest complete release before
-/// it (what `$SHIPIT_PREVIOUS` says during a deploy of it).
-/// The release `current` points at on the host, and the one before it (one round trip).
-pub async fn current_release(
-    conn: &Conn<'_>,
-    deploy_to: &str,
-) -> Result<(String, Option<String>), String> {
-    let cmd = crate::plan::facts::releases(deploy_to);
-    let o = conn
-        .transport
-        .exec(ExecRequest::new(&cmd, Duration::from_secs(60)))
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
-    if !o.success() {
-        return Err(format!(
-            "reading the releases on `{}` failed ({}): {}",
-            conn.host.name,
-            o.exit,
-            o.stderr.text().trim()
-        ));
-    }
-    let tree = crate::plan::facts::parse_releases(&o.stdout.text());
-    let Some(current) = tree.current else {
-        return Err(format!(
-            "nothing is deployed under `{deploy_to}` yet on `{}`: deploy first",
-            conn.host.name
-        ));
-    };
-    let previous = tree
-        .releases
-        .iter()
-        .map(|r| r.id.as_str())
-        .rfind(|id| *id < current.as_str())
-        .map(str::to_owned);
-    Ok((current, previous))
-}
-
-/// `shipit backups`: the backups on the migrate host, newest first.
-#[derive(Debug, Serialize)]
-pub struct BackupsReport {
-    pub stage: String,
-    pub host: String,
-    pub dir: String,
-    pub backups: Vec<BackupEntry>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BackupEntry {
-    pub name: String,
-    pub bytes: u64,
-    pub time: String,
-}
-
-impl Report for BackupsReport {
-    fn human(&self) -> String {
-        table::backups(self)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
-
-pub async fn list(
-    stage: &str,
-    conn: &Conn<'_>,
-    inventory: &Inventory,
-) -> Result<BackupsReport, String> {
-    let Some(b) = &inventory.backup else {
-        return Err(format!(
-            "no `[backup]` section in `{}`",
-            inventory.file.display()
-        ));
-    };
-    let prefix = format!("{}-", inventory.app.name);
-    let cmd = task::list_backups(&b.dir, &prefix, &format!(".{}", b.extension));
-    let o = conn
-        .transport
-        .exec(ExecRequest::new(&cmd, Duration::from_secs(60)))
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
-    if !o.success() {
-        return Err(format!(
-            "listing `{}` failed ({}): {}",
-            b.dir,
-            o.exit,
-            o.stderr.text().trim()
-        ));
-    }
-    let backups = o
-        .stdout
-        .text()
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.splitn(3, ' ');
-            let bytes = words.next()?.parse().ok()?;
-            let mtime: u64 = words.next()?.parse().ok()?;
-            Some(BackupEntry {
-                name: words.next()?.to_owned(),
-                bytes,
-                time: plan::rfc3339(mtime),
-            })
-        })
-        .collect();
-    Ok(BackupsReport {
-        stage: stage.to_owned(),
-        host: conn.host.name.clone(),
-        dir: b.dir.clone(),
-        backups,
-    })
 }
 
 /// The host that runs backups and migrations among the selected ones: the inventory's

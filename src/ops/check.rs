@@ -7,65 +7,16 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::inventory::{Host, Inventory, TransportKind};
+use crate::output::report::check::{CheckReport, HostCheck};
+use crate::output::report::unlock::LockOwner;
 use crate::output::{Event, Output};
-use crate::plan::facts::{self, HostProbe};
-use crate::ssh::reach::Source;
+use crate::plan::facts;
 use crate::transport::fleet::{self, Connector};
 use crate::transport::{ConnectStage, ExecRequest};
 
 /// The probe is a handful of builtins: anything slower is a sick host.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Serialize)]
-pub struct CheckReport {
-    pub stage: String,
-    pub transport: TransportKind,
-    pub deploy_to: String,
-    pub hosts: Vec<HostCheck>,
-    /// `-v`: the human report shows where each connection setting came from.
-    #[serde(skip)]
-    pub verbose: bool,
-}
-
-impl crate::output::Report for CheckReport {
-    fn human(&self) -> String {
-        crate::output::table::check(self)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
-
-impl CheckReport {
-    pub fn failed(&self) -> usize {
-        self.hosts.iter().filter(|h| !h.ok).count()
-    }
-}
-
-/// `None` in a field means it was not reached (an earlier stage failed) or does not apply
-/// (the local transport has no host key).
-#[derive(Debug, Serialize)]
-pub struct HostCheck {
-    pub host: String,
-    pub address: String,
-    pub ok: bool,
-    pub reachable: bool,
-    pub host_key_verified: Option<bool>,
-    pub authenticated: Option<bool>,
-    pub facts: Option<HostProbe>,
-    /// A deploy lock held on the host (not a failure: a deploy may be running).
-    pub locked_by: Option<String>,
-    /// How the host key was trusted: fingerprint and the known_hosts line, pin or
-    /// certificate authority that vouched for it.
-    pub host_key: Option<String>,
-    /// The connection settings and where each came from (inventory, ssh_config, default).
-    pub connection: Vec<Source>,
-    pub problems: Vec<String>,
-}
 
 pub async fn run(
     stage: &str,
@@ -182,11 +133,10 @@ async fn check_host(
             }
             check.locked_by =
                 facts.lock_owner_json.as_deref().map(|json| {
-                    match serde_json::from_str::<crate::deploy::lock::LockOwner>(json) {
-                        Ok(owner) => owner.describe(
-                            crate::deploy::pipeline::now_unix(),
-                            inventory.rollout.lock_timeout,
-                        ),
+                    match serde_json::from_str::<LockOwner>(json) {
+                        Ok(owner) => {
+                            owner.describe(crate::clock::now_unix(), inventory.rollout.lock_timeout)
+                        }
                         Err(_) => "an unknown owner (owner.json missing or unreadable)".to_owned(),
                     }
                 });

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use crate::output::Report;
+use crate::output::report::init::InitReport;
 
 const INVENTORY: &str = r#"# shipit inventory for the `{stage}` stage: `shipit check {stage}`, `shipit plan {stage}`,
 # `shipit deploy {stage}`. Every key and its default: examples/reference.toml in shipit's repo.
@@ -83,31 +81,6 @@ const SITE: &str = r#"server {
 "#;
 
 const WORKFLOW: &str = include_str!("../../examples/github-actions/deploy.yml");
-
-#[derive(Debug, Serialize)]
-pub struct InitReport {
-    pub created: Vec<String>,
-    /// Files that existed already and were left as they were.
-    pub kept: Vec<String>,
-}
-
-impl Report for InitReport {
-    fn human(&self) -> String {
-        let mut out = String::new();
-        for f in &self.created {
-            out.push_str(&format!("created {f}\n"));
-        }
-        for f in &self.kept {
-            out.push_str(&format!("kept    {f} (exists)\n"));
-        }
-        out.push_str("next: edit the inventory, add host keys to inventory/known_hosts, run `shipit check`\n");
-        out
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
 
 /// Writes the scaffold under `dir` for `stage`.
 pub fn scaffold(dir: &Path, stage: &str) -> std::io::Result<InitReport> {

@@ -1,6 +1,8 @@
 //! The commands besides deploy and rollback: `check`, `exec`, `task`, `status`, `releases`,
-//! `history`, `init`.
+//! `history`, `unlock`, `backup` and `backups`, `init`. Each builds its report
+//! ([`crate::output::report`]); the renderers show it.
 
+pub mod backup;
 pub mod check;
 pub mod exec;
 pub mod history;
@@ -8,3 +10,4 @@ pub mod init;
 pub mod releases;
 pub mod status;
 pub mod task;
+pub mod unlock;

@@ -6,50 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::commands;
-use crate::ops::history::Entry;
-use crate::output::{Event, Output, Report, table};
-use crate::plan::facts;
-use crate::plan::{self, NotCandidate};
+use crate::output::report::history::Entry;
+use crate::output::report::releases::{ReleaseRow, ReleasesReport};
+use crate::output::{Event, Output};
+use crate::plan::{self, facts};
 use crate::transport::ExecRequest;
 use crate::transport::fleet::Conn;
 
 const SHORT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Serialize)]
-pub struct ReleaseRow {
-    pub release: String,
-    pub hosts: Vec<String>,
-    pub current_on: Vec<String>,
-    /// The hosts where a plain `shipit rollback` may go back to it.
-    pub rollback_on: Vec<String>,
-    /// The other hosts that hold it, and why it is not a rollback target there.
-    pub not_candidate: BTreeMap<String, NotCandidate>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReleasesReport {
-    pub stage: String,
-    /// Newest first.
-    pub releases: Vec<ReleaseRow>,
-    /// `current` per host (`None`: nothing deployed yet).
-    pub current: BTreeMap<String, Option<String>>,
-    /// True when the hosts' `current` differ.
-    pub drift: bool,
-    pub unreadable: Vec<String>,
-}
-
-impl Report for ReleasesReport {
-    fn human(&self) -> String {
-        table::releases(self)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
 
 /// The releases that went live on `host` and passed its health gate, from the output of
 /// [`commands::passed::read`]: its records, and the successful deploys and rollbacks that

@@ -3,58 +3,18 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::commands::{self, exit};
 use crate::deploy::health;
-use crate::deploy::lock::LockOwner;
 use crate::inventory::Inventory;
-use crate::output::{Event, Output, Report, table};
+use crate::output::report::status::{HostStatus, StatusReport};
+use crate::output::report::unlock::LockOwner;
+use crate::output::{Event, Output};
 use crate::plan::facts;
 use crate::shell::Cmd;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
 
 const SHORT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Serialize)]
-pub struct StatusReport {
-    pub stage: String,
-    pub hosts: Vec<HostStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HostStatus {
-    pub host: String,
-    pub current: Option<String>,
-    /// (unit, `systemctl is-active` word)
-    pub units: Vec<(String, String)>,
-    /// `None` when `[health]` is not set; else whether one check passed, and why not.
-    pub healthy: Option<bool>,
-    pub health_error: Option<String>,
-    pub locked_by: Option<String>,
-    pub error: Option<String>,
-}
-
-impl StatusReport {
-    pub fn ok(&self) -> bool {
-        self.hosts.iter().all(|h| {
-            h.error.is_none()
-                && h.healthy != Some(false)
-                && h.units.iter().all(|(_, s)| s == "active")
-        })
-    }
-}
-
-impl Report for StatusReport {
-    fn human(&self) -> String {
-        table::status(self)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data serializes")
-    }
-}
 
 fn units_probe(units: &[String]) -> Cmd {
     let mut steps = Vec::new();
@@ -146,10 +106,9 @@ pub async fn show(
             {
                 h.locked_by = Some(
                     match serde_json::from_str::<LockOwner>(o.stdout.text().trim()) {
-                        Ok(owner) => owner.describe(
-                            crate::deploy::pipeline::now_unix(),
-                            inventory.rollout.lock_timeout,
-                        ),
+                        Ok(owner) => {
+                            owner.describe(crate::clock::now_unix(), inventory.rollout.lock_timeout)
+                        }
                         Err(_) => "an unknown owner".to_owned(),
                     },
                 );

@@ -6,7 +6,8 @@
 use crate::deploy::lock::{LockState, RunInfo};
 use crate::deploy::once::task_vars;
 use crate::inventory::{Inventory, Task};
-use crate::ops::exec::{ExecReport, HostExec};
+use crate::output::report::exec::{ExecReport, HostExec};
+use crate::output::report::history::Entry;
 use crate::output::{Event, Output};
 use crate::transport::fleet::Conn;
 use crate::transport::local::NO_TIMEOUT;
@@ -50,7 +51,7 @@ pub async fn run(
         task: Some(name.to_owned()),
         hosts: Vec::new(),
     };
-    let now = crate::deploy::pipeline::now_unix();
+    let now = crate::clock::now_unix();
     let first = conns.first().map_or("", |c| c.host.name.as_str());
     // Before the lock, which already writes under `deploy_to`.
     let checks = crate::deploy::strict::preflight(conns, inventory).await;
@@ -92,11 +93,9 @@ pub async fn run(
     report.hosts = futures::future::join_all(runs).await;
 
     let failed = report.failed();
-    let entry = crate::ops::history::Entry {
+    let entry = Entry {
         time: crate::plan::rfc3339_millis(run.started_millis),
-        finished: Some(crate::plan::rfc3339_millis(
-            crate::deploy::pipeline::now_millis(),
-        )),
+        finished: Some(crate::plan::rfc3339_millis(crate::clock::now_millis())),
         action: "task".to_owned(),
         outcome: if failed == 0 { "success" } else { "failed" }.to_owned(),
         user: run.user.clone(),
@@ -116,7 +115,7 @@ pub async fn run(
 async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Output) -> HostExec {
     let host = &conn.host.name;
     let deploy_to = &inventory.app.deploy_to;
-    let release = match crate::deploy::once::current_release(conn, deploy_to).await {
+    let release = match crate::ops::backup::current_release(conn, deploy_to).await {
         Ok((current, _)) => current,
         Err(e) => return HostExec::failed(host, e),
     };

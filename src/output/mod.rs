@@ -5,12 +5,14 @@
 //! - [`plain`]: timestamped lines, no ANSI codes, for CI logs and pipes;
 //! - [`json`]: the final report as one JSON document on stdout.
 //!
-//! This is the only module that prints.
+//! The reports themselves are data in [`report`], built by the commands; `output` never
+//! imports a command module. This is the only module that prints.
 
 pub mod github;
 pub mod json;
 pub mod plain;
 pub mod redact;
+pub mod report;
 pub mod table;
 pub mod tty;
 

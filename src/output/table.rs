@@ -2,8 +2,14 @@
 
 use std::fmt::Write;
 
-use crate::ops::check::CheckReport;
-use crate::ops::exec::ExecReport;
+use super::report::backup::BackupsReport;
+use super::report::check::CheckReport;
+use super::report::exec::ExecReport;
+use super::report::history::HistoryReport;
+use super::report::releases::{ReleaseRow, ReleasesReport};
+use super::report::status::StatusReport;
+use super::report::unlock::UnlockReport;
+use crate::deploy::pipeline::{DeployReport, Outcome};
 
 fn mark(value: Option<bool>) -> &'static str {
     match value {
@@ -147,7 +153,7 @@ pub fn exec(report: &ExecReport) -> String {
     out
 }
 
-pub fn deploy(report: &crate::deploy::pipeline::DeployReport) -> String {
+pub fn deploy(report: &DeployReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()
@@ -188,7 +194,7 @@ pub fn deploy(report: &crate::deploy::pipeline::DeployReport) -> String {
         }
     }
     let what = match report.outcome {
-        crate::deploy::pipeline::Outcome::Deployed => format!(
+        Outcome::Deployed => format!(
             "{} {} to {} hosts",
             if report.action == "rollback" {
                 "rolled back"
@@ -198,13 +204,13 @@ pub fn deploy(report: &crate::deploy::pipeline::DeployReport) -> String {
             report.release.as_deref().unwrap_or("?"),
             report.hosts.len()
         ),
-        crate::deploy::pipeline::Outcome::Failed => format!("{} failed", report.action),
-        crate::deploy::pipeline::Outcome::Interrupted => format!("{} interrupted", report.action),
-        crate::deploy::pipeline::Outcome::Locked => format!("{} refused: locked", report.action),
-        crate::deploy::pipeline::Outcome::RolledBack => {
+        Outcome::Failed => format!("{} failed", report.action),
+        Outcome::Interrupted => format!("{} interrupted", report.action),
+        Outcome::Locked => format!("{} refused: locked", report.action),
+        Outcome::RolledBack => {
             format!("{} failed and was rolled back", report.action)
         }
-        crate::deploy::pipeline::Outcome::RollbackFailed => {
+        Outcome::RollbackFailed => {
             format!("{} failed and ROLLBACK FAILED", report.action)
         }
     };
@@ -221,7 +227,7 @@ pub fn deploy(report: &crate::deploy::pipeline::DeployReport) -> String {
     out
 }
 
-pub fn releases(report: &crate::ops::releases::ReleasesReport) -> String {
+pub fn releases(report: &ReleasesReport) -> String {
     let rows: Vec<Vec<String>> = report
         .releases
         .iter()
@@ -262,7 +268,7 @@ pub fn releases(report: &crate::ops::releases::ReleasesReport) -> String {
 
 /// Whether a plain `shipit rollback` may go back to the release: `yes`, or why not (per
 /// host when the hosts differ).
-fn rollback_cell(r: &crate::ops::releases::ReleaseRow) -> String {
+fn rollback_cell(r: &ReleaseRow) -> String {
     let reasons: std::collections::BTreeSet<String> =
         r.not_candidate.values().map(|w| w.to_string()).collect();
     match (r.rollback_on.is_empty(), reasons.len()) {
@@ -277,7 +283,7 @@ fn rollback_cell(r: &crate::ops::releases::ReleaseRow) -> String {
     }
 }
 
-pub fn history(report: &crate::ops::history::HistoryReport) -> String {
+pub fn history(report: &HistoryReport) -> String {
     let rows: Vec<Vec<String>> = report
         .entries
         .iter()
@@ -308,7 +314,7 @@ pub fn history(report: &crate::ops::history::HistoryReport) -> String {
     out
 }
 
-pub fn unlock(report: &crate::deploy::lock::UnlockReport) -> String {
+pub fn unlock(report: &UnlockReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()
@@ -347,7 +353,7 @@ pub fn unlock(report: &crate::deploy::lock::UnlockReport) -> String {
     out
 }
 
-pub fn backups(report: &crate::deploy::once::BackupsReport) -> String {
+pub fn backups(report: &BackupsReport) -> String {
     let rows: Vec<Vec<String>> = report
         .backups
         .iter()
@@ -365,7 +371,7 @@ pub fn backups(report: &crate::deploy::once::BackupsReport) -> String {
 }
 
 /// The deploy report for `$GITHUB_STEP_SUMMARY`.
-pub fn deploy_markdown(report: &crate::deploy::pipeline::DeployReport) -> String {
+pub fn deploy_markdown(report: &DeployReport) -> String {
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     let mut out = format!(
         "### shipit {} `{}`: {:?} (exit {})\n\n",
@@ -400,7 +406,7 @@ pub fn deploy_markdown(report: &crate::deploy::pipeline::DeployReport) -> String
     out
 }
 
-pub fn status(report: &crate::ops::status::StatusReport) -> String {
+pub fn status(report: &StatusReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
         .iter()

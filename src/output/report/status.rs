@@ -1,0 +1,45 @@
+//! `shipit status`' report: per host, the current release, its units, one health check and
+//! the deploy lock.
+
+use serde::Serialize;
+
+use crate::output::{Report, table};
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub stage: String,
+    pub hosts: Vec<HostStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub current: Option<String>,
+    /// (unit, `systemctl is-active` word)
+    pub units: Vec<(String, String)>,
+    /// `None` when `[health]` is not set; else whether one check passed, and why not.
+    pub healthy: Option<bool>,
+    pub health_error: Option<String>,
+    pub locked_by: Option<String>,
+    pub error: Option<String>,
+}
+
+impl StatusReport {
+    pub fn ok(&self) -> bool {
+        self.hosts.iter().all(|h| {
+            h.error.is_none()
+                && h.healthy != Some(false)
+                && h.units.iter().all(|(_, s)| s == "active")
+        })
+    }
+}
+
+impl Report for StatusReport {
+    fn human(&self) -> String {
+        table::status(self)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data serializes")
+    }
+}
