@@ -231,19 +231,7 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Which keys a new env file adds, removes and changes compared with the one on the host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KeyDiff {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-}
-
-impl KeyDiff {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-}
+pub use crate::output::report::plan::KeyDiff;
 
 pub fn diff(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> KeyDiff {
     let mut d = KeyDiff::default();

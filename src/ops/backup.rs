@@ -67,7 +67,9 @@ pub async fn backup_now(
             // The current release's directory, compose file and env: what is running now.
             let vars = task_vars(inventory, &conn.host.name, &current, previous.as_deref());
             let cwd = format!("{deploy_to}/releases/{current}");
-            backup(conn, inventory, &cwd, &vars, "manual", now, out).await.map_err(|e| e.message)
+            backup(conn, inventory, &cwd, &vars, "manual", now, out)
+                .await
+                .map_err(|e| e.message)
         }
         Err(e) => Err(e),
     };

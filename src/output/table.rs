@@ -4,12 +4,12 @@ use std::fmt::Write;
 
 use super::report::backup::BackupsReport;
 use super::report::check::CheckReport;
+use super::report::deploy::{DeployReport, Outcome};
 use super::report::exec::ExecReport;
 use super::report::history::HistoryReport;
 use super::report::releases::{ReleaseRow, ReleasesReport};
 use super::report::status::StatusReport;
 use super::report::unlock::UnlockReport;
-use crate::deploy::pipeline::{DeployReport, Outcome};
 
 fn mark(value: Option<bool>) -> &'static str {
     match value {

@@ -273,9 +273,13 @@ fn two_deploys_at_once_exactly_one_wins() {
         .find(|h| !h["locked_by"].is_null())
         .expect("names the holder");
     assert!(
-        held["error"].as_str().unwrap().contains("locked by"),
+        held["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked by"),
         "{held:#}"
     );
+    assert_eq!(held["error"]["step"], "lock", "{held:#}");
     let won = winner["release"].as_str().unwrap();
     // The loser stopped before choosing a release id.
     assert!(loser["release"].is_null());

@@ -356,7 +356,7 @@ fn an_unreadable_history_stops_a_rollback() {
     );
     let (code, report, stderr) = rig.json(&["rollback", "test"], &v3);
     assert_eq!(code, 1, "{stderr}");
-    let h2 = host_entry(&report, "h2")["error"]
+    let h2 = host_entry(&report, "h2")["error"]["message"]
         .as_str()
         .unwrap()
         .to_owned();

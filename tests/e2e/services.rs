@@ -383,8 +383,9 @@ fn a_release_failing_its_health_check_is_rolled_back() {
             "active"
         );
     }
-    let error = report["hosts"][0]["error"].as_str().unwrap();
+    let error = report["hosts"][0]["error"]["message"].as_str().unwrap();
     assert!(error.contains("health check failed"), "{error}");
+    assert_eq!(report["hosts"][0]["error"]["step"], "health");
     let history = fleet.sh_ok("s1", "tail -n 1 /opt/demo/.shipit/history.jsonl");
     let last: serde_json::Value = serde_json::from_str(&history).unwrap();
     assert!(
@@ -429,7 +430,7 @@ fn a_failed_switch_back_exits_4_and_says_where_the_host_is() {
             .unwrap()
             .contains("a human is needed")
     );
-    let error = report["hosts"][0]["error"].as_str().unwrap();
+    let error = report["hosts"][0]["error"]["message"].as_str().unwrap();
     assert!(
         error.contains("SWITCHING BACK FAILED") && error.contains("after switching back"),
         "{error}"

@@ -6,10 +6,12 @@
 
 pub mod backup;
 pub mod check;
+pub mod deploy;
 pub mod exec;
 pub mod history;
 pub mod init;
 pub mod manual;
+pub mod plan;
 pub mod releases;
 pub mod status;
 pub mod unlock;
