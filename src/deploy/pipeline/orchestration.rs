@@ -16,9 +16,9 @@ const DEPLOY_TO: &str = "/opt/shop";
 const TOKEN: &str = "tok-1";
 const OLD: &str = "20200101T000000Z-aaaaaaaaaaaa";
 
-/// `[app]`, `n` hosts `h1`..`hn`, then `rest`.
-fn inventory(n: usize, rest: &str) -> Inventory {
-    let mut text = format!("[app]\nname = \"shop\"\ndeploy_to = \"{DEPLOY_TO}\"\n\n");
+/// `[app]` (with `app` added), `n` hosts `h1`..`hn`, then `rest`.
+fn inventory(n: usize, app: &str, rest: &str) -> Inventory {
+    let mut text = format!("[app]\nname = \"shop\"\ndeploy_to = \"{DEPLOY_TO}\"\n{app}\n");
     for i in 1..=n {
         text.push_str(&format!(
             "[[hosts]]\nname = \"h{i}\"\naddress = \"10.0.0.{i}\"\n"
@@ -110,6 +110,10 @@ fn tree() -> ReleaseTree {
 struct Setup {
     inv: Inventory,
     migrate_host: Option<String>,
+    /// Older releases every host also has (for prune).
+    older: Vec<String>,
+    /// Hosts that have a release of the same artifact (a copy instead of an upload).
+    same_artifact_on: Vec<String>,
 }
 
 struct Ran {
@@ -119,8 +123,10 @@ struct Ran {
 
 fn setup(n: usize, rest: &str) -> Setup {
     Setup {
-        inv: inventory(n, rest),
+        inv: inventory(n, "", rest),
         migrate_host: None,
+        older: Vec::new(),
+        same_artifact_on: Vec::new(),
     }
 }
 
@@ -130,8 +136,39 @@ impl Setup {
         self
     }
 
+    /// Each host's release tree: `OLD` current, the older releases, and a release of the
+    /// artifact where asked.
+    fn trees(&self, packed: &Packed) -> Vec<ReleaseTree> {
+        self.inv
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut t = tree();
+                for id in &self.older {
+                    t.releases.insert(
+                        0,
+                        Release {
+                            id: id.clone(),
+                            sha256: Some("bb".repeat(32)),
+                        },
+                    );
+                }
+                if self.same_artifact_on.contains(&h.name) {
+                    t.releases.insert(
+                        0,
+                        Release {
+                            id: "20100101T000000Z-cccccccccccc".to_owned(),
+                            sha256: Some(packed.sha256.clone()),
+                        },
+                    );
+                }
+                t
+            })
+            .collect()
+    }
+
     fn plan(&self, packed: &Packed) -> Plan {
-        let trees: Vec<ReleaseTree> = self.inv.hosts.iter().map(|_| tree()).collect();
+        let trees = self.trees(packed);
         let facts: Vec<HostFacts<'_>> = self
             .inv
             .hosts
@@ -170,6 +207,17 @@ impl Setup {
     }
 
     async fn execute(&self, script: &Script, packed: &Packed, plan: &Plan) -> DeployReport {
+        self.execute_as(script, packed, plan, true).await
+    }
+
+    /// Executes `plan` as a deploy, or as a rollback (no artifact, no guard).
+    async fn execute_as(
+        &self,
+        script: &Script,
+        packed: &Packed,
+        plan: &Plan,
+        deploy: bool,
+    ) -> DeployReport {
         let inv = &self.inv;
         let templates = templates(inv);
         let hosts: Vec<&Host> = inv.hosts.iter().collect();
@@ -187,7 +235,7 @@ impl Setup {
             redactor: Redactor::default(),
         };
         let connector = Connector::Local;
-        let mut r = Run::new("deploy", "test", &hosts, (&info, inv, &out, &connector));
+        let mut r = Run::new(plan.action, "test", &hosts, (&info, inv, &out, &connector));
         let conns: Vec<Conn<'_>> = hosts
             .iter()
             .map(|h| Conn {
@@ -203,13 +251,17 @@ impl Setup {
             out: &out,
             token: TOKEN,
             release: &plan.release,
-            deploy: true,
-            artifact: Some(packed),
-            uploads: Some(&uploads),
-            facts: hosts.iter().map(|h| (h.name.clone(), tree())).collect(),
+            deploy,
+            artifact: Some(packed).filter(|_| deploy),
+            uploads: Some(&uploads).filter(|_| deploy),
+            facts: hosts
+                .iter()
+                .map(|h| h.name.clone())
+                .zip(self.trees(packed))
+                .collect(),
             revision: String::new(),
-            env_content: inv.env.as_ref().map(|_| &env),
-            guard: Some(Guard {
+            env_content: inv.env.as_ref().filter(|_| deploy).map(|_| &env),
+            guard: deploy.then(|| Guard {
                 history: crate::ops::history::Entry::default(),
                 redactor: Redactor::default(),
             }),
@@ -273,19 +325,25 @@ fn label(plan: &Plan, cmd: &str) -> String {
         ),
         ("restore_site", nginx::restore(DEPLOY_TO, "shop")),
         ("disarm", guard::disarm(DEPLOY_TO, TOKEN)),
+        (
+            "test_site",
+            nginx::test("shop", &format!("{dir}/.shipit/nginx/shop")),
+        ),
+        ("mark_passed", passed::mark(DEPLOY_TO, rel)),
+        ("forget_old", passed::forget(DEPLOY_TO, OLD)),
     ];
     if let Some((name, _)) = known.iter().find(|(_, c)| fake::text(c) == cmd) {
         return (*name).to_owned();
     }
-    let pruned = plan
+    let mut prunes = plan
         .hosts
         .iter()
         .flat_map(|h| &h.steps)
-        .find_map(|s| match s {
+        .filter_map(|s| match s {
             Step::Prune { releases } => Some(release::prune(DEPLOY_TO, releases)),
             _ => None,
         });
-    if pruned.is_some_and(|p| fake::text(&p) == cmd) {
+    if prunes.any(|p| fake::text(&p) == cmd) {
         return "prune".to_owned();
     }
     for (word, name) in [
@@ -297,6 +355,7 @@ fn label(plan: &Plan, cmd: &str) -> String {
         ("hook-switch", "hook:after_switch"),
         ("hook-restart", "hook:after_restart"),
         ("decompress=", "upload"),
+        ("from=20100101T000000Z-cccccccccccc", "reuse"),
     ] {
         if cmd.contains(word) {
             return name.to_owned();
@@ -365,6 +424,7 @@ async fn a_deploy_arms_before_the_switch_and_confirms_after_restart_and_site() {
         labels(&script, &plan, "h1"),
         strs(&[
             "upload",
+            "test_site",
             "arm",
             "install_env",
             "switch",
@@ -688,5 +748,387 @@ async fn halt_keeps_the_hosts_switched_before() {
             !labels(&script, &plan, h).contains(&"arm".to_owned()),
             "{h}"
         );
+    }
+}
+
+const ONCE: &str = r#"
+[backup]
+kind = "command"
+command = "make-backup"
+
+[migrate]
+command = "run-migrations"
+
+[[hooks]]
+at = "after_switch"
+command = "hook-switch"
+once = true
+"#;
+
+#[tokio::test]
+async fn once_steps_run_on_the_migrate_host_after_every_host_staged() {
+    let s = setup(3, &format!("{SERVED}{ONCE}")).migrate_on("h2");
+    let script = Script::default();
+    let Ran { plan, report } = s.run(&script).await;
+    assert_eq!(report.outcome, Outcome::Deployed, "{:?}", report.message);
+    let once: Vec<&str> = plan.once.iter().map(Step::name).collect();
+    assert_eq!(once, ["backup", "migrate"]);
+    let ran: Vec<(&str, StepStatus)> = report.once.iter().map(|s| (s.step, s.status)).collect();
+    assert_eq!(
+        ran,
+        [("backup", StepStatus::Ok), ("migrate", StepStatus::Ok)]
+    );
+    assert_eq!(report.migrated_on.as_deref(), Some("h2"));
+    assert_eq!(report.backup.as_ref().map(|b| b.host.as_str()), Some("h2"));
+    for h in ["h1", "h3"] {
+        let l = labels(&script, &plan, h);
+        assert!(
+            !l.iter()
+                .any(|l| l == "backup" || l == "migrate" || l.starts_with("hook")),
+            "{h}: {l:?}"
+        );
+        assert!(!plan_names(&plan, h).contains(&"hook"), "{h}");
+    }
+    assert_eq!(
+        labels_from(&script, &plan, "h2", "test_site"),
+        strs(&[
+            "test_site",
+            "backup",
+            "migrate",
+            "arm",
+            "install_env",
+            "switch",
+            "hook:after_switch",
+            "install_units",
+            "restart",
+            "install_site",
+            "confirm"
+        ])
+    );
+    // Every host staged before the backup; no host was armed before the migrations ended.
+    let calls = script.calls();
+    let at = |host: &str, what: &str| {
+        calls
+            .iter()
+            .position(|c| c.host == host && label(&plan, &c.cmd) == what)
+            .unwrap()
+    };
+    let backup = at("h2", "backup");
+    for h in ["h1", "h2", "h3"] {
+        assert!(at(h, "test_site") < backup, "{h}");
+        assert!(at(h, "arm") > at("h2", "migrate"), "{h}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_migration_switches_nothing() {
+    let s = setup(3, &format!("{SERVED}{ONCE}")).migrate_on("h2");
+    let script = Script::default();
+    script.fail("h2", "run-migrations", 1);
+    let Ran { plan, report } = s.run(&script).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert!(
+        report
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("; nothing was switched"),
+        "{:?}",
+        report.message
+    );
+    let ran: Vec<(&str, StepStatus)> = report.once.iter().map(|s| (s.step, s.status)).collect();
+    assert_eq!(
+        ran,
+        [("backup", StepStatus::Ok), ("migrate", StepStatus::Failed)]
+    );
+    assert_eq!(report.migrated_on, None);
+    assert_eq!(host(&report, "h2").error.as_ref().unwrap().step, "migrate");
+    for h in ["h1", "h2", "h3"] {
+        let l = labels(&script, &plan, h);
+        assert!(
+            !l.iter()
+                .any(|l| l == "arm" || l == "switch" || l == "switch_back"),
+            "{h}: {l:?}"
+        );
+        let switch_steps: Vec<StepStatus> = plan
+            .host(h)
+            .unwrap()
+            .steps
+            .iter()
+            .zip(statuses(&report, h))
+            .filter(|(s, _)| s.phase() == Phase::Switch)
+            .map(|(_, (_, st))| st)
+            .collect();
+        assert!(!switch_steps.is_empty());
+        assert!(switch_steps.iter().all(|s| *s == StepStatus::NotRun), "{h}");
+    }
+    assert_eq!(host(&report, "h1").outcome, "not_switched");
+    assert_eq!(host(&report, "h2").outcome, "failed");
+}
+
+#[tokio::test]
+async fn a_failed_backup_runs_no_migration() {
+    let s = setup(2, &format!("{SERVED}{ONCE}")).migrate_on("h1");
+    let script = Script::default();
+    script.fail("h1", "make-backup", 1);
+    let Ran { plan, report } = s.run(&script).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    let ran: Vec<(&str, StepStatus)> = report.once.iter().map(|s| (s.step, s.status)).collect();
+    assert_eq!(
+        ran,
+        [
+            ("backup", StepStatus::Failed),
+            ("migrate", StepStatus::NotRun)
+        ]
+    );
+    for h in ["h1", "h2"] {
+        let l = labels(&script, &plan, h);
+        assert!(
+            !l.iter().any(|l| l == "migrate" || l == "arm"),
+            "{h}: {l:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_staging_failure_on_one_host_switches_nothing_anywhere() {
+    let s = setup(3, SERVED);
+    let script = Script::default();
+    let dir = tempfile::tempdir().unwrap();
+    let packed = artifact(dir.path());
+    let plan = s.plan(&packed);
+    let test = crate::commands::nginx::test(
+        "shop",
+        &format!("{DEPLOY_TO}/releases/{}/.shipit/nginx/shop", plan.release),
+    );
+    script.fail(
+        "h3",
+        &fake::text(&test),
+        crate::commands::exit::NGINX_INVALID,
+    );
+    let report = s.execute(&script, &packed, &plan).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(
+        report.message.as_deref(),
+        Some("1 hosts failed to stage; nothing was switched")
+    );
+    let e = host(&report, "h3").error.clone().unwrap();
+    assert_eq!(
+        (e.step.as_str(), e.exit),
+        ("stage_site", Some(crate::commands::exit::NGINX_INVALID))
+    );
+    for h in ["h1", "h2", "h3"] {
+        assert!(
+            !labels(&script, &plan, h).contains(&"arm".to_owned()),
+            "{h}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_env_file_is_neither_installed_nor_restored() {
+    let s = setup(1, SERVED);
+    let script = Script::default();
+    let read = crate::commands::envfile::read("/etc/shop.env", None);
+    script.answer("h1", &fake::text(&read), "A=1\n");
+    let dir = tempfile::tempdir().unwrap();
+    let packed = artifact(dir.path());
+    let plan = s.plan(&packed);
+    script.fail(
+        "h1",
+        &fake::text(&crate::commands::release::switch(DEPLOY_TO, &plan.release)),
+        1,
+    );
+    let report = s.execute(&script, &packed, &plan).await;
+    let st = statuses(&report, "h1");
+    assert!(st.contains(&("stage_env", StepStatus::Skipped)), "{st:?}");
+    assert!(st.contains(&("install_env", StepStatus::Skipped)), "{st:?}");
+    assert_eq!(
+        labels_from(&script, &plan, "h1", "arm"),
+        strs(&["arm", "switch", "forget", "switch_back", "disarm"])
+    );
+}
+
+/// The commands a host's steps send, one label per step that sends one we know.
+fn expected_labels(plan: &Plan, host: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let hs = plan.host(host).unwrap();
+    let mut once_done = false;
+    for step in &hs.steps {
+        if !once_done && step.phase() > Phase::Stage && plan.migrate_host.as_deref() == Some(host) {
+            out.extend(plan.once.iter().map(|s| s.name().to_owned()));
+            once_done = true;
+        }
+        let l = match step {
+            Step::Upload { .. } => "upload".to_owned(),
+            Step::Reuse { .. } => "reuse".to_owned(),
+            Step::StageSite { .. } => "test_site".to_owned(),
+            Step::Hook { at, .. } => format!("hook:{}", crate::plan::step::hook_point_str(*at)),
+            Step::ArmGuard { .. } => "arm".to_owned(),
+            Step::Forget { .. } => "forget_old".to_owned(),
+            Step::StageEnv { .. } | Step::StageUnits { .. } | Step::StageCompose { .. } => continue,
+            other => other.name().to_owned(),
+        };
+        out.push(l);
+    }
+    out
+}
+
+const EVERYTHING: &str = r#"
+[[hooks]]
+at = "after_upload"
+command = "hook-upload"
+
+[[hooks]]
+at = "before_switch"
+command = "hook-before"
+
+[[hooks]]
+at = "after_switch"
+command = "hook-switch"
+
+[[hooks]]
+at = "after_restart"
+command = "hook-restart"
+
+[health]
+command = "check-health"
+timeout = "5s"
+
+[backup]
+kind = "command"
+command = "make-backup"
+
+[migrate]
+command = "run-migrations"
+"#;
+
+#[tokio::test]
+async fn the_report_and_the_commands_follow_the_plan_for_every_step_kind() {
+    let mut s = setup(2, &format!("{SERVED}{COMPOSE}{EVERYTHING}")).migrate_on("h1");
+    s.inv = inventory(
+        2,
+        "keep_releases = 2",
+        &format!("{SERVED}{COMPOSE}{EVERYTHING}"),
+    );
+    s.older = strs(&[
+        "20180101T000000Z-bbbbbbbbbbbb",
+        "20190101T000000Z-bbbbbbbbbbbb",
+    ]);
+    s.same_artifact_on = strs(&["h2"]);
+    let script = Script::default();
+    let Ran { plan, report } = s.run(&script).await;
+    assert_eq!(report.outcome, Outcome::Deployed, "{:?}", report.message);
+    let kinds: std::collections::BTreeSet<&str> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| &h.steps)
+        .chain(&plan.once)
+        .map(Step::name)
+        .collect();
+    for kind in [
+        "upload",
+        "reuse",
+        "stage_env",
+        "stage_units",
+        "stage_site",
+        "stage_compose",
+        "hook",
+        "backup",
+        "migrate",
+        "arm_guard",
+        "install_env",
+        "switch",
+        "install_units",
+        "restart",
+        "install_site",
+        "compose_up",
+        "health",
+        "confirm",
+        "prune",
+    ] {
+        assert!(kinds.contains(kind), "the plan has no `{kind}` step");
+    }
+    for h in ["h1", "h2"] {
+        assert_eq!(report_names(&report, h), plan_names(&plan, h), "{h}");
+        assert!(
+            statuses(&report, h)
+                .iter()
+                .all(|(_, s)| *s == StepStatus::Ok),
+            "{h}: {:?}",
+            statuses(&report, h)
+        );
+        assert_eq!(labels(&script, &plan, h), expected_labels(&plan, h), "{h}");
+    }
+    let once: Vec<&str> = report.once.iter().map(|s| s.step).collect();
+    let planned: Vec<&str> = plan.once.iter().map(Step::name).collect();
+    assert_eq!(once, planned);
+    assert_eq!(host(&report, "h2").source.as_deref(), Some("reused"));
+    assert_eq!(host(&report, "h1").pruned, s.older);
+}
+
+#[tokio::test]
+async fn a_rollback_follows_its_plan() {
+    let s = setup(
+        2,
+        &format!("{SERVED}\n[health]\ncommand = \"check-health\"\n"),
+    );
+    let script = Script::default();
+    let dir = tempfile::tempdir().unwrap();
+    let packed = artifact(dir.path());
+    let hosts: Vec<(&Host, ReleaseTree)> = s
+        .inv
+        .hosts
+        .iter()
+        .map(|h| {
+            let mut t = tree();
+            t.releases.push(Release {
+                id: "20300101T000000Z-dddddddddddd".to_owned(),
+                sha256: None,
+            });
+            t.current = Some("20300101T000000Z-dddddddddddd".to_owned());
+            (h, t)
+        })
+        .collect();
+    let refs: Vec<(&Host, &ReleaseTree)> = hosts.iter().map(|(h, t)| (*h, t)).collect();
+    let plan = plan::build::rollback(&s.inv, &rendered(&templates(&s.inv)), &refs, OLD, None);
+    let report = s.execute_as(&script, &packed, &plan, false).await;
+    assert_eq!(report.outcome, Outcome::Deployed, "{:?}", report.message);
+    for h in ["h1", "h2"] {
+        assert_eq!(report_names(&report, h), plan_names(&plan, h), "{h}");
+        assert_eq!(
+            plan_names(&plan, h),
+            [
+                "switch",
+                "install_units",
+                "restart",
+                "install_site",
+                "health",
+                "mark_passed",
+                "forget"
+            ]
+        );
+        assert!(
+            statuses(&report, h)
+                .iter()
+                .all(|(_, s)| *s == StepStatus::Ok),
+            "{h}"
+        );
+        let l = labels(&script, &plan, h);
+        // No guard in a rollback; the release it turns away from is recorded last.
+        assert_eq!(
+            l,
+            strs(&[
+                "switch",
+                "install_units",
+                "restart",
+                "install_site",
+                "health",
+                "mark_passed"
+            ]),
+            "{h}"
+        );
+        let forget = crate::commands::passed::forget(DEPLOY_TO, "20300101T000000Z-dddddddddddd");
+        assert_eq!(script.commands(h).last(), Some(&fake::text(&forget)), "{h}");
     }
 }
