@@ -3,6 +3,8 @@
 //! once on the migrate host, switch in waves, finish; and `shipit plan`'s read-only preview.
 
 pub mod envfile;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod health;
 pub mod lock;
 pub mod once;
