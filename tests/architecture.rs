@@ -34,7 +34,7 @@ fn code(text: &str) -> &str {
 #[test]
 fn pure_modules_do_no_io_and_read_no_clock_or_environment() {
     const PURE: &[&str] = &[
-        "src/inventory/mod.rs",
+        "src/inventory/",
         "src/shell.rs",
         "src/plan/facts.rs",
         "src/plan/mod.rs",
@@ -56,7 +56,11 @@ fn pure_modules_do_no_io_and_read_no_clock_or_environment() {
         "eprintln!",
     ];
     for (file, text) in all_sources() {
-        if !PURE.contains(&file.as_str()) {
+        // An entry ending in `/` is a whole module directory.
+        let pure = PURE
+            .iter()
+            .any(|p| file == *p || (p.ends_with('/') && file.starts_with(p)));
+        if !pure {
             continue;
         }
         for word in FORBIDDEN {
