@@ -17,7 +17,8 @@
 //!
 //! Blocking file I/O only: callers run [`pack`], [`compress`] and [`build`] under
 //! `spawn_blocking`. May depend on nothing else in the crate but
-//! [`crate::artifact::manifest`].
+//! [`crate::artifact::manifest`] and [`Stream`](crate::transport::Stream), which tags the
+//! build's output lines.
 
 pub mod delta;
 pub mod manifest;
