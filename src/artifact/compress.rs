@@ -14,6 +14,7 @@ use tempfile::TempPath;
 use super::ArtifactError;
 use super::manifest::Manifest;
 use super::pack::{BUF_SIZE, Hashing, new_temp};
+use crate::shell::Cmd;
 
 /// How the packed file is compressed (the host runs the matching decompressor).
 /// zstd is the first choice: it decompresses several times faster than gzip, and the
@@ -52,10 +53,19 @@ impl Codec {
     }
 
     /// The host's command that decompresses stdin to stdout.
-    pub fn decompress(self) -> &'static str {
+    pub fn decompress_cmd(self) -> Cmd {
         match self {
-            Codec::Zstd => "zstd -dc",
-            Codec::Gzip => "gzip -dc",
+            Codec::Zstd => Cmd::new("zstd").arg("-dc"),
+            Codec::Gzip => Cmd::new("gzip").arg("-dc"),
+        }
+    }
+
+    /// The host's command that compresses stdin to stdout (quietly: its stderr is only for
+    /// errors).
+    pub fn compress_cmd(self) -> Cmd {
+        match self {
+            Codec::Zstd => Cmd::new("zstd").arg("-q").arg("-c"),
+            Codec::Gzip => Cmd::new("gzip").arg("-c"),
         }
     }
 }

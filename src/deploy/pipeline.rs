@@ -1045,15 +1045,7 @@ async fn fetch_manifest(
         d.inventory.app.deploy_to,
         crate::artifact::manifest::PATH
     );
-    let compress = match codec {
-        Codec::Zstd => "zstd -q -c",
-        Codec::Gzip => "gzip -c",
-    };
-    let cmd = Cmd::seq([
-        Cmd::assign("f", &path),
-        Cmd::assign("compress", compress),
-        Cmd::new(r#"$compress < "$f""#),
-    ]);
+    let cmd = codec.compress_cmd().raw("<").arg(&path);
     // The manifest can pass the kept-output limit: collected here instead.
     let bytes = std::sync::Mutex::new(Vec::new());
     let sink = |stream: crate::transport::Stream, chunk: &[u8]| {
@@ -1276,7 +1268,7 @@ async fn upload(
         &d.inventory.app.deploy_to,
         release,
         &packed.upload_sha256,
-        packed.codec.decompress(),
+        packed.codec.decompress_cmd(),
         packed.prefix.len() as u64,
     );
     let cmd = Cmd::seq([receive, finish]);
@@ -1324,7 +1316,7 @@ async fn upload_delta(
         current_manifest: &hd.base.manifest,
         manifest: &delta.manifest_sha256,
         upload_sha256: &delta.sha256,
-        decompress: codec.decompress(),
+        decompress: codec.decompress_cmd(),
         edits_len: delta.edits_len,
         service_user: d.inventory.app.user.as_deref().unwrap_or(""),
     };
