@@ -245,7 +245,7 @@ pub async fn step(
             once::migrate(c, inv, &release_dir, &vars(), ctx.out).await?;
         }
         Step::ArmGuard { delay_secs } => {
-            switch::arm_guard(ctx, c, host, *delay_secs).await?;
+            switch::arm_guard(ctx, c, host, *delay_secs, state).await?;
             state.guard_armed = ctx.guard.is_some();
         }
         Step::InstallEnv { path } => {

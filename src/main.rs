@@ -114,10 +114,26 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let started_millis = shipit::clock::now_millis();
     let started_unix = started_millis / 1000;
 
+    // Every secret value the run knows: none may be printed, whatever prints it.
+    let ssh_secrets: Vec<Secret> = ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map(Secret::new)
+        .collect();
+    let env_secrets = inventory
+        .env
+        .iter()
+        .flat_map(|e| e.secrets.iter().map(|(_, v)| v));
+    let redactor = shipit::deploy::envfile::redactor(env_secrets.chain(&ssh_secrets));
+
+    // The build's lines go through an output of their own, without the hosts' bars: no host
+    // is being worked on yet, and a failed build must not leave bars behind.
+    let build_out = Output::new(output_mode(&cli), &[], cli.global.verbose, None)
+        .redacting_with(redactor.clone());
     // Everything that can fail without a host comes before the first connection.
     let packed = match &cli.command {
         Command::Deploy { .. } | Command::Plan { .. } => {
-            Some(prepare_artifact(&inventory, &base_dir)?)
+            Some(prepare_artifact(&inventory, &base_dir, &build_out)?)
         }
         _ => None,
     };
@@ -143,17 +159,6 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
         });
-    // Every secret value the run knows: none may be printed, whatever prints it.
-    let ssh_secrets: Vec<Secret> = ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-        .map(Secret::new)
-        .collect();
-    let env_secrets = inventory
-        .env
-        .iter()
-        .flat_map(|e| e.secrets.iter().map(|(_, v)| v));
-    let redactor = shipit::deploy::envfile::redactor(env_secrets.chain(&ssh_secrets));
     let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github)
         .redacting_with(redactor.clone());
     let settings = ssh_settings(&inventory, home.as_deref());
@@ -493,15 +498,26 @@ fn load_inventory(
     Ok(inventory::parse(&text, &path, &ctx)?)
 }
 
-/// Runs `artifact.build`, then packs the artifact once for every host.
-fn prepare_artifact(inventory: &Inventory, base_dir: &Path) -> Result<artifact::Packed, Error> {
+/// Runs `artifact.build`, its output shown through `out` as lines of the host `build`, then
+/// packs the artifact once for every host.
+fn prepare_artifact(
+    inventory: &Inventory,
+    base_dir: &Path,
+    out: &Output,
+) -> Result<artifact::Packed, Error> {
     let Some(spec) = &inventory.artifact else {
         return Err(Error::NoArtifact {
             file: inventory.file.display().to_string(),
         });
     };
     if let Some(build) = &spec.build {
-        artifact::build(build, base_dir)?;
+        artifact::build(build, base_dir, &|stream, line| {
+            out.emit(Event::Line {
+                host: "build",
+                stream,
+                line,
+            })
+        })?;
     }
     Ok(artifact::pack(&spec.path, &std::env::temp_dir())?)
 }

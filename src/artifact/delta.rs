@@ -469,7 +469,7 @@ mod host_tests {
             base,
             id,
             &c.upload_sha256,
-            c.codec.decompress(),
+            c.codec.decompress_cmd(),
             c.prefix.len() as u64,
         );
         let (code, _, err) = sh(&cmd, &stream);
@@ -517,7 +517,7 @@ mod host_tests {
             current_manifest: &manifest::sha256_hex(&old_text),
             manifest: &delta.manifest_sha256,
             upload_sha256: &delta.sha256,
-            decompress: "zstd -dc",
+            decompress: Codec::Zstd.decompress_cmd(),
             edits_len: delta.edits_len,
             service_user: svc,
         };
@@ -767,7 +767,7 @@ mod hostile_host_tests {
                 current_manifest: &manifest::sha256_hex(&old_text),
                 manifest: &delta.manifest_sha256,
                 upload_sha256: &delta.sha256,
-                decompress: "zstd -dc",
+                decompress: Codec::Zstd.decompress_cmd(),
                 edits_len: delta.edits_len,
                 service_user: "nobody",
             };
@@ -858,8 +858,13 @@ mod hostile_host_tests {
         let c =
             artifact::compress(&v1.tar, v1.manifest.as_deref(), Codec::Gzip, dir.path()).unwrap();
         let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
-        let receive =
-            release::receive(b, "r1", &c.upload_sha256, "gzip -dc", c.prefix.len() as u64);
+        let receive = release::receive(
+            b,
+            "r1",
+            &c.upload_sha256,
+            Codec::Gzip.decompress_cmd(),
+            c.prefix.len() as u64,
+        );
         assert_eq!(sh(&receive, &stream).0, 0);
         // A symlink out of the release (the checker refuses one in an artifact; the tree
         // is checked anyway), below which a shared path lies.
@@ -885,7 +890,7 @@ mod hostile_host_tests {
                 "{bad:?}"
             );
             assert!(base.join("releases/old").is_dir());
-            let receive = release::receive(b, bad, "0", "gzip -dc", 0);
+            let receive = release::receive(b, bad, "0", Codec::Gzip.decompress_cmd(), 0);
             assert_eq!(sh(&receive, b"").0, exit::PATH_OUTSIDE as i32, "{bad:?}");
         }
         assert!(victim.join("uploads/keep").is_dir());

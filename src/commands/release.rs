@@ -40,10 +40,16 @@ real_dirs() {
   done
 }"#;
 
+/// `decompress() { <cmd>; }`: the scripts below run the codec's command by this name, so it
+/// stays a command of quoted words rather than a string expanded unquoted.
+fn decompressor(cmd: Cmd) -> Cmd {
+    Cmd::new("decompress()").raw("{").cmd(cmd).raw(";").raw("}")
+}
+
 /// Receives the upload on stdin: the release's manifest (`manifest_len` bytes, compressed;
 /// none when 0), then the compressed artifact. Writes the manifest to
 /// `releases/<id>.partial/.shipit/manifest`, extracts the artifact into the partial
-/// directory with `decompress` (`gzip -dc`, `zstd -dc`) under umask 022 without keeping the
+/// directory with `decompress` (`gzip -dc`, `zstd -dc`: `Codec::decompress_cmd`) under umask 022 without keeping the
 /// archive's permission bits (what the manifest's modes describe), and checks the sha256 of
 /// all the bytes received (fewer bytes to hash than the tar; the decompressor's own checks
 /// cover the rest), in one pass. Exit [`SHA_MISMATCH`](super::exit::SHA_MISMATCH) when the
@@ -53,14 +59,14 @@ pub fn receive(
     deploy_to: &str,
     id: &str,
     upload_sha256: &str,
-    decompress: &str,
+    decompress: Cmd,
     manifest_len: u64,
 ) -> Cmd {
     Cmd::seq([
         Cmd::assign("base", deploy_to),
         Cmd::assign("id", id),
         Cmd::assign("sha", upload_sha256),
-        Cmd::assign("decompress", decompress),
+        decompressor(decompress),
         Cmd::assign("mlen", manifest_len.to_string()),
         Cmd::new(HOST_TOOLS),
         Cmd::new(PATHS),
@@ -80,9 +86,9 @@ $hash < "$fifo" > "$sum" &
 hasher=$!
 tee -- "$fifo" | {
   if [ "$mlen" -gt 0 ]; then
-    mkdir -- "$part/.shipit" && head -c "$mlen" | $decompress > "$part/.shipit/manifest" || exit 1
+    mkdir -- "$part/.shipit" && head -c "$mlen" | decompress > "$part/.shipit/manifest" || exit 1
   fi
-  $decompress | tar -xf - -C "$part" --no-same-owner --no-same-permissions
+  decompress | tar -xf - -C "$part" --no-same-owner --no-same-permissions
 }
 status=$?
 wait "$hasher"
@@ -249,7 +255,8 @@ pub struct DeltaArgs<'a> {
     pub manifest: &'a str,
     /// sha256 of the whole stream.
     pub upload_sha256: &'a str,
-    pub decompress: &'a str,
+    /// The host's command that decompresses stdin to stdout (`Codec::decompress_cmd`).
+    pub decompress: Cmd,
     /// Length of the compressed edit list at the start of the stream.
     pub edits_len: u64,
     /// The service user (`app.user`); empty when unknown.
@@ -275,7 +282,7 @@ pub fn delta(a: &DeltaArgs<'_>) -> Cmd {
         Cmd::assign("oldsum", a.current_manifest),
         Cmd::assign("want", a.manifest),
         Cmd::assign("sha", a.upload_sha256),
-        Cmd::assign("decompress", a.decompress),
+        decompressor(a.decompress.clone()),
         Cmd::assign("elen", a.edits_len.to_string()),
         Cmd::assign("svc", a.service_user),
         Cmd::new(HOST_TOOLS),
@@ -296,7 +303,7 @@ fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
 rm -rf -- "$part" .shipit/delta-* && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
 $hash < "$tmp/fifo" > "$tmp/sum" &
 hasher=$!
-tee -- "$tmp/fifo" | { head -c "$elen" | $decompress > "$tmp/edits" && cat > "$tmp/tar"; }
+tee -- "$tmp/fifo" | { head -c "$elen" | decompress > "$tmp/edits" && cat > "$tmp/tar"; }
 status=$?
 wait "$hasher"
 read -r got rest < "$tmp/sum"
@@ -306,7 +313,7 @@ read -r got rest < "$tmp/sum"
 cp -- "$old/.shipit/manifest" "$tmp/manifest" && [ "$(sum_of "$tmp/manifest")" = "$oldsum" ] || fail 94
 clone_release "$tmp/edits" || fail 94
 ln -s -- "../../$cur" .shipit/base || fail 94
-$decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
+decompress < "$tmp/tar" | tar -xf - --no-same-owner --no-same-permissions || fail 94
 rm -f .shipit/base
 # A file rewritten here (its own copy, unshared with the current release) goes through a
 # fresh scratch name made by mktemp: a fixed name could be a symlink the artifact put there,
@@ -555,6 +562,11 @@ pub(crate) mod tests {
     use std::path::Path;
     use std::process::{Command, Stdio};
 
+    /// What `Codec::Gzip.decompress_cmd()` is, without depending on the artifact module.
+    fn gunzip() -> Cmd {
+        Cmd::new("gzip").arg("-dc")
+    }
+
     fn sh(cmd: &Cmd, stdin: &[u8]) -> (i32, String) {
         sh_with_path(cmd, stdin, None)
     }
@@ -683,7 +695,7 @@ pub(crate) mod tests {
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
 
-        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r1", &up, gunzip(), 0), &bytes).0, 0);
         assert!(base.join("releases/r1.partial/app.txt").exists());
         let shared = ["storage".to_owned()];
         let files = ["config.yml".to_owned()];
@@ -729,7 +741,7 @@ pub(crate) mod tests {
         let svc = "nobody";
         assert_eq!(sh(&reuse(b, "r1", "r2", &sha, svc), b"").0, 100);
         assert!(!base.join("releases/r2.partial").exists());
-        assert_eq!(sh(&receive(b, "r2", &up, "gzip -dc", 0), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r2", &up, gunzip(), 0), &bytes).0, 0);
         let finish2 = finish(b, "r2", &revision_text(&sha, None), &shared, &files, None);
         assert_eq!(sh(&finish2, b"").0, 0);
         assert_eq!(
@@ -785,9 +797,9 @@ pub(crate) mod tests {
             std::os::unix::fs::symlink(target, bin.join(tool)).unwrap();
         }
         let wrong = "0".repeat(64);
-        let cmd = receive(b, "r1", &wrong, "gzip -dc", 0);
+        let cmd = receive(b, "r1", &wrong, gunzip(), 0);
         assert_eq!(sh_with_path(&cmd, &bytes, Some(&bin)).0, 81);
-        let cmd = receive(b, "r1", &up, "gzip -dc", 0);
+        let cmd = receive(b, "r1", &up, gunzip(), 0);
         assert_eq!(sh_with_path(&cmd, &bytes, Some(&bin)), (0, String::new()));
         assert!(base.join("releases/r1.partial/app.txt").exists());
     }
@@ -799,15 +811,15 @@ pub(crate) mod tests {
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
         let wrong = "0".repeat(64);
-        assert_eq!(sh(&receive(b, "r1", &wrong, "gzip -dc", 0), &bytes).0, 81);
+        assert_eq!(sh(&receive(b, "r1", &wrong, gunzip(), 0), &bytes).0, 81);
         assert!(!base.join("releases/r1.partial").exists());
         // What is checked is the bytes received, not the tar's identity.
-        assert_eq!(sh(&receive(b, "r1", &sha, "gzip -dc", 0), &bytes).0, 81);
+        assert_eq!(sh(&receive(b, "r1", &sha, gunzip(), 0), &bytes).0, 81);
         let truncated = &bytes[..bytes.len() / 2];
-        assert_ne!(sh(&receive(b, "r1", &up, "gzip -dc", 0), truncated).0, 0);
+        assert_ne!(sh(&receive(b, "r1", &up, gunzip(), 0), truncated).0, 0);
         assert!(!base.join("releases/r1.partial").exists());
         assert_ne!(
-            sh(&receive(b, "r1", &up, "gzip -dc", 0), b"not gzip at all").0,
+            sh(&receive(b, "r1", &up, gunzip(), 0), b"not gzip at all").0,
             0
         );
         assert!(!base.join("releases/r1.partial").exists());
@@ -824,7 +836,7 @@ pub(crate) mod tests {
         let base = dir.path().join("app");
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
-        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r1", &up, gunzip(), 0), &bytes).0, 0);
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "root-owned\n").unwrap();
         let bin = dir.path().join("bin");
@@ -890,7 +902,7 @@ pub(crate) mod tests {
         let base = dir.path().join("app");
         let b = base.to_str().unwrap();
         let (bytes, sha, up) = artifact(dir.path());
-        assert_eq!(sh(&receive(b, "r1", &up, "gzip -dc", 0), &bytes).0, 0);
+        assert_eq!(sh(&receive(b, "r1", &up, gunzip(), 0), &bytes).0, 0);
         let (code, stderr) = sh(
             &finish(b, "r1", &sha, &[], &["secrets.yml".to_owned()], None),
             b"",

@@ -865,6 +865,8 @@ async fn switch_fleet(
     let on_failure = ctx.inventory.rollout.on_failure;
     // Per host: switched this run and still on the new release.
     let mut switched: Vec<bool> = vec![false; n];
+    // Per switched host: what its switch changed, for a switch-back when a later wave fails.
+    let mut changed: Vec<Vec<Undo>> = vec![Vec::new(); n];
     let mut failed = 0;
     let mut back_failed: Vec<String> = Vec::new();
     for (w, range) in ranges.iter().enumerate() {
@@ -896,6 +898,7 @@ async fn switch_fleet(
                 None => {
                     r.host(&hs.host).current = Some(plan.release.clone());
                     switched[i] = true;
+                    changed[i] = run.undos;
                 }
                 Some(e) => {
                     r.fail_host(e);
@@ -928,12 +931,13 @@ async fn switch_fleet(
                 let undo: Vec<usize> = (0..n).filter(|&i| switched[i]).collect();
                 let backs = futures::future::join_all(undo.iter().map(|&i| {
                     let (c, hs) = (&conns[i], &plan.hosts[i]);
-                    // Everything its switch steps may have changed.
-                    let everything = plan::step::undo_order(hs.phase(Phase::Switch));
+                    // Exactly what its switch changed: an env file it did not install
+                    // stays as it is.
+                    let changed = &changed[i];
                     async move {
                         (
                             i,
-                            switch::deactivate(ctx, c, hs.previous.as_deref(), &everything, false)
+                            switch::deactivate(ctx, c, hs.previous.as_deref(), changed, false)
                                 .await,
                         )
                     }

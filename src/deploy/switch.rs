@@ -90,6 +90,7 @@ pub async fn arm_guard(
     c: &Conn<'_>,
     host: &HostSteps,
     delay_secs: u64,
+    state: &HostState,
 ) -> Result<(), RemoteError> {
     let Some(guard) = &ctx.guard else {
         return Ok(());
@@ -103,6 +104,8 @@ pub async fn arm_guard(
         .chain(
             step::undo_order(host.phase(Phase::Switch))
                 .into_iter()
+                // An env file this run did not stage is not installed: nothing to put back.
+                .filter(|u| *u != Undo::RestoreEnv || state.env_staged)
                 .filter_map(|u| undo_cmd(ctx, release, previous, u))
                 .map(|(c, _, _)| c),
         )

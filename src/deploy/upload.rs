@@ -191,15 +191,7 @@ async fn fetch_manifest(
     codec: Codec,
 ) -> Result<Manifest, String> {
     let path = format!("{deploy_to}/releases/{current}/{}", manifest::PATH);
-    let compress = match codec {
-        Codec::Zstd => "zstd -q -c",
-        Codec::Gzip => "gzip -c",
-    };
-    let cmd = Cmd::seq([
-        Cmd::assign("f", &path),
-        Cmd::assign("compress", compress),
-        Cmd::new(r#"$compress < "$f""#),
-    ]);
+    let cmd = codec.compress_cmd().raw("<").arg(&path);
     // The manifest can pass the kept-output limit: collected here instead.
     let bytes = Mutex::new(Vec::new());
     let sink = |stream: crate::transport::Stream, chunk: &[u8]| {
@@ -367,7 +359,7 @@ async fn upload(
         &ctx.inventory.app.deploy_to,
         ctx.release,
         &packed.upload_sha256,
-        packed.codec.decompress(),
+        packed.codec.decompress_cmd(),
         packed.prefix.len() as u64,
     );
     let cmd = Cmd::seq([receive, finish]);
@@ -420,7 +412,7 @@ async fn upload_delta(
         current_manifest,
         manifest: &delta.manifest_sha256,
         upload_sha256: &delta.sha256,
-        decompress: codec.decompress(),
+        decompress: codec.decompress_cmd(),
         edits_len: delta.edits_len,
         service_user: ctx.inventory.app.user.as_deref().unwrap_or(""),
     };

@@ -7,6 +7,7 @@ mod rawtar;
 mod support;
 
 mod auth;
+mod build;
 mod check;
 mod ci_output;
 mod cli;

@@ -1,0 +1,576 @@
+//! Packing: a directory into a deterministic tar (sorted entries, fixed mtime, owners and
+//! modes), or a tarball through the checker ([`super::tarcheck`]), into one uncompressed tar
+//! on local disk with its sha256 and manifest. The tar writing and hashing both paths share
+//! are here too.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+use tempfile::TempPath;
+
+use super::manifest::{self, Manifest, hex};
+use super::tarcheck::{TarFormat, adopt_tarball, check_symlink_target};
+use super::{ArtifactError, Refusal};
+
+/// The artifact, checked, as one uncompressed tar on local disk. [`compress`](fn@super::compress) makes what a
+/// whole upload sends; a delta reads new content from here.
+#[derive(Debug)]
+pub struct Packed {
+    /// The tar stream; deleted on drop.
+    pub tar: TempPath,
+    /// sha256 (lowercase hex) of the tar stream: the artifact's identity. The same content
+    /// gives the same value on any machine, whatever the compression.
+    pub sha256: String,
+    /// The artifact's manifest; `None` when its names or entries cannot be described
+    /// exactly (see [`crate::artifact::manifest`]): such an artifact is always sent whole.
+    pub manifest: Option<Arc<Manifest>>,
+    /// Size of the tar stream.
+    pub tar_size: u64,
+    /// Number of entries (files, dirs, symlinks).
+    pub entries: u64,
+}
+
+/// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
+/// depend on when the files were checked out or built.
+pub(super) const MTIME: u64 = 946_684_800;
+
+/// Read and write buffers: big enough for few syscalls, fixed so memory stays flat.
+pub(super) const BUF_SIZE: usize = 64 * 1024;
+
+/// Packs a directory, or checks and adopts a tarball. Blocking; callers use spawn_blocking.
+pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+    let meta = fs::metadata(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ArtifactError::Missing {
+                path: path.to_owned(),
+            }
+        } else {
+            ArtifactError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    if meta.is_dir() {
+        return pack_dir(path, temp_dir);
+    }
+    if !meta.is_file() {
+        return Err(ArtifactError::Unsupported {
+            path: path.to_owned(),
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.as_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(b".tar.gz") || name.ends_with(b".tgz") {
+        adopt_tarball(path, temp_dir, TarFormat::Gzip)
+    } else if name.ends_with(b".tar") {
+        adopt_tarball(path, temp_dir, TarFormat::Plain)
+    } else {
+        Err(ArtifactError::Unsupported {
+            path: path.to_owned(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Directory → deterministic tar
+
+pub(super) fn pack_dir(root: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+    let temp = new_temp(temp_dir)?;
+    let checked = write_dir_tar(root, temp_dir, temp.as_file())?;
+    Ok(packed(temp, checked))
+}
+
+/// Writes `root` as a tar into `out`.
+pub(super) fn write_dir_tar(
+    root: &Path,
+    temp_dir: &Path,
+    out: &File,
+) -> Result<Summary, ArtifactError> {
+    let write_err = |source| ArtifactError::Write {
+        dir: temp_dir.to_owned(),
+        source,
+    };
+    let sink = Behind::start(out.try_clone().map_err(write_err)?);
+    let mut packer = DirPacker {
+        root,
+        temp_dir,
+        builder: tar::Builder::new(sink),
+        entries: 0,
+        manifest: manifest::Builder::new(),
+    };
+    packer.walk(root, "")?;
+    if packer.entries == 0 {
+        return Err(ArtifactError::Empty {
+            path: root.to_owned(),
+        });
+    }
+    let entries = packer.entries;
+    let manifest = packer.manifest.finish();
+    let sink = packer.builder.into_inner().map_err(write_err)?;
+    let (sha256, tar_size) = sink.finish().map_err(write_err)?;
+    Ok(Summary {
+        sha256,
+        tar_size,
+        entries,
+        manifest,
+    })
+}
+
+pub(super) type DirSink = Behind;
+
+pub(super) struct DirPacker<'a> {
+    root: &'a Path,
+    temp_dir: &'a Path,
+    builder: tar::Builder<DirSink>,
+    entries: u64,
+    manifest: manifest::Builder,
+}
+
+impl DirPacker<'_> {
+    /// Appends `dir`'s children, depth first, each level sorted by name bytes: the order
+    /// `read_dir` returns depends on the filesystem, and the tar must not.
+    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<(), ArtifactError> {
+        let read_err = |source| ArtifactError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut names = fs::read_dir(dir)
+            .map_err(read_err)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<Vec<OsString>, _>>()
+            .map_err(read_err)?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let full = dir.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(self.refuse(
+                    format!("{prefix}{}", name.to_string_lossy()),
+                    Refusal::NameNotUtf8,
+                ));
+            };
+            let rel = format!("{prefix}{name}");
+            if rel == manifest::RESERVED {
+                return Err(self.refuse(rel, Refusal::Reserved));
+            }
+            let meta = fs::symlink_metadata(&full).map_err(|source| ArtifactError::Read {
+                path: full.clone(),
+                source,
+            })?;
+            let kind = meta.file_type();
+            if kind.is_dir() && rel == "REVISION" {
+                return Err(self.refuse(rel, Refusal::RevisionDir));
+            }
+            if kind.is_dir() {
+                self.manifest.dir(&rel, 0o755);
+                let rel = format!("{rel}/");
+                let mut header = header(EntryType::Directory, 0o755, 0);
+                self.append(&rel, &mut header, io::empty())?;
+                self.walk(&full, &rel)?;
+            } else if kind.is_file() {
+                self.append_file(&full, &rel, meta.permissions().mode())?;
+            } else if kind.is_symlink() {
+                self.append_symlink(&full, &rel)?;
+            } else {
+                let kind = if kind.is_socket() {
+                    "socket"
+                } else if kind.is_fifo() {
+                    "fifo"
+                } else if kind.is_block_device() {
+                    "block device"
+                } else if kind.is_char_device() {
+                    "character device"
+                } else {
+                    "special file"
+                };
+                return Err(self.refuse(rel, Refusal::Special { kind }));
+            }
+        }
+        Ok(())
+    }
+
+    fn append_file(&mut self, full: &Path, rel: &str, mode: u32) -> Result<(), ArtifactError> {
+        let read_err = |source| ArtifactError::Read {
+            path: full.to_owned(),
+            source,
+        };
+        // O_NOFOLLOW: the entry was a regular file when listed; if a symlink took its place
+        // since, fail rather than pack whatever it points to.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(full)
+            .map_err(read_err)?;
+        let len = file.metadata().map_err(read_err)?.len();
+        let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        let mut header = header(EntryType::Regular, mode, len);
+        let mut data = Hashing::new(Exact::new(file, len));
+        self.append(rel, &mut header, &mut data)
+            .map_err(|e| match (e, data.inner.failed) {
+                (ArtifactError::Write { source, .. }, true) => read_err(source),
+                (e, _) => e,
+            })?;
+        let (_, sha256, size) = data.finish();
+        self.manifest.file(rel, mode, size, sha256);
+        Ok(())
+    }
+
+    fn append_symlink(&mut self, full: &Path, rel: &str) -> Result<(), ArtifactError> {
+        let target = fs::read_link(full).map_err(|source| ArtifactError::Read {
+            path: full.to_owned(),
+            source,
+        })?;
+        let Some(target) = target.to_str() else {
+            return Err(self.refuse(rel.to_owned(), Refusal::TargetNotUtf8));
+        };
+        let depth = rel.split('/').count() - 1;
+        if let Err(refusal) = check_symlink_target(depth, target.as_bytes()) {
+            return Err(self.refuse(rel.to_owned(), refusal));
+        }
+        // Written as read: the tar crate's `append_link` drops `.` steps and a trailing
+        // `/`, and the host's link would then differ from the manifest's.
+        write_member(
+            self.builder.get_mut(),
+            rel.as_bytes(),
+            EntryType::Symlink,
+            target.as_bytes(),
+            0o777,
+            MTIME,
+            0,
+        )
+        .map_err(|source| self.write_err(source))?;
+        self.manifest.symlink(rel, target);
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Appends one entry; I/O errors are the temp file's unless the caller knows better.
+    fn append(
+        &mut self,
+        rel: &str,
+        header: &mut Header,
+        data: impl Read,
+    ) -> Result<(), ArtifactError> {
+        self.builder
+            .append_data(header, rel, data)
+            .map_err(|source| self.write_err(source))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn write_err(&self, source: io::Error) -> ArtifactError {
+        ArtifactError::Write {
+            dir: self.temp_dir.to_owned(),
+            source,
+        }
+    }
+
+    fn refuse(&self, entry: String, refusal: Refusal) -> ArtifactError {
+        ArtifactError::Refused {
+            artifact: self.root.to_owned(),
+            entry,
+            refusal,
+        }
+    }
+}
+
+/// A header with everything but type, mode and size fixed, so two machines packing the same
+/// tree write the same bytes.
+pub(crate) fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(MTIME);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+/// Reads exactly `len` bytes of a file and fails if it turns out shorter or longer: the tar
+/// header already says `len`, and a file changing under us must not corrupt the archive
+/// nor be deployed half old, half new.
+pub(super) struct Exact {
+    file: File,
+    remaining: u64,
+    /// Set when this reader produced an error, so it is reported against the source file
+    /// rather than the temp file.
+    failed: bool,
+}
+
+impl Exact {
+    fn new(file: File, len: u64) -> Exact {
+        Exact {
+            file,
+            remaining: len,
+            failed: false,
+        }
+    }
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = if self.remaining == 0 {
+            match self.file.read(&mut [0u8; 1]) {
+                Ok(0) => Ok(0),
+                Ok(_) => Err(io::Error::other("the file grew while it was being packed")),
+                Err(e) => Err(e),
+            }
+        } else {
+            let max = buf
+                .len()
+                .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+            match self.file.read(&mut buf[..max]) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was being packed",
+                )),
+                Ok(n) => {
+                    self.remaining -= n as u64;
+                    Ok(n)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+/// What packing learned about the tar stream.
+pub(super) struct Summary {
+    pub(super) sha256: String,
+    pub(super) tar_size: u64,
+    pub(super) entries: u64,
+    pub(super) manifest: Option<Manifest>,
+}
+
+/// Writes one member's header(s) to a tar stream: a GNU header, with a GNU `L` (`K`)
+/// entry ahead of it for a name (link target) longer than the header's field. The caller
+/// writes `size` bytes of data and the padding.
+pub(super) fn write_member(
+    out: &mut impl Write,
+    name: &[u8],
+    kind: EntryType,
+    link: &[u8],
+    mode: u32,
+    mtime: u64,
+    size: u64,
+) -> io::Result<()> {
+    for (long, flag) in [
+        (name, EntryType::GNULongName),
+        (link, EntryType::GNULongLink),
+    ] {
+        if long.len() > 100 {
+            // GNU tar reads the entry's data up to the NUL.
+            let len = long.len() as u64 + 1;
+            let mut header = header(flag, 0o644, len);
+            header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+            header.set_mtime(0);
+            header.set_cksum();
+            out.write_all(header.as_bytes())?;
+            out.write_all(long)?;
+            out.write_all(&[0])?;
+            pad(out, len)?;
+        }
+    }
+    let mut header = header(kind, mode, size);
+    header.set_mtime(mtime);
+    let old = header.as_old_mut();
+    old.name[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+    old.linkname[..link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
+    header.set_cksum();
+    out.write_all(header.as_bytes())
+}
+
+/// Zeros after `size` bytes of data, up to the next 512-byte block.
+pub(super) fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let rem = (size % 512) as usize;
+    if rem == 0 {
+        return Ok(());
+    }
+    out.write_all(&[0; 512][rem..])
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared
+
+/// Writes the tar stream to a file and hashes it on another thread, so that packing a
+/// directory hashes each file (for the manifest) and the whole stream (the identity) on two
+/// cores at once. Chunks go through a short queue: memory stays bounded.
+pub(super) struct Behind {
+    chunk: Vec<u8>,
+    queue: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<io::Result<(String, u64)>>>,
+}
+
+/// Bytes per chunk handed to the writer thread.
+pub(super) const CHUNK: usize = 256 * 1024;
+
+impl Behind {
+    pub(super) fn start(file: File) -> Behind {
+        let (queue, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let worker = std::thread::spawn(move || {
+            let mut out = Hashing::new(BufWriter::with_capacity(BUF_SIZE, file));
+            let mut failed = None;
+            for chunk in chunks {
+                // After a failure, keep draining so the packer is not blocked.
+                if failed.is_none()
+                    && let Err(e) = out.write_all(&chunk)
+                {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let (mut sink, sha256, size) = out.finish();
+            sink.flush()?;
+            Ok((sha256, size))
+        });
+        Behind {
+            chunk: Vec::with_capacity(CHUNK),
+            queue: Some(queue),
+            worker: Some(worker),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Some(Ok(())) = self.queue.as_ref().map(|q| q.send(chunk)) {
+            return Ok(());
+        }
+        // The writer stopped: its own error says why.
+        drop(self.queue.take());
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(io::Error::other("the artifact writer stopped")),
+        }
+    }
+
+    /// The stream's sha256 (hex) and size, once everything is written.
+    pub(super) fn finish(mut self) -> io::Result<(String, u64)> {
+        let sent = self.send();
+        drop(self.queue.take());
+        let joined = match self.worker.take() {
+            Some(worker) => worker
+                .join()
+                .map_err(|_| io::Error::other("the artifact writer panicked"))?,
+            None => Err(io::Error::other("the artifact writer stopped")),
+        };
+        sent?;
+        joined
+    }
+}
+
+impl Write for Behind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Hashes and counts the bytes passing through, in either direction: the sha256 of a
+/// stream (a tar, an upload), computed as it streams by.
+pub(crate) struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Like [`new`](Self::new), the digest starting with `prefix` (sent ahead of the
+    /// stream, not written through here nor counted).
+    pub(crate) fn with_prefix(inner: T, prefix: &[u8]) -> Self {
+        let mut hashing = Hashing::new(inner);
+        hashing.hasher.update(prefix);
+        hashing
+    }
+
+    /// The inner stream, the lowercase hex sha256 and the byte count.
+    pub(crate) fn finish(self) -> (T, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+pub(super) fn new_temp(temp_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
+    // Created 0600 by tempfile: the artifact may hold anything the project ships.
+    tempfile::Builder::new()
+        .prefix("shipit-artifact-")
+        .tempfile_in(temp_dir)
+        .map_err(|source| ArtifactError::Write {
+            dir: temp_dir.to_owned(),
+            source,
+        })
+}
+
+pub(super) fn packed(temp: tempfile::NamedTempFile, checked: Summary) -> Packed {
+    Packed {
+        tar: temp.into_temp_path(),
+        sha256: checked.sha256,
+        manifest: checked.manifest.map(Arc::new),
+        tar_size: checked.tar_size,
+        entries: checked.entries,
+    }
+}

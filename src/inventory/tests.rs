@@ -1,0 +1,423 @@
+use std::time::Duration;
+
+use super::*;
+
+fn load_with(text: &str, env: &[(&str, &str)]) -> Result<Inventory, InventoryError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let ctx = LoadContext {
+        base_dir: Path::new("/project"),
+        home: Some(Path::new("/home/me")),
+        env: &lookup,
+        need_secrets: true,
+    };
+    parse(text, Path::new("inventory/staging.toml"), &ctx)
+}
+
+fn load(text: &str) -> Result<Inventory, InventoryError> {
+    load_with(text, &[])
+}
+
+fn err(text: &str) -> String {
+    load(text).expect_err("should fail").to_string()
+}
+
+const MINIMAL: &str = r#"
+[app]
+name = "shop"
+deploy_to = "/opt/shop"
+
+[[hosts]]
+name = "web-1"
+address = "10.0.0.5"
+"#;
+
+#[test]
+fn minimal_inventory_gets_defaults() {
+    let inv = load(MINIMAL).unwrap();
+    assert_eq!(inv.transport, TransportKind::Ssh);
+    assert_eq!(inv.app.keep_releases, 5);
+    assert_eq!(inv.ssh.user, "root");
+    assert_eq!(inv.ssh.port, 22);
+    assert_eq!(inv.ssh.connect_timeout, Duration::from_secs(10));
+    assert_eq!(inv.hosts[0].port, 22);
+    assert_eq!(inv.migrate_host, 0);
+    assert_eq!(
+        inv.rollout.waves,
+        vec![Amount::Count(1), Amount::Percent(100)]
+    );
+    assert_eq!(inv.rollout.on_failure, OnFailure::Rollback);
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_suggestions() {
+    let text = "[app]\nname = \"shop\"\ndeploy_too = \"/opt/shop\"\n\n[[hosts]]\nname = \"a\"\nadress = \"x\"\n[rollot]\n";
+    insta::assert_snapshot!(err(text), @r"
+    inventory/staging.toml:3:1: unknown key `deploy_too` in [app] (did you mean `deploy_to`?)
+    inventory/staging.toml:7:1: unknown key `adress` in [[hosts]] (did you mean `address`?)
+    inventory/staging.toml:8:2: unknown key `rollot` in the top level (did you mean `rollout`?)
+    ");
+}
+
+#[test]
+fn duplicate_host_names_point_at_the_second() {
+    let text = format!("{MINIMAL}\n[[hosts]]\nname = \"web-1\"\n");
+    insta::assert_snapshot!(err(&text), @"inventory/staging.toml:11:8: duplicate host name `web-1` (first defined on line 7)");
+}
+
+#[test]
+fn missing_secrets_are_listed_together_by_name_only() {
+    let text = format!(
+        "{MINIMAL}\n[env]\npath = \"/etc/shop.env\"\nfrom_env = [\"DATABASE_URL\", \"SESSION_SECRET\", \"REDIS_URL\"]\n"
+    );
+    let e = load_with(&text, &[("REDIS_URL", "redis://secret-value")])
+        .unwrap_err()
+        .to_string();
+    insta::assert_snapshot!(e, @"inventory/staging.toml:12:12: secrets named in `env.from_env` are not set in the environment: DATABASE_URL, SESSION_SECRET; export them (in CI: from the secret store) and run again");
+    assert!(!e.contains("secret-value"));
+}
+
+#[test]
+fn secrets_resolve_and_never_print() {
+    let text = format!(
+        "{MINIMAL}\n[env]\npath = \"/etc/shop.env\"\nfrom_env = [\"DATABASE_URL\"]\nvars = {{ PORT = 3000 }}\n"
+    );
+    let inv = load_with(&text, &[("DATABASE_URL", "postgres://u:pw@db/x")]).unwrap();
+    let env = inv.env.as_ref().unwrap();
+    assert_eq!(env.secrets[0].1.expose(), "postgres://u:pw@db/x");
+    assert_eq!(env.vars["PORT"], "3000");
+    assert!(!format!("{inv:?}").contains("pw@db"));
+}
+
+#[test]
+fn bad_values_name_key_and_position() {
+    let text = r#"
+transport = "rsync"
+[app]
+name = "shop"
+deploy_to = "/usr"
+keep_releases = 1
+[ssh]
+connect_timeout = "ten seconds"
+[[hosts]]
+name = "a"
+roles = ["migrate"]
+[[hosts]]
+name = "b"
+roles = ["migrate"]
+[rollout]
+waves = ["1", "150%"]
+max_fail = "x"
+"#;
+    insta::assert_snapshot!(err(text), @r#"
+    inventory/staging.toml:2:13: `transport`: must be "ssh" or "local", not "rsync"
+    inventory/staging.toml:5:13: `app.deploy_to`: `/usr` is a system directory; use a directory of the app's own, e.g. `/opt/<app>`
+    inventory/staging.toml:6:17: `app.keep_releases`: must be at least 2 (the current release and the one to roll back to)
+    inventory/staging.toml:8:19: `ssh.connect_timeout`: "ten seconds" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
+    inventory/staging.toml:9:1: more than one host has role `migrate`: a, b; exactly one host runs backups and migrations
+    inventory/staging.toml:16:15: `rollout.waves`: "150%" must be a percentage from 0% to 100%
+    inventory/staging.toml:17:12: `rollout.max_fail`: "x" must be a host count like "2" or a percentage like "25%"
+    "#);
+}
+
+#[test]
+fn deploy_to_root_and_relative_are_refused() {
+    let slash = MINIMAL.replace("/opt/shop", "/");
+    assert!(err(&slash).contains("`/` is a system directory"));
+    let rel = MINIMAL.replace("/opt/shop", "opt/shop");
+    assert!(err(&rel).contains("must be an absolute path"));
+    let dots = MINIMAL.replace("/opt/shop", "/opt/../etc");
+    assert!(err(&dots).contains("normalized"));
+}
+
+#[test]
+fn system_paths_are_refused_with_their_position() {
+    for (from, to, expect) in [
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/root/.ssh\"",
+            "`.ssh`",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/root\"",
+            "home directory",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/boot/efi\"",
+            "`/boot`",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/usr/local/lib\"",
+            "`/usr`",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/home/deploy\"",
+            "home directory",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/home/u/.ssh/x\"",
+            "`.ssh`",
+        ),
+        (
+            "deploy_to = \"/opt/shop\"",
+            "deploy_to = \"/var/log/shop\"",
+            "`/var/log`",
+        ),
+    ] {
+        let e = err(&MINIMAL.replace(from, to));
+        assert!(
+            e.contains("inventory/staging.toml:4:13: `app.deploy_to`"),
+            "{e}"
+        );
+        assert!(e.contains(expect), "{to}: {e}");
+    }
+    let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
+    let e = err(&env("/etc/passwd"));
+    assert!(
+        e.contains(":11:8: `env.path`: `/etc/passwd` would replace a file of the system"),
+        "{e}"
+    );
+    assert!(err(&env("/etc/ssh/sshd_config")).contains("file of the system"));
+    assert!(err(&env("/usr/lib/shop.env")).contains("`/usr`"));
+    assert!(err(&env("/opt/.env")).contains("`/opt` is a system directory"));
+    assert!(err(&env("/etc/.env")).contains("file of the system"));
+    for ok in [
+        "/etc/shop.env",
+        "/etc/shop/app.env",
+        "/opt/shop/.env",
+        "/srv/x/shared/.env",
+    ] {
+        assert!(load(&env(ok)).is_ok(), "{ok}");
+    }
+    let backup = |dir: &str| format!("{MINIMAL}\n[backup]\ncommand = \"true\"\ndir = \"{dir}\"\n");
+    assert!(err(&backup("/")).contains("`backup.dir`: `/` is a system directory"));
+    assert!(err(&backup("/etc/backups")).contains("`/etc`"));
+    assert!(load(&backup("/var/backups/shop")).is_ok());
+}
+
+/// The EFI system partition's other mount point, other distributions' package
+/// databases, and store-based systems are trees of the system too.
+#[test]
+fn other_system_trees_are_refused() {
+    for (to, tree) in [
+        ("/efi/shop", "`/efi`"),
+        ("/var/lib/rpm/shop", "`/var/lib/rpm`"),
+        ("/var/lib/dnf/shop", "`/var/lib/dnf`"),
+        ("/var/lib/pacman/shop", "`/var/lib/pacman`"),
+        ("/var/lib/snapd/shop", "`/var/lib/snapd`"),
+        ("/var/lib/polkit-1/shop", "`/var/lib/polkit-1`"),
+        ("/var/lib/sudo/shop", "`/var/lib/sudo`"),
+        ("/nix/store/shop", "`/nix`"),
+        ("/gnu/store/shop", "`/gnu`"),
+    ] {
+        let e = err(&MINIMAL.replace(
+            "deploy_to = \"/opt/shop\"",
+            &format!("deploy_to = \"{to}\""),
+        ));
+        assert!(e.contains("`app.deploy_to`"), "{to}: {e}");
+        assert!(e.contains(tree), "{to}: {e}");
+    }
+    assert!(load(&MINIMAL.replace("/opt/shop", "/var/lib/shop")).is_ok());
+}
+
+/// The env file belongs to the app's user, who can rewrite it: it must never sit where a
+/// program running as root reads every file of a directory (bash-completion sources all
+/// of `/etc/bash_completion.d`, cronie reads all of `/etc/cron.d`, Nginx includes
+/// `sites-enabled/*`, useradd copies `/etc/skel` into each new home) nor carry a name
+/// such a reader takes by its extension (polkit's `*.pkla` in a `/var/lib` tree).
+#[test]
+fn env_files_are_refused_in_directories_whose_every_file_a_program_reads() {
+    let env = |path: &str| format!("{MINIMAL}\n[env]\npath = \"{path}\"\n");
+    for (bad, expect) in [
+        ("/etc/bash_completion.d/shop.env", "`bash_completion.d`"),
+        ("/etc/cron.d/shop.env", "`cron.d`"),
+        ("/etc/nginx/sites-enabled/shop.env", "`sites-enabled`"),
+        ("/etc/skel/shop.env", "`skel`"),
+        ("/etc/sudoers.d/shop.env", "`sudoers.d`"),
+        ("/srv/shop/conf.d/app.env", "`conf.d`"),
+        (
+            "/var/lib/polkit-1/localauthority/50-local.d/x.env",
+            "`50-local.d`",
+        ),
+        ("/var/lib/polkit-1/shop.pkla", "`*.env`"),
+        ("/opt/shop/config", "`*.env`"),
+    ] {
+        let e = err(&env(bad));
+        assert!(e.contains(":11:8: `env.path`"), "{bad}: {e}");
+        assert!(e.contains(expect), "{bad}: {e}");
+    }
+    for ok in [
+        "/etc/ssh/shop.env",
+        "/etc/de mo; touch /tmp/pwned-env.env",
+        "/srv/f5-env/demo.env",
+        "/opt/shop/shared/.env",
+    ] {
+        assert!(load(&env(ok)).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn type_errors_come_with_position() {
+    let text = MINIMAL.replace("name = \"web-1\"", "name = 7");
+    insta::assert_snapshot!(err(&text), @"inventory/staging.toml:7:8: invalid type: integer `7`, expected a string");
+}
+
+#[test]
+fn syntax_errors_come_with_position() {
+    let text = "[app\nname = 1\n";
+    let e = err(text);
+    assert!(e.starts_with("inventory/staging.toml:1:"), "{e}");
+}
+
+#[test]
+fn migrate_host_is_the_tagged_one_else_the_first() {
+    let text = format!("{MINIMAL}\n[[hosts]]\nname = \"web-2\"\nroles = [\"web\", \"migrate\"]\n");
+    let inv = load(&text).unwrap();
+    assert_eq!(inv.hosts[inv.migrate_host].name, "web-2");
+}
+
+#[test]
+fn overlapping_shared_paths_and_shipits_own_names_are_refused_where_written() {
+    let with = |dirs: &str, files: &str| {
+        format!(
+            "{MINIMAL}\n[artifact]\npath = \"dist\"\nshared_dirs = [{dirs}]\nshared_files = [{files}]\n"
+        )
+    };
+    let e = err(&with("\"public\", \"public/uploads\"", ""));
+    assert!(
+        e.contains(":12:26: `artifact.shared_dirs`: \"public/uploads\" lies inside \"public\" (with `artifact.shared_dirs`, line 12)"),
+        "{e}"
+    );
+    // Inner first, across the two lists, and duplicates.
+    let e = err(&with("\"storage/logs\"", "\"storage\""));
+    assert!(
+        e.contains(":13:17: `artifact.shared_files`: \"storage/logs\" lies inside \"storage\""),
+        "{e}"
+    );
+    let e = err(&with("\"a\", \"a\"", ""));
+    assert!(e.contains("\"a\" is listed twice"), "{e}");
+    let e = err(&with("", "\"config.yml\", \"config.yml\""));
+    assert!(e.contains("\"config.yml\" is listed twice"), "{e}");
+    // Siblings with a common prefix of characters are not nested.
+    let ok = with("\"public\", \"public2\", \"pub/lic\"", "\"public.txt\"");
+    assert_eq!(load(&ok).unwrap().artifact.unwrap().shared_dirs.len(), 3);
+    for (dirs, files) in [
+        ("\".shipit\"", ""),
+        ("\".shipit/x\"", ""),
+        ("", "\"REVISION\""),
+        ("", "\"REVISION/x\""),
+        ("", "\"a/b.shipit-delta\""),
+    ] {
+        let e = err(&with(dirs, files));
+        assert!(e.contains("belong"), "{dirs} {files}: {e}");
+        assert!(e.contains("share another path"), "{e}");
+    }
+    for bad in [
+        "/abs", "a/../b", "./a", "a//b", "a/", "", "..", "a\\nb", "a\\tb",
+    ] {
+        let e = err(&with(&format!("\"{bad}\""), ""));
+        assert!(e.contains("`artifact.shared_dirs`"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn the_local_transport_takes_one_host() {
+    let one = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"/tmp/demo/app\"\n\n[[hosts]]\nname = \"a\"\nroles = [\"web\", \"migrate\"]\n";
+    assert_eq!(load(one).unwrap().hosts.len(), 1);
+    let two = format!("{one}\n[[hosts]]\nname = \"b\"\n");
+    let e = err(&two);
+    assert!(
+        e.contains(":10:1: `hosts`: the local transport deploys to this machine only, which the `[[hosts]]` at line 6 already is"),
+        "{e}"
+    );
+}
+
+#[test]
+fn local_transport_needs_no_hosts() {
+    let text = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"/tmp/demo/app\"\n";
+    let inv = load(text).unwrap();
+    assert_eq!(inv.hosts.len(), 1);
+    assert_eq!(inv.hosts[0].name, "local");
+}
+
+#[test]
+fn local_transport_resolves_a_relative_deploy_to_against_the_project() {
+    let text = "transport = \"local\"\n[app]\nname = \"demo\"\ndeploy_to = \"target/demo\"\n";
+    assert_eq!(load(text).unwrap().app.deploy_to, "/project/target/demo");
+    let ssh = text.replace("transport = \"local\"\n", "");
+    assert!(err(&ssh).contains("must be an absolute path"));
+}
+
+#[test]
+fn paths_resolve_against_base_and_home() {
+    let text = format!(
+        "{MINIMAL}\n[ssh]\nidentity = \"~/.ssh/id_ed25519\"\nknown_hosts = \"inventory/known_hosts\"\n"
+    );
+    let inv = load(&text).unwrap();
+    assert_eq!(
+        inv.ssh.identity.unwrap(),
+        Path::new("/home/me/.ssh/id_ed25519")
+    );
+    assert_eq!(
+        inv.ssh.known_hosts.unwrap(),
+        Path::new("/project/inventory/known_hosts")
+    );
+}
+
+#[test]
+fn health_is_one_table_or_several() {
+    let one = format!("{MINIMAL}[health]\nurl = \"http://127.0.0.1:3000/readyz\"\n");
+    assert_eq!(load(&one).unwrap().health.len(), 1);
+    assert!(load(MINIMAL).unwrap().health.is_empty());
+
+    let two = format!(
+        "{MINIMAL}[[health]]\nurl = \"http://127.0.0.1:3000/healthz\"\nexpect_body = \"ok\"\n[[health]]\ncommand = \"test -f ready\"\ntimeout = \"5s\"\n"
+    );
+    let inv = load(&two).unwrap();
+    assert_eq!(inv.health.len(), 2);
+    assert!(matches!(&inv.health[1].check, HealthCheck::Command(c) if c == "test -f ready"));
+    assert_eq!(inv.health[1].timeout, Duration::from_secs(5));
+    assert_eq!(inv.health[0].timeout, Duration::from_secs(60));
+
+    let typo = format!("{MINIMAL}[[health]]\ncommand = \"true\"\n[[health]]\nurll = \"x\"\n");
+    let e = err(&typo);
+    assert!(e.contains("`urll`") && e.contains("`url`"), "{e}");
+    let neither =
+        format!("{MINIMAL}[[health]]\ncommand = \"true\"\n[[health]]\ntimeout = \"1s\"\n");
+    assert!(err(&neither).contains("set `url` or `command`"));
+}
+
+#[test]
+fn host_key_pin_is_checked() {
+    let text = MINIMAL.replace(
+        "address = \"10.0.0.5\"",
+        "address = \"10.0.0.5\"\nhost_key = \"ssh-ed25519 notbase64!\"",
+    );
+    assert!(err(&text).contains("`hosts[0].host_key`: the key is not valid base64"));
+}
+
+#[test]
+fn amounts_round_up() {
+    assert_eq!(Amount::Percent(25).of(3), 1);
+    assert_eq!(Amount::Percent(25).of(10), 3);
+    assert_eq!(Amount::Percent(100).of(7), 7);
+    assert_eq!(Amount::Count(2).of(7), 2);
+}
+
+#[test]
+fn selection_by_name_and_role() {
+    let text = format!("{MINIMAL}\n[[hosts]]\nname = \"worker-1\"\nroles = [\"worker\"]\n");
+    let inv = load(&text).unwrap();
+    let picked = inv.select(&[], &["worker".into()]).unwrap();
+    assert_eq!(picked.len(), 1);
+    let e = inv.select(&["web-9".into()], &[]).unwrap_err().to_string();
+    assert!(e.contains("did you mean `web-1`"), "{e}");
+}
