@@ -19,6 +19,7 @@ use super::upload::{self, Uploads};
 use super::{Ctx, HostState};
 use crate::artifact::{Codec, Packed};
 use crate::commands::{self, exit};
+use crate::error::code;
 use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
 use crate::ops::history::{self, Entry};
@@ -34,15 +35,6 @@ use crate::transport::ExecRequest;
 use crate::transport::fleet::{self, Conn, Connector};
 
 const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
-
-/// Exit codes of a deploy or rollback (README, DESIGN §3).
-pub mod code {
-    pub const DEPLOYED: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const ROLLED_BACK: u8 = 3;
-    pub const ROLLBACK_FAILED: u8 = 4;
-    pub const LOCKED: u8 = 5;
-}
 
 /// Set when the user asks the run to stop (Ctrl-C, SIGTERM).
 #[derive(Clone)]
