@@ -3,13 +3,21 @@
 use crate::artifact::ArtifactError;
 use crate::inventory::{InventoryError, SelectError};
 
-/// Exit codes.
+/// Exit codes, the one table (the README's "Exit codes" paragraph says the same).
 pub mod code {
+    /// Success: the command did what it was asked (for `deploy`: every host deployed).
     pub const OK: u8 = 0;
-    /// Failed, nothing switched (for `check`/`exec`: some host failed).
+    /// Failed, nothing switched (for `check`/`exec`: some host failed; every host is still
+    /// reported).
     pub const FAILED: u8 = 1;
-    /// Usage or inventory error: nothing was done.
+    /// Usage, inventory or artifact error: nothing was contacted.
     pub const USAGE: u8 = 2;
+    /// Failed and rolled back: some host was switched back (never 0 after a rollback).
+    pub const ROLLED_BACK: u8 = 3;
+    /// The rollback failed: a human is needed.
+    pub const ROLLBACK_FAILED: u8 = 4;
+    /// Locked by another run: nothing was changed (`deploy`, `rollback`, `backup`, `task`).
+    pub const LOCKED: u8 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]

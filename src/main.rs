@@ -282,7 +282,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 out.emit(Event::Done(&report));
                 fleet::close_all(&conns).await;
                 if locked {
-                    return Ok(pipeline::code::LOCKED);
+                    return Ok(code::LOCKED);
                 }
                 hosts_result(report.failed(), report.hosts.len())
             }
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 };
                 fleet::close_all(&conns).await;
                 if locked {
-                    return Ok(pipeline::code::LOCKED);
+                    return Ok(code::LOCKED);
                 }
                 Ok(if ok { code::OK } else { code::FAILED })
             }

@@ -24,6 +24,7 @@ use crate::deploy::lock::{self, LockOwner, LockState, RunInfo};
 use crate::deploy::once::{self, BackupFile};
 use crate::deploy::stage::{self, Templates};
 use crate::deploy::switch::{Switch, Touched};
+use crate::error::code;
 use crate::inventory::HookPoint;
 use crate::inventory::{Host, Inventory};
 use crate::ops::history::{self, Entry};
@@ -40,15 +41,6 @@ const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
 
 /// Deadline of the small steps (lock, facts, switch, prune).
 const SHORT: Duration = Duration::from_secs(60);
-
-/// Exit codes of a deploy or rollback (README, DESIGN §3).
-pub mod code {
-    pub const DEPLOYED: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const ROLLED_BACK: u8 = 3;
-    pub const ROLLBACK_FAILED: u8 = 4;
-    pub const LOCKED: u8 = 5;
-}
 
 /// Set when the user asks the run to stop (Ctrl-C, SIGTERM).
 #[derive(Clone)]
@@ -90,7 +82,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Deployed => code::DEPLOYED,
+            Outcome::Deployed => code::OK,
             Outcome::Failed | Outcome::Interrupted => code::FAILED,
             Outcome::Locked => code::LOCKED,
             Outcome::RolledBack => code::ROLLED_BACK,
