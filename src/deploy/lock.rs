@@ -332,7 +332,7 @@ pub async fn unlock(
                 let message = format!(
                     "{message}; every dead-deployer guard still armed was disarmed (the host stays on the release it runs)"
                 );
-                let entry = crate::ops::history::Entry {
+                let entry = crate::ops::history::Record {
                     time: crate::plan::rfc3339_millis(run.started_millis),
                     finished: Some(crate::plan::rfc3339_millis(
                         crate::deploy::pipeline::now_millis(),

@@ -439,7 +439,7 @@ pub async fn backup_now(
         Ok(made) => report.backup = made,
         Err(e) => report.error = Some(e),
     }
-    let entry = crate::ops::history::Entry {
+    let entry = crate::ops::history::Record {
         time: plan::rfc3339_millis(run.started_millis),
         finished: Some(plan::rfc3339_millis(crate::deploy::pipeline::now_millis())),
         action: "backup".to_owned(),

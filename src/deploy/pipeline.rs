@@ -27,7 +27,7 @@ use crate::deploy::switch::{Switch, Touched};
 use crate::error::code;
 use crate::inventory::HookPoint;
 use crate::inventory::{Host, Inventory};
-use crate::ops::history::{self, Entry};
+use crate::ops::history::{self, Record};
 use crate::ops::releases;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::facts::{self, ReleaseTree};
@@ -293,8 +293,8 @@ impl<'a> Run<'a> {
         self.report
     }
 
-    fn history(&self, outcome: Outcome, message: Option<String>) -> Entry {
-        Entry {
+    fn history(&self, outcome: Outcome, message: Option<String>) -> Record {
+        Record {
             time: plan::rfc3339_millis(self.run.started_millis),
             finished: Some(plan::rfc3339_millis(now_millis())),
             action: self.report.action.clone(),

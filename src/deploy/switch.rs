@@ -57,7 +57,7 @@ pub struct Guard {
     pub delay_secs: u64,
     /// The history entry the guard appends when it fires (its `hosts` become the one host,
     /// its times the time it fires).
-    pub history: crate::ops::history::Entry,
+    pub history: crate::ops::history::Record,
     /// What the guard's script stores goes through the run's redactor.
     pub redactor: crate::output::redact::Redactor,
 }

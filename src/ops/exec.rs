@@ -7,11 +7,11 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::execute::timeout;
 use crate::inventory::{Host, Inventory};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
 use crate::transport::fleet::{self, Connector};
-use crate::transport::local::NO_TIMEOUT;
 use crate::transport::{ExecRequest, Stream, Transport};
 
 #[derive(Debug, Serialize)]
@@ -113,7 +113,14 @@ async fn exec_host(script: &str, host: &Host, connector: &Connector, out: &Outpu
         step: "running",
     });
     let cmd = Cmd::user_script(script);
-    let result = streamed(transport.as_ref(), &host.name, &cmd, NO_TIMEOUT, out).await;
+    let result = streamed(
+        transport.as_ref(),
+        &host.name,
+        &cmd,
+        timeout::UNBOUNDED,
+        out,
+    )
+    .await;
     transport.close().await;
     result
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::commands;
-use crate::ops::history::Entry;
+use crate::ops::history::Record;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::facts;
 use crate::plan::{self, NotCandidate};
@@ -64,7 +64,7 @@ pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
         } else if let Some(id) = line.strip_prefix("rejected ") {
             rejected.insert(id.to_owned());
         } else if let Some(json) = line.strip_prefix("history ")
-            && let Ok(e) = serde_json::from_str::<Entry>(json)
+            && let Ok(e) = serde_json::from_str::<Record>(json)
             && matches!(e.action.as_str(), "deploy" | "rollback")
             && e.outcome == "success"
             && e.hosts.iter().any(|h| h == host)
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn passed_releases_come_from_records_and_successes_naming_the_host() {
         let line = |action: &str, outcome: &str, release: &str, hosts: &[&str]| {
-            serde_json::to_string(&Entry {
+            serde_json::to_string(&Record {
                 action: action.into(),
                 outcome: outcome.into(),
                 release: Some(release.into()),

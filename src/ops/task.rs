@@ -5,11 +5,11 @@
 
 use crate::deploy::lock::{LockState, RunInfo};
 use crate::deploy::once::task_vars;
+use crate::execute::timeout;
 use crate::inventory::{Inventory, Task};
 use crate::ops::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
 use crate::transport::fleet::Conn;
-use crate::transport::local::NO_TIMEOUT;
 
 /// Which of the selected hosts a task runs on: those with one of its roles, and with
 /// `once`, only the migrate host among them (the first one when it is not selected).
@@ -92,7 +92,7 @@ pub async fn run(
     report.hosts = futures::future::join_all(runs).await;
 
     let failed = report.failed();
-    let entry = crate::ops::history::Entry {
+    let entry = crate::ops::history::Record {
         time: crate::plan::rfc3339_millis(run.started_millis),
         finished: Some(crate::plan::rfc3339_millis(
             crate::deploy::pipeline::now_millis(),
@@ -131,5 +131,5 @@ async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Outpu
         host,
         step: "running",
     });
-    crate::ops::exec::streamed(conn.transport.as_ref(), host, &cmd, NO_TIMEOUT, out).await
+    crate::ops::exec::streamed(conn.transport.as_ref(), host, &cmd, timeout::UNBOUNDED, out).await
 }
