@@ -1639,7 +1639,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         match p {
             Ok(p) => passed.push(p),
             Err(e) => {
-                r.fail_host(&c.host.name.clone(), e);
+                r.fail_host(&c.host.name.clone(), e.to_string());
                 unreadable = true;
             }
         }

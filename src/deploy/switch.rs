@@ -295,7 +295,9 @@ impl Switch<'_> {
             self.step(conn, "health check");
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
             let checks = &self.inventory.health;
-            health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await?;
+            health::wait_all(conn, checks, deploy_to, env_path)
+                .await
+                .map_err(|e| e.message)?;
         }
         match &self.guard {
             Some(guard) => {
@@ -394,9 +396,7 @@ impl Switch<'_> {
         if problems.is_empty() && previous.is_some() && !self.inventory.health.is_empty() {
             let env_path = self.inventory.env.as_ref().map(|e| e.path.as_str());
             let checks = &self.inventory.health;
-            if let Err(e) =
-                health::wait_all(conn.transport.as_ref(), checks, deploy_to, env_path).await
-            {
+            if let Err(e) = health::wait_all(conn, checks, deploy_to, env_path).await {
                 problems.push(format!("after switching back, {e}"));
             }
         }

@@ -4,19 +4,16 @@
 //! that went live there and passed their health gate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::commands;
+use crate::execute::{self, RemoteError, timeout};
 use crate::ops::history::Record;
 use crate::output::{Event, Output, Report, table};
 use crate::plan::facts;
 use crate::plan::{self, NotCandidate};
-use crate::transport::ExecRequest;
 use crate::transport::fleet::Conn;
-
-const SHORT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize)]
 pub struct ReleaseRow {
@@ -83,20 +80,14 @@ pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
 pub async fn read_passed(
     conns: &[Conn<'_>],
     deploy_to: &str,
-) -> Vec<Result<BTreeSet<String>, String>> {
+) -> Vec<Result<BTreeSet<String>, RemoteError>> {
     let cmd = commands::passed::read(deploy_to);
+    let what = format!("reading which releases passed (`{deploy_to}/.shipit/passed`, history)");
     let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
+        let (cmd, what) = (&cmd, &what);
         async move {
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(parse_passed(&c.host.name, &o.stdout.text())),
-                Ok(o) => Err(format!(
-                    "cannot read which releases passed (`{deploy_to}/.shipit/passed`, history) ({}): {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                )),
-                Err(e) => Err(crate::error::chain(&e)),
-            }
+            let o = execute::run(c, "facts", what, cmd, timeout::SHORT).await?;
+            Ok(parse_passed(&c.host.name, &o.stdout.text()))
         }
     });
     futures::future::join_all(runs).await
@@ -116,7 +107,7 @@ pub async fn show(
                 host: &c.host.name,
                 step: "reading releases",
             });
-            let r = c.transport.exec(ExecRequest::new(cmd, SHORT)).await;
+            let r = execute::run(c, "facts", "reading releases", cmd, timeout::SHORT).await;
             (c.host.name.clone(), r)
         }
     });
@@ -130,7 +121,7 @@ pub async fn show(
     let mut unreadable = Vec::new();
     for ((host, result), passed) in trees.into_iter().zip(passed) {
         let (tree, passed) = match (result, passed) {
-            (Ok(o), Ok(passed)) if o.success() => (facts::parse_releases(&o.stdout.text()), passed),
+            (Ok(o), Ok(passed)) => (facts::parse_releases(&o.stdout.text()), passed),
             _ => {
                 unreadable.push(host);
                 continue;
