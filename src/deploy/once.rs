@@ -407,7 +407,7 @@ pub async fn backup_now(
         .await
         .pop()
     {
-        report.error = Some(e);
+        report.error = Some(e.message);
         return report;
     }
     let state = crate::deploy::lock::acquire_all(

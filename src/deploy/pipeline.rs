@@ -419,7 +419,7 @@ async fn connect_and_lock<'r, 'h>(
     if unsafe_hosts > 0 {
         for (c, check) in conns.iter().zip(checks) {
             if let Err(e) = check {
-                r.fail_host(&c.host.name, e);
+                r.fail_host(&c.host.name, e.message);
             }
         }
         fleet::close_all(&conns).await;
@@ -1639,7 +1639,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         match p {
             Ok(p) => passed.push(p),
             Err(e) => {
-                r.fail_host(&c.host.name.clone(), e.to_string());
+                r.fail_host(&c.host.name.clone(), e.message);
                 unreadable = true;
             }
         }

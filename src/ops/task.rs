@@ -56,9 +56,10 @@ pub async fn run(
     let checks = crate::deploy::strict::preflight(conns, inventory).await;
     if checks.iter().any(|c| c.is_err()) {
         for (conn, check) in conns.iter().zip(checks) {
-            let error = check
-                .err()
-                .unwrap_or_else(|| "not run: another host has unsafe paths".to_owned());
+            let error = check.err().map_or_else(
+                || "not run: another host has unsafe paths".to_owned(),
+                |e| e.message,
+            );
             report.hosts.push(HostExec::failed(&conn.host.name, error));
         }
         return (report, false);
