@@ -11,7 +11,7 @@ use crate::execute::{self, timeout};
 use crate::inventory::{Host, Inventory, TransportKind};
 use crate::output::{Event, Output};
 use crate::plan::facts::{self, HostProbe};
-use crate::ssh::reach::Source;
+use crate::ssh::reach::Origin;
 use crate::transport::ConnectStage;
 use crate::transport::fleet::{self, Conn, Connector};
 
@@ -59,7 +59,7 @@ pub struct HostCheck {
     /// certificate authority that vouched for it.
     pub host_key: Option<String>,
     /// The connection settings and where each came from (inventory, ssh_config, default).
-    pub connection: Vec<Source>,
+    pub connection: Vec<Origin>,
     pub problems: Vec<String>,
 }
 
