@@ -21,6 +21,8 @@ use crate::transport::{ExecError, ExecOutput, ExecRequest, Exit};
 pub mod timeout {
     use std::time::Duration;
 
+    /// `shipit check`'s probe: a handful of builtins, anything slower is a sick host.
+    pub const PROBE: Duration = Duration::from_secs(30);
     /// Probes, the lock, the switch of `current`, small writes.
     pub const SHORT: Duration = Duration::from_secs(60);
     /// Copying a release on the host, reading a manifest.
@@ -34,6 +36,10 @@ pub mod timeout {
     pub fn upload(bytes: u64) -> Duration {
         Duration::from_secs(1800 + bytes / (1 << 20))
     }
+
+    /// `shipit exec` and `shipit task`: the user's own command, which the user bounds (a
+    /// year: long enough to mean no deadline of shipit's).
+    pub const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 }
 
 /// A command of a step failed on a host: it exited non-zero, was killed, timed out, or the

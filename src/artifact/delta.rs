@@ -23,7 +23,7 @@ use std::path::Path;
 use tar::{Archive, EntryType};
 use tempfile::TempPath;
 
-use crate::artifact::manifest::{Entry, Kind, Manifest};
+use crate::artifact::manifest::{Item, Kind, Manifest};
 use crate::artifact::{self, Codec, Hashing, Packed, header};
 
 /// How the tar writes one path of the new release.
@@ -65,7 +65,7 @@ fn finished_path(path: &str, shared: &[String]) -> bool {
 /// What turns the release `old` describes into the one `new` describes. `shared` are the
 /// inventory's shared dirs and files.
 pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
-    let usable: BTreeMap<&str, &Entry> = old
+    let usable: BTreeMap<&str, &Item> = old
         .entries
         .iter()
         .filter(|(p, _)| !finished_path(p, shared))
@@ -285,7 +285,7 @@ fn write_tar<W: Write>(
             if plan.ops.get(&path) != Some(&Op::Content) {
                 continue;
             }
-            let Some(Entry {
+            let Some(Item {
                 kind: Kind::File { size, sha256 },
                 mode,
             }) = new.get(&path)
@@ -343,8 +343,8 @@ fn write_tar<W: Write>(
 mod tests {
     use super::*;
 
-    fn file(c: char, mode: u32) -> Entry {
-        Entry {
+    fn file(c: char, mode: u32) -> Item {
+        Item {
             kind: Kind::File {
                 size: 3,
                 sha256: c.to_string().repeat(64),
@@ -353,15 +353,15 @@ mod tests {
         }
     }
 
-    fn dir(mode: u32) -> Entry {
-        Entry {
+    fn dir(mode: u32) -> Item {
+        Item {
             kind: Kind::Dir,
             mode,
         }
     }
 
-    fn link(target: &str) -> Entry {
-        Entry {
+    fn link(target: &str) -> Item {
+        Item {
             kind: Kind::Symlink {
                 target: target.to_owned(),
             },
@@ -369,7 +369,7 @@ mod tests {
         }
     }
 
-    fn manifest(entries: &[(&str, Entry)]) -> Manifest {
+    fn manifest(entries: &[(&str, Item)]) -> Manifest {
         Manifest {
             entries: entries
                 .iter()

@@ -39,14 +39,15 @@ pub enum Kind {
     Symlink { target: String },
 }
 
+/// What the manifest records for one path: a file, directory or symlink, and its mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct Item {
     pub kind: Kind,
     /// Permission bits, as on the host.
     pub mode: u32,
 }
 
-impl Entry {
+impl Item {
     pub fn sha256(&self) -> Option<&str> {
         match &self.kind {
             Kind::File { sha256, .. } => Some(sha256),
@@ -70,7 +71,7 @@ impl Entry {
 /// Every path of a release (relative, `/`-separated, no `.` or trailing `/`), sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
-    pub entries: BTreeMap<String, Entry>,
+    pub entries: BTreeMap<String, Item>,
 }
 
 /// Why a manifest text is not one.
@@ -160,12 +161,12 @@ impl Manifest {
                 },
                 _ => return Err(bad("its type is not `f`, `d` or `l` with matching fields")),
             };
-            entries.insert(path.to_owned(), Entry { kind, mode });
+            entries.insert(path.to_owned(), Item { kind, mode });
         }
         Ok(Manifest { entries })
     }
 
-    pub fn get(&self, path: &str) -> Option<&Entry> {
+    pub fn get(&self, path: &str) -> Option<&Item> {
         self.entries.get(path)
     }
 }
@@ -197,7 +198,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// something that is not an earlier file, an entry below a non-directory.
 #[derive(Debug, Default)]
 pub struct Builder {
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Item>,
     /// Paths the archive itself listed (implicit parents are not in here).
     listed: std::collections::HashSet<String>,
     failed: bool,
@@ -216,7 +217,7 @@ impl Builder {
         }
         self.insert(
             path,
-            Entry {
+            Item {
                 kind: Kind::Dir,
                 mode: host_mode(mode),
             },
@@ -226,7 +227,7 @@ impl Builder {
     pub fn file(&mut self, path: &str, mode: u32, size: u64, sha256: String) {
         self.insert(
             path,
-            Entry {
+            Item {
                 kind: Kind::File { size, sha256 },
                 mode: host_mode(mode),
             },
@@ -240,7 +241,7 @@ impl Builder {
         }
         self.insert(
             path,
-            Entry {
+            Item {
                 kind: Kind::Symlink {
                     target: target.to_owned(),
                 },
@@ -252,7 +253,7 @@ impl Builder {
     pub fn hard_link(&mut self, path: &str, target: &str) {
         match self.entries.get(target) {
             Some(
-                entry @ Entry {
+                entry @ Item {
                     kind: Kind::File { .. },
                     ..
                 },
@@ -264,7 +265,7 @@ impl Builder {
         }
     }
 
-    fn insert(&mut self, path: &str, entry: Entry) {
+    fn insert(&mut self, path: &str, entry: Item) {
         if self.failed {
             return;
         }
@@ -285,7 +286,7 @@ impl Builder {
                 None => {
                     self.entries.insert(
                         parent.to_owned(),
-                        Entry {
+                        Item {
                             kind: Kind::Dir,
                             mode: 0o755,
                         },

@@ -127,7 +127,7 @@ mod tests {
         );
         // Forgetting a release whose deploy history calls a success outweighs that line, until
         // it passes again; a bad id is never written.
-        let line = crate::output::report::history::Entry {
+        let line = crate::output::report::history::Record {
             action: "deploy".into(),
             outcome: "success".into(),
             release: Some("r2".into()),

@@ -7,9 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Health, HealthCheck};
 use crate::shell::Cmd;
-use crate::transport::{ExecRequest, Transport};
+use crate::transport::Transport;
+use crate::transport::fleet::Conn;
+
+/// The plan step a failed check belongs to.
+const STEP: &str = "health";
 
 /// Largest response read (status line, headers and the start of the body).
 const MAX_RESPONSE: usize = 64 << 10;
@@ -23,42 +28,39 @@ enum Attempt {
 
 /// Every check in order, each polled until it passes or its own timeout ends.
 pub async fn wait_all(
-    transport: &dyn Transport,
+    conn: &Conn<'_>,
     checks: &[Health],
     deploy_to: &str,
     env_path: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     for (i, health) in checks.iter().enumerate() {
-        wait(transport, health, deploy_to, env_path)
-            .await
-            .map_err(|e| match (&health.check, checks.len()) {
-                (_, 1) => e,
-                (HealthCheck::Url { url, .. }, n) => {
-                    format!("{e} (check {} of {n}: `{url}`)", i + 1)
-                }
-                (HealthCheck::Command(_), n) => format!("{e} (check {} of {n}: a command)", i + 1),
-            })?;
+        wait(conn, health, deploy_to, env_path).await.map_err(|e| {
+            let which = match (&health.check, checks.len()) {
+                (_, 1) => return e,
+                (HealthCheck::Url { url, .. }, n) => format!("check {} of {n}: `{url}`", i + 1),
+                (HealthCheck::Command(_), n) => format!("check {} of {n}: a command", i + 1),
+            };
+            let message = format!("{} ({which})", e.message);
+            e.saying(message)
+        })?;
     }
     Ok(())
 }
 
 /// Polls until healthy. Errors say what the last attempt saw.
-pub async fn wait(
-    transport: &dyn Transport,
+async fn wait(
+    conn: &Conn<'_>,
     health: &Health,
     deploy_to: &str,
     env_path: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     let deadline = Instant::now() + health.timeout;
     let mut last;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt_limit = left.clamp(Duration::from_secs(1), Duration::from_secs(10));
-        last = match tokio::time::timeout(
-            attempt_limit,
-            attempt(transport, health, deploy_to, env_path),
-        )
-        .await
+        last = match tokio::time::timeout(attempt_limit, attempt(conn, health, deploy_to, env_path))
+            .await
         {
             Ok(a) => a,
             Err(_) => Attempt::Fail(format!(
@@ -75,14 +77,18 @@ pub async fn wait(
     let Attempt::Fail(why) = last else {
         unreachable!("passed attempts return")
     };
-    Err(format!(
-        "health check failed for {}: {why}",
-        humantime::format_duration(health.timeout)
+    Err(RemoteError::new(
+        &conn.host.name,
+        STEP,
+        format!(
+            "health check failed for {}: {why}",
+            humantime::format_duration(health.timeout)
+        ),
     ))
 }
 
 async fn attempt(
-    transport: &dyn Transport,
+    conn: &Conn<'_>,
     health: &Health,
     deploy_to: &str,
     env_path: Option<&str>,
@@ -95,7 +101,7 @@ async fn attempt(
             expect_status,
             expect_body,
             ..
-        } => match get(transport, host, *port, path).await {
+        } => match get(conn.transport.as_ref(), host, *port, path).await {
             Ok((status, body)) => {
                 if status != *expect_status {
                     Attempt::Fail(format!(
@@ -113,17 +119,10 @@ async fn attempt(
         },
         HealthCheck::Command(command) => {
             let cmd = command_check(deploy_to, env_path, command);
-            match transport
-                .exec(ExecRequest::new(&cmd, Duration::from_secs(60)))
-                .await
-            {
-                Ok(o) if o.success() => Attempt::Pass,
-                Ok(o) => Attempt::Fail(format!(
-                    "`{command}` ended with {}: {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                )),
-                Err(e) => Attempt::Fail(e.to_string()),
+            let what = format!("`{command}`");
+            match execute::run(conn, STEP, &what, &cmd, timeout::SHORT).await {
+                Ok(_) => Attempt::Pass,
+                Err(e) => Attempt::Fail(e.message),
             }
         }
     }

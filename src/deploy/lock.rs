@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use crate::commands;
 use crate::execute::timeout::SHORT;
+use crate::execute::{self, RemoteError};
 use crate::output::redact::Redactor;
 // `pub`: the deploy pipeline names it from here.
 pub use crate::output::report::unlock::LockOwner;
 use crate::plan::rfc3339;
 use crate::transport::fleet::Conn;
-use crate::transport::{ExecRequest, Stdin};
+use crate::transport::{ExecRequest, Exit, Stdin};
+
+/// The plan step of taking and releasing the lock.
+const STEP: &str = "lock";
 
 /// Who runs this shipit process; written into locks and history.
 #[derive(Clone, Debug)]
@@ -54,7 +58,7 @@ pub enum LockState {
     Taken,
     /// Held by someone else; `None` when its owner.json is missing or unreadable.
     Held(Option<LockOwner>),
-    Failed(String),
+    Failed(RemoteError),
     /// Not attempted: the first host could not be locked.
     NotTried,
 }
@@ -72,7 +76,7 @@ impl LockState {
                     |o| o.describe(now_unix, lock_timeout),
                 )
             )),
-            LockState::Failed(e) => Some(e.clone()),
+            LockState::Failed(e) => Some(e.message.clone()),
             LockState::NotTried => Some(format!("not locked: `{first}` could not be")),
         }
     }
@@ -96,23 +100,25 @@ pub async fn acquire_all(
     let Some((first, rest)) = conns.split_first() else {
         return Vec::new();
     };
-    let mut states = vec![try_lock(first.transport.as_ref(), &cmd, &owner, deploy_to).await];
+    let mut states = vec![try_lock(first, &cmd, &owner, deploy_to).await];
     if matches!(states[0], LockState::Taken) {
-        let others = rest
-            .iter()
-            .map(|c| try_lock(c.transport.as_ref(), &cmd, &owner, deploy_to));
+        let others = rest.iter().map(|c| try_lock(c, &cmd, &owner, deploy_to));
         states.extend(futures::future::join_all(others).await);
     } else {
         states.extend(rest.iter().map(|_| LockState::NotTried));
     }
     // Held by this very run: another host of the inventory reaches the same machine (or the
     // same `deploy_to` on shared storage). Not another run's lock (exit 5): a setup error.
-    for state in &mut states {
+    for (c, state) in conns.iter().zip(&mut states) {
         if let LockState::Held(Some(o)) = state
             && o.token == run.token
         {
-            *state = LockState::Failed(format!(
-                "`{deploy_to}` is already locked by this run through another host: two hosts of the inventory reach the same machine or share `deploy_to`; list it once"
+            *state = LockState::Failed(RemoteError::new(
+                &c.host.name,
+                STEP,
+                format!(
+                    "`{deploy_to}` is already locked by this run through another host: two hosts of the inventory reach the same machine or share `deploy_to`; list it once"
+                ),
             ));
         }
     }
@@ -120,26 +126,34 @@ pub async fn acquire_all(
 }
 
 async fn try_lock(
-    transport: &dyn crate::transport::Transport,
+    c: &Conn<'_>,
     cmd: &crate::shell::Cmd,
     owner: &str,
     deploy_to: &str,
 ) -> LockState {
     let req = ExecRequest::new(cmd, SHORT).stdin(Stdin::Bytes(owner.as_bytes().to_vec()));
-    match transport.exec(req).await {
-        Ok(o) if o.success() => LockState::Taken,
-        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::LOCK_HELD) => {
+    let what = format!("taking the deploy lock under `{deploy_to}`");
+    let o = match execute::output(c, STEP, &what, req).await {
+        Ok(o) => o,
+        Err(e) => return LockState::Failed(e),
+    };
+    let failed = || RemoteError::from_output(&c.host.name, STEP, &what, &o);
+    match o.exit {
+        _ if o.success() => LockState::Taken,
+        Exit::Code(commands::exit::LOCK_HELD) => {
             LockState::Held(serde_json::from_str(o.stdout.text().trim()).ok())
         }
-        Ok(o) if o.exit == crate::transport::Exit::Code(commands::exit::GUARD_BUSY) => {
-            LockState::Failed(guard_busy(deploy_to, &o.stdout.text()))
+        Exit::Code(commands::exit::GUARD_BUSY) => {
+            LockState::Failed(failed().saying(guard_busy(deploy_to, &o.stdout.text())))
         }
-        Ok(o) => LockState::Failed(format!(
-            "cannot take the deploy lock under `{deploy_to}` ({}): {}",
-            o.exit,
-            o.stderr.text().trim()
-        )),
-        Err(e) => LockState::Failed(e.to_string()),
+        _ => {
+            let e = failed();
+            let message = format!(
+                "cannot take the deploy lock under `{deploy_to}` ({}): {}",
+                o.exit, e.stderr_tail
+            );
+            LockState::Failed(e.saying(message))
+        }
     }
 }
 
@@ -154,8 +168,9 @@ pub(crate) fn guard_busy(deploy_to: &str, runs: &str) -> String {
 /// Releases this run's lock on the given hosts (a lock of another run stays).
 pub async fn release_all(conns: &[&Conn<'_>], deploy_to: &str, token: &str) {
     let cmd = commands::lock::release(deploy_to, token);
+    // A lock that cannot be released stays with this run's token: `shipit unlock` removes it.
     let runs = conns
         .iter()
-        .map(|c| c.transport.exec(ExecRequest::new(&cmd, SHORT)));
+        .map(|c| execute::run(c, STEP, "releasing the deploy lock", &cmd, SHORT));
     futures::future::join_all(runs).await;
 }

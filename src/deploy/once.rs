@@ -8,11 +8,9 @@
 //! `pg_dump` runs with no connection string in its argv, so the password never shows in the
 //! host's process list.
 
-use std::time::Duration;
-
 use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
-use crate::execute::RemoteError;
+use crate::execute::{RemoteError, timeout};
 use crate::inventory::{BackupKind, HookPoint, Inventory};
 // `pub`: the deploy pipeline names it from here.
 pub use crate::output::report::backup::BackupFile;
@@ -21,9 +19,6 @@ use crate::plan;
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit, Stdin, Stream};
-
-/// Migrations and backups may take long; keepalives notice a dead host meanwhile.
-const LONG: Duration = Duration::from_secs(6 * 3600);
 
 /// The value of `DATABASE_URL` among the env file's variables and secrets.
 fn database_url(inventory: &Inventory) -> Option<Secret> {
@@ -86,7 +81,7 @@ pub async fn backup(
             .unwrap_or_else(|| Secret::new("")),
         BackupKind::Command => Secret::new(""),
     };
-    let req = ExecRequest::new(&cmd, LONG).stdin(Stdin::Secret(extra));
+    let req = ExecRequest::new(&cmd, timeout::LONG).stdin(Stdin::Secret(extra));
     match conn.transport.exec(req).await {
         Ok(o) if o.success() => {
             let text = o.stdout.text();
@@ -233,7 +228,7 @@ async fn run_streamed(
     };
     let result = conn
         .transport
-        .exec(ExecRequest::new(cmd, LONG).output(&sink))
+        .exec(ExecRequest::new(cmd, timeout::LONG).output(&sink))
         .await;
     for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
         let rest = std::mem::take(&mut pending.lock().expect("lock")[i]);

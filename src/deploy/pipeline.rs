@@ -22,7 +22,7 @@ use crate::commands::{self, exit};
 use crate::error::code;
 use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
-use crate::ops::history::{self, Entry};
+use crate::ops::history::{self, Record};
 use crate::ops::releases;
 pub use crate::output::report::deploy::Outcome;
 use crate::output::report::deploy::{DeployReport, HostDeploy, StepReport, StepStatus};
@@ -169,8 +169,8 @@ impl<'a> Run<'a> {
         self.report
     }
 
-    fn history(&self, outcome: Outcome, message: Option<String>) -> Entry {
-        Entry {
+    fn history(&self, outcome: Outcome, message: Option<String>) -> Record {
+        Record {
             time: plan::rfc3339_millis(self.run.started_millis),
             finished: Some(plan::rfc3339_millis(now_millis())),
             action: self.report.action.clone(),
@@ -297,9 +297,9 @@ async fn connect_and_lock<'r, 'h>(
     let checks = crate::deploy::strict::preflight(&conns, inventory).await;
     let unsafe_hosts = checks.iter().filter(|c| c.is_err()).count();
     if unsafe_hosts > 0 {
-        for (c, check) in conns.iter().zip(checks) {
+        for check in checks {
             if let Err(e) = check {
-                r.fail_host(RemoteError::new(&c.host.name, "preflight", e));
+                r.fail_host(e);
             }
         }
         fleet::close_all(&conns).await;
@@ -1070,14 +1070,11 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     // what passed where is read whole, and a host where it cannot be read stops the run.
     let mut passed = Vec::new();
     let mut unreadable = false;
-    for (c, p) in conns
-        .iter()
-        .zip(releases::read_passed(&conns, &deploy_to).await)
-    {
+    for p in releases::read_passed(&conns, &deploy_to).await {
         match p {
             Ok(p) => passed.push(p),
             Err(e) => {
-                r.fail_host(RemoteError::new(&c.host.name, "facts", e));
+                r.fail_host(e);
                 unreadable = true;
             }
         }

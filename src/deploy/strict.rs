@@ -4,14 +4,10 @@
 //! pass [`commands::strict`]. A host that fails is named with the path, its owner and mode;
 //! the run stops with nothing written anywhere.
 
-use std::time::Duration;
-
 use crate::commands::{self, exit};
+use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::Inventory;
 use crate::transport::fleet::Conn;
-use crate::transport::{ExecRequest, Exit};
-
-const SHORT: Duration = Duration::from_secs(60);
 
 /// The trees under `deploy_to` that are never followed as symlinks (the guard's scripts,
 /// which root runs later, and the previous copies it restores live in `.shipit/`).
@@ -52,24 +48,23 @@ pub fn paths(inventory: &Inventory) -> (Vec<String>, Vec<String>) {
 }
 
 /// Checks every host; per host, `Err` with the reason when one of its paths is unsafe.
-pub async fn preflight(conns: &[Conn<'_>], inventory: &Inventory) -> Vec<Result<(), String>> {
+pub async fn preflight(conns: &[Conn<'_>], inventory: &Inventory) -> Vec<Result<(), RemoteError>> {
     let (dirs, no_links) = paths(inventory);
     let cmd = commands::strict::preflight(&dirs, &no_links);
     let checks = conns.iter().map(|c| {
         let cmd = &cmd;
         async move {
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(()),
-                Ok(o) if o.exit == Exit::Code(exit::UNSAFE_PATH) => Err(format!(
-                    "refusing to write on this host: {}; every directory shipit writes in and its ancestors must be owned by root or the SSH user and not writable by group or others",
-                    o.stderr.text().trim()
-                )),
-                Ok(o) => Err(format!(
-                    "checking the paths shipit writes failed ({}): {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                )),
-                Err(e) => Err(crate::error::chain(&e)),
+            let what = "checking the paths shipit writes";
+            match execute::run(c, "preflight", what, cmd, timeout::SHORT).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is(exit::UNSAFE_PATH) => {
+                    let message = format!(
+                        "refusing to write on this host: {}; every directory shipit writes in and its ancestors must be owned by root or the SSH user and not writable by group or others",
+                        e.stderr_tail
+                    );
+                    Err(e.saying(message))
+                }
+                Err(e) => Err(e),
             }
         }
     });

@@ -22,7 +22,7 @@ use crate::transport::fleet::Conn;
 pub struct Guard {
     /// The history entry the guard appends when it fires (its `hosts` become the one host,
     /// its times the time it fires).
-    pub history: crate::ops::history::Entry,
+    pub history: crate::ops::history::Record,
     /// What the guard's script stores goes through the run's redactor.
     pub redactor: crate::output::redact::Redactor,
 }
@@ -267,13 +267,12 @@ pub async fn health(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> {
     ctx.step(c, "health check");
     let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
     health::wait_all(
-        c.transport.as_ref(),
+        c,
         &ctx.inventory.health,
         &ctx.inventory.app.deploy_to,
         env_path,
     )
     .await
-    .map_err(|e| RemoteError::new(&c.host.name, "health", e))
 }
 
 /// `confirm`: disarm the guard and record the release as passed here (a rollback target).
@@ -346,14 +345,7 @@ pub async fn deactivate(
     }
     if problems.is_empty() && previous.is_some() && !ctx.inventory.health.is_empty() {
         let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
-        if let Err(e) = health::wait_all(
-            c.transport.as_ref(),
-            &ctx.inventory.health,
-            deploy_to,
-            env_path,
-        )
-        .await
-        {
+        if let Err(e) = health::wait_all(c, &ctx.inventory.health, deploy_to, env_path).await {
             problems.push(format!("after switching back, {e}"));
         }
     }

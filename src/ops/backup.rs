@@ -11,7 +11,7 @@ use crate::execute::{self, timeout};
 use crate::inventory::Inventory;
 use crate::output::Output;
 use crate::output::report::backup::{BackupEntry, BackupReport, BackupsReport};
-use crate::output::report::history::Entry;
+use crate::output::report::history::Record;
 use crate::plan;
 use crate::transport::fleet::Conn;
 
@@ -44,7 +44,7 @@ pub async fn backup_now(
         .await
         .pop()
     {
-        report.error = Some(e);
+        report.error = Some(e.message);
         return report;
     }
     let state = lock::acquire_all(
@@ -78,7 +78,7 @@ pub async fn backup_now(
         Ok(made) => report.backup = made,
         Err(e) => report.error = Some(e),
     }
-    let entry = Entry {
+    let entry = Record {
         time: plan::rfc3339_millis(run.started_millis),
         finished: Some(plan::rfc3339_millis(crate::clock::now_millis())),
         action: "backup".to_owned(),

@@ -5,18 +5,14 @@
 //! where the release tree goes and the free space there. Every host is reported, also when
 //! some fail.
 
-use std::time::Duration;
-
+use crate::execute::{self, timeout};
 use crate::inventory::{Host, Inventory, TransportKind};
 use crate::output::report::check::{CheckReport, HostCheck};
 use crate::output::report::unlock::LockOwner;
 use crate::output::{Event, Output};
 use crate::plan::facts;
-use crate::transport::fleet::{self, Connector};
-use crate::transport::{ConnectStage, ExecRequest};
-
-/// The probe is a handful of builtins: anything slower is a sick host.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::transport::ConnectStage;
+use crate::transport::fleet::{self, Conn, Connector};
 
 pub async fn run(
     stage: &str,
@@ -108,11 +104,9 @@ async fn check_host(
         step: "probing",
     });
     let probe = facts::probe(&inventory.app.deploy_to);
-    match transport
-        .exec(ExecRequest::new(&probe, PROBE_TIMEOUT))
-        .await
-    {
-        Ok(output) if output.success() => {
+    let conn = Conn { host, transport };
+    match execute::run(&conn, "probe", "the probe", &probe, timeout::PROBE).await {
+        Ok(output) => {
             let facts = facts::parse_probe(&output.stdout.text());
             let missing = facts.missing_tools();
             if !missing.is_empty() {
@@ -142,14 +136,9 @@ async fn check_host(
                 });
             check.facts = Some(facts);
         }
-        Ok(output) => check.problems.push(format!(
-            "the probe failed with {}: {}",
-            output.exit,
-            output.stderr.text().trim()
-        )),
-        Err(e) => check.problems.push(crate::error::chain(&e)),
+        Err(e) => check.problems.push(e.message),
     }
-    transport.close().await;
+    conn.transport.close().await;
     check.ok = check.problems.is_empty();
     out.emit(Event::HostDone {
         host: &host.name,

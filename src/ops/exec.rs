@@ -5,12 +5,12 @@
 
 use std::sync::Mutex;
 
+use crate::execute::timeout;
 use crate::inventory::{Host, Inventory};
 use crate::output::report::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
 use crate::transport::fleet::{self, Connector};
-use crate::transport::local::NO_TIMEOUT;
 use crate::transport::{ExecRequest, Stream, Transport};
 
 pub async fn run(
@@ -61,7 +61,14 @@ async fn exec_host(script: &str, host: &Host, connector: &Connector, out: &Outpu
         step: "running",
     });
     let cmd = Cmd::user_script(script);
-    let result = streamed(transport.as_ref(), &host.name, &cmd, NO_TIMEOUT, out).await;
+    let result = streamed(
+        transport.as_ref(),
+        &host.name,
+        &cmd,
+        timeout::UNBOUNDED,
+        out,
+    )
+    .await;
     transport.close().await;
     result
 }

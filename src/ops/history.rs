@@ -5,19 +5,18 @@
 use std::collections::BTreeMap;
 
 use crate::commands;
+use crate::execute::{self, timeout};
 use crate::output::redact::Redactor;
-pub use crate::output::report::history::Entry;
 use crate::output::report::history::HistoryReport;
+pub use crate::output::report::history::Record;
 use crate::output::{Event, Output};
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Stdin};
 
-const SHORT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// `entry` as the line stored on hosts: every secret the run knows redacted, as in what
 /// it prints (a failed step's stderr can carry one, and `shipit history` may later run
 /// without the secrets to redact it).
-pub fn line(entry: &Entry, redactor: &Redactor) -> String {
+pub fn line(entry: &Record, redactor: &Redactor) -> String {
     let mut value = serde_json::to_value(entry).expect("plain data serializes");
     redactor.apply_json(&mut value);
     value.to_string()
@@ -27,19 +26,20 @@ pub fn line(entry: &Entry, redactor: &Redactor) -> String {
 pub async fn append(
     conns: &[Conn<'_>],
     deploy_to: &str,
-    entry: &Entry,
+    entry: &Record,
     redactor: &Redactor,
 ) -> Vec<String> {
     let mut line = line(entry, redactor);
     line.push('\n');
     let cmd = commands::history::append(deploy_to);
     let runs = conns.iter().map(|c| {
-        let req = ExecRequest::new(&cmd, SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
+        let req =
+            ExecRequest::new(&cmd, timeout::SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
         async move {
-            match c.transport.exec(req).await {
-                Ok(out) if out.success() => None,
-                _ => Some(c.host.name.clone()),
-            }
+            execute::exec(c, "history", "recording the history", req)
+                .await
+                .err()
+                .map(|e| e.host)
         }
     });
     futures::future::join_all(runs)
@@ -50,12 +50,12 @@ pub async fn append(
 }
 
 /// Reads and merges the history of every host: one row per run and action, newest first.
-pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
+pub fn merge(per_host: &[(String, String)]) -> Vec<Record> {
     // One row per run and action, whichever hosts wrote it and when each finished.
-    let mut runs: BTreeMap<(String, String), Entry> = BTreeMap::new();
+    let mut runs: BTreeMap<(String, String), Record> = BTreeMap::new();
     for (_, text) in per_host {
         for line in text.lines() {
-            let Ok(entry) = serde_json::from_str::<Entry>(line) else {
+            let Ok(entry) = serde_json::from_str::<Record>(line) else {
                 continue;
             };
             let key = (entry.run.clone(), entry.action.clone());
@@ -76,8 +76,8 @@ pub fn merge(per_host: &[(String, String)]) -> Vec<Entry> {
             }
         }
     }
-    let mut entries: Vec<Entry> = runs.into_values().collect();
-    let when = |e: &Entry| instant(e.finished.as_deref().unwrap_or(&e.time));
+    let mut entries: Vec<Record> = runs.into_values().collect();
+    let when = |e: &Record| instant(e.finished.as_deref().unwrap_or(&e.time));
     entries.sort_by_key(|e| std::cmp::Reverse(when(e)));
     entries
 }
@@ -102,7 +102,8 @@ pub async fn show(stage: &str, conns: &[Conn<'_>], deploy_to: &str, out: &Output
                 host: &c.host.name,
                 step: "reading history",
             });
-            let result = c.transport.exec(ExecRequest::new(cmd, SHORT)).await;
+            let result =
+                execute::run(c, "history", "reading the history", cmd, timeout::SHORT).await;
             (c.host.name.clone(), result)
         }
     });
@@ -110,8 +111,8 @@ pub async fn show(stage: &str, conns: &[Conn<'_>], deploy_to: &str, out: &Output
     let mut unreadable = Vec::new();
     for (host, result) in futures::future::join_all(reads).await {
         match result {
-            Ok(o) if o.success() => texts.push((host, o.stdout.text())),
-            _ => unreadable.push(host),
+            Ok(o) => texts.push((host, o.stdout.text())),
+            Err(_) => unreadable.push(host),
         }
     }
     HistoryReport {
@@ -126,7 +127,7 @@ mod tests {
     use super::*;
 
     fn entry(time: &str, run: &str, host: &str) -> String {
-        serde_json::to_string(&Entry {
+        serde_json::to_string(&Record {
             time: time.into(),
             action: "deploy".into(),
             run: run.into(),
@@ -153,7 +154,7 @@ mod tests {
     #[test]
     fn stored_lines_are_redacted() {
         let r = Redactor::new(["hunter2-secret".to_owned()]);
-        let e = Entry {
+        let e = Record {
             message: Some("migration failed: password hunter2-secret rejected".into()),
             ..Default::default()
         };

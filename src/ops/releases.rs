@@ -4,17 +4,14 @@
 //! that went live there and passed their health gate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use crate::commands;
-use crate::output::report::history::Entry;
+use crate::execute::{self, RemoteError, timeout};
+use crate::output::report::history::Record;
 use crate::output::report::releases::{ReleaseRow, ReleasesReport};
 use crate::output::{Event, Output};
 use crate::plan::{self, facts};
-use crate::transport::ExecRequest;
 use crate::transport::fleet::Conn;
-
-const SHORT: Duration = Duration::from_secs(60);
 
 /// The releases that went live on `host` and passed its health gate, from the output of
 /// [`commands::passed::read`]: its records, and the successful deploys and rollbacks that
@@ -29,7 +26,7 @@ pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
         } else if let Some(id) = line.strip_prefix("rejected ") {
             rejected.insert(id.to_owned());
         } else if let Some(json) = line.strip_prefix("history ")
-            && let Ok(e) = serde_json::from_str::<Entry>(json)
+            && let Ok(e) = serde_json::from_str::<Record>(json)
             && matches!(e.action.as_str(), "deploy" | "rollback")
             && e.outcome == "success"
             && e.hosts.iter().any(|h| h == host)
@@ -48,20 +45,14 @@ pub fn parse_passed(host: &str, stdout: &str) -> BTreeSet<String> {
 pub async fn read_passed(
     conns: &[Conn<'_>],
     deploy_to: &str,
-) -> Vec<Result<BTreeSet<String>, String>> {
+) -> Vec<Result<BTreeSet<String>, RemoteError>> {
     let cmd = commands::passed::read(deploy_to);
+    let what = format!("reading which releases passed (`{deploy_to}/.shipit/passed`, history)");
     let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
+        let (cmd, what) = (&cmd, &what);
         async move {
-            match c.transport.exec(ExecRequest::new(cmd, SHORT)).await {
-                Ok(o) if o.success() => Ok(parse_passed(&c.host.name, &o.stdout.text())),
-                Ok(o) => Err(format!(
-                    "cannot read which releases passed (`{deploy_to}/.shipit/passed`, history) ({}): {}",
-                    o.exit,
-                    o.stderr.text().trim()
-                )),
-                Err(e) => Err(crate::error::chain(&e)),
-            }
+            let o = execute::run(c, "facts", what, cmd, timeout::SHORT).await?;
+            Ok(parse_passed(&c.host.name, &o.stdout.text()))
         }
     });
     futures::future::join_all(runs).await
@@ -81,7 +72,7 @@ pub async fn show(
                 host: &c.host.name,
                 step: "reading releases",
             });
-            let r = c.transport.exec(ExecRequest::new(cmd, SHORT)).await;
+            let r = execute::run(c, "facts", "reading releases", cmd, timeout::SHORT).await;
             (c.host.name.clone(), r)
         }
     });
@@ -95,7 +86,7 @@ pub async fn show(
     let mut unreadable = Vec::new();
     for ((host, result), passed) in trees.into_iter().zip(passed) {
         let (tree, passed) = match (result, passed) {
-            (Ok(o), Ok(passed)) if o.success() => (facts::parse_releases(&o.stdout.text()), passed),
+            (Ok(o), Ok(passed)) => (facts::parse_releases(&o.stdout.text()), passed),
             _ => {
                 unreadable.push(host);
                 continue;
@@ -139,7 +130,7 @@ mod tests {
     #[test]
     fn passed_releases_come_from_records_and_successes_naming_the_host() {
         let line = |action: &str, outcome: &str, release: &str, hosts: &[&str]| {
-            serde_json::to_string(&Entry {
+            serde_json::to_string(&Record {
                 action: action.into(),
                 outcome: outcome.into(),
                 release: Some(release.into()),

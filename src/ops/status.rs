@@ -3,18 +3,17 @@
 
 use std::time::Duration;
 
-use crate::commands::{self, exit};
+use crate::commands;
 use crate::deploy::health;
+use crate::execute::{self, timeout};
 use crate::inventory::Inventory;
 use crate::output::report::status::{HostStatus, StatusReport};
 use crate::output::report::unlock::LockOwner;
 use crate::output::{Event, Output};
 use crate::plan::facts;
 use crate::shell::Cmd;
+use crate::transport::ExecRequest;
 use crate::transport::fleet::Conn;
-use crate::transport::{ExecRequest, Exit};
-
-const SHORT: Duration = Duration::from_secs(60);
 
 fn units_probe(units: &[String]) -> Cmd {
     let mut steps = Vec::new();
@@ -52,16 +51,14 @@ pub async fn show(
                 error: None,
             };
             let tree = facts::releases(deploy_to);
-            match c.transport.exec(ExecRequest::new(&tree, SHORT)).await {
-                Ok(o) if o.success() => h.current = facts::parse_releases(&o.stdout.text()).current,
-                Ok(o) => h.error = Some(format!("reading releases failed ({})", o.exit)),
-                Err(e) => h.error = Some(crate::error::chain(&e)),
+            match execute::run(c, "status", "reading releases", &tree, timeout::SHORT).await {
+                Ok(o) => h.current = facts::parse_releases(&o.stdout.text()).current,
+                Err(e) => h.error = Some(e.to_string()),
             }
+            let probe = units_probe(units);
+            let req = ExecRequest::new(&probe, timeout::SHORT);
             if !units.is_empty()
-                && let Ok(o) = c
-                    .transport
-                    .exec(ExecRequest::new(&units_probe(units), SHORT))
-                    .await
+                && let Ok(o) = execute::output(c, "status", "reading the units", req).await
             {
                 h.units = o
                     .stdout
@@ -91,18 +88,18 @@ pub async fn show(
                         interval: Duration::from_secs(1),
                     })
                     .collect();
-                match health::wait_all(c.transport.as_ref(), &once, deploy_to, env_path).await {
+                match health::wait_all(c, &once, deploy_to, env_path).await {
                     Ok(()) => h.healthy = Some(true),
                     Err(e) => {
                         h.healthy = Some(false);
-                        h.health_error = Some(e);
+                        h.health_error = Some(e.message);
                     }
                 }
             }
             let lock = commands::lock::read(deploy_to);
-            if let Ok(o) = c.transport.exec(ExecRequest::new(&lock, SHORT)).await
-                && o.exit != Exit::Code(exit::NO_LOCK)
-                && o.success()
+            // Exit `NO_LOCK` (no lock) and a failed read both leave `locked_by` empty.
+            if let Ok(o) =
+                execute::run(c, "status", "reading the lock", &lock, timeout::SHORT).await
             {
                 h.locked_by = Some(
                     match serde_json::from_str::<LockOwner>(o.stdout.text().trim()) {

@@ -5,12 +5,12 @@
 
 use crate::deploy::lock::{LockState, RunInfo};
 use crate::deploy::once::task_vars;
+use crate::execute::timeout;
 use crate::inventory::{Inventory, Task};
 use crate::output::report::exec::{ExecReport, HostExec};
-use crate::output::report::history::Entry;
+use crate::output::report::history::Record;
 use crate::output::{Event, Output};
 use crate::transport::fleet::Conn;
-use crate::transport::local::NO_TIMEOUT;
 
 /// Which of the selected hosts a task runs on: those with one of its roles, and with
 /// `once`, only the migrate host among them (the first one when it is not selected).
@@ -57,9 +57,10 @@ pub async fn run(
     let checks = crate::deploy::strict::preflight(conns, inventory).await;
     if checks.iter().any(|c| c.is_err()) {
         for (conn, check) in conns.iter().zip(checks) {
-            let error = check
-                .err()
-                .unwrap_or_else(|| "not run: another host has unsafe paths".to_owned());
+            let error = check.err().map_or_else(
+                || "not run: another host has unsafe paths".to_owned(),
+                |e| e.message,
+            );
             report.hosts.push(HostExec::failed(&conn.host.name, error));
         }
         return (report, false);
@@ -93,7 +94,7 @@ pub async fn run(
     report.hosts = futures::future::join_all(runs).await;
 
     let failed = report.failed();
-    let entry = Entry {
+    let entry = Record {
         time: crate::plan::rfc3339_millis(run.started_millis),
         finished: Some(crate::plan::rfc3339_millis(crate::clock::now_millis())),
         action: "task".to_owned(),
@@ -130,5 +131,5 @@ async fn run_on(conn: &Conn<'_>, task: &Task, inventory: &Inventory, out: &Outpu
         host,
         step: "running",
     });
-    crate::ops::exec::streamed(conn.transport.as_ref(), host, &cmd, NO_TIMEOUT, out).await
+    crate::ops::exec::streamed(conn.transport.as_ref(), host, &cmd, timeout::UNBOUNDED, out).await
 }

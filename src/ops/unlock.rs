@@ -7,7 +7,7 @@
 use crate::commands::{self, exit};
 use crate::deploy::lock::{RunInfo, guard_busy};
 use crate::execute::{self, RemoteError, timeout};
-use crate::output::report::history::Entry;
+use crate::output::report::history::Record;
 use crate::output::report::unlock::{HostUnlock, UnlockReport};
 use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit};
@@ -121,7 +121,7 @@ pub async fn unlock(
                 let message = format!(
                     "{message}; every dead-deployer guard still armed was disarmed (the host stays on the release it runs)"
                 );
-                let entry = Entry {
+                let entry = Record {
                     time: crate::plan::rfc3339_millis(run.started_millis),
                     finished: Some(crate::plan::rfc3339_millis(crate::clock::now_millis())),
                     action: "unlock".to_owned(),

@@ -265,16 +265,16 @@ impl SshConfig {
     /// What applies to `alias`. `user` is the remote user if the caller already knows it
     /// (like `ssh -l`): it is what `Match user` tests, before any `User` line.
     pub fn resolve(&self, alias: &str, user: Option<&str>) -> HostConfig {
-        let mut resolver = Resolver {
+        let mut walker = Walker {
             alias,
             user,
             local: &self.local,
             out: HostConfig::default(),
         };
         for file in &self.files {
-            resolver.walk(file);
+            walker.walk(file);
         }
-        resolver.out
+        walker.out
     }
 }
 
@@ -804,14 +804,14 @@ fn matching_entries(dir: &Path, pattern: &str) -> Vec<PathBuf> {
 }
 
 /// Walks the parsed files for one alias, collecting what applies.
-struct Resolver<'a> {
+struct Walker<'a> {
     alias: &'a str,
     user: Option<&'a str>,
     local: &'a Local,
     out: HostConfig,
 }
 
-impl Resolver<'_> {
+impl Walker<'_> {
     /// Each file, included ones too, starts active; a `Host` or `Match` in it decides for the
     /// rest of that file only, so the including file's state is untouched on return.
     fn walk(&mut self, file: &ConfigFile) {

@@ -27,12 +27,12 @@ pub const SYSTEM_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh
 #[derive(Debug)]
 pub struct Reach {
     pub target: SshTarget,
-    pub sources: Vec<Source>,
+    pub sources: Vec<Origin>,
 }
 
-/// A setting, its value and where it came from.
+/// A setting, its value and where it came from (the inventory, an ssh_config line, a default).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Source {
+pub struct Origin {
     pub setting: String,
     pub value: String,
     pub origin: String,
@@ -146,7 +146,7 @@ impl Resolver<'_> {
             && s.value.is_zero()
             && !ssh.given.keepalive_interval
         {
-            sources.push(Source {
+            sources.push(Origin {
                 setting: "note".to_owned(),
                 value: "`ServerAliveInterval 0` is ignored: shipit always sends keepalives, to notice a dead host".to_owned(),
                 origin: origin(s),
@@ -199,7 +199,7 @@ impl Resolver<'_> {
             ));
         }
         for note in &cfg.notes {
-            sources.push(Source {
+            sources.push(Origin {
                 setting: "note".to_owned(),
                 value: note.clone(),
                 origin: "ssh_config".to_owned(),
@@ -232,7 +232,7 @@ impl Resolver<'_> {
         host: &Host,
         cfg: &HostConfig,
         tokens: &Tokens<'_>,
-        sources: &mut Vec<Source>,
+        sources: &mut Vec<Origin>,
     ) -> Result<Vec<PathBuf>, ReachError> {
         let expand_all = |s: &Setting<Vec<String>>| -> Result<Vec<PathBuf>, ReachError> {
             s.value
@@ -285,7 +285,7 @@ impl Resolver<'_> {
         host: &Host,
         cfg: &HostConfig,
         tokens: &Tokens<'_>,
-        sources: &mut Vec<Source>,
+        sources: &mut Vec<Origin>,
     ) -> Result<(Vec<PathBuf>, bool), ReachError> {
         if let Some(label) = self.run_key {
             sources.push(source(
@@ -342,7 +342,7 @@ impl Resolver<'_> {
         user: &str,
         connect_timeout: Duration,
         keepalive_interval: Duration,
-        sources: &mut Vec<Source>,
+        sources: &mut Vec<Origin>,
     ) -> Result<Option<Box<SshTarget>>, ReachError> {
         let bad = |origin: String, reason: String| ReachError::Bad {
             host: host.name.clone(),
@@ -427,7 +427,7 @@ impl Resolver<'_> {
             .flatten(),
         );
         via.dedup();
-        sources.push(Source {
+        sources.push(Origin {
             setting: "jump".to_owned(),
             value: format!("{juser}@{address}:{jport}"),
             origin: via.join(", "),
@@ -443,7 +443,7 @@ impl Resolver<'_> {
         let (identities, identities_only) =
             self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
         let known_hosts = self.known_hosts(host, &jcfg, &tokens, &mut jump_sources)?;
-        sources.extend(jump_sources.into_iter().map(|s| Source {
+        sources.extend(jump_sources.into_iter().map(|s| Origin {
             setting: format!("jump {}", s.setting),
             ..s
         }));
@@ -482,8 +482,8 @@ fn expand<T>(
     })
 }
 
-fn source(setting: &str, value: &str, origin: String, alias: Option<&str>) -> Source {
-    Source {
+fn source(setting: &str, value: &str, origin: String, alias: Option<&str>) -> Origin {
+    Origin {
         setting: setting.to_owned(),
         value: match alias {
             Some(a) if a != value => format!("{value} (for `{a}`)"),
@@ -495,7 +495,7 @@ fn source(setting: &str, value: &str, origin: String, alias: Option<&str>) -> So
 
 /// The inventory's value, else the config's, else the default; records which.
 fn pick<T>(
-    sources: &mut Vec<Source>,
+    sources: &mut Vec<Origin>,
     setting: &str,
     inventory: Option<(T, String)>,
     config: Option<(T, String)>,

@@ -28,8 +28,9 @@ enum Marker {
     CertAuthority,
 }
 
+/// One line of a known_hosts file: where it is, its marker, host patterns and key.
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub struct KnownHost {
     pub file: PathBuf,
     pub line: usize,
     marker: Marker,
@@ -41,7 +42,7 @@ pub struct Entry {
 /// All entries of the known_hosts files of a run, in lookup order.
 #[derive(Clone, Debug, Default)]
 pub struct KnownHosts {
-    entries: Vec<Entry>,
+    entries: Vec<KnownHost>,
 }
 
 /// The outcome of checking one offered key.
@@ -72,7 +73,11 @@ impl KnownHosts {
     }
 
     /// Entries whose patterns match the host, certificate authorities included.
-    fn matching<'a>(&'a self, host: &'a str, port: u16) -> impl Iterator<Item = &'a Entry> + 'a {
+    fn matching<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> impl Iterator<Item = &'a KnownHost> + 'a {
         let name = host_name(host, port);
         self.entries
             .iter()
@@ -86,7 +91,7 @@ impl KnownHosts {
         port: u16,
         key_type: &str,
         key_blob: &str,
-    ) -> Option<&'a Entry> {
+    ) -> Option<&'a KnownHost> {
         self.matching(host, port).find(|e| {
             e.marker == Marker::Revoked && e.key_type == key_type && e.key_blob == key_blob
         })
@@ -99,8 +104,8 @@ impl KnownHosts {
                 origin: origin(entry),
             };
         }
-        let mut first_other: Option<&Entry> = None;
-        let mut trusted: Option<&Entry> = None;
+        let mut first_other: Option<&KnownHost> = None;
+        let mut trusted: Option<&KnownHost> = None;
         for entry in self.matching(host, port) {
             if entry.marker != Marker::None {
                 continue;
@@ -164,11 +169,11 @@ impl KnownHosts {
     }
 }
 
-fn origin(e: &Entry) -> String {
+fn origin(e: &KnownHost) -> String {
     format!("`{}` line {}", e.file.display(), e.line)
 }
 
-fn parse_line(file: &Path, line: usize, raw: &str) -> Option<Entry> {
+fn parse_line(file: &Path, line: usize, raw: &str) -> Option<KnownHost> {
     let text = raw.trim();
     if text.is_empty() || text.starts_with('#') {
         return None;
@@ -186,7 +191,7 @@ fn parse_line(file: &Path, line: usize, raw: &str) -> Option<Entry> {
     }
     let key_type = words.next()?;
     let key_blob = words.next()?;
-    Some(Entry {
+    Some(KnownHost {
         file: file.to_owned(),
         line,
         marker,

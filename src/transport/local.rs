@@ -2,7 +2,6 @@
 //! on the deployer's own machine (a CI runner living on the target VM, or the README demo).
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -135,12 +134,11 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-/// A deadline long enough to mean "no deadline" for steps the user bounds otherwise.
-pub const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::shell::{Cmd, Secret};
     use crate::transport::Transport;
 

@@ -262,7 +262,7 @@ impl Setup {
             revision: String::new(),
             env_content: inv.env.as_ref().filter(|_| deploy).map(|_| &env),
             guard: deploy.then(|| Guard {
-                history: crate::ops::history::Entry::default(),
+                history: crate::ops::history::Record::default(),
                 redactor: Redactor::default(),
             }),
             now_unix: NOW,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::inventory::TransportKind;
 use crate::output::{Report, table};
 use crate::plan::facts::HostProbe;
-use crate::ssh::reach::Source;
+use crate::ssh::reach::Origin;
 
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -51,6 +51,6 @@ pub struct HostCheck {
     /// certificate authority that vouched for it.
     pub host_key: Option<String>,
     /// The connection settings and where each came from (inventory, ssh_config, default).
-    pub connection: Vec<Source>,
+    pub connection: Vec<Origin>,
     pub problems: Vec<String>,
 }

@@ -7,7 +7,7 @@ use crate::output::{Report, table};
 
 /// One line of history.jsonl.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Record {
     /// When the run started, RFC 3339 UTC.
     pub time: String,
     /// When it ended: history sorts by this.
@@ -41,7 +41,7 @@ pub struct Entry {
 #[derive(Debug, Serialize)]
 pub struct HistoryReport {
     pub stage: String,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Record>,
     /// Hosts whose history could not be read.
     pub unreadable: Vec<String>,
 }
