@@ -194,17 +194,17 @@ pub async fn step(
     step: &Step,
     state: &mut HostState,
 ) -> Result<Done, RemoteError> {
-    use crate::deploy::{once, stage, switch, upload};
+    use crate::deploy::{hooks, once, stage, switch, upload};
     let inv = ctx.inventory;
     let release_dir = ctx.release_dir();
     let vars = || {
-        let mut vars = once::task_vars(inv, &c.host.name, ctx.release, host.previous.as_deref());
+        let mut vars = hooks::task_vars(inv, &c.host.name, ctx.release, host.previous.as_deref());
         if ctx.deploy {
-            vars.env_next = once::env_next(inv, ctx.token);
+            vars.env_next = hooks::env_next(inv, ctx.token);
         }
         vars
     };
-    let env_next = once::env_next(inv, ctx.token).filter(|_| state.env_staged);
+    let env_next = hooks::env_next(inv, ctx.token).filter(|_| state.env_staged);
     let mut done = Done::default();
     match step {
         Step::Present { .. } | Step::Reuse { .. } | Step::Delta { .. } | Step::Upload { .. } => {
@@ -233,7 +233,7 @@ pub async fn step(
                 .await?;
         }
         Step::Hook { at, command } => {
-            once::hook(c, inv, *at, command, &release_dir, &vars(), ctx.out).await?;
+            hooks::hook(c, inv, *at, command, &release_dir, &vars(), ctx.out).await?;
         }
         Step::Backup { .. } => {
             done.backup = once::backup(

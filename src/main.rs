@@ -131,19 +131,15 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let build_out = Output::new(output_mode(&cli), &[], cli.global.verbose, None)
         .redacting_with(redactor.clone());
     // Everything that can fail without a host comes before the first connection.
-    let packed = match &cli.command {
-        Command::Deploy { .. } | Command::Plan { .. } => {
-            Some(prepare_artifact(&inventory, &base_dir, &build_out)?)
-        }
-        _ => None,
+    let packed = match cli.command.needs_artifact() {
+        true => Some(prepare_artifact(&inventory, &base_dir, &build_out)?),
+        false => None,
     };
-    let templates = match &cli.command {
-        Command::Deploy { .. } | Command::Rollback { .. } | Command::Plan { .. } => {
-            read_templates(&inventory)?
-        }
-        _ => Templates::default(),
+    let templates = match cli.command.needs_templates() {
+        true => read_templates(&inventory)?,
+        false => Templates::default(),
     };
-    if matches!(cli.command, Command::Deploy { .. } | Command::Plan { .. }) {
+    if cli.command.needs_artifact() {
         shipit::deploy::stage::check(&inventory, &hosts, &templates)?;
     }
     let env_content = inventory
@@ -484,16 +480,7 @@ fn load_inventory(
         base_dir,
         home,
         env: &env,
-        // Only these write the env file or hand a secret to the host (and `check` says
-        // whether a deploy could); `exec`, `task`, `status`, `rollback`... run without them
-        // and redact the ones that are set.
-        need_secrets: matches!(
-            cli.command,
-            Command::Deploy { .. }
-                | Command::Plan { .. }
-                | Command::Backup { .. }
-                | Command::Check { .. }
-        ),
+        need_secrets: cli.command.needs_secrets(),
     };
     Ok(inventory::parse(&text, &path, &ctx)?)
 }

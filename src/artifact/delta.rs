@@ -40,7 +40,7 @@ pub enum Op {
 
 /// What changes between the current release and the new one.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Changes {
     /// Paths removed before the tar is extracted (gone, replaced, or of another type).
     pub remove: Vec<String>,
     pub ops: BTreeMap<String, Op>,
@@ -64,7 +64,7 @@ fn finished_path(path: &str, shared: &[String]) -> bool {
 
 /// What turns the release `old` describes into the one `new` describes. `shared` are the
 /// inventory's shared dirs and files.
-pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
+pub fn changes(old: &Manifest, new: &Manifest, shared: &[String]) -> Changes {
     let usable: BTreeMap<&str, &Item> = old
         .entries
         .iter()
@@ -78,7 +78,7 @@ pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
             by_sha.entry(sha).or_default().push((path, entry.mode));
         }
     }
-    let mut p = Plan::default();
+    let mut p = Changes::default();
     if old.entries.contains_key("REVISION") {
         // The host's REVISION is the one shipit wrote, not the artifact's.
         p.remove.push("REVISION".to_owned());
@@ -150,7 +150,7 @@ pub fn plan(old: &Manifest, new: &Manifest, shared: &[String]) -> Plan {
     p
 }
 
-impl Plan {
+impl Changes {
     /// The edit list the host script reads, tab-separated lines (`op`, argument, path):
     /// `rm` (remove first), `new` (a file the tar writes), `link` (a file the tar links to
     /// the current release's), `mode` (a file whose mode changes).
@@ -205,7 +205,7 @@ pub enum DeltaError {
 pub fn build(
     packed: &Packed,
     new: &Manifest,
-    plan: &Plan,
+    plan: &Changes,
     codec: Codec,
     temp_dir: &Path,
 ) -> Result<Delta, DeltaError> {
@@ -251,7 +251,7 @@ pub fn build(
 fn write_tar<W: Write>(
     packed: &Packed,
     new: &Manifest,
-    plan: &Plan,
+    plan: &Changes,
     sink: W,
 ) -> Result<(), DeltaError> {
     let dir = packed.tar.parent().unwrap_or(Path::new("/tmp")).to_owned();
@@ -405,7 +405,7 @@ mod tests {
             ("storage/seed", file('s', 0o644)),
             ("x", file('x', 0o644)),
         ]);
-        let p = plan(&old, &new, &["storage".to_owned()]);
+        let p = changes(&old, &new, &["storage".to_owned()]);
         assert_eq!(
             p.remove,
             ["REVISION", "a", "gone", "lib/cur", "moved", "x"].map(str::to_owned)
@@ -432,7 +432,7 @@ mod tests {
         assert!(edits.contains("link\t-\tnew/moved\n"), "{edits}");
         assert!(edits.ends_with("mode\t755\tbin/run\n"), "{edits}");
         // Nothing changed: nothing to do but REVISION.
-        let same = plan(&new, &new, &[]);
+        let same = changes(&new, &new, &[]);
         assert_eq!(same.ops, BTreeMap::new());
         assert!(same.remove.is_empty() && same.modes.is_empty());
     }
@@ -488,7 +488,13 @@ mod host_tests {
         out
     }
 
-    fn send_delta(base: &Path, id: &str, current: &str, packed: &Packed, svc: &str) -> (i32, Plan) {
+    fn send_delta(
+        base: &Path,
+        id: &str,
+        current: &str,
+        packed: &Packed,
+        svc: &str,
+    ) -> (i32, Changes) {
         let (code, err, plan) = delta_with(base, id, current, packed, svc, &["storage".to_owned()]);
         assert!(code == 0 || code == 94, "{code}: {err}");
         (code, plan)
@@ -503,12 +509,12 @@ mod host_tests {
         packed: &Packed,
         svc: &str,
         shared: &[String],
-    ) -> (i32, String, Plan) {
+    ) -> (i32, String, Changes) {
         let old_text =
             std::fs::read(base.join("releases").join(current).join(manifest::PATH)).unwrap();
         let old = Manifest::parse(&old_text).unwrap();
         let new = packed.manifest.as_ref().unwrap();
-        let plan = plan(&old, new, shared);
+        let plan = changes(&old, new, shared);
         let delta = build(packed, new, &plan, Codec::Zstd, base.parent().unwrap()).unwrap();
         let args = release::DeltaArgs {
             deploy_to: base.to_str().unwrap(),
@@ -757,7 +763,7 @@ mod hostile_host_tests {
         let new = v2.manifest.as_ref().unwrap();
         // Edit lists a client could send: up, absolute, through a symlink of the release.
         for bad in ["../r0", "/tmp", "lib/../../r0", "link/a.js", ""] {
-            let mut p = plan(&old, new, &[]);
+            let mut p = changes(&old, new, &[]);
             p.remove.push(bad.to_owned());
             let delta = build(&v2, new, &p, Codec::Zstd, dir.path()).unwrap();
             let args = release::DeltaArgs {

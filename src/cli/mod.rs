@@ -229,4 +229,31 @@ impl Command {
         };
         Some(stage)
     }
+
+    /// Whether the command ships the artifact (built and packed before any connection).
+    pub fn needs_artifact(&self) -> bool {
+        matches!(self, Command::Deploy { .. } | Command::Plan { .. })
+    }
+
+    /// Whether the command renders the unit, site and compose templates (read and checked
+    /// before any connection).
+    pub fn needs_templates(&self) -> bool {
+        matches!(
+            self,
+            Command::Deploy { .. } | Command::Rollback { .. } | Command::Plan { .. }
+        )
+    }
+
+    /// Whether the command needs the secrets of `env.from_env`: only these write the env
+    /// file or hand a secret to the host (and `check` says whether a deploy could); `exec`,
+    /// `task`, `status`, `rollback`... run without them and redact the ones that are set.
+    pub fn needs_secrets(&self) -> bool {
+        matches!(
+            self,
+            Command::Deploy { .. }
+                | Command::Plan { .. }
+                | Command::Backup { .. }
+                | Command::Check { .. }
+        )
+    }
 }

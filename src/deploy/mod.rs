@@ -6,6 +6,7 @@ pub mod envfile;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod health;
+pub mod hooks;
 pub mod lock;
 pub mod once;
 pub mod pipeline;

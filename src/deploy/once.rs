@@ -1,6 +1,7 @@
 //! The database step of a deploy, once, on the migrate host, after every host is staged and
 //! before anything is switched: a verified backup, then the migrations, in the new release
-//! with its env file loaded. Also hooks (user commands at named points). The `backup` and
+//! with its env file loaded. Hooks and the variables of user commands are
+//! [`crate::deploy::hooks`]. The `backup` and
 //! `backups` commands are [`crate::ops::backup`].
 //!
 //! For `kind = "postgres"` the connection comes from `DATABASE_URL`, turned into the `PG*`
@@ -10,15 +11,16 @@
 
 use crate::commands::task::TaskVars;
 use crate::commands::{exit, task};
+use crate::deploy::hooks;
 use crate::execute::{RemoteError, timeout};
-use crate::inventory::{BackupKind, HookPoint, Inventory};
+use crate::inventory::{BackupKind, Inventory};
 // `pub`: the deploy pipeline names it from here.
 pub use crate::output::report::backup::BackupFile;
 use crate::output::{Event, Output};
 use crate::plan;
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
-use crate::transport::{ExecRequest, Exit, Stdin, Stream};
+use crate::transport::{ExecRequest, Exit, Stdin};
 
 /// The value of `DATABASE_URL` among the env file's variables and secrets.
 fn database_url(inventory: &Inventory) -> Option<Secret> {
@@ -28,16 +30,6 @@ fn database_url(inventory: &Inventory) -> Option<Secret> {
         .find(|(k, _)| k == "DATABASE_URL")
         .map(|(_, v)| v.clone())
         .or_else(|| env.vars.get("DATABASE_URL").map(Secret::new))
-}
-
-/// The env file run `token` stages (see [`TaskVars::env_next`]); `None` without `[env]`.
-pub fn env_next(inventory: &Inventory, token: &str) -> Option<String> {
-    let env = inventory.env.as_ref()?;
-    Some(crate::commands::envfile::next_path(&env.path, token))
-}
-
-fn env_path(inventory: &Inventory) -> Option<&str> {
-    inventory.env.as_ref().map(|e| e.path.as_str())
 }
 
 /// Makes one verified backup on `conn`'s host, running in `cwd` (a release directory) with
@@ -65,7 +57,7 @@ pub async fn backup(
     let name = format!("{prefix}{label}-{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z{suffix}");
     let cmd = task::backup(
         cwd,
-        env_path(inventory),
+        hooks::env_path(inventory),
         vars,
         &b.command,
         &b.dir,
@@ -120,36 +112,6 @@ pub async fn backup(
     }
 }
 
-/// What a user's command learns about the deploy it runs in (documented in the README).
-pub fn task_vars(
-    inventory: &Inventory,
-    host: &str,
-    release: &str,
-    previous: Option<&str>,
-) -> TaskVars {
-    let release_dir = format!("{}/releases/{release}", inventory.app.deploy_to);
-    TaskVars {
-        vars: vec![
-            ("SHIPIT_APP", inventory.app.name.clone()),
-            ("SHIPIT_HOST", host.to_owned()),
-            ("SHIPIT_RELEASE", release.to_owned()),
-            ("SHIPIT_RELEASE_DIR", release_dir.clone()),
-            ("SHIPIT_PREVIOUS", previous.unwrap_or("").to_owned()),
-            (
-                "SHIPIT_FIRST_DEPLOY",
-                if previous.is_none() { "1" } else { "0" }.to_owned(),
-            ),
-        ],
-        compose: inventory.compose.as_ref().map(|c| {
-            (
-                c.project.clone(),
-                format!("{release_dir}/{}", crate::deploy::stage::COMPOSE_FILE),
-            )
-        }),
-        env_next: None,
-    }
-}
-
 /// Runs `migrate.command` once in `release_dir`, output streamed as the host's lines.
 pub async fn migrate(
     conn: &Conn<'_>,
@@ -165,96 +127,9 @@ pub async fn migrate(
         host: &conn.host.name,
         step: "migrating",
     });
-    let cmd = task::run(release_dir, env_path(inventory), vars, &m.command);
-    run_streamed(conn, "migrate", &cmd, out, "the migration").await?;
+    let cmd = task::run(release_dir, hooks::env_path(inventory), vars, &m.command);
+    hooks::run_streamed(conn, "migrate", &cmd, out, "the migration").await?;
     Ok(true)
-}
-
-/// `hook`: runs one hook's `command` in `release_dir`, output streamed as the host's lines.
-pub async fn hook(
-    conn: &Conn<'_>,
-    inventory: &Inventory,
-    point: HookPoint,
-    command: &str,
-    release_dir: &str,
-    vars: &TaskVars,
-    out: &Output,
-) -> Result<(), RemoteError> {
-    out.emit(Event::Step {
-        host: &conn.host.name,
-        step: &format!("hook {}", point_name(point)),
-    });
-    let cmd = task::run(release_dir, env_path(inventory), vars, command);
-    run_streamed(
-        conn,
-        "hook",
-        &cmd,
-        out,
-        &format!("the {} hook `{}`", point_name(point), command),
-    )
-    .await
-}
-
-pub fn point_name(point: HookPoint) -> &'static str {
-    match point {
-        HookPoint::AfterUpload => "after_upload",
-        HookPoint::BeforeSwitch => "before_switch",
-        HookPoint::AfterSwitch => "after_switch",
-        HookPoint::AfterRestart => "after_restart",
-    }
-}
-
-async fn run_streamed(
-    conn: &Conn<'_>,
-    step: &str,
-    cmd: &crate::shell::Cmd,
-    out: &Output,
-    what: &str,
-) -> Result<(), RemoteError> {
-    let host = conn.host.name.as_str();
-    let pending = std::sync::Mutex::new([Vec::new(), Vec::new()]);
-    let sink = |stream: Stream, chunk: &[u8]| {
-        let mut pending = pending.lock().expect("lock");
-        let buf = &mut pending[stream as usize];
-        buf.extend_from_slice(chunk);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            out.emit(Event::Line {
-                host,
-                stream,
-                line: String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'),
-            });
-        }
-    };
-    let result = conn
-        .transport
-        .exec(ExecRequest::new(cmd, timeout::LONG).output(&sink))
-        .await;
-    for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-        let rest = std::mem::take(&mut pending.lock().expect("lock")[i]);
-        if !rest.is_empty() {
-            out.emit(Event::Line {
-                host,
-                stream,
-                line: &String::from_utf8_lossy(&rest),
-            });
-        }
-    }
-    match result {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(
-            RemoteError::from_output(host, step, what, &o).saying(format!(
-                "{what} failed on `{host}` with {}: {}",
-                o.exit,
-                o.stderr.text().trim_end()
-            )),
-        ),
-        Err(e) => Err(RemoteError::new(
-            host,
-            step,
-            format!("{what} failed on `{host}`: {}", crate::error::chain(&e)),
-        )),
-    }
 }
 
 /// The host that runs backups and migrations among the selected ones: the inventory's

@@ -18,6 +18,7 @@ use super::switch::{self, Guard};
 use super::upload::{self, Uploads};
 use super::{Ctx, HostState};
 use crate::artifact::{Codec, Packed};
+use crate::clock::{now_millis, now_unix};
 use crate::commands::{self, exit};
 use crate::error::code;
 use crate::execute::{self, RemoteError, timeout};
@@ -1132,22 +1133,10 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         revision: String::new(),
         env_content: None,
         guard: None,
-        now_unix: crate::deploy::pipeline::now_unix(),
+        now_unix: crate::clock::now_unix(),
     };
     let (outcome, message) = execute_plan(&mut r, &ctx, &conns, &plan, &rb.cancel).await;
     r.close(&conns, outcome, message).await
-}
-
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

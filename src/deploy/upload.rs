@@ -127,7 +127,7 @@ impl<'a> Uploads<'a> {
                 .unwrap_or(std::path::Path::new("/tmp"))
                 .to_owned();
             let make = || {
-                let changes = delta::plan(old, new, &self.shared);
+                let changes = delta::changes(old, new, &self.shared);
                 delta::build(packed, new, &changes, codec, &dir)
             };
             let made = match tokio::runtime::Handle::current().runtime_flavor() {

@@ -5,8 +5,9 @@
 //! verification and retention as before a migration.
 
 use crate::commands::task;
+use crate::deploy::hooks::task_vars;
 use crate::deploy::lock::{self, LockState, RunInfo};
-use crate::deploy::once::{backup, task_vars};
+use crate::deploy::once::backup;
 use crate::execute::{self, timeout};
 use crate::inventory::Inventory;
 use crate::output::Output;

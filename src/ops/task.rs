@@ -3,8 +3,8 @@
 //! variables of that release (`$SHIPIT_RELEASE`, `$SHIPIT_COMPOSE`, ...). It holds the
 //! deploy lock while it runs, so it never races a deploy, and is recorded in the history.
 
+use crate::deploy::hooks::task_vars;
 use crate::deploy::lock::{LockState, RunInfo};
-use crate::deploy::once::task_vars;
 use crate::execute::timeout;
 use crate::inventory::{Inventory, Task};
 use crate::output::report::exec::{ExecReport, HostExec};

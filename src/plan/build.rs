@@ -205,7 +205,7 @@ fn deploy_host(
             ) {
                 (true, Some(new), Some(current), Some(sha), Some(Ok(old))) => {
                     let content_bytes = *deltas.0.entry(sha.clone()).or_insert_with(|| {
-                        delta::plan(old, new, &shared_paths(inv)).content_bytes
+                        delta::changes(old, new, &shared_paths(inv)).content_bytes
                     });
                     if mostly_changed(content_bytes, inputs.artifact.tar_size) {
                         upload(

@@ -35,6 +35,7 @@ mod inventory_cli;
 mod jump;
 mod openssh;
 mod plan;
+mod plan_steps;
 mod report_schema;
 mod scaffold;
 mod secrets;
