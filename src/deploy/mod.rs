@@ -3,12 +3,14 @@
 //! once on the migrate host, switch in waves, finish; and `shipit plan`'s read-only preview.
 
 pub mod envfile;
+pub mod facts;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod health;
 pub mod hooks;
 pub mod lock;
 pub mod once;
+pub mod phases;
 pub mod pipeline;
 pub mod preview;
 pub mod stage;

@@ -11,31 +11,31 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::envfile::KeyDiff;
+use super::Ctx;
+use super::facts::{plan_deploy, read_deploy_facts, read_trees, rendered};
 use super::lock::{self, LockState, RunInfo};
+use super::phases::execute_plan;
 use super::stage::Templates;
-use super::switch::{self, Guard};
-use super::upload::{self, Uploads};
-use super::{Ctx, HostState};
+use super::switch::Guard;
+use super::upload::Uploads;
 use crate::artifact::{Codec, Packed};
 use crate::clock::{now_millis, now_unix};
-use crate::commands::{self, exit};
+use crate::commands::{self};
 use crate::error::code;
-use crate::execute::{self, RemoteError, timeout};
+use crate::execute::{RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
 use crate::ops::history::{self, Record};
 use crate::ops::releases;
 pub use crate::output::report::deploy::Outcome;
-use crate::output::report::deploy::{DeployReport, HostDeploy, StepReport, StepStatus};
+use crate::output::report::deploy::{DeployReport, HostDeploy};
 use crate::output::{Event, Output};
-use crate::plan::build::{ArtifactFacts, DeployInputs, HostFacts, Rendered};
-use crate::plan::facts::{self, ReleaseTree};
-use crate::plan::{self, HostSteps, Phase, Plan, Step, Undo};
+use crate::plan::facts::ReleaseTree;
+use crate::plan::{self};
 use crate::shell::Secret;
 use crate::transport::ExecRequest;
 use crate::transport::fleet::{self, Conn, Connector};
 
-const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
+pub(super) const INTERRUPTED: &str = "interrupted before the switch; nothing was switched";
 
 /// Set when the user asks the run to stop (Ctrl-C, SIGTERM).
 #[derive(Clone)]
@@ -86,8 +86,8 @@ pub struct Deploy<'a> {
 }
 
 /// A run in progress: its report and the hosts it holds locks on.
-struct Run<'a> {
-    report: DeployReport,
+pub(super) struct Run<'a> {
+    pub(super) report: DeployReport,
     /// For reconnecting to a host whose connection died, to clean up.
     connector: &'a Connector,
     started: Instant,
@@ -133,7 +133,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn host(&mut self, name: &str) -> &mut HostDeploy {
+    pub(super) fn host(&mut self, name: &str) -> &mut HostDeploy {
         self.report
             .hosts
             .iter_mut()
@@ -141,7 +141,7 @@ impl<'a> Run<'a> {
             .expect("every selected host has an entry")
     }
 
-    fn fail_host(&mut self, error: RemoteError) {
+    pub(super) fn fail_host(&mut self, error: RemoteError) {
         let name = error.host.clone();
         self.out.emit(Event::HostDone {
             host: &name,
@@ -368,111 +368,6 @@ async fn connect_and_lock<'r, 'h>(
     })
 }
 
-/// Reads the release tree of every host.
-pub(crate) async fn read_trees(
-    conns: &[Conn<'_>],
-    deploy_to: &str,
-) -> Vec<Result<ReleaseTree, RemoteError>> {
-    let cmd = facts::releases(deploy_to);
-    let runs = conns.iter().map(|c| {
-        let cmd = &cmd;
-        async move {
-            let what = "reading the release tree";
-            execute::run(c, "facts", what, cmd, timeout::SHORT)
-                .await
-                .map(|o| facts::parse_releases(&o.stdout.text()))
-        }
-    });
-    futures::future::join_all(runs).await
-}
-
-/// What the templates of a run render, by name.
-pub(crate) fn rendered(templates: &Templates) -> Rendered {
-    Rendered {
-        units: templates.units.iter().map(|(u, _, _)| u.clone()).collect(),
-        site: templates.nginx.as_ref().map(|(s, _, _)| s.clone()),
-        compose: templates.compose.is_some(),
-    }
-}
-
-/// Whether a delta upload may be planned at all: deltas on, and an artifact that has a
-/// manifest to build one from.
-pub(crate) fn deltas_wanted(inventory: &Inventory, artifact: &Packed) -> bool {
-    inventory.artifact.as_ref().is_some_and(|a| a.delta) && artifact.manifest.is_some()
-}
-
-/// The facts a deploy plan is built from, read from the hosts without changing anything:
-/// each host's release tree and, where a delta may go, its current release's manifest.
-pub(crate) struct DeployFacts {
-    pub trees: Vec<ReleaseTree>,
-    pub manifests: Vec<Option<Result<std::sync::Arc<crate::artifact::manifest::Manifest>, String>>>,
-}
-
-pub(crate) async fn read_deploy_facts(
-    conns: &[Conn<'_>],
-    inventory: &Inventory,
-    artifact: &Packed,
-) -> Result<DeployFacts, Vec<RemoteError>> {
-    let deploy_to = &inventory.app.deploy_to;
-    let mut trees = Vec::new();
-    let mut errors = Vec::new();
-    for tree in read_trees(conns, deploy_to).await {
-        match tree {
-            Ok(t) => trees.push(t),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let refs: Vec<&ReleaseTree> = trees.iter().collect();
-    let wanted = deltas_wanted(inventory, artifact);
-    let conns: Vec<&Conn<'_>> = conns.iter().collect();
-    let manifests = upload::read_manifests(&conns, &refs, deploy_to, wanted).await;
-    Ok(DeployFacts { trees, manifests })
-}
-
-/// The plan of a deploy from the facts: the same function for `shipit plan` and
-/// `shipit deploy`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn plan_deploy(
-    hosts: &[&Host],
-    facts: &DeployFacts,
-    inventory: &Inventory,
-    templates: &Templates,
-    artifact: &Packed,
-    env: bool,
-    now_unix: u64,
-    waves: Option<&[crate::inventory::Amount]>,
-    migrate_host: Option<&str>,
-) -> Plan {
-    let hosts: Vec<HostFacts<'_>> = hosts
-        .iter()
-        .zip(&facts.trees)
-        .zip(&facts.manifests)
-        .map(|((host, tree), manifest)| HostFacts {
-            host,
-            tree,
-            current_manifest: manifest.clone(),
-        })
-        .collect();
-    let rendered = rendered(templates);
-    let inputs = DeployInputs {
-        inventory,
-        rendered: &rendered,
-        artifact: ArtifactFacts {
-            sha256: &artifact.sha256,
-            tar_size: artifact.tar_size,
-            manifest: artifact.manifest.as_deref(),
-        },
-        env: env && inventory.env.is_some(),
-        now_unix,
-        waves,
-        migrate_host,
-    };
-    plan::build::deploy(&inputs, &hosts)
-}
-
 pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     let deploy_to = d.inventory.app.deploy_to.clone();
     let mut r = Run::new(
@@ -581,447 +476,6 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         }
     }
     report
-}
-
-/// How one host's steps of one phase went.
-#[derive(Default)]
-struct PhaseRun {
-    /// (index in the host's steps, status, ms, what it learned)
-    ran: Vec<(usize, StepStatus, u64, execute::Done)>,
-    error: Option<RemoteError>,
-    /// What putting the host back must undo: the undos of the steps that started and
-    /// changed something, in order.
-    undos: Vec<Undo>,
-    ms: u64,
-}
-
-/// Runs `host`'s steps of `phase` in order on `c`, up to the first failure.
-async fn run_phase(
-    ctx: &Ctx<'_>,
-    c: &Conn<'_>,
-    host: &HostSteps,
-    phase: Phase,
-    state: &mut HostState,
-) -> PhaseRun {
-    let started = Instant::now();
-    let mut run = PhaseRun::default();
-    let mut touched: Vec<&Step> = Vec::new();
-    for (i, step) in host.steps.iter().enumerate() {
-        if step.phase() != phase {
-            continue;
-        }
-        let t = Instant::now();
-        // A step counts as touched once it starts: it may have changed the host before
-        // it failed.
-        touched.push(step);
-        let result = execute::step(ctx, c, host, step, state).await;
-        let ms = t.elapsed().as_millis() as u64;
-        match result {
-            Ok(done) => {
-                if done.skipped {
-                    touched.pop();
-                }
-                let status = if done.skipped {
-                    StepStatus::Skipped
-                } else {
-                    StepStatus::Ok
-                };
-                run.ran.push((i, status, ms, done));
-            }
-            Err(e) => {
-                if matches!(step, Step::InstallEnv { .. }) && e.is(exit::ENV_STAGING_GONE) {
-                    // Nothing was changed, and what `.shipit/previous` holds may be another
-                    // run's by now: nothing to put back.
-                    touched.pop();
-                }
-                if matches!(step, Step::Confirm { .. })
-                    && (e.is(exit::GUARD_FIRED) || e.is(exit::GUARD_DISARMED))
-                {
-                    // The guard already put the host back, or another run owns it now.
-                    touched.clear();
-                }
-                run.ran
-                    .push((i, StepStatus::Failed, ms, execute::Done::default()));
-                run.error = Some(e);
-                break;
-            }
-        }
-    }
-    run.undos = plan::step::undo_order(touched);
-    run.ms = started.elapsed().as_millis() as u64;
-    run
-}
-
-impl Run<'_> {
-    /// Sets up the report of every host from the plan: its steps, not run yet.
-    fn planned(&mut self, plan: &Plan) {
-        self.report.release = Some(plan.release.clone());
-        self.report.once = plan.once.iter().map(StepReport::planned).collect();
-        for hs in &plan.hosts {
-            let h = self.host(&hs.host);
-            h.previous = hs.previous.clone();
-            h.steps = hs.steps.iter().map(StepReport::planned).collect();
-        }
-    }
-
-    /// Records how a host's phase went (not its error: the caller decides how to report it).
-    fn record(&mut self, host: &str, run: &PhaseRun) {
-        let h = self.host(host);
-        for (i, status, ms, done) in &run.ran {
-            let s = &mut h.steps[*i];
-            s.status = *status;
-            s.duration_ms = Some(*ms);
-            if let Some(src) = &done.sourced {
-                h.source = Some(src.source.to_owned());
-                h.bytes_sent = src.sent;
-                h.delta_fallback = src.fallback.clone();
-                if matches!(s.step, "reuse" | "delta") && src.source == "uploaded" {
-                    s.outcome = Some(format!(
-                        "sent the whole artifact instead: {}",
-                        src.fallback.as_deref().unwrap_or("it could not be made")
-                    ));
-                }
-            }
-            if done.env_keys.is_some() {
-                h.env_keys = done.env_keys.clone();
-            }
-        }
-    }
-}
-
-/// Executes `plan` on `conns` (connected and locked, in the plan's host order): every host
-/// staged (or nothing is switched), the once steps on the migrate host, the switch wave by
-/// wave, then the finish steps. Returns the outcome and a message.
-async fn execute_plan(
-    r: &mut Run<'_>,
-    ctx: &Ctx<'_>,
-    conns: &[Conn<'_>],
-    plan: &Plan,
-    cancel: &Cancel,
-) -> (Outcome, Option<String>) {
-    r.planned(plan);
-    let mut states: Vec<HostState> = conns.iter().map(|_| HostState::default()).collect();
-
-    // Stage every host; a Ctrl-C here stops before anything is switched.
-    let parallel = ctx.inventory.rollout.parallel.max(1);
-    let stage_all = {
-        use futures::StreamExt;
-        let work = conns
-            .iter()
-            .zip(&plan.hosts)
-            .zip(states.iter_mut())
-            .map(|((c, h), state)| run_phase(ctx, c, h, Phase::Stage, state));
-        futures::stream::iter(work)
-            .buffered(parallel)
-            .collect::<Vec<PhaseRun>>()
-    };
-    let staged = tokio::select! {
-        staged = stage_all => Some(staged),
-        () = cancel.cancelled() => None,
-    };
-    let Some(staged) = staged else {
-        ctx.note("interrupted: stopping before any host is switched");
-        return (Outcome::Interrupted, Some(INTERRUPTED.into()));
-    };
-    let mut failures = 0;
-    for (hs, run) in plan.hosts.iter().zip(staged) {
-        r.record(&hs.host, &run);
-        if hs.steps.iter().any(|s| s.phase() == Phase::Stage) {
-            r.host(&hs.host).stage_ms = Some(run.ms);
-        }
-        if let Some(diff) = &r.host(&hs.host).env_keys {
-            let note = format!("{}: env file {}", hs.host, describe_keys(diff));
-            ctx.note(&note);
-        }
-        if let Some(e) = run.error {
-            r.fail_host(e);
-            failures += 1;
-        }
-    }
-    if failures > 0 {
-        return (
-            Outcome::Failed,
-            Some(format!(
-                "{failures} hosts failed to stage; nothing was switched"
-            )),
-        );
-    }
-    if cancel.is_cancelled() {
-        return (Outcome::Interrupted, Some(INTERRUPTED.into()));
-    }
-
-    // Once, on the migrate host: a verified backup, then the migrations. Not interruptible:
-    // a migration cut in half is worse than one that finishes; the lock is held throughout.
-    if let Some(m) = &plan.migrate_host
-        && let Some(i) = conns.iter().position(|c| &c.host.name == m)
-    {
-        let (c, hs) = (&conns[i], &plan.hosts[i]);
-        for (k, step) in plan.once.iter().enumerate() {
-            let t = Instant::now();
-            let result = execute::step(ctx, c, hs, step, &mut states[i]).await;
-            let report = &mut r.report.once[k];
-            report.duration_ms = Some(t.elapsed().as_millis() as u64);
-            match result {
-                Ok(done) => {
-                    report.status = StepStatus::Ok;
-                    if let Some(b) = done.backup {
-                        r.report.backup = Some(b);
-                    }
-                    if matches!(step, Step::Migrate { .. }) {
-                        r.report.migrated_on = Some(c.host.name.clone());
-                    }
-                }
-                Err(e) => {
-                    report.status = StepStatus::Failed;
-                    let message = match step {
-                        Step::Migrate { .. } => format!("{e}; nothing was switched"),
-                        _ => e.message.clone(),
-                    };
-                    r.fail_host(e);
-                    return (Outcome::Failed, Some(message));
-                }
-            }
-        }
-        if cancel.is_cancelled() {
-            return (
-                Outcome::Interrupted,
-                Some(
-                    "interrupted before the switch (after the migrations); nothing was switched"
-                        .into(),
-                ),
-            );
-        }
-    }
-
-    // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
-    let (outcome, message) = switch_fleet(r, ctx, conns, plan, &mut states).await;
-    if outcome != Outcome::Deployed {
-        return (outcome, message);
-    }
-
-    // Finish: cleanup; a failed cleanup is worth a note, not a failure (the release is live).
-    let finishes = conns
-        .iter()
-        .zip(&plan.hosts)
-        .zip(states.iter_mut())
-        .map(|((c, hs), state)| async move { run_phase(ctx, c, hs, Phase::Finish, state).await });
-    let finished = futures::future::join_all(finishes).await;
-    let mut notes = Vec::new();
-    for (hs, run) in plan.hosts.iter().zip(finished) {
-        r.record(&hs.host, &run);
-        match run.error {
-            Some(e) => notes.push(format!("{}: {e}", hs.host)),
-            None => {
-                if let Some(Step::Prune { releases }) =
-                    hs.steps.iter().find(|s| matches!(s, Step::Prune { .. }))
-                {
-                    r.host(&hs.host).pruned = releases.clone();
-                }
-            }
-        }
-    }
-    for hs in &plan.hosts {
-        ctx.out.emit(Event::HostDone {
-            host: &hs.host,
-            ok: true,
-            summary: &format!("current -> {}", plan.release),
-        });
-    }
-    (
-        Outcome::Deployed,
-        (!notes.is_empty()).then(|| notes.join("; ")),
-    )
-}
-
-/// Switches the hosts wave by wave (the plan's waves; each wave bounded by
-/// `rollout.parallel`): the switch steps of each host. A host that fails is switched back
-/// at once. When more hosts have failed than `rollout.max_fail` tolerates, no further wave
-/// starts, and with `on_failure = "rollback"` every host switched in this run is switched
-/// back too (`"halt"` leaves them). Returns the outcome and a message.
-async fn switch_fleet(
-    r: &mut Run<'_>,
-    ctx: &Ctx<'_>,
-    conns: &[Conn<'_>],
-    plan: &Plan,
-    states: &mut [HostState],
-) -> (Outcome, Option<String>) {
-    use futures::StreamExt;
-    let parallel = ctx.inventory.rollout.parallel.max(1);
-    let n = conns.len();
-    let tolerated = plan.max_fail;
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for wave in &plan.waves {
-        ranges.push(start..start + wave.len());
-        start += wave.len();
-    }
-    let on_failure = ctx.inventory.rollout.on_failure;
-    // Per host: switched this run and still on the new release.
-    let mut switched: Vec<bool> = vec![false; n];
-    // Per switched host: what its switch changed, for a switch-back when a later wave fails.
-    let mut changed: Vec<Vec<Undo>> = vec![Vec::new(); n];
-    let mut failed = 0;
-    let mut back_failed: Vec<String> = Vec::new();
-    for (w, range) in ranges.iter().enumerate() {
-        if ranges.len() > 1 {
-            ctx.note(&format!(
-                "wave {} of {}: {}",
-                w + 1,
-                ranges.len(),
-                plan.waves[w].join(" ")
-            ));
-        }
-        let runs: Vec<PhaseRun> = futures::stream::iter(
-            conns[range.clone()]
-                .iter()
-                .zip(&plan.hosts[range.clone()])
-                .zip(states[range.clone()].iter_mut())
-                .map(|((c, hs), state)| run_phase(ctx, c, hs, Phase::Switch, state)),
-        )
-        .buffered(parallel)
-        .collect()
-        .await;
-        // A failed host goes back to what it had, now.
-        let mut to_undo = Vec::new();
-        for (i, run) in range.clone().zip(runs) {
-            let hs = &plan.hosts[i];
-            r.record(&hs.host, &run);
-            r.host(&hs.host).switch_ms = Some(run.ms);
-            match run.error {
-                None => {
-                    r.host(&hs.host).current = Some(plan.release.clone());
-                    switched[i] = true;
-                    changed[i] = run.undos;
-                }
-                Some(e) => {
-                    r.fail_host(e);
-                    failed += 1;
-                    to_undo.push((i, run.undos));
-                }
-            }
-        }
-        let backs = futures::future::join_all(to_undo.iter().map(|(i, undos)| {
-            let (c, hs) = (&conns[*i], &plan.hosts[*i]);
-            let armed = states[*i].guard_armed;
-            async move {
-                let back = switch::deactivate(ctx, c, hs.previous.as_deref(), undos, armed).await;
-                (*i, back)
-            }
-        }))
-        .await;
-        for (i, back) in backs {
-            states[i].guard_armed = false;
-            record_switch_back(r, &plan.hosts[i], back, &mut back_failed);
-        }
-        if failed > tolerated {
-            let rest: usize = ranges[w + 1..].iter().map(|r| r.len()).sum();
-            let mut message = format!(
-                "{failed} hosts failed in wave {} of {}, more than `max_fail` tolerates ({tolerated}); {rest} hosts were not touched",
-                w + 1,
-                ranges.len()
-            );
-            if on_failure == crate::inventory::OnFailure::Rollback {
-                let undo: Vec<usize> = (0..n).filter(|&i| switched[i]).collect();
-                let backs = futures::future::join_all(undo.iter().map(|&i| {
-                    let (c, hs) = (&conns[i], &plan.hosts[i]);
-                    // Exactly what its switch changed: an env file it did not install
-                    // stays as it is.
-                    let changed = &changed[i];
-                    async move {
-                        (
-                            i,
-                            switch::deactivate(ctx, c, hs.previous.as_deref(), changed, false)
-                                .await,
-                        )
-                    }
-                }))
-                .await;
-                for (i, back) in backs {
-                    switched[i] = false;
-                    record_switch_back(r, &plan.hosts[i], back, &mut back_failed);
-                }
-                message.push_str(&format!(
-                    "; the {} hosts switched before were switched back",
-                    undo.len()
-                ));
-            } else {
-                let kept = switched.iter().filter(|s| **s).count();
-                message.push_str(&format!(
-                    "; on_failure = \"halt\": the {kept} hosts switched before keep the new release"
-                ));
-            }
-            return finish_switch(message, &back_failed);
-        }
-    }
-    if failed == 0 {
-        return (Outcome::Deployed, None);
-    }
-    finish_switch(
-        format!(
-            "{failed} hosts failed within `max_fail` ({tolerated}) and were switched back; the others run the new release"
-        ),
-        &back_failed,
-    )
-}
-
-fn record_switch_back(
-    r: &mut Run<'_>,
-    hs: &HostSteps,
-    back: Result<(), String>,
-    back_failed: &mut Vec<String>,
-) {
-    let name = hs.host.clone();
-    let h = r.host(&name);
-    match back {
-        Ok(()) => {
-            h.current = hs.previous.clone();
-            h.rolled_back = Some(true);
-        }
-        Err(e) => {
-            h.rolled_back = Some(false);
-            let error = match h.error.take() {
-                Some(first) => {
-                    let message = format!("{}; SWITCHING BACK FAILED: {e}", first.message);
-                    first.saying(message)
-                }
-                None => RemoteError::new(&name, "switch", format!("SWITCHING BACK FAILED: {e}")),
-            };
-            r.fail_host(error);
-            back_failed.push(name);
-        }
-    }
-}
-
-fn finish_switch(message: String, back_failed: &[String]) -> (Outcome, Option<String>) {
-    if back_failed.is_empty() {
-        (Outcome::RolledBack, Some(message))
-    } else {
-        (
-            Outcome::RollbackFailed,
-            Some(format!(
-                "{message}; switching back failed on {}: a human is needed (see each host's error for the state it is in)",
-                back_failed.join(", ")
-            )),
-        )
-    }
-}
-
-fn describe_keys(diff: &KeyDiff) -> String {
-    let mut parts = Vec::new();
-    for (word, keys) in [
-        ("added", &diff.added),
-        ("removed", &diff.removed),
-        ("changed", &diff.changed),
-    ] {
-        if !keys.is_empty() {
-            parts.push(format!("{word} {}", keys.join(", ")));
-        }
-    }
-    if parts.is_empty() {
-        "rewritten (same keys and values)".to_owned()
-    } else {
-        parts.join("; ")
-    }
 }
 
 /// Everything a rollback needs.

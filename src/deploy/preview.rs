@@ -6,9 +6,10 @@
 use crate::artifact::Packed;
 use crate::commands::{self, exit};
 use crate::deploy::envfile;
+use crate::deploy::facts as host_facts;
 use crate::deploy::stage::{self, Templates};
 use crate::deploy::templates;
-use crate::deploy::{pipeline, upload};
+use crate::deploy::upload;
 use crate::inventory::{Amount, Inventory};
 pub use crate::output::report::plan::{ConfigChange, HostPreview, PlanReport};
 use crate::output::{Event, Output, table};
@@ -40,7 +41,7 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
     }
     // The same facts and the same plan as a deploy; only hosts whose tree could be read
     // are planned.
-    let trees = pipeline::read_trees(conns, &p.inventory.app.deploy_to).await;
+    let trees = host_facts::read_trees(conns, &p.inventory.app.deploy_to).await;
     let mut readable = Vec::new();
     let mut ok_trees = Vec::new();
     let mut errors = std::collections::BTreeMap::new();
@@ -56,17 +57,17 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
         }
     }
     let refs: Vec<&facts::ReleaseTree> = ok_trees.iter().collect();
-    let wanted = pipeline::deltas_wanted(p.inventory, p.artifact);
+    let wanted = host_facts::deltas_wanted(p.inventory, p.artifact);
     let manifests =
         upload::read_manifests(&readable, &refs, &p.inventory.app.deploy_to, wanted).await;
-    let facts = pipeline::DeployFacts {
+    let facts = host_facts::DeployFacts {
         trees: ok_trees,
         manifests,
     };
     let migrate_host =
         Some(p.migrate_host.as_str()).filter(|m| readable.iter().any(|c| c.host.name == *m));
     let hosts: Vec<&crate::inventory::Host> = readable.iter().map(|c| c.host).collect();
-    let plan = pipeline::plan_deploy(
+    let plan = host_facts::plan_deploy(
         &hosts,
         &facts,
         p.inventory,

@@ -6,10 +6,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
+use crate::artifact::Packed;
+use crate::deploy::facts::rendered;
 use crate::deploy::fake::{self, Script};
+use crate::deploy::phases::execute_plan;
 use crate::inventory::LoadContext;
+use crate::output::report::deploy::StepStatus;
 use crate::output::{Mode, redact::Redactor};
+use crate::plan::build::{ArtifactFacts, DeployInputs, HostFacts};
 use crate::plan::facts::Release;
+use crate::plan::{Phase, Plan, Step};
 
 const NOW: u64 = 1_795_381_200;
 const DEPLOY_TO: &str = "/opt/shop";
