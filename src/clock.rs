@@ -16,3 +16,11 @@ pub fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Nanoseconds since the Unix epoch, for what must differ between two runs started in the
+/// same second (a run's token).
+pub fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

@@ -609,9 +609,7 @@ fn run_info(started_millis: u64, redactor: output::redact::Redactor) -> RunInfo 
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(login_name);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = shipit::clock::now_nanos();
     let token = {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(format!("{nanos}/{pid}/{machine}/{user}").as_bytes());

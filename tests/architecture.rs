@@ -215,3 +215,19 @@ fn renderers_and_reports_import_no_command_module() {
         }
     }
 }
+
+#[test]
+fn one_clock() {
+    // The time of day is read in one place; everything else is handed it.
+    for (file, text) in all_sources() {
+        if file == "src/clock.rs" {
+            continue;
+        }
+        for word in ["SystemTime::now", "UNIX_EPOCH"] {
+            assert!(
+                !code(&text).contains(word),
+                "{file} reads the clock with `{word}`"
+            );
+        }
+    }
+}

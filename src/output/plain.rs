@@ -2,7 +2,6 @@
 //! lines of `exec` go to stdout (prefixed by host), so they can be piped on.
 
 use std::io::Write;
-use std::time::SystemTime;
 
 use super::{Event, Renderer, table};
 use crate::transport::Stream;
@@ -22,7 +21,7 @@ impl Plain {
 }
 
 fn stamp() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    crate::plan::rfc3339(crate::clock::now_unix())
 }
 
 impl Renderer for Plain {

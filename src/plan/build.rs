@@ -25,6 +25,7 @@ pub struct Plan {
     /// Where backups, migrations and `once` hooks run.
     pub migrate_host: Option<String>,
     /// Steps run once, on the migrate host, after every host staged and before any switch.
+    #[serde(serialize_with = "super::step::serialize_steps")]
     pub once: Vec<Step>,
     /// Host names, wave by wave.
     pub waves: Vec<Vec<String>>,
@@ -40,6 +41,7 @@ pub struct HostSteps {
     /// What `current` pointed at before the run: the release a failed switch goes back to.
     pub previous: Option<String>,
     /// Every step of this host, in the order they run.
+    #[serde(serialize_with = "super::step::serialize_steps")]
     pub steps: Vec<Step>,
 }
 

@@ -269,6 +269,31 @@ impl fmt::Display for Step {
     }
 }
 
+/// Serializes steps as `--json` shows them: each step's name and parameters, with when it
+/// runs (`phase`) and, for a step that changes what the host serves, what puts it back
+/// (`undo`).
+pub fn serialize_steps<S: Serializer>(steps: &[Step], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::{Error, SerializeSeq};
+    let mut seq = s.serialize_seq(Some(steps.len()))?;
+    for step in steps {
+        let mut value = serde_json::to_value(step).map_err(S::Error::custom)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "phase".to_owned(),
+                serde_json::to_value(step.phase()).map_err(S::Error::custom)?,
+            );
+            if let Some(undo) = step.undo() {
+                map.insert(
+                    "undo".to_owned(),
+                    serde_json::to_value(undo).map_err(S::Error::custom)?,
+                );
+            }
+        }
+        seq.serialize_element(&value)?;
+    }
+    seq.end()
+}
+
 pub fn codec_str(codec: Codec) -> &'static str {
     match codec {
         Codec::Zstd => "zstd",

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use russh::client::{self, Handle};
 use russh::keys::agent::client::AgentClient;
@@ -692,7 +692,7 @@ impl Client {
                 origin: origin.clone(),
             })
         };
-        certificate_problem(cert, &ca, name, SystemTime::now())
+        certificate_problem(cert, &ca, name, crate::clock::now_unix())
             .map_or(Ok(()), |r| Err(invalid(r)))?;
         Ok(format!(
             "{key_type} {} certificate (key id {:?}), signed by {ca_type} {} in {origin}",
@@ -708,11 +708,8 @@ fn certificate_problem(
     cert: &Certificate,
     ca: &PublicKey,
     principal: &str,
-    now: SystemTime,
+    now: u64,
 ) -> Option<String> {
-    let now = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     if cert.cert_type() != CertType::Host {
         return Some("it is a user certificate, not a host certificate".to_owned());
     }

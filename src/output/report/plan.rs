@@ -37,6 +37,7 @@ pub struct PlanReport {
     /// Where backup, migrations and `once` hooks run.
     pub migrate_host: String,
     /// The steps run once, on the migrate host, before any host switches.
+    #[serde(serialize_with = "crate::plan::step::serialize_steps")]
     pub once: Vec<Step>,
     pub hosts: Vec<HostPreview>,
 }
@@ -54,6 +55,7 @@ pub struct HostPreview {
     pub nginx: Option<ConfigChange>,
     pub hooks: Vec<String>,
     /// Every step the deploy runs on this host, in order (what `deploy --json` reports).
+    #[serde(serialize_with = "crate::plan::step::serialize_steps")]
     pub steps: Vec<Step>,
     pub error: Option<String>,
 }
