@@ -19,6 +19,9 @@ pub(crate) struct Call {
     pub cmd: String,
     /// Bytes read from its stdin (an upload's stream is read to its end).
     pub stdin: usize,
+    /// Its stdin as text, when it was given bytes (a guard's script, a file written); empty
+    /// for a stream or a secret.
+    pub stdin_text: String,
 }
 
 /// A scripted answer: the first command on `host` whose text contains `marker`.
@@ -108,12 +111,12 @@ struct Fake {
     script: Script,
 }
 
-async fn drain(stdin: Stdin) -> std::io::Result<usize> {
+async fn drain(stdin: Stdin) -> std::io::Result<(usize, String)> {
     Ok(match stdin {
-        Stdin::Empty => 0,
-        Stdin::Bytes(b) => b.len(),
-        Stdin::Secret(s) => s.expose().len(),
-        Stdin::Reader(mut r) => read_all(&mut r).await?,
+        Stdin::Empty => (0, String::new()),
+        Stdin::Bytes(b) => (b.len(), String::from_utf8_lossy(&b).into_owned()),
+        Stdin::Secret(s) => (s.expose().len(), String::new()),
+        Stdin::Reader(mut r) => (read_all(&mut r).await?, String::new()),
     })
 }
 
@@ -126,14 +129,16 @@ impl Transport for Fake {
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
         Box::pin(async move {
             let cmd = req.cmd.render();
-            let stdin = drain(req.stdin).await.map_err(|source| ExecError::Stdin {
-                command: cmd.clone(),
-                source,
-            })?;
+            let (stdin, stdin_text) =
+                drain(req.stdin).await.map_err(|source| ExecError::Stdin {
+                    command: cmd.clone(),
+                    source,
+                })?;
             self.script.calls.lock().expect("lock").push(Call {
                 host: self.host.clone(),
                 cmd: cmd.clone(),
                 stdin,
+                stdin_text,
             });
             let (code, text) = self.script.answer_for(&self.host, &cmd);
             let mut stdout = Tail::new(1 << 20);

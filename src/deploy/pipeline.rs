@@ -378,9 +378,14 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     );
     r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
 
+    // A run that stops before anything was compressed still says how big the artifact is.
+    let unsent = |mut report: DeployReport| {
+        report.artifact_bytes = Some(d.artifact.tar_size);
+        report
+    };
     let (mut r, conns) = match connect_and_lock(r, d.hosts, d.connector).await {
         Ok(ok) => ok,
-        Err(report) => return report,
+        Err(report) => return unsent(report),
     };
 
     // Facts and plan: one release id for the whole fleet, after every id already there.
@@ -390,13 +395,8 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             for e in errors {
                 r.fail_host(e);
             }
-            return r
-                .close(
-                    &conns,
-                    Outcome::Failed,
-                    Some("could not read every host; nothing was switched".into()),
-                )
-                .await;
+            let message = "could not read every host; nothing was switched";
+            return unsent(r.close(&conns, Outcome::Failed, Some(message.into())).await);
         }
     };
     let hosts: Vec<&Host> = conns.iter().map(|c| c.host).collect();
@@ -434,6 +434,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         let mut entry = r.history(Outcome::RolledBack, None);
         entry.action = "guard".to_owned();
         entry.outcome = "reverted".to_owned();
+        entry.release = Some(plan.release.clone());
         entry.finished = None;
         entry.message = Some(
             "the deployer did not confirm in time: the guard switched this host back".to_owned(),

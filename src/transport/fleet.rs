@@ -18,6 +18,10 @@ use crate::transport::{ConnectError, SshSettings, Transport};
 /// Opens connections for one run.
 pub enum Connector {
     Local,
+    /// Scripted hosts for unit tests of whole runs ([`crate::deploy::fake`]).
+    #[cfg(test)]
+    #[allow(private_interfaces)]
+    Fake(crate::deploy::fake::Script),
     Ssh {
         ssh: Box<SshConnector>,
         /// How each selected host is reached (inventory, `~/.ssh/config`, defaults).
@@ -43,6 +47,8 @@ impl Connector {
     pub fn reach(&self, host: &str) -> Option<&Reach> {
         match self {
             Connector::Local => None,
+            #[cfg(test)]
+            Connector::Fake(_) => None,
             Connector::Ssh { reach, .. } => reach.get(host),
         }
     }
@@ -51,6 +57,8 @@ impl Connector {
     pub async fn connect(&self, host: &Host) -> Result<Box<dyn Transport>, ConnectError> {
         match self {
             Connector::Local => Ok(Box::new(LocalTransport)),
+            #[cfg(test)]
+            Connector::Fake(script) => Ok(script.transport(&host.name)),
             Connector::Ssh { ssh, reach } => match reach.get(&host.name) {
                 Some(r) => Ok(Box::new(ssh.connect(&r.target).await?)),
                 // Every selected host is resolved before the first connection.

@@ -1166,3 +1166,84 @@ async fn a_wave_rollback_restores_only_what_the_host_changed() {
         labels(&script, &plan, "h1")
     );
 }
+
+/// A whole `pipeline::deploy` (connect, lock, facts, plan, execute, close) against fake
+/// hosts, the first deploy on each (empty release trees).
+async fn deploy_through_pipeline(inv: &Inventory, script: &Script) -> DeployReport {
+    let dir = tempfile::tempdir().unwrap();
+    let packed = artifact(dir.path());
+    let templates = templates(inv);
+    let hosts: Vec<&Host> = inv.hosts.iter().collect();
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    let out = Output::new(Mode::Json, &names, 0, None);
+    let info = RunInfo {
+        token: TOKEN.to_owned(),
+        user: "me".to_owned(),
+        machine: "laptop".to_owned(),
+        pid: 1,
+        command: "shipit deploy test".to_owned(),
+        ci_url: None,
+        started_unix: NOW,
+        started_millis: NOW * 1000,
+        redactor: Redactor::default(),
+    };
+    let connector = Connector::Fake(script.clone());
+    deploy(Deploy {
+        stage: "test",
+        inventory: inv,
+        hosts: &hosts,
+        connector: &connector,
+        out: &out,
+        artifact: &packed,
+        templates: &templates,
+        migrate_host: None,
+        waves: None,
+        env_content: inv.env.as_ref().map(|_| Secret::new("A=1\n")),
+        now_unix: NOW,
+        git: None,
+        run: &info,
+        cancel: Cancel::never(),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_guards_history_line_names_the_release_it_turns_away_from() {
+    let s = setup(1, SERVED);
+    let script = Script::default();
+    let report = deploy_through_pipeline(&s.inv, &script).await;
+    assert_eq!(report.outcome, Outcome::Deployed, "{:?}", report.message);
+    let release = report.release.clone().unwrap();
+    let arm = script
+        .calls()
+        .into_iter()
+        .find(|c| c.cmd.contains("/.shipit/guard") && c.stdin_text.contains("\"reverted\""))
+        .expect("the guard was armed with its script");
+    // Old rollout.rs built the guard's line after the release id was chosen: `shipit history`
+    // shows which release the guard reverted.
+    assert!(
+        arm.stdin_text
+            .contains(&format!("\"release\":\"{release}\"")),
+        "the guard's history line does not name {release}: {}",
+        arm.stdin_text
+            .lines()
+            .find(|l| l.contains("\"reverted\""))
+            .unwrap_or("")
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_that_cannot_read_a_host_still_reports_the_artifacts_size() {
+    let s = setup(2, "");
+    let script = Script::default();
+    let facts = fake::text(&crate::plan::facts::releases(DEPLOY_TO));
+    script.fail("h2", &facts, 1);
+    let report = deploy_through_pipeline(&s.inv, &script).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.message);
+    assert_eq!(
+        report.message.as_deref(),
+        Some("could not read every host; nothing was switched")
+    );
+    // Old rollout.rs set `artifact_bytes` on every deploy report, whatever path it left by.
+    assert!(report.artifact_bytes.is_some(), "artifact_bytes is null");
+}
