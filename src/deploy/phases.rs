@@ -162,13 +162,21 @@ pub(super) async fn execute_plan(
         if hs.steps.iter().any(|s| s.phase() == Phase::Stage) {
             r.host(&hs.host).stage_ms = Some(run.ms);
         }
-        if let Some(diff) = &r.host(&hs.host).env_keys {
-            let note = format!("{}: env file {}", hs.host, describe_keys(diff));
-            ctx.note(&note);
-        }
-        if let Some(e) = run.error {
-            r.fail_host(e);
-            failures += 1;
+        match run.error {
+            Some(e) => {
+                r.fail_host(e);
+                failures += 1;
+            }
+            None => {
+                if let Some(diff) = &r.host(&hs.host).env_keys {
+                    let note = format!("{}: env file {}", hs.host, describe_keys(diff));
+                    ctx.note(&note);
+                }
+                ctx.out.emit(Event::Step {
+                    host: &hs.host,
+                    step: "staged",
+                });
+            }
         }
     }
     if failures > 0 {

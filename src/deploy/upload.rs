@@ -320,6 +320,9 @@ pub async fn run(ctx: &Ctx<'_>, c: &Conn<'_>, step: &Step) -> Result<Sourced, Re
             ..
         } => {
             fallback = why.clone().filter(|_| *fell);
+            if let Some(why) = &fallback {
+                ctx.note(&format!("{host}: {why}; sending the whole artifact"));
+            }
             *codec
         }
         other => {

@@ -436,3 +436,231 @@ fn phase_word(phase: Phase) -> &'static str {
         Phase::Finish => "finish",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::artifact::manifest::{Item, Kind};
+    use crate::inventory::LoadContext;
+    use crate::plan::facts::Release;
+
+    const OLD: &str = "20200101T000000Z-aaaaaaaaaaaa";
+    const NOW: u64 = 1_795_381_200;
+
+    fn inventory(rest: &str) -> Inventory {
+        let text = format!(
+            "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[[hosts]]\nname = \"h1\"\naddress = \"10.0.0.1\"\nroles = [\"web\"]\n\n[[hosts]]\nname = \"h2\"\naddress = \"10.0.0.2\"\nroles = [\"worker\"]\n\n[artifact]\npath = \"dist\"\n{rest}"
+        );
+        let env = |_: &str| None;
+        let ctx = LoadContext {
+            base_dir: Path::new("/project"),
+            home: None,
+            env: &env,
+            need_secrets: false,
+        };
+        crate::inventory::parse(&text, Path::new("inventory/test.toml"), &ctx).unwrap()
+    }
+
+    /// A manifest of `n` files of 1000 bytes, file `i` with content `seed + i`.
+    fn manifest(n: usize, seed: usize) -> Manifest {
+        Manifest {
+            entries: (0..n)
+                .map(|i| {
+                    let item = Item {
+                        kind: Kind::File {
+                            size: 1000,
+                            sha256: format!("{:064x}", seed + i),
+                        },
+                        mode: 0o644,
+                    };
+                    (format!("f{i}"), item)
+                })
+                .collect(),
+        }
+    }
+
+    /// A host running `OLD`, whose manifest has sha `m`.
+    fn tree(m: &str) -> ReleaseTree {
+        ReleaseTree {
+            current: Some(OLD.to_owned()),
+            releases: vec![Release {
+                id: OLD.to_owned(),
+                sha256: Some("bb".repeat(32)),
+            }],
+            zstd: true,
+            delta: true,
+            manifest: Some(m.to_owned()),
+            ..ReleaseTree::default()
+        }
+    }
+
+    fn plan_with(
+        inv: &Inventory,
+        new: &Manifest,
+        old: Option<Result<Arc<Manifest>, String>>,
+        migrate_host: Option<&str>,
+    ) -> Plan {
+        let t = tree("m1");
+        let hosts: Vec<HostFacts<'_>> = inv
+            .hosts
+            .iter()
+            .map(|h| HostFacts {
+                host: h,
+                tree: &t,
+                current_manifest: old.clone(),
+            })
+            .collect();
+        let rendered = Rendered {
+            units: vec!["shop.service".into()],
+            site: None,
+            compose: false,
+        };
+        let inputs = DeployInputs {
+            inventory: inv,
+            rendered: &rendered,
+            artifact: ArtifactFacts {
+                sha256: &"cc".repeat(32),
+                tar_size: 10_000,
+                manifest: Some(new),
+            },
+            env: false,
+            now_unix: NOW,
+            waves: None,
+            migrate_host,
+        };
+        deploy(&inputs, &hosts)
+    }
+
+    fn names(plan: &Plan, host: &str) -> Vec<&'static str> {
+        plan.host(host)
+            .unwrap()
+            .steps
+            .iter()
+            .map(Step::name)
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_only_when_at_most_three_quarters_is_new() {
+        let inv = inventory("");
+        let old = Some(Ok(Arc::new(manifest(10, 0))));
+        // One file of ten changed: a delta of its content.
+        let mut one = manifest(10, 0);
+        one.entries
+            .insert("f9".into(), manifest(1, 500).entries["f0"].clone());
+        let plan = plan_with(&inv, &one, old.clone(), None);
+        assert_eq!(
+            plan.host("h1").unwrap().steps[0],
+            Step::Delta {
+                release: plan.release.clone(),
+                from: OLD.into(),
+                content_bytes: 1000,
+            }
+        );
+        // Eight of ten new: more than three quarters of the tar, the whole artifact, and why.
+        let mut most = manifest(10, 0);
+        for (i, (_, item)) in most.entries.iter_mut().enumerate().take(8) {
+            *item = manifest(1, 700 + i).entries["f0"].clone();
+        }
+        let plan = plan_with(&inv, &most, old.clone(), None);
+        match &plan.host("h2").unwrap().steps[0] {
+            Step::Upload { why, fallback, .. } => {
+                assert!(
+                    why.as_deref()
+                        .unwrap()
+                        .contains("most of the content is new")
+                );
+                assert!(!fallback);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A manifest that could not be read: a whole upload, said as a fallback.
+        let plan = plan_with(&inv, &one, Some(Err("unreadable".into())), None);
+        assert!(matches!(
+            &plan.host("h1").unwrap().steps[0],
+            Step::Upload { why: Some(w), fallback: true, .. } if w == "unreadable"
+        ));
+        // Deltas off: a plain upload.
+        let off = inventory("delta = false\n");
+        let plan = plan_with(&off, &one, old, None);
+        assert!(matches!(
+            &plan.host("h1").unwrap().steps[0],
+            Step::Upload {
+                why: None,
+                fallback: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hooks_follow_roles_and_once_hooks_the_migrate_host() {
+        let inv = inventory(
+            "[migrate]\ncommand = \"./migrate\"\n\n[[hooks]]\nat = \"after_switch\"\ncommand = \"warm\"\nroles = [\"web\"]\n\n[[hooks]]\nat = \"before_switch\"\ncommand = \"announce\"\nonce = true\n",
+        );
+        let m = manifest(3, 0);
+        let plan = plan_with(&inv, &m, None, Some("h2"));
+        assert_eq!(
+            names(&plan, "h1"),
+            [
+                "upload",
+                "stage_units",
+                "arm_guard",
+                "switch",
+                "hook",
+                "install_units",
+                "restart",
+                "confirm"
+            ]
+        );
+        assert_eq!(
+            names(&plan, "h2"),
+            [
+                "upload",
+                "stage_units",
+                "arm_guard",
+                "hook",
+                "switch",
+                "install_units",
+                "restart",
+                "confirm"
+            ]
+        );
+        assert_eq!(
+            plan.once,
+            vec![Step::Migrate {
+                command: "./migrate".into()
+            }]
+        );
+        assert_eq!(plan.migrate_host.as_deref(), Some("h2"));
+        // Without a migrate host (none selected), no once steps and no once hooks.
+        let plan = plan_with(&inv, &m, None, None);
+        assert!(plan.once.is_empty());
+        assert!(!names(&plan, "h2").contains(&"hook"));
+    }
+
+    #[test]
+    fn the_json_of_a_step_says_its_phase_and_undo() {
+        let inv = inventory("");
+        let plan = plan_with(&inv, &manifest(1, 0), None, None);
+        let json = serde_json::to_value(plan.host("h1").unwrap()).unwrap();
+        let steps = json["steps"].as_array().unwrap();
+        assert_eq!(steps[0]["step"], "upload");
+        assert_eq!(steps[0]["phase"], "stage");
+        assert_eq!(steps[0]["codec"], "zstd");
+        assert!(steps[0].get("undo").is_none());
+        let switch = steps.iter().find(|s| s["step"] == "switch").unwrap();
+        assert_eq!(switch["phase"], "switch");
+        assert_eq!(switch["undo"], "switch_back");
+        assert_eq!(switch["from"], OLD);
+        let restart = steps.iter().find(|s| s["step"] == "restart").unwrap();
+        assert_eq!(restart["unit"], "shop.service");
+        assert_eq!(restart["undo"], "restore_units");
+        // The plan's text is its steps, host by host.
+        let text = plan.to_string();
+        assert!(text.contains("h1:\n  stage: upload the artifact"), "{text}");
+        assert!(text.contains("  switch: restart shop.service\n"), "{text}");
+    }
+}
