@@ -155,8 +155,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
         });
-    let out = Output::new(output_mode(&cli), &names, cli.global.verbose, github)
-        .redacting_with(redactor.clone());
+    let mode = output_mode(&cli);
+    let mut out = Output::new(mode, &names, cli.global.verbose, github);
+    // Sections only in plain output: with `--json` stdout is the report, and bars redraw.
+    if mode == Mode::Plain && std::env::var("GITLAB_CI").is_ok_and(|v| v == "true") {
+        out = out.gitlab_sections(&names);
+    }
+    let out = out.redacting_with(redactor.clone());
     let settings = ssh_settings(&inventory, home.as_deref());
     let reach = reach_hosts(&cli, &inventory, &hosts, &settings, home.as_deref())?;
     let run = run_info(started_millis, redactor);

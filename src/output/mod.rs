@@ -5,10 +5,14 @@
 //! - [`plain`]: timestamped lines, no ANSI codes, for CI logs and pipes;
 //! - [`json`]: the final report as one JSON document on stdout.
 //!
+//! Under CI, wrappers add the CI's own markup: [`github`] (groups, annotations, the step
+//! summary) and [`gitlab`] (a collapsible section per host).
+//!
 //! The reports themselves are data in [`report`], built by the commands; `output` never
 //! imports a command module. This is the only module that prints.
 
 pub mod github;
+pub mod gitlab;
 pub mod json;
 pub mod plain;
 pub mod redact;
@@ -99,6 +103,13 @@ impl Output {
             renderer,
             redactor: redact::Redactor::default(),
         }
+    }
+
+    /// Under GitLab CI, with the plain renderer: each host's output lines in a collapsible
+    /// section of the job log. `hosts` as for [`Output::new`].
+    pub fn gitlab_sections(mut self, hosts: &[&str]) -> Output {
+        self.renderer = Box::new(gitlab::Gitlab::new(self.renderer, hosts));
+        self
     }
 
     /// Redacts these values from everything printed from now on.

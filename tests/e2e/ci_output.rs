@@ -1,5 +1,6 @@
 //! What CI logs show: no ANSI codes under `CI=true`; GitHub Actions groups, error
-//! annotations and the step summary under `GITHUB_ACTIONS=true`.
+//! annotations and the step summary under `GITHUB_ACTIONS=true`; a collapsible section per
+//! host under `GITLAB_CI=true`.
 
 use crate::common::*;
 use crate::support::Fleet;
@@ -34,6 +35,7 @@ fn ci_output_is_plain_lines_without_ansi_codes() {
         !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'),
         "ANSI codes in CI output"
     );
+    assert!(!stdout.contains("section_start"), "{stdout}");
     // Timestamped lines, one per step, and the summary table.
     assert!(
         stderr
@@ -86,4 +88,111 @@ fn github_actions_gets_groups_annotations_and_a_step_summary() {
         "{md}"
     );
     assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'));
+}
+
+/// The section of `name` in `log`: its start line's options and header, and its lines,
+/// which its own end marker must close.
+fn gitlab_section<'a>(log: &'a str, name: &str) -> (&'a str, &'a str) {
+    let opened = log
+        .split("\u{1b}[0Ksection_start:")
+        .find_map(|s| {
+            let (stamp, rest) = s.split_once(':')?;
+            let rest = rest.strip_prefix(name)?;
+            (stamp.parse::<u64>().is_ok() && rest.starts_with(['[', '\r'])).then_some(rest)
+        })
+        .unwrap_or_else(|| panic!("no section `{name}` in:\n{log}"));
+    let (head, body) = opened.split_once('\n').expect("a section start line");
+    let (lines, end) = body
+        .split_once("\u{1b}[0Ksection_end:")
+        .unwrap_or_else(|| panic!("section `{name}` never ends:\n{log}"));
+    let closes = end.split_once(':').is_some_and(|(stamp, rest)| {
+        stamp.parse::<u64>().is_ok() && rest.starts_with(&format!("{name}\r\u{1b}[0K\n"))
+    });
+    assert!(closes, "section `{name}` is closed by another:\n{log}");
+    (head, lines)
+}
+
+#[test]
+fn gitlab_ci_gets_a_collapsible_section_per_host() {
+    let fleet = Fleet::start(2);
+    let app = fleet.dir().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let deploy = |version: &str, gitlab: bool, json: bool| {
+        std::fs::write(app.join("VERSION"), version).unwrap();
+        // Staging fails on h1 only, with version `bad`: nothing switches.
+        let extra = format!(
+            "[artifact]\npath = \"{}\"\n[[hooks]]\nat = \"after_upload\"\ncommand = \"echo hook says $(cat VERSION) on $SHIPIT_HOST; echo warning from $SHIPIT_HOST >&2; test $(cat VERSION)-$SHIPIT_HOST != bad-h1\"\n",
+            app.display()
+        );
+        let inv = write(
+            fleet.dir(),
+            "inv.toml",
+            &inventory_text(&fleet, &["h1", "h2"], &extra),
+        );
+        let mut cmd = fleet.shipit();
+        cmd.env("CI", "true")
+            .args(["deploy", "test", "-i"])
+            .arg(&inv);
+        if gitlab {
+            cmd.env("GITLAB_CI", "true");
+        }
+        if json {
+            cmd.arg("--json");
+        }
+        run(&mut cmd)
+    };
+
+    // Both hosts succeed: each one's lines in a collapsed section named after it.
+    let (code, stdout, stderr) = deploy("v1", true, false);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for host in ["h1", "h2"] {
+        let (head, lines) = gitlab_section(&stdout, &format!("shipit_host_{host}"));
+        assert!(
+            head.starts_with("[collapsed=true]\r\u{1b}[0K")
+                && head.ends_with(&format!("{host}: output (2 lines)")),
+            "{head:?}"
+        );
+        assert_eq!(
+            lines,
+            format!("{host} | hook says v1 on {host}\n{host} ! warning from {host}\n"),
+            "{stdout}"
+        );
+    }
+    // Every hook line is in its host's section, none outside.
+    assert_eq!(stdout.matches("hook says").count(), 2, "{stdout}");
+    assert!(!stderr.contains("hook says"), "{stderr}");
+    // The results still stream, plain and timestamped, on stderr.
+    assert!(stderr.contains(" h1 ok: "), "{stderr}");
+
+    // h1 fails: its section is open, with its output; h2's too (it never finished).
+    let (code, stdout, stderr) = deploy("bad", true, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let (head, lines) = gitlab_section(&stdout, "shipit_host_h1");
+    assert!(head.starts_with("\r\u{1b}[0Kh1: output"), "{head:?}");
+    assert!(
+        lines.contains("h1 | hook says bad on h1") && lines.contains("h1 ! warning from h1"),
+        "{lines}"
+    );
+    assert!(!lines.contains("on h2"), "{lines}");
+    let (head, lines) = gitlab_section(&stdout, "shipit_host_h2");
+    assert!(head.starts_with("\r"), "{head:?}");
+    assert!(lines.contains("h2 | hook says bad on h2"), "{lines}");
+    assert!(stderr.contains(" h1 FAILED: "), "{stderr}");
+
+    // Without GITLAB_CI: no sections, no ANSI codes, the lines as they come.
+    let (code, stdout, stderr) = deploy("bad", false, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("section_") && !stderr.contains("section_"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'));
+    assert!(stdout.contains("h1 | hook says bad on h1"), "{stdout}");
+
+    // With `--json`, stdout is the report alone.
+    let (code, stdout, stderr) = deploy("v2", true, true);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+    assert_eq!(report["outcome"], "deployed", "{report}");
+    assert!(!stderr.contains("section_"), "{stderr}");
 }
