@@ -44,14 +44,17 @@ impl Gitlab {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks when `host` started, so its section's duration covers its whole run.
-    fn seen(&self, host: &str) {
-        self.pending()
-            .entry(host.to_owned())
-            .or_insert_with(|| Pending {
-                started: crate::clock::now_unix(),
-                lines: Vec::new(),
-            });
+    /// Marks when `host` started (so its section's duration covers its whole run), and keeps
+    /// `line` for its section.
+    fn seen(&self, host: &str, line: Option<(Stream, &str)>) {
+        let mut pending = self.pending();
+        let p = pending.entry(host.to_owned()).or_insert_with(|| Pending {
+            started: crate::clock::now_unix(),
+            lines: Vec::new(),
+        });
+        if let Some((stream, line)) = line {
+            p.lines.push((stream, line.to_owned()));
+        }
     }
 
     /// Prints `host`'s lines in a section (nothing when it printed none).
@@ -126,15 +129,10 @@ impl Renderer for Gitlab {
     fn emit(&self, event: &Event<'_>) {
         match event {
             Event::Step { host, .. } | Event::Progress { host, .. } => {
-                self.seen(host);
+                self.seen(host, None);
                 self.inner.emit(event);
             }
-            Event::Line { host, stream, line } => {
-                self.seen(host);
-                if let Some(p) = self.pending().get_mut(*host) {
-                    p.lines.push((*stream, (*line).to_owned()));
-                }
-            }
+            Event::Line { host, stream, line } => self.seen(host, Some((*stream, line))),
             Event::HostDone { host, ok, .. } => {
                 let pending = self.pending().remove(*host);
                 if let Some(pending) = pending {
