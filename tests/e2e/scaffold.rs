@@ -22,6 +22,13 @@ fn init_scaffolds_a_stage_that_parses_and_never_overwrites() {
     ] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
+    // The workflow is the GitHub Actions example, for this stage, through the shipit action.
+    let workflow =
+        std::fs::read_to_string(dir.path().join(".github/workflows/deploy.yml")).unwrap();
+    assert!(workflow.contains("uses: your-org/shipit@v1"), "{workflow}");
+    assert!(workflow.contains("stage: staging"), "{workflow}");
+    assert!(workflow.contains("group: deploy-staging"), "{workflow}");
+    assert!(!workflow.contains("production"), "{workflow}");
     // The inventory parses (the only complaint is the host we ask for).
     let (code, _, stderr) = run(shipit_command(dir.path())
         .current_dir(dir.path())
@@ -44,8 +51,17 @@ fn init_scaffolds_a_stage_that_parses_and_never_overwrites() {
     );
 }
 
-/// Every `run:` line of the workflow that invokes shipit, as argv.
-fn shipit_commands(workflow: &str) -> Vec<Vec<String>> {
+/// A step of the workflow that runs shipit: through the action (`uses: <owner>/shipit@…`)
+/// or a `run:` line that invokes it.
+struct ShipitStep {
+    argv: Vec<String>,
+    /// The names the step's `env:` passes, with their value.
+    env: Vec<(String, String)>,
+}
+
+/// Every step of the workflow that runs shipit, with the command line the action builds
+/// from its inputs (scripts/action.sh: `command stage [--inventory PATH] --json args...`).
+fn shipit_steps(workflow: &str) -> Vec<ShipitStep> {
     let docs = yaml_rust2::YamlLoader::load_from_str(workflow).expect("the workflow is valid YAML");
     let doc = &docs[0];
     assert!(doc["on"]["push"].as_hash().is_some() || doc["on"].as_hash().is_some());
@@ -60,6 +76,33 @@ fn shipit_commands(workflow: &str) -> Vec<Vec<String>> {
             "the deploy job names an environment"
         );
         for step in job["steps"].as_vec().expect("steps") {
+            let env: Vec<(String, String)> = step["env"]
+                .as_hash()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(uses) = step["uses"].as_str() {
+                if !uses.split('@').next().unwrap_or("").ends_with("/shipit") {
+                    continue;
+                }
+                let with = &step["with"];
+                let stage = with["stage"]
+                    .as_str()
+                    .expect("the action's `stage` is required");
+                let command = with["command"].as_str().unwrap_or("deploy");
+                let mut argv = vec!["shipit".to_owned(), command.to_owned(), stage.to_owned()];
+                if let Some(inventory) = with["inventory"].as_str() {
+                    argv.extend(["--inventory".to_owned(), inventory.to_owned()]);
+                }
+                argv.push("--json".to_owned());
+                let args = with["args"].as_str().unwrap_or("");
+                argv.extend(args.split_whitespace().map(str::to_owned));
+                out.push(ShipitStep { argv, env });
+                continue;
+            }
             let Some(script) = step["run"].as_str() else {
                 continue;
             };
@@ -68,11 +111,14 @@ fn shipit_commands(workflow: &str) -> Vec<Vec<String>> {
                 let invokes = words
                     .first()
                     .is_some_and(|w| w == "./shipit" || w == "shipit");
-                if let Some(i) = invokes.then_some(0) {
+                if invokes {
                     let end = words.iter().position(|w| w == ">").unwrap_or(words.len());
                     let mut argv = vec!["shipit".to_owned()];
-                    argv.extend(words[i + 1..end].iter().cloned());
-                    out.push(argv);
+                    argv.extend(words[1..end].iter().cloned());
+                    out.push(ShipitStep {
+                        argv,
+                        env: env.clone(),
+                    });
                 }
             }
         }
@@ -87,20 +133,42 @@ fn the_github_actions_example_is_valid_and_its_shipit_commands_parse() {
         "/examples/github-actions/deploy.yml"
     ))
     .unwrap();
-    let commands = shipit_commands(&workflow);
+    let steps = shipit_steps(&workflow);
+    let command = |s: &ShipitStep| s.argv[1].clone();
     assert!(
-        commands
-            .iter()
-            .any(|c| c.get(1).map(String::as_str) == Some("deploy")),
-        "{commands:?}"
+        steps.iter().any(|s| command(s) == "deploy"),
+        "{:?}",
+        steps.iter().map(|s| &s.argv).collect::<Vec<_>>()
     );
-    for argv in commands {
-        if let Err(e) = Cli::try_parse_from(&argv) {
-            panic!("`{}` does not parse: {e}", argv.join(" "));
+    for step in &steps {
+        if let Err(e) = Cli::try_parse_from(&step.argv) {
+            panic!("`{}` does not parse: {e}", step.argv.join(" "));
         }
     }
-    // The SSH key comes from a secret into SHIPIT_SSH_KEY, never into a file or argv.
+    // The SSH key comes from a secret into SHIPIT_SSH_KEY, never into a file, argv or `with:`.
     assert!(workflow.contains("SHIPIT_SSH_KEY: ${{ secrets."));
+    // `check`, `plan`, `deploy` and `backup` require the `env.from_env` secrets (README,
+    // Inventory): each such step passes the SSH key and the same secrets as the deploy.
+    let names = |s: &ShipitStep| {
+        let mut n: Vec<String> = s.env.iter().map(|(k, _)| k.clone()).collect();
+        n.sort();
+        n
+    };
+    let deploy = steps.iter().find(|s| command(s) == "deploy").unwrap();
+    for step in steps
+        .iter()
+        .filter(|s| ["check", "plan", "deploy", "backup"].contains(&command(s).as_str()))
+    {
+        assert_eq!(names(step), names(deploy), "`{}`", step.argv.join(" "));
+        for (name, value) in &step.env {
+            assert!(
+                value.starts_with("${{ secrets."),
+                "`{name}` of `{}` is not a secret: {value}",
+                step.argv.join(" ")
+            );
+        }
+        assert!(names(step).contains(&"SHIPIT_SSH_KEY".to_owned()));
+    }
 }
 
 #[test]
