@@ -18,6 +18,7 @@ mod concurrency;
 mod database;
 mod delta;
 mod deploy;
+mod dist;
 mod docker_fixture;
 mod exec;
 mod faults;
