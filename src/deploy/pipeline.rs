@@ -417,18 +417,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         .zip(&facts.manifests)
         .filter_map(|(t, m)| Some((t.manifest.clone()?, m.clone()?.ok()?)))
         .collect();
-    let shared = d
-        .inventory
-        .artifact
-        .as_ref()
-        .map(|a| {
-            a.shared_dirs
-                .iter()
-                .chain(&a.shared_files)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let shared = crate::plan::build::shared_paths(d.inventory);
     let uploads = Uploads::new(d.artifact, manifests, shared);
     let guard_line = {
         let mut entry = r.history(Outcome::RolledBack, None);

@@ -323,7 +323,8 @@ fn serving_steps(inv: &Inventory, r: &Rendered) -> Vec<Step> {
     steps
 }
 
-fn shared_paths(inv: &Inventory) -> Vec<String> {
+/// The inventory's shared dirs and files: paths a delta leaves to the host.
+pub fn shared_paths(inv: &Inventory) -> Vec<String> {
     inv.artifact
         .as_ref()
         .map(|a| {

@@ -295,3 +295,23 @@ pub fn deploy_report(fleet: &Fleet, inv: &Path) -> serde_json::Value {
     assert_eq!(code, 0, "{stderr}\n{report:#}");
     report
 }
+
+/// Incompressible bytes, different for every seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes `content` at `path` under `root`, making the directories on the way.
+pub fn put(root: &Path, path: &str, content: &[u8]) {
+    let full = root.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, content).unwrap();
+}

@@ -7,25 +7,6 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use crate::support::Fleet;
 
-/// Incompressible bytes, different for every seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn put(root: &Path, path: &str, content: &[u8]) {
-    let full = root.join(path);
-    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-    std::fs::write(full, content).unwrap();
-}
-
 fn chmod(root: &Path, path: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(mode)).unwrap();

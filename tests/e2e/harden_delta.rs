@@ -9,12 +9,6 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use crate::support::Fleet;
 
-fn put(root: &Path, path: &str, content: &[u8]) {
-    let full = root.join(path);
-    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-    std::fs::write(full, content).unwrap();
-}
-
 /// A small app: a few files, one of which the tests change.
 fn app(fleet: &Fleet) -> PathBuf {
     let dir = fleet.dir().join("harden-delta-app");

@@ -8,25 +8,6 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use crate::support::Fleet;
 
-/// Incompressible bytes, different for every seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn put(root: &Path, path: &str, content: &[u8]) {
-    let full = root.join(path);
-    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-    std::fs::write(full, content).unwrap();
-}
-
 /// Eight 50 KB files of seed `generation`, and one small file that changes alone.
 fn app(dir: &Path, generation: u64, small: &str) {
     for i in 0..8 {
