@@ -70,7 +70,10 @@ fn auth_via_a_real_ssh_agent() {
 #[test]
 fn auth_via_encrypted_key_and_passphrase() {
     let fleet = Fleet::start(1);
-    let key = keygen(fleet.dir(), "enc_key", "ecdsa", "correct horse");
+    // ed25519: russh's key parser (ssh-key) refuses about one ECDSA P-256 key in 256 — those
+    // whose private scalar has a leading zero byte (`Encoding(Length)`), encrypted or not — so a
+    // random ECDSA key made this test fail now and then (README: SSH, known limits).
+    let key = keygen(fleet.dir(), "enc_key", "ed25519", "correct horse");
     fleet.authorize_key(&pubkey(&key));
     let text = inventory_text(&fleet, &["h1"], "").replace(
         &fleet.client_key().display().to_string(),
