@@ -270,14 +270,7 @@ pub async fn step(
         Step::ComposeUp { .. } => switch::compose_up(ctx, c).await?,
         Step::Health { .. } => switch::health(ctx, c).await?,
         Step::Confirm { .. } => {
-            let delay = host
-                .steps
-                .iter()
-                .find_map(|s| match s {
-                    Step::ArmGuard { delay_secs } => Some(*delay_secs),
-                    _ => None,
-                })
-                .unwrap_or(0);
+            let delay = host.guard_delay().unwrap_or(0);
             match switch::confirm(ctx, c, delay).await {
                 Ok(()) => state.guard_armed = false,
                 Err(e) => {

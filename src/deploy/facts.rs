@@ -75,7 +75,13 @@ pub(crate) async fn read_deploy_facts(
     let refs: Vec<&ReleaseTree> = trees.iter().collect();
     let wanted = deltas_wanted(inventory, artifact);
     let conns: Vec<&Conn<'_>> = conns.iter().collect();
-    let manifests = upload::read_manifests(&conns, &refs, deploy_to, wanted).await;
+    let manifests = upload::read_manifests(
+        &conns,
+        &refs,
+        deploy_to,
+        wanted.then_some(artifact.sha256.as_str()),
+    )
+    .await;
     Ok(DeployFacts { trees, manifests })
 }
 

@@ -58,8 +58,13 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
     }
     let refs: Vec<&facts::ReleaseTree> = ok_trees.iter().collect();
     let wanted = host_facts::deltas_wanted(p.inventory, p.artifact);
-    let manifests =
-        upload::read_manifests(&readable, &refs, &p.inventory.app.deploy_to, wanted).await;
+    let manifests = upload::read_manifests(
+        &readable,
+        &refs,
+        &p.inventory.app.deploy_to,
+        wanted.then_some(p.artifact.sha256.as_str()),
+    )
+    .await;
     let facts = host_facts::DeployFacts {
         trees: ok_trees,
         manifests,

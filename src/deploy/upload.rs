@@ -143,18 +143,25 @@ impl<'a> Uploads<'a> {
 }
 
 /// Reads the manifest of the current release of each distinct manifest in `trees` (from
-/// the first host that has it, compressed on the way), for the hosts a delta may go to.
+/// the first host that has it, compressed on the way), for the hosts a delta may go to:
+/// `artifact` is the artifact's sha256 when deltas are wanted at all.
 /// Per host: `None` when no delta is possible, else the manifest or why it could not be
 /// read.
 pub async fn read_manifests(
     conns: &[&Conn<'_>],
     trees: &[&ReleaseTree],
     deploy_to: &str,
-    wanted: bool,
+    artifact: Option<&str>,
 ) -> Vec<Option<Result<Arc<Manifest>, String>>> {
+    // A host that already holds the artifact gets a copy, never a delta: nothing to read.
+    let may_delta = |t: &ReleaseTree| {
+        artifact.is_some_and(|sha| crate::plan::same_artifact(t, sha).is_none())
+            && t.delta
+            && t.current.is_some()
+    };
     let mut first: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, t) in trees.iter().enumerate() {
-        if let (true, true, Some(_), Some(sha)) = (wanted, t.delta, &t.current, &t.manifest) {
+        if let (true, Some(sha)) = (may_delta(t), &t.manifest) {
             first.entry(sha.as_str()).or_insert(i);
         }
     }
@@ -172,12 +179,10 @@ pub async fn read_manifests(
         futures::future::join_all(reads).await.into_iter().collect();
     trees
         .iter()
-        .map(
-            |t| match (wanted && t.delta && t.current.is_some(), &t.manifest) {
-                (true, Some(sha)) => read.get(sha).cloned(),
-                _ => None,
-            },
-        )
+        .map(|t| match (may_delta(t), &t.manifest) {
+            (true, Some(sha)) => read.get(sha).cloned(),
+            _ => None,
+        })
         .collect()
 }
 

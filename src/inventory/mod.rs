@@ -243,3 +243,17 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Parses an inventory text for unit tests: project in `/project`, home `/home/me`, no
+/// environment, secrets not required. Panics on an invalid text.
+#[cfg(test)]
+pub(crate) fn for_tests(text: &str) -> Inventory {
+    let env = |_: &str| None;
+    let ctx = LoadContext {
+        base_dir: std::path::Path::new("/project"),
+        home: Some(std::path::Path::new("/home/me")),
+        env: &env,
+        need_secrets: false,
+    };
+    parse(text, std::path::Path::new("inventory/prod.toml"), &ctx).expect("a valid inventory")
+}

@@ -46,6 +46,14 @@ pub struct HostSteps {
 }
 
 impl HostSteps {
+    /// The delay of this host's dead-deployer guard, if the plan arms one.
+    pub fn guard_delay(&self) -> Option<u64> {
+        self.steps.iter().find_map(|s| match s {
+            Step::ArmGuard { delay_secs } => Some(*delay_secs),
+            _ => None,
+        })
+    }
+
     /// This host's steps of one phase, in order.
     pub fn phase(&self, phase: Phase) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(move |s| s.phase() == phase)
@@ -440,11 +448,10 @@ fn phase_word(phase: Phase) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
     use crate::artifact::manifest::{Item, Kind};
-    use crate::inventory::LoadContext;
+
     use crate::plan::facts::Release;
 
     const OLD: &str = "20200101T000000Z-aaaaaaaaaaaa";
@@ -454,14 +461,7 @@ mod tests {
         let text = format!(
             "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[[hosts]]\nname = \"h1\"\naddress = \"10.0.0.1\"\nroles = [\"web\"]\n\n[[hosts]]\nname = \"h2\"\naddress = \"10.0.0.2\"\nroles = [\"worker\"]\n\n[artifact]\npath = \"dist\"\n{rest}"
         );
-        let env = |_: &str| None;
-        let ctx = LoadContext {
-            base_dir: Path::new("/project"),
-            home: None,
-            env: &env,
-            need_secrets: false,
-        };
-        crate::inventory::parse(&text, Path::new("inventory/test.toml"), &ctx).unwrap()
+        crate::inventory::for_tests(&text)
     }
 
     /// A manifest of `n` files of 1000 bytes, file `i` with content `seed + i`.

@@ -141,15 +141,10 @@ pub fn choose(host: &str, tree: &ReleaseTree, release: &str, sha256: &str, keep:
     let source = if tree.has(release) {
         Source::Present
     } else {
-        // The newest release with the same artifact is the likeliest still in page cache.
-        match tree
-            .releases
-            .iter()
-            .rev()
-            .filter(|r| is_release_id(&r.id))
-            .find(|r| r.sha256.as_deref() == Some(sha256))
-        {
-            Some(r) => Source::Reuse { from: r.id.clone() },
+        match same_artifact(tree, sha256) {
+            Some(from) => Source::Reuse {
+                from: from.to_owned(),
+            },
             None => Source::Upload,
         }
     };
@@ -160,6 +155,17 @@ pub fn choose(host: &str, tree: &ReleaseTree, release: &str, sha256: &str, keep:
         previous: tree.current.clone().filter(|c| c != release),
         prune: prune_list(tree, release, keep),
     }
+}
+
+/// The newest of shipit's releases on the host that holds the artifact `sha256` (the
+/// likeliest still in page cache): a copy of it needs no upload, so no delta either.
+pub fn same_artifact<'t>(tree: &'t ReleaseTree, sha256: &str) -> Option<&'t str> {
+    tree.releases
+        .iter()
+        .rev()
+        .filter(|r| is_release_id(&r.id))
+        .find(|r| r.sha256.as_deref() == Some(sha256))
+        .map(|r| r.id.as_str())
 }
 
 /// Releases beyond the newest `keep`, never the new one nor the one it replaces; plus every

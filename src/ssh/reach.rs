@@ -514,7 +514,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::inventory::LoadContext;
 
     fn local() -> Local {
         Local {
@@ -528,14 +527,7 @@ mod tests {
     fn inventory(ssh: &str, hosts: &str) -> Inventory {
         let text =
             format!("[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[ssh]\n{ssh}\n\n{hosts}");
-        let env = |_: &str| None;
-        let ctx = LoadContext {
-            base_dir: Path::new("/project"),
-            home: Some(Path::new("/home/me")),
-            env: &env,
-            need_secrets: false,
-        };
-        crate::inventory::parse(&text, Path::new("inventory/prod.toml"), &ctx).unwrap()
+        crate::inventory::for_tests(&text)
     }
 
     fn config(text: &str) -> SshConfig {

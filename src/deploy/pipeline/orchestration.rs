@@ -10,7 +10,6 @@ use crate::artifact::Packed;
 use crate::deploy::facts::rendered;
 use crate::deploy::fake::{self, Script};
 use crate::deploy::phases::execute_plan;
-use crate::inventory::LoadContext;
 use crate::output::report::deploy::StepStatus;
 use crate::output::{Mode, redact::Redactor};
 use crate::plan::build::{ArtifactFacts, DeployInputs, HostFacts};
@@ -31,14 +30,22 @@ fn inventory(n: usize, app: &str, rest: &str) -> Inventory {
         ));
     }
     text.push_str(rest);
-    let env = |_: &str| None;
-    let ctx = LoadContext {
-        base_dir: Path::new("/project"),
-        home: None,
-        env: &env,
-        need_secrets: false,
-    };
-    crate::inventory::parse(&text, Path::new("inventory/test.toml"), &ctx).unwrap()
+    crate::inventory::for_tests(&text)
+}
+
+/// The run's identity, the same in every test.
+fn run_info() -> RunInfo {
+    RunInfo {
+        token: TOKEN.to_owned(),
+        user: "me".to_owned(),
+        machine: "laptop".to_owned(),
+        pid: 1,
+        command: "shipit deploy test".to_owned(),
+        ci_url: None,
+        started_unix: NOW,
+        started_millis: NOW * 1000,
+        redactor: Redactor::default(),
+    }
 }
 
 /// Units, a site and the env file; no compose, no health.
@@ -229,17 +236,7 @@ impl Setup {
         let hosts: Vec<&Host> = inv.hosts.iter().collect();
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let out = Output::new(Mode::Json, &names, 0, None);
-        let info = RunInfo {
-            token: TOKEN.to_owned(),
-            user: "me".to_owned(),
-            machine: "laptop".to_owned(),
-            pid: 1,
-            command: "shipit deploy test".to_owned(),
-            ci_url: None,
-            started_unix: NOW,
-            started_millis: NOW * 1000,
-            redactor: Redactor::default(),
-        };
+        let info = run_info();
         let connector = Connector::Local;
         let mut r = Run::new(plan.action, "test", &hosts, (&info, inv, &out, &connector));
         let conns: Vec<Conn<'_>> = hosts
@@ -288,14 +285,7 @@ fn label(plan: &Plan, cmd: &str) -> String {
         |id: &str| format!("{DEPLOY_TO}/releases/{id}/.shipit/compose/docker-compose.yml");
     let units = vec!["shop.service".to_owned()];
     let env = Some("/etc/shop.env");
-    let delay = plan.hosts[0]
-        .steps
-        .iter()
-        .find_map(|s| match s {
-            Step::ArmGuard { delay_secs } => Some(*delay_secs),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let delay = plan.hosts[0].guard_delay().unwrap_or(0);
     let known = [
         ("arm", guard::arm(DEPLOY_TO, TOKEN, delay)),
         (
@@ -1176,17 +1166,7 @@ async fn deploy_through_pipeline(inv: &Inventory, script: &Script) -> DeployRepo
     let hosts: Vec<&Host> = inv.hosts.iter().collect();
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let out = Output::new(Mode::Json, &names, 0, None);
-    let info = RunInfo {
-        token: TOKEN.to_owned(),
-        user: "me".to_owned(),
-        machine: "laptop".to_owned(),
-        pid: 1,
-        command: "shipit deploy test".to_owned(),
-        ci_url: None,
-        started_unix: NOW,
-        started_millis: NOW * 1000,
-        redactor: Redactor::default(),
-    };
+    let info = run_info();
     let connector = Connector::Fake(script.clone());
     deploy(Deploy {
         stage: "test",
@@ -1246,4 +1226,50 @@ async fn a_deploy_that_cannot_read_a_host_still_reports_the_artifacts_size() {
     );
     // Old rollout.rs set `artifact_bytes` on every deploy report, whatever path it left by.
     assert!(report.artifact_bytes.is_some(), "artifact_bytes is null");
+}
+
+/// The manifest of a host's current release is read only where a delta may go: a host that
+/// already holds the artifact gets a copy, and costs no round trip for it.
+#[tokio::test]
+async fn no_manifest_is_read_for_a_host_that_will_copy_the_artifact() {
+    let inv = inventory(2, "", "");
+    let script = Script::default();
+    let conns: Vec<Conn<'_>> = inv
+        .hosts
+        .iter()
+        .map(|h| Conn {
+            host: h,
+            transport: script.transport(&h.name),
+        })
+        .collect();
+    let artifact = "cc".repeat(32);
+    let mut holds = tree();
+    holds.delta = true;
+    holds.manifest = Some("1".repeat(64));
+    holds.releases.push(Release {
+        id: "20210101T000000Z-cccccccccccc".to_owned(),
+        sha256: Some(artifact.clone()),
+    });
+    let mut lacks = holds.clone();
+    lacks.releases.pop();
+    let refs: Vec<&Conn<'_>> = conns.iter().collect();
+    let read =
+        crate::deploy::upload::read_manifests(&refs, &[&holds, &lacks], DEPLOY_TO, Some(&artifact))
+            .await;
+    assert!(read[0].is_none(), "h1 copies: nothing to read");
+    assert!(
+        read[1].is_some(),
+        "h2 may take a delta: its manifest is read"
+    );
+    assert!(
+        script.commands("h1").is_empty(),
+        "{:?}",
+        script.commands("h1")
+    );
+    assert_eq!(script.commands("h2").len(), 1);
+    // Deltas off: nothing is read anywhere.
+    let read =
+        crate::deploy::upload::read_manifests(&refs, &[&holds, &lacks], DEPLOY_TO, None).await;
+    assert!(read.iter().all(Option::is_none));
+    assert_eq!(script.commands("h2").len(), 1);
 }
