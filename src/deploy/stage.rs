@@ -61,6 +61,12 @@ pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
                 .unwrap_or_default(),
         },
         port: None,
+        maintenance: inventory
+            .migrate
+            .as_ref()
+            .filter(|m| m.maintenance)
+            .map(|_| commands::nginx::maintenance_lines(deploy_to))
+            .unwrap_or_default(),
     }
 }
 
@@ -82,6 +88,13 @@ pub fn check(
             let ports = inventory.blue_green().map(|(_, bg)| bg.ports);
             ctx.port = ports.map(|[a, _]| a);
             let first = templates::render(file, source, &ctx)?;
+            if !ctx.maintenance.is_empty() && !first.contains(&ctx.maintenance) {
+                return Err(templates::TemplateError {
+                    template: file.clone(),
+                    line: None,
+                    message: "`migrate.maintenance` is set but the site does not place `{{ maintenance }}`: put it inside the `server { }` block that serves the app".to_owned(),
+                });
+            }
             if let Some([_, b]) = ports {
                 ctx.port = Some(b);
                 if templates::render(file, source, &ctx)? == first {
