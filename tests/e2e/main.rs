@@ -50,3 +50,4 @@ mod systemd_fleet;
 mod tasks;
 mod transport;
 mod waves;
+mod zz_scratch;
