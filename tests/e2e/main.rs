@@ -50,4 +50,3 @@ mod systemd_fleet;
 mod tasks;
 mod transport;
 mod waves;
-mod zz_scratch;
