@@ -227,7 +227,12 @@ fi
 umask "$mask""#,
         ),
     ];
-    steps.extend(body.iter().cloned());
+    // Each undo in a subshell of its own: an undo that ends with `exit` (the units' restore
+    // does) must not end the script before the later undos and the history line.
+    steps.extend(
+        body.iter()
+            .map(|undo| Cmd::new("(").cmd(undo.clone()).raw(")")),
+    );
     steps.push(Cmd::new(
         r#"
 umask 077
@@ -353,6 +358,31 @@ mod tests {
         assert!(std::path::Path::new(&format!("{base}/.shipit/lock")).exists());
         // Confirming afterwards: too late.
         assert_eq!(run_sh(&confirm(&base, "t1", "r2"), b"", None).0, 90);
+    }
+
+    #[test]
+    fn an_undo_that_exits_does_not_end_the_guard_before_the_others_and_history() {
+        let (_d, base) = base();
+        // The units' restore ends with `exit $status`: the undos after it must still run.
+        let body = [
+            Cmd::new("exit 1"),
+            crate::commands::release::switch(&base, "r1"),
+        ];
+        let text = script(&base, "t9", "r2", Some("r1"), &body, &line());
+        let g = dir(&base);
+        std::fs::create_dir_all(&g).unwrap();
+        let path = format!("{g}/t9.sh");
+        std::fs::write(&path, text).unwrap();
+        std::fs::create_dir_all(format!("{base}/.shipit/lock")).unwrap();
+        std::fs::write(
+            format!("{base}/.shipit/lock/owner.json"),
+            "{\"token\":\"t9\",\"user\":\"u\"}",
+        )
+        .unwrap();
+        assert_eq!(fire(&path), 0);
+        assert_eq!(current(&base), "releases/r1");
+        let history = std::fs::read_to_string(format!("{base}/.shipit/history.jsonl")).unwrap();
+        assert!(history.contains("\"action\":\"guard\""), "{history}");
     }
 
     #[test]
