@@ -453,6 +453,11 @@ fn the_dead_deployer_guard_puts_nginx_back_on_the_old_instance() {
         "the guard's history line",
         &format!("grep -q '\"action\": *\"guard\"' {DEPLOY_TO}/.shipit/history.jsonl"),
     );
+    // The guard stops the new instance after the drain, like a deploy stops the old one.
+    shop.wait_until(
+        "the guard to stop the new instance",
+        &format!("! systemctl is-active --quiet shop@{}.service", other(old)),
+    );
     let report = load.stop();
 
     assert_eq!(shop.current(), current);
