@@ -182,6 +182,8 @@ pub struct Done {
     pub env_keys: Option<crate::deploy::envfile::KeyDiff>,
     /// The backup a `backup` step made.
     pub backup: Option<crate::deploy::once::BackupFile>,
+    /// What only the host could decide, for the report (a blue-green instance kept).
+    pub outcome: Option<String>,
 }
 
 /// Runs one step of `host`'s plan on `c`: the executor every run goes through. `state`
@@ -222,9 +224,9 @@ pub async fn step(
             ctx.step(c, "staging configuration");
             stage::stage_units(c, inv, ctx.templates, ctx.release, &release_dir).await?;
         }
-        Step::StageSite { .. } => {
+        Step::StageSite { port, .. } => {
             ctx.step(c, "staging configuration");
-            stage::stage_site(c, inv, ctx.templates, ctx.release, &release_dir).await?;
+            stage::stage_site(c, inv, ctx.templates, ctx.release, &release_dir, *port).await?;
         }
         Step::StageCompose { .. } => {
             ctx.step(c, "staging configuration");
@@ -268,7 +270,27 @@ pub async fn step(
         Step::Restart { unit } => switch::restart(ctx, c, unit, state).await?,
         Step::InstallSite { site } => switch::install_site(ctx, c, site).await?,
         Step::ComposeUp { .. } => switch::compose_up(ctx, c).await?,
-        Step::Health { .. } => switch::health(ctx, c).await?,
+        Step::Health { .. } => {
+            switch::health(ctx, c, host.blue_green().map(|mv| mv.port)).await?;
+        }
+        Step::StartIdle {
+            unit,
+            port,
+            release,
+        } => {
+            done.outcome = switch::start_idle(ctx, c, unit, *port, release).await?;
+        }
+        Step::CheckIdle { unit, port, .. } => switch::check_idle(ctx, c, unit, *port).await?,
+        Step::PointSite { site, port, .. } => {
+            let unit = host.blue_green().map_or("", |mv| mv.unit);
+            switch::point_site(ctx, c, site, *port, unit).await?;
+            state.pointed_at = Some(std::time::Instant::now());
+        }
+        Step::StopOld {
+            unit,
+            port,
+            drain_secs,
+        } => switch::stop_old(ctx, c, unit, *port, *drain_secs, state).await?,
         Step::Confirm { .. } => {
             let delay = host.guard_delay().unwrap_or(0);
             match switch::confirm(ctx, c, delay).await {

@@ -84,4 +84,7 @@ pub mod exit {
     /// The env file this run staged is gone at the switch (removed by `shipit unlock` or
     /// by hand): the switch must not go on with the old one as if nothing had changed.
     pub const ENV_STAGING_GONE: u32 = 112;
+    /// The idle port of a blue-green unit is taken by a process that is not its instance:
+    /// a check there would check that process. Nothing was started.
+    pub const PORT_TAKEN: u32 = 113;
 }

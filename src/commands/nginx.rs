@@ -87,6 +87,13 @@ exit 0"#,
 /// through a link at `sites-available/<site>`), links it, tests in place, reloads. On a
 /// failed test the previous file is put back and nginx is not reloaded.
 pub fn install(deploy_to: &str, site: &str, candidate: &str) -> Cmd {
+    Cmd::seq(install_steps(deploy_to, site, candidate))
+}
+
+/// [`install`]'s script up to the point where the candidate is live (installed and
+/// reloaded, or the same as the live site already), `$prev` the directory of what it
+/// replaced; a caller appends what follows.
+fn install_steps(deploy_to: &str, site: &str, candidate: &str) -> Vec<Cmd> {
     let mut steps = vars(site);
     steps.push(Cmd::assign("cand", candidate));
     steps.push(Cmd::assign("base", deploy_to));
@@ -96,7 +103,7 @@ pub fn install(deploy_to: &str, site: &str, candidate: &str) -> Cmd {
         r#"
 prev="$base/.shipit/previous/nginx"
 rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
-if cmp -s -- "$cand" "$avail" && [ -L "$enabled" ]; then exit 0; fi
+if ! { cmp -s -- "$cand" "$avail" && [ -L "$enabled" ]; }; then
 if ! test_copy; then printf '%s\n' "$report" >&2; exit 84; fi
 if [ -f "$avail" ]; then cp -p -- "$avail" "$prev/$site" || exit 1; else : > "$prev/$site.absent"; fi
 [ -L "$enabled" ] || : > "$prev/$site.unlinked"
@@ -110,6 +117,90 @@ if ! report=$(nginx -t 2>&1); then
 fi"#,
     ));
     steps.push(Cmd::new(RELOAD));
+    steps.push(Cmd::new("fi"));
+    steps
+}
+
+/// Where the port the site of a blue-green unit points at is recorded.
+pub fn live_port_file(deploy_to: &str) -> String {
+    format!("{deploy_to}/.shipit/live-port")
+}
+
+/// Blue-green `point_site`: installs the candidate (rendered to proxy to `port`) as
+/// [`install`] does, then records `port` as the live one (the previous record kept with
+/// the previous site) and enables instance `inst` so it comes back after a reboot.
+pub fn point(deploy_to: &str, site: &str, candidate: &str, port: u16, inst: &str) -> Cmd {
+    let mut steps = install_steps(deploy_to, site, candidate);
+    steps.push(Cmd::assign("lp", live_port_file(deploy_to)));
+    steps.push(Cmd::assign("port", port.to_string()));
+    steps.push(Cmd::assign("inst", inst));
+    steps.push(Cmd::new(
+        r#"
+if [ -f "$lp" ]; then cp -p -- "$lp" "$prev/live-port" || exit 1; else : > "$prev/live-port.absent"; fi
+printf '%s\n' "$port" > "$lp.next" && mv -f -- "$lp.next" "$lp" || exit 1
+systemctl enable --quiet -- "$inst" 2>/dev/null
+exit 0"#,
+    ));
+    Cmd::seq(steps)
+}
+
+/// The reverse of [`point`] (the undo of a blue-green switch, also run by the dead-deployer
+/// guard): the old instance `old` (on `old_port`) is started if it does not run and waited
+/// for until its port listens (up to a minute; if it cannot be started, nothing else is
+/// changed: the site stays on the new instance, which passed its check); the previous site and live-port record are
+/// put back and nginx reloaded; after `drain_secs` the new instance `new` (on `new_port`)
+/// is stopped. With no old instance (a first blue-green deploy), the site is removed.
+pub fn point_back(
+    deploy_to: &str,
+    site: &str,
+    old: Option<(&str, u16)>,
+    new: (&str, u16),
+    drain_secs: u64,
+) -> Cmd {
+    let mut steps = vars(site);
+    steps.push(Cmd::assign("base", deploy_to));
+    steps.push(Cmd::assign("lp", live_port_file(deploy_to)));
+    steps.push(Cmd::assign("old", old.map_or("", |(u, _)| u)));
+    steps.push(Cmd::assign(
+        "old_port",
+        old.map_or(String::new(), |(_, p)| p.to_string()),
+    ));
+    steps.push(Cmd::assign("drain", drain_secs.to_string()));
+    steps.push(Cmd::new(super::files::COPY));
+    steps.push(Cmd::new(
+        r#"
+if [ -n "$old" ]; then
+  if ! systemctl is-active --quiet -- "$old" && ! systemctl start -- "$old"; then
+    printf 'cannot start `%s`: the site stays on the new instance\n' "$old" >&2
+    exit 1
+  fi
+  if command -v ss >/dev/null 2>&1; then
+    i=0
+    until [ -n "$(ss -Hltn "sport = :$old_port" 2>/dev/null)" ]; do
+      i=$((i + 1))
+      if [ "$i" -gt 120 ]; then
+        printf '`%s` does not listen on port %s after a minute: the site stays on the new instance\n' "$old" "$old_port" >&2
+        exit 1
+      fi
+      sleep 0.5 2>/dev/null || sleep 1
+    done
+  fi
+  systemctl enable --quiet -- "$old" 2>/dev/null
+fi
+prev="$base/.shipit/previous/nginx"
+if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644 || exit 1
+elif [ -f "$prev/$site.absent" ]; then rm -f -- "$avail"; fi
+[ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
+nginx -t >/dev/null 2>&1 || exit 1"#,
+    ));
+    steps.push(Cmd::new(RELOAD));
+    steps.push(Cmd::new(
+        r#"
+if [ -f "$prev/live-port" ]; then cp -p -- "$prev/live-port" "$lp.next" && mv -f -- "$lp.next" "$lp" || exit 1
+elif [ -f "$prev/live-port.absent" ]; then rm -f -- "$lp"; fi
+sleep "$drain""#,
+    ));
+    steps.push(super::systemd::stop_instance(deploy_to, new.0, new.1));
     Cmd::seq(steps)
 }
 

@@ -110,7 +110,8 @@ exit 86"#,
 }
 
 /// Puts back the units a deploy replaced (or removes the ones it added), daemon-reload,
-/// and restarts `units` that still exist.
+/// and restarts `units` that still exist (a template unit, `name@.service`, has no process
+/// of its own: its instances are the blue-green steps' business).
 pub fn restore(deploy_to: &str, units: &[String]) -> Cmd {
     let mut steps = vec![
         Cmd::assign("base", deploy_to),
@@ -131,7 +132,7 @@ fi"#,
         ));
     }
     steps.push(Cmd::new("systemctl daemon-reload || status=1"));
-    for unit in units {
+    for unit in units.iter().filter(|u| !u.contains("@.")) {
         steps.push(Cmd::assign("unit", unit));
         steps.push(Cmd::new(
             r#"if [ -f "$live/$unit" ]; then systemctl restart -- "$unit" || status=1; fi"#,
@@ -139,4 +140,71 @@ fi"#,
     }
     steps.push(Cmd::new("exit $status"));
     Cmd::seq(steps)
+}
+
+/// Where the release and main PID of each blue-green instance are recorded, by port.
+pub fn instance_record(deploy_to: &str, port: u16) -> String {
+    format!("{deploy_to}/.shipit/instances/{port}")
+}
+
+/// Blue-green `start_idle`: (re)starts instance `inst` (on `port`) so it runs `release`
+/// (through `current`), waits for it to be active and records `<release> <main pid>`. An
+/// instance already active whose record says it runs `release` under the same main PID is
+/// kept (`kept` on stdout): nothing restarted. A port another process listens on is refused
+/// with [`PORT_TAKEN`](super::exit::PORT_TAKEN) before anything starts.
+pub fn start_instance(deploy_to: &str, inst: &str, port: u16, release: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("inst", inst),
+        Cmd::assign("port", port.to_string()),
+        Cmd::assign("release", release),
+        Cmd::assign("rec", instance_record(deploy_to, port)),
+        Cmd::new(
+            r#"
+mkdir -p -- "${rec%/*}" || exit 1
+if systemctl is-active --quiet -- "$inst"; then
+  pid=$(systemctl show -p MainPID --value -- "$inst" 2>/dev/null)
+  if [ -n "$pid" ] && [ "$pid" != 0 ] && [ -f "$rec" ] && [ "$(cat -- "$rec")" = "$release $pid" ]; then
+    echo "kept $pid"
+    exit 0
+  fi
+elif command -v ss >/dev/null 2>&1 && [ -n "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then
+  printf 'port %s is taken by a process that is not `%s`:\n%s\n' "$port" "$inst" "$(ss -Hltnp "sport = :$port" 2>/dev/null)" >&2
+  exit 113
+fi
+rm -f -- "$rec"
+systemctl restart -- "$inst" || exit 1
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  if systemctl is-active --quiet -- "$inst"; then
+    pid=$(systemctl show -p MainPID --value -- "$inst" 2>/dev/null)
+    printf '%s %s\n' "$release" "$pid" > "$rec.next" && mv -f -- "$rec.next" "$rec" || exit 1
+    echo "started $pid"
+    exit 0
+  fi
+  sleep 0.5 2>/dev/null || sleep 1
+done
+systemctl status --no-pager --lines=20 -- "$inst" >&2
+exit 86"#,
+        ),
+    ])
+}
+
+/// Stops and disables blue-green instance `inst` (on `port`) and forgets its record, unless
+/// the Nginx site points at `port` (`.shipit/live-port`): the live instance is never
+/// stopped (`live` on stdout).
+pub fn stop_instance(deploy_to: &str, inst: &str, port: u16) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("inst", inst),
+        Cmd::assign("port", port.to_string()),
+        Cmd::assign("lp", format!("{deploy_to}/.shipit/live-port")),
+        Cmd::assign("rec", instance_record(deploy_to, port)),
+        Cmd::new(
+            r#"
+if [ -f "$lp" ] && read -r live < "$lp" && [ "$live" = "$port" ]; then echo live; exit 0; fi
+systemctl stop -- "$inst" || exit 1
+systemctl disable --quiet -- "$inst" 2>/dev/null
+systemctl reset-failed -- "$inst" 2>/dev/null
+rm -f -- "$rec"
+exit 0"#,
+        ),
+    ])
 }

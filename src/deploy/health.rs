@@ -26,6 +26,19 @@ enum Attempt {
     Fail(String),
 }
 
+/// The checks as made while the blue-green instance on `port` serves: a check of
+/// `{{ port }}` is made on `port`; with no port known, such checks are left out.
+pub fn at_port(checks: &[Health], port: Option<u16>) -> Vec<Health> {
+    checks
+        .iter()
+        .filter(|h| port.is_some() || !h.check.on_live_port())
+        .map(|h| Health {
+            check: h.check.at_port(port),
+            ..h.clone()
+        })
+        .collect()
+}
+
 /// Every check in order, each polled until it passes or its own timeout ends.
 pub async fn wait_all(
     conn: &Conn<'_>,

@@ -89,4 +89,7 @@ pub struct HostState {
     pub changed_units: Vec<String>,
     /// The guard is armed and not yet confirmed or disarmed.
     pub guard_armed: bool,
+    /// When the Nginx site was pointed at the new blue-green instance: the drain of the old
+    /// one counts from here.
+    pub pointed_at: Option<std::time::Instant>,
 }

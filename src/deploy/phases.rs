@@ -93,6 +93,7 @@ impl Run<'_> {
         for hs in &plan.hosts {
             let h = self.host(&hs.host);
             h.previous = hs.previous.clone();
+            h.live_port = hs.blue_green().and_then(|mv| mv.from);
             h.steps = hs.steps.iter().map(StepReport::planned).collect();
         }
     }
@@ -117,6 +118,9 @@ impl Run<'_> {
             }
             if done.env_keys.is_some() {
                 h.env_keys = done.env_keys.clone();
+            }
+            if done.outcome.is_some() {
+                s.outcome = done.outcome.clone();
             }
         }
     }
@@ -331,6 +335,7 @@ async fn switch_fleet(
             match run.error {
                 None => {
                     r.host(&hs.host).current = Some(plan.release.clone());
+                    r.host(&hs.host).live_port = hs.blue_green().map(|mv| mv.port);
                     switched[i] = true;
                     changed[i] = run.undos;
                 }
@@ -345,7 +350,7 @@ async fn switch_fleet(
             let (c, hs) = (&conns[*i], &plan.hosts[*i]);
             let armed = states[*i].guard_armed;
             async move {
-                let back = switch::deactivate(ctx, c, hs.previous.as_deref(), undos, armed).await;
+                let back = switch::deactivate(ctx, c, hs, undos, armed).await;
                 (*i, back)
             }
         }))
@@ -368,13 +373,7 @@ async fn switch_fleet(
                     // Exactly what its switch changed: an env file it did not install
                     // stays as it is.
                     let changed = &changed[i];
-                    async move {
-                        (
-                            i,
-                            switch::deactivate(ctx, c, hs.previous.as_deref(), changed, false)
-                                .await,
-                        )
-                    }
+                    async move { (i, switch::deactivate(ctx, c, hs, changed, false).await) }
                 }))
                 .await;
                 for (i, back) in backs {
@@ -416,6 +415,7 @@ fn record_switch_back(
     match back {
         Ok(()) => {
             h.current = hs.previous.clone();
+            h.live_port = hs.blue_green().and_then(|mv| mv.from);
             h.rolled_back = Some(true);
         }
         Err(e) => {

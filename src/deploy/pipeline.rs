@@ -186,6 +186,12 @@ impl<'a> Run<'a> {
             ci_url: self.run.ci_url.clone(),
             run: self.run.token.clone(),
             hosts: self.report.hosts.iter().map(|h| h.host.clone()).collect(),
+            live_ports: self
+                .report
+                .hosts
+                .iter()
+                .filter_map(|h| Some((h.host.clone(), h.live_port?)))
+                .collect(),
             message,
         }
     }

@@ -175,13 +175,15 @@ async fn host_preview(
             Err(e) => h.error = Some(e),
         }
     }
-    let ctx = stage::context(p.inventory, c.host, release);
+    let mut ctx = stage::context(p.inventory, c.host, release);
     for (unit, file, source) in &p.templates.units {
         let path = format!("{}/{unit}", commands::systemd::UNIT_DIR);
         h.units
             .push(change(c, unit, file, source, &ctx, &path).await);
     }
     if let Some((site, file, source)) = &p.templates.nginx {
+        // A blue-green site is shown as it points at the instance going live.
+        ctx.port = hs.blue_green().map(|mv| mv.port);
         let path = format!("{}/{site}", commands::nginx::AVAILABLE);
         h.nginx = Some(change(c, &format!("nginx site {site}"), file, source, &ctx, &path).await);
     }

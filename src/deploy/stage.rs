@@ -60,6 +60,7 @@ pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
                 })
                 .unwrap_or_default(),
         },
+        port: None,
     }
 }
 
@@ -73,8 +74,12 @@ pub fn check(
 ) -> Result<(), templates::TemplateError> {
     const PLACEHOLDER: &str = "20000101T000000Z-000000000000";
     for host in hosts {
-        let ctx = context(inventory, host, PLACEHOLDER);
-        for (_, file, source) in templates.units.iter().chain(&templates.nginx) {
+        let mut ctx = context(inventory, host, PLACEHOLDER);
+        for (_, file, source) in &templates.units {
+            templates::render(file, source, &ctx).map_err(|e| unit_port_hint(e, source))?;
+        }
+        if let Some((_, file, source)) = &templates.nginx {
+            ctx.port = inventory.blue_green().map(|(_, bg)| bg.ports[0]);
             templates::render(file, source, &ctx)?;
         }
         if let Some((file, source)) = &templates.compose {
@@ -82,6 +87,16 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// A unit template naming `port`: the instance's port is `%i` in a template unit.
+fn unit_port_hint(mut e: templates::TemplateError, source: &str) -> templates::TemplateError {
+    if source.contains("{{ port") || source.contains("{{port") {
+        e.message.push_str(
+            " (`port` is the Nginx site's; in a template unit the instance's port is `%i`)",
+        );
+    }
+    e
 }
 
 /// `stage_env`: stages the next env file as run `token`'s when its content differs from
@@ -156,7 +171,7 @@ pub async fn stage_units(
     let release_path = format!("{deploy_to}/releases/{release}/");
     for (unit, file, source) in &templates.units {
         let text = templates::render(file, source, &ctx)
-            .map_err(|e| RemoteError::new(host, STEP, e.to_string()))?;
+            .map_err(|e| RemoteError::new(host, STEP, unit_port_hint(e, source).to_string()))?;
         put(
             conn,
             STEP,
@@ -195,20 +210,23 @@ pub async fn stage_units(
     }
 }
 
-/// `stage_site`: renders the Nginx site into `release_dir` and tests it on the host.
+/// `stage_site`: renders the Nginx site into `release_dir` (for a blue-green unit, pointing
+/// at `port`) and tests it on the host.
 pub async fn stage_site(
     conn: &Conn<'_>,
     inventory: &Inventory,
     templates: &Templates,
     release: &str,
     release_dir: &str,
+    port: Option<u16>,
 ) -> Result<(), RemoteError> {
     const STEP: &str = "stage_site";
     let host = conn.host.name.as_str();
     let Some((site, file, source)) = &templates.nginx else {
         return Ok(());
     };
-    let ctx = context(inventory, conn.host, release);
+    let mut ctx = context(inventory, conn.host, release);
+    ctx.port = port;
     let text = templates::render(file, source, &ctx)
         .map_err(|e| RemoteError::new(host, STEP, e.to_string()))?;
     let candidate = format!("{release_dir}/{NGINX_DIR}/{site}");

@@ -35,15 +35,17 @@ fn units(ctx: &Ctx<'_>) -> Vec<String> {
         .collect()
 }
 
-/// The command that performs `undo` on a host switched from `previous` to `release`.
+/// The command that performs `undo` on `host`, switched from its previous release to
+/// `release`.
 fn undo_cmd(
     ctx: &Ctx<'_>,
+    host: &HostSteps,
     release: &str,
-    previous: Option<&str>,
     undo: Undo,
 ) -> Option<(Cmd, Duration, &'static str)> {
     let inv = ctx.inventory;
     let deploy_to = inv.app.deploy_to.as_str();
+    let previous = host.previous.as_deref();
     Some(match undo {
         Undo::RestoreEnv => (
             commands::envfile::restore(deploy_to, &inv.env.as_ref()?.path),
@@ -80,6 +82,32 @@ fn undo_cmd(
             timeout::SHORT,
             "restoring the nginx site",
         ),
+        Undo::PointBack => {
+            let mv = host.blue_green()?;
+            let (unit, bg) = inv.blue_green()?;
+            let old = mv.from.map(|port| unit.instance(port));
+            let drain = bg.drain.as_secs();
+            (
+                commands::nginx::point_back(
+                    deploy_to,
+                    &ctx.templates.nginx.as_ref()?.0,
+                    old.as_deref().zip(mv.from),
+                    (mv.unit, mv.port),
+                    drain,
+                ),
+                // Starting the old instance may wait a minute for its port, then the drain.
+                timeout::RESTART + Duration::from_secs(60 + drain),
+                "pointing the nginx site back at the old instance",
+            )
+        }
+        Undo::StopIdle => {
+            let mv = host.blue_green()?;
+            (
+                commands::systemd::stop_instance(deploy_to, mv.unit, mv.port),
+                timeout::RESTART,
+                "stopping the new instance",
+            )
+        }
     })
 }
 
@@ -106,13 +134,19 @@ pub async fn arm_guard(
                 .into_iter()
                 // An env file this run did not stage is not installed: nothing to put back.
                 .filter(|u| *u != Undo::RestoreEnv || state.env_staged)
-                .filter_map(|u| undo_cmd(ctx, release, previous, u))
+                .filter_map(|u| undo_cmd(ctx, host, release, u))
                 .map(|(c, _, _)| c),
         )
         .collect();
     let line = {
         let mut entry = guard.history.clone();
         entry.hosts = vec![c.host.name.clone()];
+        entry.live_ports = host
+            .blue_green()
+            .and_then(|mv| mv.from)
+            .map(|port| (c.host.name.clone(), port))
+            .into_iter()
+            .collect();
         let mut value = serde_json::to_value(&entry).expect("plain data serializes");
         guard.redactor.apply_json(&mut value);
         // The guard writes the time it fires: history sorts by when things happened.
@@ -259,20 +293,179 @@ pub async fn compose_up(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> 
         .map(drop)
 }
 
-/// `health`: every check, each polled until it passes or its own timeout ends.
-pub async fn health(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> {
+/// `health`: every check, each polled until it passes or its own timeout ends; a check of
+/// `{{ port }}` on `port`, the blue-green instance now live.
+pub async fn health(ctx: &Ctx<'_>, c: &Conn<'_>, port: Option<u16>) -> Result<(), RemoteError> {
     if ctx.inventory.health.is_empty() {
         return Ok(());
     }
     ctx.step(c, "health check");
     let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
-    health::wait_all(
+    let checks = health::at_port(&ctx.inventory.health, port);
+    health::wait_all(c, &checks, &ctx.inventory.app.deploy_to, env_path).await
+}
+
+/// `start_idle`: the idle instance runs the release; returns the step's outcome when the
+/// host kept an instance that already ran it.
+pub async fn start_idle(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    unit: &str,
+    port: u16,
+    release: &str,
+) -> Result<Option<String>, RemoteError> {
+    ctx.step(c, &format!("starting {unit}"));
+    let cmd = commands::systemd::start_instance(&ctx.inventory.app.deploy_to, unit, port, release);
+    let what = format!("starting `{unit}`");
+    let o = execute::output(
         c,
-        &ctx.inventory.health,
+        "start_idle",
+        &what,
+        ExecRequest::new(&cmd, timeout::RESTART),
+    )
+    .await?;
+    if o.success() {
+        let kept = o.stdout.text().starts_with("kept");
+        return Ok(
+            kept.then(|| format!("kept: `{unit}` already runs {release} (nothing restarted)"))
+        );
+    }
+    let e = RemoteError::from_output(&c.host.name, "start_idle", &what, &o);
+    let stderr = o.stderr.text();
+    if e.is(exit::NOT_ACTIVE) {
+        return Err(e.saying(format!(
+            "`{unit}` is not active after its start; no request reached it, the site still points at the old instance:\n{}",
+            stderr.trim_end()
+        )));
+    }
+    if e.is(exit::PORT_TAKEN) {
+        return Err(e.saying(format!(
+            "{}; stop that process, or choose other `ports`",
+            stderr.trim_end()
+        )));
+    }
+    Err(e)
+}
+
+/// `check_idle`: the checks of `{{ port }}` on the idle instance's own port, before any
+/// request reaches it. An instance that stops meanwhile fails the step at once.
+pub async fn check_idle(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    unit: &str,
+    port: u16,
+) -> Result<(), RemoteError> {
+    ctx.step(c, &format!("checking {unit} on port {port}"));
+    let checks: Vec<_> = health::at_port(&ctx.inventory.health, Some(port))
+        .into_iter()
+        .zip(&ctx.inventory.health)
+        .filter(|(_, original)| original.check.on_live_port())
+        .map(|(check, _)| check)
+        .collect();
+    let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
+    let deploy_to = &ctx.inventory.app.deploy_to;
+    let watch = async {
+        let cmd = Cmd::seq([
+            Cmd::assign("unit", unit),
+            Cmd::new(
+                r#"systemctl is-active --quiet -- "$unit" || { systemctl status --no-pager --lines=20 -- "$unit"; exit 1; }"#,
+            ),
+        ]);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match c
+                .transport
+                .exec(ExecRequest::new(&cmd, timeout::SHORT))
+                .await
+            {
+                Ok(o) if !o.success() => return o.stdout.text(),
+                _ => {}
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = health::wait_all(c, &checks, deploy_to, env_path) => r,
+        status = watch => Err(RemoteError::new(
+            &c.host.name,
+            "check_idle",
+            format!("`{unit}` stopped while it was checked:\n{}", status.trim_end()),
+        )),
+    };
+    result.map_err(|mut e| {
+        e.step = "check_idle".into();
+        let message = format!(
+            "`{unit}` failed its check on port {port}, so no request reached it (the site still points at the old instance): {}",
+            e.message
+        );
+        e.saying(message)
+    })
+}
+
+/// `point_site`: the site proxies to the new instance's port from now on.
+pub async fn point_site(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    site: &str,
+    port: u16,
+    unit: &str,
+) -> Result<(), RemoteError> {
+    ctx.step(c, &format!("pointing nginx at port {port}"));
+    let cmd = commands::nginx::point(
         &ctx.inventory.app.deploy_to,
-        env_path,
+        site,
+        &format!("{}/{NGINX_DIR}/{site}", ctx.release_dir()),
+        port,
+        unit,
+    );
+    let what = "pointing the nginx site at the new instance";
+    let o = execute::output(
+        c,
+        "point_site",
+        what,
+        ExecRequest::new(&cmd, timeout::SHORT),
+    )
+    .await?;
+    if o.success() {
+        return Ok(());
+    }
+    let e = RemoteError::from_output(&c.host.name, "point_site", what, &o);
+    if e.is(exit::NGINX_INVALID) {
+        return Err(e.saying(format!(
+            "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
+            o.stderr.text().trim_end()
+        )));
+    }
+    Err(e)
+}
+
+/// `stop_old`: once the drain has passed since the site moved, the old instance stops.
+pub async fn stop_old(
+    ctx: &Ctx<'_>,
+    c: &Conn<'_>,
+    unit: &str,
+    port: u16,
+    drain_secs: u64,
+    state: &HostState,
+) -> Result<(), RemoteError> {
+    let drain = Duration::from_secs(drain_secs);
+    let left = state
+        .pointed_at
+        .map_or(drain, |at| drain.saturating_sub(at.elapsed()));
+    if !left.is_zero() {
+        ctx.step(c, &format!("draining {unit}"));
+        tokio::time::sleep(left).await;
+    }
+    ctx.step(c, &format!("stopping {unit}"));
+    let cmd = commands::systemd::stop_instance(&ctx.inventory.app.deploy_to, unit, port);
+    execute::run(
+        c,
+        "stop_old",
+        &format!("stopping `{unit}`"),
+        &cmd,
+        timeout::RESTART,
     )
     .await
+    .map(drop)
 }
 
 /// `confirm`: disarm the guard and record the release as passed here (a rollback target).
@@ -308,15 +501,17 @@ pub async fn mark_passed(ctx: &Ctx<'_>, c: &Conn<'_>, release: &str) {
     }
 }
 
-/// Puts back what the switch steps that started touched (`undos`): `previous` becomes
-/// current again (or `current` is removed when there was none), then the health gate.
+/// Puts back what the switch steps of `host` that started touched (`undos`): its previous
+/// release becomes current again (or `current` is removed when there was none), then the
+/// health gate (a blue-green unit's on the old instance's port).
 pub async fn deactivate(
     ctx: &Ctx<'_>,
     c: &Conn<'_>,
-    previous: Option<&str>,
+    host: &HostSteps,
     undos: &[Undo],
     guard_armed: bool,
 ) -> Result<(), String> {
+    let previous = host.previous.as_deref();
     let deploy_to = ctx.inventory.app.deploy_to.as_str();
     let release = ctx.release;
     let mut problems = Vec::new();
@@ -329,7 +524,7 @@ pub async fn deactivate(
         ctx.note(&format!("{}: {e}", c.host.name));
     }
     for undo in undos {
-        if let Some((cmd, timeout, what)) = undo_cmd(ctx, release, previous, *undo)
+        if let Some((cmd, timeout, what)) = undo_cmd(ctx, host, release, *undo)
             && let Err(e) = execute::run(c, "switch", what, &cmd, timeout).await
         {
             problems.push(e.message);
@@ -345,7 +540,9 @@ pub async fn deactivate(
     }
     if problems.is_empty() && previous.is_some() && !ctx.inventory.health.is_empty() {
         let env_path = ctx.inventory.env.as_ref().map(|e| e.path.as_str());
-        if let Err(e) = health::wait_all(c, &ctx.inventory.health, deploy_to, env_path).await {
+        let port = host.blue_green().and_then(|mv| mv.from);
+        let checks = health::at_port(&ctx.inventory.health, port);
+        if let Err(e) = health::wait_all(c, &checks, deploy_to, env_path).await {
             problems.push(format!("after switching back, {e}"));
         }
     }

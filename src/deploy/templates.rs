@@ -2,7 +2,8 @@
 //!
 //! What a template sees: `app` (name, deploy_to, user, current = `<deploy_to>/current`),
 //! `host` (name, address, roles, vars), `release` (id, path), `env` (path, and `keys`: the
-//! names of the env file's variables, never their values). Undefined names are errors, so a
+//! names of the env file's variables, never their values), and in the Nginx site of a
+//! blue-green unit `port` (the port of the instance going live). Undefined names are errors, so a
 //! typo fails the deploy before anything is switched instead of rendering an empty string.
 //!
 //! Pure: template text in, text out.
@@ -18,6 +19,10 @@ pub struct Context {
     pub host: HostCtx,
     pub release: ReleaseCtx,
     pub env: EnvCtx,
+    /// The port of the blue-green instance going live (the Nginx site only; a unit names
+    /// its instance's port `%i`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +109,7 @@ pub(crate) mod tests {
                 path: Some("/etc/shop.env".into()),
                 keys: vec!["DATABASE_URL".into(), "PORT".into()],
             },
+            port: None,
         }
     }
 

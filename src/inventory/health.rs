@@ -18,6 +18,9 @@ pub enum HealthCheck {
         expect_status: u16,
         /// A substring the body must contain.
         expect_body: Option<String>,
+        /// The URL's port is `{{ port }}`: the port of the blue-green instance being
+        /// checked (`port` is then meaningless until [`HealthCheck::at_port`]).
+        live_port: bool,
     },
     Command(String),
 }
@@ -38,7 +41,8 @@ impl Validator<'_> {
     ) -> Option<Health> {
         let check = match (raw.url, raw.command) {
             (Some(url), None) => {
-                let (host, port, path) = match parse_http_url(url.get_ref()) {
+                let (text, live_port) = without_live_port(url.get_ref());
+                let (host, port, path) = match parse_http_url(&text) {
                     Ok(parts) => parts,
                     Err(reason) => {
                         p.invalid(url.span(), "health.url", reason);
@@ -64,6 +68,7 @@ impl Validator<'_> {
                     path,
                     expect_status,
                     expect_body: raw.expect_body.map(|b| b.into_inner()),
+                    live_port,
                 }
             }
             (None, Some(command)) => HealthCheck::Command(command.into_inner()),
@@ -83,6 +88,53 @@ impl Validator<'_> {
             timeout,
             interval,
         })
+    }
+}
+
+/// How a URL names the blue-green instance's port.
+const LIVE_PORT: [&str; 2] = ["{{ port }}", "{{port}}"];
+
+/// The URL with a `{{ port }}` placeholder replaced by a stand-in port, and whether it had one.
+fn without_live_port(url: &str) -> (String, bool) {
+    for mark in LIVE_PORT {
+        if url.contains(mark) {
+            return (url.replace(mark, "1"), true);
+        }
+    }
+    (url.to_owned(), false)
+}
+
+impl HealthCheck {
+    /// Whether the check is made on the blue-green instance's own port.
+    pub fn on_live_port(&self) -> bool {
+        matches!(
+            self,
+            HealthCheck::Url {
+                live_port: true,
+                ..
+            }
+        )
+    }
+
+    /// The check as made on `port` when its URL says `{{ port }}` (else unchanged).
+    pub fn at_port(&self, port: Option<u16>) -> HealthCheck {
+        let mut check = self.clone();
+        if let (
+            HealthCheck::Url {
+                url,
+                port: p,
+                live_port: true,
+                ..
+            },
+            Some(port),
+        ) = (&mut check, port)
+        {
+            *p = port;
+            for mark in LIVE_PORT {
+                *url = url.replace(mark, &port.to_string());
+            }
+        }
+        check
     }
 }
 

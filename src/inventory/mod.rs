@@ -42,7 +42,7 @@ pub use hooks::{Hook, HookPoint, Task};
 pub use hosts::{Host, SelectError, check_public_key};
 pub use paths::{SHARED_DIRS, SYSTEM_TREES, env_path_problem, tree_problem};
 pub use rollout::{Amount, OnFailure, Rollout, parse_amount};
-pub use services::{Compose, Nginx, Unit};
+pub use services::{BlueGreen, Compose, MAX_DRAIN, Nginx, Unit};
 pub use ssh::{Jump, Ssh, SshGiven};
 
 use error::Problems;
@@ -172,7 +172,7 @@ impl Validator<'_> {
         let migrate_host = migrate_host(&hosts, p);
         let artifact = raw.artifact.map(|a| self.artifact(a, p));
         let env = raw.env.map(|e| self.env(e, p));
-        let systemd = raw
+        let systemd: Vec<Unit> = raw
             .systemd
             .into_iter()
             .enumerate()
@@ -219,6 +219,7 @@ impl Validator<'_> {
             }
         };
         let rollout = self.rollout(raw.rollout.unwrap_or_default(), p);
+        blue_green_needs(&systemd, nginx.is_some(), &health, p);
         Some(Inventory {
             file: file.to_owned(),
             transport,
@@ -238,6 +239,58 @@ impl Validator<'_> {
             rollout,
             migrate_host,
         })
+    }
+}
+
+/// What a blue-green unit needs from the other sections: one such unit, an Nginx site to
+/// point at its instances, and a check of the instance on its own port.
+fn blue_green_needs(systemd: &[Unit], nginx: bool, health: &[Health], p: &mut Problems<'_>) {
+    let span = || error::section_span(p.text, "[systemd]");
+    let units: Vec<&Unit> = systemd.iter().filter(|u| u.blue_green.is_some()).collect();
+    let live_checks = health.iter().any(|h| h.check.on_live_port());
+    if units.len() > 1 {
+        let span = span();
+        p.invalid(
+            span,
+            "systemd.ports",
+            "only one unit can be blue-green (the one the Nginx site points at); the others restart",
+        );
+    }
+    if units.is_empty() {
+        if live_checks {
+            let span = error::section_span(p.text, "health");
+            p.invalid(
+                span,
+                "health.url",
+                "`{{ port }}` is the port of a blue-green instance, but no `[[systemd]]` unit has `ports`",
+            );
+        }
+        return;
+    }
+    if !nginx {
+        let span = span();
+        p.invalid(
+            span,
+            "systemd.ports",
+            "a blue-green unit needs an `[nginx]` site to point at its instances: add `[nginx]` with a template that proxies to `{{ port }}`",
+        );
+    }
+    if !live_checks {
+        let span = span();
+        p.invalid(
+            span,
+            "systemd.ports",
+            "a blue-green unit needs a health check of the new instance on its own port before it takes traffic: add `[[health]] url = \"http://127.0.0.1:{{ port }}/healthz\"`",
+        );
+    }
+}
+
+impl Inventory {
+    /// The blue-green unit, if one has `ports`.
+    pub fn blue_green(&self) -> Option<(&Unit, &BlueGreen)> {
+        self.systemd
+            .iter()
+            .find_map(|u| u.blue_green.as_ref().map(|b| (u, b)))
     }
 }
 

@@ -93,6 +93,9 @@ pub(super) struct RawEnv {
 pub(super) struct RawUnit {
     pub(super) unit: Option<S<String>>,
     pub(super) template: Option<S<String>>,
+    pub(super) ports: Option<S<Vec<S<i64>>>>,
+    pub(super) drain: Option<S<String>>,
+    pub(super) keep_idle: Option<bool>,
 }
 
 #[derive(Deserialize)]

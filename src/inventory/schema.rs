@@ -65,7 +65,16 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
         "env",
         Table(&[("path", Leaf), ("from_env", Leaf), ("vars", Map)]),
     ),
-    ("systemd", Tables(&[("unit", Leaf), ("template", Leaf)])),
+    (
+        "systemd",
+        Tables(&[
+            ("unit", Leaf),
+            ("template", Leaf),
+            ("ports", Leaf),
+            ("drain", Leaf),
+            ("keep_idle", Leaf),
+        ]),
+    ),
     ("nginx", Table(&[("site", Leaf), ("template", Leaf)])),
     (
         "compose",

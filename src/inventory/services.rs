@@ -2,6 +2,7 @@
 //! each rendered from a template of the project.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::error::{Problems, section_span};
 use super::raw::{RawCompose, RawNginx, RawUnit};
@@ -11,6 +12,31 @@ use super::validate::Validator;
 pub struct Unit {
     pub unit: String,
     pub template: PathBuf,
+    /// Set when the unit is served blue-green behind the Nginx site (`ports`).
+    pub blue_green: Option<BlueGreen>,
+}
+
+/// Blue-green: `unit` is a template (`shop@.service`) with one instance per port; a deploy
+/// starts the idle instance from the new release, checks it on its own port, points the
+/// Nginx site at it, and stops the old instance after `drain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlueGreen {
+    pub ports: [u16; 2],
+    /// How long the old instance keeps running after Nginx moved (requests in flight finish).
+    pub drain: Duration,
+    /// Never stop the old instance (the next deploy restarts it on its port): a rollback
+    /// to it is instant.
+    pub keep_idle: bool,
+}
+
+/// The longest `drain` accepted: a deploy waits for it.
+pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
+
+impl Unit {
+    /// The instance of a template unit for `port`: `shop@.service` → `shop@3001.service`.
+    pub fn instance(&self, port: u16) -> String {
+        self.unit.replacen("@.", &format!("@{port}."), 1)
+    }
 }
 
 /// A Docker Compose stack: the compose file is a template rendered into each release.
@@ -54,7 +80,85 @@ impl Validator<'_> {
             p.missing(section_span(p.text, "[systemd]"), &key("template"));
             return None;
         };
-        Some(Unit { unit, template })
+        let blue_green = match raw.ports {
+            Some(ports) => Some(self.blue_green(ports, raw.drain, raw.keep_idle, &unit, i, p)),
+            None => {
+                for (set, name) in [
+                    (raw.drain.is_some(), "drain"),
+                    (raw.keep_idle.is_some(), "keep_idle"),
+                ] {
+                    if set {
+                        p.invalid(
+                            section_span(p.text, "[systemd]"),
+                            &key(name),
+                            "applies only to a blue-green unit: set `ports` too",
+                        );
+                    }
+                }
+                None
+            }
+        };
+        Some(Unit {
+            unit,
+            template,
+            blue_green,
+        })
+    }
+
+    fn blue_green(
+        &self,
+        ports: super::raw::S<Vec<super::raw::S<i64>>>,
+        drain: Option<super::raw::S<String>>,
+        keep_idle: Option<bool>,
+        unit: &str,
+        i: usize,
+        p: &mut Problems<'_>,
+    ) -> BlueGreen {
+        let key = |f: &str| format!("systemd[{i}].{f}");
+        let span = ports.span();
+        let values: Vec<i64> = ports
+            .into_inner()
+            .into_iter()
+            .map(|v| v.into_inner())
+            .collect();
+        let valid: Vec<u16> = values
+            .iter()
+            .filter_map(|v| u16::try_from(*v).ok().filter(|v| *v > 0))
+            .collect();
+        let ports = match valid[..] {
+            [a, b] if values.len() == 2 && a != b => [a, b],
+            _ => {
+                p.invalid(
+                    span,
+                    &key("ports"),
+                    "must be two different ports (1–65535), e.g. [3001, 3002]: one instance serves while the other is idle",
+                );
+                [1, 2]
+            }
+        };
+        if !unit.ends_with("@.service") {
+            p.invalid(
+                section_span(p.text, "[systemd]"),
+                &key("unit"),
+                format!(
+                    "{unit:?} has `ports`, so it must be a template unit such as `app@.service` (one instance per port; the port is `%i` in the unit)"
+                ),
+            );
+        }
+        let drain_span = drain.as_ref().map(|d| d.span());
+        let drain = super::validate::duration(drain, &key("drain"), 10, p);
+        if drain > MAX_DRAIN {
+            p.invalid(
+                drain_span.unwrap_or(0..0),
+                &key("drain"),
+                "must be at most 1h (a deploy waits for it)",
+            );
+        }
+        BlueGreen {
+            ports,
+            drain,
+            keep_idle: keep_idle.unwrap_or(false),
+        }
     }
 
     pub(super) fn compose(

@@ -421,3 +421,111 @@ fn selection_by_name_and_role() {
     let e = inv.select(&["web-9".into()], &[]).unwrap_err().to_string();
     assert!(e.contains("did you mean `web-1`"), "{e}");
 }
+
+mod blue_green {
+    use super::*;
+
+    const BASE: &str = "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[[hosts]]\nname = \"h1\"\naddress = \"10.0.0.1\"\n\n";
+
+    fn problems(rest: &str) -> String {
+        let text = format!("{BASE}{rest}");
+        let env = |_: &str| None;
+        let ctx = LoadContext {
+            base_dir: Path::new("/project"),
+            home: None,
+            env: &env,
+            need_secrets: false,
+        };
+        match parse(&text, Path::new("prod.toml"), &ctx) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const UNIT: &str =
+        "[[systemd]]\nunit = \"shop@.service\"\ntemplate = \"u\"\nports = [3001, 3002]\n\n";
+    const SITE: &str = "[nginx]\nsite = \"shop\"\ntemplate = \"s\"\n\n";
+    const CHECK: &str = "[[health]]\nurl = \"http://127.0.0.1:{{ port }}/healthz\"\n\n";
+
+    #[test]
+    fn a_complete_blue_green_unit_loads() {
+        assert_eq!(problems(&format!("{UNIT}{SITE}{CHECK}")), "");
+        let inv = crate::inventory::for_tests(&format!("{BASE}{UNIT}{SITE}{CHECK}"));
+        let (unit, bg) = inv.blue_green().unwrap();
+        assert_eq!(unit.instance(3002), "shop@3002.service");
+        assert_eq!(bg.ports, [3001, 3002]);
+        assert_eq!(bg.drain, std::time::Duration::from_secs(10));
+        assert!(!bg.keep_idle);
+        assert!(inv.health[0].check.on_live_port());
+        match inv.health[0].check.at_port(Some(3002)) {
+            HealthCheck::Url { url, port, .. } => {
+                assert_eq!(
+                    (url.as_str(), port),
+                    ("http://127.0.0.1:3002/healthz", 3002)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_blue_green_needs_is_named() {
+        for (rest, want) in [
+            (
+                format!(
+                    "{}{SITE}{CHECK}",
+                    UNIT.replace("shop@.service", "shop.service")
+                ),
+                "must be a template unit such as `app@.service`",
+            ),
+            (
+                format!(
+                    "{}{SITE}{CHECK}",
+                    UNIT.replace("[3001, 3002]", "[3001, 3001]")
+                ),
+                "must be two different ports",
+            ),
+            (
+                format!(
+                    "{}{SITE}{CHECK}",
+                    UNIT.replace("[3001, 3002]", "[3001, 70000]")
+                ),
+                "must be two different ports",
+            ),
+            (
+                format!("{}{SITE}{CHECK}", UNIT.replace("[3001, 3002]", "[3001]")),
+                "must be two different ports",
+            ),
+            (format!("{UNIT}{CHECK}"), "needs an `[nginx]` site"),
+            (
+                format!("{UNIT}{SITE}[[health]]\nurl = \"http://127.0.0.1/\"\n"),
+                "needs a health check of the new instance on its own port",
+            ),
+            (
+                format!("{SITE}{CHECK}"),
+                "no `[[systemd]]` unit has `ports`",
+            ),
+            (
+                format!(
+                    "{}{SITE}{CHECK}",
+                    UNIT.replace("ports = [3001, 3002]\n", "drain = \"5s\"\n")
+                ),
+                "applies only to a blue-green unit",
+            ),
+            (
+                format!(
+                    "{}{SITE}{CHECK}",
+                    UNIT.replace("ports", "drain = \"2h\"\nports")
+                ),
+                "must be at most 1h",
+            ),
+            (
+                format!("{UNIT}{}{SITE}{CHECK}", UNIT.replace("shop@", "other@")),
+                "only one unit can be blue-green",
+            ),
+        ] {
+            let got = problems(&rest);
+            assert!(got.contains(want), "want {want:?} in:\n{got}\nfor:\n{rest}");
+        }
+    }
+}

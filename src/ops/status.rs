@@ -33,9 +33,7 @@ pub async fn show(
     out: &Output,
 ) -> StatusReport {
     let deploy_to = &inventory.app.deploy_to;
-    let units: Vec<String> = inventory.systemd.iter().map(|u| u.unit.clone()).collect();
     let hosts = futures::future::join_all(conns.iter().map(|c| {
-        let units = &units;
         async move {
             out.emit(Event::Step {
                 host: &c.host.name,
@@ -49,12 +47,28 @@ pub async fn show(
                 health_error: None,
                 locked_by: None,
                 error: None,
+                live_port: None,
             };
             let tree = facts::releases(deploy_to);
             match execute::run(c, "status", "reading releases", &tree, timeout::SHORT).await {
-                Ok(o) => h.current = facts::parse_releases(&o.stdout.text()).current,
+                Ok(o) => {
+                    let tree = facts::parse_releases(&o.stdout.text());
+                    h.current = tree.current;
+                    h.live_port = tree.live_port;
+                }
                 Err(e) => h.error = Some(e.to_string()),
             }
+            // A blue-green unit: its live instance (the idle one is stopped after a drain).
+            let units: Vec<String> = inventory
+                .systemd
+                .iter()
+                .filter_map(|u| match (&u.blue_green, h.live_port) {
+                    (None, _) => Some(u.unit.clone()),
+                    (Some(_), Some(port)) => Some(u.instance(port)),
+                    (Some(_), None) => None,
+                })
+                .collect();
+            let units = &units;
             let probe = units_probe(units);
             let req = ExecRequest::new(&probe, timeout::SHORT);
             if !units.is_empty()
@@ -79,11 +93,10 @@ pub async fn show(
             }
             if !inventory.health.is_empty() && h.current.is_some() {
                 let env_path = inventory.env.as_ref().map(|e| e.path.as_str());
-                let once: Vec<_> = inventory
-                    .health
-                    .iter()
+                let once: Vec<_> = health::at_port(&inventory.health, h.live_port)
+                    .into_iter()
                     .map(|health| crate::inventory::Health {
-                        check: health.check.clone(),
+                        check: health.check,
                         timeout: Duration::from_secs(5),
                         interval: Duration::from_secs(1),
                     })

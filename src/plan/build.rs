@@ -54,6 +54,20 @@ impl HostSteps {
         })
     }
 
+    /// The blue-green move of this host: the instance going live and the port Nginx
+    /// pointed at before.
+    pub fn blue_green(&self) -> Option<Move<'_>> {
+        let (unit, port) = self.steps.iter().find_map(|s| match s {
+            Step::StartIdle { unit, port, .. } => Some((unit.as_str(), *port)),
+            _ => None,
+        })?;
+        let from = self.steps.iter().find_map(|s| match s {
+            Step::PointSite { from, .. } => Some(*from),
+            _ => None,
+        })?;
+        Some(Move { unit, port, from })
+    }
+
     /// This host's steps of one phase, in order.
     pub fn phase(&self, phase: Phase) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(move |s| s.phase() == phase)
@@ -64,6 +78,25 @@ impl Plan {
     pub fn host(&self, name: &str) -> Option<&HostSteps> {
         self.hosts.iter().find(|h| h.host == name)
     }
+}
+
+/// A host's blue-green move, read back from its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move<'a> {
+    /// The instance going live.
+    pub unit: &'a str,
+    pub port: u16,
+    /// The port Nginx pointed at before the run.
+    pub from: Option<u16>,
+}
+
+/// Which instance of the blue-green unit goes live on a host whose site points at `live`:
+/// the other one (the first port when neither serves).
+fn blue_green_move(inv: &Inventory, live: Option<u16>) -> Option<(String, u16, Option<u16>)> {
+    let (unit, bg) = inv.blue_green()?;
+    let [a, b] = bg.ports;
+    let idle = if live == Some(a) { b } else { a };
+    Some((unit.instance(idle), idle, live))
 }
 
 /// What the plan needs to know of the artifact.
@@ -268,8 +301,12 @@ fn deploy_host(
             units: r.units.clone(),
         });
     }
+    let bg = blue_green_move(inv, h.tree.live_port);
     if let Some(site) = &r.site {
-        steps.push(Step::StageSite { site: site.clone() });
+        steps.push(Step::StageSite {
+            site: site.clone(),
+            port: bg.as_ref().map(|(_, port, _)| *port),
+        });
     }
     if let (true, Some(compose)) = (r.compose, &inv.compose) {
         steps.push(Step::StageCompose {
@@ -278,7 +315,19 @@ fn deploy_host(
         });
     }
     steps.extend(hooks(HookPoint::AfterUpload));
-    let health_secs: u64 = inv.health.iter().map(|c| c.timeout.as_secs()).sum();
+    // The checks of the idle instance run before the gate: the guard waits for both.
+    let health_secs: u64 = inv
+        .health
+        .iter()
+        .map(|c| {
+            c.timeout.as_secs()
+                * if bg.is_some() && c.check.on_live_port() {
+                    2
+                } else {
+                    1
+                }
+        })
+        .sum();
     steps.push(Step::ArmGuard {
         delay_secs: inv.rollout.confirm_timeout.as_secs().max(1) + health_secs,
     });
@@ -291,7 +340,7 @@ fn deploy_host(
         from: hp.previous.clone(),
     });
     steps.extend(hooks(HookPoint::AfterSwitch));
-    steps.extend(serving_steps(inv, r));
+    steps.extend(serving_steps(inv, r, bg.as_ref(), release));
     steps.extend(hooks(HookPoint::AfterRestart));
     if !inv.health.is_empty() {
         steps.push(Step::Health {
@@ -301,6 +350,7 @@ fn deploy_host(
     steps.push(Step::Confirm {
         release: release.to_owned(),
     });
+    steps.extend(stop_old(inv, bg.as_ref()));
     if !hp.prune.is_empty() {
         steps.push(Step::Prune { releases: hp.prune });
     }
@@ -311,17 +361,47 @@ fn deploy_host(
     }
 }
 
-/// Units, site and compose stack: what serves the release after the switch.
-fn serving_steps(inv: &Inventory, r: &Rendered) -> Vec<Step> {
+/// Units, site and compose stack: what serves the release after the switch. A blue-green
+/// unit's instance going live is started and checked on its own port before the site
+/// points at it; the other units restart.
+fn serving_steps(
+    inv: &Inventory,
+    r: &Rendered,
+    bg: Option<&(String, u16, Option<u16>)>,
+    release: &str,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     if !r.units.is_empty() {
         steps.push(Step::InstallUnits {
             units: r.units.clone(),
         });
-        steps.extend(r.units.iter().map(|u| Step::Restart { unit: u.clone() }));
+        steps.extend(
+            r.units
+                .iter()
+                .filter(|u| !is_template(u))
+                .map(|u| Step::Restart { unit: u.clone() }),
+        );
     }
-    if let Some(site) = &r.site {
-        steps.push(Step::InstallSite { site: site.clone() });
+    match (bg, &r.site) {
+        (Some((unit, port, from)), Some(site)) => {
+            steps.push(Step::StartIdle {
+                unit: unit.clone(),
+                port: *port,
+                release: release.to_owned(),
+            });
+            steps.push(Step::CheckIdle {
+                unit: unit.clone(),
+                port: *port,
+                checks: inv.health.iter().filter(|h| h.check.on_live_port()).count(),
+            });
+            steps.push(Step::PointSite {
+                site: site.clone(),
+                port: *port,
+                from: *from,
+            });
+        }
+        (_, Some(site)) => steps.push(Step::InstallSite { site: site.clone() }),
+        (_, None) => {}
     }
     if let Some(compose) = &inv.compose {
         steps.push(Step::ComposeUp {
@@ -329,6 +409,25 @@ fn serving_steps(inv: &Inventory, r: &Rendered) -> Vec<Step> {
         });
     }
     steps
+}
+
+/// A template unit (`name@.service`) is never restarted by name: only its instances run.
+fn is_template(unit: &str) -> bool {
+    unit.contains("@.")
+}
+
+/// The old blue-green instance stopped after the drain, unless `keep_idle` keeps it (or
+/// no instance served before, or it is the one going live again).
+fn stop_old(inv: &Inventory, bg: Option<&(String, u16, Option<u16>)>) -> Option<Step> {
+    let (unit, settings) = inv.blue_green()?;
+    let (_, port, Some(old)) = bg? else {
+        return None;
+    };
+    (!settings.keep_idle && old != port).then(|| Step::StopOld {
+        unit: unit.instance(*old),
+        port: *old,
+        drain_secs: settings.drain.as_secs(),
+    })
 }
 
 /// The inventory's shared dirs and files: paths a delta leaves to the host.
@@ -361,7 +460,8 @@ pub fn rollback(
                 to: target.to_owned(),
                 from: previous.clone(),
             }];
-            steps.extend(serving_steps(inv, rendered));
+            let bg = blue_green_move(inv, tree.live_port);
+            steps.extend(serving_steps(inv, rendered, bg.as_ref(), target));
             if !inv.health.is_empty() {
                 steps.push(Step::Health {
                     checks: inv.health.len(),
@@ -370,6 +470,7 @@ pub fn rollback(
             steps.push(Step::MarkPassed {
                 release: target.to_owned(),
             });
+            steps.extend(stop_old(inv, bg.as_ref()));
             if let Some(was) = previous.as_deref().filter(|w| *w != target) {
                 steps.push(Step::Forget {
                     release: was.to_owned(),
@@ -663,5 +764,214 @@ mod tests {
         let text = plan.to_string();
         assert!(text.contains("h1:\n  stage: upload the artifact"), "{text}");
         assert!(text.contains("  switch: restart shop.service\n"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod blue_green_tests {
+    use super::*;
+    use crate::plan::Undo;
+
+    const OLD: &str = "20200101T000000Z-aaaaaaaaaaaa";
+
+    const BLUE_GREEN: &str = r#"
+[app]
+name = "shop"
+deploy_to = "/opt/shop"
+
+[[hosts]]
+name = "h1"
+address = "10.0.0.1"
+
+[artifact]
+path = "dist"
+
+[[systemd]]
+unit = "shop@.service"
+template = "deploy/shop@.service"
+ports = [3001, 3002]
+drain = "7s"
+
+[[systemd]]
+unit = "worker.service"
+template = "deploy/worker.service"
+
+[nginx]
+site = "shop"
+template = "deploy/site.conf"
+
+[[health]]
+url = "http://127.0.0.1:{{ port }}/healthz"
+timeout = "20s"
+
+[[health]]
+url = "http://127.0.0.1/"
+timeout = "5s"
+"#;
+
+    fn plan(inv: &Inventory, live: Option<u16>) -> Plan {
+        let tree = ReleaseTree {
+            current: Some(OLD.into()),
+            releases: vec![crate::plan::facts::Release {
+                id: OLD.into(),
+                sha256: Some("bb".repeat(32)),
+            }],
+            live_port: live,
+            ..ReleaseTree::default()
+        };
+        let hosts = [HostFacts {
+            host: &inv.hosts[0],
+            tree: &tree,
+            current_manifest: None,
+        }];
+        let rendered = Rendered {
+            units: vec!["shop@.service".into(), "worker.service".into()],
+            site: Some("shop".into()),
+            compose: false,
+        };
+        deploy(
+            &DeployInputs {
+                inventory: inv,
+                rendered: &rendered,
+                artifact: ArtifactFacts {
+                    sha256: &"cc".repeat(32),
+                    tar_size: 10_000,
+                    manifest: None,
+                },
+                env: false,
+                now_unix: 1_795_381_200,
+                waves: None,
+                migrate_host: None,
+            },
+            &hosts,
+        )
+    }
+
+    #[test]
+    fn the_idle_instance_is_started_checked_then_the_site_points_at_it() {
+        let inv = crate::inventory::for_tests(BLUE_GREEN);
+        let p = plan(&inv, Some(3001));
+        let h = p.host("h1").unwrap();
+        let names: Vec<&str> = h.steps.iter().map(Step::name).collect();
+        assert_eq!(
+            names,
+            [
+                "upload",
+                "stage_units",
+                "stage_site",
+                "arm_guard",
+                "switch",
+                "install_units",
+                // The worker restarts; the template unit is never restarted by name.
+                "restart",
+                "start_idle",
+                "check_idle",
+                "point_site",
+                "health",
+                "confirm",
+                "stop_old",
+            ]
+        );
+        assert!(h.steps.contains(&Step::Restart {
+            unit: "worker.service".into()
+        }));
+        assert!(h.steps.contains(&Step::StageSite {
+            site: "shop".into(),
+            port: Some(3002)
+        }));
+        assert!(h.steps.contains(&Step::StartIdle {
+            unit: "shop@3002.service".into(),
+            port: 3002,
+            release: p.release.clone(),
+        }));
+        assert!(h.steps.contains(&Step::CheckIdle {
+            unit: "shop@3002.service".into(),
+            port: 3002,
+            checks: 1,
+        }));
+        assert!(h.steps.contains(&Step::PointSite {
+            site: "shop".into(),
+            port: 3002,
+            from: Some(3001),
+        }));
+        assert_eq!(
+            h.steps.last(),
+            Some(&Step::StopOld {
+                unit: "shop@3001.service".into(),
+                port: 3001,
+                drain_secs: 7,
+            })
+        );
+        assert_eq!(h.steps.last().unwrap().phase(), Phase::Finish);
+        // The guard waits for the idle check and the gate: 2 × 20 s + 5 s + confirm.
+        assert_eq!(
+            h.guard_delay(),
+            Some(inv.rollout.confirm_timeout.as_secs() + 45)
+        );
+        let mv = h.blue_green().unwrap();
+        assert_eq!(
+            (mv.unit, mv.port, mv.from),
+            ("shop@3002.service", 3002, Some(3001))
+        );
+        // Undo: the site back at the old instance, then the new one stopped, last.
+        let undos = crate::plan::step::undo_order(h.phase(Phase::Switch));
+        assert_eq!(&undos[undos.len() - 2..], [Undo::PointBack, Undo::StopIdle]);
+        assert!(!undos.contains(&Undo::RestoreSite));
+    }
+
+    #[test]
+    fn ports_alternate_and_a_first_deploy_stops_nothing() {
+        let inv = crate::inventory::for_tests(BLUE_GREEN);
+        let port = |p: &Plan| p.hosts[0].blue_green().map(|m| (m.port, m.from));
+        assert_eq!(port(&plan(&inv, Some(3002))), Some((3001, Some(3002))));
+        let first = plan(&inv, None);
+        assert_eq!(port(&first), Some((3001, None)));
+        assert!(!first.hosts[0].steps.iter().any(|s| s.name() == "stop_old"));
+        // A live port the inventory no longer names: the first port goes live, the old one stops.
+        let moved = plan(&inv, Some(4000));
+        assert_eq!(port(&moved), Some((3001, Some(4000))));
+        assert!(moved.hosts[0].steps.contains(&Step::StopOld {
+            unit: "shop@4000.service".into(),
+            port: 4000,
+            drain_secs: 7,
+        }));
+        // keep_idle: the old instance is never stopped.
+        let keep = crate::inventory::for_tests(
+            &BLUE_GREEN.replace("drain = \"7s\"", "drain = \"7s\"\nkeep_idle = true"),
+        );
+        assert!(
+            !plan(&keep, Some(3001)).hosts[0]
+                .steps
+                .iter()
+                .any(|s| s.name() == "stop_old")
+        );
+    }
+
+    #[test]
+    fn a_rollback_makes_the_same_move() {
+        let inv = crate::inventory::for_tests(BLUE_GREEN);
+        let tree = ReleaseTree {
+            current: Some("20200102T000000Z-bbbbbbbbbbbb".into()),
+            live_port: Some(3002),
+            ..ReleaseTree::default()
+        };
+        let rendered = Rendered {
+            units: vec!["shop@.service".into()],
+            site: Some("shop".into()),
+            compose: false,
+        };
+        let p = rollback(&inv, &rendered, &[(&inv.hosts[0], &tree)], OLD, None);
+        let h = &p.hosts[0];
+        assert!(h.steps.contains(&Step::StartIdle {
+            unit: "shop@3001.service".into(),
+            port: 3001,
+            release: OLD.into(),
+        }));
+        assert!(h.steps.contains(&Step::PointSite {
+            site: "shop".into(),
+            port: 3001,
+            from: Some(3002),
+        }));
+        assert!(h.steps.iter().any(|s| s.name() == "stop_old"));
     }
 }

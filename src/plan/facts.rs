@@ -131,6 +131,8 @@ pub struct ReleaseTree {
     pub delta: bool,
     /// sha256 of the current release's manifest, when it has one.
     pub manifest: Option<String>,
+    /// The port the Nginx site points at, for a blue-green unit (`.shipit/live-port`).
+    pub live_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -160,6 +162,9 @@ if [ -L current ]; then
     *) echo "current $target" ;;
   esac
   if [ -f current/.shipit/manifest ]; then echo "manifest $(sum_of current/.shipit/manifest)"; fi
+fi
+if [ -f .shipit/live-port ] && read -r port < .shipit/live-port; then
+  case $port in ''|*[!0-9]*) ;; *) echo "live_port $port" ;; esac
 fi
 [ -d releases ] || exit 0
 for d in releases/* releases/.[!.]*; do
@@ -216,6 +221,7 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
             (Some("zstd"), None) => tree.zstd = true,
             (Some("delta"), None) => tree.delta = true,
             (Some("manifest"), Some(sha)) => tree.manifest = Some(sha.to_owned()),
+            (Some("live_port"), Some(port)) => tree.live_port = port.parse().ok(),
             (Some("release"), Some(id)) => tree.releases.push(Release {
                 id: id.to_owned(),
                 sha256: words
@@ -251,6 +257,8 @@ mod tests {
         }
         std::fs::create_dir_all(base.join("releases/20260103T000000Z-ccc.partial")).unwrap();
         std::os::unix::fs::symlink("releases/20260102T000000Z-bbb", base.join("current")).unwrap();
+        std::fs::create_dir_all(base.join(".shipit")).unwrap();
+        std::fs::write(base.join(".shipit/live-port"), "3002\n").unwrap();
         std::fs::create_dir_all(base.join("releases/20260102T000000Z-bbb/.shipit")).unwrap();
         std::fs::write(
             base.join("releases/20260102T000000Z-bbb/.shipit/manifest"),
@@ -264,6 +272,7 @@ mod tests {
             .unwrap();
         let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(tree.current.as_deref(), Some("20260102T000000Z-bbb"));
+        assert_eq!(tree.live_port, Some(3002));
         assert_eq!(tree.releases.len(), 2);
         assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
         assert_eq!(tree.releases[1].sha256, None);

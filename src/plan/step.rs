@@ -48,8 +48,13 @@ pub enum Step {
     StageEnv { path: String },
     /// Render the units into the release and `systemd-analyze verify` them.
     StageUnits { units: Vec<String> },
-    /// Render the Nginx site into the release and test it with `nginx -t`.
-    StageSite { site: String },
+    /// Render the Nginx site into the release and test it with `nginx -t` (for a blue-green
+    /// unit, pointing at `port`).
+    StageSite {
+        site: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
     /// Render the compose file into the release, check it (and pull its images).
     StageCompose { project: String, pull: bool },
     /// A user hook, in the new release with the env file loaded.
@@ -76,6 +81,36 @@ pub enum Step {
     InstallSite { site: String },
     /// `compose up` the release's stack.
     ComposeUp { project: String },
+    /// Blue-green: (re)start the idle instance, which runs the release; an instance that
+    /// already runs it (a rollback while the old instance still runs) is kept (the step's
+    /// recorded outcome).
+    StartIdle {
+        unit: String,
+        port: u16,
+        release: String,
+    },
+    /// Blue-green: the health checks on the idle instance's own port, before any request
+    /// reaches it.
+    CheckIdle {
+        unit: String,
+        port: u16,
+        checks: usize,
+    },
+    /// Blue-green: the Nginx site now proxies to `port` (tested, graceful reload: requests
+    /// in flight finish on the old instance).
+    PointSite {
+        site: String,
+        port: u16,
+        /// The port Nginx pointed at before (none on a first blue-green deploy).
+        from: Option<u16>,
+    },
+    /// Blue-green: after the drain (counted from the switch of the site), stop the instance
+    /// that served before.
+    StopOld {
+        unit: String,
+        port: u16,
+        drain_secs: u64,
+    },
     /// Poll the `[health]` checks until they pass.
     Health { checks: usize },
     /// Confirm the switch: disarm the guard, record the release as passed.
@@ -116,6 +151,11 @@ pub enum Undo {
     RestoreCompose,
     /// Put the previous Nginx site back and reload.
     RestoreSite,
+    /// Blue-green: make sure the old instance runs, point the site back at it, then stop
+    /// the new instance after the drain.
+    PointBack,
+    /// Blue-green: stop the instance this run started.
+    StopIdle,
 }
 
 impl Step {
@@ -140,6 +180,10 @@ impl Step {
             Step::Restart { .. } => "restart",
             Step::InstallSite { .. } => "install_site",
             Step::ComposeUp { .. } => "compose_up",
+            Step::StartIdle { .. } => "start_idle",
+            Step::CheckIdle { .. } => "check_idle",
+            Step::PointSite { .. } => "point_site",
+            Step::StopOld { .. } => "stop_old",
             Step::Health { .. } => "health",
             Step::Confirm { .. } => "confirm",
             Step::MarkPassed { .. } => "mark_passed",
@@ -163,7 +207,7 @@ impl Step {
                 ..
             } => Phase::Stage,
             Step::Backup { .. } | Step::Migrate { .. } => Phase::Once,
-            Step::Prune { .. } | Step::Forget { .. } => Phase::Finish,
+            Step::Prune { .. } | Step::Forget { .. } | Step::StopOld { .. } => Phase::Finish,
             _ => Phase::Switch,
         }
     }
@@ -176,6 +220,8 @@ impl Step {
             Step::InstallUnits { .. } | Step::Restart { .. } => Some(Undo::RestoreUnits),
             Step::ComposeUp { .. } => Some(Undo::RestoreCompose),
             Step::InstallSite { .. } => Some(Undo::RestoreSite),
+            Step::PointSite { .. } => Some(Undo::PointBack),
+            Step::StartIdle { .. } => Some(Undo::StopIdle),
             _ => None,
         }
     }
@@ -190,7 +236,7 @@ impl Step {
 }
 
 /// The undos of `steps`, each once, in the order a host is put back: env file, `current`,
-/// units, compose stack, site.
+/// units, compose stack, site (pointed back at the old instance), the new instance stopped.
 pub fn undo_order<'a>(steps: impl IntoIterator<Item = &'a Step>) -> Vec<Undo> {
     let mut undos: Vec<Undo> = steps.into_iter().filter_map(Step::undo).collect();
     undos.sort();
@@ -234,7 +280,11 @@ impl fmt::Display for Step {
             }
             Step::StageEnv { path } => write!(f, "stage the env file `{path}`"),
             Step::StageUnits { units } => write!(f, "stage and verify {}", units.join(" ")),
-            Step::StageSite { site } => write!(f, "stage and test nginx site {site}"),
+            Step::StageSite { site, port: None } => write!(f, "stage and test nginx site {site}"),
+            Step::StageSite {
+                site,
+                port: Some(port),
+            } => write!(f, "stage and test nginx site {site} (to port {port})"),
             Step::StageCompose { project, pull } => write!(
                 f,
                 "stage the compose file of `{project}`{}",
@@ -260,6 +310,22 @@ impl fmt::Display for Step {
             Step::Restart { unit } => write!(f, "restart {unit}"),
             Step::InstallSite { site } => write!(f, "install nginx site {site} and reload"),
             Step::ComposeUp { project } => write!(f, "compose up `{project}`"),
+            Step::StartIdle {
+                unit,
+                port,
+                release,
+            } => write!(f, "start {unit} (port {port}) on {release}"),
+            Step::CheckIdle { unit, port, checks } => write!(
+                f,
+                "check {unit} on port {port} ({checks} checks) before it takes a request"
+            ),
+            Step::PointSite { site, port, from } => match from {
+                Some(from) => write!(f, "point nginx site {site} at port {port} (from {from})"),
+                None => write!(f, "point nginx site {site} at port {port}"),
+            },
+            Step::StopOld {
+                unit, drain_secs, ..
+            } => write!(f, "stop {unit} after a drain of {drain_secs} s"),
             Step::Health { checks } => write!(f, "health gate ({checks} checks)"),
             Step::Confirm { release } => write!(f, "confirm {release}"),
             Step::MarkPassed { release } => write!(f, "record {release} as passed"),

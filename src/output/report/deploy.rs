@@ -81,6 +81,9 @@ pub struct HostDeploy {
     pub previous: Option<String>,
     /// `current` after the run.
     pub current: Option<String>,
+    /// The port the Nginx site points at after the run, for a blue-green unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_port: Option<u16>,
     pub pruned: Vec<String>,
     pub locked_by: Option<LockOwner>,
     /// Env file keys this deploy added, removed or changed (names only); `None`: unchanged.

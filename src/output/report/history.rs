@@ -1,6 +1,8 @@
 //! A line of a host's `.shipit/history.jsonl`, and `shipit history`'s report: the fleet's
 //! lines merged, newest first.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::output::{Report, table};
@@ -33,6 +35,9 @@ pub struct Record {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Per host, the port the Nginx site of a blue-green unit points at after the run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub live_ports: BTreeMap<String, u16>,
     /// For a failed deploy whose switched hosts were put back: how that went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_back: Option<String>,

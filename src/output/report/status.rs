@@ -22,6 +22,9 @@ pub struct HostStatus {
     pub health_error: Option<String>,
     pub locked_by: Option<String>,
     pub error: Option<String>,
+    /// The port the Nginx site points at, for a blue-green unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_port: Option<u16>,
 }
 
 impl StatusReport {
