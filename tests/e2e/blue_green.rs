@@ -174,11 +174,34 @@ impl Shop {
         assert_stopped(&self.state(other(live)), other(live));
     }
 
+    /// The host's deploy state, for a failure's message: history, guards, instances, site.
+    fn dump(&self) -> String {
+        let out = self.fleet.sh(
+            HOST,
+            &format!(
+                "cd {DEPLOY_TO}; set -x; readlink current; cat .shipit/live-port; \
+                 tail -n 3 .shipit/history.jsonl; ls -la .shipit/guard; \
+                 systemctl list-units --all --no-pager 'shop@*' 'shipit-guard-*'; \
+                 journalctl --no-pager -n 40 -u 'shipit-guard-*' -u 'shop@*'; \
+                 grep -n proxy_pass /etc/nginx/sites-available/shop"
+            ),
+        );
+        format!(
+            "--- {HOST} ---\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Polls `script` on the host until it succeeds.
     fn wait_until(&self, what: &str, script: &str) {
         let start = Instant::now();
         while !self.fleet.sh(HOST, script).status.success() {
-            assert!(start.elapsed() < PATIENCE, "never saw: {what}");
+            assert!(
+                start.elapsed() < PATIENCE,
+                "never saw: {what}\n{}",
+                self.dump()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -326,6 +349,7 @@ fn a_broken_release_never_takes_a_request() {
     assert_eq!(shop.current(), current);
     shop.assert_live(live, "bg-broken-1");
     assert_eq!(shop.main_pid(other(live)), "0");
+    eprintln!("blue-green broken release: {load}");
 }
 
 #[test]
@@ -408,6 +432,7 @@ fn a_keep_idle_rollback_reuses_the_running_old_instance() {
     assert_no_failures(&load, "a keep_idle rollback");
     assert_eq!(load.bodies_seen(), ["bg-keep-2", "bg-keep-1"], "{load}");
     assert_eq!(load.last_body(), Some("bg-keep-1"), "{load}");
+    eprintln!("blue-green keep_idle rollback: {load}");
 }
 
 #[test]
@@ -469,4 +494,5 @@ fn the_dead_deployer_guard_puts_nginx_back_on_the_old_instance() {
         "{report}"
     );
     assert_eq!(report.last_body(), Some("bg-guard-1"), "{report}");
+    eprintln!("blue-green guard: {report}");
 }
