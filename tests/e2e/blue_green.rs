@@ -317,7 +317,8 @@ fn a_broken_release_never_takes_a_request() {
     let site = shop.sh("sha256sum /etc/nginx/sites-available/shop");
     let current = shop.current();
 
-    // Its instance exits 1 at boot (systemd restarts it, in vain): `check_idle` times out.
+    // Its instance exits 1 at boot (systemd restarts it, in vain): `check_idle` fails once it
+    // sees the instance is not active, or at the latest when the shortened timeout ends.
     let broken = shop.inventory("bg-broken-2", true, |inv| {
         drain(inv, "2s");
         health_timeout(inv, "6s");
@@ -327,6 +328,7 @@ fn a_broken_release_never_takes_a_request() {
     let load = load.stop();
 
     assert_eq!(code, 3, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled_back", "{report:#}");
     assert_eq!(
         report["hosts"][0]["error"]["step"], "check_idle",
         "{report:#}"
