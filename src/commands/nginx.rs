@@ -11,12 +11,40 @@ pub const CONF_DIR: &str = "/etc/nginx";
 pub const AVAILABLE: &str = "/etc/nginx/sites-available";
 pub const ENABLED: &str = "/etc/nginx/sites-enabled";
 
+/// Reloads nginx, then waits (up to 5 s) until the workers that served before have stopped
+/// accepting connections: a reload only signals the master, and for a moment the old workers
+/// would still take new requests to the old configuration (the old instance of a blue-green
+/// unit, say). An old worker renames itself `is shutting down` once it has closed its
+/// sockets; it then finishes the requests in flight.
 const RELOAD: &str = r#"
+serving_workers() {
+  for d in /proc/[0-9]*; do
+    title=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
+    case $title in
+      *"shutting down"*) ;;
+      "nginx: worker process"*) echo "${d#/proc/}" ;;
+    esac
+  done
+}
+old_workers=$(serving_workers)
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
   systemctl reload nginx || exit 1
 else
   nginx -s reload || exit 1
-fi"#;
+fi
+i=0
+while [ "$i" -lt 100 ]; do
+  still=""
+  for pid in $old_workers; do
+    case $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) in
+      *"shutting down"*) ;;
+      "nginx: worker process"*) still=1 ;;
+    esac
+  done
+  [ -z "$still" ] && break
+  sleep 0.05 2>/dev/null || sleep 1
+  i=$((i + 1))
+done"#;
 
 fn vars(site: &str) -> Vec<Cmd> {
     vec![
@@ -119,6 +147,59 @@ fi"#,
     steps.push(Cmd::new(RELOAD));
     steps.push(Cmd::new("fi"));
     steps
+}
+
+/// The flag that puts the site in maintenance while the migrations run.
+pub fn maintenance_flag(deploy_to: &str) -> String {
+    format!("{deploy_to}/.shipit/maintenance")
+}
+
+/// What `Retry-After` says during a maintenance window, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 30;
+
+/// The lines a site places in its `server { }` block (`{{ maintenance }}`): while the flag
+/// exists, every request is answered 503 with `Retry-After`. Nginx tests the file per
+/// request: no reload to enter or leave the window.
+pub fn maintenance_lines(deploy_to: &str) -> String {
+    format!(
+        "# shipit: 503 while the migrations run (`migrate.maintenance`)\n\
+         if (-f {flag}) {{\n    return 503;\n}}\n\
+         error_page 503 @shipit_maintenance;\n\
+         location @shipit_maintenance {{\n    \
+         add_header Retry-After {RETRY_AFTER_SECS} always;\n    \
+         default_type text/plain;\n    \
+         return 503 \"down for maintenance, back in a moment\\n\";\n}}\n",
+        flag = maintenance_flag(deploy_to)
+    )
+}
+
+/// Holds the maintenance window of run `token` on a host: writes the flag, waits for its
+/// stdin to end (the deployer closes it after the migrations, and a dead deployer's
+/// connection closes it too) or `max_secs`, then removes the flag if it is still this run's.
+pub fn maintenance_hold(deploy_to: &str, token: &str, max_secs: u64) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("flag", maintenance_flag(deploy_to)),
+        Cmd::assign("token", token),
+        Cmd::assign("max", max_secs.to_string()),
+        Cmd::new(
+            r#"
+lift() { [ "$(cat -- "$flag" 2>/dev/null)" = "$token" ] && rm -f -- "$flag"; }
+trap 'lift; exit 0' HUP INT TERM PIPE
+printf '%s
+' "$token" > "$flag.next" && mv -f -- "$flag.next" "$flag" || exit 1
+if command -v timeout >/dev/null 2>&1; then timeout "$max" cat >/dev/null; else cat >/dev/null; fi
+lift
+exit 0"#,
+        ),
+    ])
+}
+
+/// Prints the token of the maintenance window in place, if any.
+pub fn maintenance_state(deploy_to: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("flag", maintenance_flag(deploy_to)),
+        Cmd::new(r#"cat -- "$flag" 2>/dev/null; exit 0"#),
+    ])
 }
 
 /// Where the port the site of a blue-green unit points at is recorded.

@@ -9,6 +9,7 @@ pub(crate) mod fake;
 pub mod health;
 pub mod hooks;
 pub mod lock;
+pub mod maintenance;
 pub mod once;
 pub mod phases;
 pub mod pipeline;

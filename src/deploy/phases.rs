@@ -203,7 +203,16 @@ pub(super) async fn execute_plan(
         let (c, hs) = (&conns[i], &plan.hosts[i]);
         for (k, step) in plan.once.iter().enumerate() {
             let t = Instant::now();
-            let result = execute::step(ctx, c, hs, step, &mut states[i]).await;
+            let result = match step {
+                Step::Migrate {
+                    maintenance: true, ..
+                } => {
+                    let state = &mut states[i];
+                    super::maintenance::during(ctx, conns, execute::step(ctx, c, hs, step, state))
+                        .await
+                }
+                _ => execute::step(ctx, c, hs, step, &mut states[i]).await,
+            };
             let report = &mut r.report.once[k];
             report.duration_ms = Some(t.elapsed().as_millis() as u64);
             match result {

@@ -61,6 +61,12 @@ pub fn context(inventory: &Inventory, host: &Host, release: &str) -> Context {
                 .unwrap_or_default(),
         },
         port: None,
+        maintenance: inventory
+            .migrate
+            .as_ref()
+            .filter(|m| m.maintenance)
+            .map(|_| commands::nginx::maintenance_lines(deploy_to))
+            .unwrap_or_default(),
     }
 }
 
@@ -79,8 +85,26 @@ pub fn check(
             templates::render(file, source, &ctx).map_err(|e| unit_port_hint(e, source))?;
         }
         if let Some((_, file, source)) = &templates.nginx {
-            ctx.port = inventory.blue_green().map(|(_, bg)| bg.ports[0]);
-            templates::render(file, source, &ctx)?;
+            let ports = inventory.blue_green().map(|(_, bg)| bg.ports);
+            ctx.port = ports.map(|[a, _]| a);
+            let first = templates::render(file, source, &ctx)?;
+            if !ctx.maintenance.is_empty() && !first.contains(&ctx.maintenance) {
+                return Err(templates::TemplateError {
+                    template: file.clone(),
+                    line: None,
+                    message: "`migrate.maintenance` is set but the site does not place `{{ maintenance }}`: put it inside the `server { }` block that serves the app".to_owned(),
+                });
+            }
+            if let Some([_, b]) = ports {
+                ctx.port = Some(b);
+                if templates::render(file, source, &ctx)? == first {
+                    return Err(templates::TemplateError {
+                        template: file.clone(),
+                        line: None,
+                        message: "the site does not use `{{ port }}`: with a blue-green unit, Nginx must proxy to the port of the live instance (e.g. `proxy_pass http://127.0.0.1:{{ port }};`), or it would keep sending requests to the old one".to_owned(),
+                    });
+                }
+            }
         }
         if let Some((file, source)) = &templates.compose {
             templates::render(file, source, &ctx)?;
@@ -326,4 +350,43 @@ async fn put(conn: &Conn<'_>, step: &str, path: &str, content: &[u8]) -> Result<
             o.stderr.text().trim()
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blue_green(site: &str, unit: &str) -> Result<(), templates::TemplateError> {
+        let inv = crate::inventory::for_tests(
+            "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n\n[[hosts]]\nname = \"h1\"\n\n\
+             [[systemd]]\nunit = \"shop@.service\"\ntemplate = \"u\"\nports = [3001, 3002]\n\n\
+             [nginx]\nsite = \"shop\"\ntemplate = \"s\"\n\n\
+             [[health]]\nurl = \"http://127.0.0.1:{{ port }}/healthz\"\n",
+        );
+        let templates = Templates {
+            units: vec![("shop@.service".into(), "u".into(), unit.into())],
+            nginx: Some(("shop".into(), "s".into(), site.into())),
+            compose: None,
+        };
+        let hosts: Vec<&Host> = inv.hosts.iter().collect();
+        check(&inv, &hosts, &templates)
+    }
+
+    #[test]
+    fn a_blue_green_site_must_follow_the_port() {
+        let unit = "[Service]\nEnvironment=PORT=%i\n";
+        assert_eq!(
+            blue_green("proxy_pass http://127.0.0.1:{{ port }};\n", unit),
+            Ok(())
+        );
+        let e = blue_green("proxy_pass http://127.0.0.1:3001;\n", unit).unwrap_err();
+        assert!(e.message.contains("does not use `{{ port }}`"), "{e}");
+        // A unit has no `port`: the instance's is `%i`, and the error says so.
+        let e = blue_green(
+            "proxy_pass http://127.0.0.1:{{ port }};\n",
+            "[Service]\nEnvironment=PORT={{ port }}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`%i`"), "{e}");
+    }
 }

@@ -367,8 +367,13 @@ pub async fn check_idle(
     let watch = async {
         let cmd = Cmd::seq([
             Cmd::assign("unit", unit),
+            // Down, or waiting to be restarted after it exited; still starting is fine.
             Cmd::new(
-                r#"systemctl is-active --quiet -- "$unit" || { systemctl status --no-pager --lines=20 -- "$unit"; exit 1; }"#,
+                r#"state=$(systemctl show -p ActiveState -p SubState -- "$unit" 2>/dev/null | tr '\n' ' ')
+case "$state" in
+  *ActiveState=failed*|*ActiveState=inactive*|*ActiveState=deactivating*|*SubState=auto-restart*)
+    systemctl status --no-pager --lines=20 -- "$unit"; exit 1 ;;
+esac"#,
             ),
         ]);
         loop {

@@ -3,7 +3,8 @@
 //! What a template sees: `app` (name, deploy_to, user, current = `<deploy_to>/current`),
 //! `host` (name, address, roles, vars), `release` (id, path), `env` (path, and `keys`: the
 //! names of the env file's variables, never their values), and in the Nginx site of a
-//! blue-green unit `port` (the port of the instance going live). Undefined names are errors, so a
+//! blue-green unit `port` (the port of the instance going live), and `maintenance` (the
+//! Nginx lines of `migrate.maintenance`, empty without it). Undefined names are errors, so a
 //! typo fails the deploy before anything is switched instead of rendering an empty string.
 //!
 //! Pure: template text in, text out.
@@ -23,6 +24,9 @@ pub struct Context {
     /// its instance's port `%i`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The server-block lines that answer 503 while the migrations run (`migrate.maintenance`),
+    /// else empty: a site can always place it.
+    pub maintenance: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +114,7 @@ pub(crate) mod tests {
                 keys: vec!["DATABASE_URL".into(), "PORT".into()],
             },
             port: None,
+            maintenance: String::new(),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct Backup {
 #[derive(Debug)]
 pub struct Migrate {
     pub command: String,
+    /// While the migrations run, every host's Nginx site answers 503 with `Retry-After`
+    /// (the site template places `{{ maintenance }}`).
+    pub maintenance: bool,
 }
 
 impl Validator<'_> {

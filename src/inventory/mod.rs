@@ -187,8 +187,19 @@ impl Validator<'_> {
         let backup = raw.backup.and_then(|b| self.backup(b, &app_name, p));
         let migrate = raw.migrate.and_then(|m| {
             let command = self.required_text(m.command, "migrate.command", "migrate", p)?;
-            Some(Migrate { command })
+            Some(Migrate {
+                command,
+                maintenance: m.maintenance.unwrap_or(false),
+            })
         });
+        if migrate.as_ref().is_some_and(|m| m.maintenance) && nginx.is_none() {
+            let span = error::section_span(p.text, "migrate");
+            p.invalid(
+                span,
+                "migrate.maintenance",
+                "the maintenance window is an answer of the Nginx site: add `[nginx]` (its template places `{{ maintenance }}`), or remove `maintenance`",
+            );
+        }
         let hooks = raw
             .hooks
             .into_iter()

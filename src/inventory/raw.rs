@@ -128,6 +128,7 @@ pub(super) struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMigrate {
     pub(super) command: Option<S<String>>,
+    pub(super) maintenance: Option<bool>,
 }
 
 #[derive(Deserialize)]

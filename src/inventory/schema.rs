@@ -91,7 +91,10 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("verify", Leaf),
         ]),
     ),
-    ("migrate", Table(&[("command", Leaf)])),
+    (
+        "migrate",
+        Table(&[("command", Leaf), ("maintenance", Leaf)]),
+    ),
     (
         "hooks",
         Tables(&[

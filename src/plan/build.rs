@@ -163,6 +163,7 @@ pub fn deploy(inputs: &DeployInputs<'_>, hosts: &[HostFacts<'_>]) -> Plan {
         if let Some(m) = &inv.migrate {
             once.push(Step::Migrate {
                 command: m.command.clone(),
+                maintenance: m.maintenance,
             });
         }
     }
@@ -733,7 +734,8 @@ mod tests {
         assert_eq!(
             plan.once,
             vec![Step::Migrate {
-                command: "./migrate".into()
+                command: "./migrate".into(),
+                maintenance: false,
             }]
         );
         assert_eq!(plan.migrate_host.as_deref(), Some("h2"));

@@ -65,8 +65,13 @@ pub enum Step {
     },
     /// A verified database backup (once, on the migrate host).
     Backup { dir: String, keep: u32 },
-    /// The migrations (once, on the migrate host).
-    Migrate { command: String },
+    /// The migrations (once, on the migrate host); with `maintenance`, every host's site
+    /// answers 503 meanwhile.
+    Migrate {
+        command: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        maintenance: bool,
+    },
     /// Arm the dead-deployer guard: it switches the host back unless confirmed in time.
     ArmGuard { delay_secs: u64 },
     /// Install the env file staged by this run (skipped when nothing was staged).
@@ -296,7 +301,14 @@ impl fmt::Display for Step {
             Step::Backup { dir, keep } => {
                 write!(f, "back up the database into `{dir}` (keep {keep})")
             }
-            Step::Migrate { command } => write!(f, "migrate: `{command}`"),
+            Step::Migrate {
+                command,
+                maintenance: false,
+            } => write!(f, "migrate: `{command}`"),
+            Step::Migrate {
+                command,
+                maintenance: true,
+            } => write!(f, "migrate: `{command}` (every site answers 503 meanwhile)"),
             Step::ArmGuard { delay_secs } => {
                 write!(f, "arm the dead-deployer guard ({delay_secs} s)")
             }

@@ -35,6 +35,7 @@ mod host_keys;
 mod hostile;
 mod inventory_cli;
 mod jump;
+mod maintenance;
 mod openssh;
 mod plan;
 mod plan_steps;

@@ -159,6 +159,8 @@ impl Site {
             let unit = unit.as_table_mut().unwrap();
             let path = absolute(unit["template"].as_str().unwrap());
             unit.insert("template".into(), path.into());
+            // The example's drain (30 s), shortened: every redeploy waits for it.
+            unit.insert("drain".into(), "3s".into());
         }
         inv.insert("systemd".into(), units.into());
         let mut nginx = table(&mut inv, "nginx");
@@ -264,6 +266,24 @@ struct Received {
 }
 
 impl Streamed {
+    /// Waits until the response ends; returns all it delivered. Panics if it is still open
+    /// after [`PATIENCE`].
+    fn wait_end(&self) -> String {
+        let (lock, cond) = &*self.seen;
+        let deadline = Instant::now() + PATIENCE;
+        let mut state = lock.lock().unwrap();
+        while !state.ended {
+            let now = Instant::now();
+            if now >= deadline {
+                let text = String::from_utf8_lossy(&state.bytes).into_owned();
+                drop(state);
+                panic!("the response is still open; received so far:\n{text}");
+            }
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+        String::from_utf8_lossy(&state.bytes).into_owned()
+    }
+
     /// Waits until what arrived contains `needle`; returns it all, and whether the response
     /// had ended by then. Panics, showing what arrived, if it does not come in [`PATIENCE`].
     fn wait_for(&self, needle: &str) -> (String, bool) {
@@ -381,15 +401,18 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
     let inv = site.inventory(&fleet, &site.release("release-1", &[]));
     let first = outputs.deploy(&fleet, &inv, "deploy 1");
     assert_eq!(first["outcome"], "deployed", "{first:#}");
+    // Blue-green: the first deploy starts the instance on the first port and points the
+    // site at it.
+    assert_eq!(first["hosts"][0]["live_port"], 3000, "{first:#}");
     assert_eq!(
         fleet
-            .sh_ok("s1", "systemctl is-active obd2-dashboard-api.service")
+            .sh_ok("s1", "systemctl is-active obd2-dashboard-api@3000.service")
             .trim(),
         "active"
     );
     assert_eq!(
         fleet
-            .sh_ok("s1", "systemctl is-enabled obd2-dashboard-api.service")
+            .sh_ok("s1", "systemctl is-enabled obd2-dashboard-api@3000.service")
             .trim(),
         "enabled"
     );
@@ -401,12 +424,13 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
         "600 obd2"
     );
     let keys = fleet.sh_ok("s1", "cut -d= -f1 /etc/obd2-dashboard.env | sort");
-    for key in ["DATABASE_URL", "REDIS_URL", "SESSION_SECRET", "PORT"] {
+    for key in ["DATABASE_URL", "REDIS_URL", "SESSION_SECRET"] {
         assert!(keys.lines().any(|k| k == key), "{key} in {keys}");
     }
-    let unit = fleet.sh_ok("s1", "systemctl cat obd2-dashboard-api.service");
+    let unit = fleet.sh_ok("s1", "systemctl cat obd2-dashboard-api@3000.service");
     for line in [
         "EnvironmentFile=/etc/obd2-dashboard.env",
+        "Environment=PORT=%i",
         "WorkingDirectory=/opt/obd2-dashboard/current",
         "Restart=on-failure",
         "User=obd2",
@@ -500,6 +524,15 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
     assert_eq!(header(&head, "upgrade"), Some("websocket"), "{head}");
     drop(ws);
 
+    // An event stream opened before a redeploy stays on the old instance until the drain
+    // ends, then ends when that instance stops; a new stream reaches the new instance.
+    let old_stream = site.stream(
+        &fleet,
+        &format!("https://{SERVER_NAME}/api/v1/streams/telemetry"),
+        &[],
+    );
+    old_stream.wait_for("event: hello\n");
+
     // Data planted between deploys.
     sql(
         &fleet,
@@ -536,6 +569,27 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
         ),
     );
     let second = outputs.deploy(&fleet, &inv, "deploy 2");
+    assert_eq!(second["hosts"][0]["live_port"], 3001, "{second:#}");
+    // The deploy stopped the old instance after the drain: the stream it held has ended.
+    let text = old_stream.wait_end();
+    assert!(text.contains("event: hello"), "{text}");
+    let events = site.stream(
+        &fleet,
+        &format!("https://{SERVER_NAME}/api/v1/streams/telemetry"),
+        &[],
+    );
+    events.wait_for("event: hello\n");
+    drop(events);
+    assert_eq!(
+        fleet
+            .sh_ok(
+                "s1",
+                "systemctl is-active obd2-dashboard-api@3000.service obd2-dashboard-api@3001.service || true"
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["inactive", "active"]
+    );
     let inv = site.inventory(
         &fleet,
         &site.release(
