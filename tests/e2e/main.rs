@@ -7,6 +7,7 @@ mod rawtar;
 mod support;
 
 mod auth;
+mod blue_green;
 mod build;
 mod check;
 mod ci_output;

@@ -69,6 +69,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod docker;
+pub mod load;
 pub mod postgres;
 pub mod registry;
 pub mod systemd;
