@@ -267,13 +267,9 @@ if [ -n "$old" ]; then
     done
   fi
   systemctl enable --quiet -- "$old" 2>/dev/null
-fi
-prev="$base/.shipit/previous/nginx"
-if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644 || exit 1
-elif [ -f "$prev/$site.absent" ]; then rm -f -- "$avail"; fi
-[ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
-nginx -t >/dev/null 2>&1 || exit 1"#,
+fi"#,
     ));
+    steps.push(Cmd::new(PUT_BACK));
     steps.push(Cmd::new(RELOAD));
     steps.push(Cmd::new(
         r#"
@@ -285,19 +281,76 @@ sleep "$drain""#,
     Cmd::seq(steps)
 }
 
+/// Puts back the site saved in `$prev` (or removes one the run added, or unlinks one it
+/// linked), then `nginx -t`.
+const PUT_BACK: &str = r#"
+prev="$base/.shipit/previous/nginx"
+if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644 || exit 1
+elif [ -f "$prev/$site.absent" ]; then rm -f -- "$avail"; fi
+[ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
+nginx -t >/dev/null 2>&1 || exit 1"#;
+
 /// Puts the previous site back (or removes one this deploy added) and reloads.
 pub fn restore(deploy_to: &str, site: &str) -> Cmd {
     let mut steps = vars(site);
     steps.push(Cmd::assign("base", deploy_to));
     steps.push(Cmd::new(super::files::COPY));
-    steps.push(Cmd::new(
-        r#"
-prev="$base/.shipit/previous/nginx"
-if [ -f "$prev/$site" ]; then shipit_copy "$prev/$site" "$avail" 644 || exit 1
-elif [ -f "$prev/$site.absent" ]; then rm -f -- "$avail"; fi
-[ -f "$prev/$site.unlinked" ] && rm -f -- "$enabled"
-nginx -t >/dev/null 2>&1 || exit 1"#,
-    ));
+    steps.push(Cmd::new(PUT_BACK));
     steps.push(Cmd::new(RELOAD));
     Cmd::seq(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sh -n`: the script parses. Each of these also runs inside the dead-deployer guard's
+    /// script, where a syntax error would stop the whole switch-back.
+    fn parses(cmd: &Cmd) {
+        let text = cmd.render();
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-n", "-c", &text])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn every_site_script_parses_alone_and_in_a_guard() {
+        let base = "/opt/my app";
+        let scripts = [
+            install(base, "shop", "/opt/my app/releases/r/.shipit/nginx/shop"),
+            restore(base, "shop"),
+            point(base, "shop", "/c", 3002, "shop@3002.service"),
+            point_back(
+                base,
+                "shop",
+                Some(("shop@3001.service", 3001)),
+                ("shop@3002.service", 3002),
+                5,
+            ),
+            point_back(base, "shop", None, ("shop@3001.service", 3001), 5),
+            maintenance_hold(base, "t", 60),
+            maintenance_state(base),
+            crate::commands::systemd::start_instance(base, "shop@3001.service", 3001, "r"),
+            crate::commands::systemd::stop_instance(base, "shop@3001.service", 3001),
+        ];
+        for script in &scripts {
+            parses(script);
+        }
+        let guard = crate::commands::guard::script(base, "t", "r2", Some("r1"), &scripts, "{}");
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-n", "-c", &guard])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

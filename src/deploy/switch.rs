@@ -257,18 +257,23 @@ pub async fn install_site(ctx: &Ctx<'_>, c: &Conn<'_>, site: &str) -> Result<(),
         site,
         &format!("{}/{NGINX_DIR}/{site}", ctx.release_dir()),
     );
-    let what = "installing the nginx site";
-    let o = execute::output(
-        c,
-        "install_site",
-        what,
-        ExecRequest::new(&cmd, timeout::SHORT),
-    )
-    .await?;
+    run_site(c, "install_site", "installing the nginx site", site, &cmd).await
+}
+
+/// Runs `cmd`, a command that installs `site`, as `step`: a rejected site says what
+/// `nginx -t` said.
+async fn run_site(
+    c: &Conn<'_>,
+    step: &str,
+    what: &str,
+    site: &str,
+    cmd: &Cmd,
+) -> Result<(), RemoteError> {
+    let o = execute::output(c, step, what, ExecRequest::new(cmd, timeout::SHORT)).await?;
     if o.success() {
         return Ok(());
     }
-    let e = RemoteError::from_output(&c.host.name, "install_site", what, &o);
+    let e = RemoteError::from_output(&c.host.name, step, what, &o);
     if e.is(exit::NGINX_INVALID) {
         return Err(e.saying(format!(
             "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
@@ -422,25 +427,14 @@ pub async fn point_site(
         port,
         unit,
     );
-    let what = "pointing the nginx site at the new instance";
-    let o = execute::output(
+    run_site(
         c,
         "point_site",
-        what,
-        ExecRequest::new(&cmd, timeout::SHORT),
+        "pointing the nginx site at the new instance",
+        site,
+        &cmd,
     )
-    .await?;
-    if o.success() {
-        return Ok(());
-    }
-    let e = RemoteError::from_output(&c.host.name, "point_site", what, &o);
-    if e.is(exit::NGINX_INVALID) {
-        return Err(e.saying(format!(
-            "`nginx -t` rejects site `{site}`; the previous site was kept:\n{}",
-            o.stderr.text().trim_end()
-        )));
-    }
-    Err(e)
+    .await
 }
 
 /// `stop_old`: once the drain has passed since the site moved, the old instance stops.
