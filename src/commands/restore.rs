@@ -42,8 +42,12 @@ actual=$(sha256 < "$file") || exit 1
 meta="$bdir/$name.meta"
 if [ -f "$meta" ] && [ ! -L "$meta" ]; then
   recorded=$(sed -n 's/^sha256 \([0-9a-f]\{64\}\)$/\1/p' "$meta" | head -n 1)
-  if [ -n "$recorded" ] && [ "$recorded" != "$actual" ]; then
-    printf 'the sha256 of `%s` is %s, not the %s recorded when it was made: the file is damaged or was changed; refused\n' "$file" "$actual" "$recorded" >&2
+  if [ -z "$recorded" ]; then
+    printf 'its record `%s` holds no sha256 to check it against (damaged?)\n' "$meta" >&2
+    exit 114
+  fi
+  if [ "$recorded" != "$actual" ]; then
+    printf 'the sha256 of `%s` is %s, not the %s recorded when it was made: the file is damaged or was changed\n' "$file" "$actual" "$recorded" >&2
     exit 114
   fi
   echo "sha256 $actual"

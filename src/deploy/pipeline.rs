@@ -602,11 +602,22 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     let restore_step = match &rb.restore {
         None => None,
         Some(req) => {
-            match restore_step(rb.stage, rb.inventory, &conns, &ok_trees, req, &target).await {
+            match restore_step(
+                rb.stage,
+                rb.inventory,
+                rb.out,
+                &conns,
+                &ok_trees,
+                req,
+                &target,
+            )
+            .await
+            {
                 Ok(step) => Some((req.host.clone(), step)),
                 Err(e) => {
+                    // The reason is the run's message: nothing else happened.
+                    let message = format!("{}; nothing was changed", e.message);
                     r.fail_host(e);
-                    let message = "nothing was changed".to_owned();
                     return r.close(&conns, Outcome::Failed, Some(message)).await;
                 }
             }
@@ -676,9 +687,11 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
 }
 
 /// Finds and checks the backup a restore run restores, on the migrate host; changes nothing.
+#[allow(clippy::too_many_arguments)]
 async fn restore_step(
     stage: &str,
     inventory: &Inventory,
+    out: &Output,
     conns: &[Conn<'_>],
     trees: &[ReleaseTree],
     req: &RestoreDb<'_>,
@@ -709,17 +722,13 @@ async fn restore_step(
     };
     let cwd = format!("{}/releases/{current}", inventory.app.deploy_to);
     let vars = super::hooks::task_vars(inventory, &c.host.name, &current, None);
-    let checked = super::restore::check(c, inventory, &cwd, &vars, &name)
-        .await
-        .map_err(|e| {
-            let why = if e.is(commands::exit::BACKUP_DAMAGED) {
-                "refused"
-            } else {
-                "not found"
-            };
-            let message = format!("backup `{name}` {why}: {}; nothing was changed", e.message);
-            e.saying(message)
-        })?;
+    let checked = super::restore::check(c, inventory, &cwd, &vars, &name).await?;
+    if !checked.recorded {
+        out.emit(crate::output::Event::Note(&format!(
+            "{}: `{name}` has no record (`{name}.meta`: made before shipit recorded backups): no sha256 to check it against, only `backup.verify`",
+            c.host.name
+        )));
+    }
     let maintenance =
         inventory.migrate.as_ref().is_some_and(|m| m.maintenance) && inventory.nginx.is_some();
     Ok(Step::Restore {

@@ -32,6 +32,9 @@ pub struct Checked {
     pub live: Option<String>,
     /// The release it was taken for (or `manual`), when recorded.
     pub taken_for: Option<String>,
+    /// Whether it has a record (`<name>.meta`): one made before shipit recorded backups
+    /// is checked by `backup.verify` only.
+    pub recorded: bool,
 }
 
 fn backup_ref<'a>(
@@ -108,15 +111,38 @@ pub async fn check(
         b.verify.as_deref(),
     );
     let what = format!("checking the backup `{name}`");
-    let o = execute::run(conn, "backup", &what, &script, timeout::LONG).await?;
+    let o = execute::output(
+        conn,
+        "restore",
+        &what,
+        ExecRequest::new(&script, timeout::LONG),
+    )
+    .await?;
+    if !o.success() {
+        let stderr = o.stderr.text();
+        let why = stderr.trim_end();
+        let message = match o.exit {
+            // The scripts' own words say what is wrong and where.
+            Exit::Code(exit::BACKUP_DAMAGED) => format!("backup `{name}` refused: {why}"),
+            Exit::Code(exit::BACKUP_NOT_FOUND) => why.to_owned(),
+            _ => format!("checking the backup `{name}` failed ({}): {why}", o.exit),
+        };
+        return Err(
+            RemoteError::from_output(&conn.host.name, "restore", &what, &o).saying(message),
+        );
+    }
     let text = o.stdout.text();
     let mut checked = Checked {
         name: name.to_owned(),
         sha256: String::new(),
         live: None,
         taken_for: None,
+        recorded: true,
     };
     for line in text.lines() {
+        if line == "unrecorded" {
+            checked.recorded = false;
+        }
         if let Some(sha) = line.strip_prefix("sha256 ") {
             checked.sha256 = sha.trim().to_owned();
         } else if let Some(live) = line.strip_prefix("live ") {
@@ -149,12 +175,12 @@ pub fn for_rollback<'a>(
         });
     let Some(b) = taken else {
         return Err(format!(
-            "no backup was taken for release {current} (it ran no backup before its migrations, or the backup was removed): nothing was changed; `shipit backups {stage}` lists the backups, `shipit restore {stage} <BACKUP> --release {target}` restores one and switches, `shipit rollback {stage}` switches without restoring"
+            "no backup was taken for release {current} (it ran no backup before its migrations, or the backup was removed); `shipit backups {stage}` lists the backups, `shipit restore {stage} <BACKUP> --release {target}` restores one and switches, `shipit rollback {stage}` switches without restoring"
         ));
     };
     match &b.live_release {
         Some(live) if live != target => Err(format!(
-            "`{}` was taken while release {live} was live, so it holds {live}'s schema, not {target}'s: nothing was changed; roll back to {live} (`--to {live}`), or restore a backup taken while {target} was live with `shipit restore {stage} <BACKUP> --release {target}`",
+            "`{}` was taken while release {live} was live, so it holds {live}'s schema, not {target}'s; roll back to {live} (`--to {live}`), or restore a backup taken while {target} was live with `shipit restore {stage} <BACKUP> --release {target}`",
             b.name
         )),
         _ => Ok(b),
