@@ -307,6 +307,7 @@ fn rollback_restore_db_undoes_a_destructive_migration() {
     assert_eq!(report["action"], "rollback", "{report:#}");
     assert_eq!(report["release"], v1.as_str(), "{report:#}");
     assert_eq!(report["exit_code"], 0, "{report:#}");
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 2, "{report:#}");
     let restored = &report["restored"];
     assert_eq!(restored["host"], "h1", "{report:#}");
     assert_eq!(restored["backup"], name(&for_v2), "{report:#}");
@@ -406,6 +407,8 @@ fn restore_named_backup_keeps_the_release() {
     assert_eq!(code, 0, "{stderr}\n{report:#}");
     assert_eq!(report["action"], "restore", "{report:#}");
     assert_eq!(report["exit_code"], 0, "{report:#}");
+    assert!(report["hosts"].is_array(), "{report:#}");
+    assert_eq!(report["restored"]["host"], "h1", "{report:#}");
     assert_eq!(report["restored"]["backup"], name(&before_v2), "{report:#}");
     assert_eq!(
         report["restored"]["sha256"], before_v2["sha256"],
