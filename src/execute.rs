@@ -244,10 +244,25 @@ pub async fn step(
                 &release_dir,
                 &vars(),
                 ctx.release,
+                ctx.facts
+                    .get(&c.host.name)
+                    .and_then(|t| t.current.as_deref()),
                 ctx.now_unix,
                 ctx.out,
             )
             .await?;
+        }
+        Step::Restore { .. } => {
+            // In the release that runs now (whose compose file names the database's
+            // services), as a backup runs.
+            let live = ctx
+                .facts
+                .get(&c.host.name)
+                .and_then(|t| t.current.clone())
+                .unwrap_or_else(|| ctx.release.to_owned());
+            let cwd = format!("{}/releases/{live}", inv.app.deploy_to);
+            let vars = hooks::task_vars(inv, &c.host.name, &live, None);
+            crate::deploy::restore::restore(ctx, c, &cwd, &vars, step).await?;
         }
         Step::Migrate { .. } => {
             once::migrate(c, inv, &release_dir, &vars(), ctx.out).await?;

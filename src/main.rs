@@ -111,6 +111,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
             )));
         }
     }
+    if cli.command.restores() {
+        shipit::deploy::restore::can_restore(&inventory).map_err(Error::Usage)?;
+        if !cli.global.yes && !std::io::stdin().is_terminal() {
+            return Err(Error::Usage(
+                "a restore replaces the database's content, and stdin is not a terminal to confirm on: pass `--yes` to restore without asking".to_owned(),
+            ));
+        }
+    }
     let started_millis = shipit::clock::now_millis();
     let started_unix = started_millis / 1000;
 
@@ -244,7 +252,19 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 out.emit(Event::Done(&report));
                 Ok(report.exit_code)
             }
-            Command::Rollback { to, .. } => {
+            Command::Rollback { to, .. } | Command::Restore { release: to, .. } => {
+                let migrate_host =
+                    names[shipit::deploy::once::migrate_host_index(&inventory, &names)].to_owned();
+                let yes = cli.global.yes;
+                let ask = |question: &str| yes || confirm(&out, question);
+                let restore = cli.command.restores().then(|| pipeline::RestoreDb {
+                    backup: match &cli.command {
+                        Command::Restore { backup, .. } => Some(backup.clone()),
+                        _ => None,
+                    },
+                    host: migrate_host,
+                    confirm: &ask,
+                });
                 let report = pipeline::rollback(pipeline::Rollback {
                     stage: &stage,
                     inventory: &inventory,
@@ -255,6 +275,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     run: &run,
                     cancel: cancel_on_signals(),
                     templates: &templates,
+                    restore,
                 })
                 .await;
                 out.emit(Event::Done(&report));
@@ -302,8 +323,17 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 }
                 let conn = &conns[0];
                 let mut locked = false;
-                let ok = if matches!(cli.command, Command::Backup { .. }) {
-                    let report = backup::backup_now(&stage, conn, &inventory, &run, &out).await;
+                let ok = if let Command::Backup {
+                    verify_restore,
+                    backup: name,
+                    ..
+                } = &cli.command
+                {
+                    let report = if *verify_restore {
+                        backup::drill(&stage, conn, &inventory, &run, name.as_deref()).await
+                    } else {
+                        backup::backup_now(&stage, conn, &inventory, &run, &out).await
+                    };
                     out.emit(Event::Done(&report));
                     locked = report.locked;
                     report.error.is_none()
@@ -582,6 +612,14 @@ fn cancel_on_signals() -> Cancel {
         }
     });
     Cancel::new(rx)
+}
+
+/// Asks `question` on the terminal (the caller made sure stdin is one, or `--yes`).
+fn confirm(out: &Output, question: &str) -> bool {
+    out.emit(Event::Note(&format!("{question} [y/N]")));
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
 fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> bool {

@@ -120,6 +120,24 @@ pub enum Command {
         /// The release id to go back to (see `shipit releases`)
         #[arg(long, value_name = "ID")]
         to: Option<String>,
+        /// Also restore the database backup taken before the current release's migrations (asks first; `--yes` to skip)
+        #[arg(long)]
+        restore_db: bool,
+    },
+    /// Restore a database backup (as `shipit backups` lists it) on the migrate host, with the app stopped meanwhile
+    #[command(
+        after_help = "Example:\n  shipit restore prod shop-20261122T101500Z-3f2a9c1d0b7e-20261122T101502Z.dump\n  shipit restore prod shop-manual-20261120T080000Z.dump --release 20261119T170000Z-0a1b2c3d4e5f"
+    )]
+    Restore {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+        /// The backup's file name, as `shipit backups` lists it
+        #[arg(value_name = "BACKUP")]
+        backup: String,
+        /// Also switch every host to this release (see `shipit releases`); by default the release stays
+        #[arg(long, value_name = "ID")]
+        release: Option<String>,
     },
     /// List releases: which hosts hold each, and where it is current
     #[command(after_help = "Example:\n  shipit releases staging")]
@@ -136,11 +154,19 @@ pub enum Command {
         stage: String,
     },
     /// Make one verified database backup now, on the migrate host, under the deploy lock
-    #[command(after_help = "Example:\n  shipit backup prod")]
+    #[command(
+        after_help = "Example:\n  shipit backup prod\n  shipit backup prod --verify-restore       the restore drill, on the newest backup"
+    )]
     Backup {
         /// Stage name: reads inventory/<STAGE>.toml
         #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
+        /// Make no backup: restore the newest (or `--backup`) into a scratch database, count its tables and rows, drop it; fails when empty
+        #[arg(long)]
+        verify_restore: bool,
+        /// With `--verify-restore`: this backup instead of the newest
+        #[arg(long, value_name = "NAME", requires = "verify_restore")]
+        backup: Option<String>,
     },
     /// List the database backups on the migrate host, newest first, with sizes and times
     #[command(after_help = "Example:\n  shipit backups prod")]
@@ -223,7 +249,8 @@ impl Command {
             | Command::Releases { stage }
             | Command::History { stage }
             | Command::Unlock { stage }
-            | Command::Backup { stage }
+            | Command::Backup { stage, .. }
+            | Command::Restore { stage, .. }
             | Command::Backups { stage } => stage,
             Command::Completions { .. } | Command::Man { .. } => return None,
         };
@@ -240,7 +267,10 @@ impl Command {
     pub fn needs_templates(&self) -> bool {
         matches!(
             self,
-            Command::Deploy { .. } | Command::Rollback { .. } | Command::Plan { .. }
+            Command::Deploy { .. }
+                | Command::Rollback { .. }
+                | Command::Restore { .. }
+                | Command::Plan { .. }
         )
     }
 
@@ -253,7 +283,24 @@ impl Command {
             Command::Deploy { .. }
                 | Command::Plan { .. }
                 | Command::Backup { .. }
+                | Command::Restore { .. }
+                | Command::Rollback {
+                    restore_db: true,
+                    ..
+                }
                 | Command::Check { .. }
+        )
+    }
+
+    /// Whether the command restores a database backup (asks first, unless `--yes`).
+    pub fn restores(&self) -> bool {
+        matches!(
+            self,
+            Command::Restore { .. }
+                | Command::Rollback {
+                    restore_db: true,
+                    ..
+                }
         )
     }
 }

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod nginx;
 pub mod passed;
 pub mod release;
+pub mod restore;
 pub mod strict;
 pub mod systemd;
 pub mod task;
@@ -87,4 +88,11 @@ pub mod exit {
     /// The idle port of a blue-green unit is taken by a process that is not its instance:
     /// a check there would check that process. Nothing was started.
     pub const PORT_TAKEN: u32 = 113;
+    /// A backup's sha256 is not the one recorded when it was made, or its verify command
+    /// rejects it: nothing was restored.
+    pub const BACKUP_DAMAGED: u32 = 114;
+    /// No such backup of this app (or a name that is not one of its backup names).
+    pub const BACKUP_NOT_FOUND: u32 = 115;
+    /// The restore (or the drill's restore into its scratch database) failed.
+    pub const RESTORE_FAILED: u32 = 117;
 }

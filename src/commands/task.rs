@@ -22,7 +22,7 @@ pub struct TaskVars {
 }
 
 /// The prelude: `cd` into `dir`, load the env file, export the task's variables.
-fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
+pub fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
     let mut steps = vec![
         Cmd::assign("dir", dir),
         Cmd::assign("envfile", env_path.unwrap_or("")),
@@ -72,30 +72,31 @@ pub fn run(dir: &str, env_path: Option<&str>, vars: &TaskVars, command: &str) ->
 /// non-empty and by `verify <file>` when given, then keeps the newest `keep` of this app's
 /// own backups (see [`OWN_BACKUPS`]); nothing else in `dir` is touched. A backup never
 /// replaces another: a name already taken (two backups in one second) gets `-2`, `-3`, ...
-/// before the suffix. Prints `backup <path> <bytes>`.
-#[allow(clippy::too_many_arguments)]
+/// before the suffix. Beside it, `<name>.meta` records its sha256, the release that was live
+/// (`live`) and the one it was taken for (`label`: a release id, or `manual`): a restore
+/// checks the file against it. Prints `backup <path> <bytes> <sha256>`.
 pub fn backup(
     cwd: &str,
     env_path: Option<&str>,
     vars: &TaskVars,
     command: &str,
-    dir: &str,
-    name: &str,
+    file: &BackupName<'_>,
     verify: Option<&str>,
     keep: u32,
-    prefix: &str,
-    suffix: &str,
 ) -> Cmd {
     let mut steps = prelude(cwd, env_path, vars);
     steps.extend([
         Cmd::assign("cmd", command),
-        Cmd::assign("bdir", dir),
-        Cmd::assign("name", name),
+        Cmd::assign("bdir", file.dir),
+        Cmd::assign("name", file.name),
         Cmd::assign("verify", verify.unwrap_or("")),
         Cmd::assign("keep", keep.to_string()),
-        Cmd::assign("prefix", prefix),
-        Cmd::assign("suffix", suffix),
+        Cmd::assign("prefix", file.prefix),
+        Cmd::assign("suffix", file.suffix),
+        Cmd::assign("label", file.label),
+        Cmd::assign("live", file.live.unwrap_or("")),
         Cmd::new(OWN_BACKUPS),
+        Cmd::new(SHA256),
         Cmd::new(
             r#"
 extra=$(cat) || exit 1
@@ -104,8 +105,8 @@ umask 077
 mkdir -p -- "$bdir" || exit 1
 # The lock is held: this app's temp file here is left by a run that died; never a backup.
 # Other apps' temp files in a shared directory are theirs (their lock, not ours).
-(cd -- "$bdir" && for f in ."$prefix"*"$suffix".partial; do
-  if own "${f#.}" "$suffix.partial"; then rm -f -- "$f" || exit 1; fi
+(cd -- "$bdir" && for f in ."$prefix"*"$suffix".partial ."$prefix"*"$suffix".meta.partial; do
+  if own "${f#.}" "$suffix.partial" || own "${f#.}" "$suffix.meta.partial"; then rm -f -- "$f" || exit 1; fi
 done) || exit 1
 tmp="$bdir/.$name.partial"
 # pipefail: a failing pg_dump piped into gzip must fail the backup, not leave a stub.
@@ -122,13 +123,20 @@ if [ -n "$verify" ]; then
     rm -f -- "$tmp"; printf 'verifying the backup failed: %s\n' "$report" >&2; exit 89
   fi
 fi
+sha=$(sha256 < "$tmp") || { rm -f -- "$tmp"; exit 1; }
 n=1 stem=${name%"$suffix"}
-while [ -e "$bdir/$name" ]; do n=$((n + 1)); name="$stem-$n$suffix"; done
+while [ -e "$bdir/$name" ] || [ -e "$bdir/$name.meta" ]; do n=$((n + 1)); name="$stem-$n$suffix"; done
+printf 'sha256 %s\nlive %s\nfor %s\n' "$sha" "$live" "$label" > "$bdir/.$name.meta.partial" || exit 1
+mv -f -- "$bdir/.$name.meta.partial" "$bdir/$name.meta" || exit 1
 mv -f -- "$tmp" "$bdir/$name" || exit 1
-echo "backup $bdir/$name $(wc -c < "$bdir/$name")"
+echo "backup $bdir/$name $(wc -c < "$bdir/$name") $sha"
 cd -- "$bdir" || exit 0
 own_backups | tail -n "+$((keep + 1))" | while IFS= read -r old; do
-  [ "$old" = "$name" ] || rm -f -- "$old"
+  [ "$old" = "$name" ] || rm -f -- "$old" "$old.meta"
+done
+# The record of a backup that is gone (removed by hand) goes too.
+for f in "$prefix"*"$suffix.meta"; do
+  if own "${f%.meta}" && [ -f "$f" ] && [ ! -e "${f%.meta}" ]; then rm -f -- "$f"; fi
 done
 exit 0"#,
         ),
@@ -143,7 +151,7 @@ exit 0"#,
 /// for app `shop`'s and deleted them. `own <name> [<suffix>]` tests one name;
 /// `own_backups` prints the regular files in the current directory that are this app's,
 /// newest first, one a line (such names hold no newline).
-const OWN_BACKUPS: &str = r#"
+pub const OWN_BACKUPS: &str = r#"
 ts='[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z'
 hx='[0-9a-f]'
 rid="$ts-$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx$hx"
@@ -163,7 +171,29 @@ own_backups() {
   [ "$#" = 0 ] || ls -1td -- "$@"
 }"#;
 
-/// Lists this app's backups: `<bytes> <mtime epoch> <name>` per file, newest first.
+/// Where a backup goes and what it records (see [`backup`]).
+pub struct BackupName<'a> {
+    pub dir: &'a str,
+    /// The file's name: `<prefix><label>-<YYYYMMDDTHHMMSSZ><suffix>`.
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+    /// The release id it is taken for, or `manual`.
+    pub label: &'a str,
+    /// The release `current` points at now.
+    pub live: Option<&'a str>,
+}
+
+/// `sha256`: the hex digest of stdin (coreutils, else OpenSSL).
+pub const SHA256: &str = r#"
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-64
+  else openssl dgst -sha256 -r | cut -c1-64; fi
+}"#;
+
+/// Lists this app's backups, newest first: per file a line `<bytes> <mtime epoch> <name>`,
+/// then its `.meta` record's lines (each starting `sha256 `, `live ` or `for `) when it has
+/// one, then a line `end`.
 pub fn list_backups(dir: &str, prefix: &str, suffix: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("bdir", dir),
@@ -175,6 +205,8 @@ pub fn list_backups(dir: &str, prefix: &str, suffix: &str) -> Cmd {
 cd -- "$bdir" 2>/dev/null || exit 0
 own_backups | while IFS= read -r f; do
   echo "$(wc -c < "$f") $(stat -c %Y -- "$f") $f"
+  if [ -f "$f.meta" ] && [ ! -L "$f.meta" ]; then head -c 4096 -- "$f.meta" | grep -E '^(sha256|live|for) '; fi
+  echo end
 done"#,
         ),
     ])
@@ -227,12 +259,16 @@ mod tests {
             Some(&env),
             &vars(),
             "echo \"$SHIPIT_RELEASE $SHIPIT_PREVIOUS $DB_NAME $PGUSER\"; echo \"$SHIPIT_COMPOSE\"",
-            &format!("{base}/backups"),
-            "shop-r2.txt",
+            &BackupName {
+                dir: &format!("{base}/backups"),
+                name: "shop-r2.txt",
+                prefix: "shop-",
+                suffix: ".txt",
+                label: "manual",
+                live: None,
+            },
             None,
             7,
-            "shop-",
-            ".txt",
         );
         let out = sh(&cmd, "PGUSER=app\n");
         assert!(out.status.success(), "{out:?}");
@@ -313,12 +349,16 @@ mod tests {
                 None,
                 &TaskVars::default(),
                 &format!("echo {i}"),
-                &bdir,
-                "shop-manual-20260101T000000Z.sql.gz",
+                &BackupName {
+                    dir: &bdir,
+                    name: "shop-manual-20260101T000000Z.sql.gz",
+                    prefix: "shop-",
+                    suffix: ".sql.gz",
+                    label: "manual",
+                    live: None,
+                },
                 None,
                 3,
-                "shop-",
-                ".sql.gz",
             );
             let out = sh(&cmd, "");
             assert!(out.status.success(), "{out:?}");
@@ -341,8 +381,11 @@ mod tests {
             kept,
             [
                 "shop-manual-20260101T000000Z-2.sql.gz",
+                "shop-manual-20260101T000000Z-2.sql.gz.meta",
                 "shop-manual-20260101T000000Z-3.sql.gz",
+                "shop-manual-20260101T000000Z-3.sql.gz.meta",
                 "shop-manual-20260101T000000Z-4.sql.gz",
+                "shop-manual-20260101T000000Z-4.sql.gz.meta",
             ]
         );
         let last = std::fs::read_to_string(format!("{bdir}/shop-manual-20260101T000000Z-4.sql.gz"));
@@ -379,12 +422,16 @@ mod tests {
             None,
             &TaskVars::default(),
             "echo new",
-            &bdir,
-            "shop-manual-20260101T000000Z.dump",
+            &BackupName {
+                dir: &bdir,
+                name: "shop-manual-20260101T000000Z.dump",
+                prefix: "shop-",
+                suffix: ".dump",
+                label: "manual",
+                live: None,
+            },
             None,
             1,
-            "shop-",
-            ".dump",
         );
         let out = sh(&cmd, "");
         assert!(out.status.success(), "{out:?}");
@@ -395,14 +442,22 @@ mod tests {
         left.sort();
         let mut want: Vec<String> = others.iter().map(|s| (*s).to_owned()).collect();
         want.push("shop-manual-20260101T000000Z.dump".to_owned());
+        want.push("shop-manual-20260101T000000Z.dump.meta".to_owned());
         want.sort();
         assert_eq!(left, want);
         let listed = sh(&list_backups(&bdir, "shop-", ".dump"), "");
         let listed = String::from_utf8(listed.stdout).unwrap();
-        assert_eq!(listed.lines().count(), 1, "{listed}");
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(lines.len(), 5, "{listed}");
         assert!(
-            listed.ends_with(" shop-manual-20260101T000000Z.dump\n"),
+            lines[0].ends_with(" shop-manual-20260101T000000Z.dump"),
             "{listed}"
         );
+        // The sha256 of "new\n".
+        assert_eq!(
+            lines[1],
+            "sha256 7aa7a5359173d05b63cfd682e3c38487f3cb4f7f1d60659fe59fab1505977d4c"
+        );
+        assert_eq!(&lines[2..], ["live ", "for manual", "end"], "{listed}");
     }
 }

@@ -20,9 +20,15 @@ use crate::transport::{ExecRequest, Stdin};
 /// How long the deployer waits for every host's flag before the migrations start anyway.
 const READY_WITHIN: Duration = Duration::from_secs(15);
 
-/// Runs `work` (the migrations) inside the maintenance window of every host in `conns`. A
-/// host whose flag could not be set is a note, not a failure: its site keeps serving.
-pub async fn during<T>(ctx: &Ctx<'_>, conns: &[Conn<'_>], work: impl Future<Output = T>) -> T {
+/// Runs `work` (the migrations, or a restore: `while` says which, as in "the sites answer
+/// 503 while ...") inside the maintenance window of every host in `conns`. A host whose flag
+/// could not be set is a note, not a failure: its site keeps serving.
+pub async fn during<T>(
+    ctx: &Ctx<'_>,
+    conns: &[Conn<'_>],
+    while_: &str,
+    work: impl Future<Output = T>,
+) -> T {
     let deploy_to = ctx.inventory.app.deploy_to.as_str();
     let hold = commands::nginx::maintenance_hold(deploy_to, ctx.token, timeout::LONG.as_secs());
     let mut ends = Vec::new();
@@ -41,12 +47,14 @@ pub async fn during<T>(ctx: &Ctx<'_>, conns: &[Conn<'_>], work: impl Future<Outp
         for (c, ready) in conns.iter().zip(ready) {
             if !ready {
                 ctx.note(&format!(
-                    "{}: the maintenance window could not be opened; its site keeps serving during the migrations",
+                    "{}: the maintenance window could not be opened; its site keeps serving while {while_}",
                     c.host.name
                 ));
             }
         }
-        ctx.note("maintenance window open: the sites answer 503 while the migrations run");
+        ctx.note(&format!(
+            "maintenance window open: the sites answer 503 while {while_}"
+        ));
         let out = work.await;
         drop(ends);
         out

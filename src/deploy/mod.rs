@@ -14,6 +14,7 @@ pub mod once;
 pub mod phases;
 pub mod pipeline;
 pub mod preview;
+pub mod restore;
 pub mod stage;
 pub mod strict;
 pub mod switch;

@@ -23,7 +23,7 @@ use crate::transport::fleet::Conn;
 use crate::transport::{ExecRequest, Exit, Stdin};
 
 /// The value of `DATABASE_URL` among the env file's variables and secrets.
-fn database_url(inventory: &Inventory) -> Option<Secret> {
+pub(crate) fn database_url(inventory: &Inventory) -> Option<Secret> {
     let env = inventory.env.as_ref()?;
     env.secrets
         .iter()
@@ -41,6 +41,7 @@ pub async fn backup(
     cwd: &str,
     vars: &TaskVars,
     label: &str,
+    live: Option<&str>,
     now_unix: u64,
     out: &Output,
 ) -> Result<Option<BackupFile>, RemoteError> {
@@ -55,17 +56,22 @@ pub async fn backup(
     let prefix = format!("{}-", inventory.app.name);
     let suffix = format!(".{}", b.extension);
     let name = format!("{prefix}{label}-{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z{suffix}");
+    let file = task::BackupName {
+        dir: &b.dir,
+        name: &name,
+        prefix: &prefix,
+        suffix: &suffix,
+        label,
+        live,
+    };
     let cmd = task::backup(
         cwd,
         hooks::env_path(inventory),
         vars,
         &b.command,
-        &b.dir,
-        &name,
+        &file,
         b.verify.as_deref(),
         b.keep,
-        &prefix,
-        &suffix,
     );
     let extra = match b.kind {
         BackupKind::Postgres => database_url(inventory)
@@ -77,15 +83,18 @@ pub async fn backup(
     match conn.transport.exec(req).await {
         Ok(o) if o.success() => {
             let text = o.stdout.text();
+            // `backup <path> <bytes> <sha256>`: the path may hold spaces, the rest not.
             let line = text.lines().find_map(|l| l.strip_prefix("backup "));
-            let (path, bytes) = line
-                .and_then(|l| l.rsplit_once(' '))
+            let (rest, sha256) = line.and_then(|l| l.rsplit_once(' ')).unwrap_or_default();
+            let (path, bytes) = rest
+                .rsplit_once(' ')
                 .map(|(p, n)| (p.to_owned(), n.trim().parse().unwrap_or(0)))
                 .unwrap_or_default();
             Ok(Some(BackupFile {
                 host: conn.host.name.clone(),
                 path,
                 bytes,
+                sha256: sha256.trim().to_owned(),
             }))
         }
         Ok(o) => {

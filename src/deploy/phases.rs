@@ -12,7 +12,7 @@ use crate::commands::exit;
 use crate::deploy::envfile::KeyDiff;
 use crate::execute::{self, RemoteError};
 use crate::output::Event;
-use crate::output::report::deploy::{Outcome, StepReport, StepStatus};
+use crate::output::report::deploy::{Outcome, RestoredBackup, StepReport, StepStatus};
 use crate::plan::{self, HostSteps, Phase, Plan, Step, Undo};
 use crate::transport::fleet::Conn;
 
@@ -208,8 +208,14 @@ pub(super) async fn execute_plan(
                     maintenance: true, ..
                 } => {
                     let state = &mut states[i];
-                    super::maintenance::during(ctx, conns, execute::step(ctx, c, hs, step, state))
-                        .await
+                    let work = execute::step(ctx, c, hs, step, state);
+                    super::maintenance::during(ctx, conns, "the migrations run", work).await
+                }
+                Step::Restore {
+                    stop, maintenance, ..
+                } => {
+                    let work = execute::step(ctx, c, hs, step, &mut states[i]);
+                    super::restore::quiesced(ctx, conns, stop, *maintenance, work).await
                 }
                 _ => execute::step(ctx, c, hs, step, &mut states[i]).await,
             };
@@ -224,11 +230,27 @@ pub(super) async fn execute_plan(
                     if matches!(step, Step::Migrate { .. }) {
                         r.report.migrated_on = Some(c.host.name.clone());
                     }
+                    if let Step::Restore {
+                        backup,
+                        sha256,
+                        live,
+                        ..
+                    } = step
+                    {
+                        r.report.restored = Some(RestoredBackup {
+                            host: c.host.name.clone(),
+                            backup: backup.clone(),
+                            sha256: sha256.clone(),
+                            live_release: live.clone(),
+                        });
+                    }
                 }
                 Err(e) => {
                     report.status = StepStatus::Failed;
                     let message = match step {
-                        Step::Migrate { .. } => format!("{e}; nothing was switched"),
+                        Step::Migrate { .. } | Step::Restore { .. } => {
+                            format!("{e}; nothing was switched")
+                        }
                         _ => e.message.clone(),
                     };
                     r.fail_host(e);

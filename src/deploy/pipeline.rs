@@ -30,7 +30,7 @@ pub use crate::output::report::deploy::Outcome;
 use crate::output::report::deploy::{DeployReport, HostDeploy};
 use crate::output::{Event, Output};
 use crate::plan::facts::ReleaseTree;
-use crate::plan::{self};
+use crate::plan::{self, Step};
 use crate::shell::Secret;
 use crate::transport::ExecRequest;
 use crate::transport::fleet::{self, Conn, Connector};
@@ -117,6 +117,7 @@ impl<'a> Run<'a> {
                 message: None,
                 backup: None,
                 migrated_on: None,
+                restored: None,
                 once: Vec::new(),
                 hosts: hosts
                     .iter()
@@ -186,6 +187,7 @@ impl<'a> Run<'a> {
             ci_url: self.run.ci_url.clone(),
             run: self.run.token.clone(),
             hosts: self.report.hosts.iter().map(|h| h.host.clone()).collect(),
+            restored: self.report.restored.as_ref().map(|r| r.backup.clone()),
             live_ports: self
                 .report
                 .hosts
@@ -485,13 +487,33 @@ pub struct Rollback<'a> {
     pub run: &'a RunInfo,
     pub cancel: Cancel,
     pub templates: &'a Templates,
+    /// A database restore in the same run (`--restore-db`, `shipit restore`).
+    pub restore: Option<RestoreDb<'a>>,
 }
 
-/// Switches the whole fleet back to an earlier release (see [`plan::rollback_target`]).
+/// The database restore of a rollback run.
+pub struct RestoreDb<'a> {
+    /// `None`: the backup taken before the current release's migrations (`rollback
+    /// --restore-db`); a name: that backup (`shipit restore`), the release kept unless `to`.
+    pub backup: Option<String>,
+    /// The selected host that restores (the migrate host).
+    pub host: String,
+    /// Asked before anything changes, with what is about to happen; `false` stops the run.
+    pub confirm: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// Switches the whole fleet back to an earlier release (see [`plan::rollback_target`]);
+/// with a restore, restores a database backup first, in the same run.
 pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     let deploy_to = rb.inventory.app.deploy_to.clone();
+    let action = match &rb.restore {
+        Some(RestoreDb {
+            backup: Some(_), ..
+        }) => "restore",
+        _ => "rollback",
+    };
     let r = Run::new(
-        "rollback",
+        action,
         rb.stage,
         rb.hosts,
         (rb.run, rb.inventory, rb.out, rb.connector),
@@ -548,16 +570,70 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         .zip(&passed)
         .map(|((c, t), p)| (c.host.name.as_str(), t, p))
         .collect();
-    let target = match plan::rollback_target(&refs, rb.to.as_deref()) {
+    let target = match &rb.restore {
+        // `shipit restore` without `--release`: the release stays, the same on every host.
+        Some(RestoreDb {
+            backup: Some(_), ..
+        }) if rb.to.is_none() => {
+            let currents: BTreeSet<Option<&str>> =
+                ok_trees.iter().map(|t| t.current.as_deref()).collect();
+            match currents.into_iter().collect::<Vec<_>>()[..] {
+                [Some(one)] => Ok(one.to_owned()),
+                [None] => Err("nothing is deployed yet: deploy first".to_owned()),
+                _ => Err(format!(
+                    "the hosts run different releases ({}): say which one they run after the restore with `--release ID`",
+                    refs.iter()
+                        .map(|(h, t, _)| format!("{h}: {}", t.current.as_deref().unwrap_or("none")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        _ => plan::rollback_target(&refs, rb.to.as_deref()).map_err(|e| crate::error::chain(&e)),
+    };
+    let target = match target {
         Ok(t) => t,
         Err(e) => {
             r.report.release = None;
-            return r
-                .close(&conns, Outcome::Failed, Some(crate::error::chain(&e)))
-                .await;
+            return r.close(&conns, Outcome::Failed, Some(e)).await;
         }
     };
     r.report.release = Some(target.clone());
+    let restore_step = match &rb.restore {
+        None => None,
+        Some(req) => {
+            match restore_step(rb.stage, rb.inventory, &conns, &ok_trees, req, &target).await {
+                Ok(step) => Some((req.host.clone(), step)),
+                Err(e) => {
+                    r.fail_host(e);
+                    let message = "nothing was changed".to_owned();
+                    return r.close(&conns, Outcome::Failed, Some(message)).await;
+                }
+            }
+        }
+    };
+    if let (Some(req), Some((host, Step::Restore { backup, .. }))) = (&rb.restore, &restore_step) {
+        let switch = match ok_trees
+            .iter()
+            .all(|t| t.current.as_deref() == Some(&target))
+        {
+            true => format!("restart the app on {target}"),
+            false => format!("switch every host to {target}"),
+        };
+        let question = format!(
+            "restore `{backup}` on `{host}` into the database of stage `{}` (everything written since it was taken is lost), then {switch}?",
+            rb.stage
+        );
+        if !(req.confirm)(&question) {
+            return r
+                .close(
+                    &conns,
+                    Outcome::Failed,
+                    Some("not confirmed: nothing was changed".into()),
+                )
+                .await;
+        }
+    }
     if rb.cancel.is_cancelled() {
         return r
             .close(&conns, Outcome::Interrupted, Some(INTERRUPTED.into()))
@@ -565,7 +641,14 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
     }
     let hosts: Vec<(&Host, &ReleaseTree)> =
         conns.iter().map(|c| c.host).zip(ok_trees.iter()).collect();
-    let plan = plan::build::rollback(rb.inventory, &rendered(rb.templates), &hosts, &target, None);
+    let plan = plan::build::rollback(
+        rb.inventory,
+        &rendered(rb.templates),
+        &hosts,
+        &target,
+        None,
+        restore_step,
+    );
     let ctx = Ctx {
         inventory: rb.inventory,
         templates: rb.templates,
@@ -586,7 +669,66 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         now_unix: crate::clock::now_unix(),
     };
     let (outcome, message) = execute_plan(&mut r, &ctx, &conns, &plan, &rb.cancel).await;
+    if r.report.restored.is_some() {
+        super::restore::forget_stopped(&ctx, &conns).await;
+    }
     r.close(&conns, outcome, message).await
+}
+
+/// Finds and checks the backup a restore run restores, on the migrate host; changes nothing.
+async fn restore_step(
+    stage: &str,
+    inventory: &Inventory,
+    conns: &[Conn<'_>],
+    trees: &[ReleaseTree],
+    req: &RestoreDb<'_>,
+    target: &str,
+) -> Result<Step, RemoteError> {
+    let Some(i) = conns.iter().position(|c| c.host.name == req.host) else {
+        unreachable!("the migrate host is among the selected ones");
+    };
+    let (c, tree) = (&conns[i], &trees[i]);
+    let fail = |message: String| RemoteError::new(&c.host.name, "restore", message);
+    let Some(current) = tree.current.clone() else {
+        return Err(fail(format!(
+            "nothing is deployed on `{}` yet: there is no database release to restore for",
+            c.host.name
+        )));
+    };
+    let name = match &req.backup {
+        Some(name) => name.clone(),
+        None => {
+            let listed = crate::ops::backup::list(stage, c, inventory)
+                .await
+                .map_err(fail)?;
+            super::restore::for_rollback(stage, &listed.backups, &current, target)
+                .map_err(fail)?
+                .name
+                .clone()
+        }
+    };
+    let cwd = format!("{}/releases/{current}", inventory.app.deploy_to);
+    let vars = super::hooks::task_vars(inventory, &c.host.name, &current, None);
+    let checked = super::restore::check(c, inventory, &cwd, &vars, &name)
+        .await
+        .map_err(|e| {
+            let why = if e.is(commands::exit::BACKUP_DAMAGED) {
+                "refused"
+            } else {
+                "not found"
+            };
+            let message = format!("backup `{name}` {why}: {}; nothing was changed", e.message);
+            e.saying(message)
+        })?;
+    let maintenance =
+        inventory.migrate.as_ref().is_some_and(|m| m.maintenance) && inventory.nginx.is_some();
+    Ok(Step::Restore {
+        backup: checked.name,
+        sha256: checked.sha256,
+        live: checked.live,
+        stop: plan::build::restore_stops(inventory),
+        maintenance,
+    })
 }
 
 #[cfg(test)]

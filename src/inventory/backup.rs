@@ -19,6 +19,12 @@ pub struct Backup {
     pub keep: u32,
     pub extension: String,
     pub verify: Option<String>,
+    /// `kind = "command"`: restores a backup read on stdin (`shipit restore`, `rollback
+    /// --restore-db`); `kind = "postgres"` has its own.
+    pub restore: Option<String>,
+    /// `kind = "command"`: the restore drill, reading a backup on stdin and printing
+    /// `<table> <rows>` lines (`shipit backup --verify-restore`).
+    pub drill: Option<String>,
 }
 
 #[derive(Debug)]
@@ -78,13 +84,36 @@ impl Validator<'_> {
                 )
             }
         };
-        if extension.is_empty() || extension.contains('/') || extension.starts_with('.') {
+        if extension.is_empty()
+            || extension.contains('/')
+            || extension.starts_with('.')
+            || extension == "meta"
+            || extension.ends_with(".meta")
+        {
             p.invalid(
                 span.clone(),
                 "backup.extension",
-                "must be a file extension like `dump` or `sql.gz`, without a leading dot",
+                "must be a file extension like `dump` or `sql.gz`, without a leading dot (and not `meta`: each backup's record is `<file>.meta`)",
             );
         }
+        let mut for_command = |key: &str, value: Option<S<String>>| {
+            let value = value?;
+            if kind == BackupKind::Postgres {
+                p.invalid(
+                    value.span(),
+                    key,
+                    "is for `kind = \"command\"`: `kind = \"postgres\"` restores with `pg_restore` itself",
+                );
+                return None;
+            }
+            if value.get_ref().trim().is_empty() {
+                p.invalid(value.span(), key, "must be a command, not empty");
+                return None;
+            }
+            Some(value.into_inner())
+        };
+        let restore = for_command("backup.restore", raw.restore);
+        let drill = for_command("backup.drill", raw.drill);
         let dir = match raw.dir {
             Some(d) => {
                 let ok = remote_path(&d, "backup.dir", p);
@@ -110,6 +139,8 @@ impl Validator<'_> {
             keep,
             extension,
             verify,
+            restore,
+            drill,
         })
     }
 }

@@ -122,6 +122,8 @@ pub(super) struct RawBackup {
     pub(super) keep: Option<S<i64>>,
     pub(super) extension: Option<S<String>>,
     pub(super) verify: Option<S<String>>,
+    pub(super) restore: Option<S<String>>,
+    pub(super) drill: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -89,6 +89,8 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("keep", Leaf),
             ("extension", Leaf),
             ("verify", Leaf),
+            ("restore", Leaf),
+            ("drill", Leaf),
         ]),
     ),
     (

@@ -357,9 +357,18 @@ pub fn backups(report: &BackupsReport) -> String {
     let rows: Vec<Vec<String>> = report
         .backups
         .iter()
-        .map(|b| vec![b.time.clone(), bytes(b.bytes), b.name.clone()])
+        .map(|b| {
+            let dash = || "-".to_owned();
+            vec![
+                b.time.clone(),
+                bytes(b.bytes),
+                b.taken_for.clone().unwrap_or_else(dash),
+                b.live_release.clone().unwrap_or_else(dash),
+                b.name.clone(),
+            ]
+        })
         .collect();
-    let mut out = render(&["TIME", "SIZE", "FILE"], &rows);
+    let mut out = render(&["TIME", "SIZE", "TAKEN FOR", "LIVE THEN", "FILE"], &rows);
     let _ = writeln!(
         out,
         "{} backups in `{}` on {}",

@@ -445,13 +445,29 @@ pub fn shared_paths(inv: &Inventory) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The plan of a rollback of `hosts` (name, tree) to `target`.
+/// The units a restore stops on every host: every unit that runs, a blue-green unit's two
+/// instances included (a template without ports has no instance shipit knows of).
+pub fn restore_stops(inv: &Inventory) -> Vec<String> {
+    let mut units = Vec::new();
+    for u in &inv.systemd {
+        match &u.blue_green {
+            Some(bg) => units.extend(bg.ports.iter().map(|p| u.instance(*p))),
+            None if !is_template(&u.unit) => units.push(u.unit.clone()),
+            None => {}
+        }
+    }
+    units
+}
+
+/// The plan of a rollback of `hosts` (name, tree) to `target`; with `restore`, a database
+/// restore on that host (a [`Step::Restore`]) runs before the switch.
 pub fn rollback(
     inv: &Inventory,
     rendered: &Rendered,
     hosts: &[(&Host, &ReleaseTree)],
     target: &str,
     waves_override: Option<&[Amount]>,
+    restore: Option<(String, Step)>,
 ) -> Plan {
     let host_steps = hosts
         .iter()
@@ -486,11 +502,15 @@ pub fn rollback(
         .collect();
     let sizes = waves_override.unwrap_or(&inv.rollout.waves);
     let names: Vec<String> = hosts.iter().map(|(h, _)| h.name.clone()).collect();
+    let (migrate_host, once) = match restore {
+        Some((host, step)) => (Some(host), vec![step]),
+        None => (None, Vec::new()),
+    };
     Plan {
         action: "rollback",
         release: target.to_owned(),
-        migrate_host: None,
-        once: Vec::new(),
+        migrate_host,
+        once,
         waves: waves(names.len(), sizes)
             .into_iter()
             .map(|r| names[r].to_vec())
@@ -962,7 +982,7 @@ timeout = "5s"
             site: Some("shop".into()),
             compose: false,
         };
-        let p = rollback(&inv, &rendered, &[(&inv.hosts[0], &tree)], OLD, None);
+        let p = rollback(&inv, &rendered, &[(&inv.hosts[0], &tree)], OLD, None, None);
         let h = &p.hosts[0];
         assert!(h.steps.contains(&Step::StartIdle {
             unit: "shop@3001.service".into(),

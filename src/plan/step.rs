@@ -65,6 +65,19 @@ pub enum Step {
     },
     /// A verified database backup (once, on the migrate host).
     Backup { dir: String, keep: u32 },
+    /// Restore a database backup (once, on the migrate host), checked against the sha256
+    /// recorded when it was made; meanwhile the app's units (`stop`) are stopped on every
+    /// host (the switch starts them again, on the release it switches to; a failed restore
+    /// starts them at once) and, with `maintenance`, every site answers 503.
+    Restore {
+        backup: String,
+        sha256: String,
+        /// The release that was live when it was taken, when recorded.
+        live: Option<String>,
+        stop: Vec<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        maintenance: bool,
+    },
     /// The migrations (once, on the migrate host); with `maintenance`, every host's site
     /// answers 503 meanwhile.
     Migrate {
@@ -178,6 +191,7 @@ impl Step {
             Step::Hook { .. } => "hook",
             Step::Backup { .. } => "backup",
             Step::Migrate { .. } => "migrate",
+            Step::Restore { .. } => "restore",
             Step::ArmGuard { .. } => "arm_guard",
             Step::InstallEnv { .. } => "install_env",
             Step::Switch { .. } => "switch",
@@ -211,7 +225,7 @@ impl Step {
                 at: HookPoint::AfterUpload,
                 ..
             } => Phase::Stage,
-            Step::Backup { .. } | Step::Migrate { .. } => Phase::Once,
+            Step::Backup { .. } | Step::Migrate { .. } | Step::Restore { .. } => Phase::Once,
             Step::Prune { .. } | Step::Forget { .. } | Step::StopOld { .. } => Phase::Finish,
             _ => Phase::Switch,
         }
@@ -300,6 +314,21 @@ impl fmt::Display for Step {
             }
             Step::Backup { dir, keep } => {
                 write!(f, "back up the database into `{dir}` (keep {keep})")
+            }
+            Step::Restore {
+                backup,
+                stop,
+                maintenance,
+                ..
+            } => {
+                write!(f, "restore the database from `{backup}` (sha256 checked)")?;
+                if !stop.is_empty() {
+                    write!(f, "; {} stopped on every host meanwhile", stop.join(" "))?;
+                }
+                if *maintenance {
+                    write!(f, "; every site answers 503 meanwhile")?;
+                }
+                Ok(())
             }
             Step::Migrate {
                 command,

@@ -226,8 +226,12 @@ fn retention_keeps_seven_backups_after_nine_deploys() {
         assert_eq!(code, 0, "{stderr}");
         last = report["backup"]["path"].as_str().unwrap().to_owned();
     }
-    let files = fleet.sh_ok("h1", "ls /var/backups/shop");
+    // Each backup with its record (`<name>.meta`), and no record left of a removed one.
+    let files = fleet.sh_ok("h1", "ls /var/backups/shop | grep -v '[.]meta$'");
     assert_eq!(files.lines().count(), 7, "{files}");
+    let records = fleet.sh_ok("h1", "ls /var/backups/shop | grep '[.]meta$'");
+    let with_records: Vec<String> = files.lines().map(|f| format!("{f}.meta")).collect();
+    assert_eq!(records.lines().collect::<Vec<_>>(), with_records);
     assert!(
         files.contains(last.rsplit('/').next().unwrap()),
         "the newest is kept"

@@ -194,7 +194,7 @@ fn backup_retention_and_listing_see_only_this_apps_backups() {
     }
     let ls = |fleet: &Fleet| -> Vec<String> {
         let mut names: Vec<String> = fleet
-            .sh_ok("h1", "ls -A /var/backups/shared")
+            .sh_ok("h1", "ls -A /var/backups/shared | grep -v '[.]meta$'")
             .lines()
             .map(str::to_owned)
             .collect();

@@ -643,7 +643,7 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
     // backups are 0600).
     let path = |report: &serde_json::Value| report["backup"]["path"].as_str().unwrap().to_owned();
     let (b1, b2, b3) = (path(&first), path(&second), path(&third));
-    let listed = fleet.sh_ok("s1", "ls -1 /var/backups/obd2-dashboard/");
+    let listed = fleet.sh_ok("s1", "ls -1 /var/backups/obd2-dashboard/ | grep -v '[.]meta$'");
     let mut kept: Vec<&str> = listed.lines().collect();
     kept.sort();
     let mut expected = vec![file_name(&b2), file_name(&b3)];

@@ -1087,7 +1087,14 @@ async fn a_rollback_follows_its_plan() {
         })
         .collect();
     let refs: Vec<(&Host, &ReleaseTree)> = hosts.iter().map(|(h, t)| (*h, t)).collect();
-    let plan = plan::build::rollback(&s.inv, &rendered(&templates(&s.inv)), &refs, OLD, None);
+    let plan = plan::build::rollback(
+        &s.inv,
+        &rendered(&templates(&s.inv)),
+        &refs,
+        OLD,
+        None,
+        None,
+    );
     let report = s.execute_as(&script, &packed, &plan, false).await;
     assert_eq!(report.outcome, Outcome::Deployed, "{:?}", report.message);
     for h in ["h1", "h2"] {

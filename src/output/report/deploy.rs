@@ -137,6 +137,17 @@ impl StepReport {
     }
 }
 
+/// A backup restored by the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoredBackup {
+    pub host: String,
+    /// Its file name in `backup.dir`, as `shipit backups` lists it.
+    pub backup: String,
+    pub sha256: String,
+    /// The release that was live when it was taken, when recorded.
+    pub live_release: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct DeployReport {
     /// `deploy` or `rollback`.
@@ -153,6 +164,9 @@ pub struct DeployReport {
     pub message: Option<String>,
     /// The backup made before migrations, if `[backup]` is set.
     pub backup: Option<BackupFile>,
+    /// The backup a `rollback --restore-db` or `restore` restored (set once it is restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored: Option<RestoredBackup>,
     /// The host that ran the migrations, if `[migrate]` is set and they ran.
     pub migrated_on: Option<String>,
     /// The steps run once, on the migrate host (backup, migrate), with how each went.

@@ -38,6 +38,9 @@ pub struct Record {
     /// Per host, the port the Nginx site of a blue-green unit points at after the run.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub live_ports: BTreeMap<String, u16>,
+    /// The database backup the run restored (`rollback --restore-db`, `restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
     /// For a failed deploy whose switched hosts were put back: how that went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_back: Option<String>,
