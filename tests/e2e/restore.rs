@@ -234,9 +234,13 @@ fn drill_databases(pg: &Postgres, also: &str) -> String {
     )
 }
 
-fn assert_message(report: &Value, text: &str) {
+/// The report's `message` (what a user reads first, as for a failed migration) says `text`.
+fn assert_message(report: &Value, stderr: &str, text: &str) {
     let message = report["message"].as_str().unwrap_or_default();
-    assert!(message.contains(text), "no `{text}` in: {report:#}");
+    assert!(
+        message.contains(text),
+        "no `{text}` in the message: {report:#}\nstderr: {stderr}"
+    );
 }
 
 fn assert_unlocked(fleet: &Fleet, hosts: &[&str]) {
@@ -363,6 +367,22 @@ fn rollback_restore_db_without_a_backup_for_the_release_changes_nothing() {
     assert_eq!(taken_for(&list, &v1)["taken_for"], v1.as_str());
     assert!(list.iter().all(|b| b["taken_for"] != v2.as_str()));
 
+    // What a person reads, then the JSON report.
+    let (code, stdout, stderr) = shipit(
+        &fleet,
+        &pg,
+        &[
+            "rollback",
+            "test",
+            "--restore-db",
+            "--yes",
+            "--progress",
+            "never",
+        ],
+        &inv,
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("shipit restore"), "{stderr}");
     let (code, report, stderr) = json(
         &fleet,
         &pg,
@@ -370,7 +390,7 @@ fn rollback_restore_db_without_a_backup_for_the_release_changes_nothing() {
         &inv,
     );
     assert_eq!(code, 1, "{stderr}\n{report:#}");
-    assert_message(&report, "shipit restore");
+    assert_message(&report, &stderr, "shipit restore");
     assert_eq!(current(&fleet, "h1"), v2);
     assert_eq!(db_state(&pg), "1 | id,name | audit");
     assert_unlocked(&fleet, &["h1"]);
@@ -563,6 +583,43 @@ fn a_damaged_backup_is_refused_and_nothing_changes() {
         sha256_on(&fleet, "h1", &path),
         for_v2["sha256"].as_str().unwrap()
     );
+    // What a person reads, then the JSON reports.
+    let (code, stdout, stderr) = shipit(
+        &fleet,
+        &pg,
+        &[
+            "restore",
+            "test",
+            name(&for_v2),
+            "--yes",
+            "--progress",
+            "never",
+        ],
+        &inv,
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("sha256"), "{stderr}");
+    assert_eq!(db_state(&pg), before);
+    // The drill refuses it as well.
+    let (code, report, stderr) = json(
+        &fleet,
+        &pg,
+        &[
+            "backup",
+            "test",
+            "--verify-restore",
+            "--backup",
+            name(&for_v2),
+        ],
+        &inv,
+    );
+    assert_eq!(code, 1, "{stderr}\n{report:#}");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sha256")),
+        "{report:#}"
+    );
     let (code, report, stderr) = json(
         &fleet,
         &pg,
@@ -570,7 +627,7 @@ fn a_damaged_backup_is_refused_and_nothing_changes() {
         &inv,
     );
     assert_eq!(code, 1, "{stderr}\n{report:#}");
-    assert_message(&report, "sha256");
+    assert_message(&report, &stderr, "sha256");
     assert_eq!(current(&fleet, "h1"), v2);
     assert_eq!(db_state(&pg), before);
     let (code, report, stderr) = json(
@@ -580,7 +637,7 @@ fn a_damaged_backup_is_refused_and_nothing_changes() {
         &inv,
     );
     assert_eq!(code, 1, "{stderr}\n{report:#}");
-    assert_message(&report, "sha256");
+    assert_message(&report, &stderr, "sha256");
     assert_eq!(current(&fleet, "h1"), v2);
     assert_eq!(db_state(&pg), before);
 
@@ -594,7 +651,7 @@ fn a_damaged_backup_is_refused_and_nothing_changes() {
         &inv,
     );
     assert_eq!(code, 1, "{stderr}\n{report:#}");
-    assert_message(&report, "sha256");
+    assert_message(&report, &stderr, "sha256");
     assert_eq!(current(&fleet, "h1"), v2);
     assert_eq!(db_state(&pg), before);
     assert_unlocked(&fleet, &["h1"]);
@@ -909,4 +966,143 @@ command = "./migrate.sh"
     assert_eq!(db(), "initial\n");
     let (entry, _) = history(&fleet, "", &inv);
     assert_eq!(entry["restored"], name(&for_v1), "{entry:#}");
+}
+
+#[test]
+fn a_name_that_is_not_a_listed_backup_is_refused() {
+    let (pg, fleet) = start(1);
+    let sections = postgres_sections(7);
+    let inv = inventory(
+        &fleet,
+        &["h1"],
+        &app(fleet.dir(), "v1", ADD_NOTE),
+        &sections,
+    );
+    deploy(&fleet, &pg, &inv);
+    let inv = inventory(
+        &fleet,
+        &["h1"],
+        &app(fleet.dir(), "v2", DESTRUCTIVE),
+        &sections,
+    );
+    let v2 = deploy(&fleet, &pg, &inv);
+    let real = name(&backups(&fleet, &pg, &inv)[0]).to_owned();
+    // Files that are not this app's listed backups, each a valid dump of other data.
+    fleet.sh_ok(
+        "h1",
+        &format!(
+            "cp '{DIR}/{real}' /tmp/elsewhere.dump && cp '{DIR}/{real}' '{DIR}/shop-api-{real}' \
+             && cp '{DIR}/{real}' '{DIR}/notes.dump' && ln -s '{DIR}/{real}' '{DIR}/shop-manual-20260101T000000Z.dump'"
+        ),
+    );
+    let before = db_state(&pg);
+    for bad in [
+        "../../../tmp/elsewhere.dump",
+        "/tmp/elsewhere.dump",
+        "notes.dump",
+        &format!("shop-api-{real}"),
+        "shop-manual-20260101T000000Z.dump",
+        "shop-manual-20990101T000000Z.dump",
+    ] {
+        let (code, stdout, stderr) = shipit(&fleet, &pg, &["restore", "test", bad, "--yes"], &inv);
+        assert!(code == 1 || code == 2, "{bad}: {code}\n{stdout}\n{stderr}");
+        assert_eq!(db_state(&pg), before, "{bad} was restored");
+        assert_eq!(current(&fleet, "h1"), v2, "{bad}");
+    }
+    assert_unlocked(&fleet, &["h1"]);
+}
+
+#[test]
+fn nothing_is_restored_when_the_switch_is_impossible() {
+    let (pg, fleet) = start(2);
+    let hosts = ["h1", "h2"];
+    let sections = postgres_sections(7);
+    let inv = inventory(&fleet, &hosts, &app(fleet.dir(), "v1", ADD_NOTE), &sections);
+    let v1 = deploy(&fleet, &pg, &inv);
+    let inv = inventory(
+        &fleet,
+        &hosts,
+        &app(fleet.dir(), "v2", DESTRUCTIVE),
+        &sections,
+    );
+    let v2 = deploy(&fleet, &pg, &inv);
+    let for_v1 = name(taken_for(&backups(&fleet, &pg, &inv), &v1)).to_owned();
+    let before = db_state(&pg);
+    // The release to go back to is gone from h2: the rollback is refused, and so is the
+    // restore that goes with it.
+    fleet.sh_ok("h2", &format!("rm -rf /opt/shop/releases/{v1}"));
+    let (code, report, stderr) = json(
+        &fleet,
+        &pg,
+        &["rollback", "test", "--restore-db", "--yes"],
+        &inv,
+    );
+    assert_eq!(code, 1, "{stderr}\n{report:#}");
+    assert!(report["restored"].is_null(), "{report:#}");
+    assert_eq!(db_state(&pg), before);
+    let (code, report, stderr) = json(
+        &fleet,
+        &pg,
+        &["restore", "test", &for_v1, "--release", &v1, "--yes"],
+        &inv,
+    );
+    assert_eq!(code, 1, "{stderr}\n{report:#}");
+    assert_eq!(db_state(&pg), before);
+    // A release that exists nowhere.
+    let (code, stdout, stderr) = shipit(
+        &fleet,
+        &pg,
+        &[
+            "restore",
+            "test",
+            &for_v1,
+            "--release",
+            "20990101T000000Z-0123456789ab",
+            "--yes",
+        ],
+        &inv,
+    );
+    assert!(code == 1 || code == 2, "{code}\n{stdout}\n{stderr}");
+    assert_eq!(db_state(&pg), before);
+    for h in hosts {
+        assert_eq!(current(&fleet, h), v2, "{h}");
+    }
+    assert_unlocked(&fleet, &hosts);
+}
+
+#[test]
+fn a_locked_stage_is_not_restored() {
+    let (pg, fleet) = start(1);
+    let sections = postgres_sections(7);
+    let inv = inventory(
+        &fleet,
+        &["h1"],
+        &app(fleet.dir(), "v1", ADD_NOTE),
+        &sections,
+    );
+    let v1 = deploy(&fleet, &pg, &inv);
+    let inv = inventory(
+        &fleet,
+        &["h1"],
+        &app(fleet.dir(), "v2", DESTRUCTIVE),
+        &sections,
+    );
+    let v2 = deploy(&fleet, &pg, &inv);
+    let for_v1 = name(taken_for(&backups(&fleet, &pg, &inv), &v1)).to_owned();
+    let before = db_state(&pg);
+    // Another run holds the deploy lock.
+    fleet.sh_ok("h1", "mkdir -p /opt/shop/.shipit/lock");
+    for args in [
+        &["rollback", "test", "--restore-db", "--yes"][..],
+        &["restore", "test", &for_v1, "--yes"][..],
+    ] {
+        let (code, stdout, stderr) = shipit(&fleet, &pg, args, &inv);
+        assert_eq!(code, 5, "{args:?}\n{stdout}\n{stderr}");
+        assert_eq!(db_state(&pg), before, "{args:?}");
+        assert_eq!(current(&fleet, "h1"), v2, "{args:?}");
+        assert!(
+            succeeds(&fleet, "h1", "test -d /opt/shop/.shipit/lock"),
+            "the other run's lock was kept"
+        );
+    }
 }
