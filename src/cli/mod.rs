@@ -43,7 +43,7 @@ pub struct Global {
     /// More detail: each host's steps; with `check`, where each connection setting came from
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Answer yes to confirmations (`unlock`)
+    /// Answer yes to confirmations (`unlock`, `restore`, `rollback --restore-db`)
     #[arg(long, global = true)]
     pub yes: bool,
     /// Do not read `~/.ssh/config` and `/etc/ssh/ssh_config` (the inventory alone says how to connect)

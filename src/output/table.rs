@@ -288,9 +288,13 @@ pub fn history(report: &HistoryReport) -> String {
         .entries
         .iter()
         .map(|e| {
+            let action = match &e.restored {
+                Some(backup) => format!("{} (restored {backup})", e.action),
+                None => e.action.clone(),
+            };
             vec![
                 e.time.clone(),
-                e.action.clone(),
+                action,
                 e.release.clone().unwrap_or_else(|| "-".to_owned()),
                 e.outcome.clone(),
                 format!("{}@{}", e.user, e.machine),

@@ -251,7 +251,9 @@ fn killed_during_the_backup_the_lock_waits_for_unlock_and_a_rerun_converges() {
     rig.converges(&inv, "v2", true);
     // Whatever the killed run's backup got to, the re-run made a whole one and no temp file
     // is left.
-    let files = rig.fleet.sh_ok("h1", "ls -A /var/backups/demo | grep -v '[.]meta$'");
+    let files = rig
+        .fleet
+        .sh_ok("h1", "ls -A /var/backups/demo | grep -v '[.]meta$'");
     assert!(
         files
             .lines()

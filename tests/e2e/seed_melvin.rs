@@ -106,6 +106,12 @@ set -eu
 cd /data/db && tar -cf - . | gzip
 "#;
 
+const MONGORESTORE: &str = r#"#!/bin/sh
+set -eu
+[ "$*" = "--archive --gzip --drop" ] || { echo "this stand-in knows only: mongorestore --archive --gzip --drop" >&2; exit 2; }
+rm -rf /data/db/* && gzip -dc | tar -C /data/db -xf -
+"#;
+
 struct Melvin {
     fleet: Fleet,
     project: Project,
@@ -180,6 +186,7 @@ fn build_images(d: &Docker) {
             ("bin/mongosh", MONGOSH.as_bytes()),
             ("bin/mongoimport", MONGOIMPORT.as_bytes()),
             ("bin/mongodump", MONGODUMP.as_bytes()),
+            ("bin/mongorestore", MONGORESTORE.as_bytes()),
         ],
     );
     let api = format!(
@@ -287,7 +294,9 @@ fn melvin_serves_health_bootstraps_its_admin_once_and_backs_up_both_databases() 
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 8, "{made:?}");
-    let files = melvin.fleet.sh_ok("h1", "ls /var/backups/melvin | grep -v '[.]meta$'");
+    let files = melvin
+        .fleet
+        .sh_ok("h1", "ls /var/backups/melvin | grep -v '[.]meta$'");
     let files: Vec<&str> = files.lines().collect();
     assert_eq!(files.len(), 7, "{files:?}");
     for kept in &made[1..] {
@@ -316,6 +325,40 @@ fn melvin_serves_health_bootstraps_its_admin_once_and_backs_up_both_databases() 
         &format!("tar -xOf {newest} mongodb.archive.gz | gzip -dc | tar -xOf - ./melvin/transcripts/1.json"),
     );
     assert_eq!(mongo, "{\"conversation\": 1, \"text\": \"draw a card\"}\n");
+
+    // Written after the newest backup: a row deleted, a table added, a document added; the
+    // README's restore command puts both databases back as that backup has them.
+    melvin.psql("DELETE FROM conversations; CREATE TABLE written_later (x int);");
+    docker().cli_ok(&[
+        "exec",
+        &melvin.container("mongodb"),
+        "sh",
+        "-c",
+        "echo '{}' > /data/db/melvin/transcripts/2.json",
+    ]);
+    let name = newest.rsplit('/').next().unwrap();
+    let (code, restored, stderr) = melvin.shipit(&["restore", "test", name, "--yes"], &inv);
+    assert_eq!(code, 0, "{stderr}\n{restored:#}");
+    assert_eq!(restored["action"], "restore");
+    assert_eq!(restored["restored"]["backup"], name);
+    assert_eq!(
+        melvin.psql("SELECT title FROM conversations"),
+        "loop analysis\n"
+    );
+    assert_eq!(
+        melvin.psql("SELECT to_regclass('public.written_later') IS NULL"),
+        "t\n"
+    );
+    assert_eq!(
+        docker().cli_ok(&[
+            "exec",
+            &melvin.container("mongodb"),
+            "ls",
+            "/data/db/melvin/transcripts"
+        ]),
+        "1.json\n"
+    );
+    assert_eq!(melvin.get("/health").1, r#"{"status":"ok","version":"2"}"#);
 
     // Postgres: published on the host's loopback only, and answering there with the password.
     let ports = docker().cli_ok(&["port", &melvin.container("postgres")]);

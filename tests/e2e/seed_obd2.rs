@@ -80,7 +80,7 @@ impl Site {
             "s1",
             &format!(
                 "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 \
-                 -c \"CREATE ROLE obd2 LOGIN PASSWORD '{DB_PASSWORD}'\" \
+                 -c \"CREATE ROLE obd2 LOGIN CREATEDB PASSWORD '{DB_PASSWORD}'\" \
                  -c 'CREATE DATABASE obd2 OWNER obd2'"
             ),
         );
@@ -643,7 +643,10 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
     // backups are 0600).
     let path = |report: &serde_json::Value| report["backup"]["path"].as_str().unwrap().to_owned();
     let (b1, b2, b3) = (path(&first), path(&second), path(&third));
-    let listed = fleet.sh_ok("s1", "ls -1 /var/backups/obd2-dashboard/ | grep -v '[.]meta$'");
+    let listed = fleet.sh_ok(
+        "s1",
+        "ls -1 /var/backups/obd2-dashboard/ | grep -v '[.]meta$'",
+    );
     let mut kept: Vec<&str> = listed.lines().collect();
     kept.sort();
     let mut expected = vec![file_name(&b2), file_name(&b3)];
@@ -655,24 +658,45 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
         "{b2} is from before 0003"
     );
     assert!(list(&b3).contains("TABLE public migration_audit"));
-    fleet.sh_ok(
-        "s1",
-        &format!(
-            "runuser -u postgres -- createdb obd2_restore_drill && \
-             runuser -u postgres -- pg_restore --no-owner -d obd2_restore_drill < {b2}"
-        ),
+    // The restore drill, as the example's README schedules it: the backup from before 0003
+    // restored into a scratch database (dropped after), its tables counted.
+    let with_secrets = |cmd: &mut Command| {
+        for (k, v) in secrets() {
+            cmd.env(k, v);
+        }
+    };
+    let mut drill = fleet.shipit();
+    drill
+        .args(["backup", "test", "--verify-restore", "--json", "--backup"])
+        .arg(file_name(&b2))
+        .arg("-i")
+        .arg(&inv);
+    with_secrets(&mut drill);
+    let (code, stdout, stderr) = outputs.run("drill", &mut drill);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let drilled: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tables = drilled["drill"]["tables"].as_array().unwrap();
+    let rows_of = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["rows"].as_u64())
+    };
+    assert!(rows_of("public.vehicles").unwrap() >= 1, "{drilled:#}");
+    assert_eq!(rows_of("public.migration_audit"), None, "{drilled:#}");
+    assert!(
+        drilled["drill"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("shipit_drill_")
     );
     assert_eq!(
-        fleet
-            .sh_ok(
-                "s1",
-                &format!(
-                    "runuser -u postgres -- psql -X -A -t -d obd2_restore_drill \
-                     -c \"SELECT name FROM vehicles WHERE vin = '{CANARY_VIN}'\""
-                )
-            )
-            .trim(),
-        "canary"
+        sql(
+            &fleet,
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'shipit_drill%'"
+        ),
+        "0",
+        "the scratch database is dropped"
     );
 
     // Still serving, through Nginx, the data planted before.
@@ -685,6 +709,73 @@ fn the_obd2_dashboard_deploys_with_one_command_and_passes_its_acceptance_checks(
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(CANARY_VIN), "{body}");
+
+    // Undo deploy 3 with its data: what was written after the backup taken for it (a row
+    // deleted, a table added by the app's user) is undone while the app's units are stopped,
+    // then every host goes back to release 2.
+    fleet.sh_ok(
+        "s1",
+        &format!(
+            "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d obd2 \
+             -c \"DELETE FROM vehicles WHERE vin = '{CANARY_VIN}'\" \
+             -c 'SET ROLE obd2' -c 'CREATE TABLE written_after_backup (x int)'"
+        ),
+    );
+    let mut back = fleet.shipit();
+    back.args(["rollback", "test", "--restore-db", "--yes", "--json", "-i"])
+        .arg(&inv);
+    with_secrets(&mut back);
+    let (code, stdout, stderr) = outputs.run("rollback --restore-db", &mut back);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let undone: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(undone["release"], second["release"], "{undone:#}");
+    assert_eq!(undone["restored"]["backup"], file_name(&b3), "{undone:#}");
+    assert!(
+        stderr.contains(
+            "stopped obd2-dashboard-api@3000.service obd2-dashboard-api@3001.service on every host for the restore"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        fleet
+            .sh_ok("s1", "basename $(readlink /opt/obd2-dashboard/current)")
+            .trim(),
+        second["release"].as_str().unwrap()
+    );
+    assert_eq!(
+        sql(
+            &fleet,
+            "SELECT to_regclass('public.written_after_backup') IS NULL"
+        ),
+        "t",
+        "the table made after the backup is gone"
+    );
+    assert_eq!(
+        sql(
+            &fleet,
+            &format!("SELECT name FROM vehicles WHERE vin = '{CANARY_VIN}'")
+        ),
+        "canary",
+        "the row deleted after the backup is back"
+    );
+    assert_eq!(
+        sql(
+            &fleet,
+            "SELECT string_agg(version, ',' ORDER BY version) FROM schema_migrations"
+        ),
+        "0001,0002,0003",
+        "the backup taken for release 3 holds what release 2 migrated"
+    );
+    assert!(
+        fleet
+            .sh_ok(
+                "s1",
+                "test ! -e /opt/obd2-dashboard/.shipit/stopped && echo gone"
+            )
+            .contains("gone")
+    );
+    let (status, _, body) = site.get(&fleet, &format!("https://{SERVER_NAME}/readyz"), &[]);
+    assert_eq!(status, 200, "{body}");
 
     // No secret in anything shipit printed.
     for (what, text) in &outputs.0 {
