@@ -40,6 +40,7 @@ mod openssh;
 mod plan;
 mod plan_steps;
 mod report_schema;
+mod restore;
 mod scaffold;
 mod secrets;
 mod seed_dash;
