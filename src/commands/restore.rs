@@ -363,6 +363,15 @@ mod tests {
             std::fs::read_to_string(format!("{base}/db")).unwrap(),
             "current\n"
         );
+        // A record that lost its sha256 line is no record to trust: refused too.
+        std::fs::write(format!("{bdir}/{name}.meta"), "live r1\nfor manual\n").unwrap();
+        let refused = sh(&check(base, None, &vars, &backup, None), "");
+        assert_eq!(refused.status.code(), Some(114), "{refused:?}");
+        // No record at all (a backup made before records): checked, said so.
+        std::fs::remove_file(format!("{bdir}/{name}.meta")).unwrap();
+        let legacy = sh(&check(base, None, &vars, &backup, None), "");
+        assert!(legacy.status.success(), "{legacy:?}");
+        assert!(String::from_utf8_lossy(&legacy.stdout).contains("unrecorded"));
     }
 
     #[test]
