@@ -115,12 +115,13 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LI
                   AND d.objid = p.oid AND d.deptype = 'e');
 SQL
 ) || { echo "reading what the database holds failed" >&2; exit 117; }
-# Our own BEGIN, and a COMMIT only after pg_restore wrote the whole dump: a dump that
-# fails half-way ends the session without a commit, which rolls everything back.
+# One transaction: ours opens before the drops; pg_restore's own (--single-transaction)
+# BEGIN then only warns (silenced), and its COMMIT, written after the whole dump, commits
+# all. A dump that fails half-way writes no COMMIT: the session ends, everything rolls back.
 okflag=$(mktemp) || exit 1
 trap 'rm -f -- "$okflag"' EXIT
-{ echo 'BEGIN;'; printf '%s\n' "$drops"
-  pg_restore --clean --if-exists --no-owner -f - < "$file" && echo 'COMMIT;' && echo ok > "$okflag"; } \
+{ echo 'SET client_min_messages = error;'; echo 'BEGIN;'; printf '%s\n' "$drops"
+  pg_restore --clean --if-exists --no-owner --single-transaction -f - < "$file" && echo ok > "$okflag"; } \
   | psql -X -q -v ON_ERROR_STOP=1 -o /dev/null
 status=$?
 if [ "$status" != 0 ] || [ ! -s "$okflag" ]; then
