@@ -42,6 +42,8 @@ pub enum Error {
     NoArtifact { file: String },
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     #[error("{failed} of {total} hosts failed")]
     HostsFailed { failed: usize, total: usize },
     #[error(transparent)]
@@ -59,6 +61,7 @@ impl Error {
             | Error::Usage(_)
             | Error::SshConfig(_)
             | Error::Reach(_)
+            | Error::Secret(_)
             | Error::Template(_) => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }

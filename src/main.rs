@@ -89,6 +89,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let base_dir =
         std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
     let inventory = load_inventory(&cli, &stage, &base_dir, home.as_deref())?;
+    if let Command::Config { .. } = &cli.command {
+        return show_config(&cli, &stage, &inventory);
+    }
     let mut hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
     if let Command::Task { name, .. } = &cli.command {
         let Some(task) = inventory.tasks.get(name) else {
@@ -250,6 +253,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 })
                 .await;
                 out.emit(Event::Done(&report));
+                let ran = ("deploy", report.exit_code);
+                notify(&inventory, &stage, ran, &report, &base_dir, &out).await;
                 Ok(report.exit_code)
             }
             Command::Rollback { to, .. } | Command::Restore { release: to, .. } => {
@@ -279,6 +284,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 })
                 .await;
                 out.emit(Event::Done(&report));
+                let command = match &cli.command {
+                    Command::Restore { .. } => "restore",
+                    _ => "rollback",
+                };
+                let ran = (command, report.exit_code);
+                notify(&inventory, &stage, ran, &report, &base_dir, &out).await;
                 Ok(report.exit_code)
             }
             Command::Task { name, .. } => {
@@ -358,6 +369,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => {
                 unreachable!("handled before loading an inventory")
             }
+            Command::Config { .. } => unreachable!("handled before any connection"),
             Command::Releases { .. }
             | Command::History { .. }
             | Command::Unlock { .. }
@@ -517,7 +529,76 @@ fn load_inventory(
         env: &env,
         need_secrets: cli.command.needs_secrets(),
     };
-    Ok(inventory::parse(&text, &path, &ctx)?)
+    let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| e.to_string());
+    let mut inventory = inventory::parse_with(&text, &path, &ctx, &read)?;
+    // Before any connection; commands and files only for the commands that need them.
+    if let Some(env) = &mut inventory.env {
+        shipit::secrets::resolve(env, cli.command.needs_secrets(), base_dir)?;
+    }
+    Ok(inventory)
+}
+
+/// `shipit config`: the resolved inventory on stdout, every secret value known replaced by
+/// `<redacted>` (no secret command runs for it: see `needs_secrets`).
+fn show_config(cli: &Cli, stage: &str, inventory: &Inventory) -> Result<u8, Error> {
+    let mut doc = inventory::resolved(inventory);
+    let env_secrets = inventory
+        .env
+        .iter()
+        .flat_map(|e| e.secrets.iter().map(|(_, v)| v));
+    let ssh_secrets: Vec<Secret> = ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map(Secret::new)
+        .collect();
+    shipit::deploy::envfile::redactor(env_secrets.chain(&ssh_secrets))
+        .apply_json_as(&mut doc, "<redacted>");
+    let text = if cli.global.json {
+        serde_json::to_string_pretty(&doc).expect("a JSON document") + "\n"
+    } else {
+        let mut files = format!("`{}`", inventory.file.display());
+        for base in &inventory.bases {
+            files.push_str(&format!(" extending `{}`", base.display()));
+        }
+        format!(
+            "# shipit config {stage}: {files}, resolved: defaults filled in, local paths absolute,\n\
+             # secrets by their source only. `[ssh]` keys absent here come from ~/.ssh/config,\n\
+             # else their defaults.\n\n{}",
+            inventory::to_toml(&doc)
+        )
+    };
+    output::document(text.as_bytes()).map_err(|e| other(e, "cannot write to stdout"))?;
+    Ok(code::OK)
+}
+
+/// Runs the `[[notify]]` commands after `ran` (the command's name and exit code), with the
+/// report as `--json` shows it; a notifier never changes the exit code.
+async fn notify(
+    inventory: &Inventory,
+    stage: &str,
+    ran: (&str, u8),
+    report: &dyn output::Report,
+    dir: &Path,
+    out: &Output,
+) {
+    if inventory.notify.is_empty() {
+        return;
+    }
+    let report = out.redacted_json(report);
+    let hidden = inventory
+        .env
+        .as_ref()
+        .map(|e| e.from_env.clone())
+        .unwrap_or_default();
+    let finished = shipit::notify::Finished {
+        stage,
+        command: ran.0,
+        exit_code: ran.1,
+        report: &report,
+        hidden: &hidden,
+        dir,
+    };
+    shipit::notify::run_all(&inventory.notify, &finished, out).await;
 }
 
 /// Runs `artifact.build`, its output shown through `out` as lines of the host `build`, then

@@ -139,6 +139,15 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         release: Option<String>,
     },
+    /// Print the resolved inventory (bases merged, defaults filled in, secrets redacted) as TOML, or JSON with `--json`
+    #[command(
+        after_help = "Example:\n  shipit config staging                 what inventory/staging.toml (and the base it extends) amounts to\n  shipit config prod --json\n\nNo host is contacted and no secret command runs. The TOML is itself an inventory: shipit loads it\nas the same one (where a secret value appeared, `<redacted>` stands in its place)."
+    )]
+    Config {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+    },
     /// List releases: which hosts hold each, and where it is current
     #[command(after_help = "Example:\n  shipit releases staging")]
     Releases {
@@ -247,6 +256,7 @@ impl Command {
             | Command::Init { stage }
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
+            | Command::Config { stage }
             | Command::History { stage }
             | Command::Unlock { stage }
             | Command::Backup { stage, .. }

@@ -18,6 +18,7 @@ pub(super) enum Shape {
 use Shape::{Leaf, Map, Named, Table, TableOrTables, Tables};
 
 pub(super) const SCHEMA: &[(&str, Shape)] = &[
+    ("extends", Leaf),
     ("transport", Leaf),
     (
         "app",
@@ -63,7 +64,12 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
     ),
     (
         "env",
-        Table(&[("path", Leaf), ("from_env", Leaf), ("vars", Map)]),
+        Table(&[
+            ("path", Leaf),
+            ("from_env", Leaf),
+            ("vars", Map),
+            ("secrets", Named(&[("command", Leaf), ("file", Leaf)])),
+        ]),
     ),
     (
         "systemd",
@@ -120,6 +126,10 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("timeout", Leaf),
             ("interval", Leaf),
         ]),
+    ),
+    (
+        "notify",
+        Tables(&[("command", Leaf), ("on", Leaf), ("timeout", Leaf)]),
     ),
     (
         "rollout",

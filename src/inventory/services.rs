@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{Problems, section_span};
+use super::error::Problems;
 use super::raw::{RawCompose, RawNginx, RawUnit};
 use super::validate::Validator;
 
@@ -68,7 +68,7 @@ impl Validator<'_> {
                 .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
         if !ok {
             p.invalid(
-                section_span(p.text, "[systemd]"),
+                p.section("[systemd]"),
                 &key("unit"),
                 format!("{unit:?} must be a unit file name such as `app.service`"),
             );
@@ -77,7 +77,7 @@ impl Validator<'_> {
             .template
             .map(|t| self.local_path(&t, &key("template"), p));
         let Some(template) = template else {
-            p.missing(section_span(p.text, "[systemd]"), &key("template"));
+            p.missing(p.section("[systemd]"), &key("template"));
             return None;
         };
         let blue_green = match raw.ports {
@@ -89,7 +89,7 @@ impl Validator<'_> {
                 ] {
                     if set {
                         p.invalid(
-                            section_span(p.text, "[systemd]"),
+                            p.section("[systemd]"),
                             &key(name),
                             "applies only to a blue-green unit: set `ports` too",
                         );
@@ -138,7 +138,7 @@ impl Validator<'_> {
         };
         if !unit.ends_with("@.service") {
             p.invalid(
-                section_span(p.text, "[systemd]"),
+                p.section("[systemd]"),
                 &key("unit"),
                 format!(
                     "{unit:?} has `ports`, so it must be a template unit such as `app@.service` (one instance per port; the port is `%i` in the unit)"
@@ -168,7 +168,7 @@ impl Validator<'_> {
         p: &mut Problems<'_>,
     ) -> Option<Compose> {
         let Some(file) = raw.file else {
-            p.missing(section_span(p.text, "compose"), "compose.file");
+            p.missing(p.section("compose"), "compose.file");
             return None;
         };
         let template = self.local_path(&file, "compose.file", p);
@@ -205,13 +205,13 @@ impl Validator<'_> {
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
             p.invalid(
-                section_span(p.text, "nginx"),
+                p.section("nginx"),
                 "nginx.site",
                 "must be a file name: letters, digits, `.`, `_` and `-`, not starting with `.`",
             );
         }
         let Some(template) = raw.template else {
-            p.missing(section_span(p.text, "nginx"), "nginx.template");
+            p.missing(p.section("nginx"), "nginx.template");
             return None;
         };
         let template = self.local_path(&template, "nginx.template", p);

@@ -123,6 +123,15 @@ impl Output {
         self
     }
 
+    /// `report` as `--json` prints it: its JSON with every secret value known redacted.
+    pub fn redacted_json(&self, report: &dyn Report) -> serde_json::Value {
+        let redacted = redact::Redacted {
+            inner: report,
+            redactor: &self.redactor,
+        };
+        redacted.json()
+    }
+
     pub fn emit(&self, event: Event<'_>) {
         let r = &self.redactor;
         match event {
