@@ -233,15 +233,20 @@ impl Validator<'_> {
             .and_then(|c| self.compose(c, app_name_for_compose.as_deref(), p));
         let app_name = app.as_ref().map_or("app", |a| a.name.as_str()).to_owned();
         let backup = raw.backup.and_then(|b| self.backup(b, &app_name, p));
+        let mut maintenance_span = 0..0;
         let migrate = raw.migrate.and_then(|m| {
             let command = self.required_text(m.command, "migrate.command", "migrate", p)?;
+            let maintenance = m.maintenance.map(|v| {
+                maintenance_span = v.span();
+                v.into_inner()
+            });
             Some(Migrate {
                 command,
-                maintenance: m.maintenance.unwrap_or(false),
+                maintenance: maintenance.unwrap_or(false),
             })
         });
         if migrate.as_ref().is_some_and(|m| m.maintenance) && nginx.is_none() {
-            let span = p.section("migrate");
+            let span = maintenance_span;
             p.invalid(
                 span,
                 "migrate.maintenance",

@@ -107,7 +107,7 @@ pub(super) struct RawUnit {
     pub(super) template: Option<S<String>>,
     pub(super) ports: Option<S<Vec<S<i64>>>>,
     pub(super) drain: Option<S<String>>,
-    pub(super) keep_idle: Option<bool>,
+    pub(super) keep_idle: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -142,7 +142,7 @@ pub(super) struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMigrate {
     pub(super) command: Option<S<String>>,
-    pub(super) maintenance: Option<bool>,
+    pub(super) maintenance: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -699,6 +699,19 @@ command = "npm run seed:prod"
     }
 
     #[test]
+    fn a_bad_value_merged_into_a_stage_section_is_still_the_bases() {
+        let base = "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n[[hosts]]\nname = \"a\"\n\n[nginx]\nsite = \".hidden\"\n\n[[systemd]]\nunit = \"shop\"\ntemplate = \"u\"\n\n[migrate]\ncommand = \"x\"\nmaintenance = true\n";
+        let stage = "extends = \"base.toml\"\n[nginx]\ntemplate = \"deploy/site.conf\"\n";
+        insta::assert_snapshot!(
+            load_files(stage, &[("inventory/base.toml", base)]).unwrap_err().to_string(),
+            @r#"
+        inventory/base.toml:11:8: `systemd[0].unit`: "shop" must be a unit file name such as `app.service`
+        inventory/base.toml:8:8: `nginx.site`: must be a file name: letters, digits, `.`, `_` and `-`, not starting with `.`
+        "#
+        );
+    }
+
+    #[test]
     fn a_missing_key_points_at_the_section_that_lacks_it() {
         let base = "[app]\nname = \"shop\"\n\n[[hosts]]\nname = \"a\"\n";
         let err = |stage: &str| {
