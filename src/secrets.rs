@@ -85,7 +85,7 @@ pub fn resolve(env: &mut EnvFile, needed: bool, dir: &Path) -> Result<(), Secret
                 let known: Vec<&Secret> = env.secrets.iter().map(|(_, v)| v).collect();
                 run(&source, command, dir, &known)?
             }
-            SecretFrom::File(path) => match read(&source, path) {
+            SecretFrom::File(path) => match read(&source, path, needed) {
                 Ok(value) => value,
                 Err(_) if !needed => continue,
                 Err(e) => return Err(e),
@@ -134,7 +134,9 @@ fn run(
     value(source, output.stdout, format!("`{command}` printed"))
 }
 
-fn read(source: &SecretSource, path: &Path) -> Result<Secret, SecretError> {
+/// The file's value; `strict`: refused when other users can read or write it (a command
+/// that only redacts reads it all the same).
+fn read(source: &SecretSource, path: &Path, strict: bool) -> Result<Secret, SecretError> {
     let read_error = |e| SecretError::Read {
         name: source.name.clone(),
         origin: source.origin.clone(),
@@ -144,7 +146,7 @@ fn read(source: &SecretSource, path: &Path) -> Result<Secret, SecretError> {
     let mut file = std::fs::File::open(path).map_err(read_error)?;
     let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
     // As `ssh` refuses a private key others can read: the secret is not one any more.
-    if mode & 0o077 != 0 {
+    if strict && mode & 0o077 != 0 {
         return Err(SecretError::Exposed {
             name: source.name.clone(),
             origin: source.origin.clone(),

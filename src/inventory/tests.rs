@@ -865,11 +865,12 @@ fn notifiers_are_checked_and_default_to_both_outcomes_in_30s() {
         ]
     );
     let bad = format!(
-        "{MINIMAL}\n[[notify]]\non = [\"failur\"]\n[[notify]]\ncommand = \"x\"\non = []\ntimeout = \"soon\"\n"
+        "{MINIMAL}\n[[notify]]\non = [\"failur\"]\n[[notify]]\ncommand = \"x\"\non = []\ntimeout = \"soon\"\n[[notify]]\ncommand = \"y\"\non = [\"failur\"]\n"
     );
     insta::assert_snapshot!(err(&bad), @r#"
     inventory/staging.toml:10:1: missing required key `notify[0].command`
     inventory/staging.toml:14:6: `notify[1].on`: name at least one of "success", "failure" (or remove `on`: both)
     inventory/staging.toml:15:11: `notify[1].timeout`: "soon" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
+    inventory/staging.toml:18:7: `notify[2].on`: unknown outcome "failur" (did you mean `failure`?); one of: success, failure
     "#);
 }
