@@ -585,11 +585,18 @@ async fn notify(
         return;
     }
     let report = out.redacted_json(report);
-    let hidden = inventory
+    // The app's secrets by name: `from_env`'s, and a variable of the same name as an
+    // `[env.secrets.NAME]` (its command may read it).
+    let hidden: Vec<String> = inventory
         .env
-        .as_ref()
-        .map(|e| e.from_env.clone())
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|e| {
+            e.from_env
+                .iter()
+                .cloned()
+                .chain(e.sources.iter().map(|s| s.name.clone()))
+        })
+        .collect();
     let finished = shipit::notify::Finished {
         stage,
         command: ran.0,

@@ -8,9 +8,9 @@
 //!
 //! - `SHIPIT_STAGE`, `SHIPIT_COMMAND` (`deploy`, `rollback`, `restore`), `SHIPIT_OUTCOME`
 //!   (`success` or `failure`) and `SHIPIT_EXIT_CODE`, for a message without parsing JSON;
-//! - the deployer's environment, less the app's secrets (the variables `env.from_env`
-//!   names) and shipit's own (`SHIPIT_SSH_KEY`, `SHIPIT_SSH_PASSPHRASE`): a notifier's
-//!   token lives in a variable of its own.
+//! - the deployer's environment, less the app's secrets (the variables `env.from_env` and
+//!   `[env.secrets.NAME]` name) and shipit's own (`SHIPIT_SSH_KEY`, `SHIPIT_SSH_PASSPHRASE`):
+//!   a notifier's token lives in a variable of its own.
 //!
 //! Its stdout is never shipit's (which `--json` keeps for the report): both of its streams
 //! are read, and their last lines shown only when it fails.
@@ -42,7 +42,7 @@ pub struct Finished<'a> {
     pub exit_code: u8,
     /// The report as `--json` prints it, redacted.
     pub report: &'a serde_json::Value,
-    /// Variables the notifiers must not see (the app's secrets, `env.from_env`).
+    /// Variables the notifiers must not see (the names of the app's secrets).
     pub hidden: &'a [String],
     /// Where they run: the directory shipit runs in.
     pub dir: &'a Path,
