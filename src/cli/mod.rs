@@ -216,7 +216,7 @@ pub enum Command {
     },
     /// Show each host's service logs: the `[[systemd]]` units' journal, or the `[compose]` services' logs
     #[command(
-        after_help = "Example:\n  shipit logs staging                  the last 100 lines of every host\n  shipit logs prod -n 20 -f --hosts web-1   follow one host until Ctrl-C"
+        after_help = "Example:\n  shipit logs staging                        the last 100 lines of every host\n  shipit logs prod -n 20 -f --hosts web-1    follow one host until Ctrl-C"
     )]
     Logs {
         /// Stage name: reads inventory/<STAGE>.toml
