@@ -146,6 +146,7 @@ async fn host_logs(
                     // Ended by Ctrl-C (stdin closed): the way `--follow` is meant to end.
                     if *stop.borrow() { stopped_ok(host, result) } else { result }
                 }
+                // Its output so far was shown; the channel closes as `run` is dropped.
                 () = stopped => stopped_ok(host, HostExec::failed(host, String::new())),
             }
         }
@@ -168,9 +169,10 @@ async fn host_logs(
             merged.error = r.error;
         }
     }
-    let summary = match (&merged.error, merged.exit_code) {
-        (Some(e), _) => e.clone(),
-        (None, Some(code)) if !merged.ok => format!("exit status {code}"),
+    let summary = match (&merged.error, merged.exit_code, merged.ok) {
+        (Some(e), _, _) => e.clone(),
+        (None, Some(code), false) => format!("exit status {code}"),
+        (None, None, false) => "ended by a signal".to_owned(),
         _ if req.follow => "stopped following".to_owned(),
         _ => "ok".to_owned(),
     };

@@ -1,5 +1,6 @@
 //! The seam between shipit and a host: run one command, with a stdin stream, under a
-//! deadline, and get its exit status with the tails of stdout and stderr.
+//! deadline, and get its exit status with the tails of stdout and stderr; or run one under
+//! a pseudo-terminal for a person ([`Transport::interactive`], `shipit shell`).
 //!
 //! Two implementations: [`local::LocalTransport`] (a child process on this machine) and
 //! [`ssh::SshTransport`] (the only module that names the SSH library). Everything above this
