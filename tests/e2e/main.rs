@@ -39,6 +39,7 @@ mod jump;
 mod maintenance;
 mod notify;
 mod openssh;
+mod operator;
 mod plan;
 mod plan_steps;
 mod report_schema;
