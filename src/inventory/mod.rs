@@ -5,13 +5,16 @@
 //! file, line and column it comes from, and all problems found are reported together.
 //!
 //! Pure: the caller passes in the file text, the directory relative paths are resolved
-//! against, the home directory and a lookup for the deployer's environment. No I/O here.
+//! against, the home directory, a lookup for the deployer's environment and a reader of the
+//! base files. No I/O here.
 //!
-//! The file is read in stages: `schema` reports unknown keys, `raw` is the file as serde
-//! reads it, and each section has a file that owns its resolved type and its checks (`app`,
-//! `ssh`, `hosts`, `artifact`, `env`, `services`, `backup`, `hooks`, `health`, `rollout`),
-//! sharing the value checks of `validate` and `paths` and the problem list of `error`.
-//! This file assembles the sections into an [`Inventory`].
+//! The file is read in stages: `extends` follows the chain of base files and merges them
+//! (each value keeping the file it came from), `schema` reports unknown keys, `raw` is the
+//! merged document as serde reads it, and each section has a file that owns its resolved
+//! type and its checks (`app`, `ssh`, `hosts`, `artifact`, `env`, `services`, `backup`,
+//! `hooks`, `health`, `rollout`, `notify`), sharing the value checks of `validate` and
+//! `paths` and the problem list of `error`. This file assembles the sections into an
+//! [`Inventory`]; `resolved` writes one back in the inventory's keys (`shipit config`).
 
 mod app;
 mod artifact;
@@ -84,7 +87,7 @@ pub enum TransportKind {
 pub struct Inventory {
     /// The file named (`inventory/<stage>.toml` or `-i PATH`).
     pub file: PathBuf,
-    /// The files it extends, nearest first (see [`extends`]).
+    /// The files it extends, nearest first (`extends`).
     pub bases: Vec<PathBuf>,
     pub transport: TransportKind,
     pub app: App,
@@ -117,7 +120,7 @@ pub fn parse(text: &str, file: &Path, ctx: &LoadContext<'_>) -> Result<Inventory
 }
 
 /// Parses and validates an inventory: the text of `file`, and the base files it `extends`,
-/// read with `read` (see [`extends`] for how they merge).
+/// read with `read` (how they merge: `src/inventory/extends.rs`, and the README).
 pub fn parse_with(
     text: &str,
     file: &Path,
