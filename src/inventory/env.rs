@@ -3,7 +3,7 @@
 //! (`[env.secrets.NAME]`, resolved by [`crate::secrets`] for the commands that need them).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::error::{ProblemKind, Problems};
 use super::paths::{env_path_problem, remote_path};
@@ -39,7 +39,7 @@ pub enum SecretFrom {
     /// Run with `sh -c` on the deployer; stdout without its final newline is the value.
     Command(String),
     /// The file's content without its final newline; absolute (a relative path is
-    /// resolved against the directory of the inventory file that names it).
+    /// resolved against the directory shipit runs in, like every other local path).
     File(PathBuf),
 }
 
@@ -152,7 +152,6 @@ impl Validator<'_> {
         let key = format!("env.secrets.{}", name.get_ref());
         let (file, line, column) = p.sources.locate(name.span().start);
         let origin = format!("{}:{line}:{column}", file.display());
-        let dir = file.parent().unwrap_or(Path::new("")).to_owned();
         let span = raw.span();
         let raw = raw.into_inner();
         let from = match (raw.command, raw.file) {
@@ -170,7 +169,7 @@ impl Validator<'_> {
                         p.invalid(f.span(), &format!("{key}.file"), "must not be empty");
                         return None;
                     }
-                    None => self.ctx.base_dir.join(&dir).join(f.get_ref()),
+                    None => self.ctx.base_dir.join(f.get_ref()),
                 };
                 SecretFrom::File(path)
             }

@@ -634,7 +634,7 @@ command = "npm run seed:prod"
         // A secret's source is replaced whole: `file` alone, not `file` and `command`.
         assert_eq!(
             env.sources[0].from,
-            SecretFrom::File("/project/inventory/api.key".into())
+            SecretFrom::File("/project/api.key".into())
         );
         assert_eq!(env.sources[0].origin, "inventory/prod.toml:14:14");
         let hooks: Vec<&str> = inv.hooks.iter().map(|h| h.command.as_str()).collect();

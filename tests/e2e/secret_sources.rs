@@ -13,7 +13,8 @@ const FROM_COMMAND: &str = "Tok-from-op-8c1e77";
 const FROM_FILE: &str = "Db-file-pass-5a2b91";
 
 /// An inventory for h1 and h2 whose `API_KEY` comes from `command` and `DB_PASSWORD` from
-/// `db.secret` beside the inventory; a hook prints both (which must show redacted).
+/// `db.secret` in the fleet's directory (an absolute path: a relative one is relative to where
+/// shipit runs); a hook prints both (which must show redacted).
 fn inventory(fleet: &Fleet, app: &Path, command: &str) -> PathBuf {
     let extra = format!(
         r#"[artifact]
@@ -27,7 +28,7 @@ vars = {{ MODE = "prod" }}
 command = {}
 
 [env.secrets.DB_PASSWORD]
-file = "db.secret"
+file = {}
 
 [[hooks]]
 at = "after_switch"
@@ -35,6 +36,7 @@ command = "echo hook sees $API_KEY and $DB_PASSWORD"
 "#,
         app.display(),
         toml::Value::String(command.to_owned()),
+        toml::Value::String(fleet.dir().join("db.secret").display().to_string()),
     );
     write(
         fleet.dir(),
