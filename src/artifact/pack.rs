@@ -35,10 +35,10 @@ pub struct Packed {
     pub tar_size: u64,
     /// Number of entries (files, dirs, symlinks).
     pub entries: u64,
-    /// The tar's entries carry [`MTIME`] (a packed directory), not times of their own (a
+    /// The tar's entries carry the fixed `MTIME` (a packed directory), not times of their own (a
     /// tarball's).
     pub fixed_mtime: bool,
-    /// The modification time the hosts' files get instead of [`MTIME`] (see
+    /// The modification time the hosts' files get instead of `MTIME` (see
     /// [`Packed::stamped`]); `None`: the tar's own.
     pub files_mtime: Option<u64>,
 }
@@ -57,7 +57,7 @@ impl Packed {
 
 /// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
 /// depend on when the files were checked out or built. What hosts get instead is
-/// [`Packed::files_mtime`], set in the streams sent ([`restamp`]).
+/// [`Packed::files_mtime`], set in the streams sent ([`Restamp`]).
 pub(crate) const MTIME: u64 = 946_684_800;
 
 /// Read and write buffers: big enough for few syscalls, fixed so memory stays flat.

@@ -138,7 +138,11 @@ fn rerun_hooks<'h>(
     undo: Undo,
 ) -> Option<Vec<(HookPoint, &'h str, Cmd)>> {
     let inv = ctx.inventory;
-    let previous = host.previous.as_deref()?;
+    // A name read from the host (the last part of `current`'s target): never `..` nor empty.
+    let previous = host
+        .previous
+        .as_deref()
+        .filter(|p| !p.is_empty() && !p.starts_with('.'))?;
     let at = match undo {
         Undo::AfterSwitchHooks => HookPoint::AfterSwitch,
         Undo::AfterRestartHooks => HookPoint::AfterRestart,
