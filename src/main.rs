@@ -690,7 +690,10 @@ fn prepare_artifact(
             })
         })?;
     }
-    Ok(artifact::pack(&spec.path, &std::env::temp_dir())?)
+    let packed = artifact::pack(&spec.path, &std::env::temp_dir())?;
+    // What the hosts' files get instead of the packed tar's fixed time (see `files_time`).
+    let time = artifact::files_time(base_dir, shipit::clock::now_unix());
+    Ok(packed.stamped(time.unix()))
 }
 
 /// Reads the unit and site templates (before any connection: a missing file is an input

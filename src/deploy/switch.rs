@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use super::stage::{COMPOSE_FILE, NGINX_DIR, SYSTEMD_DIR};
-use super::{Ctx, HostState, health};
+use super::{Ctx, HostState, health, hooks};
 use crate::commands::{self, exit};
 use crate::execute::{self, RemoteError, timeout};
+use crate::inventory::HookPoint;
+use crate::plan::step::hook_point_str;
 use crate::plan::{HostSteps, Phase, Undo, step};
 use crate::shell::Cmd;
 use crate::transport::ExecRequest;
@@ -108,7 +110,53 @@ fn undo_cmd(
                 "stopping the new instance",
             )
         }
+        Undo::AfterSwitchHooks | Undo::AfterRestartHooks => {
+            // Each hook in a subshell of its own (its prelude ends with `exit` when it
+            // cannot start), the next only after it succeeded, as in a deploy.
+            let mut hooks = rerun_hooks(ctx, host, release, undo)?
+                .into_iter()
+                .map(|(_, _, cmd)| Cmd::new("(").cmd(cmd).raw(")"));
+            let first = hooks.next()?;
+            (
+                hooks.fold(first, Cmd::and),
+                timeout::LONG,
+                "running the hooks again for the previous release",
+            )
+        }
     })
+}
+
+/// The hooks a switch-back of `host` from `release` runs again (`undo`: the `after_switch`
+/// or `after_restart` ones): (point, command, the command as run), in the previous
+/// release's directory with the env file loaded and the variables of a deploy of it
+/// (`SHIPIT_RELEASE` the previous release, `SHIPIT_PREVIOUS` the one left). `None` on a
+/// first deploy (nothing to go back to) or without such hooks.
+fn rerun_hooks<'h>(
+    ctx: &Ctx<'_>,
+    host: &'h HostSteps,
+    release: &str,
+    undo: Undo,
+) -> Option<Vec<(HookPoint, &'h str, Cmd)>> {
+    let inv = ctx.inventory;
+    // A name read from the host (the last part of `current`'s target): never `..` nor empty.
+    let previous = host
+        .previous
+        .as_deref()
+        .filter(|p| !p.is_empty() && !p.starts_with('.'))?;
+    let at = match undo {
+        Undo::AfterSwitchHooks => HookPoint::AfterSwitch,
+        Undo::AfterRestartHooks => HookPoint::AfterRestart,
+        _ => return None,
+    };
+    let dir = format!("{}/releases/{previous}", inv.app.deploy_to);
+    let vars = hooks::task_vars(inv, &host.host, previous, Some(release));
+    let cmds: Vec<_> = crate::plan::build::hooks_at(host, at)
+        .map(|command| {
+            let cmd = commands::task::run(&dir, hooks::env_path(inv), &vars, command);
+            (at, command, cmd)
+        })
+        .collect();
+    (!cmds.is_empty()).then_some(cmds)
 }
 
 /// `arm_guard`: a sleeper on the host that runs the undo of every switch step of `host`
@@ -500,20 +548,36 @@ pub async fn mark_passed(ctx: &Ctx<'_>, c: &Conn<'_>, release: &str) {
     }
 }
 
+/// How a switch-back went: what went wrong without failing it (a hook run again), and
+/// what failed it.
+#[derive(Debug, Default)]
+pub struct Back {
+    pub warnings: Vec<String>,
+    pub failed: Option<String>,
+}
+
 /// Puts back what the switch steps of `host` that started touched (`undos`): its previous
-/// release becomes current again (or `current` is removed when there was none), then the
-/// health gate (a blue-green unit's on the old instance's port).
+/// release becomes current again (or `current` is removed when there was none), its
+/// `after_switch` and `after_restart` hooks run again for it, then the health gate (a
+/// blue-green unit's on the old instance's port).
+///
+/// A hook that fails then is a warning, not a failure of the switch-back: the host is
+/// going back whatever the hook does (`current`, env file, units and site are put back
+/// all the same), and the hooks are this run's, so a hook broken in the inventory would
+/// otherwise fail every switch-back it should have made; the health gate after it says
+/// whether the host serves.
 pub async fn deactivate(
     ctx: &Ctx<'_>,
     c: &Conn<'_>,
     host: &HostSteps,
     undos: &[Undo],
     guard_armed: bool,
-) -> Result<(), String> {
+) -> Back {
     let previous = host.previous.as_deref();
     let deploy_to = ctx.inventory.app.deploy_to.as_str();
     let release = ctx.release;
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     // First: the fleet did not accept the release (a deploy switched back after it
     // confirmed here, another host failed; a rollback to it that failed), so it is no
     // rollback target here, even if this run is killed while switching back.
@@ -523,6 +587,25 @@ pub async fn deactivate(
         ctx.note(&format!("{}: {e}", c.host.name));
     }
     for undo in undos {
+        if matches!(undo, Undo::AfterSwitchHooks | Undo::AfterRestartHooks) {
+            // Streamed as a deploy's hooks are. One that fails stops the hooks after it
+            // (as in a deploy), never the rest of the switch-back.
+            let hooks = rerun_hooks(ctx, host, release, *undo).unwrap_or_default();
+            for (at, command, cmd) in hooks {
+                let what = format!(
+                    "the {} hook `{command}` (run again for {})",
+                    hook_point_str(at),
+                    previous.unwrap_or_default()
+                );
+                ctx.step(c, &format!("hook {} (switching back)", hook_point_str(at)));
+                if let Err(e) = hooks::run_streamed(c, "hook", &cmd, ctx.out, &what).await {
+                    ctx.note(&format!("warning: {}", e.message));
+                    warnings.push(e.message);
+                    break;
+                }
+            }
+            continue;
+        }
         if let Some((cmd, timeout, what)) = undo_cmd(ctx, host, release, *undo)
             && let Err(e) = execute::run(c, "switch", what, &cmd, timeout).await
         {
@@ -545,9 +628,8 @@ pub async fn deactivate(
             problems.push(format!("after switching back, {e}"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
+    Back {
+        warnings,
+        failed: (!problems.is_empty()).then(|| problems.join("; ")),
     }
 }

@@ -93,7 +93,7 @@ impl Output {
         let renderer: Box<dyn Renderer> = match mode {
             Mode::Tty => Box::new(tty::Tty::new(hosts)),
             Mode::Plain => Box::new(plain::Plain::new(hosts, verbose)),
-            Mode::Json => Box::new(json::Json),
+            Mode::Json => Box::new(json::Json::new(hosts, verbose)),
         };
         let renderer = match github {
             Some(summary) => Box::new(github::Github::new(renderer, mode != Mode::Json, summary)),

@@ -195,6 +195,9 @@ pub fn deploy(report: &DeployReport) -> String {
         if let Some(why) = &h.delta_fallback {
             let _ = writeln!(out, "{}: {why}; the whole artifact was sent", h.host);
         }
+        for warning in &h.warnings {
+            let _ = writeln!(out, "{}: warning: {warning}", h.host);
+        }
         if let Some(error) = &h.error {
             let _ = writeln!(out, "{}: {}", h.host, error);
         }
