@@ -38,6 +38,7 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("jump", Leaf),
             ("connect_timeout", Leaf),
             ("keepalive_interval", Leaf),
+            ("sudo", Leaf),
         ]),
     ),
     (
