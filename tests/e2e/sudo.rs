@@ -245,13 +245,21 @@ fn a_user_with_passwordless_sudo_deploys_env_file_unit_and_site_and_owns_the_rel
         .replace(
             "deploy_to = \"/opt/demo\"\n",
             "deploy_to = \"/opt/demo\"\nuser = \"demo\"\n",
-        );
+        )
+        .replace("[\"storage\"]", "[\"storage\", \"uploads\"]");
     let inv = write(fleet.dir(), "inv-demo.toml", &text);
     let (code, out, stderr) = shipit(&fleet, &["deploy", "test"], &inv);
     assert_eq!(code, 0, "{out}\n{stderr}");
     assert_eq!(
         fleet.sh_ok("s1", "stat -c '%U %a' /etc/demo.env").trim(),
         "demo 600"
+    );
+    // A new shared dir is the app user's (given through sudo: deploy cannot give files away).
+    assert_eq!(
+        fleet
+            .sh_ok("s1", "stat -c %U /opt/demo/shared/uploads")
+            .trim(),
+        "demo"
     );
     assert_eq!(
         fleet.sh_ok("s1", "cat /opt/demo/current/migrated"),
@@ -329,4 +337,104 @@ fn without_sudo_rights_the_deploy_stops_before_switching_and_check_says_what_to_
         "{stderr}"
     );
     assert!(!stderr.contains("sudo -n"), "sudo works now: {stderr}");
+}
+
+/// Waits up to 60 s for `script` to succeed on `host`.
+fn wait_until(fleet: &SystemdFleet, host: &str, what: &str, script: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fleet.sh(host, script).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The dead-deployer guard runs as deploy (its lock and `.shipit/` files stay deploy's) and
+/// puts back, through sudo, what root changed: the unit, the env file, the site.
+#[test]
+fn the_guard_of_a_dead_deployer_puts_back_units_and_env_file_through_sudo() {
+    let fleet = SystemdFleet::start(1);
+    add_deploy_user(&fleet, true);
+    let inv = inventory(&fleet, &app(fleet.dir(), "1"), "");
+    let (code, out, stderr) = shipit(&fleet, &["deploy", "test"], &inv);
+    assert_eq!(code, 0, "{out}\n{stderr}");
+    let first = current(&fleet, "s1");
+    let description = |fleet: &SystemdFleet| {
+        fleet
+            .sh_ok("s1", "systemctl show -p Description --value demo.service")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        description(&fleet),
+        format!("demo ({})", first.trim_start_matches("releases/"))
+    );
+    let env_before = fleet.sh_ok("s1", "cat /etc/demo.env");
+
+    // v2 changes the env file and the unit, then holds its run after the restart; the
+    // deployer dies there.
+    let extra = "\n[rollout]\nconfirm_timeout = \"3s\"\n\n[[hooks]]\nat = \"after_restart\"\ncommand = \"touch /var/tmp/sudo-guard-hook && sleep 60\"\n";
+    let text = std::fs::read_to_string(inventory(&fleet, &app(fleet.dir(), "2"), extra))
+        .unwrap()
+        .replace(
+            "vars = { PORT = \"8081\" }",
+            "vars = { PORT = \"8081\", V = \"2\" }",
+        );
+    let v2 = write(fleet.dir(), "inv-v2.toml", &text);
+    let mut child = fleet
+        .shipit()
+        .env(SECRET.0, SECRET.1)
+        .args(["deploy", "test", "-i"])
+        .arg(&v2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        &fleet,
+        "s1",
+        "after_restart hook",
+        "test -e /var/tmp/sudo-guard-hook",
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(current(&fleet, "s1"), first);
+    assert_eq!(fleet.http_get("s1", 8080, "/").1, "version 2");
+
+    wait_until(
+        &fleet,
+        "s1",
+        "guard history line",
+        "grep -q '\"action\": *\"guard\"' /opt/demo/.shipit/history.jsonl",
+    );
+    assert_eq!(current(&fleet, "s1"), first);
+    assert_eq!(fleet.sh_ok("s1", "cat /etc/demo.env"), env_before);
+    assert_eq!(
+        fleet.sh_ok("s1", "stat -c '%U %a' /etc/demo.env").trim(),
+        "deploy 600"
+    );
+    assert_eq!(
+        description(&fleet),
+        format!("demo ({})", first.trim_start_matches("releases/"))
+    );
+    assert_eq!(fleet.http_get("s1", 8080, "/").1, "version 1");
+    // What the guard wrote under `deploy_to` is deploy's: the next deploy takes the lock.
+    assert_eq!(
+        fleet
+            .sh_ok(
+                "s1",
+                "cd /opt/demo/.shipit && find . -user root ! -path './previous/*' -print"
+            )
+            .trim(),
+        ""
+    );
+    let (code, out, stderr) = shipit(&fleet, &["unlock", "test", "--yes"], &inv);
+    assert_eq!(code, 0, "{out}\n{stderr}");
+    // (`inventory` writes the same file: v3's has neither the hook nor the short timeout.)
+    let inv = inventory(&fleet, &app(fleet.dir(), "3"), "");
+    let (code, out, stderr) = shipit(&fleet, &["deploy", "test"], &inv);
+    assert_eq!(code, 0, "{out}\n{stderr}");
+    assert_eq!(fleet.http_get("s1", 8080, "/").1, "version 3");
 }
