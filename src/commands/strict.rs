@@ -171,6 +171,39 @@ mod tests {
         assert_eq!(code, 0, "{err}");
     }
 
+    /// Run as root through sudo, the tree of the user who ran sudo (`$SUDO_UID`) counts as
+    /// the SSH user's; another user's never does.
+    #[test]
+    fn under_sudo_the_invoking_users_tree_passes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chmod(&theirs, 0o755);
+        let status = std::process::Command::new("chown")
+            .arg("nobody")
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let uid = std::fs::metadata(&theirs).unwrap().uid();
+        assert_ne!(uid, 0, "the tests run as root, as the hosts' scripts do");
+        let check = preflight(&[s(&theirs.join("env"))], &[]);
+        assert_eq!(run(&check).0, 95);
+        let as_sudo = |sudo_uid: u32| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(check.render())
+                .env("SUDO_UID", sudo_uid.to_string())
+                .output()
+                .unwrap();
+            out.status.code().unwrap()
+        };
+        assert_eq!(as_sudo(uid), 0);
+        assert_eq!(as_sudo(uid + 1), 95);
+    }
+
     #[test]
     fn writable_by_others_is_refused_with_path_and_mode() {
         let dir = tempfile::tempdir().unwrap();
