@@ -16,7 +16,8 @@ pub mod code {
     pub const ROLLED_BACK: u8 = 3;
     /// The rollback failed: a human is needed.
     pub const ROLLBACK_FAILED: u8 = 4;
-    /// Locked by another run: nothing was changed (`deploy`, `rollback`, `backup`, `task`).
+    /// Locked by another run, or on purpose (`shipit lock`): nothing was changed (`deploy`,
+    /// `rollback`, `restore`, `backup`, `task`, `lock`).
     pub const LOCKED: u8 = 5;
 }
 

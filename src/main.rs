@@ -111,6 +111,21 @@ fn run(cli: Cli) -> Result<u8, Error> {
             )));
         }
     }
+    match &cli.command {
+        Command::Shell { .. } => {
+            shipit::ops::shell::check_usage(&hosts, &stage).map_err(Error::Usage)?
+        }
+        Command::Lock { message, .. } => {
+            shipit::ops::lock::check_message(message).map_err(Error::Usage)?
+        }
+        Command::Logs { .. } if !shipit::ops::logs::has_logs(&inventory) => {
+            return Err(Error::Usage(format!(
+                "`{}` has no `[[systemd]]` unit and no `[compose]` stack: no logs to read (`shipit exec {stage} -- tail FILE` reads a file)",
+                inventory.file.display()
+            )));
+        }
+        _ => {}
+    }
     if cli.command.restores() {
         shipit::deploy::restore::can_restore(&inventory).map_err(Error::Usage)?;
         if !cli.global.yes && !std::io::stdin().is_terminal() {
@@ -138,6 +153,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
     // is being worked on yet, and a failed build must not leave bars behind.
     let build_out = Output::new(output_mode(&cli), &[], cli.global.verbose, None)
         .redacting_with(redactor.clone());
+    // The commit shipped, and whether the tree had uncommitted changes: read before the
+    // build, which may write into the tree.
+    let git = match cli.command.needs_artifact() {
+        true => artifact::git::revision(&base_dir),
+        false => None,
+    };
     // Everything that can fail without a host comes before the first connection.
     let packed = match cli.command.needs_artifact() {
         true => Some(prepare_artifact(&inventory, &base_dir, &build_out)?),
@@ -194,6 +215,47 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 out.emit(Event::Done(&report));
                 hosts_result(report.failed(), report.hosts.len())
             }
+            Command::Logs { lines, follow, .. } => {
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
+                let (_stopper, stop) = tokio::sync::watch::channel(false);
+                let stop = if *follow { stop_on_signals() } else { stop };
+                let request = shipit::ops::logs::Request {
+                    lines: *lines,
+                    follow: *follow,
+                };
+                let mut report =
+                    shipit::ops::logs::show(&stage, &conns, &inventory, request, stop, &out).await;
+                for (host, e) in &failed {
+                    report
+                        .hosts
+                        .push(HostExec::failed(&host.name, shipit::error::chain(e)));
+                }
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                hosts_result(report.failed(), report.hosts.len())
+            }
+            Command::Shell { .. } => shipit::ops::shell::run(&inventory, hosts[0], &connector)
+                .await
+                .map_err(|e| Error::Other(anyhow::anyhow!(e))),
+            Command::Lock { message, .. } => {
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
+                let report = if failed.is_empty() {
+                    shipit::ops::lock::lock(&stage, &conns, &inventory, &run, message).await
+                } else {
+                    let failed: Vec<(String, String)> = failed
+                        .iter()
+                        .map(|(h, e)| (h.name.clone(), shipit::error::chain(e)))
+                        .collect();
+                    shipit::ops::lock::not_reached(&stage, message, &hosts, &failed)
+                };
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                Ok(match (report.locked, report.held_elsewhere()) {
+                    (true, _) => code::OK,
+                    (false, true) => code::LOCKED,
+                    (false, false) => code::FAILED,
+                })
+            }
             Command::Plan { waves, .. }
             | Command::Deploy {
                 waves,
@@ -228,7 +290,6 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Command::Deploy { waves, .. } => {
                 let packed = packed.as_ref().expect("packed before connecting");
                 let waves = parse_waves(waves)?;
-                let git = git_revision(&base_dir);
                 let report = pipeline::deploy(pipeline::Deploy {
                     stage: &stage,
                     inventory: &inventory,
@@ -244,7 +305,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     waves,
                     env_content: env_content.clone(),
                     now_unix: started_unix,
-                    git,
+                    git: git.clone(),
                     run: &run,
                     cancel: cancel_on_signals(),
                 })
@@ -575,22 +636,14 @@ fn read_templates(inventory: &Inventory) -> Result<Templates, Error> {
     Ok(templates)
 }
 
-/// The commit being deployed, when shipit runs inside a git checkout.
-fn git_revision(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let sha = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !sha.is_empty()).then_some(sha)
-}
-
 /// Ctrl-C or SIGTERM asks the run to stop cleanly (locks released, nothing half-switched);
 /// a second one ends the process at once.
 fn cancel_on_signals() -> Cancel {
+    Cancel::new(stop_on_signals())
+}
+
+/// Turns true at the first Ctrl-C or SIGTERM; a second one ends the process at once.
+fn stop_on_signals() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -611,7 +664,7 @@ fn cancel_on_signals() -> Cancel {
             let _ = tx.send(true);
         }
     });
-    Cancel::new(rx)
+    rx
 }
 
 /// Asks `question` on the terminal (the caller made sure stdin is one, or `--yes`).
@@ -637,9 +690,16 @@ fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> 
         ));
         return false;
     }
-    out.emit(Event::Note(
-        "remove these locks? only if those runs are dead [y/N]",
-    ));
+    // A lock taken with `shipit lock` is ended by asking; another run's only once it is dead.
+    let question = match hosts
+        .iter()
+        .filter(|h| h.locked)
+        .all(|h| h.owner.as_ref().is_some_and(|o| o.deliberate()))
+    {
+        true => "remove these locks? [y/N]",
+        false => "remove these locks? only if those runs are dead [y/N]",
+    };
+    out.emit(Event::Note(question));
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
@@ -718,6 +778,10 @@ fn hostname() -> String {
 fn output_mode(cli: &Cli) -> Mode {
     if cli.global.json {
         return Mode::Json;
+    }
+    // The shell owns the terminal: no bars drawing over it.
+    if let Command::Shell { .. } = cli.command {
+        return Mode::Plain;
     }
     match cli.global.progress {
         Progress::Always => Mode::Tty,

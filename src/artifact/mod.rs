@@ -10,7 +10,7 @@
 //! entries, never the tarball's own bytes, so the host extracts exactly what was checked.
 //! Both paths stream through fixed buffers, so memory stays flat whatever the artifact's
 //! size. `build` runs `artifact.build`, the local command that makes the artifact;
-//! `compress` holds the [`Codec`].
+//! `compress` holds the [`Codec`]; [`git`] reads the commit it is built from.
 //!
 //! Packing also writes the artifact's [`Manifest`](manifest::Manifest) (each path's type,
 //! mode, size, sha256), which travels to the host ahead of the tar stream.
@@ -21,6 +21,7 @@
 //! build's output lines.
 
 pub mod delta;
+pub mod git;
 pub mod manifest;
 
 mod build;

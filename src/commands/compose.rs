@@ -13,6 +13,17 @@ if docker compose version >/dev/null 2>&1; then compose="docker compose"
 elif command -v docker-compose >/dev/null 2>&1; then compose=docker-compose
 else compose=; fi"#;
 
+/// After [`PICK`], with `$project`, `$file` and `$envfile` (empty: none) set: sets "$@" to
+/// the host's Compose with them. Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host
+/// has neither Compose.
+pub const ARGS: &str = r#"
+if [ -z "$compose" ]; then
+  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
+fi
+set -- $compose
+if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
+else set -- "$@" -p "$project" -f "$file"; fi"#;
+
 /// Sets "$@" to the host's Compose with the project, file and env file of a release.
 /// Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
 fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
@@ -21,15 +32,7 @@ fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::new(PICK),
-        Cmd::new(
-            r#"
-if [ -z "$compose" ]; then
-  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
-fi
-set -- $compose
-if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
-else set -- "$@" -p "$project" -f "$file"; fi"#,
-        ),
+        Cmd::new(ARGS),
     ]
 }
 

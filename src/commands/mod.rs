@@ -11,6 +11,8 @@ pub mod files;
 pub mod guard;
 pub mod history;
 pub mod lock;
+pub mod login;
+pub mod logs;
 pub mod nginx;
 pub mod passed;
 pub mod release;

@@ -2,7 +2,8 @@
 //!
 //! A lock is never taken over automatically, however old: a stale lock is reported with its
 //! owner and age, and only `shipit unlock` ([`crate::ops::unlock`], asking first, or
-//! `--yes`) removes it.
+//! `--yes`) removes it. `shipit lock` ([`crate::ops::lock`]) takes the same lock on
+//! purpose, with a message, and leaves it held when it exits.
 
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ impl RunInfo {
             started: rfc3339(self.started_unix),
             started_unix: self.started_unix,
             ci_url: self.ci_url.clone(),
+            message: None,
         }
     }
 }
@@ -93,7 +95,19 @@ pub async fn acquire_all(
     env_path: Option<&str>,
     run: &RunInfo,
 ) -> Vec<LockState> {
-    let mut owner = serde_json::to_value(run.owner()).expect("plain data serializes");
+    acquire_all_as(conns, deploy_to, env_path, run, &run.owner()).await
+}
+
+/// [`acquire_all`], writing `owner` as the lock's owner.json (`shipit lock`: the run's
+/// owner with its message).
+pub async fn acquire_all_as(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    env_path: Option<&str>,
+    run: &RunInfo,
+    owner: &LockOwner,
+) -> Vec<LockState> {
+    let mut owner = serde_json::to_value(owner).expect("plain data serializes");
     run.redactor.apply_json(&mut owner);
     let owner = owner.to_string();
     let Some((first, rest)) = conns.split_first() else {

@@ -11,7 +11,7 @@ use crate::output::report::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
 use crate::transport::fleet::{self, Connector};
-use crate::transport::{ExecRequest, Stream, Transport};
+use crate::transport::{ExecRequest, Stdin, Stream, Transport};
 
 pub async fn run(
     stage: &str,
@@ -81,13 +81,44 @@ pub async fn streamed(
     timeout: std::time::Duration,
     out: &Output,
 ) -> HostExec {
+    let (result, summary) = run_streamed(transport, host, cmd, Stdin::Empty, timeout, out).await;
+    out.emit(Event::HostDone {
+        host,
+        ok: result.ok,
+        summary: &summary,
+    });
+    result
+}
+
+/// [`streamed`] with `stdin`, leaving it to the caller to say when the host is done.
+pub async fn streamed_quietly(
+    transport: &dyn Transport,
+    host: &str,
+    cmd: &Cmd,
+    stdin: Stdin,
+    timeout: std::time::Duration,
+    out: &Output,
+) -> HostExec {
+    run_streamed(transport, host, cmd, stdin, timeout, out)
+        .await
+        .0
+}
+
+async fn run_streamed(
+    transport: &dyn Transport,
+    host: &str,
+    cmd: &Cmd,
+    stdin: Stdin,
+    timeout: std::time::Duration,
+    out: &Output,
+) -> (HostExec, String) {
     let lines = Lines::new(host, out);
     let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
     let outcome = transport
-        .exec(ExecRequest::new(cmd, timeout).output(&sink))
+        .exec(ExecRequest::new(cmd, timeout).stdin(stdin).output(&sink))
         .await;
     lines.flush();
-    let (result, summary) = match outcome {
+    match outcome {
         Ok(output) => (
             HostExec {
                 host: host.to_owned(),
@@ -106,13 +137,7 @@ pub async fn streamed(
             HostExec::failed(host, crate::error::chain(&e)),
             crate::error::chain(&e),
         ),
-    };
-    out.emit(Event::HostDone {
-        host,
-        ok: result.ok,
-        summary: &summary,
-    });
-    result
+    }
 }
 
 /// Turns output chunks into whole lines, per stream, for prefixed display.

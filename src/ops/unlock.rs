@@ -1,5 +1,6 @@
-//! `shipit unlock`: removes the deploy lock of a run that died, after showing its owner and
-//! asking (or `--yes`), and records the removal in each host's history.
+//! `shipit unlock`: removes the deploy lock of a run that died, or one taken on purpose with
+//! `shipit lock`, after showing its owner and asking (or `--yes`), and records the removal
+//! in each host's history.
 //!
 //! Removing a lock also disarms every dead-deployer guard still armed on the host and the
 //! env files runs staged; the host stays on the release it runs.
@@ -129,6 +130,13 @@ pub async fn unlock(
                     continue;
                 }
                 let message = match &h.owner {
+                    Some(o) if o.deliberate() => format!(
+                        "removed the lock {}@{} took on purpose at {}: {:?}",
+                        o.user,
+                        o.machine,
+                        o.started,
+                        o.message.as_deref().unwrap_or_default()
+                    ),
                     Some(o) => format!(
                         "removed the lock of {}@{} (pid {}, `{}`, run {}) taken at {}",
                         o.user, o.machine, o.pid, o.command, o.token, o.started

@@ -159,6 +159,23 @@ pub fn document(bytes: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Writes what an interactive session's host wrote (`shipit shell`) to the local terminal
+/// as it comes, byte for byte: no prefix, no redaction (the person typing sees their own
+/// session, as with `ssh`).
+pub fn terminal(stream: Stream, bytes: &[u8]) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|()| err.flush())
+        }
+    };
+}
+
 /// Prints an error that ends the run: on stderr for people, and with `--json` also as
 /// `{"error": ...}` on stdout so a machine reading stdout always gets a document.
 pub fn early_error(message: &str, json: bool) {

@@ -224,6 +224,9 @@ pub struct ReleaseTree {
     pub manifest: Option<String>,
     /// The port the Nginx site points at, for a blue-green unit (`.shipit/live-port`).
     pub live_port: Option<u16>,
+    /// The git commit of each release that records one in its REVISION (`<sha>`, or
+    /// `<sha>-dirty`), by release id.
+    pub git: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -266,8 +269,17 @@ for d in releases/* releases/.[!.]*; do
     *.partial) echo "partial $name" ;;
     *) if [ -d "$d" ] && [ ! -L "$d" ]; then
          sha=""
-         [ -f "$d/REVISION" ] && read -r sha rest < "$d/REVISION"
+         git=""
+         if [ -f "$d/REVISION" ]; then
+           {
+             read -r sha rest
+             while read -r line; do
+               case $line in git=*) git=${line#git=}; break ;; esac
+             done
+           } < "$d/REVISION"
+         fi
          echo "release $name $sha"
+         case $git in ''|*[!0-9a-z-]*) ;; *) echo "git $name $git" ;; esac
        fi ;;
   esac
 done
@@ -307,12 +319,19 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
                 let target = target.trim_end_matches('/');
                 tree.current = target.rsplit('/').next().map(str::to_owned);
             }
-            (Some("partial" | "release"), Some(name)) if !plain_name(name) => {}
+            (Some("partial" | "release" | "git"), Some(name)) if !plain_name(name) => {}
             (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
             (Some("zstd"), None) => tree.zstd = true,
             (Some("delta"), None) => tree.delta = true,
             (Some("manifest"), Some(sha)) => tree.manifest = Some(sha.to_owned()),
             (Some("live_port"), Some(port)) => tree.live_port = port.parse().ok(),
+            (Some("git"), Some(id)) => {
+                if let Some(git) = words.next().map(str::trim)
+                    && crate::artifact::git::is_revision(git)
+                {
+                    tree.git.insert(id.to_owned(), git.to_owned());
+                }
+            }
             (Some("release"), Some(id)) => tree.releases.push(Release {
                 id: id.to_owned(),
                 sha256: words
@@ -340,6 +359,11 @@ mod tests {
         for (id, rev) in [
             ("20260101T000000Z-aaa", Some("aaa\ngit=1")),
             ("20260102T000000Z-bbb", None),
+            (
+                "20260102T000001Z-ccc",
+                Some("ccc\ngit=0123456789abcdef-dirty\n"),
+            ),
+            ("20260102T000002Z-ddd", Some("ddd\ngit=$(id)\n")),
         ] {
             std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
             if let Some(rev) = rev {
@@ -364,9 +388,18 @@ mod tests {
         let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(tree.current.as_deref(), Some("20260102T000000Z-bbb"));
         assert_eq!(tree.live_port, Some(3002));
-        assert_eq!(tree.releases.len(), 2);
+        assert_eq!(tree.releases.len(), 4);
         assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
         assert_eq!(tree.releases[1].sha256, None);
+        assert_eq!(tree.releases[2].sha256.as_deref(), Some("ccc"));
+        // Only what reads as a commit is taken (`1` is too short, `$(id)` is no commit).
+        assert_eq!(
+            tree.git.into_iter().collect::<Vec<_>>(),
+            [(
+                "20260102T000001Z-ccc".to_owned(),
+                "0123456789abcdef-dirty".to_owned()
+            )]
+        );
         assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
         assert_eq!(
             tree.manifest.as_deref(),

@@ -1,5 +1,6 @@
 //! The seam between shipit and a host: run one command, with a stdin stream, under a
-//! deadline, and get its exit status with the tails of stdout and stderr.
+//! deadline, and get its exit status with the tails of stdout and stderr; or run one under
+//! a pseudo-terminal for a person ([`Transport::interactive`], `shipit shell`).
 //!
 //! Two implementations: [`local::LocalTransport`] (a child process on this machine) and
 //! [`ssh::SshTransport`] (the only module that names the SSH library). Everything above this
@@ -92,6 +93,28 @@ impl<'a> ExecRequest<'a> {
         self.output = Some(sink);
         self
     }
+}
+
+/// A terminal window's size, in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A session for a person at a terminal ([`Transport::interactive`]): `cmd` runs under a
+/// pseudo-terminal on the host, the bytes typed reach it as they come, and what it writes
+/// goes to `output` as it comes. The caller owns the local terminal (raw mode, its size).
+pub struct Interactive<'a> {
+    pub cmd: &'a Cmd,
+    /// `$TERM` of the local terminal, for the remote pseudo-terminal.
+    pub term: String,
+    pub size: WindowSize,
+    /// Each new size of the local window.
+    pub resized: tokio::sync::watch::Receiver<WindowSize>,
+    /// The bytes typed; when it ends, the session's input ends.
+    pub input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub output: OutputSink<'a>,
 }
 
 /// How a command ended.
@@ -230,6 +253,20 @@ pub trait Transport: Send + Sync {
         host: &'a str,
         port: u16,
     ) -> BoxFuture<'a, Result<Box<dyn Tunnel>, ExecError>>;
+
+    /// Runs `session.cmd` under a pseudo-terminal, wired to the local terminal, until it
+    /// ends; returns how it ended. Transports without terminals refuse.
+    fn interactive<'a>(
+        &'a self,
+        session: Interactive<'a>,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+        Box::pin(async move {
+            Err(ExecError::Start {
+                command: session.cmd.render(),
+                reason: "this transport opens no terminal sessions".to_owned(),
+            })
+        })
+    }
 
     /// Whether the connection can still run commands (false once the session died).
     fn is_alive(&self) -> bool {

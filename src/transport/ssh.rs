@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{
     BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, HostKeyError,
-    SshSettings, SshTarget, Stdin, Stream, Transport,
+    Interactive, SshSettings, SshTarget, Stdin, Stream, Transport,
 };
 use crate::shell::Cmd;
 
@@ -991,6 +991,127 @@ impl SshTransport {
     }
 }
 
+impl SshTransport {
+    /// A session under a pseudo-terminal (`pty-req`, then `exec`): the keys typed go to the
+    /// host as they come, window changes follow the local window, and the output is handed
+    /// on as it arrives. The host answers each request in order: a refused terminal is
+    /// reported as such, not as a failed command.
+    async fn terminal(&self, session: Interactive<'_>) -> Result<Exit, ExecError> {
+        let Interactive {
+            cmd,
+            term,
+            size,
+            mut resized,
+            mut input,
+            output,
+        } = session;
+        let command = cmd.render();
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let channel = self.open_channel(&command).await?;
+        channel
+            .request_pty(
+                true,
+                &term,
+                u32::from(size.cols),
+                u32::from(size.rows),
+                0,
+                0,
+                &[],
+            )
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        channel
+            .exec(true, command.as_bytes())
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let (mut reader, writer) = channel.split();
+        let mut guard = CloseOnDrop(Some(writer));
+        let writer = guard.0.as_ref().expect("just set");
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let read = async {
+            let mut exit: Option<Exit> = None;
+            // Replies come in the order of the requests: the terminal's, then exec's.
+            let mut replies = 0;
+            let mut refused: Option<&'static str> = None;
+            while let Some(msg) = reader.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => output(Stream::Stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => output(Stream::Stderr, &data),
+                    ChannelMsg::ExitStatus { exit_status } => exit = Some(Exit::Code(exit_status)),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        exit = Some(Exit::Signal(format!("{signal_name:?}")))
+                    }
+                    ChannelMsg::Success => replies += 1,
+                    ChannelMsg::Failure => {
+                        refused.get_or_insert(match replies {
+                            0 => {
+                                "the host refused a terminal (is `PermitTTY no` set for this user?)"
+                            }
+                            _ => "the host refused to run it",
+                        });
+                        replies += 1;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = closed_tx.send(true);
+            (exit, refused)
+        };
+        let write = async {
+            let mut w = writer.make_writer();
+            let mut closed = closed_rx.clone();
+            let (mut typing, mut resizing) = (true, true);
+            loop {
+                tokio::select! {
+                    () = until_closed(&mut closed) => break,
+                    bytes = input.recv(), if typing => match bytes {
+                        Some(bytes) => {
+                            // A session that died must not leave this write waiting.
+                            let mut gone = closed_rx.clone();
+                            tokio::select! {
+                                r = w.write_all(&bytes) => if r.is_err() { break },
+                                () = until_closed(&mut gone) => break,
+                            }
+                        }
+                        None => {
+                            typing = false;
+                            let _ = w.shutdown().await;
+                        }
+                    },
+                    changed = resized.changed(), if resizing => match changed {
+                        Ok(()) => {
+                            let size = *resized.borrow_and_update();
+                            let _ = writer
+                                .window_change(u32::from(size.cols), u32::from(size.rows), 0, 0)
+                                .await;
+                        }
+                        Err(_) => resizing = false,
+                    },
+                }
+            }
+        };
+        let ((exit, refused), ()) = tokio::join!(read, write);
+        guard.0 = None;
+        if let Some(reason) = refused {
+            return Err(ExecError::Start {
+                command,
+                reason: reason.to_owned(),
+            });
+        }
+        exit.ok_or_else(|| self.lost(&command, "the channel closed without an exit status"))
+    }
+}
+
+/// Returns once the channel's reader saw its end.
+async fn until_closed(closed: &mut watch::Receiver<bool>) {
+    let _ = closed.wait_for(|c| *c).await;
+}
+
 struct CloseOnDrop(Option<russh::ChannelWriteHalf<client::Msg>>);
 
 impl Drop for CloseOnDrop {
@@ -1018,6 +1139,13 @@ impl Transport for SshTransport {
 
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
         Box::pin(self.run(req))
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        session: Interactive<'a>,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+        Box::pin(self.terminal(session))
     }
 
     fn connect_tcp<'a>(
