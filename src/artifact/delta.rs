@@ -497,7 +497,7 @@ mod host_tests {
     }
 
     fn finish(base: &str, id: &str) {
-        let cmd = release::finish(base, id, "sha", &["storage".to_owned()], &[], None);
+        let cmd = release::finish(base, id, "sha", &["storage".to_owned()], &[], None, false);
         let (code, _, err) = sh(&cmd, b"");
         assert_eq!(code, 0, "{err}");
     }
@@ -761,7 +761,7 @@ mod hostile_host_tests {
     fn release(base: &Path, id: &str, packed: &Packed) {
         let b = base.to_str().unwrap();
         super::host_tests::upload_whole(b, id, packed);
-        let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None), b"");
+        let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None, false), b"");
         assert_eq!(code, 0, "{err}");
     }
 
@@ -958,13 +958,21 @@ mod hostile_host_tests {
         // is checked anyway), below which a shared path lies.
         std::os::unix::fs::symlink(&victim, base.join("releases/r1.partial/public")).unwrap();
         for shared in ["../../victim-paths", "/tmp", "a/./b", ""] {
-            let finish = release::finish(b, "r1", "sha", &[shared.to_owned()], &[], None);
+            let finish = release::finish(b, "r1", "sha", &[shared.to_owned()], &[], None, false);
             assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
-            let finish = release::finish(b, "r1", "sha", &[], &[shared.to_owned()], None);
+            let finish = release::finish(b, "r1", "sha", &[], &[shared.to_owned()], None, false);
             assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
         }
         // Through the link: refused (and the release dropped) by the shared-path check.
-        let finish = release::finish(b, "r1", "sha", &["public/uploads".to_owned()], &[], None);
+        let finish = release::finish(
+            b,
+            "r1",
+            "sha",
+            &["public/uploads".to_owned()],
+            &[],
+            None,
+            false,
+        );
         assert_ne!(sh(&finish, b"").0, 0);
         assert!(victim.join("uploads/keep").is_dir());
 

@@ -251,9 +251,10 @@ impl<'a> Run<'a> {
         // What this run staged and did not install is nobody's: no other run may read it.
         if let Some(env) = &self.inventory.env {
             let cmd = commands::envfile::discard(&env.path, &self.run.token);
-            let discards = live
-                .iter()
-                .map(|c| c.transport.exec(ExecRequest::new(&cmd, timeout::SHORT)));
+            let discards = live.iter().map(|c| {
+                c.transport
+                    .exec(ExecRequest::new(&cmd, timeout::SHORT).as_root())
+            });
             futures::future::join_all(discards).await;
         }
         lock::release_all(&live, deploy_to, &self.run.token).await;
@@ -319,7 +320,7 @@ async fn connect_and_lock<'r, 'h>(
         return Err(r.end(
             Outcome::Failed,
             Some(format!(
-                "unsafe paths on {unsafe_hosts} of {} hosts; nothing was changed",
+                "the preflight failed on {unsafe_hosts} of {} hosts (unsafe paths, or no sudo); nothing was changed",
                 hosts.len()
             )),
         ));

@@ -38,8 +38,22 @@ fn units(ctx: &Ctx<'_>) -> Vec<String> {
 }
 
 /// The command that performs `undo` on `host`, switched from its previous release to
-/// `release`.
+/// `release`, and whether it needs root (every undo but `current`'s and the hooks', which
+/// run as the SSH user as in a deploy: see [`ExecRequest::as_root`]).
 fn undo_cmd(
+    ctx: &Ctx<'_>,
+    host: &HostSteps,
+    release: &str,
+    undo: Undo,
+) -> Option<(Cmd, Duration, &'static str, bool)> {
+    let root = !matches!(
+        undo,
+        Undo::SwitchBack | Undo::AfterSwitchHooks | Undo::AfterRestartHooks
+    );
+    undo_step(ctx, host, release, undo).map(|(cmd, timeout, what)| (cmd, timeout, what, root))
+}
+
+fn undo_step(
     ctx: &Ctx<'_>,
     host: &HostSteps,
     release: &str,
@@ -175,6 +189,9 @@ pub async fn arm_guard(
     let release = ctx.release;
     let previous = host.previous.as_deref();
     ctx.step(c, "arming the guard");
+    // The guard runs as the SSH user, like the lock it takes and the `.shipit/` files it
+    // writes; with `ssh.sudo` its root undos go through `sudo -n` one by one.
+    let sudo = c.transport.sudo_login().is_some();
     // The release the guard turns away from is no rollback target, whatever it was.
     let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
         .chain(
@@ -183,7 +200,13 @@ pub async fn arm_guard(
                 // An env file this run did not stage is not installed: nothing to put back.
                 .filter(|u| *u != Undo::RestoreEnv || state.env_staged)
                 .filter_map(|u| undo_cmd(ctx, host, release, u))
-                .map(|(c, _, _)| c),
+                .map(|(cmd, _, _, root)| {
+                    if root && sudo {
+                        commands::sudo::wrap(&cmd)
+                    } else {
+                        cmd
+                    }
+                }),
         )
         .collect();
     let line = {
@@ -223,7 +246,7 @@ pub async fn arm_guard(
 pub async fn install_env(ctx: &Ctx<'_>, c: &Conn<'_>, path: &str) -> Result<(), RemoteError> {
     ctx.step(c, "installing env file");
     let cmd = commands::envfile::activate(&ctx.inventory.app.deploy_to, path, ctx.token);
-    execute::run(
+    execute::run_root(
         c,
         "install_env",
         "installing the env file",
@@ -251,7 +274,7 @@ pub async fn install_units(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<Vec<String>, R
         &format!("{}/{SYSTEMD_DIR}", ctx.release_dir()),
         &units(ctx),
     );
-    let out = execute::run(
+    let out = execute::run_root(
         c,
         "install_units",
         "installing the units",
@@ -281,7 +304,7 @@ pub async fn restart(
         c,
         "restart",
         &what,
-        ExecRequest::new(&cmd, timeout::RESTART),
+        ExecRequest::new(&cmd, timeout::RESTART).as_root(),
     )
     .await?;
     if o.success() {
@@ -317,7 +340,8 @@ async fn run_site(
     site: &str,
     cmd: &Cmd,
 ) -> Result<(), RemoteError> {
-    let o = execute::output(c, step, what, ExecRequest::new(cmd, timeout::SHORT)).await?;
+    let req = ExecRequest::new(cmd, timeout::SHORT).as_root();
+    let o = execute::output(c, step, what, req).await?;
     if o.success() {
         return Ok(());
     }
@@ -341,7 +365,7 @@ pub async fn compose_up(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> 
     let file = format!("{}/{COMPOSE_FILE}", ctx.release_dir());
     let cmd = commands::compose::up(&compose.project, &file, env_path);
     let what = "starting the compose stack";
-    execute::run(c, "compose_up", what, &cmd, timeout::RESTART)
+    execute::run_root(c, "compose_up", what, &cmd, timeout::RESTART)
         .await
         .map(drop)
 }
@@ -374,7 +398,7 @@ pub async fn start_idle(
         c,
         "start_idle",
         &what,
-        ExecRequest::new(&cmd, timeout::RESTART),
+        ExecRequest::new(&cmd, timeout::RESTART).as_root(),
     )
     .await?;
     if o.success() {
@@ -504,7 +528,7 @@ pub async fn stop_old(
     }
     ctx.step(c, &format!("stopping {unit}"));
     let cmd = commands::systemd::stop_instance(&ctx.inventory.app.deploy_to, unit, port);
-    execute::run(
+    execute::run_root(
         c,
         "stop_old",
         &format!("stopping `{unit}`"),
@@ -606,10 +630,12 @@ pub async fn deactivate(
             }
             continue;
         }
-        if let Some((cmd, timeout, what)) = undo_cmd(ctx, host, release, *undo)
-            && let Err(e) = execute::run(c, "switch", what, &cmd, timeout).await
-        {
-            problems.push(e.message);
+        if let Some((cmd, timeout, what, root)) = undo_cmd(ctx, host, release, *undo) {
+            let mut req = ExecRequest::new(&cmd, timeout);
+            req.root = root;
+            if let Err(e) = execute::exec(c, "switch", what, req).await {
+                problems.push(e.message);
+            }
         }
     }
     if ctx.guard.is_some() && guard_armed {

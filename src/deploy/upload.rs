@@ -245,6 +245,7 @@ pub async fn run(ctx: &Ctx<'_>, c: &Conn<'_>, step: &Step) -> Result<Sourced, Re
         artifact.map_or(&no_paths, |a| &a.shared_dirs),
         artifact.map_or(&no_paths, |a| &a.shared_files),
         inv.app.user.as_deref(),
+        c.transport.sudo_login().is_some(),
     );
     let mut sent = 0;
     let fallback: Option<String>;

@@ -362,6 +362,12 @@ fn blue_green_needs(systemd: &[Unit], nginx: bool, health: &[Health], p: &mut Pr
 }
 
 impl Inventory {
+    /// Whether the steps that need root run through `sudo -n` (`ssh.sudo`; the local
+    /// transport runs everything as the user running shipit).
+    pub fn sudo(&self) -> bool {
+        self.transport == TransportKind::Ssh && self.ssh.sudo
+    }
+
     /// The blue-green unit, if one has `ports`.
     pub fn blue_green(&self) -> Option<(&Unit, &BlueGreen)> {
         self.systemd

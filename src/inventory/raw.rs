@@ -54,6 +54,7 @@ pub(super) struct RawSsh {
     pub(super) jump: Option<S<String>>,
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) keepalive_interval: Option<S<String>>,
+    pub(super) sudo: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -222,6 +222,9 @@ fn ssh(inv: &Inventory) -> Map<String, Value> {
         let d = duration(s.keepalive_interval);
         t.insert("keepalive_interval".into(), json!(d));
     }
+    if s.sudo {
+        t.insert("sudo".into(), json!(true));
+    }
     t
 }
 

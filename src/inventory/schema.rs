@@ -39,6 +39,7 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("jump", Leaf),
             ("connect_timeout", Leaf),
             ("keepalive_interval", Leaf),
+            ("sudo", Leaf),
         ]),
     ),
     (

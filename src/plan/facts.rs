@@ -116,6 +116,97 @@ pub fn parse_probe(stdout: &str) -> HostProbe {
     facts
 }
 
+/// One thing the inventory needs of a host (`shipit check`): present or writable, as the
+/// user the steps that use it run as (root through `sudo` with `ssh.sudo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Need {
+    /// `nginx`, `nginx_dir`, `systemd`, `unit_dir`, `docker`, `env_dir`, `backup_dir`.
+    pub name: String,
+    /// The directory a `*_dir` need is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub ok: bool,
+}
+
+/// `writable DIR`: whether the user can make an entry in DIR, or in its nearest existing
+/// ancestor when DIR does not exist yet (shipit makes it); nothing is left behind.
+const NEEDS: &str = r#"
+echo "user $(id -un 2>/dev/null)"
+# A login that is not root often lacks the sbin directories, where nginx lives.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+writable() {
+  p=$1
+  while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+  t="$p/.shipit-check.$$"
+  mkdir -- "$t" 2>/dev/null && rmdir -- "$t"
+}
+need() { if "$@" >/dev/null 2>&1; then echo "need $name yes $path"; else echo "need $name no $path"; fi; }"#;
+
+/// Probes what `inventory` needs of a host: Nginx (`nginx -v`) and its sites directory for
+/// `[nginx]`, systemd (`systemctl --version`) and its unit directory for `[[systemd]]`, a
+/// Docker daemon that answers for `[compose]`, and write access where `env.path` and
+/// `backup.dir` go. Prints `user <name>` then `need <name> yes|no [<path>]` lines.
+pub fn needs(inventory: &crate::inventory::Inventory) -> Cmd {
+    let mut steps = vec![Cmd::new(NEEDS)];
+    let mut need = |name: &'static str, path: &str, check: Cmd| {
+        steps.push(Cmd::assign("name", name));
+        steps.push(Cmd::assign("path", path));
+        steps.push(Cmd::new("need").cmd(check));
+    };
+    if inventory.nginx.is_some() {
+        need("nginx", "", Cmd::new("nginx").arg("-v"));
+        let dir = crate::commands::nginx::AVAILABLE;
+        need("nginx_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if !inventory.systemd.is_empty() {
+        need("systemd", "", Cmd::new("systemctl").arg("--version"));
+        let dir = crate::commands::systemd::UNIT_DIR;
+        need("unit_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if inventory.compose.is_some() {
+        need("docker", "", Cmd::new("docker").arg("info"));
+    }
+    if let Some(env) = &inventory.env {
+        let dir = std::path::Path::new(&env.path)
+            .parent()
+            .and_then(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        need("env_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if let Some(backup) = &inventory.backup {
+        need(
+            "backup_dir",
+            &backup.dir,
+            Cmd::new("writable").arg(&backup.dir),
+        );
+    }
+    steps.push(Cmd::new("exit 0"));
+    Cmd::seq(steps)
+}
+
+/// Parses the output of [`needs`]: (the user it ran as, the needs in order).
+pub fn parse_needs(stdout: &str) -> (String, Vec<Need>) {
+    let mut user = String::new();
+    let mut needs = Vec::new();
+    for line in stdout.lines() {
+        if let Some(u) = line.strip_prefix("user ") {
+            user = u.to_owned();
+        } else if let Some(rest) = line.strip_prefix("need ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (Some(name), Some(ok)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            needs.push(Need {
+                name: name.to_owned(),
+                path: parts.next().filter(|p| !p.is_empty()).map(str::to_owned),
+                ok: ok == "yes",
+            });
+        }
+    }
+    (user, needs)
+}
+
 /// What a deploy needs to know about a host's release tree, read under the lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReleaseTree {

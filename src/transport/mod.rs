@@ -61,6 +61,10 @@ pub struct ExecRequest<'a> {
     pub stdin: Stdin,
     pub timeout: Duration,
     pub output: Option<OutputSink<'a>>,
+    /// The command needs root (the env file outside the release tree, units, Nginx,
+    /// backups, Compose): with `ssh.sudo` the SSH transport runs it through `sudo -n`.
+    /// Everything else runs as the SSH user, who owns the releases.
+    pub root: bool,
 }
 
 impl<'a> ExecRequest<'a> {
@@ -70,7 +74,14 @@ impl<'a> ExecRequest<'a> {
             stdin: Stdin::Empty,
             timeout,
             output: None,
+            root: false,
         }
+    }
+
+    /// Marks the command as one that needs root (see [`ExecRequest::root`]).
+    pub fn as_root(mut self) -> Self {
+        self.root = true;
+        self
     }
 
     pub fn stdin(mut self, stdin: Stdin) -> Self {
@@ -268,6 +279,14 @@ pub trait Transport: Send + Sync {
         None
     }
 
+    /// The login user when requests marked root run through `sudo -n` (`ssh.sudo`), else
+    /// `None` (everything runs as the login user, root or not). Under sudo `id -un` says
+    /// root: what must end up the login user's (the env file without `app.user`) is
+    /// chowned to this name.
+    fn sudo_login(&self) -> Option<&str> {
+        None
+    }
+
     /// Closes the connection politely; further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -286,6 +305,17 @@ pub enum ExecError {
     Lost { command: String, reason: String },
     #[error("could not start `{command}`: {reason}")]
     Start { command: String, reason: String },
+    #[error(
+        "`{user}` cannot run commands as root on `{host}` through `sudo -n` (`ssh.sudo = true`): {reason}; \
+         allow it without a password, e.g. `echo '{rule}' > /etc/sudoers.d/shipit` (mode 0440; check it with `visudo -c`), \
+         or deploy as root (a narrower rule does not do: the steps run `sh -c` scripts as root)"
+    )]
+    Sudo {
+        host: String,
+        user: String,
+        reason: String,
+        rule: String,
+    },
     #[error("reading stdin for `{command}` failed")]
     Stdin {
         command: String,

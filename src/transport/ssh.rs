@@ -31,6 +31,7 @@ use super::{
     BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, HostKeyError,
     Interactive, SshSettings, SshTarget, Stdin, Stream, Transport,
 };
+use crate::shell::Cmd;
 
 /// Channels open at once on one connection; below sshd's default `MaxSessions 10`.
 pub const MAX_CHANNELS: usize = 8;
@@ -220,6 +221,9 @@ impl SshConnector {
         let host_key = trusted.lock().expect("lock").take();
         Ok(SshTransport {
             host: target.host.clone(),
+            user: target.user.clone(),
+            sudo: false,
+            sudo_checked: tokio::sync::OnceCell::new(),
             handle: Arc::new(handle),
             channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
             disconnect,
@@ -787,6 +791,12 @@ impl client::Handler for Client {
 /// One authenticated SSH connection.
 pub struct SshTransport {
     host: String,
+    /// The login user.
+    user: String,
+    /// Requests marked root run through `sudo -n` (`ssh.sudo`, a login other than root).
+    sudo: bool,
+    /// Whether `sudo -n` works, asked once, before the first root request.
+    sudo_checked: tokio::sync::OnceCell<Result<(), String>>,
     handle: Arc<Handle<Client>>,
     channels: Arc<Semaphore>,
     disconnect: Arc<Mutex<Option<String>>>,
@@ -796,6 +806,52 @@ pub struct SshTransport {
 }
 
 impl SshTransport {
+    /// Runs the requests marked root through `sudo -n` when `on` (and the login is not
+    /// root already).
+    pub fn with_sudo(mut self, on: bool) -> SshTransport {
+        self.sudo = on && self.user != "root";
+        self
+    }
+
+    /// The command line a request runs as: wrapped in `sudo -n` when it needs root and the
+    /// connection uses sudo, after checking once that sudo works without a password.
+    async fn command_line(&self, cmd: &Cmd, root: bool) -> Result<String, ExecError> {
+        if !(root && self.sudo) {
+            return Ok(cmd.render());
+        }
+        let checked = self
+            .sudo_checked
+            .get_or_init(|| async {
+                let probe = crate::commands::sudo::probe();
+                let req = ExecRequest::new(&probe, SUDO_PROBE_TIMEOUT);
+                match self.run_line(probe.render(), req).await {
+                    Ok(o) if o.success() => Ok(()),
+                    Ok(o) => {
+                        let said = o.stderr.text();
+                        let said = said.trim();
+                        Err(match o.exit {
+                            Exit::Code(crate::commands::exit::NO_SUDO) => {
+                                "`sudo` is not installed there".to_owned()
+                            }
+                            _ if said.is_empty() => format!("`sudo -n true` failed ({})", o.exit),
+                            _ => format!("`sudo -n true` says: {said}"),
+                        })
+                    }
+                    Err(e) => Err(format!("asking sudo failed: {e}")),
+                }
+            })
+            .await;
+        match checked {
+            Ok(()) => Ok(crate::commands::sudo::wrap(cmd).render()),
+            Err(reason) => Err(ExecError::Sudo {
+                host: self.host.clone(),
+                user: self.user.clone(),
+                reason: reason.clone(),
+                rule: crate::commands::sudo::rule(&self.user),
+            }),
+        }
+    }
+
     fn lost(&self, command: &str, fallback: impl ToString) -> ExecError {
         let reason = self
             .disconnect
@@ -830,7 +886,16 @@ impl SshTransport {
     }
 
     async fn run(&self, req: ExecRequest<'_>) -> Result<ExecOutput, ExecError> {
-        let command = req.cmd.render();
+        let command = self.command_line(req.cmd, req.root).await?;
+        self.run_line(command, req).await
+    }
+
+    /// Runs `command`, the rendered line of `req`.
+    async fn run_line(
+        &self,
+        command: String,
+        req: ExecRequest<'_>,
+    ) -> Result<ExecOutput, ExecError> {
         let _permit = self
             .channels
             .acquire()
@@ -1068,6 +1133,10 @@ impl Transport for SshTransport {
         self.host_key.as_deref()
     }
 
+    fn sudo_login(&self) -> Option<&str> {
+        self.sudo.then_some(self.user.as_str())
+    }
+
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
         Box::pin(self.run(req))
     }
@@ -1119,6 +1188,9 @@ impl std::fmt::Debug for SshTransport {
         write!(f, "SshTransport({})", self.host)
     }
 }
+
+/// How long asking `sudo -n true` may take.
+const SUDO_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a refused channel open is retried (sshd's `MaxSessions` is per connection).
 const CHANNEL_RETRY: Duration = Duration::from_secs(10);

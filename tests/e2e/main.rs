@@ -54,6 +54,7 @@ mod seed_intric;
 mod seed_melvin;
 mod seed_obd2;
 mod services;
+mod sudo;
 mod systemd_fleet;
 mod tasks;
 mod transport;
