@@ -11,7 +11,7 @@ use crate::output::report::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
 use crate::transport::fleet::{self, Connector};
-use crate::transport::{ExecRequest, Stdin, Stream, Transport};
+use crate::transport::{ExecRequest, Stream, Transport};
 
 pub async fn run(
     stage: &str,
@@ -81,7 +81,8 @@ pub async fn streamed(
     timeout: std::time::Duration,
     out: &Output,
 ) -> HostExec {
-    let (result, summary) = run_streamed(transport, host, cmd, Stdin::Empty, timeout, out).await;
+    let req = ExecRequest::new(cmd, timeout);
+    let (result, summary) = run_streamed(transport, host, req, out).await;
     out.emit(Event::HostDone {
         host,
         ok: result.ok,
@@ -94,29 +95,21 @@ pub async fn streamed(
 pub async fn streamed_quietly(
     transport: &dyn Transport,
     host: &str,
-    cmd: &Cmd,
-    stdin: Stdin,
-    timeout: std::time::Duration,
+    req: ExecRequest<'_>,
     out: &Output,
 ) -> HostExec {
-    run_streamed(transport, host, cmd, stdin, timeout, out)
-        .await
-        .0
+    run_streamed(transport, host, req, out).await.0
 }
 
 async fn run_streamed(
     transport: &dyn Transport,
     host: &str,
-    cmd: &Cmd,
-    stdin: Stdin,
-    timeout: std::time::Duration,
+    req: ExecRequest<'_>,
     out: &Output,
 ) -> (HostExec, String) {
     let lines = Lines::new(host, out);
     let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
-    let outcome = transport
-        .exec(ExecRequest::new(cmd, timeout).stdin(stdin).output(&sink))
-        .await;
+    let outcome = transport.exec(req.output(&sink)).await;
     lines.flush();
     match outcome {
         Ok(output) => (

@@ -18,6 +18,7 @@ use crate::inventory::Inventory;
 use crate::output::report::exec::{ExecReport, HostExec};
 use crate::output::{Event, Output};
 use crate::shell::Cmd;
+use crate::transport::ExecRequest;
 use crate::transport::Stdin;
 use crate::transport::fleet::Conn;
 
@@ -125,14 +126,13 @@ async fn host_logs(
                 true => open_until(stop.clone()),
                 false => Stdin::Empty,
             };
-            let run = crate::ops::exec::streamed_quietly(
-                conn.transport.as_ref(),
-                host,
-                cmd,
-                stdin,
-                timeout::UNBOUNDED,
-                out,
-            );
+            // The journal of system units and Docker's logs are root's to read: with
+            // `ssh.sudo` they are read through `sudo -n` (stdin, which ends `--follow`,
+            // reaches the reader all the same).
+            let exec = ExecRequest::new(cmd, timeout::UNBOUNDED)
+                .stdin(stdin)
+                .as_root();
+            let run = crate::ops::exec::streamed_quietly(conn.transport.as_ref(), host, exec, out);
             let mut ended = stop.clone();
             // After Ctrl-C the reader has a moment to end; one that does not is cut off.
             let stopped = async {

@@ -237,6 +237,25 @@ fn a_user_with_passwordless_sudo_deploys_env_file_unit_and_site_and_owns_the_rel
     assert_eq!(current(&fleet, "s1"), first);
     assert_eq!(fleet.http_get("s1", 8080, "/").1, "version 1");
 
+    // `logs` reads the unit's journal through sudo: deploy is in no journal group.
+    assert!(
+        fleet
+            .sh_ok("s1", "id -nG deploy")
+            .split_whitespace()
+            .all(|g| g != "systemd-journal" && g != "adm")
+    );
+    let (code, out, stderr) = shipit(&fleet, &["logs", "test", "-n", "50"], &inv);
+    assert_eq!(code, 0, "{out}\n{stderr}");
+    let logs = format!("{out}{stderr}");
+    // systemd's own line for the unit, `Started demo.service - demo (<release>)`, is in its
+    // journal only for a reader allowed to see the system journal.
+    let started = format!("demo ({})", first.trim_start_matches("releases/"));
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("s1") && l.contains(&started)),
+        "{logs}"
+    );
+
     // With `app.user`, the env file is that user's (0600), which deploy cannot read: the
     // migration, run as deploy, gets its values through `sudo -n cat`.
     fleet.sh_ok("s1", "useradd --system --no-create-home demo");
