@@ -457,3 +457,86 @@ fn the_guard_of_a_dead_deployer_puts_back_units_and_env_file_through_sudo() {
     assert_eq!(code, 0, "{out}\n{stderr}");
     assert_eq!(fleet.http_get("s1", 8080, "/").1, "version 3");
 }
+
+/// `node` on the host for the scaffold's unit (`ExecStart=/usr/bin/node .../server.js`): a
+/// stand-in that answers every GET with `ok` on `$PORT`, as the scaffold's app would.
+const NODE: &str = r#"#!/bin/sh
+exec python3 -c '
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+'
+"#;
+
+/// `shipit init`'s scaffold deploys as written once its host and keys are filled in: its
+/// `deploy` user with `ssh.sudo`, `/opt/myapp` made through sudo, the env file in `/etc`,
+/// the unit, the Nginx site on port 80 and the health check.
+#[test]
+fn the_scaffold_deploys_as_written_once_host_and_keys_are_filled_in() {
+    let fleet = SystemdFleet::start(1);
+    add_deploy_user(&fleet, true);
+    fleet.sh_ok(
+        "s1",
+        &format!("cat > /usr/bin/node <<'NODE'\n{NODE}NODE\nchmod 755 /usr/bin/node"),
+    );
+    let project = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .current_dir(project.path())
+        .args(["init", "staging"]));
+    assert_eq!(code, 0, "{stderr}");
+    // What a newcomer fills in: the host's address, the key, the host's known_hosts line.
+    let inv = project.path().join("inventory/staging.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let address = &fleet.host("s1").address;
+    let filled: String = text
+        .lines()
+        .map(|l| match l {
+            _ if l.starts_with("address = ") => format!("address = \"{address}\""),
+            _ if l.starts_with("# identity = ") => {
+                format!("identity = \"{}\"", fleet.client_key().display())
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(filled, text);
+    std::fs::write(&inv, filled).unwrap();
+    let known = std::fs::read_to_string(fleet.known_hosts()).unwrap();
+    let scaffolded = project.path().join("inventory/known_hosts");
+    let mut lines = std::fs::read_to_string(&scaffolded).unwrap();
+    lines.push_str(&known);
+    std::fs::write(&scaffolded, lines).unwrap();
+    let dist = project.path().join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    std::fs::write(dist.join("server.js"), "// the app\n").unwrap();
+
+    let (code, out, stderr) = run(fleet
+        .shipit()
+        .current_dir(project.path())
+        .args(["deploy", "staging"]));
+    assert_eq!(code, 0, "{out}\n{stderr}");
+    assert_eq!(fleet.http_get("s1", 80, "/healthz"), (200, "ok".to_owned()));
+    assert_eq!(
+        fleet
+            .sh_ok(
+                "s1",
+                "stat -c '%U' /opt/myapp /opt/myapp/current/ && stat -c '%U %a' /etc/myapp.env"
+            )
+            .trim(),
+        "deploy\ndeploy\ndeploy 600"
+    );
+    assert_eq!(
+        fleet
+            .sh_ok("s1", "systemctl is-active myapp.service")
+            .trim(),
+        "active"
+    );
+}
