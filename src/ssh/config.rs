@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! let config = SshConfig::load(&home.join(".ssh/config"), Some(Path::new("/etc/ssh/ssh_config")), &local)?;
-//! let host = config.resolve("web1", None);       // HostConfig: each value with its Origin
+//! let host = config.resolve("web1", None)?;      // HostConfig: each value with its Origin
 //! let key = expand(&host.identity_files[0].value, &tokens)?;
 //! ```
 //!
@@ -104,6 +104,7 @@ pub struct HostConfig {
     /// Raw, so the caller can refuse it clearly (shipit runs no proxy command); a value of
     /// `none` means no proxy.
     pub proxy_command: Option<Setting<String>>,
+    /// Zero is OpenSSH's "no timeout"; `none` sets nothing.
     pub connect_timeout: Option<Setting<Duration>>,
     /// Zero turns keepalives off.
     pub server_alive_interval: Option<Setting<Duration>>,
@@ -174,7 +175,9 @@ enum Item {
 
 #[derive(Debug, Clone)]
 enum Directive {
-    HostName(Vec<Piece>),
+    /// Raw: its `%` tokens are checked when a host it applies to is resolved, as OpenSSH
+    /// does, so a mistake in one host's block never stops another host.
+    HostName(String),
     User(String),
     Port(u16),
     IdentityFile(String),
@@ -186,13 +189,6 @@ enum Directive {
     HostKeyAlias(String),
     UserKnownHostsFile(Vec<String>),
     GlobalKnownHostsFile(Vec<String>),
-}
-
-/// A `HostName` split at `%h`, checked at load so resolving cannot fail.
-#[derive(Debug, Clone)]
-enum Piece {
-    Text(String),
-    Alias,
 }
 
 #[derive(Debug, Clone)]
@@ -264,17 +260,24 @@ impl SshConfig {
 
     /// What applies to `alias`. `user` is the remote user if the caller already knows it
     /// (like `ssh -l`): it is what `Match user` tests, before any `User` line.
-    pub fn resolve(&self, alias: &str, user: Option<&str>) -> HostConfig {
+    ///
+    /// Fails only for a mistake OpenSSH also finds only then: a `HostName` with a token it
+    /// cannot fill in, in a block that applies to `alias`.
+    pub fn resolve(&self, alias: &str, user: Option<&str>) -> Result<HostConfig, ConfigError> {
         let mut walker = Walker {
             alias,
             user,
             local: &self.local,
             out: HostConfig::default(),
+            error: None,
         };
         for file in &self.files {
             walker.walk(file);
         }
-        walker.out
+        match walker.error {
+            Some(error) => Err(error),
+            None => Ok(walker.out),
+        }
     }
 }
 
@@ -502,13 +505,17 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
 /// The directive a keyword line sets, `None` for a keyword shipit does not use.
 fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String> {
     let directive = match keyword {
-        "hostname" => Directive::HostName(hostname(one("HostName", args)?)?),
+        "hostname" => Directive::HostName(one("HostName", args)?.to_owned()),
         "user" => Directive::User(one("User", args)?.to_owned()),
         "port" => Directive::Port(port(one("Port", args)?)?),
         "identityfile" => Directive::IdentityFile(one("IdentityFile", args)?.to_owned()),
         "identitiesonly" => Directive::IdentitiesOnly(flag("IdentitiesOnly", args)?),
         "proxyjump" => Directive::ProxyJump(jump(one("ProxyJump", args)?)?),
-        "connecttimeout" => Directive::ConnectTimeout(connect_timeout(args)?),
+        "connecttimeout" => match connect_timeout(args)? {
+            Some(timeout) => Directive::ConnectTimeout(timeout),
+            // `none` leaves it unset: a later line may still set it, as in OpenSSH.
+            None => return Ok(None),
+        },
         "serveraliveinterval" => Directive::ServerAliveInterval(server_alive_interval(args)?),
         "hostkeyalias" => Directive::HostKeyAlias(one("HostKeyAlias", args)?.to_owned()),
         "userknownhostsfile" => Directive::UserKnownHostsFile(files(args)),
@@ -538,22 +545,19 @@ fn one<'a>(name: &str, args: &'a [String]) -> Result<&'a str, String> {
     }
 }
 
-/// `HostName` may use only `%h` (the alias) and `%%`, as in OpenSSH.
-fn hostname(value: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
+/// `HostName` with `%h` (the alias) and `%%` filled in; it may use no other token, as in
+/// OpenSSH.
+fn hostname(value: &str, alias: &str) -> Result<String, String> {
+    let mut out = String::new();
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
-            text.push(c);
+            out.push(c);
             continue;
         }
         match chars.next() {
-            Some('%') => text.push('%'),
-            Some('h') => {
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-                pieces.push(Piece::Alias);
-            }
+            Some('%') => out.push('%'),
+            Some('h') => out.push_str(alias),
             Some(other) => {
                 return Err(format!(
                     "`HostName` may use only the `%h` and `%%` tokens, not `%{other}`"
@@ -564,8 +568,7 @@ fn hostname(value: &str) -> Result<Vec<Piece>, String> {
             }
         }
     }
-    pieces.push(Piece::Text(text));
-    Ok(pieces)
+    Ok(out)
 }
 
 fn port(value: &str) -> Result<u16, String> {
@@ -586,15 +589,20 @@ fn flag(name: &str, args: &[String]) -> Result<bool, String> {
     }
 }
 
-/// Zero would mean "wait forever" to OpenSSH; shipit always bounds a connection attempt.
-fn connect_timeout(args: &[String]) -> Result<Duration, String> {
+/// `None` for `none` (no value: a later line may set one). Zero means "no timeout" to
+/// OpenSSH; it is kept so the caller can say it uses its own bound instead.
+fn connect_timeout(args: &[String]) -> Result<Option<Duration>, String> {
     let value = one("ConnectTimeout", args)?;
-    match seconds(value) {
-        Some(s) if s > 0 => Ok(Duration::from_secs(s)),
-        _ => Err(format!(
-            "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `{value}`"
-        )),
+    if value == "none" {
+        return Ok(None);
     }
+    seconds(value)
+        .map(|s| Some(Duration::from_secs(s)))
+        .ok_or_else(|| {
+            format!(
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `{value}`"
+            )
+        })
 }
 
 fn server_alive_interval(args: &[String]) -> Result<Duration, String> {
@@ -809,6 +817,8 @@ struct Walker<'a> {
     user: Option<&'a str>,
     local: &'a Local,
     out: HostConfig,
+    /// The first applying line that cannot be used.
+    error: Option<ConfigError>,
 }
 
 impl Walker<'_> {
@@ -882,11 +892,16 @@ impl Walker<'_> {
     fn apply(&mut self, directive: &Directive, origin: &Origin) {
         let out = &mut self.out;
         match directive {
-            Directive::HostName(pieces) => first(
-                &mut out.hostname,
-                render_hostname(pieces, self.alias),
-                origin,
-            ),
+            Directive::HostName(raw) if out.hostname.is_none() => match hostname(raw, self.alias) {
+                Ok(name) => first(&mut out.hostname, name, origin),
+                Err(problem) => {
+                    self.error.get_or_insert(ConfigError::Invalid {
+                        origin: origin.clone(),
+                        problem,
+                    });
+                }
+            },
+            Directive::HostName(_) => {}
             Directive::User(v) => first(&mut out.user, v.clone(), origin),
             Directive::Port(v) => first(&mut out.port, *v, origin),
             Directive::IdentityFile(v) => out.identity_files.push(Setting {
@@ -920,16 +935,6 @@ fn first<T>(slot: &mut Option<Setting<T>>, value: T, origin: &Origin) {
             origin: origin.clone(),
         });
     }
-}
-
-fn render_hostname(pieces: &[Piece], alias: &str) -> String {
-    pieces
-        .iter()
-        .map(|piece| match piece {
-            Piece::Text(text) => text.as_str(),
-            Piece::Alias => alias,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -997,12 +1002,12 @@ mod tests {
         let config = parse(
             "Host web\n  Port 2222\n  User deploy\nHost web*\n  Port 22\n  User root\n  HostName 10.0.0.1\n",
         );
-        let web = config.resolve("web", None);
+        let web = config.resolve("web", None).unwrap();
         assert_eq!(value(&web.port), Some(2222));
         assert_eq!(value(&web.user), Some("deploy".into()));
         assert_eq!(value(&web.hostname), Some("10.0.0.1".into()));
         assert_eq!(line(&web.hostname), 7);
-        let web2 = config.resolve("web2", None);
+        let web2 = config.resolve("web2", None).unwrap();
         assert_eq!(value(&web2.port), Some(22));
     }
 
@@ -1010,14 +1015,14 @@ mod tests {
     fn host_star_supplies_defaults_after_specific_blocks() {
         let config =
             parse("Host db\n User postgres\nHost *\n User admin\n ServerAliveInterval 30\n");
-        let db = config.resolve("db", None);
+        let db = config.resolve("db", None).unwrap();
         assert_eq!(value(&db.user), Some("postgres".into()));
         assert_eq!(
             value(&db.server_alive_interval),
             Some(Duration::from_secs(30))
         );
         assert_eq!(
-            value(&config.resolve("other", None).user),
+            value(&config.resolve("other", None).unwrap().user),
             Some("admin".into())
         );
     }
@@ -1026,11 +1031,11 @@ mod tests {
     fn lines_before_the_first_host_apply_to_every_host() {
         let config = parse("User everyone\nHost a\n User only-a\n");
         assert_eq!(
-            value(&config.resolve("a", None).user),
+            value(&config.resolve("a", None).unwrap().user),
             Some("everyone".into())
         );
         assert_eq!(
-            value(&config.resolve("b", None).user),
+            value(&config.resolve("b", None).unwrap().user),
             Some("everyone".into())
         );
     }
@@ -1039,32 +1044,35 @@ mod tests {
     fn negated_pattern_excludes_a_host() {
         let config = parse("Host * !bastion\n ProxyJump bastion\n");
         assert_eq!(
-            value(&config.resolve("app", None).proxy_jump),
+            value(&config.resolve("app", None).unwrap().proxy_jump),
             Some(Jump::Hops(vec!["bastion".into()]))
         );
-        assert_eq!(config.resolve("bastion", None).proxy_jump, None);
+        assert_eq!(config.resolve("bastion", None).unwrap().proxy_jump, None);
         // A negated pattern alone matches nothing.
         let config = parse("Host !bastion\n Port 2\n");
-        assert_eq!(config.resolve("app", None).port, None);
+        assert_eq!(config.resolve("app", None).unwrap().port, None);
     }
 
     #[test]
     fn question_mark_matches_exactly_one_character() {
         let config = parse("Host web?\n Port 2000\n");
-        assert_eq!(value(&config.resolve("web1", None).port), Some(2000));
-        assert_eq!(config.resolve("web", None).port, None);
-        assert_eq!(config.resolve("web12", None).port, None);
+        assert_eq!(
+            value(&config.resolve("web1", None).unwrap().port),
+            Some(2000)
+        );
+        assert_eq!(config.resolve("web", None).unwrap().port, None);
+        assert_eq!(config.resolve("web12", None).unwrap().port, None);
     }
 
     #[test]
     fn host_matching_ignores_case() {
         let config = parse("HOST Web.Example.COM\n  PORT 2022\n");
         assert_eq!(
-            value(&config.resolve("web.example.com", None).port),
+            value(&config.resolve("web.example.com", None).unwrap().port),
             Some(2022)
         );
         assert_eq!(
-            value(&config.resolve("WEB.example.com", None).port),
+            value(&config.resolve("WEB.example.com", None).unwrap().port),
             Some(2022)
         );
     }
@@ -1079,7 +1087,7 @@ mod tests {
             "IdentityFile='/other path/key'\n",
             "HostKeyAlias\t alias  # a comment\n",
         ));
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(2201));
         assert_eq!(value(&a.user), Some("bob".into()));
         assert_eq!(identities(&a), ["/path with spaces/key", "/other path/key"]);
@@ -1089,7 +1097,7 @@ mod tests {
     #[test]
     fn crlf_and_leading_whitespace_are_tolerated() {
         let config = parse("Host a\r\n\t  Port 7\r\n   User x \r\n");
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(7));
         assert_eq!(value(&a.user), Some("x".into()));
     }
@@ -1099,17 +1107,20 @@ mod tests {
         let config = parse(
             "Host a\n IdentityFile ~/.ssh/a\nHost *\n IdentityFile ~/.ssh/all\n IdentitiesOnly yes\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(identities(&a), ["~/.ssh/a", "~/.ssh/all"]);
         assert_eq!(a.identity_files[1].origin.line, 4);
         assert_eq!(value(&a.identities_only), Some(true));
-        assert_eq!(identities(&config.resolve("b", None)), ["~/.ssh/all"]);
+        assert_eq!(
+            identities(&config.resolve("b", None).unwrap()),
+            ["~/.ssh/all"]
+        );
     }
 
     #[test]
     fn other_keywords_are_ignored() {
         let config = parse("Host a\n ForwardAgent yes\n SendEnv LANG LC_*\n Port 3\n");
-        assert_eq!(value(&config.resolve("a", None).port), Some(3));
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(3));
     }
 
     #[test]
@@ -1117,14 +1128,14 @@ mod tests {
         let config = parse(
             "Host a\n UserKnownHostsFile ~/kh1 \"/x y/kh2\"\n GlobalKnownHostsFile none\nHost *\n UserKnownHostsFile /late\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(
             value(&a.user_known_hosts),
             Some(vec!["~/kh1".to_owned(), "/x y/kh2".to_owned()])
         );
         assert_eq!(value(&a.global_known_hosts), Some(Vec::new()));
         assert_eq!(
-            value(&config.resolve("b", None).user_known_hosts),
+            value(&config.resolve("b", None).unwrap().user_known_hosts),
             Some(vec!["/late".to_owned()])
         );
     }
@@ -1140,40 +1151,43 @@ mod tests {
             ("config.d/.hidden", "Port 99\n"),
         ]);
         let config = parse_in(home.path(), "Include config.d/*\nHost *\n User default\n");
-        let b = config.resolve("b", None);
+        let b = config.resolve("b", None).unwrap();
         assert_eq!(value(&b.port), Some(10));
         assert_eq!(value(&b.user), Some("from-10".into()));
         let origin = &b.port.as_ref().unwrap().origin;
         assert_eq!(origin.file, home.path().join(".ssh/config.d/10-a"));
         assert_eq!(origin.line, 3);
-        assert_eq!(value(&config.resolve("c", None).port), None);
+        assert_eq!(value(&config.resolve("c", None).unwrap().port), None);
     }
 
     #[test]
     fn include_takes_several_paths_and_tilde() {
         let home = home_with(&[("one", "IdentityFile k1\n"), ("two", "IdentityFile k2\n")]);
         let config = parse_in(home.path(), "Include ~/.ssh/two one missing none-match*\n");
-        assert_eq!(identities(&config.resolve("x", None)), ["k2", "k1"]);
+        assert_eq!(
+            identities(&config.resolve("x", None).unwrap()),
+            ["k2", "k1"]
+        );
     }
 
     #[test]
     fn include_inside_a_host_block_applies_only_to_that_host() {
         let home = home_with(&[("inc", "Port 2222\n")]);
         let config = parse_in(home.path(), "Host a\n  Include inc\nHost *\n  Port 22\n");
-        assert_eq!(value(&config.resolve("a", None).port), Some(2222));
-        assert_eq!(value(&config.resolve("b", None).port), Some(22));
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(2222));
+        assert_eq!(value(&config.resolve("b", None).unwrap().port), Some(22));
     }
 
     #[test]
     fn host_line_in_an_included_file_does_not_leak() {
         let home = home_with(&[("inc", "Host other\n  Port 1\n")]);
         let config = parse_in(home.path(), "Host a\n  Include inc\n  User after-include\n");
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(a.port, None);
         assert_eq!(value(&a.user), Some("after-include".into()));
-        assert_eq!(config.resolve("other", None).user, None);
+        assert_eq!(config.resolve("other", None).unwrap().user, None);
         // Nor does a block inside the file open when the including block is closed.
-        assert_eq!(config.resolve("other", None).port, None);
+        assert_eq!(config.resolve("other", None).unwrap().port, None);
     }
 
     #[test]
@@ -1206,11 +1220,11 @@ mod tests {
             "Match host *.example.com\n User matched\n",
             "Match host short\n Port 9\n",
         ));
-        let short = config.resolve("short", None);
+        let short = config.resolve("short", None).unwrap();
         assert_eq!(value(&short.user), Some("matched".into()));
         assert_eq!(short.port, None);
         assert_eq!(
-            value(&config.resolve("x.example.com", None).user),
+            value(&config.resolve("x.example.com", None).unwrap().user),
             Some("matched".into())
         );
     }
@@ -1218,9 +1232,9 @@ mod tests {
     #[test]
     fn match_originalhost_tests_the_alias() {
         let config = parse("Host s\n HostName real\nMatch originalhost s,t\n Port 5\n");
-        assert_eq!(value(&config.resolve("s", None).port), Some(5));
-        assert_eq!(value(&config.resolve("t", None).port), Some(5));
-        assert_eq!(config.resolve("real", None).port, None);
+        assert_eq!(value(&config.resolve("s", None).unwrap().port), Some(5));
+        assert_eq!(value(&config.resolve("t", None).unwrap().port), Some(5));
+        assert_eq!(config.resolve("real", None).unwrap().port, None);
     }
 
     #[test]
@@ -1228,9 +1242,12 @@ mod tests {
         let config = parse(
             "Host h\n User cfg\nMatch user deploy\n Port 1\nMatch user cfg\n Port 2\nMatch user me\n Port 3\n",
         );
-        assert_eq!(value(&config.resolve("h", Some("deploy")).port), Some(1));
-        assert_eq!(value(&config.resolve("h", None).port), Some(2));
-        assert_eq!(value(&config.resolve("other", None).port), Some(3));
+        assert_eq!(
+            value(&config.resolve("h", Some("deploy")).unwrap().port),
+            Some(1)
+        );
+        assert_eq!(value(&config.resolve("h", None).unwrap().port), Some(2));
+        assert_eq!(value(&config.resolve("other", None).unwrap().port), Some(3));
     }
 
     #[test]
@@ -1242,15 +1259,15 @@ mod tests {
             "Match host !x,*\n IdentityFile not-x\n",
         ));
         assert_eq!(
-            identities(&config.resolve("abc", None)),
+            identities(&config.resolve("abc", None).unwrap()),
             ["local", "all", "not-x"]
         );
         assert_eq!(
-            identities(&config.resolve("skip", None)),
+            identities(&config.resolve("skip", None).unwrap()),
             ["not-a", "all", "not-x"]
         );
         assert_eq!(
-            identities(&config.resolve("x", None)),
+            identities(&config.resolve("x", None).unwrap()),
             ["local", "not-a", "all"]
         );
     }
@@ -1260,7 +1277,7 @@ mod tests {
         let config = parse(
             "# c\nMatch host a exec \"test -f /x\"\n Port 1\nMatch host b exec true\n Port 2\nHost *\n Port 3\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(3));
         assert_eq!(
             a.notes,
@@ -1274,7 +1291,7 @@ mod tests {
             "whatever x",
         ] {
             let config = parse(&format!("Match {criterion}\n Port 1\n"));
-            let resolved = config.resolve("a", None);
+            let resolved = config.resolve("a", None).unwrap();
             assert_eq!(resolved.port, None, "{criterion}");
             assert_eq!(resolved.notes.len(), 1, "{criterion}");
         }
@@ -1285,11 +1302,11 @@ mod tests {
         let config =
             parse("Host *.internal\n HostName %h.corp.example.com\nHost lit\n HostName 100%%\n");
         assert_eq!(
-            value(&config.resolve("db.internal", None).hostname),
+            value(&config.resolve("db.internal", None).unwrap().hostname),
             Some("db.internal.corp.example.com".into())
         );
         assert_eq!(
-            value(&config.resolve("lit", None).hostname),
+            value(&config.resolve("lit", None).unwrap().hostname),
             Some("100%".into())
         );
     }
@@ -1301,17 +1318,17 @@ mod tests {
             "Host cmd\n ProxyCommand ssh -W %h:%p \"gate\"\n",
             "Host *\n ProxyJump ssh://u@gate:2200,[::1]:22\n ProxyCommand nc %h %p\n",
         ));
-        let none = config.resolve("none", None);
+        let none = config.resolve("none", None).unwrap();
         assert_eq!(value(&none.proxy_jump), Some(Jump::None));
         assert_eq!(none.proxy_command, None);
-        let cmd = config.resolve("cmd", None);
+        let cmd = config.resolve("cmd", None).unwrap();
         assert_eq!(
             value(&cmd.proxy_command),
             Some("ssh -W %h:%p \"gate\"".into())
         );
         assert_eq!(cmd.proxy_jump, None);
         assert_eq!(
-            value(&config.resolve("x", None).proxy_jump),
+            value(&config.resolve("x", None).unwrap().proxy_jump),
             Some(Jump::Hops(vec![
                 "ssh://u@gate:2200".into(),
                 "[::1]:22".into()
@@ -1322,7 +1339,7 @@ mod tests {
     #[test]
     fn times_accept_openssh_units() {
         let config = parse("ConnectTimeout 1m30s\nServerAliveInterval 0\n");
-        let x = config.resolve("x", None);
+        let x = config.resolve("x", None).unwrap();
         assert_eq!(value(&x.connect_timeout), Some(Duration::from_secs(90)));
         assert_eq!(value(&x.server_alive_interval), Some(Duration::ZERO));
     }
@@ -1370,7 +1387,7 @@ mod tests {
     #[test]
     fn line_numbers_count_comments_and_blanks() {
         let config = parse("# top comment\n\nHost a\n    # about the port\n\n    Port 4\n");
-        let port = config.resolve("a", None).port.unwrap();
+        let port = config.resolve("a", None).unwrap().port.unwrap();
         assert_eq!(port.origin.line, 6);
         assert_eq!(port.origin.to_string(), "`/home/u/.ssh/config` line 6");
     }
@@ -1397,7 +1414,11 @@ mod tests {
             ),
             (
                 "ConnectTimeout -1",
-                "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `-1`",
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `-1`",
+            ),
+            (
+                "ConnectTimeout None",
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `None`",
             ),
             (
                 "ServerAliveInterval soon",
@@ -1412,10 +1433,6 @@ mod tests {
             (
                 "User a b",
                 "`User` takes one value, not 2; quote a value that contains spaces",
-            ),
-            (
-                "HostName %p.example",
-                "`HostName` may use only the `%h` and `%%` tokens, not `%p`",
             ),
             ("Match host", "`Match host` needs a pattern"),
             (
@@ -1432,6 +1449,56 @@ mod tests {
             let err = parse_err(&format!("# comment\n\nHost x\n{text}\n"));
             assert_eq!(err, format!("`{FILE}` line 4: {problem}"), "{text}");
         }
+    }
+
+    #[test]
+    fn connect_timeout_zero_is_kept_and_none_leaves_it_unset() {
+        let config = parse(concat!(
+            "Host zero
+ ConnectTimeout 0
+",
+            "Host none
+ ConnectTimeout none
+",
+            "Host *
+ ConnectTimeout 7
+",
+        ));
+        let zero = config.resolve("zero", None).unwrap();
+        assert_eq!(value(&zero.connect_timeout), Some(Duration::ZERO));
+        assert_eq!(line(&zero.connect_timeout), 2);
+        // `none` is no value: the later `Host *` line still applies, as in OpenSSH.
+        let none = config.resolve("none", None).unwrap();
+        assert_eq!(value(&none.connect_timeout), Some(Duration::from_secs(7)));
+        assert_eq!(line(&none.connect_timeout), 6);
+    }
+
+    #[test]
+    fn a_bad_hostname_token_stops_only_the_hosts_it_applies_to() {
+        let config = parse(
+            "Host other
+ HostName %p.example
+Host *
+ HostName %h.lan
+",
+        );
+        assert_eq!(
+            value(&config.resolve("web", None).unwrap().hostname),
+            Some("web.lan".into())
+        );
+        let err = config.resolve("other", None).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("`{FILE}` line 2: `HostName` may use only the `%h` and `%%` tokens, not `%p`")
+        );
+        let err = parse(
+            "Host a
+ HostName x%
+",
+        )
+        .resolve("a", None)
+        .unwrap_err();
+        assert!(err.to_string().contains("ends with a lone `%`"), "{err}");
     }
 
     #[test]
@@ -1475,7 +1542,7 @@ mod tests {
         )
         .unwrap();
         assert!(config.is_empty());
-        assert_eq!(config.resolve("a", None), HostConfig::default());
+        assert_eq!(config.resolve("a", None).unwrap(), HostConfig::default());
         assert!(parse("# only a comment\n\n").is_empty());
     }
 
@@ -1490,7 +1557,7 @@ mod tests {
             &local_at(home.path()),
         )
         .unwrap();
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(1));
         assert_eq!(value(&a.user), Some("sys".into()));
         assert_eq!(a.user.unwrap().origin.file, system);

@@ -76,10 +76,27 @@ impl Resolver<'_> {
         format!("inventory `{}` ({key})", self.inventory.file.display())
     }
 
-    fn lookup(&self, alias: &str, user: Option<&str>) -> HostConfig {
-        self.config
-            .map(|c| c.resolve(alias, user))
-            .unwrap_or_default()
+    fn lookup(
+        &self,
+        host: &Host,
+        alias: &str,
+        user: Option<&str>,
+    ) -> Result<HostConfig, ReachError> {
+        let Some(config) = self.config else {
+            return Ok(HostConfig::default());
+        };
+        config.resolve(alias, user).map_err(|e| match e {
+            config::ConfigError::Invalid { origin, problem } => ReachError::Bad {
+                host: host.name.clone(),
+                origin: origin.to_string(),
+                reason: problem,
+            },
+            other => ReachError::Bad {
+                host: host.name.clone(),
+                origin: "ssh_config".to_owned(),
+                reason: other.to_string(),
+            },
+        })
     }
 
     /// How to reach `host`.
@@ -89,7 +106,7 @@ impl Resolver<'_> {
         let mut sources = Vec::new();
         let alias = host.address.as_str();
         let given_user = ssh.given.user.then_some(ssh.user.as_str());
-        let cfg = self.lookup(alias, given_user);
+        let cfg = self.lookup(host, alias, given_user)?;
 
         let address = match &cfg.hostname {
             Some(s) => {
@@ -123,6 +140,22 @@ impl Resolver<'_> {
             DEFAULT_PORT,
             u16::to_string,
         );
+        // `ConnectTimeout 0` means no timeout to OpenSSH; shipit always bounds a connection
+        // attempt, so it keeps its own then.
+        let config_timeout = cfg.connect_timeout.as_ref().filter(|s| !s.value.is_zero());
+        if let Some(s) = &cfg.connect_timeout
+            && s.value.is_zero()
+            && !ssh.given.connect_timeout
+        {
+            sources.push(Origin {
+                setting: "note".to_owned(),
+                value: format!(
+                    "`ConnectTimeout 0` (no timeout) is ignored: shipit bounds every connection attempt, here by its default of {}",
+                    humantime::format_duration(ssh.connect_timeout)
+                ),
+                origin: origin(s),
+            });
+        }
         let connect_timeout = pick(
             &mut sources,
             "connect_timeout",
@@ -132,7 +165,7 @@ impl Resolver<'_> {
                     self.inventory_origin("ssh.connect_timeout"),
                 )
             }),
-            cfg.connect_timeout.as_ref().map(|s| (s.value, origin(s))),
+            config_timeout.map(|s| (s.value, origin(s))),
             ssh.connect_timeout,
             |d| humantime::format_duration(*d).to_string(),
         );
@@ -392,7 +425,7 @@ impl Resolver<'_> {
             }
         };
         let (hop_user, hop_alias, hop_port) = hop;
-        let jcfg = self.lookup(&hop_alias, hop_user.as_deref());
+        let jcfg = self.lookup(host, &hop_alias, hop_user.as_deref())?;
         // The jump host's own `ProxyJump` would make a chain (one naming itself, as
         // `Host *` blocks do, is harmless).
         if let Some(s) = &jcfg.proxy_jump
@@ -643,6 +676,35 @@ mod tests {
             r.sources
                 .iter()
                 .any(|s| s.setting == "note" && s.value.contains("ServerAliveInterval 0"))
+        );
+    }
+
+    #[test]
+    fn connect_timeout_zero_keeps_the_default_with_a_note() {
+        let inv = inventory("", WEB);
+        let cfg = config("Host other\n  ConnectTimeout none\nHost *\n  ConnectTimeout 0\n");
+        let r = resolve(&inv, &cfg, None).unwrap();
+        assert_eq!(r.target.connect_timeout, Duration::from_secs(10));
+        assert_eq!(origin_of(&r, "connect_timeout"), "default");
+        let note = r.sources.iter().find(|s| s.setting == "note").unwrap();
+        assert!(
+            note.value
+                .contains("`ConnectTimeout 0` (no timeout) is ignored"),
+            "{note:?}"
+        );
+        assert_eq!(note.origin, "`/home/me/.ssh/config` line 4");
+    }
+
+    #[test]
+    fn a_bad_hostname_elsewhere_does_not_stop_this_host() {
+        let inv = inventory("", WEB);
+        let cfg = config("Host db\n  HostName %r.example\nHost *\n  Port 2\n");
+        assert_eq!(resolve(&inv, &cfg, None).unwrap().target.port, 2);
+        let cfg = config("Host web-1\n  HostName %r.example\n");
+        let err = resolve(&inv, &cfg, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("host `web-1`: `/home/me/.ssh/config` line 2: `HostName` may use only"),
+            "{err}"
         );
     }
 
