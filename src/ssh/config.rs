@@ -96,7 +96,7 @@ pub struct HostConfig {
     pub hostname: Option<Setting<String>>,
     pub user: Option<Setting<String>>,
     pub port: Option<Setting<u16>>,
-    /// Every applying line, in order.
+    /// Every applying line, in order; a file named again is left out.
     pub identity_files: Vec<Setting<String>>,
     pub identities_only: Option<Setting<bool>>,
     /// `ProxyJump` and `ProxyCommand` exclude each other: whichever applies first wins.
@@ -904,6 +904,8 @@ impl Walker<'_> {
             Directive::HostName(_) => {}
             Directive::User(v) => first(&mut out.user, v.clone(), origin),
             Directive::Port(v) => first(&mut out.port, *v, origin),
+            // A repeated file is offered once, as OpenSSH registers it once.
+            Directive::IdentityFile(v) if out.identity_files.iter().any(|s| s.value == *v) => {}
             Directive::IdentityFile(v) => out.identity_files.push(Setting {
                 value: v.clone(),
                 origin: origin.clone(),
@@ -1115,6 +1117,15 @@ mod tests {
             identities(&config.resolve("b", None).unwrap()),
             ["~/.ssh/all"]
         );
+    }
+
+    #[test]
+    fn identity_files_named_twice_count_once() {
+        let config =
+            parse("Host a\n IdentityFile ~/k\n IdentityFile /x\nHost *\n IdentityFile ~/k\n");
+        let a = config.resolve("a", None).unwrap();
+        assert_eq!(identities(&a), ["~/k", "/x"]);
+        assert_eq!(a.identity_files[0].origin.line, 2);
     }
 
     #[test]

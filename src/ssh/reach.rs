@@ -20,6 +20,17 @@ const DEFAULT_PORT: u16 = 22;
 /// OpenSSH's `UserKnownHostsFile` default, under the home directory.
 const USER_KNOWN_HOSTS: [&str; 2] = [".ssh/known_hosts", ".ssh/known_hosts2"];
 
+/// OpenSSH's default `IdentityFile`s, in its order, under the home directory.
+const DEFAULT_IDENTITIES: [&str; 7] = [
+    ".ssh/id_rsa",
+    ".ssh/id_ecdsa",
+    ".ssh/id_ecdsa_sk",
+    ".ssh/id_ed25519",
+    ".ssh/id_ed25519_sk",
+    ".ssh/id_xmss",
+    ".ssh/id_dsa",
+];
+
 /// OpenSSH's `GlobalKnownHostsFile` default, read after the user's files.
 pub const SYSTEM_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
@@ -59,6 +70,15 @@ pub enum ReachError {
         origin: String,
         reason: String,
     },
+}
+
+/// The key files the config names for a host.
+struct Keys {
+    files: Vec<PathBuf>,
+    /// `IdentitiesOnly yes`.
+    only: bool,
+    /// `files` are OpenSSH's defaults (`IdentitiesOnly yes` without `IdentityFile`).
+    defaults: bool,
 }
 
 /// What every host's resolution shares.
@@ -206,7 +226,7 @@ impl Resolver<'_> {
             user: &user,
             local: self.local,
         };
-        let (identities, identities_only) = self.identities(host, &cfg, &tokens, &mut sources)?;
+        let keys = self.identities(host, &cfg, &tokens, &mut sources)?;
         let known_hosts = self.known_hosts(host, &cfg, &tokens, &mut sources)?;
 
         let jump = self.jump(
@@ -249,8 +269,9 @@ impl Resolver<'_> {
                 jump,
                 connect_timeout,
                 keepalive_interval,
-                identities,
-                identities_only,
+                identities: keys.files,
+                identities_only: keys.only,
+                identities_default: keys.defaults,
                 known_hosts,
             },
             sources,
@@ -290,21 +311,10 @@ impl Resolver<'_> {
                 "default".to_owned(),
             ),
         };
-        let show = |files: &[PathBuf]| {
-            if files.is_empty() {
-                "none".to_owned()
-            } else {
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        sources.push(source("known_hosts", &show(&user), user_origin, None));
+        sources.push(source("known_hosts", &show_paths(&user), user_origin, None));
         sources.push(source(
             "global_known_hosts",
-            &show(&global),
+            &show_paths(&global),
             global_origin,
             None,
         ));
@@ -319,7 +329,12 @@ impl Resolver<'_> {
         cfg: &HostConfig,
         tokens: &Tokens<'_>,
         sources: &mut Vec<Origin>,
-    ) -> Result<(Vec<PathBuf>, bool), ReachError> {
+    ) -> Result<Keys, ReachError> {
+        let none = Keys {
+            files: Vec::new(),
+            only: false,
+            defaults: false,
+        };
         if let Some(label) = self.run_key {
             sources.push(source(
                 "identity",
@@ -327,7 +342,7 @@ impl Resolver<'_> {
                 "the environment".to_owned(),
                 None,
             ));
-            return Ok((Vec::new(), false));
+            return Ok(none);
         }
         if let Some(path) = &self.inventory.ssh.identity {
             sources.push(source(
@@ -336,24 +351,43 @@ impl Resolver<'_> {
                 self.inventory_origin("ssh.identity"),
                 None,
             ));
-            return Ok((Vec::new(), false));
+            return Ok(none);
         }
-        if cfg.identity_files.is_empty() {
+        let only = cfg.identities_only.as_ref().is_some_and(|s| s.value);
+        let mut files = Vec::new();
+        if cfg.identity_files.is_empty() && only {
+            // OpenSSH then offers its default files, and no other agent key.
+            let home = &self.local.home;
+            files = DEFAULT_IDENTITIES.iter().map(|f| home.join(f)).collect();
+            sources.push(source(
+                "identity",
+                &format!("{} (those that exist)", show_paths(&files)),
+                "default (`IdentitiesOnly yes` without `IdentityFile`)".to_owned(),
+                None,
+            ));
+        } else if cfg.identity_files.is_empty() {
             sources.push(source(
                 "identity",
                 "ssh-agent, ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa",
                 "default".to_owned(),
                 None,
             ));
-            return Ok((Vec::new(), false));
+            return Ok(none);
         }
-        let mut files = Vec::new();
         for s in &cfg.identity_files {
-            let path = expand(host, &s.value, s, tokens)?;
-            sources.push(source("identity", &path, origin(s), None));
-            files.push(PathBuf::from(path));
+            let path = PathBuf::from(expand(host, &s.value, s, tokens)?);
+            // The same file by another spelling (`~/.ssh/k`, `%d/.ssh/k`) is offered once.
+            if files.contains(&path) {
+                continue;
+            }
+            sources.push(source(
+                "identity",
+                &path.display().to_string(),
+                origin(s),
+                None,
+            ));
+            files.push(path);
         }
-        let only = cfg.identities_only.as_ref().is_some_and(|s| s.value);
         if let Some(s) = &cfg.identities_only {
             sources.push(source(
                 "identities_only",
@@ -362,7 +396,11 @@ impl Resolver<'_> {
                 None,
             ));
         }
-        Ok((files, only))
+        Ok(Keys {
+            defaults: cfg.identity_files.is_empty(),
+            files,
+            only,
+        })
     }
 
     /// The bastion: `ssh.jump`, else the config's `ProxyJump` (one hop); its address is
@@ -473,8 +511,7 @@ impl Resolver<'_> {
             local: self.local,
         };
         let mut jump_sources = Vec::new();
-        let (identities, identities_only) =
-            self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
+        let keys = self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
         let known_hosts = self.known_hosts(host, &jcfg, &tokens, &mut jump_sources)?;
         sources.extend(jump_sources.into_iter().map(|s| Origin {
             setting: format!("jump {}", s.setting),
@@ -490,11 +527,23 @@ impl Resolver<'_> {
             jump: None,
             connect_timeout,
             keepalive_interval,
-            identities,
-            identities_only,
+            identities: keys.files,
+            identities_only: keys.only,
+            identities_default: keys.defaults,
             known_hosts,
         })))
     }
+}
+
+fn show_paths(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        return "none".to_owned();
+    }
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn origin<T>(s: &Setting<T>) -> String {
@@ -706,6 +755,38 @@ mod tests {
             err.starts_with("host `web-1`: `/home/me/.ssh/config` line 2: `HostName` may use only"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn identities_only_without_identity_file_offers_the_default_files() {
+        let inv = inventory("", WEB);
+        let r = resolve(&inv, &config("Host *\n  IdentitiesOnly yes\n"), None).unwrap();
+        let t = &r.target;
+        assert!(t.identities_only && t.identities_default);
+        assert_eq!(t.identities[0], PathBuf::from("/home/me/.ssh/id_rsa"));
+        assert_eq!(t.identities[3], PathBuf::from("/home/me/.ssh/id_ed25519"));
+        assert_eq!(t.identities.len(), 7);
+        assert_eq!(
+            origin_of(&r, "identity"),
+            "default (`IdentitiesOnly yes` without `IdentityFile`)"
+        );
+        // Without IdentitiesOnly: the agent and shipit's defaults, as before.
+        let r = resolve(&inv, &config("Host *\n  IdentitiesOnly no\n"), None).unwrap();
+        assert!(r.target.identities.is_empty() && !r.target.identities_only);
+    }
+
+    #[test]
+    fn the_same_key_file_is_offered_once() {
+        let inv = inventory("", WEB);
+        let cfg = config(
+            "Host web-1\n  IdentityFile ~/.ssh/k\n  IdentityFile %d/.ssh/k\n  IdentityFile /k2\nHost *\n  IdentityFile ~/.ssh/k\n",
+        );
+        let r = resolve(&inv, &cfg, None).unwrap();
+        assert_eq!(
+            r.target.identities,
+            vec![PathBuf::from("/home/me/.ssh/k"), PathBuf::from("/k2")]
+        );
+        assert!(!r.target.identities_default);
     }
 
     #[test]

@@ -334,12 +334,15 @@ pub enum ConnectError {
     #[error(transparent)]
     HostKey(Box<HostKeyError>),
     #[error(
-        "`{user}@{host}` refused every key shipit offered ({tried}); authorize one of them in the host's authorized_keys"
+        "`{user}@{host}` refused every key shipit offered ({tried}){}; authorize one of them in the host's authorized_keys",
+        not_offered_note(.not_offered)
     )]
     AuthRejected {
         host: String,
         user: String,
         tried: String,
+        /// What the key limit kept back, empty when nothing was.
+        not_offered: String,
     },
     #[error("no SSH key to offer for `{host}`: {reason}")]
     NoCredentials { host: String, reason: String },
@@ -370,6 +373,15 @@ impl ConnectError {
     }
 }
 
+fn not_offered_note(not_offered: &str) -> String {
+    if not_offered.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; it stopped there, at the limit of keys it offers (sshd's `MaxAuthTries` defaults to 6), before {not_offered}: name the right key with `IdentityFile` and `IdentitiesOnly yes` in `~/.ssh/config`, or with `ssh.identity`"
+    )
+}
+
 /// How to reach one host over SSH; built by the caller from the inventory and
 /// `~/.ssh/config`.
 #[derive(Clone, Debug)]
@@ -392,6 +404,9 @@ pub struct SshTarget {
     pub identities: Vec<PathBuf>,
     /// `IdentitiesOnly yes`: with `identities`, offer no other agent key.
     pub identities_only: bool,
+    /// `identities` are OpenSSH's default key files (`IdentitiesOnly` without an
+    /// `IdentityFile`): a missing one is skipped without a word, as `ssh` does.
+    pub identities_default: bool,
     /// The known_hosts files to check the host key in, in lookup order.
     pub known_hosts: Vec<PathBuf>,
 }
@@ -409,4 +424,31 @@ pub struct SshSettings {
     pub agent_socket: Option<PathBuf>,
     /// Tried when no identity is configured and the agent has none that works.
     pub default_identities: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_when_the_key_limit_kept_keys_back() {
+        let refused = |not_offered: &str| {
+            ConnectError::AuthRejected {
+                host: "web-1".into(),
+                user: "deploy".into(),
+                tried: "agent key SHA256:a".into(),
+                not_offered: not_offered.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(""),
+            "`deploy@web-1` refused every key shipit offered (agent key SHA256:a); authorize one of them in the host's authorized_keys"
+        );
+        let limited = refused("`/home/me/.ssh/id_ed25519`");
+        assert!(
+            limited.contains("it stopped there, at the limit of keys it offers (sshd's `MaxAuthTries` defaults to 6), before `/home/me/.ssh/id_ed25519`: name the right key with `IdentityFile` and `IdentitiesOnly yes`"),
+            "{limited}"
+        );
+    }
 }

@@ -38,6 +38,20 @@ pub const MAX_CHANNELS: usize = 8;
 /// sshd's default `MaxAuthTries` is 6; a rejected key counts, so offer at most this many.
 const MAX_KEYS_OFFERED: usize = 5;
 
+impl Credential {
+    /// How the failure names it when the key limit kept it back.
+    fn label(&self) -> Option<String> {
+        match self {
+            Credential::Key { label, .. } => Some(label.clone()),
+            Credential::Agent { only: None, .. } => Some("the agent's keys".to_owned()),
+            Credential::Agent {
+                only: Some(key), ..
+            } => Some(format!("agent key {}", key.fingerprint(HashAlg::Sha256))),
+            Credential::Skipped { .. } => None,
+        }
+    }
+}
+
 /// A credential to offer, in order.
 enum Credential {
     Key {
@@ -300,8 +314,11 @@ impl SshConnector {
         let mut tried: Vec<String> = Vec::new();
         let mut skipped: Vec<String> = Vec::new();
         let mut offered: Vec<PublicKey> = Vec::new();
-        for credential in &credentials {
+        // What the key limit kept back, named in the failure.
+        let mut not_offered: Vec<String> = Vec::new();
+        for (index, credential) in credentials.iter().enumerate() {
             if tried.len() >= MAX_KEYS_OFFERED {
+                not_offered.extend(credentials[index..].iter().filter_map(Credential::label));
                 break;
             }
             match credential {
@@ -351,7 +368,9 @@ impl SshConnector {
                         }
                         offered.push(public.clone());
                         if tried.len() >= MAX_KEYS_OFFERED {
-                            break;
+                            not_offered
+                                .push(format!("agent key {}", public.fingerprint(HashAlg::Sha256)));
+                            continue;
                         }
                         let hash = if public.algorithm().is_rsa() {
                             handle
@@ -397,6 +416,7 @@ impl SshConnector {
             host: target.host.clone(),
             user: target.user.clone(),
             tried: tried.join(", "),
+            not_offered: not_offered.join(", "),
         })
     }
 }
@@ -426,8 +446,12 @@ impl SshConnector {
         }
         let mut credentials = Vec::new();
         if !target.identities.is_empty() {
-            // Unusable ones are skipped, as ssh does, and named if every key is refused.
+            // Unusable ones are skipped, as ssh does, and named if every key is refused;
+            // OpenSSH's default files are only there if the user made them.
             for path in &target.identities {
+                if target.identities_default && !path.exists() {
+                    continue;
+                }
                 credentials.push(self.key_file(path).unwrap_or_else(|reason| {
                     Credential::Skipped {
                         label: format!("{} ({reason})", file_label(path)),
