@@ -53,7 +53,9 @@ pub enum ConfigError {
         .file.display()
     )]
     TooDeep { origin: Origin, file: PathBuf },
-    #[error("unknown token `%{token}` in `{text}`; write `%%` for a literal `%`")]
+    #[error(
+        "unknown token `%{token}` in `{text}`: OpenSSH knows `%C %d %h %i %k %L %l %n %p %r %u` here; write `%%` for a literal `%`"
+    )]
     UnknownToken { token: char, text: String },
     #[error("`{text}` ends with a lone `%`; write `%%` for a literal `%`")]
     TrailingPercent { text: String },
@@ -141,6 +143,8 @@ pub struct Tokens<'a> {
     pub port: u16,
     /// `%r`: the remote user.
     pub user: &'a str,
+    /// `%k`: the `HostKeyAlias`, else the alias as typed.
+    pub key_alias: &'a str,
     pub local: &'a Local,
 }
 
@@ -571,13 +575,34 @@ fn hostname(value: &str, alias: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// A port number, or a service name as `getservbyname` knows it (`ssh`), as OpenSSH's
+/// `a2port` reads it.
 fn port(value: &str) -> Result<u16, String> {
-    match value.parse::<u16>() {
-        Ok(p) if p > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+    let number = if value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u16>().ok()
+    } else {
+        service_port(value)
+    };
+    match number {
+        Some(p) if p > 0 => Ok(p),
         _ => Err(format!(
-            "`Port` must be a number from 1 to 65535, not `{value}`"
+            "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `{value}`"
         )),
     }
+}
+
+/// The TCP port `/etc/services` gives a service name (or alias); `ssh` is 22 without it.
+fn service_port(name: &str) -> Option<u16> {
+    let services = fs::read_to_string("/etc/services").unwrap_or_default();
+    let found = services.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut words = line.split_whitespace();
+        let service = words.next()?;
+        let (port, protocol) = words.next()?.split_once('/')?;
+        let named = service == name || words.any(|alias| alias == name);
+        (named && protocol == "tcp").then(|| port.parse::<u16>().ok())?
+    });
+    found.or((name == "ssh").then_some(22))
 }
 
 fn flag(name: &str, args: &[String]) -> Result<bool, String> {
@@ -713,7 +738,8 @@ pub fn parse_hop(hop: &str) -> Result<(Option<String>, String, Option<u16>), Str
 }
 
 /// Fills in `%` tokens and a leading `~/` (see [`Tokens`]); an unknown token is an error
-/// rather than left in place, as OpenSSH does.
+/// rather than left in place, as OpenSSH does. The tokens are those OpenSSH fills in for
+/// `IdentityFile` and `UserKnownHostsFile`: `%C %d %h %i %k %L %l %n %p %r %u %%`.
 pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
     let home = tokens.local.home.to_string_lossy();
     let (mut out, rest) = match text.strip_prefix('~') {
@@ -740,6 +766,8 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
             'l' => out.push_str(&tokens.local.hostname),
             'L' => out.push_str(short_hostname(&tokens.local.hostname)),
             'i' => out.push_str(&tokens.local.uid.to_string()),
+            'k' => out.push_str(tokens.key_alias),
+            'C' => out.push_str(&connection_hash(tokens)),
             _ => {
                 return Err(ConfigError::UnknownToken {
                     token,
@@ -751,8 +779,24 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
     Ok(out)
 }
 
+/// `%C`: OpenSSH's hash of the connection, hex SHA-1 of `%l%h%p%r`.
+fn connection_hash(tokens: &Tokens) -> String {
+    use sha1::Digest;
+    let mut hash = sha1::Sha1::new();
+    hash.update(tokens.local.hostname.as_bytes());
+    hash.update(tokens.host.as_bytes());
+    hash.update(tokens.port.to_string().as_bytes());
+    hash.update(tokens.user.as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn short_hostname(hostname: &str) -> &str {
     hostname.split('.').next().unwrap_or(hostname)
+}
+
+/// `path` with a leading `~` or `~/` made absolute, otherwise as it is.
+pub fn tilde(path: &str, home: &Path) -> PathBuf {
+    expand_tilde(path, home).unwrap_or_else(|| PathBuf::from(path))
 }
 
 /// `~` or `~/...` made absolute; `None` for any other path.
@@ -1348,6 +1392,13 @@ mod tests {
     }
 
     #[test]
+    fn a_port_may_be_a_service_name() {
+        let config = parse("Host a\n Port ssh\nHost b\n ProxyJump gate:ssh\n");
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(22));
+        assert_eq!(parse_hop("gate:ssh").unwrap().2, Some(22));
+    }
+
+    #[test]
     fn times_accept_openssh_units() {
         let config = parse("ConnectTimeout 1m30s\nServerAliveInterval 0\n");
         let x = config.resolve("x", None).unwrap();
@@ -1363,6 +1414,7 @@ mod tests {
             alias: "web",
             port: 2222,
             user: "deploy",
+            key_alias: "web-pool",
             local: &local,
         };
         assert_eq!(
@@ -1370,6 +1422,11 @@ mod tests {
             "/home/u/.ssh/10.0.0.5-web-2222-deploy-me-1000-laptop.example.com-laptop-%"
         );
         assert_eq!(expand("%d/k", &tokens).unwrap(), "/home/u/k");
+        // `%C` as `ssh -G` prints it for these values.
+        assert_eq!(
+            expand("~/.ssh/cm-%C-%k", &tokens).unwrap(),
+            "/home/u/.ssh/cm-2668c3ff1917a77e66663ecce851502a4e29c069-web-pool"
+        );
         assert_eq!(expand("~", &tokens).unwrap(), "/home/u");
         assert_eq!(expand("~bob/k", &tokens).unwrap(), "~bob/k");
         assert_eq!(expand("a~/b", &tokens).unwrap(), "a~/b");
@@ -1383,11 +1440,12 @@ mod tests {
             alias: "a",
             port: 22,
             user: "u",
+            key_alias: "a",
             local: &local,
         };
         assert_eq!(
-            expand("key-%C", &tokens).unwrap_err().to_string(),
-            "unknown token `%C` in `key-%C`; write `%%` for a literal `%`"
+            expand("key-%j", &tokens).unwrap_err().to_string(),
+            "unknown token `%j` in `key-%j`: OpenSSH knows `%C %d %h %i %k %L %l %n %p %r %u` here; write `%%` for a literal `%`"
         );
         assert_eq!(
             expand("key%", &tokens).unwrap_err().to_string(),
@@ -1408,16 +1466,19 @@ mod tests {
         let cases = [
             (
                 "Port abc",
-                "`Port` must be a number from 1 to 65535, not `abc`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `abc`",
             ),
-            ("Port 0", "`Port` must be a number from 1 to 65535, not `0`"),
+            (
+                "Port 0",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `0`",
+            ),
             (
                 "Port 70000",
-                "`Port` must be a number from 1 to 65535, not `70000`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `70000`",
             ),
             (
                 "Port +22",
-                "`Port` must be a number from 1 to 65535, not `+22`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `+22`",
             ),
             (
                 "IdentitiesOnly maybe",

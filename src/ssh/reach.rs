@@ -219,11 +219,16 @@ impl Resolver<'_> {
             |d| humantime::format_duration(*d).to_string(),
         );
 
+        let key_alias = cfg
+            .host_key_alias
+            .as_ref()
+            .map_or_else(|| alias.to_owned(), |s| s.value.to_lowercase());
         let tokens = Tokens {
             host: &address,
             alias,
             port,
             user: &user,
+            key_alias: &key_alias,
             local: self.local,
         };
         let keys = self.identities(host, &cfg, &tokens, &mut sources)?;
@@ -304,8 +309,15 @@ impl Resolver<'_> {
                 "default".to_owned(),
             ),
         };
+        // OpenSSH fills in no `%` token here, only a leading `~`.
         let (global, global_origin) = match &cfg.global_known_hosts {
-            Some(s) => (expand_all(s)?, origin(s)),
+            Some(s) => (
+                s.value
+                    .iter()
+                    .map(|f| config::tilde(f, home))
+                    .collect::<Vec<_>>(),
+                origin(s),
+            ),
             None => (
                 SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from).collect(),
                 "default".to_owned(),
@@ -503,11 +515,16 @@ impl Resolver<'_> {
             value: format!("{juser}@{address}:{jport}"),
             origin: via.join(", "),
         });
+        let key_alias = jcfg
+            .host_key_alias
+            .as_ref()
+            .map_or_else(|| hop_alias.clone(), |s| s.value.to_lowercase());
         let tokens = Tokens {
             host: &address,
             alias: &hop_alias,
             port: jport,
             user: &juser,
+            key_alias: &key_alias,
             local: self.local,
         };
         let mut jump_sources = Vec::new();
@@ -877,6 +894,23 @@ mod tests {
                 PathBuf::from("/etc/ssh/ssh_known_hosts2"),
             ]
         );
+    }
+
+    #[test]
+    fn global_known_hosts_files_take_no_tokens() {
+        let cfg = config(
+            "Host *\n  UserKnownHostsFile ~/kh-%k-%C\n  GlobalKnownHostsFile /etc/kh-%h ~/g\n  HostKeyAlias Pool\n",
+        );
+        let r = resolve(&inventory("", WEB), &cfg, None).unwrap();
+        let files: Vec<String> = r
+            .target
+            .known_hosts
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        assert!(files[0].starts_with("/home/me/kh-pool-"), "{files:?}");
+        assert_eq!(files[0].len(), "/home/me/kh-pool-".len() + 40);
+        assert_eq!(files[1..], ["/etc/kh-%h", "/home/me/g"]);
     }
 
     #[test]
