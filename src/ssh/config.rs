@@ -873,7 +873,9 @@ impl Walker<'_> {
         for line in &file.lines {
             match &line.item {
                 Item::Host(patterns) => {
-                    active = pattern::list(patterns.iter().map(String::as_str), self.alias, true);
+                    // `Host` compares case-sensitively, unlike `Match host` (OpenSSH's
+                    // `match_pattern` against `match_hostname`).
+                    active = pattern::list(patterns.iter().map(String::as_str), self.alias, false);
                 }
                 Item::Match(criteria) => active = self.match_applies(criteria, &line.origin),
                 Item::Set(directive) if active => self.apply(directive, &line.origin),
@@ -1111,16 +1113,13 @@ mod tests {
     }
 
     #[test]
-    fn host_matching_ignores_case() {
+    fn keywords_ignore_case_and_host_patterns_do_not() {
         let config = parse("HOST Web.Example.COM\n  PORT 2022\n");
         assert_eq!(
-            value(&config.resolve("web.example.com", None).unwrap().port),
+            value(&config.resolve("Web.Example.COM", None).unwrap().port),
             Some(2022)
         );
-        assert_eq!(
-            value(&config.resolve("WEB.example.com", None).unwrap().port),
-            Some(2022)
-        );
+        assert_eq!(config.resolve("web.example.com", None).unwrap().port, None);
     }
 
     #[test]
@@ -1282,6 +1281,19 @@ mod tests {
             value(&config.resolve("x.example.com", None).unwrap().user),
             Some("matched".into())
         );
+    }
+
+    #[test]
+    fn host_patterns_are_case_sensitive_and_match_host_is_not() {
+        let config = parse(concat!(
+            "Host web\n Port 1\n",
+            "Host WEB\n Port 2\n",
+            "Match originalhost web\n User folded\n",
+        ));
+        let upper = config.resolve("WEB", None).unwrap();
+        assert_eq!(value(&upper.port), Some(2));
+        assert_eq!(value(&upper.user), Some("folded".into()));
+        assert_eq!(value(&config.resolve("web", None).unwrap().port), Some(1));
     }
 
     #[test]

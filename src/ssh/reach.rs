@@ -130,17 +130,19 @@ impl Resolver<'_> {
 
         let address = match &cfg.hostname {
             Some(s) => {
-                sources.push(source("address", &s.value, origin(s), Some(alias)));
-                s.value.clone()
+                let address = host_name(&s.value);
+                sources.push(source("address", &address, origin(s), Some(alias)));
+                address
             }
             None => {
+                let address = host_name(alias);
                 sources.push(source(
                     "address",
-                    alias,
+                    &address,
                     self.inventory_origin("hosts.address"),
-                    None,
+                    (address != alias).then_some(alias),
                 ));
-                alias.to_owned()
+                address
             }
         };
         let user = pick(
@@ -222,7 +224,7 @@ impl Resolver<'_> {
         let key_alias = cfg
             .host_key_alias
             .as_ref()
-            .map_or_else(|| alias.to_owned(), |s| s.value.to_lowercase());
+            .map_or_else(|| alias.to_owned(), |s| s.value.to_ascii_lowercase());
         let tokens = Tokens {
             host: &address,
             alias,
@@ -244,8 +246,8 @@ impl Resolver<'_> {
         )?;
 
         let host_key_alias = cfg.host_key_alias.as_ref().map(|s| {
-            sources.push(source("host_key_alias", &s.value, origin(s), None));
-            s.value.clone()
+            sources.push(source("host_key_alias", &key_alias, origin(s), None));
+            key_alias.clone()
         });
         if let Some(pin) = &host.host_key {
             let kind = pin.split_whitespace().next().unwrap_or("");
@@ -489,10 +491,11 @@ impl Resolver<'_> {
                 chain: format!("{},{hop_alias}", hops.join(",")),
             });
         }
-        let address = jcfg
-            .hostname
-            .as_ref()
-            .map_or_else(|| hop_alias.clone(), |s| s.value.clone());
+        let address = host_name(
+            jcfg.hostname
+                .as_ref()
+                .map_or(hop_alias.as_str(), |s| s.value.as_str()),
+        );
         let juser = hop_user
             .or_else(|| jcfg.user.as_ref().map(|s| s.value.clone()))
             .unwrap_or_else(|| user.to_owned());
@@ -518,7 +521,7 @@ impl Resolver<'_> {
         let key_alias = jcfg
             .host_key_alias
             .as_ref()
-            .map_or_else(|| hop_alias.clone(), |s| s.value.to_lowercase());
+            .map_or_else(|| hop_alias.clone(), |s| s.value.to_ascii_lowercase());
         let tokens = Tokens {
             host: &address,
             alias: &hop_alias,
@@ -540,7 +543,7 @@ impl Resolver<'_> {
             port: jport,
             user: juser,
             host_key: None,
-            host_key_alias: jcfg.host_key_alias.as_ref().map(|s| s.value.clone()),
+            host_key_alias: jcfg.host_key_alias.is_some().then_some(key_alias),
             jump: None,
             connect_timeout,
             keepalive_interval,
@@ -549,6 +552,16 @@ impl Resolver<'_> {
             identities_default: keys.defaults,
             known_hosts,
         })))
+    }
+}
+
+/// The name OpenSSH connects to and looks host keys up under: lowercased, unless it is an
+/// IP address (those it leaves as written).
+fn host_name(name: &str) -> String {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
     }
 }
 
@@ -911,6 +924,26 @@ mod tests {
         assert!(files[0].starts_with("/home/me/kh-pool-"), "{files:?}");
         assert_eq!(files[0].len(), "/home/me/kh-pool-".len() + 40);
         assert_eq!(files[1..], ["/etc/kh-%h", "/home/me/g"]);
+    }
+
+    #[test]
+    fn host_names_and_host_key_aliases_are_lowercased_as_ssh_does() {
+        let inv = inventory(
+            "",
+            "[[hosts]]\nname = \"web-1\"\naddress = \"Web-1.Example\"\n",
+        );
+        let r = resolve(&inv, &config("Host web-1.example\n  Port 1\n"), None).unwrap();
+        assert_eq!(r.target.address, "web-1.example");
+        // `Host` patterns compare with the name as typed.
+        assert_eq!(r.target.port, 22);
+        let cfg = config("Host *\n  HostName DB.Example\n  HostKeyAlias Pool-A\n");
+        let r = resolve(&inventory("", WEB), &cfg, None).unwrap();
+        assert_eq!(r.target.address, "db.example");
+        assert_eq!(r.target.host_key_alias.as_deref(), Some("pool-a"));
+        // Addresses are left as written.
+        let cfg = config("Host *\n  HostName FE80::1\n");
+        let r = resolve(&inventory("", WEB), &cfg, None).unwrap();
+        assert_eq!(r.target.address, "FE80::1");
     }
 
     #[test]

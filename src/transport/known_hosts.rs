@@ -201,10 +201,13 @@ fn parse_line(file: &Path, line: usize, raw: &str) -> Option<KnownHost> {
     })
 }
 
-/// The name a host is recorded under: `host` on port 22, `[host]:port` elsewhere.
+/// The name a host is recorded under: `host` on port 22, `[host]:port` elsewhere, in
+/// lowercase as `ssh` looks names up and records them (a hashed entry is of the lowercase
+/// name).
 pub fn host_name(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
     if port == 22 {
-        host.to_owned()
+        host
     } else {
         format!("[{host}]:{port}")
     }
@@ -362,6 +365,31 @@ mod tests {
         assert_eq!(
             k.check("127.0.0.1", 2223, "ssh-ed25519", K1),
             Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn names_are_looked_up_in_lowercase() {
+        // What `ssh` records (Debian hashes by default) for `ssh -p 2222 Web.Example`: the
+        // HMAC of the lowercase name.
+        let salt = STANDARD.decode("uYHOaVcfRDXAdM4x6zMbMb8WwXo=").unwrap();
+        let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt).unwrap();
+        mac.update(b"[web.example]:2222");
+        let hash = STANDARD.encode(mac.finalize().into_bytes());
+        let k = kh(&format!(
+            "|1|uYHOaVcfRDXAdM4x6zMbMb8WwXo=|{hash} ssh-ed25519 {K1}\nDB.Example ssh-ed25519 {K2}\n"
+        ));
+        assert_eq!(
+            k.check("Web.Example", 2222, "ssh-ed25519", K1),
+            trusted("`kh` line 1")
+        );
+        assert_eq!(
+            k.check("db.EXAMPLE", 22, "ssh-ed25519", K2),
+            trusted("`kh` line 2")
+        );
+        assert_eq!(
+            line_for("Web.Example", 2222, "ssh-ed25519", K1),
+            format!("[web.example]:2222 ssh-ed25519 {K1}")
         );
     }
 
