@@ -175,6 +175,11 @@ enum Item {
     Set(Directive),
     /// The files one `Include` line named, in order.
     Include(Vec<ConfigFile>),
+    /// `IgnoreUnknown`: a pattern list of keywords that are not an error.
+    IgnoreUnknown(String),
+    /// A keyword OpenSSH does not know, lowercase: an error unless an `IgnoreUnknown` that
+    /// applies before it names it, as in OpenSSH.
+    Unknown(String),
 }
 
 #[derive(Debug, Clone)]
@@ -204,14 +209,169 @@ struct Criterion {
 #[derive(Debug, Clone)]
 enum Test {
     All,
+    /// True in the final pass only (`Match final`, or a canonicalized host name).
+    Canonical,
+    /// Like `Canonical`, and asks for the final pass.
+    Final,
     /// Comma-separated pattern lists.
     Host(String),
     OriginalHost(String),
     User(String),
     LocalUser(String),
-    /// The criterion's name, lowercase.
+    /// One shipit never evaluates (`exec` runs a command): the criterion as written.
     Unsupported(String),
 }
+
+/// `Match` criteria OpenSSH knows that need a command, the network or the session
+/// (`localnetwork`, `tagged`, `version`, `sessiontype` and `command` came after 9.2).
+const UNEVALUATED_CRITERIA: [&str; 6] = [
+    "exec",
+    "localnetwork",
+    "tagged",
+    "version",
+    "sessiontype",
+    "command",
+];
+
+/// Every keyword OpenSSH 9.2's client knows (`readconf.c`), Debian's GSSAPI ones, and those
+/// added since; shipit reads a few of them and accepts the rest, as valid options it does
+/// not use.
+const KNOWN_KEYWORDS: &[&str] = &[
+    "addkeystoagent",
+    "addressfamily",
+    "afstokenpassing",
+    "batchmode",
+    "bindaddress",
+    "bindinterface",
+    "canonicaldomains",
+    "canonicalizefallbacklocal",
+    "canonicalizehostname",
+    "canonicalizemaxdots",
+    "canonicalizepermittedcnames",
+    "casignaturealgorithms",
+    "certificatefile",
+    "challengeresponseauthentication",
+    "channeltimeout",
+    "checkhostip",
+    "cipher",
+    "ciphers",
+    "clearallforwardings",
+    "compression",
+    "compressionlevel",
+    "connectionattempts",
+    "connecttimeout",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dsaauthentication",
+    "dynamicforward",
+    "enableescapecommandline",
+    "enablesshkeysign",
+    "escapechar",
+    "exitonforwardfailure",
+    "fallbacktorsh",
+    "fingerprinthash",
+    "forkafterauthentication",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gatewayports",
+    "globalknownhostsfile",
+    "globalknownhostsfile2",
+    "gssapiauthentication",
+    "gssapiclientidentity",
+    "gssapidelegatecredentials",
+    "gssapikexalgorithms",
+    "gssapikeyexchange",
+    "gssapirenewalforcesrekey",
+    "gssapiserveridentity",
+    "gssapitrustdns",
+    "hashknownhosts",
+    "host",
+    "hostbasedacceptedalgorithms",
+    "hostbasedauthentication",
+    "hostbasedkeytypes",
+    "hostkeyalgorithms",
+    "hostkeyalias",
+    "hostname",
+    "identitiesonly",
+    "identityagent",
+    "identityfile",
+    "identityfile2",
+    "ignoreunknown",
+    "include",
+    "ipqos",
+    "kbdinteractiveauthentication",
+    "kbdinteractivedevices",
+    "keepalive",
+    "kerberosauthentication",
+    "kerberostgtpassing",
+    "kexalgorithms",
+    "knownhostscommand",
+    "localcommand",
+    "localforward",
+    "loglevel",
+    "logverbose",
+    "macs",
+    "match",
+    "nohostauthenticationforlocalhost",
+    "numberofpasswordprompts",
+    "obscurekeystroketiming",
+    "passwordauthentication",
+    "permitlocalcommand",
+    "permitremoteopen",
+    "pkcs11provider",
+    "port",
+    "preferredauthentications",
+    "protocol",
+    "proxycommand",
+    "proxyjump",
+    "proxyusefdpass",
+    "pubkeyacceptedalgorithms",
+    "pubkeyacceptedkeytypes",
+    "pubkeyauthentication",
+    "refuseconnection",
+    "rekeylimit",
+    "remotecommand",
+    "remoteforward",
+    "requesttty",
+    "requiredrsasize",
+    "revokedhostkeys",
+    "rhostsauthentication",
+    "rhostsrsaauthentication",
+    "rsaauthentication",
+    "securitykeyprovider",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "sessiontype",
+    "setenv",
+    "skeyauthentication",
+    "smartcarddevice",
+    "stdinnull",
+    "streamlocalbindmask",
+    "streamlocalbindunlink",
+    "stricthostkeychecking",
+    "syslogfacility",
+    "tag",
+    "tcpkeepalive",
+    "tisauthentication",
+    "tunnel",
+    "tunneldevice",
+    "updatehostkeys",
+    "useprivilegedport",
+    "user",
+    "userknownhostsfile",
+    "userknownhostsfile2",
+    "useroaming",
+    "usersh",
+    "verifyhostkeydns",
+    "versionaddendum",
+    "visualhostkey",
+    "warnweakcrypto",
+    "xauthlocation",
+];
 
 /// Whose file is read: it decides where relative `Include` paths point.
 #[derive(Debug, Clone, Copy)]
@@ -274,9 +434,27 @@ impl SshConfig {
             local: &self.local,
             out: HostConfig::default(),
             error: None,
+            final_pass: None,
+            wants_final: None,
+            ignore_unknown: None,
         };
         for file in &self.files {
-            walker.walk(file);
+            walker.walk(file, false);
+        }
+        if let Some(origin) = walker.wants_final.clone()
+            && walker.error.is_none()
+        {
+            // OpenSSH reads every file again for the final host name, lowercased; what the
+            // first pass set stays (first match wins).
+            let name = host_name(&walker.current_host());
+            walker.note(format!(
+                "{origin}: `Match final` reads the config again for the final host name `{name}`"
+            ));
+            walker.final_pass = Some(name);
+            walker.ignore_unknown = None;
+            for file in &self.files {
+                walker.walk(file, false);
+            }
         }
         match walker.error {
             Some(error) => Err(error),
@@ -330,6 +508,10 @@ impl Reader<'_> {
             "match" => Item::Match(match_criteria(args).map_err(invalid)?),
             "include" => Item::Include(self.include(&args, origin, depth)?),
             "proxycommand" => Item::Set(Directive::ProxyCommand(rest.to_owned())),
+            "ignoreunknown" => {
+                Item::IgnoreUnknown(one("IgnoreUnknown", &args).map_err(invalid)?.to_owned())
+            }
+            _ if !KNOWN_KEYWORDS.contains(&lower.as_str()) => Item::Unknown(lower),
             _ => match directive(&lower, &args).map_err(invalid)? {
                 Some(d) => Item::Set(d),
                 None => return Ok(None),
@@ -464,30 +646,39 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
             Some((name, value)) => (name.to_ascii_lowercase(), Some(value.to_owned())),
             None => (arg.to_ascii_lowercase(), None),
         };
-        if matches!(name.as_str(), "all" | "canonical" | "final") {
-            let test = match name.as_str() {
-                "all" => Test::All,
-                _ => Test::Unsupported(name),
-            };
+        let bare = match name.as_str() {
+            "all" => Some(Test::All),
+            "canonical" => Some(Test::Canonical),
+            "final" => Some(Test::Final),
+            _ => None,
+        };
+        if let Some(test) = bare {
             criteria.push(Criterion { negated, test });
             continue;
         }
-        let value = inline.or_else(|| args.next());
-        let known = matches!(
-            name.as_str(),
-            "host" | "originalhost" | "user" | "localuser"
-        );
-        let value = match value {
+        let unevaluated = UNEVALUATED_CRITERIA.contains(&name.as_str());
+        if !unevaluated
+            && !matches!(
+                name.as_str(),
+                "host" | "originalhost" | "user" | "localuser"
+            )
+        {
+            return Err(format!(
+                "unknown `Match` criterion `{name}`; OpenSSH knows `all`, `canonical`, `final`, `exec`, `host`, `originalhost`, `user`, `localuser` (and later versions `localnetwork`, `tagged`, `version`, `sessiontype`, `command`)"
+            ));
+        }
+        let value = match inline.or_else(|| args.next()) {
             Some(v) if !v.is_empty() => v,
-            _ if known => return Err(format!("`Match {name}` needs a pattern")),
-            _ => String::new(),
+            // OpenSSH 10 lets `tagged` and `command` go without a value.
+            _ if matches!(name.as_str(), "tagged" | "command") => String::new(),
+            _ => return Err(format!("`Match {name}` needs a pattern")),
         };
         let test = match name.as_str() {
             "host" => Test::Host(value),
             "originalhost" => Test::OriginalHost(value),
             "user" => Test::User(value),
             "localuser" => Test::LocalUser(value),
-            _ => Test::Unsupported(name),
+            _ => Test::Unsupported(format!("{}{name}", if negated { "!" } else { "" })),
         };
         criteria.push(Criterion { negated, test });
     }
@@ -495,11 +686,9 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
         return Err("`Match` needs at least one criterion".into());
     }
     let all = criteria.iter().any(|c| matches!(c.test, Test::All));
-    let others = criteria.iter().any(|c| match &c.test {
-        Test::All => false,
-        Test::Unsupported(name) => name != "canonical" && name != "final",
-        _ => true,
-    });
+    let others = criteria
+        .iter()
+        .any(|c| !matches!(c.test, Test::All | Test::Canonical | Test::Final));
     if all && others {
         return Err("`Match all` cannot be combined with other criteria".into());
     }
@@ -512,7 +701,9 @@ fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String
         "hostname" => Directive::HostName(one("HostName", args)?.to_owned()),
         "user" => Directive::User(one("User", args)?.to_owned()),
         "port" => Directive::Port(port(one("Port", args)?)?),
-        "identityfile" => Directive::IdentityFile(one("IdentityFile", args)?.to_owned()),
+        "identityfile" | "identityfile2" => {
+            Directive::IdentityFile(one("IdentityFile", args)?.to_owned())
+        }
         "identitiesonly" => Directive::IdentitiesOnly(flag("IdentitiesOnly", args)?),
         "proxyjump" => Directive::ProxyJump(jump(one("ProxyJump", args)?)?),
         "connecttimeout" => match connect_timeout(args)? {
@@ -794,6 +985,16 @@ fn short_hostname(hostname: &str) -> &str {
     hostname.split('.').next().unwrap_or(hostname)
 }
 
+/// The name OpenSSH connects to and looks host keys up under: lowercased, unless it is an
+/// IP address (those it leaves as written).
+pub fn host_name(name: &str) -> String {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    }
+}
+
 /// `path` with a leading `~` or `~/` made absolute, otherwise as it is.
 pub fn tilde(path: &str, home: &Path) -> PathBuf {
     expand_tilde(path, home).unwrap_or_else(|| PathBuf::from(path))
@@ -861,38 +1062,77 @@ struct Walker<'a> {
     user: Option<&'a str>,
     local: &'a Local,
     out: HostConfig,
-    /// The first applying line that cannot be used.
+    /// The first line that stops this host.
     error: Option<ConfigError>,
+    /// The second pass `Match final` asks for: `Host` then tests the final host name, and
+    /// `Match canonical`/`final` hold.
+    final_pass: Option<String>,
+    /// The first `Match final` line seen.
+    wants_final: Option<Origin>,
+    /// `IgnoreUnknown`'s patterns, once a line that applies set them.
+    ignore_unknown: Option<String>,
 }
 
 impl Walker<'_> {
-    /// Each file, included ones too, starts active; a `Host` or `Match` in it decides for the
-    /// rest of that file only, so the including file's state is untouched on return.
-    fn walk(&mut self, file: &ConfigFile) {
-        let mut active = true;
+    /// Each file, included ones too, starts in the state of the line that included it; a
+    /// `Host` or `Match` in it decides for the rest of that file only, so the including
+    /// file's state is untouched on return. A file included where nothing applies is still
+    /// read (`never`), as OpenSSH does: its `Match final` and unknown keywords count.
+    fn walk(&mut self, file: &ConfigFile, never: bool) {
+        let mut active = !never;
         for line in &file.lines {
             match &line.item {
                 Item::Host(patterns) => {
                     // `Host` compares case-sensitively, unlike `Match host` (OpenSSH's
                     // `match_pattern` against `match_hostname`).
-                    active = pattern::list(patterns.iter().map(String::as_str), self.alias, false);
+                    let subject = self.final_pass.as_deref().unwrap_or(self.alias);
+                    active = !never
+                        && pattern::list(patterns.iter().map(String::as_str), subject, false);
                 }
-                Item::Match(criteria) => active = self.match_applies(criteria, &line.origin),
+                Item::Match(criteria) => {
+                    let holds = self.match_applies(criteria, &line.origin, never);
+                    active = !never && holds;
+                }
                 Item::Set(directive) if active => self.apply(directive, &line.origin),
-                Item::Include(files) if active => files.iter().for_each(|f| self.walk(f)),
-                Item::Set(_) | Item::Include(_) => {}
+                Item::Include(files) => {
+                    let never = !active;
+                    files.iter().for_each(|f| self.walk(f, never));
+                }
+                Item::IgnoreUnknown(patterns) if active => {
+                    self.ignore_unknown.get_or_insert_with(|| patterns.clone());
+                }
+                Item::Unknown(keyword) => {
+                    let ignored = self
+                        .ignore_unknown
+                        .as_ref()
+                        .is_some_and(|p| pattern::list(p.split(','), keyword, true));
+                    if !ignored {
+                        self.error.get_or_insert(ConfigError::Invalid {
+                            origin: line.origin.clone(),
+                            problem: format!(
+                                "`{keyword}` is not an OpenSSH option (a typo?); `IgnoreUnknown {keyword}` before it makes OpenSSH and shipit skip it"
+                            ),
+                        });
+                    }
+                }
+                Item::Set(_) | Item::IgnoreUnknown(_) => {}
             }
         }
     }
 
     /// All criteria must hold. One shipit cannot evaluate skips the block, with a note,
-    /// when the others would have let it apply.
-    fn match_applies(&mut self, criteria: &[Criterion], origin: &Origin) -> bool {
+    /// when the others would have let it apply. `never`: the block cannot apply anyway.
+    fn match_applies(&mut self, criteria: &[Criterion], origin: &Origin, never: bool) -> bool {
         let mut unsupported = None;
         let mut holds = true;
         for criterion in criteria {
             let result = match &criterion.test {
                 Test::All => true,
+                Test::Canonical => self.final_pass.is_some(),
+                Test::Final => {
+                    self.wants_final.get_or_insert_with(|| origin.clone());
+                    self.final_pass.is_some()
+                }
                 Test::Host(list) => pattern::list(list.split(','), &self.current_host(), true),
                 Test::OriginalHost(list) => pattern::list(list.split(','), self.alias, true),
                 Test::User(list) => pattern::list(list.split(','), self.remote_user(), false),
@@ -907,9 +1147,9 @@ impl Walker<'_> {
             }
         }
         match unsupported {
-            Some(name) if holds => {
-                self.out.notes.push(format!(
-                    "{origin}: `Match {name}` is not supported; the block is skipped"
+            Some(name) if holds && !never => {
+                self.note(format!(
+                    "{origin}: `Match {name}` is not supported (shipit runs no command to decide); the block is skipped"
                 ));
                 false
             }
@@ -917,8 +1157,18 @@ impl Walker<'_> {
         }
     }
 
-    /// What `Match host` tests: the `HostName` set so far, else the alias.
+    fn note(&mut self, note: String) {
+        if !self.out.notes.contains(&note) {
+            self.out.notes.push(note);
+        }
+    }
+
+    /// What `Match host` tests: the `HostName` set so far, else the alias; in the final pass,
+    /// the final host name.
     fn current_host(&self) -> String {
+        if let Some(name) = &self.final_pass {
+            return name.clone();
+        }
         match &self.out.hostname {
             Some(setting) => setting.value.clone(),
             None => self.alias.to_owned(),
@@ -938,15 +1188,18 @@ impl Walker<'_> {
     fn apply(&mut self, directive: &Directive, origin: &Origin) {
         let out = &mut self.out;
         match directive {
-            Directive::HostName(raw) if out.hostname.is_none() => match hostname(raw, self.alias) {
-                Ok(name) => first(&mut out.hostname, name, origin),
-                Err(problem) => {
-                    self.error.get_or_insert(ConfigError::Invalid {
-                        origin: origin.clone(),
-                        problem,
-                    });
+            // The final pass starts with the host name final.
+            Directive::HostName(raw) if out.hostname.is_none() && self.final_pass.is_none() => {
+                match hostname(raw, self.alias) {
+                    Ok(name) => first(&mut out.hostname, name, origin),
+                    Err(problem) => {
+                        self.error.get_or_insert(ConfigError::Invalid {
+                            origin: origin.clone(),
+                            problem,
+                        });
+                    }
                 }
-            },
+            }
             Directive::HostName(_) => {}
             Directive::User(v) => first(&mut out.user, v.clone(), origin),
             Directive::Port(v) => first(&mut out.port, *v, origin),
@@ -1348,20 +1601,90 @@ mod tests {
         assert_eq!(value(&a.port), Some(3));
         assert_eq!(
             a.notes,
-            ["`/home/u/.ssh/config` line 2: `Match exec` is not supported; the block is skipped"]
+            [
+                "`/home/u/.ssh/config` line 2: `Match exec` is not supported (shipit runs no command to decide); the block is skipped"
+            ]
         );
-        for criterion in [
-            "canonical",
-            "final",
-            "localnetwork 10.0.0.0/8",
-            "tagged t",
-            "whatever x",
+        // Criteria of later OpenSSH versions are skipped the same way; the note keeps a `!`.
+        for (criterion, shown) in [
+            ("localnetwork 10.0.0.0/8", "localnetwork"),
+            ("tagged t", "tagged"),
+            ("!exec false", "!exec"),
+            ("version OpenSSH_9*", "version"),
         ] {
             let config = parse(&format!("Match {criterion}\n Port 1\n"));
             let resolved = config.resolve("a", None).unwrap();
             assert_eq!(resolved.port, None, "{criterion}");
-            assert_eq!(resolved.notes.len(), 1, "{criterion}");
+            assert!(
+                resolved.notes[0].contains(&format!("`Match {shown}` is not supported")),
+                "{:?}",
+                resolved.notes
+            );
         }
+    }
+
+    #[test]
+    fn match_canonical_holds_only_in_the_final_pass_and_negated_in_the_first() {
+        let config = parse("Match !canonical\n Port 1\nMatch canonical\n User c\n");
+        let a = config.resolve("a", None).unwrap();
+        assert_eq!(value(&a.port), Some(1));
+        assert_eq!(a.user, None);
+        assert!(a.notes.is_empty(), "{:?}", a.notes);
+    }
+
+    #[test]
+    fn match_final_reads_the_files_again_for_the_final_host_name() {
+        let config = parse(concat!(
+            "Host web\n HostName Web.Internal\n",
+            "Match final host web.internal\n User final-user\n",
+            "Host web.internal\n Port 2200\n IdentityFile ~/k\n",
+            "Match canonical\n IdentityFile ~/k\n ConnectTimeout 5\n",
+            "Host *\n IdentityFile ~/all\n",
+        ));
+        let web = config.resolve("web", None).unwrap();
+        assert_eq!(value(&web.user), Some("final-user".into()));
+        // `Host` blocks test the final, lowercased name in the second pass.
+        assert_eq!(value(&web.port), Some(2200));
+        assert_eq!(line(&web.port), 6);
+        assert_eq!(value(&web.connect_timeout), Some(Duration::from_secs(5)));
+        assert_eq!(value(&web.hostname), Some("Web.Internal".into()));
+        assert_eq!(identities(&web), ["~/all", "~/k"]);
+        assert_eq!(
+            web.notes,
+            [
+                "`/home/u/.ssh/config` line 3: `Match final` reads the config again for the final host name `web.internal`"
+            ]
+        );
+        // A `Match final` anywhere asks for the second pass, even in a block that does not
+        // apply.
+        let other = config.resolve("other", None).unwrap();
+        assert_eq!(value(&other.connect_timeout), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn unknown_keywords_are_errors_unless_ignored() {
+        let err = parse("Host other\n  IdentitiyFile ~/k\n")
+            .resolve("a", None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`{FILE}` line 2: `identitiyfile` is not an OpenSSH option (a typo?); `IgnoreUnknown identitiyfile` before it makes OpenSSH and shipit skip it"
+            )
+        );
+        let config = parse(
+            "IgnoreUnknown UseKeychain,Foo*\nHost *\n  UseKeychain yes\n  FooBar 1\n  Port 7\n",
+        );
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(7));
+        // An `IgnoreUnknown` that does not apply ignores nothing.
+        let config = parse("Host b\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n");
+        assert!(config.resolve("b", None).is_ok());
+        assert!(config.resolve("a", None).is_err());
+        // Keywords OpenSSH knows and shipit does not use, old, Debian's and newer ones.
+        let config = parse(
+            "Host *\n  ControlMaster auto\n  GSSAPIKeyExchange yes\n  Protocol 2\n  ChannelTimeout session=5m\n  IdentityFile2 ~/k2\n",
+        );
+        assert_eq!(identities(&config.resolve("a", None).unwrap()), ["~/k2"]);
     }
 
     #[test]
@@ -1519,6 +1842,10 @@ mod tests {
                 "`User` takes one value, not 2; quote a value that contains spaces",
             ),
             ("Match host", "`Match host` needs a pattern"),
+            (
+                "Match hots a",
+                "unknown `Match` criterion `hots`; OpenSSH knows `all`, `canonical`, `final`, `exec`, `host`, `originalhost`, `user`, `localuser` (and later versions `localnetwork`, `tagged`, `version`, `sessiontype`, `command`)",
+            ),
             (
                 "Match all host a",
                 "`Match all` cannot be combined with other criteria",

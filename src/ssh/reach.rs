@@ -130,12 +130,12 @@ impl Resolver<'_> {
 
         let address = match &cfg.hostname {
             Some(s) => {
-                let address = host_name(&s.value);
+                let address = config::host_name(&s.value);
                 sources.push(source("address", &address, origin(s), Some(alias)));
                 address
             }
             None => {
-                let address = host_name(alias);
+                let address = config::host_name(alias);
                 sources.push(source(
                     "address",
                     &address,
@@ -491,7 +491,7 @@ impl Resolver<'_> {
                 chain: format!("{},{hop_alias}", hops.join(",")),
             });
         }
-        let address = host_name(
+        let address = config::host_name(
             jcfg.hostname
                 .as_ref()
                 .map_or(hop_alias.as_str(), |s| s.value.as_str()),
@@ -552,16 +552,6 @@ impl Resolver<'_> {
             identities_default: keys.defaults,
             known_hosts,
         })))
-    }
-}
-
-/// The name OpenSSH connects to and looks host keys up under: lowercased, unless it is an
-/// IP address (those it leaves as written).
-fn host_name(name: &str) -> String {
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        name.to_owned()
-    } else {
-        name.to_ascii_lowercase()
     }
 }
 
