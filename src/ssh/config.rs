@@ -54,9 +54,13 @@ pub enum ConfigError {
     )]
     TooDeep { origin: Origin, file: PathBuf },
     #[error(
-        "unknown token `%{token}` in `{text}`: OpenSSH knows `%C %d %h %i %k %L %l %n %p %r %u` here; write `%%` for a literal `%`"
+        "unknown token `%{token}` in `{text}`: OpenSSH knows `{known}` here; write `%%` for a literal `%`"
     )]
-    UnknownToken { token: char, text: String },
+    UnknownToken {
+        token: char,
+        text: String,
+        known: &'static str,
+    },
     #[error("`{text}` ends with a lone `%`; write `%%` for a literal `%`")]
     TrailingPercent { text: String },
 }
@@ -933,10 +937,34 @@ pub fn parse_hop(hop: &str) -> Result<(Option<String>, String, Option<u16>), Str
 /// `IdentityFile` and `UserKnownHostsFile`: `%C %d %h %i %k %L %l %n %p %r %u %%`.
 pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
     let home = tokens.local.home.to_string_lossy();
-    let (mut out, rest) = match text.strip_prefix('~') {
+    let (out, rest) = match text.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => (home.to_string(), rest),
         _ => (String::new(), text),
     };
+    fill(out, rest, text, tokens, FILE_TOKENS)
+}
+
+/// The tokens OpenSSH fills in for `IdentityFile` and `UserKnownHostsFile`.
+const FILE_TOKENS: &str = "%C %d %h %i %k %L %l %n %p %r %u";
+
+/// The tokens of a `ProxyJump` hop: OpenSSH turns the hop into a `ProxyCommand`, which it
+/// expands with these.
+const JUMP_TOKENS: &str = "%h %k %n %p %r";
+
+/// A `ProxyJump` hop with `%h %k %n %p %r %%` filled in for the target (`tokens`).
+pub fn expand_jump(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
+    fill(String::new(), text, text, tokens, JUMP_TOKENS)
+}
+
+/// Appends `rest` to `out` with the tokens in `known` (and `%%`) filled in.
+fn fill(
+    mut out: String,
+    rest: &str,
+    text: &str,
+    tokens: &Tokens,
+    known: &'static str,
+) -> Result<String, ConfigError> {
+    let home = tokens.local.home.to_string_lossy();
     let mut chars = rest.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
@@ -946,6 +974,13 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
         let Some(token) = chars.next() else {
             return Err(ConfigError::TrailingPercent { text: text.into() });
         };
+        if token != '%' && !known.contains(&format!("%{token}")) {
+            return Err(ConfigError::UnknownToken {
+                token,
+                text: text.into(),
+                known,
+            });
+        }
         match token {
             '%' => out.push('%'),
             'h' => out.push_str(tokens.host),
@@ -963,6 +998,7 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
                 return Err(ConfigError::UnknownToken {
                     token,
                     text: text.into(),
+                    known,
                 });
             }
         }
@@ -1765,6 +1801,29 @@ mod tests {
         assert_eq!(expand("~", &tokens).unwrap(), "/home/u");
         assert_eq!(expand("~bob/k", &tokens).unwrap(), "~bob/k");
         assert_eq!(expand("a~/b", &tokens).unwrap(), "a~/b");
+    }
+
+    #[test]
+    fn jump_hops_take_the_proxy_command_tokens() {
+        let local = local();
+        let tokens = Tokens {
+            host: "db.internal",
+            alias: "db",
+            port: 2222,
+            user: "deploy",
+            key_alias: "pool",
+            local: &local,
+        };
+        assert_eq!(
+            expand_jump("%r@%h-gw.%n.%k:%p%%", &tokens).unwrap(),
+            "deploy@db.internal-gw.db.pool:2222%"
+        );
+        assert!(
+            expand_jump("%u@gw", &tokens)
+                .unwrap_err()
+                .to_string()
+                .contains("OpenSSH knows `%h %k %n %p %r` here")
+        );
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl Resolver<'_> {
         let jump = self.jump(
             host,
             &cfg,
-            &user,
+            &tokens,
             connect_timeout,
             keepalive_interval,
             &mut sources,
@@ -424,7 +424,7 @@ impl Resolver<'_> {
         &self,
         host: &Host,
         cfg: &HostConfig,
-        user: &str,
+        target: &Tokens<'_>,
         connect_timeout: Duration,
         keepalive_interval: Duration,
         sources: &mut Vec<Origin>,
@@ -434,10 +434,21 @@ impl Resolver<'_> {
             origin,
             reason,
         };
-        let (hop, hop_origin) = if let Some(j) = &self.inventory.ssh.jump {
+        // Who logs in to the jump host when neither the hop nor its config says: the
+        // inventory's `ssh.user` for `ssh.jump` (as documented), the local user for a
+        // `ProxyJump`, as for `ssh -J`.
+        let (hop, hop_origin, fallback_user) = if let Some(j) = &self.inventory.ssh.jump {
             (
                 (j.user.clone(), j.address.clone(), j.port),
                 self.inventory_origin("ssh.jump"),
+                (
+                    self.inventory.ssh.user.clone(),
+                    if self.inventory.ssh.given.user {
+                        self.inventory_origin("ssh.user")
+                    } else {
+                        "default".to_owned()
+                    },
+                ),
             )
         } else {
             match &cfg.proxy_jump {
@@ -459,8 +470,16 @@ impl Resolver<'_> {
                         ..
                     },
                 ) => {
-                    let hop = config::parse_hop(&hops[0]).map_err(|r| bad(origin(s), r))?;
-                    (hop, origin(s))
+                    // `%h %n %p %r` stand for the target, as in the `ProxyCommand` OpenSSH
+                    // makes of a `ProxyJump`.
+                    let text = config::expand_jump(&hops[0], target)
+                        .map_err(|e| bad(origin(s), e.to_string()))?;
+                    let hop = config::parse_hop(&text).map_err(|r| bad(origin(s), r))?;
+                    (
+                        hop,
+                        origin(s),
+                        (self.local.user.clone(), "the local user".to_owned()),
+                    )
                 }
                 Some(_) => return Ok(None),
                 None => {
@@ -478,6 +497,16 @@ impl Resolver<'_> {
         };
         let (hop_user, hop_alias, hop_port) = hop;
         let jcfg = self.lookup(host, &hop_alias, hop_user.as_deref())?;
+        // The jump host is reached directly: a `ProxyCommand` of its own would be skipped.
+        if jcfg.proxy_jump.is_none()
+            && let Some(s) = &jcfg.proxy_command
+            && !s.value.eq_ignore_ascii_case("none")
+        {
+            return Err(ReachError::ProxyCommand {
+                host: host.name.clone(),
+                origin: format!("{} (for the jump host `{hop_alias}`)", origin(s)),
+            });
+        }
         // The jump host's own `ProxyJump` would make a chain (one naming itself, as
         // `Host *` blocks do, is harmless).
         if let Some(s) = &jcfg.proxy_jump
@@ -496,28 +525,31 @@ impl Resolver<'_> {
                 .as_ref()
                 .map_or(hop_alias.as_str(), |s| s.value.as_str()),
         );
-        let juser = hop_user
-            .or_else(|| jcfg.user.as_ref().map(|s| s.value.clone()))
-            .unwrap_or_else(|| user.to_owned());
-        let jport = hop_port
-            .or_else(|| jcfg.port.as_ref().map(|s| s.value))
-            .unwrap_or(DEFAULT_PORT);
-        let mut via = vec![hop_origin];
-        via.extend(
-            [
-                jcfg.hostname.as_ref().map(origin),
-                jcfg.user.as_ref().map(origin),
-                jcfg.port.as_ref().map(origin),
-            ]
-            .into_iter()
-            .flatten(),
-        );
-        via.dedup();
-        sources.push(Origin {
-            setting: "jump".to_owned(),
-            value: format!("{juser}@{address}:{jport}"),
-            origin: via.join(", "),
-        });
+        let (juser, user_origin) = match (hop_user, &jcfg.user) {
+            (Some(u), _) => (u, hop_origin.clone()),
+            (None, Some(s)) => (s.value.clone(), origin(s)),
+            (None, None) => fallback_user,
+        };
+        let (jport, port_origin) = match (hop_port, &jcfg.port) {
+            (Some(p), _) => (p, hop_origin.clone()),
+            (None, Some(s)) => (s.value, origin(s)),
+            (None, None) => (DEFAULT_PORT, "default".to_owned()),
+        };
+        let address_origin = jcfg.hostname.as_ref().map_or(hop_origin.clone(), origin);
+        sources.push(source(
+            "jump",
+            &format!("{juser}@{address}:{jport}"),
+            hop_origin,
+            None,
+        ));
+        sources.push(source(
+            "jump address",
+            &address,
+            address_origin,
+            Some(&hop_alias),
+        ));
+        sources.push(source("jump user", &juser, user_origin, None));
+        sources.push(source("jump port", &jport.to_string(), port_origin, None));
         let key_alias = jcfg
             .host_key_alias
             .as_ref()
@@ -533,6 +565,14 @@ impl Resolver<'_> {
         let mut jump_sources = Vec::new();
         let keys = self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
         let known_hosts = self.known_hosts(host, &jcfg, &tokens, &mut jump_sources)?;
+        if let Some(s) = &jcfg.host_key_alias {
+            jump_sources.push(source("host_key_alias", &key_alias, origin(s), None));
+        }
+        jump_sources.extend(jcfg.notes.iter().map(|note| Origin {
+            setting: "note".to_owned(),
+            value: note.clone(),
+            origin: "ssh_config".to_owned(),
+        }));
         sources.extend(jump_sources.into_iter().map(|s| Origin {
             setting: format!("jump {}", s.setting),
             ..s
@@ -832,6 +872,14 @@ mod tests {
             ("192.0.2.9", 22, "ops")
         );
 
+        // A `ProxyJump` hop without a user, whose config names none either: the local user,
+        // as `ssh -J` logs in, not the target's user.
+        let inv = inventory("user = \"ops\"", WEB);
+        let cfg = config("Host web-*\n  User deploy\n  ProxyJump gate\n");
+        let r = resolve(&inv, &cfg, None).unwrap();
+        assert_eq!(r.target.jump.as_ref().unwrap().user, "me");
+        assert_eq!(origin_of(&r, "jump user"), "the local user");
+
         // `ProxyJump none` (first match) means direct.
         let cfg = config("Host web-1\n  ProxyJump none\nHost *\n  ProxyJump gate\n");
         assert!(
@@ -840,6 +888,64 @@ mod tests {
                 .target
                 .jump
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn proxy_jump_tokens_stand_for_the_target() {
+        let inv = inventory("", WEB);
+        let cfg = config(
+            "Host web-*\n  HostName Web-1.Lan\n  User deploy\n  Port 2222\n  ProxyJump %r@gw-%h:22\n",
+        );
+        let r = resolve(&inv, &cfg, None).unwrap();
+        let jump = r.target.jump.as_ref().unwrap();
+        assert_eq!(
+            (jump.user.as_str(), jump.address.as_str()),
+            ("deploy", "gw-web-1.lan")
+        );
+        let cfg = config("Host *\n  ProxyJump gw-%u\n");
+        let err = resolve(&inv, &cfg, None).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2: unknown token `%u` in `gw-%u`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn check_lists_the_jump_hosts_settings_each_with_its_line() {
+        let inv = inventory("", WEB);
+        let cfg = config(
+            "Host web-1\n  ProxyJump gate\nHost gate\n  HostKeyAlias Bastion\n  Port 2022\n  HostName 192.0.2.1\n  User jumper\n",
+        );
+        let r = resolve(&inv, &cfg, None).unwrap();
+        let jump: Vec<(&str, &str, &str)> = r
+            .sources
+            .iter()
+            .filter(|s| s.setting.starts_with("jump"))
+            .map(|s| (s.setting.as_str(), s.value.as_str(), s.origin.as_str()))
+            .collect();
+        let cfg_line = |n| format!("`/home/me/.ssh/config` line {n}");
+        let (l2, l5, l6, l7, l4) = (
+            cfg_line(2),
+            cfg_line(5),
+            cfg_line(6),
+            cfg_line(7),
+            cfg_line(4),
+        );
+        assert_eq!(jump[0], ("jump", "jumper@192.0.2.1:2022", l2.as_str()));
+        assert_eq!(
+            jump[1],
+            ("jump address", "192.0.2.1 (for `gate`)", l6.as_str())
+        );
+        assert_eq!(jump[2], ("jump user", "jumper", l7.as_str()));
+        assert_eq!(jump[3], ("jump port", "2022", l5.as_str()));
+        assert!(
+            jump.contains(&("jump host_key_alias", "bastion", l4.as_str())),
+            "{jump:?}"
+        );
+        assert_eq!(
+            r.target.jump.as_ref().unwrap().host_key_alias.as_deref(),
+            Some("bastion")
         );
     }
 
@@ -863,6 +969,15 @@ mod tests {
         assert!(resolve(&inv, &config("Host *\n  ProxyCommand none\n"), None).is_ok());
         let cfg = config("Host *\n  ProxyJump gate\n  ProxyCommand nc %h %p\n");
         assert!(resolve(&inv, &cfg, None).unwrap().target.jump.is_some());
+        // A jump host behind a `ProxyCommand` of its own is refused too.
+        let cfg = config("Host web-1\n  ProxyJump gate\nHost gate\n  ProxyCommand nc %h %p\n");
+        let err = resolve(&inv, &cfg, None).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "`/home/me/.ssh/config` line 4 (for the jump host `gate`) sets `ProxyCommand`"
+            ),
+            "{err}"
+        );
         // A jump host that needs a jump of its own is a chain.
         let cfg = config("Host web-1\n  ProxyJump gate\nHost gate\n  ProxyJump outer\n");
         let err = resolve(&inv, &cfg, None).unwrap_err();
