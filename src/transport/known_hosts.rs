@@ -58,8 +58,13 @@ pub enum Verdict {
     Changed {
         expected: String,
         origin: String,
+        /// Entries for the host that were not used, each with why.
+        unused: Vec<String>,
     },
-    Unknown,
+    Unknown {
+        /// Entries for the host that were not used, each with why.
+        unused: Vec<String>,
+    },
 }
 
 impl KnownHosts {
@@ -72,41 +77,89 @@ impl KnownHosts {
         }
     }
 
-    /// Entries whose patterns match the host, certificate authorities included.
-    fn matching<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> impl Iterator<Item = &'a KnownHost> + 'a {
-        let name = host_name(host, port);
+    /// Entries whose patterns match the recorded name (`host` or `[host]:port`, see
+    /// [`host_name`]), certificate authorities included.
+    fn matching<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a KnownHost> + 'a {
         self.entries
             .iter()
-            .filter(move |e| patterns_match(&e.patterns, &name))
+            .filter(move |e| patterns_match(&e.patterns, name))
     }
 
-    /// The `@revoked` entry for the host carrying this key, if any.
+    /// The `@revoked` entry for the name carrying this key, if any.
     fn revoked<'a>(
         &'a self,
-        host: &'a str,
-        port: u16,
+        name: &'a str,
         key_type: &str,
         key_blob: &str,
     ) -> Option<&'a KnownHost> {
-        self.matching(host, port).find(|e| {
+        self.matching(name).find(|e| {
             e.marker == Marker::Revoked && e.key_type == key_type && e.key_blob == key_blob
         })
     }
 
     /// Checks the key a host offered (`key_type`, base64 `key_blob`).
+    ///
+    /// On a port other than 22, a host no entry names as `[host]:port` is checked against
+    /// the entries for `host` alone, as OpenSSH does (it "checks without port identifier"):
+    /// such an entry can only vouch for the key, never make it "changed".
     pub fn check(&self, host: &str, port: u16, key_type: &str, key_blob: &str) -> Verdict {
-        if let Some(entry) = self.revoked(host, port, key_type, key_blob) {
+        let named = host_name(host, port);
+        let verdict = self.check_name(&named, key_type, key_blob);
+        if port == 22 {
+            return verdict;
+        }
+        let bare = host_name(host, 22);
+        match verdict {
+            Verdict::Unknown { mut unused } => match self.check_name(&bare, key_type, key_blob) {
+                Verdict::Trusted { origin } => Verdict::Trusted {
+                    origin: format!(
+                        "{origin} (the entry for `{bare}`: no entry names `{named}`, so the one without a port counts, as in OpenSSH)"
+                    ),
+                },
+                Verdict::Changed {
+                    expected, origin, ..
+                } => {
+                    unused.push(format!(
+                        "{origin} records another key for `{bare}` ({expected}); an entry without a port stands in for `{named}` only when it holds the key offered"
+                    ));
+                    Verdict::Unknown { unused }
+                }
+                Verdict::Revoked { origin } => Verdict::Revoked { origin },
+                Verdict::Unknown { .. } => Verdict::Unknown { unused },
+            },
+            Verdict::Changed {
+                expected,
+                origin: changed,
+                mut unused,
+            } => {
+                if let Some(entry) = self.matching(&bare).find(|e| {
+                    e.marker == Marker::None && e.key_type == key_type && e.key_blob == key_blob
+                }) {
+                    unused.push(format!(
+                        "{} has this key for `{bare}`, but it is not used: entries for `{named}` exist, and OpenSSH falls back to the name without a port only when none does",
+                        origin(entry)
+                    ));
+                }
+                Verdict::Changed {
+                    expected,
+                    origin: changed,
+                    unused,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// [`KnownHosts::check`] for one recorded name.
+    fn check_name(&self, name: &str, key_type: &str, key_blob: &str) -> Verdict {
+        if let Some(entry) = self.revoked(name, key_type, key_blob) {
             return Verdict::Revoked {
                 origin: origin(entry),
             };
         }
         let mut first_other: Option<&KnownHost> = None;
         let mut trusted: Option<&KnownHost> = None;
-        for entry in self.matching(host, port) {
+        for entry in self.matching(name) {
             if entry.marker != Marker::None {
                 continue;
             }
@@ -125,42 +178,62 @@ impl KnownHosts {
             Some(e) => Verdict::Changed {
                 expected: format!("{} {}", e.key_type, fingerprint(&e.key_blob)),
                 origin: origin(e),
+                unused: Vec::new(),
             },
-            None => Verdict::Unknown,
+            None => Verdict::Unknown { unused: Vec::new() },
         }
     }
 
     /// Whether a `@cert-authority` entry vouches for the key `ca_type ca_blob` signing
     /// host certificates for this host: `Trusted` with the entry, `Revoked` if the
     /// authority's key is revoked for the host, else `Unknown`.
+    ///
+    /// On a port other than 22, when no authority for `[host]:port` signed it, the
+    /// authorities for `host` alone count, as in OpenSSH (`@cert-authority *.example.com`
+    /// covers every port).
     pub fn authority(&self, host: &str, port: u16, ca_type: &str, ca_blob: &str) -> Verdict {
-        if let Some(entry) = self.revoked(host, port, ca_type, ca_blob) {
+        let verdict = self.authority_for(&host_name(host, port), ca_type, ca_blob);
+        match verdict {
+            Verdict::Unknown { .. } if port != 22 => {
+                self.authority_for(&host_name(host, 22), ca_type, ca_blob)
+            }
+            other => other,
+        }
+    }
+
+    fn authority_for(&self, name: &str, ca_type: &str, ca_blob: &str) -> Verdict {
+        if let Some(entry) = self.revoked(name, ca_type, ca_blob) {
             return Verdict::Revoked {
                 origin: origin(entry),
             };
         }
-        match self.matching(host, port).find(|e| {
+        match self.matching(name).find(|e| {
             e.marker == Marker::CertAuthority && e.key_type == ca_type && e.key_blob == ca_blob
         }) {
             Some(entry) => Verdict::Trusted {
                 origin: format!("the @cert-authority entry at {}", origin(entry)),
             },
-            None => Verdict::Unknown,
+            None => Verdict::Unknown { unused: Vec::new() },
         }
     }
 
-    /// Whether any `@cert-authority` entry matches the host: then the handshake asks for a
+    /// Whether any `@cert-authority` entry matches the host (on another port than 22, with
+    /// or without it, as [`KnownHosts::authority`] looks): then the handshake asks for a
     /// host certificate, as OpenSSH does.
     pub fn has_authority(&self, host: &str, port: u16) -> bool {
-        self.matching(host, port)
-            .any(|e| e.marker == Marker::CertAuthority)
+        let names = [host_name(host, port), host_name(host, 22)];
+        names.iter().any(|name| {
+            self.matching(name)
+                .any(|e| e.marker == Marker::CertAuthority)
+        })
     }
 
     /// Key types recorded for the host, in file order, so the handshake asks for a key we
     /// can verify rather than one we have never seen.
     pub fn key_types(&self, host: &str, port: u16) -> Vec<String> {
+        let name = host_name(host, port);
         let mut types: Vec<String> = Vec::new();
-        for e in self.matching(host, port) {
+        for e in self.matching(&name) {
             if e.marker == Marker::None && !types.contains(&e.key_type) {
                 types.push(e.key_type.clone());
             }
@@ -285,13 +358,14 @@ mod tests {
         );
         assert_eq!(
             k.check("127.0.0.1", 22, "ssh-ed25519", K2),
-            Verdict::Unknown
+            Verdict::Unknown { unused: vec![] }
         );
         assert_eq!(
             k.check("10.0.0.5", 22, "ssh-ed25519", K2),
             Verdict::Changed {
                 expected: format!("ssh-ed25519 {}", fingerprint(K1)),
-                origin: "`kh` line 3".into()
+                origin: "`kh` line 3".into(),
+                unused: vec![],
             }
         );
     }
@@ -332,12 +406,12 @@ mod tests {
         );
         assert_eq!(
             k.authority("web.example.com", 22, "ssh-ed25519", K2),
-            Verdict::Unknown
+            Verdict::Unknown { unused: vec![] }
         );
         // An authority is not a host key: its key alone does not trust a host.
         assert_eq!(
             k.check("web.example.com", 22, "ssh-ed25519", K1),
-            Verdict::Unknown
+            Verdict::Unknown { unused: vec![] }
         );
         let revoked = kh(&format!(
             "@cert-authority * ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K1}\n"
@@ -364,7 +438,7 @@ mod tests {
         );
         assert_eq!(
             k.check("127.0.0.1", 2223, "ssh-ed25519", K1),
-            Verdict::Unknown
+            Verdict::Unknown { unused: vec![] }
         );
     }
 
@@ -394,6 +468,56 @@ mod tests {
     }
 
     #[test]
+    fn another_port_falls_back_to_the_entry_without_a_port_as_openssh_does() {
+        let k = kh(&format!("web.example.com ssh-ed25519 {K1}\n"));
+        match k.check("web.example.com", 2222, "ssh-ed25519", K1) {
+            Verdict::Trusted { origin } => assert_eq!(
+                origin,
+                "`kh` line 1 (the entry for `web.example.com`: no entry names `[web.example.com]:2222`, so the one without a port counts, as in OpenSSH)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another key without a port does not make the key "changed": unknown, and said why.
+        match k.check("web.example.com", 2222, "ssh-ed25519", K2) {
+            Verdict::Unknown { unused } => assert_eq!(
+                unused,
+                [format!(
+                    "`kh` line 1 records another key for `web.example.com` (ssh-ed25519 {}); an entry without a port stands in for `[web.example.com]:2222` only when it holds the key offered",
+                    fingerprint(K1)
+                )]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Entries for `[host]:port` of its own: the one without a port is not used.
+        let k = kh(&format!(
+            "[web.example.com]:2222 ssh-ed25519 {K2}\nweb.example.com ssh-ed25519 {K1}\n"
+        ));
+        match k.check("web.example.com", 2222, "ssh-ed25519", K1) {
+            Verdict::Changed { origin, unused, .. } => {
+                assert_eq!(origin, "`kh` line 1");
+                assert_eq!(
+                    unused,
+                    [
+                        "`kh` line 2 has this key for `web.example.com`, but it is not used: entries for `[web.example.com]:2222` exist, and OpenSSH falls back to the name without a port only when none does"
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_authority_for_a_domain_covers_every_port() {
+        let k = kh(&format!("@cert-authority *.example.com ssh-ed25519 {K1}\n"));
+        assert!(k.has_authority("web.example.com", 2222));
+        assert_eq!(
+            k.authority("web.example.com", 2222, "ssh-ed25519", K1),
+            trusted("the @cert-authority entry at `kh` line 1")
+        );
+        assert!(!k.has_authority("web.example.org", 2222));
+    }
+
+    #[test]
     fn wildcards_and_negation() {
         let k = kh(&format!(
             "*.example.com,!bad.example.com ssh-ed25519 {K1}\n"
@@ -404,7 +528,7 @@ mod tests {
         );
         assert_eq!(
             k.check("bad.example.com", 22, "ssh-ed25519", K1),
-            Verdict::Unknown
+            Verdict::Unknown { unused: vec![] }
         );
     }
 

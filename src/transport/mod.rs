@@ -270,8 +270,9 @@ pub enum ConnectStage {
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum HostKeyError {
     #[error(
-        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}\n  \
-         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}"
+        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}{}\n  \
+         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}",
+        unused_note(.unused)
     )]
     Unknown {
         host: String,
@@ -280,11 +281,14 @@ pub enum HostKeyError {
         fingerprint: String,
         known_hosts: String,
         line: String,
+        /// Entries for the host that were not used, and why; one per line.
+        unused: Vec<String>,
     },
     #[error(
         "HOST KEY CHANGED for `{host}` ({address}): it offered {key_type} {fingerprint}, \
          but {origin} expects {expected}; someone may be intercepting the connection. \
-         if the host was really re-keyed, replace that entry after checking the new fingerprint"
+         if the host was really re-keyed, replace that entry after checking the new fingerprint{}",
+        unused_note(.unused)
     )]
     Changed {
         host: String,
@@ -293,6 +297,7 @@ pub enum HostKeyError {
         fingerprint: String,
         expected: String,
         origin: String,
+        unused: Vec<String>,
     },
     #[error(
         "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
@@ -373,6 +378,13 @@ impl ConnectError {
     }
 }
 
+fn unused_note(unused: &[String]) -> String {
+    unused
+        .iter()
+        .map(|why| format!("\n  not used: {why}"))
+        .collect()
+}
+
 fn not_offered_note(not_offered: &str) -> String {
     if not_offered.is_empty() {
         return String::new();
@@ -429,6 +441,23 @@ pub struct SshSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_key_names_the_entries_it_did_not_use() {
+        let err = HostKeyError::Unknown {
+            host: "web-1".into(),
+            address: "web:2222".into(),
+            key_type: "ssh-ed25519".into(),
+            fingerprint: "SHA256:x".into(),
+            known_hosts: "kh".into(),
+            line: "[web]:2222 ssh-ed25519 AAAA".into(),
+            unused: vec!["`kh` line 1 records another key".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the host key of `web-1` (web:2222) is not known: ssh-ed25519 SHA256:x\n  not used: `kh` line 1 records another key\n  after checking that fingerprint with the host's owner, add this line to `kh`:\n  [web]:2222 ssh-ed25519 AAAA"
+        );
+    }
 
     #[test]
     fn a_refusal_says_when_the_key_limit_kept_keys_back() {

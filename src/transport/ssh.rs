@@ -641,6 +641,7 @@ impl Client {
                 fingerprint,
                 expected: format!("{pin_type} {}", known_hosts::fingerprint(pin_blob)),
                 origin: format!("the `host_key` pinned for `{}` in the inventory", t.host),
+                unused: Vec::new(),
             }));
         }
         let (name, port) = known_name(t);
@@ -653,22 +654,41 @@ impl Client {
                 fingerprint,
                 origin,
             })),
-            Verdict::Changed { expected, origin } => Err(Box::new(HostKeyError::Changed {
+            Verdict::Changed {
+                expected,
+                origin,
+                unused,
+            } => Err(Box::new(HostKeyError::Changed {
                 host: t.host.clone(),
                 address,
                 key_type,
                 fingerprint,
                 expected,
                 origin,
+                unused,
             })),
-            Verdict::Unknown => Err(Box::new(HostKeyError::Unknown {
-                host: t.host.clone(),
-                line: known_hosts::line_for(name, port, &key_type, &blob),
-                address,
-                key_type,
-                fingerprint,
-                known_hosts: self.known_hosts_label.clone(),
-            })),
+            Verdict::Unknown { mut unused } => {
+                if let Some(alias) = &t.host_key_alias {
+                    // With `HostKeyAlias`, OpenSSH looks up the alias alone.
+                    let direct = known_hosts::host_name(&t.address, t.port);
+                    if let Verdict::Trusted { origin } =
+                        self.known.check(&t.address, t.port, &key_type, &blob)
+                    {
+                        unused.push(format!(
+                            "{origin} has this key for `{direct}`, but `HostKeyAlias {alias}` says to look the key up under `{alias}` alone"
+                        ));
+                    }
+                }
+                Err(Box::new(HostKeyError::Unknown {
+                    host: t.host.clone(),
+                    line: known_hosts::line_for(name, port, &key_type, &blob),
+                    address,
+                    key_type,
+                    fingerprint,
+                    known_hosts: self.known_hosts_label.clone(),
+                    unused,
+                }))
+            }
         }
     }
 }
@@ -696,7 +716,7 @@ impl Client {
                     origin,
                 }));
             }
-            Verdict::Changed { .. } | Verdict::Unknown => return self.verify(&host_key),
+            Verdict::Changed { .. } | Verdict::Unknown { .. } => return self.verify(&host_key),
         };
         let (key_type, blob) = key_text(&host_key);
         if let Verdict::Revoked { origin } = self.known.check(name, port, &key_type, &blob) {

@@ -299,8 +299,10 @@ fn wildcard_entries_match_and_negation_excludes() {
     let negated = write(
         fleet.dir(),
         "negated_known_hosts",
+        // `[*]:*`, not `*`: a bare `*` would also match `127.0.0.1`, the name without the
+        // port that OpenSSH (and shipit) fall back to when no entry names `[host]:port`.
         &format!(
-            "*,![127.0.0.1]:{} {}\n",
+            "[*]:*,![127.0.0.1]:{} {}\n",
             h1.port,
             h1.host_keys[0].replace(' ', "\t")
         ),
