@@ -43,6 +43,9 @@ pub struct KnownHost {
 #[derive(Clone, Debug, Default)]
 pub struct KnownHosts {
     entries: Vec<KnownHost>,
+    /// Lines skipped because their key is not what they say, with their patterns, so a
+    /// refusal for a host they name can say why they did not count.
+    ignored: Vec<(String, String)>,
 }
 
 /// The outcome of checking one offered key.
@@ -68,13 +71,40 @@ pub enum Verdict {
 }
 
 impl KnownHosts {
-    /// Adds the entries of one file's text. Malformed lines are skipped, like OpenSSH does.
+    /// Adds the entries of one file's text. Malformed lines are skipped, like OpenSSH does;
+    /// so is a line whose key is of another type than it says (OpenSSH cannot read it).
     pub fn add_file(&mut self, file: &Path, text: &str) {
         for (i, raw) in text.lines().enumerate() {
-            if let Some(entry) = parse_line(file, i + 1, raw) {
-                self.entries.push(entry);
+            let Some(entry) = parse_line(file, i + 1, raw) else {
+                continue;
+            };
+            match blob_type(&entry.key_blob) {
+                Some(inner) if inner == entry.key_type => self.entries.push(entry),
+                inner => {
+                    let why = match inner {
+                        Some(inner) => format!(
+                            "{} says `{}` but holds an `{inner}` key, so it is skipped, as OpenSSH skips it",
+                            origin(&entry),
+                            entry.key_type
+                        ),
+                        None => format!(
+                            "{} holds no readable key, so it is skipped, as OpenSSH skips it",
+                            origin(&entry)
+                        ),
+                    };
+                    self.ignored.push((entry.patterns, why));
+                }
             }
         }
+    }
+
+    /// Why lines naming `name` were skipped.
+    fn ignored_for(&self, name: &str) -> Vec<String> {
+        self.ignored
+            .iter()
+            .filter(|(patterns, _)| patterns_match(patterns, name))
+            .map(|(_, why)| why.clone())
+            .collect()
     }
 
     /// Entries whose patterns match the recorded name (`host` or `[host]:port`, see
@@ -157,7 +187,10 @@ impl KnownHosts {
                 origin: origin(entry),
             };
         }
+        // The entry a changed key is blamed on: the first for the offered key's type (the
+        // type the handshake settled on), else the first at all.
         let mut first_other: Option<&KnownHost> = None;
+        let mut same_type: Option<&KnownHost> = None;
         let mut trusted: Option<&KnownHost> = None;
         for entry in self.matching(name) {
             if entry.marker != Marker::None {
@@ -167,20 +200,25 @@ impl KnownHosts {
                 trusted.get_or_insert(entry);
             } else {
                 first_other.get_or_insert(entry);
+                if entry.key_type == key_type {
+                    same_type.get_or_insert(entry);
+                }
             }
         }
+        let first_other = same_type.or(first_other);
         if let Some(entry) = trusted {
             return Verdict::Trusted {
                 origin: origin(entry),
             };
         }
+        let unused = self.ignored_for(name);
         match first_other {
             Some(e) => Verdict::Changed {
                 expected: format!("{} {}", e.key_type, fingerprint(&e.key_blob)),
                 origin: origin(e),
-                unused: Vec::new(),
+                unused,
             },
-            None => Verdict::Unknown { unused: Vec::new() },
+            None => Verdict::Unknown { unused },
         }
     }
 
@@ -302,6 +340,14 @@ pub fn fingerprint(key_blob: &str) -> String {
     }
 }
 
+/// The key type a base64 key blob names in its first field, `None` when it is not one.
+fn blob_type(key_blob: &str) -> Option<String> {
+    let bytes = STANDARD.decode(key_blob).ok()?;
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let name = bytes.get(4..4usize.checked_add(len)?)?;
+    String::from_utf8(name.to_vec()).ok()
+}
+
 fn patterns_match(patterns: &str, name: &str) -> bool {
     if let Some(hashed) = patterns.strip_prefix("|1|") {
         return hashed_match(hashed, name);
@@ -330,6 +376,9 @@ mod tests {
     // ssh-keygen -t ed25519 output blobs (public keys only; no secrets here)
     const K1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
     const K2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIBZ0Q8SDw4ZR3zjZkW6YnVIA8cS4+ZJ5JtK0R5NLhGYh";
+    // Blobs that hold only their type name: enough for matching, not real keys.
+    const RSA: &str = "AAAAB3NzaC1yc2E=";
+    const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY=";
 
     fn trusted(origin: &str) -> Verdict {
         Verdict::Trusted {
@@ -546,9 +595,42 @@ mod tests {
     #[test]
     fn key_types_follow_the_file() {
         let k = kh(&format!(
-            "h ssh-rsa AAAA\nh ssh-ed25519 {K1}\nother ecdsa-sha2-nistp256 AAAA\n"
+            "h ssh-rsa {RSA}\nh ssh-ed25519 {K1}\nother ecdsa-sha2-nistp256 {ECDSA}\n"
         ));
         assert_eq!(k.key_types("h", 22), vec!["ssh-rsa", "ssh-ed25519"]);
+    }
+
+    #[test]
+    fn a_changed_key_is_blamed_on_the_entry_of_its_type() {
+        let k = kh(&format!(
+            "h ssh-rsa {RSA}\nh ecdsa-sha2-nistp256 {ECDSA}\nh ssh-ed25519 {K1}\n"
+        ));
+        match k.check("h", 22, "ssh-ed25519", K2) {
+            Verdict::Changed {
+                origin, expected, ..
+            } => {
+                assert_eq!(origin, "`kh` line 3");
+                assert_eq!(expected, format!("ssh-ed25519 {}", fingerprint(K1)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_line_whose_key_is_not_of_its_type_is_skipped_and_named() {
+        // The ed25519 key under an `ssh-rsa` label: OpenSSH cannot read the line.
+        let k = kh(&format!("h ssh-rsa {K1}\nh ssh-ed25519 not-base64\n"));
+        assert_eq!(k.key_types("h", 22), Vec::<String>::new());
+        match k.check("h", 22, "ssh-ed25519", K1) {
+            Verdict::Unknown { unused } => assert_eq!(
+                unused,
+                [
+                    "`kh` line 1 says `ssh-rsa` but holds an `ssh-ed25519` key, so it is skipped, as OpenSSH skips it",
+                    "`kh` line 2 holds no readable key, so it is skipped, as OpenSSH skips it",
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -231,6 +231,11 @@ pub trait Transport: Send + Sync {
         None
     }
 
+    /// The same for the jump host the connection is tunnelled through, if any.
+    fn jump_host_key(&self) -> Option<&str> {
+        None
+    }
+
     /// Closes the connection politely; further calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -125,7 +125,10 @@ impl SshConnector {
         self.open(target, jump.as_ref().map(|j| &j.handle))
             .await
             .map(|mut t| {
-                t.jump = jump.map(|j| j.handle);
+                if let Some(j) = jump {
+                    t.jump_host_key = j.host_key;
+                    t.jump = Some(j.handle);
+                }
                 t
             })
     }
@@ -239,6 +242,7 @@ impl SshConnector {
             disconnect,
             jump: None,
             host_key,
+            jump_host_key: None,
         })
     }
 
@@ -837,6 +841,8 @@ pub struct SshTransport {
     /// The bastion connection the session is tunnelled through; kept open with it.
     jump: Option<Arc<Handle<Client>>>,
     host_key: Option<String>,
+    /// How the bastion's key was trusted, when there is one.
+    jump_host_key: Option<String>,
 }
 
 impl SshTransport {
@@ -989,6 +995,10 @@ impl Transport for SshTransport {
 
     fn host_key(&self) -> Option<&str> {
         self.host_key.as_deref()
+    }
+
+    fn jump_host_key(&self) -> Option<&str> {
+        self.jump_host_key.as_deref()
     }
 
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
