@@ -37,6 +37,7 @@ mod inventory_cli;
 mod jump;
 mod maintenance;
 mod openssh;
+mod openssh_differential;
 mod plan;
 mod plan_steps;
 mod report_schema;

@@ -1,0 +1,795 @@
+//! Differential test against OpenSSH itself (the client installed here, 9.2 on this
+//! project's machines): a generated corpus of `~/.ssh/config` cases, each resolved by
+//! `ssh -G` and by shipit's own resolver (the library: `SshConfig` + `Resolver`), compared
+//! field by field; then known_hosts cases, each tried by a real `ssh` login and by
+//! `shipit check` against the same real sshd host.
+//!
+//! OpenSSH takes `~` from the password database, not `$HOME`: every `ssh` here runs in a
+//! private mount namespace with the case's home bind-mounted over `/root` (the tests run as
+//! root), so `~`, `%d` and relative `Include`s point at the case's files; shipit's paths,
+//! under the case's real directory, are compared with that directory written as `/root`.
+//!
+//! Where shipit differs on purpose, the case names the difference from [`DIFFERENCES`], the
+//! test checks that the difference still shows (so the list stays true) and that the README
+//! says it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use shipit::ssh::config::{HostConfig, Local, SshConfig};
+use shipit::ssh::reach::{Reach, Resolver};
+
+/// A deliberate difference from OpenSSH, and the README text that documents it.
+struct Difference {
+    id: &'static str,
+    what: &'static str,
+    readme: &'static str,
+}
+
+const PROXY_COMMAND: Difference = Difference {
+    id: "proxy-command",
+    what: "a `ProxyCommand` is refused: shipit runs no local command",
+    readme: "A host behind a `ProxyCommand`, or a chain of jump hosts, is refused before anything connects",
+};
+const JUMP_CHAIN: Difference = Difference {
+    id: "jump-chain",
+    what: "a `ProxyJump` of several hops is refused: shipit tunnels through one",
+    readme: "A host behind a `ProxyCommand`, or a chain of jump hosts, is refused before anything connects",
+};
+const MATCH_EXEC: Difference = Difference {
+    id: "match-exec",
+    what: "`Match exec` is never run: its block is skipped with a note",
+    readme: "`exec`, and `localnetwork`, `tagged`, `version`, `sessiontype`, `command` of later OpenSSH versions, are never run: their block is skipped with a note",
+};
+const LATER_CRITERIA: Difference = Difference {
+    id: "later-match-criteria",
+    what: "`Match` criteria of later OpenSSH versions are skipped with a note; 9.2 refuses them",
+    readme: "`exec`, and `localnetwork`, `tagged`, `version`, `sessiontype`, `command` of later OpenSSH versions, are never run: their block is skipped with a note",
+};
+const LATER_KEYWORDS: Difference = Difference {
+    id: "later-keywords",
+    what: "keywords of later OpenSSH versions are accepted; 9.2 refuses them",
+    readme: "every keyword of OpenSSH 9.2, Debian's GSSAPI ones and those added since are accepted",
+};
+const CONNECT_TIMEOUT_ZERO: Difference = Difference {
+    id: "connect-timeout-zero",
+    what: "`ConnectTimeout 0` (no timeout) keeps shipit's own bound",
+    readme: "`0`, OpenSSH's \"no timeout\", is ignored with a note: shipit always bounds a connection attempt",
+};
+const KEEPALIVE_ZERO: Difference = Difference {
+    id: "keepalive-zero",
+    what: "`ServerAliveInterval 0` keeps shipit's keepalives",
+    readme: "`ServerAliveInterval` (`0` is ignored: shipit keeps its keepalives)",
+};
+const ENV_REFERENCES: Difference = Difference {
+    id: "env-references",
+    what: "`${VAR}` in a path is left as written",
+    readme: "not supported: `${VAR}` environment references, left as written",
+};
+
+/// Compared nowhere, by design, and why (each also in the README).
+const NOT_COMPARED: [Difference; 2] = [
+    Difference {
+        id: "default-keys",
+        what: "without `IdentityFile` (and without `IdentitiesOnly yes`) shipit offers the agent's keys, then `~/.ssh/id_{ed25519,ecdsa,rsa}`; `ssh -G` lists OpenSSH's seven default files",
+        readme: "otherwise ssh-agent (`$SSH_AUTH_SOCK`) and `~/.ssh/id_{ed25519,ecdsa,rsa}`",
+    },
+    Difference {
+        id: "default-timeouts",
+        what: "where the config sets no `ConnectTimeout`/`ServerAliveInterval`, shipit's inventory defaults apply (OpenSSH: none)",
+        readme: "`ssh.connect_timeout` bounds TCP, handshake and auth together; keepalives every `ssh.keepalive_interval` detect a dead host",
+    },
+];
+
+const ALL_DIFFERENCES: [&Difference; 8] = [
+    &PROXY_COMMAND,
+    &JUMP_CHAIN,
+    &MATCH_EXEC,
+    &LATER_CRITERIA,
+    &LATER_KEYWORDS,
+    &CONNECT_TIMEOUT_ZERO,
+    &KEEPALIVE_ZERO,
+    &ENV_REFERENCES,
+];
+
+/// One config case: files under the case's `~/.ssh` (the first is `config`) and the alias
+/// typed.
+struct Case {
+    name: String,
+    files: Vec<(String, String)>,
+    alias: String,
+    differs: Option<&'static Difference>,
+}
+
+fn case(name: impl Into<String>, config: impl Into<String>, alias: &str) -> Case {
+    Case {
+        name: name.into(),
+        files: vec![("config".to_owned(), config.into())],
+        alias: alias.to_owned(),
+        differs: None,
+    }
+}
+
+impl Case {
+    fn with(mut self, file: &str, text: &str) -> Case {
+        self.files.push((file.to_owned(), text.to_owned()));
+        self
+    }
+
+    fn differs(mut self, difference: &'static Difference) -> Case {
+        self.differs = Some(difference);
+        self
+    }
+}
+
+/// The corpus: generated combinations of patterns, aliases, `Match` forms and tokens, then
+/// hand-written cases for includes, ports, times, keys, jumps and errors.
+fn corpus() -> Vec<Case> {
+    let mut cases = Vec::new();
+
+    // Host patterns (case, wildcards, negation, lists) against aliases.
+    let patterns = [
+        "web",
+        "WEB",
+        "w*",
+        "W*",
+        "web?",
+        "*",
+        "!web *",
+        "* !web",
+        "web,db",
+        "*.example.com",
+        "!*.example.com *",
+        "db web",
+        "?eb",
+    ];
+    let aliases = [
+        "web",
+        "WEB",
+        "web1",
+        "db",
+        "a.example.com",
+        "A.Example.COM",
+        "10.0.0.5",
+    ];
+    for pattern in patterns {
+        for alias in aliases {
+            cases.push(case(
+                format!("Host {pattern} / {alias}"),
+                format!("Host {pattern}\n  Port 2200\n  User u1\nHost *\n  User u2\n"),
+                alias,
+            ));
+        }
+    }
+
+    // Match criteria, with a HostName set before them.
+    let criteria = [
+        "host web.internal",
+        "host WEB.INTERNAL",
+        "host web",
+        "originalhost web",
+        "originalhost W*",
+        "!host web.internal",
+        "user root",
+        "user u*",
+        "!user root",
+        "localuser root",
+        "localuser nobody",
+        "all",
+        "canonical",
+        "!canonical",
+        "final",
+        "!final",
+        "final host web.internal",
+        "host web.internal !originalhost x",
+        "host=web.internal",
+        "host \"web.*,!x\"",
+    ];
+    for criterion in criteria {
+        for alias in ["web", "WEB", "x"] {
+            cases.push(case(
+                format!("Match {criterion} / {alias}"),
+                format!(
+                    "Host web WEB\n  HostName Web.Internal\nMatch {criterion}\n  Port 2201\n  User matched\n  IdentityFile ~/.ssh/matched\nHost web.internal\n  ConnectTimeout 9\nHost *\n  IdentityFile ~/.ssh/all\n"
+                ),
+                alias,
+            ));
+        }
+    }
+
+    // Every token in UserKnownHostsFile (`ssh -G` prints it expanded), for a plain host and
+    // one with everything set.
+    for token in ["C", "d", "h", "i", "k", "L", "l", "n", "p", "r", "u", "%"] {
+        for (alias, extra) in [
+            ("plain", ""),
+            (
+                "full",
+                "  HostName Full.Example\n  User deploy\n  Port 2222\n  HostKeyAlias Pool-A\n",
+            ),
+        ] {
+            cases.push(case(
+                format!("token %{token} / {alias}"),
+                format!("Host full\n{extra}Host *\n  UserKnownHostsFile ~/.ssh/kh-%{token}-x /abs/%{token}\n"),
+                alias,
+            ));
+        }
+    }
+    cases.push(
+        case(
+            "environment reference",
+            "Host *\n  UserKnownHostsFile ${HOME}/kh\n",
+            "web",
+        )
+        .differs(&ENV_REFERENCES),
+    );
+    cases.push(case(
+        "GlobalKnownHostsFile takes no token",
+        "Host *\n  GlobalKnownHostsFile ~/g /etc/kh-%h\n  UserKnownHostsFile none\n",
+        "web",
+    ));
+    cases.push(case(
+        "HostName tokens",
+        "Host *.lan\n  HostName %h.corp.example\nHost lit\n  HostName 100%%.example\n",
+        "db.lan",
+    ));
+    cases.push(case(
+        "HostName bad token applies",
+        "Host web\n  HostName %p.example\n",
+        "web",
+    ));
+    cases.push(case(
+        "HostName bad token elsewhere",
+        "Host other\n  HostName %p.example\nHost *\n  Port 2\n",
+        "web",
+    ));
+
+    // Include, with globs, relative and `~` paths, inside a block, nested.
+    cases.push(
+        case(
+            "Include glob in order",
+            "Include conf.d/*\nHost *\n  User fallback\n",
+            "web",
+        )
+        .with("conf.d/20-b", "Host web\n  Port 20\n  User twenty\n")
+        .with("conf.d/10-a", "Host w*\n  Port 10\n")
+        .with("conf.d/.hidden", "Port 99\n"),
+    );
+    cases.push(
+        case(
+            "Include inside a Host block",
+            "Host web\n  Include inc\nHost *\n  Port 22\n",
+            "web",
+        )
+        .with("inc", "Port 2222\nHost other\n  User leaked\n"),
+    );
+    cases.push(
+        case(
+            "Include inside a Host block, other host",
+            "Host web\n  Include inc\nHost *\n  Port 22\n",
+            "db",
+        )
+        .with("inc", "Port 2222\nHost db\n  User leaked\n"),
+    );
+    cases.push(
+        case(
+            "Include with tilde and nesting",
+            "Include ~/.ssh/one missing-file\n",
+            "web",
+        )
+        .with("one", "Include two\nHost web\n  User one\n")
+        .with("two", "Host web\n  Port 2\n"),
+    );
+    cases.push(
+        case(
+            "Match final inside an include that does not apply",
+            "Host other\n  Include inc\nHost web.internal\n  Port 7\nHost web\n  HostName web.internal\n",
+            "web",
+        )
+        .with("inc", "Match final\n  User never\n"),
+    );
+
+    // Ports, times, flags.
+    for (value, ok) in [
+        ("ssh", true),
+        ("2222", true),
+        ("0", false),
+        ("abc", false),
+        ("65536", false),
+    ] {
+        let _ = ok;
+        cases.push(case(
+            format!("Port {value} applies"),
+            format!("Host web\n  Port {value}\n"),
+            "web",
+        ));
+        cases.push(case(
+            format!("Port {value} elsewhere"),
+            format!("Host other\n  Port {value}\n"),
+            "web",
+        ));
+    }
+    for value in ["5", "1m", "none", "abc", "-1"] {
+        cases.push(case(
+            format!("ConnectTimeout {value}"),
+            format!("Host web\n  ConnectTimeout {value}\nHost *\n  ConnectTimeout 8\n"),
+            "web",
+        ));
+    }
+    cases.push(
+        case("ConnectTimeout 0", "Host web\n  ConnectTimeout 0\n", "web")
+            .differs(&CONNECT_TIMEOUT_ZERO),
+    );
+    cases.push(case(
+        "ConnectTimeout 0 elsewhere",
+        "Host other\n  ConnectTimeout 0\nHost *\n  ConnectTimeout 4\n",
+        "web",
+    ));
+    cases.push(case(
+        "ServerAliveInterval",
+        "Host web\n  ServerAliveInterval 30\n",
+        "web",
+    ));
+    cases.push(
+        case(
+            "ServerAliveInterval 0",
+            "Host web\n  ServerAliveInterval 0\n",
+            "web",
+        )
+        .differs(&KEEPALIVE_ZERO),
+    );
+    cases.push(case(
+        "IdentitiesOnly maybe",
+        "Host web\n  IdentitiesOnly maybe\n",
+        "web",
+    ));
+
+    // Keys.
+    cases.push(case(
+        "IdentityFile accumulates and repeats count once",
+        "Host web\n  IdentityFile ~/.ssh/a\n  IdentityFile /k/b\n  IdentityFile ~/.ssh/a\nHost *\n  IdentityFile ~/.ssh/a\n  IdentityFile ~/.ssh/c\n",
+        "web",
+    ));
+    cases.push(case(
+        "IdentitiesOnly without IdentityFile",
+        "Host web\n  IdentitiesOnly yes\n",
+        "web",
+    ));
+    cases.push(case(
+        "IdentityFile2 is IdentityFile",
+        "Host web\n  IdentityFile2 ~/.ssh/old\n",
+        "web",
+    ));
+
+    // Letter case and HostKeyAlias.
+    cases.push(case(
+        "HostKeyAlias is lowercased",
+        "Host web\n  HostKeyAlias MiXed-Alias\n  HostName DB.Example.COM\n",
+        "web",
+    ));
+    cases.push(case(
+        "IPv6 HostName kept as written",
+        "Host web\n  HostName FE80::1\n",
+        "web",
+    ));
+    cases.push(case(
+        "Keywords in any case",
+        "HOST web\n  PORT 2202\n",
+        "web",
+    ));
+    cases.push(case(
+        "equals sign and quotes",
+        "Host=web\n  User = \"quoted\"\n  UserKnownHostsFile \"/a b/kh\" /c\n",
+        "web",
+    ));
+
+    // Jumps.
+    let jump_config = "Host inner\n  HostName Inner.Lan\n  User deploy\n  Port 2222\n  ProxyJump gate\nHost gate\n  HostName 192.0.2.1\n  Port 2022\n  HostKeyAlias Bastion\nHost tok\n  HostName tok.lan\n  User bob\n  ProxyJump %r@gw-%h:22\nHost gw-tok.lan\n  Port 2023\nHost spec\n  ProxyJump ssh://jumper@gate:2100\nHost none\n  ProxyJump none\nHost * !gw-*\n  ProxyJump gate\n";
+    for alias in ["inner", "tok", "spec", "none", "other", "gate"] {
+        cases.push(case(format!("ProxyJump / {alias}"), jump_config, alias));
+    }
+    cases.push(
+        case(
+            "ProxyJump through a jump host with a jump of its own",
+            "Host web\n  ProxyJump gate\nHost gate\n  ProxyJump outer\n",
+            "web",
+        )
+        .differs(&JUMP_CHAIN),
+    );
+    cases.push(case("ProxyJump chain", "Host web\n  ProxyJump a,b\n", "web").differs(&JUMP_CHAIN));
+    cases.push(
+        case("ProxyCommand", "Host web\n  ProxyCommand nc %h %p\n", "web").differs(&PROXY_COMMAND),
+    );
+    cases.push(case(
+        "ProxyJump before ProxyCommand",
+        "Host web\n  ProxyJump gate\n  ProxyCommand nc %h %p\n",
+        "web",
+    ));
+    cases.push(case(
+        "ProxyCommand none",
+        "Host web\n  ProxyCommand none\n",
+        "web",
+    ));
+    cases.push(case(
+        "ProxyJump bad port",
+        "Host other\n  ProxyJump gate:%p\n",
+        "web",
+    ));
+
+    // Errors and what is not one.
+    cases.push(case(
+        "misspelt keyword elsewhere",
+        "Host other\n  IdentitiyFile ~/k\n",
+        "web",
+    ));
+    cases.push(case(
+        "IgnoreUnknown",
+        "IgnoreUnknown UseKeychain,Foo*\nHost *\n  UseKeychain yes\n  FooBar 1\n  Port 7\n",
+        "web",
+    ));
+    cases.push(case(
+        "IgnoreUnknown that does not apply",
+        "Host other\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n",
+        "web",
+    ));
+    cases.push(case(
+        "keywords OpenSSH knows and shipit does not use",
+        "Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n  SendEnv LANG LC_*\n  ForwardAgent no\n  Protocol 2\n  GSSAPIAuthentication no\n",
+        "web",
+    ));
+    cases.push(
+        case(
+            "keyword of a later OpenSSH",
+            "Host *\n  ChannelTimeout session=5m\n",
+            "web",
+        )
+        .differs(&LATER_KEYWORDS),
+    );
+    cases.push(case(
+        "unknown Match criterion",
+        "Match hots web\n  Port 1\n",
+        "web",
+    ));
+    cases.push(
+        case(
+            "Match criterion of a later OpenSSH",
+            "Match localnetwork 10.0.0.0/8\n  Port 1\n",
+            "web",
+        )
+        .differs(&LATER_CRITERIA),
+    );
+    cases.push(
+        case("Match exec", "Match host web exec true\n  Port 1\n", "web").differs(&MATCH_EXEC),
+    );
+    cases.push(case(
+        "Match all combined",
+        "Match all host web\n  Port 1\n",
+        "web",
+    ));
+    cases.push(case("unclosed quote", "Host web\n  User \"open\n", "web"));
+    cases.push(case("keyword without a value", "Host web\n  User\n", "web"));
+    cases.push(case("extra words", "Host web\n  User a b\n", "web"));
+    cases
+}
+
+/// `ssh -G` as OpenSSH sees the case's home: `-F ~/.ssh/config` (no system file), run in a
+/// private mount namespace with `home` over `/root`. Keys map to their values, one per
+/// line (`identityfile` repeats).
+fn ssh_g(home: &Path, args: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /root && shift && exec ssh -G -F /root/.ssh/config \"$@\"")
+        .arg("sh")
+        .arg(home)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", "/root")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh -G");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((key, value)) = line.split_once(' ') {
+            map.entry(key.to_owned())
+                .or_default()
+                .push(value.to_owned());
+        }
+    }
+    Ok(map)
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// shipit's view: the config read as the user file, then the inventory's host (address =
+/// the alias, nothing else set) resolved as `shipit check` would.
+fn shipit_resolve(home: &Path, alias: &str) -> Result<(HostConfig, Reach), String> {
+    let local = Local {
+        home: home.to_owned(),
+        user: "root".to_owned(),
+        uid: 0,
+        hostname: local_hostname(),
+    };
+    let config =
+        SshConfig::load(&home.join(".ssh/config"), None, &local).map_err(|e| e.to_string())?;
+    let host_config = config.resolve(alias, None).map_err(|e| e.to_string())?;
+    let text = format!(
+        "[app]\nname = \"diff\"\ndeploy_to = \"/opt/diff\"\n\n[[hosts]]\nname = \"h\"\naddress = {}\n",
+        toml_string(alias)
+    );
+    let env = |_: &str| None;
+    let ctx = shipit::inventory::LoadContext {
+        base_dir: home,
+        home: Some(home),
+        env: &env,
+        need_secrets: false,
+    };
+    let inventory = shipit::inventory::parse(&text, Path::new("inventory/diff.toml"), &ctx)
+        .map_err(|e| format!("{e:?}"))?;
+    let resolver = Resolver {
+        inventory: &inventory,
+        config: Some(&config),
+        local: &local,
+        run_key: None,
+    };
+    let reach = resolver
+        .resolve(&inventory.hosts[0])
+        .map_err(|e| e.to_string())?;
+    Ok((host_config, reach))
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// One value of `ssh -G`, or "".
+fn one<'a>(o: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    o.get(key)
+        .and_then(|v| v.first())
+        .map_or("", String::as_str)
+}
+
+/// A list value of `ssh -G` (`none` is empty), `~` made `/root`.
+fn files(o: &BTreeMap<String, Vec<String>>, key: &str) -> Vec<String> {
+    match one(o, key) {
+        "" | "none" => Vec::new(),
+        list => list.split(' ').map(tilde).collect(),
+    }
+}
+
+fn tilde(path: &str) -> String {
+    match path.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/root{rest}"),
+        _ => path.to_owned(),
+    }
+}
+
+/// A path of shipit's, with the case's home written as OpenSSH sees it.
+fn as_root(home: &Path, path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace(&home.display().to_string(), "/root")
+}
+
+/// `[user@]host[:port]` as `ssh -G` prints the last hop (`[...]` around numeric hosts).
+fn split_hop(hop: &str) -> (Option<String>, String, Option<String>) {
+    let (user, rest) = match hop.rsplit_once('@') {
+        Some((u, r)) => (Some(u.to_owned()), r),
+        None => (None, hop),
+    };
+    if let Some(inner) = rest.strip_prefix('[') {
+        let (host, after) = inner.split_once(']').unwrap();
+        return (
+            user,
+            host.to_owned(),
+            after.strip_prefix(':').map(str::to_owned),
+        );
+    }
+    match rest.split_once(':') {
+        Some((h, p)) => (user, h.to_owned(), Some(p.to_owned())),
+        None => (user, rest.to_owned(), None),
+    }
+}
+
+/// Field-by-field comparison of one resolved host; the mismatches.
+fn compare(
+    home: &Path,
+    alias: &str,
+    o: &BTreeMap<String, Vec<String>>,
+    cfg: &HostConfig,
+    reach: &Reach,
+) -> Vec<String> {
+    let t = &reach.target;
+    let mut diffs = Vec::new();
+    let mut field = |name: &str, openssh: String, shipit: String| {
+        if openssh != shipit {
+            diffs.push(format!("{name}: ssh -G {openssh:?}, shipit {shipit:?}"));
+        }
+    };
+    field("hostname", one(o, "hostname").to_owned(), t.address.clone());
+    field("user", one(o, "user").to_owned(), t.user.clone());
+    field("port", one(o, "port").to_owned(), t.port.to_string());
+    field(
+        "hostkeyalias",
+        one(o, "hostkeyalias").to_owned(),
+        t.host_key_alias.clone().unwrap_or_default(),
+    );
+    field(
+        "identitiesonly",
+        one(o, "identitiesonly").to_owned(),
+        if t.identities_only { "yes" } else { "no" }.to_owned(),
+    );
+    let ssh_keys: Vec<String> = o.get("identityfile").cloned().unwrap_or_default();
+    if !cfg.identity_files.is_empty() {
+        let raw: Vec<String> = cfg.identity_files.iter().map(|s| s.value.clone()).collect();
+        field("identityfile", ssh_keys.join(" "), raw.join(" "));
+    } else if t.identities_only {
+        let ssh: Vec<String> = ssh_keys.iter().map(|k| tilde(k)).collect();
+        let ours: Vec<String> = t.identities.iter().map(|p| as_root(home, p)).collect();
+        field("identityfile (defaults)", ssh.join(" "), ours.join(" "));
+    }
+    let mut known = files(o, "userknownhostsfile");
+    known.extend(files(o, "globalknownhostsfile"));
+    let ours: Vec<String> = t.known_hosts.iter().map(|p| as_root(home, p)).collect();
+    field("known hosts files", known.join(" "), ours.join(" "));
+    match one(o, "connecttimeout") {
+        "none" | "" => {}
+        secs => field(
+            "connecttimeout",
+            secs.to_owned(),
+            t.connect_timeout.as_secs().to_string(),
+        ),
+    }
+    if cfg.server_alive_interval.is_some() {
+        field(
+            "serveraliveinterval",
+            one(o, "serveraliveinterval").to_owned(),
+            t.keepalive_interval.as_secs().to_string(),
+        );
+    }
+    // The jump host: the hop `ssh -G` prints, with the tokens OpenSSH's implicit
+    // `ProxyCommand` fills in, resolved by `ssh -G` in turn.
+    match (one(o, "proxyjump"), &t.jump) {
+        ("", None) => {}
+        ("", Some(j)) => diffs.push(format!("proxyjump: ssh -G none, shipit {}", j.address)),
+        (hops, None) => diffs.push(format!("proxyjump: ssh -G {hops:?}, shipit none")),
+        (hops, Some(j)) => {
+            let expanded = hops
+                .replace("%%", "\u{0}")
+                .replace("%h", one(o, "hostname"))
+                .replace("%p", one(o, "port"))
+                .replace("%r", one(o, "user"))
+                .replace("%n", alias)
+                .replace('\u{0}', "%");
+            let (user, host, port) = split_hop(&expanded);
+            let mut args: Vec<String> = Vec::new();
+            if let Some(u) = user {
+                args.extend(["-l".to_owned(), u]);
+            }
+            if let Some(p) = port {
+                args.extend(["-p".to_owned(), p]);
+            }
+            args.push(host.clone());
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            match ssh_g(home, &argv) {
+                Err(e) => diffs.push(format!("jump host {host}: ssh -G failed: {e}")),
+                Ok(jo) => {
+                    let mut jfield = |name: &str, openssh: String, shipit: String| {
+                        if openssh != shipit {
+                            diffs.push(format!(
+                                "jump {name}: ssh -G {openssh:?}, shipit {shipit:?}"
+                            ));
+                        }
+                    };
+                    jfield(
+                        "hostname",
+                        one(&jo, "hostname").to_owned(),
+                        j.address.clone(),
+                    );
+                    jfield("user", one(&jo, "user").to_owned(), j.user.clone());
+                    jfield("port", one(&jo, "port").to_owned(), j.port.to_string());
+                    jfield(
+                        "hostkeyalias",
+                        one(&jo, "hostkeyalias").to_owned(),
+                        j.host_key_alias.clone().unwrap_or_default(),
+                    );
+                    let mut known = files(&jo, "userknownhostsfile");
+                    known.extend(files(&jo, "globalknownhostsfile"));
+                    let ours: Vec<String> =
+                        j.known_hosts.iter().map(|p| as_root(home, p)).collect();
+                    jfield("known hosts files", known.join(" "), ours.join(" "));
+                }
+            }
+        }
+    }
+    diffs
+}
+
+/// Whitespace-insensitive: README lines wrap anywhere.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn readme() -> String {
+    squeeze(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap(),
+    )
+}
+
+#[test]
+fn every_documented_difference_is_in_the_readme() {
+    let readme = readme();
+    for d in ALL_DIFFERENCES.iter().copied().chain(NOT_COMPARED.iter()) {
+        assert!(
+            readme.contains(&squeeze(d.readme)),
+            "difference `{}` ({}) is not documented: the README should say {:?}",
+            d.id,
+            d.what,
+            d.readme
+        );
+    }
+}
+
+#[test]
+fn ssh_config_resolves_as_ssh_dash_g_does() {
+    let cases = corpus();
+    assert!(cases.len() > 200, "{}", cases.len());
+    let mut failures = Vec::new();
+    let mut documented = BTreeMap::<&str, usize>::new();
+    let mut agreed = 0;
+    for case in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        for (file, text) in &case.files {
+            let path = home.join(".ssh").join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        let openssh = ssh_g(&home, &[&case.alias]);
+        let ours = shipit_resolve(&home, &case.alias);
+        let verdict: Result<(), String> = match (&openssh, &ours) {
+            (Err(_), Err(_)) => Ok(()),
+            (Ok(o), Ok((cfg, reach))) => {
+                let diffs = compare(&home, &case.alias, o, cfg, reach);
+                if diffs.is_empty() {
+                    Ok(())
+                } else {
+                    Err(diffs.join("; "))
+                }
+            }
+            (Err(e), Ok(_)) => Err(format!("ssh -G refused ({e}), shipit accepted")),
+            (Ok(_), Err(e)) => Err(format!("shipit refused ({e}), ssh -G accepted")),
+        };
+        match (case.differs, verdict) {
+            (None, Ok(())) => agreed += 1,
+            (None, Err(why)) => failures.push(format!(
+                "{}: {why}\n    config: {:?}",
+                case.name, case.files
+            )),
+            (Some(d), Err(_)) => *documented.entry(d.id).or_default() += 1,
+            (Some(d), Ok(())) => failures.push(format!(
+                "{}: agrees with OpenSSH now: drop the documented difference `{}` from this case (and the README if it was the last)",
+                case.name, d.id
+            )),
+        }
+    }
+    eprintln!(
+        "{} cases: {agreed} agree, documented differences {documented:?}",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from OpenSSH:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
