@@ -14,11 +14,14 @@
 //! says it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use shipit::ssh::config::{HostConfig, Local, SshConfig};
 use shipit::ssh::reach::{Reach, Resolver};
+
+use crate::common::*;
+use crate::support::{Fleet, FleetOptions, HostCa, clean_command};
 
 /// A deliberate difference from OpenSSH, and the README text that documents it.
 struct Difference {
@@ -792,4 +795,372 @@ fn ssh_config_resolves_as_ssh_dash_g_does() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// A second ed25519 key, as known_hosts writes it: the "someone else's key" of the cases.
+fn other_key(dir: &Path) -> String {
+    let key = dir.join("other_host_key");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `ssh-keygen -H` of a known_hosts file: every name hashed, as Debian's `ssh` records them.
+fn hashed(file: &Path) -> PathBuf {
+    let out = Command::new("ssh-keygen")
+        .args(["-H", "-f"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.starts_with("|1|"), "{text}");
+    file.to_owned()
+}
+
+/// One known_hosts case: the file, the address typed, and a `HostKeyAlias` if any.
+struct KnownCase {
+    name: &'static str,
+    known_hosts: PathBuf,
+    address: &'static str,
+    alias: Option<&'static str>,
+}
+
+/// Whether a real `ssh` login (strict host key checking, this file only) gets in.
+fn ssh_accepts(fleet: &Fleet, c: &KnownCase) -> bool {
+    let h1 = fleet.host("h1");
+    let mut cmd = clean_command("ssh", &fleet.home());
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(fleet.client_key())
+        .args(["-o", "IdentitiesOnly=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", c.known_hosts.display()))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+        ]);
+    if let Some(alias) = c.alias {
+        cmd.args(["-o", &format!("HostKeyAlias={alias}")]);
+    }
+    let out = cmd
+        .args(["-p", &h1.port.to_string()])
+        .arg(format!("root@{}", c.address))
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+/// Whether `shipit check` verifies the host key, reading the same file (and the same
+/// `HostKeyAlias`, from `~/.ssh/config`).
+fn shipit_accepts(fleet: &Fleet, c: &KnownCase) -> bool {
+    let h1 = fleet.host("h1");
+    let config = fleet.home().join(".ssh/config");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let alias = c
+        .alias
+        .map_or(String::new(), |a| format!("Host *\n  HostKeyAlias {a}\n"));
+    std::fs::write(&config, alias).unwrap();
+    let inv = write(
+        fleet.dir(),
+        "differential.toml",
+        &format!(
+            "[app]\nname = \"demo\"\ndeploy_to = \"/opt/demo\"\n\n[ssh]\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"10s\"\n\n[[hosts]]\nname = \"h1\"\naddress = \"{}\"\nport = {}\n",
+            fleet.client_key().display(),
+            c.known_hosts.display(),
+            c.address,
+            h1.port
+        ),
+    );
+    let (_, report, stderr) = check_json(fleet, &inv);
+    let entry = host_entry(&report, "h1");
+    assert!(
+        entry["reachable"] == true,
+        "{}: shipit did not reach the host: {entry}\n{stderr}",
+        c.name
+    );
+    entry["host_key_verified"] == true
+}
+
+#[test]
+fn known_hosts_decisions_match_a_real_ssh_login() {
+    let fleet = Fleet::start_with(FleetOptions {
+        hosts: 1,
+        host_key_types: vec!["ed25519", "rsa"],
+        host_ca: None,
+    });
+    let h1 = fleet.host("h1");
+    let port = h1.port;
+    let key = h1.host_keys[0].clone();
+    let rsa = h1.host_keys[1].clone();
+    assert!(key.starts_with("ssh-ed25519 ") && rsa.starts_with("ssh-rsa "));
+    let other = other_key(fleet.dir());
+    let blob = key.split_whitespace().nth(1).unwrap().to_owned();
+    let file = |name: &str, text: String| write(fleet.dir(), name, &text);
+
+    // What `ssh` itself records (Debian hashes names) for a mixed-case host name.
+    let recorded = fleet.dir().join("recorded_by_ssh");
+    let out = clean_command("ssh", &fleet.home())
+        .args(["-F", "/dev/null", "-i"])
+        .arg(fleet.client_key())
+        .args(["-o", "IdentitiesOnly=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", recorded.display()))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "HashKnownHosts=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "HostKeyAlgorithms=ssh-ed25519",
+            "-p",
+            &port.to_string(),
+            "root@LocalHost",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let recorded_text = std::fs::read_to_string(&recorded).unwrap();
+    assert!(recorded_text.starts_with("|1|"), "{recorded_text}");
+
+    let cases = [
+        KnownCase {
+            name: "[host]:port entry",
+            known_hosts: file("k1", format!("[127.0.0.1]:{port} {key}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "entry without the port (OpenSSH's fallback)",
+            known_hosts: file("k2", format!("127.0.0.1 {key}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "another key without the port",
+            known_hosts: file("k3", format!("127.0.0.1 {other}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "[host]:port with another key beside the port-less good one",
+            known_hosts: file(
+                "k4",
+                format!("[127.0.0.1]:{port} {other}\n127.0.0.1 {key}\n"),
+            ),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "hashed by ssh-keygen -H",
+            known_hosts: hashed(&file("k5", format!("[127.0.0.1]:{port} {key}\n"))),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "hashed without the port",
+            known_hosts: hashed(&file("k6", format!("127.0.0.1 {key}\n"))),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "hashed by ssh itself for a mixed-case name",
+            known_hosts: recorded.clone(),
+            address: "LocalHost",
+            alias: None,
+        },
+        KnownCase {
+            name: "the same, typed in lowercase",
+            known_hosts: recorded.clone(),
+            address: "localhost",
+            alias: None,
+        },
+        KnownCase {
+            name: "mixed-case pattern",
+            known_hosts: file("k7", format!("[LOCALHOST]:{port} {key}\n")),
+            address: "LocalHost",
+            alias: None,
+        },
+        KnownCase {
+            name: "@revoked beside a good entry",
+            known_hosts: file(
+                "k8",
+                format!("[127.0.0.1]:{port} {key}\n@revoked * {key}\n"),
+            ),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "wildcards",
+            known_hosts: file("k9", format!("[127.0.0.?]:* {key}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "negation of [host]:port under [*]:*",
+            known_hosts: file("k10", format!("[*]:*,![127.0.0.1]:{port} {key}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "negation of [host]:port under a bare * (the fallback matches)",
+            known_hosts: file("k11", format!("*,![127.0.0.1]:{port} {key}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "HostKeyAlias, recorded under the lowercase alias",
+            known_hosts: file("k12", format!("pool-a {key}\n")),
+            address: "127.0.0.1",
+            alias: Some("Pool-A"),
+        },
+        KnownCase {
+            name: "HostKeyAlias, recorded only under the address",
+            known_hosts: file("k13", format!("[127.0.0.1]:{port} {key}\n")),
+            address: "127.0.0.1",
+            alias: Some("pool-a"),
+        },
+        KnownCase {
+            name: "an ed25519 key under an ssh-rsa label",
+            known_hosts: file("k14", format!("[127.0.0.1]:{port} ssh-rsa {blob}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "RSA on record, ed25519 changed",
+            known_hosts: file(
+                "k15",
+                format!("[127.0.0.1]:{port} {rsa}\n[127.0.0.1]:{port} {other}\n"),
+            ),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "only RSA on record",
+            known_hosts: file("k16", format!("[127.0.0.1]:{port} {rsa}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        let (openssh, ours) = (ssh_accepts(&fleet, c), shipit_accepts(&fleet, c));
+        eprintln!("{}: ssh {openssh}, shipit {ours}", c.name);
+        if openssh != ours {
+            failures.push(format!(
+                "{}: ssh {}, shipit {}",
+                c.name,
+                if openssh { "logs in" } else { "refuses" },
+                if ours { "trusts the key" } else { "refuses" },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn host_certificates_decisions_match_a_real_ssh_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("host_ca");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ca_line = std::fs::read_to_string(ca.with_extension("pub"))
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let fleet = Fleet::start_with(FleetOptions {
+        hosts: 1,
+        host_ca: Some(HostCa {
+            key: ca,
+            principals: "127.0.0.1,web.example.com".to_owned(),
+            validity: "-5m:+1h".to_owned(),
+        }),
+        ..FleetOptions::default()
+    });
+    let port = fleet.host("h1").port;
+    let file = |name: &str, text: String| write(fleet.dir(), name, &text);
+    let cases = [
+        KnownCase {
+            name: "@cert-authority for [host]:*",
+            known_hosts: file("c1", format!("@cert-authority [127.0.0.1]:* {ca_line}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "@cert-authority for the host without a port (OpenSSH's fallback)",
+            known_hosts: file("c2", format!("@cert-authority 127.0.0.1 {ca_line}\n")),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "@cert-authority revoked",
+            known_hosts: file(
+                "c3",
+                format!("@cert-authority * {ca_line}\n@revoked * {ca_line}\n"),
+            ),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "@cert-authority for another port",
+            known_hosts: file(
+                "c4",
+                format!("@cert-authority [127.0.0.1]:{} {ca_line}\n", port + 1),
+            ),
+            address: "127.0.0.1",
+            alias: None,
+        },
+        KnownCase {
+            name: "@cert-authority, certificate for the alias",
+            known_hosts: file("c5", format!("@cert-authority * {ca_line}\n")),
+            address: "127.0.0.1",
+            alias: Some("Web.Example.com"),
+        },
+        KnownCase {
+            name: "@cert-authority, certificate not for the alias",
+            known_hosts: file("c6", format!("@cert-authority * {ca_line}\n")),
+            address: "127.0.0.1",
+            alias: Some("db.example.com"),
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        let (openssh, ours) = (ssh_accepts(&fleet, c), shipit_accepts(&fleet, c));
+        eprintln!("{}: ssh {openssh}, shipit {ours}", c.name);
+        if openssh != ours {
+            failures.push(format!(
+                "{}: ssh {}, shipit {}",
+                c.name,
+                if openssh { "logs in" } else { "refuses" },
+                if ours { "trusts the key" } else { "refuses" },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
