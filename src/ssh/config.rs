@@ -202,6 +202,8 @@ enum Directive {
     HostKeyAlias(String),
     UserKnownHostsFile(Vec<String>),
     GlobalKnownHostsFile(Vec<String>),
+    /// `CanonicalizeHostname`: on (`yes`, `always`) or off.
+    Canonicalize(bool),
 }
 
 #[derive(Debug, Clone)]
@@ -441,18 +443,27 @@ impl SshConfig {
             final_pass: None,
             wants_final: None,
             ignore_unknown: None,
+            canonicalize: None,
         };
         for file in &self.files {
             walker.walk(file, false);
         }
-        if let Some(origin) = walker.wants_final.clone()
+        // OpenSSH reads every file again for the final host name, lowercased, when a
+        // `Match final` asks or after canonicalizing; what the first pass set stays.
+        let second = match (walker.wants_final.clone(), walker.canonicalize.clone()) {
+            (Some(origin), _) => Some((origin, "`Match final`")),
+            (None, Some((true, origin))) => Some((
+                origin,
+                "`CanonicalizeHostname` (shipit looks no name up in DNS: it uses the name as it is)",
+            )),
+            _ => None,
+        };
+        if let Some((origin, why)) = second
             && walker.error.is_none()
         {
-            // OpenSSH reads every file again for the final host name, lowercased; what the
-            // first pass set stays (first match wins).
             let name = host_name(&walker.current_host());
             walker.note(format!(
-                "{origin}: `Match final` reads the config again for the final host name `{name}`"
+                "{origin}: {why} reads the config again for the final host name `{name}`"
             ));
             walker.final_pass = Some(name);
             walker.ignore_unknown = None;
@@ -719,6 +730,7 @@ fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String
         "hostkeyalias" => Directive::HostKeyAlias(one("HostKeyAlias", args)?.to_owned()),
         "userknownhostsfile" => Directive::UserKnownHostsFile(files(args)),
         "globalknownhostsfile" => Directive::GlobalKnownHostsFile(files(args)),
+        "canonicalizehostname" => Directive::Canonicalize(canonicalize(args)?),
         _ => return Ok(None),
     };
     Ok(Some(directive))
@@ -798,6 +810,17 @@ fn service_port(name: &str) -> Option<u16> {
         (named && protocol == "tcp").then(|| port.parse::<u16>().ok())?
     });
     found.or((name == "ssh").then_some(22))
+}
+
+fn canonicalize(args: &[String]) -> Result<bool, String> {
+    let value = one("CanonicalizeHostname", args)?;
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "always" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!(
+            "`CanonicalizeHostname` must be `yes`, `no` or `always`, not `{value}`"
+        )),
+    }
 }
 
 fn flag(name: &str, args: &[String]) -> Result<bool, String> {
@@ -1107,6 +1130,8 @@ struct Walker<'a> {
     wants_final: Option<Origin>,
     /// `IgnoreUnknown`'s patterns, once a line that applies set them.
     ignore_unknown: Option<String>,
+    /// The first `CanonicalizeHostname` that applies, and where.
+    canonicalize: Option<(bool, Origin)>,
 }
 
 impl Walker<'_> {
@@ -1259,6 +1284,10 @@ impl Walker<'_> {
             Directive::UserKnownHostsFile(v) => first(&mut out.user_known_hosts, v.clone(), origin),
             Directive::GlobalKnownHostsFile(v) => {
                 first(&mut out.global_known_hosts, v.clone(), origin)
+            }
+            Directive::Canonicalize(on) => {
+                self.canonicalize
+                    .get_or_insert_with(|| (*on, origin.clone()));
             }
         }
     }
@@ -1695,6 +1724,22 @@ mod tests {
         // apply.
         let other = config.resolve("other", None).unwrap();
         assert_eq!(value(&other.connect_timeout), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn canonicalize_hostname_reads_the_config_again_without_dns() {
+        let config = parse(
+            "CanonicalizeHostname yes\nMatch canonical\n  Port 1\nHost web\n  HostName Web.X\n",
+        );
+        let web = config.resolve("web", None).unwrap();
+        assert_eq!(value(&web.port), Some(1));
+        assert!(
+            web.notes[0].contains("`CanonicalizeHostname` (shipit looks no name up in DNS"),
+            "{:?}",
+            web.notes
+        );
+        let config = parse("CanonicalizeHostname no\nMatch canonical\n  Port 1\n");
+        assert_eq!(config.resolve("web", None).unwrap().port, None);
     }
 
     #[test]

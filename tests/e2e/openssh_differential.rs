@@ -72,7 +72,12 @@ const ENV_REFERENCES: Difference = Difference {
 };
 
 /// Compared nowhere, by design, and why (each also in the README).
-const NOT_COMPARED: [Difference; 2] = [
+const NOT_COMPARED: [Difference; 3] = [
+    Difference {
+        id: "canonical-domains",
+        what: "`CanonicalizeHostname` with `CanonicalDomains` makes `ssh` look names up in DNS; shipit never does (the cases here stay off the network)",
+        readme: "shipit looks no name up in DNS: `CanonicalDomains` are not tried, the name stays as written",
+    },
     Difference {
         id: "default-keys",
         what: "without `IdentityFile` (and without `IdentitiesOnly yes`) shipit offers the agent's keys, then `~/.ssh/id_{ed25519,ecdsa,rsa}`; `ssh -G` lists OpenSSH's seven default files",
@@ -246,6 +251,33 @@ fn corpus() -> Vec<Case> {
         "Host other\n  HostName %p.example\nHost *\n  Port 2\n",
         "web",
     ));
+
+    // CanonicalizeHostname asks for the second pass too (no `CanonicalDomains`: no DNS).
+    for (alias, config) in [
+        (
+            "web",
+            "CanonicalizeHostname yes\nMatch canonical\n  Port 1\nHost web\n  HostName Web.X\nHost web.x\n  User final\n",
+        ),
+        (
+            "web",
+            "Host web\n  HostName Web.X\nHost web.x\n  CanonicalizeHostname always\nMatch canonical\n  Port 1\n",
+        ),
+        (
+            "web",
+            "CanonicalizeHostname no\nMatch canonical\n  Port 1\n",
+        ),
+        (
+            "WEB",
+            "Host WEB\n  CanonicalizeHostname always\nHost web\n  User lowered\n",
+        ),
+        ("web", "Host web\n  CanonicalizeHostname maybe\n"),
+    ] {
+        cases.push(case(
+            format!("CanonicalizeHostname / {config:?}"),
+            config,
+            alias,
+        ));
+    }
 
     // Include, with globs, relative and `~` paths, inside a block, nested.
     cases.push(
