@@ -451,6 +451,87 @@ fn corpus() -> Vec<Case> {
         "web",
     ));
 
+    // Odds and ends of the syntax.
+    for (name, config, alias) in [
+        (
+            "comment after patterns",
+            "Host web # the web host\n  Port 2203\n",
+            "web",
+        ),
+        ("quoted pattern", "Host \"web\" 'db'\n  Port 2204\n", "db"),
+        ("tab and equals", "Host\tweb\nPort=2205\n", "web"),
+        ("User with a token", "Host web\n  User %h-x\n", "web"),
+        ("User with @", "Host web\n  User a@b\n", "web"),
+        (
+            "Host with only a negation",
+            "Host !db\n  Port 2206\n",
+            "web",
+        ),
+        (
+            "empty Include glob",
+            "Include nothing-*.conf\nHost web\n  Port 2207\n",
+            "web",
+        ),
+        (
+            "absolute Include",
+            "Include /nonexistent/ssh/*.conf\nHost web\n  Port 2208\n",
+            "web",
+        ),
+        (
+            "HostName is an address",
+            "Host web\n  HostName 192.0.2.7\n",
+            "web",
+        ),
+        ("alias is an IPv6 address", "Host ::1\n  Port 2209\n", "::1"),
+        (
+            "first HostName wins",
+            "Host web\n  HostName one.example\nHost *\n  HostName two.example\n",
+            "web",
+        ),
+        (
+            "Match host after HostName with %h",
+            "Host web\n  HostName %h.lan\nMatch host web.lan\n  User viahost\n",
+            "web",
+        ),
+        (
+            "Match user after User",
+            "Host web\n  User deploy\nMatch user deploy\n  Port 2210\n",
+            "web",
+        ),
+        (
+            "jump host port from the hop beats its config",
+            "Host web\n  ProxyJump gate:2300\nHost gate\n  Port 2301\n  User gateuser\n",
+            "web",
+        ),
+        (
+            "jump host user from the hop",
+            "Host web\n  ProxyJump ops@gate\nHost gate\n  User gateuser\n",
+            "web",
+        ),
+        (
+            "jump host with IPv6 address",
+            "Host web\n  ProxyJump [2001:db8::1]:2222\n",
+            "web",
+        ),
+        (
+            "IdentityFile with tokens kept raw",
+            "Host web\n  IdentityFile ~/.ssh/%r@%h\n  User deploy\n",
+            "web",
+        ),
+        (
+            "UserKnownHostsFile several, then none elsewhere",
+            "Host web\n  UserKnownHostsFile ~/a ~/b\nHost *\n  UserKnownHostsFile none\n",
+            "web",
+        ),
+        (
+            "GlobalKnownHostsFile none",
+            "Host web\n  GlobalKnownHostsFile none\n",
+            "web",
+        ),
+    ] {
+        cases.push(case(name, config, alias));
+    }
+
     // Errors and what is not one.
     cases.push(case(
         "misspelt keyword elsewhere",
