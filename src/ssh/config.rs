@@ -544,6 +544,14 @@ impl Reader<'_> {
     ) -> Result<Vec<ConfigFile>, ConfigError> {
         let mut files = Vec::new();
         for pattern in patterns {
+            if pattern.starts_with('~') && matches!(self.kind, Kind::System) {
+                return Err(ConfigError::Invalid {
+                    origin: origin.clone(),
+                    problem: format!(
+                        "`Include {pattern}`: the system file may not include from a home directory (OpenSSH refuses it); use an absolute path"
+                    ),
+                });
+            }
             for path in glob(&self.include_path(pattern)) {
                 if depth + 1 > MAX_INCLUDE_DEPTH {
                     return Err(ConfigError::TooDeep {
@@ -2076,6 +2084,25 @@ Host *
         assert_eq!(value(&a.port), Some(1));
         assert_eq!(value(&a.user), Some("sys".into()));
         assert_eq!(a.user.unwrap().origin.file, system);
+    }
+
+    #[test]
+    fn the_system_file_may_not_include_from_a_home() {
+        let home = home_with(&[("other", "Port 1\n")]);
+        let system = home.path().join("ssh_config");
+        fs::write(&system, "Include ~/.ssh/other\n").unwrap();
+        let err = SshConfig::load(
+            &home.path().join(".ssh/config"),
+            Some(&system),
+            &local_at(home.path()),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "`Include ~/.ssh/other`: the system file may not include from a home directory"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

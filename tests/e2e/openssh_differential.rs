@@ -451,6 +451,44 @@ fn corpus() -> Vec<Case> {
         "web",
     ));
 
+    // With the system file: read after the user's, `Host *` there as defaults; an `Include`
+    // in it is relative to /etc/ssh and may not start with `~`.
+    cases.push(
+        case(
+            "system file after the user's",
+            "Host web\n  Port 2300\n",
+            "web",
+        )
+        .with(
+            "/etc/ssh/ssh_config",
+            "Host *\n  Port 22\n  User sysuser\n  IdentityFile ~/.ssh/sys\n",
+        ),
+    );
+    cases.push(
+        case(
+            "system file Match final",
+            "Host web\n  HostName Web.Lan\n",
+            "web",
+        )
+        .with(
+            "/etc/ssh/ssh_config",
+            "Match final host web.lan\n  Port 2301\n",
+        ),
+    );
+    cases.push(
+        case(
+            "system file Include with ~",
+            "Host web\n  Port 2302\n",
+            "web",
+        )
+        .with("/etc/ssh/ssh_config", "Include ~/.ssh/other\n")
+        .with("other", "User fromtilde\n"),
+    );
+    cases.push(
+        case("system file with a typo", "Host web\n  Port 2303\n", "web")
+            .with("/etc/ssh/ssh_config", "Host *\n  SendEnvv LANG\n"),
+    );
+
     // Odds and ends of the syntax.
     for (name, config, alias) in [
         (
@@ -588,15 +626,25 @@ fn corpus() -> Vec<Case> {
     cases
 }
 
-/// `ssh -G` as OpenSSH sees the case's home: `-F ~/.ssh/config` (no system file), run in a
-/// private mount namespace with `home` over `/root`. Keys map to their values, one per
-/// line (`identityfile` repeats).
+/// `ssh -G` as OpenSSH sees the case's home, run in a private mount namespace with `home`
+/// over `/root`: `-F ~/.ssh/config` alone, or, when the case has a system file
+/// (`../etc-ssh/ssh_config`), both files as `ssh` reads them, that directory over
+/// `/etc/ssh`. Keys map to their values, one per line (`identityfile` repeats).
 fn ssh_g(home: &Path, args: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let system = home.parent().unwrap().join("etc-ssh");
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount --bind \"$1\" /root && shift && exec ssh -G -F /root/.ssh/config \"$@\"")
+        .arg(
+            "mount --bind \"$1\" /root || exit 1
+             if [ -d \"$2\" ]; then
+                 mount --bind \"$2\" /etc/ssh || exit 1
+                 shift 2; exec ssh -G \"$@\"
+             fi
+             shift 2; exec ssh -G -F /root/.ssh/config \"$@\"",
+        )
         .arg("sh")
         .arg(home)
+        .arg(&system)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
@@ -628,6 +676,8 @@ fn local_hostname() -> String {
 /// shipit's view: the config read as the user file, then the inventory's host (address =
 /// the alias, nothing else set) resolved as `shipit check` would.
 fn shipit_resolve(home: &Path, alias: &str) -> Result<(HostConfig, Reach), String> {
+    let system = home.parent().unwrap().join("etc-ssh/ssh_config");
+    let system = system.exists().then_some(system.as_path());
     let local = Local {
         home: home.to_owned(),
         user: "root".to_owned(),
@@ -635,7 +685,7 @@ fn shipit_resolve(home: &Path, alias: &str) -> Result<(HostConfig, Reach), Strin
         hostname: local_hostname(),
     };
     let config =
-        SshConfig::load(&home.join(".ssh/config"), None, &local).map_err(|e| e.to_string())?;
+        SshConfig::load(&home.join(".ssh/config"), system, &local).map_err(|e| e.to_string())?;
     let host_config = config.resolve(alias, None).map_err(|e| e.to_string())?;
     let text = format!(
         "[app]\nname = \"diff\"\ndeploy_to = \"/opt/diff\"\n\n[[hosts]]\nname = \"h\"\naddress = {}\n",
@@ -865,7 +915,10 @@ fn ssh_config_resolves_as_ssh_dash_g_does() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         for (file, text) in &case.files {
-            let path = home.join(".ssh").join(file);
+            let path = match file.strip_prefix("/etc/ssh/") {
+                Some(system) => dir.path().join("etc-ssh").join(system),
+                None => home.join(".ssh").join(file),
+            };
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, text).unwrap();
         }
