@@ -475,6 +475,19 @@ impl Resolver<'_> {
                     let text = config::expand_jump(&hops[0], target)
                         .map_err(|e| bad(origin(s), e.to_string()))?;
                     let hop = config::parse_hop(&text).map_err(|r| bad(origin(s), r))?;
+                    // OpenSSH's check: a host that is its own jump host.
+                    if hop.1 == target.host
+                        && hop.2.unwrap_or(DEFAULT_PORT) == target.port
+                        && hop.0.as_deref().unwrap_or(target.user) == target.user
+                    {
+                        return Err(bad(
+                            origin(s),
+                            format!(
+                                "`ProxyJump {}` names `{}` itself, a loop `ssh` refuses too (\"jumphost loop\"); leave the jump host out of that block, e.g. `Host * !{}`",
+                                hops[0], target.alias, target.alias
+                            ),
+                        ));
+                    }
                     (
                         hop,
                         origin(s),
@@ -507,11 +520,15 @@ impl Resolver<'_> {
                 origin: format!("{} (for the jump host `{hop_alias}`)", origin(s)),
             });
         }
-        // The jump host's own `ProxyJump` would make a chain (one naming itself, as
-        // `Host *` blocks do, is harmless).
+        // The jump host's own `ProxyJump` would make a chain. One naming the jump host
+        // itself, as a `Host *` block's does, is left out: the jump host is reached
+        // directly (where `ssh` stops with "jumphost loop").
+        let names_itself = |hop: &str| {
+            config::parse_hop(hop).is_ok_and(|(_, h, _)| h.eq_ignore_ascii_case(&hop_alias))
+        };
         if let Some(s) = &jcfg.proxy_jump
             && let Jump::Hops(hops) = &s.value
-            && !(hops.len() == 1 && hops[0] == hop_alias)
+            && !(hops.len() == 1 && names_itself(&hops[0]))
         {
             return Err(ReachError::Chain {
                 host: host.name.clone(),
@@ -978,6 +995,20 @@ mod tests {
             ),
             "{err}"
         );
+        // A host that is its own jump host: the loop `ssh` refuses.
+        let inv = inventory("", "[[hosts]]\nname = \"gate\"\n");
+        let err = resolve(&inv, &config("Host *\n  ProxyJump gate\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`ProxyJump gate` names `gate` itself"),
+            "{err}"
+        );
+        // ... but a jump host whose own config names itself is reached directly.
+        let inv = inventory("", WEB);
+        let cfg = config("Host *\n  ProxyJump ops@gate:2022\n");
+        let jump = resolve(&inv, &cfg, None).unwrap().target.jump.unwrap();
+        assert_eq!((jump.user.as_str(), jump.port), ("ops", 2022));
         // A jump host that needs a jump of its own is a chain.
         let cfg = config("Host web-1\n  ProxyJump gate\nHost gate\n  ProxyJump outer\n");
         let err = resolve(&inv, &cfg, None).unwrap_err();
