@@ -576,7 +576,7 @@ fn corpus() -> Vec<Case> {
         cases.push(case(name, config, alias));
     }
 
-    cases.extend(random_cases(200));
+    cases.extend(random_cases(400));
 
     // Errors and what is not one.
     cases.push(case(
@@ -660,6 +660,12 @@ fn random_cases(n: usize) -> Vec<Case> {
         "Match !canonical user root",
         "Match all",
         "Host gate",
+        "Host !gate *",
+        "Match host \"*.lan,!x.lan\"",
+        "Match originalhost WEB user root",
+        "Match !final",
+        "Host Web2",
+        "Match localuser root !host gate",
     ];
     let settings = [
         "HostName %h.lan",
@@ -684,6 +690,18 @@ fn random_cases(n: usize) -> Vec<Case> {
         "ServerAliveInterval 20",
         "ForwardAgent no",
         "CanonicalizeHostname yes",
+        "CanonicalizeHostname no",
+        "HostName %h",
+        "User %r",
+        "Port 2022",
+        "IdentityFile ~/.ssh/id_web",
+        "IdentityFile %d/.ssh/id_web",
+        "ProxyJump %h-gw",
+        "ProxyJump gate,other",
+        "HostKeyAlias %h",
+        "UserKnownHostsFile ~/.ssh/kh_%k %d/kh_%n_%r",
+        "ConnectTimeout 0",
+        "IdentitiesOnly no",
     ];
     let aliases = ["web", "WEB", "web2", "db", "x.lan", "gate"];
     (0..n)
@@ -963,7 +981,9 @@ fn compare(
 
 /// The documented difference a mismatch of a generated case shows, if it is one.
 fn explain(mismatch: &str) -> Option<&'static Difference> {
-    if mismatch.contains("jumphost loop") {
+    if mismatch.starts_with("connecttimeout: ssh -G \"0\"") {
+        Some(&CONNECT_TIMEOUT_ZERO)
+    } else if mismatch.contains("jumphost loop") {
         Some(&JUMP_SELF)
     } else if mismatch.starts_with("shipit refused") && mismatch.contains("chains") {
         Some(&JUMP_CHAIN)
