@@ -63,6 +63,10 @@ pub enum ConfigError {
     },
     #[error("`{text}` ends with a lone `%`; write `%%` for a literal `%`")]
     TrailingPercent { text: String },
+    #[error("`{text}` names the environment variable `{name}`, which is not set")]
+    UnsetVariable { name: String, text: String },
+    #[error("`{text}` has a `${{` without its closing `}}`")]
+    OpenVariable { text: String },
 }
 
 /// A line of a config file; `line` is 1-based and counts every physical line.
@@ -124,7 +128,7 @@ pub struct HostConfig {
 }
 
 /// The local facts the config may refer to, read by `main` and passed in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Local {
     /// `~`, `%d`, and the `~/.ssh` that relative `Include`s are resolved against.
     pub home: PathBuf,
@@ -134,6 +138,21 @@ pub struct Local {
     pub uid: u32,
     /// `%l`; its first label is `%L`.
     pub hostname: String,
+    /// The environment, for `${NAME}` in `IdentityFile` and `UserKnownHostsFile`. Its values
+    /// may be secrets: `Debug` shows the names only.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Local")
+            .field("home", &self.home)
+            .field("user", &self.user)
+            .field("uid", &self.uid)
+            .field("hostname", &self.hostname)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What fills in `%` tokens in [`expand`].
@@ -972,7 +991,7 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => (home.to_string(), rest),
         _ => (String::new(), text),
     };
-    fill(out, rest, text, tokens, FILE_TOKENS)
+    fill(out, rest, text, tokens, FILE_TOKENS, true)
 }
 
 /// The tokens OpenSSH fills in for `IdentityFile` and `UserKnownHostsFile`.
@@ -984,20 +1003,40 @@ const JUMP_TOKENS: &str = "%h %k %n %p %r";
 
 /// A `ProxyJump` hop with `%h %k %n %p %r %%` filled in for the target (`tokens`).
 pub fn expand_jump(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
-    fill(String::new(), text, text, tokens, JUMP_TOKENS)
+    fill(String::new(), text, text, tokens, JUMP_TOKENS, false)
 }
 
-/// Appends `rest` to `out` with the tokens in `known` (and `%%`) filled in.
+/// Appends `rest` to `out` with the tokens in `known` (and `%%`) filled in, and with
+/// `dollar` the environment's `${NAME}`s, as OpenSSH's `percent_dollar_expand`.
 fn fill(
     mut out: String,
     rest: &str,
     text: &str,
     tokens: &Tokens,
     known: &'static str,
+    dollar: bool,
 ) -> Result<String, ConfigError> {
     let home = tokens.local.home.to_string_lossy();
     let mut chars = rest.chars();
     while let Some(c) = chars.next() {
+        if dollar && c == '$' && chars.as_str().starts_with('{') {
+            let after = &chars.as_str()[1..];
+            let Some(end) = after.find('}').filter(|&end| end > 0) else {
+                return Err(ConfigError::OpenVariable { text: text.into() });
+            };
+            let name = &after[..end];
+            match tokens.local.env.get(name) {
+                Some(value) => out.push_str(value),
+                None => {
+                    return Err(ConfigError::UnsetVariable {
+                        name: name.into(),
+                        text: text.into(),
+                    });
+                }
+            }
+            chars = after[end + 1..].chars();
+            continue;
+        }
         if c != '%' {
             out.push(c);
             continue;
@@ -1323,6 +1362,7 @@ mod tests {
             user: "me".into(),
             uid: 1000,
             hostname: "laptop.example.com".into(),
+            env: Default::default(),
         }
     }
 
@@ -1877,6 +1917,32 @@ mod tests {
                 .to_string()
                 .contains("OpenSSH knows `%h %k %n %p %r` here")
         );
+    }
+
+    #[test]
+    fn expand_fills_in_environment_variables() {
+        let mut local = local();
+        local.env.insert("KEYS".into(), "/srv/keys".into());
+        let tokens = Tokens {
+            host: "h",
+            alias: "a",
+            port: 22,
+            user: "u",
+            key_alias: "a",
+            local: &local,
+        };
+        assert_eq!(expand("${KEYS}/%h", &tokens).unwrap(), "/srv/keys/h");
+        assert_eq!(expand("$KEYS/a$", &tokens).unwrap(), "$KEYS/a$");
+        assert_eq!(
+            expand("${NOPE}/k", &tokens).unwrap_err().to_string(),
+            "`${NOPE}/k` names the environment variable `NOPE`, which is not set"
+        );
+        assert!(expand("${KEYS/k", &tokens).is_err());
+        assert!(expand("${}/k", &tokens).is_err());
+        // Not in a jump host, as OpenSSH's `ProxyCommand` expansion.
+        assert_eq!(expand_jump("${KEYS}", &tokens).unwrap(), "${KEYS}");
+        // Debug shows no value.
+        assert!(!format!("{local:?}").contains("/srv/keys"));
     }
 
     #[test]

@@ -680,6 +680,7 @@ mod tests {
             user: "me".to_owned(),
             uid: 1000,
             hostname: "laptop".to_owned(),
+            env: Default::default(),
         }
     }
 
