@@ -258,7 +258,8 @@ const UNEVALUATED_CRITERIA: [&str; 6] = [
     "command",
 ];
 
-/// Every keyword OpenSSH 9.2's client knows (`readconf.c`), Debian's GSSAPI ones, and those
+/// Every keyword OpenSSH 9.2's client knows (`readconf.c`), Debian's GSSAPI ones, Apple's
+/// `UseKeychain` (macOS's `ssh` takes it, and many a `~/.ssh/config` has it), and those
 /// added since; shipit reads a few of them and accepts the rest, as valid options it does
 /// not use.
 const KNOWN_KEYWORDS: &[&str] = &[
@@ -389,6 +390,7 @@ const KNOWN_KEYWORDS: &[&str] = &[
     "user",
     "userknownhostsfile",
     "userknownhostsfile2",
+    "usekeychain",
     "useroaming",
     "usersh",
     "verifyhostkeydns",
@@ -1806,12 +1808,12 @@ mod tests {
         );
         assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(7));
         // An `IgnoreUnknown` that does not apply ignores nothing.
-        let config = parse("Host b\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n");
+        let config = parse("Host b\n  IgnoreUnknown FooOption\nHost *\n  FooOption yes\n");
         assert!(config.resolve("b", None).is_ok());
         assert!(config.resolve("a", None).is_err());
         // Keywords OpenSSH knows and shipit does not use, old, Debian's and newer ones.
         let config = parse(
-            "Host *\n  ControlMaster auto\n  GSSAPIKeyExchange yes\n  Protocol 2\n  ChannelTimeout session=5m\n  IdentityFile2 ~/k2\n",
+            "Host *\n  ControlMaster auto\n  GSSAPIKeyExchange yes\n  Protocol 2\n  ChannelTimeout session=5m\n  UseKeychain yes\n  IdentityFile2 ~/k2\n",
         );
         assert_eq!(identities(&config.resolve("a", None).unwrap()), ["~/k2"]);
     }

@@ -60,6 +60,11 @@ const LATER_KEYWORDS: Difference = Difference {
     what: "keywords of later OpenSSH versions are accepted; 9.2 refuses them",
     readme: "every keyword of OpenSSH 9.2, Debian's GSSAPI ones and those added since are accepted",
 };
+const APPLE_KEYWORD: Difference = Difference {
+    id: "apple-usekeychain",
+    what: "macOS's `UseKeychain` is accepted; OpenSSH elsewhere refuses it",
+    readme: "and macOS's `UseKeychain`",
+};
 const CONNECT_TIMEOUT_ZERO: Difference = Difference {
     id: "connect-timeout-zero",
     what: "`ConnectTimeout 0` (no timeout) keeps shipit's own bound",
@@ -90,7 +95,8 @@ const NOT_COMPARED: [Difference; 3] = [
     },
 ];
 
-const ALL_DIFFERENCES: [&Difference; 8] = [
+const ALL_DIFFERENCES: [&Difference; 9] = [
+    &APPLE_KEYWORD,
     &PROXY_COMMAND,
     &JUMP_CHAIN,
     &JUMP_SELF,
@@ -592,7 +598,7 @@ fn corpus() -> Vec<Case> {
     ));
     cases.push(case(
         "IgnoreUnknown that does not apply",
-        "Host other\n  IgnoreUnknown UseKeychain\nHost *\n  UseKeychain yes\n",
+        "Host other\n  IgnoreUnknown FooOption\nHost *\n  FooOption yes\n",
         "web",
     ));
     cases.push(case(
@@ -608,6 +614,7 @@ fn corpus() -> Vec<Case> {
         )
         .differs(&LATER_KEYWORDS),
     );
+    cases.push(case("macOS keyword", "Host *\n  UseKeychain yes\n", "web").differs(&APPLE_KEYWORD));
     cases.push(case(
         "unknown Match criterion",
         "Match hots web\n  Port 1\n",
