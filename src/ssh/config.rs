@@ -123,6 +123,8 @@ pub struct HostConfig {
     pub user_known_hosts: Option<Setting<Vec<String>>>,
     /// `GlobalKnownHostsFile`, likewise.
     pub global_known_hosts: Option<Setting<Vec<String>>>,
+    /// `RevokedHostKeys`: a file of revoked host keys, raw; `none` means none.
+    pub revoked_host_keys: Option<Setting<String>>,
     /// Blocks that were skipped because they need something shipit does not evaluate.
     pub notes: Vec<String>,
 }
@@ -223,6 +225,7 @@ enum Directive {
     GlobalKnownHostsFile(Vec<String>),
     /// `CanonicalizeHostname`: on (`yes`, `always`) or off.
     Canonicalize(bool),
+    RevokedHostKeys(String),
 }
 
 #[derive(Debug, Clone)]
@@ -760,6 +763,7 @@ fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String
         "userknownhostsfile" => Directive::UserKnownHostsFile(files(args)),
         "globalknownhostsfile" => Directive::GlobalKnownHostsFile(files(args)),
         "canonicalizehostname" => Directive::Canonicalize(canonicalize(args)?),
+        "revokedhostkeys" => Directive::RevokedHostKeys(one("RevokedHostKeys", args)?.to_owned()),
         _ => return Ok(None),
     };
     Ok(Some(directive))
@@ -1334,6 +1338,7 @@ impl Walker<'_> {
             Directive::GlobalKnownHostsFile(v) => {
                 first(&mut out.global_known_hosts, v.clone(), origin)
             }
+            Directive::RevokedHostKeys(v) => first(&mut out.revoked_host_keys, v.clone(), origin),
             Directive::Canonicalize(on) => {
                 self.canonicalize
                     .get_or_insert_with(|| (*on, origin.clone()));

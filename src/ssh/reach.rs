@@ -280,6 +280,7 @@ impl Resolver<'_> {
                 identities_only: keys.only,
                 identities_default: keys.defaults,
                 known_hosts,
+                revoked_host_keys: self.revoked_host_keys(&cfg, &mut sources),
             },
             sources,
         })
@@ -333,6 +334,22 @@ impl Resolver<'_> {
             None,
         ));
         Ok(user.into_iter().chain(global).collect())
+    }
+
+    /// `RevokedHostKeys`, with `~` made absolute (`none`: no file).
+    fn revoked_host_keys(&self, cfg: &HostConfig, sources: &mut Vec<Origin>) -> Option<PathBuf> {
+        let s = cfg.revoked_host_keys.as_ref()?;
+        if s.value.eq_ignore_ascii_case("none") {
+            return None;
+        }
+        let path = config::tilde(&s.value, &self.local.home);
+        sources.push(source(
+            "revoked_host_keys",
+            &path.display().to_string(),
+            origin(s),
+            None,
+        ));
+        Some(path)
     }
 
     /// The keys to offer: the run's own (`SHIPIT_SSH_KEY`, `ssh.identity`), else those the
@@ -582,6 +599,7 @@ impl Resolver<'_> {
         let mut jump_sources = Vec::new();
         let keys = self.identities(host, &jcfg, &tokens, &mut jump_sources)?;
         let known_hosts = self.known_hosts(host, &jcfg, &tokens, &mut jump_sources)?;
+        let revoked_host_keys = self.revoked_host_keys(&jcfg, &mut jump_sources);
         if let Some(s) = &jcfg.host_key_alias {
             jump_sources.push(source("host_key_alias", &key_alias, origin(s), None));
         }
@@ -608,6 +626,7 @@ impl Resolver<'_> {
             identities_only: keys.only,
             identities_default: keys.defaults,
             known_hosts,
+            revoked_host_keys,
         })))
     }
 }

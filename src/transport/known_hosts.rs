@@ -46,6 +46,9 @@ pub struct KnownHosts {
     /// Lines skipped because their key is not what they say, with their patterns, so a
     /// refusal for a host they name can say why they did not count.
     ignored: Vec<(String, String)>,
+    /// Why the `RevokedHostKeys` file cannot be used: then no host key is trusted, as in
+    /// OpenSSH.
+    revocations_unusable: Option<String>,
 }
 
 /// The outcome of checking one offered key.
@@ -96,6 +99,47 @@ impl KnownHosts {
                 }
             }
         }
+    }
+
+    /// Adds a `RevokedHostKeys` file: public keys, one a line, refused for every host.
+    /// `bytes` is `None` when the file cannot be read.
+    pub fn add_revoked_keys(&mut self, file: &Path, bytes: Option<&[u8]>) {
+        let name = format!("`{}` (`RevokedHostKeys`)", file.display());
+        let Some(bytes) = bytes else {
+            self.revocations_unusable = Some(format!(
+                "{name} cannot be read, and `ssh` trusts no host key then either"
+            ));
+            return;
+        };
+        if bytes.starts_with(b"SSHKRL\n\0") {
+            self.revocations_unusable = Some(format!(
+                "{name} is a key revocation list (KRL), which shipit cannot read; list the revoked public keys there one a line (`ssh-ed25519 AAAA...`), or as `@revoked` lines in known_hosts"
+            ));
+            return;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        for (i, raw) in text.lines().enumerate() {
+            let mut words = raw.split_whitespace();
+            let (Some(key_type), Some(key_blob)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if key_type.starts_with('#') {
+                continue;
+            }
+            self.entries.push(KnownHost {
+                file: file.to_owned(),
+                line: i + 1,
+                marker: Marker::Revoked,
+                patterns: "*".to_owned(),
+                key_type: key_type.to_owned(),
+                key_blob: key_blob.to_owned(),
+            });
+        }
+    }
+
+    /// Why no key can be trusted at all, if so.
+    pub fn unusable(&self) -> Option<&str> {
+        self.revocations_unusable.as_deref()
     }
 
     /// Why lines naming `name` were skipped.
@@ -564,6 +608,36 @@ mod tests {
             trusted("the @cert-authority entry at `kh` line 1")
         );
         assert!(!k.has_authority("web.example.org", 2222));
+    }
+
+    #[test]
+    fn revoked_host_keys_files_refuse_their_keys_everywhere() {
+        let mut k = kh(&format!("h ssh-ed25519 {K1}\n[h]:2222 ssh-ed25519 {K2}\n"));
+        k.add_revoked_keys(
+            Path::new("/etc/ssh/revoked"),
+            Some(format!("# old keys\nssh-ed25519 {K1} old-host\n").as_bytes()),
+        );
+        assert_eq!(
+            k.check("h", 22, "ssh-ed25519", K1),
+            Verdict::Revoked {
+                origin: "`/etc/ssh/revoked` line 2".into()
+            }
+        );
+        assert!(matches!(
+            k.check("h", 2222, "ssh-ed25519", K2),
+            Verdict::Trusted { .. }
+        ));
+        assert_eq!(k.unusable(), None);
+        let mut missing = KnownHosts::default();
+        missing.add_revoked_keys(Path::new("/nope"), None);
+        assert!(missing.unusable().unwrap().contains("cannot be read"));
+        let mut krl = KnownHosts::default();
+        krl.add_revoked_keys(Path::new("/krl"), Some(b"SSHKRL\n\0\x01\x02"));
+        assert!(
+            krl.unusable()
+                .unwrap()
+                .contains("key revocation list (KRL)")
+        );
     }
 
     #[test]

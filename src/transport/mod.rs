@@ -304,6 +304,12 @@ pub enum HostKeyError {
         origin: String,
         unused: Vec<String>,
     },
+    #[error("cannot check the host key of `{host}` ({address}): {reason}")]
+    RevocationList {
+        host: String,
+        address: String,
+        reason: String,
+    },
     #[error(
         "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
     )]
@@ -426,6 +432,8 @@ pub struct SshTarget {
     pub identities_default: bool,
     /// The known_hosts files to check the host key in, in lookup order.
     pub known_hosts: Vec<PathBuf>,
+    /// `RevokedHostKeys`: a file of public keys refused for every host.
+    pub revoked_host_keys: Option<PathBuf>,
 }
 
 /// Credentials and trust for every SSH connection of a run, read once by `main`.

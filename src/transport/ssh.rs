@@ -71,8 +71,9 @@ enum Credential {
 
 /// Shared by every connection of one run.
 pub struct SshConnector {
-    /// Each distinct list of known_hosts files, read once per run.
-    known: Mutex<HashMap<Vec<PathBuf>, Arc<KnownHosts>>>,
+    /// Each distinct list of known_hosts files (and `RevokedHostKeys` file), read once per
+    /// run.
+    known: Mutex<HashMap<(Vec<PathBuf>, Option<PathBuf>), Arc<KnownHosts>>>,
     /// `SHIPIT_SSH_KEY`, decoded once: when set, the only key offered.
     env_key: Option<Result<Arc<PrivateKey>, ConnectError>>,
     /// The inventory's `ssh.identity`: otherwise, when set, the only key offered.
@@ -158,7 +159,7 @@ impl SshConnector {
         let disconnect = Arc::new(Mutex::new(None));
         let trusted = Arc::new(Mutex::new(None));
         let files = &target.known_hosts;
-        let known = self.known_hosts(files);
+        let known = self.known_hosts(files, target.revoked_host_keys.as_deref());
         let handler = Client {
             target: target.clone(),
             known: known.clone(),
@@ -248,9 +249,11 @@ impl SshConnector {
 
     /// Reads (once per run) the known_hosts `files`; unreadable or missing files hold
     /// nothing, as for OpenSSH.
-    fn known_hosts(&self, files: &[PathBuf]) -> Arc<KnownHosts> {
+    /// A `RevokedHostKeys` file that cannot be read trusts nothing, as for OpenSSH.
+    fn known_hosts(&self, files: &[PathBuf], revoked: Option<&Path>) -> Arc<KnownHosts> {
+        let key = (files.to_vec(), revoked.map(Path::to_path_buf));
         let mut cache = self.known.lock().expect("lock");
-        if let Some(known) = cache.get(files) {
+        if let Some(known) = cache.get(&key) {
             return known.clone();
         }
         let mut known = KnownHosts::default();
@@ -259,8 +262,11 @@ impl SshConnector {
                 known.add_file(file, &text);
             }
         }
+        if let Some(file) = revoked {
+            known.add_revoked_keys(file, std::fs::read(file).ok().as_deref());
+        }
         let known = Arc::new(known);
-        cache.insert(files.to_vec(), known.clone());
+        cache.insert(key, known.clone());
         known
     }
 
@@ -632,6 +638,16 @@ impl Client {
         if let Some(pin) = &t.host_key {
             let mut pinned = pin.split_whitespace();
             let (pin_type, pin_blob) = (pinned.next().unwrap_or(""), pinned.next().unwrap_or(""));
+            let (name, port) = known_name(t);
+            if let Verdict::Revoked { origin } = self.known.check(name, port, &key_type, &blob) {
+                return Err(Box::new(HostKeyError::Revoked {
+                    host: t.host.clone(),
+                    address,
+                    key_type,
+                    fingerprint,
+                    origin,
+                }));
+            }
             if pin_type == key_type && pin_blob == blob {
                 return Ok(trusted(&format!(
                     "the `host_key` pinned for `{}` in the inventory",
@@ -795,9 +811,14 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let result = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
-            PublicKeyOrCertificate::Certificate(cert) => self.verify_certificate(cert),
+        let result = match (key, self.known.unusable()) {
+            (_, Some(reason)) => Err(Box::new(HostKeyError::RevocationList {
+                host: self.target.host.clone(),
+                address: address_label(&self.target),
+                reason: reason.to_owned(),
+            })),
+            (PublicKeyOrCertificate::PublicKey { key, .. }, None) => self.verify(key),
+            (PublicKeyOrCertificate::Certificate(cert), None) => self.verify_certificate(cert),
         }
         .map_err(ConnectError::HostKey);
         match result {

@@ -65,6 +65,11 @@ const APPLE_KEYWORD: Difference = Difference {
     what: "macOS's `UseKeychain` is accepted; OpenSSH elsewhere refuses it",
     readme: "and macOS's `UseKeychain`",
 };
+const REVOCATION_LIST: Difference = Difference {
+    id: "krl",
+    what: "a `RevokedHostKeys` file in KRL form is refused (shipit reads lists of keys only)",
+    readme: "a key revocation list (KRL) there is refused: shipit cannot read one",
+};
 const CONNECT_TIMEOUT_ZERO: Difference = Difference {
     id: "connect-timeout-zero",
     what: "`ConnectTimeout 0` (no timeout) keeps shipit's own bound",
@@ -95,7 +100,8 @@ const NOT_COMPARED: [Difference; 3] = [
     },
 ];
 
-const ALL_DIFFERENCES: [&Difference; 9] = [
+const ALL_DIFFERENCES: [&Difference; 10] = [
+    &REVOCATION_LIST,
     &APPLE_KEYWORD,
     &PROXY_COMMAND,
     &JUMP_CHAIN,
@@ -1133,6 +1139,8 @@ struct KnownCase {
     known_hosts: PathBuf,
     address: &'static str,
     alias: Option<&'static str>,
+    /// `RevokedHostKeys`.
+    revoked: Option<PathBuf>,
 }
 
 /// Whether a real `ssh` login (strict host key checking, this file only) gets in.
@@ -1156,6 +1164,9 @@ fn ssh_accepts(fleet: &Fleet, c: &KnownCase) -> bool {
     if let Some(alias) = c.alias {
         cmd.args(["-o", &format!("HostKeyAlias={alias}")]);
     }
+    if let Some(revoked) = &c.revoked {
+        cmd.args(["-o", &format!("RevokedHostKeys={}", revoked.display())]);
+    }
     let out = cmd
         .args(["-p", &h1.port.to_string()])
         .arg(format!("root@{}", c.address))
@@ -1172,10 +1183,14 @@ fn shipit_accepts(fleet: &Fleet, c: &KnownCase) -> bool {
     let h1 = fleet.host("h1");
     let config = fleet.home().join(".ssh/config");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    let alias = c
-        .alias
-        .map_or(String::new(), |a| format!("Host *\n  HostKeyAlias {a}\n"));
-    std::fs::write(&config, alias).unwrap();
+    let mut text = "Host *\n".to_owned();
+    if let Some(a) = c.alias {
+        text.push_str(&format!("  HostKeyAlias {a}\n"));
+    }
+    if let Some(revoked) = &c.revoked {
+        text.push_str(&format!("  RevokedHostKeys {}\n", revoked.display()));
+    }
+    std::fs::write(&config, text).unwrap();
     let inv = write(
         fleet.dir(),
         "differential.toml",
@@ -1249,18 +1264,21 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
             known_hosts: file("k1", format!("[127.0.0.1]:{port} {key}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "entry without the port (OpenSSH's fallback)",
             known_hosts: file("k2", format!("127.0.0.1 {key}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "another key without the port",
             known_hosts: file("k3", format!("127.0.0.1 {other}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "[host]:port with another key beside the port-less good one",
@@ -1270,36 +1288,42 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
             ),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "hashed by ssh-keygen -H",
             known_hosts: hashed(&file("k5", format!("[127.0.0.1]:{port} {key}\n"))),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "hashed without the port",
             known_hosts: hashed(&file("k6", format!("127.0.0.1 {key}\n"))),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "hashed by ssh itself for a mixed-case name",
             known_hosts: recorded.clone(),
             address: "LocalHost",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "the same, typed in lowercase",
             known_hosts: recorded.clone(),
             address: "localhost",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "mixed-case pattern",
             known_hosts: file("k7", format!("[LOCALHOST]:{port} {key}\n")),
             address: "LocalHost",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "@revoked beside a good entry",
@@ -1309,42 +1333,49 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
             ),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "wildcards",
             known_hosts: file("k9", format!("[127.0.0.?]:* {key}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "negation of [host]:port under [*]:*",
             known_hosts: file("k10", format!("[*]:*,![127.0.0.1]:{port} {key}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "negation of [host]:port under a bare * (the fallback matches)",
             known_hosts: file("k11", format!("*,![127.0.0.1]:{port} {key}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "HostKeyAlias, recorded under the lowercase alias",
             known_hosts: file("k12", format!("pool-a {key}\n")),
             address: "127.0.0.1",
             alias: Some("Pool-A"),
+            revoked: None,
         },
         KnownCase {
             name: "HostKeyAlias, recorded only under the address",
             known_hosts: file("k13", format!("[127.0.0.1]:{port} {key}\n")),
             address: "127.0.0.1",
             alias: Some("pool-a"),
+            revoked: None,
         },
         KnownCase {
             name: "an ed25519 key under an ssh-rsa label",
             known_hosts: file("k14", format!("[127.0.0.1]:{port} ssh-rsa {blob}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "RSA on record, ed25519 changed",
@@ -1354,12 +1385,14 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
             ),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "only RSA on record",
             known_hosts: file("k16", format!("[127.0.0.1]:{port} {rsa}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
     ];
     let mut failures = Vec::new();
@@ -1373,6 +1406,60 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
                 if openssh { "logs in" } else { "refuses" },
                 if ours { "trusts the key" } else { "refuses" },
             ));
+        }
+    }
+
+    // `RevokedHostKeys`: a list of keys, a missing file, and a KRL (which shipit cannot read:
+    // a documented difference, where shipit refuses what `ssh` accepts).
+    let good = file("kr", format!("[127.0.0.1]:{port} {key}\n"));
+    let krl = fleet.dir().join("revoked.krl");
+    let other_pub = file("other.pub", format!("{other}\n"));
+    let out = Command::new("ssh-keygen")
+        .args(["-k", "-f"])
+        .arg(&krl)
+        .arg(&other_pub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let revocations = [
+        (
+            "revoked by RevokedHostKeys",
+            Some(file("r1", format!("# old\n{key}\n"))),
+            None,
+        ),
+        (
+            "another key revoked",
+            Some(file("r2", format!("{other}\n"))),
+            None,
+        ),
+        (
+            "RevokedHostKeys missing",
+            Some(fleet.dir().join("no-such-file")),
+            None,
+        ),
+        ("RevokedHostKeys a KRL", Some(krl), Some(&REVOCATION_LIST)),
+    ];
+    for (name, revoked, differs) in revocations {
+        let c = KnownCase {
+            name,
+            known_hosts: good.clone(),
+            address: "127.0.0.1",
+            alias: None,
+            revoked,
+        };
+        let (openssh, ours) = (ssh_accepts(&fleet, &c), shipit_accepts(&fleet, &c));
+        eprintln!("{}: ssh {openssh}, shipit {ours}", c.name);
+        match differs {
+            None if openssh != ours => failures.push(format!(
+                "{name}: ssh {}, shipit {}",
+                if openssh { "logs in" } else { "refuses" },
+                if ours { "trusts the key" } else { "refuses" },
+            )),
+            Some(d) if openssh == ours => failures.push(format!(
+                "{name}: agrees with OpenSSH now: drop the documented difference `{}`",
+                d.id
+            )),
+            _ => {}
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -1411,12 +1498,14 @@ fn host_certificates_decisions_match_a_real_ssh_login() {
             known_hosts: file("c1", format!("@cert-authority [127.0.0.1]:* {ca_line}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "@cert-authority for the host without a port (OpenSSH's fallback)",
             known_hosts: file("c2", format!("@cert-authority 127.0.0.1 {ca_line}\n")),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "@cert-authority revoked",
@@ -1426,6 +1515,7 @@ fn host_certificates_decisions_match_a_real_ssh_login() {
             ),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "@cert-authority for another port",
@@ -1435,18 +1525,21 @@ fn host_certificates_decisions_match_a_real_ssh_login() {
             ),
             address: "127.0.0.1",
             alias: None,
+            revoked: None,
         },
         KnownCase {
             name: "@cert-authority, certificate for the alias",
             known_hosts: file("c5", format!("@cert-authority * {ca_line}\n")),
             address: "127.0.0.1",
             alias: Some("Web.Example.com"),
+            revoked: None,
         },
         KnownCase {
             name: "@cert-authority, certificate not for the alias",
             known_hosts: file("c6", format!("@cert-authority * {ca_line}\n")),
             address: "127.0.0.1",
             alias: Some("db.example.com"),
+            revoked: None,
         },
     ];
     let mut failures = Vec::new();

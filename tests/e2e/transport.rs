@@ -37,6 +37,7 @@ async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
         identities: Vec::new(),
         identities_only: false,
         identities_default: false,
+        revoked_host_keys: None,
         known_hosts: vec![fleet.known_hosts()],
     };
     SshConnector::new(&settings)
