@@ -69,11 +69,14 @@ enum Credential {
     },
 }
 
+/// The known_hosts files and the `RevokedHostKeys` file of a host.
+type TrustFiles = (Vec<PathBuf>, Option<PathBuf>);
+
 /// Shared by every connection of one run.
 pub struct SshConnector {
     /// Each distinct list of known_hosts files (and `RevokedHostKeys` file), read once per
     /// run.
-    known: Mutex<HashMap<(Vec<PathBuf>, Option<PathBuf>), Arc<KnownHosts>>>,
+    known: Mutex<HashMap<TrustFiles, Arc<KnownHosts>>>,
     /// `SHIPIT_SSH_KEY`, decoded once: when set, the only key offered.
     env_key: Option<Result<Arc<PrivateKey>, ConnectError>>,
     /// The inventory's `ssh.identity`: otherwise, when set, the only key offered.
