@@ -13,15 +13,19 @@
 //! let key = expand(&host.identity_files[0].value, &tokens)?;
 //! ```
 //!
-//! The rules follow ssh_config(5): the first value that applies wins (`IdentityFile`
-//! accumulates instead); `Host` blocks match the alias, `Match host` the `HostName` set so
-//! far; an `Include`d file is read in place and a `Host` or `Match` inside it ends with that
-//! file. Only the keywords listed on [`HostConfig`] are read; any other keyword is a valid
-//! OpenSSH option shipit does not use and is skipped. `Match` criteria that would need a
-//! command or the network (`exec`, `localnetwork`, ...) are never evaluated: their block is
-//! skipped and [`HostConfig::notes`] says so.
+//! The rules are OpenSSH 9.2's (`readconf.c`, `ssh.c`), which a differential test in
+//! `tests/e2e/openssh_differential.rs` holds this module to: the first value that applies
+//! wins (`IdentityFile` accumulates instead, once per file); `Host` blocks match the alias
+//! case-sensitively, `Match host` the `HostName` set so far, ignoring case; an `Include`d
+//! file is read in place and a `Host` or `Match` inside it ends with that file. `Match final`
+//! (or `CanonicalizeHostname`) reads everything again for the final, lowercased host name.
+//! Only the keywords listed on [`HostConfig`] are read; another keyword OpenSSH knows is
+//! skipped, one it does not is an error unless `IgnoreUnknown` names it. `Match` criteria
+//! that would need a command or the network (`exec`, `localnetwork`, ...) are never
+//! evaluated: their block is skipped and [`HostConfig::notes`] says so.
 //!
-//! Reads only the config files and what they include; uses only [`crate::ssh::pattern`].
+//! Reads only the config files, what they include and `/etc/services` (for a `Port` given
+//! by name); uses only [`crate::ssh::pattern`].
 
 use std::fmt;
 use std::fs;
