@@ -16,7 +16,8 @@ pub mod code {
     pub const ROLLED_BACK: u8 = 3;
     /// The rollback failed: a human is needed.
     pub const ROLLBACK_FAILED: u8 = 4;
-    /// Locked by another run: nothing was changed (`deploy`, `rollback`, `backup`, `task`).
+    /// Locked by another run, or on purpose (`shipit lock`): nothing was changed (`deploy`,
+    /// `rollback`, `restore`, `backup`, `task`, `lock`).
     pub const LOCKED: u8 = 5;
 }
 
@@ -42,6 +43,8 @@ pub enum Error {
     NoArtifact { file: String },
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     #[error("{failed} of {total} hosts failed")]
     HostsFailed { failed: usize, total: usize },
     #[error(transparent)]
@@ -59,6 +62,7 @@ impl Error {
             | Error::Usage(_)
             | Error::SshConfig(_)
             | Error::Reach(_)
+            | Error::Secret(_)
             | Error::Template(_) => code::USAGE,
             Error::Artifact(e) => match e {
                 ArtifactError::BuildStart { .. }

@@ -142,6 +142,18 @@ pub async fn run(
     exec(c, step, what, ExecRequest::new(cmd, timeout)).await
 }
 
+/// [`run`] for a command that needs root: with `ssh.sudo` it runs through `sudo -n` (see
+/// [`ExecRequest::as_root`]).
+pub async fn run_root(
+    c: &Conn<'_>,
+    step: &str,
+    what: &str,
+    cmd: &Cmd,
+    timeout: Duration,
+) -> Result<ExecOutput, RemoteError> {
+    exec(c, step, what, ExecRequest::new(cmd, timeout).as_root()).await
+}
+
 /// Runs `req` on `c` for `step`; only a successful exit is `Ok`.
 pub async fn exec(
     c: &Conn<'_>,

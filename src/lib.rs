@@ -11,6 +11,9 @@
 //! - [`transport`]: running commands on a host (ssh, local);
 //! - [`output`]: the event stream, the reports and their renderers, the only module that
 //!   prints;
+//! - [`secrets`]: the secrets of `[env.secrets.NAME]`, read on the deployer before any
+//!   connection;
+//! - [`notify`]: the `[[notify]]` commands run on the deployer with a run's report;
 //! - [`clock`]: the deployer's clock (`now_unix`, `now_millis`).
 
 pub mod artifact;
@@ -21,9 +24,11 @@ pub mod deploy;
 pub mod error;
 pub mod execute;
 pub mod inventory;
+pub mod notify;
 pub mod ops;
 pub mod output;
 pub mod plan;
+pub mod secrets;
 pub mod shell;
 pub mod ssh;
 pub mod transport;

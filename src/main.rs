@@ -89,6 +89,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let base_dir =
         std::env::current_dir().map_err(|e| other(e, "cannot read the current directory"))?;
     let inventory = load_inventory(&cli, &stage, &base_dir, home.as_deref())?;
+    if let Command::Config { .. } = &cli.command {
+        return show_config(&cli, &stage, &inventory);
+    }
     let mut hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
     if let Command::Task { name, .. } = &cli.command {
         let Some(task) = inventory.tasks.get(name) else {
@@ -110,6 +113,21 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 task.roles
             )));
         }
+    }
+    match &cli.command {
+        Command::Shell { .. } => {
+            shipit::ops::shell::check_usage(&hosts, &stage).map_err(Error::Usage)?
+        }
+        Command::Lock { message, .. } => {
+            shipit::ops::lock::check_message(message).map_err(Error::Usage)?
+        }
+        Command::Logs { .. } if !shipit::ops::logs::has_logs(&inventory) => {
+            return Err(Error::Usage(format!(
+                "`{}` has no `[[systemd]]` unit and no `[compose]` stack: no logs to read (`shipit exec {stage} -- tail FILE` reads a file)",
+                inventory.file.display()
+            )));
+        }
+        _ => {}
     }
     if cli.command.restores() {
         shipit::deploy::restore::can_restore(&inventory).map_err(Error::Usage)?;
@@ -138,6 +156,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
     // is being worked on yet, and a failed build must not leave bars behind.
     let build_out = Output::new(output_mode(&cli), &[], cli.global.verbose, None)
         .redacting_with(redactor.clone());
+    // The commit shipped, and whether the tree had uncommitted changes: read before the
+    // build, which may write into the tree.
+    let git = match cli.command.needs_artifact() {
+        true => artifact::git::revision(&base_dir),
+        false => None,
+    };
     // Everything that can fail without a host comes before the first connection.
     let packed = match cli.command.needs_artifact() {
         true => Some(prepare_artifact(&inventory, &base_dir, &build_out)?),
@@ -194,6 +218,47 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 out.emit(Event::Done(&report));
                 hosts_result(report.failed(), report.hosts.len())
             }
+            Command::Logs { lines, follow, .. } => {
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
+                let (_stopper, stop) = tokio::sync::watch::channel(false);
+                let stop = if *follow { stop_on_signals() } else { stop };
+                let request = shipit::ops::logs::Request {
+                    lines: *lines,
+                    follow: *follow,
+                };
+                let mut report =
+                    shipit::ops::logs::show(&stage, &conns, &inventory, request, stop, &out).await;
+                for (host, e) in &failed {
+                    report
+                        .hosts
+                        .push(HostExec::failed(&host.name, shipit::error::chain(e)));
+                }
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                hosts_result(report.failed(), report.hosts.len())
+            }
+            Command::Shell { .. } => shipit::ops::shell::run(&inventory, hosts[0], &connector)
+                .await
+                .map_err(|e| Error::Other(anyhow::anyhow!(e))),
+            Command::Lock { message, .. } => {
+                let (conns, failed) = connect_reporting(&inventory, &hosts, &connector, &out).await;
+                let report = if failed.is_empty() {
+                    shipit::ops::lock::lock(&stage, &conns, &inventory, &run, message).await
+                } else {
+                    let failed: Vec<(String, String)> = failed
+                        .iter()
+                        .map(|(h, e)| (h.name.clone(), shipit::error::chain(e)))
+                        .collect();
+                    shipit::ops::lock::not_reached(&stage, message, &hosts, &failed)
+                };
+                out.emit(Event::Done(&report));
+                fleet::close_all(&conns).await;
+                Ok(match (report.locked, report.held_elsewhere()) {
+                    (true, _) => code::OK,
+                    (false, true) => code::LOCKED,
+                    (false, false) => code::FAILED,
+                })
+            }
             Command::Plan { waves, .. }
             | Command::Deploy {
                 waves,
@@ -228,7 +293,6 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Command::Deploy { waves, .. } => {
                 let packed = packed.as_ref().expect("packed before connecting");
                 let waves = parse_waves(waves)?;
-                let git = git_revision(&base_dir);
                 let report = pipeline::deploy(pipeline::Deploy {
                     stage: &stage,
                     inventory: &inventory,
@@ -244,12 +308,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     waves,
                     env_content: env_content.clone(),
                     now_unix: started_unix,
-                    git,
+                    git: git.clone(),
                     run: &run,
                     cancel: cancel_on_signals(),
                 })
                 .await;
                 out.emit(Event::Done(&report));
+                let ran = ("deploy", report.exit_code);
+                notify(&inventory, &stage, ran, &report, &base_dir, &out).await;
                 Ok(report.exit_code)
             }
             Command::Rollback { to, .. } | Command::Restore { release: to, .. } => {
@@ -279,6 +345,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 })
                 .await;
                 out.emit(Event::Done(&report));
+                let command = match &cli.command {
+                    Command::Restore { .. } => "restore",
+                    _ => "rollback",
+                };
+                let ran = (command, report.exit_code);
+                notify(&inventory, &stage, ran, &report, &base_dir, &out).await;
                 Ok(report.exit_code)
             }
             Command::Task { name, .. } => {
@@ -358,6 +430,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => {
                 unreachable!("handled before loading an inventory")
             }
+            Command::Config { .. } => unreachable!("handled before any connection"),
             Command::Releases { .. }
             | Command::History { .. }
             | Command::Unlock { .. }
@@ -517,7 +590,83 @@ fn load_inventory(
         env: &env,
         need_secrets: cli.command.needs_secrets(),
     };
-    Ok(inventory::parse(&text, &path, &ctx)?)
+    let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| e.to_string());
+    let mut inventory = inventory::parse_with(&text, &path, &ctx, &read)?;
+    // Before any connection; commands and files only for the commands that need them.
+    if let Some(env) = &mut inventory.env {
+        shipit::secrets::resolve(env, cli.command.needs_secrets(), base_dir)?;
+    }
+    Ok(inventory)
+}
+
+/// `shipit config`: the resolved inventory on stdout, every secret value known replaced by
+/// `<redacted>` (no secret command runs for it: see `needs_secrets`).
+fn show_config(cli: &Cli, stage: &str, inventory: &Inventory) -> Result<u8, Error> {
+    let mut doc = inventory::resolved(inventory);
+    let env_secrets = inventory
+        .env
+        .iter()
+        .flat_map(|e| e.secrets.iter().map(|(_, v)| v));
+    let ssh_secrets: Vec<Secret> = ["SHIPIT_SSH_KEY", "SHIPIT_SSH_PASSPHRASE"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map(Secret::new)
+        .collect();
+    shipit::deploy::envfile::redactor(env_secrets.chain(&ssh_secrets))
+        .apply_json_as(&mut doc, "<redacted>");
+    let text = if cli.global.json {
+        serde_json::to_string_pretty(&doc).expect("a JSON document") + "\n"
+    } else {
+        let mut files = format!("`{}`", inventory.file.display());
+        for base in &inventory.bases {
+            files.push_str(&format!(" extending `{}`", base.display()));
+        }
+        format!(
+            "# shipit config {stage}: {files}, resolved: defaults filled in, local paths absolute,\n\
+             # secrets by their source only. `[ssh]` keys absent here come from ~/.ssh/config,\n\
+             # else their defaults.\n\n{}",
+            inventory::to_toml(&doc)
+        )
+    };
+    output::document(text.as_bytes()).map_err(|e| other(e, "cannot write to stdout"))?;
+    Ok(code::OK)
+}
+
+/// Runs the `[[notify]]` commands after `ran` (the command's name and exit code), with the
+/// report as `--json` shows it; a notifier never changes the exit code.
+async fn notify(
+    inventory: &Inventory,
+    stage: &str,
+    ran: (&str, u8),
+    report: &dyn output::Report,
+    dir: &Path,
+    out: &Output,
+) {
+    if inventory.notify.is_empty() {
+        return;
+    }
+    let report = out.redacted_json(report);
+    // The app's secrets by name: `from_env`'s, and a variable of the same name as an
+    // `[env.secrets.NAME]` (its command may read it).
+    let hidden: Vec<String> = inventory
+        .env
+        .iter()
+        .flat_map(|e| {
+            e.from_env
+                .iter()
+                .cloned()
+                .chain(e.sources.iter().map(|s| s.name.clone()))
+        })
+        .collect();
+    let finished = shipit::notify::Finished {
+        stage,
+        command: ran.0,
+        exit_code: ran.1,
+        report: &report,
+        hidden: &hidden,
+        dir,
+    };
+    shipit::notify::run_all(&inventory.notify, &finished, out).await;
 }
 
 /// Runs `artifact.build`, its output shown through `out` as lines of the host `build`, then
@@ -541,7 +690,10 @@ fn prepare_artifact(
             })
         })?;
     }
-    Ok(artifact::pack(&spec.path, &std::env::temp_dir())?)
+    let packed = artifact::pack(&spec.path, &std::env::temp_dir())?;
+    // What the hosts' files get instead of the packed tar's fixed time (see `files_time`).
+    let time = artifact::files_time(base_dir, shipit::clock::now_unix());
+    Ok(packed.stamped(time.unix()))
 }
 
 /// Reads the unit and site templates (before any connection: a missing file is an input
@@ -575,22 +727,14 @@ fn read_templates(inventory: &Inventory) -> Result<Templates, Error> {
     Ok(templates)
 }
 
-/// The commit being deployed, when shipit runs inside a git checkout.
-fn git_revision(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let sha = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !sha.is_empty()).then_some(sha)
-}
-
 /// Ctrl-C or SIGTERM asks the run to stop cleanly (locks released, nothing half-switched);
 /// a second one ends the process at once.
 fn cancel_on_signals() -> Cancel {
+    Cancel::new(stop_on_signals())
+}
+
+/// Turns true at the first Ctrl-C or SIGTERM; a second one ends the process at once.
+fn stop_on_signals() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -611,7 +755,7 @@ fn cancel_on_signals() -> Cancel {
             let _ = tx.send(true);
         }
     });
-    Cancel::new(rx)
+    rx
 }
 
 /// Asks `question` on the terminal (the caller made sure stdin is one, or `--yes`).
@@ -637,9 +781,16 @@ fn confirm_unlock(out: &Output, hosts: &[HostUnlock], inventory: &Inventory) -> 
         ));
         return false;
     }
-    out.emit(Event::Note(
-        "remove these locks? only if those runs are dead [y/N]",
-    ));
+    // A lock taken with `shipit lock` is ended by asking; another run's only once it is dead.
+    let question = match hosts
+        .iter()
+        .filter(|h| h.locked)
+        .all(|h| h.owner.as_ref().is_some_and(|o| o.deliberate()))
+    {
+        true => "remove these locks? [y/N]",
+        false => "remove these locks? only if those runs are dead [y/N]",
+    };
+    out.emit(Event::Note(question));
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
@@ -718,6 +869,10 @@ fn hostname() -> String {
 fn output_mode(cli: &Cli) -> Mode {
     if cli.global.json {
         return Mode::Json;
+    }
+    // The shell owns the terminal: no bars drawing over it.
+    if let Command::Shell { .. } = cli.command {
+        return Mode::Plain;
     }
     match cli.global.progress {
         Progress::Always => Mode::Tty,

@@ -13,7 +13,7 @@ use tempfile::TempPath;
 
 use super::ArtifactError;
 use super::manifest::Manifest;
-use super::pack::{BUF_SIZE, Hashing, new_temp};
+use super::pack::{BUF_SIZE, Hashing, Restamp, new_temp};
 use crate::shell::Cmd;
 
 /// How the packed file is compressed (the host runs the matching decompressor).
@@ -70,6 +70,18 @@ impl Codec {
     }
 }
 
+/// Copies the tar `source` into `sink`, restamped with `mtime` when given.
+fn copy(source: &mut impl Read, sink: &mut impl Write, mtime: Option<u64>) -> io::Result<()> {
+    match mtime {
+        None => io::copy(source, sink).map(drop),
+        Some(mtime) => {
+            let mut stamped = Restamp::new(sink, mtime);
+            io::copy(source, &mut stamped)?;
+            stamped.finish().map(drop)
+        }
+    }
+}
+
 /// zstd's level: its default, compressing about as tightly as `gzip -6` at several times
 /// the speed.
 pub(super) const ZSTD_LEVEL: i32 = 3;
@@ -97,12 +109,15 @@ impl Compressed {
 }
 
 /// Compresses the packed tar for a whole upload with `codec` (zstd; gzip for hosts that
-/// have no `zstd`), with the manifest to send ahead of it. Blocking.
+/// have no `zstd`), with the manifest to send ahead of it; with `mtime`, every entry carries
+/// that modification time instead of the tar's ([`Packed::files_mtime`](super::Packed)).
+/// Blocking.
 pub fn compress(
     tar: &Path,
     manifest: Option<&Manifest>,
     codec: Codec,
     temp_dir: &Path,
+    mtime: Option<u64>,
 ) -> Result<Compressed, ArtifactError> {
     let write_err = |source| ArtifactError::Write {
         dir: temp_dir.to_owned(),
@@ -118,12 +133,12 @@ pub fn compress(
     let sink = Hashing::with_prefix(BufWriter::with_capacity(BUF_SIZE, temp.as_file()), &prefix);
     let written = match codec {
         Codec::Zstd => zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL).and_then(|mut zstd| {
-            io::copy(&mut source, &mut zstd)?;
+            copy(&mut source, &mut zstd, mtime)?;
             zstd.finish()
         }),
         Codec::Gzip => {
             let mut gzip = GzEncoder::new(sink, Compression::fast());
-            io::copy(&mut source, &mut gzip).and_then(|_| gzip.finish())
+            copy(&mut source, &mut gzip, mtime).and_then(|_| gzip.finish())
         }
     };
     let (mut file, upload_sha256, compressed_size) = written.map_err(write_err)?.finish();

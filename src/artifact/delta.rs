@@ -119,7 +119,12 @@ pub fn changes(old: &Manifest, new: &Manifest, shared: &[String]) -> Changes {
                 if before.is_some() {
                     p.remove.push(path.clone());
                 }
-                let sources = by_sha.get(sha256.as_str());
+                // A file that replaces one of the same size is sent, never linked to the
+                // current release's: the link would keep that file's time, and the same
+                // size and time (one upload gave them both) tell a browser's cache the
+                // old content is still good (`304 Not Modified`).
+                let same_size = matches!(before, Some(Item { kind: Kind::File { size: s, .. }, .. }) if s == size);
+                let sources = by_sha.get(sha256.as_str()).filter(|_| !same_size);
                 let source = sources.and_then(|s| {
                     s.iter()
                         .find(|(_, mode)| *mode == entry.mode)
@@ -201,7 +206,8 @@ pub enum DeltaError {
 }
 
 /// Writes the delta stream for `plan`, compressed with `codec`, reading new content from the
-/// packed artifact.
+/// packed artifact. What it sends carries the artifact's [`Packed::files_mtime`] (else a
+/// file its own time in the packed tar).
 pub fn build(
     packed: &Packed,
     new: &Manifest,
@@ -260,6 +266,11 @@ fn write_tar<W: Write>(
         source,
     };
     let mut tar = tar::Builder::new(sink);
+    let header = |kind, mode, size| {
+        let mut h = header(kind, mode, size);
+        h.set_mtime(packed.files_mtime.unwrap_or(artifact::MTIME));
+        h
+    };
     for (path, op) in &plan.ops {
         if let Op::Dir(mode) = op {
             let mut h = header(EntryType::Directory, *mode, 0);
@@ -304,6 +315,9 @@ fn write_tar<W: Write>(
                 return Err(DeltaError::Mismatch { path });
             }
             let mut h = header(EntryType::Regular, *mode, *size);
+            if packed.files_mtime.is_none() {
+                h.set_mtime(entry.header().mtime().map_err(io_err)?);
+            }
             let mut data = Hashing::new(&mut entry);
             tar.append_data(&mut h, &path, &mut data).map_err(io_err)?;
             if data.finish().1 != *sha256 {
@@ -462,8 +476,14 @@ mod host_tests {
 
     pub(super) fn upload_whole(base: &str, id: &str, packed: &Packed) {
         let dir = packed.tar.parent().unwrap();
-        let c =
-            artifact::compress(&packed.tar, packed.manifest.as_deref(), Codec::Zstd, dir).unwrap();
+        let c = artifact::compress(
+            &packed.tar,
+            packed.manifest.as_deref(),
+            Codec::Zstd,
+            dir,
+            packed.files_mtime,
+        )
+        .unwrap();
         let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
         let cmd = release::receive(
             base,
@@ -477,7 +497,7 @@ mod host_tests {
     }
 
     fn finish(base: &str, id: &str) {
-        let cmd = release::finish(base, id, "sha", &["storage".to_owned()], &[], None);
+        let cmd = release::finish(base, id, "sha", &["storage".to_owned()], &[], None, false);
         let (code, _, err) = sh(&cmd, b"");
         assert_eq!(code, 0, "{err}");
     }
@@ -529,6 +549,62 @@ mod host_tests {
         };
         let (code, _, err) = sh(&release::delta(&args), &std::fs::read(&delta.file).unwrap());
         (code, err, plan)
+    }
+
+    /// A whole upload gives every file the artifact's files' time; a delta gives it to the
+    /// files whose content it sends, and the others keep theirs (their content did not
+    /// change). A file replaced by content of the same size the release had elsewhere is
+    /// sent, not linked: linked, it would keep the time and size of the content it replaces.
+    #[test]
+    fn files_get_the_time_of_the_deploy_that_sent_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let src = dir.path().join("src");
+        write(&src, "app.js", b"v1\n", 0o644);
+        write(&src, "lib/keep.js", b"kept\n", 0o644);
+        write(&src, "a.txt", b"1111", 0o644);
+        write(&src, "b.txt", b"2222", 0o644);
+        const T1: u64 = 1_600_000_000;
+        const T2: u64 = 1_700_000_000;
+        let v1 = artifact::pack(&src, dir.path()).unwrap().stamped(T1);
+        upload_whole(b, "r1", &v1);
+        finish(b, "r1");
+        let mtime = |rel: &str, p: &str| {
+            std::fs::metadata(base.join("releases").join(rel).join(p))
+                .unwrap()
+                .mtime() as u64
+        };
+        for p in ["app.js", "lib/keep.js", "a.txt", "b.txt"] {
+            assert_eq!(mtime("r1", p), T1, "{p}");
+        }
+        write(&src, "app.js", b"v2\n", 0o644);
+        write(&src, "a.txt", b"2222", 0o644);
+        std::fs::remove_file(src.join("b.txt")).unwrap();
+        write(&src, "moved/keep.js", b"kept\n", 0o644);
+        let v2 = artifact::pack(&src, dir.path()).unwrap().stamped(T2);
+        let (code, plan) = send_delta(&base, "r2", "r1", &v2, "nobody");
+        assert_eq!(code, 0);
+        assert_eq!(plan.ops.get("a.txt"), Some(&Op::Content));
+        assert_eq!(
+            plan.ops.get("moved/keep.js"),
+            Some(&Op::Link("lib/keep.js".into()))
+        );
+        let r2 = "r2.partial";
+        assert_eq!(mtime(r2, "app.js"), T2);
+        assert_eq!(mtime(r2, "a.txt"), T2);
+        assert_eq!(
+            std::fs::read(base.join("releases/r2.partial/a.txt")).unwrap(),
+            b"2222"
+        );
+        assert_eq!(mtime(r2, "lib/keep.js"), T1);
+        assert_eq!(mtime(r2, "moved/keep.js"), T1);
+        // The release it came from is as it was.
+        assert_eq!(mtime("r1", "a.txt"), T1);
+        assert_eq!(
+            std::fs::read(base.join("releases/r1/a.txt")).unwrap(),
+            b"1111"
+        );
     }
 
     #[test]
@@ -685,7 +761,7 @@ mod hostile_host_tests {
     fn release(base: &Path, id: &str, packed: &Packed) {
         let b = base.to_str().unwrap();
         super::host_tests::upload_whole(b, id, packed);
-        let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None), b"");
+        let (code, _, err) = sh(&release::finish(b, id, "sha", &[], &[], None, false), b"");
         assert_eq!(code, 0, "{err}");
     }
 
@@ -861,8 +937,14 @@ mod hostile_host_tests {
         let src = dir.path().join("src");
         put(&src, "app.js", b"v1\n");
         let v1 = artifact::pack(&src, dir.path()).unwrap();
-        let c =
-            artifact::compress(&v1.tar, v1.manifest.as_deref(), Codec::Gzip, dir.path()).unwrap();
+        let c = artifact::compress(
+            &v1.tar,
+            v1.manifest.as_deref(),
+            Codec::Gzip,
+            dir.path(),
+            None,
+        )
+        .unwrap();
         let stream = [c.prefix.clone(), std::fs::read(&c.file).unwrap()].concat();
         let receive = release::receive(
             b,
@@ -876,13 +958,21 @@ mod hostile_host_tests {
         // is checked anyway), below which a shared path lies.
         std::os::unix::fs::symlink(&victim, base.join("releases/r1.partial/public")).unwrap();
         for shared in ["../../victim-paths", "/tmp", "a/./b", ""] {
-            let finish = release::finish(b, "r1", "sha", &[shared.to_owned()], &[], None);
+            let finish = release::finish(b, "r1", "sha", &[shared.to_owned()], &[], None, false);
             assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
-            let finish = release::finish(b, "r1", "sha", &[], &[shared.to_owned()], None);
+            let finish = release::finish(b, "r1", "sha", &[], &[shared.to_owned()], None, false);
             assert_eq!(sh(&finish, b"").0, exit::PATH_OUTSIDE as i32, "{shared}");
         }
         // Through the link: refused (and the release dropped) by the shared-path check.
-        let finish = release::finish(b, "r1", "sha", &["public/uploads".to_owned()], &[], None);
+        let finish = release::finish(
+            b,
+            "r1",
+            "sha",
+            &["public/uploads".to_owned()],
+            &[],
+            None,
+            false,
+        );
         assert_ne!(sh(&finish, b"").0, 0);
         assert!(victim.join("uploads/keep").is_dir());
 

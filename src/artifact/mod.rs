@@ -2,7 +2,9 @@
 //! its sha256; [`compress`] makes the file a whole upload streams to a host.
 //!
 //! A directory is packed into a deterministic tar (sorted entries, fixed mtime, owners and
-//! modes), so the same content gives the same sha256 on any machine (`pack`). A `.tar.gz`,
+//! modes), so the same content gives the same sha256 on any machine (`pack`). The files on
+//! the hosts get a time that means something instead ([`files_time`]: the commit's), set in
+//! the streams sent, never in the packed tar. A `.tar.gz`,
 //! `.tgz` or `.tar` is read in full and every entry checked before anything is uploaded
 //! (`tarcheck`): nothing that could land outside the release directory on a host or into
 //! shipit's own files in it, nothing but files, directories and links, nothing two `tar`
@@ -10,7 +12,7 @@
 //! entries, never the tarball's own bytes, so the host extracts exactly what was checked.
 //! Both paths stream through fixed buffers, so memory stays flat whatever the artifact's
 //! size. `build` runs `artifact.build`, the local command that makes the artifact;
-//! `compress` holds the [`Codec`].
+//! `compress` holds the [`Codec`]; [`git`] reads the commit it is built from.
 //!
 //! Packing also writes the artifact's [`Manifest`](manifest::Manifest) (each path's type,
 //! mode, size, sha256), which travels to the host ahead of the tar stream.
@@ -21,10 +23,12 @@
 //! build's output lines.
 
 pub mod delta;
+pub mod git;
 pub mod manifest;
 
 mod build;
 mod compress;
+mod files_time;
 mod pack;
 mod tarcheck;
 
@@ -34,7 +38,8 @@ use std::process::ExitStatus;
 
 pub use build::build;
 pub use compress::{Codec, Compressed, compress};
-pub(crate) use pack::{Hashing, header};
+pub use files_time::{FilesTime, files_time};
+pub(crate) use pack::{Hashing, MTIME, header};
 pub use pack::{Packed, pack};
 pub(crate) use tarcheck::member_components;
 

@@ -35,11 +35,30 @@ pub struct Packed {
     pub tar_size: u64,
     /// Number of entries (files, dirs, symlinks).
     pub entries: u64,
+    /// The tar's entries carry the fixed `MTIME` (a packed directory), not times of their own (a
+    /// tarball's).
+    pub fixed_mtime: bool,
+    /// The modification time the hosts' files get instead of `MTIME` (see
+    /// [`Packed::stamped`]); `None`: the tar's own.
+    pub files_mtime: Option<u64>,
+}
+
+impl Packed {
+    /// The files a deploy sends get `unix` as their modification time where the tar's is
+    /// the fixed one (a packed directory): written into the stream sent, never into the
+    /// packed tar, whose sha256 stays the content's identity.
+    pub fn stamped(mut self, unix: u64) -> Packed {
+        if self.fixed_mtime {
+            self.files_mtime = Some(unix);
+        }
+        self
+    }
 }
 
 /// Fixed mtime of every packed entry (2000-01-01T00:00:00Z): a real one would make the sha
-/// depend on when the files were checked out or built.
-pub(super) const MTIME: u64 = 946_684_800;
+/// depend on when the files were checked out or built. What hosts get instead is
+/// [`Packed::files_mtime`], set in the streams sent ([`Restamp`]).
+pub(crate) const MTIME: u64 = 946_684_800;
 
 /// Read and write buffers: big enough for few syscalls, fixed so memory stays flat.
 pub(super) const BUF_SIZE: usize = 64 * 1024;
@@ -87,7 +106,9 @@ pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
 pub(super) fn pack_dir(root: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
     let temp = new_temp(temp_dir)?;
     let checked = write_dir_tar(root, temp_dir, temp.as_file())?;
-    Ok(packed(temp, checked))
+    let mut packed = packed(temp, checked);
+    packed.fixed_mtime = true;
+    Ok(packed)
 }
 
 /// Writes `root` as a tar into `out`.
@@ -572,5 +593,83 @@ pub(super) fn packed(temp: tempfile::NamedTempFile, checked: Summary) -> Packed 
         manifest: checked.manifest.map(Arc::new),
         tar_size: checked.tar_size,
         entries: checked.entries,
+        fixed_mtime: false,
+        files_mtime: None,
+    }
+}
+
+/// A writer that passes a tar stream through with the mtime of every file, directory and
+/// link set to `mtime` (headers of long names and pax records left as they are): what a
+/// packed directory's stream carries to the hosts instead of [`MTIME`].
+pub(crate) struct Restamp<W> {
+    inner: W,
+    mtime: u64,
+    block: Vec<u8>,
+    /// Blocks of entry data still to pass before the next header.
+    data_blocks: u64,
+}
+
+impl<W: Write> Restamp<W> {
+    pub(crate) fn new(inner: W, mtime: u64) -> Restamp<W> {
+        Restamp {
+            inner,
+            mtime,
+            block: Vec::with_capacity(512),
+            data_blocks: 0,
+        }
+    }
+
+    fn block(&mut self) -> io::Result<()> {
+        if self.data_blocks > 0 {
+            self.data_blocks -= 1;
+        } else if self.block.iter().any(|b| *b != 0) {
+            let header = Header::from_byte_slice(&self.block);
+            let size = header.entry_size()?;
+            self.data_blocks = size.div_ceil(512);
+            let kind = header.entry_type();
+            if kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link() {
+                let mut header = header.clone();
+                header.set_mtime(self.mtime);
+                header.set_cksum();
+                self.block.copy_from_slice(header.as_bytes());
+            }
+        }
+        self.inner.write_all(&self.block)?;
+        self.block.clear();
+        Ok(())
+    }
+
+    /// The inner writer, once the whole stream (whole blocks) went through.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        if !self.block.is_empty() {
+            return Err(io::Error::other(
+                "a tar stream that does not end on a block",
+            ));
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Restamp<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.block.is_empty() && self.data_blocks > 0 && buf.len() >= 512 {
+            // Whole blocks of entry data pass as they are.
+            let blocks = self.data_blocks.min((buf.len() / 512) as u64);
+            let len = blocks as usize * 512;
+            self.inner.write_all(&buf[..len])?;
+            self.data_blocks -= blocks;
+            return Ok(len);
+        }
+        let n = buf.len().min(512 - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == 512 {
+            self.block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

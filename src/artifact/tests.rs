@@ -149,7 +149,14 @@ fn same_content_packs_to_the_same_sha_whatever_order_mtime_or_mode_bits() {
     // both, each with the manifest ahead of it.
     let tar = gunzip(&first.tar);
     for codec in [Codec::Zstd, Codec::Gzip] {
-        let c = compress(&first.tar, first.manifest.as_deref(), codec, temp.path()).unwrap();
+        let c = compress(
+            &first.tar,
+            first.manifest.as_deref(),
+            codec,
+            temp.path(),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.codec, codec);
         let magic: &[u8] = match codec {
             Codec::Zstd => &[0x28, 0xb5, 0x2f, 0xfd],
@@ -1053,6 +1060,100 @@ fn a_large_directory_streams_through() {
     let packed = pack(&root, temp.path()).unwrap();
     assert_eq!(packed.entries, 4);
     assert!(packed.tar_size > 100 << 20);
-    let c = compress(&packed.tar, None, Codec::Zstd, temp.path()).unwrap();
+    let c = compress(&packed.tar, None, Codec::Zstd, temp.path(), None).unwrap();
     assert!(c.compressed_size < 2 << 20, "{}", c.compressed_size);
+}
+
+/// A packed directory sent with the files' time: every entry of the stream carries it
+/// (long names and long link targets included), the entries are otherwise the packed
+/// tar's, and GNU `tar` gives the files that time; the packed tar and its sha256 do not
+/// change. A tarball's entries keep their own times.
+#[test]
+fn a_stamped_stream_carries_the_files_time_and_the_same_entries() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("dist");
+    let deep = format!("{}/{}", "d".repeat(60), "f".repeat(60));
+    write(&root.join(&deep), b"deep", 0o644);
+    write(&root.join("block"), &[7u8; 512], 0o644);
+    write(&root.join("big.bin"), &vec![9u8; 300_000], 0o755);
+    write(&root.join("empty"), b"", 0o644);
+    fs::create_dir_all(root.join("static/css")).unwrap();
+    symlink(&deep, root.join("to-deep")).unwrap();
+    let packed = pack(&root, temp.path()).unwrap();
+    let sha = packed.sha256.clone();
+    let plain = gunzip(&packed.tar);
+    const T: u64 = 1_700_000_123;
+    let packed = packed.stamped(T);
+    assert_eq!((packed.fixed_mtime, packed.files_mtime), (true, Some(T)));
+    assert_eq!(sha_of(&fs::read(&packed.tar).unwrap()), sha);
+
+    let read = |tar: &[u8]| -> Vec<(String, EntryType, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in Archive::new(tar).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mtime = entry.header().mtime().unwrap();
+            let kind = entry.header().entry_type();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((path, kind, mtime, data));
+        }
+        out
+    };
+    let before = read(&plain);
+    assert!(before.iter().all(|e| e.2 == MTIME));
+    for codec in [Codec::Zstd, Codec::Gzip] {
+        let c = compress(
+            &packed.tar,
+            packed.manifest.as_deref(),
+            codec,
+            temp.path(),
+            packed.files_mtime,
+        )
+        .unwrap();
+        let stamped = gunzip(&c.file);
+        assert_eq!(stamped.len(), plain.len());
+        let after = read(&stamped);
+        assert_eq!(after.len(), before.len());
+        for (a, b) in after.iter().zip(&before) {
+            assert_eq!((&a.0, a.1, &a.3), (&b.0, b.1, &b.3));
+            assert_eq!(a.2, T, "{}", a.0);
+        }
+        let upload = [c.prefix.clone(), fs::read(&c.file).unwrap()].concat();
+        assert_eq!(sha_of(&upload), c.upload_sha256);
+    }
+    // What the hosts' GNU `tar` makes of it.
+    let c = compress(&packed.tar, None, Codec::Gzip, temp.path(), Some(T)).unwrap();
+    let out = temp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&c.file)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::MetadataExt;
+    for path in [deep.as_str(), "block", "big.bin", "empty", "static/css"] {
+        assert_eq!(
+            fs::metadata(out.join(path)).unwrap().mtime(),
+            T as i64,
+            "{path}"
+        );
+    }
+
+    // A tarball: its entries' own times, never the files' time.
+    let tarball = temp.path().join("app.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root)
+        .arg("block")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let adopted = pack(&tarball, temp.path()).unwrap().stamped(T);
+    assert_eq!((adopted.fixed_mtime, adopted.files_mtime), (false, None));
 }

@@ -139,6 +139,15 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         release: Option<String>,
     },
+    /// Print the resolved inventory (bases merged, defaults filled in, secrets redacted) as TOML, or JSON with `--json`
+    #[command(
+        after_help = "Example:\n  shipit config staging                 what inventory/staging.toml (and the base it extends) amounts to\n  shipit config prod --json\n\nNo host is contacted and no secret command runs. The TOML is itself an inventory: shipit loads it\nas the same one (where a secret value appeared, `<redacted>` stands in its place)."
+    )]
+    Config {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+    },
     /// List releases: which hosts hold each, and where it is current
     #[command(after_help = "Example:\n  shipit releases staging")]
     Releases {
@@ -175,7 +184,7 @@ pub enum Command {
         #[arg(add = ArgValueCandidates::new(completion::stages))]
         stage: String,
     },
-    /// Remove a deploy lock left by a run that died (asks first; `--yes` to skip)
+    /// Remove a deploy lock: one left by a run that died, or one taken with `shipit lock` (asks first; `--yes` to skip)
     #[command(after_help = "Example:\n  shipit unlock staging\n  shipit unlock staging --yes")]
     Unlock {
         /// Stage name: reads inventory/<STAGE>.toml
@@ -214,6 +223,42 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Show each host's service logs: the `[[systemd]]` units' journal, or the `[compose]` services' logs
+    #[command(
+        after_help = "Example:\n  shipit logs staging                        the last 100 lines of every host\n  shipit logs prod -n 20 -f --hosts web-1    follow one host until Ctrl-C"
+    )]
+    Logs {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+        /// How many lines to show first, per unit or service
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100)]
+        lines: u32,
+        /// Keep printing new lines until Ctrl-C
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Open an interactive login shell on one host, in its current release
+    #[command(
+        after_help = "Example:\n  shipit shell prod --hosts web-1\n\nThe exit status of the remote shell is shipit's."
+    )]
+    Shell {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+    },
+    /// Hold the deploy lock on purpose, with a message, until `shipit unlock`
+    #[command(
+        after_help = "Example:\n  shipit lock prod -m \"database maintenance until 14:00, ask alice\"\n  shipit unlock prod"
+    )]
+    Lock {
+        /// Stage name: reads inventory/<STAGE>.toml
+        #[arg(add = ArgValueCandidates::new(completion::stages))]
+        stage: String,
+        /// Why: shown by `status`, `check` and to every deploy, rollback or task it refuses
+        #[arg(short = 'm', long = "message", value_name = "TEXT", required = true)]
+        message: String,
+    },
     /// Print a script that completes commands and stage names (`inventory/*.toml`) in a shell
     #[command(
         after_help = "Example:\n  shipit completions bash > ~/.local/share/bash-completion/completions/shipit\n  echo 'source <(shipit completions zsh)' >> ~/.zshrc\n  shipit completions fish > ~/.config/fish/completions/shipit.fish"
@@ -247,11 +292,15 @@ impl Command {
             | Command::Init { stage }
             | Command::Rollback { stage, .. }
             | Command::Releases { stage }
+            | Command::Config { stage }
             | Command::History { stage }
             | Command::Unlock { stage }
             | Command::Backup { stage, .. }
             | Command::Restore { stage, .. }
-            | Command::Backups { stage } => stage,
+            | Command::Backups { stage }
+            | Command::Logs { stage, .. }
+            | Command::Shell { stage }
+            | Command::Lock { stage, .. } => stage,
             Command::Completions { .. } | Command::Man { .. } => return None,
         };
         Some(stage)

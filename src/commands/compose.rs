@@ -13,6 +13,17 @@ if docker compose version >/dev/null 2>&1; then compose="docker compose"
 elif command -v docker-compose >/dev/null 2>&1; then compose=docker-compose
 else compose=; fi"#;
 
+/// After [`PICK`], with `$project`, `$file` and `$envfile` (empty: none) set: sets "$@" to
+/// the host's Compose with them. Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host
+/// has neither Compose.
+pub const ARGS: &str = r#"
+if [ -z "$compose" ]; then
+  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
+fi
+set -- $compose
+if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
+else set -- "$@" -p "$project" -f "$file"; fi"#;
+
 /// Sets "$@" to the host's Compose with the project, file and env file of a release.
 /// Exit [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
 fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
@@ -21,15 +32,7 @@ fn prelude(project: &str, file: &str, env_path: Option<&str>) -> Vec<Cmd> {
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::new(PICK),
-        Cmd::new(
-            r#"
-if [ -z "$compose" ]; then
-  echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
-fi
-set -- $compose
-if [ -n "$envfile" ]; then set -- "$@" -p "$project" -f "$file" --env-file "$envfile"
-else set -- "$@" -p "$project" -f "$file"; fi"#,
-        ),
+        Cmd::new(ARGS),
     ]
 }
 
@@ -39,14 +42,22 @@ else set -- "$@" -p "$project" -f "$file"; fi"#,
 /// paths hold: the paths live in this script (quoted by construction), and the variable only
 /// names the script (see [`super::task`]). The env file is `env_next` (what this run
 /// staged) while it exists, as for the stack itself, else `env_path`; a missing env file is
-/// left out. Exit
+/// left out. With `sudo` (`ssh.sudo`), a user other than root runs Compose through
+/// `sudo -n`, as the stack's own steps do. Exit
 /// [`NO_COMPOSE`](super::exit::NO_COMPOSE) when the host has neither Compose.
-pub fn wrapper(project: &str, file: &str, env_path: Option<&str>, env_next: Option<&str>) -> Cmd {
+pub fn wrapper(
+    project: &str,
+    file: &str,
+    env_path: Option<&str>,
+    env_next: Option<&str>,
+    sudo: bool,
+) -> Cmd {
     Cmd::seq([
         Cmd::assign("project", project),
         Cmd::assign("file", file),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::assign("envnext", env_next.unwrap_or("")),
+        Cmd::assign("sudo", if sudo { "1" } else { "" }),
         Cmd::new(PICK),
         Cmd::new(
             r#"
@@ -54,10 +65,12 @@ if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
 if [ -z "$compose" ]; then
   echo "neither \`docker compose\` nor \`docker-compose\` is installed" >&2; exit 91
 fi
+as=
+if [ -n "$sudo" ] && [ "$(id -u)" != 0 ]; then as="sudo -n --"; fi
 if [ -n "$envfile" ] && [ -f "$envfile" ]; then
-  exec $compose -p "$project" -f "$file" --env-file "$envfile" "$@"
+  exec $as $compose -p "$project" -f "$file" --env-file "$envfile" "$@"
 fi
-exec $compose -p "$project" -f "$file" "$@""#,
+exec $as $compose -p "$project" -f "$file" "$@""#,
         ),
     ])
 }

@@ -68,6 +68,7 @@ pub fn activate(deploy_to: &str, path: &str, token: &str) -> Cmd {
         Cmd::assign("path", path),
         Cmd::assign("next", next_path(path, token)),
         Cmd::assign("header", HEADER),
+        Cmd::new(super::files::HANDBACK),
         Cmd::new(
             r#"
 umask 077
@@ -77,7 +78,8 @@ if [ ! -f "$next" ] || [ -L "$next" ]; then
   exit 112
 fi
 prev="$base/.shipit/previous/env"
-mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1"#,
+mkdir -p -- "$prev" && rm -f -- "$prev/env" "$prev/absent" || exit 1
+shipit_handback "$base/.shipit/previous" "$prev""#,
         ),
         Cmd::new(OURS),
         Cmd::new(

@@ -48,6 +48,20 @@ shipit_copy() {
   rm -f -- "$shipit_t"; return 1
 }"#;
 
+/// Shell function `shipit_handback DIR...`: run as root (through `sudo`, `ssh.sudo`), gives
+/// the directories DIR to the owner of `$base/.shipit`, the SSH user, so that what root saves
+/// under `deploy_to` (the previous env file, units and site, for a switch-back) stays
+/// removable by the SSH user, who clears `.shipit/previous` when it arms the next guard. The
+/// files inside stay root's. Does nothing for any other user, or when root owns the tree.
+pub const HANDBACK: &str = r#"
+shipit_handback() {
+  [ "$(id -u)" = 0 ] || return 0
+  shipit_o=$(stat -c %u:%g -- "$base/.shipit" 2>/dev/null) || return 0
+  [ "$shipit_o" != 0:0 ] || return 0
+  chown -h -- "$shipit_o" "$@" 2>/dev/null
+  return 0
+}"#;
+
 /// Prints `<sha256>` of `path`, or nothing when it does not exist.
 pub fn sha256(path: &str) -> Cmd {
     Cmd::seq([

@@ -138,8 +138,10 @@ cat > "$g/$token.sh" || exit 1
 if command -v systemd-run >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl stop "shipit-guard-$token.timer" "shipit-guard-$token.service" >/dev/null 2>&1
   systemctl reset-failed "shipit-guard-$token.service" >/dev/null 2>&1
+  # KillMode=process: what the revert starts (an app an `after_switch` hook runs again)
+  # outlives the script, as it outlives a deploy's SSH session.
   if systemd-run --quiet --collect --unit="shipit-guard-$token" --on-active="${delay}s" \
-       --timer-property=AccuracySec=100ms /bin/sh "$g/$token.sh"; then
+       --timer-property=AccuracySec=100ms --property=KillMode=process /bin/sh "$g/$token.sh"; then
     echo "armed systemd"; exit 0
   fi
 fi

@@ -11,11 +11,14 @@ pub mod files;
 pub mod guard;
 pub mod history;
 pub mod lock;
+pub mod login;
+pub mod logs;
 pub mod nginx;
 pub mod passed;
 pub mod release;
 pub mod restore;
 pub mod strict;
+pub mod sudo;
 pub mod systemd;
 pub mod task;
 
@@ -95,4 +98,9 @@ pub mod exit {
     pub const BACKUP_NOT_FOUND: u32 = 115;
     /// The restore (or the drill's restore into its scratch database) failed.
     pub const RESTORE_FAILED: u32 = 117;
+    /// `sudo` is not installed (see [`sudo`](super::sudo)).
+    pub const NO_SUDO: u32 = 118;
+    /// `sudo -n true` failed: a password is required, or the user may not run commands as
+    /// root; sudo's words on stderr.
+    pub const SUDO_REFUSED: u32 = 119;
 }

@@ -127,10 +127,12 @@ fn install_steps(deploy_to: &str, site: &str, candidate: &str) -> Vec<Cmd> {
     steps.push(Cmd::assign("base", deploy_to));
     steps.push(Cmd::new(super::files::COPY));
     steps.push(Cmd::new(TEST_COPY));
+    steps.push(Cmd::new(super::files::HANDBACK));
     steps.push(Cmd::new(
         r#"
 prev="$base/.shipit/previous/nginx"
 rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
+shipit_handback "$base/.shipit/previous" "$prev"
 if ! { cmp -s -- "$cand" "$avail" && [ -L "$enabled" ]; }; then
 if ! test_copy; then printf '%s\n' "$report" >&2; exit 84; fi
 if [ -f "$avail" ]; then cp -p -- "$avail" "$prev/$site" || exit 1; else : > "$prev/$site.absent"; fi

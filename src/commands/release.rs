@@ -397,7 +397,8 @@ pub fn revision_text(sha256: &str, git: Option<&str>) -> String {
 }
 
 /// Writes REVISION, links the shared paths and renames the partial directory into place.
-/// `owner` (the app user) owns what is newly created in `shared/`.
+/// `owner` (the app user) owns what is newly created in `shared/`; with `sudo`
+/// (`ssh.sudo`: the SSH user cannot give files away) it is given through `sudo -n chown`.
 pub fn finish(
     deploy_to: &str,
     id: &str,
@@ -405,12 +406,14 @@ pub fn finish(
     shared_dirs: &[String],
     shared_files: &[String],
     owner: Option<&str>,
+    sudo: bool,
 ) -> Cmd {
     let mut steps = vec![
         Cmd::assign("base", deploy_to),
         Cmd::assign("id", id),
         Cmd::assign("revision", revision),
         Cmd::assign("owner", owner.unwrap_or("")),
+        Cmd::assign("chown", if sudo { "sudo -n -- chown" } else { "chown" }),
         Cmd::new(PATHS),
         Cmd::new(
             r#"
@@ -484,7 +487,7 @@ if [ ! -e "shared/$p" ]; then
   seed_dir
   if [ -d "$part/$p" ] && [ ! -L "$part/$p" ]; then cp -a -- "$part/$p" "shared/$p" || exit 1
   else mkdir -p -- "shared/$p" || exit 1; fi
-  if [ -n "$owner" ]; then chown -R -- "$owner" "shared/$p" || exit 1; fi
+  if [ -n "$owner" ]; then $chown -R -- "$owner" "shared/$p" || exit 1; fi
 fi
 rm -rf -- "$part/$p" && mkdir -p -- "$(dirname -- "$part/$p")" && ln -s -- "$base/shared/$p" "$part/$p" || exit 1"#;
 
@@ -497,7 +500,7 @@ if [ ! -e "shared/$p" ]; then
   if [ -f "$part/$p" ] && [ ! -L "$part/$p" ]; then
     seed_dir
     cp -p -- "$part/$p" "shared/$p" || exit 1
-    if [ -n "$owner" ]; then chown -h -- "$owner" "shared/$p" || exit 1; fi
+    if [ -n "$owner" ]; then $chown -h -- "$owner" "shared/$p" || exit 1; fi
   else
     echo "shared file \`$base/shared/$p\` does not exist and the artifact has none: create it on the host" >&2
     rm -rf -- "$part"
@@ -673,6 +676,7 @@ pub(crate) mod tests {
             &["storage".to_owned()],
             &["a/x".to_owned()],
             None,
+            false,
         );
         let (code, _, stderr) = run_sh(&cmd, b"", None);
         assert_eq!(
@@ -706,6 +710,7 @@ pub(crate) mod tests {
             &shared,
             &files,
             None,
+            false,
         );
         assert_eq!(sh(&finish1, b"").0, 0);
         assert!(!base.join("releases/r1.partial").exists());
@@ -742,7 +747,15 @@ pub(crate) mod tests {
         assert_eq!(sh(&reuse(b, "r1", "r2", &sha, svc), b"").0, 100);
         assert!(!base.join("releases/r2.partial").exists());
         assert_eq!(sh(&receive(b, "r2", &up, gunzip(), 0), &bytes).0, 0);
-        let finish2 = finish(b, "r2", &revision_text(&sha, None), &shared, &files, None);
+        let finish2 = finish(
+            b,
+            "r2",
+            &revision_text(&sha, None),
+            &shared,
+            &files,
+            None,
+            false,
+        );
         assert_eq!(sh(&finish2, b"").0, 0);
         assert_eq!(
             std::fs::read_to_string(base.join("releases/r1/REVISION")).unwrap(),
@@ -886,6 +899,7 @@ pub(crate) mod tests {
             &[],
             &["storage/seed.txt".to_owned()],
             Some("nobody"),
+            false,
         );
         let (code, _, err) = run_sh(&cmd, b"", Some(&bin));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root-owned\n");
@@ -904,7 +918,7 @@ pub(crate) mod tests {
         let (bytes, sha, up) = artifact(dir.path());
         assert_eq!(sh(&receive(b, "r1", &up, gunzip(), 0), &bytes).0, 0);
         let (code, stderr) = sh(
-            &finish(b, "r1", &sha, &[], &["secrets.yml".to_owned()], None),
+            &finish(b, "r1", &sha, &[], &["secrets.yml".to_owned()], None, false),
             b"",
         );
         assert_eq!(code, 82);

@@ -7,7 +7,7 @@
 //! The rule, checked on the host by [`SNIPPET`]'s `shipit_strict <dir>` before anything is
 //! written: every existing component of `<dir>`, as written and as it resolves (a symlinked
 //! ancestor is checked where it points too), is owned by root or the SSH user (the uid the
-//! script runs as) and is not writable by group or others. A group- or world-writable
+//! script runs as; run as root through `sudo`, also the uid that ran sudo) and is not writable by group or others. A group- or world-writable
 //! ancestor is accepted only when it is sticky (`/tmp`): others can then not rename or
 //! remove the entry below it, which must itself pass. A symlink on the way must be owned by
 //! root or the SSH user too, whatever it points at: its owner can re-point it at any time
@@ -29,6 +29,8 @@ use crate::shell::Cmd;
 /// the script with [`UNSAFE_PATH`](super::exit::UNSAFE_PATH) on refusal.
 pub const SNIPPET: &str = r#"
 shipit_uid=$(id -u)
+# Run as root through `sudo` (`ssh.sudo`): the SSH user who ran it counts as the SSH user.
+shipit_login=${SUDO_UID:-$shipit_uid}
 # Entries already checked, one per line, as leaves and as ancestors: every walk starts at
 # `/` and most share their first components, and each check costs a `stat` process.
 shipit_ok_leaf='
@@ -53,7 +55,7 @@ $1
 "*) return 0 ;; esac; fi
   shipit_s=$(stat -L -c '%u %a' -- "$1") || { echo "cannot stat \`$1\`" >&2; exit 95; }
   shipit_u=${shipit_s% *}; shipit_m=${shipit_s#* }
-  if [ "$shipit_u" != 0 ] && [ "$shipit_u" != "$shipit_uid" ]; then
+  if [ "$shipit_u" != 0 ] && [ "$shipit_u" != "$shipit_uid" ] && [ "$shipit_u" != "$shipit_login" ]; then
     shipit_unsafe "$1" "$shipit_u" "$shipit_m" "shipit writes only in trees owned by root or the SSH user"
   fi
   if [ $((0$shipit_m & 022)) != 0 ]; then
@@ -78,7 +80,7 @@ shipit_walk() {
     # A symlink is its owner's to re-point (its target is checked below, as it resolves now).
     if [ -L "$shipit_cur" ]; then
       shipit_s=$(stat -c '%u %a' -- "$shipit_cur") || { echo "cannot stat \`$shipit_cur\`" >&2; exit 95; }
-      if [ "${shipit_s% *}" != 0 ] && [ "${shipit_s% *}" != "$shipit_uid" ]; then
+      if [ "${shipit_s% *}" != 0 ] && [ "${shipit_s% *}" != "$shipit_uid" ] && [ "${shipit_s% *}" != "$shipit_login" ]; then
         shipit_unsafe_link "$shipit_cur" "${shipit_s% *}"
       fi
     fi
@@ -108,15 +110,34 @@ shipit_nolink() {
 /// The check before a run writes anything on a host: `shipit_strict` on each of `dirs`,
 /// after `shipit_nolink` on each of `no_links` (which are checked as dirs too).
 pub fn preflight(dirs: &[String], no_links: &[String]) -> Cmd {
-    let mut steps = vec![Cmd::new(SNIPPET)];
-    for path in no_links {
-        steps.push(Cmd::new("shipit_nolink").arg(path));
-    }
-    for path in no_links.iter().chain(dirs) {
-        steps.push(Cmd::new("shipit_strict").arg(path));
-    }
-    steps.push(Cmd::new("exit 0"));
-    Cmd::seq(steps)
+    Cmd::seq(checks(dirs, no_links).chain([Cmd::new("exit 0")]))
+}
+
+fn checks<'a>(dirs: &'a [String], no_links: &'a [String]) -> impl Iterator<Item = Cmd> + 'a {
+    std::iter::once(Cmd::new(SNIPPET))
+        .chain(no_links.iter().map(|p| Cmd::new("shipit_nolink").arg(p)))
+        .chain(
+            no_links
+                .iter()
+                .chain(dirs)
+                .map(|p| Cmd::new("shipit_strict").arg(p)),
+        )
+}
+
+/// [`preflight`] of the directories root writes in, run as root through `sudo` (`ssh.sudo`);
+/// then, when `deploy_to` does not exist yet, makes it, owned by `login` (the SSH user, who
+/// writes the release tree) with mode 0755 (the app's user reads the releases).
+pub fn preflight_root(dirs: &[String], deploy_to: &str, login: &str) -> Cmd {
+    Cmd::seq(checks(dirs, &[]).chain([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("login", login),
+        Cmd::new(
+            r#"
+[ -e "$base" ] || [ -L "$base" ] && exit 0
+mkdir -p -- "$base" && chown -- "$login:" "$base" && chmod 755 "$base" || exit 1
+exit 0"#,
+        ),
+    ]))
 }
 
 #[cfg(test)]
@@ -148,6 +169,39 @@ mod tests {
         let missing = app.join("not/yet");
         let (code, err) = run(&preflight(&[s(&missing)], &[s(&app.join("releases"))]));
         assert_eq!(code, 0, "{err}");
+    }
+
+    /// Run as root through sudo, the tree of the user who ran sudo (`$SUDO_UID`) counts as
+    /// the SSH user's; another user's never does.
+    #[test]
+    fn under_sudo_the_invoking_users_tree_passes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chmod(&theirs, 0o755);
+        let status = std::process::Command::new("chown")
+            .arg("nobody")
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let uid = std::fs::metadata(&theirs).unwrap().uid();
+        assert_ne!(uid, 0, "the tests run as root, as the hosts' scripts do");
+        let check = preflight(&[s(&theirs.join("env"))], &[]);
+        assert_eq!(run(&check).0, 95);
+        let as_sudo = |sudo_uid: u32| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(check.render())
+                .env("SUDO_UID", sudo_uid.to_string())
+                .output()
+                .unwrap();
+            out.status.code().unwrap()
+        };
+        assert_eq!(as_sudo(uid), 0);
+        assert_eq!(as_sudo(uid + 1), 95);
     }
 
     #[test]

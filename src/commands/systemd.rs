@@ -47,10 +47,12 @@ pub fn install(deploy_to: &str, candidates: &str, units: &[String]) -> Cmd {
         Cmd::assign("cand", candidates),
         Cmd::assign("live", UNIT_DIR),
         Cmd::new(super::files::COPY),
+        Cmd::new(super::files::HANDBACK),
         Cmd::new(
             r#"
 prev="$base/.shipit/previous/systemd"
 rm -rf -- "$prev" && mkdir -p -- "$prev" || exit 1
+shipit_handback "$base/.shipit/previous" "$prev"
 changed=0"#,
         ),
     ];

@@ -19,7 +19,24 @@ pub struct TaskVars {
     /// The env file this run staged ([`next_path`](super::envfile::next_path) of its
     /// token), loaded instead of the live one while it exists (before the switch).
     pub env_next: Option<String>,
+    /// `ssh.sudo`: an env file the SSH user cannot read (the app user's) is read through
+    /// `sudo -n cat`, and `$SHIPIT_COMPOSE` runs Compose through `sudo -n`.
+    pub sudo: bool,
 }
+
+/// Loads `$envfile` (when set and present) into the environment of the script. An env file
+/// the user cannot read (0600, the app user's) is read through `sudo -n cat` when `$envsudo`
+/// is set (`ssh.sudo`): its content comes on a pipe, never on a command line, and is
+/// evaluated as the file would be sourced.
+pub const LOAD_ENV: &str = r#"
+if [ -n "$envfile" ] && [ -f "$envfile" ]; then
+  if [ -r "$envfile" ] || [ -z "$envsudo" ]; then set -a; . "$envfile" || exit 1; set +a
+  else
+    envtext=$(sudo -n -- cat -- "$envfile") || exit 1
+    set -a; eval "$envtext" || exit 1; set +a
+    unset envtext
+  fi
+fi"#;
 
 /// The prelude: `cd` into `dir`, load the env file, export the task's variables.
 pub fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
@@ -27,19 +44,21 @@ pub fn prelude(dir: &str, env_path: Option<&str>, vars: &TaskVars) -> Vec<Cmd> {
         Cmd::assign("dir", dir),
         Cmd::assign("envfile", env_path.unwrap_or("")),
         Cmd::assign("envnext", vars.env_next.as_deref().unwrap_or("")),
+        Cmd::assign("envsudo", if vars.sudo { "1" } else { "" }),
         Cmd::new(
             r#"
 cd -- "$dir" || exit 1
-if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi
-if [ -n "$envfile" ] && [ -f "$envfile" ]; then set -a; . "$envfile" || exit 1; set +a; fi"#,
+if [ -n "$envnext" ] && [ -f "$envnext" ]; then envfile=$envnext; fi"#,
         ),
+        Cmd::new(LOAD_ENV),
     ];
     for (name, value) in &vars.vars {
         steps.push(Cmd::assign(name, value));
         steps.push(Cmd::new("export").raw(name));
     }
     if let Some((project, file)) = &vars.compose {
-        let wrapper = super::compose::wrapper(project, file, env_path, vars.env_next.as_deref());
+        let wrapper =
+            super::compose::wrapper(project, file, env_path, vars.env_next.as_deref(), vars.sudo);
         steps.push(Cmd::assign("composewrapper", wrapper.render()));
         // `$SHIPIT_COMPOSE` is expanded unquoted (`$SHIPIT_COMPOSE run --rm api ...`): its
         // words must be fixed ones, never a path of the inventory's, which may hold spaces.
@@ -245,6 +264,7 @@ mod tests {
             ],
             compose: Some(("shop".to_owned(), "/srv/r2/docker-compose.yml".to_owned())),
             env_next: None,
+            sudo: false,
         }
     }
 
@@ -308,6 +328,7 @@ mod tests {
             vars: Vec::new(),
             compose: Some(("shop".to_owned(), format!("{base}/r 2/docker-compose.yml"))),
             env_next: None,
+            sudo: false,
         };
         let cmd = run(
             base,

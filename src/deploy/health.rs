@@ -131,7 +131,8 @@ async fn attempt(
             Err(e) => Attempt::Fail(e),
         },
         HealthCheck::Command(command) => {
-            let cmd = command_check(deploy_to, env_path, command);
+            let sudo = conn.transport.sudo_login().is_some();
+            let cmd = command_check(deploy_to, env_path, sudo, command);
             let what = format!("`{command}`");
             match execute::run(conn, STEP, &what, &cmd, timeout::SHORT).await {
                 Ok(_) => Attempt::Pass,
@@ -142,14 +143,15 @@ async fn attempt(
 }
 
 /// The health command, run in the current release with the env file loaded (so it can use
-/// `$PORT` and friends without them on a command line).
-pub fn command_check(deploy_to: &str, env_path: Option<&str>, command: &str) -> Cmd {
+/// `$PORT` and friends without them on a command line; with `sudo`, read through `sudo -n`
+/// when the SSH user cannot read it).
+pub fn command_check(deploy_to: &str, env_path: Option<&str>, sudo: bool, command: &str) -> Cmd {
     Cmd::seq([
         Cmd::assign("dir", format!("{deploy_to}/current")),
         Cmd::assign("envfile", env_path.unwrap_or("")),
-        Cmd::new(
-            r#"cd -- "$dir" || exit 1; if [ -n "$envfile" ]; then set -a; . "$envfile" || exit 1; set +a; fi"#,
-        ),
+        Cmd::assign("envsudo", if sudo { "1" } else { "" }),
+        Cmd::new(r#"cd -- "$dir" || exit 1"#),
+        Cmd::new(crate::commands::task::LOAD_ENV),
         Cmd::user_script(command),
     ])
 }

@@ -47,6 +47,7 @@ pub fn task_vars(
             )
         }),
         env_next: None,
+        sudo: inventory.sudo(),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! A lock is never taken over automatically, however old: a stale lock is reported with its
 //! owner and age, and only `shipit unlock` ([`crate::ops::unlock`], asking first, or
-//! `--yes`) removes it.
+//! `--yes`) removes it. `shipit lock` ([`crate::ops::lock`]) takes the same lock on
+//! purpose, with a message, and leaves it held when it exits.
 
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ impl RunInfo {
             started: rfc3339(self.started_unix),
             started_unix: self.started_unix,
             ci_url: self.ci_url.clone(),
+            message: None,
         }
     }
 }
@@ -93,16 +95,38 @@ pub async fn acquire_all(
     env_path: Option<&str>,
     run: &RunInfo,
 ) -> Vec<LockState> {
-    let mut owner = serde_json::to_value(run.owner()).expect("plain data serializes");
+    acquire_all_as(conns, deploy_to, env_path, run, &run.owner()).await
+}
+
+/// [`acquire_all`], writing `owner` as the lock's owner.json (`shipit lock`: the run's
+/// owner with its message).
+pub async fn acquire_all_as(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    env_path: Option<&str>,
+    run: &RunInfo,
+    owner: &LockOwner,
+) -> Vec<LockState> {
+    let mut owner = serde_json::to_value(owner).expect("plain data serializes");
     run.redactor.apply_json(&mut owner);
     let owner = owner.to_string();
-    let cmd = commands::lock::acquire(deploy_to, env_path);
     let Some((first, rest)) = conns.split_first() else {
         return Vec::new();
     };
-    let mut states = vec![try_lock(first, &cmd, &owner, deploy_to).await];
+    // With `ssh.sudo` the lock is the SSH user's, the env file's directory root's: the
+    // stale staging goes in a root command of its own once the lock is taken.
+    let sudo = first.transport.sudo_login().is_some();
+    let (lock_env, root_env) = if sudo {
+        (None, env_path)
+    } else {
+        (env_path, None)
+    };
+    let cmd = commands::lock::acquire(deploy_to, lock_env);
+    let cleanup = root_env.map(commands::envfile::discard_all);
+    let lock = |c| try_lock(c, &cmd, cleanup.as_ref(), &owner, deploy_to);
+    let mut states = vec![lock(first).await];
     if matches!(states[0], LockState::Taken) {
-        let others = rest.iter().map(|c| try_lock(c, &cmd, &owner, deploy_to));
+        let others = rest.iter().map(lock);
         states.extend(futures::future::join_all(others).await);
     } else {
         states.extend(rest.iter().map(|_| LockState::NotTried));
@@ -128,6 +152,7 @@ pub async fn acquire_all(
 async fn try_lock(
     c: &Conn<'_>,
     cmd: &crate::shell::Cmd,
+    cleanup: Option<&crate::shell::Cmd>,
     owner: &str,
     deploy_to: &str,
 ) -> LockState {
@@ -139,7 +164,16 @@ async fn try_lock(
     };
     let failed = || RemoteError::from_output(&c.host.name, STEP, &what, &o);
     match o.exit {
-        _ if o.success() => LockState::Taken,
+        _ if o.success() => {
+            if let Some(cleanup) = cleanup {
+                // Best effort, as in the lock's own script: this run stages under its own name.
+                let _ = c
+                    .transport
+                    .exec(ExecRequest::new(cleanup, SHORT).as_root())
+                    .await;
+            }
+            LockState::Taken
+        }
         Exit::Code(commands::exit::LOCK_HELD) => {
             LockState::Held(serde_json::from_str(o.stdout.text().trim()).ok())
         }

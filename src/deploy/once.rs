@@ -79,7 +79,9 @@ pub async fn backup(
             .unwrap_or_else(|| Secret::new("")),
         BackupKind::Command => Secret::new(""),
     };
-    let req = ExecRequest::new(&cmd, timeout::LONG).stdin(Stdin::Secret(extra));
+    let req = ExecRequest::new(&cmd, timeout::LONG)
+        .stdin(Stdin::Secret(extra))
+        .as_root();
     match conn.transport.exec(req).await {
         Ok(o) if o.success() => {
             let text = o.stdout.text();

@@ -438,12 +438,13 @@ async fn switch_fleet(
 fn record_switch_back(
     r: &mut Run<'_>,
     hs: &HostSteps,
-    back: Result<(), String>,
+    back: switch::Back,
     back_failed: &mut Vec<String>,
 ) {
     let name = hs.host.clone();
     let h = r.host(&name);
-    match back {
+    h.warnings.extend(back.warnings);
+    match back.failed.map_or(Ok(()), Err) {
         Ok(()) => {
             h.current = hs.previous.clone();
             h.live_port = hs.blue_green().and_then(|mv| mv.from);

@@ -94,6 +94,8 @@ pub(super) struct Run<'a> {
     run: &'a RunInfo,
     inventory: &'a Inventory,
     out: &'a Output,
+    /// The git commit of the release the run goes to, for history.
+    git: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -131,6 +133,7 @@ impl<'a> Run<'a> {
             run: d.0,
             inventory: d.1,
             out: d.2,
+            git: None,
         }
     }
 
@@ -178,6 +181,7 @@ impl<'a> Run<'a> {
             action: self.report.action.clone(),
             release: self.report.release.clone(),
             artifact_sha256: self.report.artifact_sha256.clone(),
+            git: self.git.clone(),
             outcome: outcome.history_word().to_owned(),
             switched_back: outcome.switched_back().map(str::to_owned),
             user: self.run.user.clone(),
@@ -247,9 +251,10 @@ impl<'a> Run<'a> {
         // What this run staged and did not install is nobody's: no other run may read it.
         if let Some(env) = &self.inventory.env {
             let cmd = commands::envfile::discard(&env.path, &self.run.token);
-            let discards = live
-                .iter()
-                .map(|c| c.transport.exec(ExecRequest::new(&cmd, timeout::SHORT)));
+            let discards = live.iter().map(|c| {
+                c.transport
+                    .exec(ExecRequest::new(&cmd, timeout::SHORT).as_root())
+            });
             futures::future::join_all(discards).await;
         }
         lock::release_all(&live, deploy_to, &self.run.token).await;
@@ -315,7 +320,7 @@ async fn connect_and_lock<'r, 'h>(
         return Err(r.end(
             Outcome::Failed,
             Some(format!(
-                "unsafe paths on {unsafe_hosts} of {} hosts; nothing was changed",
+                "the preflight failed on {unsafe_hosts} of {} hosts (unsafe paths, or no sudo); nothing was changed",
                 hosts.len()
             )),
         ));
@@ -385,6 +390,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         (d.run, d.inventory, d.out, d.connector),
     );
     r.report.artifact_sha256 = Some(d.artifact.sha256.clone());
+    r.git = d.git.clone();
 
     // A run that stops before anything was compressed still says how big the artifact is.
     let unsent = |mut report: DeployReport| {
@@ -599,6 +605,7 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         }
     };
     r.report.release = Some(target.clone());
+    r.git = ok_trees.iter().find_map(|t| t.git.get(&target).cloned());
     let restore_step = match &rb.restore {
         None => None,
         Some(req) => {

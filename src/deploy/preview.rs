@@ -165,7 +165,8 @@ async fn host_preview(
     }
     let release = &plan.release;
     if let (Some(env), Some(content)) = (&p.inventory.env, &p.env_content) {
-        match read(c, &env.path).await {
+        // The env file is 0600, the app user's: read as root.
+        match read(c, &env.path, true).await {
             Ok(current) => {
                 let old = current.unwrap_or_default();
                 if !envfile::same_content(&old, content) {
@@ -208,7 +209,7 @@ async fn change(
             };
         }
     };
-    let (change, diff) = match read(c, installed).await {
+    let (change, diff) = match read(c, installed, false).await {
         Ok(None) => ("new".to_owned(), Some(unified("", &rendered))),
         Ok(Some(old)) if old == rendered => ("unchanged".to_owned(), None),
         Ok(Some(old)) => ("changed".to_owned(), Some(unified(&old, &rendered))),
@@ -229,13 +230,11 @@ fn unified(old: &str, new: &str) -> String {
         .to_string()
 }
 
-async fn read(c: &Conn<'_>, path: &str) -> Result<Option<String>, String> {
+async fn read(c: &Conn<'_>, path: &str, root: bool) -> Result<Option<String>, String> {
     let cmd = commands::files::read(path);
-    match c
-        .transport
-        .exec(ExecRequest::new(&cmd, crate::execute::timeout::SHORT))
-        .await
-    {
+    let mut req = ExecRequest::new(&cmd, crate::execute::timeout::SHORT);
+    req.root = root;
+    match c.transport.exec(req).await {
         Ok(o) if o.success() => Ok(Some(o.stdout.text())),
         Ok(o) if o.exit == Exit::Code(exit::NO_FILE) => Ok(None),
         Ok(o) => Err(format!("reading `{path}` failed ({})", o.exit)),

@@ -115,7 +115,7 @@ pub async fn check(
         conn,
         "restore",
         &what,
-        ExecRequest::new(&script, timeout::LONG),
+        ExecRequest::new(&script, timeout::LONG).as_root(),
     )
     .await?;
     if !o.success() {
@@ -219,12 +219,17 @@ where
         let deploy_to = &ctx.inventory.app.deploy_to;
         if !stop.is_empty() {
             let script = cmd::stop_units(deploy_to, stop);
-            let stops = futures::future::join_all(conns.iter().map(|c| {
-                let what = format!("stopping {} on `{}`", stop.join(" "), c.host.name);
-                let script = &script;
-                async move { execute::run(c, "restore", &what, script, timeout::LONG).await }
-            }))
-            .await;
+            let stops =
+                futures::future::join_all(
+                    conns.iter().map(|c| {
+                        let what = format!("stopping {} on `{}`", stop.join(" "), c.host.name);
+                        let script = &script;
+                        async move {
+                            execute::run_root(c, "restore", &what, script, timeout::LONG).await
+                        }
+                    }),
+                )
+                .await;
             let failed = stops.into_iter().find_map(Result::err);
             if let Some(e) = failed {
                 start_again(ctx, conns).await;
@@ -259,7 +264,7 @@ async fn start_again(ctx: &Ctx<'_>, conns: &[Conn<'_>]) {
             let what = format!("starting the units again on `{}`", c.host.name);
             (
                 c,
-                execute::run(c, "restore", &what, script, timeout::LONG).await,
+                execute::run_root(c, "restore", &what, script, timeout::LONG).await,
             )
         }
     }))
@@ -279,7 +284,7 @@ async fn start_again(ctx: &Ctx<'_>, conns: &[Conn<'_>]) {
 pub async fn forget_stopped(ctx: &Ctx<'_>, conns: &[Conn<'_>]) {
     let script = cmd::forget_stopped(&ctx.inventory.app.deploy_to);
     futures::future::join_all(conns.iter().map(|c| {
-        let req = ExecRequest::new(&script, timeout::SHORT);
+        let req = ExecRequest::new(&script, timeout::SHORT).as_root();
         async move { c.transport.exec(req).await }
     }))
     .await;
@@ -310,7 +315,9 @@ pub async fn restore(
         b.verify.as_deref(),
         &how,
     );
-    let req = ExecRequest::new(&script, timeout::LONG).stdin(Stdin::Secret(pg_stdin(inventory)));
+    let req = ExecRequest::new(&script, timeout::LONG)
+        .stdin(Stdin::Secret(pg_stdin(inventory)))
+        .as_root();
     let o = match c.transport.exec(req).await {
         Ok(o) => o,
         Err(e) => {
@@ -384,7 +391,9 @@ pub async fn drill(
         b.verify.as_deref(),
         &how,
     );
-    let req = ExecRequest::new(&script, timeout::LONG).stdin(Stdin::Secret(pg_stdin(inventory)));
+    let req = ExecRequest::new(&script, timeout::LONG)
+        .stdin(Stdin::Secret(pg_stdin(inventory)))
+        .as_root();
     let o = conn
         .transport
         .exec(req)

@@ -139,14 +139,19 @@ pub async fn stage_env(
     };
     let host = conn.host.name.as_str();
     let fail = |message: String| RemoteError::new(host, "stage_env", message);
-    let owner = inventory.app.user.as_deref();
+    // The app user's, else the SSH user's: never root's, which `sudo` would leave it.
+    let owner = inventory
+        .app
+        .user
+        .as_deref()
+        .or(conn.transport.sudo_login());
     let read = commands::envfile::read(&env.path, owner);
     let what = format!("reading `{}`", env.path);
     let o = execute::output(
         conn,
         "stage_env",
         &what,
-        ExecRequest::new(&read, timeout::SHORT),
+        ExecRequest::new(&read, timeout::SHORT).as_root(),
     )
     .await?;
     let (current, loose) = match o.exit {
@@ -167,7 +172,9 @@ pub async fn stage_env(
     let diff = envfile::key_diff(&current, content);
     let next = commands::envfile::next_path(&env.path, token);
     let write = commands::files::write(&next, "600", owner);
-    let req = ExecRequest::new(&write, timeout::SHORT).stdin(Stdin::Secret(content.clone()));
+    let req = ExecRequest::new(&write, timeout::SHORT)
+        .stdin(Stdin::Secret(content.clone()))
+        .as_root();
     let o = execute::output(conn, "stage_env", "writing the env file", req).await?;
     if !o.success() {
         return Err(fail(format!(
@@ -220,7 +227,7 @@ pub async fn stage_units(
         conn,
         STEP,
         what,
-        ExecRequest::new(&verify, timeout::SHORT * 2),
+        ExecRequest::new(&verify, timeout::SHORT * 2).as_root(),
     )
     .await?;
     match o.exit {
@@ -257,7 +264,8 @@ pub async fn stage_site(
     put(conn, STEP, &candidate, text.as_bytes()).await?;
     let test = commands::nginx::test(site, &candidate);
     let what = "testing the nginx site";
-    let o = execute::output(conn, STEP, what, ExecRequest::new(&test, timeout::SHORT)).await?;
+    let req = ExecRequest::new(&test, timeout::SHORT).as_root();
+    let o = execute::output(conn, STEP, what, req).await?;
     match o.exit {
         Exit::Code(0) => Ok(()),
         Exit::Code(exit::NGINX_INVALID) => Err(RemoteError::from_output(host, STEP, what, &o)
@@ -318,7 +326,7 @@ pub async fn stage_compose(
         conn,
         STEP,
         what,
-        ExecRequest::new(&stage, timeout::SHORT * 30),
+        ExecRequest::new(&stage, timeout::SHORT * 30).as_root(),
     )
     .await?;
     if o.success() {

@@ -23,6 +23,18 @@ pub const NO_LINKS: &[&str] = &[
 pub fn paths(inventory: &Inventory) -> (Vec<String>, Vec<String>) {
     let deploy_to = inventory.app.deploy_to.trim_end_matches('/');
     let mut dirs = vec![inventory.app.deploy_to.clone()];
+    dirs.extend(root_dirs(inventory));
+    let no_links = NO_LINKS
+        .iter()
+        .map(|sub| format!("{deploy_to}/{sub}"))
+        .collect();
+    (dirs, no_links)
+}
+
+/// The directories of [`paths`] that the steps needing root write in (with `ssh.sudo`, root
+/// writes there, the SSH user under `deploy_to`).
+fn root_dirs(inventory: &Inventory) -> Vec<String> {
+    let mut dirs = Vec::new();
     if let Some(env) = &inventory.env {
         let parent = std::path::Path::new(&env.path)
             .parent()
@@ -40,22 +52,43 @@ pub fn paths(inventory: &Inventory) -> (Vec<String>, Vec<String>) {
         dirs.push(commands::nginx::AVAILABLE.to_owned());
         dirs.push(commands::nginx::ENABLED.to_owned());
     }
-    let no_links = NO_LINKS
-        .iter()
-        .map(|sub| format!("{deploy_to}/{sub}"))
-        .collect();
-    (dirs, no_links)
+    dirs
 }
 
 /// Checks every host; per host, `Err` with the reason when one of its paths is unsafe.
+///
+/// With `ssh.sudo`, the tree under `deploy_to` is checked as the SSH user and the rest as
+/// root, each by who writes there; the root check is also where a host whose sudo wants a
+/// password stops, before the lock, and where a missing `deploy_to` is made (the SSH user's,
+/// mode 0755: `/opt` is root's).
 pub async fn preflight(conns: &[Conn<'_>], inventory: &Inventory) -> Vec<Result<(), RemoteError>> {
     let (dirs, no_links) = paths(inventory);
     let cmd = commands::strict::preflight(&dirs, &no_links);
+    let user_cmd =
+        commands::strict::preflight(std::slice::from_ref(&inventory.app.deploy_to), &no_links);
+    let root_dirs = root_dirs(inventory);
     let checks = conns.iter().map(|c| {
-        let cmd = &cmd;
+        let (cmd, user_cmd, root_dirs) = (&cmd, &user_cmd, &root_dirs);
         async move {
             let what = "checking the paths shipit writes";
-            match execute::run(c, "preflight", what, cmd, timeout::SHORT).await {
+            let result = match c.transport.sudo_login() {
+                None => execute::run(c, "preflight", what, cmd, timeout::SHORT).await,
+                Some(login) => {
+                    let root_cmd = commands::strict::preflight_root(
+                        root_dirs,
+                        &inventory.app.deploy_to,
+                        login,
+                    );
+                    match execute::run(c, "preflight", what, user_cmd, timeout::SHORT).await {
+                        Ok(_) => {
+                            execute::run_root(c, "preflight", what, &root_cmd, timeout::SHORT)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match result {
                 Ok(_) => Ok(()),
                 Err(e) if e.is(exit::UNSAFE_PATH) => {
                     let message = format!(

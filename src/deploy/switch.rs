@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use super::stage::{COMPOSE_FILE, NGINX_DIR, SYSTEMD_DIR};
-use super::{Ctx, HostState, health};
+use super::{Ctx, HostState, health, hooks};
 use crate::commands::{self, exit};
 use crate::execute::{self, RemoteError, timeout};
+use crate::inventory::HookPoint;
+use crate::plan::step::hook_point_str;
 use crate::plan::{HostSteps, Phase, Undo, step};
 use crate::shell::Cmd;
 use crate::transport::ExecRequest;
@@ -36,8 +38,22 @@ fn units(ctx: &Ctx<'_>) -> Vec<String> {
 }
 
 /// The command that performs `undo` on `host`, switched from its previous release to
-/// `release`.
+/// `release`, and whether it needs root (every undo but `current`'s and the hooks', which
+/// run as the SSH user as in a deploy: see [`ExecRequest::as_root`]).
 fn undo_cmd(
+    ctx: &Ctx<'_>,
+    host: &HostSteps,
+    release: &str,
+    undo: Undo,
+) -> Option<(Cmd, Duration, &'static str, bool)> {
+    let root = !matches!(
+        undo,
+        Undo::SwitchBack | Undo::AfterSwitchHooks | Undo::AfterRestartHooks
+    );
+    undo_step(ctx, host, release, undo).map(|(cmd, timeout, what)| (cmd, timeout, what, root))
+}
+
+fn undo_step(
     ctx: &Ctx<'_>,
     host: &HostSteps,
     release: &str,
@@ -108,7 +124,53 @@ fn undo_cmd(
                 "stopping the new instance",
             )
         }
+        Undo::AfterSwitchHooks | Undo::AfterRestartHooks => {
+            // Each hook in a subshell of its own (its prelude ends with `exit` when it
+            // cannot start), the next only after it succeeded, as in a deploy.
+            let mut hooks = rerun_hooks(ctx, host, release, undo)?
+                .into_iter()
+                .map(|(_, _, cmd)| Cmd::new("(").cmd(cmd).raw(")"));
+            let first = hooks.next()?;
+            (
+                hooks.fold(first, Cmd::and),
+                timeout::LONG,
+                "running the hooks again for the previous release",
+            )
+        }
     })
+}
+
+/// The hooks a switch-back of `host` from `release` runs again (`undo`: the `after_switch`
+/// or `after_restart` ones): (point, command, the command as run), in the previous
+/// release's directory with the env file loaded and the variables of a deploy of it
+/// (`SHIPIT_RELEASE` the previous release, `SHIPIT_PREVIOUS` the one left). `None` on a
+/// first deploy (nothing to go back to) or without such hooks.
+fn rerun_hooks<'h>(
+    ctx: &Ctx<'_>,
+    host: &'h HostSteps,
+    release: &str,
+    undo: Undo,
+) -> Option<Vec<(HookPoint, &'h str, Cmd)>> {
+    let inv = ctx.inventory;
+    // A name read from the host (the last part of `current`'s target): never `..` nor empty.
+    let previous = host
+        .previous
+        .as_deref()
+        .filter(|p| !p.is_empty() && !p.starts_with('.'))?;
+    let at = match undo {
+        Undo::AfterSwitchHooks => HookPoint::AfterSwitch,
+        Undo::AfterRestartHooks => HookPoint::AfterRestart,
+        _ => return None,
+    };
+    let dir = format!("{}/releases/{previous}", inv.app.deploy_to);
+    let vars = hooks::task_vars(inv, &host.host, previous, Some(release));
+    let cmds: Vec<_> = crate::plan::build::hooks_at(host, at)
+        .map(|command| {
+            let cmd = commands::task::run(&dir, hooks::env_path(inv), &vars, command);
+            (at, command, cmd)
+        })
+        .collect();
+    (!cmds.is_empty()).then_some(cmds)
 }
 
 /// `arm_guard`: a sleeper on the host that runs the undo of every switch step of `host`
@@ -127,6 +189,9 @@ pub async fn arm_guard(
     let release = ctx.release;
     let previous = host.previous.as_deref();
     ctx.step(c, "arming the guard");
+    // The guard runs as the SSH user, like the lock it takes and the `.shipit/` files it
+    // writes; with `ssh.sudo` its root undos go through `sudo -n` one by one.
+    let sudo = c.transport.sudo_login().is_some();
     // The release the guard turns away from is no rollback target, whatever it was.
     let body: Vec<Cmd> = std::iter::once(commands::passed::forget(deploy_to, release))
         .chain(
@@ -135,7 +200,13 @@ pub async fn arm_guard(
                 // An env file this run did not stage is not installed: nothing to put back.
                 .filter(|u| *u != Undo::RestoreEnv || state.env_staged)
                 .filter_map(|u| undo_cmd(ctx, host, release, u))
-                .map(|(c, _, _)| c),
+                .map(|(cmd, _, _, root)| {
+                    if root && sudo {
+                        commands::sudo::wrap(&cmd)
+                    } else {
+                        cmd
+                    }
+                }),
         )
         .collect();
     let line = {
@@ -175,7 +246,7 @@ pub async fn arm_guard(
 pub async fn install_env(ctx: &Ctx<'_>, c: &Conn<'_>, path: &str) -> Result<(), RemoteError> {
     ctx.step(c, "installing env file");
     let cmd = commands::envfile::activate(&ctx.inventory.app.deploy_to, path, ctx.token);
-    execute::run(
+    execute::run_root(
         c,
         "install_env",
         "installing the env file",
@@ -203,7 +274,7 @@ pub async fn install_units(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<Vec<String>, R
         &format!("{}/{SYSTEMD_DIR}", ctx.release_dir()),
         &units(ctx),
     );
-    let out = execute::run(
+    let out = execute::run_root(
         c,
         "install_units",
         "installing the units",
@@ -233,7 +304,7 @@ pub async fn restart(
         c,
         "restart",
         &what,
-        ExecRequest::new(&cmd, timeout::RESTART),
+        ExecRequest::new(&cmd, timeout::RESTART).as_root(),
     )
     .await?;
     if o.success() {
@@ -269,7 +340,8 @@ async fn run_site(
     site: &str,
     cmd: &Cmd,
 ) -> Result<(), RemoteError> {
-    let o = execute::output(c, step, what, ExecRequest::new(cmd, timeout::SHORT)).await?;
+    let req = ExecRequest::new(cmd, timeout::SHORT).as_root();
+    let o = execute::output(c, step, what, req).await?;
     if o.success() {
         return Ok(());
     }
@@ -293,7 +365,7 @@ pub async fn compose_up(ctx: &Ctx<'_>, c: &Conn<'_>) -> Result<(), RemoteError> 
     let file = format!("{}/{COMPOSE_FILE}", ctx.release_dir());
     let cmd = commands::compose::up(&compose.project, &file, env_path);
     let what = "starting the compose stack";
-    execute::run(c, "compose_up", what, &cmd, timeout::RESTART)
+    execute::run_root(c, "compose_up", what, &cmd, timeout::RESTART)
         .await
         .map(drop)
 }
@@ -326,7 +398,7 @@ pub async fn start_idle(
         c,
         "start_idle",
         &what,
-        ExecRequest::new(&cmd, timeout::RESTART),
+        ExecRequest::new(&cmd, timeout::RESTART).as_root(),
     )
     .await?;
     if o.success() {
@@ -456,7 +528,7 @@ pub async fn stop_old(
     }
     ctx.step(c, &format!("stopping {unit}"));
     let cmd = commands::systemd::stop_instance(&ctx.inventory.app.deploy_to, unit, port);
-    execute::run(
+    execute::run_root(
         c,
         "stop_old",
         &format!("stopping `{unit}`"),
@@ -500,20 +572,36 @@ pub async fn mark_passed(ctx: &Ctx<'_>, c: &Conn<'_>, release: &str) {
     }
 }
 
+/// How a switch-back went: what went wrong without failing it (a hook run again), and
+/// what failed it.
+#[derive(Debug, Default)]
+pub struct Back {
+    pub warnings: Vec<String>,
+    pub failed: Option<String>,
+}
+
 /// Puts back what the switch steps of `host` that started touched (`undos`): its previous
-/// release becomes current again (or `current` is removed when there was none), then the
-/// health gate (a blue-green unit's on the old instance's port).
+/// release becomes current again (or `current` is removed when there was none), its
+/// `after_switch` and `after_restart` hooks run again for it, then the health gate (a
+/// blue-green unit's on the old instance's port).
+///
+/// A hook that fails then is a warning, not a failure of the switch-back: the host is
+/// going back whatever the hook does (`current`, env file, units and site are put back
+/// all the same), and the hooks are this run's, so a hook broken in the inventory would
+/// otherwise fail every switch-back it should have made; the health gate after it says
+/// whether the host serves.
 pub async fn deactivate(
     ctx: &Ctx<'_>,
     c: &Conn<'_>,
     host: &HostSteps,
     undos: &[Undo],
     guard_armed: bool,
-) -> Result<(), String> {
+) -> Back {
     let previous = host.previous.as_deref();
     let deploy_to = ctx.inventory.app.deploy_to.as_str();
     let release = ctx.release;
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     // First: the fleet did not accept the release (a deploy switched back after it
     // confirmed here, another host failed; a rollback to it that failed), so it is no
     // rollback target here, even if this run is killed while switching back.
@@ -523,10 +611,31 @@ pub async fn deactivate(
         ctx.note(&format!("{}: {e}", c.host.name));
     }
     for undo in undos {
-        if let Some((cmd, timeout, what)) = undo_cmd(ctx, host, release, *undo)
-            && let Err(e) = execute::run(c, "switch", what, &cmd, timeout).await
-        {
-            problems.push(e.message);
+        if matches!(undo, Undo::AfterSwitchHooks | Undo::AfterRestartHooks) {
+            // Streamed as a deploy's hooks are. One that fails stops the hooks after it
+            // (as in a deploy), never the rest of the switch-back.
+            let hooks = rerun_hooks(ctx, host, release, *undo).unwrap_or_default();
+            for (at, command, cmd) in hooks {
+                let what = format!(
+                    "the {} hook `{command}` (run again for {})",
+                    hook_point_str(at),
+                    previous.unwrap_or_default()
+                );
+                ctx.step(c, &format!("hook {} (switching back)", hook_point_str(at)));
+                if let Err(e) = hooks::run_streamed(c, "hook", &cmd, ctx.out, &what).await {
+                    ctx.note(&format!("warning: {}", e.message));
+                    warnings.push(e.message);
+                    break;
+                }
+            }
+            continue;
+        }
+        if let Some((cmd, timeout, what, root)) = undo_cmd(ctx, host, release, *undo) {
+            let mut req = ExecRequest::new(&cmd, timeout);
+            req.root = root;
+            if let Err(e) = execute::exec(c, "switch", what, req).await {
+                problems.push(e.message);
+            }
         }
     }
     if ctx.guard.is_some() && guard_armed {
@@ -545,9 +654,8 @@ pub async fn deactivate(
             problems.push(format!("after switching back, {e}"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
+    Back {
+        warnings,
+        failed: (!problems.is_empty()).then(|| problems.join("; ")),
     }
 }

@@ -75,13 +75,14 @@ impl<'a> Uploads<'a> {
 
     async fn whole(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
         let (tar, manifest) = (self.packed.tar.to_path_buf(), self.packed.manifest.clone());
+        let mtime = self.packed.files_mtime;
         self.cell(codec)
             .get_or_init(|| async move {
                 let job = move || {
                     let dir = tar.parent().unwrap_or(std::path::Path::new("/tmp"));
-                    crate::artifact::compress(&tar, manifest.as_deref(), codec, dir).map_err(|e| {
-                        format!("cannot compress the artifact: {}", crate::error::chain(&e))
-                    })
+                    crate::artifact::compress(&tar, manifest.as_deref(), codec, dir, mtime).map_err(
+                        |e| format!("cannot compress the artifact: {}", crate::error::chain(&e)),
+                    )
                 };
                 match tokio::task::spawn_blocking(job).await {
                     Ok(made) => made.map(Arc::new),
@@ -244,6 +245,7 @@ pub async fn run(ctx: &Ctx<'_>, c: &Conn<'_>, step: &Step) -> Result<Sourced, Re
         artifact.map_or(&no_paths, |a| &a.shared_dirs),
         artifact.map_or(&no_paths, |a| &a.shared_files),
         inv.app.user.as_deref(),
+        c.transport.sudo_login().is_some(),
     );
     let mut sent = 0;
     let fallback: Option<String>;

@@ -2,7 +2,7 @@
 
 use toml::Spanned;
 
-use super::error::{Problems, section_span};
+use super::error::Problems;
 use super::paths::{remote_path, tree_problem};
 use super::raw::RawApp;
 use super::validate::{Validator, unix_name};
@@ -27,7 +27,7 @@ impl Validator<'_> {
             p.missing(0..0, "app");
             return None;
         };
-        let whole = section_span(p.text, "app");
+        let whole = p.section("app");
         let name = match raw.name {
             None => {
                 p.missing(whole.clone(), "app.name");

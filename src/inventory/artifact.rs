@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::error::{Problems, line_col, section_span};
+use super::error::Problems;
 use super::raw::{RawArtifact, S};
 use super::validate::Validator;
 
@@ -25,7 +25,7 @@ impl Validator<'_> {
         let path = match raw.path {
             Some(path) => self.local_path(&path, "artifact.path", p),
             None => {
-                p.missing(section_span(p.text, "artifact"), "artifact.path");
+                p.missing(p.section("artifact"), "artifact.path");
                 PathBuf::new()
             }
         };
@@ -114,14 +114,14 @@ fn shared_overlaps<'a>(all: impl Iterator<Item = (&'a str, &'a S<String>)>, p: &
             below(v, o) || below(o, v)
         });
         if let Some((other_key, other)) = earlier {
-            let (line, _) = line_col(p.text, other.span().start);
+            let line = p.line_ref(other.span().start, s.span().start);
             let o = other.get_ref();
             let reason = if v == o {
-                format!("{v:?} is listed twice (also `{other_key}`, line {line})")
+                format!("{v:?} is listed twice (also `{other_key}`, {line})")
             } else {
                 let (inner, outer) = if below(v, o) { (v, o) } else { (o, v) };
                 format!(
-                    "{inner:?} lies inside {outer:?} (with `{other_key}`, line {line}): shared \
+                    "{inner:?} lies inside {outer:?} (with `{other_key}`, {line}): shared \
                      paths must not contain one another; share only {outer:?}"
                 )
             };

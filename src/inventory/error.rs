@@ -1,13 +1,18 @@
-//! Problems found in an inventory, each with its line and column, and how they are collected
-//! and reported together.
+//! Problems found in an inventory, each with its file, line and column, and how they are
+//! collected and reported together.
+//!
+//! An inventory may be several files (a stage file and the bases it `extends`): every span
+//! is an offset into [`Sources`], where each file has a range of its own, so a value keeps
+//! the file it came from through the merge and a problem names that file.
 
 use std::fmt;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Every problem found in one inventory file.
+/// Every problem found in one inventory (the file named, and the bases it extends).
 #[derive(Debug, thiserror::Error)]
 pub struct InventoryError {
+    /// The file named on the command line.
     pub file: PathBuf,
     pub problems: Vec<Problem>,
 }
@@ -21,7 +26,7 @@ impl fmt::Display for InventoryError {
             write!(
                 f,
                 "{}:{}:{}: {}",
-                self.file.display(),
+                p.file.display(),
                 p.line,
                 p.column,
                 p.kind
@@ -33,6 +38,8 @@ impl fmt::Display for InventoryError {
 
 #[derive(Debug)]
 pub struct Problem {
+    /// The file the problem is in: the one named, or a base it extends.
+    pub file: PathBuf,
     pub line: usize,
     pub column: usize,
     pub kind: ProblemKind,
@@ -96,17 +103,106 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------
+// The files of an inventory, and where an offset lies in them.
+
+/// One file of an inventory: its path as shown in problems, its text, and where its range
+/// of offsets starts.
+pub(super) struct Source {
+    pub(super) path: PathBuf,
+    pub(super) text: String,
+    pub(super) start: usize,
+}
+
+/// The files of one inventory: the one named first, then the base it extends, and so on.
+/// File `i` owns the offsets `start..=start + text.len()` (the end included, for a problem
+/// at the end of a file), and the next file starts one after that.
+pub(super) struct Sources {
+    pub(super) files: Vec<Source>,
+}
+
+impl Sources {
+    pub(super) fn new(files: Vec<(PathBuf, String)>) -> Sources {
+        let mut start = 0;
+        let files = files
+            .into_iter()
+            .map(|(path, text)| {
+                let source = Source { path, text, start };
+                start += source.text.len() + 1;
+                source
+            })
+            .collect();
+        Sources { files }
+    }
+
+    /// The file holding `offset`, and the offset within its text.
+    fn file_of(&self, offset: usize) -> (&Source, usize) {
+        let source = self
+            .files
+            .iter()
+            .rev()
+            .find(|f| f.start <= offset)
+            .unwrap_or(&self.files[0]);
+        (source, offset - source.start.min(offset))
+    }
+
+    /// File, 1-based line and column of an offset.
+    pub(super) fn locate(&self, offset: usize) -> (&Path, usize, usize) {
+        let (source, local) = self.file_of(offset);
+        let (line, column) = line_col(&source.text, local);
+        (&source.path, line, column)
+    }
+
+    /// Where `offset` is, for a problem at `here` that refers to it: "line 7" in the same
+    /// file, "`inventory/base.toml` line 7" in another.
+    pub(super) fn line_ref(&self, offset: usize, here: usize) -> String {
+        let (file, line, _) = self.locate(offset);
+        if file == self.locate(here).0 {
+            format!("line {line}")
+        } else {
+            format!("`{}` line {line}", file.display())
+        }
+    }
+
+    /// The span of a whole `[section]`: its header line in the first file that has one (the
+    /// named file first, whose values win), else the top of the named file.
+    pub(super) fn section_span(&self, name: &str) -> Range<usize> {
+        for source in &self.files {
+            let span = section_span(&source.text, name);
+            if span != (0..0) {
+                return source.start + span.start..source.start + span.end;
+            }
+        }
+        0..0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Collecting problems with positions.
 
 pub(super) struct Problems<'t> {
-    pub(super) text: &'t str,
+    pub(super) sources: &'t Sources,
     pub(super) list: Vec<Problem>,
 }
 
 impl Problems<'_> {
     pub(super) fn push(&mut self, span: Range<usize>, kind: ProblemKind) {
-        let (line, column) = line_col(self.text, span.start);
-        self.list.push(Problem { line, column, kind });
+        let (file, line, column) = self.sources.locate(span.start);
+        self.list.push(Problem {
+            file: file.to_owned(),
+            line,
+            column,
+            kind,
+        });
+    }
+
+    /// The span of a whole `[section]` (see [`Sources::section_span`]).
+    pub(super) fn section(&self, name: &str) -> Range<usize> {
+        self.sources.section_span(name)
+    }
+
+    /// "line 7", or "`base.toml` line 7" when `offset` is in another file than `here`.
+    pub(super) fn line_ref(&self, offset: usize, here: usize) -> String {
+        self.sources.line_ref(offset, here)
     }
 
     pub(super) fn invalid(&mut self, span: Range<usize>, key: &str, reason: impl Into<String>) {
@@ -130,7 +226,7 @@ impl Problems<'_> {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -138,8 +234,9 @@ pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// The span of a whole `[section]`: its header line if present, else the top of the file.
-pub(super) fn section_span(text: &str, name: &str) -> Range<usize> {
+/// The span of a whole `[section]` in one file's text: its header line if present, else
+/// `0..0`.
+fn section_span(text: &str, name: &str) -> Range<usize> {
     let header = format!("[{name}]");
     let mut offset = 0;
     for line in text.split_inclusive('\n') {

@@ -1,7 +1,7 @@
 //! `[[hooks]]` (commands at fixed points of a deploy) and `[tasks.<name>]` (commands run on
 //! demand).
 
-use super::error::{Problems, did_you_mean, section_span, suggest};
+use super::error::{Problems, did_you_mean, suggest};
 use super::raw::{RawHook, RawTask, S};
 use super::validate::Validator;
 
@@ -19,6 +19,16 @@ const HOOK_POINTS: &[(&str, HookPoint)] = &[
     ("after_switch", HookPoint::AfterSwitch),
     ("after_restart", HookPoint::AfterRestart),
 ];
+
+impl HookPoint {
+    /// The point's name, as the inventory writes it (`after_switch`).
+    pub fn name(self) -> &'static str {
+        HOOK_POINTS
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("", |(name, _)| name)
+    }
+}
 
 #[derive(Debug)]
 pub struct Hook {
@@ -43,7 +53,7 @@ impl Validator<'_> {
         let key = |f: &str| format!("hooks[{i}].{f}");
         let at = match raw.at {
             None => {
-                p.missing(section_span(p.text, "[hooks]"), &key("at"));
+                p.missing(p.section("[hooks]"), &key("at"));
                 return None;
             }
             Some(at) => match HOOK_POINTS.iter().find(|(n, _)| n == at.get_ref()) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::error::{ProblemKind, Problems, did_you_mean, line_col, section_span, suggest};
+use super::error::{ProblemKind, Problems, did_you_mean, suggest};
 use super::raw::{RawHost, S};
 use super::ssh::Ssh;
 use super::validate::{Validator, port};
@@ -62,7 +62,7 @@ impl Validator<'_> {
             // two of them would lock each other out (the second lock is the first one's) and
             // stage the same tree twice at once.
             for extra in raw.iter().skip(1) {
-                let (line, _) = line_col(p.text, raw[0].span().start);
+                let (_, line, _) = p.sources.locate(raw[0].span().start);
                 p.invalid(
                     extra.span(),
                     "hosts",
@@ -96,7 +96,7 @@ impl Validator<'_> {
                     "use letters, digits, `.`, `_` and `-` only",
                 );
             }
-            let (line, _) = line_col(p.text, name.span().start);
+            let (_, line, _) = p.sources.locate(name.span().start);
             if let Some(first_line) = seen.get(name.get_ref()) {
                 p.push(
                     name.span(),
@@ -172,7 +172,7 @@ pub(super) fn migrate_host(hosts: &[Host], p: &mut Problems<'_>) -> usize {
         .filter(|&i| hosts[i].has_role("migrate"))
         .collect();
     if tagged.len() > 1 {
-        let span = section_span(p.text, "[hosts]");
+        let span = p.section("[hosts]");
         p.push(
             span,
             ProblemKind::ManyMigrateHosts {

@@ -5,24 +5,30 @@
 //! file, line and column it comes from, and all problems found are reported together.
 //!
 //! Pure: the caller passes in the file text, the directory relative paths are resolved
-//! against, the home directory and a lookup for the deployer's environment. No I/O here.
+//! against, the home directory, a lookup for the deployer's environment and a reader of the
+//! base files. No I/O here.
 //!
-//! The file is read in stages: `schema` reports unknown keys, `raw` is the file as serde
-//! reads it, and each section has a file that owns its resolved type and its checks (`app`,
-//! `ssh`, `hosts`, `artifact`, `env`, `services`, `backup`, `hooks`, `health`, `rollout`),
-//! sharing the value checks of `validate` and `paths` and the problem list of `error`.
-//! This file assembles the sections into an [`Inventory`].
+//! The file is read in stages: `extends` follows the chain of base files and merges them
+//! (each value keeping the file it came from), `schema` reports unknown keys, `raw` is the
+//! merged document as serde reads it, and each section has a file that owns its resolved
+//! type and its checks (`app`, `ssh`, `hosts`, `artifact`, `env`, `services`, `backup`,
+//! `hooks`, `health`, `rollout`, `notify`), sharing the value checks of `validate` and
+//! `paths` and the problem list of `error`. This file assembles the sections into an
+//! [`Inventory`]; `resolved` writes one back in the inventory's keys (`shipit config`).
 
 mod app;
 mod artifact;
 mod backup;
 mod env;
 mod error;
+mod extends;
 mod health;
 mod hooks;
 mod hosts;
+mod notify;
 mod paths;
 mod raw;
+mod resolved;
 mod rollout;
 mod schema;
 mod services;
@@ -35,20 +41,24 @@ use std::path::{Path, PathBuf};
 pub use app::App;
 pub use artifact::Artifact;
 pub use backup::{Backup, BackupKind, Migrate};
-pub use env::EnvFile;
+pub use env::{EnvFile, SecretFrom, SecretSource};
 pub use error::{InventoryError, Problem, ProblemKind, suggest};
+pub use extends::ReadFile;
 pub use health::{Health, HealthCheck};
 pub use hooks::{Hook, HookPoint, Task};
 pub use hosts::{Host, SelectError, check_public_key};
+pub use notify::{NOTIFY_ON, Notify};
 pub use paths::{SHARED_DIRS, SYSTEM_TREES, env_path_problem, tree_problem};
+pub use resolved::{resolved, to_toml};
 pub use rollout::{Amount, OnFailure, Rollout, parse_amount};
 pub use services::{BlueGreen, Compose, MAX_DRAIN, Nginx, Unit};
 pub use ssh::{Jump, Ssh, SshGiven};
 
-use error::Problems;
+use error::{Problems, Sources};
 use hosts::migrate_host;
 use raw::Raw;
 use schema::{SCHEMA, check_keys};
+use serde::Deserialize;
 use validate::Validator;
 
 /// What the inventory needs from the world, read by `main` and passed in.
@@ -75,7 +85,10 @@ pub enum TransportKind {
 
 #[derive(Debug)]
 pub struct Inventory {
+    /// The file named (`inventory/<stage>.toml` or `-i PATH`).
     pub file: PathBuf,
+    /// The files it extends, nearest first (`extends`).
+    pub bases: Vec<PathBuf>,
     pub transport: TransportKind,
     pub app: App,
     pub ssh: Ssh,
@@ -95,36 +108,71 @@ pub struct Inventory {
     pub rollout: Rollout,
     /// Index into `hosts` of the one host that runs backups and migrations.
     pub migrate_host: usize,
+    /// Commands run on the deployer with the report of a deploy, rollback or restore.
+    pub notify: Vec<Notify>,
 }
 
-/// Parses and validates one inventory file's text.
+/// Parses and validates one inventory file's text. A file that `extends` another is
+/// refused here, since nothing reads files: see [`parse_with`].
 pub fn parse(text: &str, file: &Path, ctx: &LoadContext<'_>) -> Result<Inventory, InventoryError> {
+    let no_files = |_: &Path| Err("this command reads no other file".to_owned());
+    parse_with(text, file, ctx, &no_files)
+}
+
+/// Parses and validates an inventory: the text of `file`, and the base files it `extends`,
+/// read with `read` (how they merge: `src/inventory/extends.rs`, and the README).
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    ctx: &LoadContext<'_>,
+    read: ReadFile<'_>,
+) -> Result<Inventory, InventoryError> {
+    let (files, chain_problem) = extends::read_chain(text, file, read);
+    let sources = Sources::new(files);
     let mut p = Problems {
-        text,
+        sources: &sources,
         list: Vec::new(),
     };
     let fail = |p: Problems<'_>| InventoryError {
         file: file.to_owned(),
         problems: p.list,
     };
+    if let Some(c) = chain_problem {
+        let start = sources.files[c.file].start;
+        p.push(c.span.start + start..c.span.end + start, c.kind);
+    }
 
-    let doc = match toml::de::DeTable::parse(text) {
-        Ok(doc) => doc,
-        Err(e) => {
-            p.push(
-                e.span().unwrap_or(0..0),
-                ProblemKind::Syntax {
-                    message: first_line(e.message()),
-                },
-            );
-            return Err(fail(p));
+    // Each file is parsed and its keys checked on its own, its spans in its own range.
+    let mut tables = Vec::new();
+    for source in &sources.files {
+        match toml::de::DeTable::parse(&source.text) {
+            Ok(doc) => {
+                let table = extends::shift(doc.into_inner(), source.start);
+                check_keys(&table, SCHEMA, "the top level", &mut p);
+                tables.push(table);
+            }
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                p.push(
+                    span.start + source.start..span.end + source.start,
+                    ProblemKind::Syntax {
+                        message: first_line(e.message()),
+                    },
+                );
+            }
         }
-    };
-    check_keys(doc.get_ref(), SCHEMA, "the top level", &mut p);
+    }
     if !p.list.is_empty() {
         return Err(fail(p));
     }
-    let raw: Raw = match toml::from_str(text) {
+    // The base last read first; each nearer file on top.
+    let mut merged = tables.pop().expect("the named file at least");
+    while let Some(nearer) = tables.pop() {
+        merged = extends::merge(merged, nearer, "");
+    }
+    merged.remove("extends");
+    let deserializer = toml::de::Deserializer::from(toml::Spanned::new(0..0, merged));
+    let raw = match Raw::deserialize(deserializer) {
         Ok(raw) => raw,
         Err(e) => {
             p.push(
@@ -140,7 +188,10 @@ pub fn parse(text: &str, file: &Path, ctx: &LoadContext<'_>) -> Result<Inventory
     let v = Validator { ctx };
     let inventory = v.inventory(raw, file, &mut p);
     match inventory {
-        Some(inv) if p.list.is_empty() => Ok(inv),
+        Some(mut inv) if p.list.is_empty() => {
+            inv.bases = sources.files[1..].iter().map(|f| f.path.clone()).collect();
+            Ok(inv)
+        }
         _ => Err(fail(p)),
     }
 }
@@ -185,15 +236,20 @@ impl Validator<'_> {
             .and_then(|c| self.compose(c, app_name_for_compose.as_deref(), p));
         let app_name = app.as_ref().map_or("app", |a| a.name.as_str()).to_owned();
         let backup = raw.backup.and_then(|b| self.backup(b, &app_name, p));
+        let mut maintenance_span = 0..0;
         let migrate = raw.migrate.and_then(|m| {
             let command = self.required_text(m.command, "migrate.command", "migrate", p)?;
+            let maintenance = m.maintenance.map(|v| {
+                maintenance_span = v.span();
+                v.into_inner()
+            });
             Some(Migrate {
                 command,
-                maintenance: m.maintenance.unwrap_or(false),
+                maintenance: maintenance.unwrap_or(false),
             })
         });
         if migrate.as_ref().is_some_and(|m| m.maintenance) && nginx.is_none() {
-            let span = error::section_span(p.text, "migrate");
+            let span = maintenance_span;
             p.invalid(
                 span,
                 "migrate.maintenance",
@@ -230,9 +286,16 @@ impl Validator<'_> {
             }
         };
         let rollout = self.rollout(raw.rollout.unwrap_or_default(), p);
+        let notify = raw
+            .notify
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.notify(n, i, p))
+            .collect();
         blue_green_needs(&systemd, nginx.is_some(), &health, p);
         Some(Inventory {
             file: file.to_owned(),
+            bases: Vec::new(),
             transport,
             app: app?,
             ssh,
@@ -249,6 +312,7 @@ impl Validator<'_> {
             health,
             rollout,
             migrate_host,
+            notify,
         })
     }
 }
@@ -256,7 +320,8 @@ impl Validator<'_> {
 /// What a blue-green unit needs from the other sections: one such unit, an Nginx site to
 /// point at its instances, and a check of the instance on its own port.
 fn blue_green_needs(systemd: &[Unit], nginx: bool, health: &[Health], p: &mut Problems<'_>) {
-    let span = || error::section_span(p.text, "[systemd]");
+    let sources = p.sources;
+    let span = || sources.section_span("[systemd]");
     let units: Vec<&Unit> = systemd.iter().filter(|u| u.blue_green.is_some()).collect();
     let live_checks = health.iter().any(|h| h.check.on_live_port());
     if units.len() > 1 {
@@ -269,7 +334,7 @@ fn blue_green_needs(systemd: &[Unit], nginx: bool, health: &[Health], p: &mut Pr
     }
     if units.is_empty() {
         if live_checks {
-            let span = error::section_span(p.text, "health");
+            let span = p.section("health");
             p.invalid(
                 span,
                 "health.url",
@@ -297,6 +362,12 @@ fn blue_green_needs(systemd: &[Unit], nginx: bool, health: &[Health], p: &mut Pr
 }
 
 impl Inventory {
+    /// Whether the steps that need root run through `sudo -n` (`ssh.sudo`; the local
+    /// transport runs everything as the user running shipit).
+    pub fn sudo(&self) -> bool {
+        self.transport == TransportKind::Ssh && self.ssh.sudo
+    }
+
     /// The blue-green unit, if one has `ports`.
     pub fn blue_green(&self) -> Option<(&Unit, &BlueGreen)> {
         self.systemd

@@ -31,6 +31,8 @@ pub(super) struct Raw {
     pub(super) tasks: BTreeMap<String, S<RawTask>>,
     pub(super) health: Option<S<OneOrMany<RawHealth>>>,
     pub(super) rollout: Option<RawRollout>,
+    #[serde(default)]
+    pub(super) notify: Vec<S<RawNotify>>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +54,7 @@ pub(super) struct RawSsh {
     pub(super) jump: Option<S<String>>,
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) keepalive_interval: Option<S<String>>,
+    pub(super) sudo: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +89,16 @@ pub(super) struct RawEnv {
     pub(super) from_env: Option<S<Vec<S<String>>>>,
     #[serde(default)]
     pub(super) vars: BTreeMap<S<String>, S<toml::Value>>,
+    #[serde(default)]
+    pub(super) secrets: BTreeMap<S<String>, S<RawSecret>>,
+}
+
+/// `[env.secrets.NAME]`: where one secret's value comes from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecret {
+    pub(super) command: Option<S<String>>,
+    pub(super) file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +108,7 @@ pub(super) struct RawUnit {
     pub(super) template: Option<S<String>>,
     pub(super) ports: Option<S<Vec<S<i64>>>>,
     pub(super) drain: Option<S<String>>,
-    pub(super) keep_idle: Option<bool>,
+    pub(super) keep_idle: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +143,7 @@ pub(super) struct RawBackup {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMigrate {
     pub(super) command: Option<S<String>>,
-    pub(super) maintenance: Option<bool>,
+    pub(super) maintenance: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -216,4 +229,13 @@ pub(super) struct RawRollout {
 pub(super) enum AmountValue {
     Int(i64),
     Str(String),
+}
+
+/// `[[notify]]`: a command run on the deployer with the report of a deploy or rollback.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) command: Option<S<String>>,
+    pub(super) on: Option<S<Vec<S<String>>>>,
+    pub(super) timeout: Option<S<String>>,
 }

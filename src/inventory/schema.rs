@@ -18,6 +18,7 @@ pub(super) enum Shape {
 use Shape::{Leaf, Map, Named, Table, TableOrTables, Tables};
 
 pub(super) const SCHEMA: &[(&str, Shape)] = &[
+    ("extends", Leaf),
     ("transport", Leaf),
     (
         "app",
@@ -38,6 +39,7 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("jump", Leaf),
             ("connect_timeout", Leaf),
             ("keepalive_interval", Leaf),
+            ("sudo", Leaf),
         ]),
     ),
     (
@@ -63,7 +65,12 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
     ),
     (
         "env",
-        Table(&[("path", Leaf), ("from_env", Leaf), ("vars", Map)]),
+        Table(&[
+            ("path", Leaf),
+            ("from_env", Leaf),
+            ("vars", Map),
+            ("secrets", Named(&[("command", Leaf), ("file", Leaf)])),
+        ]),
     ),
     (
         "systemd",
@@ -120,6 +127,10 @@ pub(super) const SCHEMA: &[(&str, Shape)] = &[
             ("timeout", Leaf),
             ("interval", Leaf),
         ]),
+    ),
+    (
+        "notify",
+        Tables(&[("command", Leaf), ("on", Leaf), ("timeout", Leaf)]),
     ),
     (
         "rollout",

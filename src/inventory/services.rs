@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{Problems, section_span};
+use super::error::Problems;
 use super::raw::{RawCompose, RawNginx, RawUnit};
 use super::validate::Validator;
 
@@ -58,7 +58,9 @@ pub struct Nginx {
 impl Validator<'_> {
     pub(super) fn unit(&self, raw: RawUnit, i: usize, p: &mut Problems<'_>) -> Option<Unit> {
         let key = |f: &str| format!("systemd[{i}].{f}");
+        let unit_span = raw.unit.as_ref().map(|u| u.span());
         let unit = self.required_text(raw.unit, &key("unit"), "systemd", p)?;
+        let unit_span = unit_span.unwrap_or_default();
         const SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".path", ".target"];
         // systemd's own rule for unit names: letters, digits and `:-_.\@`.
         let ok = SUFFIXES.iter().any(|s| unit.ends_with(s))
@@ -68,7 +70,7 @@ impl Validator<'_> {
                 .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
         if !ok {
             p.invalid(
-                section_span(p.text, "[systemd]"),
+                unit_span.clone(),
                 &key("unit"),
                 format!("{unit:?} must be a unit file name such as `app.service`"),
             );
@@ -77,19 +79,23 @@ impl Validator<'_> {
             .template
             .map(|t| self.local_path(&t, &key("template"), p));
         let Some(template) = template else {
-            p.missing(section_span(p.text, "[systemd]"), &key("template"));
+            p.missing(p.section("[systemd]"), &key("template"));
             return None;
         };
         let blue_green = match raw.ports {
-            Some(ports) => Some(self.blue_green(ports, raw.drain, raw.keep_idle, &unit, i, p)),
+            Some(ports) => {
+                let keep_idle = raw.keep_idle.map(|k| k.into_inner());
+                let unit = (unit.as_str(), unit_span);
+                Some(self.blue_green(ports, raw.drain, keep_idle, unit, i, p))
+            }
             None => {
-                for (set, name) in [
-                    (raw.drain.is_some(), "drain"),
-                    (raw.keep_idle.is_some(), "keep_idle"),
+                for (span, name) in [
+                    (raw.drain.map(|d| d.span()), "drain"),
+                    (raw.keep_idle.map(|k| k.span()), "keep_idle"),
                 ] {
-                    if set {
+                    if let Some(span) = span {
                         p.invalid(
-                            section_span(p.text, "[systemd]"),
+                            span,
                             &key(name),
                             "applies only to a blue-green unit: set `ports` too",
                         );
@@ -110,7 +116,7 @@ impl Validator<'_> {
         ports: super::raw::S<Vec<super::raw::S<i64>>>,
         drain: Option<super::raw::S<String>>,
         keep_idle: Option<bool>,
-        unit: &str,
+        (unit, unit_span): (&str, std::ops::Range<usize>),
         i: usize,
         p: &mut Problems<'_>,
     ) -> BlueGreen {
@@ -138,7 +144,7 @@ impl Validator<'_> {
         };
         if !unit.ends_with("@.service") {
             p.invalid(
-                section_span(p.text, "[systemd]"),
+                unit_span,
                 &key("unit"),
                 format!(
                     "{unit:?} has `ports`, so it must be a template unit such as `app@.service` (one instance per port; the port is `%i` in the unit)"
@@ -168,7 +174,7 @@ impl Validator<'_> {
         p: &mut Problems<'_>,
     ) -> Option<Compose> {
         let Some(file) = raw.file else {
-            p.missing(section_span(p.text, "compose"), "compose.file");
+            p.missing(p.section("compose"), "compose.file");
             return None;
         };
         let template = self.local_path(&file, "compose.file", p);
@@ -198,6 +204,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn nginx(&self, raw: RawNginx, p: &mut Problems<'_>) -> Option<Nginx> {
+        let site_span = raw.site.as_ref().map(|s| s.span()).unwrap_or_default();
         let site = self.required_text(raw.site, "nginx.site", "nginx", p)?;
         let ok = !site.starts_with('.')
             && site
@@ -205,13 +212,13 @@ impl Validator<'_> {
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
             p.invalid(
-                section_span(p.text, "nginx"),
+                site_span,
                 "nginx.site",
                 "must be a file name: letters, digits, `.`, `_` and `-`, not starting with `.`",
             );
         }
         let Some(template) = raw.template else {
-            p.missing(section_span(p.text, "nginx"), "nginx.template");
+            p.missing(p.section("nginx"), "nginx.template");
             return None;
         };
         let template = self.local_path(&template, "nginx.template", p);

@@ -16,6 +16,9 @@ pub struct Ssh {
     pub jump: Option<Jump>,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
+    /// `ssh.sudo`: the steps that need root (the env file, units, Nginx, backups, Compose)
+    /// run through `sudo -n` as root; the rest as the SSH user, who owns the releases.
+    pub sudo: bool,
     /// Which of the keys above the file sets: only those beat `~/.ssh/config`.
     pub given: SshGiven,
 }
@@ -75,6 +78,7 @@ impl Validator<'_> {
             jump,
             connect_timeout,
             keepalive_interval,
+            sudo: raw.sudo.unwrap_or(false),
             given,
         }
     }

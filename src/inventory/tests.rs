@@ -529,3 +529,348 @@ mod blue_green {
         }
     }
 }
+
+mod extends {
+    use super::*;
+
+    /// Loads `inventory/prod.toml` with the other files of `files` readable by path.
+    fn load_files(stage: &str, files: &[(&str, &str)]) -> Result<Inventory, InventoryError> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        let read = move |path: &Path| {
+            files
+                .iter()
+                .find(|(p, _)| Path::new(p) == path)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| "No such file or directory (os error 2)".to_owned())
+        };
+        let env = |_: &str| None;
+        let ctx = LoadContext {
+            base_dir: Path::new("/project"),
+            home: Some(Path::new("/home/me")),
+            env: &env,
+            need_secrets: false,
+        };
+        parse_with(stage, Path::new("inventory/prod.toml"), &ctx, &read)
+    }
+
+    const BASE: &str = r#"[app]
+name = "shop"
+deploy_to = "/opt/shop"
+keep_releases = 3
+
+[ssh]
+user = "deploy"
+port = 2222
+
+[[hosts]]
+name = "base-1"
+
+[env]
+path = "/etc/shop.env"
+vars = { NODE_ENV = "production", PORT = "3000" }
+
+[env.secrets.API_KEY]
+command = "op read op://base/api"
+
+[[hooks]]
+at = "after_switch"
+command = "echo base hook"
+
+[health]
+url = "http://127.0.0.1:3000/healthz"
+timeout = "20s"
+
+[tasks.seed]
+command = "npm run seed"
+once = true
+"#;
+
+    #[test]
+    fn tables_merge_key_by_key_and_arrays_of_tables_are_replaced() {
+        let stage = r#"extends = "base.toml"
+
+[app]
+keep_releases = 10
+
+[[hosts]]
+name = "prod-1"
+[[hosts]]
+name = "prod-2"
+
+[env.vars]
+PORT = "8080"
+
+[env.secrets.API_KEY]
+file = "api.key"
+
+[[hooks]]
+at = "after_restart"
+command = "echo prod hook"
+
+[tasks.seed]
+command = "npm run seed:prod"
+"#;
+        let inv = load_files(stage, &[("inventory/base.toml", BASE)]).unwrap();
+        assert_eq!(inv.bases, [Path::new("inventory/base.toml")]);
+        assert_eq!((inv.app.name.as_str(), inv.app.keep_releases), ("shop", 10));
+        assert_eq!((inv.ssh.user.as_str(), inv.ssh.port), ("deploy", 2222));
+        let hosts: Vec<(&str, u16)> = inv
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.port))
+            .collect();
+        assert_eq!(hosts, [("prod-1", 2222), ("prod-2", 2222)]);
+        let env = inv.env.as_ref().unwrap();
+        assert_eq!(env.path, "/etc/shop.env");
+        let vars: Vec<(&str, &str)> = env
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(vars, [("NODE_ENV", "production"), ("PORT", "8080")]);
+        // A secret's source is replaced whole: `file` alone, not `file` and `command`.
+        assert_eq!(
+            env.sources[0].from,
+            SecretFrom::File("/project/api.key".into())
+        );
+        assert_eq!(env.sources[0].origin, "inventory/prod.toml:14:14");
+        let hooks: Vec<&str> = inv.hooks.iter().map(|h| h.command.as_str()).collect();
+        assert_eq!(hooks, ["echo prod hook"]);
+        // The stage file says nothing of health: the base's check stands.
+        assert_eq!(inv.health.len(), 1);
+        assert_eq!(inv.health[0].timeout, Duration::from_secs(20));
+        let seed = &inv.tasks["seed"];
+        assert_eq!(
+            (seed.command.as_str(), seed.once),
+            ("npm run seed:prod", true)
+        );
+    }
+
+    #[test]
+    fn health_checks_are_one_list_replaced_whole() {
+        let stage = "extends = \"base.toml\"\n[[health]]\ncommand = \"true\"\n[[health]]\ncommand = \"test -f /x\"\n";
+        let inv = load_files(stage, &[("inventory/base.toml", BASE)]).unwrap();
+        let checks: Vec<String> = inv
+            .health
+            .iter()
+            .map(|h| format!("{:?}", h.check))
+            .collect();
+        assert_eq!(checks, ["Command(\"true\")", "Command(\"test -f /x\")"]);
+        assert_eq!(inv.health[0].timeout, Duration::from_secs(60));
+        // `[health]` over `[health]`: replaced, not merged into `url` and `command` at once.
+        let stage = "extends = \"base.toml\"\n[health]\ncommand = \"true\"\n";
+        let inv = load_files(stage, &[("inventory/base.toml", BASE)]).unwrap();
+        assert!(matches!(&inv.health[0].check, HealthCheck::Command(c) if c == "true"));
+    }
+
+    #[test]
+    fn problems_name_the_file_the_value_came_from() {
+        let base = BASE
+            .replace("keep_releases = 3", "keep_releases = 1\nnmae = \"x\"")
+            .replace("port = 2222", "port = \"x\"");
+        let stage = "extends = \"base.toml\"\n[app]\ndeploy_too = \"/opt/y\"\n";
+        // Unknown keys: every file's, each with its own position.
+        insta::assert_snapshot!(
+            load_files(stage, &[("inventory/base.toml", &base)]).unwrap_err().to_string(),
+            @r"
+        inventory/prod.toml:3:1: unknown key `deploy_too` in [app] (did you mean `deploy_to`?)
+        inventory/base.toml:5:1: unknown key `nmae` in [app] (did you mean `name`?)
+        "
+        );
+        let base = base.replace("nmae = \"x\"\n", "");
+        let stage = "extends = \"base.toml\"\n[rollout]\nparallel = 0\n";
+        // A type error in the base.
+        insta::assert_snapshot!(
+            load_files(stage, &[("inventory/base.toml", &base)]).unwrap_err().to_string(),
+            @"inventory/base.toml:8:8: invalid type: string \"x\", expected i64"
+        );
+        let base = base.replace("port = \"x\"", "port = 22");
+        // Bad values in both files, each where it is written.
+        insta::assert_snapshot!(
+            load_files(stage, &[("inventory/base.toml", &base)]).unwrap_err().to_string(),
+            @r"
+        inventory/base.toml:4:17: `app.keep_releases`: must be at least 2 (the current release and the one to roll back to)
+        inventory/prod.toml:3:12: `rollout.parallel`: must be at least 1
+        "
+        );
+    }
+
+    #[test]
+    fn a_bad_value_merged_into_a_stage_section_is_still_the_bases() {
+        let base = "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n[[hosts]]\nname = \"a\"\n\n[nginx]\nsite = \".hidden\"\n\n[[systemd]]\nunit = \"shop\"\ntemplate = \"u\"\n\n[migrate]\ncommand = \"x\"\nmaintenance = true\n";
+        let stage = "extends = \"base.toml\"\n[nginx]\ntemplate = \"deploy/site.conf\"\n";
+        insta::assert_snapshot!(
+            load_files(stage, &[("inventory/base.toml", base)]).unwrap_err().to_string(),
+            @r#"
+        inventory/base.toml:11:8: `systemd[0].unit`: "shop" must be a unit file name such as `app.service`
+        inventory/base.toml:8:8: `nginx.site`: must be a file name: letters, digits, `.`, `_` and `-`, not starting with `.`
+        "#
+        );
+    }
+
+    #[test]
+    fn a_missing_key_points_at_the_section_that_lacks_it() {
+        let base = "[app]\nname = \"shop\"\n\n[[hosts]]\nname = \"a\"\n";
+        let err = |stage: &str| {
+            load_files(stage, &[("inventory/base.toml", base)])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("extends = \"base.toml\"\n"),
+            "inventory/base.toml:1:1: missing required key `app.deploy_to`"
+        );
+        assert_eq!(
+            err("extends = \"base.toml\"\n\n[app]\nkeep_releases = 4\n"),
+            "inventory/prod.toml:3:1: missing required key `app.deploy_to`"
+        );
+        let ok = load_files(
+            "extends = \"base.toml\"\n[app]\ndeploy_to = \"/opt/shop\"\n",
+            &[("inventory/base.toml", base)],
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn a_chain_of_bases_is_followed_and_a_cycle_refused() {
+        let common = "[app]\nname = \"shop\"\ndeploy_to = \"/opt/shop\"\n";
+        let base = "extends = \"../common/app.toml\"\n[[hosts]]\nname = \"a\"\n";
+        let inv = load_files(
+            "extends = \"base.toml\"\n[app]\nkeep_releases = 4\n",
+            &[("inventory/base.toml", base), ("common/app.toml", common)],
+        )
+        .unwrap();
+        assert_eq!(inv.app.keep_releases, 4);
+        assert_eq!(
+            inv.bases,
+            [
+                Path::new("inventory/base.toml"),
+                Path::new("common/app.toml")
+            ]
+        );
+
+        let looping = "extends = \"./prod.toml\"\n[[hosts]]\nname = \"a\"\n";
+        insta::assert_snapshot!(
+            load_files("extends = \"base.toml\"\n", &[("inventory/base.toml", looping)])
+                .unwrap_err()
+                .to_string(),
+            @"inventory/base.toml:1:11: `extends`: a cycle: `inventory/prod.toml` extends `inventory/base.toml` extends `inventory/prod.toml`; a base must not extend a file that extends it"
+        );
+        let own = load_files("extends = \"prod.toml\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            own.starts_with("inventory/prod.toml:1:11: `extends`: a cycle"),
+            "{own}"
+        );
+    }
+
+    #[test]
+    fn a_base_that_cannot_be_read_or_parsed_is_named() {
+        insta::assert_snapshot!(
+            load_files("extends = \"missing.toml\"\n", &[]).unwrap_err().to_string(),
+            @"inventory/prod.toml:1:11: `extends`: cannot read `inventory/missing.toml`: No such file or directory (os error 2)"
+        );
+        insta::assert_snapshot!(
+            load_files("extends = \"base.toml\"\n", &[("inventory/base.toml", "[app]\nname = \n")])
+                .unwrap_err()
+                .to_string(),
+            @"inventory/base.toml:2:8: string values must be quoted, expected literal string"
+        );
+        insta::assert_snapshot!(
+            load_files("extends = [\"base.toml\"]\n", &[]).unwrap_err().to_string(),
+            @r#"inventory/prod.toml:1:11: `extends`: must be the path of a base file, e.g. "base.toml""#
+        );
+        // Without a reader (`parse`), a file that extends another is refused, not half-read.
+        let e = load("extends = \"base.toml\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("`extends`: cannot read `inventory/base.toml`"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn secret_sources_are_checked_where_written() {
+    let text = format!(
+        r#"{MINIMAL}
+[env]
+path = "/etc/shop.env"
+from_env = ["TOKEN"]
+[env.secrets.TOKEN]
+command = "op read op://x"
+[env.secrets.BOTH]
+command = "a"
+file = "b"
+[env.secrets.NEITHER]
+[env.secrets.bad-name]
+file = "x"
+[env.secrets.EMPTY]
+command = " "
+"#
+    );
+    insta::assert_snapshot!(err(&text), @r#"
+    inventory/staging.toml:12:12: secrets named in `env.from_env` are not set in the environment: TOKEN; export them (in CI: from the secret store) and run again
+    inventory/staging.toml:16:11: `env.secrets.BOTH`: set `command` or `file`, not both
+    inventory/staging.toml:22:11: `env.secrets.EMPTY.command`: must not be empty
+    inventory/staging.toml:18:1: `env.secrets.NEITHER`: set `command` (its stdout is the value) or `file` (its content is the value)
+    inventory/staging.toml:13:14: `env.secrets.TOKEN`: `TOKEN` is also set in `env.from_env`; a key comes from one place only
+    inventory/staging.toml:19:14: `env.secrets`: "bad-name" is not a valid environment variable name (letters, digits, `_`; not starting with a digit)
+    "#);
+    let ok = format!(
+        "{MINIMAL}\n[env]\npath = \"/etc/shop.env\"\nsecrets.DB = {{ file = \"~/.secrets/db\" }}\nsecrets.KEY = {{ file = \"/run/secrets/key\" }}\n"
+    );
+    let inv = load(&ok).unwrap();
+    let files: Vec<&SecretFrom> = inv
+        .env
+        .as_ref()
+        .unwrap()
+        .sources
+        .iter()
+        .map(|s| &s.from)
+        .collect();
+    assert_eq!(
+        files,
+        [
+            &SecretFrom::File("/home/me/.secrets/db".into()),
+            &SecretFrom::File("/run/secrets/key".into())
+        ]
+    );
+}
+
+#[test]
+fn notifiers_are_checked_and_default_to_both_outcomes_in_30s() {
+    let text = format!(
+        "{MINIMAL}\n[[notify]]\ncommand = \"curl -d @- http://127.0.0.1:9/\"\n[[notify]]\ncommand = \"x\"\non = [\"failure\"]\ntimeout = \"5s\"\n"
+    );
+    let inv = load(&text).unwrap();
+    assert_eq!(
+        inv.notify,
+        [
+            Notify {
+                command: "curl -d @- http://127.0.0.1:9/".into(),
+                on_success: true,
+                on_failure: true,
+                timeout: Duration::from_secs(30),
+            },
+            Notify {
+                command: "x".into(),
+                on_success: false,
+                on_failure: true,
+                timeout: Duration::from_secs(5),
+            },
+        ]
+    );
+    let bad = format!(
+        "{MINIMAL}\n[[notify]]\non = [\"failur\"]\n[[notify]]\ncommand = \"x\"\non = []\ntimeout = \"soon\"\n[[notify]]\ncommand = \"y\"\non = [\"failur\"]\n"
+    );
+    insta::assert_snapshot!(err(&bad), @r#"
+    inventory/staging.toml:10:1: missing required key `notify[0].command`
+    inventory/staging.toml:14:6: `notify[1].on`: name at least one of "success", "failure" (or remove `on`: both)
+    inventory/staging.toml:15:11: `notify[1].timeout`: "soon" is not a duration (expected number at 0); write e.g. "30s", "2m", "1h"
+    inventory/staging.toml:18:7: `notify[2].on`: unknown outcome "failur" (did you mean `failure`?); one of: success, failure
+    "#);
+}

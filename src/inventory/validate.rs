@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::LoadContext;
-use super::error::{Problems, section_span};
+use super::error::Problems;
 use super::raw::S;
 
 pub(super) struct Validator<'a> {
@@ -22,7 +22,7 @@ impl Validator<'_> {
     ) -> Option<String> {
         match value {
             None => {
-                p.missing(section_span(p.text, section), key);
+                p.missing(p.section(section), key);
                 None
             }
             Some(v) if v.get_ref().trim().is_empty() => {

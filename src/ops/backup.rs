@@ -265,7 +265,7 @@ pub async fn list(
     let prefix = format!("{}-", inventory.app.name);
     let cmd = task::list_backups(&b.dir, &prefix, &format!(".{}", b.extension));
     let what = format!("listing `{}`", b.dir);
-    let o = execute::run(conn, "backups", &what, &cmd, timeout::SHORT)
+    let o = execute::run_root(conn, "backups", &what, &cmd, timeout::SHORT)
         .await
         .map_err(|e| e.message)?;
     let backups = parse_listing(&o.stdout.text());

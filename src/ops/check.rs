@@ -11,8 +11,8 @@ use crate::output::report::check::{CheckReport, HostCheck};
 use crate::output::report::unlock::LockOwner;
 use crate::output::{Event, Output};
 use crate::plan::facts;
-use crate::transport::ConnectStage;
 use crate::transport::fleet::{self, Conn, Connector};
+use crate::transport::{ConnectStage, ExecRequest};
 
 pub async fn run(
     stage: &str,
@@ -56,6 +56,8 @@ async fn check_host(
         host_key_verified: None,
         authenticated: None,
         facts: None,
+        sudo: None,
+        needs: Vec::new(),
         locked_by: None,
         host_key: None,
         jump_host_key: None,
@@ -121,10 +123,22 @@ async fn check_host(
                     "`[compose]` needs Docker Compose on the host: neither `docker compose` (v2) nor `docker-compose` (v1) runs".to_owned(),
                 );
             }
-            if !facts.writable {
+            let sudo = conn.transport.sudo_login().is_some();
+            // A `deploy_to` that does not exist yet is made through sudo (`ssh.sudo`).
+            let made_by_sudo = sudo && facts.write_path != inventory.app.deploy_to;
+            if !facts.writable && !made_by_sudo {
+                let deploy_to = &inventory.app.deploy_to;
+                let fix = if facts.write_path == *deploy_to {
+                    format!("make it theirs: `chown -R {} {deploy_to}`", facts.user)
+                } else {
+                    format!(
+                        "make it theirs: `install -d -o {} {deploy_to}`, or set `ssh.sudo = true`",
+                        facts.user
+                    )
+                };
                 check.problems.push(format!(
-                    "user `{}` cannot write to `{}` (where `{}` goes)",
-                    facts.user, facts.write_path, inventory.app.deploy_to
+                    "user `{}` cannot write to `{}` (where `{deploy_to}` goes); {fix}",
+                    facts.user, facts.write_path
                 ));
             }
             check.locked_by =
@@ -140,6 +154,7 @@ async fn check_host(
         }
         Err(e) => check.problems.push(e.message),
     }
+    check_needs(inventory, &conn, &mut check).await;
     conn.transport.close().await;
     check.ok = check.problems.is_empty();
     out.emit(Event::HostDone {
@@ -148,4 +163,50 @@ async fn check_host(
         summary: if check.ok { "ready" } else { "not ready" },
     });
     check
+}
+
+/// Probes what the inventory needs of the host, as the user the steps that use it run as:
+/// root through `sudo -n` with `ssh.sudo` (which is checked first: a host whose sudo wants a
+/// password is never ready), else the SSH user. Each missing need is a problem that says
+/// what to do.
+async fn check_needs(inventory: &Inventory, conn: &Conn<'_>, check: &mut HostCheck) {
+    let sudo = conn.transport.sudo_login().is_some();
+    let probe = facts::needs(inventory);
+    let req = ExecRequest::new(&probe, timeout::PROBE).as_root();
+    let o = match execute::exec(conn, "probe", "the probe of what the inventory needs", req).await {
+        Ok(o) => o,
+        Err(e) => {
+            if sudo {
+                check.sudo = Some(false);
+            }
+            check.problems.push(e.message);
+            return;
+        }
+    };
+    if sudo {
+        check.sudo = Some(true);
+    }
+    let (user, needs) = facts::parse_needs(&o.stdout.text());
+    let fix = if sudo || user == "root" {
+        String::new()
+    } else {
+        format!("; set `ssh.sudo = true` (with passwordless sudo for `{user}`), or deploy as root")
+    };
+    for need in needs.iter().filter(|n| !n.ok) {
+        let path = need.path.as_deref().unwrap_or("");
+        check.problems.push(match need.name.as_str() {
+            "nginx" => "`[nginx]` needs Nginx on the host: `nginx -v` does not run (install it: `apt-get install nginx`)".to_owned(),
+            "systemd" => "`[[systemd]]` needs systemd on the host: `systemctl --version` does not run".to_owned(),
+            "docker" => format!(
+                "`[compose]` needs a Docker daemon that answers `{user}`: `docker info` fails (is dockerd running?{})",
+                if sudo || user == "root" { "" } else { " is the user in the `docker` group?" }
+            ),
+            "nginx_dir" => format!("user `{user}` cannot write to `{path}`, where `[nginx]` installs the site{fix}"),
+            "unit_dir" => format!("user `{user}` cannot write to `{path}`, where `[[systemd]]` installs the units{fix}"),
+            "env_dir" => format!("user `{user}` cannot write to `{path}`, where `env.path` goes{fix}"),
+            "backup_dir" => format!("user `{user}` cannot write to `{path}`, where `backup.dir` keeps the backups{fix}"),
+            other => format!("`{other}` is missing"),
+        });
+    }
+    check.needs = needs;
 }

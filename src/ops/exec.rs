@@ -81,13 +81,37 @@ pub async fn streamed(
     timeout: std::time::Duration,
     out: &Output,
 ) -> HostExec {
+    let req = ExecRequest::new(cmd, timeout);
+    let (result, summary) = run_streamed(transport, host, req, out).await;
+    out.emit(Event::HostDone {
+        host,
+        ok: result.ok,
+        summary: &summary,
+    });
+    result
+}
+
+/// [`streamed`] with `stdin`, leaving it to the caller to say when the host is done.
+pub async fn streamed_quietly(
+    transport: &dyn Transport,
+    host: &str,
+    req: ExecRequest<'_>,
+    out: &Output,
+) -> HostExec {
+    run_streamed(transport, host, req, out).await.0
+}
+
+async fn run_streamed(
+    transport: &dyn Transport,
+    host: &str,
+    req: ExecRequest<'_>,
+    out: &Output,
+) -> (HostExec, String) {
     let lines = Lines::new(host, out);
     let sink = |stream: Stream, chunk: &[u8]| lines.push(stream, chunk);
-    let outcome = transport
-        .exec(ExecRequest::new(cmd, timeout).output(&sink))
-        .await;
+    let outcome = transport.exec(req.output(&sink)).await;
     lines.flush();
-    let (result, summary) = match outcome {
+    match outcome {
         Ok(output) => (
             HostExec {
                 host: host.to_owned(),
@@ -106,13 +130,7 @@ pub async fn streamed(
             HostExec::failed(host, crate::error::chain(&e)),
             crate::error::chain(&e),
         ),
-    };
-    out.emit(Event::HostDone {
-        host,
-        ok: result.ok,
-        summary: &summary,
-    });
-    result
+    }
 }
 
 /// Turns output chunks into whole lines, per stream, for prefixed display.

@@ -16,6 +16,9 @@ keep_releases = 5
 
 [ssh]
 user = "deploy"
+# Not root: the env file, units and site (under /etc) go through `sudo -n`, the releases stay
+# deploy's. On each host: `echo 'deploy ALL=(root) NOPASSWD: ALL' > /etc/sudoers.d/shipit`.
+sudo = true
 # identity = "~/.ssh/id_ed25519"        # else $SHIPIT_SSH_KEY (CI), ssh-agent, ~/.ssh/id_*
 known_hosts = "inventory/known_hosts"   # strict: add each host's key after checking it
 
@@ -118,4 +121,17 @@ pub fn scaffold(dir: &Path, stage: &str) -> std::io::Result<InitReport> {
         report.created.push(shown);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The scaffold deploys as a user that is not root: the steps under `/etc` go through
+    /// sudo, so it says `ssh.sudo = true`.
+    #[test]
+    fn the_scaffold_parses_and_uses_sudo_for_its_user_that_is_not_root() {
+        let text = super::INVENTORY.replace("{stage}", "staging");
+        let inv = crate::inventory::for_tests(&text);
+        assert_ne!(inv.ssh.user, "root");
+        assert!(inv.ssh.sudo && inv.sudo());
+    }
 }

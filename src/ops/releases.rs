@@ -95,11 +95,15 @@ pub async fn show(
         for r in &tree.releases {
             let row = rows.entry(r.id.clone()).or_insert_with(|| ReleaseRow {
                 release: r.id.clone(),
+                git: None,
                 hosts: Vec::new(),
                 current_on: Vec::new(),
                 rollback_on: Vec::new(),
                 not_candidate: BTreeMap::new(),
             });
+            if row.git.is_none() {
+                row.git = tree.git.get(&r.id).cloned();
+            }
             row.hosts.push(host.clone());
             if tree.current.as_deref() == Some(r.id.as_str()) {
                 row.current_on.push(host.clone());

@@ -42,10 +42,12 @@ pub async fn show(
             let mut h = HostStatus {
                 host: c.host.name.clone(),
                 current: None,
+                git: None,
                 units: Vec::new(),
                 healthy: None,
                 health_error: None,
                 locked_by: None,
+                lock_message: None,
                 error: None,
                 live_port: None,
             };
@@ -53,6 +55,11 @@ pub async fn show(
             match execute::run(c, "status", "reading releases", &tree, timeout::SHORT).await {
                 Ok(o) => {
                     let tree = facts::parse_releases(&o.stdout.text());
+                    h.git = tree
+                        .current
+                        .as_ref()
+                        .and_then(|id| tree.git.get(id))
+                        .cloned();
                     h.current = tree.current;
                     h.live_port = tree.live_port;
                 }
@@ -117,6 +124,7 @@ pub async fn show(
                 h.locked_by = Some(
                     match serde_json::from_str::<LockOwner>(o.stdout.text().trim()) {
                         Ok(owner) => {
+                            h.lock_message = owner.message.clone();
                             owner.describe(crate::clock::now_unix(), inventory.rollout.lock_timeout)
                         }
                         Err(_) => "an unknown owner".to_owned(),

@@ -58,7 +58,7 @@ pub async fn run(
     if checks.iter().any(|c| c.is_err()) {
         for (conn, check) in conns.iter().zip(checks) {
             let error = check.err().map_or_else(
-                || "not run: another host has unsafe paths".to_owned(),
+                || "not run: another host failed the preflight".to_owned(),
                 |e| e.message,
             );
             report.hosts.push(HostExec::failed(&conn.host.name, error));

@@ -1,5 +1,6 @@
-//! `shipit unlock`: removes the deploy lock of a run that died, after showing its owner and
-//! asking (or `--yes`), and records the removal in each host's history.
+//! `shipit unlock`: removes the deploy lock of a run that died, or one taken on purpose with
+//! `shipit lock`, after showing its owner and asking (or `--yes`), and records the removal
+//! in each host's history.
 //!
 //! Removing a lock also disarms every dead-deployer guard still armed on the host and the
 //! env files runs staged; the host stays on the release it runs.
@@ -53,13 +54,30 @@ pub async fn remove(
     env_path: Option<&str>,
     hosts: &mut [HostUnlock],
 ) {
-    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS, env_path);
+    // With `ssh.sudo` the lock is the SSH user's and the staged env files root's: those go
+    // in a root command of their own, before the lock.
+    let sudo = conns.iter().any(|c| c.transport.sudo_login().is_some());
+    let (lock_env, root_env) = if sudo {
+        (None, env_path)
+    } else {
+        (env_path, None)
+    };
+    let cmd = commands::lock::force_remove(deploy_to, GUARD_WAIT_SECS, lock_env);
+    let discard = root_env.map(commands::envfile::discard_all);
     let runs = conns.iter().zip(hosts.iter()).map(|(c, h)| {
         let cmd = &cmd;
+        let discard = discard.as_ref();
         let locked = h.locked;
         async move {
             if !locked {
                 return None;
+            }
+            if let Some(discard) = discard {
+                let what = "removing the staged env files";
+                let req = ExecRequest::new(discard, timeout::SHORT).as_root();
+                if let Err(e) = execute::exec(c, STEP, what, req).await {
+                    return Some(Err(e.message));
+                }
             }
             let what = "removing the lock";
             let req = ExecRequest::new(cmd, timeout::SHORT);
@@ -112,6 +130,13 @@ pub async fn unlock(
                     continue;
                 }
                 let message = match &h.owner {
+                    Some(o) if o.deliberate() => format!(
+                        "removed the lock {}@{} took on purpose at {}: {:?}",
+                        o.user,
+                        o.machine,
+                        o.started,
+                        o.message.as_deref().unwrap_or_default()
+                    ),
                     Some(o) => format!(
                         "removed the lock of {}@{} (pid {}, `{}`, run {}) taken at {}",
                         o.user, o.machine, o.pid, o.command, o.token, o.started

@@ -93,7 +93,7 @@ impl Output {
         let renderer: Box<dyn Renderer> = match mode {
             Mode::Tty => Box::new(tty::Tty::new(hosts)),
             Mode::Plain => Box::new(plain::Plain::new(hosts, verbose)),
-            Mode::Json => Box::new(json::Json),
+            Mode::Json => Box::new(json::Json::new(hosts, verbose)),
         };
         let renderer = match github {
             Some(summary) => Box::new(github::Github::new(renderer, mode != Mode::Json, summary)),
@@ -121,6 +121,15 @@ impl Output {
     pub fn redacting_with(mut self, redactor: redact::Redactor) -> Output {
         self.redactor = redactor;
         self
+    }
+
+    /// `report` as `--json` prints it: its JSON with every secret value known redacted.
+    pub fn redacted_json(&self, report: &dyn Report) -> serde_json::Value {
+        let redacted = redact::Redacted {
+            inner: report,
+            redactor: &self.redactor,
+        };
+        redacted.json()
     }
 
     pub fn emit(&self, event: Event<'_>) {
@@ -157,6 +166,23 @@ pub fn document(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)?;
     out.flush()
+}
+
+/// Writes what an interactive session's host wrote (`shipit shell`) to the local terminal
+/// as it comes, byte for byte: no prefix, no redaction (the person typing sees their own
+/// session, as with `ssh`).
+pub fn terminal(stream: Stream, bytes: &[u8]) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(bytes).and_then(|()| err.flush())
+        }
+    };
 }
 
 /// Prints an error that ends the run: on stderr for people, and with `--json` also as

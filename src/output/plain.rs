@@ -1,5 +1,6 @@
 //! Plain lines on stderr for CI logs and pipes: timestamped, no ANSI codes. Remote stdout
-//! lines of `exec` go to stdout (prefixed by host), so they can be piped on.
+//! lines of `exec` go to stdout (prefixed by host), so they can be piped on, except under
+//! `--json` ([`Plain::on_stderr`]), where stdout is the report's alone.
 
 use std::io::Write;
 
@@ -9,6 +10,8 @@ use crate::transport::Stream;
 pub struct Plain {
     width: usize,
     verbose: u8,
+    /// Remote stdout lines go to stderr too.
+    all_on_stderr: bool,
 }
 
 impl Plain {
@@ -16,7 +19,14 @@ impl Plain {
         Plain {
             width: hosts.iter().map(|h| h.len()).max().unwrap_or(0),
             verbose,
+            all_on_stderr: false,
         }
+    }
+
+    /// The same lines, every one of them on stderr (remote stdout lines too).
+    pub fn on_stderr(mut self) -> Plain {
+        self.all_on_stderr = true;
+        self
     }
 }
 
@@ -34,6 +44,7 @@ impl Renderer for Plain {
                 }
             }
             Event::Line { host, stream, line } => match stream {
+                Stream::Stdout if self.all_on_stderr => eprintln!("{host:<w$} | {line}"),
                 Stream::Stdout => {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{host:<w$} | {line}");

@@ -11,6 +11,9 @@ use super::Report;
 /// would make it unreadable without protecting anything.
 const MIN_LEN: usize = 4;
 
+/// What a secret value is replaced by.
+const MARK: &str = "[REDACTED]";
+
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
     secrets: Vec<String>,
@@ -36,25 +39,39 @@ impl Redactor {
     }
 
     pub fn apply<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        self.apply_as(text, MARK)
+    }
+
+    /// [`Redactor::apply`] with another mark in place of each value.
+    pub fn apply_as<'a>(&self, text: &'a str, mark: &str) -> Cow<'a, str> {
         if !self.secrets.iter().any(|s| text.contains(s.as_str())) {
             return Cow::Borrowed(text);
         }
         let mut out = text.to_owned();
         for s in &self.secrets {
-            out = out.replace(s.as_str(), "[REDACTED]");
+            out = out.replace(s.as_str(), mark);
         }
         Cow::Owned(out)
     }
 
     pub fn apply_json(&self, value: &mut serde_json::Value) {
+        self.apply_json_as(value, MARK)
+    }
+
+    /// [`Redactor::apply_json`] with another mark in place of each value.
+    pub fn apply_json_as(&self, value: &mut serde_json::Value, mark: &str) {
         match value {
             serde_json::Value::String(s) => {
-                if let Cow::Owned(r) = self.apply(s) {
+                if let Cow::Owned(r) = self.apply_as(s, mark) {
                     *s = r;
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.apply_json(v)),
-            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.apply_json(v)),
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|v| self.apply_json_as(v, mark))
+            }
+            serde_json::Value::Object(map) => {
+                map.values_mut().for_each(|v| self.apply_json_as(v, mark))
+            }
             _ => {}
         }
     }

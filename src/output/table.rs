@@ -7,6 +7,7 @@ use super::report::check::CheckReport;
 use super::report::deploy::{DeployReport, Outcome};
 use super::report::exec::ExecReport;
 use super::report::history::HistoryReport;
+use super::report::lock::LockReport;
 use super::report::releases::{ReleaseRow, ReleasesReport};
 use super::report::status::StatusReport;
 use super::report::unlock::UnlockReport;
@@ -17,6 +18,11 @@ fn mark(value: Option<bool>) -> &'static str {
         Some(false) => "FAIL",
         None => "-",
     }
+}
+
+/// A git commit as people read it in a table: 12 digits and the `-dirty` mark; `-` unknown.
+fn git_cell(git: Option<&str>) -> String {
+    git.map_or_else(|| "-".to_owned(), crate::artifact::git::short)
 }
 
 /// Bytes as people read them: `12.3 GiB`.
@@ -192,6 +198,9 @@ pub fn deploy(report: &DeployReport) -> String {
         if let Some(why) = &h.delta_fallback {
             let _ = writeln!(out, "{}: {why}; the whole artifact was sent", h.host);
         }
+        for warning in &h.warnings {
+            let _ = writeln!(out, "{}: warning: {warning}", h.host);
+        }
         if let Some(error) = &h.error {
             let _ = writeln!(out, "{}: {}", h.host, error);
         }
@@ -237,6 +246,7 @@ pub fn releases(report: &ReleasesReport) -> String {
         .map(|r| {
             vec![
                 r.release.clone(),
+                git_cell(r.git.as_deref()),
                 r.hosts.join(" "),
                 if r.current_on.is_empty() {
                     "-".to_owned()
@@ -247,7 +257,10 @@ pub fn releases(report: &ReleasesReport) -> String {
             ]
         })
         .collect();
-    let mut out = render(&["RELEASE", "ON HOSTS", "CURRENT ON", "ROLLBACK"], &rows);
+    let mut out = render(
+        &["RELEASE", "GIT", "ON HOSTS", "CURRENT ON", "ROLLBACK"],
+        &rows,
+    );
     if report.releases.is_empty() {
         out.push_str("no releases yet\n");
     }
@@ -291,14 +304,16 @@ pub fn history(report: &HistoryReport) -> String {
         .entries
         .iter()
         .map(|e| {
-            let action = match &e.restored {
-                Some(backup) => format!("{} (restored {backup})", e.action),
-                None => e.action.clone(),
+            let action = match (&e.restored, e.action.as_str(), &e.message) {
+                (Some(backup), _, _) => format!("{} (restored {backup})", e.action),
+                (None, "lock", Some(why)) => format!("lock {why:?}"),
+                _ => e.action.clone(),
             };
             vec![
                 e.time.clone(),
                 action,
                 e.release.clone().unwrap_or_else(|| "-".to_owned()),
+                git_cell(e.git.as_deref()),
                 e.outcome.clone(),
                 format!("{}@{}", e.user, e.machine),
                 format!("{:.1}s", e.duration_s),
@@ -308,7 +323,7 @@ pub fn history(report: &HistoryReport) -> String {
         .collect();
     let mut out = render(
         &[
-            "TIME", "ACTION", "RELEASE", "OUTCOME", "BY", "TOOK", "HOSTS",
+            "TIME", "ACTION", "RELEASE", "GIT", "OUTCOME", "BY", "TOOK", "HOSTS",
         ],
         &rows,
     );
@@ -321,6 +336,41 @@ pub fn history(report: &HistoryReport) -> String {
     out
 }
 
+pub fn lock(report: &LockReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                match (h.locked, h.held, &h.error) {
+                    (true, _, _) => "locked",
+                    (false, true, _) => "HELD already",
+                    (false, false, Some(_)) => "FAILED",
+                    (false, false, None) => "not locked",
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = render(&["HOST", "LOCK"], &rows);
+    for h in &report.hosts {
+        if let Some(e) = &h.error {
+            let _ = writeln!(out, "{}: {e}", h.host);
+        }
+    }
+    if report.locked {
+        let _ = writeln!(
+            out,
+            "locked: {:?}; deploys, rollbacks, restores, tasks and backups are refused (exit 5) until `shipit unlock {}`",
+            report.message, report.stage
+        );
+    } else {
+        out.push_str("nothing was locked\n");
+    }
+    out
+}
+
 pub fn unlock(report: &UnlockReport) -> String {
     let rows: Vec<Vec<String>> = report
         .hosts
@@ -329,6 +379,9 @@ pub fn unlock(report: &UnlockReport) -> String {
             vec![
                 h.host.clone(),
                 match (&h.owner, h.locked) {
+                    (Some(o), _) if o.deliberate() => {
+                        format!("{}@{} on purpose since {}", o.user, o.machine, o.started)
+                    }
                     (Some(o), _) => {
                         format!("{}@{} pid {} since {}", o.user, o.machine, o.pid, o.started)
                     }
@@ -430,6 +483,7 @@ pub fn status(report: &StatusReport) -> String {
             vec![
                 h.host.clone(),
                 h.current.clone().unwrap_or_else(|| "-".to_owned()),
+                git_cell(h.git.as_deref()),
                 if h.units.is_empty() {
                     "-".to_owned()
                 } else {
@@ -449,7 +503,10 @@ pub fn status(report: &StatusReport) -> String {
             ]
         })
         .collect();
-    let mut out = render(&["HOST", "CURRENT", "UNITS", "HEALTH", "LOCK"], &rows);
+    let mut out = render(
+        &["HOST", "CURRENT", "GIT", "UNITS", "HEALTH", "LOCK"],
+        &rows,
+    );
     for h in &report.hosts {
         for text in [&h.error, &h.health_error, &h.locked_by]
             .into_iter()

@@ -274,20 +274,7 @@ fn deploy_host(
         }
     });
     let is_migrate_host = inputs.migrate_host == Some(name.as_str());
-    let hooks = |at: HookPoint| -> Vec<Step> {
-        inv.hooks
-            .iter()
-            .filter(|hook| {
-                hook.at == at
-                    && (!hook.once || is_migrate_host)
-                    && (hook.roles.is_empty() || hook.roles.iter().any(|r| h.host.has_role(r)))
-            })
-            .map(|hook| Step::Hook {
-                at,
-                command: hook.command.clone(),
-            })
-            .collect()
-    };
+    let hooks = |at: HookPoint| hook_steps(inv, h.host, at, is_migrate_host);
     let env_path = inv
         .env
         .as_ref()
@@ -360,6 +347,32 @@ fn deploy_host(
         previous: hp.previous,
         steps,
     }
+}
+
+/// The hooks at `at` that run on `host`: those of its roles (or of every role), a `once`
+/// hook only on the migrate host (`once_here`).
+fn hook_steps(inv: &Inventory, host: &Host, at: HookPoint, once_here: bool) -> Vec<Step> {
+    inv.hooks
+        .iter()
+        .filter(|hook| {
+            hook.at == at
+                && (!hook.once || once_here)
+                && (hook.roles.is_empty() || hook.roles.iter().any(|r| host.has_role(r)))
+        })
+        .map(|hook| Step::Hook {
+            at,
+            command: hook.command.clone(),
+        })
+        .collect()
+}
+
+/// The `after_switch` or `after_restart` hooks of `host`'s steps, in order: what a
+/// switch-back runs again for the release it goes back to.
+pub fn hooks_at(host: &HostSteps, at: HookPoint) -> impl Iterator<Item = &str> {
+    host.steps.iter().filter_map(move |s| match s {
+        Step::Hook { at: a, command } if *a == at => Some(command.as_str()),
+        _ => None,
+    })
 }
 
 /// Units, site and compose stack: what serves the release after the switch. A blue-green
@@ -461,6 +474,10 @@ pub fn restore_stops(inv: &Inventory) -> Vec<String> {
 
 /// The plan of a rollback of `hosts` (name, tree) to `target`; with `restore`, a database
 /// restore on that host (a [`Step::Restore`]) runs before the switch.
+///
+/// The `after_switch` and `after_restart` hooks run as in a deploy of `target` (a `once`
+/// hook on the migrate host among `hosts`: the inventory's, else the first): what they
+/// start (an app, workers) must run the release `current` points at.
 pub fn rollback(
     inv: &Inventory,
     rendered: &Rendered,
@@ -469,16 +486,25 @@ pub fn rollback(
     waves_override: Option<&[Amount]>,
     restore: Option<(String, Step)>,
 ) -> Plan {
+    let tagged = &inv.hosts[inv.migrate_host].name;
+    let once_host = hosts
+        .iter()
+        .find(|(h, _)| &h.name == tagged)
+        .or(hosts.first())
+        .map(|(h, _)| h.name.as_str());
     let host_steps = hosts
         .iter()
         .map(|(host, tree)| {
             let previous = tree.current.clone();
+            let once_here = once_host == Some(host.name.as_str());
             let mut steps = vec![Step::Switch {
                 to: target.to_owned(),
                 from: previous.clone(),
             }];
+            steps.extend(hook_steps(inv, host, HookPoint::AfterSwitch, once_here));
             let bg = blue_green_move(inv, tree.live_port);
             steps.extend(serving_steps(inv, rendered, bg.as_ref(), target));
+            steps.extend(hook_steps(inv, host, HookPoint::AfterRestart, once_here));
             if !inv.health.is_empty() {
                 steps.push(Step::Health {
                     checks: inv.health.len(),
@@ -573,6 +599,7 @@ mod tests {
 
     use super::*;
     use crate::artifact::manifest::{Item, Kind};
+    use crate::plan::Undo;
 
     use crate::plan::facts::Release;
 
@@ -763,6 +790,71 @@ mod tests {
         let plan = plan_with(&inv, &m, None, None);
         assert!(plan.once.is_empty());
         assert!(!names(&plan, "h2").contains(&"hook"));
+    }
+
+    #[test]
+    fn a_rollback_runs_the_after_switch_and_after_restart_hooks_of_each_host() {
+        let inv = inventory(
+            "[[systemd]]\nunit = \"shop.service\"\ntemplate = \"shop.service\"\n\n[[hooks]]\nat = \"after_switch\"\ncommand = \"start-app\"\n\n[[hooks]]\nat = \"after_restart\"\ncommand = \"warm\"\nroles = [\"web\"]\n\n[[hooks]]\nat = \"after_restart\"\ncommand = \"announce\"\nonce = true\n\n[[hooks]]\nat = \"before_switch\"\ncommand = \"not-again\"\n",
+        );
+        let t = tree("m1");
+        let rendered = Rendered {
+            units: vec!["shop.service".into()],
+            site: None,
+            compose: false,
+        };
+        let hosts = [(&inv.hosts[0], &t), (&inv.hosts[1], &t)];
+        let target = "20190101T000000Z-cccccccccccc";
+        let p = rollback(&inv, &rendered, &hosts, target, None, None);
+        let hook = |at, command: &str| Step::Hook {
+            at,
+            command: command.into(),
+        };
+        // h1 (web, the first: the `once` host without a `migrate` role anywhere).
+        assert_eq!(
+            p.hosts[0].steps[..6],
+            [
+                Step::Switch {
+                    to: target.into(),
+                    from: Some(OLD.into())
+                },
+                hook(HookPoint::AfterSwitch, "start-app"),
+                Step::InstallUnits {
+                    units: vec!["shop.service".into()]
+                },
+                Step::Restart {
+                    unit: "shop.service".into()
+                },
+                hook(HookPoint::AfterRestart, "warm"),
+                hook(HookPoint::AfterRestart, "announce"),
+            ]
+        );
+        // h2: not web, not the once host.
+        let h2: Vec<&Step> = p.hosts[1]
+            .steps
+            .iter()
+            .filter(|s| s.name() == "hook")
+            .collect();
+        assert_eq!(h2, [&hook(HookPoint::AfterSwitch, "start-app")]);
+        // What a switch-back of a host that ran them runs again, in the order of a deploy.
+        let undos = crate::plan::step::undo_order(&p.hosts[0].steps);
+        assert_eq!(
+            undos,
+            [
+                Undo::SwitchBack,
+                Undo::AfterSwitchHooks,
+                Undo::RestoreUnits,
+                Undo::AfterRestartHooks
+            ]
+        );
+        assert_eq!(
+            hooks_at(&p.hosts[0], HookPoint::AfterRestart).collect::<Vec<_>>(),
+            ["warm", "announce"]
+        );
+        assert!(
+            p.to_string()
+                .contains("  switch: hook after_switch: `start-app`\n")
+        );
     }
 
     #[test]

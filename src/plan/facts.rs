@@ -116,6 +116,97 @@ pub fn parse_probe(stdout: &str) -> HostProbe {
     facts
 }
 
+/// One thing the inventory needs of a host (`shipit check`): present or writable, as the
+/// user the steps that use it run as (root through `sudo` with `ssh.sudo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Need {
+    /// `nginx`, `nginx_dir`, `systemd`, `unit_dir`, `docker`, `env_dir`, `backup_dir`.
+    pub name: String,
+    /// The directory a `*_dir` need is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub ok: bool,
+}
+
+/// `writable DIR`: whether the user can make an entry in DIR, or in its nearest existing
+/// ancestor when DIR does not exist yet (shipit makes it); nothing is left behind.
+const NEEDS: &str = r#"
+echo "user $(id -un 2>/dev/null)"
+# A login that is not root often lacks the sbin directories, where nginx lives.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+writable() {
+  p=$1
+  while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+  t="$p/.shipit-check.$$"
+  mkdir -- "$t" 2>/dev/null && rmdir -- "$t"
+}
+need() { if "$@" >/dev/null 2>&1; then echo "need $name yes $path"; else echo "need $name no $path"; fi; }"#;
+
+/// Probes what `inventory` needs of a host: Nginx (`nginx -v`) and its sites directory for
+/// `[nginx]`, systemd (`systemctl --version`) and its unit directory for `[[systemd]]`, a
+/// Docker daemon that answers for `[compose]`, and write access where `env.path` and
+/// `backup.dir` go. Prints `user <name>` then `need <name> yes|no [<path>]` lines.
+pub fn needs(inventory: &crate::inventory::Inventory) -> Cmd {
+    let mut steps = vec![Cmd::new(NEEDS)];
+    let mut need = |name: &'static str, path: &str, check: Cmd| {
+        steps.push(Cmd::assign("name", name));
+        steps.push(Cmd::assign("path", path));
+        steps.push(Cmd::new("need").cmd(check));
+    };
+    if inventory.nginx.is_some() {
+        need("nginx", "", Cmd::new("nginx").arg("-v"));
+        let dir = crate::commands::nginx::AVAILABLE;
+        need("nginx_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if !inventory.systemd.is_empty() {
+        need("systemd", "", Cmd::new("systemctl").arg("--version"));
+        let dir = crate::commands::systemd::UNIT_DIR;
+        need("unit_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if inventory.compose.is_some() {
+        need("docker", "", Cmd::new("docker").arg("info"));
+    }
+    if let Some(env) = &inventory.env {
+        let dir = std::path::Path::new(&env.path)
+            .parent()
+            .and_then(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        need("env_dir", dir, Cmd::new("writable").arg(dir));
+    }
+    if let Some(backup) = &inventory.backup {
+        need(
+            "backup_dir",
+            &backup.dir,
+            Cmd::new("writable").arg(&backup.dir),
+        );
+    }
+    steps.push(Cmd::new("exit 0"));
+    Cmd::seq(steps)
+}
+
+/// Parses the output of [`needs`]: (the user it ran as, the needs in order).
+pub fn parse_needs(stdout: &str) -> (String, Vec<Need>) {
+    let mut user = String::new();
+    let mut needs = Vec::new();
+    for line in stdout.lines() {
+        if let Some(u) = line.strip_prefix("user ") {
+            user = u.to_owned();
+        } else if let Some(rest) = line.strip_prefix("need ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (Some(name), Some(ok)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            needs.push(Need {
+                name: name.to_owned(),
+                path: parts.next().filter(|p| !p.is_empty()).map(str::to_owned),
+                ok: ok == "yes",
+            });
+        }
+    }
+    (user, needs)
+}
+
 /// What a deploy needs to know about a host's release tree, read under the lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReleaseTree {
@@ -133,6 +224,9 @@ pub struct ReleaseTree {
     pub manifest: Option<String>,
     /// The port the Nginx site points at, for a blue-green unit (`.shipit/live-port`).
     pub live_port: Option<u16>,
+    /// The git commit of each release that records one in its REVISION (`<sha>`, or
+    /// `<sha>-dirty`), by release id.
+    pub git: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -175,8 +269,17 @@ for d in releases/* releases/.[!.]*; do
     *.partial) echo "partial $name" ;;
     *) if [ -d "$d" ] && [ ! -L "$d" ]; then
          sha=""
-         [ -f "$d/REVISION" ] && read -r sha rest < "$d/REVISION"
+         git=""
+         if [ -f "$d/REVISION" ]; then
+           {
+             read -r sha rest
+             while read -r line; do
+               case $line in git=*) git=${line#git=}; break ;; esac
+             done
+           } < "$d/REVISION"
+         fi
          echo "release $name $sha"
+         case $git in ''|*[!0-9a-z-]*) ;; *) echo "git $name $git" ;; esac
        fi ;;
   esac
 done
@@ -216,12 +319,19 @@ pub fn parse_releases(stdout: &str) -> ReleaseTree {
                 let target = target.trim_end_matches('/');
                 tree.current = target.rsplit('/').next().map(str::to_owned);
             }
-            (Some("partial" | "release"), Some(name)) if !plain_name(name) => {}
+            (Some("partial" | "release" | "git"), Some(name)) if !plain_name(name) => {}
             (Some("partial"), Some(name)) => tree.partials.push(name.to_owned()),
             (Some("zstd"), None) => tree.zstd = true,
             (Some("delta"), None) => tree.delta = true,
             (Some("manifest"), Some(sha)) => tree.manifest = Some(sha.to_owned()),
             (Some("live_port"), Some(port)) => tree.live_port = port.parse().ok(),
+            (Some("git"), Some(id)) => {
+                if let Some(git) = words.next().map(str::trim)
+                    && crate::artifact::git::is_revision(git)
+                {
+                    tree.git.insert(id.to_owned(), git.to_owned());
+                }
+            }
             (Some("release"), Some(id)) => tree.releases.push(Release {
                 id: id.to_owned(),
                 sha256: words
@@ -249,6 +359,11 @@ mod tests {
         for (id, rev) in [
             ("20260101T000000Z-aaa", Some("aaa\ngit=1")),
             ("20260102T000000Z-bbb", None),
+            (
+                "20260102T000001Z-ccc",
+                Some("ccc\ngit=0123456789abcdef-dirty\n"),
+            ),
+            ("20260102T000002Z-ddd", Some("ddd\ngit=$(id)\n")),
         ] {
             std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
             if let Some(rev) = rev {
@@ -273,9 +388,18 @@ mod tests {
         let tree = parse_releases(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(tree.current.as_deref(), Some("20260102T000000Z-bbb"));
         assert_eq!(tree.live_port, Some(3002));
-        assert_eq!(tree.releases.len(), 2);
+        assert_eq!(tree.releases.len(), 4);
         assert_eq!(tree.releases[0].sha256.as_deref(), Some("aaa"));
         assert_eq!(tree.releases[1].sha256, None);
+        assert_eq!(tree.releases[2].sha256.as_deref(), Some("ccc"));
+        // Only what reads as a commit is taken (`1` is too short, `$(id)` is no commit).
+        assert_eq!(
+            tree.git.into_iter().collect::<Vec<_>>(),
+            [(
+                "20260102T000001Z-ccc".to_owned(),
+                "0123456789abcdef-dirty".to_owned()
+            )]
+        );
         assert_eq!(tree.partials, vec!["20260103T000000Z-ccc.partial"]);
         assert_eq!(
             tree.manifest.as_deref(),

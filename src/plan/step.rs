@@ -163,6 +163,9 @@ pub enum Undo {
     RestoreEnv,
     /// Point `current` at the previous release again (or remove it on a first deploy).
     SwitchBack,
+    /// Run the `after_switch` hooks again, for the previous release (none on a first
+    /// deploy): what such a hook started must run the code `current` points at again.
+    AfterSwitchHooks,
     /// Put the previous units back and restart them.
     RestoreUnits,
     /// Bring the previous release's compose stack back.
@@ -174,6 +177,8 @@ pub enum Undo {
     PointBack,
     /// Blue-green: stop the instance this run started.
     StopIdle,
+    /// Run the `after_restart` hooks again, for the previous release, once it serves again.
+    AfterRestartHooks,
 }
 
 impl Step {
@@ -241,6 +246,14 @@ impl Step {
             Step::InstallSite { .. } => Some(Undo::RestoreSite),
             Step::PointSite { .. } => Some(Undo::PointBack),
             Step::StartIdle { .. } => Some(Undo::StopIdle),
+            Step::Hook {
+                at: HookPoint::AfterSwitch,
+                ..
+            } => Some(Undo::AfterSwitchHooks),
+            Step::Hook {
+                at: HookPoint::AfterRestart,
+                ..
+            } => Some(Undo::AfterRestartHooks),
             _ => None,
         }
     }
@@ -255,7 +268,9 @@ impl Step {
 }
 
 /// The undos of `steps`, each once, in the order a host is put back: env file, `current`,
-/// units, compose stack, site (pointed back at the old instance), the new instance stopped.
+/// the `after_switch` hooks (for the previous release), units, compose stack, site (pointed
+/// back at the old instance), the new instance stopped, the `after_restart` hooks: the
+/// order a deploy of the previous release would run them in.
 pub fn undo_order<'a>(steps: impl IntoIterator<Item = &'a Step>) -> Vec<Undo> {
     let mut undos: Vec<Undo> = steps.into_iter().filter_map(Step::undo).collect();
     undos.sort();

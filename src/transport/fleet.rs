@@ -26,6 +26,8 @@ pub enum Connector {
         ssh: Box<SshConnector>,
         /// How each selected host is reached (inventory, `~/.ssh/config`, defaults).
         reach: HashMap<String, Reach>,
+        /// `ssh.sudo`: requests marked root run through `sudo -n`.
+        sudo: bool,
     },
 }
 
@@ -39,6 +41,7 @@ impl Connector {
                     .into_iter()
                     .map(|r| (r.target.host.clone(), r))
                     .collect(),
+                sudo: inventory.ssh.sudo,
             },
         }
     }
@@ -59,8 +62,8 @@ impl Connector {
             Connector::Local => Ok(Box::new(LocalTransport)),
             #[cfg(test)]
             Connector::Fake(script) => Ok(script.transport(&host.name)),
-            Connector::Ssh { ssh, reach } => match reach.get(&host.name) {
-                Some(r) => Ok(Box::new(ssh.connect(&r.target).await?)),
+            Connector::Ssh { ssh, reach, sudo } => match reach.get(&host.name) {
+                Some(r) => Ok(Box::new(ssh.connect(&r.target).await?.with_sudo(*sudo))),
                 // Every selected host is resolved before the first connection.
                 None => Err(ConnectError::Protocol {
                     host: host.name.clone(),

@@ -1,5 +1,6 @@
 //! The seam between shipit and a host: run one command, with a stdin stream, under a
-//! deadline, and get its exit status with the tails of stdout and stderr.
+//! deadline, and get its exit status with the tails of stdout and stderr; or run one under
+//! a pseudo-terminal for a person ([`Transport::interactive`], `shipit shell`).
 //!
 //! Two implementations: [`local::LocalTransport`] (a child process on this machine) and
 //! [`ssh::SshTransport`] (the only module that names the SSH library). Everything above this
@@ -60,6 +61,10 @@ pub struct ExecRequest<'a> {
     pub stdin: Stdin,
     pub timeout: Duration,
     pub output: Option<OutputSink<'a>>,
+    /// The command needs root (the env file outside the release tree, units, Nginx,
+    /// backups, Compose): with `ssh.sudo` the SSH transport runs it through `sudo -n`.
+    /// Everything else runs as the SSH user, who owns the releases.
+    pub root: bool,
 }
 
 impl<'a> ExecRequest<'a> {
@@ -69,7 +74,14 @@ impl<'a> ExecRequest<'a> {
             stdin: Stdin::Empty,
             timeout,
             output: None,
+            root: false,
         }
+    }
+
+    /// Marks the command as one that needs root (see [`ExecRequest::root`]).
+    pub fn as_root(mut self) -> Self {
+        self.root = true;
+        self
     }
 
     pub fn stdin(mut self, stdin: Stdin) -> Self {
@@ -81,6 +93,28 @@ impl<'a> ExecRequest<'a> {
         self.output = Some(sink);
         self
     }
+}
+
+/// A terminal window's size, in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A session for a person at a terminal ([`Transport::interactive`]): `cmd` runs under a
+/// pseudo-terminal on the host, the bytes typed reach it as they come, and what it writes
+/// goes to `output` as it comes. The caller owns the local terminal (raw mode, its size).
+pub struct Interactive<'a> {
+    pub cmd: &'a Cmd,
+    /// `$TERM` of the local terminal, for the remote pseudo-terminal.
+    pub term: String,
+    pub size: WindowSize,
+    /// Each new size of the local window.
+    pub resized: tokio::sync::watch::Receiver<WindowSize>,
+    /// The bytes typed; when it ends, the session's input ends.
+    pub input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub output: OutputSink<'a>,
 }
 
 /// How a command ended.
@@ -220,6 +254,20 @@ pub trait Transport: Send + Sync {
         port: u16,
     ) -> BoxFuture<'a, Result<Box<dyn Tunnel>, ExecError>>;
 
+    /// Runs `session.cmd` under a pseudo-terminal, wired to the local terminal, until it
+    /// ends; returns how it ended. Transports without terminals refuse.
+    fn interactive<'a>(
+        &'a self,
+        session: Interactive<'a>,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+        Box::pin(async move {
+            Err(ExecError::Start {
+                command: session.cmd.render(),
+                reason: "this transport opens no terminal sessions".to_owned(),
+            })
+        })
+    }
+
     /// Whether the connection can still run commands (false once the session died).
     fn is_alive(&self) -> bool {
         true
@@ -233,6 +281,14 @@ pub trait Transport: Send + Sync {
 
     /// The same for the jump host the connection is tunnelled through, if any.
     fn jump_host_key(&self) -> Option<&str> {
+        None
+    }
+
+    /// The login user when requests marked root run through `sudo -n` (`ssh.sudo`), else
+    /// `None` (everything runs as the login user, root or not). Under sudo `id -un` says
+    /// root: what must end up the login user's (the env file without `app.user`) is
+    /// chowned to this name.
+    fn sudo_login(&self) -> Option<&str> {
         None
     }
 
@@ -254,6 +310,17 @@ pub enum ExecError {
     Lost { command: String, reason: String },
     #[error("could not start `{command}`: {reason}")]
     Start { command: String, reason: String },
+    #[error(
+        "`{user}` cannot run commands as root on `{host}` through `sudo -n` (`ssh.sudo = true`): {reason}; \
+         allow it without a password, e.g. `echo '{rule}' > /etc/sudoers.d/shipit` (mode 0440; check it with `visudo -c`), \
+         or deploy as root (a narrower rule does not do: the steps run `sh -c` scripts as root)"
+    )]
+    Sudo {
+        host: String,
+        user: String,
+        reason: String,
+        rule: String,
+    },
     #[error("reading stdin for `{command}` failed")]
     Stdin {
         command: String,

@@ -29,8 +29,9 @@ use tokio::sync::{Semaphore, watch};
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{
     BoxFuture, Collector, ConnectError, ExecError, ExecOutput, ExecRequest, Exit, HostKeyError,
-    SshSettings, SshTarget, Stdin, Stream, Transport,
+    Interactive, SshSettings, SshTarget, Stdin, Stream, Transport,
 };
+use crate::shell::Cmd;
 
 /// Channels open at once on one connection; below sshd's default `MaxSessions 10`.
 pub const MAX_CHANNELS: usize = 8;
@@ -241,6 +242,9 @@ impl SshConnector {
         let host_key = trusted.lock().expect("lock").take();
         Ok(SshTransport {
             host: target.host.clone(),
+            user: target.user.clone(),
+            sudo: false,
+            sudo_checked: tokio::sync::OnceCell::new(),
             handle: Arc::new(handle),
             channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
             disconnect,
@@ -859,6 +863,12 @@ impl client::Handler for Client {
 /// One authenticated SSH connection.
 pub struct SshTransport {
     host: String,
+    /// The login user.
+    user: String,
+    /// Requests marked root run through `sudo -n` (`ssh.sudo`, a login other than root).
+    sudo: bool,
+    /// Whether `sudo -n` works, asked once, before the first root request.
+    sudo_checked: tokio::sync::OnceCell<Result<(), String>>,
     handle: Arc<Handle<Client>>,
     channels: Arc<Semaphore>,
     disconnect: Arc<Mutex<Option<String>>>,
@@ -870,6 +880,52 @@ pub struct SshTransport {
 }
 
 impl SshTransport {
+    /// Runs the requests marked root through `sudo -n` when `on` (and the login is not
+    /// root already).
+    pub fn with_sudo(mut self, on: bool) -> SshTransport {
+        self.sudo = on && self.user != "root";
+        self
+    }
+
+    /// The command line a request runs as: wrapped in `sudo -n` when it needs root and the
+    /// connection uses sudo, after checking once that sudo works without a password.
+    async fn command_line(&self, cmd: &Cmd, root: bool) -> Result<String, ExecError> {
+        if !(root && self.sudo) {
+            return Ok(cmd.render());
+        }
+        let checked = self
+            .sudo_checked
+            .get_or_init(|| async {
+                let probe = crate::commands::sudo::probe();
+                let req = ExecRequest::new(&probe, SUDO_PROBE_TIMEOUT);
+                match self.run_line(probe.render(), req).await {
+                    Ok(o) if o.success() => Ok(()),
+                    Ok(o) => {
+                        let said = o.stderr.text();
+                        let said = said.trim();
+                        Err(match o.exit {
+                            Exit::Code(crate::commands::exit::NO_SUDO) => {
+                                "`sudo` is not installed there".to_owned()
+                            }
+                            _ if said.is_empty() => format!("`sudo -n true` failed ({})", o.exit),
+                            _ => format!("`sudo -n true` says: {said}"),
+                        })
+                    }
+                    Err(e) => Err(format!("asking sudo failed: {e}")),
+                }
+            })
+            .await;
+        match checked {
+            Ok(()) => Ok(crate::commands::sudo::wrap(cmd).render()),
+            Err(reason) => Err(ExecError::Sudo {
+                host: self.host.clone(),
+                user: self.user.clone(),
+                reason: reason.clone(),
+                rule: crate::commands::sudo::rule(&self.user),
+            }),
+        }
+    }
+
     fn lost(&self, command: &str, fallback: impl ToString) -> ExecError {
         let reason = self
             .disconnect
@@ -904,7 +960,16 @@ impl SshTransport {
     }
 
     async fn run(&self, req: ExecRequest<'_>) -> Result<ExecOutput, ExecError> {
-        let command = req.cmd.render();
+        let command = self.command_line(req.cmd, req.root).await?;
+        self.run_line(command, req).await
+    }
+
+    /// Runs `command`, the rendered line of `req`.
+    async fn run_line(
+        &self,
+        command: String,
+        req: ExecRequest<'_>,
+    ) -> Result<ExecOutput, ExecError> {
         let _permit = self
             .channels
             .acquire()
@@ -1000,6 +1065,127 @@ impl SshTransport {
     }
 }
 
+impl SshTransport {
+    /// A session under a pseudo-terminal (`pty-req`, then `exec`): the keys typed go to the
+    /// host as they come, window changes follow the local window, and the output is handed
+    /// on as it arrives. The host answers each request in order: a refused terminal is
+    /// reported as such, not as a failed command.
+    async fn terminal(&self, session: Interactive<'_>) -> Result<Exit, ExecError> {
+        let Interactive {
+            cmd,
+            term,
+            size,
+            mut resized,
+            mut input,
+            output,
+        } = session;
+        let command = cmd.render();
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let channel = self.open_channel(&command).await?;
+        channel
+            .request_pty(
+                true,
+                &term,
+                u32::from(size.cols),
+                u32::from(size.rows),
+                0,
+                0,
+                &[],
+            )
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        channel
+            .exec(true, command.as_bytes())
+            .await
+            .map_err(|e| self.lost(&command, e))?;
+        let (mut reader, writer) = channel.split();
+        let mut guard = CloseOnDrop(Some(writer));
+        let writer = guard.0.as_ref().expect("just set");
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let read = async {
+            let mut exit: Option<Exit> = None;
+            // Replies come in the order of the requests: the terminal's, then exec's.
+            let mut replies = 0;
+            let mut refused: Option<&'static str> = None;
+            while let Some(msg) = reader.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => output(Stream::Stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => output(Stream::Stderr, &data),
+                    ChannelMsg::ExitStatus { exit_status } => exit = Some(Exit::Code(exit_status)),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        exit = Some(Exit::Signal(format!("{signal_name:?}")))
+                    }
+                    ChannelMsg::Success => replies += 1,
+                    ChannelMsg::Failure => {
+                        refused.get_or_insert(match replies {
+                            0 => {
+                                "the host refused a terminal (is `PermitTTY no` set for this user?)"
+                            }
+                            _ => "the host refused to run it",
+                        });
+                        replies += 1;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = closed_tx.send(true);
+            (exit, refused)
+        };
+        let write = async {
+            let mut w = writer.make_writer();
+            let mut closed = closed_rx.clone();
+            let (mut typing, mut resizing) = (true, true);
+            loop {
+                tokio::select! {
+                    () = until_closed(&mut closed) => break,
+                    bytes = input.recv(), if typing => match bytes {
+                        Some(bytes) => {
+                            // A session that died must not leave this write waiting.
+                            let mut gone = closed_rx.clone();
+                            tokio::select! {
+                                r = w.write_all(&bytes) => if r.is_err() { break },
+                                () = until_closed(&mut gone) => break,
+                            }
+                        }
+                        None => {
+                            typing = false;
+                            let _ = w.shutdown().await;
+                        }
+                    },
+                    changed = resized.changed(), if resizing => match changed {
+                        Ok(()) => {
+                            let size = *resized.borrow_and_update();
+                            let _ = writer
+                                .window_change(u32::from(size.cols), u32::from(size.rows), 0, 0)
+                                .await;
+                        }
+                        Err(_) => resizing = false,
+                    },
+                }
+            }
+        };
+        let ((exit, refused), ()) = tokio::join!(read, write);
+        guard.0 = None;
+        if let Some(reason) = refused {
+            return Err(ExecError::Start {
+                command,
+                reason: reason.to_owned(),
+            });
+        }
+        exit.ok_or_else(|| self.lost(&command, "the channel closed without an exit status"))
+    }
+}
+
+/// Returns once the channel's reader saw its end.
+async fn until_closed(closed: &mut watch::Receiver<bool>) {
+    let _ = closed.wait_for(|c| *c).await;
+}
+
 struct CloseOnDrop(Option<russh::ChannelWriteHalf<client::Msg>>);
 
 impl Drop for CloseOnDrop {
@@ -1025,8 +1211,19 @@ impl Transport for SshTransport {
         self.jump_host_key.as_deref()
     }
 
+    fn sudo_login(&self) -> Option<&str> {
+        self.sudo.then_some(self.user.as_str())
+    }
+
     fn exec<'a>(&'a self, req: ExecRequest<'a>) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
         Box::pin(self.run(req))
+    }
+
+    fn interactive<'a>(
+        &'a self,
+        session: Interactive<'a>,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+        Box::pin(self.terminal(session))
     }
 
     fn connect_tcp<'a>(
@@ -1069,6 +1266,9 @@ impl std::fmt::Debug for SshTransport {
         write!(f, "SshTransport({})", self.host)
     }
 }
+
+/// How long asking `sudo -n true` may take.
+const SUDO_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a refused channel open is retried (sshd's `MaxSessions` is per connection).
 const CHANNEL_RETRY: Duration = Duration::from_secs(10);

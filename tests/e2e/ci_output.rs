@@ -196,3 +196,45 @@ fn gitlab_ci_gets_a_collapsible_section_per_host() {
     assert_eq!(report["outcome"], "deployed", "{report}");
     assert!(!stderr.contains("section_"), "{stderr}");
 }
+
+/// `shipit deploy prod --json > report.json` in CI: stdout is the report alone, and the log
+/// (stderr) has what it has without `--json`: the migration's output, prefixed by host, the
+/// host's failure and the summary.
+#[test]
+fn with_json_the_log_keeps_the_human_lines_on_stderr() {
+    let fleet = Fleet::start(2);
+    let app = fleet.dir().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("VERSION"), "v1").unwrap();
+    let extra = format!(
+        "[artifact]\npath = \"{}\"\n[migrate]\ncommand = \"echo migrating to $(cat VERSION); echo 'relation users already exists' >&2; exit 3\"\n",
+        app.display()
+    );
+    let inv = write(
+        fleet.dir(),
+        "inv.toml",
+        &inventory_text(&fleet, &["h1", "h2"], &extra),
+    );
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .env("CI", "true")
+        .args(["deploy", "test", "--json", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert!(!stdout.contains("migrating"), "{stdout}");
+    // The migration's lines, stdout and stderr, each prefixed by its host.
+    assert!(stderr.contains("h1 | migrating to v1"), "{stderr}");
+    assert!(
+        stderr.contains("h1 ! relation users already exists"),
+        "{stderr}"
+    );
+    // The failure: the host's line and the summary, as without `--json`.
+    assert!(
+        stderr.contains(" h1 FAILED: the migration failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was switched"), "{stderr}");
+}

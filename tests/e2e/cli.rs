@@ -18,7 +18,8 @@ fn top_level_help_lists_only_working_commands_with_examples() {
 #[test]
 fn every_command_help_shows_an_example() {
     for command in [
-        "check", "exec", "task", "deploy", "rollback", "releases", "history", "unlock",
+        "check", "exec", "task", "deploy", "rollback", "releases", "history", "unlock", "lock",
+        "logs", "shell", "config",
     ] {
         let text = help(&[command, "--help"]);
         assert!(

@@ -104,14 +104,31 @@ fn the_reference_inventory_in_examples_parses() {
         .env("REDIS_URL", "redis://x")
         .env("SESSION_SECRET", "s")
         .args([
-            "check",
+            "status",
             "reference",
             "--hosts",
             "nowhere",
             "-i",
             "examples/reference.toml",
         ]));
-    // It parses; the only complaint is the made-up host name.
+    // It parses; the only complaint is the made-up host name (`status` runs no secret
+    // command: `op read` is not there).
     assert_eq!(code, 2, "{stdout}{stderr}");
     assert!(stderr.contains("no host named `nowhere`"), "{stderr}");
+    // `config` shows every section it has.
+    let (code, stdout, stderr) = run(shipit_command(dir.path()).current_dir(root).args([
+        "config",
+        "reference",
+        "-i",
+        "examples/reference.toml",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    for section in [
+        "[env.secrets.STRIPE_KEY]",
+        "[[notify]]",
+        "[[health]]",
+        "[rollout]",
+    ] {
+        assert!(stdout.contains(section), "{section} in\n{stdout}");
+    }
 }

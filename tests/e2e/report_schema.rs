@@ -1,5 +1,6 @@
 //! The `--json` deploy report against its documented schema (docs/deploy-report.schema.json),
-//! for a successful deploy, a locked one and a rolled-back one. The validator covers the
+//! for a successful deploy, a locked one (by another run, and on purpose) and a rolled-back
+//! one. The validator covers the
 //! JSON Schema keywords the document uses: type, enum, required, properties,
 //! additionalProperties, items, oneOf.
 
@@ -128,6 +129,25 @@ fn deploy_reports_match_the_documented_schema() {
     assert_eq!(code, 5);
     assert_valid(&locked);
     fleet.sh_ok("h1", "rm -rf /opt/demo/.shipit/lock");
+
+    // Locked on purpose (`shipit lock -m`): the holder comes with its message.
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .args(["lock", "test", "-m", "frozen for the launch", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, held) = deploy();
+    assert_eq!(code, 5);
+    assert_eq!(
+        held["hosts"][0]["locked_by"]["message"],
+        "frozen for the launch"
+    );
+    assert_valid(&held);
+    let (code, _, stderr) = run(fleet
+        .shipit()
+        .args(["unlock", "test", "--yes", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
 
     // Rolled back.
     std::fs::write(app.join("VERSION"), "2").unwrap();

@@ -29,6 +29,12 @@ fn init_scaffolds_a_stage_that_parses_and_never_overwrites() {
     assert!(workflow.contains("stage: staging"), "{workflow}");
     assert!(workflow.contains("group: deploy-staging"), "{workflow}");
     assert!(!workflow.contains("production"), "{workflow}");
+    // Its SSH user is not root, so the steps under /etc go through sudo.
+    let inventory = std::fs::read_to_string(dir.path().join("inventory/staging.toml")).unwrap();
+    assert!(
+        inventory.contains("\nuser = \"deploy\"\n") && inventory.contains("\nsudo = true\n"),
+        "{inventory}"
+    );
     // The inventory parses (the only complaint is the host we ask for).
     let (code, _, stderr) = run(shipit_command(dir.path())
         .current_dir(dir.path())

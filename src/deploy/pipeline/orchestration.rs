@@ -571,6 +571,117 @@ async fn a_failure_at_each_switch_step_undoes_exactly_what_started() {
     }
 }
 
+const HOOKS: &str = r#"
+[[hooks]]
+at = "after_switch"
+command = "hook-switch"
+
+[[hooks]]
+at = "after_restart"
+command = "hook-restart"
+"#;
+
+/// A host switched back runs its `after_switch` and `after_restart` hooks again, for the
+/// release it goes back to (its directory, its id as `SHIPIT_RELEASE`), in a deploy's
+/// order; its guard's script would do the same. A hook that fails then is a warning: the
+/// rest of the switch-back runs, and the host counts as switched back.
+#[tokio::test]
+async fn a_switch_back_runs_the_hooks_again_for_the_previous_release() {
+    let s = setup(1, &format!("{SERVED}{HOOKS}"));
+    let dir = tempfile::tempdir().unwrap();
+    let packed = artifact(dir.path());
+    let plan = s.plan(&packed);
+    let confirm = fake::text(&crate::commands::guard::confirm(
+        DEPLOY_TO,
+        TOKEN,
+        &plan.release,
+    ));
+    let script = Script::default();
+    script.fail("h1", &confirm, 1);
+    let report = s.execute(&script, &packed, &plan).await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{:?}", report.message);
+    assert_eq!(
+        labels_from(&script, &plan, "h1", "confirm"),
+        strs(&[
+            "confirm",
+            "forget",
+            "restore_env",
+            "switch_back",
+            "hook:after_switch",
+            "restore_units",
+            "restore_site",
+            "hook:after_restart",
+            "disarm"
+        ])
+    );
+    let again = format!("SHIPIT_RELEASE={OLD}");
+    let reruns: Vec<String> = script
+        .commands("h1")
+        .into_iter()
+        .filter(|c| c.contains(&again))
+        .collect();
+    assert_eq!(reruns.len(), 2, "{reruns:#?}");
+    for cmd in &reruns {
+        assert!(
+            cmd.contains(&format!("dir={DEPLOY_TO}/releases/{OLD}"))
+                && cmd.contains(&format!("SHIPIT_PREVIOUS={}", plan.release))
+                && cmd.contains("envfile=/etc/shop.env"),
+            "{cmd}"
+        );
+    }
+    // The guard's script runs them too, after `current` is back.
+    let arm = script
+        .calls()
+        .into_iter()
+        .find(|c| label(&plan, &c.cmd) == "arm")
+        .unwrap();
+    let guard = arm.stdin_text;
+    let at = |needle: &str| {
+        guard
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle} in {guard}"))
+    };
+    assert!(
+        at(&fake::text(&crate::commands::release::switch(
+            DEPLOY_TO, OLD
+        ))) < at("hook-switch")
+    );
+    assert!(at("hook-switch") < at("hook-restart"));
+    assert_eq!(guard.matches(&again).count(), 2, "{guard}");
+
+    // The `after_switch` hook fails for the previous release: the rest still runs, and
+    // the host is switched back, with a warning.
+    let script = Script::default();
+    script.fail("h1", &confirm, 1);
+    script.fail("h1", &again, 3);
+    let report = s.execute(&script, &packed, &plan).await;
+    assert_eq!(report.outcome, Outcome::RolledBack, "{:?}", report.message);
+    assert_eq!(
+        labels_from(&script, &plan, "h1", "switch_back"),
+        strs(&[
+            "switch_back",
+            "hook:after_switch",
+            "restore_units",
+            "restore_site",
+            "hook:after_restart",
+            "disarm"
+        ])
+    );
+    let h1 = host(&report, "h1");
+    assert_eq!((h1.outcome, h1.rolled_back), ("switched_back", Some(true)));
+    assert_eq!(h1.error.as_ref().unwrap().step, "confirm");
+    assert_eq!(h1.warnings.len(), 1, "{:?}", h1.warnings);
+    assert!(
+        h1.warnings[0].contains(&format!(
+            "the after_switch hook `hook-switch` (run again for {OLD}) failed on `h1` with exit status 3"
+        )),
+        "{:?}",
+        h1.warnings
+    );
+    let json = serde_json::to_value(h1).unwrap();
+    assert_eq!(json["warnings"][0], h1.warnings[0].as_str());
+}
+
 #[tokio::test]
 async fn a_failed_arm_disarms_and_switches_nothing_back() {
     let (_, report, after) = fail_at(SERVED, "arm", 1).await;

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::inventory::TransportKind;
 use crate::output::{Report, table};
-use crate::plan::facts::HostProbe;
+use crate::plan::facts::{HostProbe, Need};
 use crate::ssh::reach::Origin;
 
 #[derive(Debug, Serialize)]
@@ -45,6 +45,12 @@ pub struct HostCheck {
     pub host_key_verified: Option<bool>,
     pub authenticated: Option<bool>,
     pub facts: Option<HostProbe>,
+    /// `ssh.sudo`: whether `sudo -n` runs commands as root (`None` without `ssh.sudo`, or
+    /// when the probe did not get that far).
+    pub sudo: Option<bool>,
+    /// What the inventory needs of the host (Nginx, systemd, Docker, write access where the
+    /// env file, units, site and backups go), probed as the user the steps run as.
+    pub needs: Vec<Need>,
     /// A deploy lock held on the host (not a failure: a deploy may be running).
     pub locked_by: Option<String>,
     /// How the host key was trusted: fingerprint and the known_hosts line, pin or

@@ -98,6 +98,9 @@ pub struct HostDeploy {
     pub steps: Vec<StepReport>,
     /// What failed on this host: the step, in words, and the exit status of its command.
     pub error: Option<RemoteError>,
+    /// What went wrong without failing the host: a hook run again while switching back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How one step of the plan went.

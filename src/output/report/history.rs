@@ -15,12 +15,16 @@ pub struct Record {
     /// When it ended: history sorts by this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
-    /// `deploy`, `rollback` or `unlock`.
+    /// `deploy`, `rollback`, `restore`, `guard`, `task`, `backup`, `lock` or `unlock`.
     pub action: String,
     #[serde(default)]
     pub release: Option<String>,
     #[serde(default)]
     pub artifact_sha256: Option<String>,
+    /// The git commit of `release` (`<sha>`, or `<sha>-dirty` when the working tree had
+    /// uncommitted changes), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<String>,
     /// `success`, `failed` or `interrupted` (and `reverted` for the guard's own line).
     pub outcome: String,
     pub user: String,

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod exec;
 pub mod history;
 pub mod init;
+pub mod lock;
 pub mod manual;
 pub mod plan;
 pub mod releases;

@@ -11,6 +11,9 @@ use crate::plan::NotCandidate;
 #[derive(Debug, Serialize)]
 pub struct ReleaseRow {
     pub release: String,
+    /// The git commit it was built from, as its REVISION records it (`<sha>`, or
+    /// `<sha>-dirty` when the working tree had uncommitted changes); `None` when unknown.
+    pub git: Option<String>,
     pub hosts: Vec<String>,
     pub current_on: Vec<String>,
     /// The hosts where a plain `shipit rollback` may go back to it.

@@ -15,12 +15,17 @@ pub struct StatusReport {
 pub struct HostStatus {
     pub host: String,
     pub current: Option<String>,
+    /// The git commit of the current release (`<sha>`, or `<sha>-dirty`), when recorded.
+    pub git: Option<String>,
     /// (unit, `systemctl is-active` word)
     pub units: Vec<(String, String)>,
     /// `None` when `[health]` is not set; else whether one check passed, and why not.
     pub healthy: Option<bool>,
     pub health_error: Option<String>,
     pub locked_by: Option<String>,
+    /// The message of a lock taken on purpose with `shipit lock -m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_message: Option<String>,
     pub error: Option<String>,
     /// The port the Nginx site points at, for a blue-green unit.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -19,12 +19,37 @@ pub struct LockOwner {
     pub started_unix: u64,
     #[serde(default)]
     pub ci_url: Option<String>,
+    /// Why the lock is held: set on a lock taken on purpose with `shipit lock -m`, which
+    /// stays until `shipit unlock` (it never goes stale: nobody is expected to be running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl LockOwner {
-    /// "alice@laptop (pid 42, `shipit deploy staging`) since 2026-…Z, 5m ago".
+    /// Whether the lock was taken on purpose (`shipit lock`), not by a run that holds it
+    /// while it works.
+    pub fn deliberate(&self) -> bool {
+        self.message.is_some()
+    }
+
+    /// "alice@laptop (pid 42, `shipit deploy staging`) since 2026-…Z, 5m ago"; for a lock
+    /// taken on purpose, "alice@laptop on purpose since 2026-…Z, 2h ago: \"why\" (…)".
     pub fn describe(&self, now_unix: u64, lock_timeout: Duration) -> String {
         let age = Duration::from_secs(now_unix.saturating_sub(self.started_unix));
+        if let Some(message) = &self.message {
+            let mut text = format!(
+                "{}@{} on purpose since {}, {} ago",
+                self.user,
+                self.machine,
+                self.started,
+                humantime::format_duration(age)
+            );
+            if let Some(url) = &self.ci_url {
+                text.push_str(&format!(", {url}"));
+            }
+            text.push_str(&format!(": {message:?} (`shipit unlock` releases it)"));
+            return text;
+        }
         let mut text = format!(
             "{}@{} (pid {}, `{}`) since {}, {} ago",
             self.user,

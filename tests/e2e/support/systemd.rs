@@ -4,7 +4,7 @@
 //! ...). Each runs systemd as its PID 1, with journald, dbus, logind, OpenSSH's `ssh.service`,
 //! Debian's `nginx.service` (default site on port 80), `postgresql.service` (cluster 15/main
 //! on 127.0.0.1:5432, created by the package) and `redis-server.service` (127.0.0.1:6379, no
-//! password); python3, `psql` and `redis-cli` are installed. Use these hosts when a test needs
+//! password); python3, `psql`, `redis-cli` and `sudo` are installed. Use these hosts when a test needs
 //! what the tier-1 hosts of [`super::Fleet`] cannot give: unit files that `systemctl
 //! daemon-reload`, `enable --now`, `restart` really act on, a real nginx, and data services
 //! managed by the host's own systemd.
@@ -81,7 +81,7 @@ const SUITE: &str = "bookworm";
 /// Packages of the rootfs, on top of debootstrap's minbase.
 const PACKAGES: &str = "systemd,systemd-sysv,dbus,openssh-server,nginx,python3,iproute2,\
                         ca-certificates,curl,procps,tar,gzip,passwd,postgresql,\
-                        postgresql-client,redis-server,redis-tools";
+                        postgresql-client,redis-server,redis-tools,sudo";
 /// sshd settings of every host (`/etc/ssh/sshd_config.d/shipit-e2e.conf`). Only the ed25519
 /// host key, which each host gets its own of; the defaults would also look for rsa and ecdsa.
 const SSHD_DROP_IN: &str = "# shipit e2e test host\n\
