@@ -119,6 +119,9 @@ struct Case {
     name: String,
     files: Vec<(String, String)>,
     alias: String,
+    /// The inventory's `ssh.user` and `hosts.port`: `ssh -l` and `-p`.
+    login: Option<&'static str>,
+    port: Option<u16>,
     differs: Option<&'static Difference>,
 }
 
@@ -127,6 +130,8 @@ fn case(name: impl Into<String>, config: impl Into<String>, alias: &str) -> Case
         name: name.into(),
         files: vec![("config".to_owned(), config.into())],
         alias: alias.to_owned(),
+        login: None,
+        port: None,
         differs: None,
     }
 }
@@ -134,6 +139,12 @@ fn case(name: impl Into<String>, config: impl Into<String>, alias: &str) -> Case
 impl Case {
     fn with(mut self, file: &str, text: &str) -> Case {
         self.files.push((file.to_owned(), text.to_owned()));
+        self
+    }
+
+    fn login(mut self, user: Option<&'static str>, port: Option<u16>) -> Case {
+        self.login = user;
+        self.port = port;
         self
     }
 
@@ -591,6 +602,24 @@ fn corpus() -> Vec<Case> {
 
     cases.extend(random_cases(400));
 
+    // The inventory's `ssh.user` and port, as `ssh -l` and `-p`: they beat the config, and
+    // `Match user` tests the given user.
+    let given = "Match user deploy\n  HostName matched.lan\nHost web\n  User cfg\n  Port 2200\n  ProxyJump %r@gate\nHost gate\n  Port 2022\n";
+    for (login, port) in [
+        (Some("deploy"), None),
+        (Some("ops"), Some(2300)),
+        (None, Some(2301)),
+    ] {
+        cases.push(
+            case(
+                format!("inventory user {login:?} port {port:?}"),
+                given,
+                "web",
+            )
+            .login(login, port),
+        );
+    }
+
     // Errors and what is not one.
     cases.push(case(
         "misspelt keyword elsewhere",
@@ -789,7 +818,12 @@ fn local_hostname() -> String {
 
 /// shipit's view: the config read as the user file, then the inventory's host (address =
 /// the alias, nothing else set) resolved as `shipit check` would.
-fn shipit_resolve(home: &Path, alias: &str) -> Result<(HostConfig, Reach), String> {
+fn shipit_resolve(
+    home: &Path,
+    alias: &str,
+    login: Option<&str>,
+    port: Option<u16>,
+) -> Result<(HostConfig, Reach), String> {
     let system = home.parent().unwrap().join("etc-ssh/ssh_config");
     let system = system.exists().then_some(system.as_path());
     let local = Local {
@@ -805,11 +839,18 @@ fn shipit_resolve(home: &Path, alias: &str) -> Result<(HostConfig, Reach), Strin
     };
     let config =
         SshConfig::load(&home.join(".ssh/config"), system, &local).map_err(|e| e.to_string())?;
-    let host_config = config.resolve(alias, None).map_err(|e| e.to_string())?;
-    let text = format!(
-        "[app]\nname = \"diff\"\ndeploy_to = \"/opt/diff\"\n\n[[hosts]]\nname = \"h\"\naddress = {}\n",
+    let host_config = config.resolve(alias, login).map_err(|e| e.to_string())?;
+    let mut text = "[app]\nname = \"diff\"\ndeploy_to = \"/opt/diff\"\n\n".to_owned();
+    if let Some(user) = login {
+        text.push_str(&format!("[ssh]\nuser = {}\n\n", toml_string(user)));
+    }
+    text.push_str(&format!(
+        "[[hosts]]\nname = \"h\"\naddress = {}\n",
         toml_string(alias)
-    );
+    ));
+    if let Some(port) = port {
+        text.push_str(&format!("port = {port}\n"));
+    }
     let env = |_: &str| None;
     let ctx = shipit::inventory::LoadContext {
         base_dir: home,
@@ -1045,6 +1086,7 @@ fn ssh_config_resolves_as_ssh_dash_g_does() {
     let mut failures = Vec::new();
     let mut documented = BTreeMap::<&str, usize>::new();
     let mut agreed = 0;
+    let mut both_refuse = 0;
     for case in &cases {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
@@ -1056,8 +1098,20 @@ fn ssh_config_resolves_as_ssh_dash_g_does() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, text).unwrap();
         }
-        let openssh = ssh_g(&home, &[&case.alias]);
-        let ours = shipit_resolve(&home, &case.alias);
+        let mut args: Vec<String> = Vec::new();
+        if let Some(user) = case.login {
+            args.extend(["-l".to_owned(), user.to_owned()]);
+        }
+        if let Some(port) = case.port {
+            args.extend(["-p".to_owned(), port.to_string()]);
+        }
+        args.push(case.alias.clone());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let openssh = ssh_g(&home, &argv);
+        let ours = shipit_resolve(&home, &case.alias, case.login, case.port);
+        if openssh.is_err() && ours.is_err() {
+            both_refuse += 1;
+        }
         let diffs: Vec<String> = match (&openssh, &ours) {
             (Err(_), Err(_)) => Vec::new(),
             (Ok(o), Ok((cfg, reach))) => compare(&home, &case.alias, o, cfg, reach),
@@ -1091,8 +1145,13 @@ fn ssh_config_resolves_as_ssh_dash_g_does() {
         }
     }
     eprintln!(
-        "{} cases: {agreed} agree, documented differences {documented:?}",
+        "{} cases: {agreed} agree ({both_refuse} of them refused by both), documented differences {documented:?}",
         cases.len()
+    );
+    // Most cases must resolve, not merely fail on both sides.
+    assert!(
+        agreed - both_refuse > cases.len() / 2,
+        "{agreed} agree, {both_refuse} refused by both"
     );
     assert!(
         failures.is_empty(),
