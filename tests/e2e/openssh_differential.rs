@@ -82,7 +82,12 @@ const KEEPALIVE_ZERO: Difference = Difference {
 };
 
 /// Compared nowhere, by design, and why (each also in the README).
-const NOT_COMPARED: [Difference; 3] = [
+const NOT_COMPARED: [Difference; 4] = [
+    Difference {
+        id: "default-user",
+        what: "without `User` or `ssh.user` the target's user is root; `ssh` takes the local user (the same here: the tests run as root)",
+        readme: "without a `User` (nor `ssh.user`) the target's user is `root`, where `ssh` takes the local user",
+    },
     Difference {
         id: "canonical-domains",
         what: "`CanonicalizeHostname` with `CanonicalDomains` makes `ssh` look names up in DNS; shipit never does (the cases here stay off the network)",
