@@ -82,7 +82,12 @@ const KEEPALIVE_ZERO: Difference = Difference {
 };
 
 /// Compared nowhere, by design, and why (each also in the README).
-const NOT_COMPARED: [Difference; 4] = [
+const NOT_COMPARED: [Difference; 5] = [
+    Difference {
+        id: "known-hosts-command",
+        what: "`KnownHostsCommand` and `VerifyHostKeyDNS` are not used",
+        readme: "`KnownHostsCommand` and `VerifyHostKeyDNS` are not used (no local command, no DNS): a key only they vouch for is unknown to shipit",
+    },
     Difference {
         id: "default-user",
         what: "without `User` or `ssh.user` the target's user is root; `ssh` takes the local user (the same here: the tests run as root)",
