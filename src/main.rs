@@ -910,6 +910,10 @@ fn reach_hosts(
         user: login_name(),
         uid: current_uid(),
         hostname: hostname(),
+        // Names or values that are not UTF-8 cannot be named in a config line anyway.
+        env: std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
     };
     let config = if cli.global.no_ssh_config {
         None

@@ -60,6 +60,7 @@ async fn check_host(
         needs: Vec::new(),
         locked_by: None,
         host_key: None,
+        jump_host_key: None,
         connection: reach.map(|r| r.sources.clone()).unwrap_or_default(),
         problems: Vec::new(),
     };
@@ -94,6 +95,7 @@ async fn check_host(
     check.reachable = true;
     check.host_key_verified = (!local).then_some(true);
     check.host_key = transport.host_key().map(str::to_owned);
+    check.jump_host_key = transport.jump_host_key().map(str::to_owned);
     if let Some(step) = fleet::host_key_step(transport.as_ref()) {
         out.emit(Event::Step {
             host: &host.name,

@@ -96,6 +96,9 @@ pub fn check(report: &CheckReport) -> String {
             for s in &h.connection {
                 let _ = writeln!(out, "{}: {} {} ({})", h.host, s.setting, s.value, s.origin);
             }
+            if let Some(key) = &h.jump_host_key {
+                let _ = writeln!(out, "{}: jump host key {key}", h.host);
+            }
             if let Some(key) = &h.host_key {
                 let _ = writeln!(out, "{}: host key {key}", h.host);
             }

@@ -9,19 +9,23 @@
 //!
 //! ```text
 //! let config = SshConfig::load(&home.join(".ssh/config"), Some(Path::new("/etc/ssh/ssh_config")), &local)?;
-//! let host = config.resolve("web1", None);       // HostConfig: each value with its Origin
+//! let host = config.resolve("web1", None)?;      // HostConfig: each value with its Origin
 //! let key = expand(&host.identity_files[0].value, &tokens)?;
 //! ```
 //!
-//! The rules follow ssh_config(5): the first value that applies wins (`IdentityFile`
-//! accumulates instead); `Host` blocks match the alias, `Match host` the `HostName` set so
-//! far; an `Include`d file is read in place and a `Host` or `Match` inside it ends with that
-//! file. Only the keywords listed on [`HostConfig`] are read; any other keyword is a valid
-//! OpenSSH option shipit does not use and is skipped. `Match` criteria that would need a
-//! command or the network (`exec`, `localnetwork`, ...) are never evaluated: their block is
-//! skipped and [`HostConfig::notes`] says so.
+//! The rules are OpenSSH 9.2's (`readconf.c`, `ssh.c`), which a differential test in
+//! `tests/e2e/openssh_differential.rs` holds this module to: the first value that applies
+//! wins (`IdentityFile` accumulates instead, once per file); `Host` blocks match the alias
+//! case-sensitively, `Match host` the `HostName` set so far, ignoring case; an `Include`d
+//! file is read in place and a `Host` or `Match` inside it ends with that file. `Match final`
+//! (or `CanonicalizeHostname`) reads everything again for the final, lowercased host name.
+//! Only the keywords listed on [`HostConfig`] are read; another keyword OpenSSH knows is
+//! skipped, one it does not is an error unless `IgnoreUnknown` names it. `Match` criteria
+//! that would need a command or the network (`exec`, `localnetwork`, ...) are never
+//! evaluated: their block is skipped and [`HostConfig::notes`] says so.
 //!
-//! Reads only the config files and what they include; uses only [`crate::ssh::pattern`].
+//! Reads only the config files, what they include and `/etc/services` (for a `Port` given
+//! by name); uses only [`crate::ssh::pattern`].
 
 use std::fmt;
 use std::fs;
@@ -53,10 +57,20 @@ pub enum ConfigError {
         .file.display()
     )]
     TooDeep { origin: Origin, file: PathBuf },
-    #[error("unknown token `%{token}` in `{text}`; write `%%` for a literal `%`")]
-    UnknownToken { token: char, text: String },
+    #[error(
+        "unknown token `%{token}` in `{text}`: OpenSSH knows `{known}` here; write `%%` for a literal `%`"
+    )]
+    UnknownToken {
+        token: char,
+        text: String,
+        known: &'static str,
+    },
     #[error("`{text}` ends with a lone `%`; write `%%` for a literal `%`")]
     TrailingPercent { text: String },
+    #[error("`{text}` names the environment variable `{name}`, which is not set")]
+    UnsetVariable { name: String, text: String },
+    #[error("`{text}` has a `${{` without its closing `}}`")]
+    OpenVariable { text: String },
 }
 
 /// A line of a config file; `line` is 1-based and counts every physical line.
@@ -96,7 +110,7 @@ pub struct HostConfig {
     pub hostname: Option<Setting<String>>,
     pub user: Option<Setting<String>>,
     pub port: Option<Setting<u16>>,
-    /// Every applying line, in order.
+    /// Every applying line, in order; a file named again is left out.
     pub identity_files: Vec<Setting<String>>,
     pub identities_only: Option<Setting<bool>>,
     /// `ProxyJump` and `ProxyCommand` exclude each other: whichever applies first wins.
@@ -104,6 +118,7 @@ pub struct HostConfig {
     /// Raw, so the caller can refuse it clearly (shipit runs no proxy command); a value of
     /// `none` means no proxy.
     pub proxy_command: Option<Setting<String>>,
+    /// Zero is OpenSSH's "no timeout"; `none` sets nothing.
     pub connect_timeout: Option<Setting<Duration>>,
     /// Zero turns keepalives off.
     pub server_alive_interval: Option<Setting<Duration>>,
@@ -112,12 +127,14 @@ pub struct HostConfig {
     pub user_known_hosts: Option<Setting<Vec<String>>>,
     /// `GlobalKnownHostsFile`, likewise.
     pub global_known_hosts: Option<Setting<Vec<String>>>,
+    /// `RevokedHostKeys`: a file of revoked host keys, raw; `none` means none.
+    pub revoked_host_keys: Option<Setting<String>>,
     /// Blocks that were skipped because they need something shipit does not evaluate.
     pub notes: Vec<String>,
 }
 
 /// The local facts the config may refer to, read by `main` and passed in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Local {
     /// `~`, `%d`, and the `~/.ssh` that relative `Include`s are resolved against.
     pub home: PathBuf,
@@ -127,6 +144,21 @@ pub struct Local {
     pub uid: u32,
     /// `%l`; its first label is `%L`.
     pub hostname: String,
+    /// The environment, for `${NAME}` in `IdentityFile` and `UserKnownHostsFile`. Its values
+    /// may be secrets: `Debug` shows the names only.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Local")
+            .field("home", &self.home)
+            .field("user", &self.user)
+            .field("uid", &self.uid)
+            .field("hostname", &self.hostname)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What fills in `%` tokens in [`expand`].
@@ -140,6 +172,8 @@ pub struct Tokens<'a> {
     pub port: u16,
     /// `%r`: the remote user.
     pub user: &'a str,
+    /// `%k`: the `HostKeyAlias`, else the alias as typed.
+    pub key_alias: &'a str,
     pub local: &'a Local,
 }
 
@@ -170,11 +204,18 @@ enum Item {
     Set(Directive),
     /// The files one `Include` line named, in order.
     Include(Vec<ConfigFile>),
+    /// `IgnoreUnknown`: a pattern list of keywords that are not an error.
+    IgnoreUnknown(String),
+    /// A keyword OpenSSH does not know, lowercase: an error unless an `IgnoreUnknown` that
+    /// applies before it names it, as in OpenSSH.
+    Unknown(String),
 }
 
 #[derive(Debug, Clone)]
 enum Directive {
-    HostName(Vec<Piece>),
+    /// Raw: its `%` tokens are checked when a host it applies to is resolved, as OpenSSH
+    /// does, so a mistake in one host's block never stops another host.
+    HostName(String),
     User(String),
     Port(u16),
     IdentityFile(String),
@@ -186,13 +227,9 @@ enum Directive {
     HostKeyAlias(String),
     UserKnownHostsFile(Vec<String>),
     GlobalKnownHostsFile(Vec<String>),
-}
-
-/// A `HostName` split at `%h`, checked at load so resolving cannot fail.
-#[derive(Debug, Clone)]
-enum Piece {
-    Text(String),
-    Alias,
+    /// `CanonicalizeHostname`: on (`yes`, `always`) or off.
+    Canonicalize(bool),
+    RevokedHostKeys(String),
 }
 
 #[derive(Debug, Clone)]
@@ -204,14 +241,171 @@ struct Criterion {
 #[derive(Debug, Clone)]
 enum Test {
     All,
+    /// True in the final pass only (`Match final`, or a canonicalized host name).
+    Canonical,
+    /// Like `Canonical`, and asks for the final pass.
+    Final,
     /// Comma-separated pattern lists.
     Host(String),
     OriginalHost(String),
     User(String),
     LocalUser(String),
-    /// The criterion's name, lowercase.
+    /// One shipit never evaluates (`exec` runs a command): the criterion as written.
     Unsupported(String),
 }
+
+/// `Match` criteria OpenSSH knows that need a command, the network or the session
+/// (`localnetwork`, `tagged`, `version`, `sessiontype` and `command` came after 9.2).
+const UNEVALUATED_CRITERIA: [&str; 6] = [
+    "exec",
+    "localnetwork",
+    "tagged",
+    "version",
+    "sessiontype",
+    "command",
+];
+
+/// Every keyword OpenSSH 9.2's client knows (`readconf.c`), Debian's GSSAPI ones, Apple's
+/// `UseKeychain` (macOS's `ssh` takes it, and many a `~/.ssh/config` has it), and those
+/// added since; shipit reads a few of them and accepts the rest, as valid options it does
+/// not use.
+const KNOWN_KEYWORDS: &[&str] = &[
+    "addkeystoagent",
+    "addressfamily",
+    "afstokenpassing",
+    "batchmode",
+    "bindaddress",
+    "bindinterface",
+    "canonicaldomains",
+    "canonicalizefallbacklocal",
+    "canonicalizehostname",
+    "canonicalizemaxdots",
+    "canonicalizepermittedcnames",
+    "casignaturealgorithms",
+    "certificatefile",
+    "challengeresponseauthentication",
+    "channeltimeout",
+    "checkhostip",
+    "cipher",
+    "ciphers",
+    "clearallforwardings",
+    "compression",
+    "compressionlevel",
+    "connectionattempts",
+    "connecttimeout",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dsaauthentication",
+    "dynamicforward",
+    "enableescapecommandline",
+    "enablesshkeysign",
+    "escapechar",
+    "exitonforwardfailure",
+    "fallbacktorsh",
+    "fingerprinthash",
+    "forkafterauthentication",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gatewayports",
+    "globalknownhostsfile",
+    "globalknownhostsfile2",
+    "gssapiauthentication",
+    "gssapiclientidentity",
+    "gssapidelegatecredentials",
+    "gssapikexalgorithms",
+    "gssapikeyexchange",
+    "gssapirenewalforcesrekey",
+    "gssapiserveridentity",
+    "gssapitrustdns",
+    "hashknownhosts",
+    "host",
+    "hostbasedacceptedalgorithms",
+    "hostbasedauthentication",
+    "hostbasedkeytypes",
+    "hostkeyalgorithms",
+    "hostkeyalias",
+    "hostname",
+    "identitiesonly",
+    "identityagent",
+    "identityfile",
+    "identityfile2",
+    "ignoreunknown",
+    "include",
+    "ipqos",
+    "kbdinteractiveauthentication",
+    "kbdinteractivedevices",
+    "keepalive",
+    "kerberosauthentication",
+    "kerberostgtpassing",
+    "kexalgorithms",
+    "knownhostscommand",
+    "localcommand",
+    "localforward",
+    "loglevel",
+    "logverbose",
+    "macs",
+    "match",
+    "nohostauthenticationforlocalhost",
+    "numberofpasswordprompts",
+    "obscurekeystroketiming",
+    "passwordauthentication",
+    "permitlocalcommand",
+    "permitremoteopen",
+    "pkcs11provider",
+    "port",
+    "preferredauthentications",
+    "protocol",
+    "proxycommand",
+    "proxyjump",
+    "proxyusefdpass",
+    "pubkeyacceptedalgorithms",
+    "pubkeyacceptedkeytypes",
+    "pubkeyauthentication",
+    "refuseconnection",
+    "rekeylimit",
+    "remotecommand",
+    "remoteforward",
+    "requesttty",
+    "requiredrsasize",
+    "revokedhostkeys",
+    "rhostsauthentication",
+    "rhostsrsaauthentication",
+    "rsaauthentication",
+    "securitykeyprovider",
+    "sendenv",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "sessiontype",
+    "setenv",
+    "skeyauthentication",
+    "smartcarddevice",
+    "stdinnull",
+    "streamlocalbindmask",
+    "streamlocalbindunlink",
+    "stricthostkeychecking",
+    "syslogfacility",
+    "tag",
+    "tcpkeepalive",
+    "tisauthentication",
+    "tunnel",
+    "tunneldevice",
+    "updatehostkeys",
+    "useprivilegedport",
+    "user",
+    "userknownhostsfile",
+    "userknownhostsfile2",
+    "usekeychain",
+    "useroaming",
+    "usersh",
+    "verifyhostkeydns",
+    "versionaddendum",
+    "visualhostkey",
+    "warnweakcrypto",
+    "xauthlocation",
+];
 
 /// Whose file is read: it decides where relative `Include` paths point.
 #[derive(Debug, Clone, Copy)]
@@ -264,17 +458,51 @@ impl SshConfig {
 
     /// What applies to `alias`. `user` is the remote user if the caller already knows it
     /// (like `ssh -l`): it is what `Match user` tests, before any `User` line.
-    pub fn resolve(&self, alias: &str, user: Option<&str>) -> HostConfig {
+    ///
+    /// Fails only for a mistake OpenSSH also finds only then: a `HostName` with a token it
+    /// cannot fill in, in a block that applies to `alias`.
+    pub fn resolve(&self, alias: &str, user: Option<&str>) -> Result<HostConfig, ConfigError> {
         let mut walker = Walker {
             alias,
             user,
             local: &self.local,
             out: HostConfig::default(),
+            error: None,
+            final_pass: None,
+            wants_final: None,
+            ignore_unknown: None,
+            canonicalize: None,
         };
         for file in &self.files {
-            walker.walk(file);
+            walker.walk(file, false);
         }
-        walker.out
+        // OpenSSH reads every file again for the final host name, lowercased, when a
+        // `Match final` asks or after canonicalizing; what the first pass set stays.
+        let second = match (walker.wants_final.clone(), walker.canonicalize.clone()) {
+            (Some(origin), _) => Some((origin, "`Match final`")),
+            (None, Some((true, origin))) => Some((
+                origin,
+                "`CanonicalizeHostname` (shipit looks no name up in DNS: it uses the name as it is)",
+            )),
+            _ => None,
+        };
+        if let Some((origin, why)) = second
+            && walker.error.is_none()
+        {
+            let name = host_name(&walker.current_host());
+            walker.note(format!(
+                "{origin}: {why} reads the config again for the final host name `{name}`"
+            ));
+            walker.final_pass = Some(name);
+            walker.ignore_unknown = None;
+            for file in &self.files {
+                walker.walk(file, false);
+            }
+        }
+        match walker.error {
+            Some(error) => Err(error),
+            None => Ok(walker.out),
+        }
     }
 }
 
@@ -323,6 +551,10 @@ impl Reader<'_> {
             "match" => Item::Match(match_criteria(args).map_err(invalid)?),
             "include" => Item::Include(self.include(&args, origin, depth)?),
             "proxycommand" => Item::Set(Directive::ProxyCommand(rest.to_owned())),
+            "ignoreunknown" => {
+                Item::IgnoreUnknown(one("IgnoreUnknown", &args).map_err(invalid)?.to_owned())
+            }
+            _ if !KNOWN_KEYWORDS.contains(&lower.as_str()) => Item::Unknown(lower),
             _ => match directive(&lower, &args).map_err(invalid)? {
                 Some(d) => Item::Set(d),
                 None => return Ok(None),
@@ -340,6 +572,14 @@ impl Reader<'_> {
     ) -> Result<Vec<ConfigFile>, ConfigError> {
         let mut files = Vec::new();
         for pattern in patterns {
+            if pattern.starts_with('~') && matches!(self.kind, Kind::System) {
+                return Err(ConfigError::Invalid {
+                    origin: origin.clone(),
+                    problem: format!(
+                        "`Include {pattern}`: the system file may not include from a home directory (OpenSSH refuses it); use an absolute path"
+                    ),
+                });
+            }
             for path in glob(&self.include_path(pattern)) {
                 if depth + 1 > MAX_INCLUDE_DEPTH {
                     return Err(ConfigError::TooDeep {
@@ -457,30 +697,39 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
             Some((name, value)) => (name.to_ascii_lowercase(), Some(value.to_owned())),
             None => (arg.to_ascii_lowercase(), None),
         };
-        if matches!(name.as_str(), "all" | "canonical" | "final") {
-            let test = match name.as_str() {
-                "all" => Test::All,
-                _ => Test::Unsupported(name),
-            };
+        let bare = match name.as_str() {
+            "all" => Some(Test::All),
+            "canonical" => Some(Test::Canonical),
+            "final" => Some(Test::Final),
+            _ => None,
+        };
+        if let Some(test) = bare {
             criteria.push(Criterion { negated, test });
             continue;
         }
-        let value = inline.or_else(|| args.next());
-        let known = matches!(
-            name.as_str(),
-            "host" | "originalhost" | "user" | "localuser"
-        );
-        let value = match value {
+        let unevaluated = UNEVALUATED_CRITERIA.contains(&name.as_str());
+        if !unevaluated
+            && !matches!(
+                name.as_str(),
+                "host" | "originalhost" | "user" | "localuser"
+            )
+        {
+            return Err(format!(
+                "unknown `Match` criterion `{name}`; OpenSSH knows `all`, `canonical`, `final`, `exec`, `host`, `originalhost`, `user`, `localuser` (and later versions `localnetwork`, `tagged`, `version`, `sessiontype`, `command`)"
+            ));
+        }
+        let value = match inline.or_else(|| args.next()) {
             Some(v) if !v.is_empty() => v,
-            _ if known => return Err(format!("`Match {name}` needs a pattern")),
-            _ => String::new(),
+            // OpenSSH 10 lets `tagged` and `command` go without a value.
+            _ if matches!(name.as_str(), "tagged" | "command") => String::new(),
+            _ => return Err(format!("`Match {name}` needs a pattern")),
         };
         let test = match name.as_str() {
             "host" => Test::Host(value),
             "originalhost" => Test::OriginalHost(value),
             "user" => Test::User(value),
             "localuser" => Test::LocalUser(value),
-            _ => Test::Unsupported(name),
+            _ => Test::Unsupported(format!("{}{name}", if negated { "!" } else { "" })),
         };
         criteria.push(Criterion { negated, test });
     }
@@ -488,11 +737,9 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
         return Err("`Match` needs at least one criterion".into());
     }
     let all = criteria.iter().any(|c| matches!(c.test, Test::All));
-    let others = criteria.iter().any(|c| match &c.test {
-        Test::All => false,
-        Test::Unsupported(name) => name != "canonical" && name != "final",
-        _ => true,
-    });
+    let others = criteria
+        .iter()
+        .any(|c| !matches!(c.test, Test::All | Test::Canonical | Test::Final));
     if all && others {
         return Err("`Match all` cannot be combined with other criteria".into());
     }
@@ -502,17 +749,25 @@ fn match_criteria(args: Vec<String>) -> Result<Vec<Criterion>, String> {
 /// The directive a keyword line sets, `None` for a keyword shipit does not use.
 fn directive(keyword: &str, args: &[String]) -> Result<Option<Directive>, String> {
     let directive = match keyword {
-        "hostname" => Directive::HostName(hostname(one("HostName", args)?)?),
+        "hostname" => Directive::HostName(one("HostName", args)?.to_owned()),
         "user" => Directive::User(one("User", args)?.to_owned()),
         "port" => Directive::Port(port(one("Port", args)?)?),
-        "identityfile" => Directive::IdentityFile(one("IdentityFile", args)?.to_owned()),
+        "identityfile" | "identityfile2" => {
+            Directive::IdentityFile(one("IdentityFile", args)?.to_owned())
+        }
         "identitiesonly" => Directive::IdentitiesOnly(flag("IdentitiesOnly", args)?),
         "proxyjump" => Directive::ProxyJump(jump(one("ProxyJump", args)?)?),
-        "connecttimeout" => Directive::ConnectTimeout(connect_timeout(args)?),
+        "connecttimeout" => match connect_timeout(args)? {
+            Some(timeout) => Directive::ConnectTimeout(timeout),
+            // `none` leaves it unset: a later line may still set it, as in OpenSSH.
+            None => return Ok(None),
+        },
         "serveraliveinterval" => Directive::ServerAliveInterval(server_alive_interval(args)?),
         "hostkeyalias" => Directive::HostKeyAlias(one("HostKeyAlias", args)?.to_owned()),
         "userknownhostsfile" => Directive::UserKnownHostsFile(files(args)),
         "globalknownhostsfile" => Directive::GlobalKnownHostsFile(files(args)),
+        "canonicalizehostname" => Directive::Canonicalize(canonicalize(args)?),
+        "revokedhostkeys" => Directive::RevokedHostKeys(one("RevokedHostKeys", args)?.to_owned()),
         _ => return Ok(None),
     };
     Ok(Some(directive))
@@ -538,22 +793,19 @@ fn one<'a>(name: &str, args: &'a [String]) -> Result<&'a str, String> {
     }
 }
 
-/// `HostName` may use only `%h` (the alias) and `%%`, as in OpenSSH.
-fn hostname(value: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
+/// `HostName` with `%h` (the alias) and `%%` filled in; it may use no other token, as in
+/// OpenSSH.
+fn hostname(value: &str, alias: &str) -> Result<String, String> {
+    let mut out = String::new();
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
-            text.push(c);
+            out.push(c);
             continue;
         }
         match chars.next() {
-            Some('%') => text.push('%'),
-            Some('h') => {
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-                pieces.push(Piece::Alias);
-            }
+            Some('%') => out.push('%'),
+            Some('h') => out.push_str(alias),
             Some(other) => {
                 return Err(format!(
                     "`HostName` may use only the `%h` and `%%` tokens, not `%{other}`"
@@ -564,15 +816,46 @@ fn hostname(value: &str) -> Result<Vec<Piece>, String> {
             }
         }
     }
-    pieces.push(Piece::Text(text));
-    Ok(pieces)
+    Ok(out)
 }
 
+/// A port number, or a service name as `getservbyname` knows it (`ssh`), as OpenSSH's
+/// `a2port` reads it.
 fn port(value: &str) -> Result<u16, String> {
-    match value.parse::<u16>() {
-        Ok(p) if p > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+    let number = if value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u16>().ok()
+    } else {
+        service_port(value)
+    };
+    match number {
+        Some(p) if p > 0 => Ok(p),
         _ => Err(format!(
-            "`Port` must be a number from 1 to 65535, not `{value}`"
+            "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `{value}`"
+        )),
+    }
+}
+
+/// The TCP port `/etc/services` gives a service name (or alias); `ssh` is 22 without it.
+fn service_port(name: &str) -> Option<u16> {
+    let services = fs::read_to_string("/etc/services").unwrap_or_default();
+    let found = services.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut words = line.split_whitespace();
+        let service = words.next()?;
+        let (port, protocol) = words.next()?.split_once('/')?;
+        let named = service == name || words.any(|alias| alias == name);
+        (named && protocol == "tcp").then(|| port.parse::<u16>().ok())?
+    });
+    found.or((name == "ssh").then_some(22))
+}
+
+fn canonicalize(args: &[String]) -> Result<bool, String> {
+    let value = one("CanonicalizeHostname", args)?;
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "always" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!(
+            "`CanonicalizeHostname` must be `yes`, `no` or `always`, not `{value}`"
         )),
     }
 }
@@ -586,15 +869,20 @@ fn flag(name: &str, args: &[String]) -> Result<bool, String> {
     }
 }
 
-/// Zero would mean "wait forever" to OpenSSH; shipit always bounds a connection attempt.
-fn connect_timeout(args: &[String]) -> Result<Duration, String> {
+/// `None` for `none` (no value: a later line may set one). Zero means "no timeout" to
+/// OpenSSH; it is kept so the caller can say it uses its own bound instead.
+fn connect_timeout(args: &[String]) -> Result<Option<Duration>, String> {
     let value = one("ConnectTimeout", args)?;
-    match seconds(value) {
-        Some(s) if s > 0 => Ok(Duration::from_secs(s)),
-        _ => Err(format!(
-            "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `{value}`"
-        )),
+    if value == "none" {
+        return Ok(None);
     }
+    seconds(value)
+        .map(|s| Some(Duration::from_secs(s)))
+        .ok_or_else(|| {
+            format!(
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `{value}`"
+            )
+        })
 }
 
 fn server_alive_interval(args: &[String]) -> Result<Duration, String> {
@@ -705,15 +993,60 @@ pub fn parse_hop(hop: &str) -> Result<(Option<String>, String, Option<u16>), Str
 }
 
 /// Fills in `%` tokens and a leading `~/` (see [`Tokens`]); an unknown token is an error
-/// rather than left in place, as OpenSSH does.
+/// rather than left in place, as OpenSSH does. The tokens are those OpenSSH fills in for
+/// `IdentityFile` and `UserKnownHostsFile`: `%C %d %h %i %k %L %l %n %p %r %u %%`.
 pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
     let home = tokens.local.home.to_string_lossy();
-    let (mut out, rest) = match text.strip_prefix('~') {
+    let (out, rest) = match text.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => (home.to_string(), rest),
         _ => (String::new(), text),
     };
+    fill(out, rest, text, tokens, FILE_TOKENS, true)
+}
+
+/// The tokens OpenSSH fills in for `IdentityFile` and `UserKnownHostsFile`.
+const FILE_TOKENS: &str = "%C %d %h %i %k %L %l %n %p %r %u";
+
+/// The tokens of a `ProxyJump` hop: OpenSSH turns the hop into a `ProxyCommand`, which it
+/// expands with these.
+const JUMP_TOKENS: &str = "%h %k %n %p %r";
+
+/// A `ProxyJump` hop with `%h %k %n %p %r %%` filled in for the target (`tokens`).
+pub fn expand_jump(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
+    fill(String::new(), text, text, tokens, JUMP_TOKENS, false)
+}
+
+/// Appends `rest` to `out` with the tokens in `known` (and `%%`) filled in, and with
+/// `dollar` the environment's `${NAME}`s, as OpenSSH's `percent_dollar_expand`.
+fn fill(
+    mut out: String,
+    rest: &str,
+    text: &str,
+    tokens: &Tokens,
+    known: &'static str,
+    dollar: bool,
+) -> Result<String, ConfigError> {
+    let home = tokens.local.home.to_string_lossy();
     let mut chars = rest.chars();
     while let Some(c) = chars.next() {
+        if dollar && c == '$' && chars.as_str().starts_with('{') {
+            let after = &chars.as_str()[1..];
+            let Some(end) = after.find('}').filter(|&end| end > 0) else {
+                return Err(ConfigError::OpenVariable { text: text.into() });
+            };
+            let name = &after[..end];
+            match tokens.local.env.get(name) {
+                Some(value) => out.push_str(value),
+                None => {
+                    return Err(ConfigError::UnsetVariable {
+                        name: name.into(),
+                        text: text.into(),
+                    });
+                }
+            }
+            chars = after[end + 1..].chars();
+            continue;
+        }
         if c != '%' {
             out.push(c);
             continue;
@@ -721,6 +1054,13 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
         let Some(token) = chars.next() else {
             return Err(ConfigError::TrailingPercent { text: text.into() });
         };
+        if token != '%' && !known.contains(&format!("%{token}")) {
+            return Err(ConfigError::UnknownToken {
+                token,
+                text: text.into(),
+                known,
+            });
+        }
         match token {
             '%' => out.push('%'),
             'h' => out.push_str(tokens.host),
@@ -732,10 +1072,13 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
             'l' => out.push_str(&tokens.local.hostname),
             'L' => out.push_str(short_hostname(&tokens.local.hostname)),
             'i' => out.push_str(&tokens.local.uid.to_string()),
+            'k' => out.push_str(tokens.key_alias),
+            'C' => out.push_str(&connection_hash(tokens)),
             _ => {
                 return Err(ConfigError::UnknownToken {
                     token,
                     text: text.into(),
+                    known,
                 });
             }
         }
@@ -743,8 +1086,34 @@ pub fn expand(text: &str, tokens: &Tokens) -> Result<String, ConfigError> {
     Ok(out)
 }
 
+/// `%C`: OpenSSH's hash of the connection, hex SHA-1 of `%l%h%p%r`.
+fn connection_hash(tokens: &Tokens) -> String {
+    use sha1::Digest;
+    let mut hash = sha1::Sha1::new();
+    hash.update(tokens.local.hostname.as_bytes());
+    hash.update(tokens.host.as_bytes());
+    hash.update(tokens.port.to_string().as_bytes());
+    hash.update(tokens.user.as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn short_hostname(hostname: &str) -> &str {
     hostname.split('.').next().unwrap_or(hostname)
+}
+
+/// The name OpenSSH connects to and looks host keys up under: lowercased, unless it is an
+/// IP address (those it leaves as written).
+pub fn host_name(name: &str) -> String {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    }
+}
+
+/// `path` with a leading `~` or `~/` made absolute, otherwise as it is.
+pub fn tilde(path: &str, home: &Path) -> PathBuf {
+    expand_tilde(path, home).unwrap_or_else(|| PathBuf::from(path))
 }
 
 /// `~` or `~/...` made absolute; `None` for any other path.
@@ -809,34 +1178,79 @@ struct Walker<'a> {
     user: Option<&'a str>,
     local: &'a Local,
     out: HostConfig,
+    /// The first line that stops this host.
+    error: Option<ConfigError>,
+    /// The second pass `Match final` asks for: `Host` then tests the final host name, and
+    /// `Match canonical`/`final` hold.
+    final_pass: Option<String>,
+    /// The first `Match final` line seen.
+    wants_final: Option<Origin>,
+    /// `IgnoreUnknown`'s patterns, once a line that applies set them.
+    ignore_unknown: Option<String>,
+    /// The first `CanonicalizeHostname` that applies, and where.
+    canonicalize: Option<(bool, Origin)>,
 }
 
 impl Walker<'_> {
-    /// Each file, included ones too, starts active; a `Host` or `Match` in it decides for the
-    /// rest of that file only, so the including file's state is untouched on return.
-    fn walk(&mut self, file: &ConfigFile) {
-        let mut active = true;
+    /// Each file, included ones too, starts in the state of the line that included it; a
+    /// `Host` or `Match` in it decides for the rest of that file only, so the including
+    /// file's state is untouched on return. A file included where nothing applies is still
+    /// read (`never`), as OpenSSH does: its `Match final` and unknown keywords count.
+    fn walk(&mut self, file: &ConfigFile, never: bool) {
+        let mut active = !never;
         for line in &file.lines {
             match &line.item {
                 Item::Host(patterns) => {
-                    active = pattern::list(patterns.iter().map(String::as_str), self.alias, true);
+                    // `Host` compares case-sensitively, unlike `Match host` (OpenSSH's
+                    // `match_pattern` against `match_hostname`).
+                    let subject = self.final_pass.as_deref().unwrap_or(self.alias);
+                    active = !never
+                        && pattern::list(patterns.iter().map(String::as_str), subject, false);
                 }
-                Item::Match(criteria) => active = self.match_applies(criteria, &line.origin),
+                Item::Match(criteria) => {
+                    let holds = self.match_applies(criteria, &line.origin, never);
+                    active = !never && holds;
+                }
                 Item::Set(directive) if active => self.apply(directive, &line.origin),
-                Item::Include(files) if active => files.iter().for_each(|f| self.walk(f)),
-                Item::Set(_) | Item::Include(_) => {}
+                Item::Include(files) => {
+                    let never = !active;
+                    files.iter().for_each(|f| self.walk(f, never));
+                }
+                Item::IgnoreUnknown(patterns) if active => {
+                    self.ignore_unknown.get_or_insert_with(|| patterns.clone());
+                }
+                Item::Unknown(keyword) => {
+                    let ignored = self
+                        .ignore_unknown
+                        .as_ref()
+                        .is_some_and(|p| pattern::list(p.split(','), keyword, true));
+                    if !ignored {
+                        self.error.get_or_insert(ConfigError::Invalid {
+                            origin: line.origin.clone(),
+                            problem: format!(
+                                "`{keyword}` is not an OpenSSH option (a typo?); `IgnoreUnknown {keyword}` before it makes OpenSSH and shipit skip it"
+                            ),
+                        });
+                    }
+                }
+                Item::Set(_) | Item::IgnoreUnknown(_) => {}
             }
         }
     }
 
     /// All criteria must hold. One shipit cannot evaluate skips the block, with a note,
-    /// when the others would have let it apply.
-    fn match_applies(&mut self, criteria: &[Criterion], origin: &Origin) -> bool {
+    /// when the others would have let it apply. `never`: the block cannot apply anyway.
+    fn match_applies(&mut self, criteria: &[Criterion], origin: &Origin, never: bool) -> bool {
         let mut unsupported = None;
         let mut holds = true;
         for criterion in criteria {
             let result = match &criterion.test {
                 Test::All => true,
+                Test::Canonical => self.final_pass.is_some(),
+                Test::Final => {
+                    self.wants_final.get_or_insert_with(|| origin.clone());
+                    self.final_pass.is_some()
+                }
                 Test::Host(list) => pattern::list(list.split(','), &self.current_host(), true),
                 Test::OriginalHost(list) => pattern::list(list.split(','), self.alias, true),
                 Test::User(list) => pattern::list(list.split(','), self.remote_user(), false),
@@ -851,9 +1265,9 @@ impl Walker<'_> {
             }
         }
         match unsupported {
-            Some(name) if holds => {
-                self.out.notes.push(format!(
-                    "{origin}: `Match {name}` is not supported; the block is skipped"
+            Some(name) if holds && !never => {
+                self.note(format!(
+                    "{origin}: `Match {name}` is not supported (shipit runs no command to decide); the block is skipped"
                 ));
                 false
             }
@@ -861,8 +1275,18 @@ impl Walker<'_> {
         }
     }
 
-    /// What `Match host` tests: the `HostName` set so far, else the alias.
+    fn note(&mut self, note: String) {
+        if !self.out.notes.contains(&note) {
+            self.out.notes.push(note);
+        }
+    }
+
+    /// What `Match host` tests: the `HostName` set so far, else the alias; in the final pass,
+    /// the final host name.
     fn current_host(&self) -> String {
+        if let Some(name) = &self.final_pass {
+            return name.clone();
+        }
         match &self.out.hostname {
             Some(setting) => setting.value.clone(),
             None => self.alias.to_owned(),
@@ -882,13 +1306,23 @@ impl Walker<'_> {
     fn apply(&mut self, directive: &Directive, origin: &Origin) {
         let out = &mut self.out;
         match directive {
-            Directive::HostName(pieces) => first(
-                &mut out.hostname,
-                render_hostname(pieces, self.alias),
-                origin,
-            ),
+            // The final pass starts with the host name final.
+            Directive::HostName(raw) if out.hostname.is_none() && self.final_pass.is_none() => {
+                match hostname(raw, self.alias) {
+                    Ok(name) => first(&mut out.hostname, name, origin),
+                    Err(problem) => {
+                        self.error.get_or_insert(ConfigError::Invalid {
+                            origin: origin.clone(),
+                            problem,
+                        });
+                    }
+                }
+            }
+            Directive::HostName(_) => {}
             Directive::User(v) => first(&mut out.user, v.clone(), origin),
             Directive::Port(v) => first(&mut out.port, *v, origin),
+            // A repeated file is offered once, as OpenSSH registers it once.
+            Directive::IdentityFile(v) if out.identity_files.iter().any(|s| s.value == *v) => {}
             Directive::IdentityFile(v) => out.identity_files.push(Setting {
                 value: v.clone(),
                 origin: origin.clone(),
@@ -908,6 +1342,11 @@ impl Walker<'_> {
             Directive::GlobalKnownHostsFile(v) => {
                 first(&mut out.global_known_hosts, v.clone(), origin)
             }
+            Directive::RevokedHostKeys(v) => first(&mut out.revoked_host_keys, v.clone(), origin),
+            Directive::Canonicalize(on) => {
+                self.canonicalize
+                    .get_or_insert_with(|| (*on, origin.clone()));
+            }
         }
     }
 }
@@ -922,16 +1361,6 @@ fn first<T>(slot: &mut Option<Setting<T>>, value: T, origin: &Origin) {
     }
 }
 
-fn render_hostname(pieces: &[Piece], alias: &str) -> String {
-    pieces
-        .iter()
-        .map(|piece| match piece {
-            Piece::Text(text) => text.as_str(),
-            Piece::Alias => alias,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,6 +1373,7 @@ mod tests {
             user: "me".into(),
             uid: 1000,
             hostname: "laptop.example.com".into(),
+            env: Default::default(),
         }
     }
 
@@ -997,12 +1427,12 @@ mod tests {
         let config = parse(
             "Host web\n  Port 2222\n  User deploy\nHost web*\n  Port 22\n  User root\n  HostName 10.0.0.1\n",
         );
-        let web = config.resolve("web", None);
+        let web = config.resolve("web", None).unwrap();
         assert_eq!(value(&web.port), Some(2222));
         assert_eq!(value(&web.user), Some("deploy".into()));
         assert_eq!(value(&web.hostname), Some("10.0.0.1".into()));
         assert_eq!(line(&web.hostname), 7);
-        let web2 = config.resolve("web2", None);
+        let web2 = config.resolve("web2", None).unwrap();
         assert_eq!(value(&web2.port), Some(22));
     }
 
@@ -1010,14 +1440,14 @@ mod tests {
     fn host_star_supplies_defaults_after_specific_blocks() {
         let config =
             parse("Host db\n User postgres\nHost *\n User admin\n ServerAliveInterval 30\n");
-        let db = config.resolve("db", None);
+        let db = config.resolve("db", None).unwrap();
         assert_eq!(value(&db.user), Some("postgres".into()));
         assert_eq!(
             value(&db.server_alive_interval),
             Some(Duration::from_secs(30))
         );
         assert_eq!(
-            value(&config.resolve("other", None).user),
+            value(&config.resolve("other", None).unwrap().user),
             Some("admin".into())
         );
     }
@@ -1026,11 +1456,11 @@ mod tests {
     fn lines_before_the_first_host_apply_to_every_host() {
         let config = parse("User everyone\nHost a\n User only-a\n");
         assert_eq!(
-            value(&config.resolve("a", None).user),
+            value(&config.resolve("a", None).unwrap().user),
             Some("everyone".into())
         );
         assert_eq!(
-            value(&config.resolve("b", None).user),
+            value(&config.resolve("b", None).unwrap().user),
             Some("everyone".into())
         );
     }
@@ -1039,34 +1469,34 @@ mod tests {
     fn negated_pattern_excludes_a_host() {
         let config = parse("Host * !bastion\n ProxyJump bastion\n");
         assert_eq!(
-            value(&config.resolve("app", None).proxy_jump),
+            value(&config.resolve("app", None).unwrap().proxy_jump),
             Some(Jump::Hops(vec!["bastion".into()]))
         );
-        assert_eq!(config.resolve("bastion", None).proxy_jump, None);
+        assert_eq!(config.resolve("bastion", None).unwrap().proxy_jump, None);
         // A negated pattern alone matches nothing.
         let config = parse("Host !bastion\n Port 2\n");
-        assert_eq!(config.resolve("app", None).port, None);
+        assert_eq!(config.resolve("app", None).unwrap().port, None);
     }
 
     #[test]
     fn question_mark_matches_exactly_one_character() {
         let config = parse("Host web?\n Port 2000\n");
-        assert_eq!(value(&config.resolve("web1", None).port), Some(2000));
-        assert_eq!(config.resolve("web", None).port, None);
-        assert_eq!(config.resolve("web12", None).port, None);
+        assert_eq!(
+            value(&config.resolve("web1", None).unwrap().port),
+            Some(2000)
+        );
+        assert_eq!(config.resolve("web", None).unwrap().port, None);
+        assert_eq!(config.resolve("web12", None).unwrap().port, None);
     }
 
     #[test]
-    fn host_matching_ignores_case() {
+    fn keywords_ignore_case_and_host_patterns_do_not() {
         let config = parse("HOST Web.Example.COM\n  PORT 2022\n");
         assert_eq!(
-            value(&config.resolve("web.example.com", None).port),
+            value(&config.resolve("Web.Example.COM", None).unwrap().port),
             Some(2022)
         );
-        assert_eq!(
-            value(&config.resolve("WEB.example.com", None).port),
-            Some(2022)
-        );
+        assert_eq!(config.resolve("web.example.com", None).unwrap().port, None);
     }
 
     #[test]
@@ -1079,7 +1509,7 @@ mod tests {
             "IdentityFile='/other path/key'\n",
             "HostKeyAlias\t alias  # a comment\n",
         ));
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(2201));
         assert_eq!(value(&a.user), Some("bob".into()));
         assert_eq!(identities(&a), ["/path with spaces/key", "/other path/key"]);
@@ -1089,7 +1519,7 @@ mod tests {
     #[test]
     fn crlf_and_leading_whitespace_are_tolerated() {
         let config = parse("Host a\r\n\t  Port 7\r\n   User x \r\n");
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(7));
         assert_eq!(value(&a.user), Some("x".into()));
     }
@@ -1099,17 +1529,29 @@ mod tests {
         let config = parse(
             "Host a\n IdentityFile ~/.ssh/a\nHost *\n IdentityFile ~/.ssh/all\n IdentitiesOnly yes\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(identities(&a), ["~/.ssh/a", "~/.ssh/all"]);
         assert_eq!(a.identity_files[1].origin.line, 4);
         assert_eq!(value(&a.identities_only), Some(true));
-        assert_eq!(identities(&config.resolve("b", None)), ["~/.ssh/all"]);
+        assert_eq!(
+            identities(&config.resolve("b", None).unwrap()),
+            ["~/.ssh/all"]
+        );
+    }
+
+    #[test]
+    fn identity_files_named_twice_count_once() {
+        let config =
+            parse("Host a\n IdentityFile ~/k\n IdentityFile /x\nHost *\n IdentityFile ~/k\n");
+        let a = config.resolve("a", None).unwrap();
+        assert_eq!(identities(&a), ["~/k", "/x"]);
+        assert_eq!(a.identity_files[0].origin.line, 2);
     }
 
     #[test]
     fn other_keywords_are_ignored() {
         let config = parse("Host a\n ForwardAgent yes\n SendEnv LANG LC_*\n Port 3\n");
-        assert_eq!(value(&config.resolve("a", None).port), Some(3));
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(3));
     }
 
     #[test]
@@ -1117,14 +1559,14 @@ mod tests {
         let config = parse(
             "Host a\n UserKnownHostsFile ~/kh1 \"/x y/kh2\"\n GlobalKnownHostsFile none\nHost *\n UserKnownHostsFile /late\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(
             value(&a.user_known_hosts),
             Some(vec!["~/kh1".to_owned(), "/x y/kh2".to_owned()])
         );
         assert_eq!(value(&a.global_known_hosts), Some(Vec::new()));
         assert_eq!(
-            value(&config.resolve("b", None).user_known_hosts),
+            value(&config.resolve("b", None).unwrap().user_known_hosts),
             Some(vec!["/late".to_owned()])
         );
     }
@@ -1140,40 +1582,43 @@ mod tests {
             ("config.d/.hidden", "Port 99\n"),
         ]);
         let config = parse_in(home.path(), "Include config.d/*\nHost *\n User default\n");
-        let b = config.resolve("b", None);
+        let b = config.resolve("b", None).unwrap();
         assert_eq!(value(&b.port), Some(10));
         assert_eq!(value(&b.user), Some("from-10".into()));
         let origin = &b.port.as_ref().unwrap().origin;
         assert_eq!(origin.file, home.path().join(".ssh/config.d/10-a"));
         assert_eq!(origin.line, 3);
-        assert_eq!(value(&config.resolve("c", None).port), None);
+        assert_eq!(value(&config.resolve("c", None).unwrap().port), None);
     }
 
     #[test]
     fn include_takes_several_paths_and_tilde() {
         let home = home_with(&[("one", "IdentityFile k1\n"), ("two", "IdentityFile k2\n")]);
         let config = parse_in(home.path(), "Include ~/.ssh/two one missing none-match*\n");
-        assert_eq!(identities(&config.resolve("x", None)), ["k2", "k1"]);
+        assert_eq!(
+            identities(&config.resolve("x", None).unwrap()),
+            ["k2", "k1"]
+        );
     }
 
     #[test]
     fn include_inside_a_host_block_applies_only_to_that_host() {
         let home = home_with(&[("inc", "Port 2222\n")]);
         let config = parse_in(home.path(), "Host a\n  Include inc\nHost *\n  Port 22\n");
-        assert_eq!(value(&config.resolve("a", None).port), Some(2222));
-        assert_eq!(value(&config.resolve("b", None).port), Some(22));
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(2222));
+        assert_eq!(value(&config.resolve("b", None).unwrap().port), Some(22));
     }
 
     #[test]
     fn host_line_in_an_included_file_does_not_leak() {
         let home = home_with(&[("inc", "Host other\n  Port 1\n")]);
         let config = parse_in(home.path(), "Host a\n  Include inc\n  User after-include\n");
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(a.port, None);
         assert_eq!(value(&a.user), Some("after-include".into()));
-        assert_eq!(config.resolve("other", None).user, None);
+        assert_eq!(config.resolve("other", None).unwrap().user, None);
         // Nor does a block inside the file open when the including block is closed.
-        assert_eq!(config.resolve("other", None).port, None);
+        assert_eq!(config.resolve("other", None).unwrap().port, None);
     }
 
     #[test]
@@ -1206,21 +1651,34 @@ mod tests {
             "Match host *.example.com\n User matched\n",
             "Match host short\n Port 9\n",
         ));
-        let short = config.resolve("short", None);
+        let short = config.resolve("short", None).unwrap();
         assert_eq!(value(&short.user), Some("matched".into()));
         assert_eq!(short.port, None);
         assert_eq!(
-            value(&config.resolve("x.example.com", None).user),
+            value(&config.resolve("x.example.com", None).unwrap().user),
             Some("matched".into())
         );
     }
 
     #[test]
+    fn host_patterns_are_case_sensitive_and_match_host_is_not() {
+        let config = parse(concat!(
+            "Host web\n Port 1\n",
+            "Host WEB\n Port 2\n",
+            "Match originalhost web\n User folded\n",
+        ));
+        let upper = config.resolve("WEB", None).unwrap();
+        assert_eq!(value(&upper.port), Some(2));
+        assert_eq!(value(&upper.user), Some("folded".into()));
+        assert_eq!(value(&config.resolve("web", None).unwrap().port), Some(1));
+    }
+
+    #[test]
     fn match_originalhost_tests_the_alias() {
         let config = parse("Host s\n HostName real\nMatch originalhost s,t\n Port 5\n");
-        assert_eq!(value(&config.resolve("s", None).port), Some(5));
-        assert_eq!(value(&config.resolve("t", None).port), Some(5));
-        assert_eq!(config.resolve("real", None).port, None);
+        assert_eq!(value(&config.resolve("s", None).unwrap().port), Some(5));
+        assert_eq!(value(&config.resolve("t", None).unwrap().port), Some(5));
+        assert_eq!(config.resolve("real", None).unwrap().port, None);
     }
 
     #[test]
@@ -1228,9 +1686,12 @@ mod tests {
         let config = parse(
             "Host h\n User cfg\nMatch user deploy\n Port 1\nMatch user cfg\n Port 2\nMatch user me\n Port 3\n",
         );
-        assert_eq!(value(&config.resolve("h", Some("deploy")).port), Some(1));
-        assert_eq!(value(&config.resolve("h", None).port), Some(2));
-        assert_eq!(value(&config.resolve("other", None).port), Some(3));
+        assert_eq!(
+            value(&config.resolve("h", Some("deploy")).unwrap().port),
+            Some(1)
+        );
+        assert_eq!(value(&config.resolve("h", None).unwrap().port), Some(2));
+        assert_eq!(value(&config.resolve("other", None).unwrap().port), Some(3));
     }
 
     #[test]
@@ -1242,15 +1703,15 @@ mod tests {
             "Match host !x,*\n IdentityFile not-x\n",
         ));
         assert_eq!(
-            identities(&config.resolve("abc", None)),
+            identities(&config.resolve("abc", None).unwrap()),
             ["local", "all", "not-x"]
         );
         assert_eq!(
-            identities(&config.resolve("skip", None)),
+            identities(&config.resolve("skip", None).unwrap()),
             ["not-a", "all", "not-x"]
         );
         assert_eq!(
-            identities(&config.resolve("x", None)),
+            identities(&config.resolve("x", None).unwrap()),
             ["local", "not-a", "all"]
         );
     }
@@ -1260,24 +1721,110 @@ mod tests {
         let config = parse(
             "# c\nMatch host a exec \"test -f /x\"\n Port 1\nMatch host b exec true\n Port 2\nHost *\n Port 3\n",
         );
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(3));
         assert_eq!(
             a.notes,
-            ["`/home/u/.ssh/config` line 2: `Match exec` is not supported; the block is skipped"]
+            [
+                "`/home/u/.ssh/config` line 2: `Match exec` is not supported (shipit runs no command to decide); the block is skipped"
+            ]
         );
-        for criterion in [
-            "canonical",
-            "final",
-            "localnetwork 10.0.0.0/8",
-            "tagged t",
-            "whatever x",
+        // Criteria of later OpenSSH versions are skipped the same way; the note keeps a `!`.
+        for (criterion, shown) in [
+            ("localnetwork 10.0.0.0/8", "localnetwork"),
+            ("tagged t", "tagged"),
+            ("!exec false", "!exec"),
+            ("version OpenSSH_9*", "version"),
         ] {
             let config = parse(&format!("Match {criterion}\n Port 1\n"));
-            let resolved = config.resolve("a", None);
+            let resolved = config.resolve("a", None).unwrap();
             assert_eq!(resolved.port, None, "{criterion}");
-            assert_eq!(resolved.notes.len(), 1, "{criterion}");
+            assert!(
+                resolved.notes[0].contains(&format!("`Match {shown}` is not supported")),
+                "{:?}",
+                resolved.notes
+            );
         }
+    }
+
+    #[test]
+    fn match_canonical_holds_only_in_the_final_pass_and_negated_in_the_first() {
+        let config = parse("Match !canonical\n Port 1\nMatch canonical\n User c\n");
+        let a = config.resolve("a", None).unwrap();
+        assert_eq!(value(&a.port), Some(1));
+        assert_eq!(a.user, None);
+        assert!(a.notes.is_empty(), "{:?}", a.notes);
+    }
+
+    #[test]
+    fn match_final_reads_the_files_again_for_the_final_host_name() {
+        let config = parse(concat!(
+            "Host web\n HostName Web.Internal\n",
+            "Match final host web.internal\n User final-user\n",
+            "Host web.internal\n Port 2200\n IdentityFile ~/k\n",
+            "Match canonical\n IdentityFile ~/k\n ConnectTimeout 5\n",
+            "Host *\n IdentityFile ~/all\n",
+        ));
+        let web = config.resolve("web", None).unwrap();
+        assert_eq!(value(&web.user), Some("final-user".into()));
+        // `Host` blocks test the final, lowercased name in the second pass.
+        assert_eq!(value(&web.port), Some(2200));
+        assert_eq!(line(&web.port), 6);
+        assert_eq!(value(&web.connect_timeout), Some(Duration::from_secs(5)));
+        assert_eq!(value(&web.hostname), Some("Web.Internal".into()));
+        assert_eq!(identities(&web), ["~/all", "~/k"]);
+        assert_eq!(
+            web.notes,
+            [
+                "`/home/u/.ssh/config` line 3: `Match final` reads the config again for the final host name `web.internal`"
+            ]
+        );
+        // A `Match final` anywhere asks for the second pass, even in a block that does not
+        // apply.
+        let other = config.resolve("other", None).unwrap();
+        assert_eq!(value(&other.connect_timeout), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn canonicalize_hostname_reads_the_config_again_without_dns() {
+        let config = parse(
+            "CanonicalizeHostname yes\nMatch canonical\n  Port 1\nHost web\n  HostName Web.X\n",
+        );
+        let web = config.resolve("web", None).unwrap();
+        assert_eq!(value(&web.port), Some(1));
+        assert!(
+            web.notes[0].contains("`CanonicalizeHostname` (shipit looks no name up in DNS"),
+            "{:?}",
+            web.notes
+        );
+        let config = parse("CanonicalizeHostname no\nMatch canonical\n  Port 1\n");
+        assert_eq!(config.resolve("web", None).unwrap().port, None);
+    }
+
+    #[test]
+    fn unknown_keywords_are_errors_unless_ignored() {
+        let err = parse("Host other\n  IdentitiyFile ~/k\n")
+            .resolve("a", None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`{FILE}` line 2: `identitiyfile` is not an OpenSSH option (a typo?); `IgnoreUnknown identitiyfile` before it makes OpenSSH and shipit skip it"
+            )
+        );
+        let config = parse(
+            "IgnoreUnknown UseKeychain,Foo*\nHost *\n  UseKeychain yes\n  FooBar 1\n  Port 7\n",
+        );
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(7));
+        // An `IgnoreUnknown` that does not apply ignores nothing.
+        let config = parse("Host b\n  IgnoreUnknown FooOption\nHost *\n  FooOption yes\n");
+        assert!(config.resolve("b", None).is_ok());
+        assert!(config.resolve("a", None).is_err());
+        // Keywords OpenSSH knows and shipit does not use, old, Debian's and newer ones.
+        let config = parse(
+            "Host *\n  ControlMaster auto\n  GSSAPIKeyExchange yes\n  Protocol 2\n  ChannelTimeout session=5m\n  UseKeychain yes\n  IdentityFile2 ~/k2\n",
+        );
+        assert_eq!(identities(&config.resolve("a", None).unwrap()), ["~/k2"]);
     }
 
     #[test]
@@ -1285,11 +1832,11 @@ mod tests {
         let config =
             parse("Host *.internal\n HostName %h.corp.example.com\nHost lit\n HostName 100%%\n");
         assert_eq!(
-            value(&config.resolve("db.internal", None).hostname),
+            value(&config.resolve("db.internal", None).unwrap().hostname),
             Some("db.internal.corp.example.com".into())
         );
         assert_eq!(
-            value(&config.resolve("lit", None).hostname),
+            value(&config.resolve("lit", None).unwrap().hostname),
             Some("100%".into())
         );
     }
@@ -1301,17 +1848,17 @@ mod tests {
             "Host cmd\n ProxyCommand ssh -W %h:%p \"gate\"\n",
             "Host *\n ProxyJump ssh://u@gate:2200,[::1]:22\n ProxyCommand nc %h %p\n",
         ));
-        let none = config.resolve("none", None);
+        let none = config.resolve("none", None).unwrap();
         assert_eq!(value(&none.proxy_jump), Some(Jump::None));
         assert_eq!(none.proxy_command, None);
-        let cmd = config.resolve("cmd", None);
+        let cmd = config.resolve("cmd", None).unwrap();
         assert_eq!(
             value(&cmd.proxy_command),
             Some("ssh -W %h:%p \"gate\"".into())
         );
         assert_eq!(cmd.proxy_jump, None);
         assert_eq!(
-            value(&config.resolve("x", None).proxy_jump),
+            value(&config.resolve("x", None).unwrap().proxy_jump),
             Some(Jump::Hops(vec![
                 "ssh://u@gate:2200".into(),
                 "[::1]:22".into()
@@ -1320,9 +1867,16 @@ mod tests {
     }
 
     #[test]
+    fn a_port_may_be_a_service_name() {
+        let config = parse("Host a\n Port ssh\nHost b\n ProxyJump gate:ssh\n");
+        assert_eq!(value(&config.resolve("a", None).unwrap().port), Some(22));
+        assert_eq!(parse_hop("gate:ssh").unwrap().2, Some(22));
+    }
+
+    #[test]
     fn times_accept_openssh_units() {
         let config = parse("ConnectTimeout 1m30s\nServerAliveInterval 0\n");
-        let x = config.resolve("x", None);
+        let x = config.resolve("x", None).unwrap();
         assert_eq!(value(&x.connect_timeout), Some(Duration::from_secs(90)));
         assert_eq!(value(&x.server_alive_interval), Some(Duration::ZERO));
     }
@@ -1335,6 +1889,7 @@ mod tests {
             alias: "web",
             port: 2222,
             user: "deploy",
+            key_alias: "web-pool",
             local: &local,
         };
         assert_eq!(
@@ -1342,9 +1897,63 @@ mod tests {
             "/home/u/.ssh/10.0.0.5-web-2222-deploy-me-1000-laptop.example.com-laptop-%"
         );
         assert_eq!(expand("%d/k", &tokens).unwrap(), "/home/u/k");
+        // `%C` as `ssh -G` prints it for these values.
+        assert_eq!(
+            expand("~/.ssh/cm-%C-%k", &tokens).unwrap(),
+            "/home/u/.ssh/cm-2668c3ff1917a77e66663ecce851502a4e29c069-web-pool"
+        );
         assert_eq!(expand("~", &tokens).unwrap(), "/home/u");
         assert_eq!(expand("~bob/k", &tokens).unwrap(), "~bob/k");
         assert_eq!(expand("a~/b", &tokens).unwrap(), "a~/b");
+    }
+
+    #[test]
+    fn jump_hops_take_the_proxy_command_tokens() {
+        let local = local();
+        let tokens = Tokens {
+            host: "db.internal",
+            alias: "db",
+            port: 2222,
+            user: "deploy",
+            key_alias: "pool",
+            local: &local,
+        };
+        assert_eq!(
+            expand_jump("%r@%h-gw.%n.%k:%p%%", &tokens).unwrap(),
+            "deploy@db.internal-gw.db.pool:2222%"
+        );
+        assert!(
+            expand_jump("%u@gw", &tokens)
+                .unwrap_err()
+                .to_string()
+                .contains("OpenSSH knows `%h %k %n %p %r` here")
+        );
+    }
+
+    #[test]
+    fn expand_fills_in_environment_variables() {
+        let mut local = local();
+        local.env.insert("KEYS".into(), "/srv/keys".into());
+        let tokens = Tokens {
+            host: "h",
+            alias: "a",
+            port: 22,
+            user: "u",
+            key_alias: "a",
+            local: &local,
+        };
+        assert_eq!(expand("${KEYS}/%h", &tokens).unwrap(), "/srv/keys/h");
+        assert_eq!(expand("$KEYS/a$", &tokens).unwrap(), "$KEYS/a$");
+        assert_eq!(
+            expand("${NOPE}/k", &tokens).unwrap_err().to_string(),
+            "`${NOPE}/k` names the environment variable `NOPE`, which is not set"
+        );
+        assert!(expand("${KEYS/k", &tokens).is_err());
+        assert!(expand("${}/k", &tokens).is_err());
+        // Not in a jump host, as OpenSSH's `ProxyCommand` expansion.
+        assert_eq!(expand_jump("${KEYS}", &tokens).unwrap(), "${KEYS}");
+        // Debug shows no value.
+        assert!(!format!("{local:?}").contains("/srv/keys"));
     }
 
     #[test]
@@ -1355,11 +1964,12 @@ mod tests {
             alias: "a",
             port: 22,
             user: "u",
+            key_alias: "a",
             local: &local,
         };
         assert_eq!(
-            expand("key-%C", &tokens).unwrap_err().to_string(),
-            "unknown token `%C` in `key-%C`; write `%%` for a literal `%`"
+            expand("key-%j", &tokens).unwrap_err().to_string(),
+            "unknown token `%j` in `key-%j`: OpenSSH knows `%C %d %h %i %k %L %l %n %p %r %u` here; write `%%` for a literal `%`"
         );
         assert_eq!(
             expand("key%", &tokens).unwrap_err().to_string(),
@@ -1370,7 +1980,7 @@ mod tests {
     #[test]
     fn line_numbers_count_comments_and_blanks() {
         let config = parse("# top comment\n\nHost a\n    # about the port\n\n    Port 4\n");
-        let port = config.resolve("a", None).port.unwrap();
+        let port = config.resolve("a", None).unwrap().port.unwrap();
         assert_eq!(port.origin.line, 6);
         assert_eq!(port.origin.to_string(), "`/home/u/.ssh/config` line 6");
     }
@@ -1380,16 +1990,19 @@ mod tests {
         let cases = [
             (
                 "Port abc",
-                "`Port` must be a number from 1 to 65535, not `abc`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `abc`",
             ),
-            ("Port 0", "`Port` must be a number from 1 to 65535, not `0`"),
+            (
+                "Port 0",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `0`",
+            ),
             (
                 "Port 70000",
-                "`Port` must be a number from 1 to 65535, not `70000`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `70000`",
             ),
             (
                 "Port +22",
-                "`Port` must be a number from 1 to 65535, not `+22`",
+                "`Port` must be a number from 1 to 65535 or a service name like `ssh`, not `+22`",
             ),
             (
                 "IdentitiesOnly maybe",
@@ -1397,7 +2010,11 @@ mod tests {
             ),
             (
                 "ConnectTimeout -1",
-                "`ConnectTimeout` must be a positive number of seconds (like `10` or `1m30s`), not `-1`",
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `-1`",
+            ),
+            (
+                "ConnectTimeout None",
+                "`ConnectTimeout` must be a number of seconds (like `10` or `1m30s`) or `none`, not `None`",
             ),
             (
                 "ServerAliveInterval soon",
@@ -1413,11 +2030,11 @@ mod tests {
                 "User a b",
                 "`User` takes one value, not 2; quote a value that contains spaces",
             ),
-            (
-                "HostName %p.example",
-                "`HostName` may use only the `%h` and `%%` tokens, not `%p`",
-            ),
             ("Match host", "`Match host` needs a pattern"),
+            (
+                "Match hots a",
+                "unknown `Match` criterion `hots`; OpenSSH knows `all`, `canonical`, `final`, `exec`, `host`, `originalhost`, `user`, `localuser` (and later versions `localnetwork`, `tagged`, `version`, `sessiontype`, `command`)",
+            ),
             (
                 "Match all host a",
                 "`Match all` cannot be combined with other criteria",
@@ -1432,6 +2049,56 @@ mod tests {
             let err = parse_err(&format!("# comment\n\nHost x\n{text}\n"));
             assert_eq!(err, format!("`{FILE}` line 4: {problem}"), "{text}");
         }
+    }
+
+    #[test]
+    fn connect_timeout_zero_is_kept_and_none_leaves_it_unset() {
+        let config = parse(concat!(
+            "Host zero
+ ConnectTimeout 0
+",
+            "Host none
+ ConnectTimeout none
+",
+            "Host *
+ ConnectTimeout 7
+",
+        ));
+        let zero = config.resolve("zero", None).unwrap();
+        assert_eq!(value(&zero.connect_timeout), Some(Duration::ZERO));
+        assert_eq!(line(&zero.connect_timeout), 2);
+        // `none` is no value: the later `Host *` line still applies, as in OpenSSH.
+        let none = config.resolve("none", None).unwrap();
+        assert_eq!(value(&none.connect_timeout), Some(Duration::from_secs(7)));
+        assert_eq!(line(&none.connect_timeout), 6);
+    }
+
+    #[test]
+    fn a_bad_hostname_token_stops_only_the_hosts_it_applies_to() {
+        let config = parse(
+            "Host other
+ HostName %p.example
+Host *
+ HostName %h.lan
+",
+        );
+        assert_eq!(
+            value(&config.resolve("web", None).unwrap().hostname),
+            Some("web.lan".into())
+        );
+        let err = config.resolve("other", None).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("`{FILE}` line 2: `HostName` may use only the `%h` and `%%` tokens, not `%p`")
+        );
+        let err = parse(
+            "Host a
+ HostName x%
+",
+        )
+        .resolve("a", None)
+        .unwrap_err();
+        assert!(err.to_string().contains("ends with a lone `%`"), "{err}");
     }
 
     #[test]
@@ -1475,7 +2142,7 @@ mod tests {
         )
         .unwrap();
         assert!(config.is_empty());
-        assert_eq!(config.resolve("a", None), HostConfig::default());
+        assert_eq!(config.resolve("a", None).unwrap(), HostConfig::default());
         assert!(parse("# only a comment\n\n").is_empty());
     }
 
@@ -1490,10 +2157,29 @@ mod tests {
             &local_at(home.path()),
         )
         .unwrap();
-        let a = config.resolve("a", None);
+        let a = config.resolve("a", None).unwrap();
         assert_eq!(value(&a.port), Some(1));
         assert_eq!(value(&a.user), Some("sys".into()));
         assert_eq!(a.user.unwrap().origin.file, system);
+    }
+
+    #[test]
+    fn the_system_file_may_not_include_from_a_home() {
+        let home = home_with(&[("other", "Port 1\n")]);
+        let system = home.path().join("ssh_config");
+        fs::write(&system, "Include ~/.ssh/other\n").unwrap();
+        let err = SshConfig::load(
+            &home.path().join(".ssh/config"),
+            Some(&system),
+            &local_at(home.path()),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "`Include ~/.ssh/other`: the system file may not include from a home directory"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

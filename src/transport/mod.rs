@@ -279,6 +279,11 @@ pub trait Transport: Send + Sync {
         None
     }
 
+    /// The same for the jump host the connection is tunnelled through, if any.
+    fn jump_host_key(&self) -> Option<&str> {
+        None
+    }
+
     /// The login user when requests marked root run through `sudo -n` (`ssh.sudo`), else
     /// `None` (everything runs as the login user, root or not). Under sudo `id -un` says
     /// root: what must end up the login user's (the env file without `app.user`) is
@@ -337,8 +342,9 @@ pub enum ConnectStage {
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum HostKeyError {
     #[error(
-        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}\n  \
-         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}"
+        "the host key of `{host}` ({address}) is not known: {key_type} {fingerprint}{}\n  \
+         after checking that fingerprint with the host's owner, add this line to `{known_hosts}`:\n  {line}",
+        unused_note(.unused)
     )]
     Unknown {
         host: String,
@@ -347,11 +353,14 @@ pub enum HostKeyError {
         fingerprint: String,
         known_hosts: String,
         line: String,
+        /// Entries for the host that were not used, and why; one per line.
+        unused: Vec<String>,
     },
     #[error(
         "HOST KEY CHANGED for `{host}` ({address}): it offered {key_type} {fingerprint}, \
          but {origin} expects {expected}; someone may be intercepting the connection. \
-         if the host was really re-keyed, replace that entry after checking the new fingerprint"
+         if the host was really re-keyed, replace that entry after checking the new fingerprint{}",
+        unused_note(.unused)
     )]
     Changed {
         host: String,
@@ -360,6 +369,13 @@ pub enum HostKeyError {
         fingerprint: String,
         expected: String,
         origin: String,
+        unused: Vec<String>,
+    },
+    #[error("cannot check the host key of `{host}` ({address}): {reason}")]
+    RevocationList {
+        host: String,
+        address: String,
+        reason: String,
     },
     #[error(
         "the host key of `{host}` ({address}), {key_type} {fingerprint}, is marked @revoked in {origin}"
@@ -401,12 +417,15 @@ pub enum ConnectError {
     #[error(transparent)]
     HostKey(Box<HostKeyError>),
     #[error(
-        "`{user}@{host}` refused every key shipit offered ({tried}); authorize one of them in the host's authorized_keys"
+        "`{user}@{host}` refused every key shipit offered ({tried}){}; authorize one of them in the host's authorized_keys",
+        not_offered_note(.not_offered)
     )]
     AuthRejected {
         host: String,
         user: String,
         tried: String,
+        /// What the key limit kept back, empty when nothing was.
+        not_offered: String,
     },
     #[error("no SSH key to offer for `{host}`: {reason}")]
     NoCredentials { host: String, reason: String },
@@ -437,6 +456,22 @@ impl ConnectError {
     }
 }
 
+fn unused_note(unused: &[String]) -> String {
+    unused
+        .iter()
+        .map(|why| format!("\n  not used: {why}"))
+        .collect()
+}
+
+fn not_offered_note(not_offered: &str) -> String {
+    if not_offered.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; it stopped there, at the limit of keys it offers (sshd's `MaxAuthTries` defaults to 6), before {not_offered}: name the right key with `IdentityFile` and `IdentitiesOnly yes` in `~/.ssh/config`, or with `ssh.identity`"
+    )
+}
+
 /// How to reach one host over SSH; built by the caller from the inventory and
 /// `~/.ssh/config`.
 #[derive(Clone, Debug)]
@@ -459,8 +494,13 @@ pub struct SshTarget {
     pub identities: Vec<PathBuf>,
     /// `IdentitiesOnly yes`: with `identities`, offer no other agent key.
     pub identities_only: bool,
+    /// `identities` are OpenSSH's default key files (`IdentitiesOnly` without an
+    /// `IdentityFile`): a missing one is skipped without a word, as `ssh` does.
+    pub identities_default: bool,
     /// The known_hosts files to check the host key in, in lookup order.
     pub known_hosts: Vec<PathBuf>,
+    /// `RevokedHostKeys`: a file of public keys refused for every host.
+    pub revoked_host_keys: Option<PathBuf>,
 }
 
 /// Credentials and trust for every SSH connection of a run, read once by `main`.
@@ -476,4 +516,48 @@ pub struct SshSettings {
     pub agent_socket: Option<PathBuf>,
     /// Tried when no identity is configured and the agent has none that works.
     pub default_identities: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_names_the_entries_it_did_not_use() {
+        let err = HostKeyError::Unknown {
+            host: "web-1".into(),
+            address: "web:2222".into(),
+            key_type: "ssh-ed25519".into(),
+            fingerprint: "SHA256:x".into(),
+            known_hosts: "kh".into(),
+            line: "[web]:2222 ssh-ed25519 AAAA".into(),
+            unused: vec!["`kh` line 1 records another key".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the host key of `web-1` (web:2222) is not known: ssh-ed25519 SHA256:x\n  not used: `kh` line 1 records another key\n  after checking that fingerprint with the host's owner, add this line to `kh`:\n  [web]:2222 ssh-ed25519 AAAA"
+        );
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_key_limit_kept_keys_back() {
+        let refused = |not_offered: &str| {
+            ConnectError::AuthRejected {
+                host: "web-1".into(),
+                user: "deploy".into(),
+                tried: "agent key SHA256:a".into(),
+                not_offered: not_offered.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(""),
+            "`deploy@web-1` refused every key shipit offered (agent key SHA256:a); authorize one of them in the host's authorized_keys"
+        );
+        let limited = refused("`/home/me/.ssh/id_ed25519`");
+        assert!(
+            limited.contains("it stopped there, at the limit of keys it offers (sshd's `MaxAuthTries` defaults to 6), before `/home/me/.ssh/id_ed25519`: name the right key with `IdentityFile` and `IdentitiesOnly yes`"),
+            "{limited}"
+        );
+    }
 }

@@ -39,6 +39,20 @@ pub const MAX_CHANNELS: usize = 8;
 /// sshd's default `MaxAuthTries` is 6; a rejected key counts, so offer at most this many.
 const MAX_KEYS_OFFERED: usize = 5;
 
+impl Credential {
+    /// How the failure names it when the key limit kept it back.
+    fn label(&self) -> Option<String> {
+        match self {
+            Credential::Key { label, .. } => Some(label.clone()),
+            Credential::Agent { only: None, .. } => Some("the agent's keys".to_owned()),
+            Credential::Agent {
+                only: Some(key), ..
+            } => Some(format!("agent key {}", key.fingerprint(HashAlg::Sha256))),
+            Credential::Skipped { .. } => None,
+        }
+    }
+}
+
 /// A credential to offer, in order.
 enum Credential {
     Key {
@@ -56,10 +70,14 @@ enum Credential {
     },
 }
 
+/// The known_hosts files and the `RevokedHostKeys` file of a host.
+type TrustFiles = (Vec<PathBuf>, Option<PathBuf>);
+
 /// Shared by every connection of one run.
 pub struct SshConnector {
-    /// Each distinct list of known_hosts files, read once per run.
-    known: Mutex<HashMap<Vec<PathBuf>, Arc<KnownHosts>>>,
+    /// Each distinct list of known_hosts files (and `RevokedHostKeys` file), read once per
+    /// run.
+    known: Mutex<HashMap<TrustFiles, Arc<KnownHosts>>>,
     /// `SHIPIT_SSH_KEY`, decoded once: when set, the only key offered.
     env_key: Option<Result<Arc<PrivateKey>, ConnectError>>,
     /// The inventory's `ssh.identity`: otherwise, when set, the only key offered.
@@ -112,7 +130,10 @@ impl SshConnector {
         self.open(target, jump.as_ref().map(|j| &j.handle))
             .await
             .map(|mut t| {
-                t.jump = jump.map(|j| j.handle);
+                if let Some(j) = jump {
+                    t.jump_host_key = j.host_key;
+                    t.jump = Some(j.handle);
+                }
                 t
             })
     }
@@ -142,7 +163,7 @@ impl SshConnector {
         let disconnect = Arc::new(Mutex::new(None));
         let trusted = Arc::new(Mutex::new(None));
         let files = &target.known_hosts;
-        let known = self.known_hosts(files);
+        let known = self.known_hosts(files, target.revoked_host_keys.as_deref());
         let handler = Client {
             target: target.clone(),
             known: known.clone(),
@@ -229,14 +250,17 @@ impl SshConnector {
             disconnect,
             jump: None,
             host_key,
+            jump_host_key: None,
         })
     }
 
     /// Reads (once per run) the known_hosts `files`; unreadable or missing files hold
     /// nothing, as for OpenSSH.
-    fn known_hosts(&self, files: &[PathBuf]) -> Arc<KnownHosts> {
+    /// A `RevokedHostKeys` file that cannot be read trusts nothing, as for OpenSSH.
+    fn known_hosts(&self, files: &[PathBuf], revoked: Option<&Path>) -> Arc<KnownHosts> {
+        let key = (files.to_vec(), revoked.map(Path::to_path_buf));
         let mut cache = self.known.lock().expect("lock");
-        if let Some(known) = cache.get(files) {
+        if let Some(known) = cache.get(&key) {
             return known.clone();
         }
         let mut known = KnownHosts::default();
@@ -245,8 +269,11 @@ impl SshConnector {
                 known.add_file(file, &text);
             }
         }
+        if let Some(file) = revoked {
+            known.add_revoked_keys(file, std::fs::read(file).ok().as_deref());
+        }
         let known = Arc::new(known);
-        cache.insert(files.to_vec(), known.clone());
+        cache.insert(key, known.clone());
         known
     }
 
@@ -304,8 +331,11 @@ impl SshConnector {
         let mut tried: Vec<String> = Vec::new();
         let mut skipped: Vec<String> = Vec::new();
         let mut offered: Vec<PublicKey> = Vec::new();
-        for credential in &credentials {
+        // What the key limit kept back, named in the failure.
+        let mut not_offered: Vec<String> = Vec::new();
+        for (index, credential) in credentials.iter().enumerate() {
             if tried.len() >= MAX_KEYS_OFFERED {
+                not_offered.extend(credentials[index..].iter().filter_map(Credential::label));
                 break;
             }
             match credential {
@@ -355,7 +385,9 @@ impl SshConnector {
                         }
                         offered.push(public.clone());
                         if tried.len() >= MAX_KEYS_OFFERED {
-                            break;
+                            not_offered
+                                .push(format!("agent key {}", public.fingerprint(HashAlg::Sha256)));
+                            continue;
                         }
                         let hash = if public.algorithm().is_rsa() {
                             handle
@@ -401,6 +433,7 @@ impl SshConnector {
             host: target.host.clone(),
             user: target.user.clone(),
             tried: tried.join(", "),
+            not_offered: not_offered.join(", "),
         })
     }
 }
@@ -430,8 +463,12 @@ impl SshConnector {
         }
         let mut credentials = Vec::new();
         if !target.identities.is_empty() {
-            // Unusable ones are skipped, as ssh does, and named if every key is refused.
+            // Unusable ones are skipped, as ssh does, and named if every key is refused;
+            // OpenSSH's default files are only there if the user made them.
             for path in &target.identities {
+                if target.identities_default && !path.exists() {
+                    continue;
+                }
                 credentials.push(self.key_file(path).unwrap_or_else(|reason| {
                     Credential::Skipped {
                         label: format!("{} ({reason})", file_label(path)),
@@ -608,6 +645,16 @@ impl Client {
         if let Some(pin) = &t.host_key {
             let mut pinned = pin.split_whitespace();
             let (pin_type, pin_blob) = (pinned.next().unwrap_or(""), pinned.next().unwrap_or(""));
+            let (name, port) = known_name(t);
+            if let Verdict::Revoked { origin } = self.known.check(name, port, &key_type, &blob) {
+                return Err(Box::new(HostKeyError::Revoked {
+                    host: t.host.clone(),
+                    address,
+                    key_type,
+                    fingerprint,
+                    origin,
+                }));
+            }
             if pin_type == key_type && pin_blob == blob {
                 return Ok(trusted(&format!(
                     "the `host_key` pinned for `{}` in the inventory",
@@ -621,6 +668,7 @@ impl Client {
                 fingerprint,
                 expected: format!("{pin_type} {}", known_hosts::fingerprint(pin_blob)),
                 origin: format!("the `host_key` pinned for `{}` in the inventory", t.host),
+                unused: Vec::new(),
             }));
         }
         let (name, port) = known_name(t);
@@ -633,22 +681,41 @@ impl Client {
                 fingerprint,
                 origin,
             })),
-            Verdict::Changed { expected, origin } => Err(Box::new(HostKeyError::Changed {
+            Verdict::Changed {
+                expected,
+                origin,
+                unused,
+            } => Err(Box::new(HostKeyError::Changed {
                 host: t.host.clone(),
                 address,
                 key_type,
                 fingerprint,
                 expected,
                 origin,
+                unused,
             })),
-            Verdict::Unknown => Err(Box::new(HostKeyError::Unknown {
-                host: t.host.clone(),
-                line: known_hosts::line_for(name, port, &key_type, &blob),
-                address,
-                key_type,
-                fingerprint,
-                known_hosts: self.known_hosts_label.clone(),
-            })),
+            Verdict::Unknown { mut unused } => {
+                if let Some(alias) = &t.host_key_alias {
+                    // With `HostKeyAlias`, OpenSSH looks up the alias alone.
+                    let direct = known_hosts::host_name(&t.address, t.port);
+                    if let Verdict::Trusted { origin } =
+                        self.known.check(&t.address, t.port, &key_type, &blob)
+                    {
+                        unused.push(format!(
+                            "{origin} has this key for `{direct}`, but `HostKeyAlias {alias}` says to look the key up under `{alias}` alone"
+                        ));
+                    }
+                }
+                Err(Box::new(HostKeyError::Unknown {
+                    host: t.host.clone(),
+                    line: known_hosts::line_for(name, port, &key_type, &blob),
+                    address,
+                    key_type,
+                    fingerprint,
+                    known_hosts: self.known_hosts_label.clone(),
+                    unused,
+                }))
+            }
         }
     }
 }
@@ -676,7 +743,7 @@ impl Client {
                     origin,
                 }));
             }
-            Verdict::Changed { .. } | Verdict::Unknown => return self.verify(&host_key),
+            Verdict::Changed { .. } | Verdict::Unknown { .. } => return self.verify(&host_key),
         };
         let (key_type, blob) = key_text(&host_key);
         if let Verdict::Revoked { origin } = self.known.check(name, port, &key_type, &blob) {
@@ -751,9 +818,14 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let result = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key),
-            PublicKeyOrCertificate::Certificate(cert) => self.verify_certificate(cert),
+        let result = match (key, self.known.unusable()) {
+            (_, Some(reason)) => Err(Box::new(HostKeyError::RevocationList {
+                host: self.target.host.clone(),
+                address: address_label(&self.target),
+                reason: reason.to_owned(),
+            })),
+            (PublicKeyOrCertificate::PublicKey { key, .. }, None) => self.verify(key),
+            (PublicKeyOrCertificate::Certificate(cert), None) => self.verify_certificate(cert),
         }
         .map_err(ConnectError::HostKey);
         match result {
@@ -803,6 +875,8 @@ pub struct SshTransport {
     /// The bastion connection the session is tunnelled through; kept open with it.
     jump: Option<Arc<Handle<Client>>>,
     host_key: Option<String>,
+    /// How the bastion's key was trusted, when there is one.
+    jump_host_key: Option<String>,
 }
 
 impl SshTransport {
@@ -1131,6 +1205,10 @@ impl Transport for SshTransport {
 
     fn host_key(&self) -> Option<&str> {
         self.host_key.as_deref()
+    }
+
+    fn jump_host_key(&self) -> Option<&str> {
+        self.jump_host_key.as_deref()
     }
 
     fn sudo_login(&self) -> Option<&str> {

@@ -159,3 +159,72 @@ fn no_credentials_at_all_says_what_to_set() {
         "{stderr}"
     );
 }
+
+/// An agent holding `keys`, on a socket in the fleet's dir; killed by the caller.
+fn agent_with(
+    fleet: &Fleet,
+    keys: &[std::path::PathBuf],
+) -> (std::process::Child, std::path::PathBuf) {
+    let socket = fleet.dir().join("agent5.sock");
+    let agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for key in keys {
+        let added = Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{added:?}");
+    }
+    (agent, socket)
+}
+
+#[test]
+fn identities_only_without_identity_file_logs_in_with_the_default_key_files() {
+    let fleet = Fleet::start(1);
+    // Five keys the host does not know fill the agent: shipit's limit of keys offered.
+    let strangers: Vec<_> = (0..5)
+        .map(|i| keygen(fleet.dir(), &format!("stranger{i}"), "ed25519", ""))
+        .collect();
+    let (mut agent, socket) = agent_with(&fleet, &strangers);
+    // The authorized key is where `ssh` looks by default.
+    let ssh_dir = fleet.home().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(fleet.client_key(), ssh_dir.join("id_ed25519")).unwrap();
+    let inv = write(fleet.dir(), "inv.toml", &without_identity(&fleet));
+    let check = || {
+        run(fleet
+            .shipit()
+            .env("SSH_AUTH_SOCK", &socket)
+            .args(["check", "test", "-i"])
+            .arg(&inv))
+    };
+
+    // Without IdentitiesOnly: the agent's keys first, as `ssh` offers them; the limit is
+    // reached before the key file, and the refusal says so.
+    let (code, _, stderr) = check();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("it stopped there, at the limit of keys it offers")
+            && stderr.contains(&format!("`{}`", ssh_dir.join("id_ed25519").display())),
+        "{stderr}"
+    );
+
+    // `IdentitiesOnly yes` without an `IdentityFile`: OpenSSH's default files, no agent key.
+    std::fs::write(ssh_dir.join("config"), "Host *\n  IdentitiesOnly yes\n").unwrap();
+    let (code, _, stderr) = check();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(fleet.host("h1").log().contains("Accepted publickey"));
+}

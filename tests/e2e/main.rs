@@ -40,6 +40,7 @@ mod jump;
 mod maintenance;
 mod notify;
 mod openssh;
+mod openssh_differential;
 mod operator;
 mod plan;
 mod plan_steps;

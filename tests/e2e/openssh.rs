@@ -214,6 +214,20 @@ fn proxy_jump_from_ssh_config_and_a_refused_proxy_command() {
         out.contains(&format!("inner: jump root@127.0.0.1:{}", bastion.port)),
         "{out}"
     );
+    // Each of the bastion's settings with its own line, and the line that vouched for it.
+    assert!(
+        out.contains(&format!(
+            "inner: jump port {} (`{}` line 7)",
+            bastion.port,
+            config.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("inner: jump host key ssh-ed25519")
+            && out.contains(&format!("trusted by `{}` line", known.display())),
+        "{out}"
+    );
     assert!(
         bastion.log().contains("Accepted publickey"),
         "{}",
@@ -299,8 +313,10 @@ fn wildcard_entries_match_and_negation_excludes() {
     let negated = write(
         fleet.dir(),
         "negated_known_hosts",
+        // `[*]:*`, not `*`: a bare `*` would also match `127.0.0.1`, the name without the
+        // port that OpenSSH (and shipit) fall back to when no entry names `[host]:port`.
         &format!(
-            "*,![127.0.0.1]:{} {}\n",
+            "[*]:*,![127.0.0.1]:{} {}\n",
             h1.port,
             h1.host_keys[0].replace(' ', "\t")
         ),

@@ -36,6 +36,8 @@ async fn connect(fleet: &Fleet, host: &str) -> SshTransport {
         keepalive_interval: Duration::from_secs(15),
         identities: Vec::new(),
         identities_only: false,
+        identities_default: false,
+        revoked_host_keys: None,
         known_hosts: vec![fleet.known_hosts()],
     };
     SshConnector::new(&settings)

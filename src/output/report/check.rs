@@ -56,6 +56,8 @@ pub struct HostCheck {
     /// How the host key was trusted: fingerprint and the known_hosts line, pin or
     /// certificate authority that vouched for it.
     pub host_key: Option<String>,
+    /// The same for the jump host, when the connection goes through one.
+    pub jump_host_key: Option<String>,
     /// The connection settings and where each came from (inventory, ssh_config, default).
     pub connection: Vec<Origin>,
     pub problems: Vec<String>,
