@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser};
 use clap_complete::CompleteEnv;
 
 use shipit::artifact;
-use shipit::cli::{Cli, Command, Progress};
+use shipit::cli::{Cli, Command, Progress, Sharding};
 use shipit::cli::{completion, manual};
 use shipit::deploy::lock::RunInfo;
 use shipit::deploy::pipeline::{self, Cancel};
@@ -93,6 +93,18 @@ fn run(cli: Cli) -> Result<u8, Error> {
         return show_config(&cli, &stage, &inventory);
     }
     let mut hosts = inventory.select(&cli.global.hosts, &cli.global.roles)?;
+    // The migrate host of the whole selection, before a shard takes its part of it.
+    let fleet_migrate_host = {
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        names[shipit::deploy::once::migrate_host_index(&inventory, &names)].to_owned()
+    };
+    let (release_id, once) = match sharding(&cli.command) {
+        Some(s) => {
+            hosts = shard_hosts(s, &inventory, hosts, &fleet_migrate_host, &stage)?;
+            (s.release_id.clone(), once_steps(s))
+        }
+        None => (None, shipit::plan::shard::OnceSteps::Run),
+    };
     if let Command::Task { name, .. } = &cli.command {
         let Some(task) = inventory.tasks.get(name) else {
             let known: Vec<String> = inventory.tasks.keys().map(|k| format!("`{k}`")).collect();
@@ -167,6 +179,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
         true => Some(prepare_artifact(&inventory, &base_dir, &build_out)?),
         false => None,
     };
+    if let (Some(id), Some(packed)) = (&release_id, &packed) {
+        shipit::plan::shard::check_release_id(id, &packed.sha256)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    }
     let templates = match cli.command.needs_templates() {
         true => read_templates(&inventory)?,
         false => Templates::default(),
@@ -277,9 +293,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
                         env_content: env_content.clone(),
                         now_unix: started_unix,
                         waves: waves.as_deref(),
-                        migrate_host: names
-                            [shipit::deploy::once::migrate_host_index(&inventory, &names)]
-                        .to_owned(),
+                        migrate_host: fleet_migrate_host.clone(),
+                        release_id: release_id.as_deref(),
+                        once,
                         out: &out,
                     },
                     &conns,
@@ -301,10 +317,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
                     out: &out,
                     artifact: packed,
                     templates: &templates,
-                    migrate_host: Some(
-                        names[shipit::deploy::once::migrate_host_index(&inventory, &names)]
-                            .to_owned(),
-                    ),
+                    // A shard without the migrate host runs no once step and no `once` hook.
+                    migrate_host: Some(fleet_migrate_host.clone())
+                        .filter(|m| names.contains(&m.as_str())),
+                    release_id: release_id.clone(),
+                    once,
                     waves,
                     env_content: env_content.clone(),
                     now_unix: started_unix,
@@ -547,6 +564,57 @@ async fn connect_reporting<'h>(
         });
     }
     (conns, failed)
+}
+
+/// The `--release-id`, `--shard`, `--once-only`, `--skip-once` of `deploy` and `plan`.
+fn sharding(command: &Command) -> Option<&Sharding> {
+    match command {
+        Command::Deploy { sharding, .. } | Command::Plan { sharding, .. } => Some(sharding),
+        _ => None,
+    }
+}
+
+fn once_steps(s: &Sharding) -> shipit::plan::shard::OnceSteps {
+    use shipit::plan::shard::OnceSteps;
+    match (s.once_only, s.skip_once) {
+        (true, _) => OnceSteps::Only,
+        (_, true) => OnceSteps::Skip,
+        _ => OnceSteps::Run,
+    }
+}
+
+/// The hosts a sharded run works on: with `--once-only` the migrate host alone, with
+/// `--shard K/N` its part of the selection. Checks the flags before anything is built.
+fn shard_hosts<'i>(
+    s: &Sharding,
+    inventory: &Inventory,
+    hosts: Vec<&'i inventory::Host>,
+    migrate_host: &str,
+    stage: &str,
+) -> Result<Vec<&'i inventory::Host>, Error> {
+    use shipit::plan::shard::{self, Shard};
+    let usage = |e: shard::ShardError| Error::Usage(e.to_string());
+    if let Some(id) = &s.release_id {
+        shard::check_release_id_form(id).map_err(usage)?;
+    }
+    if s.once_only {
+        return Ok(hosts
+            .into_iter()
+            .filter(|h| h.name == migrate_host)
+            .collect());
+    }
+    let Some(given) = &s.shard else {
+        return Ok(hosts);
+    };
+    let part = Shard::parse(given).map_err(usage)?;
+    if !s.skip_once && shard::has_once_steps(inventory) {
+        return Err(Error::Usage(format!(
+            "`--shard {part}` deploys part of the fleet, and `{}` has once steps (backup, migrations or `once` hooks at `after_upload`) that must finish before any shard switches: run them first with `shipit deploy {stage} --release-id ID --once-only`, then each shard with `--skip-once`",
+            inventory.file.display()
+        )));
+    }
+    let picked = part.pick(hosts.len()).map_err(usage)?;
+    Ok(picked.into_iter().map(|i| hosts[i]).collect())
 }
 
 fn hosts_result(failed: usize, total: usize) -> Result<u8, Error> {

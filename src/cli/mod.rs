@@ -51,6 +51,28 @@ pub struct Global {
     pub no_ssh_config: bool,
 }
 
+/// One release deployed by several jobs (a CI matrix): `deploy` and `plan` take the same.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Sharding {
+    /// Use this release id (as `shipit plan --json` prints it) instead of a new one: every job of a CI matrix deploys the same
+    #[arg(long, value_name = "ID")]
+    pub release_id: Option<String>,
+    /// Only the K-th of N parts of the selected hosts (in inventory order, host i when i % N = K-1), e.g. `2/4`
+    #[arg(
+        long,
+        value_name = "K/N",
+        conflicts_with = "once_only",
+        requires = "release_id"
+    )]
+    pub shard: Option<String>,
+    /// Only the once steps: stage the migrate host, back up, migrate; switch nothing
+    #[arg(long, conflicts_with = "skip_once", requires = "release_id")]
+    pub once_only: bool,
+    /// Skip the once steps (backup, migrations, `once` hooks at `after_upload`): a `--once-only` run did them
+    #[arg(long)]
+    pub skip_once: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Progress {
     Auto,
@@ -82,6 +104,8 @@ pub enum Command {
         /// Show what would happen (= `shipit plan`) and change nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        sharding: Sharding,
     },
     /// Show the current release, services, health and lock of every host
     #[command(after_help = "Example:\n  shipit status staging")]
@@ -108,6 +132,8 @@ pub enum Command {
         /// Wave sizes, overriding `rollout.waves`
         #[arg(long, value_delimiter = ',', value_name = "SIZES")]
         waves: Vec<String>,
+        #[command(flatten)]
+        sharding: Sharding,
     },
     /// Switch every selected host back to an earlier release
     #[command(

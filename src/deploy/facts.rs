@@ -12,6 +12,7 @@ use crate::execute::{self, RemoteError, timeout};
 use crate::inventory::{Host, Inventory};
 use crate::plan::build::{ArtifactFacts, DeployInputs, HostFacts, Rendered};
 use crate::plan::facts::{self, ReleaseTree};
+use crate::plan::shard::OnceSteps;
 use crate::plan::{self, Plan};
 use crate::transport::fleet::Conn;
 
@@ -98,6 +99,7 @@ pub(crate) fn plan_deploy(
     now_unix: u64,
     waves: Option<&[crate::inventory::Amount]>,
     migrate_host: Option<&str>,
+    sharding: (Option<&str>, OnceSteps),
 ) -> Plan {
     let hosts: Vec<HostFacts<'_>> = hosts
         .iter()
@@ -122,6 +124,8 @@ pub(crate) fn plan_deploy(
         now_unix,
         waves,
         migrate_host,
+        release: sharding.0,
+        once: sharding.1,
     };
     plan::build::deploy(&inputs, &hosts)
 }

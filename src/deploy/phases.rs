@@ -269,6 +269,29 @@ pub(super) async fn execute_plan(
         }
     }
 
+    // `--once-only`: the release is staged and the once steps ran; the shards switch.
+    if plan.action == "once" {
+        for hs in &plan.hosts {
+            ctx.out.emit(Event::HostDone {
+                host: &hs.host,
+                ok: true,
+                summary: &format!("staged {}; nothing switched", plan.release),
+            });
+        }
+        let ran = match plan.once.is_empty() {
+            true => "no backup or migration to run".to_owned(),
+            false => format!("{} once steps ran", plan.once.len()),
+        };
+        return (
+            Outcome::Deployed,
+            Some(format!(
+                "--once-only: {} staged on {}, {ran}; nothing was switched",
+                plan.release,
+                plan.migrate_host.as_deref().unwrap_or("the migrate host")
+            )),
+        );
+    }
+
     // Switch. Not interruptible: a half-switched fleet is worse than a finished one.
     let (outcome, message) = switch_fleet(r, ctx, conns, plan, &mut states).await;
     if outcome != Outcome::Deployed {

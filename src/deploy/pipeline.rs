@@ -30,6 +30,7 @@ pub use crate::output::report::deploy::Outcome;
 use crate::output::report::deploy::{DeployReport, HostDeploy};
 use crate::output::{Event, Output};
 use crate::plan::facts::ReleaseTree;
+use crate::plan::shard::{self, OnceSteps};
 use crate::plan::{self, Step};
 use crate::shell::Secret;
 use crate::transport::ExecRequest;
@@ -72,8 +73,14 @@ pub struct Deploy<'a> {
     pub out: &'a Output,
     pub artifact: &'a Packed,
     pub templates: &'a Templates,
-    /// The selected host that runs backups, migrations and `once` hooks.
+    /// The selected host that runs backups, migrations and `once` hooks; `None` when it is
+    /// not among `hosts` (another shard holds it).
     pub migrate_host: Option<String>,
+    /// `--release-id`: deploy under this id (checked by the caller against the artifact)
+    /// instead of minting one; refused on a host that has a newer release.
+    pub release_id: Option<String>,
+    /// `--once-only` / `--skip-once`.
+    pub once: OnceSteps,
     /// `--waves`: overrides `rollout.waves`.
     pub waves: Option<Vec<crate::inventory::Amount>>,
     /// The env file's content (same on every host), rendered once.
@@ -161,15 +168,18 @@ impl<'a> Run<'a> {
         self.report.message = message;
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
         let release = self.report.release.clone();
+        let once_only = self.report.action == "once";
         for h in &mut self.report.hosts {
             h.outcome = match (h.rolled_back, &h.error, &h.current) {
                 (Some(true), _, _) => "switched_back",
                 (Some(false), _, _) => "switch_back_failed",
                 (None, Some(_), _) => "failed",
                 (None, None, Some(c)) if Some(c) == release.as_ref() => "switched",
+                // `--once-only`: staged and migrated is all it was asked to do.
+                (None, None, _) if once_only && outcome == Outcome::Deployed => "staged",
                 _ => "not_switched",
             };
-            h.ok = h.outcome == "switched";
+            h.ok = matches!(h.outcome, "switched" | "staged");
         }
         self.report
     }
@@ -383,8 +393,14 @@ async fn connect_and_lock<'r, 'h>(
 
 pub async fn deploy(d: Deploy<'_>) -> DeployReport {
     let deploy_to = d.inventory.app.deploy_to.clone();
+    // A `--once-only` run switches nothing: history must not count its release as one
+    // that went live (`rollback` picks its targets from `deploy` lines).
+    let action = match d.once {
+        OnceSteps::Only => "once",
+        _ => "deploy",
+    };
     let mut r = Run::new(
-        "deploy",
+        action,
         d.stage,
         d.hosts,
         (d.run, d.inventory, d.out, d.connector),
@@ -413,6 +429,29 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
             return unsent(r.close(&conns, Outcome::Failed, Some(message.into())).await);
         }
     };
+    if let Some(id) = &d.release_id {
+        let mut refused = 0;
+        for (c, tree) in conns.iter().zip(&facts.trees) {
+            let newer = shard::newer_releases(id, tree);
+            if !newer.is_empty() {
+                refused += 1;
+                r.fail_host(RemoteError::new(
+                    &c.host.name,
+                    "release",
+                    format!(
+                        "`{}` already has {} newer than `--release-id {id}`: a release id must sort after every release on the hosts; plan a new one (`shipit plan --json`)",
+                        c.host.name,
+                        newer.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        if refused > 0 {
+            let message =
+                format!("{refused} hosts have a release newer than `{id}`; nothing was changed");
+            return unsent(r.close(&conns, Outcome::Failed, Some(message)).await);
+        }
+    }
     let hosts: Vec<&Host> = conns.iter().map(|c| c.host).collect();
     let plan = plan_deploy(
         &hosts,
@@ -424,6 +463,7 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         d.now_unix,
         d.waves.as_deref(),
         d.migrate_host.as_deref(),
+        (d.release_id.as_deref(), d.once),
     );
     let manifests: BTreeMap<String, std::sync::Arc<crate::artifact::manifest::Manifest>> = facts
         .trees

@@ -14,6 +14,7 @@ use crate::inventory::{Amount, Inventory};
 pub use crate::output::report::plan::{ConfigChange, HostPreview, PlanReport};
 use crate::output::{Event, Output, table};
 use crate::plan::facts;
+use crate::plan::shard::{self, OnceSteps};
 use crate::plan::{Plan, Step};
 use crate::shell::Secret;
 use crate::transport::fleet::Conn;
@@ -29,6 +30,10 @@ pub struct Preview<'a> {
     /// `--waves`, if given (else `rollout.waves`).
     pub waves: Option<&'a [Amount]>,
     pub migrate_host: String,
+    /// `--release-id`, if given (checked against the artifact by the caller).
+    pub release_id: Option<&'a str>,
+    /// `--once-only` / `--skip-once`.
+    pub once: OnceSteps,
     pub out: &'a Output,
 }
 
@@ -82,6 +87,7 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
         p.now_unix,
         p.waves,
         migrate_host,
+        (p.release_id, p.once),
     );
     let details = futures::future::join_all(readable.iter().zip(&facts.trees).map(|(&c, tree)| {
         let (p, plan) = (&p, &plan);
@@ -134,6 +140,19 @@ async fn host_preview(
     let Some(hs) = plan.host(&c.host.name) else {
         return h;
     };
+    // What `deploy --release-id` would refuse on this host, said before the deploy runs.
+    let newer = shard::newer_releases(&plan.release, tree);
+    if p.release_id.is_some() && !newer.is_empty() {
+        h.error = Some(format!(
+            "already has {} newer than `--release-id {}`: a deploy would refuse this host",
+            newer
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.release
+        ));
+    }
     h.steps = hs.steps.clone();
     for step in &hs.steps {
         match step {

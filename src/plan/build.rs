@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::shard::OnceSteps;
 use super::step::{Phase, Step};
 use super::{Source, choose, next_release_id, tolerated_failures, waves};
 use crate::artifact::manifest::Manifest;
@@ -18,7 +19,8 @@ use crate::plan::facts::ReleaseTree;
 /// What a run does, fleet-wide and per host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// `deploy` or `rollback`.
+    /// `deploy`, `once` (`deploy --once-only`: staged and once steps, no switch) or
+    /// `rollback`.
     pub action: &'static str,
     /// The release every host ends on.
     pub release: String,
@@ -135,25 +137,39 @@ pub struct DeployInputs<'a> {
     /// `--waves`, else `rollout.waves`.
     pub waves: Option<&'a [Amount]>,
     pub migrate_host: Option<&'a str>,
+    /// `--release-id`: the id every shard of one deploy uses (checked by the caller), else
+    /// a new one is minted.
+    pub release: Option<&'a str>,
+    /// Which once steps run ([`OnceSteps`]).
+    pub once: OnceSteps,
 }
 
 /// The plan of a deploy onto `hosts` (in selection order).
 pub fn deploy(inputs: &DeployInputs<'_>, hosts: &[HostFacts<'_>]) -> Plan {
     let inv = inputs.inventory;
-    let release = next_release_id(
-        inputs.now_unix,
-        inputs.artifact.sha256,
-        hosts
-            .iter()
-            .flat_map(|h| h.tree.releases.iter().map(|r| r.id.as_str())),
-    );
+    let release = match inputs.release {
+        Some(given) => given.to_owned(),
+        None => next_release_id(
+            inputs.now_unix,
+            inputs.artifact.sha256,
+            hosts
+                .iter()
+                .flat_map(|h| h.tree.releases.iter().map(|r| r.id.as_str())),
+        ),
+    };
     let mut deltas = DeltaSizes::default();
-    let host_steps = hosts
+    let mut host_steps: Vec<HostSteps> = hosts
         .iter()
         .map(|h| deploy_host(inputs, h, &release, &mut deltas))
         .collect();
+    if inputs.once == OnceSteps::Only {
+        // Staged, so the migrations run in the new release; nothing is switched.
+        for hs in &mut host_steps {
+            hs.steps.retain(|s| s.phase() == Phase::Stage);
+        }
+    }
     let mut once = Vec::new();
-    if inputs.migrate_host.is_some() {
+    if inputs.migrate_host.is_some() && inputs.once != OnceSteps::Skip {
         if let Some(b) = &inv.backup {
             once.push(Step::Backup {
                 dir: b.dir.clone(),
@@ -168,7 +184,10 @@ pub fn deploy(inputs: &DeployInputs<'_>, hosts: &[HostFacts<'_>]) -> Plan {
         }
     }
     Plan {
-        action: "deploy",
+        action: match inputs.once {
+            OnceSteps::Only => "once",
+            _ => "deploy",
+        },
         release,
         migrate_host: inputs.migrate_host.map(str::to_owned),
         once,
@@ -275,6 +294,14 @@ fn deploy_host(
     });
     let is_migrate_host = inputs.migrate_host == Some(name.as_str());
     let hooks = |at: HookPoint| hook_steps(inv, h.host, at, is_migrate_host);
+    // `once` hooks at `after_upload` are once steps: `--skip-once` leaves them to the
+    // `--once-only` run. The later ones go with the migrate host's switch.
+    let upload_hooks = hook_steps(
+        inv,
+        h.host,
+        HookPoint::AfterUpload,
+        is_migrate_host && inputs.once != OnceSteps::Skip,
+    );
     let env_path = inv
         .env
         .as_ref()
@@ -302,7 +329,7 @@ fn deploy_host(
             pull: compose.pull,
         });
     }
-    steps.extend(hooks(HookPoint::AfterUpload));
+    steps.extend(upload_hooks);
     // The checks of the idle instance run before the gate: the guard waits for both.
     let health_secs: u64 = inv
         .health
@@ -652,6 +679,17 @@ mod tests {
         old: Option<Result<Arc<Manifest>, String>>,
         migrate_host: Option<&str>,
     ) -> Plan {
+        plan_mode(inv, new, old, migrate_host, OnceSteps::Run, None)
+    }
+
+    fn plan_mode(
+        inv: &Inventory,
+        new: &Manifest,
+        old: Option<Result<Arc<Manifest>, String>>,
+        migrate_host: Option<&str>,
+        once: OnceSteps,
+        release: Option<&str>,
+    ) -> Plan {
         let t = tree("m1");
         let hosts: Vec<HostFacts<'_>> = inv
             .hosts
@@ -679,6 +717,8 @@ mod tests {
             now_unix: NOW,
             waves: None,
             migrate_host,
+            release,
+            once,
         };
         deploy(&inputs, &hosts)
     }
@@ -790,6 +830,39 @@ mod tests {
         let plan = plan_with(&inv, &m, None, None);
         assert!(plan.once.is_empty());
         assert!(!names(&plan, "h2").contains(&"hook"));
+    }
+
+    #[test]
+    fn once_only_stages_and_runs_the_once_steps_and_skip_once_leaves_them_out() {
+        let inv = inventory(
+            "[migrate]\ncommand = \"./migrate\"\n\n[[hooks]]\nat = \"after_upload\"\ncommand = \"seed\"\nonce = true\n\n[[hooks]]\nat = \"after_switch\"\ncommand = \"announce\"\nonce = true\n",
+        );
+        let m = manifest(3, 0);
+        let id = "20261122T210000Z-cccccccccccc";
+        let only = plan_mode(&inv, &m, None, Some("h2"), OnceSteps::Only, Some(id));
+        assert_eq!(only.action, "once");
+        assert_eq!(only.release, id);
+        assert_eq!(names(&only, "h2"), ["upload", "stage_units", "hook"]);
+        assert_eq!(only.once.len(), 1);
+        let skip = plan_mode(&inv, &m, None, Some("h2"), OnceSteps::Skip, Some(id));
+        assert_eq!(skip.action, "deploy");
+        assert_eq!(skip.release, id);
+        assert!(skip.once.is_empty());
+        // The `after_upload` once hook ran with `--once-only`; the `after_switch` one goes
+        // with the migrate host's switch.
+        assert_eq!(
+            names(&skip, "h2"),
+            [
+                "upload",
+                "stage_units",
+                "arm_guard",
+                "switch",
+                "hook",
+                "install_units",
+                "restart",
+                "confirm"
+            ]
+        );
     }
 
     #[test]
@@ -956,6 +1029,8 @@ timeout = "5s"
                 now_unix: 1_795_381_200,
                 waves: None,
                 migrate_host: None,
+                release: None,
+                once: OnceSteps::Run,
             },
             &hosts,
         )

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod facts;
+pub mod shard;
 pub mod step;
 
 pub use build::{HostSteps, Plan};

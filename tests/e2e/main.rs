@@ -55,6 +55,7 @@ mod seed_intric;
 mod seed_melvin;
 mod seed_obd2;
 mod services;
+mod sharding;
 mod sudo;
 mod systemd_fleet;
 mod tasks;

@@ -206,6 +206,8 @@ impl Setup {
             now_unix: NOW,
             waves: None,
             migrate_host: self.migrate_host.as_deref(),
+            release: None,
+            once: crate::plan::shard::OnceSteps::Run,
         };
         plan::build::deploy(&inputs, &facts)
     }
@@ -1295,6 +1297,8 @@ async fn deploy_through_pipeline(inv: &Inventory, script: &Script) -> DeployRepo
         artifact: &packed,
         templates: &templates,
         migrate_host: None,
+        release_id: None,
+        once: crate::plan::shard::OnceSteps::Run,
         waves: None,
         env_content: inv.env.as_ref().map(|_| Secret::new("A=1\n")),
         now_unix: NOW,
