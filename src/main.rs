@@ -758,7 +758,11 @@ fn prepare_artifact(
             })
         })?;
     }
-    let packed = artifact::pack(&spec.path, &std::env::temp_dir())?;
+    let cache = artifact::cache_dir(
+        std::env::var_os("XDG_CACHE_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    );
+    let packed = artifact::pack_cached(&spec.path, &std::env::temp_dir(), cache.as_deref())?;
     // What the hosts' files get instead of the packed tar's fixed time (see `files_time`).
     let time = artifact::files_time(base_dir, shipit::clock::now_unix());
     Ok(packed.stamped(time.unix()))

@@ -15,7 +15,9 @@
 //! `compress` holds the [`Codec`]; [`git`] reads the commit it is built from.
 //!
 //! Packing also writes the artifact's [`Manifest`](manifest::Manifest) (each path's type,
-//! mode, size, sha256), which travels to the host ahead of the tar stream.
+//! mode, size, sha256), which travels to the host ahead of the tar stream. A file whose stat
+//! record is unchanged since the last pack on this machine takes its digest from the
+//! deployer's cache ([`digests`]) instead of being hashed again.
 //!
 //! Blocking file I/O only: callers run [`pack`], [`compress`] and [`build`] under
 //! `spawn_blocking`. May depend on nothing else in the crate but
@@ -28,6 +30,7 @@ pub mod manifest;
 
 mod build;
 mod compress;
+mod digests;
 mod files_time;
 mod pack;
 mod tarcheck;
@@ -38,9 +41,10 @@ use std::process::ExitStatus;
 
 pub use build::build;
 pub use compress::{Codec, Compressed, compress};
+pub use digests::cache_dir;
 pub use files_time::{FilesTime, files_time};
 pub(crate) use pack::{Hashing, MTIME, header};
-pub use pack::{Packed, pack};
+pub use pack::{Packed, pack, pack_cached};
 pub(crate) use tarcheck::member_components;
 
 /// Why an artifact cannot be packed or built.

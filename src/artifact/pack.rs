@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 use tempfile::TempPath;
 
+use super::digests::{Digests, Stat};
 use super::manifest::{self, Manifest, hex};
 use super::tarcheck::{TarFormat, adopt_tarball, check_symlink_target};
 use super::{ArtifactError, Refusal};
@@ -65,6 +66,18 @@ pub(super) const BUF_SIZE: usize = 64 * 1024;
 
 /// Packs a directory, or checks and adopts a tarball. Blocking; callers use spawn_blocking.
 pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+    pack_cached(path, temp_dir, None)
+}
+
+/// [`pack`], with a directory's file digests kept in the deployer's digest cache under
+/// `cache_dir` ([`super::digests`]): a file whose stat record is unchanged since the last
+/// pack is not hashed again. The tar, its sha256 and the manifest are the same bytes as
+/// without the cache.
+pub fn pack_cached(
+    path: &Path,
+    temp_dir: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<Packed, ArtifactError> {
     let meta = fs::metadata(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             ArtifactError::Missing {
@@ -78,7 +91,7 @@ pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
         }
     })?;
     if meta.is_dir() {
-        return pack_dir(path, temp_dir);
+        return pack_dir(path, temp_dir, cache_dir);
     }
     if !meta.is_file() {
         return Err(ArtifactError::Unsupported {
@@ -103,19 +116,37 @@ pub fn pack(path: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
 // ---------------------------------------------------------------------------------------
 // Directory → deterministic tar
 
-pub(super) fn pack_dir(root: &Path, temp_dir: &Path) -> Result<Packed, ArtifactError> {
+pub(super) fn pack_dir(
+    root: &Path,
+    temp_dir: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<Packed, ArtifactError> {
     let temp = new_temp(temp_dir)?;
-    let checked = write_dir_tar(root, temp_dir, temp.as_file())?;
+    let mut digests = cache_dir.map(|dir| Digests::open(dir, root));
+    let checked = write_dir_tar(root, temp_dir, temp.as_file(), digests.as_mut())?;
+    if let Some(digests) = &digests {
+        // A cache that cannot be saved only makes the next pack hash everything again.
+        let _ = digests.save(now_ns());
+    }
     let mut packed = packed(temp, checked);
     packed.fixed_mtime = true;
     Ok(packed)
 }
 
-/// Writes `root` as a tar into `out`.
+/// The wall clock in nanoseconds since the epoch (what the digest cache compares file
+/// times with).
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Writes `root` as a tar into `out`, taking unchanged files' digests from `digests`.
 pub(super) fn write_dir_tar(
     root: &Path,
     temp_dir: &Path,
     out: &File,
+    digests: Option<&mut Digests>,
 ) -> Result<Summary, ArtifactError> {
     let write_err = |source| ArtifactError::Write {
         dir: temp_dir.to_owned(),
@@ -128,6 +159,7 @@ pub(super) fn write_dir_tar(
         builder: tar::Builder::new(sink),
         entries: 0,
         manifest: manifest::Builder::new(),
+        digests,
     };
     packer.walk(root, "")?;
     if packer.entries == 0 {
@@ -155,6 +187,7 @@ pub(super) struct DirPacker<'a> {
     builder: tar::Builder<DirSink>,
     entries: u64,
     manifest: manifest::Builder,
+    digests: Option<&'a mut Digests>,
 }
 
 impl DirPacker<'_> {
@@ -231,17 +264,35 @@ impl DirPacker<'_> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(full)
             .map_err(read_err)?;
-        let len = file.metadata().map_err(read_err)?.len();
+        let meta = file.metadata().map_err(read_err)?;
+        let len = meta.len();
         let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
         let mut header = header(EntryType::Regular, mode, len);
-        let mut data = Hashing::new(Exact::new(file, len));
-        self.append(rel, &mut header, &mut data)
-            .map_err(|e| match (e, data.inner.failed) {
-                (ArtifactError::Write { source, .. }, true) => read_err(source),
-                (e, _) => e,
-            })?;
-        let (_, sha256, size) = data.finish();
-        self.manifest.file(rel, mode, size, sha256);
+        // Stat of the open file, taken before reading it: a change while it is read
+        // changes its ctime, so the next pack does not take the digest recorded now.
+        let stat = Stat::of(&meta);
+        let cached = self.digests.as_mut().and_then(|d| d.get(rel, &stat));
+        let sha256 = if let Some(sha256) = cached {
+            let mut data = Exact::new(file, len);
+            self.append(rel, &mut header, &mut data)
+                .map_err(|e| match (e, data.failed) {
+                    (ArtifactError::Write { source, .. }, true) => read_err(source),
+                    (e, _) => e,
+                })?;
+            sha256
+        } else {
+            let mut data = Hashing::new(Exact::new(file, len));
+            self.append(rel, &mut header, &mut data)
+                .map_err(|e| match (e, data.inner.failed) {
+                    (ArtifactError::Write { source, .. }, true) => read_err(source),
+                    (e, _) => e,
+                })?;
+            data.finish().1
+        };
+        if let Some(digests) = self.digests.as_mut() {
+            digests.put(rel, stat, sha256.clone());
+        }
+        self.manifest.file(rel, mode, len, sha256);
         Ok(())
     }
 

@@ -1157,3 +1157,70 @@ fn a_stamped_stream_carries_the_files_time_and_the_same_entries() {
     let adopted = pack(&tarball, temp.path()).unwrap().stamped(T);
     assert_eq!((adopted.fixed_mtime, adopted.files_mtime), (false, None));
 }
+
+#[test]
+fn pack_takes_an_unchanged_files_digest_from_the_cache_and_rehashes_a_changed_one() {
+    use super::digests::{Digests, Stat};
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let src = temp.path().join("app");
+    write(&src.join("a.txt"), b"alpha\n", 0o644);
+    write(&src.join("lib/b.bin"), &[7u8; 70_000], 0o755);
+    let plain = pack(&src, temp.path()).unwrap();
+
+    // A first pack with the cache: the same tar, sha256 and manifest as without it.
+    let first = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
+    assert_eq!(first.sha256, plain.sha256);
+    assert_eq!(first.manifest, plain.manifest);
+    assert_eq!(fs::read(&first.tar).unwrap(), fs::read(&plain.tar).unwrap());
+
+    // A cache that says `a.txt` (as it stands) has another digest: trusted while the stat
+    // record matches, which shows the file was not hashed again.
+    let poisoned = "e".repeat(64);
+    let stat_a = || Stat::of(&fs::symlink_metadata(src.join("a.txt")).unwrap());
+    let mut digests = Digests::open(&cache, &src);
+    digests.put("a.txt", stat_a(), poisoned.clone());
+    digests.save(i128::MAX / 2).unwrap();
+    let hit = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
+    let sha_of_a = |p: &Packed| {
+        p.manifest
+            .as_ref()
+            .unwrap()
+            .get("a.txt")
+            .unwrap()
+            .sha256()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(sha_of_a(&hit), poisoned);
+    assert_eq!(
+        hit.sha256, plain.sha256,
+        "the tar stream is still hashed whole"
+    );
+
+    // The same size, new content: the stat record changed, so it is read again.
+    let mut digests = Digests::open(&cache, &src);
+    digests.put("a.txt", stat_a(), poisoned.clone());
+    digests.save(i128::MAX / 2).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    write(&src.join("a.txt"), b"ALPHA\n", 0o644);
+    let miss = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
+    assert_eq!(sha_of_a(&miss), sha_of(b"ALPHA\n"));
+    assert_eq!(miss.manifest, pack(&src, temp.path()).unwrap().manifest);
+
+    // A corrupt cache is ignored: digests computed, the file rewritten.
+    let file = fs::read_dir(cache.join("digests"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::write(&file, b"shipit-digests 1\ngarbage").unwrap();
+    let fresh = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
+    assert_eq!(fresh.manifest, miss.manifest);
+    assert!(
+        fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("shipit-digests 1\n/")
+    );
+}

@@ -545,3 +545,45 @@ fn files_are_copied_where_hard_links_cannot_be_made() {
     );
     fleet.sh_ok("h1", &format!("umount {old}"));
 }
+
+#[test]
+fn a_redeploy_with_the_deployers_digest_cache_puts_the_changed_file_on_the_host() {
+    let (fleet, dir, inv) = setup(1, "");
+    // Older than the cache's racy window, so the first deploy records every file.
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let first = deploy_report(&fleet, &inv);
+    let cache = fleet.home().join(".cache/shipit/digests");
+    let files: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("\tsrc/changed.bin\n"), "{text}");
+    assert!(text.contains("\tvendor/pkg3/lib.bin\n"), "{text}");
+
+    // The same size, new bytes, right away: only the stat record tells it changed.
+    put(&dir, "src/changed.bin", &noise(102, 40_000));
+    let second = deploy_report(&fleet, &inv);
+    assert_eq!(host_entry(&second, "h1")["source"], "delta", "{second:#}");
+    assert_ne!(second["artifact_sha256"], first["artifact_sha256"]);
+    let id2 = second["release"].as_str().unwrap();
+    assert_eq!(
+        tree(&fleet, "h1", &format!("/opt/demo/releases/{id2}")),
+        local_tree(&dir)
+    );
+
+    // Packed without any cache, the artifact has the same identity: nothing is sent.
+    let (code, stdout, stderr) = run(fleet
+        .shipit()
+        .env("XDG_CACHE_HOME", fleet.dir().join("empty-cache"))
+        .args(["deploy", "test", "--json", "-i"])
+        .arg(&inv));
+    assert_eq!(code, 0, "{stderr}");
+    let third: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(third["artifact_sha256"], second["artifact_sha256"]);
+    let entry = host_entry(&third, "h1");
+    assert_eq!(entry["source"], "reused", "{entry:#}");
+    assert_eq!(entry["bytes_sent"], 0, "{entry:#}");
+    assert!(fleet.dir().join("empty-cache/shipit/digests").is_dir());
+}
