@@ -136,9 +136,7 @@ pub(super) fn pack_dir(
 /// The wall clock in nanoseconds since the epoch (what the digest cache compares file
 /// times with).
 fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
+    crate::clock::now_nanos() as i128
 }
 
 /// Writes `root` as a tar into `out`, taking unchanged files' digests from `digests`.
