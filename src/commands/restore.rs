@@ -136,17 +136,16 @@ pub enum Restorer<'a> {
     Command(&'a str),
 }
 
-/// Checks the backup again (it may have changed since it was checked before the units
-/// stopped), then restores it. `PG*` variables come first on stdin in env-file syntax, as
-/// for a backup; for a command the backup is its stdin.
-pub fn restore(
+/// What a restore and the drill start with: the prelude (in `cwd`, env file loaded), the
+/// `PG*` variables read from stdin, then [`CHECK`] of the backup (it may have changed since
+/// it was checked before anything stopped).
+fn checked(
     cwd: &str,
     env_path: Option<&str>,
     vars: &TaskVars,
     backup: &BackupRef<'_>,
     verify: Option<&str>,
-    how: &Restorer<'_>,
-) -> Cmd {
+) -> Vec<Cmd> {
     let mut steps = task::prelude(cwd, env_path, vars);
     steps.extend(backup.assigns());
     steps.extend([
@@ -159,6 +158,21 @@ if [ -n "$extra" ]; then set -a; eval "$extra" || exit 1; set +a; fi"#,
         ),
         Cmd::new(CHECK),
     ]);
+    steps
+}
+
+/// Checks the backup again (it may have changed since it was checked before the units
+/// stopped), then restores it. `PG*` variables come first on stdin in env-file syntax, as
+/// for a backup; for a command the backup is its stdin.
+pub fn restore(
+    cwd: &str,
+    env_path: Option<&str>,
+    vars: &TaskVars,
+    backup: &BackupRef<'_>,
+    verify: Option<&str>,
+    how: &Restorer<'_>,
+) -> Cmd {
+    let mut steps = checked(cwd, env_path, vars, backup, verify);
     match how {
         Restorer::Postgres => steps.push(Cmd::new(POSTGRES_RESTORE)),
         Restorer::Command(command) => {
@@ -207,18 +221,7 @@ pub fn drill(
     verify: Option<&str>,
     how: &Restorer<'_>,
 ) -> Cmd {
-    let mut steps = task::prelude(cwd, env_path, vars);
-    steps.extend(backup.assigns());
-    steps.extend([
-        Cmd::assign("verify", verify.unwrap_or("")),
-        Cmd::new(SHA256),
-        Cmd::new(
-            r#"
-extra=$(cat) || exit 1
-if [ -n "$extra" ]; then set -a; eval "$extra" || exit 1; set +a; fi"#,
-        ),
-        Cmd::new(CHECK),
-    ]);
+    let mut steps = checked(cwd, env_path, vars, backup, verify);
     match how {
         Restorer::Postgres => steps.push(Cmd::new(POSTGRES_DRILL)),
         Restorer::Command(command) => {
