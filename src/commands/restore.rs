@@ -261,21 +261,25 @@ fi"#,
     Cmd::seq(steps)
 }
 
-/// Starts again the units [`stop_units`] stopped, and forgets the record.
-pub fn start_stopped(deploy_to: &str) -> Cmd {
-    Cmd::seq([
+/// Starts again the units [`stop_units`] stopped, and forgets the record. Only `units` (the
+/// inventory's) are started, each when the record lists it: the record is a file on the
+/// host, and a name in it is no proof of anything.
+pub fn start_stopped(deploy_to: &str, units: &[String]) -> Cmd {
+    let mut steps = vec![
         Cmd::assign("rec", format!("{deploy_to}/.shipit/stopped")),
-        Cmd::new(
-            r#"
-[ -f "$rec" ] || exit 0
-status=0
-while IFS= read -r unit; do
-  case $unit in *.service) systemctl start -- "$unit" || status=1 ;; esac
-done < "$rec"
-[ "$status" = 0 ] && rm -f -- "$rec"
+        Cmd::new(r#"[ -f "$rec" ] || exit 0; status=0"#),
+    ];
+    for unit in units {
+        steps.push(Cmd::assign("unit", unit));
+        steps.push(Cmd::new(
+            r#"if grep -qxF -- "$unit" "$rec"; then systemctl start -- "$unit" || status=1; fi"#,
+        ));
+    }
+    steps.push(Cmd::new(
+        r#"[ "$status" = 0 ] && rm -f -- "$rec"
 exit $status"#,
-        ),
-    ])
+    ));
+    Cmd::seq(steps)
 }
 
 /// Forgets the record of [`stop_units`] (the switch started the units of the release).
@@ -406,6 +410,38 @@ mod tests {
         }
     }
 
+    /// A name the host's record holds that the inventory does not is never started.
+    #[test]
+    fn only_the_inventorys_units_are_started_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("systemctl");
+        std::fs::write(&fake, format!("#!/bin/sh\necho \"$*\" >> {base}/started\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(format!("{base}/.shipit")).unwrap();
+        std::fs::write(
+            format!("{base}/.shipit/stopped"),
+            "shop.service\nevil.service\n",
+        )
+        .unwrap();
+        let units = ["shop.service".to_owned(), "worker.service".to_owned()];
+        let out = std::process::Command::new("sh")
+            .args(["-c", &start_stopped(base, &units).render()])
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(format!("{base}/started")).unwrap(),
+            "start -- shop.service\n"
+        );
+        assert!(!std::path::Path::new(&format!("{base}/.shipit/stopped")).exists());
+    }
+
     #[test]
     fn every_script_parses() {
         let backup = BackupRef {
@@ -419,7 +455,7 @@ mod tests {
             restore("/", None, &vars, &backup, None, &Restorer::Postgres),
             drill("/", None, &vars, &backup, None, &Restorer::Postgres),
             stop_units("/d", &["a.service".to_owned()]),
-            start_stopped("/d"),
+            start_stopped("/d", &["a.service".to_owned()]),
         ] {
             let out = std::process::Command::new("sh")
                 .args(["-n", "-c", &cmd.render()])

@@ -232,7 +232,7 @@ where
                 .await;
             let failed = stops.into_iter().find_map(Result::err);
             if let Some(e) = failed {
-                start_again(ctx, conns).await;
+                start_again(ctx, conns, stop).await;
                 let message = format!("{e}; nothing was restored, the units were started again");
                 return Err(e.saying(message));
             }
@@ -243,7 +243,7 @@ where
         }
         let result = work.await;
         if result.is_err() {
-            start_again(ctx, conns).await;
+            start_again(ctx, conns, stop).await;
         }
         result
     };
@@ -256,8 +256,8 @@ where
 
 /// Starts the units [`quiesced`] stopped, on every host (a failure is a note: the error
 /// that brought us here is the one reported).
-async fn start_again(ctx: &Ctx<'_>, conns: &[Conn<'_>]) {
-    let script = cmd::start_stopped(&ctx.inventory.app.deploy_to);
+async fn start_again(ctx: &Ctx<'_>, conns: &[Conn<'_>], units: &[String]) {
+    let script = cmd::start_stopped(&ctx.inventory.app.deploy_to, units);
     let starts = futures::future::join_all(conns.iter().map(|c| {
         let script = &script;
         async move {
