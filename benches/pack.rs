@@ -1,14 +1,18 @@
 //! The deployer's packing CPU on a redeploy (not a test): `shipit::artifact::pack_cached`
 //! of a directory of PACK_MB (default 300) MB in PACK_FILES (default 3,000) files, against
 //! `tar -cf - dir | sha256sum` of the same directory, as a ratio of CPU time (user + system,
-//! all threads and processes) measured in one run. Rows: the first pack (empty digest
-//! cache), an unchanged redeploy, and a redeploy with one file changed. Run with
+//! all threads and processes) measured in one run. Rows: a fresh deploy's packing (empty
+//! digest cache, every file hashed, then the tar a whole upload compresses), an unchanged
+//! redeploy (the listing only: the hosts hold the release), and a redeploy with one file
+//! changed (the listing, then the delta a host takes, zstd). Run with
 //! `cargo bench --bench pack`; the directory and cache live under $TMPDIR.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+
+use shipit::artifact::{Codec, delta};
 
 fn cpu(who: libc::c_int) -> Duration {
     // SAFETY: getrusage writes into the zeroed struct it is given.
@@ -86,26 +90,39 @@ fn main() {
     // Past the digest cache's racy window, so the first pack records every file.
     std::thread::sleep(Duration::from_millis(2_100));
     let cache = work.path().join("cache");
-    let pack = || {
-        shipit::artifact::pack_cached(&dir, work.path(), Some(&cache)).unwrap();
-    };
+    let pack = || shipit::artifact::pack_cached(&dir, work.path(), Some(&cache)).unwrap();
     let floor = tar_sha256sum(&dir);
-    let first = own_cpu(1, pack);
-    let unchanged = own_cpu(3, pack);
+    // A fresh deploy: the listing, every file hashed, then the tar a whole upload
+    // compresses (the compression itself is the upload's, not counted here).
+    let first = own_cpu(1, || {
+        pack().tar().unwrap();
+    });
+    // Every host holds the release: nothing but the listing.
+    let unchanged = own_cpu(3, || {
+        pack();
+    });
+    // One file changed: the listing and what a host taking a delta needs, the delta
+    // built from the last release's manifest (zstd).
+    let mut last = pack().manifest.clone().unwrap();
     let mut seed = 1_000_000;
     let changed = own_cpu(3, || {
         seed += 1;
         fs::write(dir.join("pkg007/f00007.bin"), noise(seed, size)).unwrap();
-        pack();
+        let packed = pack();
+        let new = packed.manifest.clone().unwrap();
+        let plan = delta::changes(&last, &new, &[]);
+        assert_eq!(plan.content_bytes, size as u64);
+        delta::build(&packed, &new, &plan, Codec::Zstd, work.path()).unwrap();
+        last = new;
     });
     let secs = |d: Duration| d.as_secs_f64();
     println!("{mb} MB in {files} files: CPU seconds, and the ratio to `tar -cf - | sha256sum`");
-    println!("  tar -cf - | sha256sum   {:>6.3}", secs(floor));
+    println!("  tar -cf - | sha256sum      {:>6.3}", secs(floor));
     for (row, t) in [
-        ("first pack (no cache)", first),
+        ("fresh (no cache, tar)", first),
         ("unchanged redeploy", unchanged),
-        ("one file changed", changed),
+        ("one file changed, delta", changed),
     ] {
-        println!("  {row:<23} {:>6.3}  {:.2}", secs(t), secs(t) / secs(floor));
+        println!("  {row:<26} {:>6.3}  {:.2}", secs(t), secs(t) / secs(floor));
     }
 }

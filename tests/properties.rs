@@ -590,7 +590,7 @@ fn checker_agrees_with_gnu_tar(members: &[Member]) -> Result<bool, TestCaseError
     let Ok(packed) = shipit::artifact::pack(&path, dir.path()) else {
         return Ok(false);
     };
-    let sent = std::fs::read(&packed.tar).unwrap();
+    let sent = std::fs::read(packed.tar().unwrap()).unwrap();
     let checker = crate_view(&sent);
     let gnu_sent = gnu_view(&sent);
     prop_assert_eq!(

@@ -23,8 +23,9 @@ use std::path::Path;
 use tar::{Archive, EntryType};
 use tempfile::TempPath;
 
+use super::pack::{pad, write_member};
 use crate::artifact::manifest::{Item, Kind, Manifest};
-use crate::artifact::{self, Codec, Hashing, Packed, header};
+use crate::artifact::{self, ArtifactError, Codec, Hashing, Packed, header};
 
 /// How the tar writes one path of the new release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +204,8 @@ pub enum DeltaError {
     },
     #[error("the packed artifact does not match its manifest at `{path}`")]
     Mismatch { path: String },
+    #[error(transparent)]
+    Read(ArtifactError),
 }
 
 /// Writes the delta stream for `plan`, compressed with `codec`, reading new content from the
@@ -260,7 +263,7 @@ fn write_tar<W: Write>(
     plan: &Changes,
     sink: W,
 ) -> Result<(), DeltaError> {
-    let dir = packed.tar.parent().unwrap_or(Path::new("/tmp")).to_owned();
+    let dir = packed.temp_dir().to_owned();
     let io_err = |source| DeltaError::Io {
         dir: dir.clone(),
         source,
@@ -284,9 +287,56 @@ fn write_tar<W: Write>(
     let mut sent: HashMap<String, String> = HashMap::new();
     let mut written: std::collections::HashSet<String> = std::collections::HashSet::new();
     let wanted = plan.ops.values().filter(|op| **op == Op::Content).count();
-    if wanted > 0 {
+    if let (true, Some(listing)) = (wanted > 0, packed.listing()) {
+        // A packed directory: the content is read from its files, each checked against
+        // the digest the manifest has for it.
+        for (path, _) in &listing.entries {
+            if plan.ops.get(path) != Some(&Op::Content) {
+                continue;
+            }
+            let Some(Item {
+                kind: Kind::File { size, sha256 },
+                mode,
+            }) = new.get(path)
+            else {
+                return Err(DeltaError::Mismatch { path: path.clone() });
+            };
+            if let Some(first) = sent.get(sha256) {
+                let mut h = header(EntryType::Link, *mode, 0);
+                tar.append_link(&mut h, path, first).map_err(io_err)?;
+                written.insert(path.clone());
+                continue;
+            }
+            let mtime = packed.files_mtime.unwrap_or(artifact::MTIME);
+            let out = tar.get_mut();
+            write_member(
+                out,
+                path.as_bytes(),
+                EntryType::Regular,
+                b"",
+                *mode,
+                mtime,
+                *size,
+            )
+            .map_err(io_err)?;
+            let got = match listing.copy_file(path, *size, out, &dir) {
+                Ok(got) => got,
+                Err(ArtifactError::Changed { .. }) => {
+                    return Err(DeltaError::Mismatch { path: path.clone() });
+                }
+                Err(e) => return Err(DeltaError::Read(e)),
+            };
+            pad(out, *size).map_err(io_err)?;
+            if got != *sha256 {
+                return Err(DeltaError::Mismatch { path: path.clone() });
+            }
+            sent.insert(sha256.clone(), path.clone());
+            written.insert(path.clone());
+        }
+    } else if wanted > 0 {
+        let tar_path = packed.tar().map_err(|e| io_err(io::Error::other(e)))?;
         // The tar is seekable: the data of files not sent is skipped, not read.
-        let mut archive = Archive::new(File::open(&packed.tar).map_err(io_err)?);
+        let mut archive = Archive::new(File::open(tar_path).map_err(io_err)?);
         for entry in archive.entries_with_seek().map_err(io_err)? {
             let mut entry = entry.map_err(io_err)?;
             // Checked when packed: no `..`, not absolute; `./` and empty parts dropped.
@@ -475,9 +525,9 @@ mod host_tests {
     }
 
     pub(super) fn upload_whole(base: &str, id: &str, packed: &Packed) {
-        let dir = packed.tar.parent().unwrap();
+        let dir = packed.temp_dir();
         let c = artifact::compress(
-            &packed.tar,
+            packed.tar().unwrap(),
             packed.manifest.as_deref(),
             Codec::Zstd,
             dir,
@@ -555,6 +605,38 @@ mod host_tests {
     /// files whose content it sends, and the others keep theirs (their content did not
     /// change). A file replaced by content of the same size the release had elsewhere is
     /// sent, not linked: linked, it would keep the time and size of the content it replaces.
+    #[test]
+    fn a_delta_reads_new_content_from_the_directory_and_refuses_a_file_changed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src, "app.js", b"v1\n", 0o644);
+        write(&src, "keep.js", b"kept\n", 0o644);
+        let v1 = artifact::pack(&src, dir.path()).unwrap();
+        write(&src, "app.js", b"v2\n", 0o644);
+        let v2 = artifact::pack(&src, dir.path()).unwrap();
+        let (old, new) = (v1.manifest.unwrap(), v2.manifest.clone().unwrap());
+        let plan = changes(&old, &new, &[]);
+        assert_eq!(plan.ops.get("app.js"), Some(&Op::Content));
+        let delta = build(&v2, &new, &plan, Codec::Gzip, dir.path()).unwrap();
+        assert_eq!(delta.content_bytes, 3);
+        // The tar of the whole artifact was never needed.
+        let temps = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("shipit-artifact-")
+            })
+            .count();
+        assert_eq!(temps, 0);
+        // Changed after packing: the delta is refused, never sent with other bytes.
+        write(&src, "app.js", b"v3\n", 0o644);
+        let err = build(&v2, &new, &plan, Codec::Gzip, dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, DeltaError::Mismatch { path } if path == "app.js"),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn files_get_the_time_of_the_deploy_that_sent_their_content() {
         let dir = tempfile::tempdir().unwrap();
@@ -938,7 +1020,7 @@ mod hostile_host_tests {
         put(&src, "app.js", b"v1\n");
         let v1 = artifact::pack(&src, dir.path()).unwrap();
         let c = artifact::compress(
-            &v1.tar,
+            v1.tar().unwrap(),
             v1.manifest.as_deref(),
             Codec::Gzip,
             dir.path(),

@@ -136,6 +136,14 @@ impl Digests {
     }
 }
 
+/// Drops the cache of the artifact directory `root`: the next pack hashes every file.
+pub(super) fn forget(cache_dir: &Path, root: &Path) {
+    let file = cache_dir
+        .join("digests")
+        .join(sha256_hex(root.as_os_str().as_bytes()));
+    let _ = fs::remove_file(file);
+}
+
 /// The cache file's entries, or `None` if it is missing or not to be trusted.
 fn read(file: &Path, root: &[u8]) -> Option<HashMap<String, (Stat, String)>> {
     let mut opened = File::open(file).ok()?;

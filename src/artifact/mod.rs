@@ -44,7 +44,7 @@ pub use compress::{Codec, Compressed, compress};
 pub use digests::cache_dir;
 pub use files_time::{FilesTime, files_time};
 pub(crate) use pack::{Hashing, MTIME, header};
-pub use pack::{Packed, pack, pack_cached};
+pub use pack::{LazyTar, Packed, pack, pack_cached};
 pub(crate) use tarcheck::member_components;
 
 /// Why an artifact cannot be packed or built.
@@ -77,6 +77,10 @@ pub enum ArtifactError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "`{entry}` in artifact `{artifact}` changed while shipit was deploying it; deploy again once the artifact is built"
+    )]
+    Changed { artifact: PathBuf, entry: String },
     #[error("cannot write the packed artifact in `{dir}`")]
     Write {
         dir: PathBuf,

@@ -8,8 +8,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
@@ -20,14 +20,17 @@ use super::manifest::{self, Manifest, hex};
 use super::tarcheck::{TarFormat, adopt_tarball, check_symlink_target};
 use super::{ArtifactError, Refusal};
 
-/// The artifact, checked, as one uncompressed tar on local disk. [`compress`](fn@super::compress) makes what a
-/// whole upload sends; a delta reads new content from here.
+/// The artifact, checked: its identity and manifest, and the uncompressed tar on local disk
+/// (for a directory, written when first asked for). [`compress`](fn@super::compress) makes
+/// what a whole upload sends; a delta reads new content from the directory or the tar.
 #[derive(Debug)]
 pub struct Packed {
-    /// The tar stream; deleted on drop.
-    pub tar: TempPath,
-    /// sha256 (lowercase hex) of the tar stream: the artifact's identity. The same content
-    /// gives the same value on any machine, whatever the compression.
+    /// The tar stream, or how to write it; deleted on drop.
+    tar: Arc<LazyTar>,
+    /// The artifact's identity (lowercase hex sha256): for a directory with a manifest, the
+    /// manifest's sha256 (every path with its type, mode, size and content digest), else
+    /// the tar stream's. The same content gives the same value on any machine, whatever the
+    /// compression.
     pub sha256: String,
     /// The artifact's manifest; `None` when its names or entries cannot be described
     /// exactly (see [`crate::artifact::manifest`]): such an artifact is always sent whole.
@@ -47,12 +50,88 @@ pub struct Packed {
 impl Packed {
     /// The files a deploy sends get `unix` as their modification time where the tar's is
     /// the fixed one (a packed directory): written into the stream sent, never into the
-    /// packed tar, whose sha256 stays the content's identity.
+    /// packed tar, whose identity stays the content's.
     pub fn stamped(mut self, unix: u64) -> Packed {
         if self.fixed_mtime {
             self.files_mtime = Some(unix);
         }
         self
+    }
+
+    /// The tar on local disk, written now if this is its first use (blocking: callers in
+    /// async code use spawn_blocking or block_in_place).
+    pub fn tar(&self) -> Result<&Path, String> {
+        self.tar.path()
+    }
+
+    /// The tar, to be written from another thread ([`LazyTar::path`]).
+    pub fn lazy_tar(&self) -> Arc<LazyTar> {
+        self.tar.clone()
+    }
+
+    /// Where packing writes its temporary files.
+    pub fn temp_dir(&self) -> &Path {
+        &self.tar.temp_dir
+    }
+
+    /// A packed directory's listing, to read new content from the files themselves.
+    pub(crate) fn listing(&self) -> Option<&Listing> {
+        self.tar.listing.as_ref()
+    }
+}
+
+/// A packed artifact's tar: written at packing (a tarball, or a directory without a
+/// manifest), or on first use from the directory's listing.
+#[derive(Debug)]
+pub struct LazyTar {
+    made: OnceLock<Result<TempPath, String>>,
+    temp_dir: PathBuf,
+    listing: Option<Listing>,
+    /// The digest cache the listing took digests from: forgotten when a file turns out to
+    /// have changed behind an unchanged stat record.
+    cache_dir: Option<PathBuf>,
+}
+
+impl LazyTar {
+    fn written(tar: TempPath, temp_dir: &Path) -> LazyTar {
+        LazyTar {
+            made: OnceLock::from(Ok(tar)),
+            temp_dir: temp_dir.to_owned(),
+            listing: None,
+            cache_dir: None,
+        }
+    }
+
+    /// The tar on local disk, written from the listing on first use (blocking; a second
+    /// caller waits for the first).
+    pub fn path(&self) -> Result<&Path, String> {
+        self.made
+            .get_or_init(|| self.write().map_err(|e| crate::error::chain(&e)))
+            .as_ref()
+            .map(|tar| tar.as_ref())
+            .map_err(Clone::clone)
+    }
+
+    fn write(&self) -> Result<TempPath, ArtifactError> {
+        let listing = self
+            .listing
+            .as_ref()
+            .expect("a tar not written has a listing");
+        let temp = new_temp(&self.temp_dir)?;
+        let write_err = |source| ArtifactError::Write {
+            dir: self.temp_dir.clone(),
+            source,
+        };
+        let mut out = BufWriter::with_capacity(BUF_SIZE, temp.as_file());
+        let written = listing.write(&mut out, &self.temp_dir);
+        if let (Err(ArtifactError::Changed { .. }), Some(cache)) = (&written, &self.cache_dir) {
+            // The next pack must read every file again.
+            super::digests::forget(cache, &listing.root);
+        }
+        written?;
+        out.flush().map_err(write_err)?;
+        drop(out);
+        Ok(temp.into_temp_path())
     }
 }
 
@@ -116,21 +195,60 @@ pub fn pack_cached(
 // ---------------------------------------------------------------------------------------
 // Directory → deterministic tar
 
+/// Packs a directory: lists and checks it, hashes its files (or takes their digests from
+/// the cache), and leaves the tar to be written when a host first needs it. Its identity is
+/// the manifest's sha256, which says exactly what the tar holds: a redeploy whose hosts all
+/// take a delta or already hold the release reads only the files whose stat record changed.
+/// A directory the manifest cannot describe is written and hashed whole at once.
 pub(super) fn pack_dir(
     root: &Path,
     temp_dir: &Path,
     cache_dir: Option<&Path>,
 ) -> Result<Packed, ArtifactError> {
-    let temp = new_temp(temp_dir)?;
     let mut digests = cache_dir.map(|dir| Digests::open(dir, root));
-    let checked = write_dir_tar(root, temp_dir, temp.as_file(), digests.as_mut())?;
+    let listing = list_dir(root, digests.as_mut())?;
     if let Some(digests) = &digests {
         // A cache that cannot be saved only makes the next pack hash everything again.
         let _ = digests.save(now_ns());
     }
-    let mut packed = packed(temp, checked);
-    packed.fixed_mtime = true;
-    Ok(packed)
+    let entries = listing.entries.len() as u64;
+    let tar_size = listing.tar_size();
+    let Some(manifest) = listing.manifest() else {
+        let temp = new_temp(temp_dir)?;
+        let write_err = |source| ArtifactError::Write {
+            dir: temp_dir.to_owned(),
+            source,
+        };
+        let mut sink = Behind::start(temp.as_file().try_clone().map_err(write_err)?);
+        listing.write(&mut sink, temp_dir)?;
+        let (sha256, tar_size) = sink.finish().map_err(write_err)?;
+        let mut packed = packed(
+            temp,
+            Summary {
+                sha256,
+                tar_size,
+                entries,
+                manifest: None,
+            },
+            temp_dir,
+        );
+        packed.fixed_mtime = true;
+        return Ok(packed);
+    };
+    Ok(Packed {
+        tar: Arc::new(LazyTar {
+            made: OnceLock::new(),
+            temp_dir: temp_dir.to_owned(),
+            listing: Some(listing),
+            cache_dir: cache_dir.map(Path::to_owned),
+        }),
+        sha256: manifest.sha256(),
+        manifest: Some(Arc::new(manifest)),
+        tar_size,
+        entries,
+        fixed_mtime: true,
+        files_mtime: None,
+    })
 }
 
 /// The wall clock in nanoseconds since the epoch (what the digest cache compares file
@@ -139,58 +257,216 @@ fn now_ns() -> i128 {
     crate::clock::now_nanos() as i128
 }
 
-/// Writes `root` as a tar into `out`, taking unchanged files' digests from `digests`.
-pub(super) fn write_dir_tar(
-    root: &Path,
-    temp_dir: &Path,
-    out: &File,
-    digests: Option<&mut Digests>,
-) -> Result<Summary, ArtifactError> {
-    let write_err = |source| ArtifactError::Write {
-        dir: temp_dir.to_owned(),
-        source,
+/// A packed directory's entries in tar order (depth first, each level sorted by name
+/// bytes: `read_dir`'s order depends on the filesystem, the tar's must not), each file with
+/// the digest and size it had when listed.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    pub(crate) root: PathBuf,
+    pub(crate) entries: Vec<(String, Listed)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Listed {
+    Dir,
+    File {
+        /// 0o644 or 0o755.
+        mode: u32,
+        len: u64,
+        sha256: String,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+/// Bytes a tar member takes: its header, a GNU `L` (`K`) entry for a name (link target)
+/// longer than the header's field, its data padded to whole blocks. What [`write_member`]
+/// and [`pad`] write.
+fn member_size(name: usize, link: usize, size: u64) -> u64 {
+    let long = |len: usize| {
+        if len > 100 {
+            512 + (len as u64 + 1).next_multiple_of(512)
+        } else {
+            0
+        }
     };
-    let sink = Behind::start(out.try_clone().map_err(write_err)?);
-    let mut packer = DirPacker {
+    512 + long(name) + long(link) + size.next_multiple_of(512)
+}
+
+impl Listing {
+    fn manifest(&self) -> Option<Manifest> {
+        let mut builder = manifest::Builder::new();
+        for (rel, entry) in &self.entries {
+            match entry {
+                Listed::Dir => builder.dir(rel, 0o755),
+                Listed::File { mode, len, sha256 } => {
+                    builder.file(rel, *mode, *len, sha256.clone())
+                }
+                Listed::Symlink { target } => builder.symlink(rel, target),
+            }
+        }
+        builder.finish()
+    }
+
+    /// The size of the tar [`Listing::write`] writes, without writing it.
+    fn tar_size(&self) -> u64 {
+        let members: u64 = self
+            .entries
+            .iter()
+            .map(|(rel, entry)| match entry {
+                Listed::Dir => member_size(rel.len() + 1, 0, 0),
+                Listed::File { len, .. } => member_size(rel.len(), 0, *len),
+                Listed::Symlink { target } => member_size(rel.len(), target.len(), 0),
+            })
+            .sum();
+        members + 1024
+    }
+
+    /// Writes the tar, reading each file again: a file whose size or content is no longer
+    /// what was listed (and hashed, or found in the digest cache) fails the write with
+    /// [`ArtifactError::Changed`], so what is sent is always what the identity names.
+    pub(crate) fn write(&self, out: &mut impl Write, temp_dir: &Path) -> Result<(), ArtifactError> {
+        let write_err = |source| ArtifactError::Write {
+            dir: temp_dir.to_owned(),
+            source,
+        };
+        for (rel, entry) in &self.entries {
+            match entry {
+                Listed::Dir => {
+                    let name = format!("{rel}/");
+                    write_member(
+                        out,
+                        name.as_bytes(),
+                        EntryType::Directory,
+                        b"",
+                        0o755,
+                        MTIME,
+                        0,
+                    )
+                    .map_err(write_err)?;
+                }
+                Listed::Symlink { target } => write_member(
+                    out,
+                    rel.as_bytes(),
+                    EntryType::Symlink,
+                    target.as_bytes(),
+                    0o777,
+                    MTIME,
+                    0,
+                )
+                .map_err(write_err)?,
+                Listed::File { mode, len, sha256 } => {
+                    write_member(
+                        out,
+                        rel.as_bytes(),
+                        EntryType::Regular,
+                        b"",
+                        *mode,
+                        MTIME,
+                        *len,
+                    )
+                    .map_err(write_err)?;
+                    let got = self.copy_file(rel, *len, out, temp_dir)?;
+                    if got != *sha256 {
+                        return Err(self.changed(rel));
+                    }
+                    pad(out, *len).map_err(write_err)?;
+                }
+            }
+        }
+        out.write_all(&[0; 1024]).map_err(write_err)
+    }
+
+    /// Copies the listed file `rel` (exactly `len` bytes, or [`ArtifactError::Changed`])
+    /// into `out`; gives its sha256.
+    pub(crate) fn copy_file(
+        &self,
+        rel: &str,
+        len: u64,
+        out: &mut impl Write,
+        temp_dir: &Path,
+    ) -> Result<String, ArtifactError> {
+        let full = self.root.join(rel);
+        let read_err = |source| ArtifactError::Read {
+            path: full.clone(),
+            source,
+        };
+        // O_NOFOLLOW: a symlink that took the file's place is not followed.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&full)
+            .map_err(read_err)?;
+        if file.metadata().map_err(read_err)?.len() != len {
+            return Err(self.changed(rel));
+        }
+        let mut data = Hashing::new(Exact::new(file, len));
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                // Exact's own errors: the file grew or shrank since it was listed.
+                Err(e)
+                    if data.inner.failed
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::UnexpectedEof | io::ErrorKind::Other
+                        ) =>
+                {
+                    return Err(self.changed(rel));
+                }
+                Err(source) => return Err(read_err(source)),
+            };
+            out.write_all(&buf[..n])
+                .map_err(|source| ArtifactError::Write {
+                    dir: temp_dir.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(data.finish().1)
+    }
+
+    fn changed(&self, rel: &str) -> ArtifactError {
+        ArtifactError::Changed {
+            artifact: self.root.clone(),
+            entry: rel.to_owned(),
+        }
+    }
+}
+
+/// Lists and checks `root`, hashing each file (or taking its digest from `digests` while
+/// its stat record is unchanged).
+pub(super) fn list_dir(
+    root: &Path,
+    digests: Option<&mut Digests>,
+) -> Result<Listing, ArtifactError> {
+    let mut lister = Lister {
         root,
-        temp_dir,
-        builder: tar::Builder::new(sink),
-        entries: 0,
-        manifest: manifest::Builder::new(),
+        entries: Vec::new(),
         digests,
     };
-    packer.walk(root, "")?;
-    if packer.entries == 0 {
+    lister.walk(root, "")?;
+    if lister.entries.is_empty() {
         return Err(ArtifactError::Empty {
             path: root.to_owned(),
         });
     }
-    let entries = packer.entries;
-    let manifest = packer.manifest.finish();
-    let sink = packer.builder.into_inner().map_err(write_err)?;
-    let (sha256, tar_size) = sink.finish().map_err(write_err)?;
-    Ok(Summary {
-        sha256,
-        tar_size,
-        entries,
-        manifest,
+    Ok(Listing {
+        root: root.to_owned(),
+        entries: lister.entries,
     })
 }
 
-pub(super) type DirSink = Behind;
-
-pub(super) struct DirPacker<'a> {
+struct Lister<'a> {
     root: &'a Path,
-    temp_dir: &'a Path,
-    builder: tar::Builder<DirSink>,
-    entries: u64,
-    manifest: manifest::Builder,
+    entries: Vec<(String, Listed)>,
     digests: Option<&'a mut Digests>,
 }
 
-impl DirPacker<'_> {
-    /// Appends `dir`'s children, depth first, each level sorted by name bytes: the order
-    /// `read_dir` returns depends on the filesystem, and the tar must not.
+impl Lister<'_> {
+    /// Lists `dir`'s children, depth first, each level sorted by name bytes.
     fn walk(&mut self, dir: &Path, prefix: &str) -> Result<(), ArtifactError> {
         let read_err = |source| ArtifactError::Read {
             path: dir.to_owned(),
@@ -223,15 +499,12 @@ impl DirPacker<'_> {
                 return Err(self.refuse(rel, Refusal::RevisionDir));
             }
             if kind.is_dir() {
-                self.manifest.dir(&rel, 0o755);
-                let rel = format!("{rel}/");
-                let mut header = header(EntryType::Directory, 0o755, 0);
-                self.append(&rel, &mut header, io::empty())?;
-                self.walk(&full, &rel)?;
+                self.entries.push((rel.clone(), Listed::Dir));
+                self.walk(&full, &format!("{rel}/"))?;
             } else if kind.is_file() {
-                self.append_file(&full, &rel, meta.permissions().mode())?;
+                self.list_file(&full, rel, meta.permissions().mode())?;
             } else if kind.is_symlink() {
-                self.append_symlink(&full, &rel)?;
+                self.list_symlink(&full, rel)?;
             } else {
                 let kind = if kind.is_socket() {
                     "socket"
@@ -250,13 +523,13 @@ impl DirPacker<'_> {
         Ok(())
     }
 
-    fn append_file(&mut self, full: &Path, rel: &str, mode: u32) -> Result<(), ArtifactError> {
+    fn list_file(&mut self, full: &Path, rel: String, mode: u32) -> Result<(), ArtifactError> {
         let read_err = |source| ArtifactError::Read {
             path: full.to_owned(),
             source,
         };
         // O_NOFOLLOW: the entry was a regular file when listed; if a symlink took its place
-        // since, fail rather than pack whatever it points to.
+        // since, fail rather than hash whatever it points to.
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -265,83 +538,40 @@ impl DirPacker<'_> {
         let meta = file.metadata().map_err(read_err)?;
         let len = meta.len();
         let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-        let mut header = header(EntryType::Regular, mode, len);
         // Stat of the open file, taken before reading it: a change while it is read
         // changes its ctime, so the next pack does not take the digest recorded now.
         let stat = Stat::of(&meta);
-        let cached = self.digests.as_mut().and_then(|d| d.get(rel, &stat));
-        let sha256 = if let Some(sha256) = cached {
-            let mut data = Exact::new(file, len);
-            self.append(rel, &mut header, &mut data)
-                .map_err(|e| match (e, data.failed) {
-                    (ArtifactError::Write { source, .. }, true) => read_err(source),
-                    (e, _) => e,
-                })?;
-            sha256
-        } else {
-            let mut data = Hashing::new(Exact::new(file, len));
-            self.append(rel, &mut header, &mut data)
-                .map_err(|e| match (e, data.inner.failed) {
-                    (ArtifactError::Write { source, .. }, true) => read_err(source),
-                    (e, _) => e,
-                })?;
-            data.finish().1
+        let cached = self.digests.as_mut().and_then(|d| d.get(&rel, &stat));
+        let sha256 = match cached {
+            Some(sha256) => sha256,
+            None => {
+                let mut data = Hashing::new(Exact::new(file, len));
+                io::copy(&mut data, &mut io::sink()).map_err(read_err)?;
+                data.finish().1
+            }
         };
         if let Some(digests) = self.digests.as_mut() {
-            digests.put(rel, stat, sha256.clone());
+            digests.put(&rel, stat, sha256.clone());
         }
-        self.manifest.file(rel, mode, len, sha256);
+        self.entries.push((rel, Listed::File { mode, len, sha256 }));
         Ok(())
     }
 
-    fn append_symlink(&mut self, full: &Path, rel: &str) -> Result<(), ArtifactError> {
+    fn list_symlink(&mut self, full: &Path, rel: String) -> Result<(), ArtifactError> {
         let target = fs::read_link(full).map_err(|source| ArtifactError::Read {
             path: full.to_owned(),
             source,
         })?;
         let Some(target) = target.to_str() else {
-            return Err(self.refuse(rel.to_owned(), Refusal::TargetNotUtf8));
+            return Err(self.refuse(rel, Refusal::TargetNotUtf8));
         };
         let depth = rel.split('/').count() - 1;
         if let Err(refusal) = check_symlink_target(depth, target.as_bytes()) {
-            return Err(self.refuse(rel.to_owned(), refusal));
+            return Err(self.refuse(rel, refusal));
         }
-        // Written as read: the tar crate's `append_link` drops `.` steps and a trailing
-        // `/`, and the host's link would then differ from the manifest's.
-        write_member(
-            self.builder.get_mut(),
-            rel.as_bytes(),
-            EntryType::Symlink,
-            target.as_bytes(),
-            0o777,
-            MTIME,
-            0,
-        )
-        .map_err(|source| self.write_err(source))?;
-        self.manifest.symlink(rel, target);
-        self.entries += 1;
+        let target = target.to_owned();
+        self.entries.push((rel, Listed::Symlink { target }));
         Ok(())
-    }
-
-    /// Appends one entry; I/O errors are the temp file's unless the caller knows better.
-    fn append(
-        &mut self,
-        rel: &str,
-        header: &mut Header,
-        data: impl Read,
-    ) -> Result<(), ArtifactError> {
-        self.builder
-            .append_data(header, rel, data)
-            .map_err(|source| self.write_err(source))?;
-        self.entries += 1;
-        Ok(())
-    }
-
-    fn write_err(&self, source: io::Error) -> ArtifactError {
-        ArtifactError::Write {
-            dir: self.temp_dir.to_owned(),
-            source,
-        }
     }
 
     fn refuse(&self, entry: String, refusal: Refusal) -> ArtifactError {
@@ -635,9 +865,9 @@ pub(super) fn new_temp(temp_dir: &Path) -> Result<tempfile::NamedTempFile, Artif
         })
 }
 
-pub(super) fn packed(temp: tempfile::NamedTempFile, checked: Summary) -> Packed {
+pub(super) fn packed(temp: tempfile::NamedTempFile, checked: Summary, temp_dir: &Path) -> Packed {
     Packed {
-        tar: temp.into_temp_path(),
+        tar: Arc::new(LazyTar::written(temp.into_temp_path(), temp_dir)),
         sha256: checked.sha256,
         manifest: checked.manifest.map(Arc::new),
         tar_size: checked.tar_size,

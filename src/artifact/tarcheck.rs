@@ -56,7 +56,7 @@ pub(super) fn adopt_tarball(
             path: path.to_owned(),
         });
     }
-    Ok(packed(temp, checked))
+    Ok(packed(temp, checked, temp_dir))
 }
 
 /// Checks the tarball read from `source` and writes into `out` a new tar of what was

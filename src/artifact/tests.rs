@@ -147,10 +147,10 @@ fn same_content_packs_to_the_same_sha_whatever_order_mtime_or_mode_bits() {
     assert_eq!(first.entries, 9);
     // Compressed for upload: zstd, and gzip for hosts without zstd, the same tar in
     // both, each with the manifest ahead of it.
-    let tar = gunzip(&first.tar);
+    let tar = gunzip(first.tar().unwrap());
     for codec in [Codec::Zstd, Codec::Gzip] {
         let c = compress(
-            &first.tar,
+            first.tar().unwrap(),
             first.manifest.as_deref(),
             codec,
             temp.path(),
@@ -174,8 +174,9 @@ fn same_content_packs_to_the_same_sha_whatever_order_mtime_or_mode_bits() {
         );
     }
 
-    assert_eq!(gunzip(&second.tar), tar);
-    assert_eq!(sha_of(&tar), first.sha256);
+    assert_eq!(gunzip(second.tar().unwrap()), tar);
+    // A directory's identity is its manifest's digest: what the tar holds, exactly.
+    assert_eq!(first.manifest.as_ref().unwrap().sha256(), first.sha256);
     assert_eq!(tar.len() as u64, first.tar_size);
     let paths: Vec<String> = entries_of(&tar).into_iter().map(|e| e.path).collect();
     assert_eq!(
@@ -205,7 +206,7 @@ fn modes_are_normalized_and_symlinks_kept() {
     write(&root.join("group-exec"), b"x", 0o610);
     symlink("private/secret", root.join("link")).unwrap();
     let packed = pack(&root, temp.path()).unwrap();
-    let entries = entries_of(&gunzip(&packed.tar));
+    let entries = entries_of(&gunzip(packed.tar().unwrap()));
     let find = |path: &str| entries.iter().find(|e| e.path == path).unwrap();
     assert_eq!(find("private/").kind, EntryType::Directory);
     assert_eq!(find("private/").mode, 0o755);
@@ -218,7 +219,10 @@ fn modes_are_normalized_and_symlinks_kept() {
     assert_eq!(link.mode, 0o777);
     assert_eq!(link.link.as_deref(), Some("private/secret"));
     // The packed file is private to the deployer.
-    let mode = fs::metadata(&packed.tar).unwrap().permissions().mode();
+    let mode = fs::metadata(packed.tar().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0);
 }
 
@@ -232,7 +236,7 @@ fn long_names_and_link_targets_round_trip() {
     let target = format!("{}/{}.js", "e".repeat(90), "f".repeat(120));
     symlink(&target, root.join("d".repeat(80)).join("l".repeat(110))).unwrap();
     let packed = pack(&root, temp.path()).unwrap();
-    let entries = entries_of(&gunzip(&packed.tar));
+    let entries = entries_of(&gunzip(packed.tar().unwrap()));
     let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let dir = format!("{}/", "d".repeat(80));
     let link = format!("{}/{}", "d".repeat(80), "l".repeat(110));
@@ -240,6 +244,65 @@ fn long_names_and_link_targets_round_trip() {
     assert_eq!(paths, [&dir, &deep_dir, &file, &link]);
     assert_eq!(entries[2].data, b"long");
     assert_eq!(entries[3].link.as_deref(), Some(target.as_str()));
+    // The size is known before the tar is written, long-name entries and all.
+    let size = packed.tar_size;
+    assert_eq!(fs::metadata(packed.tar().unwrap()).unwrap().len(), size);
+}
+
+#[test]
+fn a_directory_tar_is_written_when_first_needed_and_only_as_listed() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("app");
+    write(&root.join("a.txt"), b"alpha\n", 0o644);
+    write(&root.join("b.bin"), &[3u8; 10_000], 0o644);
+    let count_temps = || {
+        fs::read_dir(temp.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("shipit-artifact-")
+            })
+            .count()
+    };
+    let packed = pack(&root, temp.path()).unwrap();
+    assert_eq!(count_temps(), 0, "packing a directory writes no tar");
+    let tar = packed.tar().unwrap().to_owned();
+    assert_eq!(count_temps(), 1);
+    assert_eq!(packed.tar().unwrap(), tar, "written once");
+    assert_eq!(fs::metadata(&tar).unwrap().len(), packed.tar_size);
+    drop(packed);
+    assert!(!tar.exists(), "deleted with the packed artifact");
+
+    // Changed after packing, before the tar is written: the same size, other bytes; or
+    // another size. Either way nothing the identity does not name is written.
+    for (content, name) in [(b"ALPHA\n".as_slice(), "same size"), (b"alpha!\n", "grown")] {
+        let packed = pack(&root, temp.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        write(&root.join("a.txt"), content, 0o644);
+        let err = packed.tar().unwrap_err();
+        assert!(
+            err.contains("`a.txt`") && err.contains("changed"),
+            "{name}: {err}"
+        );
+        assert_eq!(packed.tar().unwrap_err(), err, "{name}: the failure stays");
+        write(&root.join("a.txt"), b"alpha\n", 0o644);
+    }
+    assert_eq!(count_temps(), 0, "a failed write leaves no file");
+}
+
+#[test]
+fn a_directory_the_manifest_cannot_describe_is_written_and_hashed_at_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("app");
+    write(&root.join("back\\slash"), b"x", 0o644);
+    let packed = pack(&root, temp.path()).unwrap();
+    assert!(packed.manifest.is_none());
+    let tar = fs::read(packed.tar().unwrap()).unwrap();
+    assert_eq!(sha_of(&tar), packed.sha256);
+    assert_eq!(tar.len() as u64, packed.tar_size);
 }
 
 #[test]
@@ -251,11 +314,12 @@ fn symlink_targets_are_packed_byte_for_byte() {
         symlink(target, root.join(name)).unwrap();
     }
     let packed = pack(&root, temp.path()).unwrap();
-    let links: Vec<(String, Option<String>)> = entries_of(&fs::read(&packed.tar).unwrap())
-        .into_iter()
-        .filter(|e| e.kind == EntryType::Symlink)
-        .map(|e| (e.path, e.link))
-        .collect();
+    let links: Vec<(String, Option<String>)> =
+        entries_of(&fs::read(packed.tar().unwrap()).unwrap())
+            .into_iter()
+            .filter(|e| e.kind == EntryType::Symlink)
+            .map(|e| (e.path, e.link))
+            .collect();
     let want = |n: &str, t: &str| (n.to_owned(), Some(t.to_owned()));
     assert_eq!(
         links,
@@ -293,7 +357,7 @@ fn gnu_tar_extracts_the_packed_directory_exactly() {
     fs::create_dir(&out).unwrap();
     let status = Command::new("tar")
         .arg("-xf")
-        .arg(&*packed.tar)
+        .arg(packed.tar().unwrap())
         .arg("-C")
         .arg(&out)
         .status()
@@ -770,7 +834,7 @@ fn ambiguous_or_conflicting_entries_are_refused() {
     let packed = pack_bytes(temp.path(), "fine.tar", &fine).unwrap();
     assert_eq!(packed.entries, 4);
     assert_eq!(
-        gnu_listing(&fs::read(&packed.tar).unwrap()),
+        gnu_listing(&fs::read(packed.tar().unwrap()).unwrap()),
         gnu_listing(&fine)
     );
 }
@@ -892,7 +956,7 @@ fn good_tarballs_are_adopted_as_a_fresh_tar_of_their_checked_entries() {
     let tar = builder.into_inner().unwrap();
 
     let packed = pack_bytes(temp.path(), "plain.tar", &tar).unwrap();
-    let copy = fs::read(&packed.tar).unwrap();
+    let copy = fs::read(packed.tar().unwrap()).unwrap();
     assert_eq!(packed.sha256, sha_of(&copy));
     assert_eq!(packed.tar_size, copy.len() as u64);
     assert_eq!(packed.entries, 8);
@@ -935,7 +999,7 @@ fn good_tarballs_are_adopted_as_a_fresh_tar_of_their_checked_entries() {
     let gz = gzip(&tar);
     let packed_gz = pack_bytes(temp.path(), "app.tgz", &gz).unwrap();
     assert_eq!(packed_gz.sha256, packed.sha256);
-    assert_eq!(fs::read(&packed_gz.tar).unwrap(), copy);
+    assert_eq!(fs::read(packed_gz.tar().unwrap()).unwrap(), copy);
     assert_eq!(packed_gz.manifest, packed.manifest);
     let packed_gz = pack_bytes(temp.path(), "app.TAR.GZ", &gz).unwrap();
     assert_eq!(packed_gz.sha256, packed.sha256);
@@ -978,7 +1042,7 @@ fn tarballs_made_by_gnu_tar_are_accepted() {
         } else {
             fs::read(&out).unwrap()
         };
-        let copy = fs::read(&packed.tar).unwrap();
+        let copy = fs::read(packed.tar().unwrap()).unwrap();
         assert_eq!(gnu_listing(&copy), gnu_listing(&tar), "{name}");
         assert!(packed.entries >= 3, "{name}");
         shas.push(packed.sha256);
@@ -1014,7 +1078,7 @@ fn gnu_sparse_files_are_sent_whole() {
         "GNU tar wrote no sparse entry"
     );
     let packed = pack(&out, temp.path()).unwrap();
-    let copy = fs::read(&packed.tar).unwrap();
+    let copy = fs::read(packed.tar().unwrap()).unwrap();
     let mut want = vec![0u8; 1 << 20];
     want[512 << 10..(512 << 10) + 6].copy_from_slice(b"middle");
     assert_eq!(members(&copy), vec![("holes".into(), FILE, None, want)]);
@@ -1060,7 +1124,7 @@ fn a_large_directory_streams_through() {
     let packed = pack(&root, temp.path()).unwrap();
     assert_eq!(packed.entries, 4);
     assert!(packed.tar_size > 100 << 20);
-    let c = compress(&packed.tar, None, Codec::Zstd, temp.path(), None).unwrap();
+    let c = compress(packed.tar().unwrap(), None, Codec::Zstd, temp.path(), None).unwrap();
     assert!(c.compressed_size < 2 << 20, "{}", c.compressed_size);
 }
 
@@ -1081,11 +1145,13 @@ fn a_stamped_stream_carries_the_files_time_and_the_same_entries() {
     symlink(&deep, root.join("to-deep")).unwrap();
     let packed = pack(&root, temp.path()).unwrap();
     let sha = packed.sha256.clone();
-    let plain = gunzip(&packed.tar);
+    let plain = gunzip(packed.tar().unwrap());
     const T: u64 = 1_700_000_123;
     let packed = packed.stamped(T);
     assert_eq!((packed.fixed_mtime, packed.files_mtime), (true, Some(T)));
-    assert_eq!(sha_of(&fs::read(&packed.tar).unwrap()), sha);
+    // Stamping changes neither the identity nor the packed tar.
+    assert_eq!(packed.sha256, sha);
+    assert_eq!(gunzip(packed.tar().unwrap()), plain);
 
     let read = |tar: &[u8]| -> Vec<(String, EntryType, u64, Vec<u8>)> {
         let mut out = Vec::new();
@@ -1104,7 +1170,7 @@ fn a_stamped_stream_carries_the_files_time_and_the_same_entries() {
     assert!(before.iter().all(|e| e.2 == MTIME));
     for codec in [Codec::Zstd, Codec::Gzip] {
         let c = compress(
-            &packed.tar,
+            packed.tar().unwrap(),
             packed.manifest.as_deref(),
             codec,
             temp.path(),
@@ -1123,7 +1189,14 @@ fn a_stamped_stream_carries_the_files_time_and_the_same_entries() {
         assert_eq!(sha_of(&upload), c.upload_sha256);
     }
     // What the hosts' GNU `tar` makes of it.
-    let c = compress(&packed.tar, None, Codec::Gzip, temp.path(), Some(T)).unwrap();
+    let c = compress(
+        packed.tar().unwrap(),
+        None,
+        Codec::Gzip,
+        temp.path(),
+        Some(T),
+    )
+    .unwrap();
     let out = temp.path().join("out");
     fs::create_dir(&out).unwrap();
     let status = Command::new("tar")
@@ -1172,7 +1245,10 @@ fn pack_takes_an_unchanged_files_digest_from_the_cache_and_rehashes_a_changed_on
     let first = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
     assert_eq!(first.sha256, plain.sha256);
     assert_eq!(first.manifest, plain.manifest);
-    assert_eq!(fs::read(&first.tar).unwrap(), fs::read(&plain.tar).unwrap());
+    assert_eq!(
+        fs::read(first.tar().unwrap()).unwrap(),
+        fs::read(plain.tar().unwrap()).unwrap()
+    );
 
     // A cache that says `a.txt` (as it stands) has another digest: trusted while the stat
     // record matches, which shows the file was not hashed again.
@@ -1193,10 +1269,17 @@ fn pack_takes_an_unchanged_files_digest_from_the_cache_and_rehashes_a_changed_on
             .to_owned()
     };
     assert_eq!(sha_of_a(&hit), poisoned);
-    assert_eq!(
+    assert_ne!(
         hit.sha256, plain.sha256,
-        "the tar stream is still hashed whole"
+        "the identity follows the manifest"
     );
+    // Nothing is sent that the identity does not name: writing the tar reads the file
+    // again, finds another digest, fails and forgets the cache.
+    let err = hit.tar().unwrap_err();
+    assert!(err.contains("`a.txt`") && err.contains("changed"), "{err}");
+    assert_eq!(fs::read_dir(cache.join("digests")).unwrap().count(), 0);
+    let again = pack_cached(&src, temp.path(), Some(&cache)).unwrap();
+    assert_eq!(again.sha256, plain.sha256);
 
     // The same size, new content: the stat record changed, so it is read again.
     let mut digests = Digests::open(&cache, &src);

@@ -74,13 +74,15 @@ impl<'a> Uploads<'a> {
     }
 
     async fn whole(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
-        let (tar, manifest) = (self.packed.tar.to_path_buf(), self.packed.manifest.clone());
+        let (tar, manifest) = (self.packed.lazy_tar(), self.packed.manifest.clone());
         let mtime = self.packed.files_mtime;
+        let dir = self.packed.temp_dir().to_owned();
         self.cell(codec)
             .get_or_init(|| async move {
                 let job = move || {
-                    let dir = tar.parent().unwrap_or(std::path::Path::new("/tmp"));
-                    crate::artifact::compress(&tar, manifest.as_deref(), codec, dir, mtime).map_err(
+                    // A directory's tar is written by the first upload that needs it.
+                    let tar = tar.path()?;
+                    crate::artifact::compress(tar, manifest.as_deref(), codec, &dir, mtime).map_err(
                         |e| format!("cannot compress the artifact: {}", crate::error::chain(&e)),
                     )
                 };
@@ -122,11 +124,7 @@ impl<'a> Uploads<'a> {
                 .as_ref()
                 .ok_or_else(|| "the artifact has no manifest".to_owned())?;
             let packed = self.packed;
-            let dir = packed
-                .tar
-                .parent()
-                .unwrap_or(std::path::Path::new("/tmp"))
-                .to_owned();
+            let dir = packed.temp_dir().to_owned();
             let make = || {
                 let changes = delta::changes(old, new, &self.shared);
                 delta::build(packed, new, &changes, codec, &dir)
