@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
@@ -111,7 +112,7 @@ impl Compressed {
 /// Compresses the packed tar for a whole upload with `codec` (zstd; gzip for hosts that
 /// have no `zstd`), with the manifest to send ahead of it; with `mtime`, every entry carries
 /// that modification time instead of the tar's ([`Packed::files_mtime`](super::Packed)).
-/// Blocking.
+/// At zstd's default level throughout. Blocking.
 pub fn compress(
     tar: &Path,
     manifest: Option<&Manifest>,
@@ -123,27 +124,11 @@ pub fn compress(
         dir: temp_dir.to_owned(),
         source,
     };
-    let prefix = match manifest {
-        Some(manifest) => codec.compress(&manifest.render()).map_err(write_err)?,
-        None => Vec::new(),
-    };
+    let prefix = prefix(manifest, codec).map_err(write_err)?;
     let temp = new_temp(temp_dir)?;
-    let mut source = BufReader::with_capacity(BUF_SIZE, File::open(tar).map_err(write_err)?);
-    // The upload's digest is taken as the compressed bytes are written.
-    let sink = Hashing::with_prefix(BufWriter::with_capacity(BUF_SIZE, temp.as_file()), &prefix);
-    let written = match codec {
-        Codec::Zstd => zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL).and_then(|mut zstd| {
-            copy(&mut source, &mut zstd, mtime)?;
-            zstd.finish()
-        }),
-        Codec::Gzip => {
-            let mut gzip = GzEncoder::new(sink, Compression::fast());
-            copy(&mut source, &mut gzip, mtime).and_then(|_| gzip.finish())
-        }
-    };
-    let (mut file, upload_sha256, compressed_size) = written.map_err(write_err)?.finish();
-    file.flush().map_err(write_err)?;
-    drop(file);
+    let file = temp.as_file().try_clone().map_err(write_err)?;
+    let (upload_sha256, compressed_size) =
+        compress_framed(tar, &prefix, codec, file, mtime, None, &mut |_| {}).map_err(write_err)?;
     Ok(Compressed {
         file: temp.into_temp_path(),
         codec,
@@ -151,4 +136,139 @@ pub fn compress(
         prefix,
         upload_sha256,
     })
+}
+
+/// The manifest compressed with `codec`, sent ahead of the tar (empty without one).
+pub fn prefix(manifest: Option<&Manifest>, codec: Codec) -> io::Result<Vec<u8>> {
+    match manifest {
+        Some(manifest) => codec.compress(&manifest.render()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Tar bytes per compressed frame: each frame is flushed to the file as it ends, so uploads
+/// can send it while the next is compressed, and each can have its own zstd level.
+const FRAME: usize = 2 * 1024 * 1024;
+
+/// The strongest zstd level the pace may choose: beyond it, compression is slower than
+/// any link worth deploying over, and its memory grows.
+const MAX_LEVEL: i32 = 15;
+
+/// Compresses `tar` into `out` as a series of frames (zstd frames, or gzip members: both
+/// tools decompress a series as one stream), calling `written` with the file's size after
+/// each. With `pace` (how far the fastest upload has read the file), each zstd frame's level
+/// follows the link: while the uploads lag behind the compressor by several frames, the
+/// link is the limit and a stronger level sends fewer bytes for CPU that would otherwise
+/// wait; while they wait for the compressor, a faster level. Without it, zstd's default
+/// level. Gives the sha256 of `prefix` and the file, and the file's size. Blocking.
+pub fn compress_framed(
+    tar: &Path,
+    prefix: &[u8],
+    codec: Codec,
+    out: File,
+    mtime: Option<u64>,
+    pace: Option<&AtomicU64>,
+    written: &mut dyn FnMut(u64),
+) -> io::Result<(String, u64)> {
+    let mut source = BufReader::with_capacity(BUF_SIZE, File::open(tar)?);
+    // The upload's digest is taken as the compressed bytes are written.
+    let sink = Hashing::with_prefix(BufWriter::with_capacity(BUF_SIZE, out), prefix);
+    let mut frames = Frames {
+        codec,
+        open: None,
+        sink: Some(sink),
+        in_frame: 0,
+        level: ZSTD_LEVEL,
+        frames: 0,
+        pace,
+        written,
+    };
+    copy(&mut source, &mut frames, mtime)?;
+    let (mut file, sha256, size) = frames.finish()?.finish();
+    file.flush()?;
+    Ok((sha256, size))
+}
+
+type Sink = Hashing<BufWriter<File>>;
+
+enum Encoder {
+    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+    Gzip(GzEncoder<Sink>),
+}
+
+/// A writer that compresses what it is given in frames of [`FRAME`] input bytes.
+struct Frames<'a> {
+    codec: Codec,
+    open: Option<Encoder>,
+    sink: Option<Sink>,
+    in_frame: usize,
+    level: i32,
+    frames: u64,
+    pace: Option<&'a AtomicU64>,
+    written: &'a mut dyn FnMut(u64),
+}
+
+impl Frames<'_> {
+    fn start(&mut self) -> io::Result<&mut Encoder> {
+        if self.open.is_none() {
+            let sink = self.sink.take().expect("a sink when no frame is open");
+            self.open = Some(match self.codec {
+                Codec::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(sink, self.level)?),
+                Codec::Gzip => Encoder::Gzip(GzEncoder::new(sink, Compression::fast())),
+            });
+        }
+        Ok(self.open.as_mut().expect("just opened"))
+    }
+
+    /// Ends the open frame, flushes it to the file and picks the next frame's level.
+    fn end_frame(&mut self) -> io::Result<()> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let mut sink = match open {
+            Encoder::Zstd(zstd) => zstd.finish()?,
+            Encoder::Gzip(gzip) => gzip.finish()?,
+        };
+        sink.flush()?;
+        let size = sink.count();
+        self.sink = Some(sink);
+        self.in_frame = 0;
+        self.frames += 1;
+        (self.written)(size);
+        if let Some(pace) = self.pace {
+            let read = pace.load(Ordering::Relaxed).min(size);
+            let frame = size / self.frames;
+            let behind = (size - read) / frame.max(1);
+            if behind >= 3 {
+                self.level = (self.level + 1).min(MAX_LEVEL);
+            } else if behind < 1 {
+                self.level = (self.level - 1).max(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<Sink> {
+        self.end_frame()?;
+        Ok(self.sink.take().expect("no frame open"))
+    }
+}
+
+impl Write for Frames<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(FRAME - self.in_frame);
+        match self.start()? {
+            Encoder::Zstd(zstd) => zstd.write_all(&buf[..n])?,
+            Encoder::Gzip(gzip) => gzip.write_all(&buf[..n])?,
+        }
+        self.in_frame += n;
+        if self.in_frame == FRAME {
+            self.end_frame()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 pub use build::build;
-pub use compress::{Codec, Compressed, compress};
+pub use compress::{Codec, Compressed, compress, compress_framed, prefix};
 pub use digests::cache_dir;
 pub use files_time::{FilesTime, files_time};
 pub(crate) use pack::{Hashing, MTIME, header};

@@ -826,6 +826,11 @@ impl<T> Hashing<T> {
         hashing
     }
 
+    /// Bytes passed through so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.bytes
+    }
+
     /// The inner stream, the lowercase hex sha256 and the byte count.
     pub(crate) fn finish(self) -> (T, String, u64) {
         (self.inner, hex(&self.hasher.finalize()), self.bytes)

@@ -1307,3 +1307,63 @@ fn pack_takes_an_unchanged_files_digest_from_the_cache_and_rehashes_a_changed_on
             .starts_with("shipit-digests 1\n/")
     );
 }
+
+#[test]
+fn a_framed_stream_decompresses_to_the_tar_whatever_the_levels_the_pace_chose() {
+    use std::sync::atomic::AtomicU64;
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("app");
+    // Half text, half noise: 9 MB, so several frames.
+    let text: Vec<u8> = (0..4_500_000u32)
+        .map(|i| b"the quick brown fox "[i as usize % 20])
+        .collect();
+    let mut x = 7u64;
+    let noise: Vec<u8> = (0..4_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    write(&root.join("text.txt"), &text, 0o644);
+    write(&root.join("noise.bin"), &noise, 0o644);
+    let packed = pack(&root, temp.path()).unwrap();
+    let tar = fs::read(packed.tar().unwrap()).unwrap();
+    let prefix = b"head".to_vec();
+    // Nobody reads (the level climbs every frame), and a reader always caught up (it
+    // falls to the fastest).
+    for (codec, tool, pace) in [
+        (Codec::Zstd, "zstd", 0u64),
+        (Codec::Zstd, "zstd", u64::MAX),
+        (Codec::Gzip, "gzip", 0),
+    ] {
+        let out = temp.path().join("out");
+        let pace = AtomicU64::new(pace);
+        let mut sizes = Vec::new();
+        let (sha, size) = crate::artifact::compress_framed(
+            packed.tar().unwrap(),
+            &prefix,
+            codec,
+            File::create(&out).unwrap(),
+            None,
+            Some(&pace),
+            &mut |n| sizes.push(n),
+        )
+        .unwrap();
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(sha, sha_of(&[prefix.clone(), bytes].concat()));
+        assert!(sizes.len() >= 4, "{sizes:?}");
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+        assert_eq!(*sizes.last().unwrap(), size);
+        // What the host runs: the frames read as one stream.
+        let got = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{tool} -dc < '{}'", out.display()))
+            .output()
+            .unwrap();
+        assert!(got.status.success(), "{codec:?}");
+        assert_eq!(got.stdout, tar, "{codec:?}");
+    }
+}

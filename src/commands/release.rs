@@ -54,7 +54,8 @@ fn decompressor(cmd: Cmd) -> Cmd {
 /// all the bytes received (fewer bytes to hash than the tar; the decompressor's own checks
 /// cover the rest), in one pass. Exit [`SHA_MISMATCH`](super::exit::SHA_MISMATCH) when the
 /// bytes are not the upload; the partial directory is removed on any failure. Falls through
-/// on success, so [`finish`] can follow in the same script.
+/// on success, so [`finish`] can follow in the same script. With an empty `upload_sha256`
+/// the digest is kept in `.shipit/upload-<id>.sum` for [`verify_received`] instead.
 pub fn receive(
     deploy_to: &str,
     id: &str,
@@ -92,13 +93,41 @@ tee -- "$fifo" | {
 }
 status=$?
 wait "$hasher"
-read -r got rest < "$sum"
-rm -f -- "$fifo" "$sum"
-if [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
-if [ "$status" != 0 ]; then rm -rf -- "$part"; exit "$status"; fi
+rm -f -- "$fifo"
+if [ -n "$sha" ]; then
+  read -r got rest < "$sum"
+  rm -f -- "$sum"
+  if [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
+fi
+if [ "$status" != 0 ]; then rm -rf -- "$part" "$sum"; exit "$status"; fi
 if [ "$mlen" -gt 0 ] && gnu_find; then
   (cd -- "$part" && stat_list > .shipit/stat) || rm -f -- "$part/.shipit/stat"
 fi
+:"#,
+        ),
+    ])
+}
+
+/// After [`receive`] with no sha256 (a stream sent while it was still being compressed,
+/// whose digest was known only at its end): compares the digest the host took with
+/// `upload_sha256`, and removes the partial release on a mismatch
+/// ([`SHA_MISMATCH`](super::exit::SHA_MISMATCH)).
+pub fn verify_received(deploy_to: &str, id: &str, upload_sha256: &str) -> Cmd {
+    Cmd::seq([
+        Cmd::assign("base", deploy_to),
+        Cmd::assign("id", id),
+        Cmd::assign("sha", upload_sha256),
+        Cmd::new(PATHS),
+        Cmd::new(
+            r#"
+plain_name "$id" || exit 101
+cd -- "$base" || exit 1
+part="releases/$id.partial"
+sum=".shipit/upload-$id.sum"
+got=
+[ -f "$sum" ] && read -r got rest < "$sum"
+rm -f -- "$sum"
+if [ -z "$sha" ] || [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
 :"#,
         ),
     ])
@@ -815,6 +844,34 @@ pub(crate) mod tests {
         let cmd = receive(b, "r1", &up, gunzip(), 0);
         assert_eq!(sh_with_path(&cmd, &bytes, Some(&bin)), (0, String::new()));
         assert!(base.join("releases/r1.partial/app.txt").exists());
+    }
+
+    #[test]
+    fn a_stream_verified_after_it_ends_keeps_the_release_only_when_the_digest_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let b = base.to_str().unwrap();
+        let (bytes, _, up) = artifact(dir.path());
+        let wrong = "0".repeat(64);
+        for (sha, code) in [(wrong.as_str(), 81), ("", 81), (up.as_str(), 0)] {
+            // Received without a digest to compare with: kept, with the host's digest.
+            assert_eq!(sh(&receive(b, "r1", "", gunzip(), 0), &bytes).0, 0);
+            assert!(base.join("releases/r1.partial/app.txt").exists());
+            assert_eq!(sh(&verify_received(b, "r1", sha), b"").0, code, "{sha}");
+            assert_eq!(base.join("releases/r1.partial").exists(), code == 0);
+            assert!(!base.join(".shipit/upload-r1.sum").exists());
+        }
+        // A stream cut short (GNU tar takes an archive without its end blocks): the
+        // digest of what arrived is not the upload's, so nothing is kept.
+        let truncated = &bytes[..bytes.len() / 2];
+        sh(&receive(b, "r2", "", gunzip(), 0), truncated);
+        assert_eq!(sh(&verify_received(b, "r2", &up), b"").0, 81);
+        assert!(!base.join("releases/r2.partial").exists());
+        assert!(!base.join(".shipit/upload-r2.sum").exists());
+        // One that fails to extract leaves neither the partial release nor a digest.
+        assert_ne!(sh(&receive(b, "r3", "", gunzip(), 0), b"not gzip").0, 0);
+        assert!(!base.join("releases/r3.partial").exists());
+        assert!(!base.join(".shipit/upload-r3.sum").exists());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::Ctx;
 use crate::artifact::delta::{self, Delta};
 use crate::artifact::manifest::{self, Manifest};
-use crate::artifact::{Codec, Compressed, Packed};
+use crate::artifact::{Codec, Packed};
 use crate::commands::{self, exit};
 use crate::execute::{self, RemoteError, timeout};
 use crate::output::Event;
@@ -42,8 +42,8 @@ type DeltaCell = Arc<tokio::sync::OnceCell<Result<Arc<Delta>, String>>>;
 /// compresses nothing. Likewise each delta, once per (current manifest, compression).
 pub struct Uploads<'a> {
     packed: &'a Packed,
-    zstd: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
-    gzip: tokio::sync::OnceCell<Result<Arc<Compressed>, String>>,
+    zstd: WholeCell,
+    gzip: WholeCell,
     /// The current releases' manifests, by their sha256 (read by the facts step).
     manifests: BTreeMap<String, Arc<Manifest>>,
     deltas: Mutex<BTreeMap<(String, &'static str), DeltaCell>>,
@@ -66,31 +66,18 @@ impl<'a> Uploads<'a> {
         }
     }
 
-    fn cell(&self, codec: Codec) -> &tokio::sync::OnceCell<Result<Arc<Compressed>, String>> {
+    fn cell(&self, codec: Codec) -> &WholeCell {
         match codec {
             Codec::Zstd => &self.zstd,
             Codec::Gzip => &self.gzip,
         }
     }
 
-    async fn whole(&self, codec: Codec) -> Result<Arc<Compressed>, String> {
-        let (tar, manifest) = (self.packed.lazy_tar(), self.packed.manifest.clone());
-        let mtime = self.packed.files_mtime;
-        let dir = self.packed.temp_dir().to_owned();
+    /// The whole artifact compressed with `codec`: started on first use, on a thread of
+    /// its own; uploads send its frames as they are written.
+    async fn whole(&self, codec: Codec) -> Result<Arc<Whole>, String> {
         self.cell(codec)
-            .get_or_init(|| async move {
-                let job = move || {
-                    // A directory's tar is written by the first upload that needs it.
-                    let tar = tar.path()?;
-                    crate::artifact::compress(tar, manifest.as_deref(), codec, &dir, mtime).map_err(
-                        |e| format!("cannot compress the artifact: {}", crate::error::chain(&e)),
-                    )
-                };
-                match tokio::task::spawn_blocking(job).await {
-                    Ok(made) => made.map(Arc::new),
-                    Err(e) => Err(format!("compressing the artifact failed: {e}")),
-                }
-            })
+            .get_or_init(|| Whole::start(self.packed, codec))
             .await
             .clone()
     }
@@ -101,7 +88,8 @@ impl<'a> Uploads<'a> {
         self.cell(codec)
             .get()
             .and_then(|made| made.as_ref().ok())
-            .map_or(self.packed.tar_size, |c| c.upload_size())
+            .and_then(|whole| whole.size())
+            .unwrap_or(self.packed.tar_size)
     }
 
     /// The delta from the release whose manifest has `base` (sha256), built once.
@@ -339,11 +327,11 @@ pub async fn run(ctx: &Ctx<'_>, c: &Conn<'_>, step: &Step) -> Result<Sourced, Re
         }
     };
     ctx.step(c, "uploading");
-    let compressed = uploads
+    let whole = uploads
         .whole(codec)
         .await
         .map_err(|e| RemoteError::new(host, name, e))?;
-    let n = upload(ctx, c, name, finish, &compressed).await?;
+    let n = upload(ctx, c, name, finish, &whole).await?;
     Ok(Sourced {
         source: "uploaded",
         sent: sent + n,
@@ -351,38 +339,201 @@ pub async fn run(ctx: &Ctx<'_>, c: &Conn<'_>, step: &Step) -> Result<Sourced, Re
     })
 }
 
-/// Streams the packed artifact into `releases/<id>.partial`, verified on the host.
+type WholeCell = tokio::sync::OnceCell<Result<Arc<Whole>, String>>;
+
+/// A whole upload's stream: the manifest, then the artifact compressed in frames
+/// ([`crate::artifact::compress_framed`]) into a temporary file that uploads follow as it
+/// grows, so the first bytes leave while the rest is compressed, and the frames' zstd level
+/// follows the link (the fastest upload's pace).
+pub struct Whole {
+    /// Deleted on drop.
+    file: tempfile::TempPath,
+    codec: Codec,
+    prefix: Vec<u8>,
+    state: tokio::sync::watch::Receiver<Compressing>,
+    /// How far the fastest upload has read the file.
+    pace: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Compressing {
+    /// Bytes of the file written and flushed (whole frames).
+    written: u64,
+    /// sha256 of the prefix and the file, and the file's size; or why it failed.
+    done: Option<Result<(String, u64), String>>,
+}
+
+impl Whole {
+    async fn start(packed: &Packed, codec: Codec) -> Result<Arc<Whole>, String> {
+        let failed = |e: std::io::Error| format!("cannot compress the artifact: {e}");
+        let prefix = crate::artifact::prefix(packed.manifest.as_deref(), codec).map_err(failed)?;
+        // Created 0600 by tempfile: the artifact may hold anything the project ships.
+        let temp = tempfile::Builder::new()
+            .prefix("shipit-upload-")
+            .tempfile_in(packed.temp_dir())
+            .map_err(failed)?;
+        let out = temp.as_file().try_clone().map_err(failed)?;
+        let (tell, state) = tokio::sync::watch::channel(Compressing::default());
+        let pace = Arc::new(AtomicU64::new(0));
+        let (tar, mtime, head) = (packed.lazy_tar(), packed.files_mtime, prefix.clone());
+        let paced = pace.clone();
+        tokio::task::spawn_blocking(move || {
+            // A directory's tar is written by the first upload that needs it.
+            let made = tar.path().and_then(|tar| {
+                crate::artifact::compress_framed(
+                    tar,
+                    &head,
+                    codec,
+                    out,
+                    mtime,
+                    Some(&paced),
+                    &mut |written| tell.send_modify(|s| s.written = written),
+                )
+                .map_err(failed)
+            });
+            tell.send_modify(|s| s.done = Some(made));
+        });
+        Ok(Arc::new(Whole {
+            file: temp.into_temp_path(),
+            codec,
+            prefix,
+            state,
+            pace,
+        }))
+    }
+
+    /// The upload's size once compressed.
+    fn size(&self) -> Option<u64> {
+        match &self.state.borrow().done {
+            Some(Ok((_, size))) => Some(self.prefix.len() as u64 + size),
+            _ => None,
+        }
+    }
+
+    /// The upload's sha256 once compressed, or why compressing failed.
+    async fn outcome(&self) -> Result<String, String> {
+        let mut state = self.state.clone();
+        let done = state
+            .wait_for(|s| s.done.is_some())
+            .await
+            .map_err(|_| "compressing the artifact stopped".to_owned())?;
+        match done.done.clone().expect("waited for") {
+            Ok((sha256, _)) => Ok(sha256),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stream an upload sends: the prefix, then the file as it is written. It ends
+    /// early (the host then fails to decompress) if compressing fails.
+    fn follow(self: &Arc<Whole>) -> impl AsyncRead + Send + Unpin + 'static {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        let whole = self.clone();
+        tokio::spawn(async move {
+            if tx.write_all(&whole.prefix).await.is_err() {
+                return;
+            }
+            let Ok(mut file) = tokio::fs::File::open(&*whole.file).await else {
+                return;
+            };
+            let mut state = whole.state.clone();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut pos = 0u64;
+            loop {
+                let (written, done) = {
+                    let s = state.borrow_and_update();
+                    (s.written, s.done.clone())
+                };
+                if let Some(Err(_)) = done {
+                    return;
+                }
+                while pos < written {
+                    let want = usize::try_from(written - pos)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    match file.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if tx.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            pos += n as u64;
+                            whole.pace.fetch_max(pos, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if done.is_some() {
+                    let _ = tx.shutdown().await;
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Streams the whole artifact into `releases/<id>.partial` while it is compressed, then
+/// has the host check the digest of what it received and finish the release.
 async fn upload(
     ctx: &Ctx<'_>,
     c: &Conn<'_>,
     step: &str,
     finish: Cmd,
-    packed: &Compressed,
+    whole: &Arc<Whole>,
 ) -> Result<u64, RemoteError> {
     let host = c.host.name.as_str();
-    let file = tokio::fs::File::open(&*packed.file).await.map_err(|e| {
-        RemoteError::new(host, step, format!("cannot open the packed artifact: {e}"))
-    })?;
+    let deploy_to = &ctx.inventory.app.deploy_to;
     let receive = commands::release::receive(
-        &ctx.inventory.app.deploy_to,
+        deploy_to,
         ctx.release,
-        &packed.upload_sha256,
-        packed.codec.decompress_cmd(),
-        packed.prefix.len() as u64,
+        "",
+        whole.codec.decompress_cmd(),
+        whole.prefix.len() as u64,
     );
-    let cmd = Cmd::seq([receive, finish]);
-    let total = packed.upload_size();
-    let data = std::io::Cursor::new(packed.prefix.clone()).chain(file);
-    let (result, sent) = stream(ctx, c, &cmd, Box::new(data), total, false).await;
-    let what = "extracting and finishing the release";
-    match result {
-        Ok(o) if o.success() => Ok(sent),
-        Ok(o) if o.exit == crate::transport::Exit::Code(exit::SHA_MISMATCH) => Err(
-            RemoteError::from_output(host, step, what, &o).saying(format!(
-                "the artifact arrived damaged (sha256 differs after {sent} bytes); nothing was kept"
-            )),
-        ),
-        other => Err(RemoteError::from_result(host, step, what, &other)),
+    // Known once compressed; until then, the tar's size stands in (progress, timeout).
+    let total = whole
+        .size()
+        .unwrap_or(whole.prefix.len() as u64 + ctx.artifact.map_or(0, |a| a.tar_size));
+    let (result, sent) = stream(ctx, c, &receive, Box::new(whole.follow()), total, false).await;
+    if !matches!(&result, Ok(o) if o.success()) {
+        // A stream cut short by a failed compression: that failure is the cause, and
+        // what arrived is removed (`tar` may have taken the shorter archive).
+        let failed = whole.state.borrow().done.clone();
+        if let Some(Err(e)) = failed {
+            let clean = commands::release::verify_received(deploy_to, ctx.release, "");
+            let req = ExecRequest::new(&clean, timeout::SHORT);
+            let _ = execute::output(c, step, "removing the partial release", req).await;
+            return Err(RemoteError::new(host, step, e));
+        }
+        return Err(RemoteError::from_result(
+            host,
+            step,
+            "extracting the release",
+            &result,
+        ));
+    }
+    let sha256 = whole
+        .outcome()
+        .await
+        .map_err(|e| RemoteError::new(host, step, e))?;
+    let cmd = Cmd::seq([
+        commands::release::verify_received(deploy_to, ctx.release, &sha256),
+        finish,
+    ]);
+    let what = "finishing the release";
+    let o = execute::output(c, step, what, ExecRequest::new(&cmd, timeout::COPY)).await?;
+    match o.exit {
+        _ if o.success() => Ok(sent),
+        crate::transport::Exit::Code(exit::SHA_MISMATCH) => Err(RemoteError::from_output(
+            host, step, what, &o,
+        )
+        .saying(format!(
+            "the artifact arrived damaged (sha256 differs after {sent} bytes); nothing was kept"
+        ))),
+        _ => Err(RemoteError::from_output(host, step, what, &o)),
     }
 }
 
