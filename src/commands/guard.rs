@@ -150,7 +150,12 @@ fi
 setsid sh -c 'echo $$ > "$3"; sleep "$1"; exec /bin/sh "$2"' shipit-guard "$delay" \
   "$g/$token.sh" "$g/$token.pid" </dev/null >/dev/null 2>&1 &
 n=0
-while [ ! -s "$g/$token.pid" ] && [ "$n" -lt 50 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+# Polled every 10 ms (5 s at most; 10 s where `sleep` takes whole seconds only): the
+# sleeper writes its pid within milliseconds, and a deploy waits for this.
+while [ ! -s "$g/$token.pid" ] && [ "$n" -lt 500 ]; do
+  sleep 0.01 2>/dev/null || { sleep 1; n=$((n + 49)); }
+  n=$((n + 1))
+done
 [ -s "$g/$token.pid" ] || exit 1
 echo "armed setsid""#,
         ),
