@@ -7,6 +7,11 @@
 #                                 then the 300 MB delta redeploy on 10 hosts
 #   HOSTS=1,10 MB=20 bench/run.sh
 #   HOSTS=1,3 MB=5 BIG_MB=10 DELTA_HOSTS=3 DELTA_MB=20 bench/run.sh    a quick smoke run
+#   GROWTH=10,50,100,200 bench/run.sh    only the growth curve (none of the above): for each
+#                                 fleet size, a 5 MB artifact (GROWTH_MB) deployed fresh and
+#                                 redeployed unchanged by shipit, the OpenSSH baseline, ssh
+#                                 true and `shipit check`, best of 3 (GROWTH_RUNS) each;
+#                                 prints a Markdown table with per-host time and RSS
 #
 # Rows `N MB .tar.gz to N hosts`: the floor, the artifact as a prebuilt tar.gz streamed into
 # `tar -xz` on each host (no compression timed), against shipit deploying that same file.
@@ -37,6 +42,11 @@ if [ "${BENCH_TMPFS:-16G}" != 0 ]; then
   mount -t tmpfs -o "size=${BENCH_TMPFS:-16G},mode=1777" shipit-bench "$tmp"
   trap 'umount -l "$tmp"; rmdir "$tmp"' EXIT
   export TMPDIR=$tmp
+fi
+if [ -n "${GROWTH:-}" ]; then
+  SHIPIT_BENCH_GROWTH=$GROWTH SHIPIT_BENCH_GROWTH_MB=${GROWTH_MB:-5} \
+    SHIPIT_BENCH_GROWTH_RUNS=${GROWTH_RUNS:-3} cargo bench --bench deploy
+  exit
 fi
 SHIPIT_BENCH_HOSTS=${HOSTS:-1,10,50} SHIPIT_BENCH_MB=${MB:-20} SHIPIT_BENCH_BIG_MB=${BIG_MB:-300} \
   SHIPIT_BENCH_DELTA_HOSTS=${DELTA_HOSTS:-10} SHIPIT_BENCH_DELTA_MB=${DELTA_MB:-300} \

@@ -6,6 +6,7 @@
 //!   SHIPIT_BENCH_HOSTS=1,10 SHIPIT_BENCH_MB=20 cargo bench --bench deploy
 //!   SHIPIT_BENCH_DELTA_HOSTS=3 SHIPIT_BENCH_DELTA_MB=20 cargo bench --bench deploy
 //!   bash bench/setup-others.sh && bench/run.sh # also pyinfra and Ansible, same fleet, same run
+//!   SHIPIT_BENCH_GROWTH=10,50,100,200 cargo bench --bench deploy   # only the growth curve
 //!
 //! The job: upload an artifact, extract it to `releases/<id>`, switch `current`. Baseline:
 //! plain OpenSSH with one ControlMaster connection per host, `tar -czf - dir | ssh host 'tar
@@ -61,15 +62,28 @@
 //! on the new content (md5 of every file) and report `source = "delta"` with `bytes_sent`
 //! under a tenth of `artifact_bytes` (the fresh deploy `uploaded`, the `delta = false` one
 //! `uploaded`), or the benchmark panics.
+//!
+//! The growth curve (`SHIPIT_BENCH_GROWTH`, a list of fleet sizes; when set, nothing else
+//! runs): for each size, a fresh fleet and a `SHIPIT_BENCH_GROWTH_MB` (default 5) artifact;
+//! the OpenSSH baseline's deploy (above), shipit's fresh deploy (clean hosts), its redeploy
+//! of the unchanged artifact, `ssh host true` on every host and `shipit check`, best of
+//! `SHIPIT_BENCH_GROWTH_RUNS` (default [`GROWTH_RUNS`]) each, every deploy verified on every
+//! host. shipit keeps its defaults (`rollout.parallel` = 10: ten hosts handshake and stage at
+//! once, every connection stays open for the run) and runs with at most [`SHIPIT_NOFILE`]
+//! open files. It prints a Markdown table: times, ratios to the baseline at the same size
+//! (the redeploy against the baseline's fresh deploy: it has no shortcut), time and peak RSS
+//! per host, per-host time at each size against the first size's, and the peak RSS each host
+//! beyond the first size adds.
 
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{FLEET_DIR_IN_HOST, Fleet, clean_command};
+use support::{FLEET_DIR_IN_HOST, Fleet, Host, clean_command};
 
 /// Runs per scenario (best of) for pyinfra and Ansible, which are slower than the others.
 const OTHER_RUNS: usize = 2;
@@ -80,6 +94,31 @@ const PYINFRA_DIR: &str = "/opt/bench-pyinfra";
 const ANSIBLE_DIR: &str = "/opt/bench-ansible";
 
 fn main() {
+    raise_fd_limit();
+    if let Ok(sizes) = std::env::var("SHIPIT_BENCH_GROWTH") {
+        let sizes: Vec<usize> = sizes
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .collect();
+        assert!(
+            !sizes.is_empty(),
+            "SHIPIT_BENCH_GROWTH: give fleet sizes, e.g. 10,50,100,200"
+        );
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+                .max(1)
+        };
+        growth(
+            &sizes,
+            number("SHIPIT_BENCH_GROWTH_MB", 5),
+            number("SHIPIT_BENCH_GROWTH_RUNS", GROWTH_RUNS),
+        );
+        return;
+    }
     let hosts: Vec<usize> = std::env::var("SHIPIT_BENCH_HOSTS")
         .unwrap_or_else(|_| "1,3".to_owned())
         .split(',')
@@ -196,6 +235,166 @@ fn compare(fleet: &Fleet, app: &App, tools: &Tools, runs: usize) -> Row {
         rss_kb: Some(rss),
         pyinfra,
         ansible,
+    }
+}
+
+/// Runs per timing (best of) in the growth curve.
+const GROWTH_RUNS: usize = 3;
+/// The soft limit on open files shipit runs with in this benchmark, whatever the benchmark's
+/// own: the usual default (systemd's and most shells'), so a run shows what a user's shipit
+/// gets by with.
+const SHIPIT_NOFILE: libc::rlim_t = 1024;
+
+/// Raises this process's soft limit on open files to its hard limit. The fixture holds a
+/// pipe per host, and every host's sshd and every baseline ssh client inherits the limit;
+/// 1024 is enough for 200 hosts, but not for many more.
+fn raise_fd_limit() {
+    // SAFETY: plain data in and out; changes only this process's limit.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// One fleet size of the growth curve: best times and shipit's peak RSS (KiB).
+struct Growth {
+    hosts: usize,
+    /// The OpenSSH baseline's fresh deploy, and `ssh host true` on every host.
+    base_deploy: Duration,
+    base_check: Duration,
+    deploy: (Duration, u64),
+    redeploy: (Duration, u64),
+    check: (Duration, u64),
+}
+
+/// The growth curve: for each fleet size, a fresh fleet, then the OpenSSH baseline's deploy,
+/// shipit's fresh deploy, its unchanged redeploy, `ssh host true` and `shipit check`, best of
+/// `runs` each, every deploy verified on every host. Prints each size as it is measured, then
+/// the table with per-host figures and how they grow from the first size.
+fn growth(sizes: &[usize], mb: usize, runs: usize) {
+    println!(
+        "growth curve: {mb} MB artifact to {sizes:?} hosts, best of {runs}; shipit with the \
+         default rollout.parallel (10) and at most {SHIPIT_NOFILE} open files"
+    );
+    let mut curve = Vec::new();
+    for &n in sizes {
+        let started = Instant::now();
+        let fleet = Fleet::start(n);
+        let start_time = started.elapsed();
+        let app = App::make(fleet.dir(), "app", mb);
+        let (base_deploy, _) = best_of(runs, || {
+            // Untimed; keeps 200 hosts' earlier releases out of memory (the tmpfs).
+            clean(&fleet, BASELINE_DIR);
+            let run = baseline(&fleet, &app.dir);
+            app.verify(&fleet, BASELINE_DIR, "openssh baseline");
+            run
+        });
+        clean(&fleet, BASELINE_DIR);
+        let deploy = best_of(runs, || {
+            clean(&fleet, SHIPIT_DIR);
+            let run = shipit_deploy(&fleet, &app.dir);
+            app.verify(&fleet, SHIPIT_DIR, "shipit");
+            run
+        });
+        let redeploy = best_of(runs, || {
+            let run = shipit_deploy(&fleet, &app.dir);
+            app.verify(&fleet, SHIPIT_DIR, "shipit redeploy");
+            run
+        });
+        let (base_check, _) = best_of(runs, || ssh_true(&fleet));
+        let check = best_of(runs, || shipit_check(&fleet, &app.dir));
+        let stopping = Instant::now();
+        drop(fleet);
+        let point = Growth {
+            hosts: n,
+            base_deploy,
+            base_check,
+            deploy,
+            redeploy,
+            check,
+        };
+        println!(
+            "{n} hosts: openssh {:.2}s, shipit {:.2}s ({} MB), redeploy {:.2}s ({} MB), \
+             ssh true {:.2}s, check {:.2}s ({} MB); fleet started in {:.1}s, stopped in {:.1}s",
+            base_deploy.as_secs_f64(),
+            deploy.0.as_secs_f64(),
+            deploy.1 / 1024,
+            redeploy.0.as_secs_f64(),
+            redeploy.1 / 1024,
+            base_check.as_secs_f64(),
+            check.0.as_secs_f64(),
+            check.1 / 1024,
+            start_time.as_secs_f64(),
+            stopping.elapsed().as_secs_f64()
+        );
+        curve.push(point);
+    }
+    print_growth(&curve, mb);
+}
+
+/// The growth table, in Markdown. Per host: time or peak RSS divided by the hosts; "vs N"
+/// divides a per-host time by the same figure at the first size; "added" is the RSS each
+/// host beyond the first size's costs.
+fn print_growth(curve: &[Growth], mb: usize) {
+    let first = &curve[0];
+    println!(
+        "\n| hosts | scenario | OpenSSH | shipit | ratio | OpenSSH per host | shipit per host \
+         | OpenSSH per host vs {0} | shipit per host vs {0} | shipit peak RSS | per host | per added host |",
+        first.hosts
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let per_host = |d: Duration, n: usize| d.as_secs_f64() / n as f64;
+    for g in curve {
+        let scenarios = [
+            (
+                format!("{mb} MB deploy"),
+                g.base_deploy,
+                g.deploy,
+                first.base_deploy,
+                first.deploy,
+            ),
+            (
+                format!("{mb} MB redeploy (unchanged)"),
+                g.base_deploy,
+                g.redeploy,
+                first.base_deploy,
+                first.redeploy,
+            ),
+            (
+                "check".to_owned(),
+                g.base_check,
+                g.check,
+                first.base_check,
+                first.check,
+            ),
+        ];
+        for (name, base, (ours, rss), base0, (ours0, rss0)) in scenarios {
+            let added = match g.hosts > first.hosts {
+                true => format!(
+                    "{:.0} KiB",
+                    (rss as f64 - rss0 as f64) / (g.hosts - first.hosts) as f64
+                ),
+                false => "-".to_owned(),
+            };
+            println!(
+                "| {} | {name} | {:.2} s | {:.2} s | {:.2}× | {:.1} ms | {:.1} ms | {:.2}× | {:.2}× \
+                 | {:.1} MiB | {:.0} KiB | {added} |",
+                g.hosts,
+                base.as_secs_f64(),
+                ours.as_secs_f64(),
+                ours.as_secs_f64() / base.as_secs_f64(),
+                1000.0 * per_host(base, g.hosts),
+                1000.0 * per_host(ours, g.hosts),
+                per_host(base, g.hosts) / per_host(base0, first.hosts),
+                per_host(ours, g.hosts) / per_host(ours0, first.hosts),
+                rss as f64 / 1024.0,
+                rss as f64 / g.hosts as f64,
+            );
+        }
     }
 }
 
@@ -329,14 +528,25 @@ struct App {
 
 impl App {
     /// Files of base64 text from /dev/urandom: compresses about like real bundles (~75%).
+    /// Parts of 4 MB (3 MiB of random bytes, 4.05 MiB of text), the last one cut to what is
+    /// left when `megabytes` is not a multiple of 4.
     fn make(dir: &Path, name: &str, megabytes: usize) -> App {
         let app = dir.join(name);
         std::fs::create_dir_all(&app).unwrap();
-        let count = megabytes.div_ceil(4).max(1);
-        let script = format!(
-            "for i in $(seq 1 {count}); do head -c 3145728 /dev/urandom | base64 > {}/part-$i.txt; done",
+        let full = megabytes / 4;
+        let rest = megabytes % 4;
+        let mut script = format!(
+            "for i in $(seq 1 {full}); do head -c 3145728 /dev/urandom | base64 > {}/part-$i.txt; done",
             app.display()
         );
+        if rest > 0 || full == 0 {
+            script.push_str(&format!(
+                "\nhead -c 3145728 /dev/urandom | base64 | head -c {} > {}/part-{}.txt",
+                rest.max(1) << 20,
+                app.display(),
+                full + 1
+            ));
+        }
         assert!(
             Command::new("sh")
                 .arg("-c")
@@ -443,7 +653,7 @@ impl App {
              exit $s",
             list.display()
         );
-        for h in fleet.hosts() {
+        for_each_host(fleet, |h| {
             let out = fleet.sh(&h.name, &script);
             assert!(
                 out.status.success() && out.stdout.is_empty(),
@@ -452,7 +662,7 @@ impl App {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-        }
+        });
     }
 }
 
@@ -547,9 +757,22 @@ fn source_text(rng: &mut Rng, size: usize, out: &mut Vec<u8>) {
 
 /// A fresh deploy: no earlier release to reuse.
 fn clean(fleet: &Fleet, dir: &str) {
-    for h in fleet.hosts() {
+    for_each_host(fleet, |h| {
         fleet.sh_ok(&h.name, &format!("rm -rf {dir}"));
-    }
+    });
+}
+
+/// Runs `f` for every host, on a few threads: untimed work through nsenter (checking,
+/// cleaning), which takes seconds one host after the other on 200 hosts.
+fn for_each_host(fleet: &Fleet, f: impl Fn(&Host) + Sync) {
+    let hosts = fleet.hosts();
+    let chunk = hosts.len().div_ceil(4).max(1);
+    std::thread::scope(|s| {
+        for part in hosts.chunks(chunk) {
+            let f = &f;
+            s.spawn(move || part.iter().for_each(f));
+        }
+    });
 }
 
 fn best_of(n: usize, mut f: impl FnMut() -> (Duration, u64)) -> (Duration, u64) {
@@ -604,13 +827,32 @@ fn baseline_from(fleet: &Fleet, source: &str) -> (Duration, u64) {
                 ssh("", &switch),
                 ssh("-O exit", "")
             );
-            Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+            let log = std::fs::File::create(baseline_log(fleet, h)).unwrap();
+            Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(log).spawn().unwrap()
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "baseline failed");
-    }
+    let failed: Vec<String> = children
+        .into_iter()
+        .zip(fleet.hosts())
+        .filter_map(|(mut c, h)| {
+            let status = c.wait().unwrap();
+            let log = std::fs::read_to_string(baseline_log(fleet, h)).unwrap_or_default();
+            (!status.success()).then(|| format!("{} ({status}): {}", h.name, log.trim_end()))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the openssh baseline failed on {} of {} hosts:\n{}",
+        failed.len(),
+        fleet.hosts().len(),
+        failed.join("\n")
+    );
     (start.elapsed(), 0)
+}
+
+/// Where the baseline's commands for `host` write their stderr.
+fn baseline_log(fleet: &Fleet, host: &Host) -> PathBuf {
+    fleet.dir().join(format!("baseline-{}.log", host.name))
 }
 
 /// One `ssh -o BatchMode=yes host true` per host, all in parallel.
@@ -620,17 +862,24 @@ fn ssh_true(fleet: &Fleet) -> (Duration, u64) {
         .hosts()
         .iter()
         .map(|h| {
+            let log = std::fs::File::create(baseline_log(fleet, h)).unwrap();
             fleet
                 .ssh_command(&h.name)
                 .args(["-o", "BatchMode=yes", "true"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "ssh true failed");
+    for (mut c, h) in children.into_iter().zip(fleet.hosts()) {
+        let status = c.wait().unwrap();
+        assert!(
+            status.success(),
+            "ssh {} true failed ({status}): {}",
+            h.name,
+            std::fs::read_to_string(baseline_log(fleet, h)).unwrap_or_default()
+        );
     }
     (start.elapsed(), 0)
 }
@@ -720,6 +969,7 @@ struct ShipitRun {
 #[allow(clippy::zombie_processes)]
 fn run_shipit_with(fleet: &Fleet, inventory: &Path, command: &str, json: bool) -> ShipitRun {
     let report_path = fleet.dir().join("report.json");
+    let log_path = fleet.dir().join("shipit.log");
     let mut cmd = fleet.shipit();
     cmd.args([command, "bench", "-i"]).arg(inventory);
     if json {
@@ -728,8 +978,23 @@ fn run_shipit_with(fleet: &Fleet, inventory: &Path, command: &str, json: bool) -
     } else {
         cmd.stdout(Stdio::null());
     }
+    cmd.stderr(std::fs::File::create(&log_path).unwrap());
+    // SAFETY: getrlimit and setrlimit are async-signal-safe and change only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = limit.rlim_cur.min(SHIPIT_NOFILE);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
-    let child = cmd.stderr(Stdio::null()).spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     let (status, rss_kb) = wait_with_rss(child.id());
     let time = start.elapsed();
     let text = if json {
@@ -737,7 +1002,12 @@ fn run_shipit_with(fleet: &Fleet, inventory: &Path, command: &str, json: bool) -
     } else {
         String::new()
     };
-    assert!(status == 0, "shipit {command} failed with {status}\n{text}");
+    if status != 0 {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        panic!("shipit {command} failed with {status}\n{text}\n--- stderr (end) ---\n{tail}");
+    }
     let report = match json {
         true => serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("shipit {command} --json printed no report ({e}):\n{text}")),

@@ -618,7 +618,10 @@ fn start_host(
             certify(ca, &key.with_extension("pub"), name);
         }
     }
-    for _ in 0..BIND_ATTEMPTS {
+    for attempt in 0..BIND_ATTEMPTS {
+        if attempt > 0 {
+            forget_attempt(&dir).map_err(|e| host_failure(name, &dir, &e))?;
+        }
         let port = free_port();
         write_sshd_config(&dir, name, port, key_types, ca.is_some());
         match spawn_host(fleet_dir, &dir, name, port, &host_keys) {
@@ -640,6 +643,22 @@ fn start_host(
         &dir,
         &format!("its port was taken {BIND_ATTEMPTS} times in a row"),
     ))
+}
+
+/// Deletes what a failed start attempt of a host wrote (its overlays' upper and work dirs,
+/// its /tmp and /root), so the next attempt starts from the machine's files again: an upper
+/// dir kept from the attempt before would give [`HOST_INIT`] the guarded `rm` as the real
+/// one to keep aside, and every `rm` on that host would then exec itself forever.
+fn forget_attempt(dir: &Path) -> Result<(), String> {
+    for sub in ["upper", "work", "tmp", "root"] {
+        let path = dir.join(sub);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 fn host_failure(name: &str, dir: &Path, why: &str) -> String {
