@@ -93,6 +93,38 @@ pub struct Conn<'h> {
     pub transport: Box<dyn Transport>,
 }
 
+/// Open files a host's connection may hold: its socket, and a `ProxyCommand`'s or a jump
+/// host's pipes.
+const FILES_PER_HOST: u64 = 4;
+
+/// Open files a run needs besides its hosts' (stdio, the runtime, temporary files): a
+/// generous margin.
+const FILES_BESIDES_HOSTS: u64 = 256;
+
+/// Raises this process's soft limit on open files, up to its hard limit, when `hosts`
+/// connections would not fit under it: the usual soft limit (1024) would stop a run near
+/// two hundred and fifty hosts with jump hosts, a thousand without. Only when needed, so a
+/// smaller run, and what it starts (hooks on the local transport, notifiers, the build),
+/// keeps the limit it was given. A limit that cannot be raised stays: a host that then
+/// cannot connect fails with "too many open files", and nothing is changed on it.
+pub fn make_room_for(hosts: usize) {
+    let need = hosts as u64 * FILES_PER_HOST + FILES_BESIDES_HOSTS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= need {
+        return;
+    }
+    limit.rlim_cur = need.min(limit.rlim_max);
+    // SAFETY: setrlimit reads the struct it is given; a soft limit at most the hard one
+    // needs no privilege.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
 /// Connects to every host (at most `parallel` handshakes at once). Returns the open
 /// connections and, separately, the hosts that could not be reached, in host order.
 pub async fn connect_all<'h>(
@@ -101,6 +133,7 @@ pub async fn connect_all<'h>(
     connector: &Connector,
     on_step: impl Fn(&str) + Sync,
 ) -> (Vec<Conn<'h>>, Vec<(&'h Host, ConnectError)>) {
+    make_room_for(hosts.len());
     let on_step = &on_step;
     let results = each_host(hosts, inventory.rollout.parallel, |host| async move {
         on_step(&host.name);

@@ -217,3 +217,31 @@ fn the_guard_reverts_a_host_when_the_deployer_dies_after_its_switch() {
         "h2 was never switched"
     );
 }
+
+/// A run whose hosts would not fit under the soft limit on open files it was given raises
+/// it (up to the hard limit) instead of failing hosts with "too many open files".
+#[test]
+fn a_fleet_larger_than_the_open_files_limit_deploys() {
+    use std::os::unix::process::CommandExt;
+    let fleet = Fleet::start(HOSTS.len());
+    let inv = inventory(&fleet, &HOSTS, &app(&fleet, "v1"), "parallel = 10");
+    let mut cmd = fleet.shipit();
+    cmd.args(["deploy", "test", "--json", "-i"]).arg(&inv);
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            // Room for the run itself, not for ten more sockets.
+            limit.rlim_cur = 24;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(versions(&fleet, &HOSTS), vec!["v1"; 10]);
+}
