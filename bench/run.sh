@@ -34,8 +34,10 @@
 # (BENCH_TMPFS, default 16G; BENCH_TMPFS=0 keeps them on the machine's disk): this machine's
 # ext4 disk uses online discard, which makes writeback and `rm -rf` timings noisy, and a
 # run would pay for the writeback of the run before it.
+# WAN=1 bench/run.sh runs the WAN benchmark instead (bench/wan.sh: shaped links, rsync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${WAN:-0}" = 1 ]; then exec bash bench/wan.sh; fi
 cargo bench --bench deploy --no-run
 if [ "${BENCH_TMPFS:-16G}" != 0 ]; then
   tmp=$(mktemp -d /tmp/shipit-bench-XXXXXX)

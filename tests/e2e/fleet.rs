@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::wan::{self, Links};
 use crate::support::{Fleet, FleetOptions, assert_success, clean_command, is_alive};
 
 /// A name no earlier or concurrent run can have used, so a stale file cannot fake a result.
@@ -376,4 +377,96 @@ pub fn guarded_rm_case(sh: impl Fn(&str) -> std::process::Output, take: impl Fn(
         "the victim or the sibling is gone: {out:?}"
     );
     assert_eq!(take(), "");
+}
+
+/// Sends `mib` MiB to every host at once over ssh; returns the wall time.
+fn upload_to_all(fleet: &Fleet, mib: usize) -> Duration {
+    let data = fleet.dir().join("payload");
+    std::fs::write(&data, vec![0x5a; mib << 20]).unwrap();
+    let start = Instant::now();
+    let children: Vec<_> = fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            fleet
+                .ssh_command(&h.name)
+                .arg("cat >/dev/null")
+                .stdin(std::fs::File::open(&data).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "ssh upload failed");
+    }
+    start.elapsed()
+}
+
+#[test]
+fn wan_hosts_sit_behind_shaped_links_that_vanish_with_the_fleet() {
+    let links = Links::default();
+    assert_eq!((links.host_mbit, links.uplink_mbit), (50, 100));
+    let fleet = Fleet::start_with(FleetOptions {
+        hosts: 4,
+        wan: Some(links),
+        ..FleetOptions::default()
+    });
+    let net = fleet.network().expect("a shaped network");
+    let namespaces: Vec<_> = (0..4).map(|i| net.host_netns(i)).collect();
+    for (i, h) in fleet.hosts().iter().enumerate() {
+        assert_eq!(h.address, net.host_address(i));
+        assert_eq!(h.port, wan::SSH_PORT);
+        assert!(namespaces[i].exists());
+        // The host's sshd is in that namespace, not in this machine's.
+        let ns = std::fs::read_link(format!("/proc/{}/ns/net", fleet.sshd_pid(&h.name))).unwrap();
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert_ne!(
+            ns, own,
+            "{} listens in this machine's network namespace",
+            h.name
+        );
+        assert_eq!(fleet.ssh_ok(&h.name, "hostname").trim(), h.name);
+    }
+
+    // 8 MiB to one host: its own 50 Mbit/s link takes at least 1.34 s (unshaped: ~0.4 s with
+    // the handshake).
+    let before = net.delivered_bytes();
+    let one = {
+        let data = fleet.dir().join("one");
+        std::fs::write(&data, vec![0x5a; 8 << 20]).unwrap();
+        let start = Instant::now();
+        let out = fleet
+            .ssh_command("h1")
+            .arg("cat >/dev/null")
+            .stdin(std::fs::File::open(&data).unwrap())
+            .output()
+            .unwrap();
+        assert_success(&out, "ssh upload to h1");
+        start.elapsed()
+    };
+    assert!(
+        one >= Duration::from_millis(600),
+        "4 MiB to one host took {one:?}"
+    );
+    let after = net.delivered_bytes();
+    assert!(
+        after[0] - before[0] >= 4 << 20,
+        "h1's link carried {}",
+        after[0] - before[0]
+    );
+    assert!(
+        after[1] - before[1] < 1 << 20,
+        "h2's link carried h1's upload"
+    );
+
+    // 8 MiB to each of 4 hosts at once: 32 MiB through the shared 100 Mbit/s uplink take at
+    // least 2.68 s, where the hosts' own links alone would allow 1.34 s (~1.9 s with the
+    // handshakes).
+    let all = upload_to_all(&fleet, 8);
+    assert!(all >= Duration::from_millis(2500), "4 × 8 MiB took {all:?}");
+
+    drop(fleet);
+    for ns in namespaces {
+        assert!(!ns.exists(), "{} is left behind", ns.display());
+    }
 }

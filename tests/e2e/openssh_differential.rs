@@ -1286,7 +1286,7 @@ fn known_hosts_decisions_match_a_real_ssh_login() {
     let fleet = Fleet::start_with(FleetOptions {
         hosts: 1,
         host_key_types: vec!["ed25519", "rsa"],
-        host_ca: None,
+        ..FleetOptions::default()
     });
     let h1 = fleet.host("h1");
     let port = h1.port;

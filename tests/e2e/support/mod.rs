@@ -6,7 +6,9 @@
 //! `/opt/<app>`, `/etc/<app>.env`, `/etc/systemd/system/x.service`, `/var/www`, ... on h1
 //! without h2 or the real machine seeing it. The fixture owns, per fleet, exactly one
 //! temporary directory ([`Fleet::dir`]) and the processes it started; it never touches the
-//! machine's `/etc/ssh`, `/root/.ssh` or any other real directory.
+//! machine's `/etc/ssh`, `/root/.ssh` or any other real directory. With
+//! [`FleetOptions::wan`] each host lives in its own network namespace instead, at its own
+//! address behind shaped links (see [`wan`]); everything else is the same.
 //!
 //! Layout of the fleet dir:
 //!
@@ -14,6 +16,7 @@
 //! id_ed25519, id_ed25519.pub   client key (no passphrase), authorized on every host
 //! authorized_keys              shared by all hosts' sshd (AuthorizedKeysFile)
 //! known_hosts                  "[127.0.0.1]:PORT TYPE BASE64" for every host key
+//!                              (the host's own address with `wan`)
 //! ssh_config                   "Host hN" entries for `ssh -F`
 //! home/                        HOME for commands run by tests (empty, no ~/.ssh)
 //! hN/                          one host: sshd_config, ssh_host_*_key, sshd.log,
@@ -73,6 +76,7 @@ pub mod load;
 pub mod postgres;
 pub mod registry;
 pub mod systemd;
+pub mod wan;
 
 /// Where a host sees the fleet dir (read-only).
 pub const FLEET_DIR_IN_HOST: &str = "/run/shipit-e2e";
@@ -155,6 +159,10 @@ pub struct FleetOptions {
     /// Certify every host key with this CA (`ssh-keygen -s`), so hosts also offer a host
     /// certificate.
     pub host_ca: Option<HostCa>,
+    /// Put every host in its own network namespace behind shaped links (see [`wan`]), at
+    /// its own address on port [`wan::SSH_PORT`]. `None`: every host on 127.0.0.1 with a
+    /// port of its own.
+    pub wan: Option<wan::Links>,
 }
 
 /// A certificate authority for host keys: its private key file, the principals
@@ -173,6 +181,7 @@ impl Default for FleetOptions {
             hosts: 1,
             host_key_types: vec!["ed25519"],
             host_ca: None,
+            wan: None,
         }
     }
 }
@@ -182,7 +191,8 @@ impl Default for FleetOptions {
 pub struct Host {
     /// "h1", "h2", ...; also its hostname.
     pub name: String,
-    /// Its sshd listens on 127.0.0.1:port.
+    /// Its sshd listens on address:port.
+    pub address: Ipv4Addr,
     pub port: u16,
     /// Its public host keys as "TYPE BASE64" (no comment), one per requested key type.
     pub host_keys: Vec<String>,
@@ -209,6 +219,8 @@ pub struct Fleet {
     // Same order as `hosts`. Declared before `dir`, and stopped in `Drop`, so every process
     // and mount is gone before the directory is removed.
     procs: Vec<HostProcess>,
+    // After `procs`: namespaces are deleted once nothing runs in them.
+    network: Option<wan::Network>,
     dir: tempfile::TempDir,
 }
 
@@ -259,14 +271,25 @@ impl Fleet {
         )
         .expect("write authorized_keys");
 
+        // Before the hosts: if one fails to start, the others (`procs` below) are stopped
+        // before the network is deleted.
+        let network = opts
+            .wan
+            .as_ref()
+            .map(|links| wan::Network::create(links, opts.hosts));
         let names: Vec<String> = (1..=opts.hosts).map(|i| format!("h{i}")).collect();
         let results: Vec<Result<(Host, HostProcess), String>> = thread::scope(|s| {
             let workers: Vec<_> = names
                 .iter()
-                .map(|name| {
+                .enumerate()
+                .map(|(i, name)| {
                     let (fleet_dir, types, ca) =
                         (&fleet_dir, &opts.host_key_types, opts.host_ca.as_ref());
-                    s.spawn(move || start_host(fleet_dir, name, types, ca))
+                    let net = network.as_ref().map(|n| NetworkPlace {
+                        netns: n.host_netns(i),
+                        address: n.host_address(i),
+                    });
+                    s.spawn(move || start_host(fleet_dir, name, types, ca, net.as_ref()))
                 })
                 .collect();
             workers
@@ -291,7 +314,12 @@ impl Fleet {
             panic!("fleet failed to start:\n{}", errors.join("\n"));
         }
 
-        let fleet = Fleet { hosts, procs, dir };
+        let fleet = Fleet {
+            hosts,
+            procs,
+            network,
+            dir,
+        };
         fleet.write_client_files();
         fleet
     }
@@ -301,11 +329,11 @@ impl Fleet {
         let mut ssh_config = String::new();
         for h in &self.hosts {
             for key in &h.host_keys {
-                known_hosts.push_str(&format!("[127.0.0.1]:{} {key}\n", h.port));
+                known_hosts.push_str(&format!("[{}]:{} {key}\n", h.address, h.port));
             }
             ssh_config.push_str(&format!(
-                "Host {}\n  HostName 127.0.0.1\n  Port {}\n",
-                h.name, h.port
+                "Host {}\n  HostName {}\n  Port {}\n",
+                h.name, h.address, h.port
             ));
         }
         ssh_config.push_str(&format!(
@@ -339,6 +367,11 @@ impl Fleet {
             })
     }
 
+    /// The shaped network the hosts live in, when started with [`FleetOptions::wan`].
+    pub fn network(&self) -> Option<&wan::Network> {
+        self.network.as_ref()
+    }
+
     /// The fleet's temp dir; tests may write their own files here (deleted with the fleet).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -349,7 +382,7 @@ impl Fleet {
         self.dir().join("id_ed25519")
     }
 
-    /// known_hosts with every host key of every host, as `[127.0.0.1]:PORT TYPE BASE64`.
+    /// known_hosts with every host key of every host, as `[ADDRESS]:PORT TYPE BASE64`.
     pub fn known_hosts(&self) -> PathBuf {
         self.dir().join("known_hosts")
     }
@@ -439,8 +472,8 @@ impl Fleet {
                 "ConnectTimeout=10",
                 "-p",
                 &h.port.to_string(),
-                "root@127.0.0.1",
             ])
+            .arg(format!("root@{}", h.address))
             .stdin(Stdio::null());
         cmd
     }
@@ -598,12 +631,20 @@ enum Startup {
     Failed(String),
 }
 
-/// Generates the host's keys, then starts it on a fresh port until one sticks.
+/// Where a host of a shaped network listens: inside its own network namespace.
+struct NetworkPlace {
+    netns: PathBuf,
+    address: Ipv4Addr,
+}
+
+/// Generates the host's keys, then starts it on a fresh port until one sticks (on
+/// [`wan::SSH_PORT`] of its own address in a shaped network, where nobody else can bind).
 fn start_host(
     fleet_dir: &Path,
     name: &str,
     key_types: &[&'static str],
     ca: Option<&HostCa>,
+    net: Option<&NetworkPlace>,
 ) -> Result<(Host, HostProcess), String> {
     let dir = fleet_dir.join(name);
     fs::create_dir(&dir).map_err(|e| format!("{name}: create {}: {e}", dir.display()))?;
@@ -618,16 +659,22 @@ fn start_host(
             certify(ca, &key.with_extension("pub"), name);
         }
     }
+    let address = net.map_or(Ipv4Addr::LOCALHOST, |n| n.address);
     for attempt in 0..BIND_ATTEMPTS {
         if attempt > 0 {
             forget_attempt(&dir).map_err(|e| host_failure(name, &dir, &e))?;
         }
-        let port = free_port();
-        write_sshd_config(&dir, name, port, key_types, ca.is_some());
-        match spawn_host(fleet_dir, &dir, name, port, &host_keys) {
+        let port = match net {
+            Some(_) => wan::SSH_PORT,
+            None => free_port(),
+        };
+        write_sshd_config(&dir, name, address, port, key_types, ca.is_some());
+        let netns = net.map(|n| n.netns.as_path());
+        match spawn_host(fleet_dir, &dir, name, (address, port), netns, &host_keys) {
             Startup::Ready(proc) => {
                 let host = Host {
                     name: name.to_string(),
+                    address,
                     port,
                     host_keys,
                     dir,
@@ -688,12 +735,19 @@ fn certify(ca: &HostCa, public: &Path, name: &str) {
     assert_success(&out, &format!("ssh-keygen -s for {}", public.display()));
 }
 
-fn write_sshd_config(dir: &Path, name: &str, port: u16, key_types: &[&str], certified: bool) {
+fn write_sshd_config(
+    dir: &Path,
+    name: &str,
+    address: Ipv4Addr,
+    port: u16,
+    key_types: &[&str],
+    certified: bool,
+) {
     // Paths as the host sees them (see FLEET_DIR_IN_HOST).
     let in_host = format!("{FLEET_DIR_IN_HOST}/{name}");
     let mut c = format!(
         "# generated by the shipit e2e fixture for host {name}; not the system sshd_config\n\
-         ListenAddress 127.0.0.1:{port}\n"
+         ListenAddress {address}:{port}\n"
     );
     for t in key_types {
         c.push_str(&format!("HostKey {in_host}/ssh_host_{t}_key\n"));
@@ -726,12 +780,14 @@ fn write_sshd_config(dir: &Path, name: &str, port: u16, key_types: &[&str], cert
     fs::write(dir.join("sshd_config"), c).expect("write sshd_config");
 }
 
-/// Starts one attempt of a host and waits until its port answers with its own host keys.
+/// Starts one attempt of a host (in network namespace `netns` if given) and waits until its
+/// address and port answer with its own host keys.
 fn spawn_host(
     fleet_dir: &Path,
     dir: &Path,
     name: &str,
-    port: u16,
+    (address, port): (Ipv4Addr, u16),
+    netns: Option<&Path>,
     host_keys: &[String],
 ) -> Startup {
     let log = File::create(dir.join("sshd.log")).expect("create sshd.log");
@@ -739,7 +795,17 @@ fn spawn_host(
         .replace("@OVERLAID_DIRS@", &OVERLAID_DIRS.join(" "))
         .replace("@FLEET_DIR_IN_HOST@", FLEET_DIR_IN_HOST)
         .replace("@SSHD@", SSHD);
-    let mut child = match Command::new("unshare")
+    // nsenter execs unshare, so the child is still `unshare` (see HostProcess).
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .args(["--", "unshare"]);
+            c
+        }
+        None => Command::new("unshare"),
+    };
+    let mut child = match command
         .args([
             "--mount",
             "--uts",
@@ -794,14 +860,14 @@ fn spawn_host(
         // else who won the race, and a non-ssh listener would stall ssh-keyscan for -T
         // seconds. Then check that the port really answers with this host's keys.
         let log = fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
-        if log.contains(&format!("Server listening on 127.0.0.1 port {port}."))
-            && keyscan_has(port, &types, host_keys)
+        if log.contains(&format!("Server listening on {address} port {port}."))
+            && keyscan_has(address, port, &types, host_keys)
         {
             break;
         }
         if Instant::now() > deadline {
             return Startup::Failed(format!(
-                "127.0.0.1:{port} did not answer with its host key within {READY_TIMEOUT:?}"
+                "{address}:{port} did not answer with its host key within {READY_TIMEOUT:?}"
             ));
         }
         thread::sleep(Duration::from_millis(20));
@@ -825,11 +891,11 @@ fn keyscan_type(algorithm: &str) -> &'static str {
     }
 }
 
-/// Does 127.0.0.1:port serve every one of `host_keys`?
-fn keyscan_has(port: u16, types: &[&str], host_keys: &[String]) -> bool {
+/// Does address:port serve every one of `host_keys`?
+fn keyscan_has(address: Ipv4Addr, port: u16, types: &[&str], host_keys: &[String]) -> bool {
     let out = Command::new("ssh-keyscan")
         .args(["-T", "5", "-p", &port.to_string(), "-t", &types.join(",")])
-        .arg("127.0.0.1")
+        .arg(address.to_string())
         .env_clear()
         .env("PATH", CLEAN_PATH)
         .stdin(Stdio::null())
