@@ -113,17 +113,19 @@ fn main() {
     for s in &results {
         s.print_targets();
     }
-    let skipped: Vec<String> = hosts
+    let skipped: Vec<(usize, usize)> = hosts
         .iter()
         .flat_map(|&n| sizes.iter().map(move |&mb| (mb, n)))
         .filter(|&(mb, n)| !fits(mb, n))
-        .map(|(mb, n)| format!("{mb} MB to {n} hosts"))
         .collect();
     if !skipped.is_empty() {
-        println!(
-            "skipped (MB × hosts over SHIPIT_WAN_MAX = {max}): {}; run them alone, e.g. WAN_HOSTS=50 WAN_MB=300 WAN_MAX=0 bench/wan.sh",
-            skipped.join(", ")
-        );
+        println!("skipped (MB × hosts over SHIPIT_WAN_MAX = {max}); to run one alone:");
+        for (mb, n) in skipped {
+            println!(
+                "  {mb} MB to {}: WAN_HOSTS={n} WAN_MB={mb} WAN_MAX=0 bench/wan.sh",
+                host_count(n)
+            );
+        }
     }
     println!(
         "wall time: {:.1} min",
@@ -229,7 +231,12 @@ impl Scenario {
     }
 
     fn label(&self, kind: Kind) -> String {
-        format!("{} MB {} to {} hosts", self.mb, kind.name(), self.hosts)
+        format!(
+            "{} MB {} to {}",
+            self.mb,
+            kind.name(),
+            host_count(self.hosts)
+        )
     }
 
     fn header() {
@@ -287,7 +294,12 @@ impl Scenario {
     }
 
     fn print_bytes(&self) {
-        println!("  artifact: {} in {} files", human(self.bytes), self.files);
+        println!(
+            "  artifact: {} in {} files; its .tar.gz (gzip -6) is {:.0}% of that",
+            human(self.bytes),
+            self.files,
+            100.0 * self.tgz as f64 / self.bytes as f64
+        );
         for (i, kind) in Kind::ALL.into_iter().enumerate() {
             let (sent, source) = self.shipit[i]
                 .sent
@@ -313,12 +325,20 @@ impl Scenario {
         let one_file = self.shipit[1].time.as_secs_f64() / fresh;
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         println!(
-            "{} MB to {} hosts: fresh {vs_floor:.3}x the floor (target <= 1.0: {}), one file {one_file:.3}x fresh (target <= 0.05: {})",
+            "{} MB to {}: fresh {vs_floor:.3}x the floor (target <= 1.0: {}), one file {one_file:.3}x fresh (target <= 0.05: {})",
             self.mb,
-            self.hosts,
+            host_count(self.hosts),
             met(vs_floor <= 1.0),
             met(one_file <= 0.05)
         );
+    }
+}
+
+/// "1 host", "10 hosts".
+fn host_count(n: usize) -> String {
+    match n {
+        1 => "1 host".to_owned(),
+        n => format!("{n} hosts"),
     }
 }
 
