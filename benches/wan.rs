@@ -11,7 +11,7 @@
 //! Rows, for each artifact size and host count: a fresh deploy (clean hosts), an unchanged
 //! redeploy and a one-file redeploy (one 10 KiB file given new content). The artifact is
 //! [`App::make_tree_of`]'s dependency tree with [`Mix::TextAndBinary`]: files of 1 KiB to
-//! 1 MiB (about 3800 for 300 MB), half base64 text, a quarter source-like text, a quarter
+//! 1 MiB (about 4000 for 300 MB), half base64 text, a quarter source-like text, a quarter
 //! incompressible bytes.
 //!
 //! Tools, every host in parallel, each into `releases/<id>` then the same renamed-symlink
