@@ -71,18 +71,6 @@ impl Codec {
     }
 }
 
-/// Copies the tar `source` into `sink`, restamped with `mtime` when given.
-fn copy(source: &mut impl Read, sink: &mut impl Write, mtime: Option<u64>) -> io::Result<()> {
-    match mtime {
-        None => io::copy(source, sink).map(drop),
-        Some(mtime) => {
-            let mut stamped = Restamp::new(sink, mtime);
-            io::copy(source, &mut stamped)?;
-            stamped.finish().map(drop)
-        }
-    }
-}
-
 /// zstd's level: its default, compressing about as tightly as `gzip -6` at several times
 /// the speed.
 pub(super) const ZSTD_LEVEL: i32 = 3;
@@ -127,8 +115,11 @@ pub fn compress(
     let prefix = prefix(manifest, codec).map_err(write_err)?;
     let temp = new_temp(temp_dir)?;
     let file = temp.as_file().try_clone().map_err(write_err)?;
+    let mut tar = BufReader::with_capacity(BUF_SIZE, File::open(tar).map_err(write_err)?);
+    let mut source = |out: &mut dyn Write| io::copy(&mut tar, out).map(drop);
     let (upload_sha256, compressed_size) =
-        compress_framed(tar, &prefix, codec, file, mtime, None, &mut |_| {}).map_err(write_err)?;
+        compress_framed(&mut source, &prefix, codec, file, mtime, None, &mut |_| {})
+            .map_err(write_err)?;
     Ok(Compressed {
         file: temp.into_temp_path(),
         codec,
@@ -160,7 +151,7 @@ const MAX_LEVEL: i32 = 9;
 /// level 1 makes 9.90 MB) at several times its speed.
 const MIN_LEVEL: i32 = ZSTD_LEVEL;
 
-/// Compresses `tar` into `out` as a series of frames (zstd frames, or gzip members: both
+/// Compresses the tar `source` writes into `out` as a series of frames (zstd frames, or gzip members: both
 /// tools decompress a series as one stream), calling `written` with the file's size after
 /// each. With `pace` (how far the fastest upload has read the file), each zstd frame's level
 /// follows the link: while the uploads lag behind the compressor by several frames, the
@@ -168,7 +159,7 @@ const MIN_LEVEL: i32 = ZSTD_LEVEL;
 /// wait; while they wait for the compressor, back down to zstd's default. Without it,
 /// zstd's default level. Gives the sha256 of `prefix` and the file, and the file's size. Blocking.
 pub fn compress_framed(
-    tar: &Path,
+    source: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     prefix: &[u8],
     codec: Codec,
     out: File,
@@ -176,7 +167,6 @@ pub fn compress_framed(
     pace: Option<&AtomicU64>,
     written: &mut dyn FnMut(u64),
 ) -> io::Result<(String, u64)> {
-    let mut source = BufReader::with_capacity(BUF_SIZE, File::open(tar)?);
     // The upload's digest is taken as the compressed bytes are written.
     let sink = Hashing::with_prefix(BufWriter::with_capacity(BUF_SIZE, out), prefix);
     let mut frames = Frames {
@@ -189,7 +179,14 @@ pub fn compress_framed(
         pace,
         written,
     };
-    copy(&mut source, &mut frames, mtime)?;
+    match mtime {
+        None => source(&mut frames)?,
+        Some(mtime) => {
+            let mut stamped = Restamp::new(&mut frames, mtime);
+            source(&mut stamped)?;
+            stamped.finish()?;
+        }
+    }
     let (mut file, sha256, size) = frames.finish()?.finish();
     file.flush()?;
     Ok((sha256, size))

@@ -112,6 +112,25 @@ impl LazyTar {
             .map_err(Clone::clone)
     }
 
+    /// Writes the tar stream into `out`: from the file if it was written, else straight
+    /// from the directory's listing, checked as [`LazyTar::path`] checks it (blocking).
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<(), String> {
+        let (Some(listing), None) = (&self.listing, self.made.get()) else {
+            let tar = self.path()?;
+            let mut file =
+                File::open(tar).map_err(|e| format!("cannot read the packed artifact: {e}"))?;
+            return io::copy(&mut file, out)
+                .map(drop)
+                .map_err(|e| format!("cannot read the packed artifact: {e}"));
+        };
+        let mut out = out;
+        let written = listing.write(&mut out, &self.temp_dir);
+        if let (Err(ArtifactError::Changed { .. }), Some(cache)) = (&written, &self.cache_dir) {
+            super::digests::forget(cache, &listing.root);
+        }
+        written.map_err(|e| crate::error::chain(&e))
+    }
+
     fn write(&self) -> Result<TempPath, ArtifactError> {
         let listing = self
             .listing

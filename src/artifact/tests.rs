@@ -291,6 +291,12 @@ fn a_directory_tar_is_written_when_first_needed_and_only_as_listed() {
         write(&root.join("a.txt"), b"alpha\n", 0o644);
     }
     assert_eq!(count_temps(), 0, "a failed write leaves no file");
+
+    // Streamed straight from the files: the same check.
+    let packed = pack(&root, temp.path()).unwrap();
+    write(&root.join("b.bin"), &[4u8; 10_000], 0o644);
+    let err = packed.lazy_tar().write_to(&mut Vec::new()).unwrap_err();
+    assert!(err.contains("`b.bin`") && err.contains("changed"), "{err}");
 }
 
 #[test]
@@ -1329,7 +1335,11 @@ fn a_framed_stream_decompresses_to_the_tar_whatever_the_levels_the_pace_chose() 
     write(&root.join("text.txt"), &text, 0o644);
     write(&root.join("noise.bin"), &noise, 0o644);
     let packed = pack(&root, temp.path()).unwrap();
+    // Straight from the files, before any tar file exists; then from the tar file.
+    let mut streamed = Vec::new();
+    packed.lazy_tar().write_to(&mut streamed).unwrap();
     let tar = fs::read(packed.tar().unwrap()).unwrap();
+    assert_eq!(streamed, tar);
     let prefix = b"head".to_vec();
     // Nobody reads (the level climbs every frame), and a reader always caught up (it
     // falls to the fastest).
@@ -1341,8 +1351,10 @@ fn a_framed_stream_decompresses_to_the_tar_whatever_the_levels_the_pace_chose() 
         let out = temp.path().join("out");
         let pace = AtomicU64::new(pace);
         let mut sizes = Vec::new();
+        let lazy = packed.lazy_tar();
+        let mut source = |out: &mut dyn Write| lazy.write_to(out).map_err(std::io::Error::other);
         let (sha, size) = crate::artifact::compress_framed(
-            packed.tar().unwrap(),
+            &mut source,
             &prefix,
             codec,
             File::create(&out).unwrap(),

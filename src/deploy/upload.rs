@@ -378,19 +378,25 @@ impl Whole {
         let (tar, mtime, head) = (packed.lazy_tar(), packed.files_mtime, prefix.clone());
         let paced = pace.clone();
         tokio::task::spawn_blocking(move || {
-            // A directory's tar is written by the first upload that needs it.
-            let made = tar.path().and_then(|tar| {
-                crate::artifact::compress_framed(
-                    tar,
-                    &head,
-                    codec,
-                    out,
-                    mtime,
-                    Some(&paced),
-                    &mut |written| tell.send_modify(|s| s.written = written),
-                )
-                .map_err(failed)
-            });
+            // A directory's tar goes from its files straight into the compressor: the first
+            // frame leaves before the last file is read.
+            let mut why = None;
+            let mut source = |sink: &mut dyn std::io::Write| {
+                tar.write_to(sink).map_err(|e| {
+                    why = Some(e.clone());
+                    std::io::Error::other(e)
+                })
+            };
+            let made = crate::artifact::compress_framed(
+                &mut source,
+                &head,
+                codec,
+                out,
+                mtime,
+                Some(&paced),
+                &mut |written| tell.send_modify(|s| s.written = written),
+            );
+            let made = made.map_err(|e| why.take().unwrap_or_else(|| failed(e)));
             tell.send_modify(|s| s.done = Some(made));
         });
         Ok(Arc::new(Whole {
