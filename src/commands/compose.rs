@@ -97,15 +97,29 @@ pub fn up(project: &str, file: &str, env_path: Option<&str>) -> Cmd {
 
 /// Switching back: the stack as the previous release's file describes it; with no previous
 /// compose file (a first deploy), the stack started from `file` goes away (volumes stay).
+/// The env file is restored before this runs: on a first deploy that removes it, and
+/// Compose refuses an `--env-file` that does not exist, so taking the stack down goes
+/// without one then (`down` starts nothing that would read it).
 pub fn back(project: &str, previous: Option<&str>, file: &str, env_path: Option<&str>) -> Cmd {
-    let mut steps = prelude(project, previous.unwrap_or(file), env_path);
-    steps.push(Cmd::assign("prevfile", previous.unwrap_or("")));
-    steps.push(Cmd::new(
-        r#"
-if [ -n "$prevfile" ] && [ -f "$prevfile" ]; then "$@" up -d --remove-orphans
+    Cmd::seq([
+        Cmd::assign("project", project),
+        Cmd::assign("file", previous.unwrap_or(file)),
+        Cmd::assign("envfile", env_path.unwrap_or("")),
+        Cmd::assign("prevfile", previous.unwrap_or("")),
+        Cmd::new(PICK),
+        Cmd::new(
+            r#"
+up=
+if [ -n "$prevfile" ] && [ -f "$prevfile" ]; then up=1
+elif [ -n "$envfile" ] && [ ! -e "$envfile" ]; then envfile=; fi"#,
+        ),
+        Cmd::new(ARGS),
+        Cmd::new(
+            r#"
+if [ -n "$up" ]; then "$@" up -d --remove-orphans
 else "$@" down --remove-orphans; fi"#,
-    ));
-    Cmd::seq(steps)
+        ),
+    ])
 }
 
 /// Checks that every `image:` in a rendered compose file names a tag or digest, not
@@ -212,5 +226,79 @@ mod tests {
                 (8, "api:${EMPTY:-latest}` = `api:latest".to_owned()),
             ]
         );
+    }
+
+    /// Runs `back` with a `docker` on PATH that logs its arguments and fails, as Compose
+    /// does, on an `--env-file` that does not exist. Returns (exit code, log).
+    fn run_back(previous: bool, env_exists: bool) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let log = d.join("log");
+        std::fs::create_dir(d.join("bin")).unwrap();
+        let docker = d.join("bin/docker");
+        std::fs::write(
+            &docker,
+            format!(
+                "#!/bin/sh\n[ \"$1 $2\" = 'compose version' ] && exit 0\necho \"$*\" >> '{}'\nprev=\nfor a; do [ \"$prev\" = --env-file ] && {{ [ -f \"$a\" ] || exit 14; }}; prev=$a; done\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let env = d.join("web.env");
+        if env_exists {
+            std::fs::write(&env, "A=1\n").unwrap();
+        }
+        let prev = d.join("prev.yml");
+        std::fs::write(&prev, "services: {}\n").unwrap();
+        let now = d.join("now.yml");
+        let cmd = back(
+            "web",
+            previous.then(|| prev.to_str().unwrap()),
+            now.to_str().unwrap(),
+            Some(env.to_str().unwrap()),
+        );
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .env("PATH", format!("{}:/usr/bin:/bin", d.join("bin").display()))
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        (
+            out.status.code().unwrap_or(-1),
+            log.replace(d.to_str().unwrap(), "D"),
+        )
+    }
+
+    #[test]
+    fn switching_back_a_first_deploy_takes_the_stack_down_without_the_removed_env_file() {
+        assert_eq!(
+            run_back(false, false),
+            (
+                0,
+                "compose -p web -f D/now.yml down --remove-orphans\n".to_owned()
+            )
+        );
+        assert_eq!(
+            run_back(false, true),
+            (
+                0,
+                "compose -p web -f D/now.yml --env-file D/web.env down --remove-orphans\n"
+                    .to_owned()
+            )
+        );
+        // The previous release's stack comes back with the env file put back.
+        assert_eq!(
+            run_back(true, true),
+            (
+                0,
+                "compose -p web -f D/prev.yml --env-file D/web.env up -d --remove-orphans\n"
+                    .to_owned()
+            )
+        );
+        // Its env file missing then is an error, not a stack started without it.
+        assert_eq!(run_back(true, false).0, 14);
     }
 }

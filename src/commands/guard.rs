@@ -32,7 +32,8 @@ decided_by() { readlink -- "$g/$1.decision" 2>/dev/null; }
 # process, and a pid can be reused: only a process whose command line names the guard).
 guard_alive() {
   [ -f "$1" ] || return 1
-  pid=$(cat -- "$1" 2>/dev/null)
+  pid=
+  read -r pid 2>/dev/null < "$1"
   case $pid in ''|*[!0-9]*) return 1;; esac
   if [ -d /proc/self ]; then
     tr '\000' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2.sh"
@@ -126,14 +127,13 @@ pub fn arm(deploy_to: &str, token: &str, delay_secs: u64) -> Cmd {
         Cmd::assign("delay", delay_secs.to_string()),
         Cmd::new(
             r#"
-mkdir -p -- "$g/.." || exit 1
+[ -d "$g/.." ] || mkdir -p -- "$g/.." || exit 1
 umask 077
-mkdir -p -- "$g" || exit 1
+[ -d "$g" ] || mkdir -p -- "$g" || exit 1
 [ -L "$g" ] && exit 1
 chmod 700 "$g" || exit 1
 # What this run's switch-back restores is saved from here on; older copies must not be.
-rm -rf -- "$g/../previous"
-rm -f -- "$g/$token.decision" "$g/$token.pid" "$g/$token.running"
+rm -rf -- "$g/../previous" "$g/$token.decision" "$g/$token.pid" "$g/$token.running"
 cat > "$g/$token.sh" || exit 1
 if command -v systemd-run >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl stop "shipit-guard-$token.timer" "shipit-guard-$token.service" >/dev/null 2>&1

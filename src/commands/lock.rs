@@ -28,13 +28,15 @@ pub fn acquire(deploy_to: &str, env_path: Option<&str>) -> Cmd {
             r#"
 lock="$base/.shipit/lock"
 # `deploy_to` itself may be made here: with the usual mode, the app's user reads releases.
-mkdir -p -- "$base/.shipit" || exit 1
+[ -d "$base/.shipit" ] || mkdir -p -- "$base/.shipit" || exit 1
 umask 077
 # A holder writes owner.json just after its mkdir, and may release at any moment: look a few
 # times, taking the lock if it goes away.
 for try in 1 2 3 4 5 6 7 8 9 10; do
   if mkdir -- "$lock" 2>/dev/null; then
-    cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json" || exit 1
+    # A lock whose owner cannot be written is not left behind for the next run to find.
+    cat > "$lock/owner.json.tmp" && mv -f -- "$lock/owner.json.tmp" "$lock/owner.json" ||
+      { rm -rf -- "$lock"; exit 1; }
     settle
     status=$?
     if [ "$status" != 0 ]; then rm -rf -- "$lock"; exit "$status"; fi
@@ -48,6 +50,36 @@ cat -- "$lock/owner.json" 2>/dev/null
 exit 75"#,
         ),
     ])
+}
+
+/// With [`acquire_then`], the last line once the lock is taken: `shipit-locked <status>`.
+const LOCKED: &str = "shipit-locked";
+
+/// [`acquire`], then `then` (a command that only reads) in the same script once the lock
+/// is taken: one round trip for both. Exits as [`acquire`] does, 0 only when the lock was
+/// taken, however `then` went: `then`'s stdout follows, and a last line with its exit
+/// status ([`then_output`] reads them).
+pub fn acquire_then(deploy_to: &str, env_path: Option<&str>, then: &Cmd) -> Cmd {
+    let sub = |cmd: Cmd| Cmd::new("(").cmd(cmd).raw(")");
+    Cmd::seq([
+        sub(acquire(deploy_to, env_path)),
+        Cmd::new(r#"locked=$?; [ "$locked" = 0 ] || exit "$locked""#),
+        sub(then.clone()),
+        Cmd::new("read_status=$?"),
+        Cmd::new("echo").arg(LOCKED).raw(r#""$read_status""#),
+        Cmd::new("exit 0"),
+    ])
+}
+
+/// `then`'s stdout from the stdout of a successful [`acquire_then`]; `None` when `then`
+/// failed (or the output is not [`acquire_then`]'s).
+pub fn then_output(stdout: &str) -> Option<String> {
+    let body = stdout.strip_suffix('\n')?;
+    let (read, last) = match body.rsplit_once('\n') {
+        Some((read, last)) => (format!("{read}\n"), last),
+        None => (String::new(), body),
+    };
+    (last == format!("{LOCKED} 0")).then_some(read)
 }
 
 /// Removes the lock if `token` is in its owner.json; a lock of another run stays.
@@ -148,6 +180,30 @@ mod tests {
         assert_eq!(sh(&acquire(base, None), "{\"token\":\"run-3\"}").0, 0);
         assert_eq!(sh(&force_remove(base, 1, None), "").0, 0);
         assert_eq!(sh(&read(base), "").0, 76);
+    }
+
+    #[test]
+    fn the_lock_and_a_read_after_it_go_in_one_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("app");
+        let base = base.to_str().unwrap();
+        let then = Cmd::new("printf 'a b\\nc\\n'");
+        let (code, out) = sh(&acquire_then(base, None, &then), "{\"token\":\"run-1\"}");
+        assert_eq!(code, 0);
+        assert_eq!(then_output(&out).as_deref(), Some("a b\nc\n"));
+        // Held: the holder's owner.json and exit 75, `then` never runs.
+        let (code, out) = sh(&acquire_then(base, None, &then), "{\"token\":\"run-2\"}");
+        assert_eq!((code, out.as_str()), (75, "{\"token\":\"run-1\"}"));
+        assert_eq!(sh(&release(base, "run-1"), "").0, 0);
+        // A read that fails leaves the lock taken (exit 0) and says so on its last line.
+        let then = Cmd::new("echo partial; exit 3");
+        let (code, out) = sh(&acquire_then(base, None, &then), "{\"token\":\"run-3\"}");
+        assert_eq!((code, out.as_str()), (0, "partial\nshipit-locked 3\n"));
+        assert_eq!(then_output(&out), None);
+        assert_eq!(sh(&read(base), "").1, "{\"token\":\"run-3\"}");
+        // Nothing printed but the status line: an empty read.
+        assert_eq!(then_output("shipit-locked 0\n").as_deref(), Some(""));
+        assert_eq!(then_output("{\"token\":\"x\"}"), None);
     }
 
     #[test]

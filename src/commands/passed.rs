@@ -23,10 +23,10 @@ pub fn mark(deploy_to: &str, release: &str) -> Cmd {
         Cmd::new(
             r#"
 p="$base/.shipit/passed"
-mkdir -p -- "$base/.shipit" || exit 1
+[ -d "$base/.shipit" ] || mkdir -p -- "$base/.shipit" || exit 1
 umask 077
 mkdir -p -- "$p" && [ ! -L "$p" ] && chmod 700 "$p" && : > "$p/$id" || exit 1
-rm -f -- "$p/$id.rejected"
+if [ -e "$p/$id.rejected" ] || [ -L "$p/$id.rejected" ]; then rm -f -- "$p/$id.rejected"; fi
 for f in "$p"/*; do
   n=${f##*/}
   [ -d "$base/releases/${n%.rejected}" ] || rm -f -- "$f"

@@ -76,13 +76,15 @@ pub fn receive(
             r#"
 umask 022
 plain_name "$id" || exit 101
-mkdir -p -- "$base" && cd -- "$base" || exit 1
-mkdir -p releases shared .shipit || exit 1
+# (`[ -d ]`/`[ -e ]` first: no process to start for what is already as wanted.)
+{ [ -d "$base" ] || mkdir -p -- "$base"; } && cd -- "$base" || exit 1
+[ -d releases ] && [ -d shared ] && [ -d .shipit ] || mkdir -p releases shared .shipit || exit 1
+there() { [ -e "$1" ] || [ -L "$1" ]; }
 part="releases/$id.partial"
-rm -rf -- "$part" && mkdir -- "$part" || exit 1
+{ ! there "$part" || rm -rf -- "$part"; } && mkdir -- "$part" || exit 1
 fifo=".shipit/upload-$id.fifo"
 sum=".shipit/upload-$id.sum"
-rm -f -- "$fifo" "$sum" && mkfifo -- "$fifo" || exit 1
+{ ! there "$fifo" && ! there "$sum" || rm -f -- "$fifo" "$sum"; } && mkfifo -- "$fifo" || exit 1
 $hash < "$fifo" > "$sum" &
 hasher=$!
 tee -- "$fifo" | {
@@ -154,23 +156,31 @@ if [ -z "$sha" ] || [ "$got" != "$sha" ]; then rm -rf -- "$part"; exit 81; fi
 /// refreshes the record after it links or prunes (`refresh_stat DIR`: the ctime of files
 /// whose inode, size and mtime are as recorded; others leave the record).
 const LISTING: &str = r#"
+walk_tmp=
 walk() {
   walk_fmt=$1
   shift
-  walk_bad=$(mktemp) || return 1
+  # `$walk_tmp`: a scratch file in a directory of the script's own, else one made here.
+  if [ -n "${walk_tmp:-}" ]; then walk_bad=$walk_tmp; else walk_bad=$(mktemp) || return 1; fi
   LC_ALL=C find . -mindepth 1 \( -path ./.shipit -prune \
     -o \( -name '*[[:cntrl:]]*' -o -name '*\\*' -o -lname '*[[:cntrl:]]*' -o -lname '*\\*' \) -fprint "$walk_bad" \
     -o "$@" -printf "$walk_fmt" \)
   walk_status=$?
   [ "$walk_status" = 0 ] && [ ! -s "$walk_bad" ]
   walk_status=$?
-  rm -f -- "$walk_bad"
+  [ -n "${walk_tmp:-}" ] || rm -f -- "$walk_bad"
   return "$walk_status"
 }
 listing() {
   walk '%P\t%y\t%m\t%s\t%l\t%i\t%T@\t%C@\n' > "$1.meta" || return 1
   awk -F '\t' 'FILENAME == ARGV[1] { t[$1] = 1; next } $2 == "f" && !($1 in t) { print "./" $1 }' \
-    "${2:-/dev/null}" "$1.meta" | tr '\n' '\000' | xargs -0 -r $hash > "$1.sums" || return 1
+    "${2:-/dev/null}" "$1.meta" > "$1.todo" || return 1
+  # Nothing to read (every file trusted): no processes to start for it.
+  if [ -s "$1.todo" ]; then
+    tr '\n' '\000' < "$1.todo" | xargs -0 -r $hash > "$1.sums" || return 1
+  else
+    : > "$1.sums"
+  fi
   awk -F '\t' -v OFS='\t' -v stat="$1.stat" '
     FILENAME == ARGV[1] { sum[$1] = $2; next }
     FILENAME == ARGV[2] { p = substr($0, 67); sub(/^\.\//, "", p); sum[p] = substr($0, 1, 64); next }
@@ -245,7 +255,7 @@ clone_release() {
     unsafe(p) { bad = 1; exit }
     { print p }
     END { exit bad }' "$tmp/manifest" "$tmp/part" "$1" > "$tmp/rm" || return 1
-  tr '\n' '\000' < "$tmp/rm" | xargs -0 -r rm -rf --
+  [ ! -s "$tmp/rm" ] || { tr '\n' '\000' < "$tmp/rm" | xargs -0 -r rm -rf --; }
 }
 trusted_sums() {
   awk -F '\t' -v OFS='\t' '
@@ -330,6 +340,7 @@ tmp="$base/.shipit/delta-$id"
 fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
 # Under the deploy lock: scratch dirs of runs that were killed can go.
 rm -rf -- "$part" .shipit/delta-* && mkdir -- "$tmp" && mkfifo -- "$tmp/fifo" || fail 94
+walk_tmp="$tmp/walk"
 $hash < "$tmp/fifo" > "$tmp/sum" &
 hasher=$!
 tee -- "$tmp/fifo" | { head -c "$elen" | decompress > "$tmp/edits" && cat > "$tmp/tar"; }
@@ -404,6 +415,7 @@ tmp="$base/.shipit/delta-$id"
 fail() { cd -- "$base" && rm -rf -- "$part" "$tmp"; exit "$1"; }
 # Under the deploy lock: scratch dirs of runs that were killed can go.
 rm -rf -- "$part" .shipit/delta-* && mkdir -- "$tmp" || fail 1
+walk_tmp="$tmp/walk"
 [ -f "$old/.shipit/manifest" ] && cp -- "$old/.shipit/manifest" "$tmp/manifest" || fail 100
 [ "$(sum_of "$tmp/manifest")" = "$want" ] || fail 100
 clone_release /dev/null || fail 100
@@ -451,7 +463,7 @@ cd -- "$base" || exit 1
 part="releases/$id.partial"
 [ -d "$part" ] || exit 1
 # REVISION may be a hard link shared with the release this one was copied from.
-rm -f -- "$part/REVISION"
+if [ -e "$part/REVISION" ] || [ -L "$part/REVISION" ]; then rm -f -- "$part/REVISION"; fi
 printf '%s\n' "$revision" > "$part/REVISION" || exit 1"#,
         ),
     ];

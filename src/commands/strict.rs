@@ -46,6 +46,45 @@ shipit_unsafe_link() {
   printf '`%s` is a symlink owned by %s (uid %s), who can re-point it: shipit writes only through links of root or the SSH user\n' "$1" "${shipit_who:-?}" "$2" >&2
   exit 95
 }
+# `shipit_prefetch DIR...`: one `stat` for every existing component of the DIRs as
+# written (what the walks look at first), kept in `$shipit_pre` as a line with the path and
+# a line with its owner and mode; anything it cannot stat is left to the walks.
+shipit_pre=
+shipit_prefetch() {
+  shipit_list=
+  for shipit_dir do
+    shipit_rest=${shipit_dir#/} shipit_cur=
+    while [ -n "$shipit_rest" ]; do
+      shipit_c=${shipit_rest%%/*}
+      case $shipit_rest in */*) shipit_rest=${shipit_rest#*/} ;; *) shipit_rest= ;; esac
+      [ -n "$shipit_c" ] || continue
+      shipit_cur=$shipit_cur/$shipit_c
+      [ -e "$shipit_cur" ] || break
+      case "
+$shipit_list" in *"
+$shipit_cur
+"*) ;; *) shipit_list="$shipit_list$shipit_cur
+" ;; esac
+    done
+  done
+  shipit_ifs=$IFS; IFS='
+'; set -f
+  set -- / $shipit_list
+  set +f; IFS=$shipit_ifs
+  shipit_out=$(stat -L -c '%u %a' -- "$@" 2>/dev/null) || return 0
+  shipit_pre='
+'
+  while IFS= read -r shipit_line; do
+    [ "$#" -gt 0 ] || { shipit_pre=; return 0; }
+    shipit_pre="$shipit_pre$1
+$shipit_line
+"
+    shift
+  done <<shipit_eof
+$shipit_out
+shipit_eof
+  [ "$#" = 0 ] || shipit_pre=
+}
 shipit_entry() {
   case $shipit_ok_leaf in *"
 $1
@@ -53,7 +92,15 @@ $1
   if [ "$2" != leaf ]; then case $shipit_ok_anc in *"
 $1
 "*) return 0 ;; esac; fi
-  shipit_s=$(stat -L -c '%u %a' -- "$1") || { echo "cannot stat \`$1\`" >&2; exit 95; }
+  case $shipit_pre in
+    *"
+$1
+"*) shipit_s=${shipit_pre#*"
+$1
+"}; shipit_s=${shipit_s%%"
+"*} ;;
+    *) shipit_s=$(stat -L -c '%u %a' -- "$1") || { echo "cannot stat \`$1\`" >&2; exit 95; } ;;
+  esac
   shipit_u=${shipit_s% *}; shipit_m=${shipit_s#* }
   if [ "$shipit_u" != 0 ] && [ "$shipit_u" != "$shipit_uid" ] && [ "$shipit_u" != "$shipit_login" ]; then
     shipit_unsafe "$1" "$shipit_u" "$shipit_m" "shipit writes only in trees owned by root or the SSH user"
@@ -91,7 +138,13 @@ shipit_walk() {
 shipit_strict() {
   shipit_walk "$1" leaf
   shipit_d=$1
-  while [ ! -e "$shipit_d" ]; do shipit_d=$(dirname -- "$shipit_d"); done
+  # The nearest existing ancestor (`dirname`, without a process per step).
+  while [ ! -e "$shipit_d" ]; do
+    case $shipit_d in
+      */*) shipit_d=${shipit_d%/*}; [ -n "$shipit_d" ] || shipit_d=/ ;;
+      *) shipit_d=. ;;
+    esac
+  done
   if [ ! -d "$shipit_d" ]; then
     printf '`%s` is not a directory: shipit writes below it\n' "$shipit_d" >&2; exit 95
   fi
@@ -115,6 +168,7 @@ pub fn preflight(dirs: &[String], no_links: &[String]) -> Cmd {
 
 fn checks<'a>(dirs: &'a [String], no_links: &'a [String]) -> impl Iterator<Item = Cmd> + 'a {
     std::iter::once(Cmd::new(SNIPPET))
+        .chain([Cmd::new("shipit_prefetch").args(no_links.iter().chain(dirs))])
         .chain(no_links.iter().map(|p| Cmd::new("shipit_nolink").arg(p)))
         .chain(
             no_links
@@ -169,6 +223,54 @@ mod tests {
         let missing = app.join("not/yet");
         let (code, err) = run(&preflight(&[s(&missing)], &[s(&app.join("releases"))]));
         assert_eq!(code, 0, "{err}");
+    }
+
+    /// Every component of the directories as written is looked at with one `stat`
+    /// process, however many directories share them.
+    #[test]
+    fn one_stat_checks_every_directory_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let log = dir.path().join("stat.log");
+        let wrapper = bin.join("stat");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho x >> '{}'\nexec /usr/bin/stat \"$@\"\n",
+                s(&log)
+            ),
+        )
+        .unwrap();
+        chmod(&wrapper, 0o755);
+        let app = dir.path().join("app");
+        for sub in ["releases", "shared", "a/b/c"] {
+            std::fs::create_dir_all(app.join(sub)).unwrap();
+        }
+        for d in [&app, &app.join("a"), &app.join("a/b"), &app.join("a/b/c")] {
+            chmod(d, 0o755);
+        }
+        let dirs = [s(&app), s(&app.join("a/b/c")), s(&app.join("missing/x"))];
+        let no_links = [s(&app.join("releases")), s(&app.join("shared"))];
+        let path = format!("{}:/usr/bin:/bin", s(&bin));
+        let (code, _, err) = run_sh(
+            &preflight(&dirs, &no_links),
+            b"",
+            Some(std::path::Path::new(&path)),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "x\n");
+        // The same answer for a tree that is not safe: the prefetched owner and mode.
+        chmod(&app.join("a/b"), 0o777);
+        let (code, _, err) = run_sh(
+            &preflight(&dirs, &no_links),
+            b"",
+            Some(std::path::Path::new(&path)),
+        );
+        assert_eq!(code, 95, "{err}");
+        assert!(err.contains("a/b` is owned by"), "{err}");
+        assert!(err.contains("with mode 777"), "{err}");
     }
 
     /// Run as root through sudo, the tree of the user who ran sudo (`$SUDO_UID`) counts as

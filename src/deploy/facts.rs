@@ -16,15 +16,21 @@ use crate::plan::shard::OnceSteps;
 use crate::plan::{self, Plan};
 use crate::transport::fleet::Conn;
 
-/// Reads the release tree of every host.
+/// Reads the release tree of every host, but for those whose [`facts::releases`] output
+/// is already in `read` (by the lock's command).
 pub(crate) async fn read_trees(
     conns: &[Conn<'_>],
+    read: Vec<Option<String>>,
     deploy_to: &str,
 ) -> Vec<Result<ReleaseTree, RemoteError>> {
     let cmd = facts::releases(deploy_to);
-    let runs = conns.iter().map(|c| {
+    let read = read.into_iter().chain(std::iter::repeat(None));
+    let runs = conns.iter().zip(read).map(|(c, read)| {
         let cmd = &cmd;
         async move {
+            if let Some(stdout) = read {
+                return Ok(facts::parse_releases(&stdout));
+            }
             let what = "reading the release tree";
             execute::run(c, "facts", what, cmd, timeout::SHORT)
                 .await
@@ -56,15 +62,17 @@ pub(crate) struct DeployFacts {
     pub manifests: Vec<Option<Result<Arc<Manifest>, String>>>,
 }
 
+/// `read`: each host's release tree as the lock's command read it, if it did.
 pub(crate) async fn read_deploy_facts(
     conns: &[Conn<'_>],
+    read: Vec<Option<String>>,
     inventory: &Inventory,
     artifact: &Packed,
 ) -> Result<DeployFacts, Vec<RemoteError>> {
     let deploy_to = &inventory.app.deploy_to;
     let mut trees = Vec::new();
     let mut errors = Vec::new();
-    for tree in read_trees(conns, deploy_to).await {
+    for tree in read_trees(conns, read, deploy_to).await {
         match tree {
             Ok(t) => trees.push(t),
             Err(e) => errors.push(e),

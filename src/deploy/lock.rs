@@ -107,6 +107,25 @@ pub async fn acquire_all_as(
     run: &RunInfo,
     owner: &LockOwner,
 ) -> Vec<LockState> {
+    acquire_all_then(conns, deploy_to, env_path, run, owner, None)
+        .await
+        .into_iter()
+        .map(|(state, _)| state)
+        .collect()
+}
+
+/// [`acquire_all_as`], running `then` (a command that only reads) in the same command
+/// right after the lock is taken: one round trip fewer for a run that reads its hosts
+/// first. Each host's `then` stdout comes back with its state: `Some` when the lock was
+/// taken and `then` succeeded (`None`: read it again the usual way, for its error).
+pub async fn acquire_all_then(
+    conns: &[Conn<'_>],
+    deploy_to: &str,
+    env_path: Option<&str>,
+    run: &RunInfo,
+    owner: &LockOwner,
+    then: Option<&crate::shell::Cmd>,
+) -> Vec<(LockState, Option<String>)> {
     let mut owner = serde_json::to_value(owner).expect("plain data serializes");
     run.redactor.apply_json(&mut owner);
     let owner = owner.to_string();
@@ -121,19 +140,22 @@ pub async fn acquire_all_as(
     } else {
         (env_path, None)
     };
-    let cmd = commands::lock::acquire(deploy_to, lock_env);
+    let cmd = match then {
+        None => commands::lock::acquire(deploy_to, lock_env),
+        Some(then) => commands::lock::acquire_then(deploy_to, lock_env, then),
+    };
     let cleanup = root_env.map(commands::envfile::discard_all);
-    let lock = |c| try_lock(c, &cmd, cleanup.as_ref(), &owner, deploy_to);
+    let lock = |c| try_lock(c, &cmd, cleanup.as_ref(), &owner, deploy_to, then.is_some());
     let mut states = vec![lock(first).await];
-    if matches!(states[0], LockState::Taken) {
+    if matches!(states[0].0, LockState::Taken) {
         let others = rest.iter().map(lock);
         states.extend(futures::future::join_all(others).await);
     } else {
-        states.extend(rest.iter().map(|_| LockState::NotTried));
+        states.extend(rest.iter().map(|_| (LockState::NotTried, None)));
     }
     // Held by this very run: another host of the inventory reaches the same machine (or the
     // same `deploy_to` on shared storage). Not another run's lock (exit 5): a setup error.
-    for (c, state) in conns.iter().zip(&mut states) {
+    for (c, (state, _)) in conns.iter().zip(&mut states) {
         if let LockState::Held(Some(o)) = state
             && o.token == run.token
         {
@@ -155,25 +177,21 @@ async fn try_lock(
     cleanup: Option<&crate::shell::Cmd>,
     owner: &str,
     deploy_to: &str,
-) -> LockState {
+    then: bool,
+) -> (LockState, Option<String>) {
     let req = ExecRequest::new(cmd, SHORT).stdin(Stdin::Bytes(owner.as_bytes().to_vec()));
     let what = format!("taking the deploy lock under `{deploy_to}`");
     let o = match execute::output(c, STEP, &what, req).await {
         Ok(o) => o,
-        Err(e) => return LockState::Failed(e),
+        Err(e) => return (LockState::Failed(e), None),
     };
+    if then && o.success() {
+        let read = commands::lock::then_output(&o.stdout.text());
+        return (taken(c, cleanup).await, read);
+    }
     let failed = || RemoteError::from_output(&c.host.name, STEP, &what, &o);
-    match o.exit {
-        _ if o.success() => {
-            if let Some(cleanup) = cleanup {
-                // Best effort, as in the lock's own script: this run stages under its own name.
-                let _ = c
-                    .transport
-                    .exec(ExecRequest::new(cleanup, SHORT).as_root())
-                    .await;
-            }
-            LockState::Taken
-        }
+    let state = match o.exit {
+        _ if o.success() => taken(c, cleanup).await,
         Exit::Code(commands::exit::LOCK_HELD) => {
             LockState::Held(serde_json::from_str(o.stdout.text().trim()).ok())
         }
@@ -188,7 +206,21 @@ async fn try_lock(
             );
             LockState::Failed(e.saying(message))
         }
+    };
+    (state, None)
+}
+
+/// The lock is taken on `c`: with `ssh.sudo`, root removes what earlier runs staged
+/// (`cleanup`; best effort, as in the lock's own script: this run stages under its own
+/// name).
+async fn taken(c: &Conn<'_>, cleanup: Option<&crate::shell::Cmd>) -> LockState {
+    if let Some(cleanup) = cleanup {
+        let _ = c
+            .transport
+            .exec(ExecRequest::new(cleanup, SHORT).as_root())
+            .await;
     }
+    LockState::Taken
 }
 
 /// The dead-deployer guard of a dead run fired and is still switching the host back.

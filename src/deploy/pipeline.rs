@@ -237,20 +237,38 @@ impl<'a> Run<'a> {
             .filter(|c| c.transport.is_alive())
             .chain(fresh.iter())
             .collect();
-        // Every host at once: at 100 hosts, one after the other took a second.
-        let appends = live.iter().map(|c| {
-            history::append(
-                std::slice::from_ref(*c),
+        // Every host at once: at 100 hosts, one after the other took a second. One command
+        // per host records the history, drops what this run staged and did not install (no
+        // other run may read it) and releases the lock; with `ssh.sudo` the staged env file
+        // is root's, removed by a root command first.
+        let discard = self
+            .inventory
+            .env
+            .as_ref()
+            .map(|env| commands::envfile::discard(&env.path, &self.run.token));
+        let (as_root, as_user): (Vec<&Conn<'_>>, Vec<&Conn<'_>>) = live
+            .iter()
+            .partition(|c| c.transport.sudo_login().is_some());
+        if let Some(cmd) = &discard {
+            let discards = as_root.iter().map(|c| {
+                c.transport
+                    .exec(ExecRequest::new(cmd, timeout::SHORT).as_root())
+            });
+            futures::future::join_all(discards).await;
+        }
+        let (token, redactor) = (&self.run.token, &self.run.redactor);
+        let (users, roots) = futures::join!(
+            history::append_and_release(
+                &as_user,
                 deploy_to,
                 &entry,
-                &self.run.redactor,
-            )
-        });
-        let mut unrecorded: Vec<String> = futures::future::join_all(appends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+                redactor,
+                token,
+                discard.as_ref()
+            ),
+            history::append_and_release(&as_root, deploy_to, &entry, redactor, token, None),
+        );
+        let mut unrecorded: Vec<String> = users.into_iter().chain(roots).collect();
         let recorded: Vec<&str> = live.iter().map(|c| c.host.name.as_str()).collect();
         unrecorded.extend(
             conns
@@ -258,16 +276,6 @@ impl<'a> Run<'a> {
                 .filter(|c| !recorded.contains(&c.host.name.as_str()))
                 .map(|c| c.host.name.clone()),
         );
-        // What this run staged and did not install is nobody's: no other run may read it.
-        if let Some(env) = &self.inventory.env {
-            let cmd = commands::envfile::discard(&env.path, &self.run.token);
-            let discards = live.iter().map(|c| {
-                c.transport
-                    .exec(ExecRequest::new(&cmd, timeout::SHORT).as_root())
-            });
-            futures::future::join_all(discards).await;
-        }
-        lock::release_all(&live, deploy_to, &self.run.token).await;
         fleet::close_all(conns).await;
         fleet::close_all(&fresh).await;
         let mut message = message;
@@ -282,13 +290,14 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Connects to and locks every host. On success the caller holds every lock; otherwise
-/// the locks taken are released and the finished report is returned.
+/// Connects to and locks every host. On success the caller holds every lock, and has each
+/// host's release tree as the lock's command read it (`None`: read it again, for its
+/// error); otherwise the locks taken are released and the finished report is returned.
 async fn connect_and_lock<'r, 'h>(
     r: Run<'r>,
     hosts: &[&'h Host],
     connector: &Connector,
-) -> Result<(Run<'r>, Vec<Conn<'h>>), DeployReport> {
+) -> Result<(Run<'r>, Vec<Conn<'h>>, Vec<Option<String>>), DeployReport> {
     let mut r = r;
     let out = r.out;
     let inventory = r.inventory;
@@ -342,13 +351,19 @@ async fn connect_and_lock<'r, 'h>(
         });
     }
     let deploy_to = &inventory.app.deploy_to;
-    let states = lock::acquire_all(
+    // The release tree is read in the lock's own command: one round trip fewer per host.
+    let read_tree = crate::plan::facts::releases(deploy_to);
+    let (states, trees): (Vec<LockState>, Vec<Option<String>>) = lock::acquire_all_then(
         &conns,
         deploy_to,
         inventory.env.as_ref().map(|e| e.path.as_str()),
         r.run,
+        &r.run.owner(),
+        Some(&read_tree),
     )
-    .await;
+    .await
+    .into_iter()
+    .unzip();
     let now = now_unix();
     let mut taken = Vec::new();
     let mut held = Vec::new();
@@ -371,7 +386,7 @@ async fn connect_and_lock<'r, 'h>(
         }
     }
     if taken.len() == conns.len() {
-        return Ok((r, conns));
+        return Ok((r, conns, trees));
     }
     lock::release_all(&taken, deploy_to, &r.run.token).await;
     fleet::close_all(&conns).await;
@@ -413,13 +428,13 @@ pub async fn deploy(d: Deploy<'_>) -> DeployReport {
         report.artifact_bytes = Some(d.artifact.tar_size);
         report
     };
-    let (mut r, conns) = match connect_and_lock(r, d.hosts, d.connector).await {
+    let (mut r, conns, trees) = match connect_and_lock(r, d.hosts, d.connector).await {
         Ok(ok) => ok,
         Err(report) => return unsent(report),
     };
 
     // Facts and plan: one release id for the whole fleet, after every id already there.
-    let facts = match read_deploy_facts(&conns, d.inventory, d.artifact).await {
+    let facts = match read_deploy_facts(&conns, trees, d.inventory, d.artifact).await {
         Ok(facts) => facts,
         Err(errors) => {
             for e in errors {
@@ -564,11 +579,11 @@ pub async fn rollback(rb: Rollback<'_>) -> DeployReport {
         rb.hosts,
         (rb.run, rb.inventory, rb.out, rb.connector),
     );
-    let (mut r, conns) = match connect_and_lock(r, rb.hosts, rb.connector).await {
+    let (mut r, conns, trees) = match connect_and_lock(r, rb.hosts, rb.connector).await {
         Ok(ok) => ok,
         Err(report) => return report,
     };
-    let trees = read_trees(&conns, &deploy_to).await;
+    let trees = read_trees(&conns, trees, &deploy_to).await;
     let mut ok_trees = Vec::new();
     for tree in trees {
         match tree {

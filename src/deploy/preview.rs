@@ -46,7 +46,7 @@ pub async fn show(p: Preview<'_>, conns: &[Conn<'_>]) -> PlanReport {
     }
     // The same facts and the same plan as a deploy; only hosts whose tree could be read
     // are planned.
-    let trees = host_facts::read_trees(conns, &p.inventory.app.deploy_to).await;
+    let trees = host_facts::read_trees(conns, Vec::new(), &p.inventory.app.deploy_to).await;
     let mut readable = Vec::new();
     let mut ok_trees = Vec::new();
     let mut errors = std::collections::BTreeMap::new();

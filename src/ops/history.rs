@@ -49,6 +49,38 @@ pub async fn append(
         .collect()
 }
 
+/// [`append`], then the run's lock released, in one command per host
+/// ([`commands::history::append_and_release`]), with `discard` run between them (the
+/// lock is released whether the append worked or not); returns the hosts where the append
+/// failed.
+pub async fn append_and_release(
+    conns: &[&Conn<'_>],
+    deploy_to: &str,
+    entry: &Record,
+    redactor: &Redactor,
+    token: &str,
+    discard: Option<&crate::shell::Cmd>,
+) -> Vec<String> {
+    let mut line = line(entry, redactor);
+    line.push('\n');
+    let cmd = commands::history::append_and_release(deploy_to, token, discard);
+    let runs = conns.iter().map(|c| {
+        let req =
+            ExecRequest::new(&cmd, timeout::SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
+        async move {
+            execute::exec(c, "history", "recording the history and unlocking", req)
+                .await
+                .err()
+                .map(|e| e.host)
+        }
+    });
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Reads and merges the history of every host: one row per run and action, newest first.
 pub fn merge(per_host: &[(String, String)]) -> Vec<Record> {
     // One row per run and action, whichever hosts wrote it and when each finished.

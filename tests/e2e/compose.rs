@@ -140,6 +140,45 @@ fn a_compose_stack_deploys_switches_and_switches_back() {
     );
 }
 
+#[test]
+fn a_first_deploy_that_fails_its_health_gate_takes_its_stack_down() {
+    let stack = Stack::new();
+    // No version serves what this gate wants: the first deploy is switched back, which
+    // removes the env file it installed and then takes the stack down (Compose refuses an
+    // `--env-file` that does not exist, so the stack goes down without it).
+    let bad = stack.inventory("1", "").replace_health_body();
+    let (code, report, stderr) = stack.deploy(&bad);
+    assert_eq!(code, 3, "{stderr}\n{report:#}");
+    let host = &report["hosts"][0];
+    assert_eq!(host["rolled_back"], true, "{report:#}");
+    assert!(
+        !report.to_string().contains("env file"),
+        "the switch-back must not trip over the env file: {report:#}"
+    );
+    let running = docker().cli_ok(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", stack.project.name()),
+    ]);
+    assert_eq!(running.trim(), "", "the stack's containers are gone");
+    assert!(
+        !stack
+            .fleet
+            .sh("h1", "test -e /etc/web.env")
+            .status
+            .success()
+    );
+    assert!(
+        !stack
+            .fleet
+            .sh("h1", "test -e /opt/demo/current")
+            .status
+            .success()
+    );
+}
+
 trait HealthBody {
     fn replace_health_body(self) -> PathBuf;
 }

@@ -168,9 +168,10 @@ fn kill(mut child: Child) {
 #[test]
 fn lock_acquisition_failing_on_one_host_releases_the_others() {
     let rig = Rig::new();
-    // `mkdir -p <deploy_to>/.shipit`, the lock's first step, fails on h2. (A file in its
-    // place, as before, is now refused earlier, by the path check before any lock.)
-    rig.fleet.sh_ok("h2", "printf '#!/bin/sh\\ncase \"$*\" in *\"-p -- /opt/demo/.shipit\") echo mkdir: read-only >&2; exit 1;; esac\\nexec /usr/bin/mkdir \"$@\"\\n' > /usr/local/bin/mkdir && chmod +x /usr/local/bin/mkdir");
+    // Writing the lock's owner.json (the step after its `mkdir`) fails on h2. (A file in
+    // place of `.shipit`, as before, is now refused earlier, by the path check before any
+    // lock.)
+    rig.fleet.sh_ok("h2", "printf '#!/bin/sh\\ncase \"$*\" in *\"/opt/demo/.shipit/lock/owner.json\") echo mv: read-only >&2; exit 1;; esac\\nexec /usr/bin/mv \"$@\"\\n' > /usr/local/bin/mv && chmod +x /usr/local/bin/mv");
     let inv = rig.inventory("v2", "");
     let stderr = rig.deploy_fails(&inv);
     assert!(stderr.contains("cannot take the deploy lock"), "{stderr}");
@@ -178,9 +179,14 @@ fn lock_acquisition_failing_on_one_host_releases_the_others() {
         !rig.succeeds("h1", "test -e /opt/demo/.shipit/lock"),
         "h1's lock was not released"
     );
+    // Nor is a lock without its owner left on h2, for the next run to find.
+    assert!(
+        !rig.succeeds("h2", "test -e /opt/demo/.shipit/lock"),
+        "h2 kept a lock it could not write the owner of"
+    );
     // The host's real rm: the guarded one keeps to the directories a deploy may delete in.
     rig.fleet
-        .sh_ok("h2", "/usr/lib/shipit-e2e/rm -f /usr/local/bin/mkdir");
+        .sh_ok("h2", "/usr/lib/shipit-e2e/rm -f /usr/local/bin/mv");
     rig.converges(&inv, "v2", false);
 }
 

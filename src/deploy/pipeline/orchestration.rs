@@ -1339,9 +1339,18 @@ async fn a_deploy_that_cannot_read_a_host_still_reports_the_artifacts_size() {
     let s = setup(2, "");
     let script = Script::default();
     let facts = fake::text(&crate::plan::facts::releases(DEPLOY_TO));
+    // The lock's command reads the tree too: taken, the read failed (exit 1), so it is
+    // read again on its own, and fails again.
+    script.answer("h2", "shipit-locked", "shipit-locked 1\n");
     script.fail("h2", &facts, 1);
     let report = deploy_through_pipeline(&s.inv, &script).await;
     assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.message);
+    let reads = script
+        .commands("h2")
+        .iter()
+        .filter(|c| c.contains(&facts))
+        .count();
+    assert_eq!(reads, 2, "the lock's command, then the tree alone");
     assert_eq!(
         report.message.as_deref(),
         Some("could not read every host; nothing was switched")
