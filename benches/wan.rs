@@ -447,13 +447,15 @@ fn rsync_rows(fleet: &Fleet, app: &App, runs: usize, version: &mut u64) -> Vec<T
     vec![fresh, one_file, unchanged]
 }
 
-/// Sleeps (untimed) until the wall clock's second changes.
+/// Sleeps (untimed) until the wall clock's second changes, and 20 ms more: file times come
+/// from the kernel's coarse clock, which lags by up to a tick (10 ms at HZ=100); 1 ms was
+/// not enough, and a file rewritten just after the second could keep the last one's mtime.
 fn next_second() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     std::thread::sleep(Duration::from_nanos(
-        1_000_000_000 - now.subsec_nanos() as u64 + 1_000_000,
+        1_000_000_000 - now.subsec_nanos() as u64 + 20_000_000,
     ));
 }
 
