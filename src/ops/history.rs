@@ -29,24 +29,8 @@ pub async fn append(
     entry: &Record,
     redactor: &Redactor,
 ) -> Vec<String> {
-    let mut line = line(entry, redactor);
-    line.push('\n');
     let cmd = commands::history::append(deploy_to);
-    let runs = conns.iter().map(|c| {
-        let req =
-            ExecRequest::new(&cmd, timeout::SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
-        async move {
-            execute::exec(c, "history", "recording the history", req)
-                .await
-                .err()
-                .map(|e| e.host)
-        }
-    });
-    futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    send_line(conns.iter(), &cmd, entry, redactor, "recording the history").await
 }
 
 /// [`append`], then the run's lock released, in one command per host
@@ -61,14 +45,27 @@ pub async fn append_and_release(
     token: &str,
     discard: Option<&crate::shell::Cmd>,
 ) -> Vec<String> {
+    let cmd = commands::history::append_and_release(deploy_to, token, discard);
+    let what = "recording the history and unlocking";
+    send_line(conns.iter().copied(), &cmd, entry, redactor, what).await
+}
+
+/// Runs `cmd` on every host at once with `entry`'s line on stdin; returns the hosts where
+/// it failed.
+async fn send_line<'a, 'h: 'a>(
+    conns: impl Iterator<Item = &'a Conn<'h>>,
+    cmd: &crate::shell::Cmd,
+    entry: &Record,
+    redactor: &Redactor,
+    what: &str,
+) -> Vec<String> {
     let mut line = line(entry, redactor);
     line.push('\n');
-    let cmd = commands::history::append_and_release(deploy_to, token, discard);
-    let runs = conns.iter().map(|c| {
+    let runs = conns.map(|c| {
         let req =
-            ExecRequest::new(&cmd, timeout::SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
+            ExecRequest::new(cmd, timeout::SHORT).stdin(Stdin::Bytes(line.clone().into_bytes()));
         async move {
-            execute::exec(c, "history", "recording the history and unlocking", req)
+            execute::exec(c, "history", what, req)
                 .await
                 .err()
                 .map(|e| e.host)
