@@ -96,6 +96,11 @@ impl Cmd {
         self.raw("|").cmd(next)
     }
 
+    /// `( cmd )`: `cmd` in a subshell, so its `exit` ends only itself.
+    pub fn subshell(cmd: Cmd) -> Cmd {
+        Cmd::new("(").cmd(cmd).raw(")")
+    }
+
     /// Commands run one after another (`a; b; c`), whatever each one's status.
     pub fn seq(cmds: impl IntoIterator<Item = Cmd>) -> Cmd {
         let mut out = Cmd::default();

@@ -236,10 +236,7 @@ umask "$mask""#,
     ];
     // Each undo in a subshell of its own: an undo that ends with `exit` (the units' restore
     // does) must not end the script before the later undos and the history line.
-    steps.extend(
-        body.iter()
-            .map(|undo| Cmd::new("(").cmd(undo.clone()).raw(")")),
-    );
+    steps.extend(body.iter().map(|undo| Cmd::subshell(undo.clone())));
     steps.push(Cmd::new(
         r#"
 umask 077

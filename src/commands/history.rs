@@ -29,10 +29,9 @@ cat >> "$f""#,
 /// did: a history that cannot be written never keeps the lock. Exits with the append's
 /// status.
 pub fn append_and_release(deploy_to: &str, token: &str, discard: Option<&Cmd>) -> Cmd {
-    let sub = |cmd: Cmd| Cmd::new("(").cmd(cmd).raw(")");
-    let mut parts = vec![sub(append(deploy_to)), Cmd::new("appended=$?")];
-    parts.extend(discard.cloned().map(sub));
-    parts.push(sub(super::lock::release(deploy_to, token)));
+    let mut parts = vec![Cmd::subshell(append(deploy_to)), Cmd::new("appended=$?")];
+    parts.extend(discard.cloned().map(Cmd::subshell));
+    parts.push(Cmd::subshell(super::lock::release(deploy_to, token)));
     parts.push(Cmd::new(r#"exit "$appended""#));
     Cmd::seq(parts)
 }

@@ -60,11 +60,10 @@ const LOCKED: &str = "shipit-locked";
 /// taken, however `then` went: `then`'s stdout follows, and a last line with its exit
 /// status ([`then_output`] reads them).
 pub fn acquire_then(deploy_to: &str, env_path: Option<&str>, then: &Cmd) -> Cmd {
-    let sub = |cmd: Cmd| Cmd::new("(").cmd(cmd).raw(")");
     Cmd::seq([
-        sub(acquire(deploy_to, env_path)),
+        Cmd::subshell(acquire(deploy_to, env_path)),
         Cmd::new(r#"locked=$?; [ "$locked" = 0 ] || exit "$locked""#),
-        sub(then.clone()),
+        Cmd::subshell(then.clone()),
         Cmd::new("read_status=$?"),
         Cmd::new("echo").arg(LOCKED).raw(r#""$read_status""#),
         Cmd::new("exit 0"),

@@ -129,7 +129,7 @@ fn undo_step(
             // cannot start), the next only after it succeeded, as in a deploy.
             let mut hooks = rerun_hooks(ctx, host, release, undo)?
                 .into_iter()
-                .map(|(_, _, cmd)| Cmd::new("(").cmd(cmd).raw(")"));
+                .map(|(_, _, cmd)| Cmd::subshell(cmd));
             let first = hooks.next()?;
             (
                 hooks.fold(first, Cmd::and),
